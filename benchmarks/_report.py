@@ -1,0 +1,68 @@
+"""Shared helpers for benchmark scripts: machine description and docs/benchmarks.md blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def data_root() -> Path:
+    """``$HISTOSGE_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("HISTOSGE_DATA", REPO.parent / "shared" / "data"))
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def machine_line(info: dict) -> str:
+    gpu = info["gpu"] or "no GPU"
+    return (f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores "
+            f"({info['torch_threads']} torch threads), {gpu}; Python {info['python']}, torch {info['torch']}.")
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path
+
+
+def update_block(name: str, markdown: str) -> None:
+    """Replace the ``<!-- name:start -->`` ... ``<!-- name:end -->`` block of docs/benchmarks.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite, widget tests included.
+# napari's canvas needs OpenGL: the widget tests run on a virtual X server
+# (Xvfb, started by pytest-xvfb) with Mesa's software OpenGL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=0
+command -v Xvfb >/dev/null 2>&1 || need_apt=1
+[ -e /usr/lib/x86_64-linux-gnu/libxcb-cursor.so.0 ] || [ -e /usr/lib/aarch64-linux-gnu/libxcb-cursor.so.0 ] || need_apt=1
+if [ "$need_apt" = 1 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "test: installing Xvfb, Mesa OpenGL and the xcb libraries Qt needs"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            xvfb libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
+            libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
+            libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libxi6 libxrender1 >/dev/null
+    else
+        echo "test: Xvfb and Qt's xcb libraries are missing; install them (see README) or run as root" >&2
+        exit 1
+    fi
+fi
+
+bash scripts/setup.sh
+exec "${HISTOSGE_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -1,0 +1,282 @@
+"""The ``histosge`` command line: the same steps as the plugin, for batches and clusters.
+
+Every subcommand drives a progress generator from :mod:`napari_histosge.pipeline`
+with a terminal progress bar. Errors about the input print one line and exit with
+status 2; there is no traceback for a bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CancelledError, HistosgeError, InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="Space Ranger folder, ST v1 folder or .h5ad with obsm['spatial'] (auto-detected)")
+    p.add_argument("--image", help="attach a full-resolution H&E image (TIFF/SVS/JPEG) to the spots")
+
+
+def _add_feature_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image features")
+    g.add_argument(
+        "--extractor", default="default",
+        help="'default' (weight-free, offline), 'uni', 'timm:<model name>', or 'none' (image features off)",
+    )
+    g.add_argument("--weights", help="local checkpoint file for the extractor (UNI or timm)")
+    g.add_argument("--patch-um", type=float, help="patch edge in micrometres (needs a known pixel size)")
+    g.add_argument(
+        "--patch-spot-fraction", type=float, default=None,
+        help="patch edge as a multiple of the spot diameter (used when --patch-um is not given)",
+    )
+    g.add_argument("--feature-batch-size", type=int, default=None, help="patches per extractor batch")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--model", default="histosge", help="model name from the registry")
+    g.add_argument("--epochs", type=int, help="training epochs (paper: 1000)")
+    g.add_argument("--batch-size", type=int, help="spots per optimiser step (paper: 512)")
+    g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
+    g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
+    g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
+    g.add_argument("--group-size", type=int, help="spots per self-attention group")
+    g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
+    g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
+
+
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``histosge`` (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="histosge",
+        description="Predict spatial gene expression from H&E histology and super-resolve it (HisToSGE).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on all spots of a section and save a checkpoint")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--resume", help="continue training from this checkpoint")
+    _add_feature_args(p)
+    _add_train_args(p)
+    _add_common_args(p)
+
+    p = sub.add_parser("predict", help="N-fold super-resolution: predict expression between measured spots")
+    p.add_argument("model", help="checkpoint written by 'histosge train'")
+    _add_data_args(p)
+    p.add_argument("--fold", type=int, default=4, help="N: positions per measured spot, 2..16 (default 4)")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    _add_common_args(p)
+
+    p = sub.add_parser("recover", help="hide spots, train on the rest, predict the hidden ones (paper protocol)")
+    _add_data_args(p)
+    p.add_argument("--holdout", type=float, default=0.5, help="fraction of spots hidden (default 0.5)")
+    p.add_argument("--out", required=True, help="output .h5ad with predictions for the hidden spots")
+    p.add_argument("--metrics", help="also write per-gene held-out metrics to this CSV")
+    p.add_argument("--save-model", help="also save the trained checkpoint here")
+    _add_feature_args(p)
+    _add_train_args(p)
+    _add_common_args(p)
+
+    p = sub.add_parser("evaluate", help="score predictions (.h5ad) against measured spots")
+    p.add_argument("predictions", help=".h5ad of predictions (from 'recover' or 'predict' at fold 1)")
+    _add_data_args(p)
+    p.add_argument("--layers", help="layer annotation TSV (barcode, layer) for spatial-domain ARI")
+    p.add_argument("--metrics", help="write per-gene metrics to this CSV")
+
+    p = sub.add_parser("demo", help="run the whole pipeline on a generated slide with known ground truth")
+    p.add_argument("--out", default="histosge-demo", help="output folder (default ./histosge-demo)")
+    p.add_argument("--epochs", type=int, default=150, help="training epochs for the demo")
+    _add_common_args(p)
+    return parser
+
+
+def _feature_config(args: argparse.Namespace):
+    from .features import FeatureConfig
+
+    config = FeatureConfig(extractor=args.extractor, checkpoint=args.weights, device=args.device)
+    if args.patch_um is not None:
+        config.patch_um = args.patch_um
+    if args.patch_spot_fraction is not None:
+        config.patch_spot_fraction = args.patch_spot_fraction
+    if args.feature_batch_size is not None:
+        config.batch_size = args.feature_batch_size
+    config.cache = not args.no_cache
+    return config
+
+
+def _train_config(args: argparse.Namespace):
+    from .training import TrainConfig
+
+    values = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
+        "seed": args.seed, "device": args.device,
+    }
+    if args.genes:
+        values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
+    config = TrainConfig()
+    return TrainConfig.from_dict({**config.to_dict(), **{k: v for k, v in values.items() if v is not None}})
+
+
+def _read(args: argparse.Namespace):
+    from .io import read_spots
+
+    return read_spots(args.data, image=args.image)
+
+
+def _drive(gen, args: argparse.Namespace):
+    from .progress import run_with_tqdm
+
+    return run_with_tqdm(gen, disable=getattr(args, "quiet", False))
+
+
+def _write_h5ad(adata, path: str | Path) -> None:
+    out = Path(path)
+    if out.suffix != ".h5ad":
+        raise InputError("output must end in .h5ad", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import fit
+
+    adata = _read(args)
+    model = _drive(
+        fit(adata, train_config=_train_config(args), feature_config=_feature_config(args),
+            checkpoint_path=args.out, resume=args.resume),
+        args,
+    )
+    final = model.meta.get("history", [float("nan")])[-1] if model.meta.get("history") else float("nan")
+    print(f"trained {model.config.model} on {adata.n_obs} spots x {len(model.genes)} genes; final loss {final:.4g}")
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .pipeline import superresolve
+    from .training import TrainedModel
+
+    model = TrainedModel.load(args.model, device=args.device)
+    adata = _read(args)
+    result = _drive(superresolve(model, adata, args.fold), args)
+    _write_h5ad(result, args.out)
+    print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes -> {args.out}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .pipeline import recover
+
+    adata = _read(args)
+    result = _drive(
+        recover(adata, holdout=args.holdout, seed=args.seed, train_config=_train_config(args),
+                feature_config=_feature_config(args)),
+        args,
+    )
+    result.predictions.uns["metrics_summary"] = json.loads(json.dumps(result.summary(), default=float))
+    _write_h5ad(result.predictions, args.out)
+    if args.metrics:
+        result.metrics.to_csv(args.metrics)
+    if args.save_model:
+        result.model.save(args.save_model)
+    _print_summary(result.summary())
+    print(f"predictions for {len(result.test_ids)} hidden spots -> {args.out}")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    def line(label: str, s: dict) -> str:
+        return (f"  {label:<38} PCC {s['pcc_mean']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
+                f"  ({s['n_genes']} genes)")
+
+    print(f"held-out spots: {summary['n_test']} (trained on {summary['n_train']})")
+    print(line("model, hidden spots", summary["model"]))
+    print(line("model, hidden spots, top-mean genes", summary["model_top_mean"]))
+    print(line("6-NN baseline, hidden spots", summary["baseline"]))
+    print(line("6-NN baseline, top-mean genes", summary["baseline_top_mean"]))
+    print(line("model, ALL spots incl. training (not held out)", summary["model_all_spots_incl_training"]))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import anndata as ad
+    import numpy as np
+
+    from .evaluation import gene_metrics, read_layer_annotations, spatial_ari, summarize
+    from .preprocess import dense_targets, normalize_log1p
+
+    pred_path = Path(args.predictions)
+    if not pred_path.exists():
+        raise InputError("predictions file does not exist", pred_path)
+    try:
+        pred = ad.read_h5ad(pred_path)
+    except Exception as exc:  # noqa: BLE001 - any h5py/anndata failure means an unreadable file
+        raise InputError(f"not a readable .h5ad file ({exc.__class__.__name__})", pred_path) from None
+    adata = _read(args)
+    spots = [s for s in pred.obs_names if s in set(adata.obs_names)]
+    genes = [g for g in pred.var_names if g in set(adata.var_names)]
+    if not spots:
+        raise InputError("no predicted spot id matches a measured spot; 'evaluate' scores fold-1 predictions", pred_path)
+    if not genes:
+        raise InputError("no predicted gene matches a measured gene", pred_path)
+    truth = dense_targets(normalize_log1p(adata)[spots], genes)
+    values = np.asarray(pred[spots, genes].X.toarray() if hasattr(pred.X, "toarray") else pred[spots, genes].X)
+    metrics = gene_metrics(truth, values, genes)
+    s = summarize(metrics)
+    print(f"{len(spots)} spots x {len(genes)} genes: PCC {s['pcc_mean']:.3f} (median {s['pcc_median']:.3f}), "
+          f"MSE {s['mse']:.4f}, MAE {s['mae']:.4f}")
+    if args.metrics:
+        metrics.to_csv(args.metrics)
+    if args.layers:
+        labels = read_layer_annotations(args.layers).reindex(spots)
+        ari_pred = spatial_ari(values, labels.to_numpy())
+        ari_true = spatial_ari(truth, labels.to_numpy())
+        print(f"spatial-domain ARI (k-means vs layers): predicted {ari_pred:.3f}, measured {ari_true:.3f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = _drive(run_demo(args.out, epochs=args.epochs, device=args.device), args)
+    print(summary["report"])
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train, "predict": cmd_predict, "recover": cmd_recover,
+    "evaluate": cmd_evaluate, "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``histosge``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CancelledError:
+        print("histosge: cancelled", file=sys.stderr)
+        return 130
+    except HistosgeError as exc:
+        print(f"histosge: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("histosge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The spot lattice of a section and N-fold denser (super-resolution) positions.
+
+Spots of Visium (hexagonal) and ST v1 (square) sit on a 2-D lattice. We measure that
+lattice in full-resolution pixels, then build a finer lattice ``L' ⊇ L`` of index ``N``
+(``N`` times as many points per unit area) and give every measured spot the ``N`` fine
+points of its Voronoi cell. Nothing is hard-coded in pixels: every offset comes from
+the measured lattice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .errors import InputError
+
+KINDS = ("hexagonal", "square", "other")
+MIN_FOLD, MAX_FOLD = 2, 16
+
+# Lattice bases in (array_col, array_row) index space; columns are basis vectors.
+# Visium: array_col steps by 2 within a row and rows are offset by 1, so spots are the
+# sublattice {(col, row): col + row even}.
+_INDEX_BASIS = {
+    "hexagonal": np.array([[2.0, 1.0], [0.0, 1.0]]),
+    "square": np.eye(2),
+}
+# Relative tolerances for calling a reduced basis hexagonal or square.
+_LEN_TOL, _ANGLE_TOL_DEG = 0.06, 6.0
+
+
+@dataclass
+class Lattice:
+    """A 2-D point lattice in full-resolution pixels.
+
+    Attributes
+    ----------
+    basis
+        ``(2, 2)`` float array whose *columns* are two primitive lattice vectors
+        ``(x, y)`` in full-resolution pixels (kept Lagrange-reduced: the first column is
+        a shortest lattice vector).
+    origin
+        ``(2,)`` a lattice point in full-resolution pixels.
+    kind
+        ``"hexagonal"``, ``"square"`` or ``"other"``.
+    """
+
+    basis: np.ndarray
+    origin: np.ndarray
+    kind: str
+
+    def __post_init__(self) -> None:
+        self.basis = np.asarray(self.basis, dtype=float).reshape(2, 2)
+        self.origin = np.asarray(self.origin, dtype=float).reshape(2)
+        if self.kind not in KINDS:
+            raise InputError(f"unknown lattice kind {self.kind!r}; expected one of {KINDS}")
+        if not np.all(np.isfinite(self.basis)) or abs(np.linalg.det(self.basis)) < 1e-12:
+            raise InputError(f"lattice basis must be finite and non-degenerate, got {self.basis.tolist()}")
+
+    @property
+    def spacing(self) -> float:
+        """Centre-to-centre distance of nearest spots (length of a shortest lattice vector)."""
+        return float(np.linalg.norm(reduce_basis(self.basis)[:, 0]))
+
+    @property
+    def cell_area(self) -> float:
+        """Area of one lattice cell in full-res px² (one spot per cell)."""
+        return float(abs(np.linalg.det(self.basis)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (for ``uns`` and checkpoints)."""
+        return {"basis": self.basis.tolist(), "origin": self.origin.tolist(), "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lattice:
+        """Inverse of :meth:`to_dict`; raises :class:`InputError` on a malformed dict."""
+        try:
+            return cls(basis=np.asarray(data["basis"], float), origin=np.asarray(data["origin"], float), kind=str(data["kind"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"malformed lattice description {data!r}: {exc}") from None
+
+
+@dataclass
+class SuperResolutionGrid:
+    """N-fold denser positions, each assigned to the measured spot whose cell holds it.
+
+    Attributes
+    ----------
+    positions
+        ``(m, 2)`` positions ``(x, y)`` in full-resolution pixels, ``m = fold * n_spots``,
+        spot-major: rows ``i*fold .. i*fold + fold - 1`` belong to spot ``i`` and the first
+        of them is the spot's own measured centre.
+    parent
+        ``(m,)`` index of the measured spot whose cell each position is in.
+    fold
+        ``N``.
+    lattice
+        The fine lattice (``N`` times denser than the measured one).
+    """
+
+    positions: np.ndarray
+    parent: np.ndarray
+    fold: int
+    lattice: Lattice
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def reduce_basis(basis: np.ndarray) -> np.ndarray:
+    """Lagrange-Gauss reduce a 2-D lattice basis (columns); the first column is shortest.
+
+    Parameters
+    ----------
+    basis
+        ``(2, 2)`` array whose columns generate the lattice.
+
+    Returns
+    -------
+    numpy.ndarray
+        A basis of the same lattice with ``|b1| <= |b2|`` and ``|b1·b2| <= |b1|²/2``.
+    """
+    b1, b2 = np.array(basis[:, 0], float), np.array(basis[:, 1], float)
+    if b1 @ b1 > b2 @ b2:
+        b1, b2 = b2, b1
+    for _ in range(100):  # converges in a few steps; the cap guards against NaNs
+        mu = round(float(b1 @ b2) / float(b1 @ b1))
+        b2 = b2 - mu * b1
+        if b2 @ b2 >= b1 @ b1 * (1 - 1e-12):
+            break
+        b1, b2 = b2, b1
+    return np.column_stack([b1, b2])
+
+
+def classify_basis(basis: np.ndarray) -> str:
+    """Call a lattice ``"hexagonal"``, ``"square"`` or ``"other"`` from its basis."""
+    b = reduce_basis(basis)
+    l1, l2 = np.linalg.norm(b, axis=0)
+    if l2 > l1 * (1 + _LEN_TOL):
+        return "other"
+    cos = abs(b[:, 0] @ b[:, 1]) / (l1 * l2)
+    angle = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))  # in [0, 90]
+    if abs(angle - 60.0) <= _ANGLE_TOL_DEG:
+        return "hexagonal"
+    if abs(angle - 90.0) <= _ANGLE_TOL_DEG:
+        return "square"
+    return "other"
+
+
+def _make_lattice(basis: np.ndarray, origin: np.ndarray, kind: str | None = None) -> Lattice:
+    reduced = reduce_basis(basis)
+    return Lattice(basis=reduced, origin=origin, kind=kind or classify_basis(reduced))
+
+
+def _check_positions(positions: Any, what: str = "spot positions") -> np.ndarray:
+    pts = np.asarray(positions, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"{what} must be an (n, 2) array of (x, y), got shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise InputError(f"{what} contain NaN or infinite values")
+    return pts
+
+
+def _robust_affine(index: np.ndarray, pts: np.ndarray, spacing_hint: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit ``pts ≈ index @ A.T + t`` by least squares, dropping gross outliers.
+
+    Returns ``(A, t, inlier_mask)``. Residuals above ``max(3 * robust sigma, 1% of the
+    spacing)`` are outliers (mis-placed spots), refitted until the inlier set is stable.
+    """
+    design = np.column_stack([index, np.ones(len(index))])
+    mask = np.ones(len(index), bool)
+    A = t = None
+    for _ in range(10):
+        if mask.sum() < 3 or np.linalg.matrix_rank(design[mask]) < 3:
+            raise InputError("too few spots off a single line to fit the spot lattice")
+        coef, *_ = np.linalg.lstsq(design[mask], pts[mask], rcond=None)
+        A, t = coef[:2].T, coef[2]
+        resid = np.linalg.norm(design @ coef - pts, axis=1)
+        spacing = spacing_hint or float(np.linalg.norm(reduce_basis(A)[:, 0]))
+        sigma = 1.4826 * float(np.median(resid[mask]))
+        new_mask = resid <= max(3.0 * sigma, 0.01 * spacing)
+        if np.array_equal(new_mask, mask):
+            break
+        mask = new_mask
+    return A, t, mask
+
+
+def _medoid_index(pts: np.ndarray) -> int:
+    """Index of the point nearest the median position (a central, real spot)."""
+    return int(np.argmin(np.linalg.norm(pts - np.median(pts, axis=0), axis=1)))
+
+
+# ----------------------------------------------------------------------------- estimation
+
+
+def _lattice_from_indices(pts: np.ndarray, index: np.ndarray, kind: str) -> Lattice:
+    A, t, mask = _robust_affine(index, pts)
+    ref = _medoid_index(np.where(mask[:, None], pts, np.inf)) if mask.any() else 0
+    origin = A @ index[ref] + t  # a real spot's index keeps the origin on the sublattice
+    return _make_lattice(A @ _INDEX_BASIS[kind], origin, kind=kind)
+
+
+def _direction_clusters(vecs: np.ndarray, min_support: int) -> list[np.ndarray]:
+    """Group neighbour vectors by direction (``v`` and ``-v`` together), shortest first."""
+    lengths = np.linalg.norm(vecs, axis=1)
+    unassigned = np.ones(len(vecs), bool)
+    means: list[np.ndarray] = []
+    while unassigned.any():
+        seed = vecs[np.flatnonzero(unassigned)[np.argmin(lengths[unassigned])]]
+        rep = seed
+        for _ in range(2):  # re-centre the cluster once on its mean
+            flipped = np.where((vecs @ rep < 0)[:, None], -vecs, vecs)
+            member = unassigned & (np.linalg.norm(flipped - rep, axis=1) <= 0.15 * np.linalg.norm(rep))
+            member[np.flatnonzero(unassigned)[np.argmin(lengths[unassigned])]] = True
+            rep = flipped[member].mean(axis=0)
+        unassigned &= ~member
+        if member.sum() >= min_support:
+            means.append(rep)
+    return sorted(means, key=lambda v: float(np.linalg.norm(v)))
+
+
+def _lattice_from_positions(pts: np.ndarray) -> Lattice:
+    n = len(pts)
+    if n < 3:
+        raise InputError(f"need at least 3 spots to estimate the spot lattice, got {n}")
+    tree = cKDTree(pts)
+    k = min(n, 13)
+    dist, nbr = tree.query(pts, k=k)
+    vecs = (pts[nbr[:, 1:]] - pts[:, None, :]).reshape(-1, 2)
+    lengths = dist[:, 1:].ravel()
+    positive = dist[:, 1:][dist[:, 1:] > 0]
+    if positive.size == 0:
+        raise InputError("all spot positions are identical; cannot estimate the spot lattice")
+    nearest = np.where(dist[:, 1] > 0, dist[:, 1], np.nan)
+    d0 = float(np.nanmedian(nearest)) if np.isfinite(nearest).any() else float(positive.min())
+    keep = (lengths >= 0.5 * d0) & (lengths <= 4.0 * d0)
+    clusters = _direction_clusters(vecs[keep], min_support=max(2, int(0.05 * n)))
+    if not clusters:
+        raise InputError("could not find a repeating spot spacing in the positions")
+    v1 = clusters[0]
+    v2 = next((v for v in clusters[1:] if abs(np.cross(v1, v) / (np.linalg.norm(v1) * np.linalg.norm(v))) > 0.2), None)
+    if v2 is None:
+        raise InputError("spots lie on a single line; cannot estimate a 2-D spot lattice")
+    basis = reduce_basis(np.column_stack([v1, v2]))
+
+    # Refine: index spots against the rough basis and fit an affine map, growing the
+    # fitted region so small basis errors never mis-round far-away indices.
+    ref = _medoid_index(pts)
+    origin = pts[ref]
+    spacing = float(np.linalg.norm(basis[:, 0]))
+    far = float(np.linalg.norm(pts - origin, axis=1).max())
+    radius = 8.0 * spacing
+    while True:
+        sel = np.linalg.norm(pts - origin, axis=1) <= radius
+        index = np.rint(np.linalg.solve(basis, (pts[sel] - origin).T).T)
+        try:
+            A, t, _ = _robust_affine(index, pts[sel], spacing_hint=spacing)
+        except InputError:
+            if radius >= far:
+                raise
+        else:
+            basis, origin = A, t
+        if radius >= far:
+            break
+        radius *= 2.0
+    return _make_lattice(basis, origin)
+
+
+def estimate_lattice(adata_or_positions: Any) -> Lattice:
+    """Measure the spot lattice of a section in full-resolution pixels.
+
+    Parameters
+    ----------
+    adata_or_positions
+        A spot AnnData (see ``docs/architecture.md``) or an ``(n, 2)`` array of ``(x, y)``.
+        When ``obs`` has ``array_row``/``array_col`` and ``uns["histosge"]["lattice"]`` is
+        ``"hexagonal"`` (Visium) or ``"square"`` (ST v1), the pixel positions are fitted
+        as an affine map of the array indices (robust to a few mis-placed spots) and the
+        index-space basis is mapped through it. Otherwise the lattice is estimated from
+        the positions alone (nearest-neighbour vectors, reduced to a primitive basis).
+
+    Returns
+    -------
+    Lattice
+        Reduced basis, an origin on a measured spot's lattice site, and the kind.
+
+    Raises
+    ------
+    InputError
+        Too few spots, spots on a single line, or NaN positions.
+    """
+    if isinstance(adata_or_positions, np.ndarray) or not hasattr(adata_or_positions, "obsm"):
+        return _lattice_from_positions(_check_positions(adata_or_positions))
+    adata = adata_or_positions
+    source = (adata.uns.get("histosge") or {}).get("source")
+    if "spatial" not in adata.obsm:
+        raise InputError('the spot table has no obsm["spatial"] positions', source)
+    pts = _check_positions(adata.obsm["spatial"])
+    kind = (adata.uns.get("histosge") or {}).get("lattice")
+    if kind in _INDEX_BASIS and {"array_row", "array_col"} <= set(adata.obs.columns):
+        index = adata.obs[["array_col", "array_row"]].to_numpy(dtype=float)
+        parity = (index.sum(axis=1) % 2).astype(int)
+        if kind == "hexagonal" and min(np.mean(parity == 0), np.mean(parity == 1)) > 0.02:
+            warnings.warn(
+                f"{source or 'spots'}: array indices are not on a hexagonal (Visium) sublattice; "
+                "estimating the lattice from positions instead",
+                stacklevel=2,
+            )
+        elif len(pts) >= 3:
+            return _lattice_from_indices(pts, index, kind)
+    return _lattice_from_positions(pts)
+
+
+# ----------------------------------------------------------------------------- super-resolution
+
+
+def _shortest_vector(basis: np.ndarray) -> float:
+    return float(np.linalg.norm(reduce_basis(basis)[:, 0]))
+
+
+def _choose_superlattice(basis: np.ndarray, fold: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pick the index-``fold`` superlattice that packs best; return ``(H, fine_basis)``.
+
+    Candidates are the Hermite normal forms ``H = [[a, b], [0, d]]`` with ``a*d = fold``,
+    ``0 <= b < d`` (every superlattice of index ``fold`` appears exactly once), fine basis
+    ``B @ inv(H)``. The largest shortest-vector wins; ties prefer the original lattice's
+    kind, then hexagonal/square shapes, then the smallest ``(a, b)``.
+    """
+    candidates = []
+    for a in range(1, fold + 1):
+        if fold % a:
+            continue
+        d = fold // a
+        for b in range(d):
+            H = np.array([[a, b], [0, d]], float)
+            fine = basis @ np.linalg.inv(H)
+            fine_kind = classify_basis(fine)
+            score = _shortest_vector(fine) / _shortest_vector(basis)
+            key = (-round(score, 9), fine_kind != kind, fine_kind == "other", a, b)
+            candidates.append((key, H, fine))
+    candidates.sort(key=lambda c: c[0])
+    return candidates[0][1], candidates[0][2]
+
+
+def _coset_offsets(basis: np.ndarray, H: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """One offset per coset of ``L'/L``, each the representative nearest the origin.
+
+    The box ``{(i, j): 0 <= i < a, 0 <= j < d}`` holds one representative per coset of
+    ``Z² / H Z²``; each is moved by coarse lattice vectors into the origin's Voronoi cell.
+    Ties on the cell boundary go to the smallest ``(round(y), round(x))`` so the choice
+    is deterministic. The zero offset comes first.
+    """
+    a, d = int(H[0, 0]), int(H[1, 1])
+    shifts = np.array(list(itertools.product(range(-3, 4), repeat=2)), float) @ reduce_basis(basis).T
+    tol = 1e-9 * _shortest_vector(basis)
+    offsets = []
+    for i, j in itertools.product(range(a), range(d)):
+        cand = fine @ np.array([i, j], float) - shifts
+        dist = np.linalg.norm(cand, axis=1)
+        near = cand[dist <= dist.min() + tol]
+        q = np.round(near / tol) if tol > 0 else near
+        offsets.append(near[np.lexsort((q[:, 0], q[:, 1]))[0]])
+    offsets = np.array(offsets)
+    order = np.lexsort((offsets[:, 0], offsets[:, 1], np.round(np.linalg.norm(offsets, axis=1) / tol)))
+    return offsets[order]
+
+
+def superresolution_positions(adata_or_positions: Any, fold: int, *, lattice: Lattice | None = None) -> SuperResolutionGrid:
+    """N-fold denser positions: ``fold`` positions per measured spot, tiling the tissue.
+
+    Parameters
+    ----------
+    adata_or_positions
+        A spot AnnData (positions from ``obsm["spatial"]``) or an ``(n, 2)`` array of
+        ``(x, y)`` full-resolution pixel positions.
+    fold
+        ``N`` in 2..16: ``N`` times as many positions per unit area.
+    lattice
+        The measured lattice; estimated with :func:`estimate_lattice` when omitted.
+
+    Returns
+    -------
+    SuperResolutionGrid
+        ``N * n_spots`` positions. Each measured spot gets the ``N`` points of the best
+        packing index-``N`` superlattice that fall in its Voronoi cell, its own centre
+        first, so the union covers the spots' cells without gaps or duplicates.
+
+    Raises
+    ------
+    InputError
+        ``fold`` outside 2..16 or not an integer; bad positions.
+    """
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not MIN_FOLD <= fold <= MAX_FOLD:
+        raise InputError(f"fold must be an integer from {MIN_FOLD} to {MAX_FOLD}, got {fold!r}")
+    fold = int(fold)
+    if hasattr(adata_or_positions, "obsm"):
+        if "spatial" not in adata_or_positions.obsm:
+            raise InputError('the spot table has no obsm["spatial"] positions')
+        pts = _check_positions(adata_or_positions.obsm["spatial"])
+    else:
+        pts = _check_positions(adata_or_positions)
+    if lattice is None:
+        lattice = estimate_lattice(adata_or_positions if hasattr(adata_or_positions, "obsm") else pts)
+    basis = reduce_basis(lattice.basis)
+    H, fine = _choose_superlattice(basis, fold, lattice.kind)
+    offsets = _coset_offsets(basis, H, fine)
+    positions = (pts[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
+    parent = np.repeat(np.arange(len(pts)), fold)
+    return SuperResolutionGrid(positions=positions, parent=parent, fold=fold, lattice=_make_lattice(fine, lattice.origin))

@@ -1,0 +1,113 @@
+"""Typed progress events shared by every long operation.
+
+Long work is written as a generator that yields :class:`Progress` events and
+*returns* its result (``StopIteration.value``). The CLI drives it with a
+terminal progress bar (:func:`run_with_tqdm`); the napari plugin wraps the same
+generator in ``thread_worker``. Cancelling is cooperative: the consumer sets a
+:class:`CancelToken`, and the generator checks it between batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import CancelledError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report.
+
+    Parameters
+    ----------
+    stage
+        Short name of the step, e.g. ``"features"``, ``"train"``, ``"predict"``.
+    step
+        Units done so far in this stage.
+    total
+        Units in this stage, or ``None`` when unknown.
+    message
+        Human-readable detail.
+    metrics
+        Numbers worth showing, e.g. ``{"epoch": 3, "loss": 0.12}``.
+    """
+
+    stage: str
+    step: int
+    total: int | None = None
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressGenerator = Generator[Progress, None, T]
+
+
+class CancelToken:
+    """A thread-safe flag a consumer sets to stop a running generator."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the operation to stop at its next check."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` has been called."""
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~napari_histosge.errors.CancelledError` if cancelled."""
+        if self._event.is_set():
+            raise CancelledError("cancelled by user")
+
+
+def run_to_end(gen: ProgressGenerator[T]) -> T:
+    """Consume a progress generator silently and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def run_with_tqdm(gen: ProgressGenerator[T], *, disable: bool = False) -> T:
+    """Consume a progress generator, showing one tqdm bar per stage.
+
+    Parameters
+    ----------
+    gen
+        The generator to drive.
+    disable
+        Hide the bars (e.g. ``--quiet``).
+    """
+    from tqdm.auto import tqdm
+
+    bar: Any = None
+    stage = None
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if event.stage != stage:
+                if bar is not None:
+                    bar.close()
+                stage = event.stage
+                bar = tqdm(total=event.total, desc=stage, disable=disable, leave=True)
+            if event.total is not None and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.step
+            if event.metrics:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()

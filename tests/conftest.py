@@ -1,0 +1,42 @@
+"""Shared fixtures: where the real data lives, and a skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """The real data folder: ``$HISTOSGE_DATA`` or ``../shared/data`` beside the repo."""
+    return Path(os.environ.get("HISTOSGE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Path to ``../shared/data``; skips the test with a clear reason when absent."""
+    root = data_root()
+    if not (root / "her2st").is_dir() or not (root / "dlpfc").is_dir():
+        pytest.skip(
+            f"real data not found at {root} (set HISTOSGE_DATA to the folder holding her2st/ and dlpfc/)"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def her2st_b4(real_data: Path) -> Path:
+    return real_data / "her2st" / "B4"
+
+
+@pytest.fixture(scope="session")
+def dlpfc_151675(real_data: Path) -> Path:
+    return real_data / "dlpfc" / "151675"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep feature/pyramid caches of tests out of the user's home."""
+    monkeypatch.setenv("HISTOSGE_CACHE", str(tmp_path_factory.getbasetemp() / "histosge-cache"))

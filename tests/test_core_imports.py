@@ -1,0 +1,32 @@
+"""The core must never import Qt or napari: check in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "napari_histosge",
+    "napari_histosge.io",
+    "napari_histosge.slide",
+    "napari_histosge.features",
+    "napari_histosge.models",
+    "napari_histosge.preprocess",
+    "napari_histosge.training",
+    "napari_histosge.lattice",
+    "napari_histosge.evaluation",
+    "napari_histosge.pipeline",
+    "napari_histosge.demo",
+    "napari_histosge.cli",
+]
+
+
+def test_core_imports_no_qt_or_napari() -> None:
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in CORE_MODULES)
+        + "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui'})\n"
+        + "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"core modules pulled in GUI packages: {out.stdout.strip()}"
