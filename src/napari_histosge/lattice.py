@@ -31,6 +31,8 @@ _INDEX_BASIS = {
 }
 # Relative tolerances for calling a reduced basis hexagonal or square.
 _LEN_TOL, _ANGLE_TOL_DEG = 0.06, 6.0
+# Superlattices whose shortest vectors differ by less than this count as equally good.
+_TIE_TOL = 0.03
 
 
 @dataclass
@@ -135,6 +137,8 @@ def reduce_basis(basis: np.ndarray) -> np.ndarray:
         if b2 @ b2 >= b1 @ b1 * (1 - 1e-12):
             break
         b1, b2 = b2, b1
+    # Canonical signs (a lattice basis is only defined up to ±): point into x > 0.
+    b1, b2 = (v if (v[0], v[1]) > (0.0, 0.0) else -v for v in (b1, b2))
     return np.column_stack([b1, b2])
 
 
@@ -201,7 +205,8 @@ def _medoid_index(pts: np.ndarray) -> int:
 
 def _lattice_from_indices(pts: np.ndarray, index: np.ndarray, kind: str) -> Lattice:
     A, t, mask = _robust_affine(index, pts)
-    ref = _medoid_index(np.where(mask[:, None], pts, np.inf)) if mask.any() else 0
+    inliers = np.flatnonzero(mask)
+    ref = inliers[_medoid_index(pts[inliers])]
     origin = A @ index[ref] + t  # a real spot's index keeps the origin on the sublattice
     return _make_lattice(A @ _INDEX_BASIS[kind], origin, kind=kind)
 
@@ -212,13 +217,19 @@ def _direction_clusters(vecs: np.ndarray, min_support: int) -> list[np.ndarray]:
     unassigned = np.ones(len(vecs), bool)
     means: list[np.ndarray] = []
     while unassigned.any():
-        seed = vecs[np.flatnonzero(unassigned)[np.argmin(lengths[unassigned])]]
-        rep = seed
-        for _ in range(2):  # re-centre the cluster once on its mean
+        seed_at = np.flatnonzero(unassigned)[np.argmin(lengths[unassigned])]
+        rep = vecs[seed_at]
+        member = np.zeros(len(vecs), bool)
+        # The shortest vector is often a jittered pair: re-centre the window on the
+        # members' median until it settles on the true neighbour vector.
+        for _ in range(20):
             flipped = np.where((vecs @ rep < 0)[:, None], -vecs, vecs)
-            member = unassigned & (np.linalg.norm(flipped - rep, axis=1) <= 0.15 * np.linalg.norm(rep))
-            member[np.flatnonzero(unassigned)[np.argmin(lengths[unassigned])]] = True
-            rep = flipped[member].mean(axis=0)
+            new = unassigned & (np.linalg.norm(flipped - rep, axis=1) <= 0.15 * np.linalg.norm(rep))
+            new[seed_at] = True  # the seed always leaves the pool, so the loop terminates
+            rep = np.median(flipped[new], axis=0)
+            if np.array_equal(new, member):
+                break
+            member = new
         unassigned &= ~member
         if member.sum() >= min_support:
             means.append(rep)
@@ -244,7 +255,7 @@ def _lattice_from_positions(pts: np.ndarray) -> Lattice:
     if not clusters:
         raise InputError("could not find a repeating spot spacing in the positions")
     v1 = clusters[0]
-    v2 = next((v for v in clusters[1:] if abs(np.cross(v1, v) / (np.linalg.norm(v1) * np.linalg.norm(v))) > 0.2), None)
+    v2 = next((v for v in clusters[1:] if abs(v1[0] * v[1] - v1[1] * v[0]) / (np.linalg.norm(v1) * np.linalg.norm(v)) > 0.2), None)
     if v2 is None:
         raise InputError("spots lie on a single line; cannot estimate a 2-D spot lattice")
     basis = reduce_basis(np.column_stack([v1, v2]))
@@ -342,10 +353,13 @@ def _choose_superlattice(basis: np.ndarray, fold: int, kind: str) -> tuple[np.nd
             fine = basis @ np.linalg.inv(H)
             fine_kind = classify_basis(fine)
             score = _shortest_vector(fine) / _shortest_vector(basis)
-            key = (-round(score, 9), fine_kind != kind, fine_kind == "other", a, b)
-            candidates.append((key, H, fine))
-    candidates.sort(key=lambda c: c[0])
-    return candidates[0][1], candidates[0][2]
+            candidates.append((score, fine_kind != kind, fine_kind == "other", a, b, H, fine))
+    # A measured lattice is never exactly square/hexagonal, so scores within _TIE_TOL of
+    # the best count as ties (e.g. 2x2 square vs centred-rectangular for N=4 on ST v1).
+    best = max(c[0] for c in candidates)
+    tied = [c for c in candidates if c[0] >= best * (1 - _TIE_TOL)]
+    chosen = min(tied, key=lambda c: (c[1], c[2], -round(c[0], 9), c[3], c[4]))
+    return chosen[5], chosen[6]
 
 
 def _coset_offsets(basis: np.ndarray, H: np.ndarray, fine: np.ndarray) -> np.ndarray:
@@ -357,11 +371,15 @@ def _coset_offsets(basis: np.ndarray, H: np.ndarray, fine: np.ndarray) -> np.nda
     is deterministic. The zero offset comes first.
     """
     a, d = int(H[0, 0]), int(H[1, 1])
-    shifts = np.array(list(itertools.product(range(-3, 4), repeat=2)), float) @ reduce_basis(basis).T
+    basis = reduce_basis(basis)
+    # With a reduced basis the nearest coarse point is within ±2 of the rounded coordinates.
+    shifts = np.array(list(itertools.product(range(-2, 3), repeat=2)), float) @ basis.T
     tol = 1e-9 * _shortest_vector(basis)
     offsets = []
     for i, j in itertools.product(range(a), range(d)):
-        cand = fine @ np.array([i, j], float) - shifts
+        point = fine @ np.array([i, j], float)
+        point = point - basis @ np.rint(np.linalg.solve(basis, point))
+        cand = point - shifts
         dist = np.linalg.norm(cand, axis=1)
         near = cand[dist <= dist.min() + tol]
         q = np.round(near / tol) if tol > 0 else near
@@ -371,7 +389,16 @@ def _coset_offsets(basis: np.ndarray, H: np.ndarray, fine: np.ndarray) -> np.nda
     return offsets[order]
 
 
-def superresolution_positions(adata_or_positions: Any, fold: int, *, lattice: Lattice | None = None) -> SuperResolutionGrid:
+def snap_to_lattice(positions: np.ndarray, lattice: Lattice) -> np.ndarray:
+    """The lattice site nearest (in index space) to each ``(x, y)`` position."""
+    pts = _check_positions(positions)
+    index = np.rint(np.linalg.solve(lattice.basis, (pts - lattice.origin).T).T)
+    return lattice.origin + index @ lattice.basis.T
+
+
+def superresolution_positions(
+    adata_or_positions: Any, fold: int, *, lattice: Lattice | None = None, anchor: str = "measured"
+) -> SuperResolutionGrid:
     """N-fold denser positions: ``fold`` positions per measured spot, tiling the tissue.
 
     Parameters
@@ -383,6 +410,11 @@ def superresolution_positions(adata_or_positions: Any, fold: int, *, lattice: La
         ``N`` in 2..16: ``N`` times as many positions per unit area.
     lattice
         The measured lattice; estimated with :func:`estimate_lattice` when omitted.
+    anchor
+        ``"measured"`` (default): each spot's ``N`` positions are placed around its
+        measured centre, which is included exactly (spot jitter, large on ST v1, carries
+        over to its fine positions). ``"lattice"``: around the spot's fitted lattice
+        site instead, so all positions lie exactly on the fine lattice.
 
     Returns
     -------
@@ -394,8 +426,10 @@ def superresolution_positions(adata_or_positions: Any, fold: int, *, lattice: La
     Raises
     ------
     InputError
-        ``fold`` outside 2..16 or not an integer; bad positions.
+        ``fold`` outside 2..16 or not an integer; bad positions; unknown ``anchor``.
     """
+    if anchor not in ("measured", "lattice"):
+        raise InputError(f"anchor must be 'measured' or 'lattice', got {anchor!r}")
     if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not MIN_FOLD <= fold <= MAX_FOLD:
         raise InputError(f"fold must be an integer from {MIN_FOLD} to {MAX_FOLD}, got {fold!r}")
     fold = int(fold)
@@ -410,6 +444,8 @@ def superresolution_positions(adata_or_positions: Any, fold: int, *, lattice: La
     basis = reduce_basis(lattice.basis)
     H, fine = _choose_superlattice(basis, fold, lattice.kind)
     offsets = _coset_offsets(basis, H, fine)
+    if anchor == "lattice":
+        pts = snap_to_lattice(pts, lattice)
     positions = (pts[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
     parent = np.repeat(np.arange(len(pts)), fold)
     return SuperResolutionGrid(positions=positions, parent=parent, fold=fold, lattice=_make_lattice(fine, lattice.origin))

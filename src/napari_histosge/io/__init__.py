@@ -1,0 +1,100 @@
+"""Readers that turn spot data (Space Ranger, ST v1, .h5ad) into the spot AnnData.
+
+Every reader returns raw float32 CSR counts in ``X``, positions in full-resolution
+pixels in ``obsm["spatial"]`` and ``uns["histosge"]`` as described in
+docs/architecture.md. Bad input raises :class:`~napari_histosge.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ._common import SUPPORTED, image_size
+from .detect import FORMATS, detect_format
+
+if TYPE_CHECKING:
+    import anndata
+
+__all__ = ["FORMATS", "detect_format", "image_size", "read_spots", "spot_image"]
+
+
+def read_spots(
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    image: str | os.PathLike | None = None,
+) -> anndata.AnnData:
+    """Read spot-level spatial transcriptomics data.
+
+    Parameters
+    ----------
+    path
+        A Space Ranger output folder, an ST v1 section folder or an ``.h5ad`` file.
+    format
+        ``"spaceranger"``, ``"st_v1"`` or ``"h5ad"``; detected from names when ``None``.
+    image
+        Optional full-resolution image (scale 1.0), attached as ``images["fullres"]``.
+
+    Returns
+    -------
+    anndata.AnnData
+        Spots under tissue with raw counts, following docs/architecture.md.
+
+    Raises
+    ------
+    InputError
+        If the path is missing, unsupported, or its content is bad.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("path does not exist", path)
+    if image is not None and not Path(image).is_file():
+        raise InputError("image file does not exist", image)
+    if format is None:
+        format = detect_format(path)
+        if format is None:
+            raise InputError(f"unsupported input; {SUPPORTED}", path)
+    elif format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", path)
+    if format == "h5ad":
+        if not path.is_file():
+            raise InputError("format 'h5ad' needs an .h5ad file, not a folder", path)
+        from .h5ad import read_h5ad_spots
+
+        return read_h5ad_spots(path, image=image)
+    if not path.is_dir():
+        raise InputError(f"format {format!r} needs a folder; {SUPPORTED}", path)
+    if format == "spaceranger":
+        from .spaceranger import read_spaceranger
+
+        return read_spaceranger(path, image=image)
+    from .st_v1 import read_st_v1
+
+    return read_st_v1(path, image=image)
+
+
+def spot_image(adata: anndata.AnnData) -> tuple[str, float] | None:
+    """The largest image recorded for a spot AnnData.
+
+    Parameters
+    ----------
+    adata
+        A spot AnnData from :func:`read_spots`.
+
+    Returns
+    -------
+    tuple or None
+        ``(path, scale)`` with ``scale`` = image px per full-res px, or ``None``
+        when no image is recorded.
+    """
+    info: Any = adata.uns.get("histosge", {}) or {}
+    images = info.get("images") or {}
+    if not images:
+        return None
+    name = info.get("image")
+    if name not in images:
+        name = max(images, key=lambda n: float(images[n]["scale"]))
+    return str(images[name]["path"]), float(images[name]["scale"])

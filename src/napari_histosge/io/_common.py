@@ -219,7 +219,7 @@ def build_adata(
 
     ``uns["spatial"][library_id]["scalefactors"]`` is filled for scanpy (no image arrays).
     """
-    obs = pd.DataFrame(index=pd.Index(obs_names.astype(str), name=None))
+    obs = pd.DataFrame(index=obs_names.astype(str).rename(None))
     if obs_extra is not None:
         for col in obs_extra.columns:
             if col not in ("array_row", "array_col", "in_tissue"):
@@ -227,6 +227,8 @@ def build_adata(
     obs["array_row"] = np.asarray(array_row, dtype=np.int64)
     obs["array_col"] = np.asarray(array_col, dtype=np.int64)
     obs["in_tissue"] = np.ones(len(obs), dtype=np.int64)
+    var = var.copy()
+    var.index = var.index.astype(str).rename(None)  # h5ad needs str, unnamed
     adata = ad.AnnData(X=counts, obs=obs, var=var)
     adata.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
     adata.uns["histosge"] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def positions_file(folder: Path) -> Path | None:
 def looks_like_spaceranger(folder: Path) -> bool:
     """Cheap check by file names only."""
     return (
-        (folder / "spatial").is_dir()
+        positions_file(folder) is not None
+        or (folder / "spatial" / "scalefactors_json.json").is_file()
         or (folder / "filtered_feature_bc_matrix.h5").is_file()
         or (folder / "filtered_feature_bc_matrix").is_dir()
     )
@@ -96,7 +98,9 @@ def _read_h5(path: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
     import scanpy as sc
 
     try:
-        adata = sc.read_10x_h5(path)
+        with warnings.catch_warnings():  # duplicate names are made unique below
+            warnings.filterwarnings("ignore", message=".*names are not unique", category=UserWarning)
+            adata = sc.read_10x_h5(path)
     except Exception as exc:  # h5py/scanpy raise many types for a corrupt file
         raise InputError(f"cannot read the 10x HDF5 counts file ({type(exc).__name__}: {exc})", path) from exc
     adata.var_names_make_unique()
