@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .features import FeatureConfig, SpotFeatures, extract_features_at, extract_spot_features
+from .features import (
+    FeatureConfig,
+    SpotFeatures,
+    extract_features_at,
+    extract_spot_features,
+    patch_size_px,
+    spot_center_fraction,
+)
 from .io import spot_image
 from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes
 from .progress import CancelToken, Progress, ProgressGenerator
@@ -42,20 +49,12 @@ def _no_image_features(n: int) -> SpotFeatures:
     )
 
 
-def patch_size_px(adata, config: FeatureConfig) -> float:
-    """Patch edge in full-resolution pixels for ``adata`` under ``config``."""
-    info = adata.uns.get("histosge", {})
-    mpp = info.get("mpp")
-    if config.patch_um is not None and mpp:
-        return float(config.patch_um) / float(mpp)
-    return float(config.patch_spot_fraction) * float(info["spot_diameter_px"])
-
-
 def _model_meta(adata, feature_config: FeatureConfig) -> dict[str, Any]:
     info = adata.uns.get("histosge", {})
     return {
         "features": feature_config.to_dict(),
         "patch_size_px": patch_size_px(adata, feature_config),
+        "center_fraction": spot_center_fraction(adata, feature_config),
         "normalisation": {"target_sum": TARGET_SUM, "log1p": True},
         "spot_diameter_px": float(info.get("spot_diameter_px", np.nan)),
         "mpp": info.get("mpp"),
@@ -156,7 +155,8 @@ def features_at(
         raise InputError("the data has no image to extract features from", adata.uns.get("histosge", {}).get("source"))
     path, scale = image
     feats = yield from extract_features_at(
-        path, scale, np.asarray(positions, np.float64), model.meta["patch_size_px"], config, cancel=cancel
+        path, scale, np.asarray(positions, np.float64), model.meta["patch_size_px"], config,
+        center_fraction=model.meta["center_fraction"], cancel=cancel,
     )
     _check_same_extractor(model, feats)
     return feats
@@ -228,7 +228,8 @@ def superresolve(
     from .lattice import superresolution_positions
 
     yield Progress("lattice", 0, 1, f"{fold}-fold positions")
-    grid = superresolution_positions(adata, fold)
+    # anchor on the fitted lattice so the new positions form one regular grid
+    grid = superresolution_positions(adata, fold, anchor="lattice")
     yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
     feats = yield from features_at(model, adata, grid.positions, cancel=cancel)
     yield Progress("predict", 0, 1, f"{len(grid.positions)} positions")

@@ -1,0 +1,31 @@
+"""Patch features around spots: extractor registry, extractors and cache.
+
+Built-in extractors: ``default`` (weight-free colour/texture descriptors),
+``uni`` (UNI ViT-L/16 from a local checkpoint or the Hugging Face hub) and
+``timm:<model_name>`` (any timm backbone).
+"""
+
+from __future__ import annotations
+
+from .extract import (
+    FeatureConfig,
+    SpotFeatures,
+    extract_features_at,
+    extract_spot_features,
+    patch_size_px,
+    spot_center_fraction,
+)
+from .registry import FeatureExtractor, available_extractors, create_extractor, register_extractor
+
+__all__ = [
+    "FeatureConfig",
+    "FeatureExtractor",
+    "SpotFeatures",
+    "available_extractors",
+    "create_extractor",
+    "extract_features_at",
+    "extract_spot_features",
+    "patch_size_px",
+    "register_extractor",
+    "spot_center_fraction",
+]

@@ -1,0 +1,212 @@
+"""Foundation-model and timm backbones: ``uni`` and ``timm:<model_name>``.
+
+Networks are built lazily on the first :meth:`extract` call (or on reading
+``dim``), so creating an extractor to learn its cache identity is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .registry import FeatureExtractor, register_extractor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 0  # random-weight models are seeded so their identity is stable
+
+
+def _checkpoint_identity(path: str) -> str:
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _check_checkpoint_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError("checkpoint file not found", p)
+    return str(p)
+
+
+def _load_state_dict(path: str) -> dict[str, Any]:
+    """Read a weights file as a flat state dict (unwrapping common wrappers)."""
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and safetensors errors vary
+        raise InputError(f"cannot read checkpoint (not a PyTorch weights file?): {exc}", path) from exc
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise InputError("checkpoint does not contain a state dict of tensors", path)
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _check_fits(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
+    """Raise a clear InputError when ``sd`` has other keys or shapes than ``model``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
+        if bad_shape:
+            k = bad_shape[0]
+            detail.append(f"shape mismatch for {k!r}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}")
+        raise InputError(f"checkpoint does not fit {what}: " + "; ".join(detail), path)
+
+
+def _load_into(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
+    """Load ``sd`` strictly, with a clear error on mismatching keys or shapes."""
+    _check_fits(model, sd, path, what)
+    model.load_state_dict(sd, strict=True)
+
+
+class _TimmExtractor(FeatureExtractor):
+    """Shared batching/normalisation for timm models returning pooled features."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __init__(self, arg: str | None = None, *, checkpoint: str | None = None, device: Any = "cpu") -> None:
+        super().__init__(arg, checkpoint=_check_checkpoint_path(checkpoint), device=device)
+        self._model: Any = None
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            model = self._build()
+            self._model = model.eval().to(self.device)
+        return self._model
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return int(self.model.num_features)
+
+    def extract(self, patches: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        with torch.inference_mode():
+            x = patches.to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+                x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
+            mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+            out = model((x - mean) / std)
+            if out.ndim > 2:  # some models keep a spatial map even with num_classes=0
+                out = out.flatten(2).mean(-1)
+            return out.float()
+
+
+@register_extractor("timm:")
+class TimmExtractor(_TimmExtractor):
+    """Any timm model by name (random weights unless a local checkpoint is given)."""
+
+    def __init__(self, arg: str | None = None, *, checkpoint: str | None = None, device: Any = "cpu") -> None:
+        import timm
+
+        if not arg or not timm.is_model(arg):
+            close = timm.list_models(f"*{arg}*")[:10] if arg else []
+            hint = f"; similar names: {', '.join(close)}" if close else ""
+            raise InputError(
+                f"unknown timm model {arg!r}; use 'timm:<model_name>' with a name from "
+                f"timm.list_models(){hint}"
+            )
+        super().__init__(arg, checkpoint=checkpoint, device=device)
+        cfg = timm.get_pretrained_cfg(arg)
+        cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
+        self.input_size = int(cfg.get("input_size", (3, 224, 224))[-1])
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
+
+    @property
+    def identity(self) -> str:
+        weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else f"random-seed{RANDOM_SEED}"
+        return f"timm:{self.arg}|{weights}|in{self.input_size}"
+
+    def _build(self) -> Any:
+        import timm
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = timm.create_model(self.arg, pretrained=False, num_classes=0)
+        if self.checkpoint:
+            sd = _load_state_dict(self.checkpoint)
+            # Checkpoints saved with a classifier head: drop it (we use pooled features).
+            head = str(model.pretrained_cfg.get("classifier") or "")
+            own = model.state_dict()
+            if head:
+                sd = {k: v for k, v in sd.items() if k in own or not k.startswith(head + ".")}
+            _load_into(model, sd, self.checkpoint, f"timm model {self.arg!r}")
+        return model
+
+
+UNI_ARCH = "vit_large_patch16_224"
+UNI_HUB = "hf-hub:MahmoodLab/uni"
+UNI_KWARGS = dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True)
+
+
+@register_extractor("uni")
+class UniExtractor(_TimmExtractor):
+    """UNI (Chen et al. 2024) ViT-L/16 pathology foundation model, 1024 dims.
+
+    Weights come from a local checkpoint, or from the gated Hugging Face repo
+    ``MahmoodLab/uni`` using the ``HF_TOKEN`` environment variable.
+    """
+
+    input_size = 224
+
+    @property
+    def identity(self) -> str:
+        weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else UNI_HUB
+        return f"uni|{weights}"
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return 1024  # known without loading the 300M-parameter network
+
+    def _build(self) -> Any:
+        import timm
+        import torch
+
+        if self.checkpoint:
+            sd = _load_state_dict(self.checkpoint)
+            # Check keys/shapes against a weightless (meta) model before allocating one.
+            with torch.device("meta"):
+                skeleton = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
+            _check_fits(skeleton, sd, self.checkpoint, "UNI (vit_large_patch16_224)")
+            model = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
+            _load_into(model, sd, self.checkpoint, "UNI (vit_large_patch16_224)")
+            return model
+        try:
+            kwargs = {k: v for k, v in UNI_KWARGS.items() if k in ("init_values", "dynamic_img_size")}
+            return timm.create_model(UNI_HUB, pretrained=True, **kwargs)
+        except Exception as exc:  # network, auth and hub errors vary
+            token = "set" if os.environ.get("HF_TOKEN") else "not set"
+            raise InputError(
+                "could not download UNI weights from the Hugging Face hub "
+                f"(MahmoodLab/uni is gated; HF_TOKEN is {token}; offline?): {str(exc).rstrip('.')}. "
+                "Pass a local checkpoint file instead (e.g. --checkpoint pytorch_model.bin)."
+            ) from exc

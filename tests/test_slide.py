@@ -1,0 +1,241 @@
+"""Lazy slide access: real SVS/JPEG/PNG slides, generated TIFFs, bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_histosge import slide as slide_mod
+from napari_histosge.errors import InputError
+from napari_histosge.slide import open_slide
+
+
+def _pattern(h: int, w: int) -> np.ndarray:
+    """A smooth, non-symmetric RGB image (so misplaced reads are detectable)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = (xx * 255 // max(w - 1, 1)).astype(np.uint8)
+    g = (yy * 255 // max(h - 1, 1)).astype(np.uint8)
+    b = ((xx + 2 * yy) % 256).astype(np.uint8)
+    return np.dstack([r, g, b])
+
+
+@pytest.fixture(scope="module")
+def wsi_dir(real_data: Path) -> Path:
+    d = real_data / "wsi"
+    if not d.is_dir():
+        pytest.skip(f"no whole-slide images at {d}")
+    return d
+
+
+# ----------------------------------------------------------------- real slides
+
+
+def test_svs_jpeg_tiles(wsi_dir: Path) -> None:
+    path = wsi_dir / "cmu_small_region.svs"
+    s = open_slide(path)
+    assert s.shape == (2967, 2220)
+    assert s.mpp == pytest.approx(0.499)
+    assert s.downsamples == [1.0]
+    assert isinstance(s.levels[0], da.Array) and s.levels[0].dtype == np.uint8
+    assert s.levels[0].shape == (2967, 2220, 3)
+    ref = tifffile.imread(path, key=0)
+    np.testing.assert_array_equal(s.read_region(700, 1200, 300, 200), ref[1200:1400, 700:1000])
+    # Out of the image: padded with white, in-image part intact.
+    r = s.read_region(2100, -20, 200, 60)
+    assert (r[:20] == 255).all() and (r[:, 120:] == 255).all()
+    np.testing.assert_array_equal(r[20:, :120], ref[0:40, 2100:2220])
+    s.close()
+
+
+def test_svs_jpeg2000_two_levels(wsi_dir: Path) -> None:
+    path = wsi_dir / "tcga-cr-7395-01a-01-ts1.svs"
+    with open_slide(path) as s:
+        assert s.shape == (3567, 4443)
+        assert len(s.levels) == 2 and s.levels[1].shape == (1783, 2221, 3)
+        assert s.downsamples[1] == pytest.approx(2.0, abs=0.01)
+        assert s.mpp is None
+        with tifffile.TiffFile(path) as tf:
+            ref1 = tf.series[0].levels[1].asarray()
+        np.testing.assert_array_equal(s.read_region(600, 500, 128, 96, level=1), ref1[500:596, 600:728])
+        # A 400 px patch read at 128 px comes from the coarser level.
+        assert s.best_level(400, 128) == 1
+        patches = s.read_patches(np.array([[2400.0, 1800.0]]), 400, 128)
+        assert patches.shape == (1, 128, 128, 3) and patches.dtype == np.uint8
+        assert patches.std() > 5  # tissue, not padding
+
+
+def test_her2st_jpeg_pyramid(her2st_b4: Path) -> None:
+    jpg = next(her2st_b4.glob("*.jpg"))
+    s = open_slide(jpg)
+    assert s.shape == (9923, 9272)
+    assert s.mpp is None
+    assert max(s.levels[-1].shape[:2]) < 1024 <= max(s.levels[-2].shape[:2])
+    assert all(a == pytest.approx(2 * b, rel=0.01) for a, b in zip(s.downsamples[1:], s.downsamples[:-1]))
+    region = s.read_region(4000, 5000, 64, 48)
+    with slide_mod._pil_no_size_limit(), Image.open(jpg) as im:
+        ref = np.asarray(im.crop((4000, 5000, 4064, 5048)).convert("RGB"))
+    np.testing.assert_array_equal(region, ref)
+
+
+def test_dlpfc_lowres_png_with_scale(dlpfc_151675: Path) -> None:
+    png = dlpfc_151675 / "spatial" / "tissue_lowres_image.png"
+    s = open_slide(png)
+    assert s.shape == (600, 600) and len(s.levels) == 1
+    # A centre at full-res (4000, 5000) with scale 0.05 lies at (200, 250) in the PNG.
+    p = s.read_patches(np.array([[4000.0, 5000.0]]), 200, 10, scale=0.05)
+    np.testing.assert_array_equal(p[0], s.read_region(195, 245, 10, 10))
+
+
+# ----------------------------------------------------------------- generated files
+
+
+def test_pyramidal_tiff_subifds(tmp_path: Path) -> None:
+    img = _pattern(1024, 768)
+    path = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(128, 128), subifds=2, photometric="rgb",
+                 resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+        tw.write(img[::2, ::2], tile=(128, 128), subfiletype=1, photometric="rgb")
+        tw.write(img[::4, ::4], tile=(128, 128), subfiletype=1, photometric="rgb")
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.25)
+        assert s.downsamples == [1.0, 2.0, 4.0]
+        np.testing.assert_array_equal(s.read_region(10, 20, 30, 40, level=2), img[::4, ::4][20:60, 10:40])
+        # Exact pixel grid: a 32 px patch centred on a pixel corner at level 0 is that crop.
+        p = s.read_patches(np.array([[100.0, 200.0]]), 32, 32)
+        np.testing.assert_array_equal(p[0], img[184:216, 84:116])
+        # scale: the same slide read from a coordinate system twice as fine.
+        q = s.read_patches(np.array([[200.0, 400.0]]), 64, 32, scale=0.5)
+        np.testing.assert_array_equal(q[0], p[0])
+        # A 256 px patch at 64 px comes from level 2 (>= 64 px across there).
+        assert s.best_level(256, 64) == 2
+        big = s.read_patches(np.array([[384.0, 512.0]]), 256, 64)
+        np.testing.assert_allclose(big[0].astype(float), img[384:640, 256:512][::4, ::4], atol=3)
+
+
+def test_ome_tiff_channels_first(tmp_path: Path) -> None:
+    img = _pattern(300, 200)
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, np.moveaxis(img, 2, 0), ome=True, tile=(64, 64),
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm"})
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5)
+        assert s.shape == (300, 200)
+        np.testing.assert_array_equal(s.levels[0].compute(), img)
+
+
+@pytest.mark.parametrize("kind", ["planar", "grey", "rgba", "uint16"])
+def test_tiff_sample_layouts(tmp_path: Path, kind: str) -> None:
+    img = _pattern(120, 90)
+    path = tmp_path / f"{kind}.tif"
+    expected = img
+    if kind == "planar":
+        tifffile.imwrite(path, np.moveaxis(img, 2, 0), photometric="rgb", planarconfig="separate")
+    elif kind == "grey":
+        tifffile.imwrite(path, img[..., 1], imagej=True, resolution=(1 / 0.3, 1 / 0.3),
+                         metadata={"unit": "um"})
+        expected = np.repeat(img[..., 1:2], 3, axis=2)
+    elif kind == "rgba":
+        tifffile.imwrite(path, np.dstack([img, img[..., :1]]), photometric="rgb", extrasamples=["unassalpha"])
+    else:
+        tifffile.imwrite(path, img.astype(np.uint16) * 257, photometric="rgb")
+    with open_slide(path) as s:
+        np.testing.assert_array_equal(s.read_region(0, 0, 90, 120), expected)
+        np.testing.assert_array_equal(s.levels[0].compute(), expected)
+        if kind == "grey":
+            assert s.mpp == pytest.approx(0.3)
+
+
+def test_flat_image_pyramid_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = _pattern(2300, 1500)
+    png = tmp_path / "flat.png"
+    Image.fromarray(img).save(png)
+    cache = tmp_path / "cache"
+    s = open_slide(png, cache_dir=cache)
+    assert [lv.shape[:2] for lv in s.levels] == [(2300, 1500), (1150, 750), (575, 375)]
+    np.testing.assert_array_equal(s.read_region(1400, 2200, 100, 100), img[2200:2300, 1400:1500])
+    assert len(list((cache / "pyramids").iterdir())) == 1
+
+    def fail(*args: object) -> None:
+        raise AssertionError("pyramid rebuilt although cached")
+
+    monkeypatch.setattr(slide_mod, "_build_pyramid", fail)
+    s2 = open_slide(png, cache_dir=cache)
+    np.testing.assert_array_equal(s2.levels[1].compute(), s.levels[1].compute())
+
+
+def test_large_strip_tiff_goes_through_pyramid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slide_mod, "FLAT_DIRECT_MAX", 256)
+    img = _pattern(1200, 700)
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, img, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    s = open_slide(path, cache_dir=tmp_path / "c")
+    assert len(s.levels) == 2 and s.mpp == pytest.approx(0.5)
+    np.testing.assert_array_equal(s.read_region(5, 7, 50, 60), img[7:67, 5:55])
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        open_slide(tmp_path / "nope.svs")
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="folder"):
+        open_slide(tmp_path)
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    p = tmp_path / "slide.mrxs"
+    p.write_bytes(b"abc")
+    with pytest.raises(InputError, match=r"slide\.mrxs.*unsupported image type '\.mrxs'"):
+        open_slide(p)
+
+
+@pytest.mark.parametrize("name", ["bad.svs", "bad.jpg", "bad.png", "bad.tif"])
+def test_garbage_bytes(tmp_path: Path, name: str) -> None:
+    p = tmp_path / name
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match=rf"{name}.*cannot read image"):
+        open_slide(p, cache_dir=tmp_path / "c")
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    buf = tmp_path / "full.jpg"
+    Image.fromarray(_pattern(400, 300)).save(buf, quality=90)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.read_bytes()[:1500])
+    with pytest.raises(InputError, match=r"cut\.jpg.*cannot read image"):
+        open_slide(p, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c" / "pyramids").exists() or not any((tmp_path / "c" / "pyramids").iterdir())
+
+
+def test_truncated_svs(tmp_path: Path, wsi_dir: Path) -> None:
+    src = (wsi_dir / "cmu_small_region.svs").read_bytes()
+    p = tmp_path / "cut.svs"
+    p.write_bytes(src[: len(src) // 3])
+    with pytest.raises(InputError, match=r"cut\.svs"):
+        s = open_slide(p)
+        s.read_region(0, 0, *s.shape[::-1])  # if opening passed, reading all tiles must not
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.svs"
+    p.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        open_slide(p)
+
+
+def test_zero_size_image(tmp_path: Path) -> None:
+    p = tmp_path / "zero.tif"
+    with pytest.warns(UserWarning):
+        tifffile.imwrite(p, np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(InputError, match=r"zero\.tif.*zero size"):
+        open_slide(p)
