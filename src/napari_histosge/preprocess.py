@@ -135,8 +135,11 @@ def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = 
     if n_top >= adata_log.n_vars:
         return [str(g) for g in adata_log.var_names]
     hvg = sc.pp.highly_variable_genes(adata_log, flavor="seurat", n_top_genes=int(n_top), inplace=False)
-    mask = np.asarray(hvg["highly_variable"], dtype=bool)
-    return [str(g) for g in adata_log.var_names[mask]]
+    # scanpy's cut-off can keep ties (genes alone in a mean bin all score 1.0); take exactly
+    # n_top by normalised dispersion, ties broken by var order.
+    score = np.nan_to_num(np.asarray(hvg["dispersions_norm"], dtype=np.float64), nan=-np.inf)
+    chosen = np.sort(np.argsort(-score, kind="stable")[: int(n_top)])
+    return [str(adata_log.var_names[i]) for i in chosen]
 
 
 def top_mean_genes(adata_log, n: int = 50) -> list[str]:

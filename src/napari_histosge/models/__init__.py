@@ -6,10 +6,8 @@ Adding a model is adding one class decorated with :func:`register_model` in one 
 
 from __future__ import annotations
 
+# Importing a model's module registers it.
+from .histosge import HisToSGE
 from .registry import available_models, create_model, register_model
-
-# Importing the module registers its models.
-from . import histosge as _histosge  # noqa: E402,F401  (registration side effect)
-from .histosge import HisToSGE  # noqa: E402
 
 __all__ = ["HisToSGE", "available_models", "create_model", "register_model"]
