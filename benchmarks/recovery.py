@@ -53,14 +53,14 @@ def run_variant(adata, name, train_config, feature_config, features, args):
     s = result.summary()
     row = {
         "variant": name,
-        "pcc_hvg": s["model"]["pcc_mean"], "pcc_top50": s["model_top_mean"]["pcc_mean"],
+        "pcc_hvg": s["model"]["mean_pcc"], "pcc_top50": s["model_top_mean"]["mean_pcc"],
         "mse": s["model"]["mse"], "mae": s["model"]["mae"],
-        "pcc_all_spots_incl_training": s["model_all_spots_incl_training"]["pcc_mean"],
+        "pcc_all_spots_incl_training": s["model_all_spots_incl_training"]["mean_pcc"],
         "fit_s": result.timings.get("fit_s", float("nan")), "wall_s": wall,
     }
     baseline = {
         "variant": "6-NN baseline",
-        "pcc_hvg": s["baseline"]["pcc_mean"], "pcc_top50": s["baseline_top_mean"]["pcc_mean"],
+        "pcc_hvg": s["baseline"]["mean_pcc"], "pcc_top50": s["baseline_top_mean"]["mean_pcc"],
         "mse": s["baseline"]["mse"], "mae": s["baseline"]["mae"],
         "pcc_all_spots_incl_training": float("nan"), "fit_s": 0.0, "wall_s": float("nan"),
     }

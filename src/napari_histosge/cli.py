@@ -200,7 +200,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict) -> None:
     def line(label: str, s: dict) -> str:
-        return (f"  {label:<38} PCC {s['pcc_mean']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
+        return (f"  {label:<38} PCC {s['mean_pcc']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
                 f"  ({s['n_genes']} genes)")
 
     print(f"held-out spots: {summary['n_test']} (trained on {summary['n_train']})")
@@ -236,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     values = np.asarray(pred[spots, genes].X.toarray() if hasattr(pred.X, "toarray") else pred[spots, genes].X)
     metrics = gene_metrics(truth, values, genes)
     s = summarize(metrics)
-    print(f"{len(spots)} spots x {len(genes)} genes: PCC {s['pcc_mean']:.3f} (median {s['pcc_median']:.3f}), "
+    print(f"{len(spots)} spots x {len(genes)} genes: PCC {s['mean_pcc']:.3f} (median {s['median_pcc']:.3f}), "
           f"MSE {s['mse']:.4f}, MAE {s['mae']:.4f}")
     if args.metrics:
         metrics.to_csv(args.metrics)

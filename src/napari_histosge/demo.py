@@ -171,9 +171,9 @@ def run_demo(
     elapsed = time.perf_counter() - start
     report = "\n".join([
         f"demo: {adata.n_obs} spots, {len(result.genes)} genes, half hidden; {elapsed:.1f} s in all",
-        f"  held-out PCC, model vs measured:       {summary['model']['pcc_mean']:.3f}",
-        f"  held-out PCC, 6-NN baseline:           {summary['baseline']['pcc_mean']:.3f}",
-        f"  held-out PCC, model vs noise-free truth: {summary['model_vs_truth']['pcc_mean']:.3f}",
+        f"  held-out PCC, model vs measured:       {summary['model']['mean_pcc']:.3f}",
+        f"  held-out PCC, 6-NN baseline:           {summary['baseline']['mean_pcc']:.3f}",
+        f"  held-out PCC, model vs noise-free truth: {summary['model_vs_truth']['mean_pcc']:.3f}",
         f"  4-fold super-resolution: {sr.n_obs} positions -> {paths['superres_4x']}",
         f"  open it in napari: napari {data_dir}  (then Plugins > napari-histosge)",
     ])

@@ -1,0 +1,388 @@
+"""Turn core results into napari layer data: the ONLY place that knows napari's frame.
+
+The core speaks full-resolution image pixels as ``(x, y)`` (``adata.obsm["spatial"]``).
+napari's world frame here is the same full-resolution pixel grid, as ``(row, col)`` =
+``(y, x)``. Every layer built below sits in that frame through ``scale``/``translate``:
+
+* a slide image stored at ``scale`` image px per full-res px gets layer scale ``1/scale``
+  and a half-pixel translate so that pixel centres line up;
+* spots and predicted positions are Points at ``(y, x)`` with layer scale 1;
+* a heatmap raster of cell size ``c`` starting at ``(y0, x0)`` gets scale ``c`` and
+  translate ``(y0, x0)``.
+
+These functions are pure (no viewer): they return napari ``LayerDataTuple``s
+``(data, kwargs, layer_type)``, which readers return as is and widgets add with
+``viewer._add_layer_from_data`` or ``viewer.add_<type>(data, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: key of ``layer.metadata`` holding what a layer was made from.
+META_KEY = "histosge"
+
+#: roles stored in ``layer.metadata["histosge"]["role"]``.
+ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predicted_spots", "heatmap"
+
+SPOT_COLORMAP = "viridis"
+HEATMAP_COLORMAP = "inferno"
+DIFF_COLORMAP = "PiYG"
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+
+# ----------------------------------------------------------------------------- frames
+def spots_rc(adata) -> np.ndarray:
+    """Spot centres as napari ``(row, col)`` = ``(y, x)`` full-resolution pixels."""
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    return xy[:, ::-1].copy()
+
+
+def image_transform(image_scale: float) -> dict[str, tuple[float, float]]:
+    """``scale``/``translate`` placing an image stored at ``image_scale`` on the full-res grid.
+
+    Parameters
+    ----------
+    image_scale
+        Image pixels per full-resolution pixel (1.0 for the full-res image, 0.2 for
+        an image downsampled 5x).
+
+    Notes
+    -----
+    Image pixel ``j`` covers full-res ``[j/s, (j+1)/s)``; in napari's convention (pixel
+    centres at integer positions) its centre is at full-res ``(j + 0.5)/s - 0.5``.
+    """
+    s = float(image_scale)
+    if not s > 0:
+        raise ValueError(f"image scale must be positive, got {image_scale}")
+    step = 1.0 / s
+    offset = 0.5 * step - 0.5
+    return {"scale": (step, step), "translate": (offset, offset)}
+
+
+# ----------------------------------------------------------------------------- values
+def is_prediction(adata) -> bool:
+    """Whether ``adata`` holds predictions (log-normalised) rather than raw counts."""
+    info = adata.uns.get(META_KEY, {})
+    return isinstance(info, dict) and "fold" in info
+
+
+def _column(adata, gene: str) -> np.ndarray:
+    col = adata[:, gene].X
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return np.asarray(col, dtype=np.float64).ravel()
+
+
+def gene_values(adata, gene: str, *, log_adata=None) -> np.ndarray:
+    """Values of ``gene`` per row on the log1p(counts per 1e4) scale.
+
+    Predictions are already on that scale; raw counts are normalised with the core's
+    :func:`napari_histosge.preprocess.normalize_log1p` (pass ``log_adata`` to reuse a
+    normalised copy).
+    """
+    if gene not in adata.var_names:
+        raise KeyError(f"gene {gene!r} is not in the data")
+    if is_prediction(adata):
+        return _column(adata, gene)
+    if log_adata is None:
+        from ..preprocess import normalize_log1p
+
+        log_adata = normalize_log1p(adata)
+    return _column(log_adata, gene)
+
+
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """Finite (min, max) of ``values``, widened when flat so a colormap stays valid."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def default_gene(adata) -> str | None:
+    """The gene to show first: the one with the highest mean."""
+    if adata.n_vars == 0:
+        return None
+    x = adata.X
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    return str(adata.var_names[int(np.argmax(mean))])
+
+
+# ----------------------------------------------------------------------------- slide
+def slide_layer(levels: list, *, image_scale: float = 1.0, name: str = "slide",
+                metadata: dict | None = None) -> LayerDataTuple:
+    """A multiscale RGB image layer (dask levels, largest first) on the full-res grid."""
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "contrast_limits": (0, 255),
+        "metadata": {META_KEY: {"role": ROLE_SLIDE, **(metadata or {})}},
+        **image_transform(image_scale),
+    }
+    data = list(levels) if len(levels) > 1 else levels[0]
+    return data, kwargs, "image"
+
+
+# ----------------------------------------------------------------------------- spots
+def spot_features(adata, gene: str | None, *, log_adata=None) -> pd.DataFrame:
+    """The ``features`` table of a spots layer: spot id and the gene's values."""
+    table = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str)})
+    if gene is not None:
+        table[gene] = gene_values(adata, gene, log_adata=log_adata)
+    return table
+
+
+def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
+                role: str | None = None, log_adata=None) -> LayerDataTuple:
+    """Points at the spot centres, sized to the real spot diameter, coloured by ``gene``.
+
+    Parameters
+    ----------
+    adata
+        Spot AnnData (raw counts) or predictions (``uns["histosge"]["fold"]`` set).
+    gene
+        Gene to colour by; the most expressed gene when ``None``.
+    name
+        Layer name; from ``library_id`` when ``None``.
+    role
+        ``"spots"`` or ``"predicted_spots"`` (default from :func:`is_prediction`).
+    """
+    info = adata.uns.get(META_KEY, {})
+    predicted = is_prediction(adata)
+    role = role or (ROLE_PRED_SPOTS if predicted else ROLE_SPOTS)
+    gene = gene if gene is not None else default_gene(adata)
+    table = spot_features(adata, gene, log_adata=log_adata)
+    diameter = float(info.get("spot_diameter_px") or _nn_spacing(np.asarray(adata.obsm["spatial"])) / 2)
+    library = info.get("library_id") or "spots"
+    if name is None:
+        name = f"{library} {'predicted ' + str(info.get('fold')) + 'x' if predicted else 'spots'}"
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "size": diameter,
+        "features": table,
+        "border_width": 0.05 if not predicted else 0.0,
+        "border_width_is_relative": True,
+        "border_color": "white",
+        "opacity": 0.8,
+        "metadata": {META_KEY: {"role": role, "adata": adata, "gene": gene, "log_adata": log_adata}},
+    }
+    if gene is not None:
+        kwargs.update(face_color=gene, face_colormap=SPOT_COLORMAP,
+                      face_contrast_limits=value_range(table[gene].to_numpy()))
+    return spots_rc(adata), kwargs, "points"
+
+
+def recolor_spots(layer, gene: str) -> None:
+    """Recolour a spots layer built by :func:`spots_layer` by ``gene`` (updates ``features``)."""
+    meta = layer.metadata[META_KEY]
+    adata = meta["adata"]
+    if meta.get("log_adata") is None and not is_prediction(adata):
+        from ..preprocess import normalize_log1p
+
+        meta["log_adata"] = normalize_log1p(adata)
+    values = gene_values(adata, gene, log_adata=meta.get("log_adata"))
+    layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
+    layer.face_colormap = SPOT_COLORMAP
+    layer.face_color = gene
+    layer.face_contrast_limits = value_range(values)
+    layer.refresh_colors(update_color_mapping=False)
+    meta["gene"] = gene
+
+
+# ----------------------------------------------------------------------------- heatmap
+def _nn_spacing(xy: np.ndarray) -> float:
+    """Median distance to the nearest other position (the lattice pitch)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 1.0
+    dist, _ = cKDTree(xy).query(xy, k=2)
+    spacing = float(np.median(dist[:, 1]))
+    return spacing if spacing > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A heatmap raster on the full-res grid: ``image[i, j]`` is centred at world
+    ``(y0 + i * cell, x0 + j * cell)``; NaN where no position is near."""
+
+    image: np.ndarray
+    cell: float
+    origin_rc: tuple[float, float]
+    index: np.ndarray  # raster cell -> row of the source positions (-1 = empty)
+
+    @property
+    def transform(self) -> dict[str, tuple[float, float]]:
+        return {"scale": (self.cell, self.cell), "translate": self.origin_rc}
+
+    def with_values(self, values: np.ndarray) -> np.ndarray:
+        """The raster filled with other per-position ``values`` (same positions)."""
+        out = np.full(self.index.shape, np.nan, dtype=np.float32)
+        hit = self.index >= 0
+        out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
+        return out
+
+
+def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
+              reach: float = 0.75) -> Raster:
+    """Paint per-position ``values`` into a regular raster (nearest position per cell).
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` positions ``(x, y)`` in full-res pixels.
+    values
+        ``(n,)`` values per position.
+    cells_per_spacing
+        Raster cells per lattice pitch (the pitch is measured from ``xy``).
+    reach
+        Cells farther than ``reach`` pitches from every position stay empty (NaN).
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=np.float64)
+    spacing = _nn_spacing(xy)
+    cell = spacing / cells_per_spacing
+    pad = spacing * reach
+    x0, y0 = xy.min(axis=0) - pad
+    x1, y1 = xy.max(axis=0) + pad
+    n_cols = max(1, int(np.ceil((x1 - x0) / cell)) + 1)
+    n_rows = max(1, int(np.ceil((y1 - y0) / cell)) + 1)
+    rr, cc = np.mgrid[0:n_rows, 0:n_cols]
+    centres = np.column_stack([x0 + cc.ravel() * cell, y0 + rr.ravel() * cell])
+    dist, nearest = cKDTree(xy).query(centres, k=1)
+    index = np.where(dist <= spacing * reach, nearest, -1).reshape(n_rows, n_cols)
+    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index)
+    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index)
+
+
+def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
+                  values: np.ndarray | None = None, colormap: str = HEATMAP_COLORMAP,
+                  raster: Raster | None = None, role: str = ROLE_HEATMAP) -> LayerDataTuple:
+    """An Image layer of predicted expression on the slide's pixel grid.
+
+    Parameters
+    ----------
+    pred
+        Predictions from :func:`napari_histosge.pipeline.superresolve`.
+    gene
+        Gene to show (default: highest mean).
+    values
+        Per-position values to paint instead of ``gene``'s predictions (e.g. a difference).
+    raster
+        Reuse this raster geometry (saves the nearest-neighbour search).
+    """
+    gene = gene if gene is not None else default_gene(pred)
+    vals = gene_values(pred, gene) if values is None else np.asarray(values, np.float64)
+    if raster is None:
+        raster = rasterize(np.asarray(pred.obsm["spatial"]), vals)
+        image = raster.image
+    else:
+        image = raster.with_values(vals)
+    info = pred.uns.get(META_KEY, {})
+    lo, hi = value_range(vals)
+    if colormap == DIFF_COLORMAP:
+        m = max(abs(lo), abs(hi))
+        lo, hi = -m, m
+    kwargs: dict[str, Any] = {
+        "name": name or f"{gene} {info.get('fold', '')}x heatmap",
+        "colormap": colormap,
+        "contrast_limits": (lo, hi),
+        "opacity": 0.6,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "metadata": {META_KEY: {"role": role, "adata": pred, "gene": gene, "raster": raster,
+                                "units": info.get("units", "log1p(counts per 1e4)")}},
+        **raster.transform,
+    }
+    return image, kwargs, "image"
+
+
+def update_heatmap(layer, gene: str) -> None:
+    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``."""
+    meta = layer.metadata[META_KEY]
+    values = gene_values(meta["adata"], gene)
+    layer.data = meta["raster"].with_values(values)
+    layer.contrast_limits = value_range(values)
+    layer.name = f"{gene} {meta['adata'].uns.get(META_KEY, {}).get('fold', '')}x heatmap"
+    meta["gene"] = gene
+
+
+# ----------------------------------------------------------------------------- comparison
+ROLE_COMPARE = "compare"
+
+
+def parent_values(pred, source, gene: str, *, log_source=None) -> np.ndarray:
+    """Measured value (log scale) of each predicted position's parent spot."""
+    observed = pd.Series(gene_values(source, gene, log_adata=log_source), index=np.asarray(source.obs_names))
+    return observed.reindex(np.asarray(pred.obs["parent"], dtype=str)).to_numpy(dtype=np.float64)
+
+
+def spot_averaged(pred, source, gene: str) -> np.ndarray:
+    """Predictions of ``gene`` averaged over each measured spot's children (NaN if none)."""
+    values = pd.Series(gene_values(pred, gene)).groupby(np.asarray(pred.obs["parent"], dtype=str)).mean()
+    return values.reindex(np.asarray(source.obs_names, dtype=str)).to_numpy(dtype=np.float64)
+
+
+def comparison_layers(pred, source, gene: str, *, log_source=None,
+                      slide: LayerDataTuple | None = None) -> list[LayerDataTuple]:
+    """Observed | predicted | difference panels side by side (shifted right along x).
+
+    The observed panel sits on the slide itself; the others are shifted by whole
+    panel widths, each over its own copy of ``slide`` (the same lazy arrays) if given.
+    """
+    xy = np.asarray(pred.obsm["spatial"], dtype=np.float64)
+    width = float(np.ptp(np.r_[xy[:, 0], np.asarray(source.obsm["spatial"])[:, 0]]))
+    if slide is not None:  # panels must not overlap the slide copies under them
+        data, kw, _ = slide
+        level0 = data[0] if isinstance(data, (list, tuple)) else data
+        width = max(width, float(level0.shape[1]) * float(kw.get("scale", (1.0, 1.0))[1]))
+    shift = 1.05 * width + 4 * _nn_spacing(xy)
+    observed = gene_values(source, gene, log_adata=log_source)
+    predicted = gene_values(pred, gene)
+    diff = predicted - parent_values(pred, source, gene, log_source=log_source)
+    fine = rasterize(xy, predicted)
+    coarse = rasterize(np.asarray(source.obsm["spatial"]), observed)
+    lo, hi = value_range(np.r_[observed, predicted])
+    panels = [
+        ("observed", coarse.image, coarse, HEATMAP_COLORMAP, (lo, hi)),
+        ("predicted", fine.image, fine, HEATMAP_COLORMAP, (lo, hi)),
+        ("predicted - observed", fine.with_values(diff), fine, DIFF_COLORMAP,
+         (-(m := max(value_range(np.abs(diff))[1], 1e-6)), m)),
+    ]
+    out: list[LayerDataTuple] = []
+    for k, (label, image, raster, cmap, limits) in enumerate(panels):
+        dx = k * shift
+        if slide is not None and k > 0:
+            data, kw, kind = slide
+            kw = {**kw, "name": f"{kw['name']} ({label})", "translate": (kw["translate"][0], kw["translate"][1] + dx),
+                  "metadata": {META_KEY: {"role": ROLE_COMPARE, "panel": label}}}
+            out.append((data, kw, kind))
+        y0, x0 = raster.origin_rc
+        out.append((image, {
+            "name": f"{gene} {label}", "colormap": cmap, "contrast_limits": limits, "opacity": 0.75,
+            "interpolation2d": "nearest", "scale": (raster.cell, raster.cell), "translate": (y0, x0 + dx),
+            "metadata": {META_KEY: {"role": ROLE_COMPARE, "panel": label, "gene": gene}},
+        }, "image"))
+    return out
+
+
+# ----------------------------------------------------------------------------- finding layers
+def histosge_meta(layer) -> dict | None:
+    """The plugin's metadata of ``layer``, or ``None`` for foreign layers."""
+    meta = getattr(layer, "metadata", {}).get(META_KEY)
+    return meta if isinstance(meta, dict) else None
+
+
+def layers_with_role(layers, *roles: str) -> list:
+    """Layers of the viewer the plugin made with one of ``roles``."""
+    return [lyr for lyr in layers if (m := histosge_meta(lyr)) is not None and m.get("role") in roles]

@@ -1,0 +1,144 @@
+"""The Super-resolve widget: a trained model + a spots layer -> N-fold heatmap and points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+
+from ..progress import CancelToken, Progress
+from ._state import SESSION_MODELS
+from ._worker import Outcome, start_job
+from .layers import heatmap_layer, histosge_meta, spots_layer
+from .train import DEVICES, spots_layer_choices
+
+if TYPE_CHECKING:
+    import napari
+
+FROM_FILE = "checkpoint file..."
+
+
+def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None) -> tuple[Any, Any]:
+    """Add the heatmap Image and the predicted-spots Points of ``pred`` to ``viewer``.
+
+    The source (measured) AnnData is kept in the heatmap's metadata so the gene viewer
+    can compare predictions with measurements.
+    """
+    import napari.layers
+
+    data, kwargs, _ = heatmap_layer(pred, gene)
+    kwargs["metadata"]["histosge"]["source_adata"] = source_adata
+    heat = viewer.add_layer(napari.layers.Image(data, **kwargs))
+    data, kwargs, _ = spots_layer(pred, kwargs["metadata"]["histosge"]["gene"])
+    kwargs["visible"] = False  # exact values on demand; the heatmap is the overview
+    points = viewer.add_layer(napari.layers.Points(data, **kwargs))
+    return heat, points
+
+
+class SuperResolveWidget(Container):
+    """Predict expression at N-fold denser positions and show it over the slide."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.data = ComboBox(label="data", choices=lambda _w: spots_layer_choices(viewer),
+                             tooltip="spots layer whose slide is super-resolved")
+        self.model = ComboBox(label="model", choices=lambda _w: SESSION_MODELS.names() + [FROM_FILE],
+                              tooltip="a model trained in this session, or a checkpoint file")
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", value="", filter="*.pt")
+        self.fold = SpinBox(label="fold N", min=2, max=16, value=4,
+                            tooltip="positions per measured spot (2..16)")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.run_button = PushButton(text="Super-resolve")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.extend([self.data, self.model, self.checkpoint, self.fold, self.device,
+                     self.run_button, self.cancel_button, self.status])
+        self.worker = None
+        self.token: CancelToken | None = None
+        self.last_outcome: Outcome | None = None
+        self.added_layers: tuple[Any, Any] | None = None
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.model.changed.connect(self._sync_visibility)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        SESSION_MODELS.changed.connect(self._models_changed)
+        self._sync_visibility()
+
+    def _models_changed(self) -> None:
+        self.reset_choices()
+        names = SESSION_MODELS.names()
+        if names:  # the newest model is the likely next step
+            self.model.value = names[-1]
+
+    def _sync_visibility(self, *_: Any) -> None:
+        self.checkpoint.visible = self.model.value == FROM_FILE
+
+    def run(self, *_: Any) -> None:
+        """Start super-resolution in the background."""
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return
+        layer = self.data.value
+        if layer is None:
+            show_error("Open spot data first, then pick the spots layer to super-resolve.")
+            return
+        adata = histosge_meta(layer)["adata"]
+        entry = SESSION_MODELS.get(self.model.value) if self.model.value != FROM_FILE else None
+        path = Path(str(self.checkpoint.value))
+        if entry is None and (str(self.checkpoint.value) in ("", ".") or not path.is_file()):
+            show_error(f"Choose a trained model or an existing checkpoint file (got '{self.checkpoint.value}').")
+            return
+        fold, device = int(self.fold.value), self.device.value
+        self.token = token = CancelToken()
+
+        def make_gen():  # runs in the worker thread, checkpoint loading included
+            from ..pipeline import superresolve
+            from ..training import TrainedModel
+
+            model = entry.model if entry is not None else TrainedModel.load(path, device=device)
+            return superresolve(model, adata, fold, cancel=token)
+
+        self._adata = adata
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"super-resolving {fold}x..."
+        self.worker = start_job(make_gen, description=f"{fold}x super-resolution",
+                                on_event=self._on_event, on_done=self._on_done, on_crash=self._on_crash)
+
+    def cancel(self, *_: Any) -> None:
+        if self.token is not None:
+            self.token.cancel()
+
+    def _on_event(self, event: Progress) -> None:
+        total = f"/{event.total}" if event.total else ""
+        self.status.value = f"{event.stage} {event.step}{total} {event.message}".strip()
+
+    def _finish(self) -> None:
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _on_done(self, outcome: Outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.last_outcome = outcome
+        self._finish()
+        if outcome.cancelled:
+            self.status.value = "cancelled"
+            show_info("Super-resolution cancelled.")
+            return
+        if outcome.error is not None:
+            self.status.value = f"error: {outcome.error}"
+            show_error(str(outcome.error))
+            return
+        pred = outcome.value
+        self.added_layers = add_prediction_layers(self.viewer, pred, self._adata)
+        self.status.value = f"{pred.n_obs} positions x {pred.n_vars} genes"
+
+    def _on_crash(self, exc: Exception) -> None:
+        self._finish()
+        self.status.value = f"failed: {exc.__class__.__name__}: {exc}"
+

@@ -1,0 +1,97 @@
+"""The ``histosge`` command line, end to end on the generated demo and on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from napari_histosge.cli import main
+from napari_histosge.demo import make_demo_dataset
+from napari_histosge.io import read_spots
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+def test_recover_writes_hidden_spots_only(demo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hidden.h5ad"
+    status = main([
+        "recover", str(demo_dir), "--holdout", "0.5", "--seed", "0", "--out", str(out),
+        "--epochs", "5", "--n-genes", "20", "--quiet", "--metrics", str(tmp_path / "m.csv"),
+    ])
+    assert status == 0
+    pred = ad.read_h5ad(out)
+    spots = read_spots(demo_dir)
+    train = list(pred.uns["split"]["train"])
+    assert set(pred.obs_names).isdisjoint(train)
+    assert set(pred.obs_names) | set(train) == set(spots.obs_names)
+    assert abs(pred.n_obs - spots.n_obs / 2) <= 1
+    assert set(pred.var_names) <= set(spots.var_names)
+    assert np.isfinite(pred.X).all() and (np.asarray(pred.X) >= 0).all()
+    assert (tmp_path / "m.csv").read_text().startswith(",pcc") or "pcc" in (tmp_path / "m.csv").read_text()
+
+
+def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m.pt"
+    assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "3", "--n-genes", "10", "--quiet"]) == 0
+    assert model.exists()
+    sr = tmp_path / "sr.h5ad"
+    assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
+    result = ad.read_h5ad(sr)
+    spots = read_spots(demo_dir)
+    assert result.n_obs == 4 * spots.n_obs
+    assert result.uns["histosge"]["fold"] == 4
+    hidden = tmp_path / "h.h5ad"
+    assert main(["recover", str(demo_dir), "--out", str(hidden), "--epochs", "3", "--n-genes", "10", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(hidden), str(demo_dir)]) == 0
+    assert "PCC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["recover", "/no/such/folder", "--out", "x.h5ad"], "does not exist"),
+        (["predict", "/no/such/model.pt", "/no/such/folder", "--out", "x.h5ad"], "model.pt"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(argv, message, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_fold_out_of_range(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m.pt"
+    assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "1", "--n-genes", "5", "--quiet"]) == 0
+    assert main(["predict", str(model), str(demo_dir), "--fold", "17", "--out", str(tmp_path / "o.h5ad")]) == 2
+    assert "16" in capsys.readouterr().err
+
+
+def test_unknown_gene(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status = main(["train", str(demo_dir), "--out", str(tmp_path / "m.pt"), "--genes", "GENE01,NOTAGENE", "--quiet"])
+    assert status == 2
+    assert "NOTAGENE" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_recover_on_real_section(her2st_b4: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b4.h5ad"
+    assert main(["recover", str(her2st_b4), "--out", str(out), "--epochs", "20", "--n-genes", "100", "--quiet"]) == 0
+    pred = ad.read_h5ad(out)
+    spots = read_spots(her2st_b4)
+    assert set(pred.obs_names) <= set(spots.obs_names)
+    assert "metrics_summary" in pred.uns
+
+
+def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "30", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out PCC" in out
+    assert (tmp_path / "demo" / "superres_4x.h5ad").exists()

@@ -1,0 +1,148 @@
+"""Tier 1 of the plugin tests: layer builders, readers, writer and sample data without a viewer."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from napari_histosge._reader import get_slide_reader, get_spots_reader, read_slide_layers
+from napari_histosge._sample_data import find_cmu_small_region
+from napari_histosge._widgets import layers as L
+from napari_histosge._writer import write_h5ad
+from napari_histosge.errors import InputError
+
+
+def _spots(n_side: int = 6, pitch: float = 100.0, fold: int | None = None) -> ad.AnnData:
+    """A square lattice of spots with two genes: GA rises with x, GB is constant + noise."""
+    rng = np.random.default_rng(0)
+    gx, gy = np.meshgrid(np.arange(n_side), np.arange(n_side))
+    xy = np.column_stack([50 + gx.ravel() * pitch, 80 + gy.ravel() * pitch]).astype(float)
+    counts = np.column_stack([1 + gx.ravel() * 10, rng.poisson(20, n_side * n_side)]).astype(np.float32)
+    a = ad.AnnData(X=sp.csr_matrix(counts), obs=pd.DataFrame(index=[f"s{i}" for i in range(len(xy))]),
+                   var=pd.DataFrame(index=["GA", "GB"]))
+    a.obsm["spatial"] = xy
+    a.uns["histosge"] = {"spot_diameter_px": pitch / 2, "library_id": "toy", "images": {}, "image": None}
+    if fold is not None:
+        a.X = np.log1p(counts)
+        a.uns["histosge"]["fold"] = fold
+        a.obs["parent"] = pd.Categorical(a.obs_names)
+    return a
+
+
+def test_image_transform_maps_pixel_centres_to_fullres():
+    t = L.image_transform(0.25)  # an image downsampled 4x
+    scale, translate = np.array(t["scale"]), np.array(t["translate"])
+    # image pixel j covers full-res [4j, 4j+4): its centre is full-res 4j + 1.5
+    assert np.allclose(np.array([0, 10]) * scale + translate, [1.5, 41.5])
+    assert L.image_transform(1.0) == {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
+    with pytest.raises(ValueError, match="positive"):
+        L.image_transform(0)
+
+
+def test_spots_layer_is_row_col_with_real_diameter_and_gene_features():
+    a = _spots()
+    data, kwargs, kind = L.spots_layer(a, "GA")
+    assert kind == "points"
+    assert np.allclose(data[:, 0], a.obsm["spatial"][:, 1]) and np.allclose(data[:, 1], a.obsm["spatial"][:, 0])
+    assert kwargs["size"] == 50.0
+    feats = kwargs["features"]
+    assert list(feats.columns) == ["spot", "GA"]
+    # values are log1p(counts per 1e4): monotone in the raw GA share
+    share = np.asarray(a.X[:, 0].todense()).ravel() / np.asarray(a.X.sum(1)).ravel()
+    assert np.allclose(feats["GA"], np.log1p(share * 1e4), rtol=1e-5)
+    assert kwargs["face_color"] == "GA" and kwargs["metadata"]["histosge"]["adata"] is a
+
+
+def test_rasterize_puts_each_value_at_its_position():
+    a = _spots(fold=4)
+    values = np.arange(a.n_obs, dtype=float)
+    r = L.rasterize(a.obsm["spatial"], values)
+    # the raster cell containing each position holds that position's value
+    rc = (a.obsm["spatial"][:, ::-1] - np.array(r.origin_rc)) / r.cell
+    idx = np.round(rc).astype(int)
+    assert np.array_equal(r.image[idx[:, 0], idx[:, 1]], values.astype(np.float32))
+    assert np.isnan(r.image[0, 0])  # corners outside the reach are empty
+    assert r.cell == pytest.approx(25.0)
+
+
+def test_heatmap_layer_aligned_on_fullres_grid_and_updates():
+    a = _spots(fold=4)
+    data, kwargs, kind = L.heatmap_layer(a, "GA")
+    assert kind == "image" and data.ndim == 2
+    cell, origin = kwargs["scale"][0], np.array(kwargs["translate"])
+    xy = a.obsm["spatial"][7]
+    i, j = np.round((xy[::-1] - origin) / cell).astype(int)
+    assert data[i, j] == pytest.approx(float(np.asarray(a[:, "GA"].X).ravel()[7]))
+    lo, hi = kwargs["contrast_limits"]
+    assert lo < hi
+
+
+def test_comparison_difference_is_prediction_minus_parent():
+    src = _spots()
+    pred = _spots(fold=1)
+    pred.uns["histosge"]["fold"] = 2
+    pred.X = np.asarray(pred.X) + 0.5
+    layers = L.comparison_layers(pred, src, "GA")
+    names = [kw["name"] for _, kw, _ in layers]
+    assert names == ["GA observed", "GA predicted", "GA predicted - observed"]
+    diff = L.gene_values(pred, "GA") - L.parent_values(pred, src, "GA")
+    assert np.nanmax(np.abs(layers[2][0])) == pytest.approx(np.abs(diff).max(), rel=1e-5)
+    # panels are shifted right, never overlapping
+    assert layers[1][1]["translate"][1] > layers[0][1]["translate"][1] + np.ptp(src.obsm["spatial"][:, 0])
+
+
+def test_readers_decline_foreign_paths_cheaply(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert get_spots_reader(str(tmp_path / "notes.txt")) is None
+    assert get_spots_reader(str(tmp_path)) is None
+    assert get_slide_reader(str(tmp_path / "notes.txt")) is None
+    assert get_slide_reader(str(tmp_path / "missing.svs")) is None
+    assert get_spots_reader([str(tmp_path), str(tmp_path)]) is None
+
+
+def test_slide_reader_bad_file_raises_input_error(tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a tiff")
+    reader = get_slide_reader(str(bad))
+    assert reader is not None
+    with pytest.raises(InputError, match="broken.svs"):
+        reader(str(bad))
+
+
+def test_slide_reader_multiscale_dask(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(256, 256), subifds=1, photometric="rgb")
+        tw.write(img[::2, ::2], tile=(256, 256), subfiletype=1, photometric="rgb")
+    [(data, kwargs, kind)] = read_slide_layers(str(path))
+    assert kind == "image" and kwargs["rgb"] is True
+    assert kwargs["multiscale"] and len(data) == 2
+    assert type(data[0]).__name__ == "Array"  # dask, never loaded whole
+    assert np.array_equal(np.asarray(data[0][100:110, 200:210]), img[100:110, 200:210])
+
+
+def test_writer_writes_prediction_h5ad(tmp_path):
+    a = _spots(fold=4)
+    _, kwargs, _ = L.heatmap_layer(a, "GA")
+    [out] = write_h5ad(str(tmp_path / "pred"), None, kwargs)
+    back = ad.read_h5ad(out)
+    assert out.endswith(".h5ad") and back.shape == a.shape
+    assert np.allclose(back.obsm["spatial"], a.obsm["spatial"])
+
+
+def test_writer_rejects_foreign_layers(tmp_path):
+    with pytest.raises(InputError, match="no expression data"):
+        write_h5ad(str(tmp_path / "x.h5ad"), np.zeros((2, 2)), {"metadata": {}})
+
+
+def test_cmu_sample_found_in_shared_data(real_data, monkeypatch):
+    monkeypatch.setenv("HISTOSGE_DATA", str(real_data))
+    path = find_cmu_small_region()
+    assert path is not None and path.name == "cmu_small_region.svs"

@@ -1,0 +1,145 @@
+"""Tier 2 of the plugin tests: readers, widgets and workers in a real (headless) viewer.
+
+Runs on the generated demo section, so it needs no downloaded data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histosge._widgets.gene_viewer import GeneViewerWidget
+from napari_histosge._widgets.layers import ROLE_SLIDE, ROLE_SPOTS, histosge_meta, layers_with_role
+from napari_histosge._widgets.train import GENES_LIST, TrainWidget
+from napari_histosge.demo import make_demo_dataset
+
+WORKER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
+
+
+@pytest.fixture
+def demo_viewer(make_napari_viewer, demo_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    return viewer
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Capture napari notifications raised through show_error/show_info/show_warning."""
+    import napari.utils.notifications as nt
+
+    seen: list[tuple[str, str]] = []
+    for kind in ("error", "info", "warning"):
+        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
+    return seen
+
+
+def test_reader_opens_slide_and_spots_aligned(demo_viewer):
+    slides = layers_with_role(demo_viewer.layers, ROLE_SLIDE)
+    spots = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
+    assert len(slides) == 1 and len(spots) == 1
+    slide, points = slides[0], spots[0]
+    adata = histosge_meta(points)["adata"]
+    assert slide.rgb and slide.multiscale
+    # every spot centre, seen through the slide's transform, is the full-res pixel (x, y)
+    world = np.array([points.data_to_world(p) for p in points.data])
+    px = np.array([slide.world_to_data(w) for w in world])
+    assert np.allclose(px[:, ::-1], adata.obsm["spatial"], atol=1e-6)
+    assert np.allclose(points.size, adata.uns["histosge"]["spot_diameter_px"])
+    gene = histosge_meta(points)["gene"]
+    assert gene in points.features.columns
+
+
+def test_sample_data_demo_loads(make_napari_viewer, demo_dir, monkeypatch):
+    import shutil
+
+    import napari_histosge.demo as demo
+
+    # Reuse the module's demo files instead of generating the slide a second time.
+    monkeypatch.setattr(demo, "make_demo_dataset", lambda out: Path(shutil.copytree(demo_dir, out)))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-histosge", "demo")
+    assert len(layers_with_role(viewer.layers, ROLE_SPOTS)) == 1
+
+
+def test_gene_viewer_type_ahead_recolours_spots(demo_viewer):
+    widget = GeneViewerWidget(demo_viewer)
+    genes = widget._model.stringList()
+    assert len(genes) == 40
+    widget.completer.setCompletionPrefix("ene1")  # contains-match, case-insensitive
+    assert widget.completer.completionCount() == 10  # GENE10..GENE19
+    assert widget.show_gene("gene07")
+    points = layers_with_role(demo_viewer.layers, ROLE_SPOTS)[0]
+    assert "GENE07" in points.features.columns
+    values = points.features["GENE07"].to_numpy()
+    assert widget.colorbar.title == "GENE07"
+    assert widget.colorbar.vmin == pytest.approx(values.min()) and widget.colorbar.vmax == pytest.approx(values.max())
+    # colours follow the values: the highest spot gets the top of the colormap
+    top = points.face_color[np.argmax(values)]
+    assert np.allclose(top[:3], points.face_colormap.map(np.array([1.0]))[0][:3], atol=1e-3)
+
+
+def test_gene_viewer_unknown_gene_warns(demo_viewer, notifications):
+    widget = GeneViewerWidget(demo_viewer)
+    assert not widget.show_gene("NOPE1")
+    assert notifications and notifications[-1][0] == "warning" and "NOPE1" in notifications[-1][1]
+
+
+def test_train_bad_gene_list_shows_core_message(demo_viewer, qtbot, tmp_path, notifications):
+    widget = TrainWidget(demo_viewer)
+    widget.out_dir.value = str(tmp_path)
+    widget.extractor.value = "none"
+    widget.genes_mode.value = GENES_LIST
+    widget.gene_list.value = "NOTAGENE, ALSONOT"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.error is not None
+    errors = [m for k, m in notifications if k == "error"]
+    assert errors and "NOTAGENE" in errors[-1]
+    assert widget.start_button.enabled  # the UI is usable again
+
+
+def test_train_without_data_layer_shows_error(make_napari_viewer, notifications):
+    widget = TrainWidget(make_napari_viewer())
+    widget.start()
+    assert widget.worker is None
+    assert notifications[-1][0] == "error" and "Open spot data" in notifications[-1][1]
+
+
+def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot, tmp_path, notifications):
+    from napari_histosge.training import TrainedModel
+
+    widget = TrainWidget(demo_viewer)
+    widget.out_dir.value = str(tmp_path)
+    widget.extractor.value = "none"  # positions only: reaches the training loop quickly
+    widget.n_genes.value = 20
+    widget.epochs.value = 100_000
+    widget.start()
+    qtbot.waitUntil(lambda: any(e.stage == "train" and e.step >= 2 for e in widget.events_seen),
+                    timeout=WORKER_TIMEOUT_MS)
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.cancelled
+    epochs_seen = max(e.step for e in widget.events_seen if e.stage == "train")
+    assert epochs_seen < 100_000
+    model = TrainedModel.load(widget.checkpoint_path, device="cpu")
+    assert 2 <= model.meta["epochs_done"] <= epochs_seen
+    assert len(model.genes) == 20
+    assert any("cancelled" in m for _, m in notifications)
+
+
+@pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
+def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-histosge", name)
+    expected = {"Train": "TrainWidget", "Super-resolve": "SuperResolveWidget", "Gene viewer": "GeneViewerWidget"}
+    assert dock is not None and type(widget).__name__ == expected[name]
+    viewer.add_points([[0, 0]])  # the widget follows the viewer it was given
+    assert len(widget.viewer.layers) == 1
