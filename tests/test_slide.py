@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_histosge import pyramid as pyramid_mod
 from napari_histosge import slide as slide_mod
 from napari_histosge.errors import InputError
 from napari_histosge.slide import open_slide
@@ -77,7 +78,7 @@ def test_her2st_jpeg_pyramid(her2st_b4: Path) -> None:
     assert max(s.levels[-1].shape[:2]) < 1024 <= max(s.levels[-2].shape[:2])
     assert all(a == pytest.approx(2 * b, rel=0.01) for a, b in zip(s.downsamples[1:], s.downsamples[:-1]))
     region = s.read_region(4000, 5000, 64, 48)
-    with slide_mod._pil_no_size_limit(), Image.open(jpg) as im:
+    with pyramid_mod.pil_no_size_limit(), Image.open(jpg) as im:
         ref = np.asarray(im.crop((4000, 5000, 4064, 5048)).convert("RGB"))
     np.testing.assert_array_equal(region, ref)
 
@@ -164,7 +165,7 @@ def test_flat_image_pyramid_is_cached(tmp_path: Path, monkeypatch: pytest.Monkey
     def fail(*args: object) -> None:
         raise AssertionError("pyramid rebuilt although cached")
 
-    monkeypatch.setattr(slide_mod, "_build_pyramid", fail)
+    monkeypatch.setattr(slide_mod, "build_pyramid", fail)
     s2 = open_slide(png, cache_dir=cache)
     np.testing.assert_array_equal(s2.levels[1].compute(), s.levels[1].compute())
 

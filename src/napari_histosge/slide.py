@@ -1,21 +1,19 @@
 """Lazy access to whole-slide and flat histology images.
 
 Tiled TIFF-family files (Aperio SVS, pyramidal/OME TIFF, tiled TIFF, also with
-JPEG-2000 tiles) are opened through tifffile's zarr interface, so a read only
-decodes the tiles it touches. Flat images (JPEG, PNG, large non-tiled TIFFs)
-cannot be read by tile: they are decoded once into an on-disk zarr pyramid under
-``$HISTOSGE_CACHE/pyramids/`` which later opens reuse.
+JPEG-2000 tiles) are opened through tifffile's zarr interface: opening reads
+only metadata, and a read decodes only the tiles it touches. Flat images (JPEG,
+PNG, large non-tiled TIFFs) are converted once into an on-disk zarr pyramid
+under ``$HISTOSGE_CACHE/pyramids/`` which later opens reuse (see
+:mod:`napari_histosge.pyramid`). Nothing ever decodes more than
+:func:`~napari_histosge.pyramid.max_decode_pixels` at once: such requests are
+refused with an :class:`~napari_histosge.errors.InputError`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import shutil
-import tempfile
-import xml.etree.ElementTree as ET
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,89 +21,39 @@ import dask.array as da
 import numpy as np
 
 from .errors import InputError
+from .pyramid import (
+    PIL_SUFFIXES,
+    Level,
+    TileCache,
+    build_pyramid,
+    check_decode_size,
+    file_fingerprint,
+    max_decode_pixels,
+    open_pyramid_dir,
+    pyramid_dir,
+)
+from .slide_meta import tiff_mpp
+
+__all__ = [
+    "FLAT_SUFFIXES", "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "Slide", "cache_root",
+    "file_fingerprint", "max_decode_pixels", "open_slide",
+]
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".btf", ".bif", ".qptiff")
-FLAT_SUFFIXES = (".jpg", ".jpeg", ".png")
+FLAT_SUFFIXES = PIL_SUFFIXES
 SUPPORTED_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
 
-PYRAMID_VERSION = 1
-PYRAMID_CHUNK = 512
-PYRAMID_MIN_SIZE = 1024
 # Non-tiled TIFFs at most this large are read directly instead of building a pyramid.
 FLAT_DIRECT_MAX = 2048
-
-# Micrometres per unit for TIFF ResolutionUnit values we trust (2 = inch is not trusted).
-_RES_UNIT_UM = {3: 1e4, "CENTIMETER": 1e4, 4: 1e3, 5: 1.0}
+#: Bytes of decoded tiles a slide keeps for reuse between patch reads.
+TILE_CACHE_BYTES = 256 * 2**20
+_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def cache_root() -> Path:
     """The cache folder: ``$HISTOSGE_CACHE`` or ``~/.cache/napari-histosge``."""
     env = os.environ.get("HISTOSGE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "napari-histosge"
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """Resolved path, size and mtime of a file: changes whenever the file does."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
-
-
-class _Level:
-    """One pyramid level: a raw zarr array with its axes, read as (H, W, 3) uint8."""
-
-    def __init__(self, raw: Any, axes: str) -> None:
-        self.raw = raw
-        self.axes = axes
-        self.height = int(raw.shape[axes.index("Y")])
-        self.width = int(raw.shape[axes.index("X")])
-
-    def _index(self, ys: slice, xs: slice) -> tuple[tuple, str]:
-        # Keep Y, X and the sample axis; take the first plane of anything else (T, Z, ...).
-        idx, kept = [], ""
-        for ax in self.axes:
-            if ax == "Y":
-                idx.append(ys)
-            elif ax == "X":
-                idx.append(xs)
-            elif ax in "SC":
-                idx.append(slice(None))
-            else:
-                idx.append(0)
-                continue
-            kept += ax
-        return tuple(idx), kept
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        idx, kept = self._index(slice(y0, y1), slice(x0, x1))
-        return _to_rgb_uint8(np.asarray(self.raw[idx]), kept)
-
-    def to_dask(self) -> da.Array:
-        idx, kept = self._index(slice(None), slice(None))
-        return _to_rgb_uint8(da.from_zarr(self.raw)[idx], kept)
-
-
-def _to_rgb_uint8(a: Any, axes: str) -> Any:
-    """Reorder to (Y, X, S) and convert to 3-channel uint8; works on numpy and dask."""
-    sample = next((ax for ax in axes if ax in "SC"), None)
-    if sample is None:
-        a = a[..., None]
-    else:
-        order = [axes.index("Y"), axes.index("X"), axes.index(sample)]
-        a = a.transpose(order)
-    n = a.shape[-1]
-    if n >= 3:
-        a = a[..., :3]  # drop alpha / extra samples
-    else:
-        a = a[..., :1][..., [0, 0, 0]]  # greyscale (+ alpha) -> RGB
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.uint16:
-        return (a >> 8).astype(np.uint8)
-    if a.dtype.kind == "f":
-        # Floats are assumed to be intensities in [0, 1].
-        return (a.clip(0, 1) * 255 + 0.5).astype(np.uint8)
-    return a.clip(0, 255).astype(np.uint8)
 
 
 class Slide:
@@ -116,33 +64,43 @@ class Slide:
     path
         The file opened.
     levels
-        ``(H, W, 3)`` uint8 dask arrays, largest first; never loaded whole.
+        ``(H, W, 3)`` uint8 dask arrays, largest first, one chunk per tile; never loaded whole.
     downsamples
         Level-0 pixels per level pixel, ``1.0`` first.
     mpp
         Micrometres per level-0 pixel from the file's metadata, or ``None``.
     shape
         ``(height, width)`` of level 0.
+    tiles_decoded
+        Tiles decoded by :meth:`read_patches` so far (each at most once while cached).
     """
 
-    def __init__(self, path: str, levels: list[_Level], mpp: float | None, handle: Any = None) -> None:
+    def __init__(self, path: str, levels: list[Level], mpp: float | None, handle: Any = None) -> None:
         self.path = path
         self._levels = levels
         self._handle = handle  # keeps the TiffFile open while dask arrays refer to it
-        self.levels: list[da.Array] = [lv.to_dask() for lv in levels]
+        self._cache = TileCache(TILE_CACHE_BYTES)
+        self._pool: ThreadPoolExecutor | None = None
+        tag = abs(hash(file_fingerprint(path))) if os.path.exists(path) else id(self)
+        self.levels: list[da.Array] = [lv.to_dask(f"histosge-slide-{tag}-{i}") for i, lv in enumerate(levels)]
         h0, w0 = levels[0].height, levels[0].width
         self.shape: tuple[int, int] = (h0, w0)
-        self.downsamples: list[float] = [
-            float((h0 / lv.height + w0 / lv.width) / 2) for lv in levels
-        ]
+        self.downsamples: list[float] = [float((h0 / lv.height + w0 / lv.width) / 2) for lv in levels]
         self.downsamples[0] = 1.0
         self.mpp = mpp
 
     def __repr__(self) -> str:
         return f"Slide({self.path!r}, shape={self.shape}, levels={len(self.levels)}, mpp={self.mpp})"
 
+    @property
+    def tiles_decoded(self) -> int:
+        return self._cache.decoded
+
     def close(self) -> None:
         """Close the underlying file handle (the slide is unusable afterwards)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -152,6 +110,11 @@ class Slide:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _level(self, level: int) -> Level:
+        if not 0 <= level < len(self._levels):
+            raise IndexError(f"level {level} out of range (slide has {len(self._levels)})")
+        return self._levels[level]
 
     def read_region(self, x0: int, y0: int, width: int, height: int, level: int = 0) -> np.ndarray:
         """Read a rectangle of one level, padded with white outside the image.
@@ -169,19 +132,22 @@ class Slide:
         -------
         numpy.ndarray
             ``(height, width, 3)`` uint8.
+
+        Raises
+        ------
+        InputError
+            If the region is larger than :func:`~napari_histosge.pyramid.max_decode_pixels`
+            (e.g. a whole gigapixel level), or a tile under it is corrupt.
         """
-        if not 0 <= level < len(self._levels):
-            raise IndexError(f"level {level} out of range (slide has {len(self._levels)})")
-        lv = self._levels[level]
+        lv = self._level(level)
         x0, y0, width, height = int(x0), int(y0), int(width), int(height)
+        check_decode_size(max(height, 0), max(width, 0), f"reading a region of level {level}", self.path,
+                          "; read it by tiles (Slide.levels are lazy dask arrays) or use a coarser level")
         out = np.full((max(height, 0), max(width, 0), 3), 255, np.uint8)
         ya, yb = max(y0, 0), min(y0 + height, lv.height)
         xa, xb = max(x0, 0), min(x0 + width, lv.width)
         if ya < yb and xa < xb:
-            try:
-                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = lv.read(ya, yb, xa, xb)
-            except Exception as exc:  # decoder errors of corrupt tiles vary by codec
-                raise InputError(f"cannot decode image data (corrupt tile?): {exc}", self.path) from exc
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = lv.read(ya, yb, xa, xb)
         return out
 
     def best_level(self, size_level0: float, out_size: int) -> int:
@@ -197,6 +163,9 @@ class Slide:
     ) -> np.ndarray:
         """Read square patches around points, resized with antialiasing.
 
+        Tiles are decoded once per call (and kept in a bounded cache for the next
+        call), in parallel threads, and only the tiles under the patches are read.
+
         Parameters
         ----------
         centers_xy
@@ -211,163 +180,31 @@ class Slide:
         Returns
         -------
         numpy.ndarray
-            ``(n, out_size, out_size, 3)`` uint8.
+            ``(n, out_size, out_size, 3)`` uint8, in the order of ``centers_xy``.
         """
-        from PIL import Image
+        from .patches import plan_patches, render_patches
 
         centers = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
-        out = np.empty((len(centers), out_size, out_size, 3), np.uint8)
         size0 = float(size_px) * scale
         level = self.best_level(size0, out_size)
-        ds = self.downsamples[level]
-        side = size0 / ds  # patch edge in this level's px (float)
-        for i, (cx, cy) in enumerate(centers * (scale / ds)):
-            bx0, by0 = cx - side / 2, cy - side / 2
-            # One extra pixel around the box so the resampling kernel has context.
-            ix0, iy0 = int(np.floor(bx0)) - 1, int(np.floor(by0)) - 1
-            ix1, iy1 = int(np.ceil(bx0 + side)) + 1, int(np.ceil(by0 + side)) + 1
-            region = self.read_region(ix0, iy0, ix1 - ix0, iy1 - iy0, level)
-            box = (bx0 - ix0, by0 - iy0, bx0 - ix0 + side, by0 - iy0 + side)
-            img = Image.fromarray(region).resize((out_size, out_size), Image.BILINEAR, box=box)
-            out[i] = np.asarray(img)
-        return out
+        lv = self._levels[level]
+        plan = plan_patches(lv, centers * (scale / self.downsamples[level]), size0 / self.downsamples[level])
+        return render_patches(lv, level, plan, out_size, self._cache, self._decode_pool())
 
-
-# --------------------------------------------------------------------------- metadata
-
-
-def _svs_mpp(description: str) -> float | None:
-    m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
-    return float(m.group(1)) if m else None
-
-
-def _ome_mpp(xml: str) -> float | None:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
-            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
-            factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit)
-            return float(el.attrib["PhysicalSizeX"]) * factor if factor else None
-    return None
-
-
-def _tiff_mpp(tf: Any) -> float | None:
-    page = tf.pages[0]
-    if tf.is_svs:
-        return _svs_mpp(page.description)
-    if tf.is_ome and tf.ome_metadata:
-        mpp = _ome_mpp(tf.ome_metadata)
-        if mpp:
-            return mpp
-    xres = page.tags.get("XResolution")
-    if xres is None:
-        return None
-    num, den = xres.value
-    if not num or not den:
-        return None
-    px_per_unit = num / den
-    unit = page.tags.get("ResolutionUnit")
-    unit_value = unit.value if unit is not None else None
-    um_per_unit = _RES_UNIT_UM.get(int(unit_value)) if unit_value is not None else None
-    ij = tf.imagej_metadata or {}
-    if str(ij.get("unit", "")).lower() in ("micron", "um", "µm", "\\u00b5m"):
-        um_per_unit = 1.0
-    if um_per_unit is None or (px_per_unit <= 1.0 and um_per_unit != 1.0):
-        # px_per_unit == 1 is tifffile's default placeholder, not a measurement.
-        return None
-    return um_per_unit / px_per_unit
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="histosge-tiles")
+        return self._pool
 
 
 # --------------------------------------------------------------------------- opening
 
 
-@contextmanager
-def _pil_no_size_limit():
-    """Lift Pillow's decompression-bomb limit for our own slide reads only."""
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
-def _decode_flat(path: Path) -> np.ndarray:
-    """Decode a whole flat image to (H, W, 3) uint8."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            return np.ascontiguousarray(_to_rgb_uint8(series.asarray(), series.axes))
-    from PIL import Image
-
-    with _pil_no_size_limit(), Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I"):
-            arr = np.asarray(im).astype(np.float64) / 65535.0
-            return np.ascontiguousarray(_to_rgb_uint8(arr, "YX"))
-        return np.asarray(im.convert("RGB"))
-
-
-def _pyramid_dir(path: Path, root: Path) -> Path:
-    key = hashlib.sha256(f"{file_fingerprint(path)}|v{PYRAMID_VERSION}".encode()).hexdigest()[:32]
-    return root / "pyramids" / key
-
-
-def _build_pyramid(path: Path, target: Path) -> None:
-    """Decode ``path`` once and write a zarr pyramid to ``target`` atomically."""
-    import zarr
-    from PIL import Image
-
-    rgb = _decode_flat(path)
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise InputError("image has zero size", path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        group = zarr.open_group(str(tmp), mode="w")
-        img = Image.fromarray(rgb)
-        level = 0
-        while True:
-            arr = np.asarray(img)
-            chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)
-            z = group.create_array(str(level), shape=arr.shape, chunks=chunks, dtype="uint8")
-            z[:] = arr
-            if max(img.size) < PYRAMID_MIN_SIZE or min(img.size) < 2:
-                break
-            img = img.reduce(2)  # 2x2 box average: antialiased halving
-            level += 1
-        group.attrs["source"] = str(path)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same pyramid first: keep theirs.
-            if not (target / "0").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _open_pyramid_dir(target: Path) -> list[_Level]:
-    import zarr
-
-    group = zarr.open_group(str(target), mode="r")
-    names = sorted((k for k in group.array_keys()), key=int)
-    return [_Level(group[k], "YXS") for k in names]
-
-
 def _open_flat(path: Path, root: Path) -> Slide:
-    target = _pyramid_dir(path, root)
+    target = pyramid_dir(path, root)
     if not (target / "0").exists():
-        _build_pyramid(path, target)
-    return Slide(str(path), _open_pyramid_dir(target), None)
+        build_pyramid(path, target)
+    return Slide(str(path), open_pyramid_dir(target, str(path)), None)
 
 
 def _open_tiff(path: Path, root: Path) -> Slide:
@@ -385,9 +222,7 @@ def _open_tiff(path: Path, root: Path) -> Slide:
         if "Y" not in axes or "X" not in axes:
             raise InputError(f"TIFF image has no Y/X axes (axes {axes!r})", path)
         shape = dict(zip(axes, series.shape))
-        if shape["Y"] == 0 or shape["X"] == 0:
-            raise InputError("image has zero size", path)
-        mpp = _tiff_mpp(tf)
+        mpp = tiff_mpp(tf)
         page = series.pages[0] if series.pages else tf.pages[0]
         tiled = bool(getattr(page, "is_tiled", False))
         if not tiled and len(series.levels) == 1 and max(shape["Y"], shape["X"]) > FLAT_DIRECT_MAX:
@@ -395,19 +230,19 @@ def _open_tiff(path: Path, root: Path) -> Slide:
             slide = _open_flat(path, root)
             slide.mpp = mpp
             return slide
-        store = series.aszarr()
-        node = zarr.open(store, mode="r")
-        if isinstance(node, zarr.Group):
-            arrays = [node[str(i)] for i in range(len(series.levels))]
-        else:
-            arrays = [node]
-        levels = [_Level(a, lv.axes) for a, lv in zip(arrays, series.levels)]
+        node = zarr.open(series.aszarr(), mode="r")
+        arrays = [node[str(i)] for i in range(len(series.levels))] if isinstance(node, zarr.Group) else [node]
+        levels = []
+        for i, (a, s) in enumerate(zip(arrays, series.levels)):
+            lv_page = s.keyframe if hasattr(s, "keyframe") else None
+            levels.append(Level(a, s.axes, path=str(path), index=i, page=lv_page))
         # Skip broken levels (zero-sized or not smaller than the one before).
         kept = [levels[0]]
         for lv in levels[1:]:
             if 0 < lv.height <= kept[-1].height and 0 < lv.width <= kept[-1].width:
+                lv.index = len(kept)
                 kept.append(lv)
-        # Decode one pixel now so corrupt tiles fail here with a clear message.
+        # Decode one pixel now so a file whose tiles are all unreadable fails here.
         kept[-1].read(0, 1, 0, 1)
         return Slide(str(path), kept, mpp, handle=tf)
     except BaseException:
@@ -433,7 +268,8 @@ def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
     Raises
     ------
     InputError
-        If the file is missing, of an unsupported type, corrupt or empty.
+        If the file is missing, of an unsupported type, corrupt or empty, or a
+        flat JPEG/PNG too large to decode (see :func:`max_decode_pixels`).
     """
     p = Path(path).expanduser()
     if not p.exists():

@@ -36,6 +36,9 @@ class FeatureConfig:
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     cache
         Reuse/write the on-disk feature cache.
+    amp
+        On CUDA, run the extractor under autocast (bfloat16 where supported, else
+        float16) with channels-last inputs; ignored on CPU/MPS.
     """
 
     extractor: str = "default"
@@ -45,6 +48,7 @@ class FeatureConfig:
     batch_size: int = 64
     device: str = "auto"
     cache: bool = True
+    amp: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-friendly)."""
@@ -212,19 +216,22 @@ def _centre_mean_rgb(patches: np.ndarray, fraction: float) -> np.ndarray:
     return patches[:, a : a + c, a : a + c].mean(axis=(1, 2), dtype=np.float64).astype(np.float32) / 255.0
 
 
-def _extract(
-    path: str,
-    scale: float,
-    centers: np.ndarray,
-    size: float,
-    config: FeatureConfig,
-    fraction: float,
-    cancel: CancelToken | None,
-) -> ProgressGenerator[SpotFeatures]:
-    import torch
+def spatial_order(centers: np.ndarray, patch_px: float) -> np.ndarray:
+    """Visiting order of patches: bands of rows, left to right, so batches share tiles.
 
-    from ..slide import open_slide
+    Parameters
+    ----------
+    centers
+        ``(n, 2)`` patch centres ``(x, y)``.
+    patch_px
+        Patch edge in the same units; bands are four patches high.
+    """
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    band = np.floor(centers[:, 1] / max(4.0 * float(patch_px), 1e-9))
+    return np.lexsort((centers[:, 0], band))
 
+
+def _validate(path: str, scale: float, centers: np.ndarray, size: float) -> None:
     if centers.ndim != 2 or centers.shape[1] != 2:
         raise InputError(f"patch centres must be an (n, 2) array, got shape {centers.shape}", path)
     if not np.isfinite(centers).all():
@@ -236,42 +243,136 @@ def _extract(
     if not os.path.isfile(path):
         raise InputError("image file not found", path)
 
+
+def make_extractor(config: FeatureConfig, fraction: float) -> tuple[Any, Any]:
+    """The extractor of ``config`` and its autocast dtype (None: full precision)."""
+    import torch
+
     extractor = create_extractor(config.extractor, checkpoint=config.checkpoint, device=config.device)
     extractor.center_fraction = fraction
+    amp_dtype = None
+    if config.amp and extractor.device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return extractor, amp_dtype
+
+
+def cache_identity(extractor: Any, amp_dtype: Any) -> str:
+    """Cache-key identity: the extractor's, plus the reduced precision when AMP is on."""
+    return extractor.identity + (f"|amp-{str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "")
+
+
+def _extract(
+    path: str,
+    scale: float,
+    centers: np.ndarray,
+    size: float,
+    config: FeatureConfig,
+    fraction: float,
+    cancel: CancelToken | None,
+) -> ProgressGenerator[SpotFeatures]:
+    _validate(path, scale, centers, size)
+    extractor, amp_dtype = make_extractor(config, fraction)
     n = len(centers)
-    key = feature_cache_key(path, scale, centers, size, extractor.input_size, extractor.identity, fraction)
+    key = feature_cache_key(path, scale, centers, size, extractor.input_size, cache_identity(extractor, amp_dtype),
+                            fraction)
     if config.cache:
         hit = load_cached(key)
         if hit is not None and hit["features"].shape[0] == n:
             yield Progress("features", n, n, "loaded from cache")
             return SpotFeatures(hit["features"], hit["mean_rgb"], str(hit["identity"]))
-
-    batch = max(1, int(config.batch_size))
-    feats: list[np.ndarray] = []
-    rgbs: list[np.ndarray] = []
-    yield Progress("features", 0, n, f"{extractor.identity}")
-    with open_slide(path) as slide, ThreadPoolExecutor(max_workers=1) as pool:
-        def read(i: int) -> np.ndarray:
-            return slide.read_patches(centers[i : i + batch], size, extractor.input_size, scale=scale)
-
-        # Read the next batch in a thread while the current one is processed.
-        pending = pool.submit(read, 0) if n else None
-        for start in range(0, n, batch):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            patches = pending.result()
-            nxt = start + batch
-            pending = pool.submit(read, nxt) if nxt < n else None
-            out = extractor.extract(torch.from_numpy(patches))
-            feats.append(out.detach().cpu().numpy().astype(np.float32, copy=False))
-            rgbs.append(_centre_mean_rgb(patches, fraction))
-            yield Progress("features", min(nxt, n), n)
-    dim = feats[0].shape[1] if feats else extractor.dim
-    result = SpotFeatures(
-        np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
-        np.concatenate(rgbs) if rgbs else np.zeros((0, 3), np.float32),
-        extractor.identity,
-    )
+    order = spatial_order(centers, size)
+    result = yield from compute_features(path, scale, centers, size, extractor, config.batch_size, fraction,
+                                         cancel, order=order, amp_dtype=amp_dtype)
     if config.cache:
         save_cached(key, features=result.features, mean_rgb=result.mean_rgb, identity=np.array(result.identity))
     return result
+
+
+def compute_features(
+    path: str,
+    scale: float,
+    centers: np.ndarray,
+    size: float,
+    extractor: Any,
+    batch_size: int,
+    fraction: float,
+    cancel: CancelToken | None = None,
+    *,
+    order: np.ndarray | None = None,
+    amp_dtype: Any = None,
+    prefetch: int = 2,
+) -> ProgressGenerator[SpotFeatures]:
+    """Run ``extractor`` over patches (no cache), overlapping reading with compute.
+
+    A background thread reads the next ``prefetch`` batches (tiles decoded once,
+    in parallel) while the current batch runs through the network under
+    ``torch.inference_mode`` (and autocast + channels-last on CUDA).
+
+    Parameters
+    ----------
+    path, scale, centers, size
+        Slide, level-0 px per full-res px, ``(n, 2)`` centres and patch edge (full-res px).
+    extractor
+        A created :class:`~napari_histosge.features.registry.FeatureExtractor`.
+    batch_size
+        Patches per batch.
+    fraction
+        Spot share of the patch edge (for ``mean_rgb``).
+    cancel
+        Checked between batches.
+    order
+        Visiting order (batches are consecutive runs of it); default input order.
+        Results are always returned in input order.
+    amp_dtype
+        Autocast dtype on CUDA, or None.
+    prefetch
+        Batches read ahead.
+
+    Returns
+    -------
+    SpotFeatures
+    """
+    import torch
+
+    from ..slide import open_slide
+
+    n = len(centers)
+    order = np.arange(n) if order is None else np.asarray(order)
+    batch = max(1, int(batch_size))
+    cuda = extractor.device.type == "cuda"
+    if cuda and amp_dtype is not None and getattr(extractor, "model", None) is not None:
+        extractor.model.to(memory_format=torch.channels_last)  # faster convolutions under AMP
+    feats: np.ndarray | None = None
+    rgbs = np.zeros((n, 3), np.float32)
+    yield Progress("features", 0, n, f"{extractor.identity}")
+    starts = list(range(0, n, batch))
+    with open_slide(path) as slide, ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        def read(start: int) -> Any:
+            patches = slide.read_patches(centers[order[start : start + batch]], size, extractor.input_size,
+                                         scale=scale)
+            t = torch.from_numpy(patches)
+            return patches, (t.pin_memory() if cuda else t)
+
+        pending = [pool.submit(read, s) for s in starts[:prefetch]]
+        for j, start in enumerate(starts):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            patches, tensor = pending.pop(0).result()
+            if j + prefetch < len(starts):
+                pending.append(pool.submit(read, starts[j + prefetch]))
+            idx = order[start : start + batch]
+            tensor = tensor.to(extractor.device, non_blocking=cuda)
+            if amp_dtype is not None:
+                with torch.autocast("cuda", dtype=amp_dtype):
+                    out = extractor.extract(tensor)
+            else:
+                out = extractor.extract(tensor)
+            out = out.float().cpu().numpy()
+            if feats is None:
+                feats = np.empty((n, out.shape[1]), np.float32)
+            feats[idx] = out
+            rgbs[idx] = _centre_mean_rgb(patches, fraction)
+            yield Progress("features", min(start + batch, n), n)
+    if feats is None:
+        feats = np.zeros((0, extractor.dim), np.float32)
+    return SpotFeatures(feats, rgbs, extractor.identity)

@@ -1,0 +1,108 @@
+"""dask.distributed feature extraction: same results as one process, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("distributed")
+
+from napari_histosge.distributed import (  # noqa: E402
+    dask_client,
+    extract_features_distributed,
+    map_chunks,
+    position_chunks,
+)
+from napari_histosge.errors import CancelledError, InputError  # noqa: E402
+from napari_histosge.features import FeatureConfig, extract_features_at  # noqa: E402
+from napari_histosge.progress import CancelToken, Progress, run_to_end  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    # One small thread-based LocalCluster shared by the tests (process startup is slow on 2 cores).
+    with dask_client(None, n_workers=2, threads_per_worker=1, processes=False) as c:
+        yield c
+
+
+def _slide(tmp_path: Path) -> Path:
+    img = np.random.default_rng(0).integers(0, 256, (700, 600, 3), dtype=np.uint8)
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", compression="jpeg")
+    return path
+
+
+def _square(chunk: np.ndarray, offset: float) -> np.ndarray:
+    return chunk**2 + offset
+
+
+def test_features_identical_to_single_process(tmp_path: Path, client) -> None:
+    path = _slide(tmp_path)
+    xy = np.random.default_rng(1).uniform(-20, 620, (100, 2))
+    cfg = FeatureConfig(device="cpu", cache=False, batch_size=16)
+    single = run_to_end(extract_features_at(path, 1.0, xy, 60.0, cfg))
+    events = []
+    gen = extract_features_distributed(path, 1.0, xy, 60.0, cfg, scheduler=client, chunk_size=20)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            dist = stop.value
+            break
+    np.testing.assert_array_equal(dist.features, single.features)
+    np.testing.assert_array_equal(dist.mean_rgb, single.mean_rgb)
+    assert dist.identity == single.identity
+    # Chunks of 20 are rounded up to whole batches of 16 (32): 4 tasks, progress in patches.
+    assert [e.step for e in events if isinstance(e, Progress)][-1] == 100
+    assert len(events) == 1 + 4 and all(e.stage == "features" for e in events)
+
+
+def test_cache_shared_with_single_process(tmp_path: Path, client) -> None:
+    path = _slide(tmp_path)
+    xy = np.random.default_rng(2).uniform(0, 600, (20, 2))
+    cfg = FeatureConfig(device="cpu", batch_size=8)
+    first = run_to_end(extract_features_distributed(path, 1.0, xy, 50.0, cfg, scheduler=client))
+    gen = extract_features_at(path, 1.0, xy, 50.0, cfg)
+    assert next(gen).message == "loaded from cache"
+    np.testing.assert_array_equal(run_to_end(gen).features, first.features)
+
+
+def test_map_chunks_order_and_cancel(client) -> None:
+    chunks = position_chunks(np.arange(10), 3)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [len(c) for c in position_chunks(np.arange(10), 3, multiple=4)] == [4, 4, 2]
+    out = run_to_end(map_chunks(_square, chunks, 1.0, scheduler=client, weights=[len(c) for c in chunks]))
+    np.testing.assert_array_equal(np.concatenate(out), np.arange(10) ** 2 + 1.0)
+    token = CancelToken()
+    gen = map_chunks(_square, chunks, 0.0, scheduler=client, cancel=token)
+    next(gen)
+    token.cancel()
+    with pytest.raises(CancelledError):
+        run_to_end(gen)
+
+
+def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import napari_histosge.distributed as dist_mod
+
+    monkeypatch.setattr(dist_mod, "CONNECT_TIMEOUT_S", 1.0)
+    path = _slide(tmp_path)
+    cfg = FeatureConfig(device="cpu", cache=False)
+    with pytest.raises(InputError, match=r"cannot connect to the dask scheduler at 'tcp://127\.0\.0\.1:9' within 1 s"):
+        run_to_end(extract_features_distributed(path, 1.0, np.zeros((2, 2)), 50.0, cfg,
+                                                scheduler="tcp://127.0.0.1:9"))
+    with pytest.raises(InputError, match=r"gone\.tif.*not found"):
+        run_to_end(extract_features_distributed(tmp_path / "gone.tif", 1.0, np.zeros((2, 2)), 50.0, cfg,
+                                                scheduler=client))
+    with pytest.raises(InputError, match="NaN"):
+        run_to_end(extract_features_distributed(path, 1.0, np.full((2, 2), np.nan), 50.0, cfg, scheduler=client))
+    # An error inside a worker (a corrupt tile) reaches the caller as the same InputError.
+    with tifffile.TiffFile(path) as tf:
+        off, cnt = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[off : off + cnt] = b"\x00" * cnt
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"small\.tif.*tile \(level 0, tile row 0, column 0"):
+        run_to_end(extract_features_distributed(path, 1.0, np.array([[30.0, 30.0]]), 20.0, cfg, scheduler=client))
