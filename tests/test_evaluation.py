@@ -65,9 +65,11 @@ def test_gene_metrics_values() -> None:
     assert m.loc["same", "mse"] == 0 and m.loc["const", "mae"] == 0
     assert m.loc["neg", "mse"] == pytest.approx(np.mean((2 * y[:, 1]) ** 2))
     assert m.loc["neg", "mae"] == pytest.approx(np.mean(np.abs(2 * y[:, 1])))
-    # constant prediction of a varying gene: PCC undefined as well
+    # a constant prediction of a varying gene carries no information: PCC 0, not NaN, so
+    # a model that collapses genes to a constant cannot drop them from the mean
     m2 = gene_metrics(y[:, :1], np.zeros((50, 1)), ["g"])
-    assert np.isnan(m2.loc["g", "pcc"])
+    assert m2.loc["g", "pcc"] == 0.0
+    assert summarize(gene_metrics(y[:, :2], np.column_stack([y[:, 0], np.zeros(50)]), ["a", "b"]))["mean_pcc"] == pytest.approx(0.5)
 
 
 def test_gene_metrics_matches_numpy_and_accepts_sparse() -> None:

@@ -78,8 +78,10 @@ def gene_metrics(y_true: Any, y_pred: Any, genes: Sequence[str]) -> pd.DataFrame
     -------
     pandas.DataFrame
         Index ``genes``; columns ``pcc``, ``mse``, ``mae``. ``pcc`` is NaN for a gene that
-        is constant in ``y_true`` or in ``y_pred`` (correlation is undefined there), and
-        for fewer than two spots.
+        is constant in ``y_true`` (it cannot be scored) and for fewer than two spots. A
+        gene that varies in ``y_true`` but is predicted as a constant gets ``pcc`` 0: the
+        prediction carries no information about it, and leaving it out of the mean would
+        reward a model for collapsing genes.
 
     Raises
     ------
@@ -99,13 +101,17 @@ def gene_metrics(y_true: Any, y_pred: Any, genes: Sequence[str]) -> pd.DataFrame
     mae = np.mean(np.abs(diff), axis=0)
     # Exactly constant columns (max == min) have undefined correlation: mark them NaN
     # rather than trusting a tiny rounding-level variance.
-    constant = (t.max(axis=0) == t.min(axis=0)) | (p.max(axis=0) == p.min(axis=0))
+    constant_truth = t.max(axis=0) == t.min(axis=0)
+    constant_pred = p.max(axis=0) == p.min(axis=0)
     tc, pc = t - t.mean(axis=0), p - p.mean(axis=0)
     num = np.einsum("ij,ij->j", tc, pc)
     den = np.sqrt(np.einsum("ij,ij->j", tc, tc) * np.einsum("ij,ij->j", pc, pc))
     with np.errstate(invalid="ignore", divide="ignore"):
         pcc = np.clip(num / den, -1.0, 1.0)
-    pcc[constant | (den == 0)] = np.nan
+    pcc[constant_pred | (den == 0)] = 0.0
+    pcc[constant_truth] = np.nan
+    if t.shape[0] < 2:
+        pcc[:] = np.nan
     frame = pd.DataFrame({"pcc": pcc, "mse": mse, "mae": mae}, index=pd.Index(genes, name="gene"))
     return frame
 
