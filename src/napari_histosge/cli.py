@@ -52,6 +52,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
 
 
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (dask.distributed)")
+    g.add_argument(
+        "--scheduler",
+        help="extract features on dask.distributed: 'local' starts a LocalCluster, or give a scheduler "
+             "address such as tcp://host:8786 (default: in this process)",
+    )
+    g.add_argument("--workers", type=int, help="workers of the LocalCluster (--scheduler local)")
+
+
 def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -71,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue training from this checkpoint")
     _add_feature_args(p)
     _add_train_args(p)
+    _add_scale_args(p)
     _add_common_args(p)
 
     p = sub.add_parser("predict", help="N-fold super-resolution: predict expression between measured spots")
@@ -78,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--fold", type=int, default=4, help="N: positions per measured spot, 2..16 (default 4)")
     p.add_argument("--out", required=True, help="output .h5ad")
+    _add_scale_args(p)
     _add_common_args(p)
 
     p = sub.add_parser("recover", help="hide spots, train on the rest, predict the hidden ones (paper protocol)")
@@ -88,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", help="also save the trained checkpoint here")
     _add_feature_args(p)
     _add_train_args(p)
+    _add_scale_args(p)
     _add_common_args(p)
 
     p = sub.add_parser("evaluate", help="score predictions (.h5ad) against measured spots")
@@ -157,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     adata = _read(args)
     model = _drive(
         fit(adata, train_config=_train_config(args), feature_config=_feature_config(args),
-            checkpoint_path=args.out, resume=args.resume),
+            checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
         args,
     )
     final = model.meta.get("history", [float("nan")])[-1] if model.meta.get("history") else float("nan")
@@ -172,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = TrainedModel.load(args.model, device=args.device)
     adata = _read(args)
-    result = _drive(superresolve(model, adata, args.fold), args)
+    result = _drive(superresolve(model, adata, args.fold, scheduler=args.scheduler, n_workers=args.workers), args)
     _write_h5ad(result, args.out)
     print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes -> {args.out}")
     return 0
@@ -184,7 +197,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     adata = _read(args)
     result = _drive(
         recover(adata, holdout=args.holdout, seed=args.seed, train_config=_train_config(args),
-                feature_config=_feature_config(args)),
+                feature_config=_feature_config(args), scheduler=args.scheduler, n_workers=args.workers),
         args,
     )
     result.predictions.uns["metrics_summary"] = json.loads(json.dumps(result.summary(), default=float))

@@ -34,12 +34,49 @@ NO_IMAGE = "none"
 
 
 def spot_features(
-    adata, config: FeatureConfig, *, cancel: CancelToken | None = None
+    adata,
+    config: FeatureConfig,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
-    """Image features for ``adata``'s own spots, or empty ones when image features are off."""
+    """Image features for ``adata``'s own spots, or empty ones when image features are off.
+
+    Parameters
+    ----------
+    scheduler
+        ``None`` extracts in this process; ``"local"`` starts a dask LocalCluster; any other
+        value is a dask.distributed scheduler address (e.g. ``tcp://host:8786``). Results are
+        identical either way.
+    n_workers
+        Workers of the LocalCluster (``scheduler="local"`` only).
+    """
     if config.extractor == NO_IMAGE:
         return _no_image_features(adata.n_obs)
-    return (yield from extract_spot_features(adata, config, cancel=cancel))
+    if scheduler is None:
+        return (yield from extract_spot_features(adata, config, cancel=cancel))
+    path, scale = _image_of(adata)
+    return (yield from _distributed(
+        path, scale, np.asarray(adata.obsm["spatial"], np.float64), patch_size_px(adata, config), config,
+        spot_center_fraction(adata, config), scheduler, n_workers, cancel,
+    ))
+
+
+def _image_of(adata) -> tuple[str, float]:
+    image = spot_image(adata)
+    if image is None:
+        raise InputError("the data has no image to extract features from", adata.uns.get("histosge", {}).get("source"))
+    return image
+
+
+def _distributed(path, scale, centers, patch_px, config, center_fraction, scheduler, n_workers, cancel):
+    from .distributed import extract_features_distributed
+
+    return (yield from extract_features_distributed(
+        path, scale, centers, patch_px, config, scheduler=None if scheduler == "local" else scheduler,
+        n_workers=n_workers, center_fraction=center_fraction, cancel=cancel,
+    ))
 
 
 def _no_image_features(n: int) -> SpotFeatures:
@@ -82,6 +119,8 @@ def fit(
     features: SpotFeatures | None = None,
     checkpoint_path: str | Path | None = None,
     resume: str | Path | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
     cancel: CancelToken | None = None,
 ) -> ProgressGenerator[TrainedModel]:
     """Extract features, normalise, pick genes and train a model on ``adata``.
@@ -100,6 +139,8 @@ def fit(
         Where to save the checkpoint (atomically, every epoch and at the end).
     resume
         A checkpoint to continue from.
+    scheduler, n_workers
+        Where features are extracted, as in :func:`spot_features`.
     cancel
         Token checked between batches.
 
@@ -111,7 +152,9 @@ def fit(
     train_config = train_config or TrainConfig()
     feature_config = feature_config or FeatureConfig()
     if features is None:
-        features = yield from spot_features(adata, feature_config, cancel=cancel)
+        features = yield from spot_features(
+            adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
+        )
     yield Progress("prepare", 0, 1, "normalising and selecting genes")
     train_adata = _subset_ids(adata, train_ids)
     mask = adata.obs_names.get_indexer(train_adata.obs_names)
@@ -144,20 +187,30 @@ def _check_same_extractor(model: TrainedModel, features: SpotFeatures) -> None:
 
 
 def features_at(
-    model: TrainedModel, adata, positions: np.ndarray, *, cancel: CancelToken | None = None
+    model: TrainedModel,
+    adata,
+    positions: np.ndarray,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
-    """Features at arbitrary full-res ``positions`` on ``adata``'s image, as the model was trained."""
+    """Features at arbitrary full-res ``positions`` on ``adata``'s image, as the model was trained.
+
+    ``scheduler`` and ``n_workers`` are as in :func:`spot_features`.
+    """
     config = _feature_config_of(model)
     if config.extractor == NO_IMAGE:
         return _no_image_features(len(positions))
-    image = spot_image(adata)
-    if image is None:
-        raise InputError("the data has no image to extract features from", adata.uns.get("histosge", {}).get("source"))
-    path, scale = image
-    feats = yield from extract_features_at(
-        path, scale, np.asarray(positions, np.float64), model.meta["patch_size_px"], config,
-        center_fraction=model.meta["center_fraction"], cancel=cancel,
-    )
+    path, scale = _image_of(adata)
+    centers = np.asarray(positions, np.float64)
+    patch_px, fraction = model.meta["patch_size_px"], model.meta["center_fraction"]
+    if scheduler is None:
+        feats = yield from extract_features_at(
+            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel
+        )
+    else:
+        feats = yield from _distributed(path, scale, centers, patch_px, config, fraction, scheduler, n_workers, cancel)
     _check_same_extractor(model, feats)
     return feats
 
@@ -213,7 +266,13 @@ def _prediction_uns(adata, model: TrainedModel, *, fold: int) -> dict[str, Any]:
 
 
 def superresolve(
-    model: TrainedModel, adata, fold: int, *, cancel: CancelToken | None = None
+    model: TrainedModel,
+    adata,
+    fold: int,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
 ) -> ProgressGenerator[Any]:
     """Predict expression at ``fold`` times as many positions as ``adata`` has spots.
 
@@ -231,7 +290,7 @@ def superresolve(
     # anchor on the fitted lattice so the new positions form one regular grid
     grid = superresolution_positions(adata, fold, anchor="lattice")
     yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
-    feats = yield from features_at(model, adata, grid.positions, cancel=cancel)
+    feats = yield from features_at(model, adata, grid.positions, scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     yield Progress("predict", 0, 1, f"{len(grid.positions)} positions")
     pred = model.predict(feats.features, feats.mean_rgb, grid.positions)
     yield Progress("predict", 1, 1)
@@ -307,6 +366,8 @@ def recover(
     feature_config: FeatureConfig | None = None,
     n_top_mean: int = 50,
     features: SpotFeatures | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
     cancel: CancelToken | None = None,
 ) -> ProgressGenerator[RecoveryResult]:
     """The paper's recovery protocol: hide a fraction of spots, train on the rest, predict them.
@@ -335,7 +396,9 @@ def recover(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if features is None:
-        features = yield from spot_features(adata, feature_config, cancel=cancel)
+        features = yield from spot_features(
+            adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
+        )
     timings["features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = yield from fit(
