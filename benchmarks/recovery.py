@@ -120,12 +120,32 @@ def main(argv=None) -> int:
             print(f"[{name}] {label}: PCC {row['pcc_hvg']:.3f} (top50 {row['pcc_top50']:.3f}), "
                   f"baseline {baseline['pcc_hvg']:.3f}; fit {row['fit_s']:.1f} s", flush=True)
 
-    payload = {"machine": info, "epochs": args.epochs, "holdout": args.holdout, "seed": args.seed, "rows": rows}
+    for row in rows:
+        row["epochs"] = args.epochs
+    payload = {"machine": info, "holdout": args.holdout, "seed": args.seed,
+               "rows": _merge_previous(rows, args)}
     out = write_json("recovery", payload)
     print(f"results -> {out}")
     if not args.no_doc:
         update_block("recovery", render(payload))
     return 0
+
+
+def _merge_previous(rows: list[dict], args) -> list[dict]:
+    """Keep earlier rows of sections not run now (same protocol), so sections can run separately."""
+    import json
+
+    from _report import RESULTS
+
+    path = RESULTS / "recovery.json"
+    if not path.exists():
+        return rows
+    previous = json.loads(path.read_text())
+    if (previous.get("holdout"), previous.get("seed")) != (args.holdout, args.seed):
+        return rows
+    done = {r["section"] for r in rows}
+    kept = [r for r in previous.get("rows", []) if r["section"] not in done]
+    return kept + rows
 
 
 def _fmt(v, digits=3):
@@ -135,21 +155,22 @@ def _fmt(v, digits=3):
 def render(payload: dict) -> str:
     lines = [
         machine_line(payload["machine"]),
-        f"Hold-out {payload['holdout']:.0%} of spots (seed {payload['seed']}), {payload['epochs']} epochs. "
+        f"Hold-out {payload['holdout']:.0%} of spots (seed {payload['seed']}); epochs per row. "
         "PCC is the mean per-gene Pearson correlation over the HIDDEN spots on the "
         "log1p(normalize_total 1e4) scale; MSE/MAE over the top-1000 HVGs. "
         "'PCC all spots' scores every spot including the training ones, as the reference "
         "test.py does: it is not a held-out figure.",
         "",
-        "| section | spots | method | PCC HVG | PCC top-50 mean | MSE | MAE | PCC all spots (incl. train) | fit s | ARI pred / measured |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| section | spots | method | epochs | PCC HVG | PCC top-50 mean | MSE | MAE | PCC all spots (incl. train) | fit s | ARI pred / measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
         ari = ""
         if "ari_predicted" in r:
             ari = f"{r['ari_predicted']:.3f} / {r['ari_measured']:.3f}"
         lines.append(
-            f"| {r['section']} | {r['n_spots']} | {r['variant']} | {_fmt(r['pcc_hvg'])} | {_fmt(r['pcc_top50'])} "
+            f"| {r['section']} | {r['n_spots']} | {r['variant']} | {r['epochs'] if r['fit_s'] else ''} "
+            f"| {_fmt(r['pcc_hvg'])} | {_fmt(r['pcc_top50'])} "
             f"| {_fmt(r['mse'], 4)} | {_fmt(r['mae'], 4)} | {_fmt(r['pcc_all_spots_incl_training'])} "
             f"| {_fmt(r['fit_s'], 1)} | {ari} |"
         )

@@ -123,3 +123,18 @@ def test_pack_batches_respects_batch_size_and_pads():
     assert sorted(seen) == list(range(400))
     # A group larger than the batch gets its own batch.
     assert len(pack_batches([np.arange(10), np.arange(10, 12)], 4)) == 2
+
+
+def test_output_choices() -> None:
+    import torch
+
+    from napari_histosge.errors import InputError
+    from napari_histosge.models import create_model
+
+    x = torch.randn(2, 5, 13)
+    bins = torch.zeros(2, 5, 2, dtype=torch.long)
+    relu = create_model("histosge", in_dim=13, n_genes=7, dim=16, head_hidden=16, output="relu")
+    soft = create_model("histosge", in_dim=13, n_genes=7, dim=16, head_hidden=16)
+    assert (relu(x, bins) >= 0).all() and (soft(x, bins) > 0).all()
+    with pytest.raises(InputError, match="output"):
+        create_model("histosge", in_dim=13, n_genes=7, output="tanh")

@@ -19,7 +19,11 @@ from .errors import InputError
 from .progress import CancelToken, Progress, ProgressGenerator
 
 #: Settings passed to the model constructor.
-MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden")
+MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output")
+#: Settings passed to the constructor of the ``conditioned`` model (see :mod:`.models.conditioned`).
+CONDITIONED_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
+                    "adversarial", "diffusion_steps")
+_MODEL_KEYS_BY_NAME = {"conditioned": CONDITIONED_KEYS}
 
 
 @dataclass
@@ -33,6 +37,16 @@ class TrainConfig:
     training position by up to this fraction of the median spot spacing (uniformly, per axis,
     fresh every epoch): a spot's counts come from its whole footprint, and the jitter trains
     the position embeddings between spots, where super-resolution predicts; 0 turns it off.
+
+    Settings of the ``conditioned`` model (ignored by ``histosge``): ``neighbours`` measured
+    spots form each query's context; ``neighbour_dropout`` skips each candidate neighbour
+    with this probability in training; ``use_neighbours``, ``distill`` (semantic distillation,
+    auxiliary loss weight ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual
+    denoiser with ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps,
+    ``n_samples`` samples per position) and ``adversarial`` (weight of the channel-aware
+    adversarial term; 0 is off) switch its components for ablations. There the
+    ``position_jitter`` moves each training query away from its spot before the
+    neighbour offsets are computed, so queries between spots (super-resolution) are seen.
     """
 
     model: str = "histosge"
@@ -46,6 +60,7 @@ class TrainConfig:
     dropout: float = 0.0
     n_pos_bins: int = 64
     head_hidden: int = 2048
+    output: str = "softplus"
     group_size: int = 50
     grouping: str = "spatial"
     position_jitter: float = 0.25
@@ -54,14 +69,27 @@ class TrainConfig:
     n_top_genes: int = 1000
     genes: list[str] | None = None
     checkpoint_every: int = 1
+    neighbours: int = 8
+    neighbour_dropout: float = 0.0
+    use_neighbours: bool = True
+    distill: bool = True
+    distill_dim: int = 64
+    aux_weight: float = 0.5
+    diffusion: bool = True
+    diffusion_steps: int = 100
+    sample_steps: int = 8
+    n_samples: int = 4
+    adversarial: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "dropout", "position_jitter"):
+        for name in ("lr", "weight_decay", "dropout", "position_jitter", "neighbour_dropout", "aux_weight",
+                     "adversarial"):
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
         for name in ("epochs", "batch_size", "dim", "heads", "depth", "n_pos_bins", "head_hidden",
-                     "group_size", "n_top_genes", "checkpoint_every"):
+                     "group_size", "n_top_genes", "checkpoint_every", "neighbours", "distill_dim",
+                     "diffusion_steps", "sample_steps", "n_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"training setting {name} must be an integer of at least 1, got {value!r}")
@@ -76,6 +104,16 @@ class TrainConfig:
             raise InputError(f"training setting dropout must be in [0, 1), got {self.dropout!r}")
         if self.dim % self.heads:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not (isinstance(self.neighbour_dropout, float) and 0 <= self.neighbour_dropout < 1):
+            raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
+        for name in ("aux_weight", "adversarial"):
+            value = getattr(self, name)
+            if not (isinstance(value, float) and np.isfinite(value) and value >= 0):
+                raise InputError(f"training setting {name} must be a number >= 0, got {value!r}")
+        for name in ("use_neighbours", "distill", "diffusion"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"training setting {name} must be true or false, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
         from .models.grouping import GROUPING_MODES
 
         if self.grouping not in GROUPING_MODES:
@@ -84,8 +122,8 @@ class TrainConfig:
             self.genes = [str(g) for g in self.genes]
 
     def model_hparams(self) -> dict[str, Any]:
-        """The settings handed to :func:`~napari_histosge.models.create_model`."""
-        return {k: getattr(self, k) for k in MODEL_KEYS}
+        """The settings handed to :func:`~napari_histosge.models.create_model` (they depend on ``model``)."""
+        return {k: getattr(self, k) for k in _MODEL_KEYS_BY_NAME.get(self.model, MODEL_KEYS)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -255,15 +293,25 @@ class TrainedModel:
         try:
             config = TrainConfig.from_dict(info["config"])
             genes, meta = list(info["genes"]), dict(info["meta"])
+            # Constructor arguments fixed by the data (e.g. the reference-set size).
             model = create_model(config.model, in_dim=int(meta["in_dim"]), n_genes=len(genes),
-                                 **config.model_hparams())
+                                 **config.model_hparams(), **dict(meta.get("model_kwargs", {})))
             model.load_state_dict(state)
         except InputError as exc:
             raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
         model.to(dev).eval()
-        return cls(model, config, genes, meta, optimizer_state=opt_state)
+        return _trained_class(config.model)(model, config, genes, meta, optimizer_state=opt_state)
+
+
+def _trained_class(model_name: str) -> type[TrainedModel]:
+    """The :class:`TrainedModel` subclass that predicts for ``model_name``."""
+    if model_name == "conditioned":
+        from .models.conditioned_fit import ConditionedTrainedModel
+
+        return ConditionedTrainedModel
+    return TrainedModel
 
 
 def _seed_all(seed: int) -> None:
@@ -316,6 +364,11 @@ def train(
     from .models import create_model
     from .models.grouping import group_spots, pack_batches
 
+    if config.model == "conditioned":
+        from .models.conditioned_fit import train_conditioned
+
+        return (yield from train_conditioned(data, config, checkpoint_path=checkpoint_path, resume=resume,
+                                             meta=meta, cancel=cancel))
     device = pick_device(config.device)
     d = data.features.shape[1]
     _seed_all(config.seed)

