@@ -146,3 +146,12 @@ def test_cmu_sample_found_in_shared_data(real_data, monkeypatch):
     monkeypatch.setenv("HISTOSGE_DATA", str(real_data))
     path = find_cmu_small_region()
     assert path is not None and path.name == "cmu_small_region.svs"
+
+
+def test_scheduler_field_values() -> None:
+    from napari_histosge._widgets.train import checkpoint_name, scheduler_value
+
+    assert scheduler_value("  ") is None
+    assert scheduler_value("local") == "local"
+    assert scheduler_value(" tcp://10.0.0.1:8786 ") == "tcp://10.0.0.1:8786"
+    assert checkpoint_name("her2st B4", "conditioned") == "her2st_B4_conditioned.pt"

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS
 from ._worker import Outcome, start_job
 from .layers import heatmap_layer, histosge_meta, spots_layer
-from .train import DEVICES, spots_layer_choices
+from .train import DEVICES, scheduler_value, spots_layer_choices
 
 if TYPE_CHECKING:
     import napari
@@ -50,11 +50,14 @@ class SuperResolveWidget(Container):
         self.fold = SpinBox(label="fold N", min=2, max=16, value=4,
                             tooltip="positions per measured spot (2..16)")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.scheduler = LineEdit(label="dask scheduler", value="",
+                                  tooltip="empty: extract features in napari's process; 'local': a dask "
+                                          "LocalCluster; or a scheduler address such as tcp://host:8786")
         self.run_button = PushButton(text="Super-resolve")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
-        self.extend([self.data, self.model, self.checkpoint, self.fold, self.device,
+        self.extend([self.data, self.model, self.checkpoint, self.fold, self.device, self.scheduler,
                      self.run_button, self.cancel_button, self.status])
         self.worker = None
         self.token: CancelToken | None = None
@@ -94,6 +97,7 @@ class SuperResolveWidget(Container):
             show_error(f"Choose a trained model or an existing checkpoint file (got '{self.checkpoint.value}').")
             return
         fold, device = int(self.fold.value), self.device.value
+        scheduler = scheduler_value(self.scheduler.value)
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
@@ -101,7 +105,7 @@ class SuperResolveWidget(Container):
             from ..training import TrainedModel
 
             model = entry.model if entry is not None else TrainedModel.load(path, device=device)
-            return superresolve(model, adata, fold, cancel=token)
+            return superresolve(model, adata, fold, scheduler=scheduler, cancel=token)
 
         self._adata = adata
         self.run_button.enabled, self.cancel_button.enabled = False, True

@@ -48,10 +48,16 @@ def parse_gene_list(text: str) -> list[str]:
     return [g for g in re.split(r"[,\s;]+", text.strip()) if g]
 
 
-def checkpoint_name(library: str) -> str:
+def checkpoint_name(library: str, model: str = "histosge") -> str:
     """A file name for a new checkpoint of ``library`` (safe characters only)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", library).strip("_") or "model"
-    return f"{safe}_histosge.pt"
+    return f"{safe}_{model}.pt"
+
+
+def scheduler_value(text: str) -> str | None:
+    """The form's dask scheduler field: empty means in this process, 'local' a LocalCluster."""
+    text = text.strip()
+    return text or None
 
 
 class TrainWidget(Container):
@@ -62,6 +68,10 @@ class TrainWidget(Container):
         self.viewer = viewer
         self.data = ComboBox(label="data", choices=lambda _w: spots_layer_choices(viewer),
                              tooltip="spots layer to train on (open a Space Ranger / ST folder or .h5ad)")
+        from ..models import available_models
+
+        self.model_name = ComboBox(label="model", choices=available_models(), value="histosge",
+                                   tooltip="histosge: image + position (the paper); other models from the registry")
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
                                   tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
                                           "timm: any timm backbone; none: positions only")
@@ -77,13 +87,17 @@ class TrainWidget(Container):
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.out_dir = FileEdit(label="output folder", mode="d", value=str(DEFAULT_OUT))
+        self.scheduler = LineEdit(label="dask scheduler", value="",
+                                  tooltip="empty: extract features in napari's process; 'local': a dask "
+                                          "LocalCluster; or a scheduler address such as tcp://host:8786")
         self.start_button = PushButton(text="Start training")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
-        self.extend([self.data, self.extractor, self.timm_name, self.weights, self.genes_mode, self.n_genes,
+        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
+                     self.genes_mode, self.n_genes,
                      self.gene_list, self.epochs, self.lr, self.device, self.out_dir,
-                     self.start_button, self.cancel_button, self.status])
+                     self.scheduler, self.start_button, self.cancel_button, self.status])
         self.loss_curve = LossCurve()
         self.native.layout().addWidget(self.loss_curve)
 
@@ -134,7 +148,8 @@ class TrainWidget(Container):
             genes = parse_gene_list(self.gene_list.value)
             if not genes:
                 raise InputError("the gene list is empty; enter gene names separated by commas")
-        return TrainConfig(epochs=int(self.epochs.value), lr=float(self.lr.value), device=self.device.value,
+        return TrainConfig(model=str(self.model_name.value), epochs=int(self.epochs.value),
+                           lr=float(self.lr.value), device=self.device.value,
                            n_top_genes=int(self.n_genes.value), genes=genes)
 
     # ------------------------------------------------------------------ actions
@@ -157,7 +172,8 @@ class TrainWidget(Container):
             show_error(str(exc))
             return
         library = adata.uns.get("histosge", {}).get("library_id") or layer.name
-        self.checkpoint_path = out_dir / checkpoint_name(str(library))
+        self.checkpoint_path = out_dir / checkpoint_name(str(library), train_config.model)
+        scheduler = scheduler_value(self.scheduler.value)
         self.token = CancelToken()
         self.events_seen = []
         self.loss_curve.clear()
@@ -169,7 +185,7 @@ class TrainWidget(Container):
             from ..pipeline import fit
 
             return fit(adata, train_config=train_config, feature_config=feature_config,
-                       checkpoint_path=ckpt, cancel=token)
+                       checkpoint_path=ckpt, scheduler=scheduler, cancel=token)
 
         self._library, self._adata = str(library), adata
         self.worker = start_job(make_gen, description=f"training on {library}", on_event=self._on_event,
