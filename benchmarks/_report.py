@@ -40,13 +40,17 @@ def machine_info() -> dict:
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # other work on a shared machine inflates timings: record how busy it was
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
 def machine_line(info: dict) -> str:
     gpu = info["gpu"] or "no GPU"
+    load = info.get("load_average_1m")
+    busy = f" Load average {load:.1f} when it started." if load is not None else ""
     return (f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores "
-            f"({info['torch_threads']} torch threads), {gpu}; Python {info['python']}, torch {info['torch']}.")
+            f"({info['torch_threads']} torch threads), {gpu}; Python {info['python']}, torch {info['torch']}.{busy}")
 
 
 def write_json(name: str, payload: dict) -> Path:
