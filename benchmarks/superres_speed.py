@@ -1,0 +1,145 @@
+"""Super-resolution speed: N-fold denser positions and predictions there, feature extraction excluded.
+
+On the DLPFC slice 151676 (3,460 spots) a small HisToSGE model is trained for a few epochs
+(its weights do not change the cost of predicting). For N = 4 and 16 the script times
+
+- ``lattice.superresolution_positions(adata, N, anchor="lattice")`` (lattice estimation
+  included), and
+- ``TrainedModel.predict(features, mean_rgb, positions)`` at the ``N * 3,460`` positions.
+
+Features at the new positions are random arrays of the extractor's width (timing only:
+extracting them is the feature benchmark's business). Writes
+``benchmarks/results/superres_speed.json`` and the ``superres_speed`` block of
+``docs/benchmarks.md``. Usage::
+
+    python benchmarks/superres_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+
+TARGET_S = 5.0
+
+
+def small_model(adata, feats, n_genes: int, epochs: int):
+    """A HisToSGE model trained briefly on every spot (cost of prediction does not depend on training)."""
+    from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes
+    from napari_histosge.progress import run_to_end
+    from napari_histosge.training import TrainConfig, TrainingData, train
+
+    log = normalize_log1p(adata)
+    genes = select_genes(log, n_top=n_genes)
+    data = TrainingData(features=feats.features, mean_rgb=feats.mean_rgb,
+                        positions=np.asarray(adata.obsm["spatial"], np.float64),
+                        targets=dense_targets(log, genes), spot_ids=list(adata.obs_names), genes=genes)
+    return run_to_end(train(data, TrainConfig(epochs=epochs, genes=genes, device="cpu")))
+
+
+def time_fold(adata, model, fold: int, repeats: int, rng: np.random.Generator) -> dict:
+    from napari_histosge.lattice import superresolution_positions
+
+    d = int(model.meta["n_features"])
+    pos_s, pred_s, cpu_s = [], [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        grid = superresolution_positions(adata, fold, anchor="lattice")
+        t1 = time.perf_counter()
+        n = len(grid.positions)
+        features = rng.standard_normal((n, d)).astype(np.float32)  # stand-ins, see the module docstring
+        mean_rgb = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+        t2 = time.perf_counter()
+        pred = model.predict(features, mean_rgb, grid.positions)
+        t3 = time.perf_counter()
+        cpu_s.append(time.process_time() - c0)  # CPU seconds of all threads, less sensitive to other load
+        pos_s.append(t1 - t0)
+        pred_s.append(t3 - t2)
+    total = np.asarray(pos_s) + np.asarray(pred_s)
+    return {"fold": fold, "n_positions": int(n), "n_genes": int(pred.shape[1]),
+            "positions_s": float(np.median(pos_s)), "predict_s": float(np.median(pred_s)),
+            "total_median_s": float(np.median(total)), "total_min_s": float(total.min()),
+            "total_max_s": float(total.max()),
+            "cpu_s": float(np.median(cpu_s)), "repeats": repeats}
+
+
+def render(payload: dict) -> str:
+    lines = [
+        machine_line(payload["machine"]),
+        f"DLPFC 151676 ({payload['n_spots']:,} spots), HisToSGE model with {payload['n_genes']} genes "
+        f"(trained {payload['train_epochs']} epochs; weights do not change the cost). Feature extraction "
+        f"excluded: features at the new positions are random arrays of the default extractor's width "
+        f"({payload['feature_dim']}-d). Median of {payload['rows'][0]['repeats']} repeats. Load average at the "
+        f"end: {payload['loadavg_end'][0]:.1f} (other benchmarks shared the 2 cores, so wall times are "
+        f"inflated; 'CPU s' is the process's CPU time over all its threads, which other load inflates less). "
+        f"Target: under {TARGET_S:g} s on 2 CPU cores.",
+        "",
+        "| N | positions | positions s | predict s | total s (median; min-max) | CPU s | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        met = "met" if r["total_median_s"] < TARGET_S else "not met"
+        lines.append(f"| {r['fold']} | {r['n_positions']:,} | {r['positions_s']:.2f} | {r['predict_s']:.2f} | "
+                     f"{r['total_median_s']:.2f} ({r['total_min_s']:.2f}-{r['total_max_s']:.2f}) | {r['cpu_s']:.2f} | "
+                     f"< {TARGET_S:g} s: {met} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, nargs="*", default=[4, 16])
+    parser.add_argument("--n-genes", type=int, default=1000)
+    parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.io import read_spots
+    from napari_histosge.pipeline import spot_features
+    from napari_histosge.progress import run_to_end
+
+    torch.set_num_threads(args.threads)
+    path = data_root() / "dlpfc" / "151676"
+    if not path.is_dir():
+        print(f"DLPFC 151676 not found at {path}; set HISTOSGE_DATA", file=sys.stderr)
+        return 1
+    load_start = os.getloadavg()
+    info = machine_info()
+    adata = read_spots(path)
+    feats = run_to_end(spot_features(adata, FeatureConfig()))  # cached after the first run
+    model = small_model(adata, feats, args.n_genes, args.train_epochs)
+    rng = np.random.default_rng(0)
+    model.predict(feats.features[:64], feats.mean_rgb[:64], np.asarray(adata.obsm["spatial"])[:64])  # warm-up
+    rows = []
+    for fold in args.folds:
+        rows.append(time_fold(adata, model, fold, args.repeats, rng))
+        r = rows[-1]
+        print(f"N={fold}: {r['n_positions']} positions, positions {r['positions_s']:.2f} s, "
+              f"predict {r['predict_s']:.2f} s, total {r['total_median_s']:.2f} s", flush=True)
+    payload = {"machine": info, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+               "section": "dlpfc/151676", "n_spots": int(adata.n_obs), "n_genes": len(model.genes),
+               "feature_dim": int(model.meta["n_features"]), "train_epochs": args.train_epochs,
+               "target_s": TARGET_S, "rows": rows}
+    out = write_json("superres_speed", payload)
+    print(render(payload))
+    print(f"results -> {out}")
+    if not args.no_doc:
+        update_block("superres_speed", render(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
