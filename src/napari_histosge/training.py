@@ -44,7 +44,9 @@ class TrainConfig:
     auxiliary loss weight ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual
     denoiser with ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps,
     ``n_samples`` samples per position) and ``adversarial`` (weight of the channel-aware
-    adversarial term; 0 is off) switch its components for ablations. There the
+    adversarial term; 0 is off) switch its components for ablations. ``val_fraction`` of the
+    training spots are scored (never trained on) after every epoch and the weights of the
+    best epoch are kept; epoch 0 is the inverse-distance initialisation. There the
     ``position_jitter`` moves each training query away from its spot before the
     neighbour offsets are computed, so queries between spots (super-resolution) are seen.
     """
@@ -80,10 +82,11 @@ class TrainConfig:
     sample_steps: int = 8
     n_samples: int = 4
     adversarial: float = 0.0
+    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "dropout", "position_jitter", "neighbour_dropout", "aux_weight",
-                     "adversarial"):
+                     "adversarial", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
@@ -106,6 +109,8 @@ class TrainConfig:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not (isinstance(self.neighbour_dropout, float) and 0 <= self.neighbour_dropout < 1):
             raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
+        if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):
+            raise InputError(f"training setting val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("aux_weight", "adversarial"):
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value) and value >= 0):

@@ -1,0 +1,236 @@
+"""A model conditioned on histology AND the measured low-resolution expression (HaDM-ST style).
+
+For a query position it sees its own image features and the ``k`` nearest measured spots
+(their expression, image features and offsets). Genes are handled on a per-gene z-scored
+scale (statistics of the training spots) so every gene weighs the same in the losses.
+
+Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`):
+
+- **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
+  and an auxiliary head must predict the expression from that projection alone;
+- **neighbour conditioning** (``use_neighbours``): a conditional mean
+  ``sum_k w_kg (y_kg + gain_g (A(s_q) - A(s_k)))`` where ``w`` is a softmax over the
+  neighbours from their geometry and image similarity (initialised as inverse distance,
+  mixed per gene from a few heads) and ``A`` the distilled image->expression head: the
+  neighbours' measured values corrected by the image difference; then a zero-initialised
+  residual MLP;
+- **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
+  ``y - mean``, sampled with deterministic DDIM in a few steps; samples give a per-gene spread;
+- **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene
+  spatial patches (the gene's value at the query next to its measured neighbours' values).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError
+from .neighbours import GEO_DIM
+from .registry import register_model
+
+#: Genes the discriminator looks at per step (random subset): keeps the adversarial term cheap.
+ADV_GENES = 64
+
+
+def _cosine_alpha_bar(steps: int) -> torch.Tensor:
+    """Cumulative signal level per diffusion step (cosine schedule, Nichol & Dhariwal)."""
+    t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    f = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    return (f[1:] / f[0]).clamp(1e-5, 0.9999).float()
+
+
+@register_model("conditioned")
+class ConditionedModel(nn.Module):
+    """Histology + measured-neighbour generator.
+
+    Parameters
+    ----------
+    in_dim
+        Width of the (z-scored) image input: image features + mean RGB.
+    n_genes
+        Genes predicted.
+    dim
+        Hidden width.
+    dropout
+        Dropout in the residual and denoiser MLPs.
+    distill_dim
+        Width of the distilled image representation.
+    weight_heads
+        Neighbour-weighting heads mixed per gene.
+    use_neighbours, distill, diffusion
+        Switch components on/off.
+    adversarial
+        Weight of the channel-aware adversarial term (0 builds no discriminator).
+    diffusion_steps
+        Training noise levels of the diffusion schedule.
+    n_ref
+        Size of the stored reference set (the measured spots).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_genes: int,
+        dim: int = 256,
+        dropout: float = 0.0,
+        distill_dim: int = 64,
+        weight_heads: int = 4,
+        neighbours: int = 8,
+        use_neighbours: bool = True,
+        distill: bool = True,
+        diffusion: bool = True,
+        adversarial: float = 0.0,
+        diffusion_steps: int = 100,
+        n_ref: int = 0,
+    ) -> None:
+        super().__init__()
+        for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("distill_dim", distill_dim),
+                             ("weight_heads", weight_heads), ("neighbours", neighbours),
+                             ("diffusion_steps", diffusion_steps)):
+            if int(value) < 1:
+                raise InputError(f"model setting {label} must be at least 1, got {value}")
+        g, ds, h = int(n_genes), int(distill_dim), int(weight_heads)
+        self.in_dim, self.n_genes, self.k = int(in_dim), g, int(neighbours)
+        self.use_neighbours, self.distill, self.use_diffusion = bool(use_neighbours), bool(distill), bool(diffusion)
+        self.adversarial = float(adversarial)
+        # The reference set travels inside the weights file (buffers are part of state_dict).
+        self.register_buffer("ref_positions", torch.zeros(int(n_ref), 2, dtype=torch.float64))
+        self.register_buffer("ref_targets", torch.zeros(int(n_ref), g))  # z-scored
+        self.register_buffer("ref_image", torch.zeros(int(n_ref), self.in_dim))  # z-scored
+        self.register_buffer("gene_mean", torch.zeros(g))
+        self.register_buffer("gene_std", torch.ones(g))
+
+        self.project = nn.Sequential(nn.Linear(self.in_dim, dim), nn.GELU(), nn.Linear(dim, ds), nn.LayerNorm(ds))
+        self.aux = nn.Linear(ds, g)  # distilled image -> expression
+        self.weight_mlp = nn.Sequential(nn.Linear(GEO_DIM + 2 * ds, 64), nn.GELU(), nn.Linear(64, h))
+        nn.init.zeros_(self.weight_mlp[-1].weight)
+        nn.init.zeros_(self.weight_mlp[-1].bias)
+        self.idw_power = nn.Parameter(torch.ones(h))  # start as inverse-distance weighting
+        self.gene_mix = nn.Parameter(torch.zeros(g, h))
+        self.diff_gain = nn.Parameter(torch.zeros(g))
+        self.encode = nn.Linear(g, dim)
+        self.context_dim = 2 * ds + dim
+        self.residual = nn.Sequential(nn.Linear(self.context_dim, dim), nn.GELU(), nn.Dropout(dropout),
+                                      nn.Linear(dim, g))
+        nn.init.zeros_(self.residual[-1].weight)
+        nn.init.zeros_(self.residual[-1].bias)
+        if self.use_diffusion:
+            self.register_buffer("alpha_bar", _cosine_alpha_bar(int(diffusion_steps)))
+            self.t_embed = nn.Embedding(int(diffusion_steps), dim)
+            self.d_in = nn.Linear(g, dim)
+            self.d_ctx = nn.Linear(self.context_dim, dim)
+            self.denoiser = nn.Sequential(nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
+                                          nn.Linear(dim, g))
+            # Predicts the clean residual (x0), from zero: an untrained denoiser samples the mean.
+            nn.init.zeros_(self.denoiser[-1].weight)
+            nn.init.zeros_(self.denoiser[-1].bias)
+        if self.adversarial > 0:
+            self.gene_embed = nn.Embedding(g, 16)
+            self.discriminator = nn.Sequential(nn.Linear(1 + 2 * self.k + 16, 64), nn.LeakyReLU(0.2),
+                                               nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
+
+    # -- the deterministic conditional mean ------------------------------------------------
+    def forward(self, img_q: torch.Tensor, ref_index: torch.Tensor, geo: torch.Tensor,
+                valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Conditional mean for a batch of queries, on the z-scored gene scale.
+
+        Parameters
+        ----------
+        img_q
+            ``(B, in_dim)`` z-scored image inputs of the queries.
+        ref_index
+            ``(B, K)`` rows of the reference set (the neighbours).
+        geo
+            ``(B, K, GEO_DIM)`` neighbour geometry from :func:`.neighbours.neighbour_context`.
+        valid
+            ``(B, K)`` bool, ``False`` at padding slots.
+
+        Returns
+        -------
+        dict
+            ``mean`` ``(B, G)``, ``aux`` ``(B, G)`` (image-only prediction), ``context``
+            ``(B, context_dim)`` (what the denoiser is conditioned on).
+        """
+        s_q = self.project(img_q)
+        aux_q = self.aux(s_q)
+        if self.use_neighbours:
+            s_k = self.project(self.ref_image[ref_index])  # (B, K, ds)
+            y_k = self.ref_targets[ref_index]  # (B, K, G)
+            pair = torch.cat([geo, s_q[:, None, :] - s_k, s_q[:, None, :] * s_k], dim=-1)
+            logits = self.weight_mlp(pair) - self.idw_power * geo[..., 3:4]  # (B, K, H)
+            logits = logits.masked_fill(~valid[..., None], float("-inf"))
+            w = torch.softmax(logits, dim=1)  # (B, K, H)
+            mix = torch.softmax(self.gene_mix, dim=1)  # (G, H): each gene's blend of heads
+            # Per-gene weights are sum_h w_kh mix_gh; contracting over K first keeps this (B, H, G).
+            # The aux head is linear, so the weighted neighbour aux = aux(weighted neighbour s).
+            s_h = torch.einsum("bkh,bkd->bhd", w, s_k)
+            y_h = torch.einsum("bkh,bkg->bhg", w, y_k) - self.diff_gain * self.aux(s_h)
+            base = torch.einsum("bhg,gh->bg", y_h, mix) + self.diff_gain * aux_q
+            s_nb = s_h.mean(1)
+        else:
+            base = aux_q
+            s_nb = torch.zeros_like(s_q)
+        context = torch.cat([s_q, s_nb, self.encode(base)], dim=-1)
+        return {"mean": base + self.residual(context), "aux": aux_q, "context": context}
+
+    def to_expression(self, z: torch.Tensor) -> torch.Tensor:
+        """z-scored genes -> log-normalised expression (non-negative)."""
+        return F.relu(z * self.gene_std + self.gene_mean)
+
+    # -- diffusion over the residual gene vector -------------------------------------------
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Predict the clean residual from ``x_t`` at steps ``t`` given the context."""
+        h = self.d_in(x_t) + self.t_embed(t) + self.d_ctx(context)
+        return self.denoiser(h)
+
+    def diffusion_loss(self, residual: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Clean-sample (x0) prediction MSE at random noise levels; the residual is the clean sample."""
+        t = torch.randint(0, len(self.alpha_bar), (len(residual),), device=residual.device)
+        a = self.alpha_bar[t][:, None]
+        noise = torch.randn_like(residual)
+        x_t = a.sqrt() * residual + (1 - a).sqrt() * noise
+        return F.mse_loss(self.denoise(x_t, t, context), residual)
+
+    @torch.no_grad()
+    def sample_residual(self, context: torch.Tensor, steps: int, generator: torch.Generator | None) -> torch.Tensor:
+        """One residual sample per context row by deterministic DDIM (eta = 0) in ``steps`` steps."""
+        n_t = len(self.alpha_bar)
+        ts = torch.linspace(n_t - 1, 0, max(1, int(steps))).round().long().unique_consecutive()
+        x = torch.randn(len(context), self.n_genes, generator=generator, device="cpu").to(context.device)
+        for i, t in enumerate(ts):
+            a = self.alpha_bar[t]
+            x0 = self.denoise(x, t.expand(len(x)).to(context.device), context)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            a_next = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=x.device)
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return x
+
+    # -- channel-aware adversarial term ----------------------------------------------------
+    def discriminate(self, centre: torch.Tensor, ref_index: torch.Tensor, geo: torch.Tensor,
+                     genes: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, len(genes))`` of "real" for per-gene patches: centre value next to the neighbours'."""
+        y_k = self.ref_targets[ref_index][..., genes].transpose(1, 2)  # (B, g, K)
+        k = y_k.shape[-1]
+        if k < self.k:  # tiny reference sets: pad the patch
+            y_k = F.pad(y_k, (0, self.k - k))
+            geo = F.pad(geo, (0, 0, 0, self.k - k))
+        dist = geo[..., 2][:, None, :].expand(-1, len(genes), -1)
+        emb = self.gene_embed(genes)[None].expand(len(centre), -1, -1)
+        patch = torch.cat([centre[..., genes, None], y_k, dist, emb], dim=-1)
+        return self.discriminator(patch).squeeze(-1)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the discriminator's."""
+        skip = {id(p) for p in self.discriminator_parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """The discriminator's parameters (empty when the adversarial term is off)."""
+        if self.adversarial <= 0:
+            return []
+        return list(self.discriminator.parameters()) + list(self.gene_embed.parameters())

@@ -1,0 +1,322 @@
+"""Training and prediction for the ``conditioned`` model (histology + measured neighbours).
+
+:func:`train_conditioned` is what :func:`napari_histosge.training.train` runs for
+``TrainConfig(model="conditioned")``. The training spots become the model's *reference
+set* (positions, log-expression, image inputs), stored in the checkpoint; a prediction at
+any position reads its nearest reference spots. Each training query excludes its own
+row, so a spot's expression is never part of its own context.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..progress import CancelToken, Progress, ProgressGenerator
+from ..training import TrainConfig, TrainedModel, TrainingData, _adamw, _Inputs, _matrix, _seed_all
+from .neighbours import median_spacing, neighbour_context
+
+
+def _image_inputs(inputs: _Inputs, features: np.ndarray, mean_rgb: np.ndarray) -> np.ndarray:
+    """z-scored image features + mean RGB (the position columns of ``_Inputs`` are not used)."""
+    return ((np.concatenate([features, mean_rgb], axis=1) - inputs.mean) / inputs.std).astype(np.float32)
+
+
+class ConditionedTrainedModel(TrainedModel):
+    """A trained conditioned model: predicts from image features AND its stored measured spots.
+
+    ``meta`` adds ``spacing_px`` (median spacing of the reference spots) and
+    ``model_kwargs`` (``n_ref``: reference-set size) to the base class's metadata.
+    """
+
+    def _context(self, features, mean_rgb, positions):
+        d = int(self.meta["n_features"])
+        positions = _matrix(positions, "positions", 2, None, np.float64)
+        n = len(positions)
+        features = _matrix(features, "features", d, n)
+        mean_rgb = _matrix(mean_rgb, "mean_rgb", 3, n)
+        img = _image_inputs(self._inputs(), features, mean_rgb)
+        ref = self.model.ref_positions.detach().cpu().numpy()
+        idx, geo, valid = neighbour_context(ref, positions, self.config.neighbours,
+                                            spacing=float(self.meta["spacing_px"]))
+        return img, idx, geo, valid
+
+    def _batches(self, features, mean_rgb, positions, batch_size):
+        import torch
+
+        img, idx, geo, valid = self._context(features, mean_rgb, positions)
+        step = int(batch_size or 4 * self.config.batch_size)
+        dev = self.device
+        for start in range(0, len(img), step):
+            sl = slice(start, start + step)
+            yield sl, (torch.from_numpy(img[sl]).to(dev), torch.from_numpy(idx[sl]).to(dev),
+                       torch.from_numpy(geo[sl]).to(dev), torch.from_numpy(valid[sl]).to(dev))
+
+    def _run(self, features, mean_rgb, positions, *, n_samples: int, batch_size: int | None,
+             keep_samples: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(pred, std, samples)``: batch by batch, so only what is asked for is kept."""
+        import torch
+
+        n, g = len(np.asarray(positions)), len(self.genes)
+        pred = np.zeros((n, g), np.float32)
+        std = np.zeros((n, g), np.float32) if n_samples else None
+        samples = np.zeros((n_samples, n, g), np.float32) if keep_samples else None
+        # Seeded noise: the same call gives the same samples.
+        gen = torch.Generator().manual_seed(int(self.config.seed))
+        model = self.model
+        model.eval()
+        with torch.inference_mode():
+            for sl, args in self._batches(features, mean_rgb, positions, batch_size):
+                out = model(*args)
+                mean_z = out["mean"]
+                if not n_samples:
+                    pred[sl] = model.to_expression(mean_z).cpu().numpy()
+                    continue
+                res = torch.stack([model.sample_residual(out["context"], self.config.sample_steps, gen)
+                                   for _ in range(n_samples)])
+                draws = model.to_expression(mean_z[None] + res)
+                pred[sl] = model.to_expression(mean_z + res.mean(0)).cpu().numpy()
+                std[sl] = draws.std(0, unbiased=False).cpu().numpy()
+                if samples is not None:
+                    samples[:, sl] = draws.cpu().numpy()
+        return pred, std, samples
+
+    def predict_samples(self, features, mean_rgb, positions, *, n_samples: int | None = None,
+                        batch_size: int | None = None) -> np.ndarray:
+        """Draw generator samples: ``(n_samples, n, G)`` float32 log-normalised expression.
+
+        Each sample is the conditional mean plus one residual from the diffusion model
+        (deterministic DDIM from seeded noise: the same call gives the same samples).
+
+        Raises
+        ------
+        InputError
+            If the model was trained without the diffusion component, or ``n_samples < 1``.
+        """
+        if not self.model.use_diffusion:
+            raise InputError("this model was trained without the diffusion component, so it cannot sample")
+        s = self.config.n_samples if n_samples is None else int(n_samples)
+        if s < 1:
+            raise InputError(f"n_samples must be at least 1, got {n_samples}")
+        return self._run(features, mean_rgb, positions, n_samples=s, batch_size=batch_size, keep_samples=True)[2]
+
+    def predict(self, features, mean_rgb, positions, *, batch_size: int | None = None,
+                return_std: bool = False):
+        """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
+
+        With the diffusion component the prediction is the conditional mean plus the mean
+        of ``config.n_samples`` residual samples; otherwise the conditional mean.
+
+        Parameters
+        ----------
+        features, mean_rgb, positions
+            Image features, mean RGB and full-res ``(x, y)`` of the query positions.
+        batch_size
+            Queries per forward pass.
+        return_std
+            Also return the per-spot, per-gene standard deviation over the samples.
+
+        Returns
+        -------
+        numpy.ndarray or tuple
+            ``pred`` or ``(pred, std)``, both ``(n, G)`` float32.
+
+        Raises
+        ------
+        InputError
+            Bad input shapes, or ``return_std`` for a model trained without diffusion.
+        """
+        if return_std and not self.model.use_diffusion:
+            raise InputError("uncertainty needs the diffusion component; this model was trained without it")
+        s = self.config.n_samples if self.model.use_diffusion else 0
+        pred, std, _ = self._run(features, mean_rgb, positions, n_samples=s, batch_size=batch_size,
+                                 keep_samples=False)
+        return (pred, std) if return_std else pred
+
+
+def train_conditioned(
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | PathLike | None = None,
+    resume: str | PathLike | None = None,
+    meta: dict[str, Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[ConditionedTrainedModel]:
+    """Train the conditioned model; same contract as :func:`napari_histosge.training.train`.
+
+    Yields
+    ------
+    Progress
+        ``stage="train"``, ``step`` = epochs done, ``metrics={"epoch", "loss"}`` (``loss``
+        is the MSE of the conditional mean on the per-gene z-scored scale).
+    """
+    import torch
+    from scipy.spatial import cKDTree
+    from torch.nn import functional as F
+
+    from ..device import pick_device
+    from . import create_model
+    from .conditioned import ADV_GENES
+
+    if len(data.spot_ids) < 2:
+        raise InputError(f"the conditioned model needs at least 2 training spots, got {len(data.spot_ids)}")
+    device = pick_device(config.device)
+    n, d, g = len(data.spot_ids), data.features.shape[1], len(data.genes)
+    _seed_all(config.seed)
+    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n)
+    model.to(device)
+    optimizer = _adamw_params(model.generator_parameters(), config)
+    d_opt = _adamw_params(model.discriminator_parameters(), config) if model.adversarial > 0 else None
+    meta = dict(meta or {})
+    history: list[float] = []
+    start = 0
+    if resume is not None:
+        saved = TrainedModel.load(resume, device="cpu")
+        _check_resumable(saved, config, data, d, resume)
+        model.load_state_dict(saved.model.state_dict())
+        state = saved.optimizer_state or {}
+        if "main" in state:
+            optimizer.load_state_dict(state["main"])
+        if d_opt is not None and state.get("disc") is not None:
+            d_opt.load_state_dict(state["disc"])
+        start = int(saved.meta.get("epochs_done", 0))
+        history = [float(v) for v in saved.meta.get("history", [])][:start]
+        inputs = _Inputs.from_meta(saved.meta, config.n_pos_bins)
+    else:
+        inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
+    spacing = median_spacing(data.positions)
+    gene_mean = data.targets.mean(axis=0)
+    gene_std = data.targets.std(axis=0)
+    gene_std[gene_std < 1e-6] = 1.0
+    y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
+    img = _image_inputs(inputs, data.features, data.mean_rgb)
+    with torch.no_grad():  # the reference set: the measured (training) spots
+        model.ref_positions.copy_(torch.from_numpy(data.positions))
+        model.ref_targets.copy_(torch.from_numpy(y))
+        model.ref_image.copy_(torch.from_numpy(img))
+        model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
+        model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
+    jitter_px = config.position_jitter * spacing
+    meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
+                position_jitter_px=jitter_px, model_kwargs={"n_ref": n})
+    trained = ConditionedTrainedModel(model, config, data.genes, meta)
+    img_t, y_t = torch.from_numpy(img).to(device), torch.from_numpy(y).to(device)
+    tree = cKDTree(data.positions)
+    self_rows = np.arange(n)
+    # Validation queries: scored each epoch, never trained on (they stay in the reference set).
+    split = np.random.default_rng([config.seed, 7919]).permutation(n)
+    n_val = int(round(config.val_fraction * n)) if n >= 20 else 0
+    val_rows, fit_rows = np.sort(split[:n_val]), np.sort(split[n_val:])
+    if n_val:
+        v_idx, v_geo, v_valid = neighbour_context(data.positions, data.positions[val_rows], config.neighbours,
+                                                  spacing=spacing, exclude=val_rows, tree=tree)
+        v_args = (img_t[torch.from_numpy(val_rows).to(device)],
+                  *(torch.from_numpy(a).to(device) for a in (v_idx, v_geo, v_valid)))
+        v_target = y_t[torch.from_numpy(val_rows).to(device)]
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(F.mse_loss(model(*v_args)["mean"], v_target))
+
+    best = {"loss": val_loss() if n_val else float("inf"), "epoch": start,
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    val_history = [float(v) for v in meta.get("val_history", [])][:start] if resume is not None else []
+
+    def snapshot(epochs_done: int) -> None:
+        meta.update(history=list(history), epochs_done=epochs_done, val_history=list(val_history),
+                    best_epoch=int(best["epoch"]))
+        trained.optimizer_state = {"main": optimizer.state_dict(),
+                                   "disc": d_opt.state_dict() if d_opt is not None else None}
+
+    snapshot(start)
+    yield Progress("train", start, config.epochs, f"{n} spots, {g} genes")
+    for epoch in range(start, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        model.train()
+        query = data.positions + rng.uniform(-jitter_px, jitter_px, data.positions.shape) if jitter_px > 0 \
+            else data.positions
+        idx, geo, valid = neighbour_context(data.positions, query, config.neighbours, spacing=spacing,
+                                            exclude=self_rows, dropout=config.neighbour_dropout, rng=rng, tree=tree)
+        idx_t, geo_t, valid_t = (torch.from_numpy(a).to(device) for a in (idx, geo, valid))
+        total = 0.0
+        order = fit_rows[rng.permutation(len(fit_rows))]
+        for batch in np.array_split(order, max(1, -(-len(order) // config.batch_size))):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            b = torch.from_numpy(batch).to(device)
+            out = model(img_t[b], idx_t[b], geo_t[b], valid_t[b])
+            target = y_t[b]
+            mse = F.mse_loss(out["mean"], target)
+            loss = mse
+            if model.distill:
+                loss = loss + config.aux_weight * F.mse_loss(out["aux"], target)
+            if model.use_diffusion:
+                loss = loss + model.diffusion_loss(target - out["mean"].detach(), out["context"].detach())
+            if d_opt is not None:
+                genes = torch.randperm(g, device=device)[:ADV_GENES]
+                fake = model.discriminate(out["mean"], idx_t[b], geo_t[b], genes)
+                loss = loss + model.adversarial * F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if d_opt is not None:
+                real = model.discriminate(target, idx_t[b], geo_t[b], genes)
+                fake = model.discriminate(out["mean"].detach(), idx_t[b], geo_t[b], genes)
+                d_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                          + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+                d_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_opt.step()
+            total += float(mse.detach()) * len(batch)
+        history.append(total / len(fit_rows))
+        done = epoch + 1
+        if n_val:
+            val_history.append(val_loss())
+            if val_history[-1] < best["loss"]:
+                best.update(loss=val_history[-1], epoch=done,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        snapshot(done)
+        if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
+            trained.save(checkpoint_path)
+        metrics = {"epoch": done, "loss": history[-1]}
+        if n_val:
+            metrics["val_loss"] = val_history[-1]
+        yield Progress("train", done, config.epochs, metrics=metrics)
+    if n_val and best["epoch"] != config.epochs:
+        model.load_state_dict(best["state"])  # early stopping: the best validated epoch
+        snapshot(config.epochs)
+        if checkpoint_path is not None:
+            trained.save(checkpoint_path)
+    elif checkpoint_path is not None and start >= config.epochs:
+        trained.save(checkpoint_path)
+    model.eval()
+    return trained
+
+
+def _adamw_params(params, config: TrainConfig):
+    import torch
+
+    try:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
+    if saved.config.model != config.model or saved.config.model_hparams() != config.model_hparams():
+        raise InputError(
+            f"the checkpoint was trained with different model settings ({saved.config.model} "
+            f"{saved.config.model_hparams()}) than requested ({config.model} {config.model_hparams()})", path)
+    if saved.genes != data.genes:
+        raise InputError("the checkpoint predicts different genes than the training data", path)
+    if int(saved.meta.get("n_features", -1)) != d:
+        raise InputError(f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
+    ref = saved.model.ref_positions.cpu().numpy()
+    if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
+        raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)

@@ -1,0 +1,181 @@
+"""The conditioned model: neighbour context, training, sampling, checkpoints and no leakage."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from napari_histosge.errors import InputError
+from napari_histosge.features import SpotFeatures
+from napari_histosge.models.conditioned_fit import ConditionedTrainedModel
+from napari_histosge.models.neighbours import median_spacing, neighbour_context
+from napari_histosge.progress import run_to_end
+from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
+
+SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
+             sample_steps=4, n_samples=3, device="cpu", lr=3e-3)
+
+
+def _field(n: int = 196, g: int = 8, d: int = 6, seed: int = 0):
+    """A square grid whose genes are smooth in space plus an image-driven part."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    ys, xs = np.divmod(np.arange(n), side)
+    pos = np.c_[xs, ys].astype(float) * 100.0 + 500.0
+    feats = rng.normal(size=(n, d)).astype(np.float32)
+    u = pos / 100.0
+    smooth = np.sin(u[:, :1] / 2.5 + np.arange(g)) + np.cos(u[:, 1:] / 3.0 + np.arange(g) / 2)
+    image = feats @ (rng.normal(size=(d, g)) / np.sqrt(d))
+    y = np.maximum(2.0 + smooth + 0.7 * image + 0.1 * rng.normal(size=(n, g)), 0).astype(np.float32)
+    rgb = rng.uniform(100, 200, (n, 3)).astype(np.float32)
+    return feats, rgb, pos, y
+
+
+def _data(rows, arrays):
+    feats, rgb, pos, y = arrays
+    return TrainingData(feats[rows], rgb[rows], pos[rows], y[rows], [f"s{i}" for i in rows],
+                        [f"G{i}" for i in range(y.shape[1])])
+
+
+def _pcc(a, b):
+    return np.nanmean([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(a.shape[1])])
+
+
+def test_neighbour_context_excludes_self_and_follows_the_lattice():
+    pos = np.c_[np.tile(np.arange(5), 5), np.repeat(np.arange(5), 5)].astype(float) * 10
+    assert median_spacing(pos) == pytest.approx(10.0)
+    idx, geo, valid = neighbour_context(pos, pos, 4, spacing=10.0, exclude=np.arange(25))
+    assert idx.shape == (25, 4) and valid.all()
+    assert not np.any(idx == np.arange(25)[:, None])
+    centre = 12  # interior spot: its 4 nearest are the lattice neighbours at distance 1
+    assert sorted(idx[centre].tolist()) == [7, 11, 13, 17]
+    np.testing.assert_allclose(geo[centre, :, 2], 1.0)
+    assert {tuple(v) for v in geo[centre, :, :2].round(6).tolist()} == {(0, -1), (-1, 0), (1, 0), (0, 1)}
+    # Dropout picks other (farther) neighbours, never the query itself.
+    rng = np.random.default_rng(0)
+    idx2, _, _ = neighbour_context(pos, pos, 4, spacing=10.0, exclude=np.arange(25), dropout=0.5, rng=rng)
+    assert not np.any(idx2 == np.arange(25)[:, None]) and not np.array_equal(idx2, idx)
+    # A reference set smaller than k: fewer slots, all valid.
+    idx3, _, valid3 = neighbour_context(pos[:3], pos[:2], 8, spacing=10.0, exclude=np.arange(2))
+    assert idx3.shape == (2, 2) and valid3.all()
+    with pytest.raises(InputError, match="empty"):
+        neighbour_context(pos[:0], pos, 4, spacing=1.0)
+
+
+def test_conditioned_model_learns_and_beats_the_neighbour_mean():
+    from napari_histosge.evaluation import knn_baseline
+
+    arrays = _field()
+    feats, rgb, pos, y = arrays
+    rows = np.arange(len(pos))
+    test = rows[(rows * 7) % 10 < 5]
+    train_rows = np.setdiff1d(rows, test)
+    model = run_to_end(train(_data(train_rows, arrays), TrainConfig(epochs=15, **SMALL)))
+    assert isinstance(model, ConditionedTrainedModel)
+    pred, std = model.predict(feats[test], rgb[test], pos[test], return_std=True)
+    assert pred.shape == std.shape == (len(test), y.shape[1]) and pred.dtype == np.float32
+    assert pred.min() >= 0 and np.all(std >= 0)
+    knn = knn_baseline(pos[train_rows], y[train_rows], pos[test], k=6)
+    assert _pcc(pred, y[test]) > _pcc(knn, y[test]) + 0.05
+    # Samples: seeded, so repeatable, and they spread around the prediction.
+    s1 = model.predict_samples(feats[test], rgb[test], pos[test])
+    s2 = model.predict_samples(feats[test], rgb[test], pos[test])
+    assert s1.shape == (3, len(test), y.shape[1])
+    np.testing.assert_array_equal(s1, s2)
+    with pytest.raises(InputError, match="n_samples"):
+        model.predict_samples(feats[test], rgb[test], pos[test], n_samples=0)
+    with pytest.raises(InputError, match="features has shape"):
+        model.predict(feats[test, :2], rgb[test], pos[test])
+
+
+@pytest.mark.parametrize("switch", [dict(use_neighbours=False), dict(distill=False, adversarial=0.1),
+                                    dict(diffusion=False, neighbour_dropout=0.3)])
+def test_components_switch_off_and_on(switch):
+    arrays = _field(n=64)
+    model = run_to_end(train(_data(np.arange(64), arrays), TrainConfig(epochs=2, **{**SMALL, **switch})))
+    feats, rgb, pos, y = arrays
+    assert model.predict(feats[:5], rgb[:5], pos[:5]).shape == (5, y.shape[1])
+    if not switch.get("diffusion", True):
+        with pytest.raises(InputError, match="diffusion"):
+            model.predict(feats[:5], rgb[:5], pos[:5], return_std=True)
+    if switch.get("adversarial"):
+        assert model.model.discriminator_parameters()
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    arrays = _field(n=100)
+    feats, rgb, pos, _ = arrays
+    data = _data(np.arange(100), arrays)
+    cfg = TrainConfig(epochs=4, val_fraction=0.0, **SMALL)
+    ckpt = tmp_path / "c.pt"
+    model = run_to_end(train(data, cfg, checkpoint_path=ckpt))
+    loaded = TrainedModel.load(ckpt, device="cpu")
+    assert isinstance(loaded, ConditionedTrainedModel) and loaded.config == cfg
+    # The reference set (measured spots) travels inside the checkpoint.
+    np.testing.assert_array_equal(loaded.model.ref_positions.numpy(), data.positions)
+    np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
+    half = tmp_path / "half.pt"
+    run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=half))
+    resumed = run_to_end(train(data, cfg, resume=half))
+    np.testing.assert_allclose(resumed.meta["history"], model.meta["history"], rtol=1e-4, atol=1e-6)
+    other = _data(np.arange(90), arrays)
+    with pytest.raises(InputError, match="different spots"):
+        run_to_end(train(other, cfg, resume=half))
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"neighbours": 0}, "neighbours"), ({"neighbour_dropout": 1.0}, "neighbour_dropout"),
+    ({"aux_weight": -1.0}, "aux_weight"), ({"diffusion": "yes"}, "diffusion"),
+    ({"val_fraction": 1.0}, "val_fraction"), ({"n_samples": 0}, "n_samples"),
+])
+def test_bad_conditioned_settings(change, match):
+    with pytest.raises(InputError, match=match):
+        TrainConfig(model="conditioned", **change)
+
+
+def _spot_adata(arrays, n_genes: int = 40, seed: int = 1):
+    feats, rgb, pos, _ = arrays
+    rng = np.random.default_rng(seed)
+    n = len(pos)
+    rate = np.exp(rng.normal(size=(1, n_genes)) + np.sin(pos[:, :1] / 300.0) * rng.normal(size=(1, n_genes)))
+    counts = rng.poisson(rate * 5).astype(np.float32)
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=pd.DataFrame(index=[f"spot{i}" for i in range(n)]),
+                       var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]))
+    adata.obsm["spatial"] = pos.astype(np.float64)
+    adata.uns["histosge"] = {"platform": "unknown", "lattice": "square", "spot_diameter_px": 55.0, "mpp": None,
+                             "images": {}, "image": None, "source": "synthetic", "library_id": "synthetic"}
+    return adata, SpotFeatures(feats, rgb, "synthetic")
+
+
+def test_hidden_spots_cannot_leak_into_recovery():
+    """Rewriting every hidden spot's counts leaves their predictions bit-identical."""
+    from napari_histosge.pipeline import recover
+
+    arrays = _field(n=100)
+    adata, features = _spot_adata(arrays)
+    cfg = TrainConfig(epochs=3, n_top_genes=20, **SMALL)
+    first = run_to_end(recover(adata, holdout=0.5, seed=3, train_config=cfg, features=features))
+    changed = adata.copy()
+    hidden = changed.obs_names.get_indexer(first.test_ids)
+    x = changed.X.toarray()
+    x[hidden] = np.random.default_rng(9).poisson(50.0, size=(len(hidden), x.shape[1]))
+    changed.X = sp.csr_matrix(x.astype(np.float32))
+    second = run_to_end(recover(changed, holdout=0.5, seed=3, train_config=cfg, features=features))
+    assert second.test_ids == first.test_ids and second.genes == first.genes
+    np.testing.assert_array_equal(np.asarray(second.predictions.X), np.asarray(first.predictions.X))
+    # ... while the scores do change (the truth changed), so the test can fail.
+    assert not first.metrics["mse"].equals(second.metrics["mse"])
+    ref = first.model.model.ref_positions.numpy()
+    train_rows = adata.obs_names.get_indexer(first.train_ids)
+    np.testing.assert_array_equal(ref, adata.obsm["spatial"][train_rows])
+
+
+def test_torch_threads_untouched():
+    # Training must not change the caller's thread setting.
+    before = torch.get_num_threads()
+    run_to_end(train(_data(np.arange(30), _field(n=30)), TrainConfig(epochs=1, **SMALL)))
+    assert torch.get_num_threads() == before
