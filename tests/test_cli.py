@@ -95,3 +95,19 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "held-out PCC" in out
     assert (tmp_path / "demo" / "superres_4x.h5ad").exists()
+
+
+def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "c.pt"
+    assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
+                 "--out", str(model), "--quiet"]) == 0
+    sr = tmp_path / "sr.h5ad"
+    assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
+    result = ad.read_h5ad(sr)
+    assert result.uns["histosge"]["model"] == "conditioned"
+    std = np.asarray(result.layers["std"])
+    assert std.shape == result.shape and np.isfinite(std).all() and (std >= 0).all() and std.max() > 0
+    hidden = tmp_path / "h.h5ad"
+    assert main(["recover", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
+                 "--out", str(hidden), "--quiet"]) == 0
+    assert "std" in ad.read_h5ad(hidden).layers

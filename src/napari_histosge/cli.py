@@ -16,6 +16,9 @@ from pathlib import Path
 from .errors import CancelledError, HistosgeError, InputError
 
 EXIT_INPUT_ERROR = 2
+#: The conditioned model keeps its best epoch on a validation split and overfits after a
+#: few epochs on these data (docs/benchmarks.md), so it gets far fewer than HisToSGE's 1000.
+CONDITIONED_EPOCHS = 20
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +44,10 @@ def _add_feature_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
-    g.add_argument("--model", default="histosge", help="model name from the registry")
-    g.add_argument("--epochs", type=int, help="training epochs (paper: 1000)")
+    g.add_argument("--model", default="histosge",
+                   help="'histosge' (image + position, the paper) or 'conditioned' (also the measured neighbours)")
+    g.add_argument("--epochs", type=int,
+                   help=f"training epochs (histosge: 1000 as the paper; conditioned: {CONDITIONED_EPOCHS})")
     g.add_argument("--batch-size", type=int, help="spots per optimiser step (paper: 512)")
     g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
     g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
@@ -50,6 +55,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-size", type=int, help="spots per self-attention group")
     g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
+    g.add_argument("--neighbours", type=int,
+                   help="conditioned model: measured neighbours in each position's context (default 8)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -136,8 +143,10 @@ def _train_config(args: argparse.Namespace):
     values = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
-        "seed": args.seed, "device": args.device,
+        "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
     }
+    if args.epochs is None and args.model == "conditioned":
+        values["epochs"] = CONDITIONED_EPOCHS
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
     config = TrainConfig()
@@ -187,7 +196,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     adata = _read(args)
     result = _drive(superresolve(model, adata, args.fold, scheduler=args.scheduler, n_workers=args.workers), args)
     _write_h5ad(result, args.out)
-    print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes -> {args.out}")
+    spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
+    print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes"
+          f"{spread} -> {args.out}")
     return 0
 
 

@@ -241,7 +241,7 @@ def predict_spots(
         rows = adata.obs_names.get_indexer(subset.obs_names)
         features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
     yield Progress("predict", 0, 1, f"{subset.n_obs} spots")
-    pred = model.predict(features.features, features.mean_rgb, np.asarray(subset.obsm["spatial"], np.float64))
+    pred, std = _predict_with_spread(model, features, np.asarray(subset.obsm["spatial"], np.float64))
     yield Progress("predict", 1, 1)
     out = ad.AnnData(
         X=pred.astype(np.float32),
@@ -250,7 +250,22 @@ def predict_spots(
     )
     out.obsm["spatial"] = np.asarray(subset.obsm["spatial"], np.float64)
     out.uns["histosge"] = _prediction_uns(adata, model, fold=1)
+    if std is not None:
+        out.layers["std"] = std
     return out
+
+
+def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray):
+    """Predictions, plus the per-spot per-gene spread over samples where the model can sample."""
+    if _can_sample(model):
+        pred, std = model.predict(feats.features, feats.mean_rgb, positions, return_std=True)
+        return pred, std.astype(np.float32)
+    return model.predict(feats.features, feats.mean_rgb, positions), None
+
+
+def _can_sample(model: TrainedModel) -> bool:
+    inner = getattr(model, "model", None)
+    return hasattr(model, "predict_samples") and bool(getattr(inner, "use_diffusion", False))
 
 
 def _prediction_uns(adata, model: TrainedModel, *, fold: int) -> dict[str, Any]:
@@ -292,7 +307,7 @@ def superresolve(
     yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
     feats = yield from features_at(model, adata, grid.positions, scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     yield Progress("predict", 0, 1, f"{len(grid.positions)} positions")
-    pred = model.predict(feats.features, feats.mean_rgb, grid.positions)
+    pred, std = _predict_with_spread(model, feats, grid.positions)
     yield Progress("predict", 1, 1)
     parents = np.asarray(adata.obs_names)[grid.parent]
     names = [f"{p}#{i}" for p, i in zip(parents, _rank_within(grid.parent))]
@@ -304,6 +319,8 @@ def superresolve(
     out.obsm["spatial"] = grid.positions.astype(np.float64)
     out.uns["histosge"] = _prediction_uns(adata, model, fold=fold)
     out.uns["histosge"]["fine_lattice"] = grid.lattice.to_dict()
+    if std is not None:
+        out.layers["std"] = std
     return out
 
 
