@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
 
+from napari_histosge.cli import CONDITIONED_EPOCHS  # noqa: E402
 from napari_histosge.evaluation import read_layer_annotations, spatial_ari, summarize  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
@@ -106,29 +107,37 @@ def main(argv=None) -> int:
         print(f"[{name}] {adata.n_obs} spots, features {feats.features.shape[1]}-d in {feat_s:.1f} s", flush=True)
         variants = [("HisToSGE, default features", base_train, feature_config, feats)]
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
+        variants.append(("Conditioned (neighbours + image)",
+                         replace(base_train, model="conditioned", epochs=CONDITIONED_EPOCHS, batch_size=256,
+                                 neighbours=16), feature_config, feats))
         if not args.no_file_order:
             variants.append(("HisToSGE, file-order groups", replace(base_train, grouping="file_order"),
                              feature_config, feats))
         for i, (label, tc, fc, ff) in enumerate(variants):
             result, row, baseline = run_variant(adata, label, tc, fc, ff, args)
+            row.update(domain_ari(path, adata, result))
             if i == 0:
-                row.update(domain_ari(path, adata, result))
                 row["features_s"] = feat_s
                 rows.append({"section": name, "n_spots": adata.n_obs, "n_genes": len(result.scored_genes),
                              **baseline})
             rows.append({"section": name, "n_spots": adata.n_obs, "n_genes": len(result.scored_genes), **row})
             print(f"[{name}] {label}: PCC {row['pcc_hvg']:.3f} (top50 {row['pcc_top50']:.3f}), "
                   f"baseline {baseline['pcc_hvg']:.3f}; fit {row['fit_s']:.1f} s", flush=True)
+        _save(rows, info, args)  # after every section, so a long run keeps what it finished
+    return 0
 
+
+def _save(rows: list[dict], info: dict, args) -> None:
     for row in rows:
-        row["epochs"] = args.epochs
+        if row["variant"].startswith("Conditioned"):
+            row.setdefault("epochs", CONDITIONED_EPOCHS)
+        row.setdefault("epochs", args.epochs)
     payload = {"machine": info, "holdout": args.holdout, "seed": args.seed,
                "rows": _merge_previous(rows, args)}
     out = write_json("recovery", payload)
     print(f"results -> {out}")
     if not args.no_doc:
         update_block("recovery", render(payload))
-    return 0
 
 
 def _merge_previous(rows: list[dict], args) -> list[dict]:
