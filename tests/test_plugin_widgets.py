@@ -143,3 +143,25 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
     assert dock is not None and type(widget).__name__ == expected[name]
     viewer.add_points([[0, 0]])  # the widget follows the viewer it was given
     assert len(widget.viewer.layers) == 1
+
+
+def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
+    """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
+    from napari_histosge._widgets.superres import ROLE_UNCERTAINTY, add_prediction_layers
+    from napari_histosge.io import read_spots
+    from napari_histosge.pipeline import fit, superresolve
+    from napari_histosge.progress import run_to_end
+    from napari_histosge.training import TrainConfig
+
+    adata = read_spots(demo_dir)
+    model = run_to_end(fit(adata, train_config=TrainConfig(model="conditioned", epochs=2, n_top_genes=8)))
+    pred = run_to_end(superresolve(model, adata, 4))
+    assert "std" in pred.layers
+    viewer = make_napari_viewer()
+    heat, _ = add_prediction_layers(viewer, pred, adata)
+    spread = layers_with_role(viewer.layers, ROLE_UNCERTAINTY)
+    assert len(spread) == 1 and "uncertainty" in spread[0].name
+    gene = histosge_meta(heat)["gene"]
+    expected = np.asarray(pred[:, gene].layers["std"]).ravel()
+    painted = spread[0].data[np.isfinite(spread[0].data)]
+    assert np.isclose(painted.max(), expected.max(), rtol=1e-5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
@@ -11,6 +13,9 @@ from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS
 from ._worker import Outcome, start_job
 from .layers import heatmap_layer, histosge_meta, spots_layer
+
+#: Role of the uncertainty heatmap (spread over generator samples).
+ROLE_UNCERTAINTY = "uncertainty"
 from .train import DEVICES, scheduler_value, spots_layer_choices
 
 if TYPE_CHECKING:
@@ -23,14 +28,23 @@ def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None
     """Add the heatmap Image and the predicted-spots Points of ``pred`` to ``viewer``.
 
     The source (measured) AnnData is kept in the heatmap's metadata so the gene viewer
-    can compare predictions with measurements.
+    can compare predictions with measurements. Where ``pred`` has a ``"std"`` layer (a model
+    that samples), the per-position spread of the gene is added as its own hidden heatmap.
     """
     import napari.layers
 
     data, kwargs, _ = heatmap_layer(pred, gene)
     kwargs["metadata"]["histosge"]["source_adata"] = source_adata
     heat = viewer.add_layer(napari.layers.Image(data, **kwargs))
-    data, kwargs, _ = spots_layer(pred, kwargs["metadata"]["histosge"]["gene"])
+    shown = kwargs["metadata"]["histosge"]["gene"]
+    if "std" in pred.layers:  # models that sample (conditioned + diffusion) give a spread
+        spread = np.asarray(pred[:, shown].layers["std"]).ravel()
+        fold = pred.uns.get("histosge", {}).get("fold", "")
+        data, std_kwargs, _ = heatmap_layer(pred, shown, values=spread, colormap="gray",
+                                            name=f"{shown} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY)
+        std_kwargs["visible"] = False  # on demand: it would hide the expression heatmap
+        viewer.add_layer(napari.layers.Image(data, **std_kwargs))
+    data, kwargs, _ = spots_layer(pred, shown)
     kwargs["visible"] = False  # exact values on demand; the heatmap is the overview
     points = viewer.add_layer(napari.layers.Points(data, **kwargs))
     return heat, points
