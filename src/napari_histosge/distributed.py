@@ -23,11 +23,10 @@ from .errors import InputError
 from .features.extract import (
     FeatureConfig,
     SpotFeatures,
-    _validate,
-    cache_identity,
     compute_features,
     make_extractor,
     spatial_order,
+    with_cache,
 )
 from .progress import CancelToken, Progress, ProgressGenerator, run_to_end
 
@@ -225,36 +224,26 @@ def extract_features_distributed(
     InputError
         Bad inputs (as the single-process path), or an unreachable scheduler.
     """
-    from .features.cache import feature_cache_key, load_cached, save_cached
-
     if image_path is None:
         raise InputError("no histology image given for feature extraction")
     path = str(image_path)
     centers = np.asarray(centers_xy, dtype=np.float64)
     size, scale = float(patch_size_px), float(scale)
-    _validate(path, scale, centers, size)
     fraction = min(1.0, float(center_fraction if center_fraction is not None else 1.0 / config.patch_spot_fraction))
-    extractor, amp_dtype = make_extractor(config, fraction)
-    n = len(centers)
-    key = feature_cache_key(path, scale, centers, size, extractor.input_size, cache_identity(extractor, amp_dtype),
-                            fraction)
-    if config.cache:
-        hit = load_cached(key)
-        if hit is not None and hit["features"].shape[0] == n:
-            yield Progress("features", n, n, "loaded from cache")
-            return SpotFeatures(hit["features"], hit["mean_rgb"], str(hit["identity"]))
-    pieces = position_chunks(spatial_order(centers, size), chunk_size, max(1, int(config.batch_size)))
-    results = yield from map_chunks(
-        _features_chunk, [centers[p] for p in pieces], path, scale, size, asdict(config), fraction,
-        scheduler=scheduler, n_workers=n_workers, weights=[len(p) for p in pieces], stage="features",
-        cancel=cancel, processes=processes,
-    )
-    dim = results[0][0].shape[1] if results else extractor.dim
-    feats = np.zeros((n, dim), np.float32)
-    rgbs = np.zeros((n, 3), np.float32)
-    for p, (f, m, _) in zip(pieces, results):
-        feats[p], rgbs[p] = f, m
-    result = SpotFeatures(feats, rgbs, results[0][2] if results else extractor.identity)
-    if config.cache:
-        save_cached(key, features=result.features, mean_rgb=result.mean_rgb, identity=np.array(result.identity))
-    return result
+
+    def compute(extractor, _amp_dtype):
+        n = len(centers)
+        pieces = position_chunks(spatial_order(centers, size), chunk_size, max(1, int(config.batch_size)))
+        results = yield from map_chunks(
+            _features_chunk, [centers[p] for p in pieces], path, scale, size, asdict(config), fraction,
+            scheduler=scheduler, n_workers=n_workers, weights=[len(p) for p in pieces], stage="features",
+            cancel=cancel, processes=processes,
+        )
+        dim = results[0][0].shape[1] if results else extractor.dim
+        feats = np.zeros((n, dim), np.float32)
+        rgbs = np.zeros((n, 3), np.float32)
+        for p, (f, m, _) in zip(pieces, results):
+            feats[p], rgbs[p] = f, m
+        return SpotFeatures(feats, rgbs, results[0][2] if results else extractor.identity)
+
+    return (yield from with_cache(path, scale, centers, size, config, fraction, compute))

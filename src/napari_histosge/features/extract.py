@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -261,15 +262,20 @@ def cache_identity(extractor: Any, amp_dtype: Any) -> str:
     return extractor.identity + (f"|amp-{str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "")
 
 
-def _extract(
+def with_cache(
     path: str,
     scale: float,
     centers: np.ndarray,
     size: float,
     config: FeatureConfig,
     fraction: float,
-    cancel: CancelToken | None,
+    compute: Callable[[Any, Any], ProgressGenerator[SpotFeatures]],
 ) -> ProgressGenerator[SpotFeatures]:
+    """Validate, look the features up in the on-disk cache, else ``compute(extractor, amp_dtype)``.
+
+    The single-process and the distributed paths differ only in ``compute``, so they share
+    one cache key and one cache policy.
+    """
     _validate(path, scale, centers, size)
     extractor, amp_dtype = make_extractor(config, fraction)
     n = len(centers)
@@ -280,12 +286,26 @@ def _extract(
         if hit is not None and hit["features"].shape[0] == n:
             yield Progress("features", n, n, "loaded from cache")
             return SpotFeatures(hit["features"], hit["mean_rgb"], str(hit["identity"]))
-    order = spatial_order(centers, size)
-    result = yield from compute_features(path, scale, centers, size, extractor, config.batch_size, fraction,
-                                         cancel, order=order, amp_dtype=amp_dtype)
+    result = yield from compute(extractor, amp_dtype)
     if config.cache:
         save_cached(key, features=result.features, mean_rgb=result.mean_rgb, identity=np.array(result.identity))
     return result
+
+
+def _extract(
+    path: str,
+    scale: float,
+    centers: np.ndarray,
+    size: float,
+    config: FeatureConfig,
+    fraction: float,
+    cancel: CancelToken | None,
+) -> ProgressGenerator[SpotFeatures]:
+    def compute(extractor, amp_dtype):
+        return compute_features(path, scale, centers, size, extractor, config.batch_size, fraction, cancel,
+                                order=spatial_order(centers, size), amp_dtype=amp_dtype)
+
+    return (yield from with_cache(path, scale, centers, size, config, fraction, compute))
 
 
 def compute_features(
