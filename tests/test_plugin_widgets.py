@@ -147,12 +147,16 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
 
 def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
-    from napari_histosge._widgets.superres import ROLE_UNCERTAINTY, add_prediction_layers
+    from napari_histosge._widgets.layers import ROLE_UNCERTAINTY
+    from napari_histosge._widgets.superres import add_prediction_layers
     from napari_histosge.io import read_spots
     from napari_histosge.pipeline import fit, superresolve
     from napari_histosge.progress import run_to_end
     from napari_histosge.training import TrainConfig
 
+    from napari_histosge._widgets._worker import preload_torch
+
+    preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)
     model = run_to_end(fit(adata, train_config=TrainConfig(model="conditioned", epochs=2, n_top_genes=8)))
     pred = run_to_end(superresolve(model, adata, 4))
@@ -165,3 +169,9 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     expected = np.asarray(pred[:, gene].layers["std"]).ravel()
     painted = spread[0].data[np.isfinite(spread[0].data)]
     assert np.isclose(painted.max(), expected.max(), rtol=1e-5)
+    # the Gene viewer repaints it with the next gene's spread
+    other = next(g for g in pred.var_names if g != gene)
+    assert GeneViewerWidget(viewer).show_gene(other)
+    assert spread[0].name.startswith(f"{other} ") and "uncertainty" in spread[0].name
+    repainted = spread[0].data[np.isfinite(spread[0].data)]
+    assert np.isclose(repainted.max(), np.asarray(pred[:, other].layers["std"]).max(), rtol=1e-5)

@@ -16,9 +16,9 @@ from qtpy.QtWidgets import QCompleter
 from .colorbar import ColorBar
 from .layers import (
     HEATMAP_COLORMAP,
-    META_KEY,
     ROLE_COMPARE,
     ROLE_HEATMAP,
+    ROLE_UNCERTAINTY,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,
     ROLE_SPOTS,
@@ -131,6 +131,9 @@ class GeneViewerWidget(Container):
                     if gene in histosge_meta(lyr)["adata"].var_names]
         for layer in heatmaps:
             update_heatmap(layer, gene)
+        for layer in layers_with_role(self.viewer.layers, ROLE_UNCERTAINTY):
+            if gene in histosge_meta(layer)["adata"].var_names:
+                update_heatmap(layer, gene)
         if heatmaps:
             shown = (heatmaps[0].contrast_limits, HEATMAP_COLORMAP)
         if shown is not None:

@@ -28,6 +28,8 @@ META_KEY = "histosge"
 
 #: roles stored in ``layer.metadata["histosge"]["role"]``.
 ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predicted_spots", "heatmap"
+#: Heatmap of the spread over generator samples (``layers["std"]`` of a prediction).
+ROLE_UNCERTAINTY = "uncertainty"
 
 SPOT_COLORMAP = "viridis"
 HEATMAP_COLORMAP = "inferno"
@@ -308,12 +310,20 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
 
 
 def update_heatmap(layer, gene: str) -> None:
-    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``."""
+    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``.
+
+    An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData layer.
+    """
     meta = layer.metadata[META_KEY]
-    values = gene_values(meta["adata"], gene)
+    source = meta.get("values_layer")
+    if source is None:
+        values, label = gene_values(meta["adata"], gene), "heatmap"
+    else:
+        values = np.asarray(meta["adata"][:, gene].layers[source], dtype=np.float64).ravel()
+        label = "uncertainty (std)"
     layer.data = meta["raster"].with_values(values)
     layer.contrast_limits = value_range(values)
-    layer.name = f"{gene} {meta['adata'].uns.get(META_KEY, {}).get('fold', '')}x heatmap"
+    layer.name = f"{gene} {meta['adata'].uns.get(META_KEY, {}).get('fold', '')}x {label}"
     meta["gene"] = gene
 
 

@@ -12,10 +12,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS
 from ._worker import Outcome, start_job
-from .layers import heatmap_layer, histosge_meta, spots_layer
-
-#: Role of the uncertainty heatmap (spread over generator samples).
-ROLE_UNCERTAINTY = "uncertainty"
+from .layers import ROLE_UNCERTAINTY, heatmap_layer, histosge_meta, spots_layer
 from .train import DEVICES, scheduler_value, spots_layer_choices
 
 if TYPE_CHECKING:
@@ -43,6 +40,7 @@ def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None
         data, std_kwargs, _ = heatmap_layer(pred, shown, values=spread, colormap="gray",
                                             name=f"{shown} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY)
         std_kwargs["visible"] = False  # on demand: it would hide the expression heatmap
+        std_kwargs["metadata"]["histosge"]["values_layer"] = "std"  # the Gene viewer repaints from it
         viewer.add_layer(napari.layers.Image(data, **std_kwargs))
     data, kwargs, _ = spots_layer(pred, shown)
     kwargs["visible"] = False  # exact values on demand; the heatmap is the overview
