@@ -257,7 +257,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not genes:
         raise InputError("no predicted gene matches a measured gene", pred_path)
     truth = dense_targets(normalize_log1p(adata)[spots], genes)
-    values = np.asarray(pred[spots, genes].X.toarray() if hasattr(pred.X, "toarray") else pred[spots, genes].X)
+    subset = pred[spots, genes].X
+    values = np.asarray(subset.toarray() if hasattr(subset, "toarray") else subset)
     metrics = gene_metrics(truth, values, genes)
     s = summarize(metrics)
     print(f"{len(spots)} spots x {len(genes)} genes: PCC {s['mean_pcc']:.3f} (median {s['median_pcc']:.3f}), "

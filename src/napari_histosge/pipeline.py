@@ -401,7 +401,10 @@ def recover(
     train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
     # Genes come from the training spots only: the HVGs (or the user's list) plus the
     # highest-mean genes, so both headline gene sets are scored by one model.
-    log_train = normalize_log1p(adata[train_ids])
+    # normalize_total is per spot, so the training rows of the whole section's log data
+    # are exactly the log data of the training spots: normalise once
+    log_all = normalize_log1p(adata)
+    log_train = log_all[train_ids]
     scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes)
     top_genes = top_mean_genes(log_train, n=n_top_mean)
     if train_config.genes is None:
@@ -424,7 +427,6 @@ def recover(
     )
     timings["fit_s"] = time.perf_counter() - t0
     predicted_all = yield from predict_spots(model, adata, features=features, cancel=cancel)
-    log_all = normalize_log1p(adata)
     truth_all = dense_targets(log_all, genes)
     test_rows = adata.obs_names.get_indexer(test_ids)
     train_rows = adata.obs_names.get_indexer(train_ids)
