@@ -106,3 +106,62 @@ def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> 
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"small\.tif.*tile \(level 0, tile row 0, column 0"):
         run_to_end(extract_features_distributed(path, 1.0, np.array([[30.0, 30.0]]), 20.0, cfg, scheduler=client))
+
+
+def _trained_model():
+    from napari_histosge.training import TrainConfig, TrainingData, train
+
+    rng = np.random.default_rng(1)
+    n, d, g = 300, 6, 5
+    pos = rng.uniform(0, 3000, (n, 2))
+    feats = rng.normal(size=(n, d)).astype(np.float32)
+    rgb = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+    y = np.abs(feats[:, :g] + np.sin(pos[:, :1] / 500)).astype(np.float32)
+    data = TrainingData(feats, rgb, pos, y, [f"s{i}" for i in range(n)], [f"G{i}" for i in range(g)])
+    config = TrainConfig(epochs=2, dim=16, heads=2, head_hidden=32, n_pos_bins=8, group_size=20,
+                         batch_size=64, device="cpu", genes=data.genes)
+    return run_to_end(train(data, config))
+
+
+def test_prediction_identical_to_single_process(client) -> None:
+    from napari_histosge.distributed import plan_chunks, predict_distributed
+
+    model = _trained_model()
+    rng = np.random.default_rng(2)
+    pos = rng.uniform(-100, 3100, (1000, 2))
+    feats = rng.normal(size=(1000, 6)).astype(np.float32)
+    rgb = rng.uniform(0, 255, (1000, 3)).astype(np.float32)
+    expected = model.predict(feats, rgb, pos)
+    events: list[Progress] = []
+    gen = predict_distributed(model, feats, rgb, pos, scheduler=client, chunk_size=150)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            pred, std = stop.value
+            break
+    assert std is None
+    np.testing.assert_array_equal(pred, expected)  # the very same forward passes, so bit-identical
+    assert len(plan_chunks(model.plan_batches(pos), 150)) > 3  # really split over several tasks
+    assert events[-1].stage == "predict" and events[-1].step == events[-1].total == 1000
+
+
+def test_prediction_plan_chunks_cover_every_pass_once() -> None:
+    from napari_histosge.distributed import plan_chunks
+
+    mask = np.zeros((1, 10), bool)
+    plan = [(np.arange(10)[None], mask)] * 7
+    runs = plan_chunks(plan, 25)
+    assert runs == [(0, 3), (3, 6), (6, 7)]
+
+
+def test_prediction_bad_chunk_size(client) -> None:
+    from napari_histosge.distributed import predict_distributed
+
+    model = _trained_model()
+    with pytest.raises(InputError, match="chunk_size"):
+        run_to_end(predict_distributed(model, np.zeros((3, 6)), np.zeros((3, 3)), np.zeros((3, 2)),
+                                       scheduler=client, chunk_size=0))
+    with pytest.raises(InputError, match="features has shape"):
+        run_to_end(predict_distributed(model, np.zeros((3, 4)), np.zeros((3, 3)), np.zeros((3, 2)),
+                                       scheduler=client))

@@ -135,6 +135,39 @@ def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot,
     assert any("cancelled" in m for _, m in notifications)
 
 
+def test_train_empty_selection_shows_error(demo_viewer, notifications):
+    widget = TrainWidget(demo_viewer)
+    [spots] = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
+    assert widget.data.value == [spots]  # the spots layer is selected by default
+    widget.data.value = []
+    widget.start()
+    assert widget.worker is None
+    assert notifications[-1][0] == "error" and "select one or more spots layers" in notifications[-1][1]
+
+
+def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_path, notifications):
+    from napari_histosge.training import TrainedModel
+
+    demo_viewer.open(str(demo_dir), plugin="napari-histosge")  # a second section
+    first, second = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
+    widget = TrainWidget(demo_viewer)
+    assert widget.data.value == [second]  # default: the most recently added spots layer
+    widget.data.value = [first, second]
+    widget.out_dir.value = str(tmp_path)
+    widget.extractor.value = "none"
+    widget.n_genes.value = 10
+    widget.epochs.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.error is None, widget.last_outcome.error
+    n = histosge_meta(first)["adata"].n_obs
+    model = TrainedModel.load(widget.checkpoint_path, device="cpu")
+    assert model.meta["n_train_spots_per_section"] == [n, n]
+    assert model.meta["position_frame"] == "per_section"
+    assert any(e.stage == "prepare" and "in 2 sections" in e.message for e in widget.events_seen)
+    assert any(k == "info" and "Trained" in m for k, m in notifications)
+
+
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
 def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
     viewer = make_napari_viewer()

@@ -82,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on all spots of a section and save a checkpoint")
-    _add_data_args(p)
+    p = sub.add_parser("train", help="train a model on all spots of one or more sections and save a checkpoint")
+    p.add_argument("data", nargs="+",
+                   help="one or more sections: Space Ranger folder, ST v1 folder or .h5ad (auto-detected); "
+                        "several sections train one model, each section's positions in its own frame")
+    p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--resume", help="continue training from this checkpoint")
     _add_feature_args(p)
@@ -174,16 +177,24 @@ def _write_h5ad(adata, path: str | Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .io import read_spots
     from .pipeline import fit
 
-    adata = _read(args)
+    if args.image and len(args.data) > 1:
+        raise InputError(f"--image attaches one image to one section, but {len(args.data)} sections were given; "
+                         "give each section with its image inside its folder, or train on one DATA")
+    sections = [read_spots(path, image=args.image) for path in args.data]
     model = _drive(
-        fit(adata, train_config=_train_config(args), feature_config=_feature_config(args),
-            checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
+        fit(sections if len(sections) > 1 else sections[0], train_config=_train_config(args),
+            feature_config=_feature_config(args), checkpoint_path=args.out, resume=args.resume,
+            scheduler=args.scheduler, n_workers=args.workers),
         args,
     )
     final = model.meta.get("history", [float("nan")])[-1] if model.meta.get("history") else float("nan")
-    print(f"trained {model.config.model} on {adata.n_obs} spots x {len(model.genes)} genes; final loss {final:.4g}")
+    n_spots = sum(a.n_obs for a in sections)
+    where = f" in {len(sections)} sections" if len(sections) > 1 else ""
+    print(f"trained {model.config.model} on {n_spots} spots{where} x {len(model.genes)} genes; "
+          f"final loss {final:.4g}")
     print(f"checkpoint: {args.out}")
     return 0
 

@@ -27,7 +27,7 @@ from .features import (
 from .io import spot_image
 from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes
 from .progress import CancelToken, Progress, ProgressGenerator
-from .training import TrainConfig, TrainedModel, TrainingData, train
+from .training import TrainConfig, TrainedModel, TrainingData, section_frame, train
 
 #: ``FeatureConfig.extractor`` value that switches image features off (the ablation).
 NO_IMAGE = "none"
@@ -116,7 +116,7 @@ def fit(
     train_config: TrainConfig | None = None,
     feature_config: FeatureConfig | None = None,
     train_ids: Sequence[str] | None = None,
-    features: SpotFeatures | None = None,
+    features: SpotFeatures | Sequence[SpotFeatures] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: str | Path | None = None,
     scheduler: str | None = None,
@@ -128,13 +128,20 @@ def fit(
     Parameters
     ----------
     adata
-        Spot AnnData from :func:`napari_histosge.io.read_spots` (raw counts).
+        Spot AnnData from :func:`napari_histosge.io.read_spots` (raw counts), or a sequence
+        of them: one model trained on all their spots. Each section gets its own image
+        features and normalisation; genes are chosen on all spots together among the genes
+        every section has; each section's positions are scaled by its own box (see
+        :func:`napari_histosge.training.section_frame`); spot ids that repeat across sections
+        are prefixed ``"<library id>:"``.
     train_config, feature_config
         Model/training and feature settings; defaults are the paper's.
     train_ids
         Train on these spots only (the rest are held out); all spots when ``None``.
+        One section only.
     features
-        Precomputed features for *all* spots of ``adata`` (skips extraction).
+        Precomputed features for *all* spots of ``adata`` (skips extraction); one per
+        section for several sections.
     checkpoint_path
         Where to save the checkpoint (atomically, every epoch and at the end).
     resume
@@ -151,6 +158,20 @@ def fit(
     """
     train_config = train_config or TrainConfig()
     feature_config = feature_config or FeatureConfig()
+    if isinstance(adata, (list, tuple)):
+        if not adata:
+            raise InputError("no sections to train on")
+        if len(adata) > 1:
+            if train_ids is not None:
+                raise InputError("train_ids (a hold-out split) works with one section; "
+                                 f"got {len(adata)} sections")
+            return (yield from _fit_sections(
+                adata, train_config=train_config, feature_config=feature_config, features=features,
+                checkpoint_path=checkpoint_path, resume=resume, scheduler=scheduler, n_workers=n_workers,
+                cancel=cancel))
+        adata = adata[0]
+        if isinstance(features, (list, tuple)):
+            features = features[0]
     if features is None:
         features = yield from spot_features(
             adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
@@ -172,6 +193,97 @@ def fit(
     meta = _model_meta(adata, feature_config)
     meta["feature_identity"] = features.identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta, cancel=cancel))
+
+
+def section_names(adatas: Sequence[Any]) -> list[str]:
+    """A unique short name per section: its library id (``section<i>`` without one), ``#2``... on clashes."""
+    names: list[str] = []
+    for i, a in enumerate(adatas):
+        base = str(a.uns.get("histosge", {}).get("library_id") or f"section{i + 1}")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
+    """Re-yield ``gen``'s events with ``label`` in front of their message (which section is worked on)."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield replace(event, message=f"{label}: {event.message}" if event.message else label)
+
+
+def _fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,
+                  n_workers, cancel) -> ProgressGenerator[TrainedModel]:
+    """:func:`fit` on several sections: one model, each section's positions in its own frame."""
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    names, k = section_names(adatas), len(adatas)
+    if features is not None and (not isinstance(features, (list, tuple)) or len(features) != k):
+        raise InputError(f"precomputed features must be a list with one entry per section ({k})")
+    feats: list[SpotFeatures] = []
+    for i, (a, name) in enumerate(zip(adatas, names)):
+        if features is not None:
+            f = features[i]
+            if len(f.features) != a.n_obs:
+                raise InputError(f"section {name!r}: {len(f.features)} precomputed feature rows for {a.n_obs} spots",
+                                 a.uns.get("histosge", {}).get("source"))
+        else:
+            f = yield from _labelled(spot_features(a, feature_config, scheduler=scheduler, n_workers=n_workers,
+                                                   cancel=cancel), f"section {i + 1}/{k} ({name})")
+        feats.append(f)
+    yield Progress("prepare", 0, 1, f"normalising {k} sections and selecting genes")
+    logs = [normalize_log1p(a) for a in adatas]
+    shared = set.intersection(*(set(map(str, log.var_names)) for log in logs))
+    if train_config.genes is not None:
+        for log, name in zip(logs, names):
+            present = set(map(str, log.var_names))
+            missing = [g for g in train_config.genes if g not in present]
+            if missing:
+                raise InputError(f"gene {missing[0]!r} is not in section {name!r}"
+                                 + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                 log.uns.get("histosge", {}).get("source"))
+    common = [str(g) for g in logs[0].var_names if str(g) in shared]
+    if not common:
+        raise InputError(f"the sections {', '.join(names)} share no gene")
+    ids = [list(map(str, a.obs_names)) for a in adatas]
+    flat = [i for section in ids for i in section]
+    if len(set(flat)) < len(flat):  # e.g. ST v1 "<x>x<y>" ids repeat across sections
+        ids = [[f"{name}:{i}" for i in section] for name, section in zip(names, ids)]
+    combined = AnnData(X=sp.vstack([sp.csr_matrix(log[:, common].X) for log in logs]).tocsr(),
+                       obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])),
+                       var=pd.DataFrame(index=pd.Index(common)))
+    combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
+                                                    for a in adatas)}
+    # Genes are chosen on all training spots together, among genes every section measured.
+    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes)
+    sections = np.repeat(np.arange(k), [a.n_obs for a in adatas])
+    frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
+    data = TrainingData(
+        features=np.concatenate([f.features for f in feats]),
+        mean_rgb=np.concatenate([f.mean_rgb for f in feats]),
+        positions=np.concatenate([np.asarray(a.obsm["spatial"], np.float64) for a in adatas]),
+        targets=dense_targets(combined, genes),
+        spot_ids=list(combined.obs_names),
+        genes=genes,
+        sections=sections,
+        frames=frames,
+    )
+    yield Progress("prepare", 1, 1, f"{len(genes)} genes, {combined.n_obs} training spots in {k} sections")
+    meta = _model_meta(adatas[0], feature_config)
+    meta["source"] = combined.uns["histosge"]["source"]
+    shared_keys = ("features", "normalisation")  # the same for every section
+    meta["sections"] = [{"name": name, "n_spots": int(a.n_obs),
+                         **{key: v for key, v in _model_meta(a, feature_config).items() if key not in shared_keys}}
+                        for a, name in zip(adatas, names)]
+    meta["feature_identity"] = feats[0].identity
+    return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
+                             cancel=cancel))
 
 
 def _feature_config_of(model: TrainedModel) -> FeatureConfig:
@@ -204,7 +316,11 @@ def features_at(
         return _no_image_features(len(positions))
     path, scale = _image_of(adata)
     centers = np.asarray(positions, np.float64)
-    patch_px, fraction = model.meta["patch_size_px"], model.meta["center_fraction"]
+    if model.per_section:
+        # Sections differ in pixel size: patches cover the same tissue as in training.
+        patch_px, fraction = patch_size_px(adata, config), spot_center_fraction(adata, config)
+    else:
+        patch_px, fraction = model.meta["patch_size_px"], model.meta["center_fraction"]
     if scheduler is None:
         feats = yield from extract_features_at(
             path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel
@@ -241,7 +357,8 @@ def predict_spots(
         rows = adata.obs_names.get_indexer(subset.obs_names)
         features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
     yield Progress("predict", 0, 1, f"{subset.n_obs} spots")
-    pred, std = _predict_with_spread(model, features, np.asarray(subset.obsm["spatial"], np.float64))
+    pred, std = _predict_with_spread(model, features, np.asarray(subset.obsm["spatial"], np.float64),
+                                     _frame_for(model, adata))
     yield Progress("predict", 1, 1)
     out = ad.AnnData(
         X=pred.astype(np.float32),
@@ -255,12 +372,18 @@ def predict_spots(
     return out
 
 
-def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray):
+def _frame_for(model: TrainedModel, adata) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frame of ``adata`` (all its spots) for a several-section model; ``None`` otherwise."""
+    return section_frame(adata.obsm["spatial"]) if getattr(model, "per_section", False) else None
+
+
+def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray, frame=None):
     """Predictions, plus the per-spot per-gene spread over samples where the model can sample."""
+    kwargs = {} if frame is None else {"frame": frame}  # only several-section models take a frame
     if _can_sample(model):
-        pred, std = model.predict(feats.features, feats.mean_rgb, positions, return_std=True)
+        pred, std = model.predict(feats.features, feats.mean_rgb, positions, return_std=True, **kwargs)
         return pred, std.astype(np.float32)
-    return model.predict(feats.features, feats.mean_rgb, positions), None
+    return model.predict(feats.features, feats.mean_rgb, positions, **kwargs), None
 
 
 def _can_sample(model: TrainedModel) -> bool:
@@ -307,7 +430,7 @@ def superresolve(
     yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
     feats = yield from features_at(model, adata, grid.positions, scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     yield Progress("predict", 0, 1, f"{len(grid.positions)} positions")
-    pred, std = _predict_with_spread(model, feats, grid.positions)
+    pred, std = _predict_with_spread(model, feats, grid.positions, _frame_for(model, adata))
     yield Progress("predict", 1, 1)
     parents = np.asarray(adata.obs_names)[grid.parent]
     names = [f"{p}#{i}" for p, i in zip(parents, _rank_within(grid.parent))]

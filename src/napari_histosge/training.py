@@ -4,6 +4,11 @@ Per spot the model sees: z-scored image features and mean RGB (statistics fitted
 training spots), the position scaled into [0, 1] by the training bounding box, and that
 position discretised into ``n_pos_bins`` bins per axis for the learnable embeddings.
 Spots attend to the other spots of their group (see :mod:`.models.grouping`).
+
+Several sections (``TrainingData.sections``) have unrelated coordinate frames, so each
+section's positions are scaled by that section's own box (``frames``), attention groups
+never mix sections, and predicting needs the box of the section predicted on
+(``TrainedModel.predict(..., frame=...)``; see :func:`section_frame`).
 """
 
 from __future__ import annotations
@@ -144,12 +149,37 @@ class TrainConfig:
         return cls(**d)
 
 
+def section_frame(positions) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(min, max)`` box of a section's spot positions: its frame for the position embedding.
+
+    Parameters
+    ----------
+    positions
+        ``(n, 2)`` full-res ``(x, y)`` of *all* measured spots of the section (held-out spots
+        included: positions are not labels).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(min, max)``, each ``(2,)`` float64.
+    """
+    pos = _matrix(positions, "positions", 2, None, np.float64)
+    if len(pos) == 0:
+        raise InputError("a section without spots has no frame")
+    return pos.min(axis=0), pos.max(axis=0)
+
+
 @dataclass
 class TrainingData:
     """Everything :func:`train` needs, one row per training spot.
 
     ``features`` (n, D) image features (D may be 0), ``mean_rgb`` (n, 3), ``positions``
     (n, 2) full-res px (x, y), ``targets`` (n, G) log-normalised expression.
+
+    For several sections: ``sections`` (n,) integer section labels ``0 .. k-1`` and
+    ``frames`` (k, 2, 2) the ``(min, max)`` box of each section (:func:`section_frame` of
+    all its spots); without ``frames`` each box is that of the section's training spots.
+    ``sections=None`` is one section scaled by the box of the training spots.
     """
 
     features: np.ndarray
@@ -158,6 +188,8 @@ class TrainingData:
     targets: np.ndarray
     spot_ids: list[str]
     genes: list[str]
+    sections: np.ndarray | None = None
+    frames: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.features = _matrix(self.features, "features", None)
@@ -170,6 +202,42 @@ class TrainingData:
             raise InputError(f"no training data ({n} spots, {len(self.genes)} genes)")
         if len(self.spot_ids) != n:
             raise InputError(f"{len(self.spot_ids)} spot ids for {n} spots")
+        self._check_sections(n)
+
+    def _check_sections(self, n: int) -> None:
+        if self.sections is None:
+            if self.frames is not None:
+                raise InputError("section frames were given without per-spot section labels")
+            return
+        labels = np.asarray(self.sections)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise InputError(f"sections must be {n} integer labels >= 0, got shape {labels.shape} "
+                             f"of {labels.dtype}")
+        self.sections = labels.astype(np.int64)
+        if self.frames is None:
+            k = int(labels.max()) + 1
+            empty = [s for s in range(k) if not np.any(labels == s)]
+            if empty:
+                raise InputError(f"section(s) {empty} have no spots, so their frame is unknown; pass frames")
+            self.frames = np.stack([np.stack(section_frame(self.positions[labels == s])) for s in range(k)])
+        frames = np.asarray(self.frames, np.float64)
+        if frames.ndim != 3 or frames.shape[1:] != (2, 2) or int(labels.max()) >= len(frames):
+            raise InputError(f"frames has shape {frames.shape}, expected (k, 2, 2) with a (min, max) box "
+                             f"for each of the {int(labels.max()) + 1} sections")
+        if not np.all(np.isfinite(frames)) or np.any(frames[:, 1] < frames[:, 0]):
+            raise InputError("frames must be finite (min, max) boxes with max >= min")
+        self.frames = np.ascontiguousarray(frames)
+
+    @property
+    def n_sections(self) -> int:
+        """Number of sections (1 without section labels)."""
+        return 1 if self.frames is None else len(self.frames)
+
+    def section_rows(self) -> list[np.ndarray]:
+        """Row indices of each section (one array of all rows without section labels)."""
+        if self.sections is None:
+            return [np.arange(len(self.positions))]
+        return [np.flatnonzero(self.sections == s) for s in range(self.n_sections)]
 
 
 def _matrix(a, name: str, width: int | None, n: int | None = None, dtype=np.float32) -> np.ndarray:
@@ -182,40 +250,68 @@ def _matrix(a, name: str, width: int | None, n: int | None = None, dtype=np.floa
     return np.ascontiguousarray(a)
 
 
-class _Inputs:
-    """Turns (features, mean RGB, positions) into model inputs with frozen training statistics."""
+#: ``meta["position_frame"]`` of a model trained on several sections: each section's
+#: positions are scaled by its own box, so predicting needs the box of the section.
+PER_SECTION = "per_section"
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, pos_min: np.ndarray, pos_max: np.ndarray, n_bins: int):
+
+class _Inputs:
+    """Turns (features, mean RGB, positions) into model inputs with frozen training statistics.
+
+    ``frames`` (k, 2, 2): per-section ``(min, max)`` boxes of a several-section model; then
+    ``pos_min``/``pos_max`` is the union of the boxes (kept so older readers find the keys),
+    and positions are scaled by the frame given with them.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, pos_min: np.ndarray, pos_max: np.ndarray, n_bins: int,
+                 frames: np.ndarray | None = None):
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.pos_min, self.pos_max = np.asarray(pos_min, np.float64), np.asarray(pos_max, np.float64)
         self.n_bins = int(n_bins)
+        self.frames = None if frames is None else np.asarray(frames, np.float64)
 
     @classmethod
-    def fit(cls, features: np.ndarray, mean_rgb: np.ndarray, positions: np.ndarray, n_bins: int) -> _Inputs:
+    def fit(cls, features: np.ndarray, mean_rgb: np.ndarray, positions: np.ndarray, n_bins: int,
+            frames: np.ndarray | None = None) -> _Inputs:
         image = np.concatenate([features, mean_rgb], axis=1).astype(np.float64)
         std = image.std(axis=0)
         std[std < 1e-8] = 1.0  # constant columns: centre only
+        if frames is not None:
+            return cls(image.mean(axis=0), std, frames[:, 0].min(axis=0), frames[:, 1].max(axis=0), n_bins, frames)
         return cls(image.mean(axis=0), std, positions.min(axis=0), positions.max(axis=0), n_bins)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], n_bins: int) -> _Inputs:
-        return cls(meta["feature_mean"], meta["feature_std"], meta["position_min"], meta["position_max"], n_bins)
+        frames = meta.get("section_frames") if meta.get("position_frame") == PER_SECTION else None
+        return cls(meta["feature_mean"], meta["feature_std"], meta["position_min"], meta["position_max"], n_bins,
+                   frames)
 
     def to_meta(self) -> dict[str, Any]:
-        return {"feature_mean": self.mean.tolist(), "feature_std": self.std.tolist(),
+        meta = {"feature_mean": self.mean.tolist(), "feature_std": self.std.tolist(),
                 "position_min": self.pos_min.tolist(), "position_max": self.pos_max.tolist()}
+        if self.frames is not None:
+            meta.update(position_frame=PER_SECTION, section_frames=self.frames.tolist())
+        return meta
 
-    def position(self, positions) -> tuple[np.ndarray, np.ndarray]:
-        """``(unit, bins)``: positions scaled by the training box, and their embedding bins."""
-        span = np.maximum(self.pos_max - self.pos_min, 1e-9)
-        unit = (np.asarray(positions, np.float64) - self.pos_min) / span
+    def spot_frames(self, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-spot ``(min, max)`` rows, ``(n, 2)`` each, from per-spot section labels."""
+        return self.frames[sections, 0], self.frames[sections, 1]
+
+    def position(self, positions, frame=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(unit, bins)``: positions scaled by ``frame`` (the training box when ``None``), and their bins.
+
+        ``frame`` is ``(min, max)``, each ``(2,)`` or one row per position.
+        """
+        lo, hi = (self.pos_min, self.pos_max) if frame is None else (frame[0], frame[1])
+        span = np.maximum(hi - lo, 1e-9)
+        unit = (np.asarray(positions, np.float64) - lo) / span
         bins = np.clip(np.floor(unit * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
         # Positions far outside the training box are clipped so inputs stay in range.
         return np.clip(unit, -1.0, 2.0).astype(np.float32), bins
 
-    def __call__(self, features, mean_rgb, positions) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, features, mean_rgb, positions, frame=None) -> tuple[np.ndarray, np.ndarray]:
         image = (np.concatenate([features, mean_rgb], axis=1) - self.mean) / self.std
-        unit, bins = self.position(positions)
+        unit, bins = self.position(positions, frame)
         return np.concatenate([image.astype(np.float32), unit], axis=1), bins
 
 
@@ -224,7 +320,9 @@ class TrainedModel:
 
     ``meta`` holds what the caller passed to :func:`train` plus the input statistics
     (``feature_mean``/``feature_std``, ``position_min``/``position_max``), ``history``
-    (loss per epoch), ``epochs_done``, ``in_dim`` and ``n_features``.
+    (loss per epoch), ``epochs_done``, ``in_dim`` and ``n_features``. A model trained on
+    several sections adds ``position_frame="per_section"`` and ``section_frames`` (the
+    ``(min, max)`` box of each training section).
     """
 
     def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
@@ -242,35 +340,97 @@ class TrainedModel:
     def _inputs(self) -> _Inputs:
         return _Inputs.from_meta(self.meta, self.config.n_pos_bins)
 
-    def predict(self, features, mean_rgb, positions, *, batch_size: int | None = None) -> np.ndarray:
+    @property
+    def per_section(self) -> bool:
+        """Whether the model was trained on several sections (predicting needs the section's frame)."""
+        return self.meta.get("position_frame") == PER_SECTION
+
+    def _frame(self, frame) -> tuple[np.ndarray, np.ndarray] | None:
+        """``frame`` checked, or ``None`` (the stored training box) for a one-section model."""
+        if frame is None:
+            if self.per_section:
+                raise InputError("this model was trained on several sections, each scaled by its own box: "
+                                 "pass frame=(min, max) of the predicted section's spot positions "
+                                 "(training.section_frame)")
+            return None
+        lo, hi = (np.asarray(v, np.float64) for v in frame)
+        if lo.shape != (2,) or hi.shape != (2,) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise InputError(f"frame must be (min, max), two finite (x, y) pairs; got shapes {lo.shape}, {hi.shape}")
+        return lo, hi
+
+    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
         """Predict log-normalised expression, ``(n, G)`` float32, rows in input order.
 
         Spots are grouped as in training (spatial neighbourhoods, no random rotation).
+
+        Parameters
+        ----------
+        features, mean_rgb, positions
+            Image features, mean RGB and full-res ``(x, y)`` of one section's positions.
+        frame
+            ``(min, max)`` box of that section's measured spots (:func:`section_frame`);
+            required for a model trained on several sections, ``None`` uses the training box.
+        batch_size
+            Spots per forward pass.
         """
-        import torch
+        positions = _matrix(positions, "positions", 2, None, np.float64)
+        rows = self.prediction_inputs(features, mean_rgb, positions, frame=frame)
+        pred, _ = self.predict_planned(rows, self.plan_batches(positions, batch_size))
+        return pred
 
-        from .models.grouping import group_spots, pack_batches
+    def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
+        """Per-row model inputs at ``positions`` (checked), as :meth:`predict_planned` takes them.
 
+        For HisToSGE these are ``(x, bins)``: the normalised image columns plus the unit
+        position, and the position-embedding bins. ``frame`` as in :meth:`predict`.
+        """
         d = int(self.meta["n_features"])
         positions = _matrix(positions, "positions", 2, None, np.float64)
         n = len(positions)
         features = _matrix(features, "features", d, n)
         mean_rgb = _matrix(mean_rgb, "mean_rgb", 3, n)
-        out = np.zeros((n, len(self.genes)), dtype=np.float32)
-        if n == 0:
-            return out
-        x, bins = self._inputs()(features, mean_rgb, positions)
+        return self._inputs()(features, mean_rgb, positions, self._frame(frame))
+
+    def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The forward passes that predict ``positions``: ``(index, mask)`` per pass, in order.
+
+        Spots are grouped as in training (spatial neighbourhoods, no random rotation) and
+        groups packed into batches (see :func:`~napari_histosge.models.grouping.pack_batches`).
+        Splitting this plan into consecutive pieces and running each anywhere gives exactly
+        the single-process result (:func:`napari_histosge.distributed.predict_distributed`).
+        """
+        from .models.grouping import group_spots, pack_batches
+
+        positions = np.asarray(positions, np.float64)
+        if len(positions) == 0:
+            return []
+        groups = group_spots(positions, self.config.group_size, mode=self.config.grouping)
+        return pack_batches(groups, int(batch_size or self.config.batch_size))
+
+    def predict_planned(self, rows: tuple[np.ndarray, ...], batches, *, first_batch: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the forward passes ``batches`` over per-row inputs ``rows``.
+
+        Returns ``(pred, std)``: ``(n, G)`` float32 predictions for the ``n`` rows of
+        ``rows`` (rows no batch names stay 0) and ``None`` (this model has no spread).
+        ``first_batch`` is the global number of ``batches[0]`` (used by sampling models).
+        """
+        import torch
+
+        x, bins = rows
+        out = np.zeros((len(x), len(self.genes)), dtype=np.float32)
+        if len(x) == 0:
+            return out, None
         device = self.device
         x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
-        groups = group_spots(positions, self.config.group_size, mode=self.config.grouping)
         self.model.eval()
         with torch.inference_mode():
-            for index, mask in pack_batches(groups, int(batch_size or self.config.batch_size)):
+            for index, mask in batches:
                 idx_t = torch.from_numpy(index).to(device)
                 pred = self.model(x_t[idx_t], bins_t[idx_t], torch.from_numpy(mask).to(device))
                 keep = ~mask
                 out[index[keep]] = pred[torch.from_numpy(keep).to(device)].float().cpu().numpy()
-        return out
+        return out, None
 
     def save(self, path: str | PathLike) -> None:
         """Write one checkpoint file (weights, config, genes, meta, optimiser state), atomically."""
@@ -367,10 +527,15 @@ def train(
 
     from .device import pick_device
     from .models import create_model
-    from .models.grouping import group_spots, pack_batches
+    from .models.grouping import pack_batches
 
     if config.model == "conditioned":
         from .models.conditioned_fit import train_conditioned
+
+        if data.sections is not None:
+            # Its measured-neighbour context is looked up in one coordinate frame.
+            raise InputError("the conditioned model trains on one section at a time; "
+                             "train 'histosge' to use several sections")
 
         return (yield from train_conditioned(data, config, checkpoint_path=checkpoint_path, resume=resume,
                                              meta=meta, cancel=cancel))
@@ -393,12 +558,24 @@ def train(
         history = [float(v) for v in saved.meta.get("history", [])][:start]
         inputs = _Inputs.from_meta(saved.meta, config.n_pos_bins)
     else:
-        inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
-    jitter_px = config.position_jitter * _median_spacing(data.positions)
+        inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins, data.frames)
+    section_rows = data.section_rows()
+    # One frame per spot for several sections; None keeps the one-section path unchanged.
+    frame = None if data.sections is None else inputs.spot_frames(data.sections)
+    if data.sections is None:
+        jitter_px = config.position_jitter * _median_spacing(data.positions)
+        jitter, jitter_meta = jitter_px, jitter_px
+    else:
+        # Spacing per section: sections overlap in coordinates and may differ in pixel size.
+        spacing = np.array([_median_spacing(data.positions[rows]) for rows in section_rows])
+        jitter_meta = (config.position_jitter * spacing).tolist()
+        jitter = (config.position_jitter * spacing)[data.sections][:, None]
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
-                position_jitter_px=jitter_px)
+                position_jitter_px=jitter_meta)
+    if data.sections is not None:
+        meta["n_train_spots_per_section"] = [len(rows) for rows in section_rows]
 
-    x, bins = inputs(data.features, data.mean_rgb, data.positions)
+    x, bins = inputs(data.features, data.mean_rgb, data.positions, frame)
     x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
     y_t = torch.from_numpy(data.targets).to(device)
     trained = TrainedModel(model, config, data.genes, meta)
@@ -414,12 +591,12 @@ def train(
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 1_000_003 + epoch)
         model.train()
-        if jitter_px > 0:
-            unit, jittered = inputs.position(data.positions + rng.uniform(-jitter_px, jitter_px, data.positions.shape))
+        if np.any(jitter > 0):
+            unit, jittered = inputs.position(data.positions + rng.uniform(-jitter, jitter, data.positions.shape),
+                                             frame)
             x_t[:, -2:] = torch.from_numpy(unit).to(device)
             bins_t = torch.from_numpy(jittered).to(device)
-        groups = group_spots(data.positions, config.group_size, mode=config.grouping,
-                             rng=rng if config.grouping == "spatial" else None)
+        groups = _group(data.positions, section_rows, config, rng)
         groups = [groups[i] for i in rng.permutation(len(groups))]
         total, count = 0.0, 0
         for index, mask in pack_batches(groups, config.batch_size):
@@ -447,6 +624,21 @@ def train(
     return trained
 
 
+def _group(positions: np.ndarray, section_rows: list[np.ndarray], config: TrainConfig,
+           rng: np.random.Generator) -> list[np.ndarray]:
+    """Attention groups of one epoch, made within each section (a group never mixes sections)."""
+    from .models.grouping import group_spots
+
+    rng_or_none = rng if config.grouping == "spatial" else None
+    if len(section_rows) == 1:
+        return group_spots(positions, config.group_size, mode=config.grouping, rng=rng_or_none)
+    groups: list[np.ndarray] = []
+    for rows in section_rows:
+        groups += [rows[g] for g in group_spots(positions[rows], config.group_size, mode=config.grouping,
+                                                rng=rng_or_none)]
+    return groups
+
+
 def _median_spacing(positions: np.ndarray) -> float:
     """Median distance from a spot to its nearest other spot (0 for a single spot)."""
     from scipy.spatial import cKDTree
@@ -467,6 +659,11 @@ def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingDat
         raise InputError("the checkpoint predicts different genes than the training data", path)
     if int(saved.meta.get("n_features", -1)) != d:
         raise InputError(f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
+    saved_sections = len(saved.meta["section_frames"]) if saved.per_section else None
+    wanted = None if data.sections is None else data.n_sections
+    if saved_sections != wanted:
+        raise InputError(f"the checkpoint was trained on {saved_sections or 1} section(s), "
+                         f"the data has {wanted or 1}", path)
 
 
 def _adamw(model, config: TrainConfig, device):

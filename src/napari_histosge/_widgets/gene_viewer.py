@@ -26,6 +26,7 @@ from .layers import (
     comparison_layers,
     histosge_meta,
     layers_with_role,
+    measured_source,
     recolor_spots,
     spot_averaged,
     update_heatmap,
@@ -148,7 +149,7 @@ class GeneViewerWidget(Container):
         parts = []
         for layer in heatmaps:
             meta = histosge_meta(layer)
-            source = meta.get("source_adata")
+            source = measured_source(layer, self.viewer.layers)
             if source is None or gene not in source.var_names:
                 continue
             r = gene_pcc(meta["adata"], source, gene, log_source=self._log_of(source))
@@ -177,13 +178,14 @@ class GeneViewerWidget(Container):
         from napari.utils.notifications import show_warning
 
         heatmaps = [lyr for lyr in layers_with_role(self.viewer.layers, ROLE_HEATMAP)
-                    if histosge_meta(lyr).get("source_adata") is not None]
+                    if measured_source(lyr, self.viewer.layers) is not None]
         gene = self.gene or self._resolve(self.search.value)
         if not heatmaps or gene is None:
-            show_warning("Super-resolve first and pick a gene; the comparison needs predictions and measurements.")
+            show_warning("Super-resolve (or open saved predictions and the spot data they came from) and pick "
+                         "a gene; the comparison needs predictions and measurements.")
             return []
         meta = histosge_meta(heatmaps[-1])
-        source = meta["source_adata"]
+        source = measured_source(heatmaps[-1], self.viewer.layers)
         if gene not in source.var_names or gene not in meta["adata"].var_names:
             show_warning(f"gene '{gene}' is not both measured and predicted")
             return []

@@ -98,6 +98,16 @@ def gene_values(adata, gene: str, *, log_adata=None) -> np.ndarray:
     return _column(log_adata, gene)
 
 
+def layer_values(adata, gene: str, values_layer: str | None = None, *, log_adata=None) -> np.ndarray:
+    """Values of ``gene`` per row: :func:`gene_values`, or ``adata.layers[values_layer]``
+    (e.g. ``"std"``, the spread of a prediction) when ``values_layer`` is given."""
+    if values_layer is None:
+        return gene_values(adata, gene, log_adata=log_adata)
+    col = adata[:, gene].layers[values_layer]
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return np.asarray(col, dtype=np.float64).ravel()
+
+
 def value_range(values: np.ndarray) -> tuple[float, float]:
     """Finite (min, max) of ``values``, widened when flat so a colormap stays valid."""
     finite = values[np.isfinite(values)]
@@ -135,16 +145,16 @@ def slide_layer(levels: list, *, image_scale: float = 1.0, name: str = "slide",
 
 
 # ----------------------------------------------------------------------------- spots
-def spot_features(adata, gene: str | None, *, log_adata=None) -> pd.DataFrame:
+def spot_features(adata, gene: str | None, *, log_adata=None, values_layer: str | None = None) -> pd.DataFrame:
     """The ``features`` table of a spots layer: spot id and the gene's values."""
     table = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str)})
     if gene is not None:
-        table[gene] = gene_values(adata, gene, log_adata=log_adata)
+        table[gene] = layer_values(adata, gene, values_layer, log_adata=log_adata)
     return table
 
 
 def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
-                role: str | None = None, log_adata=None) -> LayerDataTuple:
+                role: str | None = None, log_adata=None, values_layer: str | None = None) -> LayerDataTuple:
     """Points at the spot centres, sized to the real spot diameter, coloured by ``gene``.
 
     Parameters
@@ -157,12 +167,14 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
         Layer name; from ``library_id`` when ``None``.
     role
         ``"spots"`` or ``"predicted_spots"`` (default from :func:`is_prediction`).
+    values_layer
+        Colour by ``adata.layers[values_layer]`` (e.g. ``"std"``) instead of ``X``.
     """
     info = adata.uns.get(META_KEY, {})
     predicted = is_prediction(adata)
     role = role or (ROLE_PRED_SPOTS if predicted else ROLE_SPOTS)
     gene = gene if gene is not None else default_gene(adata)
-    table = spot_features(adata, gene, log_adata=log_adata)
+    table = spot_features(adata, gene, log_adata=log_adata, values_layer=values_layer)
     diameter = float(info.get("spot_diameter_px") or _nn_spacing(np.asarray(adata.obsm["spatial"])) / 2)
     library = info.get("library_id") or "spots"
     if name is None:
@@ -177,6 +189,8 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
         "opacity": 0.8,
         "metadata": {META_KEY: {"role": role, "adata": adata, "gene": gene, "log_adata": log_adata}},
     }
+    if values_layer is not None:  # the Gene viewer repaints from the same AnnData layer
+        kwargs["metadata"][META_KEY]["values_layer"] = values_layer
     if gene is not None:
         kwargs.update(face_color=gene, face_colormap=SPOT_COLORMAP,
                       face_contrast_limits=value_range(table[gene].to_numpy()))
@@ -191,7 +205,7 @@ def recolor_spots(layer, gene: str) -> None:
         from ..preprocess import normalize_log1p
 
         meta["log_adata"] = normalize_log1p(adata)
-    values = gene_values(adata, gene, log_adata=meta.get("log_adata"))
+    values = layer_values(adata, gene, meta.get("values_layer"), log_adata=meta.get("log_adata"))
     layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
     layer.face_colormap = SPOT_COLORMAP
     layer.face_color = gene
@@ -312,19 +326,75 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
 def update_heatmap(layer, gene: str) -> None:
     """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``.
 
-    An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData layer.
+    An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData layer;
+    uncertainty shown as Points (fold-1 predictions: no raster) is recoloured instead.
     """
     meta = layer.metadata[META_KEY]
     source = meta.get("values_layer")
-    if source is None:
-        values, label = gene_values(meta["adata"], gene), "heatmap"
-    else:
-        values = np.asarray(meta["adata"][:, gene].layers[source], dtype=np.float64).ravel()
-        label = "uncertainty (std)"
+    label = "heatmap" if source is None else "uncertainty (std)"
+    fold = meta["adata"].uns.get(META_KEY, {}).get("fold", "")
+    if meta.get("raster") is None:
+        recolor_spots(layer, gene)
+        layer.name = f"{gene} {fold}x {label}"
+        return
+    values = layer_values(meta["adata"], gene, source)
     layer.data = meta["raster"].with_values(values)
     layer.contrast_limits = value_range(values)
-    layer.name = f"{gene} {meta['adata'].uns.get(META_KEY, {}).get('fold', '')}x {label}"
+    layer.name = f"{gene} {fold}x {label}"
     meta["gene"] = gene
+
+
+def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> list[LayerDataTuple]:
+    """The layers that show a prediction AnnData, as the Super-resolve widget shows them.
+
+    Parameters
+    ----------
+    pred
+        Predictions from :mod:`napari_histosge.pipeline` (``uns["histosge"]["fold"]`` set),
+        computed in this session or read back from an ``.h5ad``.
+    gene
+        Gene to show first (default: highest mean).
+    source_adata
+        The measured spots the predictions came from, if known (kept in the metadata
+        for the Gene viewer's PCC and comparison panels).
+
+    Returns
+    -------
+    list of LayerDataTuple
+        fold > 1: the expression heatmap, the uncertainty heatmap (hidden; only where
+        ``pred.layers["std"]`` exists) and the predicted spots (hidden). fold 1 (values at
+        measured spots, e.g. ``histosge recover``): the predicted spots (visible) and their
+        uncertainty as spots (hidden; where ``"std"`` exists). No heatmap at fold 1: such a
+        file often holds a scattered subset of spots (the hidden half), which a
+        nearest-position raster would smear over the gaps.
+    """
+    info = pred.uns.get(META_KEY, {})
+    fold = int(info.get("fold", 1))
+    gene = gene if gene is not None else default_gene(pred)
+    has_std = "std" in pred.layers
+    out: list[LayerDataTuple] = []
+    if fold > 1:
+        heat = heatmap_layer(pred, gene)
+        heat[1]["metadata"][META_KEY]["source_adata"] = source_adata
+        out.append(heat)
+        if has_std:  # models that sample (conditioned + diffusion) give a spread
+            spread = heatmap_layer(pred, gene, values=layer_values(pred, gene, "std"), colormap="gray",
+                                   name=f"{gene} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY,
+                                   raster=heat[1]["metadata"][META_KEY]["raster"])
+            spread[1]["visible"] = False  # on demand: it would hide the expression heatmap
+            spread[1]["metadata"][META_KEY]["values_layer"] = "std"
+            out.append(spread)
+    elif has_std:
+        spread = spots_layer(pred, gene, name=f"{gene} 1x uncertainty (std)", role=ROLE_UNCERTAINTY,
+                             values_layer="std")
+        spread[1]["visible"] = False
+        out.append(spread)
+    points = spots_layer(pred, gene)
+    points[1]["metadata"][META_KEY]["source_adata"] = source_adata
+    # with a heatmap the points are exact values on demand; alone they are the view
+    points[1]["visible"] = fold <= 1
+    out.append(points)
+    return out
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -396,3 +466,25 @@ def histosge_meta(layer) -> dict | None:
 def layers_with_role(layers, *roles: str) -> list:
     """Layers of the viewer the plugin made with one of ``roles``."""
     return [lyr for lyr in layers if (m := histosge_meta(lyr)) is not None and m.get("role") in roles]
+
+
+def measured_source(layer, layers):
+    """The measured spots behind a prediction layer: its ``source_adata`` (session result), else
+    the AnnData of an open spots layer read from the path the predictions record
+    (``uns["histosge"]["source"]``: a predictions file opened beside its data), else ``None``."""
+    from pathlib import Path
+
+    def recorded_source(adata) -> Path | None:
+        source = (adata.uns.get(META_KEY, {}) or {}).get("source") if adata is not None else None
+        return Path(str(source)).resolve() if source else None
+
+    meta = histosge_meta(layer) or {}
+    if meta.get("source_adata") is not None:
+        return meta["source_adata"]
+    wanted = recorded_source(meta.get("adata"))
+    if wanted is None:
+        return None
+    for spots in layers_with_role(layers, ROLE_SPOTS):
+        if recorded_source(adata := histosge_meta(spots)["adata"]) == wanted:
+            return adata
+    return None

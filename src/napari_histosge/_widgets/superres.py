@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
@@ -12,7 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS
 from ._worker import Outcome, start_job
-from .layers import ROLE_UNCERTAINTY, heatmap_layer, histosge_meta, spots_layer
+from .layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, histosge_meta, prediction_layers
 from .train import DEVICES, scheduler_value, spots_layer_choices
 
 if TYPE_CHECKING:
@@ -22,30 +20,19 @@ FROM_FILE = "checkpoint file..."
 
 
 def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None) -> tuple[Any, Any]:
-    """Add the heatmap Image and the predicted-spots Points of ``pred`` to ``viewer``.
+    """Add the layers of :func:`~napari_histosge._widgets.layers.prediction_layers` to ``viewer``.
 
-    The source (measured) AnnData is kept in the heatmap's metadata so the gene viewer
-    can compare predictions with measurements. Where ``pred`` has a ``"std"`` layer (a model
-    that samples), the per-position spread of the gene is added as its own hidden heatmap.
+    The source (measured) AnnData is kept in the metadata so the gene viewer can compare
+    predictions with measurements. Returns the heatmap Image (``None`` at fold 1) and the
+    predicted-spots Points.
     """
     import napari.layers
 
-    data, kwargs, _ = heatmap_layer(pred, gene)
-    kwargs["metadata"]["histosge"]["source_adata"] = source_adata
-    heat = viewer.add_layer(napari.layers.Image(data, **kwargs))
-    shown = kwargs["metadata"]["histosge"]["gene"]
-    if "std" in pred.layers:  # models that sample (conditioned + diffusion) give a spread
-        spread = np.asarray(pred[:, shown].layers["std"]).ravel()
-        fold = pred.uns.get("histosge", {}).get("fold", "")
-        data, std_kwargs, _ = heatmap_layer(pred, shown, values=spread, colormap="gray",
-                                            name=f"{shown} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY)
-        std_kwargs["visible"] = False  # on demand: it would hide the expression heatmap
-        std_kwargs["metadata"]["histosge"]["values_layer"] = "std"  # the Gene viewer repaints from it
-        viewer.add_layer(napari.layers.Image(data, **std_kwargs))
-    data, kwargs, _ = spots_layer(pred, shown)
-    kwargs["visible"] = False  # exact values on demand; the heatmap is the overview
-    points = viewer.add_layer(napari.layers.Points(data, **kwargs))
-    return heat, points
+    added = [viewer.add_layer(napari.layers.Layer.create(data, kwargs, kind))
+             for data, kwargs, kind in prediction_layers(pred, gene, source_adata=source_adata)]
+    roles = [histosge_meta(layer)["role"] for layer in added]
+    heat = added[roles.index(ROLE_HEATMAP)] if ROLE_HEATMAP in roles else None
+    return heat, added[roles.index(ROLE_PRED_SPOTS)]
 
 
 class SuperResolveWidget(Container):

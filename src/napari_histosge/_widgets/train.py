@@ -19,6 +19,7 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
     RadioButtons,
+    Select,
     SpinBox,
 )
 
@@ -61,13 +62,15 @@ def scheduler_value(text: str) -> str | None:
 
 
 class TrainWidget(Container):
-    """Train a HisToSGE model on a spots layer; Start/Cancel, progress, loss curve."""
+    """Train a HisToSGE model on one or more spots layers; Start/Cancel, progress, loss curve."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.data = ComboBox(label="data", choices=lambda _w: spots_layer_choices(viewer),
-                             tooltip="spots layer to train on (open a Space Ranger / ST folder or .h5ad)")
+        self.data = Select(label="data", choices=lambda _w: spots_layer_choices(viewer),
+                           tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
+                                   "ctrl/shift-click to train one model on several sections")
+        self.data.native.setMaximumHeight(110)
         from ..models import available_models
 
         self.model_name = ComboBox(label="model", choices=available_models(), value="histosge",
@@ -113,9 +116,17 @@ class TrainWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.extractor.changed.connect(self._sync_visibility)
         self.genes_mode.changed.connect(self._sync_visibility)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.inserted.connect(self._refresh_data)
+        viewer.layers.events.removed.connect(self._refresh_data)
+        self._refresh_data()
         self._sync_visibility()
+
+    def _refresh_data(self, *_: Any) -> None:
+        """Refresh the layer choices; with nothing selected, select the newest spots layer."""
+        self.reset_choices()
+        choices = [layer for layer in self.data.choices if layer is not None]
+        if choices and not self.data.value:
+            self.data.value = [choices[-1]]
 
     # ------------------------------------------------------------------ form -> core configs
     def _sync_visibility(self, *_: Any) -> None:
@@ -159,11 +170,15 @@ class TrainWidget(Container):
 
         if self.worker is not None:
             return
-        layer = self.data.value
-        if layer is None:
-            show_error("Open spot data first (a Space Ranger or ST v1 folder, or an .h5ad), then pick it here.")
+        layers = list(self.data.value or [])
+        if not layers:
+            if not self.data.choices:
+                show_error("Open spot data first (a Space Ranger or ST v1 folder, or an .h5ad), then pick it here.")
+            else:
+                show_error("No data selected: select one or more spots layers to train on "
+                           "(ctrl/shift-click selects several sections).")
             return
-        adata = histosge_meta(layer)["adata"]
+        adatas = [histosge_meta(layer)["adata"] for layer in layers]
         try:
             feature_config, train_config = self.feature_config(), self.train_config()
             out_dir = Path(str(self.out_dir.value)).expanduser()
@@ -171,7 +186,8 @@ class TrainWidget(Container):
         except (HistosgeError, OSError) as exc:
             show_error(str(exc))
             return
-        library = adata.uns.get("histosge", {}).get("library_id") or layer.name
+        library = "+".join(str(a.uns.get("histosge", {}).get("library_id") or layer.name)
+                           for a, layer in zip(adatas, layers))
         self.checkpoint_path = out_dir / checkpoint_name(str(library), train_config.model)
         scheduler = scheduler_value(self.scheduler.value)
         self.token = CancelToken()
@@ -184,10 +200,11 @@ class TrainWidget(Container):
         def make_gen():
             from ..pipeline import fit
 
-            return fit(adata, train_config=train_config, feature_config=feature_config,
-                       checkpoint_path=ckpt, scheduler=scheduler, cancel=token)
+            return fit(adatas if len(adatas) > 1 else adatas[0], train_config=train_config,
+                       feature_config=feature_config, checkpoint_path=ckpt, scheduler=scheduler, cancel=token)
 
-        self._library, self._adata = str(library), adata
+        # The session keeps the (first) section as the model's data.
+        self._library, self._adata = str(library), adatas[0]
         self.worker = start_job(make_gen, description=f"training on {library}", on_event=self._on_event,
                                 on_done=self._on_done, on_crash=self._on_crash)
 
