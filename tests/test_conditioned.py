@@ -179,3 +179,27 @@ def test_torch_threads_untouched():
     before = torch.get_num_threads()
     run_to_end(train(_data(np.arange(30), _field(n=30)), TrainConfig(epochs=1, **SMALL)))
     assert torch.get_num_threads() == before
+
+
+def test_pieces_and_dask_give_the_same_samples_and_spread():
+    """Noise is seeded per forward pass, so predicting in pieces (or on dask) changes nothing."""
+    pytest.importorskip("distributed")
+    from napari_histosge.distributed import dask_client, predict_distributed
+    from napari_histosge.prediction import predict_in_pieces
+
+    arrays = _field(n=100)
+    model = run_to_end(train(_data(np.arange(100), arrays), TrainConfig(epochs=1, **SMALL)))
+    feats, rgb, pos, _ = arrays
+    query = pos + 37.0
+    # 100 queries in passes of 4 * batch_size = 256 would be one pass: force several
+    model.config.batch_size = 8
+    pred, std = model.predict(feats, rgb, query, return_std=True)
+    in_pieces = run_to_end(predict_in_pieces(model, feats, rgb, query, chunk_size=30))
+    np.testing.assert_array_equal(in_pieces[0], pred)
+    np.testing.assert_array_equal(in_pieces[1], std)
+    with dask_client(None, n_workers=1, processes=False) as client:
+        remote = run_to_end(predict_distributed(model, feats, rgb, query, scheduler=client, chunk_size=30))
+    np.testing.assert_array_equal(remote[0], pred)
+    np.testing.assert_array_equal(remote[1], std)
+    with pytest.raises(InputError, match="one section"):
+        model.predict(feats, rgb, query, frame=(np.zeros(2), np.ones(2)))

@@ -124,7 +124,8 @@ def _trained_model():
 
 
 def test_prediction_identical_to_single_process(client) -> None:
-    from napari_histosge.distributed import plan_chunks, predict_distributed
+    from napari_histosge.distributed import predict_distributed
+    from napari_histosge.prediction import plan_chunks
 
     model = _trained_model()
     rng = np.random.default_rng(2)
@@ -147,7 +148,7 @@ def test_prediction_identical_to_single_process(client) -> None:
 
 
 def test_prediction_plan_chunks_cover_every_pass_once() -> None:
-    from napari_histosge.distributed import plan_chunks
+    from napari_histosge.prediction import plan_chunks
 
     mask = np.zeros((1, 10), bool)
     plan = [(np.arange(10)[None], mask)] * 7
@@ -165,3 +166,19 @@ def test_prediction_bad_chunk_size(client) -> None:
     with pytest.raises(InputError, match="features has shape"):
         run_to_end(predict_distributed(model, np.zeros((3, 4)), np.zeros((3, 3)), np.zeros((3, 2)),
                                        scheduler=client))
+
+
+def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client) -> None:
+    """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
+    from napari_histosge.demo import make_demo_dataset
+    from napari_histosge.io import read_spots
+    from napari_histosge.pipeline import fit, superresolve
+    from napari_histosge.training import TrainConfig
+
+    adata = read_spots(make_demo_dataset(tmp_path / "demo"))
+    model = run_to_end(fit(adata, train_config=TrainConfig(
+        epochs=1, dim=16, heads=2, head_hidden=32, n_top_genes=20, device="cpu")))
+    local = run_to_end(superresolve(model, adata, 4))
+    remote = run_to_end(superresolve(model, adata, 4, scheduler=client))
+    np.testing.assert_array_equal(remote.X, local.X)
+    np.testing.assert_array_equal(remote.obsm["spatial"], local.obsm["spatial"])

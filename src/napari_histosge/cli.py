@@ -63,8 +63,9 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out (dask.distributed)")
     g.add_argument(
         "--scheduler",
-        help="extract features on dask.distributed: 'local' starts a LocalCluster, or give a scheduler "
-             "address such as tcp://host:8786 (default: in this process)",
+        help="extract features (and predict, for predict/recover) on dask.distributed: 'local' starts a "
+             "LocalCluster, or give a scheduler address such as tcp://host:8786 (default: in this process; "
+             "results are identical)",
     )
     g.add_argument("--workers", type=int, help="workers of the LocalCluster (--scheduler local)")
 

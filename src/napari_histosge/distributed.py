@@ -1,4 +1,4 @@
-"""Feature extraction (and any map over position chunks) on dask.distributed.
+"""Feature extraction and prediction (and any map over position chunks) on dask.distributed.
 
 The same call scales from a laptop to a cluster: with no scheduler address a
 :class:`distributed.LocalCluster` is started for the call; with an address
@@ -28,6 +28,7 @@ from .features.extract import (
     spatial_order,
     with_cache,
 )
+from .prediction import DEFAULT_CHUNK, assemble, plan_pieces, run_piece
 from .progress import CancelToken, Progress, ProgressGenerator, run_to_end
 
 #: Seconds to wait for a scheduler given by address before giving up.
@@ -249,36 +250,6 @@ def extract_features_distributed(
     return (yield from with_cache(path, scale, centers, size, config, fraction, compute))
 
 
-#: Positions per prediction task (whole forward passes; rounded up to the pass that ends it).
-DEFAULT_PREDICT_CHUNK = 20_000
-
-
-def plan_chunks(batches: Sequence[tuple[np.ndarray, np.ndarray]], chunk_size: int) -> list[tuple[int, int]]:
-    """Split a forward-pass plan into consecutive ``[start, stop)`` runs of about ``chunk_size`` rows."""
-    runs, start, rows = [], 0, 0
-    for i, (_index, mask) in enumerate(batches):
-        rows += int((~mask).sum())
-        if rows >= chunk_size:
-            runs.append((start, i + 1))
-            start, rows = i + 1, 0
-    if start < len(batches):
-        runs.append((start, len(batches)))
-    return runs
-
-
-def _local_plan(batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list]:
-    """The rows a piece of the plan reads, and the plan re-indexed into those rows."""
-    rows = np.unique(np.concatenate([index[~mask] for index, mask in batches]))
-    local = [(np.where(mask, 0, np.searchsorted(rows, index)), mask) for index, mask in batches]
-    return rows, local
-
-
-def _predict_chunk(piece: tuple, model: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Worker task: run one piece of the forward-pass plan (inputs already sliced to its rows)."""
-    inputs, local_plan, first_batch = piece
-    return model.predict_planned(inputs, local_plan, first_batch=first_batch)
-
-
 def predict_distributed(
     model: Any,
     features: np.ndarray,
@@ -288,17 +259,16 @@ def predict_distributed(
     frame: Any = None,
     scheduler: Any = None,
     n_workers: int | None = None,
-    chunk_size: int = DEFAULT_PREDICT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK,
     cancel: CancelToken | None = None,
     processes: bool = True,
 ) -> ProgressGenerator[tuple[np.ndarray, np.ndarray | None]]:
     """A trained model's predictions at ``positions``, computed on dask.distributed.
 
-    The model's own forward-pass plan (:meth:`~napari_histosge.training.TrainedModel.plan_batches`:
-    attention groups packed into batches) is cut into consecutive pieces of whole passes,
-    so every worker runs exactly the passes the single-process
-    :meth:`~napari_histosge.training.TrainedModel.predict` runs: the result is identical.
-    The model is sent to every worker once.
+    The model's forward-pass plan is cut into pieces of whole passes
+    (:mod:`napari_histosge.prediction`), one dask task each, so every worker runs exactly
+    the passes the single-process ``model.predict`` runs: the result is identical. The
+    model is sent to every worker once, on the CPU.
 
     Parameters
     ----------
@@ -324,35 +294,17 @@ def predict_distributed(
         ``(pred, std)``: ``(n, G)`` float32 predictions and the per-gene spread over samples
         (``None`` for models that do not sample).
     """
-    if int(chunk_size) < 1:
-        raise InputError(f"chunk_size must be at least 1, got {chunk_size}")
-    positions = np.asarray(positions, np.float64)
-    inputs = model.prediction_inputs(features, mean_rgb, positions, frame=frame)
-    plan = model.plan_batches(positions)
-    runs = plan_chunks(plan, int(chunk_size))
-    pieces, row_sets = [], []
-    for start, stop in runs:
-        rows, local = _local_plan(plan[start:stop])
-        pieces.append((tuple(a[rows] for a in inputs), local, start))
-        row_sets.append(rows)
-    n, g = len(positions), len(model.genes)
-    pred = np.zeros((n, g), np.float32)
-    std = None
+    pieces = plan_pieces(model, features, mean_rgb, positions, frame=frame, chunk_size=chunk_size)
+    n, row_sets = len(np.asarray(positions)), [rows for rows, _ in pieces]
     if not pieces:
-        return pred, std
-    cpu_model = _on_cpu(model)
+        return assemble(n, len(model.genes), [], [])
     with dask_client(scheduler, n_workers=n_workers, processes=processes) as client:
-        [handle] = client.scatter([cpu_model], broadcast=True)  # sent once, not once per task
+        [handle] = client.scatter([_on_cpu(model)], broadcast=True)  # sent once, not once per task
         results = yield from map_chunks(
-            _predict_chunk, pieces, handle, scheduler=client, weights=[len(r) for r in row_sets],
-            stage="predict", cancel=cancel,
+            run_piece, [piece for _, piece in pieces], handle, scheduler=client,
+            weights=[len(r) for r in row_sets], stage="predict", cancel=cancel,
         )
-    for rows, (p, s) in zip(row_sets, results):
-        pred[rows] = p
-        if s is not None:
-            std = np.zeros((n, g), np.float32) if std is None else std
-            std[rows] = s
-    return pred, std
+    return assemble(n, len(model.genes), row_sets, results)
 
 
 def _on_cpu(model: Any) -> Any:

@@ -337,9 +337,14 @@ def predict_spots(
     *,
     spot_ids: Sequence[str] | None = None,
     features: SpotFeatures | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
     cancel: CancelToken | None = None,
 ) -> ProgressGenerator[Any]:
     """Predict log-normalised expression at ``adata``'s measured spots.
+
+    ``scheduler`` and ``n_workers`` (features and prediction on dask.distributed) are as
+    in :func:`spot_features`.
 
     Returns
     -------
@@ -351,15 +356,15 @@ def predict_spots(
 
     subset = _subset_ids(adata, spot_ids)
     if features is None:
-        features = yield from features_at(model, adata, subset.obsm["spatial"], cancel=cancel)
+        features = yield from features_at(model, adata, subset.obsm["spatial"], scheduler=scheduler,
+                                          n_workers=n_workers, cancel=cancel)
     else:
         _check_same_extractor(model, features)
         rows = adata.obs_names.get_indexer(subset.obs_names)
         features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
-    yield Progress("predict", 0, 1, f"{subset.n_obs} spots")
-    pred, std = _predict_with_spread(model, features, np.asarray(subset.obsm["spatial"], np.float64),
-                                     _frame_for(model, adata))
-    yield Progress("predict", 1, 1)
+    pred, std = yield from _predict_with_spread(
+        model, features, np.asarray(subset.obsm["spatial"], np.float64), _frame_for(model, adata),
+        scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     out = ad.AnnData(
         X=pred.astype(np.float32),
         obs=pd.DataFrame(index=pd.Index(subset.obs_names.astype(str), name=None)),
@@ -377,18 +382,25 @@ def _frame_for(model: TrainedModel, adata) -> tuple[np.ndarray, np.ndarray] | No
     return section_frame(adata.obsm["spatial"]) if getattr(model, "per_section", False) else None
 
 
-def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray, frame=None):
-    """Predictions, plus the per-spot per-gene spread over samples where the model can sample."""
-    kwargs = {} if frame is None else {"frame": frame}  # only several-section models take a frame
-    if _can_sample(model):
-        pred, std = model.predict(feats.features, feats.mean_rgb, positions, return_std=True, **kwargs)
-        return pred, std.astype(np.float32)
-    return model.predict(feats.features, feats.mean_rgb, positions, **kwargs), None
+def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray, frame=None, *,
+                         scheduler: str | None = None, n_workers: int | None = None,
+                         cancel: CancelToken | None = None):
+    """Predictions, plus the per-spot per-gene spread over samples where the model can sample.
 
+    In pieces in this process (progress, cancel between pieces), or on dask.distributed
+    when ``scheduler`` is given; the numbers are the same either way.
+    """
+    if scheduler is None:
+        from .prediction import predict_in_pieces
 
-def _can_sample(model: TrainedModel) -> bool:
-    inner = getattr(model, "model", None)
-    return hasattr(model, "predict_samples") and bool(getattr(inner, "use_diffusion", False))
+        return (yield from predict_in_pieces(model, feats.features, feats.mean_rgb, positions, frame=frame,
+                                             cancel=cancel))
+    from .distributed import predict_distributed
+
+    return (yield from predict_distributed(
+        model, feats.features, feats.mean_rgb, positions, frame=frame,
+        scheduler=None if scheduler == "local" else scheduler, n_workers=n_workers, cancel=cancel,
+    ))
 
 
 def _prediction_uns(adata, model: TrainedModel, *, fold: int) -> dict[str, Any]:
@@ -429,9 +441,8 @@ def superresolve(
     grid = superresolution_positions(adata, fold, anchor="lattice")
     yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
     feats = yield from features_at(model, adata, grid.positions, scheduler=scheduler, n_workers=n_workers, cancel=cancel)
-    yield Progress("predict", 0, 1, f"{len(grid.positions)} positions")
-    pred, std = _predict_with_spread(model, feats, grid.positions, _frame_for(model, adata))
-    yield Progress("predict", 1, 1)
+    pred, std = yield from _predict_with_spread(model, feats, grid.positions, _frame_for(model, adata),
+                                                scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     parents = np.asarray(adata.obs_names)[grid.parent]
     names = [f"{p}#{i}" for p, i in zip(parents, _rank_within(grid.parent))]
     out = ad.AnnData(
@@ -549,7 +560,8 @@ def recover(
         features=features, cancel=cancel,
     )
     timings["fit_s"] = time.perf_counter() - t0
-    predicted_all = yield from predict_spots(model, adata, features=features, cancel=cancel)
+    predicted_all = yield from predict_spots(model, adata, features=features, scheduler=scheduler,
+                                             n_workers=n_workers, cancel=cancel)
     truth_all = dense_targets(log_all, genes)
     test_rows = adata.obs_names.get_indexer(test_ids)
     train_rows = adata.obs_names.get_indexer(train_ids)

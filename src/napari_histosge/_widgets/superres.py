@@ -50,8 +50,8 @@ class SuperResolveWidget(Container):
                             tooltip="positions per measured spot (2..16)")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.scheduler = LineEdit(label="dask scheduler", value="",
-                                  tooltip="empty: extract features in napari's process; 'local': a dask "
-                                          "LocalCluster; or a scheduler address such as tcp://host:8786")
+                                  tooltip="empty: features and prediction in napari's process; 'local': "
+                                          "a dask LocalCluster; or a scheduler address such as tcp://host:8786")
         self.run_button = PushButton(text="Super-resolve")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")

@@ -44,37 +44,46 @@ class ConditionedTrainedModel(TrainedModel):
                                             spacing=float(self.meta["spacing_px"]))
         return img, idx, geo, valid
 
-    def _batches(self, features, mean_rgb, positions, batch_size):
-        import torch
+    def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
+        """Per-row inputs ``(image, neighbour index, geometry, valid)`` at ``positions``.
 
-        img, idx, geo, valid = self._context(features, mean_rgb, positions)
+        ``frame`` must be ``None``: a conditioned model is trained on one section.
+        """
+        if frame is not None:
+            raise InputError("a conditioned model is trained on one section; it takes no frame")
+        return self._context(features, mean_rgb, positions)
+
+    def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Consecutive runs of queries, one forward pass each (queries do not attend to each other)."""
+        n = len(np.asarray(positions))
         step = int(batch_size or 4 * self.config.batch_size)
-        dev = self.device
-        for start in range(0, len(img), step):
-            sl = slice(start, start + step)
-            yield sl, (torch.from_numpy(img[sl]).to(dev), torch.from_numpy(idx[sl]).to(dev),
-                       torch.from_numpy(geo[sl]).to(dev), torch.from_numpy(valid[sl]).to(dev))
+        return [(np.arange(s, min(s + step, n))[None], np.zeros((1, min(s + step, n) - s), bool))
+                for s in range(0, n, step)]
 
-    def _run(self, features, mean_rgb, positions, *, n_samples: int, batch_size: int | None,
+    def _run(self, rows, batches, *, first_batch: int, n_samples: int,
              keep_samples: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(pred, std, samples)``: batch by batch, so only what is asked for is kept."""
         import torch
 
-        n, g = len(np.asarray(positions)), len(self.genes)
+        img, idx, geo, valid = rows
+        n, g = len(img), len(self.genes)
         pred = np.zeros((n, g), np.float32)
         std = np.zeros((n, g), np.float32) if n_samples else None
         samples = np.zeros((n_samples, n, g), np.float32) if keep_samples else None
-        # Seeded noise: the same call gives the same samples.
-        gen = torch.Generator().manual_seed(int(self.config.seed))
-        model = self.model
+        model, dev = self.model, self.device
         model.eval()
         with torch.inference_mode():
-            for sl, args in self._batches(features, mean_rgb, positions, batch_size):
+            for b, (index, mask) in enumerate(batches):
+                sl = index[~mask]
+                args = [torch.from_numpy(a[sl]).to(dev) for a in (img, idx, geo, valid)]
                 out = model(*args)
                 mean_z = out["mean"]
                 if not n_samples:
                     pred[sl] = model.to_expression(mean_z).cpu().numpy()
                     continue
+                # Noise seeded per forward pass: the same call gives the same samples, and a
+                # pass run elsewhere (distributed prediction) draws the same noise.
+                gen = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + first_batch + b)
                 res = torch.stack([model.sample_residual(out["context"], self.config.sample_steps, gen)
                                    for _ in range(n_samples)])
                 draws = model.to_expression(mean_z[None] + res)
@@ -83,6 +92,12 @@ class ConditionedTrainedModel(TrainedModel):
                 if samples is not None:
                     samples[:, sl] = draws.cpu().numpy()
         return pred, std, samples
+
+    def predict_planned(self, rows, batches, *, first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the forward passes ``batches``: ``(pred, std)``, ``std`` ``None`` without diffusion."""
+        s = self.config.n_samples if self.model.use_diffusion else 0
+        pred, std, _ = self._run(rows, batches, first_batch=first_batch, n_samples=s, keep_samples=False)
+        return pred, std
 
     def predict_samples(self, features, mean_rgb, positions, *, n_samples: int | None = None,
                         batch_size: int | None = None) -> np.ndarray:
@@ -101,9 +116,11 @@ class ConditionedTrainedModel(TrainedModel):
         s = self.config.n_samples if n_samples is None else int(n_samples)
         if s < 1:
             raise InputError(f"n_samples must be at least 1, got {n_samples}")
-        return self._run(features, mean_rgb, positions, n_samples=s, batch_size=batch_size, keep_samples=True)[2]
+        rows = self.prediction_inputs(features, mean_rgb, positions)
+        return self._run(rows, self.plan_batches(positions, batch_size), first_batch=0, n_samples=s,
+                         keep_samples=True)[2]
 
-    def predict(self, features, mean_rgb, positions, *, batch_size: int | None = None,
+    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None,
                 return_std: bool = False):
         """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
 
@@ -131,9 +148,8 @@ class ConditionedTrainedModel(TrainedModel):
         """
         if return_std and not self.model.use_diffusion:
             raise InputError("uncertainty needs the diffusion component; this model was trained without it")
-        s = self.config.n_samples if self.model.use_diffusion else 0
-        pred, std, _ = self._run(features, mean_rgb, positions, n_samples=s, batch_size=batch_size,
-                                 keep_samples=False)
+        rows = self.prediction_inputs(features, mean_rgb, positions, frame=frame)
+        pred, std = self.predict_planned(rows, self.plan_batches(positions, batch_size))
         return (pred, std) if return_std else pred
 
 
