@@ -31,7 +31,8 @@ from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, recover, spot_features  # noqa: E402
+from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
+from napari_histosge.recovery import recover  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
 from napari_histosge.training import TrainConfig  # noqa: E402
 

@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
 
 from napari_histosge.cli import CONDITIONED_EPOCHS  # noqa: E402
-from napari_histosge.evaluation import read_layer_annotations, spatial_ari, summarize  # noqa: E402
+from napari_histosge.evaluation import read_layer_annotations, spatial_ari  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, recover, spot_features  # noqa: E402
+from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
+from napari_histosge.recovery import recover  # noqa: E402
 from napari_histosge.preprocess import dense_targets, normalize_log1p  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
 from napari_histosge.training import TrainConfig  # noqa: E402

@@ -130,7 +130,7 @@ def epochs_to_within(losses: list[float], tol: float = 0.01) -> int:
 def side_by_side(data, config, eval_every: int) -> dict:
     """Interleaved epochs of both trainers; per-epoch times, losses and held-out PCC."""
     import napari_histosge.models as models_pkg
-    from napari_histosge.training import _Inputs
+    from napari_histosge.training_inputs import _Inputs
 
     feats, rgb, xy, _ = data["train"]
     inputs = _Inputs.fit(feats, rgb, xy, config.n_pos_bins)  # the same statistics train() fits
@@ -174,7 +174,7 @@ def side_by_side(data, config, eval_every: int) -> dict:
 
 def convergence(data, config, epochs: int) -> dict:
     """One longer run of each alone: epochs and seconds until the loss is within 1% of its final value."""
-    from napari_histosge.training import _Inputs
+    from napari_histosge.training_inputs import _Inputs
 
     out = {}
     feats, rgb, xy, _ = data["train"]

@@ -153,7 +153,7 @@ def _spot_adata(arrays, n_genes: int = 40, seed: int = 1):
 
 def test_hidden_spots_cannot_leak_into_recovery():
     """Rewriting every hidden spot's counts leaves their predictions bit-identical."""
-    from napari_histosge.pipeline import recover
+    from napari_histosge.recovery import recover
 
     arrays = _field(n=100)
     adata, features = _spot_adata(arrays)

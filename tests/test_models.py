@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from napari_histosge.errors import InputError
-from napari_histosge.models import HisToSGE, available_models, create_model, register_model
-from napari_histosge.models import registry
+from napari_histosge.models import HisToSGE, available_models, create_model, register_model, registry
 from napari_histosge.models.grouping import group_spots, pack_batches
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import napari_histosge.multisection as multisection
 import napari_histosge.pipeline as pipeline
 from napari_histosge.cli import main
 from napari_histosge.demo import make_demo_dataset
@@ -95,13 +96,13 @@ def test_genes_are_chosen_among_genes_of_every_section(sections) -> None:
 def test_colliding_spot_ids_are_prefixed(sections, monkeypatch) -> None:
     a, b = sections
     seen: list[TrainingData] = []
-    real_train = pipeline.train
+    real_train = multisection.train
 
     def recording_train(data, *args, **kwargs):
         seen.append(data)
         return (yield from real_train(data, *args, **kwargs))
 
-    monkeypatch.setattr(pipeline, "train", recording_train)
+    monkeypatch.setattr(multisection, "train", recording_train)
     config = TrainConfig(**dict(FAST, epochs=1))
     run_to_end(fit([a, b], train_config=config, feature_config=POSITIONS_ONLY))
     ids = seen[-1].spot_ids

@@ -11,8 +11,9 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
-from napari_histosge.pipeline import NO_IMAGE, fit, recover, spot_features, superresolve
+from napari_histosge.pipeline import NO_IMAGE, fit, spot_features, superresolve
 from napari_histosge.progress import run_to_end
+from napari_histosge.recovery import recover
 from napari_histosge.training import TrainConfig, TrainedModel
 
 FAST = dict(epochs=4, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=4)

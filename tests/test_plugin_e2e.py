@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_histosge._widgets._state import SESSION_MODELS
+from napari_histosge._widgets.compare import ROLE_COMPARE
 from napari_histosge._widgets.gene_viewer import GeneViewerWidget
 from napari_histosge._widgets.layers import (
-    ROLE_COMPARE,
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from napari_histosge._reader import get_slide_reader, get_spots_reader, read_slide_layers
 from napari_histosge._sample_data import find_cmu_small_region
+from napari_histosge._widgets import compare as C
 from napari_histosge._widgets import layers as L
 from napari_histosge._writer import write_h5ad
 from napari_histosge.errors import InputError
@@ -85,10 +86,10 @@ def test_comparison_difference_is_prediction_minus_parent():
     pred = _spots(fold=1)
     pred.uns["histosge"]["fold"] = 2
     pred.X = np.asarray(pred.X) + 0.5
-    layers = L.comparison_layers(pred, src, "GA")
+    layers = C.comparison_layers(pred, src, "GA")
     names = [kw["name"] for _, kw, _ in layers]
     assert names == ["GA observed", "GA predicted", "GA predicted - observed"]
-    diff = L.gene_values(pred, "GA") - L.parent_values(pred, src, "GA")
+    diff = L.gene_values(pred, "GA") - C.parent_values(pred, src, "GA")
     assert np.nanmax(np.abs(layers[2][0])) == pytest.approx(np.abs(diff).max(), rel=1e-5)
     # panels are shifted right, never overlapping
     assert layers[1][1]["translate"][1] > layers[0][1]["translate"][1] + np.ptp(src.obsm["spatial"][:, 0])

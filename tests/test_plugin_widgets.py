@@ -180,14 +180,13 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
 
 def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
+    from napari_histosge._widgets._worker import preload_torch
     from napari_histosge._widgets.layers import ROLE_UNCERTAINTY
     from napari_histosge._widgets.superres import add_prediction_layers
     from napari_histosge.io import read_spots
     from napari_histosge.pipeline import fit, superresolve
     from napari_histosge.progress import run_to_end
     from napari_histosge.training import TrainConfig
-
-    from napari_histosge._widgets._worker import preload_torch
 
     preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)

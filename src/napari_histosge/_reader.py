@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
 from ._widgets.layers import LayerDataTuple, prediction_layers, slide_layer, spots_layer
+from .errors import InputError
 
 PathLike = str | os.PathLike
 ReaderFunction = Callable[[PathLike], list[LayerDataTuple]]

@@ -215,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .pipeline import recover
+    from .recovery import recover
 
     adata = _read(args)
     result = _drive(

@@ -142,7 +142,8 @@ def run_demo(
     from .evaluation import gene_metrics, summarize
     from .features import FeatureConfig
     from .io import read_spots
-    from .pipeline import recover, superresolve
+    from .pipeline import superresolve
+    from .recovery import recover
     from .training import TrainConfig
 
     out = Path(out_dir)

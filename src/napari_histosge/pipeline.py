@@ -1,6 +1,7 @@
-"""The end-to-end steps the CLI and the plugin both call: fit, predict, super-resolve, recover.
+"""The end-to-end steps the CLI and the plugin both call: fit, predict, super-resolve.
 
-Each step is a progress generator (see :mod:`napari_histosge.progress`): it yields
+Training on several sections lives in :mod:`.multisection` and the hold-out protocol
+(``recover``) in :mod:`.recovery`; both build on these steps. Each step is a progress generator (see :mod:`napari_histosge.progress`): it yields
 ``Progress`` events and returns its result, so the CLI shows a terminal bar and the
 plugin runs the very same code in a ``thread_worker``.
 """
@@ -8,7 +9,6 @@ plugin runs the very same code in a ``thread_worker``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .features import (
     spot_center_fraction,
 )
 from .io import spot_image
-from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes
+from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes
 from .progress import CancelToken, Progress, ProgressGenerator
 from .training import TrainConfig, TrainedModel, TrainingData, section_frame, train
 
@@ -165,7 +165,9 @@ def fit(
             if train_ids is not None:
                 raise InputError("train_ids (a hold-out split) works with one section; "
                                  f"got {len(adata)} sections")
-            return (yield from _fit_sections(
+            from .multisection import fit_sections  # it builds on this module
+
+            return (yield from fit_sections(
                 adata, train_config=train_config, feature_config=feature_config, features=features,
                 checkpoint_path=checkpoint_path, resume=resume, scheduler=scheduler, n_workers=n_workers,
                 cancel=cancel))
@@ -193,97 +195,6 @@ def fit(
     meta = _model_meta(adata, feature_config)
     meta["feature_identity"] = features.identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta, cancel=cancel))
-
-
-def section_names(adatas: Sequence[Any]) -> list[str]:
-    """A unique short name per section: its library id (``section<i>`` without one), ``#2``... on clashes."""
-    names: list[str] = []
-    for i, a in enumerate(adatas):
-        base = str(a.uns.get("histosge", {}).get("library_id") or f"section{i + 1}")
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}#{k}", k + 1
-        names.append(name)
-    return names
-
-
-def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
-    """Re-yield ``gen``'s events with ``label`` in front of their message (which section is worked on)."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield replace(event, message=f"{label}: {event.message}" if event.message else label)
-
-
-def _fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,
-                  n_workers, cancel) -> ProgressGenerator[TrainedModel]:
-    """:func:`fit` on several sections: one model, each section's positions in its own frame."""
-    import scipy.sparse as sp
-    from anndata import AnnData
-
-    names, k = section_names(adatas), len(adatas)
-    if features is not None and (not isinstance(features, (list, tuple)) or len(features) != k):
-        raise InputError(f"precomputed features must be a list with one entry per section ({k})")
-    feats: list[SpotFeatures] = []
-    for i, (a, name) in enumerate(zip(adatas, names)):
-        if features is not None:
-            f = features[i]
-            if len(f.features) != a.n_obs:
-                raise InputError(f"section {name!r}: {len(f.features)} precomputed feature rows for {a.n_obs} spots",
-                                 a.uns.get("histosge", {}).get("source"))
-        else:
-            f = yield from _labelled(spot_features(a, feature_config, scheduler=scheduler, n_workers=n_workers,
-                                                   cancel=cancel), f"section {i + 1}/{k} ({name})")
-        feats.append(f)
-    yield Progress("prepare", 0, 1, f"normalising {k} sections and selecting genes")
-    logs = [normalize_log1p(a) for a in adatas]
-    shared = set.intersection(*(set(map(str, log.var_names)) for log in logs))
-    if train_config.genes is not None:
-        for log, name in zip(logs, names):
-            present = set(map(str, log.var_names))
-            missing = [g for g in train_config.genes if g not in present]
-            if missing:
-                raise InputError(f"gene {missing[0]!r} is not in section {name!r}"
-                                 + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                                 log.uns.get("histosge", {}).get("source"))
-    common = [str(g) for g in logs[0].var_names if str(g) in shared]
-    if not common:
-        raise InputError(f"the sections {', '.join(names)} share no gene")
-    ids = [list(map(str, a.obs_names)) for a in adatas]
-    flat = [i for section in ids for i in section]
-    if len(set(flat)) < len(flat):  # e.g. ST v1 "<x>x<y>" ids repeat across sections
-        ids = [[f"{name}:{i}" for i in section] for name, section in zip(names, ids)]
-    combined = AnnData(X=sp.vstack([sp.csr_matrix(log[:, common].X) for log in logs]).tocsr(),
-                       obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])),
-                       var=pd.DataFrame(index=pd.Index(common)))
-    combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
-                                                    for a in adatas)}
-    # Genes are chosen on all training spots together, among genes every section measured.
-    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes)
-    sections = np.repeat(np.arange(k), [a.n_obs for a in adatas])
-    frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
-    data = TrainingData(
-        features=np.concatenate([f.features for f in feats]),
-        mean_rgb=np.concatenate([f.mean_rgb for f in feats]),
-        positions=np.concatenate([np.asarray(a.obsm["spatial"], np.float64) for a in adatas]),
-        targets=dense_targets(combined, genes),
-        spot_ids=list(combined.obs_names),
-        genes=genes,
-        sections=sections,
-        frames=frames,
-    )
-    yield Progress("prepare", 1, 1, f"{len(genes)} genes, {combined.n_obs} training spots in {k} sections")
-    meta = _model_meta(adatas[0], feature_config)
-    meta["source"] = combined.uns["histosge"]["source"]
-    shared_keys = ("features", "normalisation")  # the same for every section
-    meta["sections"] = [{"name": name, "n_spots": int(a.n_obs),
-                         **{key: v for key, v in _model_meta(a, feature_config).items() if key not in shared_keys}}
-                        for a, name in zip(adatas, names)]
-    meta["feature_identity"] = feats[0].identity
-    return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
-                             cancel=cancel))
 
 
 def _feature_config_of(model: TrainedModel) -> FeatureConfig:
@@ -467,118 +378,3 @@ def _rank_within(groups: np.ndarray) -> np.ndarray:
     run = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
     ranks[order] = run
     return ranks
-
-
-@dataclass
-class RecoveryResult:
-    """Everything the hold-out (recovery) protocol produces.
-
-    ``scored_genes`` are the top-N HVGs (or the user's genes); ``genes`` adds the
-    highest-mean genes ``top_mean_genes`` so both sets are scored. ``metrics`` are over the HIDDEN spots only (the headline); ``metrics_all_spots`` scores
-    every spot, training spots included, as the reference code's test.py does, and is
-    reported separately and labelled so. ``baseline_metrics`` are the 6-nearest-neighbour
-    inverse-distance baseline on the same hidden spots and genes.
-    """
-
-    predictions: Any
-    scored_genes: list[str]
-    metrics: pd.DataFrame
-    metrics_all_spots: pd.DataFrame
-    baseline_metrics: pd.DataFrame
-    train_ids: list[str]
-    test_ids: list[str]
-    genes: list[str]
-    top_mean_genes: list[str]
-    model: TrainedModel
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """Headline numbers: held-out PCC/MSE/MAE over all scored genes and the top-mean genes."""
-        from .evaluation import summarize
-
-        return {
-            "model": summarize(self.metrics, self.scored_genes),
-            "model_top_mean": summarize(self.metrics, self.top_mean_genes),
-            "baseline": summarize(self.baseline_metrics, self.scored_genes),
-            "baseline_top_mean": summarize(self.baseline_metrics, self.top_mean_genes),
-            "model_all_spots_incl_training": summarize(self.metrics_all_spots, self.scored_genes),
-            "n_train": len(self.train_ids),
-            "n_test": len(self.test_ids),
-            "timings": dict(self.timings),
-        }
-
-
-def recover(
-    adata,
-    *,
-    holdout: float = 0.5,
-    seed: int = 0,
-    train_config: TrainConfig | None = None,
-    feature_config: FeatureConfig | None = None,
-    n_top_mean: int = 50,
-    features: SpotFeatures | None = None,
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    cancel: CancelToken | None = None,
-) -> ProgressGenerator[RecoveryResult]:
-    """The paper's recovery protocol: hide a fraction of spots, train on the rest, predict them.
-
-    Genes are chosen on the training spots only, so nothing about the hidden spots
-    leaks into training. Metrics are computed on the log1p(normalize_total to 1e4) scale.
-    """
-    import time
-
-    from .evaluation import gene_metrics, holdout_split, knn_baseline
-
-    train_config = train_config or TrainConfig(seed=seed)
-    feature_config = feature_config or FeatureConfig()
-    train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
-    # Genes come from the training spots only: the HVGs (or the user's list) plus the
-    # highest-mean genes, so both headline gene sets are scored by one model.
-    # normalize_total is per spot, so the training rows of the whole section's log data
-    # are exactly the log data of the training spots: normalise once
-    log_all = normalize_log1p(adata)
-    log_train = log_all[train_ids]
-    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes)
-    top_genes = top_mean_genes(log_train, n=n_top_mean)
-    if train_config.genes is None:
-        genes = scored + [g for g in top_genes if g not in set(scored)]
-    else:
-        genes = scored
-        top_genes = [g for g in top_genes if g in set(scored)]
-    train_config = replace(train_config, genes=genes)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if features is None:
-        features = yield from spot_features(
-            adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
-        )
-    timings["features_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = yield from fit(
-        adata, train_config=train_config, feature_config=feature_config, train_ids=train_ids,
-        features=features, cancel=cancel,
-    )
-    timings["fit_s"] = time.perf_counter() - t0
-    predicted_all = yield from predict_spots(model, adata, features=features, scheduler=scheduler,
-                                             n_workers=n_workers, cancel=cancel)
-    truth_all = dense_targets(log_all, genes)
-    test_rows = adata.obs_names.get_indexer(test_ids)
-    train_rows = adata.obs_names.get_indexer(train_ids)
-    predictions = predicted_all[test_ids].copy()
-    predictions.uns["split"] = {"train": list(train_ids), "test": list(test_ids), "holdout": holdout, "seed": seed}
-    xy = np.asarray(adata.obsm["spatial"], np.float64)
-    baseline = knn_baseline(xy[train_rows], truth_all[train_rows], xy[test_rows], k=6)
-    return RecoveryResult(
-        predictions=predictions,
-        scored_genes=list(scored),
-        metrics=gene_metrics(truth_all[test_rows], np.asarray(predictions.X), genes),
-        metrics_all_spots=gene_metrics(truth_all, np.asarray(predicted_all.X), genes),
-        baseline_metrics=gene_metrics(truth_all[test_rows], baseline, genes),
-        train_ids=list(train_ids),
-        test_ids=list(test_ids),
-        genes=list(genes),
-        top_mean_genes=top_genes,
-        model=model,
-        timings=timings,
-    )

@@ -14,21 +14,19 @@ from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import QCompleter
 
 from .colorbar import ColorBar
+from .compare import ROLE_COMPARE, comparison_layers, spot_averaged
 from .layers import (
     HEATMAP_COLORMAP,
-    ROLE_COMPARE,
     ROLE_HEATMAP,
-    ROLE_UNCERTAINTY,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,
     ROLE_SPOTS,
+    ROLE_UNCERTAINTY,
     SPOT_COLORMAP,
-    comparison_layers,
     histosge_meta,
     layers_with_role,
     measured_source,
     recolor_spots,
-    spot_averaged,
     update_heatmap,
     value_range,
 )

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import CancelToken, Progress, ProgressGenerator
-from ..training import TrainConfig, TrainedModel, TrainingData, _adamw, _Inputs, _matrix, _seed_all
+from ..trained_model import TrainedModel
+from ..training import _seed_all
+from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from .neighbours import median_spacing, neighbour_context
 
 
