@@ -61,7 +61,7 @@ def run(args) -> dict:
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train, name="Train", area="right")
     viewer.window._status_bar._toggle_activity_dock(True)  # the progress bar redraws too
-    train.data.value = spots
+    train.data.value = [spots]
     train.epochs.value = args.epochs
     train.n_genes.value = args.n_genes
     train.device.value = "cpu"
@@ -128,8 +128,8 @@ def render(payload: dict) -> str:
         f"{r['n_genes_requested']} genes, CPU, {payload['machine']['torch_threads']} torch threads; "
         f"{'finished' if r['trained'] else 'did not finish: ' + r['status']}). A {TICK_MS} ms QTimer in the GUI "
         f"thread; stall = gap between ticks - {TICK_MS} ms. Load average at the end: "
-        f"{payload['loadavg_end'][0]:.1f} (other benchmarks shared the 2 cores: the idle row is the floor that "
-        f"load and the virtual display give). Target: longest stall "
+        f"{payload['loadavg_end'][0]:.1f} (training's own threads count; the idle row is the floor that the "
+        f"machine and the virtual display give). Target: longest stall "
         f"under {TARGET_MS:g} ms.",
         "",
         "| period | duration s | ticks | max stall ms | p99 ms | median ms | stalls > 50 ms | target |",

@@ -25,8 +25,35 @@ class Outcome:
     cancelled: bool = False
 
 
+#: How much nicer than the GUI thread the job thread runs (Linux per-thread nice).
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority(step: int = BACKGROUND_NICE) -> bool:
+    """Make the calling thread, and the compute threads it starts later, yield the CPU to the GUI.
+
+    On a machine with few cores, torch's compute threads compete with napari's GUI
+    thread for the CPU; a nicer job thread keeps pan/zoom smooth and costs the job
+    little when the GUI is idle. Linux scheduling priorities are per thread and inherited
+    by threads it creates (torch's OpenMP team). Only raised once per thread; returns
+    whether this thread now runs nicer than the process.
+    """
+    import os
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        base, current = os.getpriority(os.PRIO_PROCESS, os.getpid()), os.getpriority(os.PRIO_PROCESS, tid)
+        if current <= base:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, base + step))
+        return os.getpriority(os.PRIO_PROCESS, tid) > base
+    except (AttributeError, OSError):  # no per-thread priorities here (not Linux): run as is
+        return False
+
+
 def _drive(make_gen: Callable[[], Any]):
     # Runs in the worker thread: yields the core's Progress events, returns an Outcome.
+    lower_thread_priority()
     try:
         result = yield from make_gen()
     except CancelledError:
@@ -37,13 +64,18 @@ def _drive(make_gen: Callable[[], Any]):
 
 
 class _Bar:
-    """A ``napari.utils.progress`` bar following Progress events (main thread only)."""
+    """A ``napari.utils.progress`` bar following Progress events (main thread only).
+
+    Its text changes only with the stage (the widget's own status line shows the loss):
+    a new text re-lays out the activity dock.
+    """
 
     def __init__(self, description: str) -> None:
         from napari.utils import progress
 
         self.description = description
         self.bar = progress(total=0, desc=description)
+        self._stage: str | None = None
 
     def update(self, event: Progress) -> None:
         total = event.total or 0
@@ -52,14 +84,56 @@ class _Bar:
         target = min(event.step, total) if total else event.step
         # update() (not assigning n) emits the value event the activity dock listens to
         self.bar.update(target - self.bar.n)
-        detail = event.message
-        if event.metrics:
-            detail = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in event.metrics.items())
-        self.bar.set_description(f"{self.description}: {event.stage} {detail}".strip())
+        if event.stage != self._stage:
+            self._stage = event.stage
+            self.bar.set_description(f"{self.description}: {event.stage}")
 
     def close(self) -> None:
         self.bar.close()
+
+
+class _Batcher:
+    """Hands Progress events to the GUI in batches, at most every ``interval_s`` (main thread).
+
+    Every widget repaint makes Qt compose the whole window, OpenGL canvas included; with
+    software OpenGL (no GPU) that costs tens of milliseconds, so a job yielding many
+    events per second would stall the GUI over and over. Events are never dropped: each
+    batch delivers all pending events (their repaints coalesce into one), a stage change
+    or a finished stage is delivered at once, and a timer delivers the rest.
+    """
+
+    interval_s = 0.25
+
+    def __init__(self, deliver: Callable[[list[Progress]], None]) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.deliver = deliver
+        self.pending: list[Progress] = []
+        self._last = float("-inf")
+        self._stage: str | None = None
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.timeout.connect(self.flush)
+
+    def add(self, event: Progress) -> None:
+        import time
+
+        self.pending.append(event)
+        urgent = event.stage != self._stage or (bool(event.total) and event.step >= event.total)
+        self._stage = event.stage
+        if urgent or time.monotonic() - self._last >= self.interval_s:
+            self.flush()
+        elif not self.timer.isActive():
+            self.timer.start(int(self.interval_s * 1000))
+
+    def flush(self) -> None:
+        import time
+
+        self.timer.stop()
+        batch, self.pending = self.pending, []
+        self._last = time.monotonic()
+        if batch:
+            self.deliver(batch)
 
 
 def _llvm_loaded() -> bool:
@@ -105,7 +179,8 @@ def start_job(
     description
         Label of the progress bar in the activity dock.
     on_event
-        Called in the main thread for every Progress event.
+        Called in the main thread for every Progress event (delivered in batches at most
+        every 0.25 s, see :class:`_Batcher`).
     on_done
         Called in the main thread with the :class:`Outcome`.
     on_crash
@@ -122,17 +197,26 @@ def start_job(
     bar = _Bar(description)
     worker = thread_worker(_drive, start_thread=False)(make_gen)
 
-    def _event(event: Any) -> None:
-        if isinstance(event, Progress):
-            bar.update(event)
-            if on_event is not None:
+    def _deliver(events: list[Progress]) -> None:
+        bar.update(events[-1])
+        if on_event is not None:
+            for event in events:
                 on_event(event)
 
+    batcher = _Batcher(_deliver)
+    worker._histosge_batcher = batcher  # keeps the timer alive as long as the worker
+
+    def _event(event: Any) -> None:
+        if isinstance(event, Progress):
+            batcher.add(event)
+
     def _returned(outcome: Outcome) -> None:
+        batcher.flush()  # every event reaches the widget before the outcome
         bar.close()
         on_done(outcome)
 
     def _errored(exc: Exception) -> None:
+        batcher.flush()
         bar.close()
         if on_crash is not None:
             on_crash(exc)

@@ -39,6 +39,18 @@ GENES_HVG, GENES_LIST = "top variable genes", "gene list"
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
+#: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
+START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.training")
+
+
+def warm_up_imports(modules=START_IMPORTS) -> None:
+    """Import ``modules`` now (when a widget opens) rather than on its first click."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
 def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
     """``(name, layer)`` of the viewer's spots layers made by this plugin."""
     return [(layer.name, layer) for layer in layers_with_role(viewer.layers, ROLE_SPOTS)]
@@ -118,6 +130,7 @@ class TrainWidget(Container):
         self.genes_mode.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
+        warm_up_imports()
         self._refresh_data()
         self._sync_visibility()
 

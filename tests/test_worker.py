@@ -1,0 +1,56 @@
+"""The plugin's job runner: batched progress delivery and a job thread that yields the CPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from napari_histosge._widgets._worker import _Batcher, lower_thread_priority
+from napari_histosge.progress import Progress
+
+
+def test_batcher_delivers_every_event_in_order_but_few_times(qtbot) -> None:
+    batches: list[list[Progress]] = []
+    batcher = _Batcher(batches.append)
+    events = [Progress("train", i, 50) for i in range(1, 50)]
+    batcher.add(Progress("features", 10, 10))  # a finished stage: delivered at once
+    assert len(batches) == 1
+    for event in events:
+        batcher.add(event)
+    assert len(batches) == 2  # the stage change went out at once, the rest waits for the timer
+    qtbot.waitUntil(lambda: not batcher.pending, timeout=2000)
+    batcher.add(Progress("train", 50, 50))  # the end of a stage is never held back
+    delivered = [e for batch in batches for e in batch]
+    assert delivered == [Progress("features", 10, 10), *events, Progress("train", 50, 50)]
+    assert len(batches) <= 4
+
+
+def test_batcher_flush_hands_over_what_is_pending(qtbot) -> None:
+    batches: list[list[Progress]] = []
+    batcher = _Batcher(batches.append)
+    batcher.add(Progress("train", 1, 9))
+    batcher.add(Progress("train", 2, 9))
+    assert batcher.pending
+    batcher.flush()
+    assert [e.step for batch in batches for e in batch] == [1, 2] and not batcher.pending
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are a Linux feature")
+def test_job_thread_runs_nicer_than_the_gui_thread() -> None:
+    seen: dict = {}
+
+    def job() -> None:
+        seen["lowered"] = lower_thread_priority(5)
+        seen["again"] = lower_thread_priority(5)  # only once per thread: no further drop
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=job)
+    t.start()
+    t.join()
+    assert seen["lowered"] and seen["again"]
+    assert seen["nice"] == min(19, base + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
