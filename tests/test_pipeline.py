@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,19 @@ def test_distributed_features_identical(demo) -> None:
 def test_bad_scheduler_address(demo) -> None:
     with pytest.raises(InputError, match="scheduler"):
         run_to_end(spot_features(demo, FeatureConfig(cache=False), scheduler="tcp://127.0.0.1:1"))
+
+
+def test_low_resolution_image_warns(tmp_path) -> None:
+    """A spot only a few image pixels wide: the user is told image features will say little."""
+    from napari_histosge.demo import make_demo_dataset
+    from napari_histosge.io import read_spots
+    from napari_histosge.pipeline import image_pixels_per_spot, warn_if_low_resolution
+
+    adata = read_spots(make_demo_dataset(tmp_path / "demo"))
+    assert image_pixels_per_spot(adata) > 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_low_resolution(adata)  # a full-resolution image: silent
+    adata.uns["histosge"]["spot_diameter_px"] = 6.0
+    with pytest.warns(UserWarning, match="only 6 px across a spot"):
+        warn_if_low_resolution(adata)

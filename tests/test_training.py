@@ -171,6 +171,8 @@ def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path):
         ({"batch_size": 0}, "batch_size"),
         ({"dim": 30, "heads": 4}, "divisible"),
         ({"dropout": 1.0}, "dropout"),
+        ({"feature_dropout": 1.0}, "feature_dropout"),
+        ({"feature_dropout": -0.1}, "feature_dropout"),
         ({"grouping": "random"}, "grouping"),
         ({"weight_decay": -1.0}, "weight_decay"),
     ],
@@ -225,3 +227,17 @@ def test_position_jitter_trains_embeddings_between_spots():
     assert without == 8
     assert with_jitter > 2 * without
     assert model.meta["position_jitter_px"] == pytest.approx(0.5 * 150.0)
+
+
+def test_feature_dropout_regularises_training_only():
+    """Dropped image columns change training (not prediction) and keep the model from memorising spots."""
+    feats, rgb, pos, y = _synthetic(n=120)
+    rows = np.arange(120)
+    plain = run_to_end(train(_data(rows, (feats, rgb, pos, y)), TrainConfig(epochs=3, feature_dropout=0.0, **SMALL)))
+    dropped = run_to_end(train(_data(rows, (feats, rgb, pos, y)), TrainConfig(epochs=3, feature_dropout=0.5, **SMALL)))
+    assert plain.meta["history"] != dropped.meta["history"]
+    # prediction is deterministic: no dropout outside training
+    np.testing.assert_array_equal(dropped.predict(feats, rgb, pos), dropped.predict(feats, rgb, pos))
+    no_image = run_to_end(train(_data(rows, (feats[:, :0], rgb, pos, y)),
+                                TrainConfig(epochs=1, feature_dropout=0.5, **SMALL)))  # nothing to drop: fine
+    assert no_image.meta["n_features"] == 0

@@ -54,6 +54,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
     g.add_argument("--group-size", type=int, help="spots per self-attention group")
     g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
+    g.add_argument("--feature-dropout", type=float,
+                   help="share of image-feature columns zeroed per spot while training (default 0.5; 0 is off)")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
     g.add_argument("--neighbours", type=int,
                    help="conditioned model: measured neighbours in each position's context (default 8)")
@@ -148,6 +150,7 @@ def _train_config(args: argparse.Namespace):
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
+        "feature_dropout": args.feature_dropout,
     }
     if args.epochs is None and args.model == "conditioned":
         values["epochs"] = CONDITIONED_EPOCHS

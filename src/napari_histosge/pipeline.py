@@ -54,6 +54,7 @@ def spot_features(
     """
     if config.extractor == NO_IMAGE:
         return _no_image_features(adata.n_obs)
+    warn_if_low_resolution(adata)
     if scheduler is None:
         return (yield from extract_spot_features(adata, config, cancel=cancel))
     path, scale = _image_of(adata)
@@ -61,6 +62,34 @@ def spot_features(
         path, scale, np.asarray(adata.obsm["spatial"], np.float64), patch_size_px(adata, config), config,
         spot_center_fraction(adata, config), scheduler, n_workers, cancel,
     ))
+
+
+#: Fewer image pixels than this across a spot: the image shows colour, hardly any morphology.
+LOW_RESOLUTION_PX = 16
+
+
+def image_pixels_per_spot(adata) -> float | None:
+    """Image pixels across one spot in the image features are cut from (``None`` if unknown)."""
+    image = spot_image(adata)
+    diameter = adata.uns.get("histosge", {}).get("spot_diameter_px")
+    if image is None or not diameter:
+        return None
+    return float(diameter) * image[1]
+
+
+def warn_if_low_resolution(adata) -> None:
+    """Warn when the only image is too coarse for image features to say much (e.g. a Visium low-res PNG)."""
+    import warnings
+
+    px = image_pixels_per_spot(adata)
+    if px is not None and px < LOW_RESOLUTION_PX:
+        source = adata.uns.get("histosge", {}).get("source", "the data")
+        warnings.warn(
+            f"{source}: the image has only {px:.0f} px across a spot, so image features carry little "
+            "beyond colour; attach the full-resolution H&E (--image) or compare with --extractor none "
+            "(docs/benchmarks.md: on DLPFC's low-res image, features off predicted better)",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _image_of(adata) -> tuple[str, float]:

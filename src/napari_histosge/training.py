@@ -160,7 +160,14 @@ def train(
                 cancel.raise_if_cancelled()
             idx_t = torch.from_numpy(index).to(device)
             keep = torch.from_numpy(~mask).to(device)
-            pred = model(x_t[idx_t], bins_t[idx_t], torch.from_numpy(mask).to(device))
+            x_b = x_t[idx_t]
+            if config.feature_dropout > 0 and d > 0:
+                # Drop image-feature columns per spot (inverted dropout): with few informative
+                # pixels per spot the model otherwise memorises spots by their features.
+                drop = torch.rand(x_b.shape[:-1] + (d,), device=device) < config.feature_dropout
+                x_b = torch.cat([x_b[..., :d].masked_fill(drop, 0.0) / (1.0 - config.feature_dropout),
+                                 x_b[..., d:]], dim=-1)
+            pred = model(x_b, bins_t[idx_t], torch.from_numpy(mask).to(device))
             loss = torch.nn.functional.mse_loss(pred[keep], y_t[idx_t][keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
