@@ -70,3 +70,14 @@ def update_block(name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
+
+
+def publish(name: str, payload: dict, markdown: str, *, doc: bool = True, show: bool = True) -> Path:
+    """Write ``results/<name>.json``, print the table, and (``doc``) replace its block in docs/benchmarks.md."""
+    out = write_json(name, payload)
+    if show:
+        print(markdown)
+    print(f"results -> {out}")
+    if doc:
+        update_block(name, markdown)
+    return out

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -101,9 +101,7 @@ def main(argv=None) -> int:
         # Written after every section, so a long run leaves usable partial results.
         payload = {"machine": machine_info(), "epochs": args.epochs, "holdout": args.holdout, "seed": args.seed,
                    "threads": args.threads, "rows": rows}
-        print(f"results -> {write_json('conditioned', payload)}")
-        if not args.no_doc:
-            update_block("conditioned", render(payload))
+        publish("conditioned", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import machine_info, machine_line, publish  # noqa: E402
 
 
 def network_rate(spec: str, n: int, batch: int, device: str) -> dict:
@@ -116,9 +116,7 @@ def main(argv=None) -> int:
         rows.append({**r, "measure": "network only"})
         print(rows[-1], flush=True)
     payload = {"machine": machine_info(), "rows": rows}
-    print(f"results -> {write_json('features_speed', payload)}")
-    if not args.no_doc:
-        update_block("features_speed", render(payload))
+    publish("features_speed", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
 
 

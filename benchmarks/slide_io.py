@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import machine_info, machine_line, publish  # noqa: E402
 
 TILE = 512
 
@@ -227,9 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     payload = {"machine": machine_info(), **run(args.size, args.spots, args.per_patch, args.patch, args.batch)}
-    print(f"results -> {write_json('slide_io', payload)}")
-    if not args.no_doc:
-        update_block("slide_io", render(payload))
+    publish("slide_io", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
 
 

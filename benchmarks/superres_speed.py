@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import data_root, machine_info, machine_line, publish  # noqa: E402
 
 TARGET_S = 5.0
 
@@ -139,11 +139,7 @@ def main(argv=None) -> int:
                "section": "dlpfc/151676", "n_spots": int(adata.n_obs), "n_genes": len(model.genes),
                "feature_dim": int(model.meta["n_features"]), "train_epochs": args.train_epochs,
                "target_s": TARGET_S, "rows": rows}
-    out = write_json("superres_speed", payload)
-    print(render(payload))
-    print(f"results -> {out}")
-    if not args.no_doc:
-        update_block("superres_speed", render(payload))
+    publish("superres_speed", payload, render(payload), doc=not args.no_doc)
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import data_root, machine_info, machine_line, publish, update_block, write_json  # noqa: E402
 
 TARGET_RATIO = 2.0
 
@@ -360,11 +360,7 @@ def main(argv=None) -> int:
     if args.converge_epochs:
         payload["convergence"] = convergence(data, config, args.converge_epochs)
         payload["loadavg_end"] = os.getloadavg()
-    out = write_json("training_speed", payload)
-    print(render(payload))
-    print(f"results -> {out}")
-    if not args.no_doc:
-        update_block("training_speed", render(payload))
+    publish("training_speed", payload, render(payload), doc=not args.no_doc)
     return 0
 
 

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     result = run(args)
     import napari
-    from _report import machine_info, update_block, write_json
+    from _report import machine_info, publish
 
     info = machine_info()  # after the run: torch must not be imported before preload_torch
     info["load_average_1m"] = load_start[0]  # the load when it started
@@ -182,11 +182,7 @@ def main(argv=None) -> int:
                "display": "Xvfb (xvfb-run)" if os.environ.get("HISTOSGE_UNDER_XVFB") else "a real display",
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "idle_s": args.idle_s,
                "tick_ms": TICK_MS, "target_ms": TARGET_MS, "result": result}
-    out = write_json("ui_responsiveness", payload)
-    print(render(payload))
-    print(f"results -> {out}")
-    if not args.no_doc:
-        update_block("ui_responsiveness", render(payload))
+    publish("ui_responsiveness", payload, render(payload), doc=not args.no_doc)
     return 0 if result["trained"] else 1
 
 

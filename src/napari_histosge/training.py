@@ -100,7 +100,7 @@ def train(
     _seed_all(config.seed)
     model = create_model(config.model, in_dim=d + 5, n_genes=len(data.genes), **config.model_hparams())
     model.to(device)
-    optimizer = _adamw(model, config, device)
+    optimizer = _adamw(model.parameters(), config)
     meta = dict(meta or {})
     history: list[float] = []
     start = 0
@@ -230,13 +230,15 @@ def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingDat
                          f"the data has {wanted or 1}", path)
 
 
-def _adamw(model, config: TrainConfig, device):
+def _adamw(params, config: TrainConfig):
+    """AdamW over ``params`` with the config's learning rate and decay, fused where the device has it."""
     import torch
 
+    params = list(params)  # may be a generator: both attempts need it
     try:
         # The fused kernel is one pass over each parameter: many times faster than the
         # default per-tensor loop on CPU, where the optimiser step otherwise dominates.
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, ValueError):  # device without a fused kernel
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 

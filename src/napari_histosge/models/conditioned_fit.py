@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import InputError
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..trained_model import TrainedModel
-from ..training import _seed_all
+from ..training import _adamw, _seed_all
+from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from .neighbours import median_spacing, neighbour_context
 
@@ -187,8 +188,8 @@ def train_conditioned(
     _seed_all(config.seed)
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n)
     model.to(device)
-    optimizer = _adamw_params(model.generator_parameters(), config)
-    d_opt = _adamw_params(model.discriminator_parameters(), config) if model.adversarial > 0 else None
+    optimizer = _adamw(model.generator_parameters(), config)
+    d_opt = _adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None
     meta = dict(meta or {})
     history: list[float] = []
     start = 0
@@ -317,24 +318,8 @@ def train_conditioned(
     return trained
 
 
-def _adamw_params(params, config: TrainConfig):
-    import torch
-
-    try:
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
-    if saved.config.model != config.model or saved.config.model_hparams() != config.model_hparams():
-        raise InputError(
-            f"the checkpoint was trained with different model settings ({saved.config.model} "
-            f"{saved.config.model_hparams()}) than requested ({config.model} {config.model_hparams()})", path)
-    if saved.genes != data.genes:
-        raise InputError("the checkpoint predicts different genes than the training data", path)
-    if int(saved.meta.get("n_features", -1)) != d:
-        raise InputError(f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
+    _check_common(saved, config, data, d, path)  # model settings, genes, feature width
     ref = saved.model.ref_positions.cpu().numpy()
     if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
         raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)
