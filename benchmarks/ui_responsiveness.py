@@ -144,6 +144,14 @@ def render(payload: dict) -> str:
         dur_s = f"{dur:.1f}" if dur is not None else "-"
         lines.append(f"| {label} | {dur_s} | {s['ticks']} | {s['max_ms']:.1f} | {s['p99_ms']:.1f} | "
                      f"{s['median_ms']:.2f} | {s.get('over_50ms', 0)} | {met} |")
+    runs = r.get("runs_max_ms")
+    if runs and len(runs) > 1:
+        ok = sum(m < TARGET_MS for m in runs)
+        lines += ["", f"The table is the run with the median longest stall of {len(runs)} runs; the longest stall of "
+                  f"each whole job: {', '.join(f'{m:.0f}' for m in runs)} ms ({ok} of {len(runs)} under "
+                  f"{TARGET_MS:g} ms). Most stalls are the window repaint itself: with software OpenGL (Mesa "
+                  "llvmpipe under Xvfb) every widget update composes the whole window, canvas included, which "
+                  "costs about 30 ms here, while the idle viewer, which repaints nothing, stays near its floor."]
     return "\n".join(lines)
 
 
@@ -153,6 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-genes", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle seconds measured before training")
+    parser.add_argument("--runs", type=int, default=5, help="repeat the whole measurement (stalls vary run to run)")
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
@@ -172,7 +181,10 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message=".*PyQt5.*")
     load_start = os.getloadavg()
-    result = run(args)
+    results = [run(args) for _ in range(args.runs)]  # a fresh viewer each time
+    # The table shows the run with the median longest stall; every run's maximum is listed.
+    result = sorted(results, key=lambda r: r["job"]["max_ms"])[len(results) // 2]
+    result["runs_max_ms"] = [r["job"]["max_ms"] for r in results]
     import napari
     from _report import machine_info, publish
 
@@ -183,7 +195,7 @@ def main(argv=None) -> int:
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "idle_s": args.idle_s,
                "tick_ms": TICK_MS, "target_ms": TARGET_MS, "result": result}
     publish("ui_responsiveness", payload, render(payload), doc=not args.no_doc)
-    return 0 if result["trained"] else 1
+    return 0 if all(r["trained"] for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -74,9 +74,9 @@ class _Bar:
         from napari.utils import progress
 
         self.description = description
-        # Refresh the "n/total, rate" text on every update: tqdm's adaptive skipping would
-        # freeze it (updates already come at most 4 times a second, see _Batcher).
-        self.bar = progress(total=0, desc=description, miniters=1, mininterval=0)
+        # Refresh the "n/total, rate" text once a second: tqdm's adaptive skipping would
+        # freeze it, and each new text re-lays out the activity dock (a costly repaint).
+        self.bar = progress(total=0, desc=description, miniters=1, mininterval=1.0)
         self._stage: str | None = None
 
     def update(self, event: Progress) -> None:
