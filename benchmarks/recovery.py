@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-file-order", action="store_true", help="skip the file-order grouping variant")
+    parser.add_argument("--only", help="re-run only the variants whose label starts with this (e.g. 'Conditioned'); "
+                                       "the other rows of those sections are kept from the last run")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
 
@@ -109,11 +111,12 @@ def main(argv=None) -> int:
         variants = [("HisToSGE, default features", base_train, feature_config, feats)]
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
         variants.append(("Conditioned (neighbours + image)",
-                         replace(base_train, model="conditioned", epochs=CONDITIONED_EPOCHS, batch_size=256,
-                                 neighbours=16), feature_config, feats))
+                         TrainConfig.for_model("conditioned", seed=args.seed), feature_config, feats))
         if not args.no_file_order:
             variants.append(("HisToSGE, file-order groups", replace(base_train, grouping="file_order"),
                              feature_config, feats))
+        if args.only:
+            variants = [v for v in variants if v[0].lower().startswith(args.only.lower())]
         for i, (label, tc, fc, ff) in enumerate(variants):
             result, row, baseline = run_variant(adata, label, tc, fc, ff, args)
             row.update(domain_ari(path, adata, result))
@@ -153,9 +156,16 @@ def _merge_previous(rows: list[dict], args) -> list[dict]:
     previous = json.loads(path.read_text())
     if (previous.get("holdout"), previous.get("seed")) != (args.holdout, args.seed):
         return rows
-    done = {r["section"] for r in rows}
-    kept = [r for r in previous.get("rows", []) if r["section"] not in done]
-    return kept + rows
+    done = {(r["section"], r["variant"]) for r in rows}
+    done_sections = {r["section"] for r in rows}
+    kept = [r for r in previous.get("rows", [])
+            if (r["section"] not in done_sections if not args.only else (r["section"], r["variant"]) not in done)]
+    if not args.only:
+        return kept + rows
+    # Re-runs of single variants take their old places in the table.
+    fresh = {(r["section"], r["variant"]): r for r in rows}
+    merged = [fresh.pop((r["section"], r["variant"]), r) for r in previous.get("rows", [])]
+    return merged + list(fresh.values())
 
 
 def _fmt(v, digits=3):

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import CancelledError, HistosgeError, InputError
+from .training_inputs import MODEL_DEFAULTS
 
 EXIT_INPUT_ERROR = 2
 #: The conditioned model keeps its best epoch on a validation split and overfits after a
 #: few epochs on these data (docs/benchmarks.md), so it gets far fewer than HisToSGE's 1000.
-CONDITIONED_EPOCHS = 20
+CONDITIONED_EPOCHS = MODEL_DEFAULTS["conditioned"]["epochs"]
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +49,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="'histosge' (image + position, the paper) or 'conditioned' (also the measured neighbours)")
     g.add_argument("--epochs", type=int,
                    help=f"training epochs (histosge: 1000 as the paper; conditioned: {CONDITIONED_EPOCHS})")
-    g.add_argument("--batch-size", type=int, help="spots per optimiser step (paper: 512)")
+    g.add_argument("--batch-size", type=int, help="spots per optimiser step (histosge: 512 as the paper; conditioned: "
+                        f"{MODEL_DEFAULTS['conditioned']['batch_size']})")
     g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
     g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
     g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
@@ -58,7 +60,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="share of image-feature columns zeroed per spot while training (default 0.5; 0 is off)")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
     g.add_argument("--neighbours", type=int,
-                   help="conditioned model: measured neighbours in each position's context (default 8)")
+                   help="conditioned model: measured neighbours in each position's context "
+                        f"(default {MODEL_DEFAULTS['conditioned']['neighbours']})")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -147,17 +150,14 @@ def _train_config(args: argparse.Namespace):
     from .training import TrainConfig
 
     values = {
-        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout,
     }
-    if args.epochs is None and args.model == "conditioned":
-        values["epochs"] = CONDITIONED_EPOCHS
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
-    config = TrainConfig()
-    return TrainConfig.from_dict({**config.to_dict(), **{k: v for k, v in values.items() if v is not None}})
+    return TrainConfig.for_model(args.model, **values)  # flags not given keep the model's defaults
 
 
 def _read(args: argparse.Namespace):

@@ -39,6 +39,9 @@ GENES_HVG, GENES_LIST = "top variable genes", "gene list"
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
+#: The form's epochs for HisToSGE: fewer than the paper's 1000, which take long on a CPU.
+HISTOSGE_EPOCHS = 200
+
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.training")
 
@@ -98,7 +101,7 @@ class TrainWidget(Container):
                                        orientation="horizontal")
         self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
         self.gene_list = LineEdit(label="gene list", value="", tooltip="comma-separated gene names")
-        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=200)
+        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.out_dir = FileEdit(label="output folder", mode="d", value=str(DEFAULT_OUT))
@@ -127,6 +130,7 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.extractor.changed.connect(self._sync_visibility)
+        self.model_name.changed.connect(self._model_changed)
         self.genes_mode.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
@@ -142,6 +146,12 @@ class TrainWidget(Container):
             self.data.value = [choices[-1]]
 
     # ------------------------------------------------------------------ form -> core configs
+    def _model_changed(self, *_: Any) -> None:
+        """Epochs follow the chosen model's default (the conditioned model peaks within a few)."""
+        from ..training_inputs import MODEL_DEFAULTS
+
+        self.epochs.value = MODEL_DEFAULTS.get(str(self.model_name.value), {}).get("epochs", HISTOSGE_EPOCHS)
+
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
         self.weights.visible = self.extractor.value in ("uni", "timm")
@@ -172,9 +182,9 @@ class TrainWidget(Container):
             genes = parse_gene_list(self.gene_list.value)
             if not genes:
                 raise InputError("the gene list is empty; enter gene names separated by commas")
-        return TrainConfig(model=str(self.model_name.value), epochs=int(self.epochs.value),
-                           lr=float(self.lr.value), device=self.device.value,
-                           n_top_genes=int(self.n_genes.value), genes=genes)
+        return TrainConfig.for_model(str(self.model_name.value), epochs=int(self.epochs.value),
+                                     lr=float(self.lr.value), device=self.device.value,
+                                     n_top_genes=int(self.n_genes.value), genes=genes)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_: Any) -> None:
