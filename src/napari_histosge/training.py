@@ -84,6 +84,7 @@ def train(
     from .device import pick_device
     from .models import create_model
     from .models.grouping import pack_batches
+    from .models.neighbours import median_spacing
 
     if config.model == "conditioned":
         from .models.conditioned_fit import train_conditioned
@@ -105,25 +106,20 @@ def train(
     history: list[float] = []
     start = 0
     if resume is not None:
-        saved = TrainedModel.load(resume, device="cpu")
-        _check_resumable(saved, config, data, d, resume)
-        model.load_state_dict(saved.model.state_dict())
+        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable)
         if saved.optimizer_state is not None:
             optimizer.load_state_dict(saved.optimizer_state)
-        start = int(saved.meta.get("epochs_done", 0))
-        history = [float(v) for v in saved.meta.get("history", [])][:start]
-        inputs = _Inputs.from_meta(saved.meta, config.n_pos_bins)
     else:
         inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins, data.frames)
     section_rows = data.section_rows()
     # One frame per spot for several sections; None keeps the one-section path unchanged.
     frame = None if data.sections is None else inputs.spot_frames(data.sections)
     if data.sections is None:
-        jitter_px = config.position_jitter * _median_spacing(data.positions)
+        jitter_px = config.position_jitter * median_spacing(data.positions, undefined=0.0)
         jitter, jitter_meta = jitter_px, jitter_px
     else:
         # Spacing per section: sections overlap in coordinates and may differ in pixel size.
-        spacing = np.array([_median_spacing(data.positions[rows]) for rows in section_rows])
+        spacing = np.array([median_spacing(data.positions[rows], undefined=0.0) for rows in section_rows])
         jitter_meta = (config.position_jitter * spacing).tolist()
         jitter = (config.position_jitter * spacing)[data.sections][:, None]
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
@@ -202,14 +198,18 @@ def _group(positions: np.ndarray, section_rows: list[np.ndarray], config: TrainC
     return groups
 
 
-def _median_spacing(positions: np.ndarray) -> float:
-    """Median distance from a spot to its nearest other spot (0 for a single spot)."""
-    from scipy.spatial import cKDTree
+def resume_into(model, path, config: TrainConfig, data: TrainingData, check) -> tuple[TrainedModel, int, list, _Inputs]:
+    """Load checkpoint ``path`` into ``model`` after ``check(saved, config, data, d, path)``.
 
-    if len(positions) < 2:
-        return 0.0
-    dist, _ = cKDTree(positions).query(positions, k=2)
-    return float(np.median(dist[:, 1]))
+    Returns the saved model (for its optimiser state), the epochs done, the loss history up
+    to them and the frozen input statistics: what both trainers need to continue a run.
+    """
+    saved = TrainedModel.load(path, device="cpu")
+    check(saved, config, data, data.features.shape[1], path)
+    model.load_state_dict(saved.model.state_dict())
+    start = int(saved.meta.get("epochs_done", 0))
+    history = [float(v) for v in saved.meta.get("history", [])][:start]
+    return saved, start, history, _Inputs.from_meta(saved.meta, config.n_pos_bins)
 
 
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:

@@ -9,11 +9,12 @@ discretised into ``n_pos_bins`` bins per axis for the learnable embeddings
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from ._settings import settings_from_dict
 from .errors import InputError
 
 #: Settings passed to the model constructor.
@@ -44,7 +45,7 @@ class TrainConfig:
     ``feature_dropout`` zeroes each image-feature column of each spot with this probability
     while training (not when predicting): without it HisToSGE memorises spots by their image
     features where those carry little (DLPFC, low-res image only: held-out PCC 0.059 without,
-    0.086 with 0.5; on her2st within +-0.005, see docs/benchmarks.md).
+    0.086 with 0.5; on her2st within +-0.006, see docs/benchmarks.md).
 
     Settings of the ``conditioned`` model (ignored by ``histosge``): ``neighbours`` measured
     spots form each query's context; ``neighbour_dropout`` skips each candidate neighbour
@@ -156,11 +157,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output; unknown keys raise :class:`InputError`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "training settings")
 
 
 def section_frame(positions) -> tuple[np.ndarray, np.ndarray]:

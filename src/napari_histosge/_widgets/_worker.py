@@ -51,6 +51,12 @@ def lower_thread_priority(step: int = BACKGROUND_NICE) -> bool:
         return False
 
 
+def status_text(event: Progress) -> str:
+    """One status line for a Progress event: ``stage step/total message``."""
+    total = f"/{event.total}" if event.total else ""
+    return f"{event.stage} {event.step}{total} {event.message}".strip()
+
+
 def _drive(make_gen: Callable[[], Any]):
     # Runs in the worker thread: yields the core's Progress events, returns an Outcome.
     lower_thread_priority()

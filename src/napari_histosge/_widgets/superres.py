@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 
 from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS
-from ._worker import Outcome, start_job
+from ._worker import Outcome, start_job, status_text
 from .layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, histosge_meta, prediction_layers
 from .train import DEVICES, scheduler_value, spots_layer_choices
 
@@ -117,8 +117,7 @@ class SuperResolveWidget(Container):
             self.token.cancel()
 
     def _on_event(self, event: Progress) -> None:
-        total = f"/{event.total}" if event.total else ""
-        self.status.value = f"{event.stage} {event.step}{total} {event.message}".strip()
+        self.status.value = status_text(event)
 
     def _finish(self) -> None:
         self.worker = None

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 from ..errors import HistosgeError, InputError
 from ..progress import CancelToken, Progress
 from ._state import SESSION_MODELS, SessionModel
-from ._worker import Outcome, start_job
+from ._worker import Outcome, start_job, status_text
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
 
@@ -244,8 +244,7 @@ class TrainWidget(Container):
             self.loss_curve.append(float(event.metrics["loss"]))
             self.status.value = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
         else:
-            total = f"/{event.total}" if event.total else ""
-            self.status.value = f"{event.stage} {event.step}{total} {event.message}".strip()
+            self.status.value = status_text(event)
 
     def _finish(self) -> None:
         self.worker = None

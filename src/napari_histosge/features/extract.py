@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from .._settings import settings_from_dict
 from ..errors import InputError
 from ..progress import CancelToken, Progress, ProgressGenerator
 from .cache import feature_cache_key, load_cached, save_cached
@@ -58,11 +59,7 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise InputError."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown feature settings: {', '.join(unknown)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "feature settings")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..trained_model import TrainedModel
-from ..training import _adamw, _seed_all
+from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from .neighbours import median_spacing, neighbour_context
@@ -194,17 +194,12 @@ def train_conditioned(
     history: list[float] = []
     start = 0
     if resume is not None:
-        saved = TrainedModel.load(resume, device="cpu")
-        _check_resumable(saved, config, data, d, resume)
-        model.load_state_dict(saved.model.state_dict())
+        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable)
         state = saved.optimizer_state or {}
         if "main" in state:
             optimizer.load_state_dict(state["main"])
         if d_opt is not None and state.get("disc") is not None:
             d_opt.load_state_dict(state["disc"])
-        start = int(saved.meta.get("epochs_done", 0))
-        history = [float(v) for v in saved.meta.get("history", [])][:start]
-        inputs = _Inputs.from_meta(saved.meta, config.n_pos_bins)
     else:
         inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
     spacing = median_spacing(data.positions)

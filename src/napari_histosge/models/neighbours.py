@@ -20,14 +20,14 @@ GEO_DIM = 4
 MIN_DIST = 0.05
 
 
-def median_spacing(positions: np.ndarray) -> float:
-    """Median distance from a spot to its nearest other spot (1.0 when undefined)."""
+def median_spacing(positions: np.ndarray, *, undefined: float = 1.0) -> float:
+    """Median distance from a spot to its nearest other spot; ``undefined`` for one spot or a zero median."""
     pos = np.asarray(positions, np.float64)
     if len(pos) < 2:
-        return 1.0
+        return float(undefined)
     dist, _ = cKDTree(pos).query(pos, k=2)
     value = float(np.median(dist[:, 1]))
-    return value if value > 0 else 1.0
+    return value if value > 0 else float(undefined)
 
 
 def neighbour_context(
