@@ -41,6 +41,7 @@ VARIANTS = {
     "full": ("conditioned (all components)", {}, True),
     "no_neighbours": ("conditioned, without neighbours", {"use_neighbours": False}, True),
     "no_image": ("conditioned, without image", {}, False),
+    "no_coupling": ("conditioned, kriging without gene coupling", {"kriging_rank": 0}, True),
     "no_distill": ("conditioned, without distillation", {"distill": False}, True),
     "no_diffusion": ("conditioned, without diffusion", {"diffusion": False}, True),
     "adversarial": ("conditioned, with adversarial term (0.05)", {"adversarial": 0.05}, True),

@@ -131,6 +131,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     ({"neighbours": 0}, "neighbours"), ({"neighbour_dropout": 1.0}, "neighbour_dropout"),
     ({"aux_weight": -1.0}, "aux_weight"), ({"diffusion": "yes"}, "diffusion"),
     ({"val_fraction": 1.0}, "val_fraction"), ({"n_samples": 0}, "n_samples"),
+    ({"kriging_rank": -1}, "kriging_rank"), ({"kriging_rank": 2.5}, "kriging_rank"),
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):

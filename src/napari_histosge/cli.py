@@ -62,6 +62,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--neighbours", type=int,
                    help="conditioned model: measured neighbours in each position's context "
                         f"(default {MODEL_DEFAULTS['conditioned']['neighbours']})")
+    g.add_argument("--kriging-rank", type=int,
+                   help="conditioned model: principal directions that may couple genes when kriging the "
+                        "neighbours, used only where cross-validation on the training spots favours it "
+                        "(default 16; 0 never couples)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -153,7 +157,7 @@ def _train_config(args: argparse.Namespace):
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
-        "feature_dropout": args.feature_dropout,
+        "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
     }
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]

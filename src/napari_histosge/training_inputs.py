@@ -48,14 +48,16 @@ class TrainConfig:
     0.086 with 0.5; on her2st within +-0.006, see docs/benchmarks.md).
 
     Settings of the ``conditioned`` model (ignored by ``histosge``): ``neighbours`` measured
-    spots form each query's context; ``neighbour_dropout`` skips each candidate neighbour
-    with this probability in training; ``use_neighbours``, ``distill`` (semantic distillation,
+    spots form each query's context, combined by local kriging with a kernel per gene;
+    ``kriging_rank`` principal directions may couple the genes there (used only where
+    5-fold cross-validation on the training spots says it helps; 0 never couples);
+    ``neighbour_dropout`` skips each candidate neighbour with this probability in training; ``use_neighbours``, ``distill`` (semantic distillation,
     auxiliary loss weight ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual
     denoiser with ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps,
     ``n_samples`` samples per position) and ``adversarial`` (weight of the channel-aware
     adversarial term; 0 is off) switch its components for ablations. ``val_fraction`` of the
     training spots are scored (never trained on) after every epoch and the weights of the
-    best epoch are kept; epoch 0 is the inverse-distance initialisation. There the
+    best epoch are kept; epoch 0 is the kriging estimate alone. There the
     ``position_jitter`` moves each training query away from its spot before the
     neighbour offsets are computed, so queries between spots (super-resolution) are seen.
     """
@@ -83,6 +85,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     neighbours: int = 8
     neighbour_dropout: float = 0.0
+    kriging_rank: int = 16
     use_neighbours: bool = True
     distill: bool = True
     distill_dim: int = 64
@@ -118,6 +121,10 @@ class TrainConfig:
                 raise InputError(f"training setting {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.dim % self.heads:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if isinstance(self.kriging_rank, bool) or not isinstance(self.kriging_rank, (int, np.integer)) \
+                or self.kriging_rank < 0:
+            raise InputError(f"training setting kriging_rank must be an integer >= 0, got {self.kriging_rank!r}")
+        self.kriging_rank = int(self.kriging_rank)
         if not (isinstance(self.neighbour_dropout, float) and 0 <= self.neighbour_dropout < 1):
             raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):

@@ -8,12 +8,12 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
 
 - **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
   and an auxiliary head must predict the expression from that projection alone;
-- **neighbour conditioning** (``use_neighbours``): a conditional mean
-  ``sum_k w_kg (y_kg + gain_g (A(s_q) - A(s_k)))`` where ``w`` is a softmax over the
-  neighbours from their geometry and image similarity (initialised as inverse distance,
-  mixed per gene from a few heads) and ``A`` the distilled image->expression head: the
-  neighbours' measured values corrected by the image difference; then a zero-initialised
-  residual MLP;
+- **neighbour conditioning** (``use_neighbours``): the measured neighbours' values are
+  combined by local kriging (:mod:`.kriging`; a kernel per gene chosen by leave-one-out
+  error when the model is built, optionally coupling genes through their principal
+  directions), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the distilled image->expression
+  head ``A`` applied to the image difference between the query and its neighbours; then a
+  zero-initialised residual MLP;
 - **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
   ``y - mean``, sampled with deterministic DDIM in a few steps; samples give a per-gene spread;
 - **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
-from .neighbours import GEO_DIM
+from .kriging import estimate, kriging_weights
 from .registry import register_model
 
 #: Genes the discriminator looks at per step (random subset): keeps the adversarial term cheap.
@@ -59,8 +59,8 @@ class ConditionedModel(nn.Module):
         Dropout in the residual and denoiser MLPs.
     distill_dim
         Width of the distilled image representation.
-    weight_heads
-        Neighbour-weighting heads mixed per gene.
+    neighbours
+        Measured neighbours per query (the discriminator's patch size).
     use_neighbours, distill, diffusion
         Switch components on/off.
     adversarial
@@ -69,6 +69,8 @@ class ConditionedModel(nn.Module):
         Training noise levels of the diffusion schedule.
     n_ref
         Size of the stored reference set (the measured spots).
+    n_basis
+        Principal directions used to couple genes in the kriging (0: none).
     """
 
     def __init__(
@@ -79,7 +81,6 @@ class ConditionedModel(nn.Module):
         dim: int = 256,
         dropout: float = 0.0,
         distill_dim: int = 64,
-        weight_heads: int = 4,
         neighbours: int = 8,
         use_neighbours: bool = True,
         distill: bool = True,
@@ -87,14 +88,15 @@ class ConditionedModel(nn.Module):
         adversarial: float = 0.0,
         diffusion_steps: int = 100,
         n_ref: int = 0,
+        n_basis: int = 0,
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("distill_dim", distill_dim),
-                             ("weight_heads", weight_heads), ("neighbours", neighbours),
+                             ("neighbours", neighbours),
                              ("diffusion_steps", diffusion_steps)):
             if int(value) < 1:
                 raise InputError(f"model setting {label} must be at least 1, got {value}")
-        g, ds, h = int(n_genes), int(distill_dim), int(weight_heads)
+        g, ds = int(n_genes), int(distill_dim)
         self.in_dim, self.n_genes, self.k = int(in_dim), g, int(neighbours)
         self.use_neighbours, self.distill, self.use_diffusion = bool(use_neighbours), bool(distill), bool(diffusion)
         self.adversarial = float(adversarial)
@@ -104,14 +106,13 @@ class ConditionedModel(nn.Module):
         self.register_buffer("ref_image", torch.zeros(int(n_ref), self.in_dim))  # z-scored
         self.register_buffer("gene_mean", torch.zeros(g))
         self.register_buffer("gene_std", torch.ones(g))
+        # Kriging kernels (chosen from the training spots, see .kriging.fit_kriging).
+        self.register_buffer("gene_config", torch.zeros(g, dtype=torch.long))
+        self.register_buffer("basis", torch.zeros(g, int(n_basis)))
+        self.register_buffer("score_config", torch.zeros(int(n_basis), dtype=torch.long))
 
         self.project = nn.Sequential(nn.Linear(self.in_dim, dim), nn.GELU(), nn.Linear(dim, ds), nn.LayerNorm(ds))
         self.aux = nn.Linear(ds, g)  # distilled image -> expression
-        self.weight_mlp = nn.Sequential(nn.Linear(GEO_DIM + 2 * ds, 64), nn.GELU(), nn.Linear(64, h))
-        nn.init.zeros_(self.weight_mlp[-1].weight)
-        nn.init.zeros_(self.weight_mlp[-1].bias)
-        self.idw_power = nn.Parameter(torch.ones(h))  # start as inverse-distance weighting
-        self.gene_mix = nn.Parameter(torch.zeros(g, h))
         self.diff_gain = nn.Parameter(torch.zeros(g))
         self.encode = nn.Linear(g, dim)
         self.context_dim = 2 * ds + dim
@@ -159,19 +160,14 @@ class ConditionedModel(nn.Module):
         s_q = self.project(img_q)
         aux_q = self.aux(s_q)
         if self.use_neighbours:
-            s_k = self.project(self.ref_image[ref_index])  # (B, K, ds)
-            y_k = self.ref_targets[ref_index]  # (B, K, G)
-            pair = torch.cat([geo, s_q[:, None, :] - s_k, s_q[:, None, :] * s_k], dim=-1)
-            logits = self.weight_mlp(pair) - self.idw_power * geo[..., 3:4]  # (B, K, H)
-            logits = logits.masked_fill(~valid[..., None], float("-inf"))
-            w = torch.softmax(logits, dim=1)  # (B, K, H)
-            mix = torch.softmax(self.gene_mix, dim=1)  # (G, H): each gene's blend of heads
-            # Per-gene weights are sum_h w_kh mix_gh; contracting over K first keeps this (B, H, G).
-            # The aux head is linear, so the weighted neighbour aux = aux(weighted neighbour s).
-            s_h = torch.einsum("bkh,bkd->bhd", w, s_k)
-            y_h = torch.einsum("bkh,bkg->bhg", w, y_k) - self.diff_gain * self.aux(s_h)
-            base = torch.einsum("bhg,gh->bg", y_h, mix) + self.diff_gain * aux_q
-            s_nb = s_h.mean(1)
+            with torch.no_grad():  # geometry only: nothing to learn in the kriging weights
+                weights = kriging_weights(geo, valid).to(img_q.dtype)
+            kriged = estimate(weights, self.ref_targets[ref_index], self.gene_config, self.basis,
+                              self.score_config)
+            m = valid[..., None].to(s_q.dtype)
+            s_nb = (self.project(self.ref_image[ref_index]) * m).sum(1) / m.sum(1).clamp_min(1.0)
+            # The image difference between the query and its neighbourhood, through the aux head.
+            base = kriged + self.diff_gain * (aux_q - self.aux(s_nb))
         else:
             base = aux_q
             s_nb = torch.zeros_like(s_q)

@@ -20,6 +20,7 @@ from ..trained_model import TrainedModel
 from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
+from .kriging import fit_kriging
 from .neighbours import median_spacing, neighbour_context
 
 
@@ -186,7 +187,17 @@ def train_conditioned(
     device = pick_device(config.device)
     n, d, g = len(data.spot_ids), data.features.shape[1], len(data.genes)
     _seed_all(config.seed)
-    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n)
+    spacing = median_spacing(data.positions)
+    gene_mean = data.targets.mean(axis=0)
+    gene_std = data.targets.std(axis=0)
+    gene_std[gene_std < 1e-6] = 1.0
+    y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
+    yield Progress("kriging", 0, 1, "choosing a kernel per gene")
+    kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
+                          seed=config.seed) if config.use_neighbours else None
+    n_basis = kriging.basis.shape[1] if kriging is not None else 0
+    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
+                         n_basis=n_basis)
     model.to(device)
     optimizer = _adamw(model.generator_parameters(), config)
     d_opt = _adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None
@@ -202,11 +213,6 @@ def train_conditioned(
             d_opt.load_state_dict(state["disc"])
     else:
         inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
-    spacing = median_spacing(data.positions)
-    gene_mean = data.targets.mean(axis=0)
-    gene_std = data.targets.std(axis=0)
-    gene_std[gene_std < 1e-6] = 1.0
-    y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     img = _image_inputs(inputs, data.features, data.mean_rgb)
     with torch.no_grad():  # the reference set: the measured (training) spots
         model.ref_positions.copy_(torch.from_numpy(data.positions))
@@ -214,9 +220,15 @@ def train_conditioned(
         model.ref_image.copy_(torch.from_numpy(img))
         model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
         model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
+        if kriging is not None:
+            model.gene_config.copy_(torch.from_numpy(kriging.gene_config))
+            model.basis.copy_(torch.from_numpy(kriging.basis))
+            model.score_config.copy_(torch.from_numpy(kriging.score_config))
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
-                position_jitter_px=jitter_px, model_kwargs={"n_ref": n})
+                position_jitter_px=jitter_px, model_kwargs={"n_ref": n, "n_basis": n_basis})
+    if kriging is not None:
+        meta["kriging"] = {"genes_coupled": bool(n_basis), "cv_error": kriging.cv_error}
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
     img_t, y_t = torch.from_numpy(img).to(device), torch.from_numpy(y).to(device)
     tree = cKDTree(data.positions)
