@@ -204,3 +204,21 @@ def test_pieces_and_dask_give_the_same_samples_and_spread():
     np.testing.assert_array_equal(remote[1], std)
     with pytest.raises(InputError, match="one section"):
         model.predict(feats, rgb, query, frame=(np.zeros(2), np.ones(2)))
+
+
+def test_uncertainty_survives_early_stopping_at_the_start():
+    """Where the validation split keeps epoch 0 (nothing learnable), the denoiser is still fitted."""
+    feats, rgb, pos, y = _field(seed=3)
+    noise = np.maximum(2 + np.random.default_rng(1).normal(size=y.shape), 0).astype(np.float32)
+    arrays = (feats, rgb, pos, noise)
+    events = []
+    gen = train(_data(np.arange(len(pos)), arrays), TrainConfig(epochs=4, **{**SMALL, "lr": 3e-2}))
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        model = stop.value
+    assert model.meta["best_epoch"] == 0
+    assert [e.step for e in events if e.stage == "uncertainty"] == [1, 2, 3, 4]
+    _, std = model.predict(feats[:20], rgb[:20], pos[:20], return_std=True)
+    assert std.max() > 0.05

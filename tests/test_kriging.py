@@ -35,11 +35,13 @@ def test_weights_solve_the_kriging_system() -> None:
 
 def test_padding_slots_get_no_weight() -> None:
     ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    idx, geo, valid = neighbour_context(ref, ref, 8, spacing=10.0, exclude=np.arange(3))
-    w = kr.kriging_weights(torch.from_numpy(geo), torch.from_numpy(valid)).numpy()
-    assert (~valid).any() or w.shape[1] == 2
-    assert np.all(w[~valid] == 0)
-    assert np.all(np.isfinite(w))
+    _, geo, valid = neighbour_context(ref, np.array([[3.0, 4.0]]), 2, spacing=10.0)
+    padded_geo = np.concatenate([geo, np.zeros((1, 2, geo.shape[2]), np.float32)], axis=1)
+    padded_valid = np.concatenate([valid, np.zeros((1, 2), bool)], axis=1)
+    w = kr.kriging_weights(torch.from_numpy(padded_geo), torch.from_numpy(padded_valid)).numpy()
+    plain = kr.kriging_weights(torch.from_numpy(geo), torch.from_numpy(valid)).numpy()
+    assert np.all(w[:, 2:] == 0)
+    np.testing.assert_allclose(w[:, :2], plain, rtol=1e-5)
 
 
 def test_krige_uses_each_columns_own_kernel() -> None:

@@ -220,6 +220,12 @@ class ConditionedModel(nn.Module):
         patch = torch.cat([centre[..., genes, None], y_k, dist, emb], dim=-1)
         return self.discriminator(patch).squeeze(-1)
 
+    def denoiser_parameters(self) -> list[nn.Parameter]:
+        """The diffusion denoiser's parameters (empty without the diffusion component)."""
+        if not self.use_diffusion:
+            return []
+        return [p for m in (self.t_embed, self.d_in, self.d_ctx, self.denoiser) for p in m.parameters()]
+
     def generator_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the discriminator's."""
         skip = {id(p) for p in self.discriminator_parameters()}

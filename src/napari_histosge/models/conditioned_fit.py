@@ -261,22 +261,28 @@ def train_conditioned(
 
     snapshot(start)
     yield Progress("train", start, config.epochs, f"{n} spots, {g} genes")
-    for epoch in range(start, config.epochs):
+
+    def epoch_batches(epoch: int):
+        """The training batches of one epoch: ``(rows, neighbour index, geometry, valid)``."""
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 1_000_003 + epoch)
-        model.train()
         query = data.positions + rng.uniform(-jitter_px, jitter_px, data.positions.shape) if jitter_px > 0 \
             else data.positions
         idx, geo, valid = neighbour_context(data.positions, query, config.neighbours, spacing=spacing,
                                             exclude=self_rows, dropout=config.neighbour_dropout, rng=rng, tree=tree)
         idx_t, geo_t, valid_t = (torch.from_numpy(a).to(device) for a in (idx, geo, valid))
-        total = 0.0
         order = fit_rows[rng.permutation(len(fit_rows))]
         for batch in np.array_split(order, max(1, -(-len(order) // config.batch_size))):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             b = torch.from_numpy(batch).to(device)
-            out = model(img_t[b], idx_t[b], geo_t[b], valid_t[b])
+            yield b, idx_t[b], geo_t[b], valid_t[b]
+
+    for epoch in range(start, config.epochs):
+        model.train()
+        total = 0.0
+        for b, idx_b, geo_b, valid_b in epoch_batches(epoch):
+            out = model(img_t[b], idx_b, geo_b, valid_b)
             target = y_t[b]
             mse = F.mse_loss(out["mean"], target)
             loss = mse
@@ -286,20 +292,20 @@ def train_conditioned(
                 loss = loss + model.diffusion_loss(target - out["mean"].detach(), out["context"].detach())
             if d_opt is not None:
                 genes = torch.randperm(g, device=device)[:ADV_GENES]
-                fake = model.discriminate(out["mean"], idx_t[b], geo_t[b], genes)
+                fake = model.discriminate(out["mean"], idx_b, geo_b, genes)
                 loss = loss + model.adversarial * F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if d_opt is not None:
-                real = model.discriminate(target, idx_t[b], geo_t[b], genes)
-                fake = model.discriminate(out["mean"].detach(), idx_t[b], geo_t[b], genes)
+                real = model.discriminate(target, idx_b, geo_b, genes)
+                fake = model.discriminate(out["mean"].detach(), idx_b, geo_b, genes)
                 d_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
                           + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
                 d_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 d_opt.step()
-            total += float(mse.detach()) * len(batch)
+            total += float(mse.detach()) * len(b)
         history.append(total / len(fit_rows))
         done = epoch + 1
         if n_val:
@@ -316,6 +322,23 @@ def train_conditioned(
         yield Progress("train", done, config.epochs, metrics=metrics)
     if n_val and best["epoch"] != config.epochs:
         model.load_state_dict(best["state"])  # early stopping: the best validated epoch
+        if model.use_diffusion and start < config.epochs:
+            # The restored denoiser learnt the residuals of an older mean (or nothing, at
+            # epoch 0, and would sample no spread at all): fit it to the chosen mean's residuals.
+            refit = config.epochs - int(best["epoch"])
+            d_params = model.denoiser_parameters()
+            refit_opt = _adamw(d_params, config)
+            for i in range(refit):
+                model.eval()
+                model.denoiser.train()
+                for b, idx_b, geo_b, valid_b in epoch_batches(config.epochs + i):
+                    with torch.no_grad():
+                        out = model(img_t[b], idx_b, geo_b, valid_b)
+                    loss = model.diffusion_loss(y_t[b] - out["mean"], out["context"])
+                    refit_opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    refit_opt.step()
+                yield Progress("uncertainty", i + 1, refit, metrics={"loss": float(loss.detach())})
         snapshot(config.epochs)
         if checkpoint_path is not None:
             trained.save(checkpoint_path)

@@ -55,7 +55,7 @@ def kriging_weights(geo: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         ``(B, K, N_CONFIGS)`` float32 weights.
     """
     geo = geo.double()
-    b, k = valid.shape
+    k = valid.shape[1]
     mask = valid.double()
     offsets = geo[..., :2]
     d_nn = torch.cdist(offsets, offsets)
