@@ -91,7 +91,9 @@ class ConditionedTrainedModel(TrainedModel):
                 res = torch.stack([model.sample_residual(out["context"], self.config.sample_steps, gen)
                                    for _ in range(n_samples)])
                 draws = model.to_expression(mean_z[None] + res)
-                pred[sl] = model.to_expression(mean_z + res.mean(0)).cpu().numpy()
+                # The point estimate is the conditional mean: the average of a few samples carries
+                # their noise (held-out PCC fell on 3 of 6 real sections with it, docs/benchmarks.md).
+                pred[sl] = model.to_expression(mean_z).cpu().numpy()
                 std[sl] = draws.std(0, unbiased=False).cpu().numpy()
                 if samples is not None:
                     samples[:, sl] = draws.cpu().numpy()
@@ -128,8 +130,8 @@ class ConditionedTrainedModel(TrainedModel):
                 return_std: bool = False):
         """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
 
-        With the diffusion component the prediction is the conditional mean plus the mean
-        of ``config.n_samples`` residual samples; otherwise the conditional mean.
+        The prediction is the conditional mean. With the diffusion component,
+        ``config.n_samples`` generator samples give the per-gene spread (``return_std``).
 
         Parameters
         ----------
