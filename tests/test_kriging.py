@@ -113,3 +113,18 @@ def test_estimate_is_exact_for_a_rank_preserving_identity(rank: int) -> None:
         else torch.zeros(6, 0)
     out = kr.estimate(weights, values, torch.arange(6) % kr.N_CONFIGS, basis, torch.zeros(rank, dtype=torch.long))
     np.testing.assert_allclose(out.numpy(), values[:, 1].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_large_sets_score_a_subset_of_spots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_SCORED spots the kernels are chosen on a random subset, with the same outcome here."""
+    pos = _lattice(20)
+    rng = np.random.default_rng(6)
+    y = np.stack([np.sin(pos[:, 0] / 40.0) + 0.05 * rng.normal(size=len(pos)), rng.normal(size=len(pos))], 1)
+    z = ((y - y.mean(0)) / y.std(0)).astype(np.float32)
+    full = kr.fit_kriging(pos, z, k=16, spacing=10.0, rank=1)
+    monkeypatch.setattr(kr, "MAX_SCORED", 120)
+    part = kr.fit_kriging(pos, z, k=16, spacing=10.0, rank=1)
+    noise_of = lambda c: kr.NOISE_RATIOS[c % len(kr.NOISE_RATIOS)]  # noqa: E731
+    for fit in (full, part):
+        assert noise_of(int(fit.gene_config[0])) <= 0.3 and noise_of(int(fit.gene_config[1])) >= 30.0
+    assert np.isfinite(list(part.cv_error.values())).all()

@@ -36,6 +36,9 @@ _CHUNK = 512
 #: Coupling genes must lower the cross-validated error by this share: on genes that share
 #: nothing the two errors differ by far less, and a coin flip should not add a basis.
 COUPLING_MARGIN = 1e-3
+#: Spots scored when choosing kernels: on larger sets (Visium HD) a random subset of them is
+#: scored, still against all their neighbours; a gene's error needs hundreds of spots, not all.
+MAX_SCORED = 4000
 
 
 def kriging_weights(geo: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -143,14 +146,25 @@ def _decompose(y: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return basis, scores, y - scores @ basis.T
 
 
-def _select(positions: np.ndarray, y: np.ndarray, k: int, spacing: float,
+def _loo_weights(positions: np.ndarray, k: int, spacing: float,
+                 rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Weights for predicting each of ``rows`` from the other spots (its own row left out)."""
+    return _weights_for(positions, positions[rows], k, spacing, rows)
+
+
+def _choose(idx: np.ndarray, w: torch.Tensor, y: np.ndarray, rows: np.ndarray,
             rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Leave-one-out choice of configurations on ``positions``: ``(gene_config, basis, score_config)``."""
-    idx, w = _weights_for(positions, positions, k, spacing, np.arange(len(positions)))
+    """Configurations with the least leave-one-out error over ``rows``: ``(gene_config, basis, score_config)``."""
     basis, scores, rest = _decompose(y, rank)
-    gene_config = _errors(idx, w, rest, rest).argmin(0).numpy()
-    score_config = _errors(idx, w, scores, scores).argmin(0).numpy() if basis.shape[1] else np.zeros(0, np.int64)
+    gene_config = _errors(idx, w, rest, rest[rows]).argmin(0).numpy()
+    score_config = _errors(idx, w, scores, scores[rows]).argmin(0).numpy() if basis.shape[1] \
+        else np.zeros(0, np.int64)
     return gene_config, basis, score_config
+
+
+def _subset(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most ``MAX_SCORED`` of ``rows``, in order."""
+    return rows if len(rows) <= MAX_SCORED else np.sort(rng.choice(rows, MAX_SCORED, replace=False))
 
 
 def _estimate(idx: np.ndarray, w: torch.Tensor, y_ref: np.ndarray, gene_config: np.ndarray,
@@ -204,17 +218,25 @@ def fit_kriging(positions: np.ndarray, y: np.ndarray, *, k: int, spacing: float,
     n = len(positions)
     cv = {"without_coupling": float("nan"), "with_coupling": float("nan")}
     couple = False
+    pick = np.random.default_rng([seed, 15485863])
     if rank > 0 and n >= 2 * folds and folds >= 2:
         fold = np.random.default_rng([seed, 104729]).permutation(n) % folds
         sse = {"without_coupling": 0.0, "with_coupling": 0.0}
+        count = 0
         for f in range(folds):
-            train, held = fold != f, fold == f
-            idx, w = _weights_for(positions[train], positions[held], k, spacing, None)
+            train_rows = np.flatnonzero(fold != f)
+            held = _subset(np.flatnonzero(fold == f), pick)
+            idx, w = _weights_for(positions[train_rows], positions[held], k, spacing, None)
+            scored = _subset(np.arange(len(train_rows)), pick)
+            loo = _loo_weights(positions[train_rows], k, spacing, scored)
             for key, r in (("without_coupling", 0), ("with_coupling", rank)):
-                gc, basis, sc = _select(positions[train], y[train], k, spacing, r)
-                est = _estimate(idx, w, y[train], gc, basis, sc)
+                gc, basis, sc = _choose(*loo, y[train_rows], scored, r)
+                est = _estimate(idx, w, y[train_rows], gc, basis, sc)
                 sse[key] += float(np.square(est - y[held]).sum())
-        cv = {key: value / y.size for key, value in sse.items()}
+            count += y[held].size
+        cv = {key: value / count for key, value in sse.items()}
         couple = cv["with_coupling"] < (1 - COUPLING_MARGIN) * cv["without_coupling"]
-    gene_config, basis, score_config = _select(positions, y, k, spacing, rank if couple else 0)
+    scored = _subset(np.arange(n), pick)
+    gene_config, basis, score_config = _choose(*_loo_weights(positions, k, spacing, scored), y, scored,
+                                               rank if couple else 0)
     return KrigingFit(gene_config.astype(np.int64), basis, score_config.astype(np.int64), cv)
