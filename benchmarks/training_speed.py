@@ -348,7 +348,9 @@ def main(argv=None) -> int:
     data = load_section(args.n_genes)
     print(f"{data['adata'].n_obs} spots, features in {data['features_s']:.1f} s, {len(data['genes'])} genes",
           flush=True)
-    config = TrainConfig(epochs=args.epochs, n_top_genes=args.n_genes, genes=data["genes"], device="cpu", seed=0)
+    # No validation share: every trainer fits the same spots and is scored here, outside the timing.
+    config = TrainConfig(epochs=args.epochs, n_top_genes=args.n_genes, genes=data["genes"], device="cpu", seed=0,
+                         val_fraction=0.0)
     log = side_by_side(data, config, args.eval_every)
     n_train = len(data["train_ids"])
     xy = data["train"][2]

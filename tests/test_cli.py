@@ -101,9 +101,9 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "c.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
-                 "--kriging-rank", "0", "--out", str(model), "--quiet"]) == 0
+                 "--kriging-rank", "0", "--val-fraction", "0", "--out", str(model), "--quiet"]) == 0
     saved = TrainedModel.load(model, device="cpu")
-    assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0
+    assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0 and saved.config.val_fraction == 0
     assert not saved.meta["kriging"]["genes_coupled"]
     sr = tmp_path / "sr.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0

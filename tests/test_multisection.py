@@ -168,7 +168,9 @@ def test_cli_trains_on_two_real_sections(real_data: Path, tmp_path: Path, capsys
     model = TrainedModel.load(out, device="cpu")
     assert [s["name"] for s in model.meta["sections"]] == ["B4", "C2"]
     counts = [read_spots(p).n_obs for p in (b4, c2)]
-    assert model.meta["n_train_spots"] == sum(counts) and model.meta["n_train_spots_per_section"] == counts
+    # A seeded 10% of each section is held back for early stopping.
+    assert model.meta["n_train_spots"] + model.meta["n_validation_spots"] == sum(counts)
+    assert model.meta["n_train_spots_per_section"] == [c - round(0.1 * c) for c in counts]
     frames = np.asarray(model.meta["section_frames"])
     assert frames.shape == (2, 2, 2) and not np.allclose(frames[0], frames[1])
     assert main(["train", str(b4), str(c2), "--image", "x.jpg", "--out", str(out)]) == 2

@@ -59,6 +59,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-dropout", type=float,
                    help="share of image-feature columns zeroed per spot while training (default 0.5; 0 is off)")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
+    g.add_argument("--val-fraction", type=float,
+                   help="share of the training spots held back to keep the best epoch (histosge: and to stop "
+                        "early); default 0.1, 0 trains every spot for all epochs as the paper")
     g.add_argument("--neighbours", type=int,
                    help="conditioned model: measured neighbours in each position's context "
                         f"(default {MODEL_DEFAULTS['conditioned']['neighbours']})")
@@ -158,6 +161,7 @@ def _train_config(args: argparse.Namespace):
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
+        "val_fraction": args.val_fraction,
     }
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]

@@ -96,9 +96,12 @@ def train(
 
         return (yield from train_conditioned(data, config, checkpoint_path=checkpoint_path, resume=resume,
                                              meta=meta, cancel=cancel))
+    from .validation import PATIENCE, HeldOutLoss, evaluation_interval, split_validation
+
     device = pick_device(config.device)
     d = data.features.shape[1]
     _seed_all(config.seed)
+    data, val_data = split_validation(data, config)
     model = create_model(config.model, in_dim=d + 5, n_genes=len(data.genes), **config.model_hparams())
     model.to(device)
     optimizer = _adamw(model.parameters(), config)
@@ -123,7 +126,7 @@ def train(
         jitter_meta = (config.position_jitter * spacing).tolist()
         jitter = (config.position_jitter * spacing)[data.sections][:, None]
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
-                position_jitter_px=jitter_meta)
+                position_jitter_px=jitter_meta, n_validation_spots=0 if val_data is None else len(val_data.spot_ids))
     if data.sections is not None:
         meta["n_train_spots_per_section"] = [len(rows) for rows in section_rows]
 
@@ -131,9 +134,16 @@ def train(
     x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
     y_t = torch.from_numpy(data.targets).to(device)
     trained = TrainedModel(model, config, data.genes, meta)
+    held_out = None if val_data is None else HeldOutLoss(model, inputs, val_data, config, _group, device)
+    interval = evaluation_interval(config.epochs)
+    val_history = [list(v) for v in meta.get("val_history", []) if v[0] <= start] if resume is not None else []
+    best = {"loss": held_out() if held_out else float("inf"), "epoch": start,
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    stale = 0
 
     def snapshot(epochs_done: int) -> None:
-        meta.update(history=list(history), epochs_done=epochs_done)
+        meta.update(history=list(history), epochs_done=epochs_done, val_history=[list(v) for v in val_history],
+                    best_epoch=int(best["epoch"]) if held_out else epochs_done)
         trained.optimizer_state = optimizer.state_dict()
 
     snapshot(start)
@@ -173,11 +183,34 @@ def train(
             count += n_real
         history.append(total / count)
         done = epoch + 1
-        snapshot(done)
-        if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
+        metrics = {"epoch": done, "loss": history[-1]}
+        if held_out is not None and (done % interval == 0 or done == config.epochs):
+            val_history.append([done, held_out()])
+            metrics["val_loss"] = val_history[-1][1]
+            if val_history[-1][1] < best["loss"]:
+                best.update(loss=val_history[-1][1], epoch=done,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+        stop = held_out is not None and stale >= PATIENCE
+        snapshot(config.epochs if stop else done)
+        if checkpoint_path is not None and not stop and (done % config.checkpoint_every == 0
+                                                         or done == config.epochs):
             trained.save(checkpoint_path)
-        yield Progress("train", done, config.epochs, metrics={"epoch": done, "loss": history[-1]})
-    if checkpoint_path is not None and start >= config.epochs:
+        yield Progress("train", done, config.epochs, metrics=metrics)
+        if stop:
+            meta["stopped_at"] = done
+            yield Progress("train", config.epochs, config.epochs,
+                           f"stopped at epoch {done}: no gain on the validation spots in {PATIENCE} scores")
+            break
+    last = int(meta.get("stopped_at", config.epochs))
+    if held_out is not None and best["epoch"] != last and start < config.epochs:
+        model.load_state_dict(best["state"])  # early stopping: the best validated weights
+        snapshot(config.epochs)
+        if checkpoint_path is not None:
+            trained.save(checkpoint_path)
+    elif checkpoint_path is not None and (start >= config.epochs or "stopped_at" in meta):
         trained.save(checkpoint_path)
     model.eval()
     return trained

@@ -57,7 +57,12 @@ class TrainConfig:
     ``n_samples`` samples per position) and ``adversarial`` (weight of the channel-aware
     adversarial term; 0 is off) switch its components for ablations. ``val_fraction`` of the
     training spots are scored (never trained on) after every epoch and the weights of the
-    best epoch are kept; epoch 0 is the kriging estimate alone. There the
+    best epoch are kept; epoch 0 is the kriging estimate alone.
+
+    ``val_fraction`` also drives early stopping of ``histosge`` (see :mod:`.validation`): that
+    share of each section's training spots is held back, scored every ``epochs // 50``
+    epochs, the best weights are kept, and training stops after 10 scores without a gain
+    (``epochs`` is then the most it trains). 0 trains every spot for all epochs, as the paper. There the
     ``position_jitter`` moves each training query away from its spot before the
     neighbour offsets are computed, so queries between spots (super-resolution) are seen.
     """

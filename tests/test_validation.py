@@ -1,0 +1,65 @@
+"""Early stopping of the HisToSGE trainer on a validation share of the training spots."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_histosge import validation
+from napari_histosge.progress import run_to_end
+from napari_histosge.training import TrainConfig, TrainingData, train
+
+SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
+
+
+def _noise(n: int = 200, d: int = 8, g: int = 6, seed: int = 0, sections: np.ndarray | None = None) -> TrainingData:
+    """Targets unrelated to anything the model sees: training can only overfit them."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    ys, xs = np.divmod(np.arange(n), side)
+    pos = np.c_[xs, ys].astype(float) * 100.0
+    return TrainingData(rng.normal(size=(n, d)).astype(np.float32), rng.uniform(0, 1, (n, 3)).astype(np.float32),
+                        pos, rng.gamma(2.0, size=(n, g)).astype(np.float32), [f"s{i}" for i in range(n)],
+                        [f"G{i}" for i in range(g)], sections=sections)
+
+
+def test_validation_share_is_seeded_and_taken_from_every_section():
+    sections = np.repeat([0, 1], [150, 50])
+    data = _noise(sections=sections)
+    fit, val = validation.split_validation(data, TrainConfig(seed=3))
+    again, val2 = validation.split_validation(data, TrainConfig(seed=3))
+    assert val.spot_ids == val2.spot_ids and fit.spot_ids == again.spot_ids
+    assert sorted(fit.spot_ids + val.spot_ids) == sorted(data.spot_ids)
+    assert np.bincount(val.sections).tolist() == [15, 5]
+    np.testing.assert_array_equal(fit.frames, data.frames)  # sections keep their whole box
+    other = validation.split_validation(data, TrainConfig(seed=4))[1]
+    assert other.spot_ids != val.spot_ids
+    assert validation.split_validation(data, TrainConfig(val_fraction=0.0))[1] is None
+    assert validation.split_validation(_noise(n=12), TrainConfig())[1] is None
+
+
+def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weights():
+    data = _noise()
+    events = []
+    gen = train(data, TrainConfig(epochs=300, lr=1e-2, **SMALL))
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        model = stop.value
+    stopped = model.meta["stopped_at"]
+    assert stopped < 300 and len(model.meta["history"]) == stopped
+    assert events[-1].step == events[-1].total == 300 and "stopped at epoch" in events[-1].message
+    scores = dict((int(e), v) for e, v in model.meta["val_history"])
+    best_epoch = model.meta["best_epoch"]
+    assert best_epoch == min(scores, key=scores.get) and 0 < best_epoch < stopped
+    assert model.meta["n_validation_spots"] == 20 and model.meta["n_train_spots"] == 180
+    # The returned weights are the best validated ones: re-scoring them gives the best score.
+    _, val = validation.split_validation(data, model.config)
+    pred = model.predict(val.features, val.mean_rgb, val.positions)
+    assert np.mean(np.square(pred - val.targets)) <= scores[best_epoch] * 1.05
+
+
+def test_no_validation_share_trains_every_epoch_on_every_spot():
+    model = run_to_end(train(_noise(), TrainConfig(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
+    assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
+    assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
