@@ -162,7 +162,8 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert widget.last_outcome.error is None, widget.last_outcome.error
     n = histosge_meta(first)["adata"].n_obs
     model = TrainedModel.load(widget.checkpoint_path, device="cpu")
-    assert model.meta["n_train_spots_per_section"] == [n, n]
+    # A seeded 10% of each section is held back for early stopping.
+    assert model.meta["n_train_spots_per_section"] == [n - round(0.1 * n)] * 2
     assert model.meta["position_frame"] == "per_section"
     assert any(e.stage == "prepare" and "in 2 sections" in e.message for e in widget.events_seen)
     assert any(k == "info" and "Trained" in m for k, m in notifications)
