@@ -96,7 +96,7 @@ def train(
 
         return (yield from train_conditioned(data, config, checkpoint_path=checkpoint_path, resume=resume,
                                              meta=meta, cancel=cancel))
-    from .validation import PATIENCE, HeldOutLoss, evaluation_interval, split_validation
+    from .validation import PATIENCE, ValidationScore, evaluation_interval, split_validation
 
     device = pick_device(config.device)
     d = data.features.shape[1]
@@ -134,10 +134,10 @@ def train(
     x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
     y_t = torch.from_numpy(data.targets).to(device)
     trained = TrainedModel(model, config, data.genes, meta)
-    held_out = None if val_data is None else HeldOutLoss(model, inputs, val_data, config, _group, device)
+    held_out = None if val_data is None else ValidationScore(model, inputs, val_data, config, _group, device)
     interval = evaluation_interval(config.epochs)
     val_history = [list(v) for v in meta.get("val_history", []) if v[0] <= start] if resume is not None else []
-    best = {"loss": held_out() if held_out else float("inf"), "epoch": start,
+    best = {"score": held_out() if held_out else float("-inf"), "epoch": start,
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     stale = 0
 
@@ -186,9 +186,9 @@ def train(
         metrics = {"epoch": done, "loss": history[-1]}
         if held_out is not None and (done % interval == 0 or done == config.epochs):
             val_history.append([done, held_out()])
-            metrics["val_loss"] = val_history[-1][1]
-            if val_history[-1][1] < best["loss"]:
-                best.update(loss=val_history[-1][1], epoch=done,
+            metrics["val_pcc"] = val_history[-1][1]
+            if val_history[-1][1] > best["score"]:
+                best.update(score=val_history[-1][1], epoch=done,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
                 stale = 0
             else:

@@ -3,9 +3,14 @@
 The paper trains for a fixed 1000 epochs. On a 3,500-spot DLPFC slice that overfits badly
 (held-out PCC over the top-1000 HVGs 0.094 after 100 epochs, 0.048 after 1000; see
 docs/benchmarks.md), so by default ``val_fraction`` of the training spots are held back,
-scored every few epochs, and the weights of the best evaluation are kept; training stops
-once ``PATIENCE`` evaluations in a row brought no improvement. ``val_fraction=0`` trains on
-every spot for all epochs, as the paper does.
+scored every few epochs by their mean per-gene PCC (the measure the recovery protocol
+reports), and the weights of the best score are kept; training stops once ``PATIENCE``
+scores in a row brought no improvement. ``val_fraction=0`` trains on every spot for all
+epochs, as the paper does.
+
+The score is PCC rather than the training loss (MSE): on her2st B4 the MSE of the
+validation spots was lowest at epoch 20, where the HVGs' held-out PCC was -0.029, against
+0.056 at epoch 460, the best by PCC (measured 2026-11-24, seed 0).
 """
 
 from __future__ import annotations
@@ -54,8 +59,11 @@ def _subset(data: TrainingData, rows: np.ndarray) -> TrainingData:
     )
 
 
-class HeldOutLoss:
-    """MSE of the model on the validation spots, grouped for attention as at prediction time.
+class ValidationScore:
+    """Mean per-gene PCC of the model on the validation spots (higher is better).
+
+    Spots are grouped for attention as at prediction time; a gene constant in the
+    predictions or the targets scores 0.
 
     Parameters
     ----------
@@ -92,14 +100,17 @@ class HeldOutLoss:
         import torch
 
         self.model.eval()
-        total, count = 0.0, 0
+        preds, truth = [], []
         with torch.no_grad():
             for index, mask in self.batches:
                 keep = ~mask
-                pred = self.model(self.x[index], self.bins[index], mask)
-                total += float(torch.square(pred[keep] - self.y[index][keep]).sum())
-                count += int(keep.sum()) * self.y.shape[1]
-        return total / max(count, 1)
+                preds.append(self.model(self.x[index], self.bins[index], mask)[keep])
+                truth.append(self.y[index][keep])
+        p, y = torch.cat(preds).double(), torch.cat(truth).double()
+        p, y = p - p.mean(0), y - y.mean(0)
+        denom = (p.square().sum(0) * y.square().sum(0)).sqrt()
+        pcc = torch.where(denom > 0, (p * y).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        return float(pcc.mean())
 
 
 def evaluation_interval(epochs: int) -> int:
