@@ -161,6 +161,18 @@ def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path):
         TrainedModel.load(foreign)
 
 
+def test_load_names_weights_of_another_version(tmp_path):
+    """A checkpoint whose model has other parts (an older version) gets a clear error, not 'corrupt'."""
+    arrays = _synthetic(n=60)
+    path = tmp_path / "m.pt"
+    run_to_end(train(_data(np.arange(60), arrays), TrainConfig(epochs=1, **SMALL), checkpoint_path=path))
+    payload = torch.load(path, weights_only=False)
+    payload["state_dict"]["old_part.weight"] = payload["state_dict"].pop(next(iter(payload["state_dict"])))
+    torch.save(payload, path)
+    with pytest.raises(InputError, match=r"m\.pt.*unexpected: old_part\.weight.*another napari-histosge version"):
+        TrainedModel.load(path)
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

@@ -157,11 +157,19 @@ class TrainedModel:
             # Constructor arguments fixed by the data (e.g. the reference-set size).
             model = create_model(config.model, in_dim=int(meta["in_dim"]), n_genes=len(genes),
                                  **config.model_hparams(), **dict(meta.get("model_kwargs", {})))
-            model.load_state_dict(state)
+            missing, extra = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+            if not (missing or extra):
+                model.load_state_dict(state)
         except InputError as exc:
             raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
+        if missing or extra:
+            # A model whose parts changed between versions (e.g. the conditioned model's kriging).
+            raise InputError(
+                f"the checkpoint's weights do not fit this version's '{config.model}' model (missing: "
+                f"{', '.join(missing[:4]) or 'none'}; unexpected: {', '.join(extra[:4]) or 'none'}); it was "
+                "probably written by another napari-histosge version: train the model again", path)
         model.to(dev).eval()
         return _trained_class(config.model)(model, config, genes, meta, optimizer_state=opt_state)
 

@@ -83,21 +83,12 @@ class SpotFeatures:
 
 def _spot_image(adata: Any) -> tuple[str, float]:
     """``(path, scale)`` of the largest image attached to ``adata``."""
-    try:
-        from ..io import spot_image  # written by a colleague; may not exist yet
-    except ImportError:
-        spot_image = None
-    source = None
+    from ..io import spot_image
+
     info = adata.uns.get("histosge", {}) if hasattr(adata, "uns") else {}
-    source = info.get("source")
-    if spot_image is not None:
-        found = spot_image(adata)
-    else:
-        name = info.get("image")
-        images = info.get("images") or {}
-        found = (images[name]["path"], images[name]["scale"]) if name in images else None
+    found = spot_image(adata)
     if not found or not found[0]:
-        raise InputError("no histology image is attached to these spots", source)
+        raise InputError("no histology image is attached to these spots", info.get("source"))
     return str(found[0]), float(found[1])
 
 
