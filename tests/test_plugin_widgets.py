@@ -208,3 +208,13 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     assert spread[0].name.startswith(f"{other} ") and "uncertainty" in spread[0].name
     repainted = spread[0].data[np.isfinite(spread[0].data)]
     assert np.isclose(repainted.max(), np.asarray(pred[:, other].layers["std"]).max(), rtol=1e-5)
+
+
+def test_train_status_shows_the_validation_score(make_napari_viewer):
+    from napari_histosge.progress import Progress
+
+    widget = TrainWidget(make_napari_viewer())
+    widget._on_event(Progress("train", 5, 10, metrics={"epoch": 5, "loss": 0.5}))
+    assert widget.status.value == "epoch 5/10  loss 0.5"
+    widget._on_event(Progress("train", 6, 10, metrics={"epoch": 6, "loss": 0.4, "val_pcc": 0.25}))
+    assert widget.status.value == "epoch 6/10  loss 0.4  validation PCC 0.250"

@@ -242,7 +242,10 @@ class TrainWidget(Container):
         self.events_seen.append(event)
         if event.stage == "train" and "loss" in event.metrics:
             self.loss_curve.append(float(event.metrics["loss"]))
-            self.status.value = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
+            text = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
+            if "val_pcc" in event.metrics:  # early stopping's score on the held-back spots
+                text += f"  validation PCC {event.metrics['val_pcc']:.3f}"
+            self.status.value = text
         else:
             self.status.value = status_text(event)
 
