@@ -6,7 +6,8 @@ docs/benchmarks.md), so by default ``val_fraction`` of the training spots are he
 scored every few epochs by their mean per-gene PCC (the measure the recovery protocol
 reports), and the weights of the best score are kept; training stops once ``PATIENCE``
 scores in a row brought no improvement. ``val_fraction=0`` trains on every spot for all
-epochs, as the paper does.
+epochs, as the paper does. A resumed run starts its search for the best weights from the
+weights it resumed with.
 
 The score is PCC rather than the training loss (MSE): on her2st B4 the MSE of the
 validation spots was lowest at epoch 20, where the HVGs' held-out PCC was -0.029, against
