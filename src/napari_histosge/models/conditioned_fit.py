@@ -194,9 +194,13 @@ def train_conditioned(
     gene_std = data.targets.std(axis=0)
     gene_std[gene_std < 1e-6] = 1.0
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
-    yield Progress("kriging", 0, 1, "choosing a kernel per gene")
-    kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
-                          seed=config.seed) if config.use_neighbours else None
+    kriging = None
+    if config.use_neighbours:
+        yield Progress("kriging", 0, 1, "choosing a kernel per gene")
+        kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
+                              seed=config.seed)
+        coupled = "genes coupled" if kriging.basis.shape[1] else "genes kriged separately"
+        yield Progress("kriging", 1, 1, coupled)
     n_basis = kriging.basis.shape[1] if kriging is not None else 0
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
                          n_basis=n_basis)
