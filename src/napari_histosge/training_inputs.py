@@ -26,8 +26,8 @@ _MODEL_KEYS_BY_NAME = {"conditioned": CONDITIONED_KEYS}
 #: Defaults that differ per model (:meth:`TrainConfig.for_model`). The conditioned model keeps
 #: its best epoch on a validation split and peaks within a few epochs. Its kriging uses 32
 #: neighbours: on DLPFC 151676 (hold-out half, HVG held-out PCC, genes kriged separately /
-#: coupled) 16 gave 0.082 / 0.109, 32 gave 0.089 / 0.110 and 64 gave 0.094 / 0.110 at twice
-#: the cost of 32 (measured 2026-11-24; her2st within noise).
+#: coupled) 16 gave 0.082 / 0.109, 32 gave 0.089 / 0.110 and 64 gave 0.094 / 0.110 in 2.7 times
+#: the time of 32 (measured 2026-11-24; her2st within noise).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"conditioned": {"epochs": 20, "batch_size": 256, "neighbours": 32}}
 
 
