@@ -3,7 +3,7 @@
 On the DLPFC slice 151676 (3,460 spots) a small HisToSGE model is trained for a few epochs
 (its weights do not change the cost of predicting). For N = 4 and 16 the script times
 
-- ``lattice.superresolution_positions(adata, N, anchor="lattice")`` (lattice estimation
+- ``superres_grid.superresolution_positions(adata, N, anchor="lattice")`` (lattice estimation
   included), and
 - the prediction at the ``N * 3,460`` positions as ``pipeline.superresolve`` runs it
   (:func:`napari_histosge.prediction.predict_in_pieces`: the model's forward passes in
@@ -52,7 +52,7 @@ def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"
 
 
 def time_fold(adata, model, fold: int, repeats: int, rng: np.random.Generator) -> dict:
-    from napari_histosge.lattice import superresolution_positions
+    from napari_histosge.superres_grid import superresolution_positions
     from napari_histosge.prediction import predict_in_pieces
     from napari_histosge.progress import run_to_end
 

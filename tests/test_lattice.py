@@ -11,15 +11,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from napari_histosge.errors import InputError
-from napari_histosge.lattice import (
-    Lattice,
-    SuperResolutionGrid,
-    classify_basis,
-    estimate_lattice,
-    reduce_basis,
-    snap_to_lattice,
-    superresolution_positions,
-)
+from napari_histosge.lattice import Lattice, classify_basis, estimate_lattice, reduce_basis
+from napari_histosge.superres_grid import SuperResolutionGrid, snap_to_lattice, superresolution_positions
 
 SQRT3 = np.sqrt(3.0)
 

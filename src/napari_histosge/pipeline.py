@@ -374,7 +374,7 @@ def superresolve(
     """
     import anndata as ad
 
-    from .lattice import superresolution_positions
+    from .superres_grid import superresolution_positions
 
     yield Progress("lattice", 0, 1, f"{fold}-fold positions")
     # anchor on the fitted lattice so the new positions form one regular grid
