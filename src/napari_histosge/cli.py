@@ -207,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     where = f" in {len(sections)} sections" if len(sections) > 1 else ""
     print(f"trained {model.config.model} on {n_spots} spots{where} x {len(model.genes)} genes; "
           f"final loss {final:.4g}")
+    print(_epochs_text(model))
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -241,8 +242,19 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.save_model:
         result.model.save(args.save_model)
     _print_summary(result.summary())
+    print(_epochs_text(result.model))
     print(f"predictions for {len(result.test_ids)} hidden spots -> {args.out}")
     return 0
+
+
+def _epochs_text(model) -> str:
+    """How long the model trained and which epoch's weights it kept (early stopping)."""
+    meta = model.meta
+    ran = int(meta.get("stopped_at", len(meta.get("history", []))))
+    if not meta.get("val_history") or meta.get("best_epoch") is None:
+        return f"epochs: {ran}"
+    return (f"epochs: {ran} of at most {model.config.epochs}; kept the weights of epoch {meta['best_epoch']} "
+            "(best on the validation spots)")
 
 
 def _print_summary(summary: dict) -> None:
