@@ -64,3 +64,14 @@ def test_no_validation_share_trains_every_epoch_on_every_spot():
     model = run_to_end(train(_noise(), TrainConfig(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
     assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
     assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
+
+
+def test_resumed_run_keeps_the_validation_scores_of_the_first_part(tmp_path):
+    data = _noise()
+    half = tmp_path / "half.pt"
+    first = run_to_end(train(data, TrainConfig(epochs=6, lr=1e-3, **SMALL), checkpoint_path=half))
+    assert [e for e, _ in first.meta["val_history"]] == [1, 2, 3, 4, 5, 6]
+    resumed = run_to_end(train(data, TrainConfig(epochs=8, lr=1e-3, **SMALL), resume=half))
+    scores = resumed.meta["val_history"]
+    assert [e for e, _ in scores] == list(range(1, 9))
+    assert scores[:6] == first.meta["val_history"]

@@ -24,7 +24,7 @@ from .features import (
     patch_size_px,
     spot_center_fraction,
 )
-from .io import spot_image
+from .io import require_spot_image, spot_image
 from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes
 from .progress import CancelToken, Progress, ProgressGenerator
 from .training import TrainConfig, TrainedModel, TrainingData, section_frame, train
@@ -57,7 +57,7 @@ def spot_features(
     warn_if_low_resolution(adata)
     if scheduler is None:
         return (yield from extract_spot_features(adata, config, cancel=cancel))
-    path, scale = _image_of(adata)
+    path, scale = require_spot_image(adata)
     return (yield from _distributed(
         path, scale, np.asarray(adata.obsm["spatial"], np.float64), patch_size_px(adata, config), config,
         spot_center_fraction(adata, config), scheduler, n_workers, cancel,
@@ -90,13 +90,6 @@ def warn_if_low_resolution(adata) -> None:
             "(docs/benchmarks.md: on DLPFC's low-res image, features off predicted better)",
             UserWarning, stacklevel=3,
         )
-
-
-def _image_of(adata) -> tuple[str, float]:
-    image = spot_image(adata)
-    if image is None:
-        raise InputError("the data has no image to extract features from", adata.uns.get("histosge", {}).get("source"))
-    return image
 
 
 def _distributed(path, scale, centers, patch_px, config, center_fraction, scheduler, n_workers, cancel):
@@ -254,7 +247,7 @@ def features_at(
     config = _feature_config_of(model)
     if config.extractor == NO_IMAGE:
         return _no_image_features(len(positions))
-    path, scale = _image_of(adata)
+    path, scale = require_spot_image(adata)
     centers = np.asarray(positions, np.float64)
     if model.per_section:
         # Sections differ in pixel size: patches cover the same tissue as in training.

@@ -96,7 +96,7 @@ def train(
 
         return (yield from train_conditioned(data, config, checkpoint_path=checkpoint_path, resume=resume,
                                              meta=meta, cancel=cancel))
-    from .validation import PATIENCE, ValidationScore, evaluation_interval, split_validation
+    from .validation import PATIENCE, BestWeights, ValidationScore, evaluation_interval, split_validation
 
     device = pick_device(config.device)
     d = data.features.shape[1]
@@ -108,8 +108,10 @@ def train(
     meta = dict(meta or {})
     history: list[float] = []
     start = 0
+    val_history: list[list[float]] = []
     if resume is not None:
         saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable)
+        val_history = [list(v) for v in saved.meta.get("val_history", []) if v[0] <= start]
         if saved.optimizer_state is not None:
             optimizer.load_state_dict(saved.optimizer_state)
     else:
@@ -136,14 +138,11 @@ def train(
     trained = TrainedModel(model, config, data.genes, meta)
     held_out = None if val_data is None else ValidationScore(model, inputs, val_data, config, _group, device)
     interval = evaluation_interval(config.epochs)
-    val_history = [list(v) for v in meta.get("val_history", []) if v[0] <= start] if resume is not None else []
-    best = {"score": held_out() if held_out else float("-inf"), "epoch": start,
-            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    stale = 0
+    best = BestWeights(model, held_out(), start) if held_out is not None else None
 
     def snapshot(epochs_done: int) -> None:
         meta.update(history=list(history), epochs_done=epochs_done, val_history=[list(v) for v in val_history],
-                    best_epoch=int(best["epoch"]) if held_out else epochs_done)
+                    best_epoch=best.epoch if best is not None else epochs_done)
         trained.optimizer_state = optimizer.state_dict()
 
     snapshot(start)
@@ -184,17 +183,12 @@ def train(
         history.append(total / count)
         done = epoch + 1
         metrics = {"epoch": done, "loss": history[-1]}
-        if held_out is not None and (done % interval == 0 or done == config.epochs):
+        if best is not None and (done % interval == 0 or done == config.epochs):
             val_history.append([done, held_out()])
             metrics["val_pcc"] = val_history[-1][1]
-            if val_history[-1][1] > best["score"]:
-                best.update(score=val_history[-1][1], epoch=done,
-                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
-                stale = 0
-            else:
-                stale += 1
-        stop = held_out is not None and stale >= PATIENCE
-        snapshot(config.epochs if stop else done)
+            best.offer(val_history[-1][1], done)
+        stop = best is not None and best.stale >= PATIENCE
+        snapshot(done)
         if checkpoint_path is not None and not stop and (done % config.checkpoint_every == 0
                                                          or done == config.epochs):
             trained.save(checkpoint_path)
@@ -204,13 +198,12 @@ def train(
             yield Progress("train", config.epochs, config.epochs,
                            f"stopped at epoch {done}: no gain on the validation spots in {PATIENCE} scores")
             break
-    last = int(meta.get("stopped_at", config.epochs))
-    if held_out is not None and best["epoch"] != last and start < config.epochs:
-        model.load_state_dict(best["state"])  # early stopping: the best validated weights
-        snapshot(config.epochs)
-        if checkpoint_path is not None:
-            trained.save(checkpoint_path)
-    elif checkpoint_path is not None and (start >= config.epochs or "stopped_at" in meta):
+    restore = best is not None and start < config.epochs and best.epoch != len(history)
+    if restore:
+        best.restore()  # early stopping: the best validated weights
+    if restore or "stopped_at" in meta:
+        snapshot(config.epochs)  # the run is complete: resuming it trains no further
+    if checkpoint_path is not None and (restore or "stopped_at" in meta or start >= config.epochs):
         trained.save(checkpoint_path)
     model.eval()
     return trained

@@ -52,20 +52,21 @@ class TrainConfig:
     spots form each query's context, combined by local kriging with a kernel per gene;
     ``kriging_rank`` principal directions may couple the genes there (used only where
     5-fold cross-validation on the training spots says it helps; 0 never couples);
-    ``neighbour_dropout`` skips each candidate neighbour with this probability in training; ``use_neighbours``, ``distill`` (semantic distillation,
-    auxiliary loss weight ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual
-    denoiser with ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps,
-    ``n_samples`` samples per position) and ``adversarial`` (weight of the channel-aware
-    adversarial term; 0 is off) switch its components for ablations. ``val_fraction`` of the
-    training spots are scored (never trained on) after every epoch and the weights of the
-    best epoch are kept; epoch 0 is the kriging estimate alone.
+    ``neighbour_dropout`` skips each candidate neighbour with this probability in training;
+    ``use_neighbours``, ``distill`` (semantic distillation, auxiliary loss weight
+    ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual denoiser with
+    ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps, ``n_samples``
+    samples per position) and ``adversarial`` (weight of the channel-aware adversarial term;
+    0 is off) switch its components for ablations. ``val_fraction`` of the training spots are
+    scored (never trained on) after every epoch and the weights of the best epoch are kept;
+    epoch 0 is the kriging estimate alone. There the ``position_jitter`` moves each training
+    query away from its spot before the neighbour offsets are computed, so queries between
+    spots (super-resolution) are seen.
 
     ``val_fraction`` also drives early stopping of ``histosge`` (see :mod:`.validation`): that
     share of each section's training spots is held back, scored every ``epochs // 50``
     epochs, the best weights are kept, and training stops after 10 scores without a gain
-    (``epochs`` is then the most it trains). 0 trains every spot for all epochs, as the paper. There the
-    ``position_jitter`` moves each training query away from its spot before the
-    neighbour offsets are computed, so queries between spots (super-resolution) are seen.
+    (``epochs`` is then the most it trains). 0 trains every spot for all epochs, as the paper.
     """
 
     model: str = "histosge"
@@ -109,12 +110,13 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
-        for name in ("epochs", "batch_size", "dim", "heads", "depth", "n_pos_bins", "head_hidden",
-                     "group_size", "n_top_genes", "checkpoint_every", "neighbours", "distill_dim",
-                     "diffusion_steps", "sample_steps", "n_samples"):
+        counts = ("epochs", "batch_size", "dim", "heads", "depth", "n_pos_bins", "head_hidden", "group_size",
+                  "n_top_genes", "checkpoint_every", "neighbours", "distill_dim", "diffusion_steps",
+                  "sample_steps", "n_samples")
+        for name, least in [(n, 1) for n in counts] + [("kriging_rank", 0)]:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InputError(f"training setting {name} must be an integer of at least 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise InputError(f"training setting {name} must be an integer of at least {least}, got {value!r}")
             setattr(self, name, int(value))
         if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"training setting lr must be a positive number, got {self.lr!r}")
@@ -127,10 +129,6 @@ class TrainConfig:
                 raise InputError(f"training setting {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.dim % self.heads:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if isinstance(self.kriging_rank, bool) or not isinstance(self.kriging_rank, (int, np.integer)) \
-                or self.kriging_rank < 0:
-            raise InputError(f"training setting kriging_rank must be an integer >= 0, got {self.kriging_rank!r}")
-        self.kriging_rank = int(self.kriging_rank)
         if not (isinstance(self.neighbour_dropout, float) and 0 <= self.neighbour_dropout < 1):
             raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):

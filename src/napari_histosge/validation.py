@@ -114,6 +114,34 @@ class ValidationScore:
         return float(pcc.mean())
 
 
+class BestWeights:
+    """The weights of the best validation score seen so far (higher is better).
+
+    Both trainers keep one: ``offer`` each new score, ``restore`` at the end. ``stale``
+    counts the scores since the last improvement (for stopping early).
+    """
+
+    def __init__(self, model: Any, score: float, epoch: int) -> None:
+        self.model = model
+        self.score, self.epoch, self.stale = float(score), int(epoch), 0
+        self.state = self._copy()
+
+    def _copy(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def offer(self, score: float, epoch: int) -> None:
+        """Keep the model's current weights if ``score`` beats the best so far."""
+        if score > self.score:
+            self.score, self.epoch, self.stale = float(score), int(epoch), 0
+            self.state = self._copy()
+        else:
+            self.stale += 1
+
+    def restore(self) -> None:
+        """Load the best weights back into the model."""
+        self.model.load_state_dict(self.state)
+
+
 def evaluation_interval(epochs: int) -> int:
     """Epochs between validation scores."""
     return max(1, int(epochs) // EVALUATIONS)

@@ -81,17 +81,6 @@ class SpotFeatures:
     identity: str
 
 
-def _spot_image(adata: Any) -> tuple[str, float]:
-    """``(path, scale)`` of the largest image attached to ``adata``."""
-    from ..io import spot_image
-
-    info = adata.uns.get("histosge", {}) if hasattr(adata, "uns") else {}
-    found = spot_image(adata)
-    if not found or not found[0]:
-        raise InputError("no histology image is attached to these spots", info.get("source"))
-    return str(found[0]), float(found[1])
-
-
 def patch_size_px(adata: Any, config: FeatureConfig) -> float:
     """Patch edge in full-res px for ``adata``'s spots.
 
@@ -148,7 +137,9 @@ def extract_spot_features(
     -------
     SpotFeatures
     """
-    path, scale = _spot_image(adata)
+    from ..io import require_spot_image
+
+    path, scale = require_spot_image(adata)
     size = patch_size_px(adata, config)
     fraction = spot_center_fraction(adata, config)
     centers = np.asarray(adata.obsm["spatial"], dtype=np.float64)

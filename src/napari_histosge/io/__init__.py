@@ -18,7 +18,7 @@ from .detect import FORMATS, detect_format
 if TYPE_CHECKING:
     import anndata
 
-__all__ = ["FORMATS", "detect_format", "image_size", "read_spots", "spot_image"]
+__all__ = ["FORMATS", "detect_format", "image_size", "read_spots", "require_spot_image", "spot_image"]
 
 
 def read_spots(
@@ -98,3 +98,12 @@ def spot_image(adata: anndata.AnnData) -> tuple[str, float] | None:
     if name not in images:
         name = max(images, key=lambda n: float(images[n]["scale"]))
     return str(images[name]["path"]), float(images[name]["scale"])
+
+
+def require_spot_image(adata: anndata.AnnData) -> tuple[str, float]:
+    """:func:`spot_image`, or an :class:`InputError` naming the data when no image is recorded."""
+    found = spot_image(adata)
+    if not found or not found[0]:
+        source = (adata.uns.get("histosge", {}) or {}).get("source")
+        raise InputError("no histology image is attached to these spots", source)
+    return found

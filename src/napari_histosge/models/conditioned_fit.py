@@ -20,6 +20,7 @@ from ..trained_model import TrainedModel
 from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
+from ..validation import BestWeights
 from .kriging import fit_kriging
 from .neighbours import median_spacing, neighbour_context
 
@@ -255,13 +256,13 @@ def train_conditioned(
         with torch.no_grad():
             return float(F.mse_loss(model(*v_args)["mean"], v_target))
 
-    best = {"loss": val_loss() if n_val else float("inf"), "epoch": start,
-            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    val_history = [float(v) for v in meta.get("val_history", [])][:start] if resume is not None else []
+    # Scores are negative validation MSE, so higher is better.
+    best = BestWeights(model, -val_loss() if n_val else float("-inf"), start)
+    val_history = [float(v) for v in saved.meta.get("val_history", [])][:start] if resume is not None else []
 
     def snapshot(epochs_done: int) -> None:
         meta.update(history=list(history), epochs_done=epochs_done, val_history=list(val_history),
-                    best_epoch=int(best["epoch"]))
+                    best_epoch=best.epoch)
         trained.optimizer_state = {"main": optimizer.state_dict(),
                                    "disc": d_opt.state_dict() if d_opt is not None else None}
 
@@ -316,9 +317,7 @@ def train_conditioned(
         done = epoch + 1
         if n_val:
             val_history.append(val_loss())
-            if val_history[-1] < best["loss"]:
-                best.update(loss=val_history[-1], epoch=done,
-                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            best.offer(-val_history[-1], done)
         snapshot(done)
         if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
             trained.save(checkpoint_path)
@@ -326,12 +325,12 @@ def train_conditioned(
         if n_val:
             metrics["val_loss"] = val_history[-1]
         yield Progress("train", done, config.epochs, metrics=metrics)
-    if n_val and best["epoch"] != config.epochs:
-        model.load_state_dict(best["state"])  # early stopping: the best validated epoch
+    if n_val and best.epoch != config.epochs:
+        best.restore()  # early stopping: the best validated epoch
         if model.use_diffusion and start < config.epochs:
             # The restored denoiser learnt the residuals of an older mean (or nothing, at
             # epoch 0, and would sample no spread at all): fit it to the chosen mean's residuals.
-            refit = config.epochs - int(best["epoch"])
+            refit = config.epochs - best.epoch
             d_params = model.denoiser_parameters()
             refit_opt = _adamw(d_params, config)
             for i in range(refit):
