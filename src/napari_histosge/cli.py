@@ -67,8 +67,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         f"(default {MODEL_DEFAULTS['conditioned']['neighbours']})")
     g.add_argument("--kriging-rank", type=int,
                    help="conditioned model: principal directions that may couple genes when kriging the "
-                        "neighbours, used only where cross-validation on the training spots favours it "
-                        "(default 16; 0 never couples)")
+                        "neighbours, per gene where cross-validation on the training spots favours it "
+                        "(default 16; 0 krige every gene alone)")
+    g.add_argument("--no-image-trend", action="store_true",
+                   help="conditioned model: do not let the image predict the genes' principal directions "
+                        "(the image trend the kriging interpolates around)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -163,6 +166,8 @@ def _train_config(args: argparse.Namespace):
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
         "val_fraction": args.val_fraction,
     }
+    if args.no_image_trend:
+        values["image_trend"] = False
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
     return TrainConfig.for_model(args.model, **values)  # flags not given keep the model's defaults

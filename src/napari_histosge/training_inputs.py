@@ -50,8 +50,10 @@ class TrainConfig:
 
     Settings of the ``conditioned`` model (ignored by ``histosge``): ``neighbours`` measured
     spots form each query's context, combined by local kriging with a kernel per gene;
-    ``kriging_rank`` principal directions may couple the genes there (used only where
-    5-fold cross-validation on the training spots says it helps; 0 never couples);
+    ``kriging_rank`` principal directions may couple the genes there, and with
+    ``image_trend`` the image may predict those directions (kriging with an external drift,
+    see :mod:`.models.image_trend`); each gene takes the estimator whose 5-fold
+    cross-validated PCC on the training spots is highest (0 krige every gene alone);
     ``neighbour_dropout`` skips each candidate neighbour with this probability in training;
     ``use_neighbours``, ``distill`` (semantic distillation, auxiliary loss weight
     ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual denoiser with
@@ -93,6 +95,7 @@ class TrainConfig:
     neighbours: int = 8
     neighbour_dropout: float = 0.0
     kriging_rank: int = 16
+    image_trend: bool = True
     use_neighbours: bool = True
     distill: bool = True
     distill_dim: int = 64
@@ -137,7 +140,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value) and value >= 0):
                 raise InputError(f"training setting {name} must be a number >= 0, got {value!r}")
-        for name in ("use_neighbours", "distill", "diffusion"):
+        for name in ("use_neighbours", "image_trend", "distill", "diffusion"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"training setting {name} must be true or false, got {getattr(self, name)!r}")
             setattr(self, name, bool(getattr(self, name)))

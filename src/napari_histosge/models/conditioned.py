@@ -9,9 +9,10 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
 - **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
   and an auxiliary head must predict the expression from that projection alone;
 - **neighbour conditioning** (``use_neighbours``): the measured neighbours' values are
-  combined by local kriging (:mod:`.kriging`; a kernel per gene chosen by leave-one-out
-  error when the model is built, optionally coupling genes through their principal
-  directions), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the distilled image->expression
+  combined by local kriging (:mod:`.kriging`: per gene, plain, coupled through the
+  expression's principal directions, or around the image trend of those directions
+  (``image_trend``, :mod:`.image_trend`), chosen with its kernels on the training spots
+  when the model is built, :mod:`.kriging_fit`), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the distilled image->expression
   head ``A`` applied to the image difference between the query and its neighbours; then a
   zero-initialised residual MLP;
 - **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
@@ -29,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
-from .kriging import estimate, kriging_weights
+from .kriging import KrigingPlan, estimate, kriging_weights
 from .registry import register_model
 
 #: Genes the discriminator looks at per step (random subset): keeps the adversarial term cheap.
@@ -71,6 +72,11 @@ class ConditionedModel(nn.Module):
         Size of the stored reference set (the measured spots).
     n_basis
         Principal directions used to couple genes in the kriging (0: none).
+
+    Notes
+    -----
+    The kriging plan and the image trend are buffers filled from
+    :class:`.kriging_fit.KrigingFit` by :meth:`set_kriging`; they are not trained.
     """
 
     def __init__(
@@ -106,10 +112,16 @@ class ConditionedModel(nn.Module):
         self.register_buffer("ref_image", torch.zeros(int(n_ref), self.in_dim))  # z-scored
         self.register_buffer("gene_mean", torch.zeros(g))
         self.register_buffer("gene_std", torch.ones(g))
-        # Kriging kernels (chosen from the training spots, see .kriging.fit_kriging).
-        self.register_buffer("gene_config", torch.zeros(g, dtype=torch.long))
-        self.register_buffer("basis", torch.zeros(g, int(n_basis)))
-        self.register_buffer("score_config", torch.zeros(int(n_basis), dtype=torch.long))
+        # The kriging plan (chosen from the training spots, see .kriging_fit.fit_kriging).
+        r = int(n_basis)
+        for name, size in (("plain_config", g), ("rest_config", g), ("score_config", r), ("drift_config", r),
+                           ("choice", g)):
+            self.register_buffer(name, torch.zeros(size, dtype=torch.long))
+        self.register_buffer("basis", torch.zeros(g, r))
+        # The image trend of the principal scores, at the reference spots and as a linear map.
+        self.register_buffer("ref_drift", torch.zeros(int(n_ref), r))
+        self.register_buffer("trend_weight", torch.zeros(self.in_dim, r))
+        self.register_buffer("trend_bias", torch.zeros(r))
 
         self.project = nn.Sequential(nn.Linear(self.in_dim, dim), nn.GELU(), nn.Linear(dim, ds), nn.LayerNorm(ds))
         self.aux = nn.Linear(ds, g)  # distilled image -> expression
@@ -162,8 +174,10 @@ class ConditionedModel(nn.Module):
         if self.use_neighbours:
             with torch.no_grad():  # geometry only: nothing to learn in the kriging weights
                 weights = kriging_weights(geo, valid).to(img_q.dtype)
-            kriged = estimate(weights, self.ref_targets[ref_index], self.gene_config, self.basis,
-                              self.score_config)
+            plan = KrigingPlan(self.plain_config, self.rest_config, self.basis, self.score_config,
+                               self.drift_config, self.choice)
+            query_drift = img_q @ self.trend_weight + self.trend_bias
+            kriged = estimate(weights, self.ref_targets[ref_index], plan, self.ref_drift[ref_index], query_drift)
             m = valid[..., None].to(s_q.dtype)
             s_nb = (self.project(self.ref_image[ref_index]) * m).sum(1) / m.sum(1).clamp_min(1.0)
             # The image difference between the query and its neighbourhood, through the aux head.
@@ -173,6 +187,17 @@ class ConditionedModel(nn.Module):
             s_nb = torch.zeros_like(s_q)
         context = torch.cat([s_q, s_nb, self.encode(base)], dim=-1)
         return {"mean": base + self.residual(context), "aux": aux_q, "context": context}
+
+    @torch.no_grad()
+    def set_kriging(self, fit, ref_image) -> None:
+        """Load a :class:`.kriging_fit.KrigingFit` (and the trend at the ``(n_ref, in_dim)`` reference images)."""
+        plan = fit.plan()
+        for name in KrigingPlan._fields:
+            getattr(self, name).copy_(getattr(plan, name))
+        if fit.trend is not None:
+            self.ref_drift.copy_(torch.from_numpy(fit.trend(ref_image)))
+            self.trend_weight.copy_(torch.from_numpy(fit.trend.weight.astype("float32")))
+            self.trend_bias.copy_(torch.from_numpy(fit.trend.bias.astype("float32")))
 
     def to_expression(self, z: torch.Tensor) -> torch.Tensor:
         """z-scored genes -> log-normalised expression (non-negative)."""

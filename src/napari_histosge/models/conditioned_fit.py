@@ -21,7 +21,7 @@ from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from ..validation import BestWeights
-from .kriging import fit_kriging
+from .kriging_fit import fit_kriging
 from .neighbours import median_spacing, neighbour_context
 
 
@@ -197,11 +197,14 @@ def train_conditioned(
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     kriging = None
     if config.use_neighbours:
-        yield Progress("kriging", 0, 1, "choosing a kernel per gene")
+        yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
+        image = None
+        if config.image_trend:  # the same statistics train below fits (or resumes with)
+            fit_inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
+            image = _image_inputs(fit_inputs, data.features, data.mean_rgb)
         kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
-                              seed=config.seed)
-        coupled = "genes coupled" if kriging.basis.shape[1] else "genes kriged separately"
-        yield Progress("kriging", 1, 1, coupled)
+                              image=image, n_features=d, seed=config.seed)
+        yield Progress("kriging", 1, 1, ", ".join(f"{name} {share:.0%}" for name, share in kriging.share.items()))
     n_basis = kriging.basis.shape[1] if kriging is not None else 0
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
                          n_basis=n_basis)
@@ -227,15 +230,14 @@ def train_conditioned(
         model.ref_image.copy_(torch.from_numpy(img))
         model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
         model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
-        if kriging is not None:
-            model.gene_config.copy_(torch.from_numpy(kriging.gene_config))
-            model.basis.copy_(torch.from_numpy(kriging.basis))
-            model.score_config.copy_(torch.from_numpy(kriging.score_config))
+    if kriging is not None:
+        model.set_kriging(kriging, img)
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
                 position_jitter_px=jitter_px, model_kwargs={"n_ref": n, "n_basis": n_basis})
     if kriging is not None:
-        meta["kriging"] = {"genes_coupled": bool(n_basis), "cv_error": kriging.cv_error}
+        meta["kriging"] = {"share": kriging.share, "cv_pcc": kriging.cv_pcc,
+                           "image_trend": kriging.trend is not None}
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
     img_t, y_t = torch.from_numpy(img).to(device), torch.from_numpy(y).to(device)
     tree = cKDTree(data.positions)
