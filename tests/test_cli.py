@@ -109,7 +109,13 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path) ->
                  "--kriging-rank", "0", "--val-fraction", "0", "--out", str(model), "--quiet"]) == 0
     saved = TrainedModel.load(model, device="cpu")
     assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0 and saved.config.val_fraction == 0
-    assert not saved.meta["kriging"]["genes_coupled"]
+    assert saved.meta["kriging"]["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
+    no_trend = tmp_path / "no_trend.pt"
+    assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "1", "--n-genes", "10",
+                 "--no-image-trend", "--out", str(no_trend), "--quiet"]) == 0
+    saved_no_trend = TrainedModel.load(no_trend, device="cpu")
+    assert not saved_no_trend.config.image_trend and not saved_no_trend.meta["kriging"]["image_trend"]
+    assert "drift" not in saved_no_trend.meta["kriging"]["share"]
     sr = tmp_path / "sr.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)

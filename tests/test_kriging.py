@@ -76,8 +76,8 @@ def _estimate(fit: kf.KrigingFit, ref: np.ndarray, z: np.ndarray, query: np.ndar
     w = kr.kriging_weights(torch.from_numpy(geo), torch.from_numpy(valid))
     r = fit.basis.shape[1]
     nb_drift = torch.from_numpy(fit.drift(image) if image is not None else np.zeros((len(ref), r), np.float32))
-    q_drift = torch.from_numpy(fit.drift(query_image) if query_image is not None
-                               else np.zeros((len(query), r), np.float32))
+    q_drift = torch.from_numpy(fit.drift(query_image) if query_image is not None else np.zeros((len(query), r),
+                                                                                                   np.float32))
     return kr.estimate(w, torch.from_numpy(z)[torch.from_numpy(idx)], fit.plan(), nb_drift[torch.from_numpy(idx)],
                        q_drift).numpy()
 

@@ -9,12 +9,12 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
 - **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
   and an auxiliary head must predict the expression from that projection alone;
 - **neighbour conditioning** (``use_neighbours``): the measured neighbours' values are
-  combined by local kriging (:mod:`.kriging`: per gene, plain, coupled through the
-  expression's principal directions, or around the image trend of those directions
-  (``image_trend``, :mod:`.image_trend`), chosen with its kernels on the training spots
-  when the model is built, :mod:`.kriging_fit`), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the distilled image->expression
-  head ``A`` applied to the image difference between the query and its neighbours; then a
-  zero-initialised residual MLP;
+  combined by local kriging (:mod:`.kriging`: per gene plain, coupled through the
+  expression's principal directions, or around the image trend of those directions,
+  ``image_trend``, :mod:`.image_trend`; chosen with its kernels on the training spots when
+  the model is built, :mod:`.kriging_fit`), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the
+  distilled image->expression head ``A`` applied to the image difference between the query
+  and its neighbours; then a zero-initialised residual MLP;
 - **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
   ``y - mean``, sampled with deterministic DDIM in a few steps; samples give a per-gene spread;
 - **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene

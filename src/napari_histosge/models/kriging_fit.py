@@ -18,7 +18,16 @@ import numpy as np
 import torch
 
 from .image_trend import ImageTrend, fit_image_trend
-from .kriging import COUPLED, DRIFT, ESTIMATORS, N_CONFIGS, PLAIN, KrigingPlan, estimate, kriging_weights
+from .kriging import (
+    COUPLED,
+    DRIFT,
+    ESTIMATORS,
+    N_CONFIGS,
+    PLAIN,
+    KrigingPlan,
+    estimate,
+    kriging_weights,
+)
 from .neighbours import neighbour_context
 
 _CHUNK = 512
@@ -52,11 +61,10 @@ class KrigingFit:
         return KrigingPlan(t(self.plain_config), t(self.rest_config), t(self.basis.astype(np.float32)),
                            t(self.score_config), t(self.drift_config), t(self.choice))
 
-    def drift(self, image: np.ndarray | None) -> np.ndarray:
-        """``(n, r)`` image trend of the principal scores (zeros without a trend)."""
-        r = self.basis.shape[1]
-        if self.trend is None or image is None:
-            return np.zeros((0 if image is None else len(image), r), np.float32)
+    def drift(self, image: np.ndarray) -> np.ndarray:
+        """``(n, r)`` image trend of the principal scores at ``(n, in_dim)`` image inputs (zeros without a trend)."""
+        if self.trend is None:
+            return np.zeros((len(image), self.basis.shape[1]), np.float32)
         return self.trend(image)
 
 
@@ -124,8 +132,10 @@ def _candidates(fit: KrigingFit, positions: np.ndarray, y: np.ndarray, image: np
     """``(len(offered), n_queries, G)`` estimate of every offered estimator for every gene."""
     idx, w = _weights_for(positions, queries, k, spacing, None)
     nb = torch.from_numpy(np.ascontiguousarray(y, np.float32))[torch.from_numpy(idx)]
-    nb_drift = torch.from_numpy(fit.drift(image))[torch.from_numpy(idx)] if fit.trend is not None else None
-    q_drift = torch.from_numpy(fit.drift(query_image)) if fit.trend is not None else None
+    nb_drift = q_drift = None
+    if fit.trend is not None:
+        nb_drift = torch.from_numpy(fit.drift(image))[torch.from_numpy(idx)]
+        q_drift = torch.from_numpy(fit.drift(query_image))
     out = []
     for choice in _offered(fit):
         plan = fit.plan()._replace(choice=torch.full((y.shape[1],), choice, dtype=torch.long))
