@@ -10,12 +10,15 @@ many splits each method beats the baseline and HisToSGE's features-off ablation.
 ``benchmarks/results/seeds.json`` and the ``seeds`` block of ``docs/benchmarks.md``. Usage::
 
     python benchmarks/seeds.py --seeds 5                      # her2st sections
-    python benchmarks/seeds.py --seeds 3 --sections 151675
+    python benchmarks/seeds.py --seeds 5 --sections 151676    # adds a section to the table
+
+Sections measured before on the same seeds stay in the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -105,6 +108,11 @@ def main(argv=None) -> int:
     for name, path in sections(data_root(), args.sections):
         print(f"[{name}]", flush=True)
         results[name] = run_section(read_spots(path), seeds)
+    previous = RESULTS / "seeds.json"
+    if previous.exists():  # keep the sections not re-run this time, if measured on the same splits
+        old = json.loads(previous.read_text())
+        if old.get("seeds") == seeds:
+            results = {**{k: v for k, v in old["results"].items() if k not in results}, **results}
     payload = {"machine": info, "seeds": seeds, "results": results, "wall_s": time.perf_counter() - t0}
     publish("seeds", payload, render(payload), doc=not args.no_doc)
     return 0

@@ -125,6 +125,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     other = _data(np.arange(90), arrays)
     with pytest.raises(InputError, match="different spots"):
         run_to_end(train(other, cfg, resume=half))
+    with pytest.raises(InputError, match="image_trend=True"):  # the saved kriging would no longer apply
+        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "image_trend": False}), resume=half))
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -132,6 +134,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     ({"aux_weight": -1.0}, "aux_weight"), ({"diffusion": "yes"}, "diffusion"),
     ({"val_fraction": 1.0}, "val_fraction"), ({"n_samples": 0}, "n_samples"),
     ({"kriging_rank": -1}, "kriging_rank"), ({"kriging_rank": 2.5}, "kriging_rank"),
+    ({"image_trend": "no"}, "image_trend"),
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):

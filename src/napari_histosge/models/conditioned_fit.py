@@ -230,7 +230,7 @@ def train_conditioned(
         model.ref_image.copy_(torch.from_numpy(img))
         model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
         model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
-    if kriging is not None:
+    if kriging is not None and resume is None:  # a resumed model keeps its saved kriging
         model.set_kriging(kriging, img)
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
@@ -357,6 +357,10 @@ def train_conditioned(
 
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
     _check_common(saved, config, data, d, path)  # model settings, genes, feature width
+    for name in ("kriging_rank", "image_trend"):
+        if getattr(saved.config, name, None) != getattr(config, name):
+            raise InputError(f"the checkpoint's kriging was chosen with {name}={getattr(saved.config, name, None)}, "
+                             f"not {getattr(config, name)}: resume with the same setting", path)
     ref = saved.model.ref_positions.cpu().numpy()
     if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
         raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)

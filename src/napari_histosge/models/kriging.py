@@ -116,7 +116,7 @@ def krige(weights: torch.Tensor, values: torch.Tensor, config: torch.Tensor) -> 
 
 
 def estimate(weights: torch.Tensor, neighbour_values: torch.Tensor, plan: KrigingPlan,
-             neighbour_drift: torch.Tensor, query_drift: torch.Tensor) -> torch.Tensor:
+             neighbour_drift: torch.Tensor | None, query_drift: torch.Tensor | None) -> torch.Tensor:
     """Kriged ``(B, G)`` estimate from the neighbours' ``(B, K, G)`` z-scored values.
 
     Parameters
@@ -129,7 +129,8 @@ def estimate(weights: torch.Tensor, neighbour_values: torch.Tensor, plan: Krigin
         Per-gene estimators and kernels.
     neighbour_drift, query_drift
         ``(B, K, r)`` and ``(B, r)``: the image trend of the principal scores at the
-        neighbours and at the query (used by :data:`DRIFT` genes only).
+        neighbours and at the query (used by :data:`DRIFT` genes only; ``None`` where
+        no gene is one).
 
     Returns
     -------
