@@ -92,6 +92,33 @@ def test_conditioned_model_learns_and_beats_the_neighbour_mean():
         model.predict(feats[test, :2], rgb[test], pos[test])
 
 
+def test_the_image_at_a_new_position_moves_the_prediction():
+    """Super-resolution reads the image where it predicts: the image trend (on by default) uses it."""
+    arrays = _field()
+    feats, rgb, pos, y = arrays
+    rows = np.arange(len(pos))
+    test = rows[(rows * 7) % 10 < 5]
+    train_rows = np.setdiff1d(rows, test)
+    # kriging_rank 4 (< 8 genes): the principal directions are few, as on real sections.
+    cfg = TrainConfig(epochs=1, val_fraction=0.0, kriging_rank=4, **SMALL)
+    swap = np.random.default_rng(0).permutation(len(test))  # other spots' images at the same positions
+
+    def image_effect(model) -> np.ndarray:
+        def mean(f, c):
+            return model.model(*(torch.from_numpy(a) for a in model.prediction_inputs(f, c, pos[test])))["mean"]
+        return (mean(feats[test], rgb[test]) - mean(feats[test][swap], rgb[test][swap])).abs().mean(0).detach().numpy()
+
+    model = run_to_end(train(_data(train_rows, arrays), cfg))
+    assert model.meta["kriging"]["image_trend"] and model.meta["kriging"]["share"]["drift"] > 0
+    off = run_to_end(train(_data(train_rows, arrays), TrainConfig(**{**cfg.to_dict(), "image_trend": False})))
+    assert not off.meta["kriging"]["image_trend"] and "drift" not in off.meta["kriging"]["share"]
+    drift = model.model.choice.numpy() == 2
+    # Without the trend only the barely trained learned parts see the image.
+    assert image_effect(model)[drift].mean() > 5 * image_effect(off)[drift].mean()
+    assert _pcc(model.predict(feats[test], rgb[test], pos[test]), y[test]) > \
+        _pcc(off.predict(feats[test], rgb[test], pos[test]), y[test])
+
+
 @pytest.mark.parametrize("switch", [dict(use_neighbours=False), dict(distill=False, adversarial=0.1),
                                     dict(diffusion=False, neighbour_dropout=0.3)])
 def test_components_switch_off_and_on(switch):
