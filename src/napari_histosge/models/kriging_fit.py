@@ -205,7 +205,7 @@ def fit_kriging(positions: np.ndarray, y: np.ndarray, *, k: int, spacing: float,
             pred = np.concatenate([pred, pred[-1:]])
         pcc += _fold_pcc(pred, y[held])
     pcc /= folds
-    fit.choice = np.asarray(offered, np.int64)[pcc.argmax(0)]
+    fit.choice = np.asarray(offered, np.int64)[pcc.argmax(0)]  # ties (a gene constant in every fold) stay plain
     fit.cv_pcc = {ESTIMATORS[c]: float(pcc[i].mean()) for i, c in enumerate(offered)}
     fit.share = {ESTIMATORS[c]: float(np.mean(fit.choice == c)) for c in offered}
     return fit
