@@ -103,7 +103,8 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "demo" / "superres_4x.h5ad").exists()
 
 
-def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path) -> None:
+def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "c.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
                  "--kriging-rank", "0", "--val-fraction", "0", "--out", str(model), "--quiet"]) == 0
@@ -120,9 +121,14 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path) ->
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)
     assert result.uns["histosge"]["model"] == "conditioned"
+    assert set(result.var["estimator"]) == {"plain"}  # kriging_rank 0: every gene kriged alone
     std = np.asarray(result.layers["std"])
     assert std.shape == result.shape and np.isfinite(std).all() and (std >= 0).all() and std.max() > 0
     hidden = tmp_path / "h.h5ad"
+    capsys.readouterr()
     assert main(["recover", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
                  "--out", str(hidden), "--quiet"]) == 0
-    assert "std" in ad.read_h5ad(hidden).layers
+    recovered = ad.read_h5ad(hidden)
+    assert "std" in recovered.layers
+    assert set(recovered.var["estimator"]) <= {"plain", "coupled", "drift"}
+    assert "kriging estimators (share of genes): plain" in capsys.readouterr().out

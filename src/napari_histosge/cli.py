@@ -253,13 +253,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _epochs_text(model) -> str:
-    """How long the model trained and which epoch's weights it kept (early stopping)."""
+    """How long the model trained and which epoch's weights it kept (early stopping); the kriging's choices."""
     meta = model.meta
     ran = int(meta.get("stopped_at", len(meta.get("history", []))))
-    if not meta.get("val_history") or meta.get("best_epoch") is None:
-        return f"epochs: {ran}"
-    return (f"epochs: {ran} of at most {model.config.epochs}; kept the weights of epoch {meta['best_epoch']} "
-            "(best on the validation spots)")
+    text = f"epochs: {ran}"
+    if meta.get("val_history") and meta.get("best_epoch") is not None:
+        text = (f"epochs: {ran} of at most {model.config.epochs}; kept the weights of epoch {meta['best_epoch']} "
+                "(best on the validation spots)")
+    if "kriging" in meta:  # which genes lean on the image, which on their neighbours alone
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in meta["kriging"]["share"].items())
+        text += f"\nkriging estimators (share of genes): {shares}"
+    return text
 
 
 def _print_summary(summary: dict) -> None:

@@ -301,13 +301,22 @@ def predict_spots(
     out = ad.AnnData(
         X=pred.astype(np.float32),
         obs=pd.DataFrame(index=pd.Index(subset.obs_names.astype(str), name=None)),
-        var=pd.DataFrame(index=pd.Index(model.genes)),
+        var=_gene_table(model),
     )
     out.obsm["spatial"] = np.asarray(subset.obsm["spatial"], np.float64)
     out.uns["histosge"] = _prediction_uns(adata, model, fold=1)
     if std is not None:
         out.layers["std"] = std
     return out
+
+
+def _gene_table(model: TrainedModel) -> pd.DataFrame:
+    """``var`` of a prediction: the model's genes, and for a conditioned model each gene's kriging estimator."""
+    var = pd.DataFrame(index=pd.Index(model.genes))
+    estimators = model.gene_estimators() if hasattr(model, "gene_estimators") else None
+    if estimators is not None:
+        var["estimator"] = pd.Categorical(estimators)
+    return var
 
 
 def _frame_for(model: TrainedModel, adata) -> tuple[np.ndarray, np.ndarray] | None:
@@ -381,7 +390,7 @@ def superresolve(
     out = ad.AnnData(
         X=pred.astype(np.float32),
         obs=pd.DataFrame({"parent": pd.Categorical(parents)}, index=pd.Index(names)),
-        var=pd.DataFrame(index=pd.Index(model.genes)),
+        var=_gene_table(model),
     )
     out.obsm["spatial"] = grid.positions.astype(np.float64)
     out.uns["histosge"] = _prediction_uns(adata, model, fold=fold)

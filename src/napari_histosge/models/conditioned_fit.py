@@ -127,6 +127,14 @@ class ConditionedTrainedModel(TrainedModel):
         return self._run(rows, self.plan_batches(positions, batch_size), first_batch=0, n_samples=s,
                          keep_samples=True)[2]
 
+    def gene_estimators(self) -> list[str] | None:
+        """Per gene, the kriging estimator it uses (``plain``, ``coupled`` or ``drift``), ``None`` without kriging."""
+        if "kriging" not in self.meta:
+            return None
+        from .kriging import ESTIMATORS
+
+        return [ESTIMATORS[int(c)] for c in self.model.choice.cpu().tolist()]
+
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None,
                 return_std: bool = False):
         """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
