@@ -27,13 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
-from recovery import sections  # noqa: E402
+from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.recovery import recover  # noqa: E402
 from napari_histosge.training import TrainConfig  # noqa: E402
 
 METHODS = ("HisToSGE, default features", "HisToSGE, image features off", "Conditioned (neighbours + image)")
@@ -52,11 +51,10 @@ def run_section(adata, seeds: list[int]) -> dict[str, list[tuple[float, float]]]
             METHODS[2]: (TrainConfig.for_model("conditioned", seed=seed), FeatureConfig(), feats),
         }
         for method, (tc, fc, ff) in configs.items():
-            s = run_to_end(recover(adata, holdout=0.5, seed=seed, train_config=tc, feature_config=fc,
-                                   features=ff)).summary()
-            out[method].append((s["model"]["mean_pcc"], s["model_top_mean"]["mean_pcc"]))
+            _, row, baseline = run_variant(adata, method, tc, fc, ff, argparse.Namespace(holdout=0.5, seed=seed))
+            out[method].append((row["pcc_hvg"], row["pcc_top50"]))
             if method == METHODS[0]:
-                out[BASELINE].append((s["baseline"]["mean_pcc"], s["baseline_top_mean"]["mean_pcc"]))
+                out[BASELINE].append((baseline["pcc_hvg"], baseline["pcc_top50"]))
             print(f"seed {seed} {method}: {out[method][-1][0]:.3f} / {out[method][-1][1]:.3f}", flush=True)
     return out
 

@@ -41,6 +41,13 @@ def _data(rows, arrays):
                         [f"G{i}" for i in range(y.shape[1])])
 
 
+def _half(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, hidden rows)``: a fixed, spread-out half of ``n`` spots hidden."""
+    rows = np.arange(n)
+    test = rows[(rows * 7) % 10 < 5]
+    return np.setdiff1d(rows, test), test
+
+
 def _pcc(a, b):
     return np.nanmean([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(a.shape[1])])
 
@@ -71,9 +78,7 @@ def test_conditioned_model_learns_and_beats_the_neighbour_mean():
 
     arrays = _field()
     feats, rgb, pos, y = arrays
-    rows = np.arange(len(pos))
-    test = rows[(rows * 7) % 10 < 5]
-    train_rows = np.setdiff1d(rows, test)
+    train_rows, test = _half(len(pos))
     model = run_to_end(train(_data(train_rows, arrays), TrainConfig(epochs=15, **SMALL)))
     assert isinstance(model, ConditionedTrainedModel)
     pred, std = model.predict(feats[test], rgb[test], pos[test], return_std=True)
@@ -96,9 +101,7 @@ def test_the_image_at_a_new_position_moves_the_prediction():
     """Super-resolution reads the image where it predicts: the image trend (on by default) uses it."""
     arrays = _field()
     feats, rgb, pos, y = arrays
-    rows = np.arange(len(pos))
-    test = rows[(rows * 7) % 10 < 5]
-    train_rows = np.setdiff1d(rows, test)
+    train_rows, test = _half(len(pos))
     # kriging_rank 4 (< 8 genes): the principal directions are few, as on real sections.
     cfg = TrainConfig(epochs=1, val_fraction=0.0, kriging_rank=4, **SMALL)
     swap = np.random.default_rng(0).permutation(len(test))  # other spots' images at the same positions

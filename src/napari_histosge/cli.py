@@ -261,8 +261,9 @@ def _epochs_text(model) -> str:
         text = (f"epochs: {ran} of at most {model.config.epochs}; kept the weights of epoch {meta['best_epoch']} "
                 "(best on the validation spots)")
     if "kriging" in meta:  # which genes lean on the image, which on their neighbours alone
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in meta["kriging"]["share"].items())
-        text += f"\nkriging estimators (share of genes): {shares}"
+        from .models.kriging_fit import describe_shares
+
+        text += f"\nkriging estimators (share of genes): {describe_shares(meta['kriging']['share'])}"
     return text
 
 

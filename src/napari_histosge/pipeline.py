@@ -313,7 +313,7 @@ def predict_spots(
 def _gene_table(model: TrainedModel) -> pd.DataFrame:
     """``var`` of a prediction: the model's genes, and for a conditioned model each gene's kriging estimator."""
     var = pd.DataFrame(index=pd.Index(model.genes))
-    estimators = model.gene_estimators() if hasattr(model, "gene_estimators") else None
+    estimators = model.gene_estimators()
     if estimators is not None:
         var["estimator"] = pd.Categorical(estimators)
     return var

@@ -128,6 +128,10 @@ class TrainedModel:
                 out[index[keep]] = pred[torch.from_numpy(keep).to(device)].float().cpu().numpy()
         return out, None
 
+    def gene_estimators(self) -> list[str] | None:
+        """Per gene, how the model estimates it (the conditioned model's kriging); ``None`` where it is one model."""
+        return None
+
     def save(self, path: str | PathLike) -> None:
         """Write one checkpoint file (weights, config, genes, meta, optimiser state), atomically."""
         from .checkpoint import save_checkpoint

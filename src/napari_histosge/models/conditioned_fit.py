@@ -21,7 +21,7 @@ from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from ..validation import BestWeights
-from .kriging_fit import fit_kriging
+from .kriging_fit import describe_shares, fit_kriging
 from .neighbours import median_spacing, neighbour_context
 
 
@@ -128,7 +128,7 @@ class ConditionedTrainedModel(TrainedModel):
                          keep_samples=True)[2]
 
     def gene_estimators(self) -> list[str] | None:
-        """Per gene, the kriging estimator it uses (``plain``, ``coupled`` or ``drift``), ``None`` without kriging."""
+        """Per gene, the kriging estimator (``plain``, ``coupled`` or ``drift``); ``None`` without neighbours."""
         if "kriging" not in self.meta:
             return None
         from .kriging import ESTIMATORS
@@ -203,16 +203,14 @@ def train_conditioned(
     gene_std = data.targets.std(axis=0)
     gene_std[gene_std < 1e-6] = 1.0
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
+    inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
+    img = _image_inputs(inputs, data.features, data.mean_rgb)
     kriging = None
     if config.use_neighbours:
         yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
-        image = None
-        if config.image_trend:  # the same statistics train below fits (or resumes with)
-            fit_inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
-            image = _image_inputs(fit_inputs, data.features, data.mean_rgb)
         kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
-                              image=image, n_features=d, seed=config.seed)
-        yield Progress("kriging", 1, 1, ", ".join(f"{name} {share:.0%}" for name, share in kriging.share.items()))
+                              image=img if config.image_trend else None, n_features=d, seed=config.seed)
+        yield Progress("kriging", 1, 1, describe_shares(kriging.share))
     n_basis = kriging.basis.shape[1] if kriging is not None else 0
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
                          n_basis=n_basis)
@@ -224,14 +222,12 @@ def train_conditioned(
     start = 0
     if resume is not None:
         saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable)
+        img = _image_inputs(inputs, data.features, data.mean_rgb)  # the checkpoint's statistics
         state = saved.optimizer_state or {}
         if "main" in state:
             optimizer.load_state_dict(state["main"])
         if d_opt is not None and state.get("disc") is not None:
             d_opt.load_state_dict(state["disc"])
-    else:
-        inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
-    img = _image_inputs(inputs, data.features, data.mean_rgb)
     with torch.no_grad():  # the reference set: the measured (training) spots
         model.ref_positions.copy_(torch.from_numpy(data.positions))
         model.ref_targets.copy_(torch.from_numpy(y))

@@ -62,15 +62,12 @@ def fit_image_trend(image: np.ndarray, scores: np.ndarray, n_features: int, *, n
     if n < 3 or s.shape[1] == 0:
         return None
     # The design as a linear map of the image inputs: mean RGB columns, then feature PCs.
-    proj = np.zeros((in_dim, 0))
-    rgb = np.eye(in_dim)[:, n_features:]
-    feats = x[:, :n_features] - x[:, :n_features].mean(0)
+    proj = np.eye(in_dim)[:, n_features:]
     if n_features and n_pcs:
-        _, _, vt = np.linalg.svd(feats, full_matrices=False)
+        _, _, vt = np.linalg.svd(x[:, :n_features] - x[:, :n_features].mean(0), full_matrices=False)
         pcs = np.zeros((in_dim, min(n_pcs, len(vt))))
         pcs[:n_features] = vt[:n_pcs].T
-        proj = pcs
-    proj = np.concatenate([rgb, proj], axis=1)
+        proj = np.concatenate([proj, pcs], axis=1)
     design = x @ proj
     centre, spread = design.mean(0), design.std(0)
     keep = spread > 1e-6

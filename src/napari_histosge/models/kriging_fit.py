@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..evaluation import gene_metrics
 from .image_trend import ImageTrend, fit_image_trend
 from .kriging import (
     COUPLED,
@@ -144,12 +145,14 @@ def _candidates(fit: KrigingFit, positions: np.ndarray, y: np.ndarray, image: np
 
 
 def _fold_pcc(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """``(C, G)`` per-gene Pearson correlation of each candidate's ``(C, n, G)`` predictions (0 if constant)."""
-    p = pred - pred.mean(1, keepdims=True)
-    t = truth - truth.mean(0)
-    den = np.sqrt(np.square(p).sum(1) * np.square(t).sum(0)[None])
-    ok = den > 1e-12
-    return np.where(ok, (p * t[None]).sum(1) / np.where(ok, den, 1.0), 0.0)
+    """``(C, G)`` per-gene PCC of each candidate's ``(C, n, G)`` predictions; 0 where a gene cannot be scored."""
+    genes = range(truth.shape[1])
+    return np.stack([np.nan_to_num(gene_metrics(truth, p, genes)["pcc"].to_numpy()) for p in pred])
+
+
+def describe_shares(share: dict[str, float]) -> str:
+    """``"plain 40%, coupled 25%, drift 35%"``: the share of genes per estimator."""
+    return ", ".join(f"{name} {value:.0%}" for name, value in share.items())
 
 
 def fit_kriging(positions: np.ndarray, y: np.ndarray, *, k: int, spacing: float, rank: int = 16,
