@@ -13,7 +13,7 @@ from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
 from napari_histosge.models.conditioned_fit import ConditionedTrainedModel
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
-from napari_histosge.progress import run_to_end
+from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
@@ -150,8 +150,12 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
     half = tmp_path / "half.pt"
     run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=half))
-    resumed = run_to_end(train(data, cfg, resume=half))
+    resumed, events = run_collecting(train(data, cfg, resume=half))
     np.testing.assert_allclose(resumed.meta["history"], model.meta["history"], rtol=1e-4, atol=1e-6)
+    # The saved kriging is reused, not refitted (the refit is the slow part on a big section).
+    assert not [e for e in events if e.stage == "kriging"]
+    assert resumed.meta["kriging"] == model.meta["kriging"]
+    np.testing.assert_array_equal(resumed.gene_estimators(), model.gene_estimators())
     other = _data(np.arange(90), arrays)
     with pytest.raises(InputError, match="different spots"):
         run_to_end(train(other, cfg, resume=half))
@@ -244,13 +248,8 @@ def test_uncertainty_survives_early_stopping_at_the_start():
     feats, rgb, pos, y = _field(seed=3)
     noise = np.maximum(2 + np.random.default_rng(1).normal(size=y.shape), 0).astype(np.float32)
     arrays = (feats, rgb, pos, noise)
-    events = []
-    gen = train(_data(np.arange(len(pos)), arrays), TrainConfig(epochs=4, **{**SMALL, "lr": 3e-2}))
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        model = stop.value
+    model, events = run_collecting(
+        train(_data(np.arange(len(pos)), arrays), TrainConfig(epochs=4, **{**SMALL, "lr": 3e-2})))
     assert model.meta["best_epoch"] == 0
     assert [e.step for e in events if e.stage == "uncertainty"] == [1, 2, 3, 4]
     _, std = model.predict(feats[:20], rgb[:20], pos[:20], return_std=True)

@@ -18,7 +18,7 @@ from napari_histosge.distributed import (  # noqa: E402
 )
 from napari_histosge.errors import CancelledError, InputError  # noqa: E402
 from napari_histosge.features import FeatureConfig, extract_features_at  # noqa: E402
-from napari_histosge.progress import CancelToken, Progress, run_to_end  # noqa: E402
+from napari_histosge.progress import CancelToken, Progress, run_collecting, run_to_end  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +44,8 @@ def test_features_identical_to_single_process(tmp_path: Path, client) -> None:
     xy = np.random.default_rng(1).uniform(-20, 620, (100, 2))
     cfg = FeatureConfig(device="cpu", cache=False, batch_size=16)
     single = run_to_end(extract_features_at(path, 1.0, xy, 60.0, cfg))
-    events = []
-    gen = extract_features_distributed(path, 1.0, xy, 60.0, cfg, scheduler=client, chunk_size=20)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            dist = stop.value
-            break
+    dist, events = run_collecting(
+        extract_features_distributed(path, 1.0, xy, 60.0, cfg, scheduler=client, chunk_size=20))
     np.testing.assert_array_equal(dist.features, single.features)
     np.testing.assert_array_equal(dist.mean_rgb, single.mean_rgb)
     assert dist.identity == single.identity
@@ -133,14 +127,8 @@ def test_prediction_identical_to_single_process(client) -> None:
     feats = rng.normal(size=(1000, 6)).astype(np.float32)
     rgb = rng.uniform(0, 255, (1000, 3)).astype(np.float32)
     expected = model.predict(feats, rgb, pos)
-    events: list[Progress] = []
-    gen = predict_distributed(model, feats, rgb, pos, scheduler=client, chunk_size=150)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            pred, std = stop.value
-            break
+    (pred, std), events = run_collecting(
+        predict_distributed(model, feats, rgb, pos, scheduler=client, chunk_size=150))
     assert std is None
     np.testing.assert_array_equal(pred, expected)  # the very same forward passes, so bit-identical
     assert len(plan_chunks(model.plan_batches(pos), 150)) > 3  # really split over several tasks

@@ -56,6 +56,34 @@ def test_histosge_forward_shape_nonnegative_and_padding_ignored():
     assert not torch.allclose(model(x3, bins, mask)[0, 0], out[0, 0])
 
 
+def test_histosge_starts_from_positions_only_and_learns_the_image():
+    torch.manual_seed(0)
+    model = create_model("histosge", in_dim=10, n_genes=4, dim=32, heads=4, head_hidden=64, n_pos_bins=8)
+    x = torch.randn(2, 5, 10)
+    bins = torch.randint(0, 8, (2, 5, 2))
+    other_image = x.clone()
+    other_image[..., :8] = torch.randn(2, 5, 8)  # every column before x, y comes from the image
+    with torch.no_grad():
+        torch.testing.assert_close(model(other_image, bins), model(x, bins))
+    moved = x.clone()
+    moved[..., 8:] += 0.5
+    assert not torch.allclose(model(moved, bins), model(x, bins))  # positions do count from the start
+    # Training pulls the image in where it predicts the target.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = nn.functional.mse_loss(model(x, bins), x[..., :4].abs())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(model(other_image, bins), model(x, bins))
+    torch.manual_seed(0)
+    default_init = create_model("histosge", in_dim=10, n_genes=4, dim=32, heads=4, head_hidden=64, n_pos_bins=8,
+                                image_init=1.0)
+    with torch.no_grad():
+        assert not torch.allclose(default_init(other_image, bins), default_init(x, bins))
+
+
 def test_histosge_rejects_bad_settings():
     with pytest.raises(InputError, match="divisible"):
         create_model("histosge", in_dim=5, n_genes=3, dim=30, heads=4)
@@ -63,6 +91,8 @@ def test_histosge_rejects_bad_settings():
         create_model("histosge", in_dim=5, n_genes=0)
     with pytest.raises(InputError, match="dropout"):
         create_model("histosge", in_dim=5, n_genes=3, dropout=1.5)
+    with pytest.raises(InputError, match="image_init"):
+        create_model("histosge", in_dim=5, n_genes=3, image_init=-1.0)
 
 
 def _grid(n_side: int = 20) -> np.ndarray:

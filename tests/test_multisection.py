@@ -15,7 +15,7 @@ from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig, patch_size_px
 from napari_histosge.io import read_spots
 from napari_histosge.pipeline import NO_IMAGE, fit, predict_spots, superresolve
-from napari_histosge.progress import run_to_end
+from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, _group, section_frame
 
 FAST = dict(epochs=2, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=2, device="cpu")
@@ -127,14 +127,7 @@ def test_bad_combinations_are_clear_errors(sections) -> None:
 
 def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_path: Path, monkeypatch) -> None:
     a, b = sections
-    events = []
-    gen = fit([a, b], train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt")
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            model = stop.value
-            break
+    model, events = run_collecting(fit([a, b], train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt"))
     assert any(e.stage == "features" and "section 2/2 (demo#2)" in e.message for e in events)
     loaded = TrainedModel.load(tmp_path / "m.pt", device="cpu")
     for key in ("position_frame", "section_frames", "sections", "position_jitter_px"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_histosge.errors import CancelledError, InputError
-from napari_histosge.progress import CancelToken, run_to_end
+from napari_histosge.progress import CancelToken, run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
@@ -38,19 +38,13 @@ def test_training_learns_and_generalises_to_held_out_spots():
     arrays = _synthetic()
     rows = np.arange(len(arrays[0]))
     train_rows, test_rows = rows[rows % 3 != 0], rows[rows % 3 == 0]
-    events = []
-    gen = train(_data(train_rows, arrays), TrainConfig(epochs=30, lr=3e-3, **SMALL))
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            model = stop.value
-            break
-    assert [e.step for e in events] == list(range(31))
-    assert all(e.stage == "train" and e.total == 30 for e in events)
-    assert events[-1].metrics["epoch"] == 30
+    epochs = 40  # the image pathway starts at zero (image_init), so it needs a few more than 30 here
+    model, events = run_collecting(train(_data(train_rows, arrays), TrainConfig(epochs=epochs, lr=3e-3, **SMALL)))
+    assert [e.step for e in events] == list(range(epochs + 1))
+    assert all(e.stage == "train" and e.total == epochs for e in events)
+    assert events[-1].metrics["epoch"] == epochs
     history = model.meta["history"]
-    assert len(history) == 30 and model.meta["epochs_done"] == 30
+    assert len(history) == epochs and model.meta["epochs_done"] == epochs
     assert history[-1] < 0.3 * history[0]
     feats, rgb, pos, y = arrays
     pred = model.predict(feats[test_rows], rgb[test_rows], pos[test_rows])
@@ -185,6 +179,7 @@ def test_load_names_weights_of_another_version(tmp_path):
         ({"dropout": 1.0}, "dropout"),
         ({"feature_dropout": 1.0}, "feature_dropout"),
         ({"feature_dropout": -0.1}, "feature_dropout"),
+        ({"image_init": -1.0}, "image_init"), ({"image_init": float("nan")}, "image_init"),
         ({"grouping": "random"}, "grouping"),
         ({"weight_decay": -1.0}, "weight_decay"),
     ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_histosge import validation
-from napari_histosge.progress import run_to_end
+from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainingData, train
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
@@ -39,13 +39,7 @@ def test_validation_share_is_seeded_and_taken_from_every_section():
 
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weights():
     data = _noise()
-    events = []
-    gen = train(data, TrainConfig(epochs=300, lr=1e-2, **SMALL))
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        model = stop.value
+    model, events = run_collecting(train(data, TrainConfig(epochs=300, lr=1e-2, **SMALL)))
     stopped = model.meta["stopped_at"]
     assert stopped < 300 and len(model.meta["history"]) == stopped
     assert events[-1].step == events[-1].total == 300 and "stopped at epoch" in events[-1].message

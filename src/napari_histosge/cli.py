@@ -58,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
     g.add_argument("--feature-dropout", type=float,
                    help="share of image-feature columns zeroed per spot while training (default 0.5; 0 is off)")
+    g.add_argument("--image-init", type=float,
+                   help="initial scale of the image-input weights (default 0: start from positions only; "
+                        "1 is PyTorch's initialisation)")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
     g.add_argument("--val-fraction", type=float,
                    help="share of the training spots held back to keep the best epoch (histosge: and to stop "
@@ -164,7 +167,7 @@ def _train_config(args: argparse.Namespace):
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
-        "val_fraction": args.val_fraction,
+        "val_fraction": args.val_fraction, "image_init": args.image_init,
     }
     if args.no_image_trend:
         values["image_trend"] = False

@@ -77,6 +77,22 @@ def run_to_end(gen: ProgressGenerator[T]) -> T:
             return stop.value
 
 
+def run_collecting(gen: ProgressGenerator[T]) -> tuple[T, list[Progress]]:
+    """Consume a progress generator, keeping its events.
+
+    Returns
+    -------
+    tuple
+        The generator's result and every :class:`Progress` it yielded, in order.
+    """
+    events: list[Progress] = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, events
+
+
 def run_with_tqdm(gen: ProgressGenerator[T], *, disable: bool = False) -> T:
     """Consume a progress generator, showing one tqdm bar per stage.
 

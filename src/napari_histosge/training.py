@@ -224,13 +224,16 @@ def _group(positions: np.ndarray, section_rows: list[np.ndarray], config: TrainC
     return groups
 
 
-def resume_into(model, path, config: TrainConfig, data: TrainingData, check) -> tuple[TrainedModel, int, list, _Inputs]:
+def resume_into(model, path, config: TrainConfig, data: TrainingData, check,
+                saved: TrainedModel | None = None) -> tuple[TrainedModel, int, list, _Inputs]:
     """Load checkpoint ``path`` into ``model`` after ``check(saved, config, data, d, path)``.
 
     Returns the saved model (for its optimiser state), the epochs done, the loss history up
     to them and the frozen input statistics: what both trainers need to continue a run.
+    ``saved`` is the checkpoint already loaded from ``path``, where the caller needed it first.
     """
-    saved = TrainedModel.load(path, device="cpu")
+    if saved is None:
+        saved = TrainedModel.load(path, device="cpu")
     check(saved, config, data, data.features.shape[1], path)
     model.load_state_dict(saved.model.state_dict())
     start = int(saved.meta.get("epochs_done", 0))

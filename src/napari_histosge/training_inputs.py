@@ -18,7 +18,7 @@ from ._settings import settings_from_dict
 from .errors import InputError
 
 #: Settings passed to the model constructor.
-MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output")
+MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output", "image_init")
 #: Settings passed to the constructor of the ``conditioned`` model (see :mod:`.models.conditioned`).
 CONDITIONED_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
                     "adversarial", "diffusion_steps")
@@ -42,6 +42,9 @@ class TrainConfig:
     training position by up to this fraction of the median spot spacing (uniformly, per axis,
     fresh every epoch): a spot's counts come from its whole footprint, and the jitter trains
     the position embeddings between spots, where super-resolution predicts; 0 turns it off.
+
+    ``image_init`` scales the initial weights from the image inputs into the tokens (0, the
+    default, starts ``histosge`` as a positions-only model; see :class:`.models.histosge.HisToSGE`).
 
     ``feature_dropout`` zeroes each image-feature column of each spot with this probability
     while training (not when predicting): without it HisToSGE memorises spots by their image
@@ -84,6 +87,7 @@ class TrainConfig:
     n_pos_bins: int = 64
     head_hidden: int = 2048
     output: str = "softplus"
+    image_init: float = 0.0
     group_size: int = 50
     grouping: str = "spatial"
     position_jitter: float = 0.25
@@ -109,7 +113,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "dropout", "feature_dropout", "position_jitter", "neighbour_dropout", "aux_weight",
-                     "adversarial", "val_fraction"):
+                     "adversarial", "val_fraction", "image_init"):
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
@@ -136,7 +140,7 @@ class TrainConfig:
             raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):
             raise InputError(f"training setting val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        for name in ("aux_weight", "adversarial"):
+        for name in ("aux_weight", "adversarial", "image_init"):
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value) and value >= 0):
                 raise InputError(f"training setting {name} must be a number >= 0, got {value!r}")

@@ -205,13 +205,18 @@ def train_conditioned(
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
     img = _image_inputs(inputs, data.features, data.mean_rgb)
-    kriging = None
-    if config.use_neighbours:
+    kriging = saved = None
+    n_basis = 0
+    if resume is not None:
+        # A resumed model keeps its saved kriging: loading it first spares the refit.
+        saved = TrainedModel.load(resume, device="cpu")
+        n_basis = int(saved.meta.get("model_kwargs", {}).get("n_basis", 0))
+    elif config.use_neighbours:
         yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
         kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
                               image=img if config.image_trend else None, n_features=d, seed=config.seed)
         yield Progress("kriging", 1, 1, describe_shares(kriging.share))
-    n_basis = kriging.basis.shape[1] if kriging is not None else 0
+        n_basis = kriging.basis.shape[1]
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
                          n_basis=n_basis)
     model.to(device)
@@ -221,7 +226,7 @@ def train_conditioned(
     history: list[float] = []
     start = 0
     if resume is not None:
-        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable)
+        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable, saved)
         img = _image_inputs(inputs, data.features, data.mean_rgb)  # the checkpoint's statistics
         state = saved.optimizer_state or {}
         if "main" in state:
@@ -234,7 +239,7 @@ def train_conditioned(
         model.ref_image.copy_(torch.from_numpy(img))
         model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
         model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
-    if kriging is not None and resume is None:  # a resumed model keeps its saved kriging
+    if kriging is not None:
         model.set_kriging(kriging, img)
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
@@ -242,6 +247,8 @@ def train_conditioned(
     if kriging is not None:
         meta["kriging"] = {"share": kriging.share, "cv_pcc": kriging.cv_pcc,
                            "image_trend": kriging.trend is not None}
+    elif saved is not None and "kriging" in saved.meta:
+        meta["kriging"] = saved.meta["kriging"]
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
     img_t, y_t = torch.from_numpy(img).to(device), torch.from_numpy(y).to(device)
     tree = cKDTree(data.positions)
