@@ -5,6 +5,8 @@ same split and genes:
 
 - the HisToSGE model with the default (weight-free) extractor, spatial attention groups;
 - the same model with image features switched off (positions only);
+- the same model with its image-input weights at PyTorch's initialisation instead of zero
+  (``image_init`` 1.0, the default before 2026-11-24);
 - the same model with attention groups in file order, as the reference code does;
 - the 6-nearest-neighbour inverse-distance baseline.
 
@@ -115,6 +117,9 @@ def main(argv=None) -> int:
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
         variants.append(("Conditioned (neighbours + image)",
                          TrainConfig.for_model("conditioned", seed=args.seed), feature_config, feats))
+        # The previous default: PyTorch's initialisation of the image-input weights (image_init 1).
+        variants.append(("HisToSGE, default features, image weights at PyTorch init",
+                         replace(base_train, image_init=1.0), feature_config, feats))
         if not args.no_file_order:
             variants.append(("HisToSGE, file-order groups", replace(base_train, grouping="file_order"),
                              feature_config, feats))
@@ -168,7 +173,10 @@ def _merge_previous(rows: list[dict], args) -> list[dict]:
     # Re-runs of single variants take their old places in the table.
     fresh = {(r["section"], r["variant"]): r for r in rows}
     merged = [fresh.pop((r["section"], r["variant"]), r) for r in previous.get("rows", [])]
-    return merged + list(fresh.values())
+    for row in fresh.values():  # new variants go after the last row of their section
+        at = max((i for i, r in enumerate(merged) if r["section"] == row["section"]), default=len(merged) - 1)
+        merged.insert(at + 1, row)
+    return merged
 
 
 def _fmt(v, digits=3):

@@ -11,6 +11,7 @@ many splits each method beats the baseline and HisToSGE's features-off ablation.
 
     python benchmarks/seeds.py --seeds 5                      # her2st sections
     python benchmarks/seeds.py --seeds 5 --sections 151676    # adds a section to the table
+    python benchmarks/seeds.py --methods "HisToSGE, default features"   # re-run one method only
 
 Sections measured before on the same seeds stay in the table.
 """
@@ -40,20 +41,21 @@ BASELINE = "6-NN baseline"
 ABLATION = "HisToSGE, image features off"
 
 
-def run_section(adata, seeds: list[int]) -> dict[str, list[tuple[float, float]]]:
-    """``method -> [(PCC HVG, PCC top-50) per seed]``."""
+def run_section(adata, seeds: list[int], methods: tuple[str, ...] = METHODS) -> dict[str, list[tuple[float, float]]]:
+    """``method -> [(PCC HVG, PCC top-50) per seed]`` for ``methods`` and the baseline."""
     feats = run_to_end(spot_features(adata, FeatureConfig()))
-    out: dict[str, list[tuple[float, float]]] = {m: [] for m in (BASELINE, *METHODS)}
+    out: dict[str, list[tuple[float, float]]] = {m: [] for m in (BASELINE, *methods)}
     for seed in seeds:
         configs = {
             METHODS[0]: (TrainConfig(seed=seed), FeatureConfig(), feats),
             METHODS[1]: (TrainConfig(seed=seed), FeatureConfig(extractor=NO_IMAGE), None),
             METHODS[2]: (TrainConfig.for_model("conditioned", seed=seed), FeatureConfig(), feats),
         }
-        for method, (tc, fc, ff) in configs.items():
+        for method in methods:
+            tc, fc, ff = configs[method]
             _, row, baseline = run_variant(adata, method, tc, fc, ff, argparse.Namespace(holdout=0.5, seed=seed))
             out[method].append((row["pcc_hvg"], row["pcc_top50"]))
-            if method == METHODS[0]:
+            if method == methods[0]:
                 out[BASELINE].append((baseline["pcc_hvg"], baseline["pcc_top50"]))
             print(f"seed {seed} {method}: {out[method][-1][0]:.3f} / {out[method][-1][1]:.3f}", flush=True)
     return out
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="splits per section (seeds 0, 1, ...)")
     parser.add_argument("--sections", nargs="*", default=["B4", "C2", "C3", "C4"])
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS),
+                        help="methods to re-run; the others keep their results from the last run on the same seeds")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
     import torch
@@ -101,16 +105,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     info = machine_info()
     seeds = list(range(args.seeds))
+    previous = RESULTS / "seeds.json"
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    old = old["results"] if old.get("seeds") == seeds else {}  # only results measured on the same splits
+    methods = tuple(m for m in METHODS if m in args.methods)
+    if not methods:
+        parser.error("--methods needs at least one method")
     results = {}
     t0 = time.perf_counter()
     for name, path in sections(data_root(), args.sections):
         print(f"[{name}]", flush=True)
-        results[name] = run_section(read_spots(path), seeds)
-    previous = RESULTS / "seeds.json"
-    if previous.exists():  # keep the sections not re-run this time, if measured on the same splits
-        old = json.loads(previous.read_text())
-        if old.get("seeds") == seeds:
-            results = {**{k: v for k, v in old["results"].items() if k not in results}, **results}
+        kept = {m: v for m, v in old.get(name, {}).items() if m not in methods and m != BASELINE}
+        missing = [m for m in METHODS if m not in methods and m not in kept]
+        if missing:
+            raise SystemExit(f"{name}: no earlier results of {missing} on these seeds; re-run them too")
+        results[name] = {**kept, **run_section(read_spots(path), seeds, methods)}
+    # Keep the sections not re-run this time.
+    results = {**{k: v for k, v in old.items() if k not in results}, **results}
     payload = {"machine": info, "seeds": seeds, "results": results, "wall_s": time.perf_counter() - t0}
     publish("seeds", payload, render(payload), doc=not args.no_doc)
     return 0

@@ -49,7 +49,10 @@ class TrainConfig:
     ``feature_dropout`` zeroes each image-feature column of each spot with this probability
     while training (not when predicting): without it HisToSGE memorises spots by their image
     features where those carry little (DLPFC, low-res image only: held-out PCC 0.059 without,
-    0.086 with 0.5; on her2st within +-0.006, see docs/benchmarks.md).
+    0.086 with 0.5; on her2st within +-0.006, see docs/benchmarks.md; measured with the image
+    weights at PyTorch's initialisation). With ``image_init`` 0, on 12 her2st splits (4
+    sections x 3), 0.5 gave a higher top-50 held-out PCC than 0 on 11 (mean 0.303 vs 0.270;
+    HVGs level, 6 of 12), and 0.8 was level with 0.5 (7 and 8 of 12), measured 2026-11-24.
 
     Settings of the ``conditioned`` model (ignored by ``histosge``): ``neighbours`` measured
     spots form each query's context, combined by local kriging with a kernel per gene;

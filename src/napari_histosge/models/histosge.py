@@ -9,7 +9,8 @@ here is a softplus: a ReLU output sends sparse genes to exactly 0, where its gra
 vanishes and they stay constant (PCC 0); on her2st B4 (hold-out half, 300 epochs) the
 softplus raised the mean held-out PCC over 1000 HVGs from 0.02 to 0.06. Unlike the reference, the input (image features, mean
 RGB and the continuous normalised position) is first projected to ``dim`` so the token
-width does not have to equal the feature width.
+width does not have to equal the feature width, and the image columns of that projection
+start at zero (``image_init``): training starts from a positions-only model.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class HisToSGE(nn.Module):
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.n_genes, self.n_pos_bins = int(in_dim), int(n_genes), int(n_pos_bins)
         self.embed = nn.Linear(self.in_dim, dim)
-        if not (image_init >= 0 and image_init == image_init):
+        if isinstance(image_init, bool) or not isinstance(image_init, (int, float)) or not image_init >= 0:
             raise InputError(f"model setting image_init must be a number >= 0, got {image_init}")
         with torch.no_grad():
             self.embed.weight[:, : max(self.in_dim - POSITION_INPUTS, 0)].mul_(float(image_init))
