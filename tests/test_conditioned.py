@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,13 +13,13 @@ import torch
 
 from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
-from napari_histosge.models.conditioned_fit import ConditionedTrainedModel
+from napari_histosge.models.conditioned_fit import ConditionedTrainedModel, companion_config
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
-             sample_steps=4, n_samples=3, device="cpu", lr=3e-3)
+             sample_steps=4, n_samples=3, device="cpu", lr=3e-3, head_hidden=64, histosge_epochs=20)
 
 
 def _field(n: int = 196, g: int = 8, d: int = 6, seed: int = 0):
@@ -103,7 +105,8 @@ def test_the_image_at_a_new_position_moves_the_prediction():
     feats, rgb, pos, y = arrays
     train_rows, test = _half(len(pos))
     # kriging_rank 4 (< 8 genes): the principal directions are few, as on real sections.
-    cfg = TrainConfig(epochs=1, val_fraction=0.0, kriging_rank=4, **SMALL)
+    # No companion: this is about the kriging's image trend.
+    cfg = TrainConfig(epochs=1, val_fraction=0.0, kriging_rank=4, **{**SMALL, "histosge_weight": 0.0})
     swap = np.random.default_rng(0).permutation(len(test))  # other spots' images at the same positions
 
     def image_effect(model) -> np.ndarray:
@@ -136,6 +139,30 @@ def test_components_switch_off_and_on(switch):
         assert model.model.discriminator_parameters()
 
 
+def test_the_histosge_companion_is_trained_apart_and_blended_in():
+    arrays = _field(n=120)
+    feats, rgb, pos, _ = arrays
+    data = _data(np.arange(120), arrays)
+    cfg = TrainConfig(epochs=3, **SMALL)
+    model, events = run_collecting(train(data, cfg))
+    assert [e.step for e in events if e.stage == "histosge"][-1] == cfg.histosge_epochs
+    companion = model.companion
+    assert isinstance(companion, TrainedModel) and companion.config.model == "histosge"
+    # Trained first on the same spots, never by the conditioned losses: as if trained alone.
+    alone = run_to_end(train(data, companion_config(cfg)))
+    query = pos + 41.0
+    np.testing.assert_allclose(companion.predict(feats, rgb, query), alone.predict(feats, rgb, query), atol=1e-5)
+    blended = model.predict(feats, rgb, query)
+    model.config = replace(cfg, histosge_weight=0.0)
+    conditioned_only = model.predict(feats, rgb, query)
+    np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.5 * alone.predict(feats, rgb, query), atol=1e-5)
+    assert not np.allclose(blended, conditioned_only)
+    # Without a companion nothing is blended and nothing extra is trained.
+    plain, events = run_collecting(train(data, replace(cfg, histosge_weight=0.0)))
+    assert plain.companion is None and "histosge" not in plain.meta
+    assert not [e for e in events if e.stage == "histosge"]
+
+
 def test_checkpoint_round_trip_and_resume(tmp_path):
     arrays = _field(n=100)
     feats, rgb, pos, _ = arrays
@@ -161,6 +188,10 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
         run_to_end(train(other, cfg, resume=half))
     with pytest.raises(InputError, match="image_trend=True"):  # the saved kriging would no longer apply
         run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "image_trend": False}), resume=half))
+    with pytest.raises(InputError, match="histosge_weight=0.5"):  # nor the saved companion
+        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_weight": 0.0}), resume=half))
+    assert not [e for e in events if e.stage == "histosge"]  # the companion is not retrained either
+    np.testing.assert_allclose(resumed.predict(feats, rgb, pos), model.predict(feats, rgb, pos), atol=1e-3)
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -168,7 +199,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     ({"aux_weight": -1.0}, "aux_weight"), ({"diffusion": "yes"}, "diffusion"),
     ({"val_fraction": 1.0}, "val_fraction"), ({"n_samples": 0}, "n_samples"),
     ({"kriging_rank": -1}, "kriging_rank"), ({"kriging_rank": 2.5}, "kriging_rank"),
-    ({"image_trend": "no"}, "image_trend"),
+    ({"image_trend": "no"}, "image_trend"), ({"histosge_weight": 1.5}, "histosge_weight"),
+    ({"histosge_weight": -0.1}, "histosge_weight"), ({"histosge_epochs": 0}, "histosge_epochs"),
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):

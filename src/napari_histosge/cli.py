@@ -75,6 +75,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-image-trend", action="store_true",
                    help="conditioned model: do not let the image predict the genes' principal directions "
                         "(the image trend the kriging interpolates around)")
+    g.add_argument("--histosge-weight", type=float,
+                   help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
+                        "on the same spots) in the prediction (default 0.5; 0 trains no companion)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -167,7 +170,7 @@ def _train_config(args: argparse.Namespace):
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
-        "val_fraction": args.val_fraction, "image_init": args.image_init,
+        "val_fraction": args.val_fraction, "image_init": args.image_init, "histosge_weight": args.histosge_weight,
     }
     if args.no_image_trend:
         values["image_trend"] = False
@@ -267,6 +270,10 @@ def _epochs_text(model) -> str:
         from .models.kriging_fit import describe_shares
 
         text += f"\nkriging estimators (share of genes): {describe_shares(meta['kriging']['share'])}"
+    if "histosge" in meta:
+        kept = meta["histosge"]["meta"].get("best_epoch")
+        text += (f"\nblended with its HisToSGE companion (weight {model.config.histosge_weight:g}; "
+                 f"companion weights of epoch {kept})")
     return text
 
 

@@ -18,7 +18,11 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
 - **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
   ``y - mean``, sampled with deterministic DDIM in a few steps; samples give a per-gene spread;
 - **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene
-  spatial patches (the gene's value at the query next to its measured neighbours' values).
+  spatial patches (the gene's value at the query next to its measured neighbours' values);
+- **HisToSGE companion** (``histosge_weight`` > 0): a HisToSGE model (image + position,
+  :mod:`.histosge`) trained on the same spots travels inside this one as ``histosge``; the
+  prediction blends its output into the conditional mean (see
+  :class:`~napari_histosge.models.conditioned_fit.ConditionedTrainedModel`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
+from .histosge import HisToSGE
 from .kriging import KrigingPlan, estimate, kriging_weights
 from .registry import register_model
 
@@ -72,6 +77,8 @@ class ConditionedModel(nn.Module):
         Size of the stored reference set (the measured spots).
     n_basis
         Principal directions used to couple genes in the kriging (0: none).
+    histosge_kwargs
+        Constructor arguments of the companion :class:`.histosge.HisToSGE` (``None``: none).
 
     Notes
     -----
@@ -95,6 +102,7 @@ class ConditionedModel(nn.Module):
         diffusion_steps: int = 100,
         n_ref: int = 0,
         n_basis: int = 0,
+        histosge_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("distill_dim", distill_dim),
@@ -142,6 +150,8 @@ class ConditionedModel(nn.Module):
             # Predicts the clean residual (x0), from zero: an untrained denoiser samples the mean.
             nn.init.zeros_(self.denoiser[-1].weight)
             nn.init.zeros_(self.denoiser[-1].bias)
+        # The companion HisToSGE (trained on its own, before this model; never by its losses).
+        self.histosge = HisToSGE(**histosge_kwargs) if histosge_kwargs else None
         if self.adversarial > 0:
             self.gene_embed = nn.Embedding(g, 16)
             self.discriminator = nn.Sequential(nn.Linear(1 + 2 * self.k + 16, 64), nn.LeakyReLU(0.2),
@@ -252,8 +262,10 @@ class ConditionedModel(nn.Module):
         return [p for m in (self.t_embed, self.d_in, self.d_ctx, self.denoiser) for p in m.parameters()]
 
     def generator_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the discriminator's."""
+        """Every parameter except the discriminator's and the companion HisToSGE's."""
         skip = {id(p) for p in self.discriminator_parameters()}
+        if self.histosge is not None:
+            skip |= {id(p) for p in self.histosge.parameters()}
         return [p for p in self.parameters() if id(p) not in skip]
 
     def discriminator_parameters(self) -> list[nn.Parameter]:

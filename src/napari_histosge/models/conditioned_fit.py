@@ -9,6 +9,7 @@ row, so a spot's expression is never part of its own context.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from os import PathLike
 from typing import Any
 
@@ -30,12 +31,48 @@ def _image_inputs(inputs: _Inputs, features: np.ndarray, mean_rgb: np.ndarray) -
     return ((np.concatenate([features, mean_rgb], axis=1) - inputs.mean) / inputs.std).astype(np.float32)
 
 
+def companion_config(config: TrainConfig) -> TrainConfig:
+    """Settings of the conditioned model's HisToSGE companion: ``config`` as a ``histosge`` run.
+
+    The shared settings (width, learning rate, seed, device, validation share, ...) carry
+    over; the epochs are ``histosge_epochs`` and the batch is HisToSGE's default.
+    """
+    return replace(config, model="histosge", epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size)
+
+
+def _train_companion(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
+                     ) -> ProgressGenerator[TrainedModel]:
+    """Train the HisToSGE companion, its progress reported as stage ``"histosge"``."""
+    from ..training import train
+
+    gen = train(data, companion_config(config), cancel=cancel)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield replace(event, stage="histosge")
+
+
 class ConditionedTrainedModel(TrainedModel):
     """A trained conditioned model: predicts from image features AND its stored measured spots.
 
     ``meta`` adds ``spacing_px`` (median spacing of the reference spots) and
-    ``model_kwargs`` (``n_ref``: reference-set size) to the base class's metadata.
+    ``model_kwargs`` (``n_ref``: reference-set size) to the base class's metadata; with a
+    HisToSGE companion, ``histosge`` holds its settings and metadata.
+
+    The prediction is the conditional mean, blended with the companion's prediction where
+    there is one: ``(1 - w) * conditioned + w * histosge`` with ``w = config.histosge_weight``
+    (generator samples move with it, so the spread is unchanged).
     """
+
+    @property
+    def companion(self) -> TrainedModel | None:
+        """The HisToSGE model blended into the predictions (``None`` without one)."""
+        if self.model.histosge is None:
+            return None
+        info = self.meta["histosge"]
+        return TrainedModel(self.model.histosge, TrainConfig.from_dict(info["config"]), self.genes, info["meta"])
 
     def _context(self, features, mean_rgb, positions):
         d = int(self.meta["n_features"])
@@ -56,10 +93,18 @@ class ConditionedTrainedModel(TrainedModel):
         """
         if frame is not None:
             raise InputError("a conditioned model is trained on one section; it takes no frame")
-        return self._context(features, mean_rgb, positions)
+        rows = self._context(features, mean_rgb, positions)
+        companion = self.companion
+        if companion is not None:  # its ``(x, bins)`` follow
+            rows = (*rows, *companion.prediction_inputs(features, mean_rgb, positions))
+        return rows
 
     def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Consecutive runs of queries, one forward pass each (queries do not attend to each other)."""
+        """The forward passes: consecutive runs of queries (queries do not attend to each
+        other), or, with a HisToSGE companion, its spatial groups (which both models can run)."""
+        companion = self.companion
+        if companion is not None:
+            return companion.plan_batches(positions, int(batch_size or 4 * self.config.batch_size))
         n = len(np.asarray(positions))
         step = int(batch_size or 4 * self.config.batch_size)
         return [(np.arange(s, min(s + step, n))[None], np.zeros((1, min(s + step, n) - s), bool))
@@ -70,7 +115,7 @@ class ConditionedTrainedModel(TrainedModel):
         """``(pred, std, samples)``: batch by batch, so only what is asked for is kept."""
         import torch
 
-        img, idx, geo, valid = rows
+        img, idx, geo, valid = rows[:4]
         n, g = len(img), len(self.genes)
         pred = np.zeros((n, g), np.float32)
         std = np.zeros((n, g), np.float32) if n_samples else None
@@ -98,6 +143,13 @@ class ConditionedTrainedModel(TrainedModel):
                 std[sl] = draws.std(0, unbiased=False).cpu().numpy()
                 if samples is not None:
                     samples[:, sl] = draws.cpu().numpy()
+        companion = self.companion
+        if companion is not None and self.config.histosge_weight > 0:
+            # Rows no batch names are 0 in both, so a partial plan (distributed) blends alike.
+            shift = self.config.histosge_weight * (companion.predict_planned(rows[4:], batches)[0] - pred)
+            pred += shift
+            if samples is not None:
+                samples += shift[None]
         return pred, std, samples
 
     def predict_planned(self, rows, batches, *, first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -205,20 +257,26 @@ def train_conditioned(
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
     img = _image_inputs(inputs, data.features, data.mean_rgb)
-    kriging = saved = None
-    n_basis = 0
+    kriging = saved = companion = None
+    model_kwargs: dict[str, Any] = {"n_ref": n, "n_basis": 0}
     if resume is not None:
-        # A resumed model keeps its saved kriging: loading it first spares the refit.
+        # A resumed model keeps its saved kriging and companion: loading it first spares the refits.
         saved = TrainedModel.load(resume, device="cpu")
-        n_basis = int(saved.meta.get("model_kwargs", {}).get("n_basis", 0))
-    elif config.use_neighbours:
-        yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
-        kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
-                              image=img if config.image_trend else None, n_features=d, seed=config.seed)
-        yield Progress("kriging", 1, 1, describe_shares(kriging.share))
-        n_basis = kriging.basis.shape[1]
-    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), n_ref=n,
-                         n_basis=n_basis)
+        model_kwargs.update({k: v for k, v in saved.meta.get("model_kwargs", {}).items() if k != "n_ref"})
+    else:
+        if config.use_neighbours:
+            yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
+            kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
+                                  image=img if config.image_trend else None, n_features=d, seed=config.seed)
+            yield Progress("kriging", 1, 1, describe_shares(kriging.share))
+            model_kwargs["n_basis"] = kriging.basis.shape[1]
+        if config.histosge_weight > 0:
+            companion = yield from _train_companion(data, config, cancel)
+            model_kwargs["histosge_kwargs"] = {"in_dim": int(companion.meta["in_dim"]), "n_genes": g,
+                                               **companion.config.model_hparams()}
+    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), **model_kwargs)
+    if companion is not None:
+        model.histosge.load_state_dict(companion.model.state_dict())
     model.to(device)
     optimizer = _adamw(model.generator_parameters(), config)
     d_opt = _adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None
@@ -243,7 +301,11 @@ def train_conditioned(
         model.set_kriging(kriging, img)
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
-                position_jitter_px=jitter_px, model_kwargs={"n_ref": n, "n_basis": n_basis})
+                position_jitter_px=jitter_px, model_kwargs=model_kwargs)
+    if companion is not None:
+        meta["histosge"] = {"config": companion.config.to_dict(), "meta": companion.meta}
+    elif saved is not None and "histosge" in saved.meta:
+        meta["histosge"] = saved.meta["histosge"]
     if kriging is not None:
         meta["kriging"] = {"share": kriging.share, "cv_pcc": kriging.cv_pcc,
                            "image_trend": kriging.trend is not None}
@@ -368,10 +430,11 @@ def train_conditioned(
 
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
     _check_common(saved, config, data, d, path)  # model settings, genes, feature width
-    for name in ("kriging_rank", "image_trend"):
+    for name in ("kriging_rank", "image_trend", "histosge_weight", "histosge_epochs"):
         if getattr(saved.config, name, None) != getattr(config, name):
-            raise InputError(f"the checkpoint's kriging was chosen with {name}={getattr(saved.config, name, None)}, "
-                             f"not {getattr(config, name)}: resume with the same setting", path)
+            raise InputError(f"the checkpoint's kriging and companion were fitted with "
+                             f"{name}={getattr(saved.config, name, None)}, not {getattr(config, name)}: "
+                             "resume with the same setting", path)
     ref = saved.model.ref_positions.cpu().numpy()
     if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
         raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)
