@@ -134,4 +134,4 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert set(recovered.var["estimator"]) <= {"plain", "coupled", "drift"}
     out = capsys.readouterr().out
     assert "kriging estimators (share of genes): plain" in out
-    assert "blended with its HisToSGE companion (weight 0.5" in out
+    assert "blended with its HisToSGE companion (weight " in out and "chosen on validation spots" in out

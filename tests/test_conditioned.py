@@ -13,7 +13,7 @@ import torch
 
 from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
-from napari_histosge.models.conditioned_fit import ConditionedTrainedModel, companion_config
+from napari_histosge.models.conditioned_fit import BLEND_WEIGHTS, ConditionedTrainedModel, companion_config
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
@@ -143,7 +143,7 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     arrays = _field(n=120)
     feats, rgb, pos, _ = arrays
     data = _data(np.arange(120), arrays)
-    cfg = TrainConfig(epochs=3, **SMALL)
+    cfg = TrainConfig(epochs=3, **{**SMALL, "histosge_weight": 0.5})
     model, events = run_collecting(train(data, cfg))
     assert [e.step for e in events if e.stage == "histosge"][-1] == cfg.histosge_epochs
     companion = model.companion
@@ -153,14 +153,31 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     query = pos + 41.0
     np.testing.assert_allclose(companion.predict(feats, rgb, query), alone.predict(feats, rgb, query), atol=1e-5)
     blended = model.predict(feats, rgb, query)
-    model.config = replace(cfg, histosge_weight=0.0)
+    assert model.blend_weight == 0.5 and model.meta["histosge"]["weight"] == 0.5
+    model.meta["histosge"]["weight"] = 0.0
     conditioned_only = model.predict(feats, rgb, query)
     np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.5 * alone.predict(feats, rgb, query), atol=1e-5)
     assert not np.allclose(blended, conditioned_only)
     # Without a companion nothing is blended and nothing extra is trained.
     plain, events = run_collecting(train(data, replace(cfg, histosge_weight=0.0)))
-    assert plain.companion is None and "histosge" not in plain.meta
+    assert plain.companion is None and "histosge" not in plain.meta and plain.blend_weight == 0
     assert not [e for e in events if e.stage == "histosge"]
+
+
+def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
+    arrays = _field(n=150)
+    data = _data(np.arange(150), arrays)
+    model = run_to_end(train(data, TrainConfig(epochs=2, **SMALL), checkpoint_path=tmp_path / "m.pt"))
+    info = model.meta["histosge"]
+    scores = info["validation_pcc"]
+    assert set(scores) == set(BLEND_WEIGHTS) and info["weight"] == max(scores, key=scores.get)
+    assert model.blend_weight == info["weight"]
+    assert TrainedModel.load(tmp_path / "m.pt", device="cpu").blend_weight == info["weight"]  # saved with it
+    # Genes driven by the image alone: the image-and-position companion gets weight.
+    feats, rgb, pos, _ = arrays
+    image_genes = np.maximum(2 + feats @ np.random.default_rng(4).normal(size=(feats.shape[1], 8)), 0)
+    image_data = _data(np.arange(150), (feats, rgb, pos, image_genes.astype(np.float32)))
+    assert run_to_end(train(image_data, TrainConfig(epochs=2, **{**SMALL, "histosge_epochs": 200}))).blend_weight > 0
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
@@ -188,7 +205,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
         run_to_end(train(other, cfg, resume=half))
     with pytest.raises(InputError, match="image_trend=True"):  # the saved kriging would no longer apply
         run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "image_trend": False}), resume=half))
-    with pytest.raises(InputError, match="histosge_weight=0.5"):  # nor the saved companion
+    with pytest.raises(InputError, match="histosge_weight=None"):  # nor the saved companion
         run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_weight": 0.0}), resume=half))
     assert not [e for e in events if e.stage == "histosge"]  # the companion is not retrained either
     np.testing.assert_allclose(resumed.predict(feats, rgb, pos), model.predict(feats, rgb, pos), atol=1e-3)

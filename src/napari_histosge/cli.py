@@ -77,7 +77,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(the image trend the kriging interpolates around)")
     g.add_argument("--histosge-weight", type=float,
                    help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
-                        "on the same spots) in the prediction (default 0.5; 0 trains no companion)")
+                        "on the same spots) in the prediction, 0..1 (default: chosen on validation spots; "
+                        "0 trains no companion)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -272,7 +273,8 @@ def _epochs_text(model) -> str:
         text += f"\nkriging estimators (share of genes): {describe_shares(meta['kriging']['share'])}"
     if "histosge" in meta:
         kept = meta["histosge"]["meta"].get("best_epoch")
-        text += (f"\nblended with its HisToSGE companion (weight {model.config.histosge_weight:g}; "
+        how = "set" if model.config.histosge_weight is not None else "chosen on validation spots"
+        text += (f"\nblended with its HisToSGE companion (weight {model.blend_weight:g}, {how}; "
                  f"companion weights of epoch {kept})")
     return text
 

@@ -71,11 +71,13 @@ class TrainConfig:
     query away from its spot before the neighbour offsets are computed, so queries between
     spots (super-resolution) are seen.
 
-    ``histosge_weight`` > 0 gives the ``conditioned`` model a companion: a ``histosge`` model
+    ``histosge_weight`` gives the ``conditioned`` model a companion: a ``histosge`` model
     (image + position) trained first on the same spots with these settings (at most
     ``histosge_epochs`` epochs, early-stopped, batches of 512), whose prediction is blended
-    into the conditioned prediction with this weight. The average of the two beat each alone
-    on the top-50 genes on all six her2st splits tried (docs/benchmarks.md); 0 turns it off.
+    into the conditioned prediction with this weight. ``None`` (the default) chooses the
+    weight among 0, 0.25, 0.5, 0.75 and 1 by mean per-gene PCC on the companion's validation
+    spots (``val_fraction``; the kriging leaves them out of the neighbours there); 0 trains
+    no companion. See docs/benchmarks.md for what it changes.
 
     ``val_fraction`` also drives early stopping of ``histosge`` (see :mod:`.validation`): that
     share of each section's training spots is held back, scored every ``epochs // 50``
@@ -119,7 +121,7 @@ class TrainConfig:
     n_samples: int = 4
     adversarial: float = 0.0
     val_fraction: float = 0.1
-    histosge_weight: float = 0.5
+    histosge_weight: float | None = None
     histosge_epochs: int = 1000
 
     def __post_init__(self) -> None:
@@ -149,8 +151,10 @@ class TrainConfig:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not (isinstance(self.neighbour_dropout, float) and 0 <= self.neighbour_dropout < 1):
             raise InputError(f"training setting neighbour_dropout must be in [0, 1), got {self.neighbour_dropout!r}")
-        if not (isinstance(self.histosge_weight, float) and 0 <= self.histosge_weight <= 1):
-            raise InputError(f"training setting histosge_weight must be in [0, 1], got {self.histosge_weight!r}")
+        if self.histosge_weight is not None and not (isinstance(self.histosge_weight, float)
+                                                     and 0 <= self.histosge_weight <= 1):
+            raise InputError(f"training setting histosge_weight must be in [0, 1] or None (chosen on validation "
+                             f"spots), got {self.histosge_weight!r}")
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):
             raise InputError(f"training setting val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("aux_weight", "adversarial", "image_init"):

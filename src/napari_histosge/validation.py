@@ -37,18 +37,24 @@ def split_validation(data: TrainingData, config: TrainConfig) -> tuple[TrainingD
     The validation spots are a seeded random share of every section, so each section keeps
     its training spots and its coordinate box.
     """
+    val = validation_rows(data, config)
+    if val is None:
+        return data, None
+    return _subset(data, np.setdiff1d(np.arange(len(data.spot_ids)), val)), _subset(data, val)
+
+
+def validation_rows(data: TrainingData, config: TrainConfig) -> np.ndarray | None:
+    """Sorted rows of ``data`` that :func:`split_validation` holds back (``None``: none)."""
     n = len(data.spot_ids)
     if config.val_fraction <= 0 or n < MIN_SPOTS:
-        return data, None
+        return None
     rng = np.random.default_rng([config.seed, 7919])
     val = np.zeros(n, bool)
     for rows in data.section_rows():
         k = int(round(config.val_fraction * len(rows)))
         if 0 < k < len(rows):
             val[rng.choice(rows, k, replace=False)] = True
-    if not val.any():
-        return data, None
-    return _subset(data, np.flatnonzero(~val)), _subset(data, np.flatnonzero(val))
+    return np.flatnonzero(val) if val.any() else None
 
 
 def _subset(data: TrainingData, rows: np.ndarray) -> TrainingData:

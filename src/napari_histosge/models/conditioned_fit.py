@@ -31,6 +31,12 @@ def _image_inputs(inputs: _Inputs, features: np.ndarray, mean_rgb: np.ndarray) -
     return ((np.concatenate([features, mean_rgb], axis=1) - inputs.mean) / inputs.std).astype(np.float32)
 
 
+#: Weights of the HisToSGE companion tried on its validation spots (``histosge_weight`` None).
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The companion's weight where none could be chosen (no validation spots, an interrupted run).
+DEFAULT_BLEND = 0.5
+
+
 def companion_config(config: TrainConfig) -> TrainConfig:
     """Settings of the conditioned model's HisToSGE companion: ``config`` as a ``histosge`` run.
 
@@ -62,9 +68,17 @@ class ConditionedTrainedModel(TrainedModel):
     HisToSGE companion, ``histosge`` holds its settings and metadata.
 
     The prediction is the conditional mean, blended with the companion's prediction where
-    there is one: ``(1 - w) * conditioned + w * histosge`` with ``w = config.histosge_weight``
-    (generator samples move with it, so the spread is unchanged).
+    there is one: ``(1 - w) * conditioned + w * histosge`` with ``w`` = :attr:`blend_weight`
+    (``config.histosge_weight``, or chosen on validation spots when that is ``None``);
+    generator samples move with it, so the spread is unchanged.
     """
+
+    @property
+    def blend_weight(self) -> float:
+        """Weight of the companion in the prediction (0 without one)."""
+        if self.model.histosge is None:
+            return 0.0
+        return float(self.meta["histosge"].get("weight", DEFAULT_BLEND))
 
     @property
     def companion(self) -> TrainedModel | None:
@@ -143,10 +157,10 @@ class ConditionedTrainedModel(TrainedModel):
                 std[sl] = draws.std(0, unbiased=False).cpu().numpy()
                 if samples is not None:
                     samples[:, sl] = draws.cpu().numpy()
-        companion = self.companion
-        if companion is not None and self.config.histosge_weight > 0:
+        companion, weight = self.companion, self.blend_weight
+        if companion is not None and weight > 0:
             # Rows no batch names are 0 in both, so a partial plan (distributed) blends alike.
-            shift = self.config.histosge_weight * (companion.predict_planned(rows[4:], batches)[0] - pred)
+            shift = weight * (companion.predict_planned(rows[4:], batches)[0] - pred)
             pred += shift
             if samples is not None:
                 samples += shift[None]
@@ -270,7 +284,7 @@ def train_conditioned(
                                   image=img if config.image_trend else None, n_features=d, seed=config.seed)
             yield Progress("kriging", 1, 1, describe_shares(kriging.share))
             model_kwargs["n_basis"] = kriging.basis.shape[1]
-        if config.histosge_weight > 0:
+        if config.histosge_weight != 0:
             companion = yield from _train_companion(data, config, cancel)
             model_kwargs["histosge_kwargs"] = {"in_dim": int(companion.meta["in_dim"]), "n_genes": g,
                                                **companion.config.model_hparams()}
@@ -304,6 +318,8 @@ def train_conditioned(
                 position_jitter_px=jitter_px, model_kwargs=model_kwargs)
     if companion is not None:
         meta["histosge"] = {"config": companion.config.to_dict(), "meta": companion.meta}
+        if config.histosge_weight is not None:  # fixed; otherwise chosen after training
+            meta["histosge"]["weight"] = config.histosge_weight
     elif saved is not None and "histosge" in saved.meta:
         meta["histosge"] = saved.meta["histosge"]
     if kriging is not None:
@@ -425,7 +441,37 @@ def train_conditioned(
     elif checkpoint_path is not None and start >= config.epochs:
         trained.save(checkpoint_path)
     model.eval()
+    if "histosge" in meta and "weight" not in meta["histosge"]:
+        meta["histosge"].update(_choose_blend(trained, data, img_t, tree))
+        if checkpoint_path is not None:
+            trained.save(checkpoint_path)
     return trained
+
+
+def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, tree) -> dict[str, Any]:
+    """The companion's weight: the one of :data:`BLEND_WEIGHTS` with the best mean per-gene PCC
+    on the companion's validation spots (it never trained on them; the kriging there leaves
+    them out of the neighbours). Ties go to the smaller weight; no validation spots: 0.5."""
+    import torch
+
+    from ..evaluation import gene_metrics
+    from ..validation import validation_rows
+
+    companion, model = trained.companion, trained.model
+    rows = validation_rows(data, companion.config)
+    if rows is None or len(rows) < 3:
+        return {"weight": DEFAULT_BLEND, "validation_pcc": None}
+    idx, geo, valid = neighbour_context(data.positions, data.positions[rows], trained.config.neighbours,
+                                        spacing=float(trained.meta["spacing_px"]), exclude=rows, tree=tree)
+    dev = img_t.device
+    with torch.no_grad():
+        out = model(img_t[torch.from_numpy(rows).to(dev)], *(torch.from_numpy(a).to(dev) for a in (idx, geo, valid)))
+        own = model.to_expression(out["mean"]).cpu().numpy()
+    other = companion.predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])
+    truth = data.targets[rows]
+    scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
+              for w in BLEND_WEIGHTS]
+    return {"weight": BLEND_WEIGHTS[int(np.argmax(scores))], "validation_pcc": dict(zip(BLEND_WEIGHTS, scores))}
 
 
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
