@@ -40,6 +40,7 @@ from napari_histosge.training import TrainConfig  # noqa: E402
 #: name -> (label, TrainConfig changes, image features on)
 VARIANTS = {
     "full": ("conditioned (all components)", {}, True),
+    "no_companion": ("conditioned, without HisToSGE companion", {"histosge_weight": 0.0}, True),
     "no_neighbours": ("conditioned, without neighbours", {"use_neighbours": False}, True),
     "no_image": ("conditioned, without image", {}, False),
     "no_image_trend": ("conditioned, kriging without image trend", {"image_trend": False}, True),

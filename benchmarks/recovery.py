@@ -64,6 +64,8 @@ def run_variant(adata, name, train_config, feature_config, features, args):
         # Early stopping: the epoch whose weights were kept, and where training ended.
         "best_epoch": result.model.meta.get("best_epoch"),
         "epochs_run": result.model.meta.get("stopped_at", len(result.model.meta.get("history", []))),
+        # The conditioned model's HisToSGE companion: its weight in the prediction.
+        "companion_weight": getattr(result.model, "blend_weight", None),
     }
     baseline = {
         "variant": "6-NN baseline",
