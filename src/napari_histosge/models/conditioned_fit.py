@@ -10,6 +10,7 @@ row, so a spot's expression is never part of its own context.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 from os import PathLike
 from typing import Any
 
@@ -80,9 +81,10 @@ class ConditionedTrainedModel(TrainedModel):
             return 0.0
         return float(self.meta["histosge"].get("weight", DEFAULT_BLEND))
 
-    @property
+    @cached_property
     def companion(self) -> TrainedModel | None:
-        """The HisToSGE model blended into the predictions (``None`` without one)."""
+        """The HisToSGE model blended into the predictions (``None`` without one); built once,
+        as every prediction (and every distributed piece of one) asks for it several times."""
         if self.model.histosge is None:
             return None
         info = self.meta["histosge"]
@@ -416,7 +418,8 @@ def train_conditioned(
         if n_val:
             metrics["val_loss"] = val_history[-1]
         yield Progress("train", done, config.epochs, metrics=metrics)
-    if n_val and best.epoch != config.epochs:
+    restored = bool(n_val) and best.epoch != config.epochs
+    if restored:
         best.restore()  # early stopping: the best validated epoch
         if model.use_diffusion and start < config.epochs:
             # The restored denoiser learnt the residuals of an older mean (or nothing, at
@@ -436,15 +439,13 @@ def train_conditioned(
                     refit_opt.step()
                 yield Progress("uncertainty", i + 1, refit, metrics={"loss": float(loss.detach())})
         snapshot(config.epochs)
-        if checkpoint_path is not None:
-            trained.save(checkpoint_path)
-    elif checkpoint_path is not None and start >= config.epochs:
-        trained.save(checkpoint_path)
     model.eval()
-    if "histosge" in meta and "weight" not in meta["histosge"]:
+    # The companion's weight needs the final conditioned model, so it is chosen last.
+    choose = "histosge" in meta and "weight" not in meta["histosge"]
+    if choose:
         meta["histosge"].update(_choose_blend(trained, data, img_t, tree))
-        if checkpoint_path is not None:
-            trained.save(checkpoint_path)
+    if checkpoint_path is not None and (restored or choose or start >= config.epochs):
+        trained.save(checkpoint_path)
     return trained
 
 
