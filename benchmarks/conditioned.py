@@ -96,6 +96,7 @@ def main(argv=None) -> int:
             row = _row(name, adata.n_obs, label, s, "model", result.timings["fit_s"], wall)
             if cfg.model == "conditioned":
                 row["best_epoch"] = result.model.meta.get("best_epoch")
+                row["companion_weight"] = result.model.blend_weight
             if label.startswith("conditioned (all"):
                 row.update(domain_ari(path, adata, result))
             rows.append(row)
@@ -115,6 +116,7 @@ def _fmt(v, digits=3):
 
 
 def render(payload: dict) -> str:
+    weights = any("companion_weight" in r for r in payload["rows"])  # recorded since 2026-11-24
     lines = [
         "### Conditioned model (histology + measured neighbours) and ablations",
         "",
@@ -125,15 +127,17 @@ def render(payload: dict) -> str:
         f"scale; MSE/MAE over the top-1000 HVGs. The conditioned model's defaults: {payload.get('neighbours', 16)} "
         f"neighbours, {payload.get('batch_size', 256)}-spot batches.",
         "",
-        "| section | spots | method | PCC HVG | PCC top-50 mean | MSE | MAE | fit s | best ep. | ARI pred / measured |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| section | spots | method | PCC HVG | PCC top-50 mean | MSE | MAE | fit s | best ep. "
+        + ("| companion weight " if weights else "") + "| ARI pred / measured |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if weights else "") + "---|",
     ]
     for r in payload["rows"]:
         ari = f"{r['ari_predicted']:.3f} / {r['ari_measured']:.3f}" if "ari_predicted" in r else ""
         best = "" if r.get("best_epoch") is None else str(r["best_epoch"])
         lines.append(f"| {r['section']} | {r['n_spots']} | {r['variant']} | {_fmt(r['pcc_hvg'])} "
                      f"| {_fmt(r['pcc_top50'])} | {_fmt(r['mse'], 4)} | {_fmt(r['mae'], 4)} "
-                     f"| {_fmt(r['fit_s'], 1)} | {best} | {ari} |")
+                     f"| {_fmt(r['fit_s'], 1)} | {best} "
+                     + (f"| {_fmt(r.get('companion_weight'), 2)} " if weights else "") + f"| {ari} |")
     lines += ["", "Reading the table: where 'best ep.' is 0 the validation split preferred the untrained "
               f"start (local kriging of the {payload.get('neighbours', 16)} nearest measured spots), so the "
               "learned components (distillation head, residual MLP, diffusion, adversarial term) did not help on "
@@ -142,7 +146,11 @@ def render(payload: dict) -> str:
               "the expression, or around the image trend of those directions (mean RGB and 4 principal "
               "components of the image features, by ridge regression). 'Without image' and 'kriging without "
               "image trend' lose that trend (they coincide while 'best ep.' is 0); 'plain kriging only' also "
-              "loses the coupling. The adversarial term is off by default."]
+              "loses the coupling. The adversarial term is off by default. Every row but 'without HisToSGE "
+              "companion' blends in the HisToSGE companion (image + position, trained first on the same spots; "
+              "'without image' trains it without image features too) with a weight of 0, 0.25, 0.5, 0.75 or 1 "
+              "chosen on its validation spots, so an ablation that weakens the conditioned part can move that "
+              "choice: at weight 1 the row is the companion's prediction."]
     return "\n".join(lines)
 
 
