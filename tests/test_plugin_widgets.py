@@ -167,6 +167,9 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert model.meta["position_frame"] == "per_section"
     assert any(e.stage == "prepare" and "in 2 sections" in e.message for e in widget.events_seen)
     assert any(k == "info" and "Trained" in m for k, m in notifications)
+    # The status ends with what the CLI prints after training: epochs run and the epoch kept.
+    assert widget.status.value.startswith("done: ")
+    assert f"epochs: 2 of at most 2; kept the weights of epoch {model.meta['best_epoch']}" in widget.status.value
 
 
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])

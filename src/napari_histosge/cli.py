@@ -219,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     where = f" in {len(sections)} sections" if len(sections) > 1 else ""
     print(f"trained {model.config.model} on {n_spots} spots{where} x {len(model.genes)} genes; "
           f"final loss {final:.4g}")
-    print(_epochs_text(model))
+    print(model.training_summary())
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -254,29 +254,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.save_model:
         result.model.save(args.save_model)
     _print_summary(result.summary())
-    print(_epochs_text(result.model))
+    print(result.model.training_summary())
     print(f"predictions for {len(result.test_ids)} hidden spots -> {args.out}")
     return 0
-
-
-def _epochs_text(model) -> str:
-    """How long the model trained and which epoch's weights it kept (early stopping); the kriging's choices."""
-    meta = model.meta
-    ran = int(meta.get("stopped_at", len(meta.get("history", []))))
-    text = f"epochs: {ran}"
-    if meta.get("val_history") and meta.get("best_epoch") is not None:
-        text = (f"epochs: {ran} of at most {model.config.epochs}; kept the weights of epoch {meta['best_epoch']} "
-                "(best on the validation spots)")
-    if "kriging" in meta:  # which genes lean on the image, which on their neighbours alone
-        from .models.kriging_fit import describe_shares
-
-        text += f"\nkriging estimators (share of genes): {describe_shares(meta['kriging']['share'])}"
-    if "histosge" in meta:
-        kept = meta["histosge"]["meta"].get("best_epoch")
-        how = "set" if model.config.histosge_weight is not None else "chosen on validation spots"
-        text += (f"\nblended with its HisToSGE companion (weight {model.blend_weight:g}, {how}; "
-                 f"companion weights of epoch {kept})")
-    return text
 
 
 def _print_summary(summary: dict) -> None:

@@ -132,6 +132,18 @@ class TrainedModel:
         """Per gene, how the model estimates it (the conditioned model's kriging); ``None`` where it is one model."""
         return None
 
+    def training_summary(self) -> str:
+        """How training went, for people: epochs run and, with early stopping, the epoch kept.
+
+        The CLI prints it after training and the Train widget shows it when a job ends.
+        """
+        meta = self.meta
+        ran = int(meta.get("stopped_at", len(meta.get("history", []))))
+        if meta.get("val_history") and meta.get("best_epoch") is not None:
+            return (f"epochs: {ran} of at most {self.config.epochs}; kept the weights of epoch "
+                    f"{meta['best_epoch']} (best on the validation spots)")
+        return f"epochs: {ran}"
+
     def save(self, path: str | PathLike) -> None:
         """Write one checkpoint file (weights, config, genes, meta, optimiser state), atomically."""
         from .checkpoint import save_checkpoint

@@ -271,7 +271,7 @@ class TrainWidget(Container):
         self.last_model = model
         name = SESSION_MODELS.add(SessionModel(name=f"{self._library} ({len(model.genes)} genes)", model=model,
                                                checkpoint=self.checkpoint_path, adata=self._adata))
-        self.status.value = f"done: {name}; saved to {self.checkpoint_path}"
+        self.status.value = f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}"
         show_info(f"Trained '{name}'; checkpoint {self.checkpoint_path}")
 
     def _on_crash(self, exc: Exception) -> None:

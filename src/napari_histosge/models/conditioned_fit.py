@@ -195,6 +195,19 @@ class ConditionedTrainedModel(TrainedModel):
         return self._run(rows, self.plan_batches(positions, batch_size), first_batch=0, n_samples=s,
                          keep_samples=True)[2]
 
+    def training_summary(self) -> str:
+        """Epochs, plus which estimator the kriging chose for how many genes (which genes lean on
+        the image, which on their neighbours alone) and the companion's weight."""
+        text = super().training_summary()
+        if "kriging" in self.meta:
+            text += f"\nkriging estimators (share of genes): {describe_shares(self.meta['kriging']['share'])}"
+        if "histosge" in self.meta:
+            kept = self.meta["histosge"]["meta"].get("best_epoch")
+            how = "set" if self.config.histosge_weight is not None else "chosen on validation spots"
+            text += (f"\nblended with its HisToSGE companion (weight {self.blend_weight:g}, {how}; "
+                     f"companion weights of epoch {kept})")
+        return text
+
     def gene_estimators(self) -> list[str] | None:
         """Per gene, the kriging estimator (``plain``, ``coupled`` or ``drift``); ``None`` without neighbours."""
         if "kriging" not in self.meta:
