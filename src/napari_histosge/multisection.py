@@ -19,7 +19,7 @@ from .errors import InputError
 from .features import SpotFeatures
 from .pipeline import _model_meta, spot_features
 from .preprocess import dense_targets, normalize_log1p, select_genes
-from .progress import Progress, ProgressGenerator
+from .progress import Progress, ProgressGenerator, map_events
 from .training import TrainedModel, TrainingData, section_frame, train
 
 
@@ -37,12 +37,7 @@ def section_names(adatas: Sequence[Any]) -> list[str]:
 
 def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
     """Re-yield ``gen``'s events with ``label`` in front of their message (which section is worked on)."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield replace(event, message=f"{label}: {event.message}" if event.message else label)
+    return map_events(gen, lambda e: replace(e, message=f"{label}: {e.message}" if e.message else label))
 
 
 def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,

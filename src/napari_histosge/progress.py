@@ -10,7 +10,7 @@ generator in ``thread_worker``. Cancelling is cooperative: the consumer sets a
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -66,6 +66,19 @@ class CancelToken:
         """Raise :class:`~napari_histosge.errors.CancelledError` if cancelled."""
         if self._event.is_set():
             raise CancelledError("cancelled by user")
+
+
+def map_events(gen: ProgressGenerator[T], change: Callable[[Progress], Progress]) -> ProgressGenerator[T]:
+    """Re-yield ``gen``'s events passed through ``change`` and return its result.
+
+    For a step run inside a larger one, e.g. to name the section or sub-model it works on.
+    """
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield change(event)
 
 
 def run_to_end(gen: ProgressGenerator[T]) -> T:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..progress import CancelToken, Progress, ProgressGenerator
+from ..progress import CancelToken, Progress, ProgressGenerator, map_events
 from ..trained_model import TrainedModel
 from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
@@ -52,13 +52,7 @@ def _train_companion(data: TrainingData, config: TrainConfig, cancel: CancelToke
     """Train the HisToSGE companion, its progress reported as stage ``"histosge"``."""
     from ..training import train
 
-    gen = train(data, companion_config(config), cancel=cancel)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield replace(event, stage="histosge")
+    return map_events(train(data, companion_config(config), cancel=cancel), lambda e: replace(e, stage="histosge"))
 
 
 class ConditionedTrainedModel(TrainedModel):
@@ -351,10 +345,7 @@ def train_conditioned(
     n_val = int(round(config.val_fraction * n)) if n >= 20 else 0
     val_rows, fit_rows = np.sort(split[:n_val]), np.sort(split[n_val:])
     if n_val:
-        v_idx, v_geo, v_valid = neighbour_context(data.positions, data.positions[val_rows], config.neighbours,
-                                                  spacing=spacing, exclude=val_rows, tree=tree)
-        v_args = (img_t[torch.from_numpy(val_rows).to(device)],
-                  *(torch.from_numpy(a).to(device) for a in (v_idx, v_geo, v_valid)))
+        v_args = _held_out_inputs(data.positions, val_rows, img_t, config.neighbours, spacing, tree)
         v_target = y_t[torch.from_numpy(val_rows).to(device)]
 
     def val_loss() -> float:
@@ -462,6 +453,16 @@ def train_conditioned(
     return trained
 
 
+def _held_out_inputs(positions: np.ndarray, rows: np.ndarray, img_t, k: int, spacing: float, tree) -> tuple:
+    """Model inputs ``(image, neighbour index, geometry, valid)`` for the training spots ``rows``
+    queried as if unmeasured: every one of them is left out of every neighbourhood."""
+    import torch
+
+    idx, geo, valid = neighbour_context(positions, positions[rows], k, spacing=spacing, exclude=rows, tree=tree)
+    dev = img_t.device
+    return (img_t[torch.from_numpy(rows).to(dev)], *(torch.from_numpy(a).to(dev) for a in (idx, geo, valid)))
+
+
 def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, tree) -> dict[str, Any]:
     """The companion's weight: the one of :data:`BLEND_WEIGHTS` with the best mean per-gene PCC
     on the companion's validation spots (it never trained on them; the kriging there leaves
@@ -475,12 +476,10 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
     rows = validation_rows(data, companion.config)
     if rows is None or len(rows) < 3:
         return {"weight": DEFAULT_BLEND, "validation_pcc": None}
-    idx, geo, valid = neighbour_context(data.positions, data.positions[rows], trained.config.neighbours,
-                                        spacing=float(trained.meta["spacing_px"]), exclude=rows, tree=tree)
-    dev = img_t.device
+    args = _held_out_inputs(data.positions, rows, img_t, trained.config.neighbours,
+                            float(trained.meta["spacing_px"]), tree)
     with torch.no_grad():
-        out = model(img_t[torch.from_numpy(rows).to(dev)], *(torch.from_numpy(a).to(dev) for a in (idx, geo, valid)))
-        own = model.to_expression(out["mean"]).cpu().numpy()
+        own = model.to_expression(model(*args)["mean"]).cpu().numpy()
     other = companion.predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])
     truth = data.targets[rows]
     scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
