@@ -157,14 +157,20 @@ def started(data, cfg):
     return gen, captured[0]
 
 
-def side_by_side(data, config, eval_every: int) -> dict:
-    """Interleaved epochs of the trainers; per-epoch times, losses and held-out PCC."""
+def eval_setup(data, config):
+    """The input statistics train() fits, the metadata to evaluate a bare model with them, and
+    the settings the reference-style loop is evaluated under (file order, no jitter)."""
     from napari_histosge.training_inputs import _Inputs
 
     feats, rgb, xy, _ = data["train"]
-    inputs = _Inputs.fit(feats, rgb, xy, config.n_pos_bins)  # the same statistics train() fits
+    inputs = _Inputs.fit(feats, rgb, xy, config.n_pos_bins)
     meta = {**inputs.to_meta(), "n_features": feats.shape[1]}
-    ref_config = replace(config, grouping="file_order", position_jitter=0.0)
+    return inputs, meta, replace(config, grouping="file_order", position_jitter=0.0)
+
+
+def side_by_side(data, config, eval_every: int) -> dict:
+    """Interleaved epochs of the trainers; per-epoch times, losses and held-out PCC."""
+    inputs, meta, ref_config = eval_setup(data, config)
 
     runs = {}
     for name, cfg in (("ours", config), ("ours_reference_recipe", reference_recipe(config))):
@@ -201,17 +207,12 @@ def convergence(data, config, epochs: int, eval_every: int) -> dict:
     """One longer run of each trainer alone, held-out PCC every ``eval_every`` epochs (outside
     the timing): seconds and epochs to the best held-out PCC (convergence of what the user
     gets), and to the training loss settling within 1% of its final value."""
-    from napari_histosge.training_inputs import _Inputs
-
     out = {}
-    feats, rgb, xy, _ = data["train"]
-    inputs = _Inputs.fit(feats, rgb, xy, config.n_pos_bins)
-    meta = {**inputs.to_meta(), "n_features": feats.shape[1]}
     long = replace(config, epochs=epochs)
+    inputs, meta, ref_config = eval_setup(data, long)
     gen, model = started(data, long)
     runs = {"ours": (long, model, (float(ev.metrics["loss"]) for ev in gen)),
-            "reference": (replace(long, grouping="file_order", position_jitter=0.0), None,
-                          reference_style(data, long, inputs))}
+            "reference": (ref_config, None, reference_style(data, long, inputs))}
     for name, (cfg, model, steps) in runs.items():
         losses, times, pcc = [], [], []
         elapsed = 0.0
