@@ -48,7 +48,9 @@ def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"
     data = TrainingData(features=feats.features, mean_rgb=feats.mean_rgb,
                         positions=np.asarray(adata.obsm["spatial"], np.float64),
                         targets=dense_targets(log, genes), spot_ids=list(adata.obs_names), genes=genes)
-    return run_to_end(train(data, TrainConfig(model=model, epochs=epochs, genes=genes, device="cpu", val_fraction=0.0)))
+    # The conditioned model's companion members train as many epochs (the weights do not change the cost).
+    return run_to_end(train(data, TrainConfig(model=model, epochs=epochs, histosge_epochs=epochs, genes=genes,
+                                              device="cpu", val_fraction=0.0)))
 
 
 def time_fold(adata, model, fold: int, repeats: int, rng: np.random.Generator) -> dict:

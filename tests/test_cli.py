@@ -116,7 +116,7 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
                  "--no-image-trend", "--histosge-weight", "0", "--out", str(no_trend), "--quiet"]) == 0
     saved_no_trend = TrainedModel.load(no_trend, device="cpu")
     assert not saved_no_trend.config.image_trend and not saved_no_trend.meta["kriging"]["image_trend"]
-    assert saved_no_trend.config.histosge_weight == 0 and saved_no_trend.companion is None
+    assert saved_no_trend.config.histosge_weight == 0 and saved_no_trend.companions == ()
     assert "drift" not in saved_no_trend.meta["kriging"]["share"]
     sr = tmp_path / "sr.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
@@ -134,4 +134,5 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert set(recovered.var["estimator"]) <= {"plain", "coupled", "drift"}
     out = capsys.readouterr().out
     assert "kriging estimators (share of genes): plain" in out
-    assert "blended with its HisToSGE companion (weight " in out and "chosen on validation spots" in out
+    assert "blended with its HisToSGE companion, the mean of 3 models (weight " in out
+    assert "chosen on validation spots" in out

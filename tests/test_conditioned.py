@@ -143,25 +143,46 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     arrays = _field(n=120)
     feats, rgb, pos, _ = arrays
     data = _data(np.arange(120), arrays)
-    cfg = TrainConfig(epochs=3, **{**SMALL, "histosge_weight": 0.5})
+    cfg = TrainConfig(epochs=3, **{**SMALL, "histosge_weight": 0.5, "histosge_members": 2})
     model, events = run_collecting(train(data, cfg))
-    assert [e.step for e in events if e.stage == "histosge"][-1] == cfg.histosge_epochs
-    companion = model.companion
-    assert isinstance(companion, TrainedModel) and companion.config.model == "histosge"
+    for stage in ("histosge 1/2", "histosge 2/2"):  # one member after the other
+        assert [e.step for e in events if e.stage == stage][-1] == cfg.histosge_epochs
+    members = model.companions
+    assert len(members) == 2 and all(isinstance(m, TrainedModel) and m.config.model == "histosge" for m in members)
+    # Same spots and validation split, different initial weights.
+    assert members[0].config.seed == members[1].config.seed == cfg.seed
+    assert [m.config.init_seed for m in members] == [cfg.seed, cfg.seed + 1]
+    assert members[0].meta["n_validation_spots"] == members[1].meta["n_validation_spots"] > 0
     # Trained first on the same spots, never by the conditioned losses: as if trained alone.
-    alone = run_to_end(train(data, companion_config(cfg)))
     query = pos + 41.0
-    np.testing.assert_allclose(companion.predict(feats, rgb, query), alone.predict(feats, rgb, query), atol=1e-5)
+    alone = [run_to_end(train(data, companion_config(cfg, m))).predict(feats, rgb, query) for m in (0, 1)]
+    for member, own in zip(members, alone):
+        np.testing.assert_allclose(member.predict(feats, rgb, query), own, atol=1e-5)
+    assert not np.allclose(alone[0], alone[1])
     blended = model.predict(feats, rgb, query)
     assert model.blend_weight == 0.5 and model.meta["histosge"]["weight"] == 0.5
     model.meta["histosge"]["weight"] = 0.0
     conditioned_only = model.predict(feats, rgb, query)
-    np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.5 * alone.predict(feats, rgb, query), atol=1e-5)
+    np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.25 * (alone[0] + alone[1]), atol=1e-5)
     assert not np.allclose(blended, conditioned_only)
+    assert "the mean of 2 models" in model.training_summary()
     # Without a companion nothing is blended and nothing extra is trained.
     plain, events = run_collecting(train(data, replace(cfg, histosge_weight=0.0)))
-    assert plain.companion is None and "histosge" not in plain.meta and plain.blend_weight == 0
-    assert not [e for e in events if e.stage == "histosge"]
+    assert plain.companions == () and "histosge" not in plain.meta and plain.blend_weight == 0
+    assert not [e for e in events if e.stage.startswith("histosge")]
+
+
+def test_a_lone_companion_member_trains_as_a_histosge_run():
+    arrays = _field(n=100)
+    feats, rgb, pos, _ = arrays
+    data = _data(np.arange(100), arrays)
+    cfg = TrainConfig(epochs=1, **{**SMALL, "histosge_weight": 1.0, "histosge_members": 1})
+    model, events = run_collecting(train(data, cfg))
+    assert {e.stage for e in events} >= {"histosge"}
+    # Member 0 is exactly the histosge model that the same seed trains on its own.
+    config = replace(companion_config(cfg), init_seed=None)
+    alone = run_to_end(train(data, config))
+    np.testing.assert_allclose(model.predict(feats, rgb, pos), alone.predict(feats, rgb, pos), atol=1e-5)
 
 
 def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
@@ -207,7 +228,9 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
         run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "image_trend": False}), resume=half))
     with pytest.raises(InputError, match="histosge_weight=None"):  # nor the saved companion
         run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_weight": 0.0}), resume=half))
-    assert not [e for e in events if e.stage == "histosge"]  # the companion is not retrained either
+    with pytest.raises(InputError, match="histosge_members=3"):
+        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_members": 2}), resume=half))
+    assert not [e for e in events if e.stage.startswith("histosge")]  # the companion is not retrained either
     np.testing.assert_allclose(resumed.predict(feats, rgb, pos), model.predict(feats, rgb, pos), atol=1e-3)
 
 
@@ -218,6 +241,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     ({"kriging_rank": -1}, "kriging_rank"), ({"kriging_rank": 2.5}, "kriging_rank"),
     ({"image_trend": "no"}, "image_trend"), ({"histosge_weight": 1.5}, "histosge_weight"),
     ({"histosge_weight": -0.1}, "histosge_weight"), ({"histosge_epochs": 0}, "histosge_epochs"),
+    ({"histosge_members": 0}, "histosge_members"), ({"init_seed": 1.5}, "init_seed"),
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):

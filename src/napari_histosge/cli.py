@@ -79,6 +79,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
                         "on the same spots) in the prediction, 0..1 (default: chosen on validation spots; "
                         "0 trains no companion)")
+    g.add_argument("--histosge-members", type=int,
+                   help="conditioned model: HisToSGE models in its companion, alike but for their initial "
+                        "weights; their mean is blended in (default 3)")
 
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -172,6 +175,7 @@ def _train_config(args: argparse.Namespace):
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
         "val_fraction": args.val_fraction, "image_init": args.image_init, "histosge_weight": args.histosge_weight,
+        "histosge_members": args.histosge_members,
     }
     if args.no_image_trend:
         values["image_trend"] = False

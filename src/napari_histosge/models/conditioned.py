@@ -19,9 +19,9 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
   ``y - mean``, sampled with deterministic DDIM in a few steps; samples give a per-gene spread;
 - **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene
   spatial patches (the gene's value at the query next to its measured neighbours' values);
-- **HisToSGE companion** (``histosge_weight`` > 0): a HisToSGE model (image + position,
-  :mod:`.histosge`) trained on the same spots travels inside this one as ``histosge``; the
-  prediction blends its output into the conditional mean (see
+- **HisToSGE companion** (``histosge_weight`` > 0): ``histosge_members`` HisToSGE models
+  (image + position, :mod:`.histosge`) trained on the same spots travel inside this one as
+  ``histosge``; the prediction blends their mean into the conditional mean (see
   :class:`~napari_histosge.models.conditioned_fit.ConditionedTrainedModel`).
 """
 
@@ -78,7 +78,9 @@ class ConditionedModel(nn.Module):
     n_basis
         Principal directions used to couple genes in the kriging (0: none).
     histosge_kwargs
-        Constructor arguments of the companion :class:`.histosge.HisToSGE` (``None``: none).
+        Constructor arguments of the companion :class:`.histosge.HisToSGE` models (``None``: none).
+    n_companions
+        How many companion models (an ensemble; their mean is blended in).
 
     Notes
     -----
@@ -103,11 +105,12 @@ class ConditionedModel(nn.Module):
         n_ref: int = 0,
         n_basis: int = 0,
         histosge_kwargs: dict | None = None,
+        n_companions: int = 1,
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("distill_dim", distill_dim),
-                             ("neighbours", neighbours),
-                             ("diffusion_steps", diffusion_steps)):
+                             ("neighbours", neighbours), ("diffusion_steps", diffusion_steps),
+                             ("n_companions", n_companions)):
             if int(value) < 1:
                 raise InputError(f"model setting {label} must be at least 1, got {value}")
         g, ds = int(n_genes), int(distill_dim)
@@ -150,8 +153,9 @@ class ConditionedModel(nn.Module):
             # Predicts the clean residual (x0), from zero: an untrained denoiser samples the mean.
             nn.init.zeros_(self.denoiser[-1].weight)
             nn.init.zeros_(self.denoiser[-1].bias)
-        # The companion HisToSGE (trained on its own, before this model; never by its losses).
-        self.histosge = HisToSGE(**histosge_kwargs) if histosge_kwargs else None
+        # The companion HisToSGE models (trained on their own, before this model; never by its losses).
+        self.histosge = (nn.ModuleList([HisToSGE(**histosge_kwargs) for _ in range(int(n_companions))])
+                         if histosge_kwargs else None)
         if self.adversarial > 0:
             self.gene_embed = nn.Embedding(g, 16)
             self.discriminator = nn.Sequential(nn.Linear(1 + 2 * self.k + 16, 64), nn.LeakyReLU(0.2),
@@ -262,7 +266,7 @@ class ConditionedModel(nn.Module):
         return [p for m in (self.t_embed, self.d_in, self.d_ctx, self.denoiser) for p in m.parameters()]
 
     def generator_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the discriminator's and the companion HisToSGE's."""
+        """Every parameter except the discriminator's and the companion HisToSGE models'."""
         skip = {id(p) for p in self.discriminator_parameters()}
         if self.histosge is not None:
             skip |= {id(p) for p in self.histosge.parameters()}

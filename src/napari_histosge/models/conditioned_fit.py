@@ -38,21 +38,31 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_BLEND = 0.5
 
 
-def companion_config(config: TrainConfig) -> TrainConfig:
-    """Settings of the conditioned model's HisToSGE companion: ``config`` as a ``histosge`` run.
+def companion_config(config: TrainConfig, member: int = 0) -> TrainConfig:
+    """Settings of member ``member`` of the conditioned model's HisToSGE companion: ``config``
+    as a ``histosge`` run.
 
     The shared settings (width, learning rate, seed, device, validation share, ...) carry
-    over; the epochs are ``histosge_epochs`` and the batch is HisToSGE's default.
+    over, so every member holds back the same validation spots; the epochs are
+    ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
+    the config's own (member 0 trains as a lone ``histosge`` run with ``seed`` would).
     """
-    return replace(config, model="histosge", epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size)
+    return replace(config, model="histosge", epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size,
+                   init_seed=config.weights_seed + member)
 
 
-def _train_companion(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
-                     ) -> ProgressGenerator[TrainedModel]:
-    """Train the HisToSGE companion, its progress reported as stage ``"histosge"``."""
+def _train_companions(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
+                      ) -> ProgressGenerator[list[TrainedModel]]:
+    """Train the ``histosge_members`` companion models one after another, their progress
+    reported as stage ``"histosge"`` (``"histosge 2/3"`` with several)."""
     from ..training import train
 
-    return map_events(train(data, companion_config(config), cancel=cancel), lambda e: replace(e, stage="histosge"))
+    k, members = config.histosge_members, []
+    for m in range(k):
+        stage = "histosge" if k == 1 else f"histosge {m + 1}/{k}"
+        members.append((yield from map_events(train(data, companion_config(config, m), cancel=cancel),
+                                              lambda e, stage=stage: replace(e, stage=stage))))
+    return members
 
 
 class ConditionedTrainedModel(TrainedModel):
@@ -60,12 +70,14 @@ class ConditionedTrainedModel(TrainedModel):
 
     ``meta`` adds ``spacing_px`` (median spacing of the reference spots) and
     ``model_kwargs`` (``n_ref``: reference-set size) to the base class's metadata; with a
-    HisToSGE companion, ``histosge`` holds its settings and metadata.
+    HisToSGE companion, ``histosge["members"]`` holds the settings and metadata of each of its
+    models and ``histosge["weight"]`` its weight.
 
     The prediction is the conditional mean, blended with the companion's prediction where
     there is one: ``(1 - w) * conditioned + w * histosge`` with ``w`` = :attr:`blend_weight`
-    (``config.histosge_weight``, or chosen on validation spots when that is ``None``);
-    generator samples move with it, so the spread is unchanged.
+    (``config.histosge_weight``, or chosen on validation spots when that is ``None``) and
+    ``histosge`` the mean of the companion models (:attr:`companions`); generator samples
+    move with it, so the spread is unchanged.
     """
 
     @property
@@ -76,13 +88,20 @@ class ConditionedTrainedModel(TrainedModel):
         return float(self.meta["histosge"].get("weight", DEFAULT_BLEND))
 
     @cached_property
-    def companion(self) -> TrainedModel | None:
-        """The HisToSGE model blended into the predictions (``None`` without one); built once,
-        as every prediction (and every distributed piece of one) asks for it several times."""
+    def companions(self) -> tuple[TrainedModel, ...]:
+        """The HisToSGE models whose mean is blended into the predictions (empty without a
+        companion); built once, as every prediction (and every distributed piece of one) asks
+        for them several times. They were trained on the same spots with the same validation
+        split, so they share their inputs and batch plan."""
         if self.model.histosge is None:
-            return None
-        info = self.meta["histosge"]
-        return TrainedModel(self.model.histosge, TrainConfig.from_dict(info["config"]), self.genes, info["meta"])
+            return ()
+        return tuple(TrainedModel(module, TrainConfig.from_dict(info["config"]), self.genes, info["meta"])
+                     for module, info in zip(self.model.histosge, self.meta["histosge"]["members"]))
+
+    def companion_mean(self, rows, batches) -> np.ndarray:
+        """Mean prediction of :attr:`companions` over the planned ``batches`` (their ``rows``)."""
+        preds = [member.predict_planned(rows, batches)[0] for member in self.companions]
+        return np.mean(preds, axis=0, dtype=np.float32) if len(preds) > 1 else preds[0]
 
     def _context(self, features, mean_rgb, positions):
         d = int(self.meta["n_features"])
@@ -104,17 +123,15 @@ class ConditionedTrainedModel(TrainedModel):
         if frame is not None:
             raise InputError("a conditioned model is trained on one section; it takes no frame")
         rows = self._context(features, mean_rgb, positions)
-        companion = self.companion
-        if companion is not None:  # its ``(x, bins)`` follow
-            rows = (*rows, *companion.prediction_inputs(features, mean_rgb, positions))
+        if self.companions:  # the companions' shared ``(x, bins)`` follow
+            rows = (*rows, *self.companions[0].prediction_inputs(features, mean_rgb, positions))
         return rows
 
     def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The forward passes: consecutive runs of queries (queries do not attend to each
         other), or, with a HisToSGE companion, its spatial groups (which both models can run)."""
-        companion = self.companion
-        if companion is not None:
-            return companion.plan_batches(positions, int(batch_size or 4 * self.config.batch_size))
+        if self.companions:
+            return self.companions[0].plan_batches(positions, int(batch_size or 4 * self.config.batch_size))
         n = len(np.asarray(positions))
         step = int(batch_size or 4 * self.config.batch_size)
         return [(np.arange(s, min(s + step, n))[None], np.zeros((1, min(s + step, n) - s), bool))
@@ -153,10 +170,10 @@ class ConditionedTrainedModel(TrainedModel):
                 std[sl] = draws.std(0, unbiased=False).cpu().numpy()
                 if samples is not None:
                     samples[:, sl] = draws.cpu().numpy()
-        companion, weight = self.companion, self.blend_weight
-        if companion is not None and weight > 0:
+        weight = self.blend_weight
+        if self.companions and weight > 0:
             # Rows no batch names are 0 in both, so a partial plan (distributed) blends alike.
-            shift = weight * (companion.predict_planned(rows[4:], batches)[0] - pred)
+            shift = weight * (self.companion_mean(rows[4:], batches) - pred)
             pred += shift
             if samples is not None:
                 samples += shift[None]
@@ -196,10 +213,11 @@ class ConditionedTrainedModel(TrainedModel):
         if "kriging" in self.meta:
             text += f"\nkriging estimators (share of genes): {describe_shares(self.meta['kriging']['share'])}"
         if "histosge" in self.meta:
-            kept = self.meta["histosge"]["meta"].get("best_epoch")
+            kept = ", ".join(str(m["meta"].get("best_epoch")) for m in self.meta["histosge"]["members"])
             how = "set" if self.config.histosge_weight is not None else "chosen on validation spots"
-            text += (f"\nblended with its HisToSGE companion (weight {self.blend_weight:g}, {how}; "
-                     f"companion weights of epoch {kept})")
+            n = len(self.meta["histosge"]["members"])
+            text += (f"\nblended with its HisToSGE companion, the mean of {n} model{'s' * (n > 1)} "
+                     f"(weight {self.blend_weight:g}, {how}; weights of epoch {kept})")
         return text
 
     def gene_estimators(self) -> list[str] | None:
@@ -272,7 +290,7 @@ def train_conditioned(
         raise InputError(f"the conditioned model needs at least 2 training spots, got {len(data.spot_ids)}")
     device = pick_device(config.device)
     n, d, g = len(data.spot_ids), data.features.shape[1], len(data.genes)
-    _seed_all(config.seed)
+    _seed_all(config.weights_seed)
     spacing = median_spacing(data.positions)
     gene_mean = data.targets.mean(axis=0)
     gene_std = data.targets.std(axis=0)
@@ -280,7 +298,8 @@ def train_conditioned(
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     inputs = _Inputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
     img = _image_inputs(inputs, data.features, data.mean_rgb)
-    kriging = saved = companion = None
+    kriging = saved = None
+    companions: list[TrainedModel] = []
     model_kwargs: dict[str, Any] = {"n_ref": n, "n_basis": 0}
     if resume is not None:
         # A resumed model keeps its saved kriging and companion: loading it first spares the refits.
@@ -294,12 +313,13 @@ def train_conditioned(
             yield Progress("kriging", 1, 1, describe_shares(kriging.share))
             model_kwargs["n_basis"] = kriging.basis.shape[1]
         if config.histosge_weight != 0:
-            companion = yield from _train_companion(data, config, cancel)
-            model_kwargs["histosge_kwargs"] = {"in_dim": int(companion.meta["in_dim"]), "n_genes": g,
-                                               **companion.config.model_hparams()}
+            companions = yield from _train_companions(data, config, cancel)
+            model_kwargs["histosge_kwargs"] = {"in_dim": int(companions[0].meta["in_dim"]), "n_genes": g,
+                                               **companions[0].config.model_hparams()}
+            model_kwargs["n_companions"] = len(companions)
     model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), **model_kwargs)
-    if companion is not None:
-        model.histosge.load_state_dict(companion.model.state_dict())
+    for module, member in zip(model.histosge or (), companions):
+        module.load_state_dict(member.model.state_dict())
     model.to(device)
     optimizer = _adamw(model.generator_parameters(), config)
     d_opt = _adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None
@@ -325,8 +345,8 @@ def train_conditioned(
     jitter_px = config.position_jitter * spacing
     meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=n, spacing_px=spacing,
                 position_jitter_px=jitter_px, model_kwargs=model_kwargs)
-    if companion is not None:
-        meta["histosge"] = {"config": companion.config.to_dict(), "meta": companion.meta}
+    if companions:
+        meta["histosge"] = {"members": [{"config": m.config.to_dict(), "meta": m.meta} for m in companions]}
         if config.histosge_weight is not None:  # fixed; otherwise chosen after training
             meta["histosge"]["weight"] = config.histosge_weight
     elif saved is not None and "histosge" in saved.meta:
@@ -368,8 +388,8 @@ def train_conditioned(
 
     def epoch_batches(epoch: int):
         """The training batches of one epoch: ``(rows, neighbour index, geometry, valid)``."""
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        rng = np.random.default_rng([config.weights_seed, epoch])
+        torch.manual_seed(config.weights_seed * 1_000_003 + epoch)
         query = data.positions + rng.uniform(-jitter_px, jitter_px, data.positions.shape) if jitter_px > 0 \
             else data.positions
         idx, geo, valid = neighbour_context(data.positions, query, config.neighbours, spacing=spacing,
@@ -472,15 +492,16 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
     from ..evaluation import gene_metrics
     from ..validation import validation_rows
 
-    companion, model = trained.companion, trained.model
-    rows = validation_rows(data, companion.config)
+    companions, model = trained.companions, trained.model
+    rows = validation_rows(data, companions[0].config)
     if rows is None or len(rows) < 3:
         return {"weight": DEFAULT_BLEND, "validation_pcc": None}
     args = _held_out_inputs(data.positions, rows, img_t, trained.config.neighbours,
                             float(trained.meta["spacing_px"]), tree)
     with torch.no_grad():
         own = model.to_expression(model(*args)["mean"]).cpu().numpy()
-    other = companion.predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])
+    other = np.mean([c.predict(data.features[rows], data.mean_rgb[rows], data.positions[rows]) for c in companions],
+                    axis=0)
     truth = data.targets[rows]
     scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
               for w in BLEND_WEIGHTS]
@@ -489,7 +510,7 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
 
 def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
     _check_common(saved, config, data, d, path)  # model settings, genes, feature width
-    for name in ("kriging_rank", "image_trend", "histosge_weight", "histosge_epochs"):
+    for name in ("kriging_rank", "image_trend", "histosge_weight", "histosge_epochs", "histosge_members"):
         if getattr(saved.config, name, None) != getattr(config, name):
             raise InputError(f"the checkpoint's kriging and companion were fitted with "
                              f"{name}={getattr(saved.config, name, None)}, not {getattr(config, name)}: "
