@@ -107,9 +107,11 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "c.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
-                 "--kriging-rank", "0", "--val-fraction", "0", "--out", str(model), "--quiet"]) == 0
+                 "--kriging-rank", "0", "--val-fraction", "0", "--histosge-members", "1", "--out", str(model),
+                 "--quiet"]) == 0
     saved = TrainedModel.load(model, device="cpu")
     assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0 and saved.config.val_fraction == 0
+    assert len(saved.companions) == saved.config.histosge_members == 1
     assert saved.meta["kriging"]["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
     no_trend = tmp_path / "no_trend.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "1", "--n-genes", "10",

@@ -194,7 +194,8 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
 
     preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)
-    model = run_to_end(fit(adata, train_config=TrainConfig(model="conditioned", epochs=2, n_top_genes=8)))
+    config = TrainConfig(model="conditioned", epochs=2, n_top_genes=8, histosge_members=1, histosge_epochs=100)
+    model = run_to_end(fit(adata, train_config=config))
     pred = run_to_end(superresolve(model, adata, 4))
     assert "std" in pred.layers
     viewer = make_napari_viewer()
