@@ -101,8 +101,8 @@ def train(
     device = pick_device(config.device)
     d = data.features.shape[1]
     # The validation spots follow ``seed``; weights, batches and jitter follow ``init_seed``.
-    init_seed = config.weights_seed
-    _seed_all(init_seed)
+    weights_seed = config.weights_seed
+    _seed_all(weights_seed)
     data, val_data = split_validation(data, config)
     model = create_model(config.model, in_dim=d + 5, n_genes=len(data.genes), **config.model_hparams())
     model.to(device)
@@ -151,8 +151,8 @@ def train(
     yield Progress("train", start, config.epochs, f"{len(data.spot_ids)} spots, {len(data.genes)} genes")
     for epoch in range(start, config.epochs):
         # Per-epoch seeds make a resumed run replay exactly what one long run would do.
-        rng = np.random.default_rng([init_seed, epoch])
-        torch.manual_seed(init_seed * 1_000_003 + epoch)
+        rng = np.random.default_rng([weights_seed, epoch])
+        torch.manual_seed(weights_seed * 1_000_003 + epoch)
         model.train()
         if np.any(jitter > 0):
             unit, jittered = inputs.position(data.positions + rng.uniform(-jitter, jitter, data.positions.shape),

@@ -100,8 +100,15 @@ class ConditionedTrainedModel(TrainedModel):
 
     def companion_mean(self, rows, batches) -> np.ndarray:
         """Mean prediction of :attr:`companions` over the planned ``batches`` (their ``rows``)."""
-        preds = [member.predict_planned(rows, batches)[0] for member in self.companions]
-        return np.mean(preds, axis=0, dtype=np.float32) if len(preds) > 1 else preds[0]
+        return np.mean([member.predict_planned(rows, batches)[0] for member in self.companions], axis=0,
+                       dtype=np.float32)
+
+    def companion_predict(self, features, mean_rgb, positions) -> np.ndarray:
+        """Mean prediction of :attr:`companions` at ``positions``: their shared inputs and batch
+        plan are built once for all of them."""
+        lead = self.companions[0]
+        rows = lead.prediction_inputs(features, mean_rgb, positions)
+        return self.companion_mean(rows, lead.plan_batches(positions))
 
     def _context(self, features, mean_rgb, positions):
         d = int(self.meta["n_features"])
@@ -492,16 +499,15 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
     from ..evaluation import gene_metrics
     from ..validation import validation_rows
 
-    companions, model = trained.companions, trained.model
-    rows = validation_rows(data, companions[0].config)
+    model = trained.model
+    rows = validation_rows(data, trained.companions[0].config)
     if rows is None or len(rows) < 3:
         return {"weight": DEFAULT_BLEND, "validation_pcc": None}
     args = _held_out_inputs(data.positions, rows, img_t, trained.config.neighbours,
                             float(trained.meta["spacing_px"]), tree)
     with torch.no_grad():
         own = model.to_expression(model(*args)["mean"]).cpu().numpy()
-    other = np.mean([c.predict(data.features[rows], data.mean_rgb[rows], data.positions[rows]) for c in companions],
-                    axis=0)
+    other = trained.companion_predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])
     truth = data.targets[rows]
     scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
               for w in BLEND_WEIGHTS]
