@@ -5,7 +5,8 @@ the spots (same protocol, split and genes as ``benchmarks/recovery.py``) and sco
 
 - ``conditioned``: histology + measured neighbours (all default components);
 - ablations: without neighbours / without image / kriging without the image trend /
-  plain kriging only (no coupling, no image trend) / without distillation / without
+  plain kriging only (no coupling, no image trend) / without the sequencing-depth term /
+  without distillation / without
   diffusion / with the channel-aware adversarial term;
 - optionally HisToSGE (``--histosge-epochs``) and always the 6-NN inverse-distance baseline.
 
@@ -45,6 +46,7 @@ VARIANTS = {
     "no_image": ("conditioned, without image", {}, False),
     "no_image_trend": ("conditioned, kriging without image trend", {"image_trend": False}, True),
     "no_coupling": ("conditioned, plain kriging only (no coupling, no image trend)", {"kriging_rank": 0}, True),
+    "no_depth": ("conditioned, without sequencing-depth term", {"depth_term": False}, True),
     "no_distill": ("conditioned, without distillation", {"distill": False}, True),
     "no_diffusion": ("conditioned, without diffusion", {"diffusion": False}, True),
     "adversarial": ("conditioned, with adversarial term (0.05)", {"adversarial": 0.05}, True),

@@ -39,7 +39,7 @@ TARGETS_S = {"histosge": TARGET_S, "conditioned": 60.0}
 
 def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"):
     """A HisToSGE model trained briefly on every spot (cost of prediction does not depend on training)."""
-    from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes
+    from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
     from napari_histosge.progress import run_to_end
     from napari_histosge.training import TrainConfig, TrainingData, train
 
@@ -47,7 +47,8 @@ def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"
     genes = select_genes(log, n_top=n_genes)
     data = TrainingData(features=feats.features, mean_rgb=feats.mean_rgb,
                         positions=np.asarray(adata.obsm["spatial"], np.float64),
-                        targets=dense_targets(log, genes), spot_ids=list(adata.obs_names), genes=genes)
+                        targets=dense_targets(log, genes), spot_ids=list(adata.obs_names), genes=genes,
+                        total_counts=total_counts(adata))  # the conditioned model's depth term costs too
     # The conditioned model's companion members train as many epochs (the weights do not change the cost).
     return run_to_end(train(data, TrainConfig(model=model, epochs=epochs, histosge_epochs=epochs, genes=genes,
                                               device="cpu", val_fraction=0.0)))

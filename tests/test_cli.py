@@ -115,11 +115,14 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert saved.meta["kriging"]["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
     no_trend = tmp_path / "no_trend.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "1", "--n-genes", "10",
-                 "--no-image-trend", "--histosge-weight", "0", "--out", str(no_trend), "--quiet"]) == 0
+                 "--no-image-trend", "--no-depth-term", "--histosge-weight", "0", "--out", str(no_trend),
+                 "--quiet"]) == 0
     saved_no_trend = TrainedModel.load(no_trend, device="cpu")
     assert not saved_no_trend.config.image_trend and not saved_no_trend.meta["kriging"]["image_trend"]
     assert saved_no_trend.config.histosge_weight == 0 and saved_no_trend.companions == ()
     assert "drift" not in saved_no_trend.meta["kriging"]["share"]
+    assert not saved_no_trend.config.depth_term and "depth_term" not in saved_no_trend.meta
+    assert saved.config.depth_term and "depth_term" in saved.meta  # on by default
     sr = tmp_path / "sr.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)

@@ -242,6 +242,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     ({"image_trend": "no"}, "image_trend"), ({"histosge_weight": 1.5}, "histosge_weight"),
     ({"histosge_weight": -0.1}, "histosge_weight"), ({"histosge_epochs": 0}, "histosge_epochs"),
     ({"histosge_members": 0}, "histosge_members"), ({"init_seed": 1.5}, "init_seed"),
+    ({"depth_term": "yes"}, "depth_term"),
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):
@@ -270,6 +271,8 @@ def test_hidden_spots_cannot_leak_into_recovery():
     adata, features = _spot_adata(arrays)
     cfg = TrainConfig(epochs=3, n_top_genes=20, **SMALL)
     first = run_to_end(recover(adata, holdout=0.5, seed=3, train_config=cfg, features=features))
+    # The sequencing-depth term is on, so the hidden spots' totals could leak through it too.
+    assert first.model.meta["depth_term"]["genes"] > 0
     changed = adata.copy()
     hidden = changed.obs_names.get_indexer(first.test_ids)
     x = changed.X.toarray()

@@ -75,6 +75,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-image-trend", action="store_true",
                    help="conditioned model: do not let the image predict the genes' principal directions "
                         "(the image trend the kriging interpolates around)")
+    g.add_argument("--no-depth-term", action="store_true",
+                   help="conditioned model: do not add the neighbours' kriged sequencing depth to genes "
+                        "counted less than once per spot (the depth moves their log-normalised values)")
     g.add_argument("--histosge-weight", type=float,
                    help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
                         "on the same spots) in the prediction, 0..1 (default: chosen on validation spots; "
@@ -179,6 +182,8 @@ def _train_config(args: argparse.Namespace):
     }
     if args.no_image_trend:
         values["image_trend"] = False
+    if args.no_depth_term:
+        values["depth_term"] = False
     if args.genes:
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
     return TrainConfig.for_model(args.model, **values)  # flags not given keep the model's defaults

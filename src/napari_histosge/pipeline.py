@@ -25,7 +25,7 @@ from .features import (
     spot_center_fraction,
 )
 from .io import require_spot_image, spot_image
-from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes
+from .preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, total_counts
 from .progress import CancelToken, Progress, ProgressGenerator
 from .training import TrainConfig, TrainedModel, TrainingData, section_frame, train
 
@@ -212,6 +212,7 @@ def fit(
         targets=dense_targets(log_train, genes),
         spot_ids=list(train_adata.obs_names),
         genes=genes,
+        total_counts=total_counts(train_adata),
     )
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train_adata.n_obs} training spots")
     meta = _model_meta(adata, feature_config)

@@ -78,6 +78,17 @@ def normalize_log1p(adata, *, target_sum: float = TARGET_SUM):
     return out
 
 
+def total_counts(adata) -> np.ndarray:
+    """``(n_spots,)`` float64 raw total counts per spot (what :func:`normalize_log1p` divides by).
+
+    Parameters
+    ----------
+    adata
+        Spot AnnData with raw counts in ``X``.
+    """
+    return np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+
+
 def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:
     source = _source(adata_log)
     if isinstance(genes, str):

@@ -60,13 +60,17 @@ class TrainConfig:
     ``image_trend`` the image may predict those directions (kriging with an external drift,
     see :mod:`.models.image_trend`); each gene takes the estimator whose 5-fold
     cross-validated PCC on the training spots is highest (0 krige every gene alone);
+    ``depth_term`` adds the kriged sequencing depth of the neighbours to genes counted less
+    than once per spot on average, with the slope Poisson counting gives them (see
+    :mod:`.models.sequencing_depth`; needs the spots' total counts);
     ``neighbour_dropout`` skips each candidate neighbour with this probability in training;
     ``use_neighbours``, ``distill`` (semantic distillation, auxiliary loss weight
     ``aux_weight``, width ``distill_dim``), ``diffusion`` (residual denoiser with
     ``diffusion_steps`` noise levels, sampled by DDIM in ``sample_steps`` steps, ``n_samples``
     samples per position) and ``adversarial`` (weight of the channel-aware adversarial term;
     0 is off) switch its components for ablations. ``val_fraction`` of the training spots are
-    scored (never trained on) after every epoch and the weights of the best epoch are kept;
+    scored (never trained on) after every epoch by mean per-gene PCC and the weights of the
+    best epoch are kept;
     epoch 0 is the kriging estimate alone. There the ``position_jitter`` moves each training
     query away from its spot before the neighbour offsets are computed, so queries between
     spots (super-resolution) are seen.
@@ -117,6 +121,7 @@ class TrainConfig:
     neighbour_dropout: float = 0.0
     kriging_rank: int = 16
     image_trend: bool = True
+    depth_term: bool = True
     use_neighbours: bool = True
     distill: bool = True
     distill_dim: int = 64
@@ -173,7 +178,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value) and value >= 0):
                 raise InputError(f"training setting {name} must be a number >= 0, got {value!r}")
-        for name in ("use_neighbours", "image_trend", "distill", "diffusion"):
+        for name in ("use_neighbours", "image_trend", "depth_term", "distill", "diffusion"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"training setting {name} must be true or false, got {getattr(self, name)!r}")
             setattr(self, name, bool(getattr(self, name)))
@@ -238,6 +243,8 @@ class TrainingData:
 
     ``features`` (n, D) image features (D may be 0), ``mean_rgb`` (n, 3), ``positions``
     (n, 2) full-res px (x, y), ``targets`` (n, G) log-normalised expression.
+    ``total_counts`` (n,) is each spot's raw total over all its genes (what normalisation
+    divided by), for the conditioned model's sequencing-depth term; ``None`` where unknown.
 
     For several sections: ``sections`` (n,) integer section labels ``0 .. k-1`` and
     ``frames`` (k, 2, 2) the ``(min, max)`` box of each section (:func:`section_frame` of
@@ -253,6 +260,7 @@ class TrainingData:
     genes: list[str]
     sections: np.ndarray | None = None
     frames: np.ndarray | None = None
+    total_counts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.features = _matrix(self.features, "features", None)
@@ -266,6 +274,11 @@ class TrainingData:
         if len(self.spot_ids) != n:
             raise InputError(f"{len(self.spot_ids)} spot ids for {n} spots")
         self._check_sections(n)
+        if self.total_counts is not None:
+            counts = np.asarray(self.total_counts, np.float64)
+            if counts.shape != (n,) or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+                raise InputError(f"total_counts must be {n} finite counts >= 0, got shape {counts.shape}")
+            self.total_counts = counts
 
     def _check_sections(self, n: int) -> None:
         if self.sections is None:

@@ -63,6 +63,7 @@ def _subset(data: TrainingData, rows: np.ndarray) -> TrainingData:
         targets=data.targets[rows], spot_ids=[data.spot_ids[i] for i in rows],
         sections=None if data.sections is None else data.sections[rows],
         frames=data.frames,  # boxes of the whole sections: positions scale as in the full run
+        total_counts=None if data.total_counts is None else data.total_counts[rows],
     )
 
 
@@ -113,11 +114,19 @@ class ValidationScore:
                 keep = ~mask
                 preds.append(self.model(self.x[index], self.bins[index], mask)[keep])
                 truth.append(self.y[index][keep])
-        p, y = torch.cat(preds).double(), torch.cat(truth).double()
-        p, y = p - p.mean(0), y - y.mean(0)
-        denom = (p.square().sum(0) * y.square().sum(0)).sqrt()
-        pcc = torch.where(denom > 0, (p * y).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        return float(pcc.mean())
+        return mean_gene_pcc(torch.cat(preds), torch.cat(truth))
+
+
+def mean_gene_pcc(pred, truth) -> float:
+    """Mean per-gene Pearson correlation of two ``(n, G)`` tensors; a gene constant in
+    either scores 0 (the validation criterion of both models)."""
+    import torch
+
+    p, y = pred.double(), truth.double()
+    p, y = p - p.mean(0), y - y.mean(0)
+    denom = (p.square().sum(0) * y.square().sum(0)).sqrt()
+    pcc = torch.where(denom > 0, (p * y).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    return float(pcc.mean())
 
 
 class BestWeights:

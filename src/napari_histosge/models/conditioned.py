@@ -12,7 +12,8 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
   combined by local kriging (:mod:`.kriging`: per gene plain, coupled through the
   expression's principal directions, or around the image trend of those directions,
   ``image_trend``, :mod:`.image_trend`; chosen with its kernels on the training spots when
-  the model is built, :mod:`.kriging_fit`), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the
+  the model is built, :mod:`.kriging_fit`), with the sequencing-depth term for sparse genes
+  (``depth_term``, :mod:`.sequencing_depth`), plus ``gain_g (A(s_q) - A(mean_k s_k))``, the
   distilled image->expression head ``A`` applied to the image difference between the query
   and its neighbours; then a zero-initialised residual MLP;
 - **diffusion** (``diffusion``): a small conditional denoiser over the residual gene vector
@@ -35,7 +36,7 @@ from torch.nn import functional as F
 
 from ..errors import InputError
 from .histosge import HisToSGE
-from .kriging import KrigingPlan, estimate, kriging_weights
+from .kriging import KrigingPlan, estimate, krige, kriging_weights
 from .registry import register_model
 
 #: Genes the discriminator looks at per step (random subset): keeps the adversarial term cheap.
@@ -81,6 +82,9 @@ class ConditionedModel(nn.Module):
         Constructor arguments of the companion :class:`.histosge.HisToSGE` models (``None``: none).
     n_companions
         How many companion models (an ensemble; their mean is blended in).
+    sequencing_depth
+        Carry the sequencing-depth term (:mod:`.sequencing_depth`): the reference spots'
+        log depth and each gene's slope on it.
 
     Notes
     -----
@@ -106,6 +110,7 @@ class ConditionedModel(nn.Module):
         n_basis: int = 0,
         histosge_kwargs: dict | None = None,
         n_companions: int = 1,
+        sequencing_depth: bool = False,
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("distill_dim", distill_dim),
@@ -133,6 +138,13 @@ class ConditionedModel(nn.Module):
         self.register_buffer("ref_drift", torch.zeros(int(n_ref), r))
         self.register_buffer("trend_weight", torch.zeros(self.in_dim, r))
         self.register_buffer("trend_bias", torch.zeros(r))
+        # The sequencing-depth term (see .sequencing_depth): z-scored log depth of the
+        # reference spots, each gene's slope on it and the depth's own kernel configuration.
+        self.use_depth = bool(sequencing_depth)
+        if self.use_depth:
+            self.register_buffer("ref_depth", torch.zeros(int(n_ref)))
+            self.register_buffer("depth_slope", torch.zeros(g))
+            self.register_buffer("depth_config", torch.zeros(1, dtype=torch.long))
 
         self.project = nn.Sequential(nn.Linear(self.in_dim, dim), nn.GELU(), nn.Linear(dim, ds), nn.LayerNorm(ds))
         self.aux = nn.Linear(ds, g)  # distilled image -> expression
@@ -191,7 +203,15 @@ class ConditionedModel(nn.Module):
             plan = KrigingPlan(self.plain_config, self.rest_config, self.basis, self.score_config,
                                self.drift_config, self.choice)
             query_drift = img_q @ self.trend_weight + self.trend_bias
-            kriged = estimate(weights, self.ref_targets[ref_index], plan, self.ref_drift[ref_index], query_drift)
+            values = self.ref_targets[ref_index]
+            if self.use_depth:
+                # The genes' kriging sees their neighbours' values less the depth's share; the
+                # depth is kriged with its own kernel and added back (see .sequencing_depth).
+                depth_nb = self.ref_depth[ref_index][..., None]
+                values = values - depth_nb * self.depth_slope
+            kriged = estimate(weights, values, plan, self.ref_drift[ref_index], query_drift)
+            if self.use_depth:
+                kriged = kriged + krige(weights, depth_nb, self.depth_config) * self.depth_slope
             m = valid[..., None].to(s_q.dtype)
             s_nb = (self.project(self.ref_image[ref_index]) * m).sum(1) / m.sum(1).clamp_min(1.0)
             # The image difference between the query and its neighbourhood, through the aux head.
@@ -212,6 +232,13 @@ class ConditionedModel(nn.Module):
             self.ref_drift.copy_(torch.from_numpy(fit.trend(ref_image)))
             self.trend_weight.copy_(torch.from_numpy(fit.trend.weight.astype("float32")))
             self.trend_bias.copy_(torch.from_numpy(fit.trend.bias.astype("float32")))
+
+    @torch.no_grad()
+    def set_depth(self, ref_depth, slopes, config: int) -> None:
+        """Load the depth term: ``(n_ref,)`` z-scored log depth, ``(G,)`` slopes, the depth's kernel."""
+        self.ref_depth.copy_(torch.as_tensor(ref_depth, dtype=self.ref_depth.dtype))
+        self.depth_slope.copy_(torch.as_tensor(slopes, dtype=self.depth_slope.dtype))
+        self.depth_config.fill_(int(config))
 
     def to_expression(self, z: torch.Tensor) -> torch.Tensor:
         """z-scored genes -> log-normalised expression (non-negative)."""
