@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..preprocess import TARGET_SUM
+
 #: Genes above this mean count per spot get no depth term: their own kriging carries it.
 MAX_MEAN_COUNTS = 1.0
 #: Counts summed over when taking the Poisson expectation (the genes concerned average < 1).
@@ -34,7 +36,7 @@ def log_depth(depth: np.ndarray) -> np.ndarray:
 
 
 def depth_slopes(targets: np.ndarray, depth: np.ndarray, gene_std: np.ndarray,
-                 target_sum: float = 1e4) -> np.ndarray:
+                 target_sum: float = TARGET_SUM) -> np.ndarray:
     """Per-gene slope of the z-scored expression on the z-scored log depth (0 for common genes).
 
     Parameters
@@ -53,8 +55,6 @@ def depth_slopes(targets: np.ndarray, depth: np.ndarray, gene_std: np.ndarray,
     numpy.ndarray
         ``(G,)`` float32.
     """
-    from scipy.stats import poisson
-
     depth = np.maximum(np.asarray(depth, np.float64), 1.0)
     ell = log_depth(depth)
     centred = ell - ell.mean()
@@ -66,8 +66,10 @@ def depth_slopes(targets: np.ndarray, depth: np.ndarray, gene_std: np.ndarray,
         return slopes.astype(np.float32)
     lam = depth[:, None] * rate[None, sparse]
     expected = np.zeros_like(lam)
+    pmf = np.exp(-lam)  # P(0); P(c) = P(c - 1) * lam / c, cheaper than evaluating each pmf anew
     for c in range(1, _MAX_COUNT):  # c = 0 adds log1p(0) = 0
-        expected += poisson.pmf(c, lam) * np.log1p(target_sum * c / depth[:, None])
+        pmf *= lam / c
+        expected += pmf * np.log1p(target_sum * c / depth[:, None])
     slope_log = centred @ expected / np.sum(centred**2)  # d E[value] / d log depth
     slopes[sparse] = slope_log * spread / np.asarray(gene_std, np.float64)[sparse]
     return slopes.astype(np.float32)
