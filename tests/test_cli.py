@@ -141,3 +141,7 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert "kriging estimators (share of genes): plain" in out
     assert "blended with its HisToSGE companion, the mean of 3 models (weight " in out
     assert "chosen on validation spots" in out
+    assert "spread (std) vs error: rank corr per gene" in out  # recover scores the uncertainty
+    assert "uncertainty" in recovered.uns["metrics_summary"]
+    assert main(["evaluate", str(hidden), str(demo_dir)]) == 0
+    assert "spread (std) vs error" in capsys.readouterr().out

@@ -279,6 +279,10 @@ def _print_summary(summary: dict) -> None:
     print(line("6-NN baseline, hidden spots", summary["baseline"]))
     print(line("6-NN baseline, top-mean genes", summary["baseline_top_mean"]))
     print(line("model, ALL spots incl. training (not held out)", summary["model_all_spots_incl_training"]))
+    if "uncertainty" in summary:
+        from .uncertainty import format_uncertainty
+
+        print("  " + format_uncertainty(summary["uncertainty"]))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -309,6 +313,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     s = summarize(metrics)
     print(f"{len(spots)} spots x {len(genes)} genes: PCC {s['mean_pcc']:.3f} (median {s['median_pcc']:.3f}), "
           f"MSE {s['mse']:.4f}, MAE {s['mae']:.4f}")
+    if "std" in pred.layers:
+        from .uncertainty import format_uncertainty, uncertainty_metrics
+
+        spread = pred[spots, genes].layers["std"]
+        spread = np.asarray(spread.toarray() if hasattr(spread, "toarray") else spread)
+        print(format_uncertainty(uncertainty_metrics(truth, values, spread)))
     if args.metrics:
         metrics.to_csv(args.metrics)
     if args.layers:

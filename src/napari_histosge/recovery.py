@@ -37,6 +37,9 @@ class RecoveryResult:
     top_mean_genes: list[str]
     model: TrainedModel
     timings: dict[str, float] = field(default_factory=dict)
+    #: How the predictions' spread follows their error on the hidden spots, over the scored
+    #: genes (:func:`.uncertainty.uncertainty_metrics`); ``None`` for a model that does not sample.
+    uncertainty: dict[str, float | int] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers: held-out PCC/MSE/MAE over all scored genes and the top-mean genes."""
@@ -51,6 +54,7 @@ class RecoveryResult:
             "n_train": len(self.train_ids),
             "n_test": len(self.test_ids),
             "timings": dict(self.timings),
+            **({"uncertainty": dict(self.uncertainty)} if self.uncertainty is not None else {}),
         }
 
 
@@ -75,6 +79,7 @@ def recover(
     import time
 
     from .evaluation import gene_metrics, holdout_split, knn_baseline
+    from .uncertainty import uncertainty_metrics
 
     train_config = train_config or TrainConfig(seed=seed)
     feature_config = feature_config or FeatureConfig()
@@ -115,6 +120,12 @@ def recover(
     predictions.uns["split"] = {"train": list(train_ids), "test": list(test_ids), "holdout": holdout, "seed": seed}
     xy = np.asarray(adata.obsm["spatial"], np.float64)
     baseline = knn_baseline(xy[train_rows], truth_all[train_rows], xy[test_rows], k=6)
+    uncertainty = None
+    if "std" in predictions.layers:
+        cols = predictions.var_names.get_indexer(scored)  # truth_all's columns are ``genes``
+        uncertainty = uncertainty_metrics(truth_all[np.ix_(test_rows, pd.Index(genes).get_indexer(scored))],
+                                          np.asarray(predictions.X)[:, cols],
+                                          np.asarray(predictions.layers["std"])[:, cols])
     return RecoveryResult(
         predictions=predictions,
         scored_genes=list(scored),
@@ -127,4 +138,5 @@ def recover(
         top_mean_genes=top_genes,
         model=model,
         timings=timings,
+        uncertainty=uncertainty,
     )

@@ -1,0 +1,123 @@
+"""Uncertainty benchmark: does the conditioned model's spread follow its error on hidden spots?
+
+For each real section (``$HISTOSGE_DATA``, default ``../shared/data``) this runs the recovery
+protocol with the conditioned model (same split and genes as ``benchmarks/recovery.py``) and
+scores the spread of its generator samples (``layers["std"]``) against the absolute error on
+the hidden spots, over the top-1000 HVGs (:mod:`napari_histosge.uncertainty`). Two spreads
+anyone could compute without a generator are scored against the same error, as references:
+the spread of the 6 nearest training spots' values, and the distance to the nearest training
+spot (a ranking only: it is not in expression units). It writes
+``benchmarks/results/uncertainty.json`` and the ``uncertainty`` block of
+``docs/benchmarks.md``. Usage::
+
+    python benchmarks/uncertainty.py
+    python benchmarks/uncertainty.py --sections B4 C2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import data_root, machine_info, machine_line, publish  # noqa: E402
+from recovery import sections  # noqa: E402
+
+from napari_histosge.features import FeatureConfig  # noqa: E402
+from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.pipeline import spot_features  # noqa: E402
+from napari_histosge.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.progress import run_to_end  # noqa: E402
+from napari_histosge.recovery import recover  # noqa: E402
+from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.uncertainty import uncertainty_metrics  # noqa: E402
+
+
+def reference_spreads(adata, result) -> dict[str, np.ndarray]:
+    """Spreads without a generator, ``(hidden spots, scored genes)``: the 6 nearest training
+    spots' standard deviation, and the distance to the nearest training spot."""
+    xy = np.asarray(adata.obsm["spatial"], np.float64)
+    rows = {s: i for i, s in enumerate(adata.obs_names)}
+    train = np.array([rows[s] for s in result.train_ids])
+    test = np.array([rows[s] for s in result.test_ids])
+    values = dense_targets(normalize_log1p(adata)[result.train_ids], result.scored_genes)
+    dist, nearest = cKDTree(xy[train]).query(xy[test], k=6)
+    n_genes = len(result.scored_genes)
+    return {"6 nearest training spots' SD": values[nearest].std(axis=1),
+            "distance to nearest training spot": np.repeat(dist[:, :1], n_genes, axis=1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="*", help="section names (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--holdout", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    root = data_root()
+    if not root.is_dir():
+        print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
+        return 1
+    config = TrainConfig.for_model("conditioned", seed=args.seed)  # the product defaults
+    rows = []
+    for name, path in sections(root, args.sections):
+        adata = read_spots(path)
+        result = run_to_end(recover(adata, holdout=args.holdout, seed=args.seed, train_config=config,
+                                    features=run_to_end(spot_features(adata, FeatureConfig()))))
+        s = result.summary()
+        base = {"section": name, "n_hidden": len(result.test_ids), "pcc_hvg": s["model"]["mean_pcc"]}
+        rows.append({**base, "spread": "conditioned model: generator samples", **result.uncertainty})
+        truth = dense_targets(normalize_log1p(adata)[result.test_ids], result.scored_genes)
+        pred = np.asarray(result.predictions[:, result.scored_genes].X)
+        for label, spread in reference_spreads(adata, result).items():
+            u = uncertainty_metrics(truth, pred, spread)
+            if label.startswith("distance"):  # not in expression units: only its ranking means anything
+                u = {k: u[k] for k in ("gene_rank_corr", "n_genes_ranked", "spot_rank_corr")}
+            rows.append({**base, "spread": f"reference: {label}", **u})
+        print(f"[{name}] " + "; ".join(f"{r['spread']}: gene {r['gene_rank_corr']:.3f}, spot {r['spot_rank_corr']:.3f}"
+                                       for r in rows if r["section"] == name), flush=True)
+        payload = {"machine": machine_info(), "holdout": args.holdout, "seed": args.seed, "rows": rows}
+        publish("uncertainty", payload, render(payload), doc=not args.no_doc, show=False)
+    return 0
+
+
+def _fmt(r: dict, key: str, spec: str) -> str:
+    v = r.get(key)
+    return "" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def render(payload: dict) -> str:
+    lines = [
+        "### Uncertainty: does the spread follow the error?",
+        "",
+        machine_line(payload["machine"]),
+        f"Recovery protocol, hold-out {payload['holdout']:.0%} (seed {payload['seed']}), the conditioned model "
+        "with its defaults (4 generator samples per spot); over the top-1000 HVGs of the hidden spots. "
+        "'rank corr per gene': Spearman correlation over hidden spots between the spread and the absolute "
+        "error, averaged over genes; 'per spot': between each spot's mean spread and its mean absolute "
+        "error; 'within 1 / 2 spreads': share of measured values that close to the prediction (0.68 / 0.95 "
+        "for a well-scaled Gaussian spread); 'RMS error / RMS spread': 1 when the spread has the error's "
+        "size. The reference rows score two spreads that need no generator against the same predictions.",
+        "",
+        "| section | hidden spots | PCC HVG | spread | rank corr per gene | rank corr per spot "
+        "| within 1 / 2 spreads | RMS error / RMS spread |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        cover = (f"{r['coverage_1sd']:.2f} / {r['coverage_2sd']:.2f}" if "coverage_1sd" in r else "")
+        lines.append(f"| {r['section']} | {r['n_hidden']} | {r['pcc_hvg']:.3f} | {r['spread']} "
+                     f"| {_fmt(r, 'gene_rank_corr', '.3f')} | {_fmt(r, 'spot_rank_corr', '.3f')} | {cover} "
+                     f"| {_fmt(r, 'error_to_spread', '.2f')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
