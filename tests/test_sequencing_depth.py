@@ -84,3 +84,34 @@ def test_bad_total_counts(totals):
     with pytest.raises(InputError, match="total_counts"):
         TrainingData(np.zeros((4, 2)), np.zeros((4, 3)), np.zeros((4, 2)), np.zeros((4, 1)),
                      list("abcd"), ["g"], total_counts=totals[:4] if len(totals) != 5 else totals)
+
+
+def test_spread_adds_counting_noise_at_the_kriged_depth():
+    """The conditioned model's spread is that of a measurement: the generator's spread of the
+    expected value plus Poisson counting noise, which on counted data tracks the error."""
+    from napari_histosge.uncertainty import uncertainty_metrics
+
+    pos, values, totals = _section(seed=2)
+    n, g = values.shape
+    rows = np.arange(n)
+    test = rows[(rows * 7) % 10 < 5]
+    train_rows = np.setdiff1d(rows, test)
+    rng = np.random.default_rng(3)
+    feats, rgb = rng.normal(size=(n, 4)).astype(np.float32), np.full((n, 3), 150.0, np.float32)
+    data = TrainingData(feats[train_rows], rgb[train_rows], pos[train_rows], values[train_rows],
+                        [f"s{i}" for i in train_rows], [f"G{j}" for j in range(g)], total_counts=totals[train_rows])
+    model = run_to_end(train(data, TrainConfig(**SMALL)))
+    ell = np.log(totals[train_rows])
+    assert model.meta["depth_term"]["log_mean"] == pytest.approx(ell.mean(), rel=1e-6)
+    assert model.meta["depth_term"]["log_sd"] == pytest.approx(ell.std(), rel=1e-6)
+    pred, spread = model.predict(feats[test], rgb[test], pos[test], return_std=True)
+    # The same model as saved before the counting noise existed: the generator's spread alone.
+    del model.meta["depth_term"]["log_mean"]
+    pred_old, generator = model.predict(feats[test], rgb[test], pos[test], return_std=True)
+    np.testing.assert_array_equal(pred, pred_old)  # the point prediction does not change
+    assert np.all(spread >= generator - 1e-6) and spread[:, :40].mean() > 3 * generator[:, :40].mean()
+    with_counting = uncertainty_metrics(values[test], pred, spread)
+    without = uncertainty_metrics(values[test], pred, generator)
+    assert 0.6 < with_counting["error_to_spread"] < 1.6 < without["error_to_spread"]
+    assert with_counting["gene_rank_corr"] > without["gene_rank_corr"] + 0.2
+    assert with_counting["spot_rank_corr"] > without["spot_rank_corr"] + 0.1

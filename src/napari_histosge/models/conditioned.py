@@ -193,7 +193,8 @@ class ConditionedModel(nn.Module):
         -------
         dict
             ``mean`` ``(B, G)``, ``aux`` ``(B, G)`` (image-only prediction), ``context``
-            ``(B, context_dim)`` (what the denoiser is conditioned on).
+            ``(B, context_dim)`` (what the denoiser is conditioned on); with the depth term,
+            ``depth`` ``(B,)``: the neighbours' kriged z-scored log depth at each query.
         """
         s_q = self.project(img_q)
         aux_q = self.aux(s_q)
@@ -211,7 +212,8 @@ class ConditionedModel(nn.Module):
                 values = values - depth_nb * self.depth_slope
             kriged = estimate(weights, values, plan, self.ref_drift[ref_index], query_drift)
             if self.use_depth:
-                kriged = kriged + krige(weights, depth_nb, self.depth_config) * self.depth_slope
+                depth_q = krige(weights, depth_nb, self.depth_config)  # (B, 1) z-scored log depth
+                kriged = kriged + depth_q * self.depth_slope
             m = valid[..., None].to(s_q.dtype)
             s_nb = (self.project(self.ref_image[ref_index]) * m).sum(1) / m.sum(1).clamp_min(1.0)
             # The image difference between the query and its neighbourhood, through the aux head.
@@ -220,7 +222,10 @@ class ConditionedModel(nn.Module):
             base = aux_q
             s_nb = torch.zeros_like(s_q)
         context = torch.cat([s_q, s_nb, self.encode(base)], dim=-1)
-        return {"mean": base + self.residual(context), "aux": aux_q, "context": context}
+        out = {"mean": base + self.residual(context), "aux": aux_q, "context": context}
+        if self.use_neighbours and self.use_depth:
+            out["depth"] = depth_q[:, 0]
+        return out
 
     @torch.no_grad()
     def set_kriging(self, fit, ref_image) -> None:

@@ -23,6 +23,7 @@ from ..training import _adamw, _seed_all, resume_into
 from ..training import _check_resumable as _check_common
 from ..training_inputs import TrainConfig, TrainingData, _Inputs, _matrix
 from ..validation import BestWeights, mean_gene_pcc
+from .counting_noise import counting_std
 from .kriging_fit import describe_shares, fit_kriging
 from .neighbours import median_spacing, neighbour_context
 
@@ -154,6 +155,7 @@ class ConditionedTrainedModel(TrainedModel):
         pred = np.zeros((n, g), np.float32)
         std = np.zeros((n, g), np.float32) if n_samples else None
         samples = np.zeros((n_samples, n, g), np.float32) if keep_samples else None
+        depth = np.zeros(n, np.float32)  # kriged z-scored log depth, for the counting noise
         model, dev = self.model, self.device
         model.eval()
         with torch.inference_mode():
@@ -162,6 +164,8 @@ class ConditionedTrainedModel(TrainedModel):
                 args = [torch.from_numpy(a[sl]).to(dev) for a in (img, idx, geo, valid)]
                 out = model(*args)
                 mean_z = out["mean"]
+                if "depth" in out:
+                    depth[sl] = out["depth"].cpu().numpy()
                 if not n_samples:
                     pred[sl] = model.to_expression(mean_z).cpu().numpy()
                     continue
@@ -184,6 +188,12 @@ class ConditionedTrainedModel(TrainedModel):
             pred += shift
             if samples is not None:
                 samples += shift[None]
+        counting = self.meta.get("depth_term", {})
+        if std is not None and "log_mean" in counting:  # checkpoints before 2026-11-24 lack it
+            # What a spot measured here would read scatters by Poisson counting around the
+            # prediction too (.counting_noise); the samples' spread only covers the expectation.
+            counts = np.exp(depth.astype(np.float64) * counting["log_sd"] + counting["log_mean"])
+            std = np.sqrt(std**2 + counting_std(pred, counts)**2).astype(np.float32)
         return pred, std, samples
 
     def predict_planned(self, rows, batches, *, first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -243,7 +253,10 @@ class ConditionedTrainedModel(TrainedModel):
         """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
 
         The prediction is the conditional mean. With the diffusion component,
-        ``config.n_samples`` generator samples give the per-gene spread (``return_std``).
+        ``config.n_samples`` generator samples give the per-gene spread of the expected value
+        (``return_std``); with the sequencing-depth term, the Poisson counting noise of a spot
+        measured there, at the neighbours' kriged depth, is added to it (:mod:`.counting_noise`),
+        so the spread is that of a measurement, wider than :meth:`predict_samples`' own.
 
         Parameters
         ----------
@@ -252,7 +265,7 @@ class ConditionedTrainedModel(TrainedModel):
         batch_size
             Queries per forward pass.
         return_std
-            Also return the per-spot, per-gene standard deviation over the samples.
+            Also return the per-spot, per-gene standard deviation (see above).
 
         Returns
         -------
@@ -372,7 +385,8 @@ def train_conditioned(
     elif saved is not None and "kriging" in saved.meta:
         meta["kriging"] = saved.meta["kriging"]
     if depth is not None:
-        meta["depth_term"] = {"genes": int(np.count_nonzero(depth["slopes"])), "kernel": depth["kernel"]}
+        meta["depth_term"] = {"genes": int(np.count_nonzero(depth["slopes"])), "kernel": depth["kernel"],
+                              "log_mean": depth["log_mean"], "log_sd": depth["log_sd"]}
     elif saved is not None and "depth_term" in saved.meta:
         meta["depth_term"] = saved.meta["depth_term"]
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
@@ -504,12 +518,14 @@ def train_conditioned(
 def _fit_depth(data: TrainingData, gene_std: np.ndarray, config: TrainConfig, spacing: float) -> dict[str, Any]:
     """The sequencing-depth term (:mod:`.sequencing_depth`): the training spots' z-scored log
     depth, each gene's slope on it, and the depth's kernel (by leave-one-out, as every gene's)."""
-    from .sequencing_depth import depth_slopes, standardise_depth
+    from .sequencing_depth import depth_slopes, log_depth, standardise_depth
 
     ref = standardise_depth(data.total_counts)
     kernel = fit_kriging(data.positions, ref[:, None], k=config.neighbours, spacing=spacing, rank=0,
                          seed=config.seed).plain_config[0]
-    return {"ref": ref, "slopes": depth_slopes(data.targets, data.total_counts, gene_std), "kernel": int(kernel)}
+    ell = log_depth(data.total_counts)  # to turn the kriged z-score back into counts (counting noise)
+    return {"ref": ref, "slopes": depth_slopes(data.targets, data.total_counts, gene_std), "kernel": int(kernel),
+            "log_mean": float(ell.mean()), "log_sd": float(ell.std()) or 1.0}
 
 
 def _held_out_inputs(positions: np.ndarray, rows: np.ndarray, img_t, k: int, spacing: float, tree) -> tuple:
