@@ -145,8 +145,8 @@ class ConditionedTrainedModel(TrainedModel):
         return [(np.arange(s, min(s + step, n))[None], np.zeros((1, min(s + step, n) - s), bool))
                 for s in range(0, n, step)]
 
-    def _run(self, rows, batches, *, first_batch: int, n_samples: int,
-             keep_samples: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _run(self, rows, batches, *, first_batch: int, n_samples: int, keep_samples: bool,
+             counting_noise: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(pred, std, samples)``: batch by batch, so only what is asked for is kept."""
         import torch
 
@@ -189,17 +189,19 @@ class ConditionedTrainedModel(TrainedModel):
             if samples is not None:
                 samples += shift[None]
         counting = self.meta.get("depth_term", {})
-        if std is not None and "log_mean" in counting:  # checkpoints before 2026-11-24 lack it
+        if counting_noise and std is not None and "log_mean" in counting:  # older checkpoints lack it
             # What a spot measured here would read scatters by Poisson counting around the
             # prediction too (.counting_noise); the samples' spread only covers the expectation.
             counts = np.exp(depth.astype(np.float64) * counting["log_sd"] + counting["log_mean"])
             std = np.sqrt(std**2 + counting_std(pred, counts)**2).astype(np.float32)
         return pred, std, samples
 
-    def predict_planned(self, rows, batches, *, first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_planned(self, rows, batches, *, first_batch: int = 0,
+                        counting_noise: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Run the forward passes ``batches``: ``(pred, std)``, ``std`` ``None`` without diffusion."""
         s = self.config.n_samples if self.model.use_diffusion else 0
-        pred, std, _ = self._run(rows, batches, first_batch=first_batch, n_samples=s, keep_samples=False)
+        pred, std, _ = self._run(rows, batches, first_batch=first_batch, n_samples=s, keep_samples=False,
+                                 counting_noise=counting_noise)
         return pred, std
 
     def predict_samples(self, features, mean_rgb, positions, *, n_samples: int | None = None,
@@ -249,7 +251,7 @@ class ConditionedTrainedModel(TrainedModel):
         return [ESTIMATORS[int(c)] for c in self.model.choice.cpu().tolist()]
 
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None,
-                return_std: bool = False):
+                return_std: bool = False, counting_noise: bool = True):
         """Predict log-normalised expression ``(n, G)`` float32 at ``positions``.
 
         The prediction is the conditional mean. With the diffusion component,
@@ -266,6 +268,9 @@ class ConditionedTrainedModel(TrainedModel):
             Queries per forward pass.
         return_std
             Also return the per-spot, per-gene standard deviation (see above).
+        counting_noise
+            ``False``: the spread of the expected value alone (the generator samples'), without
+            the counting noise of a measurement.
 
         Returns
         -------
@@ -280,7 +285,8 @@ class ConditionedTrainedModel(TrainedModel):
         if return_std and not self.model.use_diffusion:
             raise InputError("uncertainty needs the diffusion component; this model was trained without it")
         rows = self.prediction_inputs(features, mean_rgb, positions, frame=frame)
-        pred, std = self.predict_planned(rows, self.plan_batches(positions, batch_size))
+        pred, std = self.predict_planned(rows, self.plan_batches(positions, batch_size),
+                                         counting_noise=counting_noise)
         return (pred, std) if return_std else pred
 
 
