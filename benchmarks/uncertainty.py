@@ -12,12 +12,13 @@ spot (a ranking only: it is not in expression units). It writes
 ``docs/benchmarks.md``. Usage::
 
     python benchmarks/uncertainty.py
-    python benchmarks/uncertainty.py --sections B4 C2
+    python benchmarks/uncertainty.py --sections 151675 --merge   # add to the saved sections
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -36,6 +37,10 @@ from napari_histosge.progress import run_to_end  # noqa: E402
 from napari_histosge.recovery import recover  # noqa: E402
 from napari_histosge.training import TrainConfig  # noqa: E402
 from napari_histosge.uncertainty import uncertainty_metrics  # noqa: E402
+
+
+#: The model's spread without the counting noise (what ``layers["std"]`` held before 2026-11-24).
+SAMPLES_ALONE = "conditioned model, generator samples alone (the spread before 2026-11-24)"
 
 
 def reference_spreads(adata, result) -> dict[str, np.ndarray]:
@@ -69,6 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved rows of sections not run now (results/uncertainty.json)")
     args = parser.parse_args(argv)
     import torch
 
@@ -78,8 +85,14 @@ def main(argv=None) -> int:
         print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
         return 1
     config = TrainConfig.for_model("conditioned", seed=args.seed)  # the product defaults
-    rows = []
-    for name, path in sections(root, args.sections):
+    todo = sections(root, args.sections)
+    saved = RESULTS / "uncertainty.json"
+    rows, machines = [], {}
+    if args.merge and saved.exists():
+        old = json.loads(saved.read_text())
+        rows = [r for r in old["rows"] if r["section"] not in {name for name, _ in todo}]
+        machines = {k: v for k, v in old["machines"].items() if k in {r["section"] for r in rows}}
+    for name, path in todo:
         adata = read_spots(path)
         result = run_to_end(recover(adata, holdout=args.holdout, seed=args.seed, train_config=config,
                                     features=run_to_end(spot_features(adata, FeatureConfig()))))
@@ -89,15 +102,17 @@ def main(argv=None) -> int:
                      **result.uncertainty})
         truth = dense_targets(normalize_log1p(adata)[result.test_ids], result.scored_genes)
         pred = np.asarray(result.predictions[:, result.scored_genes].X)
-        spreads = {"conditioned model, generator samples alone": _samples_alone(adata, result)}
-        for label, spread in {**spreads, **reference_spreads(adata, result)}.items():
+        spreads = {SAMPLES_ALONE: _samples_alone(adata, result)}
+        spreads.update({f"reference: {k}": v for k, v in reference_spreads(adata, result).items()})
+        for label, spread in spreads.items():
             u = uncertainty_metrics(truth, pred, spread)
             if label.startswith("distance"):  # not in expression units: only its ranking means anything
                 u = {k: u[k] for k in ("gene_rank_corr", "n_genes_ranked", "spot_rank_corr")}
-            rows.append({**base, "spread": f"reference: {label}", **u})
+            rows.append({**base, "spread": label, **u})
         print(f"[{name}] " + "; ".join(f"{r['spread']}: gene {r['gene_rank_corr']:.3f}, spot {r['spot_rank_corr']:.3f}"
                                        for r in rows if r["section"] == name), flush=True)
-        payload = {"machine": machine_info(), "holdout": args.holdout, "seed": args.seed, "rows": rows}
+        machines[name] = machine_info()
+        payload = {"machines": machines, "holdout": args.holdout, "seed": args.seed, "rows": rows}
         publish("uncertainty", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
 
@@ -107,11 +122,21 @@ def _fmt(r: dict, key: str, spec: str) -> str:
     return "" if v is None or not np.isfinite(v) else format(v, spec)
 
 
+def _machine_lines(machines: dict) -> list[str]:
+    """One line per distinct run (sections measured together share one)."""
+    runs: dict[str, list[str]] = {}
+    for section, info in machines.items():
+        runs.setdefault(machine_line(info), []).append(section)
+    if len(runs) == 1:
+        return list(runs)
+    return [f"{', '.join(names)}: {line}" for line, names in runs.items()]
+
+
 def render(payload: dict) -> str:
     lines = [
         "### Uncertainty: does the spread follow the error?",
         "",
-        machine_line(payload["machine"]),
+        *_machine_lines(payload["machines"]),
         f"Recovery protocol, hold-out {payload['holdout']:.0%} (seed {payload['seed']}), the conditioned model "
         "with its defaults (4 generator samples per spot; its spread adds the Poisson counting noise of a "
         "measurement at the neighbours' kriged depth to the samples' spread); over the top-1000 HVGs of the "

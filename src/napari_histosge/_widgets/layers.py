@@ -28,7 +28,7 @@ META_KEY = "histosge"
 
 #: roles stored in ``layer.metadata["histosge"]["role"]``.
 ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predicted_spots", "heatmap"
-#: Heatmap of the spread over generator samples (``layers["std"]`` of a prediction).
+#: Heatmap of a prediction's spread (``layers["std"]``: what a measurement there could read).
 ROLE_UNCERTAINTY = "uncertainty"
 
 SPOT_COLORMAP = "viridis"
