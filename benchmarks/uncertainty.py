@@ -93,6 +93,7 @@ def main(argv=None) -> int:
         rows = [r for r in old["rows"] if r["section"] not in {name for name, _ in todo}]
         machines = {k: v for k, v in old["machines"].items() if k in {r["section"] for r in rows}}
     for name, path in todo:
+        machines[name] = machine_info()  # before the run: its load average is what the run met
         adata = read_spots(path)
         result = run_to_end(recover(adata, holdout=args.holdout, seed=args.seed, train_config=config,
                                     features=run_to_end(spot_features(adata, FeatureConfig()))))
@@ -111,7 +112,6 @@ def main(argv=None) -> int:
             rows.append({**base, "spread": label, **u})
         print(f"[{name}] " + "; ".join(f"{r['spread']}: gene {r['gene_rank_corr']:.3f}, spot {r['spot_rank_corr']:.3f}"
                                        for r in rows if r["section"] == name), flush=True)
-        machines[name] = machine_info()
         payload = {"machines": machines, "holdout": args.holdout, "seed": args.seed, "rows": rows}
         publish("uncertainty", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
