@@ -1,6 +1,6 @@
 """Does a prediction's spread say where it is wrong? Scores for the uncertainty layer.
 
-A sampling model (the conditioned model) writes the per-gene spread of its samples next to
+A sampling model (the conditioned model) writes a per-spot, per-gene spread next to
 its prediction (``layers["std"]``). A spread is only worth showing if it is larger where the
 prediction is further off, so these scores compare it with the actual error on spots whose
 expression was measured but hidden from training (the recovery protocol):

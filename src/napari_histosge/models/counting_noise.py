@@ -2,8 +2,8 @@
 
 A spot that counts ``c ~ Poisson(lam)`` transcripts of a gene out of ``D`` in all reads
 ``log1p(target_sum * c / D)``. For a gene counted a few times per spot that value is mostly
-0 and sometimes large, so a measurement scatters widely around its expected value, most at
-shallow spots (large ``target_sum / D``). The conditioned model adds this scatter to the
+0 and sometimes large, so a measurement scatters widely around its expected value; how
+widely depends on the gene's rate and on the spot's depth ``D``. The conditioned model adds this scatter to the
 spread of its generator samples, so its uncertainty describes what a spot measured at the
 position would read, not only how unsure the expected value is (docs/benchmarks.md:
 without it, the spread was far narrower than the error and did not rank where it was large).
