@@ -36,6 +36,21 @@ def _section(n_side: int = 30, seed: int = 0):
     return pos, values, totals
 
 
+def _hold_out_half(section, seed: int):
+    """Hide half of a :func:`_section`'s spots: ``(values, features, rgb, positions, totals,
+    hidden rows, TrainingData of the rest)``, with random image features."""
+    pos, values, totals = section
+    n, g = values.shape
+    rows = np.arange(n)
+    test = rows[(rows * 7) % 10 < 5]
+    train_rows = np.setdiff1d(rows, test)
+    rng = np.random.default_rng(seed)
+    feats, rgb = rng.normal(size=(n, 4)).astype(np.float32), np.full((n, 3), 150.0, np.float32)
+    data = TrainingData(feats[train_rows], rgb[train_rows], pos[train_rows], values[train_rows],
+                        [f"s{i}" for i in train_rows], [f"G{j}" for j in range(g)], total_counts=totals[train_rows])
+    return values, feats, rgb, pos, totals, test, data
+
+
 def test_slopes_follow_poisson_counting():
     _, values, totals = _section()
     std = values.std(0)
@@ -52,15 +67,8 @@ def test_slopes_follow_poisson_counting():
 
 
 def test_the_depth_term_lifts_sparse_genes_on_hidden_spots():
-    pos, values, totals = _section()
-    n, g = values.shape
-    rows = np.arange(n)
-    test = rows[(rows * 7) % 10 < 5]
-    train_rows = np.setdiff1d(rows, test)
-    rng = np.random.default_rng(1)
-    feats, rgb = rng.normal(size=(n, 4)).astype(np.float32), np.full((n, 3), 150.0, np.float32)
-    data = TrainingData(feats[train_rows], rgb[train_rows], pos[train_rows], values[train_rows],
-                        [f"s{i}" for i in train_rows], [f"G{j}" for j in range(g)], total_counts=totals[train_rows])
+    values, feats, rgb, pos, _, test, data = _hold_out_half(_section(), seed=1)
+    g = values.shape[1]
 
     def held_out_pcc(model):
         pred = model.predict(feats[test], rgb[test], pos[test])
@@ -91,17 +99,9 @@ def test_spread_adds_counting_noise_at_the_kriged_depth():
     expected value plus Poisson counting noise, which on counted data tracks the error."""
     from napari_histosge.uncertainty import uncertainty_metrics
 
-    pos, values, totals = _section(seed=2)
-    n, g = values.shape
-    rows = np.arange(n)
-    test = rows[(rows * 7) % 10 < 5]
-    train_rows = np.setdiff1d(rows, test)
-    rng = np.random.default_rng(3)
-    feats, rgb = rng.normal(size=(n, 4)).astype(np.float32), np.full((n, 3), 150.0, np.float32)
-    data = TrainingData(feats[train_rows], rgb[train_rows], pos[train_rows], values[train_rows],
-                        [f"s{i}" for i in train_rows], [f"G{j}" for j in range(g)], total_counts=totals[train_rows])
+    values, feats, rgb, pos, _, test, data = _hold_out_half(_section(seed=2), seed=3)
     model = run_to_end(train(data, TrainConfig(**SMALL)))
-    ell = np.log(totals[train_rows])
+    ell = np.log(data.total_counts)
     assert model.meta["depth_term"]["log_mean"] == pytest.approx(ell.mean(), rel=1e-6)
     assert model.meta["depth_term"]["log_sd"] == pytest.approx(ell.std(), rel=1e-6)
     pred, spread = model.predict(feats[test], rgb[test], pos[test], return_std=True)
