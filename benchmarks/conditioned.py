@@ -15,11 +15,13 @@ It writes ``benchmarks/results/conditioned.json`` and the ``conditioned`` block 
 
     python benchmarks/conditioned.py                                   # everything
     python benchmarks/conditioned.py --sections B4 151675 --variants full no_image
+    python benchmarks/conditioned.py --sections 151675 --threads 2 --merge   # replace one section's rows
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved rows of sections not run now (results/conditioned.json)")
     args = parser.parse_args(argv)
     import torch
 
@@ -78,8 +82,10 @@ def main(argv=None) -> int:
         print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
         return 1
     base = TrainConfig.for_model("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
-    rows = []
-    for name, path in sections(root, args.sections):
+    todo = sections(root, args.sections)
+    rows, runs = _saved_rows({name for name, _ in todo}) if args.merge else ([], {})
+    for name, path in todo:
+        runs[name] = {**machine_info(), "threads": args.threads, "variants": list(args.variants)}
         adata = read_spots(path)
         feats = run_to_end(spot_features(adata, FeatureConfig()))
         runs = [(VARIANTS[v][0], replace(base, **VARIANTS[v][1]), VARIANTS[v][2]) for v in args.variants]
@@ -106,11 +112,34 @@ def main(argv=None) -> int:
                   f"{s['baseline']['mean_pcc']:.3f} ({s['baseline_top_mean']['mean_pcc']:.3f}); "
                   f"fit {row['fit_s']:.1f} s", flush=True)
         # Written after every section, so a long run leaves usable partial results.
-        payload = {"machine": machine_info(), "epochs": base.epochs, "neighbours": base.neighbours,
-                   "batch_size": base.batch_size, "holdout": args.holdout, "seed": args.seed,
-                   "threads": args.threads, "rows": rows}
+        payload = {"runs": runs, "epochs": base.epochs, "neighbours": base.neighbours,
+                   "batch_size": base.batch_size, "holdout": args.holdout, "seed": args.seed, "rows": rows}
         publish("conditioned", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
+
+
+def _saved_rows(replaced: set[str]) -> tuple[list[dict], dict]:
+    """Rows and run records of the saved results for sections other than ``replaced``."""
+    path = RESULTS / "conditioned.json"
+    if not path.exists():
+        return [], {}
+    old = json.loads(path.read_text())
+    rows = [r for r in old["rows"] if r["section"] not in replaced]
+    kept = {r["section"] for r in rows}
+    if "runs" not in old:  # saved before runs were recorded per section: one run for all
+        old["runs"] = {name: {**old["machine"], "threads": old["threads"]} for name in kept}
+    return rows, {name: run for name, run in old["runs"].items() if name in kept}
+
+
+def _run_lines(runs: dict) -> list[str]:
+    """One line per distinct run (sections measured together share one)."""
+    lines: dict[str, list[str]] = {}
+    for section, run in runs.items():
+        line = machine_line(run) + f" torch threads used: {run['threads']}."
+        lines.setdefault(line, []).append(section)
+    if len(lines) == 1:
+        return list(lines)
+    return [f"{', '.join(names)}: {line}" for line, names in lines.items()]
 
 
 def _fmt(v, digits=3):
@@ -122,7 +151,7 @@ def render(payload: dict) -> str:
     lines = [
         "### Conditioned model (histology + measured neighbours) and ablations",
         "",
-        machine_line(payload["machine"]) + f" torch threads used: {payload['threads']}.",
+        *_run_lines(payload["runs"]),
         f"Hold-out {payload['holdout']:.0%} of spots (seed {payload['seed']}), at most {payload['epochs']} epochs "
         "(the best epoch on 10% of the training spots is kept; 'best ep.' 0 is the kriging estimate "
         "alone, before any learned part). PCC: mean per-gene Pearson over the HIDDEN spots, log1p(normalize_total 1e4) "
