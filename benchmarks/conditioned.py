@@ -83,9 +83,9 @@ def main(argv=None) -> int:
         return 1
     base = TrainConfig.for_model("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
-    rows, runs = _saved_rows({name for name, _ in todo}) if args.merge else ([], {})
+    rows, measured = _saved_rows({name for name, _ in todo}) if args.merge else ([], {})
     for name, path in todo:
-        runs[name] = {**machine_info(), "threads": args.threads, "variants": list(args.variants)}
+        measured[name] = {**machine_info(), "threads": args.threads, "variants": list(args.variants)}
         adata = read_spots(path)
         feats = run_to_end(spot_features(adata, FeatureConfig()))
         runs = [(VARIANTS[v][0], replace(base, **VARIANTS[v][1]), VARIANTS[v][2]) for v in args.variants]
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                   f"{s['baseline']['mean_pcc']:.3f} ({s['baseline_top_mean']['mean_pcc']:.3f}); "
                   f"fit {row['fit_s']:.1f} s", flush=True)
         # Written after every section, so a long run leaves usable partial results.
-        payload = {"runs": runs, "epochs": base.epochs, "neighbours": base.neighbours,
+        payload = {"runs": measured, "epochs": base.epochs, "neighbours": base.neighbours,
                    "batch_size": base.batch_size, "holdout": args.holdout, "seed": args.seed, "rows": rows}
         publish("conditioned", payload, render(payload), doc=not args.no_doc, show=False)
     return 0
@@ -128,7 +128,7 @@ def _saved_rows(replaced: set[str]) -> tuple[list[dict], dict]:
     kept = {r["section"] for r in rows}
     if "runs" not in old:  # saved before runs were recorded per section: one run for all
         old["runs"] = {name: {**old["machine"], "threads": old["threads"]} for name in kept}
-    return rows, {name: run for name, run in old["runs"].items() if name in kept}
+    return rows, {name: old["runs"][name] for name in dict.fromkeys(r["section"] for r in rows)}
 
 
 def _run_lines(runs: dict) -> list[str]:
