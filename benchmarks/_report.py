@@ -81,3 +81,27 @@ def publish(name: str, payload: dict, markdown: str, *, doc: bool = True, show: 
     if doc:
         update_block(name, markdown)
     return out
+
+
+def saved_rows(name: str, replaced: set[str], runs_key: str) -> tuple[list[dict], dict]:
+    """Rows of ``results/<name>.json`` for sections other than ``replaced``, and their run
+    records (``payload[runs_key]``: section -> machine info), for ``--merge``."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return [], {}
+    old = json.loads(path.read_text())
+    rows = [r for r in old["rows"] if r["section"] not in replaced]
+    kept = dict.fromkeys(r["section"] for r in rows)  # in the rows' order
+    if runs_key not in old:  # saved before runs were recorded per section: one run for all
+        old[runs_key] = {s: {**old["machine"], "threads": old.get("threads")} for s in kept}
+    return rows, {s: old[runs_key][s] for s in kept}
+
+
+def run_lines(runs: dict, suffix=lambda run: "") -> list[str]:
+    """One machine line per distinct run (sections measured together share one)."""
+    lines: dict[str, list[str]] = {}
+    for section, run in runs.items():
+        lines.setdefault(machine_line(run) + suffix(run), []).append(section)
+    if len(lines) == 1:
+        return list(lines)
+    return [f"{', '.join(names)}: {line}" for line, names in lines.items()]

@@ -21,7 +21,6 @@ It writes ``benchmarks/results/conditioned.json`` and the ``conditioned`` block 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
 from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
         return 1
     base = TrainConfig.for_model("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
-    rows, measured = _saved_rows({name for name, _ in todo}) if args.merge else ([], {})
+    rows, measured = saved_rows("conditioned", {n for n, _ in todo}, "runs") if args.merge else ([], {})
     for name, path in todo:
         measured[name] = {**machine_info(), "threads": args.threads, "variants": list(args.variants)}
         adata = read_spots(path)
@@ -118,30 +117,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _saved_rows(replaced: set[str]) -> tuple[list[dict], dict]:
-    """Rows and run records of the saved results for sections other than ``replaced``."""
-    path = RESULTS / "conditioned.json"
-    if not path.exists():
-        return [], {}
-    old = json.loads(path.read_text())
-    rows = [r for r in old["rows"] if r["section"] not in replaced]
-    kept = {r["section"] for r in rows}
-    if "runs" not in old:  # saved before runs were recorded per section: one run for all
-        old["runs"] = {name: {**old["machine"], "threads": old["threads"]} for name in kept}
-    return rows, {name: old["runs"][name] for name in dict.fromkeys(r["section"] for r in rows)}
-
-
-def _run_lines(runs: dict) -> list[str]:
-    """One line per distinct run (sections measured together share one)."""
-    lines: dict[str, list[str]] = {}
-    for section, run in runs.items():
-        line = machine_line(run) + f" torch threads used: {run['threads']}."
-        lines.setdefault(line, []).append(section)
-    if len(lines) == 1:
-        return list(lines)
-    return [f"{', '.join(names)}: {line}" for line, names in lines.items()]
-
-
 def _fmt(v, digits=3):
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -151,7 +126,7 @@ def render(payload: dict) -> str:
     lines = [
         "### Conditioned model (histology + measured neighbours) and ablations",
         "",
-        *_run_lines(payload["runs"]),
+        *run_lines(payload["runs"], lambda run: f" torch threads used: {run['threads']}."),
         f"Hold-out {payload['holdout']:.0%} of spots (seed {payload['seed']}), at most {payload['epochs']} epochs "
         "(the best epoch on 10% of the training spots is kept; 'best ep.' 0 is the kriging estimate "
         "alone, before any learned part). PCC: mean per-gene Pearson over the HIDDEN spots, log1p(normalize_total 1e4) "

@@ -18,7 +18,6 @@ spot (a ranking only: it is not in expression units). It writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
 from recovery import sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -57,9 +56,8 @@ def reference_spreads(adata, result) -> dict[str, np.ndarray]:
             "distance to nearest training spot": np.repeat(dist[:, :1], n_genes, axis=1)}
 
 
-def _samples_alone(adata, result) -> np.ndarray:
+def _samples_alone(adata, result, feats) -> np.ndarray:
     """The model's spread without the counting noise, at the hidden spots and scored genes."""
-    feats = run_to_end(spot_features(adata, FeatureConfig()))
     rows = adata.obs_names.get_indexer(result.test_ids)
     _, std = result.model.predict(feats.features[rows], feats.mean_rgb[rows],
                                   np.asarray(adata.obsm["spatial"], np.float64)[rows],
@@ -86,24 +84,20 @@ def main(argv=None) -> int:
         return 1
     config = TrainConfig.for_model("conditioned", seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
-    saved = RESULTS / "uncertainty.json"
-    rows, machines = [], {}
-    if args.merge and saved.exists():
-        old = json.loads(saved.read_text())
-        rows = [r for r in old["rows"] if r["section"] not in {name for name, _ in todo}]
-        machines = {k: v for k, v in old["machines"].items() if k in {r["section"] for r in rows}}
+    rows, machines = saved_rows("uncertainty", {n for n, _ in todo}, "machines") if args.merge else ([], {})
     for name, path in todo:
         machines[name] = machine_info()  # before the run: its load average is what the run met
         adata = read_spots(path)
+        feats = run_to_end(spot_features(adata, FeatureConfig()))
         result = run_to_end(recover(adata, holdout=args.holdout, seed=args.seed, train_config=config,
-                                    features=run_to_end(spot_features(adata, FeatureConfig()))))
+                                    features=feats))
         s = result.summary()
         base = {"section": name, "n_hidden": len(result.test_ids), "pcc_hvg": s["model"]["mean_pcc"]}
         rows.append({**base, "spread": "conditioned model (samples + counting noise; the default)",
                      **result.uncertainty})
         truth = dense_targets(normalize_log1p(adata)[result.test_ids], result.scored_genes)
         pred = np.asarray(result.predictions[:, result.scored_genes].X)
-        spreads = {SAMPLES_ALONE: _samples_alone(adata, result)}
+        spreads = {SAMPLES_ALONE: _samples_alone(adata, result, feats)}
         spreads.update({f"reference: {k}": v for k, v in reference_spreads(adata, result).items()})
         for label, spread in spreads.items():
             u = uncertainty_metrics(truth, pred, spread)
@@ -122,21 +116,11 @@ def _fmt(r: dict, key: str, spec: str) -> str:
     return "" if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def _machine_lines(machines: dict) -> list[str]:
-    """One line per distinct run (sections measured together share one)."""
-    runs: dict[str, list[str]] = {}
-    for section, info in machines.items():
-        runs.setdefault(machine_line(info), []).append(section)
-    if len(runs) == 1:
-        return list(runs)
-    return [f"{', '.join(names)}: {line}" for line, names in runs.items()]
-
-
 def render(payload: dict) -> str:
     lines = [
         "### Uncertainty: does the spread follow the error?",
         "",
-        *_machine_lines(payload["machines"]),
+        *run_lines(payload["machines"]),
         f"Recovery protocol, hold-out {payload['holdout']:.0%} (seed {payload['seed']}), the conditioned model "
         "with its defaults (4 generator samples per spot; its spread adds the Poisson counting noise of a "
         "measurement at the neighbours' kriged depth to the samples' spread); over the top-1000 HVGs of the "
