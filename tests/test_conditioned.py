@@ -13,7 +13,8 @@ import torch
 
 from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
-from napari_histosge.models.conditioned_fit import BLEND_WEIGHTS, ConditionedTrainedModel, companion_config
+from napari_histosge.models.conditioned_fit import companion_config
+from napari_histosge.models.conditioned_trained import BLEND_WEIGHTS, ConditionedTrainedModel
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train

@@ -193,7 +193,7 @@ class TrainedModel:
 def _trained_class(model_name: str) -> type[TrainedModel]:
     """The :class:`TrainedModel` subclass that predicts for ``model_name``."""
     if model_name == "conditioned":
-        from .models.conditioned_fit import ConditionedTrainedModel
+        from .models.conditioned_trained import ConditionedTrainedModel
 
         return ConditionedTrainedModel
     return TrainedModel

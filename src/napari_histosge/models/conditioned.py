@@ -23,7 +23,7 @@ Components, each switchable (see :class:`~napari_histosge.training.TrainConfig`)
 - **HisToSGE companion** (``histosge_weight`` > 0): ``histosge_members`` HisToSGE models
   (image + position, :mod:`.histosge`) trained on the same spots travel inside this one as
   ``histosge``; the prediction blends their mean into the conditional mean (see
-  :class:`~napari_histosge.models.conditioned_fit.ConditionedTrainedModel`).
+  :class:`~napari_histosge.models.conditioned_trained.ConditionedTrainedModel`).
 """
 
 from __future__ import annotations
