@@ -28,6 +28,25 @@ def test_calibrated_spread_scores_as_calibrated() -> None:
     assert u["spot_rank_corr"] > 0.3
 
 
+
+def test_spots_are_ranked_by_rms_error_not_mean_absolute_error() -> None:
+    """Sparse counts: a spot where a gene reads 0 mostly and sometimes jumps far has a wide
+    spread but a small mean absolute error. Its spread is still right (its RMS error matches),
+    so the spots must rank by RMS error: by mean |error| this calibrated spread ranks them
+    backwards, as it did on a real her2st section."""
+    rng = np.random.default_rng(3)
+    n, g, p = 400, 500, 0.05
+    spread = np.where(np.arange(n)[:, None] % 2 == 0, 2.0, 1.0) * np.ones((n, g))
+    jump = rng.random((n, g)) < p  # sparse spots: error 0 or +-2/sqrt(p), RMS 2
+    sparse = np.where(jump, rng.choice([-1.0, 1.0], size=(n, g)) * 2.0 / np.sqrt(p), 0.0)
+    err = np.where(spread == 2.0, sparse, rng.normal(size=(n, g)))
+    pred = np.zeros((n, g))
+    mean_abs = np.abs(err).mean(axis=1)
+    assert np.corrcoef(spread.mean(axis=1), mean_abs)[0, 1] < -0.5  # the backwards ranking
+    u = uncertainty_metrics(err, pred, spread)
+    assert u["spot_rank_corr"] > 0.5
+    assert u["error_to_spread"] == pytest.approx(1.0, abs=0.1)
+
 def test_uninformative_and_too_narrow_spreads() -> None:
     rng = np.random.default_rng(2)
     truth, pred = _noisy(rng.uniform(0.1, 2.0, size=(4000, 5)))

@@ -8,8 +8,12 @@ expression was measured but hidden from training (the recovery protocol):
 - ``gene_rank_corr``: per gene, the Spearman correlation over spots between the spread and
   the absolute error, averaged over genes (0: the map of the spread says nothing about where
   the gene is mispredicted);
-- ``spot_rank_corr``: the same between each spot's mean spread and its mean absolute error
-  (which spots to trust least);
+- ``spot_rank_corr``: the same between each spot's root-mean-square spread and its
+  root-mean-square error over genes (which spots to trust least). A spread is a standard
+  deviation, so it predicts the RMS error; the mean absolute error of sparse genes mostly
+  counts how many of them a spot detected (on a deeply sequenced section it grows with the
+  depth while the counting noise shrinks), and ranked the spots of one real section backwards
+  (docs/benchmarks.md, "Uncertainty");
 - ``coverage_1sd`` / ``coverage_2sd``: the share of values within 1 / 2 spreads of the
   prediction (about 0.68 / 0.95 for a well-scaled Gaussian spread);
 - ``error_to_spread``: root-mean-square error over root-mean-square spread (1 when the spread
@@ -71,7 +75,8 @@ def uncertainty_metrics(y_true: Any, y_pred: Any, y_std: Any) -> dict[str, float
         raise InputError("the spread (std) must be finite and non-negative")
     err = np.abs(t - p)
     gene_corr, n_ranked = _mean_rank_corr(s, err)
-    spot_corr, _ = _mean_rank_corr(s.mean(axis=1, keepdims=True), err.mean(axis=1, keepdims=True))
+    spot_corr, _ = _mean_rank_corr(np.sqrt(np.mean(s**2, axis=1, keepdims=True)),
+                                   np.sqrt(np.mean(err**2, axis=1, keepdims=True)))
     rms_spread = float(np.sqrt(np.mean(s**2)))
     rms_error = float(np.sqrt(np.mean(err**2)))
     return {
