@@ -28,7 +28,6 @@ def test_calibrated_spread_scores_as_calibrated() -> None:
     assert u["spot_rank_corr"] > 0.3
 
 
-
 def test_spots_are_ranked_by_rms_error_not_mean_absolute_error() -> None:
     """Sparse counts: a spot where a gene reads 0 mostly and sometimes jumps far has a wide
     spread but a small mean absolute error. Its spread is still right (its RMS error matches),
@@ -46,6 +45,7 @@ def test_spots_are_ranked_by_rms_error_not_mean_absolute_error() -> None:
     u = uncertainty_metrics(err, pred, spread)
     assert u["spot_rank_corr"] > 0.5
     assert u["error_to_spread"] == pytest.approx(1.0, abs=0.1)
+
 
 def test_uninformative_and_too_narrow_spreads() -> None:
     rng = np.random.default_rng(2)

@@ -75,10 +75,12 @@ def uncertainty_metrics(y_true: Any, y_pred: Any, y_std: Any) -> dict[str, float
         raise InputError("the spread (std) must be finite and non-negative")
     err = np.abs(t - p)
     gene_corr, n_ranked = _mean_rank_corr(s, err)
-    spot_corr, _ = _mean_rank_corr(np.sqrt(np.mean(s**2, axis=1, keepdims=True)),
-                                   np.sqrt(np.mean(err**2, axis=1, keepdims=True)))
-    rms_spread = float(np.sqrt(np.mean(s**2)))
-    rms_error = float(np.sqrt(np.mean(err**2)))
+    # Per spot, RMS over genes: a spread is a standard deviation, so it predicts the RMS error.
+    spot_spread = np.sqrt(np.mean(s**2, axis=1, keepdims=True))
+    spot_error = np.sqrt(np.mean(err**2, axis=1, keepdims=True))
+    spot_corr, _ = _mean_rank_corr(spot_spread, spot_error)
+    rms_spread = float(np.sqrt(np.mean(spot_spread**2)))
+    rms_error = float(np.sqrt(np.mean(spot_error**2)))
     return {
         "gene_rank_corr": gene_corr,
         "n_genes_ranked": n_ranked,
