@@ -19,6 +19,14 @@ def data_root() -> Path:
     return Path(os.environ.get("HISTOSGE_DATA", REPO.parent / "shared" / "data"))
 
 
+def existing_data_root() -> Path:
+    """:func:`data_root`, or exit with a message naming it when it is not a folder."""
+    root = data_root()
+    if not root.is_dir():
+        raise SystemExit(f"no data at {root}; set HISTOSGE_DATA")
+    return root
+
+
 def machine_info() -> dict:
     """What the numbers were measured on."""
     import torch

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
+from _report import existing_data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
 from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -76,10 +76,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    root = data_root()
-    if not root.is_dir():
-        print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
-        return 1
+    root = existing_data_root()
     base = TrainConfig.for_model("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
     rows, measured = saved_rows("conditioned", {n for n, _ in todo}, "runs") if args.merge else ([], {})

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import existing_data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import sections  # noqa: E402
 
 from napari_histosge.evaluation import gene_metrics, summarize  # noqa: E402
@@ -125,10 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
-    root = data_root()
-    if not root.is_dir():
-        print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
-        return 1
+    root = existing_data_root()
     rows = []
     for name, path in sections(root, args.sections):
         adata = read_spots(path)

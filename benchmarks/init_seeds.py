@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     old = json.loads(previous.read_text()) if previous.exists() else {}
     old = old["results"] if old.get("init_seeds") == init_seeds else {}  # only results on the same seeds
     results, t0 = {}, time.perf_counter()
-    for name, path in sections(data_root(), args.sections):
+    for name, path in sections(existing_data_root(), args.sections):
         print(f"[{name}]", flush=True)
         results[name] = run_section(read_spots(path), args.runs)
     results = {**{k: v for k, v in old.items() if k not in results}, **results}  # sections not re-run stay

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+from _report import existing_data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
 
 from napari_histosge.cli import CONDITIONED_EPOCHS  # noqa: E402
 from napari_histosge.evaluation import read_layer_annotations, spatial_ari  # noqa: E402
@@ -101,10 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
 
-    root = data_root()
-    if not root.is_dir():
-        print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
-        return 1
+    root = existing_data_root()
     info = machine_info()
     base_train = replace(TrainConfig(), epochs=args.epochs, seed=args.seed)
     rows = []

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         parser.error("--methods needs at least one method")
     results = {}
     t0 = time.perf_counter()
-    for name, path in sections(data_root(), args.sections):
+    for name, path in sections(existing_data_root(), args.sections):
         print(f"[{name}]", flush=True)
         kept = {m: v for m, v in old.get(name, {}).items() if m not in methods and m != BASELINE}
         missing = [m for m in METHODS if m not in methods and m not in kept]

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
+from _report import existing_data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
 from recovery import sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -78,10 +78,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    root = data_root()
-    if not root.is_dir():
-        print(f"no data at {root}; set HISTOSGE_DATA", file=sys.stderr)
-        return 1
+    root = existing_data_root()
     config = TrainConfig.for_model("conditioned", seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
     rows, machines = saved_rows("uncertainty", {n for n, _ in todo}, "machines") if args.merge else ([], {})
