@@ -14,7 +14,7 @@ training spots alone should not expect more from a linear use of these features.
 It writes ``benchmarks/results/image_signal.json`` and the ``image_signal`` block of
 ``docs/benchmarks.md``. Usage::
 
-    python benchmarks/image_signal.py                    # every section, splits 0 and 1
+    python benchmarks/image_signal.py                    # every section, splits 0, 1 and 2
     python benchmarks/image_signal.py --sections 151676 --seeds 0 1 2
 """
 
@@ -121,7 +121,7 @@ def render(payload: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="*")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
