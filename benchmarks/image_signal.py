@@ -79,25 +79,23 @@ def linear_image_bound(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
     return best
 
 
-def run_split(adata, features, seed: int, holdout: float) -> list[dict]:
-    """Both models on one split; one row per gene set."""
+def run_split(adata, log, features, seed: int, holdout: float) -> list[dict]:
+    """Both models on one split; one row per gene set. ``log`` is ``normalize_log1p(adata)``."""
     results = {}
     for name, config, feats in (("default", FeatureConfig(), features),
                                 ("off", FeatureConfig(extractor=NO_IMAGE), None)):
         results[name] = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=TrainConfig(seed=seed),
                                            feature_config=config, features=feats))
-    off = results["off"]
-    log = normalize_log1p(adata)
+    off, default = results["off"], results["default"]
     rows = adata.obs_names.get_indexer(off.test_ids)
     image = np.column_stack([features.features, features.mean_rgb])[rows].astype(np.float64)
     out = []
     for label, genes in (("HVG", off.scored_genes), ("top-50", off.top_mean_genes)):
         truth = dense_targets(log, genes)[rows]
         pred_off = np.asarray(off.predictions[:, genes].X, np.float64)
-        pred_on = np.asarray(results["default"].predictions[:, genes].X, np.float64)
         bound, setting = linear_image_bound(image, truth, pred_off, seed)
-        out.append({"seed": seed, "genes": label, "off": mean_pcc(truth, pred_off),
-                    "default": mean_pcc(truth, pred_on), "bound": bound, "setting": setting})
+        out.append({"seed": seed, "genes": label, "off": summarize(off.metrics, genes)["mean_pcc"],
+                    "default": summarize(default.metrics, genes)["mean_pcc"], "bound": bound, "setting": setting})
     return out
 
 
@@ -129,9 +127,10 @@ def main(argv=None) -> int:
     rows = []
     for name, path in sections(root, args.sections):
         adata = read_spots(path)
+        log = normalize_log1p(adata)
         features = run_to_end(spot_features(adata, FeatureConfig()))
         for seed in args.seeds:
-            for row in run_split(adata, features, seed, args.holdout):
+            for row in run_split(adata, log, features, seed, args.holdout):
                 rows.append({"section": name, **row})
                 print(name, row, flush=True)
     payload = {"machine": machine_info(), "holdout": args.holdout, "seeds": args.seeds, "rows": rows}

@@ -126,7 +126,8 @@ def render(payload: dict) -> str:
         "error, averaged over genes; 'per spot': between each spot's root-mean-square spread and its "
         "root-mean-square error over genes; 'within 1 / 2 spreads': share of measured values that close "
         "to the prediction (0.68 / 0.95 for a well-scaled Gaussian spread); 'RMS error / RMS spread': 1 "
-        "when the spread has the error's size. The reference rows score two spreads that need no generator against the same predictions.",
+        "when the spread has the error's size. The reference rows score two spreads that need no "
+        "generator against the same predictions.",
         "",
         "| section | hidden spots | PCC HVG | spread | rank corr per gene | rank corr per spot "
         "| within 1 / 2 spreads | RMS error / RMS spread |",
