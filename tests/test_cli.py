@@ -42,10 +42,14 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "3", "--n-genes", "10", "--quiet"]) == 0
     assert model.exists()
     kept = TrainedModel.load(model, device="cpu").meta["best_epoch"]
-    assert f"epochs: 3 of at most 3; kept the weights of epoch {kept}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"epochs: 3 of at most 3; kept the weights of epoch {kept}" in out
+    assert "validation PCC (mean per gene, " in out
     assert main(["train", str(demo_dir), "--out", str(tmp_path / "all.pt"), "--epochs", "2", "--n-genes", "10",
-                 "--val-fraction", "0", "--quiet"]) == 0
+                 "--val-fraction", "0", "--dropout", "0.2", "--head-rank", "4", "--quiet"]) == 0
     assert "epochs: 2\n" in capsys.readouterr().out
+    saved = TrainedModel.load(tmp_path / "all.pt", device="cpu").config
+    assert (saved.dropout, saved.head_rank) == (0.2, 4)
     sr = tmp_path / "sr.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)

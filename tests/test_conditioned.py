@@ -167,6 +167,9 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.25 * (alone[0] + alone[1]), atol=1e-5)
     assert not np.allclose(blended, conditioned_only)
     assert "the mean of 2 models" in model.training_summary()
+    n_val = model.meta["n_validation_spots"]
+    assert n_val > 0 and model.meta["best_val_pcc"] >= max(model.meta["val_pcc"])
+    assert f"validation PCC (mean per gene, {n_val} spots" in model.training_summary()
     # Without a companion nothing is blended and nothing extra is trained.
     plain, events = run_collecting(train(data, replace(cfg, histosge_weight=0.0)))
     assert plain.companions == () and "histosge" not in plain.meta and plain.blend_weight == 0

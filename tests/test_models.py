@@ -93,6 +93,9 @@ def test_histosge_rejects_bad_settings():
         create_model("histosge", in_dim=5, n_genes=3, dropout=1.5)
     with pytest.raises(InputError, match="image_init"):
         create_model("histosge", in_dim=5, n_genes=3, image_init=-1.0)
+    for rank in (0, 2.0, True):
+        with pytest.raises(InputError, match="head_rank"):
+            create_model("histosge", in_dim=5, n_genes=3, head_rank=rank)
 
 
 def _grid(n_side: int = 20) -> np.ndarray:

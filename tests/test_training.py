@@ -85,6 +85,20 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt", "model.pt"]
 
 
+def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
+    arrays = _synthetic(n=80)
+    ckpt = tmp_path / "rank.pt"
+    model = run_to_end(train(_data(np.arange(80), arrays), TrainConfig(epochs=2, head_rank=3, **SMALL),
+                             checkpoint_path=ckpt))
+    first, second = model.model.gene_head[-2:]
+    # Every gene reads the same 3 directions of the hidden units: the readout has rank 3.
+    assert torch.linalg.matrix_rank(second.weight @ first.weight) == 3
+    loaded = TrainedModel.load(ckpt, device="cpu")
+    assert loaded.config.head_rank == 3
+    feats, rgb, pos, _ = arrays
+    np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
+
+
 def test_resume_matches_one_long_run(tmp_path):
     arrays = _synthetic(n=100)
     data = _data(np.arange(100), arrays)
@@ -182,6 +196,7 @@ def test_load_names_weights_of_another_version(tmp_path):
         ({"image_init": -1.0}, "image_init"), ({"image_init": float("nan")}, "image_init"),
         ({"grouping": "random"}, "grouping"),
         ({"weight_decay": -1.0}, "weight_decay"),
+        ({"head_rank": 0}, "head_rank"), ({"head_rank": 2.5}, "head_rank"), ({"head_rank": True}, "head_rank"),
     ],
 )
 def test_bad_config_values(change, match):

@@ -47,6 +47,10 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
     best_epoch = model.meta["best_epoch"]
     assert best_epoch == max(scores, key=scores.get) and 0 < best_epoch < stopped
     assert model.meta["n_validation_spots"] == 20 and model.meta["n_train_spots"] == 180
+    # The summary people read reports the kept epoch's validation score (to compare runs by).
+    assert model.meta["best_val_pcc"] == scores[best_epoch]
+    summary = model.training_summary()
+    assert f"epoch {best_epoch} " in summary and f"20 spots held back from training): {scores[best_epoch]:.4f}" in summary
     # The returned weights are the best validated ones: re-scoring them gives the best score.
     _, val = validation.split_validation(data, model.config)
     pred = model.predict(val.features, val.mean_rgb, val.positions)
@@ -57,6 +61,7 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
 def test_no_validation_share_trains_every_epoch_on_every_spot():
     model = run_to_end(train(_noise(), TrainConfig(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
     assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
+    assert model.training_summary() == "epochs: 15"  # no validation score to report
     assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
 
 

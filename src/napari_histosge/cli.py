@@ -61,6 +61,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-init", type=float,
                    help="initial scale of the image-input weights (default 0: start from positions only; "
                         "1 is PyTorch's initialisation)")
+    g.add_argument("--dropout", type=float,
+                   help="dropout inside the network (histosge: in its transformer; default 0, as the paper)")
+    g.add_argument("--head-rank", type=int,
+                   help="histosge: pass the gene head's last layer through this many shared directions "
+                        "(default: full rank, as the paper)")
     g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
     g.add_argument("--val-fraction", type=float,
                    help="share of the training spots held back to keep the best epoch (histosge: and to stop "
@@ -178,7 +183,7 @@ def _train_config(args: argparse.Namespace):
         "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
         "val_fraction": args.val_fraction, "image_init": args.image_init, "histosge_weight": args.histosge_weight,
-        "histosge_members": args.histosge_members,
+        "histosge_members": args.histosge_members, "dropout": args.dropout, "head_rank": args.head_rank,
     }
     if args.no_image_trend:
         values["image_trend"] = False

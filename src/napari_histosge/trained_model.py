@@ -140,8 +140,15 @@ class TrainedModel:
         meta = self.meta
         ran = int(meta.get("stopped_at", len(meta.get("history", []))))
         if meta.get("val_history") and meta.get("best_epoch") is not None:
-            return (f"epochs: {ran} of at most {self.config.epochs}; kept the weights of epoch "
+            text = (f"epochs: {ran} of at most {self.config.epochs}; kept the weights of epoch "
                     f"{meta['best_epoch']} (best on the validation spots)")
+            score = meta.get("best_val_pcc")
+            if score is not None and np.isfinite(score):
+                # The score two runs on the same spots can be compared by (e.g. with and
+                # without image features); the same seed holds back the same spots.
+                text += (f"\nvalidation PCC (mean per gene, {int(meta.get('n_validation_spots', 0))} spots "
+                         f"held back from training): {score:.4f}")
+            return text
         return f"epochs: {ran}"
 
     def save(self, path: str | PathLike) -> None:

@@ -144,7 +144,8 @@ def train(
 
     def snapshot(epochs_done: int) -> None:
         meta.update(history=list(history), epochs_done=epochs_done, val_history=[list(v) for v in val_history],
-                    best_epoch=best.epoch if best is not None else epochs_done)
+                    best_epoch=best.epoch if best is not None else epochs_done,
+                    best_val_pcc=best.score if best is not None else None)
         trained.optimizer_state = optimizer.state_dict()
 
     snapshot(start)

@@ -18,7 +18,8 @@ from ._settings import settings_from_dict
 from .errors import InputError
 
 #: Settings passed to the model constructor.
-MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output", "image_init")
+MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output", "image_init",
+              "head_rank")
 #: Settings passed to the constructor of the ``conditioned`` model (see :mod:`.models.conditioned`).
 CONDITIONED_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
                     "adversarial", "diffusion_steps")
@@ -45,6 +46,8 @@ class TrainConfig:
 
     ``image_init`` scales the initial weights from the image inputs into the tokens (0, the
     default, starts ``histosge`` as a positions-only model; see :class:`.models.histosge.HisToSGE`).
+    ``dropout`` (inside the transformer) and ``head_rank`` (the gene head's last layer
+    through that many shared directions; ``None`` is full rank) are its regularisers.
 
     ``feature_dropout`` zeroes each image-feature column of each spot with this probability
     while training (not when predicting): without it HisToSGE memorises spots by their image
@@ -109,6 +112,7 @@ class TrainConfig:
     head_hidden: int = 2048
     output: str = "softplus"
     image_init: float = 0.0
+    head_rank: int | None = None
     group_size: int = 50
     grouping: str = "spatial"
     position_jitter: float = 0.25
@@ -168,6 +172,12 @@ class TrainConfig:
                                                      and 0 <= self.histosge_weight <= 1):
             raise InputError(f"training setting histosge_weight must be in [0, 1] or None (chosen on validation "
                              f"spots), got {self.histosge_weight!r}")
+        if self.head_rank is not None:
+            if isinstance(self.head_rank, bool) or not isinstance(self.head_rank, (int, np.integer)) \
+                    or self.head_rank < 1:
+                raise InputError(f"training setting head_rank must be an integer of at least 1 or None (full "
+                                 f"rank), got {self.head_rank!r}")
+            self.head_rank = int(self.head_rank)
         if self.init_seed is not None:
             if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, (int, np.integer)):
                 raise InputError(f"training setting init_seed must be an integer or None, got {self.init_seed!r}")

@@ -193,8 +193,8 @@ def train_conditioned(
 
     def snapshot(epochs_done: int) -> None:
         meta.update(history=list(history), epochs_done=epochs_done, val_history=list(val_history),
-                    val_pcc=list(val_pcc),
-                    best_epoch=best.epoch)
+                    val_pcc=list(val_pcc), best_epoch=best.epoch,
+                    best_val_pcc=best.score if n_val else None, n_validation_spots=n_val)
         trained.optimizer_state = {"main": optimizer.state_dict(),
                                    "disc": d_opt.state_dict() if d_opt is not None else None}
 

@@ -65,6 +65,11 @@ class HisToSGE(nn.Module):
         (1.0) the 86 image columns dominate the tokens from the first step and the model
         memorises spots by their features (her2st B4, hold-out half: held-out HVG PCC 0.056
         with 1.0, 0.127 with 0; see docs/benchmarks.md).
+    head_rank
+        ``None`` (the default, as the paper): every gene reads the head's ``head_hidden``
+        units directly. A number factorises that last layer through ``head_rank`` shared
+        directions, so each gene can follow only what the genes have in common (a
+        regulariser for sparse genes; docs/benchmarks.md lists what it changed).
     """
 
     def __init__(
@@ -81,12 +86,16 @@ class HisToSGE(nn.Module):
         mlp_dim: int | None = None,
         output: str = "softplus",
         image_init: float = 0.0,
+        head_rank: int | None = None,
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("heads", heads),
                              ("depth", depth), ("n_pos_bins", n_pos_bins), ("head_hidden", head_hidden)):
             if int(value) < 1:
                 raise InputError(f"model setting {label} must be at least 1, got {value}")
+        if head_rank is not None and (isinstance(head_rank, bool) or not isinstance(head_rank, int)
+                                      or head_rank < 1):
+            raise InputError(f"model setting head_rank must be a whole number >= 1 or None, got {head_rank!r}")
         if dim % heads:
             raise InputError(f"model setting dim ({dim}) must be divisible by heads ({heads})")
         if output not in OUTPUTS:
@@ -110,9 +119,12 @@ class HisToSGE(nn.Module):
             activation="gelu", batch_first=True, norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, num_layers=depth, enable_nested_tensor=False)
-        self.gene_head = nn.Sequential(
-            nn.Linear(dim, head_hidden), nn.ReLU(), nn.LayerNorm(head_hidden), nn.Linear(head_hidden, self.n_genes)
-        )
+        # Layers built in forward order: the random initialisation (and so a seeded run) is
+        # the same as before ``head_rank`` existed.
+        hidden = [nn.Linear(dim, head_hidden), nn.ReLU(), nn.LayerNorm(head_hidden)]
+        readout = ([nn.Linear(head_hidden, self.n_genes)] if head_rank is None else
+                   [nn.Linear(head_hidden, head_rank, bias=False), nn.Linear(head_rank, self.n_genes)])
+        self.gene_head = nn.Sequential(*hidden, *readout)
 
     def forward(
         self, x: torch.Tensor, pos_bins: torch.Tensor, key_padding_mask: torch.Tensor | None = None
