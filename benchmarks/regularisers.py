@@ -92,7 +92,7 @@ def render(payload: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="*", default=["B4", "C2", "C3", "C4", "151676"])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="split seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="split seeds")
     parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
@@ -102,8 +102,12 @@ def main(argv=None) -> int:
     previous = RESULTS / "regularisers.json"
     old = json.loads(previous.read_text()) if previous.exists() else {"results": {}, "machines": {}}
     results, machines = dict(old["results"]), dict(old["machines"])
+    root = existing_data_root()
+    todo = sections(root, args.sections)
+    if not todo:
+        raise SystemExit(f"none of the sections {args.sections} under {root}")
     t0 = time.perf_counter()
-    for name, path in sections(existing_data_root(), args.sections):
+    for name, path in todo:
         print(f"[{name}]", flush=True)
         machines[name] = machine_info()
         results[name] = run_section(read_spots(path), list(args.seeds), list(args.settings))

@@ -197,6 +197,7 @@ def test_load_names_weights_of_another_version(tmp_path):
         ({"grouping": "random"}, "grouping"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"head_rank": 0}, "head_rank"), ({"head_rank": 2.5}, "head_rank"), ({"head_rank": True}, "head_rank"),
+        ({"init_seed": 1.5}, "init_seed"), ({"init_seed": True}, "init_seed"),
     ],
 )
 def test_bad_config_values(change, match):

@@ -172,16 +172,16 @@ class TrainConfig:
                                                      and 0 <= self.histosge_weight <= 1):
             raise InputError(f"training setting histosge_weight must be in [0, 1] or None (chosen on validation "
                              f"spots), got {self.histosge_weight!r}")
-        if self.head_rank is not None:
-            if isinstance(self.head_rank, bool) or not isinstance(self.head_rank, (int, np.integer)) \
-                    or self.head_rank < 1:
-                raise InputError(f"training setting head_rank must be an integer of at least 1 or None (full "
-                                 f"rank), got {self.head_rank!r}")
-            self.head_rank = int(self.head_rank)
-        if self.init_seed is not None:
-            if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, (int, np.integer)):
-                raise InputError(f"training setting init_seed must be an integer or None, got {self.init_seed!r}")
-            self.init_seed = int(self.init_seed)
+        # Optional integers: None means full rank (head_rank) or "use seed" (init_seed).
+        for name, least in (("head_rank", 1), ("init_seed", None)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+                    least is not None and value < least):
+                bound = "" if least is None else f" of at least {least}"
+                raise InputError(f"training setting {name} must be an integer{bound} or None, got {value!r}")
+            setattr(self, name, int(value))
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):
             raise InputError(f"training setting val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("aux_weight", "adversarial", "image_init"):
