@@ -113,3 +113,25 @@ def run_lines(runs: dict, suffix=lambda run: "") -> list[str]:
     if len(lines) == 1:
         return list(lines)
     return [f"{', '.join(names)}: {line}" for line, names in lines.items()]
+
+
+def measure_sections(name: str, items: dict, measure, render, *, doc: bool = True) -> dict:
+    """``measure(item)`` for each ``section -> item``, kept with the sections of an earlier run.
+
+    Results and machine lines go to ``results/<name>.json`` (and, with ``doc``, its block of
+    docs/benchmarks.md) after every section, so a long run keeps what it finished; a section
+    measured again replaces its earlier result. Returns the final payload.
+    """
+    previous = RESULTS / f"{name}.json"
+    old = json.loads(previous.read_text()) if previous.exists() else {"results": {}, "machines": {}}
+    results, machines = dict(old["results"]), dict(old["machines"])
+    t0 = time.perf_counter()
+    payload = {"machines": machines, "results": results, "wall_s": 0.0}
+    for section, item in items.items():
+        print(f"[{section}]", flush=True)
+        machines[section] = machine_info()
+        results[section] = measure(item)
+        payload = {"machines": machines, "results": results, "wall_s": time.perf_counter() - t0}
+        publish(name, payload, render(payload), doc=doc, show=False)
+    print(render(payload))
+    return payload

@@ -18,15 +18,13 @@ Sections measured before stay in the table (re-running one replaces it).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_info, publish, run_lines  # noqa: E402
+from _report import existing_data_root, measure_sections, run_lines  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -99,22 +97,13 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    previous = RESULTS / "regularisers.json"
-    old = json.loads(previous.read_text()) if previous.exists() else {"results": {}, "machines": {}}
-    results, machines = dict(old["results"]), dict(old["machines"])
     root = existing_data_root()
     todo = sections(root, args.sections)
     if not todo:
         raise SystemExit(f"none of the sections {args.sections} under {root}")
-    t0 = time.perf_counter()
-    for name, path in todo:
-        print(f"[{name}]", flush=True)
-        machines[name] = machine_info()
-        results[name] = run_section(read_spots(path), list(args.seeds), list(args.settings))
-        payload = {"machines": machines, "results": results, "wall_s": time.perf_counter() - t0}
-        # After every section, so a long run keeps what it finished.
-        publish("regularisers", payload, render(payload), doc=not args.no_doc, show=False)
-    print(render(payload))
+    measure_sections("regularisers", dict(todo),
+                     lambda path: run_section(read_spots(path), list(args.seeds), list(args.settings)),
+                     render, doc=not args.no_doc)
     return 0
 
 

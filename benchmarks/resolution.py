@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_info, publish, run_lines  # noqa: E402
+from _report import existing_data_root, measure_sections, run_lines  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -131,9 +129,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    previous = RESULTS / "resolution.json"
-    old = json.loads(previous.read_text()) if previous.exists() else {"results": {}, "machines": {}}
-    results, machines = dict(old["results"]), dict(old["machines"])
     root = existing_data_root()
     todo = sections(root, args.sections)
     if not todo:
@@ -143,15 +138,9 @@ def main(argv=None) -> int:
         full = image_pixels_per_spot(adata)
         if full is None or any(px >= full for px in args.px):
             raise SystemExit(f"{name}: its image has {full} px across a spot; --px must all be below that")
-    t0 = time.perf_counter()
-    for name, adata in data.items():
-        print(f"[{name}]", flush=True)
-        machines[name] = machine_info()
-        results[name] = run_section(adata, list(args.seeds), sorted(args.px, reverse=True))
-        payload = {"machines": machines, "results": results, "wall_s": time.perf_counter() - t0}
-        # After every section, so a long run keeps what it finished.
-        publish("resolution", payload, render(payload), doc=not args.no_doc, show=False)
-    print(render(payload))
+    pxs = sorted(args.px, reverse=True)
+    measure_sections("resolution", data, lambda adata: run_section(adata, list(args.seeds), pxs),
+                     render, doc=not args.no_doc)
     return 0
 
 
