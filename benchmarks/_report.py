@@ -115,6 +115,18 @@ def run_lines(runs: dict, suffix=lambda run: "") -> list[str]:
     return [f"{', '.join(names)}: {line}" for line, names in lines.items()]
 
 
+def wins(values, other) -> str:
+    """Splits on which ``values`` are above ``other``, for the HVGs and the top-50 genes
+    (columns 0 and 1 of two ``(splits, 2)`` arrays of held-out PCC), as ``"3/5, 5/5"``."""
+    k = len(values)
+    return f"{int((values[:, 0] > other[:, 0]).sum())}/{k}, {int((values[:, 1] > other[:, 1]).sum())}/{k}"
+
+
+def signed(values) -> str:
+    """Per-split differences as ``"+0.0118, -0.0036"``."""
+    return ", ".join(f"{d:+.4f}" for d in values)
+
+
 def measure_sections(name: str, items: dict, measure, render, *, doc: bool = True) -> dict:
     """``measure(item)`` for each ``section -> item``, kept with the sections of an earlier run.
 

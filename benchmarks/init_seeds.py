@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_info, machine_line, publish, wins  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -71,8 +71,7 @@ def render(payload: dict) -> str:
         for method in (HISTOSGE, CONDITIONED):
             v = np.asarray(res[method])
             sd = [v[:, j].std(ddof=1) if len(v) > 1 else 0.0 for j in (0, 1)]
-            above = "" if method == HISTOSGE else (f"{int((v[:, 0] > ref[:, 0]).sum())}/{len(v)}, "
-                                                   f"{int((v[:, 1] > ref[:, 1]).sum())}/{len(v)}")
+            above = "" if method == HISTOSGE else wins(v, ref)
             lines.append(f"| {section} | {method} | {v[:, 0].mean():.3f} ({sd[0]:.3f}) | {v[:, 0].min():.3f}-"
                          f"{v[:, 0].max():.3f} | {v[:, 1].mean():.3f} ({sd[1]:.3f}) | {v[:, 1].min():.3f}-"
                          f"{v[:, 1].max():.3f} | {above} |")

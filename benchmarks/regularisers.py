@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import existing_data_root, measure_sections, run_lines  # noqa: E402
+from _report import existing_data_root, measure_sections, run_lines, signed, wins  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -75,14 +75,12 @@ def render(payload: dict) -> str:
     for section, by_setting in payload["results"].items():
         for name, runs in by_setting.items():
             v = {c: np.array([r[c] for r in runs]) for c in COLUMNS}
-            diff = v["default_hvg"] - v["off_hvg"]
-            above = (f"{int((diff > 0).sum())}/{len(runs)}, "
-                     f"{int((v['default_top50'] > v['off_top50']).sum())}/{len(runs)}")
+            default = np.column_stack([v["default_hvg"], v["default_top50"]])
+            off = np.column_stack([v["off_hvg"], v["off_top50"]])
             lines.append(
                 f"| {section} | {name} | {', '.join(str(r['seed']) for r in runs)} | "
-                f"{v['default_hvg'].mean():.4f} | {v['off_hvg'].mean():.4f} | "
-                f"{', '.join(f'{d:+.4f}' for d in diff)} | {v['default_top50'].mean():.4f} | "
-                f"{v['off_top50'].mean():.4f} | {above} |"
+                f"{default[:, 0].mean():.4f} | {off[:, 0].mean():.4f} | {signed(default[:, 0] - off[:, 0])} | "
+                f"{default[:, 1].mean():.4f} | {off[:, 1].mean():.4f} | {wins(default, off)} |"
             )
     return "\n".join(lines)
 

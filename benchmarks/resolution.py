@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import existing_data_root, measure_sections, run_lines  # noqa: E402
+from _report import existing_data_root, measure_sections, run_lines, signed, wins  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -39,26 +39,31 @@ from napari_histosge.training import TrainConfig  # noqa: E402
 DEFAULT_PX = (16.0, 4.34)
 
 
-def shrunk_copy(adata, px: float, folder: Path):
-    """``adata`` with its image replaced by a copy shrunk to ``px`` pixels across a spot."""
+def shrunk_copies(adata, pxs: list[float], folder: Path) -> list:
+    """``adata`` once per ``px``, its image replaced by a copy shrunk to ``px`` pixels across a spot.
+
+    The full-resolution image is decoded once for all of them (her2st's H&E is ~92 Mpx).
+    """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None  # her2st's H&E is ~92 Mpx, above PIL's bomb guard
+    Image.MAX_IMAGE_PIXELS = None  # above PIL's decompression-bomb guard
     path, scale = spot_image(adata)
-    factor = px / image_pixels_per_spot(adata)
+    full_px = image_pixels_per_spot(adata)
+    copies = []
     with Image.open(path) as img:
         rgb = img.convert("RGB")
-        size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
-        out = folder / f"{Path(path).stem}_{px:g}px.png"
-        rgb.resize(size, Image.Resampling.BOX).save(out)
-        # The scale the reader would record: shrunk width over full-res width.
-        new_scale = scale * size[0] / rgb.width
-    shrunk = adata.copy()
-    info = copy.deepcopy(dict(shrunk.uns["histosge"]))
-    info["images"] = {"shrunk": {"path": str(out), "scale": new_scale}}
-    info["image"] = "shrunk"
-    shrunk.uns["histosge"] = info
-    return shrunk
+        for px in pxs:
+            size = (max(1, round(rgb.width * px / full_px)), max(1, round(rgb.height * px / full_px)))
+            out = folder / f"{Path(path).stem}_{px:g}px.png"
+            rgb.resize(size, Image.Resampling.BOX).save(out)
+            shrunk = adata.copy()
+            info = copy.deepcopy(dict(shrunk.uns["histosge"]))
+            # The scale the reader would record: shrunk width over full-res width.
+            info["images"] = {"shrunk": {"path": str(out), "scale": scale * size[0] / rgb.width}}
+            info["image"] = "shrunk"
+            shrunk.uns["histosge"] = info
+            copies.append(shrunk)
+    return copies
 
 
 def scores(adata, feats, seed: int, *, off: bool = False) -> list[float]:
@@ -70,17 +75,16 @@ def scores(adata, feats, seed: int, *, off: bool = False) -> list[float]:
 
 
 def run_section(adata, seeds: list[int], pxs: list[float]) -> dict:
-    """``{"off": [[hvg, top50] per split], "<px>": {"px": ..., "scores": [...]} per image}``."""
+    """``{"seeds", "off": [[hvg, top50] per split], "images": [{"px", "full_resolution", "scores"}]}``:
+    the full-resolution image first, then one shrunk copy per ``pxs``."""
     out: dict = {"seeds": seeds, "off": [scores(adata, None, s, off=True) for s in seeds], "images": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for px in [None, *pxs]:
-            variant = adata if px is None else shrunk_copy(adata, px, Path(tmp))
+        for variant in [adata, *shrunk_copies(adata, pxs, Path(tmp))]:
             feats = run_to_end(spot_features(variant, FeatureConfig()))
             runs = [scores(variant, feats, s) for s in seeds]
-            out["images"].append({"px": image_pixels_per_spot(variant), "full_resolution": px is None,
-                                  "scores": runs})
-            print(f"{image_pixels_per_spot(variant):.1f} px: "
-                  + ", ".join(f"{h:.4f}/{t:.4f}" for h, t in runs), flush=True)
+            px = image_pixels_per_spot(variant)
+            out["images"].append({"px": px, "full_resolution": variant is adata, "scores": runs})
+            print(f"{px:.1f} px: " + ", ".join(f"{h:.4f}/{t:.4f}" for h, t in runs), flush=True)
     return out
 
 
@@ -104,12 +108,10 @@ def render(payload: dict) -> str:
                      f" |  | {off[:, 1].mean():.4f} ({off[:, 1].std(ddof=1):.4f}) |  |")
         for image in res["images"]:
             v = np.array(image["scores"])
-            diff = v[:, 0] - off[:, 0]
             label = f"{image['px']:.1f}" + (" (full resolution)" if image["full_resolution"] else "")
             lines.append(
                 f"| {section} | {label} | {splits} | {v[:, 0].mean():.4f} ({v[:, 0].std(ddof=1):.4f}) | "
-                f"{', '.join(f'{d:+.4f}' for d in diff)} | {v[:, 1].mean():.4f} ({v[:, 1].std(ddof=1):.4f}) | "
-                f"{int((diff > 0).sum())}/{len(diff)}, {int((v[:, 1] > off[:, 1]).sum())}/{len(diff)} |"
+                f"{signed(v[:, 0] - off[:, 0])} | {v[:, 1].mean():.4f} ({v[:, 1].std(ddof=1):.4f}) | {wins(v, off)} |"
             )
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_info, machine_line, publish, wins  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -61,12 +61,6 @@ def run_section(adata, seeds: list[int], methods: tuple[str, ...] = METHODS) -> 
     return out
 
 
-def _wins(v: np.ndarray, other: np.ndarray) -> str:
-    """Splits on which ``v`` is above ``other``, for the HVGs and the top-50 genes."""
-    k = len(v)
-    return f"{int((v[:, 0] > other[:, 0]).sum())}/{k}, {int((v[:, 1] > other[:, 1]).sum())}/{k}"
-
-
 def render(payload: dict) -> str:
     lines = [
         machine_line(payload["machine"]),
@@ -86,8 +80,8 @@ def render(payload: dict) -> str:
         for method in (BASELINE, *METHODS):
             v = np.asarray(res[method])
             cells = [f"{v[:, j].mean():.3f} ({v[:, j].std(ddof=1) if k > 1 else 0:.3f})" for j in (0, 1)]
-            vs_base = "" if method == BASELINE else _wins(v, base)
-            vs_off = "" if method in (BASELINE, ABLATION) else _wins(v, off)
+            vs_base = "" if method == BASELINE else wins(v, base)
+            vs_off = "" if method in (BASELINE, ABLATION) else wins(v, off)
             lines.append(f"| {section} | {method} | {cells[0]} | {cells[1]} | {vs_base} | {vs_off} |")
     return "\n".join(lines)
 
