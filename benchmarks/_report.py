@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: machine description and docs/benchmarks.md blocks."""
+"""Shared helpers for benchmark scripts: machine description and the generated blocks of
+docs/benchmarks*.md (each between ``<!-- name:start -->`` and ``<!-- name:end -->``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
+DOCS = REPO / "docs"
+DOC = DOCS / "benchmarks.md"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -68,20 +70,32 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def block_page(name: str) -> Path:
+    """The page of docs/benchmarks*.md holding block ``name``'s markers (docs/benchmarks.md
+    for a block no page holds yet), so a block can be moved between pages by hand."""
+    start = f"<!-- {name}:start -->"
+    for page in sorted(DOCS.glob("benchmarks*.md")):
+        if start in page.read_text():
+            return page
+    return DOC
+
+
 def update_block(name: str, markdown: str) -> None:
-    """Replace the ``<!-- name:start -->`` ... ``<!-- name:end -->`` block of docs/benchmarks.md."""
+    """Replace the ``<!-- name:start -->`` ... ``<!-- name:end -->`` block of its page
+    (:func:`block_page`), or append it to docs/benchmarks.md."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    page = block_page(name)
+    text = page.read_text() if page.exists() else "# Benchmarks\n"
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    page.write_text(text)
 
 
 def publish(name: str, payload: dict, markdown: str, *, doc: bool = True, show: bool = True) -> Path:
-    """Write ``results/<name>.json``, print the table, and (``doc``) replace its block in docs/benchmarks.md."""
+    """Write ``results/<name>.json``, print the table, and (``doc``) replace its block in its page."""
     out = write_json(name, payload)
     if show:
         print(markdown)

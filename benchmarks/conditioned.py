@@ -30,14 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
+from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
-from napari_histosge.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 #: name -> (label, TrainConfig changes, image features on)
 VARIANTS = {
@@ -128,17 +129,21 @@ def render(payload: dict) -> str:
         "(the best epoch on 10% of the training spots is kept; 'best ep.' 0 is the kriging estimate "
         "alone, before any learned part). PCC: mean per-gene Pearson over the HIDDEN spots, log1p(normalize_total 1e4) "
         f"scale; MSE/MAE over the top-1000 HVGs. The conditioned model's defaults: {payload.get('neighbours', 16)} "
-        f"neighbours, {payload.get('batch_size', 256)}-spot batches.",
+        f"neighbours, {payload.get('batch_size', 256)}-spot batches. " + CEILING_NOTE,
         "",
-        "| section | spots | method | PCC HVG | PCC top-50 mean | MSE | MAE | fit s | best ep. "
+        "| section | spots | method | PCC HVG | PCC top-50 mean | noise ceiling HVG / top-50 "
+        "| MSE | MAE | fit s | best ep. "
         + ("| companion weight " if weights else "") + "| ARI pred / measured |",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if weights else "") + "---|",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if weights else "") + "---|",
     ]
+    seen = set()
     for r in payload["rows"]:
+        ceiling = "" if r["section"] in seen else ceiling_pair(r["section"], (payload["seed"],))
+        seen.add(r["section"])
         ari = f"{r['ari_predicted']:.3f} / {r['ari_measured']:.3f}" if "ari_predicted" in r else ""
         best = "" if r.get("best_epoch") is None else str(r["best_epoch"])
         lines.append(f"| {r['section']} | {r['n_spots']} | {r['variant']} | {_fmt(r['pcc_hvg'])} "
-                     f"| {_fmt(r['pcc_top50'])} | {_fmt(r['mse'], 4)} | {_fmt(r['mae'], 4)} "
+                     f"| {_fmt(r['pcc_top50'])} | {ceiling} | {_fmt(r['mse'], 4)} | {_fmt(r['mae'], 4)} "
                      f"| {_fmt(r['fit_s'], 1)} | {best} "
                      + (f"| {_fmt(r.get('companion_weight'), 2)} " if weights else "") + f"| {ari} |")
     lines += ["", "Reading the table: where 'best ep.' is 0 the validation split preferred the untrained "

@@ -29,9 +29,9 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import spot_features  # noqa: E402
+from napari_histosge.pipeline.steps import spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 HISTOSGE, CONDITIONED = "HisToSGE, default features", "Conditioned (neighbours + image)"
 #: Init seeds ``STRIDE * run``: far enough apart that no two conditioned runs share a companion member.

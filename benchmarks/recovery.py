@@ -29,16 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 
-from napari_histosge.cli import CONDITIONED_EPOCHS  # noqa: E402
-from napari_histosge.evaluation import read_layer_annotations, spatial_ari  # noqa: E402
+from napari_histosge.cli.main import CONDITIONED_EPOCHS  # noqa: E402
+from napari_histosge.evaluation.metrics import read_layer_annotations, spatial_ari  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
-from napari_histosge.recovery import recover  # noqa: E402
-from napari_histosge.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.pipeline.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 
 def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
@@ -189,12 +190,17 @@ def render(payload: dict) -> str:
         "PCC is the mean per-gene Pearson correlation over the HIDDEN spots on the "
         "log1p(normalize_total 1e4) scale; MSE/MAE over the top-1000 HVGs. "
         "'PCC all spots' scores every spot including the training ones, as the reference "
-        "test.py does: it is not a held-out figure.",
+        "test.py does: it is not a held-out figure. " + CEILING_NOTE,
         "",
-        "| section | spots | method | epochs: at most (ran; kept) | PCC HVG | PCC top-50 mean | MSE | MAE | PCC all spots (incl. train) | fit s | ARI pred / measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| section | spots | method | epochs: at most (ran; kept) | PCC HVG | PCC top-50 mean "
+        "| noise ceiling HVG / top-50 "
+        "| MSE | MAE | PCC all spots (incl. train) | fit s | ARI pred / measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    seen = set()
     for r in payload["rows"]:
+        ceiling = "" if r["section"] in seen else ceiling_pair(r["section"], (payload["seed"],))
+        seen.add(r["section"])
         ari = ""
         if "ari_predicted" in r:
             ari = f"{r['ari_predicted']:.3f} / {r['ari_measured']:.3f}"
@@ -203,7 +209,7 @@ def render(payload: dict) -> str:
             epochs += f" ({r['epochs_run']}; {r['best_epoch']})"
         lines.append(
             f"| {r['section']} | {r['n_spots']} | {r['variant']} | {epochs} "
-            f"| {_fmt(r['pcc_hvg'])} | {_fmt(r['pcc_top50'])} "
+            f"| {_fmt(r['pcc_hvg'])} | {_fmt(r['pcc_top50'])} | {ceiling} "
             f"| {_fmt(r['mse'], 4)} | {_fmt(r['mae'], 4)} | {_fmt(r['pcc_all_spots_incl_training'])} "
             f"| {_fmt(r['fit_s'], 1)} | {ari} |"
         )

@@ -31,9 +31,9 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots, spot_image  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, image_pixels_per_spot, spot_features  # noqa: E402
+from napari_histosge.pipeline.steps import NO_IMAGE, image_pixels_per_spot, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 #: 4.34 px across a spot: DLPFC's low-res PNG (spot diameter 96.4 full-res px x scale 0.0450).
 DEFAULT_PX = (16.0, 4.34)

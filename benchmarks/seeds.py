@@ -28,13 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, existing_data_root, machine_info, machine_line, publish, wins  # noqa: E402
+from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import NO_IMAGE, spot_features  # noqa: E402
+from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 METHODS = ("HisToSGE, default features", "HisToSGE, image features off", "Conditioned (neighbours + image)")
 BASELINE = "6-NN baseline"
@@ -68,11 +69,12 @@ def render(payload: dict) -> str:
         "their defaults (HisToSGE: at most 1000 epochs with early stopping; conditioned: at most 20). "
         "Mean and SD of the held-out PCC over the splits; 'beats' counts the splits on which the method's "
         "PCC is above the 6-NN baseline's / above HisToSGE with image features off, for the HVGs and the "
-        "top-50 genes.",
+        "top-50 genes. " + CEILING_NOTE + " Here the ceiling is the mean over the same splits.",
         "",
-        "| section | method | PCC HVG mean (SD) | PCC top-50 mean (SD) | beats baseline: HVG, top-50 "
+        "| section | method | PCC HVG mean (SD) | PCC top-50 mean (SD) | noise ceiling HVG / top-50 "
+        "| beats baseline: HVG, top-50 "
         "| beats features-off: HVG, top-50 |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for section, res in payload["results"].items():
         base, off = np.asarray(res[BASELINE]), np.asarray(res[ABLATION])
@@ -82,7 +84,8 @@ def render(payload: dict) -> str:
             cells = [f"{v[:, j].mean():.3f} ({v[:, j].std(ddof=1) if k > 1 else 0:.3f})" for j in (0, 1)]
             vs_base = "" if method == BASELINE else wins(v, base)
             vs_off = "" if method in (BASELINE, ABLATION) else wins(v, off)
-            lines.append(f"| {section} | {method} | {cells[0]} | {cells[1]} | {vs_base} | {vs_off} |")
+            ceiling = ceiling_pair(section, payload["seeds"]) if method == BASELINE else ""
+            lines.append(f"| {section} | {method} | {cells[0]} | {cells[1]} | {ceiling} | {vs_base} | {vs_off} |")
     return "\n".join(lines)
 
 

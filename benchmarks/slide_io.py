@@ -124,7 +124,7 @@ def _rss_mb() -> tuple[float, float]:
 
 def run(size: int, n_spots: int, naive_n: int, patch: int, batch: int) -> dict:
     from napari_histosge.errors import InputError
-    from napari_histosge.slide import open_slide
+    from napari_histosge.slide.open import open_slide
 
     path = bench_dir() / f"synthetic_{size}px_jpeg_pyramid.tif"
     t0 = time.perf_counter()

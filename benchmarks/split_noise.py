@@ -20,11 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, machine_line, publish  # noqa: E402
+from noise_ceiling import ceiling_pair  # noqa: E402
 from recovery import sections  # noqa: E402
 
-from napari_histosge.evaluation import gene_metrics, holdout_split, knn_baseline, summarize  # noqa: E402
+from napari_histosge.evaluation.metrics import gene_metrics, holdout_split, knn_baseline, summarize  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
 
 
 def spread(adata, seeds: int, holdout: float) -> dict:
@@ -50,15 +51,19 @@ def render(payload: dict) -> str:
         machine_line(payload["machine"]),
         f"6-NN baseline of the recovery protocol on {payload['seeds']} random {payload['holdout']:.0%} hold-out "
         "splits per section (seeds 0, 1, ...). Read a difference between two methods in the recovery table "
-        "(one split, seed 0) against these spreads: one much smaller than the SD is noise.",
+        "(one split, seed 0) against these spreads: one much smaller than the SD is noise. 'Noise ceiling HVG / "
+        "top-50': the mean noise ceiling of the hidden spots and genes over the same splits (noise_ceiling block), "
+        "the best mean PCC any predictor can reach against these measurements.",
         "",
-        "| section | spots | PCC HVG: seed 0 | mean | SD | PCC top-50: seed 0 | mean | SD |",
-        "|---|---|---|---|---|---|---|---|",
+        "| section | spots | PCC HVG: seed 0 | mean | SD | PCC top-50: seed 0 | mean | SD "
+        "| noise ceiling HVG / top-50 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
         h, t = np.asarray(r["hvg"]), np.asarray(r["top50"])
         lines.append(f"| {r['section']} | {r['n_spots']} | {h[0]:.3f} | {h.mean():.3f} | {h.std():.3f} "
-                     f"| {t[0]:.3f} | {t.mean():.3f} | {t.std():.3f} |")
+                     f"| {t[0]:.3f} | {t.mean():.3f} | {t.std():.3f} "
+                     f"| {ceiling_pair(r['section'], range(payload['seeds']))} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ On the DLPFC slice 151676 (3,460 spots) a small HisToSGE model is trained for a 
 - ``superres_grid.superresolution_positions(adata, N, anchor="lattice")`` (lattice estimation
   included), and
 - the prediction at the ``N * 3,460`` positions as ``pipeline.superresolve`` runs it
-  (:func:`napari_histosge.prediction.predict_in_pieces`: the model's forward passes in
+  (:func:`napari_histosge.prediction.pieces.predict_in_pieces`: the model's forward passes in
   pieces, with progress events and cancel between pieces).
 
 Features at the new positions are random arrays of the extractor's width (timing only:
@@ -39,9 +39,9 @@ TARGETS_S = {"histosge": TARGET_S, "conditioned": 60.0}
 
 def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"):
     """A HisToSGE model trained briefly on every spot (cost of prediction does not depend on training)."""
-    from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+    from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training import TrainConfig, TrainingData, train
+    from napari_histosge.training.engine import TrainConfig, TrainingData, train
 
     log = normalize_log1p(adata)
     genes = select_genes(log, n_top=n_genes)
@@ -55,8 +55,8 @@ def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"
 
 
 def time_fold(adata, model, fold: int, repeats: int, rng: np.random.Generator) -> dict:
-    from napari_histosge.superres_grid import superresolution_positions
-    from napari_histosge.prediction import predict_in_pieces
+    from napari_histosge.prediction.grid import superresolution_positions
+    from napari_histosge.prediction.pieces import predict_in_pieces
     from napari_histosge.progress import run_to_end
 
     d = int(model.meta["n_features"])
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     from napari_histosge.features import FeatureConfig
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import spot_features
+    from napari_histosge.pipeline.steps import spot_features
     from napari_histosge.progress import run_to_end
 
     torch.set_num_threads(args.threads)

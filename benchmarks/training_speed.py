@@ -4,7 +4,7 @@ On the DLPFC slice 151676 (hold-out half, seed 0, top-variable genes chosen on t
 training half), both runs use the same architecture, inputs (z-scored default features +
 mean RGB + normalised position and its bins), learning rate and epochs:
 
-- **ours**: :func:`napari_histosge.training.train` (spatial groups packed into batches of
+- **ours**: :func:`napari_histosge.training.engine.train` (spatial groups packed into batches of
   ``batch_size`` spots, tensors built once, fused AdamW, position jitter);
 - **ours, reference recipe**: the same trainer set to the reference's arithmetic (one
   file-order chunk of ``group_size`` spots per step, no position jitter, no weight decay),
@@ -42,11 +42,11 @@ TARGET_RATIO = 2.0
 
 def load_section(n_top: int):
     """Features, split, genes and targets for DLPFC 151676 (features come from the cache when present)."""
-    from napari_histosge.evaluation import holdout_split
+    from napari_histosge.evaluation.metrics import holdout_split
     from napari_histosge.features import FeatureConfig
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import spot_features
-    from napari_histosge.preprocess import dense_targets, normalize_log1p, select_genes
+    from napari_histosge.pipeline.steps import spot_features
+    from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes
     from napari_histosge.progress import run_to_end
 
     path = data_root() / "dlpfc" / "151676"
@@ -73,8 +73,8 @@ def load_section(n_top: int):
 
 def held_out_pcc(model, config, meta, genes, test) -> float:
     """Mean held-out PCC over ``genes`` of ``model`` as it is now (its train/eval mode is restored by the caller)."""
-    from napari_histosge.evaluation import gene_metrics, summarize
-    from napari_histosge.training import TrainedModel
+    from napari_histosge.evaluation.metrics import gene_metrics, summarize
+    from napari_histosge.training.engine import TrainedModel
 
     feats, rgb, xy, truth = test
     pred = TrainedModel(model, config, genes, meta).predict(feats, rgb, xy)
@@ -83,7 +83,7 @@ def held_out_pcc(model, config, meta, genes, test) -> float:
 
 def ours(data, config):
     """Our training generator, started (model built, inputs prepared)."""
-    from napari_histosge.training import TrainingData, train
+    from napari_histosge.training.engine import TrainingData, train
 
     feats, rgb, xy, y = data["train"]
     td = TrainingData(features=feats, mean_rgb=rgb, positions=xy, targets=y,
@@ -160,10 +160,10 @@ def started(data, cfg):
 def eval_setup(data, config):
     """The input statistics train() fits, the metadata to evaluate a bare model with them, and
     the settings the reference-style loop is evaluated under (file order, no jitter)."""
-    from napari_histosge.training_inputs import _Inputs
+    from napari_histosge.training.inputs import ModelInputs
 
     feats, rgb, xy, _ = data["train"]
-    inputs = _Inputs.fit(feats, rgb, xy, config.n_pos_bins)
+    inputs = ModelInputs.fit(feats, rgb, xy, config.n_pos_bins)
     meta = {**inputs.to_meta(), "n_features": feats.shape[1]}
     return inputs, meta, replace(config, grouping="file_order", position_jitter=0.0)
 
@@ -367,8 +367,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_histosge.models.grouping import group_spots, pack_batches
-    from napari_histosge.training import TrainConfig
+    from napari_histosge.training.grouping import group_spots, pack_batches
+    from napari_histosge.training.engine import TrainConfig
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()

@@ -48,9 +48,9 @@ def run(args) -> dict:
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_histosge._widgets._worker import preload_torch
-    from napari_histosge._widgets.layers import ROLE_SPOTS, layers_with_role
-    from napari_histosge._widgets.train import TrainWidget
+    from napari_histosge.plugin.widgets.worker import preload_torch
+    from napari_histosge.plugin.widgets.layers import ROLE_SPOTS, layers_with_role
+    from napari_histosge.plugin.widgets.train import TrainWidget
     from napari_histosge.demo import make_demo_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="histosge-ui-bench-"))

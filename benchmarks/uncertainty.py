@@ -4,7 +4,7 @@ For each real section (``$HISTOSGE_DATA``, default ``../shared/data``) this runs
 protocol with the conditioned model (same split and genes as ``benchmarks/recovery.py``) and
 scores its spread (``layers["std"]``: the generator samples' spread plus the counting noise of
 a measurement) against the absolute error on the hidden spots, over the top-1000 HVGs
-(:mod:`napari_histosge.uncertainty`), and the samples' spread alone. Two spreads
+(:mod:`napari_histosge.evaluation.uncertainty`), and the samples' spread alone. Two spreads
 anyone could compute without a generator are scored against the same error, as references:
 the spread of the 6 nearest training spots' values, and the distance to the nearest training
 spot (a ranking only: it is not in expression units). It writes
@@ -26,17 +26,17 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, publish, run_lines, saved_rows  # noqa: E402
+from noise_ceiling import ceiling_cell  # noqa: E402
 from recovery import sections  # noqa: E402
 
+from napari_histosge.evaluation.uncertainty import uncertainty_metrics  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline import spot_features  # noqa: E402
-from napari_histosge.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.pipeline.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.steps import spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.recovery import recover  # noqa: E402
-from napari_histosge.training import TrainConfig  # noqa: E402
-from napari_histosge.uncertainty import uncertainty_metrics  # noqa: E402
-
+from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 #: The model's spread without the counting noise (what ``layers["std"]`` held before 2026-11-24).
 SAMPLES_ALONE = "conditioned model, generator samples alone (the spread before 2026-11-24)"
@@ -127,15 +127,17 @@ def render(payload: dict) -> str:
         "root-mean-square error over genes; 'within 1 / 2 spreads': share of measured values that close "
         "to the prediction (0.68 / 0.95 for a well-scaled Gaussian spread); 'RMS error / RMS spread': 1 "
         "when the spread has the error's size. The reference rows score two spreads that need no "
-        "generator against the same predictions.",
+        "generator against the same predictions. 'Noise ceiling HVG': the ceiling of the same hidden spots "
+        "and genes (noise_ceiling block), the best mean PCC any predictor can reach against these measurements.",
         "",
-        "| section | hidden spots | PCC HVG | spread | rank corr per gene | rank corr per spot "
+        "| section | hidden spots | PCC HVG | noise ceiling HVG | spread | rank corr per gene | rank corr per spot "
         "| within 1 / 2 spreads | RMS error / RMS spread |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
+        ceiling = ceiling_cell(r["section"], "hvg", (payload["seed"],))
         cover = (f"{r['coverage_1sd']:.2f} / {r['coverage_2sd']:.2f}" if "coverage_1sd" in r else "")
-        lines.append(f"| {r['section']} | {r['n_hidden']} | {r['pcc_hvg']:.3f} | {r['spread']} "
+        lines.append(f"| {r['section']} | {r['n_hidden']} | {r['pcc_hvg']:.3f} | {ceiling} | {r['spread']} "
                      f"| {_fmt(r, 'gene_rank_corr', '.3f')} | {_fmt(r, 'spot_rank_corr', '.3f')} | {cover} "
                      f"| {_fmt(r, 'error_to_spread', '.2f')} |")
     return "\n".join(lines)

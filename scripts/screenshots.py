@@ -42,7 +42,7 @@ def wait(app, predicate, timeout: float = 1800.0) -> None:
 
 def pick_gene(model_genes: list[str], heatmap) -> str:
     """ERBB2 (HER2) or another marker when the model predicts it, else the best-fitting gene."""
-    from napari_histosge._widgets.gene_viewer import gene_pcc
+    from napari_histosge.plugin.widgets.gene_viewer import gene_pcc
 
     preferred = next((g for g in PREFERRED_GENES if g in model_genes), None)
     if preferred is not None:
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     # Toasts would cover the canvas in the pictures; the widgets' status lines remain.
     get_settings().application.gui_notification_level = "none"
 
-    from napari_histosge._widgets._state import SESSION_MODELS
-    from napari_histosge._widgets.gene_viewer import GeneViewerWidget
-    from napari_histosge._widgets.layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, ROLE_SPOTS, layers_with_role
-    from napari_histosge._widgets.superres import SuperResolveWidget
-    from napari_histosge._widgets.train import TrainWidget
+    from napari_histosge.plugin.widgets.state import SESSION_MODELS
+    from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+    from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, ROLE_SPOTS, layers_with_role
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+    from napari_histosge.plugin.widgets.train import TrainWidget
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

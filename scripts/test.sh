@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environment and run the whole test suite, widget tests included.
+# Set up the environment, lint (ruff) and type-check (mypy) the code, then run the
+# whole test suite, widget tests included. Extra arguments go to pytest.
 # napari's canvas needs OpenGL: the widget tests run on a virtual X server
 # (Xvfb, started by pytest-xvfb) with Mesa's software OpenGL.
 set -euo pipefail
@@ -23,4 +24,10 @@ if [ "$need_apt" = 1 ]; then
 fi
 
 bash scripts/setup.sh
-exec "${HISTOSGE_VENV:-.venv}/bin/python" -m pytest "$@"
+PY="${HISTOSGE_VENV:-.venv}/bin/python"
+# Settings live in pyproject.toml ([tool.ruff], [tool.mypy]); either failing stops the run.
+echo "test: ruff check src tests"
+"$PY" -m ruff check src tests
+echo "test: mypy (src/napari_histosge)"
+"$PY" -m mypy
+exec "$PY" -m pytest "$@"

@@ -8,10 +8,10 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from napari_histosge.cli import main
+from napari_histosge.cli.main import main
 from napari_histosge.demo import make_demo_dataset
 from napari_histosge.io import read_spots
-from napari_histosge.trained_model import TrainedModel
+from napari_histosge.training.trained_model import TrainedModel
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     saved = TrainedModel.load(tmp_path / "all.pt", device="cpu").config
     assert (saved.dropout, saved.head_rank) == (0.2, 4)
     sr = tmp_path / "sr.h5ad"
-    assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
+    assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)
     spots = read_spots(demo_dir)
     assert result.n_obs == 4 * spots.n_obs
@@ -61,6 +61,13 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert main(["evaluate", str(hidden), str(demo_dir)]) == 0
     assert "PCC" in capsys.readouterr().out
+    at_spots = tmp_path / "spots.h5ad"  # predictions at the measured spots can be scored too
+    assert main(["predict", str(model), str(demo_dir), "--out", str(at_spots), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(at_spots), str(demo_dir), "--metrics", str(tmp_path / "m.csv")]) == 0
+    assert f"{spots.n_obs} spots x {len(TrainedModel.load(model, device='cpu').genes)} genes: PCC" in \
+        capsys.readouterr().out
+    assert (tmp_path / "m.csv").read_text().startswith("gene,pcc,mse,mae")
 
 
 @pytest.mark.parametrize(
@@ -68,6 +75,7 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     [
         (["recover", "/no/such/folder", "--out", "x.h5ad"], "does not exist"),
         (["predict", "/no/such/model.pt", "/no/such/folder", "--out", "x.h5ad"], "model.pt"),
+        (["superresolve", "/no/such/model.pt", "/no/such/folder", "--out", "x.h5ad"], "model.pt"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys: pytest.CaptureFixture) -> None:
@@ -75,13 +83,6 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys: pytest.Captur
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_fold_out_of_range(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    model = tmp_path / "m.pt"
-    assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "1", "--n-genes", "5", "--quiet"]) == 0
-    assert main(["predict", str(model), str(demo_dir), "--fold", "17", "--out", str(tmp_path / "o.h5ad")]) == 2
-    assert "16" in capsys.readouterr().err
 
 
 def test_unknown_gene(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -128,12 +129,16 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert not saved_no_trend.config.depth_term and "depth_term" not in saved_no_trend.meta
     assert saved.config.depth_term and "depth_term" in saved.meta  # on by default
     sr = tmp_path / "sr.h5ad"
-    assert main(["predict", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
+    assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)
     assert result.uns["histosge"]["model"] == "conditioned"
     assert set(result.var["estimator"]) == {"plain"}  # kriging_rank 0: every gene kriged alone
     std = np.asarray(result.layers["std"])
     assert std.shape == result.shape and np.isfinite(std).all() and (std >= 0).all() and std.max() > 0
+    other = make_demo_dataset(tmp_path / "other", seed=1)  # a section it did not measure
+    capsys.readouterr()
+    assert main(["predict", str(model), str(other), "--out", str(tmp_path / "other.h5ad"), "--quiet"]) == 2
+    assert "a conditioned model predicts only on the section it was trained on" in capsys.readouterr().err
     hidden = tmp_path / "h.h5ad"
     capsys.readouterr()
     assert main(["recover", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_histosge.models.counting_noise import counting_std
+from napari_histosge.models.conditioned.counting_noise import counting_std
 
 
 @pytest.mark.parametrize("depth", [300.0, 3000.0, 20000.0])

@@ -10,14 +10,14 @@ import tifffile
 
 pytest.importorskip("distributed")
 
-from napari_histosge.distributed import (  # noqa: E402
+from napari_histosge.errors import CancelledError, InputError  # noqa: E402
+from napari_histosge.features import FeatureConfig, extract_features_at  # noqa: E402
+from napari_histosge.prediction.distributed import (  # noqa: E402
     dask_client,
     extract_features_distributed,
     map_chunks,
     position_chunks,
 )
-from napari_histosge.errors import CancelledError, InputError  # noqa: E402
-from napari_histosge.features import FeatureConfig, extract_features_at  # noqa: E402
 from napari_histosge.progress import CancelToken, Progress, run_collecting, run_to_end  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def test_map_chunks_order_and_cancel(client) -> None:
 
 
 def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> None:
-    import napari_histosge.distributed as dist_mod
+    import napari_histosge.prediction.distributed as dist_mod
 
     monkeypatch.setattr(dist_mod, "CONNECT_TIMEOUT_S", 1.0)
     path = _slide(tmp_path)
@@ -103,7 +103,7 @@ def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _trained_model():
-    from napari_histosge.training import TrainConfig, TrainingData, train
+    from napari_histosge.training.engine import TrainConfig, TrainingData, train
 
     rng = np.random.default_rng(1)
     n, d, g = 300, 6, 5
@@ -118,8 +118,8 @@ def _trained_model():
 
 
 def test_prediction_identical_to_single_process(client) -> None:
-    from napari_histosge.distributed import predict_distributed
-    from napari_histosge.prediction import plan_chunks
+    from napari_histosge.prediction.distributed import predict_distributed
+    from napari_histosge.prediction.pieces import plan_chunks
 
     model = _trained_model()
     rng = np.random.default_rng(2)
@@ -136,7 +136,7 @@ def test_prediction_identical_to_single_process(client) -> None:
 
 
 def test_prediction_plan_chunks_cover_every_pass_once() -> None:
-    from napari_histosge.prediction import plan_chunks
+    from napari_histosge.prediction.pieces import plan_chunks
 
     mask = np.zeros((1, 10), bool)
     plan = [(np.arange(10)[None], mask)] * 7
@@ -145,7 +145,7 @@ def test_prediction_plan_chunks_cover_every_pass_once() -> None:
 
 
 def test_prediction_bad_chunk_size(client) -> None:
-    from napari_histosge.distributed import predict_distributed
+    from napari_histosge.prediction.distributed import predict_distributed
 
     model = _trained_model()
     with pytest.raises(InputError, match="chunk_size"):
@@ -160,8 +160,8 @@ def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client
     """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import fit, superresolve
-    from napari_histosge.training import TrainConfig
+    from napari_histosge.pipeline.steps import fit, superresolve
+    from napari_histosge.training.engine import TrainConfig
 
     adata = read_spots(make_demo_dataset(tmp_path / "demo"))
     model = run_to_end(fit(adata, train_config=TrainConfig(

@@ -25,8 +25,8 @@ from napari_histosge.features import (
     patch_size_px,
     register_extractor,
     spot_center_fraction,
+    unregister_extractor,
 )
-from napari_histosge.features import registry as registry_mod
 from napari_histosge.features.default import FEATURE_NAMES, DefaultExtractor
 from napari_histosge.progress import CancelToken, Progress, run_to_end
 
@@ -94,7 +94,10 @@ def test_register_custom_extractor() -> None:
         np.testing.assert_allclose(out.numpy(), 0.2)
         assert "mean_colour_test" in available_extractors()
     finally:
-        registry_mod._REGISTRY.pop("mean_colour_test")
+        unregister_extractor("mean_colour_test")
+    assert "mean_colour_test" not in available_extractors()
+    with pytest.raises(InputError, match="unknown feature extractor 'mean_colour_test'"):
+        create_extractor("mean_colour_test", **CPU)
 
 
 def test_feature_config_roundtrip() -> None:
@@ -313,7 +316,7 @@ def _her2st_adata(section: Path) -> tuple[ad.AnnData, np.ndarray]:
     name = section.name
     counts = pd.read_csv(section / f"{name}.tsv.gz", sep="\t", index_col=0)
     sel = pd.read_csv(section / f"{name}_selection.tsv", sep="\t")
-    sel.index = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"])]
+    sel.index = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"], strict=True)]
     common = counts.index.intersection(sel.index)
     counts, sel = counts.loc[common], sel.loc[common]
     xy = sel[["pixel_x", "pixel_y"]].to_numpy(float)

@@ -135,7 +135,7 @@ def write_counts(folder: Path, kind: str, barcodes, genes, gene_ids, matrix: np.
     with opener(mtx / f"barcodes.tsv{suffix}", "wt") as fh:
         fh.write("\n".join(barcodes) + "\n")
     with opener(mtx / f"features.tsv{suffix}", "wt") as fh:
-        fh.write("\n".join(f"{i}\t{g}\tGene Expression" for i, g in zip(gene_ids, genes)) + "\n")
+        fh.write("\n".join(f"{i}\t{g}\tGene Expression" for i, g in zip(gene_ids, genes, strict=True)) + "\n")
 
 
 def make_st_v1(root: Path, *, spacing: float = 150.0, image: str = "png", counts_name: str = "S1.tsv") -> dict:
@@ -145,7 +145,7 @@ def make_st_v1(root: Path, *, spacing: float = 150.0, image: str = "png", counts
     folder.mkdir(parents=True)
     xs, ys = np.meshgrid(np.arange(2, 9), np.arange(3, 8))
     xs, ys = xs.ravel(), ys.ravel()
-    ids = np.array([f"{x}x{y}" for x, y in zip(xs, ys)])
+    ids = np.array([f"{x}x{y}" for x, y in zip(xs, ys, strict=True)])
     # A slightly rotated grid: the fit must recover the spacing anyway.
     angle = np.deg2rad(3)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -153,7 +153,10 @@ def make_st_v1(root: Path, *, spacing: float = 150.0, image: str = "png", counts
     selected = np.ones(len(xs), int)
     selected[:3] = 0
     pd.DataFrame(
-        {"x": xs, "y": ys, "new_x": xs + 0.01, "new_y": ys - 0.01, "pixel_x": pix[:, 0], "pixel_y": pix[:, 1], "selected": selected}
+        {
+            "x": xs, "y": ys, "new_x": xs + 0.01, "new_y": ys - 0.01,
+            "pixel_x": pix[:, 0], "pixel_y": pix[:, 1], "selected": selected,
+        }
     ).to_csv(folder / "S1_selection.tsv", sep="\t", index=False)
     matrix = rng.poisson(1.5, size=(len(xs) - 1, 9))  # last spot has no counts row
     counts = pd.DataFrame(matrix, index=ids[:-1], columns=[f"G{i}" for i in range(9)])
@@ -371,7 +374,8 @@ def test_h5ad_scanpy_style_uses_counts_layer(tmp_path: Path) -> None:
     adata.layers["counts"] = counts
     adata.obsm["spatial"] = xy
     adata.obs["in_tissue"] = [0] + [1] * 29
-    adata.uns["spatial"] = {"lib": {"scalefactors": {"spot_diameter_fullres": 42.0}, "images": {"hires": np.zeros((2, 2, 3))}}}
+    library = {"scalefactors": {"spot_diameter_fullres": 42.0}, "images": {"hires": np.zeros((2, 2, 3))}}
+    adata.uns["spatial"] = {"lib": library}
     adata.uns["log1p"] = {"base": None}
     adata.write_h5ad(tmp_path / "sc.h5ad")
     out = read_spots(tmp_path / "sc.h5ad")

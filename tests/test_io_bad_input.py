@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_io import make_spaceranger, make_st_v1, write_counts
 
 from napari_histosge.errors import InputError
 from napari_histosge.io import image_size, read_spots
+from test_io import make_spaceranger, make_st_v1, write_counts
 
 
 def _positions(folder: Path) -> Path:
@@ -118,7 +118,9 @@ def test_mtx_shape_mismatch(tmp_path: Path) -> None:
         read_spots(folder)
 
 
-@pytest.mark.parametrize(("value", "what"), [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1, "negative")])
+@pytest.mark.parametrize(
+    ("value", "what"), [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1, "negative")]
+)
 def test_bad_count_values_in_mtx(tmp_path: Path, value: float, what: str) -> None:
     folder = tmp_path / "s"
     truth = make_spaceranger(folder, counts="mtx")
@@ -178,7 +180,8 @@ def test_some_positions_outside_image(tmp_path: Path) -> None:
 def test_scalefactor_does_not_match_image(tmp_path: Path) -> None:
     folder = make_spaceranger(tmp_path, images=("hires",))["folder"]
     _scalefactors(folder, tissue_hires_scalef=2.0)  # 10x too large
-    with pytest.raises(InputError, match=r"scalefactors_json.json: scale factor for the hires image \(2\) does not match"):
+    expected = r"scalefactors_json.json: scale factor for the hires image \(2\) does not match"
+    with pytest.raises(InputError, match=expected):
         read_spots(folder)
 
 

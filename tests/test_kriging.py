@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histosge.evaluation import knn_baseline
-from napari_histosge.models import kriging as kr
-from napari_histosge.models import kriging_fit as kf
-from napari_histosge.models.image_trend import fit_image_trend
+from napari_histosge.evaluation.metrics import knn_baseline
+from napari_histosge.models.conditioned import kriging as kr
+from napari_histosge.models.conditioned import kriging_fit as kf
+from napari_histosge.models.conditioned.image_trend import fit_image_trend
 from napari_histosge.models.neighbours import neighbour_context
 
 

@@ -11,8 +11,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from napari_histosge.errors import InputError
-from napari_histosge.lattice import Lattice, classify_basis, estimate_lattice, reduce_basis
-from napari_histosge.superres_grid import SuperResolutionGrid, snap_to_lattice, superresolution_positions
+from napari_histosge.prediction.grid import SuperResolutionGrid, snap_to_lattice, superresolution_positions
+from napari_histosge.prediction.lattice import Lattice, classify_basis, estimate_lattice, reduce_basis
 
 SQRT3 = np.sqrt(3.0)
 
@@ -258,7 +258,7 @@ def test_superresolution_bad_anchor() -> None:
 def _load_her2st(section: Path) -> ad.AnnData:
     sel = pd.read_csv(section / f"{section.name}_selection.tsv", sep="\t")
     adata = _adata(sel[["x", "y"]].to_numpy(float), sel[["pixel_x", "pixel_y"]].to_numpy(float), "square")
-    adata.obs_names = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"])]
+    adata.obs_names = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"], strict=True)]
     return adata
 
 
@@ -269,7 +269,8 @@ def _load_visium_positions(section: Path) -> ad.AnnData:
         names=["barcode", "in_tissue", "array_row", "array_col", "pxl_row", "pxl_col"],
     )
     pos = pos[pos["in_tissue"] == 1]
-    adata = _adata(pos[["array_col", "array_row"]].to_numpy(float), pos[["pxl_col", "pxl_row"]].to_numpy(float), "hexagonal")
+    adata = _adata(pos[["array_col", "array_row"]].to_numpy(float), pos[["pxl_col", "pxl_row"]].to_numpy(float),
+                   "hexagonal")
     adata.obs_names = pos["barcode"].to_numpy()
     return adata
 

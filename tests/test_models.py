@@ -9,7 +9,7 @@ from torch import nn
 
 from napari_histosge.errors import InputError
 from napari_histosge.models import HisToSGE, available_models, create_model, register_model, registry
-from napari_histosge.models.grouping import group_spots, pack_batches
+from napari_histosge.training.grouping import group_spots, pack_batches
 
 
 def test_registry_lists_and_builds_histosge():

@@ -12,10 +12,10 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
-from napari_histosge.pipeline import NO_IMAGE, fit, spot_features, superresolve
+from napari_histosge.pipeline.recovery import recover
+from napari_histosge.pipeline.steps import NO_IMAGE, fit, spot_features, superresolve
 from napari_histosge.progress import run_to_end
-from napari_histosge.recovery import recover
-from napari_histosge.training import TrainConfig, TrainedModel
+from napari_histosge.training.engine import TrainConfig, TrainedModel
 
 FAST = dict(epochs=4, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=4)
 
@@ -93,7 +93,7 @@ def test_low_resolution_image_warns(tmp_path) -> None:
     """A spot only a few image pixels wide: the user is told image features will say little."""
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import image_pixels_per_spot, warn_if_low_resolution
+    from napari_histosge.pipeline.steps import image_pixels_per_spot, warn_if_low_resolution
 
     adata = read_spots(make_demo_dataset(tmp_path / "demo"))
     assert image_pixels_per_spot(adata) > 16

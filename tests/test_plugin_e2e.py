@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_histosge._widgets._state import SESSION_MODELS
-from napari_histosge._widgets.compare import ROLE_COMPARE
-from napari_histosge._widgets.gene_viewer import GeneViewerWidget
-from napari_histosge._widgets.layers import (
+from napari_histosge.plugin.widgets.compare import ROLE_COMPARE
+from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+from napari_histosge.plugin.widgets.layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,
@@ -18,8 +17,9 @@ from napari_histosge._widgets.layers import (
     histosge_meta,
     layers_with_role,
 )
-from napari_histosge._widgets.superres import SuperResolveWidget
-from napari_histosge._widgets.train import TrainWidget
+from napari_histosge.plugin.widgets.state import SESSION_MODELS
+from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+from napari_histosge.plugin.widgets.train import TrainWidget
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 TIMEOUT_MS = 300_000

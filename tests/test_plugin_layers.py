@@ -8,12 +8,18 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from napari_histosge._reader import get_slide_reader, get_spots_reader, read_slide_layers
-from napari_histosge._sample_data import find_cmu_small_region
-from napari_histosge._widgets import compare as C
-from napari_histosge._widgets import layers as L
-from napari_histosge._writer import write_h5ad
 from napari_histosge.errors import InputError
+from napari_histosge.plugin.reader import (
+    get_slide_reader,
+    get_spots_reader,
+    read_prediction_layers,
+    read_slide_layers,
+    read_spots_layers,
+)
+from napari_histosge.plugin.sample_data import find_cmu_small_region
+from napari_histosge.plugin.widgets import compare as C
+from napari_histosge.plugin.widgets import layers as L
+from napari_histosge.plugin.writer import write_h5ad
 
 
 def _spots(n_side: int = 6, pitch: float = 100.0, fold: int | None = None) -> ad.AnnData:
@@ -104,6 +110,22 @@ def test_readers_decline_foreign_paths_cheaply(tmp_path):
     assert get_spots_reader([str(tmp_path), str(tmp_path)]) is None
 
 
+@pytest.mark.parametrize("reader", [read_spots_layers, read_slide_layers, read_prediction_layers])
+def test_reader_functions_take_one_path(tmp_path, reader):
+    with pytest.raises(InputError, match="reads one path at a time"):
+        reader([str(tmp_path / "a.h5ad"), str(tmp_path / "b.h5ad")])
+
+
+@pytest.mark.parametrize("fold", [1, 4])
+def test_predictions_without_genes_raise_input_error(fold):
+    empty = _spots(fold=fold)[:, []].copy()
+    empty.uns["histosge"]["source"] = "/data/section"
+    with pytest.raises(InputError, match="/data/section: the predictions hold no genes"):
+        L.prediction_layers(empty)
+    with pytest.raises(InputError, match="the predictions hold no genes"):
+        L.heatmap_layer(empty)
+
+
 def test_slide_reader_bad_file_raises_input_error(tmp_path):
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"not a tiff")
@@ -150,7 +172,7 @@ def test_cmu_sample_found_in_shared_data(real_data, monkeypatch):
 
 
 def test_scheduler_field_values() -> None:
-    from napari_histosge._widgets.train import checkpoint_name, scheduler_value
+    from napari_histosge.plugin.widgets.train import checkpoint_name, scheduler_value
 
     assert scheduler_value("  ") is None
     assert scheduler_value("local") == "local"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_histosge._widgets.gene_viewer import GeneViewerWidget
-from napari_histosge._widgets.layers import ROLE_SLIDE, ROLE_SPOTS, histosge_meta, layers_with_role
-from napari_histosge._widgets.train import GENES_LIST, TrainWidget
 from napari_histosge.demo import make_demo_dataset
+from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+from napari_histosge.plugin.widgets.layers import ROLE_SLIDE, ROLE_SPOTS, histosge_meta, layers_with_role
+from napari_histosge.plugin.widgets.train import GENES_LIST, TrainWidget
 
 WORKER_TIMEOUT_MS = 120_000
 
@@ -114,7 +114,7 @@ def test_train_without_data_layer_shows_error(make_napari_viewer, notifications)
 
 
 def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot, tmp_path, notifications):
-    from napari_histosge.training import TrainedModel
+    from napari_histosge.training.engine import TrainedModel
 
     widget = TrainWidget(demo_viewer)
     widget.out_dir.value = str(tmp_path)
@@ -146,7 +146,7 @@ def test_train_empty_selection_shows_error(demo_viewer, notifications):
 
 
 def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_path, notifications):
-    from napari_histosge.training import TrainedModel
+    from napari_histosge.training.engine import TrainedModel
 
     demo_viewer.open(str(demo_dir), plugin="napari-histosge")  # a second section
     first, second = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
@@ -184,13 +184,13 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
 
 def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
-    from napari_histosge._widgets._worker import preload_torch
-    from napari_histosge._widgets.layers import ROLE_UNCERTAINTY
-    from napari_histosge._widgets.superres import add_prediction_layers
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import fit, superresolve
+    from napari_histosge.pipeline.steps import fit, superresolve
+    from napari_histosge.plugin.widgets.layers import ROLE_UNCERTAINTY
+    from napari_histosge.plugin.widgets.superres import add_prediction_layers
+    from napari_histosge.plugin.widgets.worker import preload_torch
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training import TrainConfig
+    from napari_histosge.training.engine import TrainConfig
 
     preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)

@@ -10,7 +10,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from napari_histosge.errors import InputError
-from napari_histosge.preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes
+from napari_histosge.io.preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes
 
 
 def _counts(n_spots: int = 60, n_genes: int = 40, seed: int = 0, sparse: bool = True) -> ad.AnnData:

@@ -13,16 +13,16 @@ import h5py
 import numpy as np
 import pytest
 
-from napari_histosge._reader import (
+from napari_histosge.errors import InputError
+from napari_histosge.plugin.reader import (
     get_spots_reader,
     is_prediction_file,
     prediction_info,
     read_prediction,
     read_prediction_layers,
 )
-from napari_histosge._widgets import layers as L
-from napari_histosge._writer import write_h5ad
-from napari_histosge.errors import InputError
+from napari_histosge.plugin.widgets import layers as L
+from napari_histosge.plugin.writer import write_h5ad
 
 FOLD = 2  # the smallest super-resolution: the file's cost is the real pipeline run
 
@@ -32,9 +32,9 @@ def made(tmp_path_factory) -> dict:
     """A 2-fold and a fold-1 prediction of the demo section, written to .h5ad."""
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
-    from napari_histosge.pipeline import fit, predict_spots, superresolve
+    from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training import TrainConfig
+    from napari_histosge.training.engine import TrainConfig
 
     root = tmp_path_factory.mktemp("pred")
     adata = read_spots(make_demo_dataset(root / "demo"))
@@ -227,7 +227,7 @@ def test_writer_round_trip_keeps_values(made, tmp_path):
 
 # ----------------------------------------------------------------------------- in a viewer
 def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari_viewer, made, tmp_path):
-    from napari_histosge._widgets.gene_viewer import GeneViewerWidget
+    from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
 
     pred = made["pred"]
     viewer = make_napari_viewer()
@@ -252,7 +252,7 @@ def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari
     # the measured spots the file records as its source, opened too: PCC and comparison work
     viewer.open(str(made["root"] / "demo"), plugin="napari-histosge")
     assert viewer_widget.show_gene(other)
-    from napari_histosge._widgets.gene_viewer import gene_pcc
+    from napari_histosge.plugin.widgets.gene_viewer import gene_pcc
 
     expected = gene_pcc(pred, made["adata"], other)
     assert viewer_widget.pcc[heat.name] == pytest.approx(expected)

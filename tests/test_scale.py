@@ -9,11 +9,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_histosge import pyramid as pyramid_mod
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig, extract_features_at
 from napari_histosge.progress import run_to_end
-from napari_histosge.slide import open_slide
+from napari_histosge.slide import pyramid as pyramid_mod
+from napari_histosge.slide.open import open_slide
 
 TILE = 64
 
@@ -35,7 +35,7 @@ def test_read_patches_decodes_each_tile_once(tmp_path: Path) -> None:
     with open_slide(path) as s:
         patches = s.read_patches(xy, 32, 32)
         expected_tiles = set()
-        for (x, y), p in zip(xy.astype(int), patches):
+        for (x, y), p in zip(xy.astype(int), patches, strict=True):
             # Returned in the caller's order, cut from the right place.
             np.testing.assert_array_equal(p, img[y - 16 : y + 16, x - 16 : x + 16])
             for r in range((y - 17) // TILE, (y + 16) // TILE + 1):
@@ -56,7 +56,7 @@ def test_read_patches_matches_region_resampling(tmp_path: Path) -> None:
     with open_slide(path) as s:
         xy = np.array([[100.3, 150.7], [10.0, 290.5]])
         got = s.read_patches(xy, 45.5, 20)
-        for (x, y), p in zip(xy, got):
+        for (x, y), p in zip(xy, got, strict=True):
             one = s.read_patches(np.array([[x, y]]), 45.5, 20)[0]
             np.testing.assert_array_equal(p, one)
         assert got.shape == (2, 20, 20, 3)
@@ -77,7 +77,7 @@ def test_large_jpeg_is_refused_not_decoded(tmp_path: Path, monkeypatch: pytest.M
 def test_big_strip_tiff_pyramid_built_by_strips(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str | None
 ) -> None:
-    from napari_histosge import slide as slide_mod
+    from napari_histosge.slide import open as slide_mod
 
     monkeypatch.setattr(slide_mod, "FLAT_DIRECT_MAX", 256)
     # Below the whole image (2100 x 1500 px) but above one strip: must read by strips.
@@ -97,7 +97,7 @@ def test_big_strip_tiff_pyramid_built_by_strips(
 
 
 def test_strip_larger_than_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from napari_histosge import slide as slide_mod
+    from napari_histosge.slide import open as slide_mod
 
     monkeypatch.setattr(slide_mod, "FLAT_DIRECT_MAX", 256)
     monkeypatch.setenv("HISTOSGE_MAX_DECODE_PIXELS", "10000")

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from napari_histosge.errors import InputError
-from napari_histosge.models.sequencing_depth import (
+from napari_histosge.models.conditioned.sequencing_depth import (
     MAX_MEAN_COUNTS,
     depth_slopes,
     standardise_depth,
 )
 from napari_histosge.progress import run_to_end
-from napari_histosge.training import TrainConfig, TrainingData, train
+from napari_histosge.training.engine import TrainConfig, TrainingData, train
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=12, batch_size=64, diffusion_steps=20,
              sample_steps=4, n_samples=2, device="cpu", epochs=1, histosge_weight=0.0, kriging_rank=0)
@@ -97,7 +97,7 @@ def test_bad_total_counts(totals):
 def test_spread_adds_counting_noise_at_the_kriged_depth():
     """The conditioned model's spread is that of a measurement: the generator's spread of the
     expected value plus Poisson counting noise, which on counted data tracks the error."""
-    from napari_histosge.uncertainty import uncertainty_metrics
+    from napari_histosge.evaluation.uncertainty import uncertainty_metrics
 
     values, feats, rgb, pos, _, test, data = _hold_out_half(_section(seed=2), seed=3)
     model = run_to_end(train(data, TrainConfig(**SMALL)))

@@ -10,10 +10,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_histosge import pyramid as pyramid_mod
-from napari_histosge import slide as slide_mod
 from napari_histosge.errors import InputError
-from napari_histosge.slide import open_slide
+from napari_histosge.slide import open as slide_mod
+from napari_histosge.slide import pyramid as pyramid_mod
+from napari_histosge.slide.open import open_slide
 
 
 def _pattern(h: int, w: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_her2st_jpeg_pyramid(her2st_b4: Path) -> None:
     assert s.shape == (9923, 9272)
     assert s.mpp is None
     assert max(s.levels[-1].shape[:2]) < 1024 <= max(s.levels[-2].shape[:2])
-    assert all(a == pytest.approx(2 * b, rel=0.01) for a, b in zip(s.downsamples[1:], s.downsamples[:-1]))
+    assert all(a == pytest.approx(2 * b, rel=0.01) for a, b in zip(s.downsamples[1:], s.downsamples[:-1], strict=True))
     region = s.read_region(4000, 5000, 64, 48)
     with pyramid_mod.pil_no_size_limit(), Image.open(jpg) as im:
         ref = np.asarray(im.crop((4000, 5000, 4064, 5048)).convert("RGB"))

@@ -8,7 +8,7 @@ import torch
 
 from napari_histosge.errors import CancelledError, InputError
 from napari_histosge.progress import CancelToken, run_collecting, run_to_end
-from napari_histosge.training import TrainConfig, TrainedModel, TrainingData, train
+from napari_histosge.training.engine import TrainConfig, TrainedModel, TrainingData, train
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 

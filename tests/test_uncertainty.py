@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_histosge.errors import InputError
-from napari_histosge.uncertainty import format_uncertainty, uncertainty_metrics
+from napari_histosge.evaluation.uncertainty import format_uncertainty, uncertainty_metrics
 
 
 def _noisy(spread: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from napari_histosge._widgets._worker import _Batcher, lower_thread_priority
+from napari_histosge.plugin.widgets.worker import _Batcher, lower_thread_priority
 from napari_histosge.progress import Progress
 
 

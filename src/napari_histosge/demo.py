@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .evaluation.metrics import gene_metrics, summarize
+from .features import FeatureConfig
+from .io import read_spots
+from .pipeline.recovery import recover
+from .pipeline.steps import superresolve
 from .progress import CancelToken, Progress, ProgressGenerator
+from .training.inputs import TrainConfig
 
 SPOT_SPACING_PX = 110.0  # 200 um ST v1 pitch at 1.82 um/px: a small, fast slide
 N_GRID = 18
@@ -119,7 +125,7 @@ def make_demo_dataset(out_dir: str | Path, *, seed: int = 0) -> Path:
     rate = rate / rate.sum(1, keepdims=True) * depth
     counts = rng.poisson(rate)
     genes = [f"GENE{i:02d}" for i in range(N_GENES)]
-    ids = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"])]
+    ids = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
     pd.DataFrame(counts, index=ids, columns=genes).to_csv(out / "demo.tsv.gz", sep="\t")
     truth = np.log1p(rate / rate.sum(1, keepdims=True) * 1e4)
     pd.DataFrame(truth, index=ids, columns=genes).to_csv(out / "truth.tsv.gz", sep="\t")
@@ -139,13 +145,6 @@ def run_demo(
         against the noise-free truth), ``paths`` of everything written, and ``report``
         (a few lines of text for the terminal).
     """
-    from .evaluation import gene_metrics, summarize
-    from .features import FeatureConfig
-    from .io import read_spots
-    from .pipeline import superresolve
-    from .recovery import recover
-    from .training import TrainConfig
-
     out = Path(out_dir)
     start = time.perf_counter()
     yield Progress("demo", 0, 1, "generating the slide")
@@ -181,7 +180,8 @@ def run_demo(
         f"  held-out PCC, model vs measured:       {summary['model']['mean_pcc']:.3f}",
         f"  held-out PCC, 6-NN baseline:           {summary['baseline']['mean_pcc']:.3f}",
         f"  held-out PCC, model vs noise-free truth: {summary['model_vs_truth']['mean_pcc']:.3f}",
-        f"  4-fold super-resolution (model trained on the visible half): {sr.n_obs} positions -> {paths['superres_4x']}",
+        f"  4-fold super-resolution (model trained on the visible half): {sr.n_obs} positions"
+        f" -> {paths['superres_4x']}",
         f"  open it in napari: napari {data_dir}  (then Plugins > napari-histosge)",
     ])
     return {"summary": summary, "paths": paths, "report": report, "elapsed_s": elapsed}

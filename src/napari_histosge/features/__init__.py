@@ -15,7 +15,13 @@ from .extract import (
     patch_size_px,
     spot_center_fraction,
 )
-from .registry import FeatureExtractor, available_extractors, create_extractor, register_extractor
+from .registry import (
+    FeatureExtractor,
+    available_extractors,
+    create_extractor,
+    register_extractor,
+    unregister_extractor,
+)
 
 __all__ = [
     "FeatureConfig",
@@ -28,4 +34,5 @@ __all__ = [
     "patch_size_px",
     "register_extractor",
     "spot_center_fraction",
+    "unregister_extractor",
 ]

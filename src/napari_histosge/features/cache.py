@@ -12,10 +12,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..slide import cache_root, file_fingerprint
+from ..slide.open import cache_root, file_fingerprint
 
 CACHE_VERSION = 1
 
@@ -92,7 +93,8 @@ def save_cached(key: str, **arrays: np.ndarray) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            payload: dict[str, Any] = dict(arrays)  # numpy's stub would match a name to allow_pickle
+            np.savez(f, **payload)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import FeatureExtractor, register_extractor
+from .base import FeatureExtractor, register_extractor
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.
 _RGB_FROM_HED = np.array(
@@ -67,9 +67,11 @@ class DefaultExtractor(FeatureExtractor):
 
     @property
     def identity(self) -> str:
+        """Names the descriptor version, patch size and centre fraction (part of cache keys)."""
         return f"default-v{self.VERSION}-in{self.input_size}-cf{self.center_fraction:.4f}"
 
     def extract(self, patches: Any) -> Any:
+        """Colour and texture descriptors of a ``(n, H, W, 3)`` uint8 batch, float32 ``(n, dim)``."""
         import torch
         import torch.nn.functional as F
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .._settings import settings_from_dict
 from ..errors import InputError
+from ..io import require_spot_image
 from ..progress import CancelToken, Progress, ProgressGenerator
+from ..settings import settings_from_dict
+from ..slide.open import open_slide
 from .cache import feature_cache_key, load_cached, save_cached
 from .registry import create_extractor
 
@@ -137,8 +139,6 @@ def extract_spot_features(
     -------
     SpotFeatures
     """
-    from ..io import require_spot_image
-
     path, scale = require_spot_image(adata)
     size = patch_size_px(adata, config)
     fraction = spot_center_fraction(adata, config)
@@ -332,8 +332,6 @@ def compute_features(
     SpotFeatures
     """
     import torch
-
-    from ..slide import open_slide
 
     n = len(centers)
     order = np.arange(n) if order is None else np.asarray(order)

@@ -1,4 +1,4 @@
-"""Feature extractor base class and registry.
+"""Create feature extractors from spec strings.
 
 Adding an extractor is adding one class decorated with :func:`register_extractor`.
 Specs are either a registered name (``"default"``, ``"uni"``) or a family prefix
@@ -7,95 +7,25 @@ Specs are either a registered name (``"default"``, ``"uni"``) or a family prefix
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
+from ..device import pick_device
 from ..errors import InputError
 
-_REGISTRY: dict[str, type[FeatureExtractor]] = {}
-E = TypeVar("E", bound="type[FeatureExtractor]")
+# Importing the built-in extractor modules runs their @register_extractor decorators.
+from . import default, timm_backbones  # noqa: F401
+from .base import FeatureExtractor, register_extractor, registered_extractors, unregister_extractor
 
-
-class FeatureExtractor:
-    """Base class: turns uint8 RGB patches into float32 feature vectors.
-
-    Attributes
-    ----------
-    name
-        Registered name.
-    dim
-        Length of a feature vector.
-    input_size
-        Patch edge (px) the extractor expects; patches are read at this size.
-    identity
-        Stable string naming the extractor and its weights (used in cache keys).
-    center_fraction
-        Share of the patch edge covered by the spot itself; extractors that
-        describe the spot and its context separately use it.
-    """
-
-    name: str = ""
-    dim: int = 0
-    input_size: int = 224
-    center_fraction: float = 0.5
-
-    def __init__(self, arg: str | None = None, *, checkpoint: str | None = None, device: Any = "cpu") -> None:
-        import torch
-
-        self.arg = arg
-        self.checkpoint = checkpoint
-        self.device = torch.device(device)
-
-    @property
-    def identity(self) -> str:
-        return self.name
-
-    def extract(self, patches: Any) -> Any:
-        """Features of a batch.
-
-        Parameters
-        ----------
-        patches
-            ``torch.Tensor`` uint8 ``(n, H, W, 3)`` on any device.
-
-        Returns
-        -------
-        torch.Tensor
-            float32 ``(n, dim)`` on the extractor's device.
-        """
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(identity={self.identity!r}, device={self.device})"
-
-
-def register_extractor(name: str) -> Callable[[E], E]:
-    """Class decorator registering a :class:`FeatureExtractor` under ``name``.
-
-    A name ending in ``":"`` (e.g. ``"timm:"``) registers a family: the spec
-    ``"timm:resnet18"`` creates the class with ``arg="resnet18"``.
-    """
-
-    def decorator(cls: E) -> E:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"feature extractor {name!r} is already registered")
-        _REGISTRY[name] = cls
-        if not cls.name:
-            cls.name = name.rstrip(":")
-        return cls
-
-    return decorator
+__all__ = [
+    "FeatureExtractor",
+    "available_extractors",
+    "create_extractor",
+    "register_extractor",
+    "unregister_extractor",
+]
 
 
 def available_extractors() -> list[str]:
     """Registered extractor specs; families are shown as ``"timm:<model_name>"``."""
-    _load_builtins()
-    return [f"{k}<model_name>" if k.endswith(":") else k for k in sorted(_REGISTRY)]
-
-
-def _load_builtins() -> None:
-    # Importing the modules runs their decorators.
-    from . import default, timm_backbones  # noqa: F401
+    return [f"{k}<model_name>" if k.endswith(":") else k for k in sorted(registered_extractors())]
 
 
 def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = "auto") -> FeatureExtractor:
@@ -110,21 +40,23 @@ def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = 
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`napari_histosge.device.pick_device`).
 
+    Returns
+    -------
+    FeatureExtractor
+        The extractor, on the picked device.
+
     Raises
     ------
     InputError
         For an unknown spec, an unknown timm model, or a missing checkpoint.
     """
-    from ..device import pick_device
-
-    _load_builtins()
+    registry = registered_extractors()
     spec = str(spec).strip()
-    choices = ", ".join(available_extractors())
-    if spec in _REGISTRY and not spec.endswith(":"):
-        cls, arg = _REGISTRY[spec], None
-    elif ":" in spec and spec.split(":", 1)[0] + ":" in _REGISTRY and spec.split(":", 1)[1]:
-        prefix, arg = spec.split(":", 1)
-        cls = _REGISTRY[prefix + ":"]
+    family, _, arg = spec.partition(":")
+    if spec in registry and not spec.endswith(":"):
+        cls, name = registry[spec], None
+    elif arg and family + ":" in registry:
+        cls, name = registry[family + ":"], arg
     else:
-        raise InputError(f"unknown feature extractor {spec!r}; choose one of {choices}")
-    return cls(arg, checkpoint=checkpoint, device=pick_device(device))
+        raise InputError(f"unknown feature extractor {spec!r}; choose one of {', '.join(available_extractors())}")
+    return cls(name, checkpoint=checkpoint, device=pick_device(device))

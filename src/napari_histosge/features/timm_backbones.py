@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .registry import FeatureExtractor, register_extractor
+from .base import FeatureExtractor, register_extractor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +37,7 @@ def _load_state_dict(path: str) -> dict[str, Any]:
     """Read a weights file as a flat state dict (unwrapping common wrappers)."""
     import torch
 
+    sd: Any  # a state dict, or a wrapper holding one
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -134,14 +135,16 @@ class TimmExtractor(_TimmExtractor):
                 f"timm.list_models(){hint}"
             )
         super().__init__(arg, checkpoint=checkpoint, device=device)
-        cfg = timm.get_pretrained_cfg(arg)
-        cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
+        self.model_name: str = arg
+        pretrained = timm.get_pretrained_cfg(arg)
+        cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}
         self.input_size = int(cfg.get("input_size", (3, 224, 224))[-1])
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
 
     @property
     def identity(self) -> str:
+        """Names the timm model, its weights (file or seeded random) and the input size."""
         weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else f"random-seed{RANDOM_SEED}"
         return f"timm:{self.arg}|{weights}|in{self.input_size}"
 
@@ -151,11 +154,11 @@ class TimmExtractor(_TimmExtractor):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            model = timm.create_model(self.arg, pretrained=False, num_classes=0)
+            model = timm.create_model(self.model_name, pretrained=False, num_classes=0)
         if self.checkpoint:
             sd = _load_state_dict(self.checkpoint)
             # Checkpoints saved with a classifier head: drop it (we use pooled features).
-            head = str(model.pretrained_cfg.get("classifier") or "")
+            head = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "")
             own = model.state_dict()
             if head:
                 sd = {k: v for k, v in sd.items() if k in own or not k.startswith(head + ".")}
@@ -165,7 +168,7 @@ class TimmExtractor(_TimmExtractor):
 
 UNI_ARCH = "vit_large_patch16_224"
 UNI_HUB = "hf-hub:MahmoodLab/uni"
-UNI_KWARGS = dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True)
+UNI_KWARGS: dict[str, Any] = dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True)
 
 
 @register_extractor("uni")
@@ -180,11 +183,13 @@ class UniExtractor(_TimmExtractor):
 
     @property
     def identity(self) -> str:
+        """Names UNI and its weights (the local file, or the Hugging Face hub model)."""
         weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else UNI_HUB
         return f"uni|{weights}"
 
     @property
     def dim(self) -> int:  # type: ignore[override]
+        """Length of a UNI feature vector."""
         return 1024  # known without loading the 300M-parameter network
 
     def _build(self) -> Any:

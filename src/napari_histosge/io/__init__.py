@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError
 from ._common import SUPPORTED, image_size
 from .detect import FORMATS, detect_format
+from .h5ad import read_h5ad_spots
+from .spaceranger import read_spaceranger
+from .st_v1 import read_st_v1
 
 if TYPE_CHECKING:
     import anndata
@@ -62,17 +65,11 @@ def read_spots(
     if format == "h5ad":
         if not path.is_file():
             raise InputError("format 'h5ad' needs an .h5ad file, not a folder", path)
-        from .h5ad import read_h5ad_spots
-
         return read_h5ad_spots(path, image=image)
     if not path.is_dir():
         raise InputError(f"format {format!r} needs a folder; {SUPPORTED}", path)
     if format == "spaceranger":
-        from .spaceranger import read_spaceranger
-
         return read_spaceranger(path, image=image)
-    from .st_v1 import read_st_v1
-
     return read_st_v1(path, image=image)
 
 

@@ -84,7 +84,7 @@ def _read_scalefactors(path: Path) -> dict[str, Any]:
 
 
 def _positive(factors: dict[str, Any], key: str, path: Path) -> float:
-    value = factors.get(key)
+    value: Any = factors.get(key)  # whatever the JSON holds; float() decides
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -117,17 +117,22 @@ def _mtx_member(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _require_mtx_member(folder: Path, stems: tuple[str, ...], what: str) -> Path:
+    for stem in stems:
+        found = _mtx_member(folder, stem)
+        if found is not None:
+            return found
+    raise InputError(f"counts folder lacks {what}", folder)
+
+
 def _read_mtx(folder: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
     """Read a 10x matrix folder, v2 (genes.tsv) or v3 (features.tsv), gzipped or not."""
     # scanpy.read_10x_mtx wants gzipped v3 files; this accepts both.
     from scipy.io import mmread
 
-    matrix = _mtx_member(folder, "matrix.mtx")
-    barcodes = _mtx_member(folder, "barcodes.tsv")
-    features = _mtx_member(folder, "features.tsv") or _mtx_member(folder, "genes.tsv")
-    for member, what in ((matrix, "matrix.mtx[.gz]"), (barcodes, "barcodes.tsv[.gz]"), (features, "features.tsv[.gz]")):
-        if member is None:
-            raise InputError(f"counts folder lacks {what}", folder)
+    matrix = _require_mtx_member(folder, ("matrix.mtx",), "matrix.mtx[.gz]")
+    barcodes = _require_mtx_member(folder, ("barcodes.tsv",), "barcodes.tsv[.gz]")
+    features = _require_mtx_member(folder, ("features.tsv", "genes.tsv"), "features.tsv[.gz]")
     try:
         counts = sparse.csr_matrix(mmread(str(matrix)).T)  # files are genes x barcodes
     except Exception as exc:
@@ -182,7 +187,9 @@ def read_spaceranger(folder: str | os.PathLike, *, image: str | os.PathLike | No
     spatial = folder / "spatial"
     pos_path = positions_file(folder)
     if pos_path is None:
-        raise InputError("missing positions file spatial/tissue_positions.csv or spatial/tissue_positions_list.csv", folder)
+        raise InputError(
+            "missing positions file spatial/tissue_positions.csv or spatial/tissue_positions_list.csv", folder
+        )
     sf_path = require_file(spatial / "scalefactors_json.json", "scale factors file")
     factors = _read_scalefactors(sf_path)
     spot_diameter = _positive(factors, "spot_diameter_fullres", sf_path)

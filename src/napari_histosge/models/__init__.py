@@ -7,7 +7,7 @@ Adding a model is adding one class decorated with :func:`register_model` in one 
 from __future__ import annotations
 
 # Importing a model's module registers it.
-from .conditioned import ConditionedModel
+from .conditioned.network import ConditionedModel
 from .histosge import HisToSGE
 from .registry import available_models, create_model, register_model
 

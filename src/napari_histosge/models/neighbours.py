@@ -13,21 +13,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from ..training.grouping import median_spacing
+
+__all__ = ["GEO_DIM", "MIN_DIST", "median_spacing", "neighbour_context"]
 
 #: Geometry channels per neighbour: dx, dy (spacing units), distance, log distance.
 GEO_DIM = 4
 #: Smallest distance (in spacings) used in the log term: a query on a measured spot stays finite.
 MIN_DIST = 0.05
-
-
-def median_spacing(positions: np.ndarray, *, undefined: float = 1.0) -> float:
-    """Median distance from a spot to its nearest other spot; ``undefined`` for one spot or a zero median."""
-    pos = np.asarray(positions, np.float64)
-    if len(pos) < 2:
-        return float(undefined)
-    dist, _ = cKDTree(pos).query(pos, k=2)
-    value = float(np.median(dist[:, 1]))
-    return value if value > 0 else float(undefined)
 
 
 def neighbour_context(

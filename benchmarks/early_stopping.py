@@ -1,0 +1,206 @@
+"""Early stopping of HisToSGE on every section: the kept epoch against fixed epoch counts.
+
+Per section and split (the recovery protocol: ``--holdout`` of the spots hidden, genes chosen
+on the training half, HisToSGE with the default features and every other setting at its
+default) this measures
+
+- the default run (``recover`` defaults: validation share, early stopping): the epoch it
+  kept, the epoch it stopped at, and its held-out PCC over the HVGs and the top-50 genes,
+  beside the 6-NN baseline;
+- the same model trained on every training spot (``val_fraction=0``) for ``--epochs``,
+  scored on the hidden spots every ``--every`` epochs: the best fixed epoch count and its
+  held-out PCC.
+
+The default passes on a split when its kept epoch is >= 1, its top-50 PCC is above half the
+baseline's, and its PCC is within one split-to-split SD (HisToSGE's, from
+``results/seeds.json``, where measured) of the best fixed epoch count's. Writes
+``benchmarks/results/early_stopping.json`` and the ``early_stopping`` block of
+``docs/benchmarks.md``. Usage::
+
+    nice python benchmarks/early_stopping.py                          # every section, seed 0
+    nice python benchmarks/early_stopping.py --sections B4 C2 --seeds 0 1
+    nice python benchmarks/early_stopping.py --no-curve               # the default runs only
+
+Sections measured before stay in the table unless measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
+
+from napari_histosge.evaluation.metrics import gene_metrics, holdout_split, summarize  # noqa: E402
+from napari_histosge.features import FeatureConfig  # noqa: E402
+from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.pipeline.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.steps import fit, spot_features  # noqa: E402
+from napari_histosge.progress import run_to_end  # noqa: E402
+from napari_histosge.training.engine import TrainConfig, TrainedModel  # noqa: E402
+
+METHOD = "HisToSGE, default features"
+
+
+def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
+    """``(name, folder)`` of every shared section (her2st, DLPFC, the mouse olfactory bulbs), or of ``wanted``."""
+    found = [(p.name, p) for group in ("her2st", "dlpfc", "stutility_mob")
+             for p in sorted((root / group).glob("*")) if p.is_dir()]
+    return [s for s in found if not wanted or s[0] in wanted]
+
+
+def default_run(adata, features, seed: int, holdout: float) -> dict:
+    """The ``recover`` defaults on one split: kept and stop epoch, held-out PCC, the baseline's."""
+    t0 = time.perf_counter()
+    result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=TrainConfig(seed=seed),
+                                features=features))
+    s, meta = result.summary(), result.model.meta
+    return {"kept_epoch": meta.get("best_epoch"), "stopped_at": meta.get("stopped_at", len(meta["history"])),
+            "n_validation_spots": meta.get("n_validation_spots"), "n_train_spots": len(result.train_ids),
+            "pcc_hvg": s["model"]["mean_pcc"], "pcc_top50": s["model_top_mean"]["mean_pcc"],
+            "baseline_hvg": s["baseline"]["mean_pcc"], "baseline_top50": s["baseline_top_mean"]["mean_pcc"],
+            "wall_s": time.perf_counter() - t0}
+
+
+def fixed_epoch_curve(adata, features, seed: int, holdout: float, epochs: int, every: int) -> dict:
+    """Held-out PCC (HVGs, top-50) every ``every`` epochs of one run on every training spot."""
+    train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
+    log_all = normalize_log1p(adata)
+    hvg = select_genes(log_all[train_ids], n_top=TrainConfig.n_top_genes)
+    top = top_mean_genes(log_all[train_ids], n=50)
+    genes = hvg + [g for g in top if g not in set(hvg)]
+    rows = adata.obs_names.get_indexer(test_ids)
+    truth = dense_targets(log_all, genes)[rows]
+    positions = np.asarray(adata.obsm["spatial"], np.float64)[rows]
+    config = TrainConfig(seed=seed, genes=genes, val_fraction=0.0, epochs=epochs, checkpoint_every=every)
+    curve = {"epoch": [], "pcc_hvg": [], "pcc_top50": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "curve.pt"
+        for event in fit(adata, train_config=config, train_ids=train_ids, features=features, checkpoint_path=path):
+            if event.stage != "train" or event.step == 0 or event.step % every:
+                continue
+            model = TrainedModel.load(path, device="cpu")
+            pred = model.predict(features.features[rows], features.mean_rgb[rows], positions)
+            metrics = gene_metrics(truth, pred, genes)
+            curve["epoch"].append(int(event.step))
+            curve["pcc_hvg"].append(summarize(metrics, hvg)["mean_pcc"])
+            curve["pcc_top50"].append(summarize(metrics, top)["mean_pcc"])
+    return curve
+
+
+def split_sd(section: str) -> tuple[float, float] | None:
+    """HisToSGE's split-to-split SD of held-out PCC (HVGs, top-50) from ``results/seeds.json``."""
+    path = RESULTS / "seeds.json"
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text())["results"].get(section, {}).get(METHOD)
+    if not runs or len(runs) < 2:
+        return None
+    values = np.asarray(runs, float)
+    return float(values[:, 0].std(ddof=1)), float(values[:, 1].std(ddof=1))
+
+
+def verdict(run: dict, curve: dict | None, sd: tuple[float, float] | None) -> dict:
+    """Which of the three conditions the default run meets on one split."""
+    out = {"trained": run["kept_epoch"] is not None and run["kept_epoch"] >= 1,
+           "above_half_baseline": run["pcc_top50"] > 0.5 * run["baseline_top50"]}
+    if curve and curve["epoch"]:
+        best = int(np.argmax(curve["pcc_top50"]))
+        out.update(best_fixed_epoch=curve["epoch"][best], best_fixed_top50=curve["pcc_top50"][best],
+                   best_fixed_hvg=curve["pcc_hvg"][int(np.argmax(curve["pcc_hvg"]))])
+        if sd is not None:
+            out["within_split_sd"] = bool(run["pcc_top50"] >= out["best_fixed_top50"] - sd[1]
+                                          and run["pcc_hvg"] >= out["best_fixed_hvg"] - sd[0])
+    return out
+
+
+def measure(name: str, path: Path, seeds: list[int], args, old: dict | None) -> dict:
+    """One section's row: the default run and (unless ``--no-curve``) the fixed-epoch curve per seed."""
+    adata = read_spots(path)
+    features = run_to_end(spot_features(adata, FeatureConfig()))
+    sd = split_sd(name)
+    splits = []
+    for seed in seeds:
+        run = default_run(adata, features, seed, args.holdout)
+        curve = old_curve(old, seed, args) if args.reuse_curves else None
+        if curve is None and not args.no_curve:
+            curve = fixed_epoch_curve(adata, features, seed, args.holdout, args.epochs, args.every)
+        splits.append({"seed": seed, "default": run, "curve": curve, **verdict(run, curve, sd)})
+        print(f"{name} seed {seed}: kept {run['kept_epoch']} stopped {run['stopped_at']} "
+              f"PCC {run['pcc_hvg']:.3f} / {run['pcc_top50']:.3f} (6-NN {run['baseline_top50']:.3f})"
+              + ("" if curve is None else f"; best fixed {splits[-1]['best_fixed_epoch']}: "
+                 f"{splits[-1]['best_fixed_hvg']:.3f} / {splits[-1]['best_fixed_top50']:.3f}"), flush=True)
+    return {"section": name, "n_spots": int(adata.n_obs), "split_sd": sd, "splits": splits,
+            "epochs": args.epochs, "every": args.every, "holdout": args.holdout}
+
+
+def old_curve(old: dict | None, seed: int, args) -> dict | None:
+    """The curve of ``seed`` in an earlier row, where it was measured with the same settings."""
+    if old is None or (old.get("epochs"), old.get("every"), old.get("holdout")) != (args.epochs, args.every,
+                                                                                   args.holdout):
+        return None
+    return next((s["curve"] for s in old["splits"] if s["seed"] == seed and s["curve"]), None)
+
+
+def render(payload: dict) -> str:
+    lines = [
+        machine_line(payload["machine"]),
+        f"HisToSGE with the `recover` defaults ({payload['holdout']:.0%} hidden, default features, early "
+        f"stopping) against the same model trained on every training spot for a fixed number of epochs "
+        f"(scored on the hidden spots every {payload['every']} epochs up to {payload['epochs']}; 'best fixed' "
+        "is the best of those, HVG and top-50 separately). SD: HisToSGE's split-to-split SD (seeds.json).",
+        "",
+        "| section | seed | train / val spots | kept / stopped | PCC HVG / top-50 | 6-NN top-50 "
+        "| best fixed epoch: HVG / top-50 | SD HVG / top-50 | trained, > half 6-NN, within SD |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in payload["rows"]:
+        sd = row["split_sd"]
+        sd_text = "-" if sd is None else f"{sd[0]:.3f} / {sd[1]:.3f}"
+        for s in row["splits"]:
+            r = s["default"]
+            fixed = "-" if "best_fixed_epoch" not in s else \
+                f"{s['best_fixed_epoch']}: {s['best_fixed_hvg']:.3f} / {s['best_fixed_top50']:.3f}"
+            checks = ", ".join("-" if s.get(k) is None else ("yes" if s[k] else "NO")
+                               for k in ("trained", "above_half_baseline", "within_split_sd"))
+            lines.append(f"| {row['section']} | {s['seed']} | {r['n_train_spots']} / {r['n_validation_spots']} "
+                         f"| {r['kept_epoch']} / {r['stopped_at']} | {r['pcc_hvg']:.3f} / {r['pcc_top50']:.3f} "
+                         f"| {r['baseline_top50']:.3f} | {fixed} | {sd_text} | {checks} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="*", help="section names (default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--holdout", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="length of the fixed-epoch curve")
+    parser.add_argument("--every", type=int, default=20, help="epochs between scores on the curve")
+    parser.add_argument("--no-curve", action="store_true", help="measure the default runs only")
+    parser.add_argument("--reuse-curves", action="store_true",
+                        help="take the fixed-epoch curves of the last run (same section, seed and epochs)")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+    root = existing_data_root()
+    previous = RESULTS / "early_stopping.json"
+    kept = json.loads(previous.read_text())["rows"] if previous.is_file() else []
+    old = {r["section"]: r for r in kept}
+    rows = [measure(name, path, args.seeds, args, old.get(name)) for name, path in sections(root, args.sections)]
+    measured = {r["section"] for r in rows}
+    rows = [r for r in kept if r["section"] not in measured] + rows
+    payload = {"machine": machine_info(), "holdout": args.holdout, "epochs": args.epochs, "every": args.every,
+               "rows": rows}
+    publish("early_stopping", payload, render(payload), doc=not args.no_doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""``histosge predict`` (at spots or given positions) and ``histosge superresolve`` (N-fold denser)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import (
+    add_common_args,
+    add_data_args,
+    add_scale_args,
+    check_scale_args,
+    drive,
+    read_section,
+    require_data,
+    require_file,
+    require_int,
+    require_output,
+    require_positive,
+    write_h5ad,
+)
+
+
+def add_parsers(sub) -> None:
+    """Register ``predict`` and ``superresolve`` on the subparsers ``sub``."""
+    from ..prediction.grid import MAX_FOLD, MIN_FOLD
+
+    p = sub.add_parser("predict", help="predict expression at DATA's measured spots or at positions from a CSV "
+                                       "(also on a section the model was not trained on)")
+    p.add_argument("model", help="checkpoint written by 'histosge train'")
+    add_data_args(p)
+    p.add_argument("--positions",
+                   help="CSV with columns id,x,y (full-resolution image pixels of DATA) to predict at instead of "
+                        "DATA's spots; the output keeps its ids in file order")
+    p.add_argument("--diameter", type=float,
+                   help="full-resolution pixels across the disc each prediction stands for; the patch read "
+                        "around it follows it as in training (default: the model's training spot)")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    add_scale_args(p)
+    add_common_args(p)
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("superresolve", help="N-fold super-resolution: predict expression between measured spots")
+    p.add_argument("model", help="checkpoint written by 'histosge train'")
+    add_data_args(p)
+    p.add_argument("--fold", type=int, default=4,
+                   help=f"N: positions per measured spot, {MIN_FOLD}..{MAX_FOLD} (default 4)")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    add_scale_args(p)
+    add_common_args(p)
+    p.set_defaults(handler=cmd_superresolve)
+
+
+def _check_model_and_data(args: argparse.Namespace) -> None:
+    require_output(args.out, ".h5ad", "output (--out)")
+    require_file(args.model, "model checkpoint")
+    require_data(args.data)
+    require_file(args.image, "--image file")
+    check_scale_args(args)
+
+
+def check_predict(args: argparse.Namespace):
+    """Every ``predict`` option, before the model is loaded; returns the positions read (or ``None``)."""
+    from ..prediction.positions import read_positions_csv
+
+    _check_model_and_data(args)
+    require_positive(args.diameter, "--diameter")
+    return None if args.positions is None else read_positions_csv(args.positions)
+
+
+def _load(args: argparse.Namespace):
+    from ..training.engine import TrainedModel
+
+    return TrainedModel.load(args.model, device=args.device)
+
+
+def _provenance(result, args: argparse.Namespace) -> None:
+    result.uns["histosge"]["model_path"] = str(Path(args.model).resolve())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``histosge predict``: predictions at the measured spots or at the CSV's positions."""
+    positions = check_predict(args)
+    from ..pipeline.steps import predict_spots  # heavy: after the checks
+
+    model = _load(args)
+    adata = read_section(args)
+    gen = predict_spots(model, adata, positions=None if positions is None else positions.xy,
+                        position_ids=None if positions is None else positions.ids, diameter=args.diameter,
+                        scheduler=args.scheduler, n_workers=args.workers)
+    result = drive(gen, args)
+    _provenance(result, args)
+    if positions is not None:
+        result.uns["histosge"]["positions_file"] = str(Path(args.positions).resolve())
+    write_h5ad(result, args.out)
+    where = f"positions from {args.positions}" if positions is not None else "measured spots"
+    spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
+    print(f"{result.n_obs} {where} x {result.n_vars} genes{spread} "
+          f"(discs of {result.uns['histosge']['spot_diameter_px']:.4g} px) -> {args.out}")
+    return 0
+
+
+def check_superresolve(args: argparse.Namespace) -> None:
+    """Every ``superresolve`` option, before the model is loaded."""
+    from ..prediction.grid import MAX_FOLD, MIN_FOLD
+
+    _check_model_and_data(args)
+    require_int(args.fold, "--fold", MIN_FOLD, MAX_FOLD)
+
+
+def cmd_superresolve(args: argparse.Namespace) -> int:
+    """``histosge superresolve``: predictions at N positions per measured spot."""
+    check_superresolve(args)
+    from ..pipeline.steps import superresolve  # heavy: after the checks
+
+    model = _load(args)
+    adata = read_section(args)
+    result = drive(superresolve(model, adata, args.fold, scheduler=args.scheduler, n_workers=args.workers), args)
+    _provenance(result, args)
+    write_h5ad(result, args.out)
+    spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
+    print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes"
+          f"{spread} -> {args.out}")
+    return 0

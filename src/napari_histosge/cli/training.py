@@ -1,0 +1,150 @@
+"""``histosge train`` and ``histosge recover``: fit a model, or run the paper's hold-out protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import InputError
+from .options import (
+    add_common_args,
+    add_data_args,
+    add_feature_args,
+    add_scale_args,
+    add_train_args,
+    check_feature_args,
+    check_scale_args,
+    drive,
+    feature_config,
+    read_section,
+    require_data,
+    require_file,
+    require_fraction,
+    require_output,
+    train_config,
+    write_h5ad,
+)
+
+
+def add_parsers(sub) -> None:
+    """Register ``train`` and ``recover`` on the subparsers ``sub``."""
+    p = sub.add_parser("train", help="train a model on all spots of one or more sections and save a checkpoint")
+    p.add_argument("data", nargs="+",
+                   help="one or more sections: Space Ranger folder, ST v1 folder or .h5ad (auto-detected); "
+                        "several sections train one model, each section's positions in its own frame")
+    p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--resume", help="continue training from this checkpoint")
+    add_feature_args(p)
+    add_train_args(p)
+    add_scale_args(p)
+    add_common_args(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("recover", help="hide spots, train on the rest, predict the hidden ones (paper protocol)")
+    add_data_args(p)
+    p.add_argument("--holdout", type=float, default=0.5, help="fraction of spots hidden (default 0.5)")
+    p.add_argument("--out", required=True, help="output .h5ad with predictions for the hidden spots")
+    p.add_argument("--metrics", help="also write per-gene held-out metrics to this CSV")
+    p.add_argument("--save-model", help="also save the trained checkpoint here (.pt)")
+    add_feature_args(p)
+    add_train_args(p)
+    add_scale_args(p)
+    add_common_args(p)
+    p.set_defaults(handler=cmd_recover)
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """Every ``train`` option, before any section is read."""
+    require_output(args.out, ".pt", "checkpoint (--out)")
+    if args.image and len(args.data) > 1:
+        raise InputError(f"--image attaches one image to one section, but {len(args.data)} sections were given; "
+                         "give each section with its image inside its folder, or train on one DATA")
+    for path in args.data:
+        require_data(path)
+    require_file(args.image, "--image file")
+    require_file(args.resume, "--resume checkpoint")
+    check_feature_args(args)
+    check_scale_args(args)
+    train_config(args)  # the training settings' own checks
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``histosge train``: train on one or more sections and save the checkpoint."""
+    check_train(args)
+    from ..io import read_spots  # heavy: after the checks
+    from ..pipeline.steps import fit
+
+    config, features = train_config(args), feature_config(args)
+    sections = [read_spots(path, image=args.image) for path in args.data]
+    model = drive(
+        fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
+            checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
+        args,
+    )
+    history = model.meta.get("history")
+    final = history[-1] if history else float("nan")
+    n_spots = sum(a.n_obs for a in sections)
+    where = f" in {len(sections)} sections" if len(sections) > 1 else ""
+    print(f"trained {model.config.model} on {n_spots} spots{where} x {len(model.genes)} genes; "
+          f"final loss {final:.4g}")
+    print(model.training_summary())
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def check_recover(args: argparse.Namespace) -> None:
+    """Every ``recover`` option, before the section is read."""
+    require_output(args.out, ".h5ad", "output (--out)")
+    if args.metrics is not None:
+        require_output(args.metrics, ".csv", "metrics file (--metrics)")
+    if args.save_model is not None:
+        require_output(args.save_model, ".pt", "checkpoint (--save-model)")
+    require_fraction(args.holdout, "--holdout")
+    require_data(args.data)
+    require_file(args.image, "--image file")
+    check_feature_args(args)
+    check_scale_args(args)
+    train_config(args)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """``histosge recover``: the hold-out protocol on one section, scored and written."""
+    check_recover(args)
+    from ..pipeline.recovery import recover  # heavy: after the checks
+
+    config, features = train_config(args), feature_config(args)
+    adata = read_section(args)
+    result = drive(
+        recover(adata, holdout=args.holdout, seed=args.seed, train_config=config, feature_config=features,
+                scheduler=args.scheduler, n_workers=args.workers),
+        args,
+    )
+    result.predictions.uns["metrics_summary"] = json.loads(json.dumps(result.summary(), default=float))
+    write_h5ad(result.predictions, args.out)
+    if args.metrics:
+        result.metrics.to_csv(args.metrics)
+    if args.save_model:
+        result.model.save(args.save_model)
+    print_recovery_summary(result.summary())
+    print(result.model.training_summary())
+    print(f"predictions for {len(result.test_ids)} hidden spots -> {args.out}")
+    return 0
+
+
+def print_recovery_summary(summary: dict) -> None:
+    """The headline numbers of :meth:`~napari_histosge.pipeline.recovery.RecoveryResult.summary`."""
+    def line(label: str, s: dict) -> str:
+        return (f"  {label:<38} PCC {s['mean_pcc']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
+                f"  ({s['n_genes']} genes)")
+
+    print(f"held-out spots: {summary['n_test']} (trained on {summary['n_train']})")
+    print(line("model, hidden spots", summary["model"]))
+    print(line("model, hidden spots, top-mean genes", summary["model_top_mean"]))
+    print(line("6-NN baseline, hidden spots", summary["baseline"]))
+    print(line("6-NN baseline, top-mean genes", summary["baseline_top_mean"]))
+    print(line("model, ALL spots incl. training (not held out)", summary["model_all_spots_incl_training"]))
+    if "uncertainty" in summary:
+        from ..evaluation.uncertainty import format_uncertainty
+
+        print("  " + format_uncertainty(summary["uncertainty"]))

@@ -1,0 +1,1 @@
+"""Evaluation: per-gene metrics, baselines, spatial-domain ARI and uncertainty calibration."""

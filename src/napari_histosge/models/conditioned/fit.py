@@ -1,0 +1,386 @@
+"""Training the ``conditioned`` model (histology + measured neighbours).
+
+:func:`train_conditioned` is what :func:`napari_histosge.training.engine.train` runs for
+``TrainConfig(model="conditioned")``. The training spots become the model's *reference
+set* (positions, log-expression, image inputs), stored in the checkpoint; a prediction at
+any position reads its nearest reference spots (:mod:`.conditioned_trained`). Each
+training query excludes its own row, so a spot's expression is never part of its own
+context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from ...device import pick_device
+from ...errors import InputError
+from ...evaluation.metrics import gene_metrics
+from ...progress import CancelToken, Progress, ProgressGenerator, map_events
+from ...training.trained_model import TrainedModel
+from ...training.engine import adamw, check_resumable as check_common, resume_into, seed_all, train
+from ...training.inputs import ModelInputs, TrainConfig, TrainingData
+from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
+from ...training.loop import EpochHooks, run_epochs
+from .trained import (
+    BLEND_WEIGHTS,
+    DEFAULT_BLEND,
+    ConditionedTrainedModel,
+    image_inputs,
+)
+from .kriging_fit import describe_shares, fit_kriging
+from .network import ADV_GENES
+from .sequencing_depth import depth_slopes, log_depth, standardise_depth
+from ..registry import create_model
+from ..neighbours import median_spacing, neighbour_context
+
+
+def companion_config(config: TrainConfig, member: int = 0) -> TrainConfig:
+    """Settings of member ``member`` of the conditioned model's HisToSGE companion: ``config``
+    as a ``histosge`` run.
+
+    The shared settings (width, learning rate, seed, device, validation share, ...) carry
+    over, so every member holds back the same validation spots; the epochs are
+    ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
+    the config's own (member 0 trains as a lone ``histosge`` run with ``seed`` would).
+    """
+    return replace(config, model="histosge", epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size,
+                   init_seed=config.weights_seed + member)
+
+
+def _train_companions(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
+                      ) -> ProgressGenerator[list[TrainedModel]]:
+    """Train the ``histosge_members`` companion models one after another, their progress
+    reported as stage ``"histosge"`` (``"histosge 2/3"`` with several)."""
+    k, members = config.histosge_members, []
+    for m in range(k):
+        stage = "histosge" if k == 1 else f"histosge {m + 1}/{k}"
+        members.append((yield from map_events(train(data, companion_config(config, m), cancel=cancel),
+                                              lambda e, stage=stage: replace(e, stage=stage))))
+    return members
+
+
+def train_conditioned(
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | PathLike | None = None,
+    resume: str | PathLike | None = None,
+    meta: dict[str, Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[ConditionedTrainedModel]:
+    """Train the conditioned model; same contract as :func:`napari_histosge.training.engine.train`.
+
+    The validation spots are :func:`~napari_histosge.training.early_stopping.validation_rows`,
+    the ones the HisToSGE companion held back and the companion's weight is chosen on; they
+    stay in the reference set (as neighbours of the other spots) but are never trained on.
+
+    Yields
+    ------
+    Progress
+        ``stage="train"``, ``step`` = epochs done, ``metrics={"epoch", "loss"}`` (``loss``
+        is the MSE of the conditional mean on the per-gene z-scored scale).
+    """
+
+    if len(data.spot_ids) < 2:
+        raise InputError(f"the conditioned model needs at least 2 training spots, got {len(data.spot_ids)}")
+    device = pick_device(config.device)
+    seed_all(config.weights_seed)
+    spacing = median_spacing(data.positions)
+    gene_mean, gene_std = data.targets.mean(axis=0), data.targets.std(axis=0)
+    gene_std[gene_std < 1e-6] = 1.0
+    y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
+    inputs = ModelInputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
+    # A resumed model keeps its saved kriging and companion: loading it first spares the refits.
+    saved = None if resume is None else TrainedModel.load(resume, device="cpu")
+    parts = yield from _fit_parts(data, config, y, image_inputs(inputs, data.features, data.mean_rgb), spacing,
+                                  gene_std, saved, cancel)
+    d, g = data.features.shape[1], len(data.genes)
+    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), **parts["model_kwargs"])
+    for module, member in zip(model.histosge or (), parts["companions"]):
+        module.load_state_dict(member.model.state_dict())
+    model.to(device)
+    optimizers = {"main": adamw(model.generator_parameters(), config),
+                  "disc": adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None}
+    start, history, resumed = 0, [], None
+    if saved is not None:
+        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable, saved)
+        resumed = _load_optimizers(optimizers, saved.optimizer_state)
+    img = image_inputs(inputs, data.features, data.mean_rgb)  # resumed: the checkpoint's statistics
+    _set_reference(model, data, y, img, gene_mean, gene_std, parts)
+    meta = _conditioned_meta(dict(meta or {}), inputs, data, config, spacing, parts, saved)
+    trained = ConditionedTrainedModel(model, config, data.genes, meta)
+    epoch_fit = ConditionedEpoch(model, optimizers, data, y, img, config, spacing, device, cancel)
+    hooks = EpochHooks(model=model, fit_epoch=epoch_fit, patience=None, initial_candidate=True, smoothing=1,
+                       optimizer_state=lambda: {k: None if o is None else o.state_dict()
+                                                for k, o in optimizers.items()},
+                       score=epoch_fit.validation_score(),
+                       finish=lambda restored, best: _finish(trained, epoch_fit, data, restored, best, start))
+    meta["n_validation_spots"] = len(epoch_fit.val_rows)
+    yield from run_epochs(hooks, trained, epochs=config.epochs, start=start, history=history, resumed=resumed,
+                          checkpoint_path=checkpoint_path, checkpoint_every=config.checkpoint_every,
+                          message=f"{len(data.spot_ids)} spots, {g} genes")
+    model.eval()
+    return trained
+
+
+def _fit_parts(data: TrainingData, config: TrainConfig, y: np.ndarray, img: np.ndarray, spacing: float,
+               gene_std: np.ndarray, saved: TrainedModel | None, cancel: CancelToken | None
+               ) -> ProgressGenerator[dict[str, Any]]:
+    """The parts fitted before the network trains: kriging, the depth term and the companions
+    (none of them when resuming from ``saved``, whose model carries them)."""
+    n, d = len(data.spot_ids), data.features.shape[1]
+    parts: dict[str, Any] = {"kriging": None, "depth": None, "companions": [],
+                             "model_kwargs": {"n_ref": n, "n_basis": 0}}
+    if saved is not None:
+        parts["model_kwargs"].update({k: v for k, v in saved.meta.get("model_kwargs", {}).items() if k != "n_ref"})
+        return parts
+    if config.use_neighbours:
+        yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
+        kriging = fit_kriging(data.positions, y, k=config.neighbours, spacing=spacing, rank=config.kriging_rank,
+                              image=img if config.image_trend else None, n_features=d, seed=config.seed)
+        yield Progress("kriging", 1, 1, describe_shares(kriging.share))
+        parts["kriging"] = kriging
+        parts["model_kwargs"]["n_basis"] = kriging.basis.shape[1]
+        if config.depth_term and data.total_counts is not None:
+            parts["depth"] = _fit_depth(data, gene_std, config, spacing)
+            parts["model_kwargs"]["sequencing_depth"] = True
+    if config.histosge_weight != 0:
+        companions = yield from _train_companions(data, config, cancel)
+        parts["companions"] = companions
+        parts["model_kwargs"]["histosge_kwargs"] = {"in_dim": int(companions[0].meta["in_dim"]),
+                                                    "n_genes": len(data.genes), **companions[0].config.model_hparams()}
+        parts["model_kwargs"]["n_companions"] = len(companions)
+    return parts
+
+
+def _load_optimizers(optimizers: dict, state: dict | None) -> dict | None:
+    """Load a checkpoint's optimiser states into ``optimizers``; returns its best-weights tracker state."""
+    state = state or {}
+    saved = state.get("optimizer", state) if "best" in state else state  # older checkpoints: no tracker
+    if saved.get("main") is not None:
+        optimizers["main"].load_state_dict(saved["main"])
+    if optimizers["disc"] is not None and saved.get("disc") is not None:
+        optimizers["disc"].load_state_dict(saved["disc"])
+    return state.get("best")
+
+
+def _set_reference(model, data: TrainingData, y, img, gene_mean, gene_std, parts: dict) -> None:
+    """Store the reference set (the measured training spots) and the fitted parts in ``model``."""
+    import torch
+
+    with torch.no_grad():
+        model.ref_positions.copy_(torch.from_numpy(data.positions))
+        model.ref_targets.copy_(torch.from_numpy(y))
+        model.ref_image.copy_(torch.from_numpy(img))
+        model.gene_mean.copy_(torch.from_numpy(gene_mean.astype(np.float32)))
+        model.gene_std.copy_(torch.from_numpy(gene_std.astype(np.float32)))
+    if parts["kriging"] is not None:
+        model.set_kriging(parts["kriging"], img)
+    if parts["depth"] is not None:
+        depth = parts["depth"]
+        model.set_depth(depth["ref"], depth["slopes"], depth["kernel"])
+
+
+def _conditioned_meta(meta: dict, inputs: ModelInputs, data: TrainingData, config: TrainConfig, spacing: float,
+                      parts: dict, saved: TrainedModel | None) -> dict[str, Any]:
+    """The model's metadata: input statistics, sizes, and what the kriging, depth term and companion hold."""
+    d = data.features.shape[1]
+    meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=len(data.spot_ids), spacing_px=spacing,
+                position_jitter_px=config.position_jitter * spacing, model_kwargs=parts["model_kwargs"])
+    kriging, depth, companions = parts["kriging"], parts["depth"], parts["companions"]
+    if companions:
+        meta["histosge"] = {"members": [{"config": m.config.to_dict(), "meta": m.meta} for m in companions]}
+        if config.histosge_weight is not None:  # fixed; otherwise chosen after training
+            meta["histosge"]["weight"] = config.histosge_weight
+    if kriging is not None:
+        meta["kriging"] = {"share": kriging.share, "cv_pcc": kriging.cv_pcc, "image_trend": kriging.trend is not None}
+    if depth is not None:
+        meta["depth_term"] = {"genes": int(np.count_nonzero(depth["slopes"])), "kernel": depth["kernel"],
+                              "log_mean": depth["log_mean"], "log_sd": depth["log_sd"]}
+    for key in ("histosge", "kriging", "depth_term"):
+        if key not in meta and saved is not None and key in saved.meta:
+            meta[key] = saved.meta[key]
+    return meta
+
+
+class ConditionedEpoch:
+    """One training epoch of the conditioned model (the ``fit_epoch`` hook), and its validation score.
+
+    Each training query excludes its own row from its neighbours; the validation spots
+    (:func:`validation_rows`) are queried as if unmeasured and never trained on.
+    """
+
+    def __init__(self, model, optimizers: dict, data: TrainingData, y, img, config: TrainConfig, spacing: float,
+                 device, cancel: CancelToken | None) -> None:
+        import torch
+        from scipy.spatial import cKDTree
+
+        self.model, self.optimizers, self.data, self.config = model, optimizers, data, config
+        self.spacing, self.device, self.cancel = spacing, device, cancel
+        self.img_t, self.y_t = torch.from_numpy(img).to(device), torch.from_numpy(y).to(device)
+        self.tree = cKDTree(data.positions)
+        n = len(data.spot_ids)
+        rows = validation_rows(data, config)
+        self.val_rows = np.zeros(0, np.int64) if rows is None else rows
+        self.fit_rows = np.setdiff1d(np.arange(n), self.val_rows)
+
+    def validation_score(self):
+        """``score()`` -> mean per-gene PCC of the conditional mean on the validation spots; ``None``: none."""
+        import torch
+
+        if not len(self.val_rows):
+            return None
+        args = _held_out_inputs(self.data.positions, self.val_rows, self.img_t, self.config.neighbours,
+                                self.spacing, self.tree)
+        target = self.y_t[torch.from_numpy(self.val_rows).to(self.device)]
+
+        def score() -> float:
+            self.model.eval()
+            with torch.no_grad():
+                return mean_gene_pcc(self.model(*args)["mean"], target)
+
+        return score
+
+    def batches(self, epoch: int):
+        """The training batches of one epoch: ``(rows, neighbour index, geometry, valid)``."""
+        import torch
+
+        config, positions = self.config, self.data.positions
+        rng = np.random.default_rng([config.weights_seed, epoch])
+        torch.manual_seed(config.weights_seed * 1_000_003 + epoch)
+        jitter = config.position_jitter * self.spacing
+        query = positions + rng.uniform(-jitter, jitter, positions.shape) if jitter > 0 else positions
+        idx, geo, valid = neighbour_context(positions, query, config.neighbours, spacing=self.spacing,
+                                            exclude=np.arange(len(positions)), dropout=config.neighbour_dropout,
+                                            rng=rng, tree=self.tree)
+        idx_t, geo_t, valid_t = (torch.from_numpy(a).to(self.device) for a in (idx, geo, valid))
+        order = self.fit_rows[rng.permutation(len(self.fit_rows))]
+        for batch in np.array_split(order, max(1, -(-len(order) // config.batch_size))):
+            if self.cancel is not None:
+                self.cancel.raise_if_cancelled()
+            b = torch.from_numpy(batch).to(self.device)
+            yield b, idx_t[b], geo_t[b], valid_t[b]
+
+    def __call__(self, epoch: int) -> float:
+        self.model.train()
+        total = 0.0
+        for b, idx_b, geo_b, valid_b in self.batches(epoch):
+            total += self.step(b, idx_b, geo_b, valid_b) * len(b)
+        return total / len(self.fit_rows)
+
+    def step(self, b, idx_b, geo_b, valid_b) -> float:
+        """One optimiser step (and the discriminator's, with the adversarial term); returns the batch MSE."""
+        import torch
+        from torch.nn import functional as F
+
+        model, config, d_opt = self.model, self.config, self.optimizers["disc"]
+        out, target = model(self.img_t[b], idx_b, geo_b, valid_b), self.y_t[b]
+        mse = F.mse_loss(out["mean"], target)
+        loss = mse
+        if model.distill:
+            loss = loss + config.aux_weight * F.mse_loss(out["aux"], target)
+        if model.use_diffusion:
+            loss = loss + model.diffusion_loss(target - out["mean"].detach(), out["context"].detach())
+        if d_opt is not None:
+            genes = torch.randperm(len(self.data.genes), device=self.device)[:ADV_GENES]
+            fake = model.discriminate(out["mean"], idx_b, geo_b, genes)
+            loss = loss + model.adversarial * F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        self.optimizers["main"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["main"].step()
+        if d_opt is not None:
+            real = model.discriminate(target, idx_b, geo_b, genes)
+            fake = model.discriminate(out["mean"].detach(), idx_b, geo_b, genes)
+            d_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+        return float(mse.detach())
+
+
+def _finish(trained: ConditionedTrainedModel, epoch_fit: ConditionedEpoch, data: TrainingData, restored: bool,
+            best: BestWeights, start: int) -> ProgressGenerator[None]:
+    """After the best epoch is restored: refit the denoiser to it, then choose the companion's weight."""
+    import torch
+
+    model, config = trained.model, trained.config
+    if restored and model.use_diffusion and start < config.epochs:
+        # The restored denoiser learnt the residuals of an older mean (or nothing, at
+        # epoch 0, and would sample no spread at all): fit it to the chosen mean's residuals.
+        refit = config.epochs - best.epoch
+        refit_opt = adamw(model.denoiser_parameters(), config)
+        for i in range(refit):
+            model.eval()
+            model.denoiser.train()
+            for b, idx_b, geo_b, valid_b in epoch_fit.batches(config.epochs + i):
+                with torch.no_grad():
+                    out = model(epoch_fit.img_t[b], idx_b, geo_b, valid_b)
+                loss = model.diffusion_loss(epoch_fit.y_t[b] - out["mean"], out["context"])
+                refit_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                refit_opt.step()
+            yield Progress("uncertainty", i + 1, refit, metrics={"loss": float(loss.detach())})
+    model.eval()
+    # The companion's weight needs the final conditioned model, so it is chosen last.
+    if "histosge" in trained.meta and "weight" not in trained.meta["histosge"]:
+        trained.meta["histosge"].update(_choose_blend(trained, data, epoch_fit.img_t, epoch_fit.tree))
+
+
+def _fit_depth(data: TrainingData, gene_std: np.ndarray, config: TrainConfig, spacing: float) -> dict[str, Any]:
+    """The sequencing-depth term (:mod:`.sequencing_depth`): the training spots' z-scored log
+    depth, each gene's slope on it, and the depth's kernel (by leave-one-out, as every gene's)."""
+    ref = standardise_depth(data.total_counts)
+    kernel = fit_kriging(data.positions, ref[:, None], k=config.neighbours, spacing=spacing, rank=0,
+                         seed=config.seed).plain_config[0]
+    ell = log_depth(data.total_counts)  # to turn the kriged z-score back into counts (counting noise)
+    return {"ref": ref, "slopes": depth_slopes(data.targets, data.total_counts, gene_std), "kernel": int(kernel),
+            "log_mean": float(ell.mean()), "log_sd": float(ell.std()) or 1.0}
+
+
+def _held_out_inputs(positions: np.ndarray, rows: np.ndarray, img_t, k: int, spacing: float, tree) -> tuple:
+    """Model inputs ``(image, neighbour index, geometry, valid)`` for the training spots ``rows``
+    queried as if unmeasured: every one of them is left out of every neighbourhood."""
+    import torch
+
+    idx, geo, valid = neighbour_context(positions, positions[rows], k, spacing=spacing, exclude=rows, tree=tree)
+    dev = img_t.device
+    return (img_t[torch.from_numpy(rows).to(dev)], *(torch.from_numpy(a).to(dev) for a in (idx, geo, valid)))
+
+
+def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, tree) -> dict[str, Any]:
+    """The companion's weight: the one of :data:`BLEND_WEIGHTS` with the best mean per-gene PCC
+    on the companion's validation spots (it never trained on them; the kriging there leaves
+    them out of the neighbours). Ties go to the smaller weight; no validation spots: 0.5."""
+    import torch
+
+    model = trained.model
+    rows = validation_rows(data, trained.config)  # the companions' and the conditioned model's own
+    if rows is None or len(rows) < 3:
+        return {"weight": DEFAULT_BLEND, "validation_pcc": None}
+    args = _held_out_inputs(data.positions, rows, img_t, trained.config.neighbours,
+                            float(trained.meta["spacing_px"]), tree)
+    with torch.no_grad():
+        own = model.to_expression(model(*args)["mean"]).cpu().numpy()
+    other = trained.companion_predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])
+    truth = data.targets[rows]
+    scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
+              for w in BLEND_WEIGHTS]
+    return {"weight": BLEND_WEIGHTS[int(np.argmax(scores))], "validation_pcc": dict(zip(BLEND_WEIGHTS, scores))}
+
+
+def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
+    check_common(saved, config, data, d, path)  # model settings, genes, feature width
+    for name in ("kriging_rank", "image_trend", "depth_term", "histosge_weight", "histosge_epochs",
+                 "histosge_members"):
+        if getattr(saved.config, name, None) != getattr(config, name):
+            raise InputError(f"the checkpoint's kriging and companion were fitted with "
+                             f"{name}={getattr(saved.config, name, None)}, not {getattr(config, name)}: "
+                             "resume with the same setting", path)
+    ref = saved.model.ref_positions.cpu().numpy()
+    if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
+        raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)

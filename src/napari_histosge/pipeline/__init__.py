@@ -1,0 +1,1 @@
+"""The pipeline on whole sections: features, fitting, prediction, super-resolution and recovery."""

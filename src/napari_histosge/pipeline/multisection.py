@@ -1,0 +1,111 @@
+"""One model on several sections: :func:`napari_histosge.pipeline.steps.fit` with a list of AnnData.
+
+Each section gets its own image features and normalisation; genes are chosen on all
+spots together among the genes every section measured; each section's positions are
+scaled by its own box (:func:`napari_histosge.training.engine.section_frame`); spot ids that
+repeat across sections are prefixed with the section's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..features import SpotFeatures
+from ..io.preprocess import dense_targets, normalize_log1p, select_genes
+from ..progress import Progress, ProgressGenerator, map_events
+from ..training.engine import TrainedModel, TrainingData, section_frame, train
+from .placement import SECTION_BOX
+from .section_features import model_meta, spot_features
+
+
+def section_names(adatas: Sequence[Any]) -> list[str]:
+    """A unique short name per section: its library id (``section<i>`` without one), ``#2``... on clashes."""
+    names: list[str] = []
+    for i, a in enumerate(adatas):
+        base = str(a.uns.get("histosge", {}).get("library_id") or f"section{i + 1}")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
+    """Re-yield ``gen``'s events with ``label`` in front of their message (which section is worked on)."""
+    return map_events(gen, lambda e: replace(e, message=f"{label}: {e.message}" if e.message else label))
+
+
+def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,
+                  n_workers, cancel) -> ProgressGenerator[TrainedModel]:
+    """:func:`fit` on several sections: one model, each section's positions in its own frame."""
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    names, k = section_names(adatas), len(adatas)
+    if features is not None and (not isinstance(features, (list, tuple)) or len(features) != k):
+        raise InputError(f"precomputed features must be a list with one entry per section ({k})")
+    feats: list[SpotFeatures] = []
+    for i, (a, name) in enumerate(zip(adatas, names, strict=True)):
+        if features is not None:
+            f = features[i]
+            if len(f.features) != a.n_obs:
+                raise InputError(f"section {name!r}: {len(f.features)} precomputed feature rows for {a.n_obs} spots",
+                                 a.uns.get("histosge", {}).get("source"))
+        else:
+            f = yield from _labelled(spot_features(a, feature_config, scheduler=scheduler, n_workers=n_workers,
+                                                   cancel=cancel), f"section {i + 1}/{k} ({name})")
+        feats.append(f)
+    yield Progress("prepare", 0, 1, f"normalising {k} sections and selecting genes")
+    logs = [normalize_log1p(a) for a in adatas]
+    shared = set.intersection(*(set(map(str, log.var_names)) for log in logs))
+    if train_config.genes is not None:
+        for log, name in zip(logs, names, strict=True):
+            present = set(map(str, log.var_names))
+            missing = [g for g in train_config.genes if g not in present]
+            if missing:
+                raise InputError(f"gene {missing[0]!r} is not in section {name!r}"
+                                 + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                 log.uns.get("histosge", {}).get("source"))
+    common = [str(g) for g in logs[0].var_names if str(g) in shared]
+    if not common:
+        raise InputError(f"the sections {', '.join(names)} share no gene")
+    ids = [list(map(str, a.obs_names)) for a in adatas]
+    flat = [i for section in ids for i in section]
+    if len(set(flat)) < len(flat):  # e.g. ST v1 "<x>x<y>" ids repeat across sections
+        ids = [[f"{name}:{i}" for i in section] for name, section in zip(names, ids, strict=True)]
+    combined = AnnData(X=sp.vstack([sp.csr_matrix(log[:, common].X) for log in logs]).tocsr(),
+                       obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])),
+                       var=pd.DataFrame(index=pd.Index(common)))
+    combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
+                                                    for a in adatas)}
+    # Genes are chosen on all training spots together, among genes every section measured.
+    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes)
+    sections = np.repeat(np.arange(k), [a.n_obs for a in adatas])
+    frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
+    data = TrainingData(
+        features=np.concatenate([f.features for f in feats]),
+        mean_rgb=np.concatenate([f.mean_rgb for f in feats]),
+        positions=np.concatenate([np.asarray(a.obsm["spatial"], np.float64) for a in adatas]),
+        targets=dense_targets(combined, genes),
+        spot_ids=list(combined.obs_names),
+        genes=genes,
+        sections=sections,
+        frames=frames,
+    )
+    yield Progress("prepare", 1, 1, f"{len(genes)} genes, {combined.n_obs} training spots in {k} sections")
+    meta = model_meta(adatas[0], feature_config)
+    del meta[SECTION_BOX]  # each section's box is in "sections" (and in the model's frames)
+    meta["source"] = combined.uns["histosge"]["source"]
+    shared_keys = ("features", "normalisation")  # the same for every section
+    meta["sections"] = [{"name": name, "n_spots": int(a.n_obs),
+                         **{key: v for key, v in model_meta(a, feature_config).items() if key not in shared_keys}}
+                        for a, name in zip(adatas, names, strict=True)]
+    meta["feature_identity"] = feats[0].identity
+    return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
+                             cancel=cancel))

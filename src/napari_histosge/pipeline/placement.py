@@ -1,0 +1,144 @@
+"""Where predicted positions sit for a model: the box that scales them and the patch around each.
+
+A model trained on one section scaled that section's positions by the box of its training
+spots, so predictions on that section use the same box. Any other section is scaled by
+the box of its own measured spots, as a several-section model scales each of its
+sections: positions keep their place relative to the tissue, not their pixel values.
+
+Each predicted position stands for a disc of a given diameter (full-res px); the patch
+read around it follows that diameter exactly as training followed the spot diameter
+(:func:`napari_histosge.features.patch_size_px`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..features import FeatureConfig, patch_size_px, spot_center_fraction
+from ..models.conditioned.trained import ConditionedTrainedModel
+from ..training.engine import TrainedModel, section_frame
+
+#: ``meta`` key of a one-section model: the ``(min, max)`` box of all spots of its section.
+SECTION_BOX = "section_box"
+#: How a prediction's positions were scaled (``uns["histosge"]["position_frame"]``).
+TRAINING_BOX, OWN_BOX = "training spots' box", "the section's own spot box"
+
+
+def section_box(adata) -> list[list[float]]:
+    """``[[min x, min y], [max x, max y]]`` of all of ``adata``'s spots (JSON-friendly)."""
+    lo, hi = section_frame(adata.obsm["spatial"])
+    return [lo.tolist(), hi.tolist()]
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a or not b:
+        return False
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def is_training_section(model: TrainedModel, adata) -> bool:
+    """Whether ``adata`` is the section a one-section ``model`` was trained on (or a part of it).
+
+    The same source file or folder, or exactly the same box of spots, identifies it.
+    Always ``False`` for a model trained on several sections (each is scaled by its own box).
+    """
+    if model.per_section:
+        return False
+    source = str(adata.uns.get("histosge", {}).get("source", ""))
+    if _same_path(source, str(model.meta.get("source", ""))):
+        return True
+    box = model.meta.get(SECTION_BOX)
+    return box is not None and np.allclose(np.asarray(box, np.float64), section_box(adata), rtol=0, atol=1e-6)
+
+
+def position_frame(model: TrainedModel, adata) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``(min, max)`` box that scales positions on ``adata`` for ``model``; ``None`` is the training box.
+
+    Raises
+    ------
+    InputError
+        A conditioned model asked to predict on a section it was not trained on: it
+        conditions on the measured spots it stores, which lie on its own section only.
+    """
+    if is_training_section(model, adata):
+        return None
+    if isinstance(model, ConditionedTrainedModel):
+        raise InputError("a conditioned model predicts only on the section it was trained on (it reads that "
+                         "section's measured spots); use a histosge model for another section",
+                         adata.uns.get("histosge", {}).get("source"))
+    return section_frame(adata.obsm["spatial"])
+
+
+def frame_name(frame) -> str:
+    """Words for ``uns``: which box scaled the positions."""
+    return TRAINING_BOX if frame is None else OWN_BOX
+
+
+def _diameter_of(info: dict[str, Any]) -> float | None:
+    value = info.get("spot_diameter_px")
+    return float(value) if value is not None and np.isfinite(float(value)) and float(value) > 0 else None
+
+
+def check_diameter(diameter: float | None) -> None:
+    """A diameter must be a finite number of pixels > 0 (``None``: the default)."""
+    if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
+        raise InputError(f"the diameter must be a positive number of pixels, got {diameter!r}")
+
+
+def default_diameter(model: TrainedModel, adata, *, required: bool = True) -> float | None:
+    """The disc a prediction on ``adata`` stands for by default: the training spot, in ``adata``'s pixels.
+
+    On the training section that is the training spot diameter itself; on another
+    section the same physical size when both pixel sizes are known, else ``adata``'s own
+    spot diameter, else the training one.
+
+    Raises
+    ------
+    InputError
+        No diameter is known at all (``required``; otherwise ``None`` is returned).
+    """
+    info = adata.uns.get("histosge", {})
+    own = _diameter_of(info)
+    trained = _diameter_of(model.meta)
+    if model.per_section:
+        chosen = own if own is not None else trained
+    elif trained is not None and is_training_section(model, adata):
+        chosen = trained
+    else:
+        mpp, trained_mpp = info.get("mpp"), model.meta.get("mpp")
+        if trained is not None and mpp and trained_mpp:
+            chosen = trained if float(mpp) == float(trained_mpp) else trained * float(trained_mpp) / float(mpp)
+        else:
+            chosen = own if own is not None else trained
+    if chosen is None and required:
+        raise InputError("the spot diameter is unknown (neither the data nor the model has one); give a diameter",
+                         info.get("source"))
+    return chosen
+
+
+def feature_config_of(model: TrainedModel) -> FeatureConfig:
+    """The feature settings the model was trained with."""
+    return FeatureConfig.from_dict(model.meta["features"])
+
+
+def patch_geometry(model: TrainedModel, adata, diameter: float | None = None) -> tuple[float, float]:
+    """``(patch edge px, centre fraction)`` of the patch read around each position on ``adata``.
+
+    ``diameter`` (full-res px, default :func:`default_diameter`) is the disc a position
+    stands for. On the training section at the training diameter this is exactly the
+    training patch; otherwise the training rule applied to ``adata`` with that diameter.
+    """
+    check_diameter(diameter)
+    d = default_diameter(model, adata) if diameter is None else float(diameter)
+    trained = _diameter_of(model.meta)
+    if not model.per_section and is_training_section(model, adata) and trained == d:
+        return float(model.meta["patch_size_px"]), float(model.meta["center_fraction"])
+    # Only uns is read by the patch rule: a view with the chosen diameter applies it unchanged.
+    view = SimpleNamespace(uns={"histosge": {**adata.uns.get("histosge", {}), "spot_diameter_px": d}})
+    config = feature_config_of(model)
+    return patch_size_px(view, config), spot_center_fraction(view, config)

@@ -1,0 +1,381 @@
+"""The end-to-end steps the CLI and the plugin both call: fit, predict, super-resolve.
+
+Training on several sections lives in :mod:`.multisection` and the hold-out protocol
+(``recover``) in :mod:`.recovery`; both build on these steps; where predicted positions sit
+for a model (the box that scales them, the patch around each) is in :mod:`.placement`.
+Each step is a progress generator (see :mod:`napari_histosge.progress`): it yields
+``Progress`` events and returns its result, so the CLI shows a terminal bar and the
+plugin runs the very same code in a ``thread_worker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..features import FeatureConfig, SpotFeatures, extract_features_at
+from ..io import require_spot_image
+from ..io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+from ..prediction.distributed import predict_distributed
+from ..prediction.grid import superresolution_positions
+from ..prediction.lattice import check_positions
+from ..prediction.pieces import predict_in_pieces
+from ..progress import CancelToken, Progress, ProgressGenerator
+from ..training.engine import TrainConfig, TrainedModel, TrainingData, train
+from .multisection import fit_sections
+from .placement import (
+    check_diameter,
+    default_diameter,
+    feature_config_of,
+    frame_name,
+    patch_geometry,
+    position_frame,
+)
+from .section_features import (  # re-exported: callers find every step here
+    LOW_RESOLUTION_PX,
+    NO_IMAGE,
+    distributed_features,
+    image_pixels_per_spot,
+    model_meta,
+    no_image_features,
+    spot_features,
+    warn_if_low_resolution,
+)
+
+__all__ = ["LOW_RESOLUTION_PX", "NO_IMAGE", "features_at", "fit", "image_pixels_per_spot", "model_meta",
+           "predict_spots", "spot_features", "superresolve", "warn_if_low_resolution"]
+
+def _subset_ids(adata, ids: Sequence[str] | None):
+    if ids is None:
+        return adata
+    missing = [i for i in ids if i not in adata.obs_names]
+    if missing:
+        raise InputError(f"{len(missing)} spot ids are not in the data, e.g. {missing[:3]}")
+    return adata[list(ids)]
+
+
+def fit(
+    adata,
+    *,
+    train_config: TrainConfig | None = None,
+    feature_config: FeatureConfig | None = None,
+    train_ids: Sequence[str] | None = None,
+    features: SpotFeatures | Sequence[SpotFeatures] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: str | Path | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[TrainedModel]:
+    """Extract features, normalise, pick genes and train a model on ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Spot AnnData from :func:`napari_histosge.io.read_spots` (raw counts), or a sequence
+        of them: one model trained on all their spots. Each section gets its own image
+        features and normalisation; genes are chosen on all spots together among the genes
+        every section has; each section's positions are scaled by its own box (see
+        :func:`napari_histosge.training.engine.section_frame`); spot ids that repeat across sections
+        are prefixed ``"<library id>:"``.
+    train_config, feature_config
+        Model/training and feature settings; defaults are the paper's.
+    train_ids
+        Train on these spots only (the rest are held out); all spots when ``None``.
+        One section only.
+    features
+        Precomputed features for *all* spots of ``adata`` (skips extraction); one per
+        section for several sections.
+    checkpoint_path
+        Where to save the checkpoint (atomically, every epoch and at the end).
+    resume
+        A checkpoint to continue from.
+    scheduler, n_workers
+        Where features are extracted, as in :func:`spot_features`.
+    cancel
+        Token checked between batches.
+
+    Returns
+    -------
+    TrainedModel
+        The trained model, its config, genes and metadata.
+    """
+    train_config = train_config or TrainConfig()
+    feature_config = feature_config or FeatureConfig()
+    if isinstance(adata, (list, tuple)):
+        if not adata:
+            raise InputError("no sections to train on")
+        if len(adata) > 1:
+            if train_ids is not None:
+                raise InputError("train_ids (a hold-out split) works with one section; "
+                                 f"got {len(adata)} sections")
+            return (yield from fit_sections(
+                adata, train_config=train_config, feature_config=feature_config, features=features,
+                checkpoint_path=checkpoint_path, resume=resume, scheduler=scheduler, n_workers=n_workers,
+                cancel=cancel))
+        adata = adata[0]
+        if isinstance(features, (list, tuple)):
+            features = features[0]
+    if features is None:
+        features = yield from spot_features(
+            adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
+        )
+    assert isinstance(features, SpotFeatures)  # one section here: several returned above
+    yield Progress("prepare", 0, 1, "normalising and selecting genes")
+    train_adata = _subset_ids(adata, train_ids)
+    mask = adata.obs_names.get_indexer(train_adata.obs_names)
+    log_train = normalize_log1p(train_adata)
+    genes = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes)
+    data = TrainingData(
+        features=features.features[mask],
+        mean_rgb=features.mean_rgb[mask],
+        positions=np.asarray(train_adata.obsm["spatial"], dtype=np.float64),
+        targets=dense_targets(log_train, genes),
+        spot_ids=list(train_adata.obs_names),
+        genes=genes,
+        total_counts=total_counts(train_adata),
+    )
+    yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train_adata.n_obs} training spots")
+    meta = model_meta(adata, feature_config)
+    meta["feature_identity"] = features.identity
+    return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
+                             cancel=cancel))
+
+
+def _check_same_extractor(model: TrainedModel, features: SpotFeatures) -> None:
+    expected = model.meta.get("feature_identity")
+    if expected is not None and features.identity != expected:
+        raise InputError(
+            f"the features were made by {features.identity!r} but the model was trained on {expected!r}"
+        )
+
+
+def features_at(
+    model: TrainedModel,
+    adata,
+    positions: np.ndarray,
+    *,
+    diameter: float | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[SpotFeatures]:
+    """Features at arbitrary full-res ``positions`` on ``adata``'s image, as the model was trained.
+
+    ``diameter`` is the disc (full-res px) each position stands for; the patch follows it
+    as training followed the spot diameter (:func:`.placement.patch_geometry`; default:
+    the training spot). ``scheduler`` and ``n_workers`` are as in :func:`spot_features`.
+    """
+    config = feature_config_of(model)
+    if config.extractor == NO_IMAGE:
+        return no_image_features(len(positions))
+    path, scale = require_spot_image(adata)
+    centers = np.asarray(positions, np.float64)
+    patch_px, fraction = patch_geometry(model, adata, diameter)
+    if scheduler is None:
+        feats = yield from extract_features_at(
+            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel
+        )
+    else:
+        feats = yield from distributed_features(path, scale, centers, patch_px, config, fraction, scheduler,
+                                                n_workers, cancel)
+    _check_same_extractor(model, feats)
+    return feats
+
+
+def predict_spots(
+    model: TrainedModel,
+    adata,
+    *,
+    spot_ids: Sequence[str] | None = None,
+    positions: np.ndarray | None = None,
+    position_ids: Sequence[str] | None = None,
+    diameter: float | None = None,
+    features: SpotFeatures | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[Any]:
+    """Predict log-normalised expression at ``adata``'s measured spots, or at given positions.
+
+    Works on the section the model was trained on and on any other (positions are then
+    scaled by that section's own box, see :mod:`.placement`).
+
+    Parameters
+    ----------
+    spot_ids
+        Predict at these measured spots only (all when ``None``).
+    positions
+        ``(n, 2)`` full-res ``(x, y)`` on ``adata``'s image to predict at instead of its spots.
+    position_ids
+        Names of ``positions`` (``obs_names``, in order; default ``"0"``, ``"1"``, ...).
+    diameter
+        The disc (full-res px) each prediction stands for; the patch read follows it as in
+        training. Default: the training spot diameter (:func:`.placement.default_diameter`).
+    features
+        Precomputed features of all of ``adata``'s spots at the training geometry
+        (measured spots and the default diameter only).
+    scheduler, n_workers, cancel
+        As in :func:`spot_features`; prediction runs on dask.distributed too.
+
+    Returns
+    -------
+    AnnData
+        obs_names the spot ids (or ``position_ids``), var_names the model's genes, X the
+        predictions on the log1p(normalize_total to 1e4) scale, ``obsm["spatial"]`` the
+        positions, ``uns["histosge"]`` the section, the model and how positions were placed.
+    """
+    import anndata as ad
+
+    names, xy = _prediction_targets(adata, spot_ids, positions, position_ids)
+    check_diameter(diameter)
+    frame = position_frame(model, adata)  # checked before any feature is read
+    if features is None:
+        features = yield from features_at(model, adata, xy, diameter=diameter, scheduler=scheduler,
+                                          n_workers=n_workers, cancel=cancel)
+    else:
+        if positions is not None or diameter is not None:
+            raise InputError("precomputed features hold the measured spots at the training patch; "
+                             "they cannot serve other positions or another diameter")
+        _check_same_extractor(model, features)
+        rows = adata.obs_names.get_indexer(names)
+        features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
+    pred, std = yield from _predict_with_spread(model, features, xy, frame, scheduler=scheduler,
+                                                n_workers=n_workers, cancel=cancel)
+    out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=pd.Index(names, dtype=str)),
+                     var=_gene_table(model))
+    out.obsm["spatial"] = xy
+    out.uns["histosge"] = _prediction_uns(adata, model, fold=1)
+    out.uns["histosge"].update(_placement_uns(model, adata, frame, diameter))
+    out.uns["histosge"]["positions"] = "measured spots" if positions is None else "given"
+    if std is not None:
+        out.layers["std"] = std
+    return out
+
+
+def _prediction_targets(adata, spot_ids, positions, position_ids) -> tuple[list[str], np.ndarray]:
+    """Names and ``(n, 2)`` positions to predict at: measured spots, or the given positions."""
+    if positions is None:
+        if position_ids is not None:
+            raise InputError("position_ids name given positions; pass positions too")
+        subset = _subset_ids(adata, spot_ids)
+        return list(subset.obs_names.astype(str)), np.asarray(subset.obsm["spatial"], np.float64)
+    if spot_ids is not None:
+        raise InputError("give either spot_ids (measured spots) or positions, not both")
+    xy = check_positions(positions, "positions to predict at")
+    if len(xy) == 0:
+        raise InputError("no positions to predict at")
+    names = [str(i) for i in range(len(xy))] if position_ids is None else [str(i) for i in position_ids]
+    if len(names) != len(xy) or len(set(names)) != len(names):
+        raise InputError(f"position_ids must be {len(xy)} unique names, one per position; got {len(names)} "
+                         f"with {len(set(names))} distinct")
+    return names, xy
+
+
+def _placement_uns(model: TrainedModel, adata, frame, diameter: float | None) -> dict[str, Any]:
+    """``uns`` entries saying where the model came from and how its inputs were placed."""
+    entries: dict[str, Any] = {"position_frame": frame_name(frame), "trained_on": str(model.meta.get("source", ""))}
+    # No diameter is known only where no patch needed one (image features off): then none is written.
+    used = default_diameter(model, adata, required=False) if diameter is None else float(diameter)
+    if used is not None:
+        entries["spot_diameter_px"] = float(used)
+    return entries
+
+
+def _gene_table(model: TrainedModel) -> pd.DataFrame:
+    """``var`` of a prediction: the model's genes, and for a conditioned model each gene's kriging estimator."""
+    var = pd.DataFrame(index=pd.Index(model.genes))
+    estimators = model.gene_estimators()
+    if estimators is not None:
+        var["estimator"] = pd.Categorical(estimators)
+    return var
+
+
+def _predict_with_spread(model: TrainedModel, feats: SpotFeatures, positions: np.ndarray, frame=None, *,
+                         scheduler: str | None = None, n_workers: int | None = None,
+                         cancel: CancelToken | None = None):
+    """Predictions, plus the per-spot per-gene spread over samples where the model can sample.
+
+    In pieces in this process (progress, cancel between pieces), or on dask.distributed
+    when ``scheduler`` is given; the numbers are the same either way.
+    """
+    if scheduler is None:
+        return (yield from predict_in_pieces(model, feats.features, feats.mean_rgb, positions, frame=frame,
+                                             cancel=cancel))
+    return (yield from predict_distributed(
+        model, feats.features, feats.mean_rgb, positions, frame=frame,
+        scheduler=None if scheduler == "local" else scheduler, n_workers=n_workers, cancel=cancel,
+    ))
+
+
+def _prediction_uns(adata, model: TrainedModel, *, fold: int) -> dict[str, Any]:
+    info = dict(adata.uns.get("histosge", {}))
+    info["units"] = "log1p(counts per 1e4)"
+    info["model"] = model.config.model
+    info["fold"] = int(fold)
+    diameter = info.get("spot_diameter_px")
+    if diameter is not None and fold > 1:
+        # N-fold denser spots cover 1/N of the area each.
+        info["spot_diameter_px"] = float(diameter) / float(np.sqrt(fold))
+    return info
+
+
+def superresolve(
+    model: TrainedModel,
+    adata,
+    fold: int,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[Any]:
+    """Predict expression at ``fold`` times as many positions as ``adata`` has spots.
+
+    Returns
+    -------
+    AnnData
+        One row per new position (``obsm["spatial"]`` in full-res px, ``obs["parent"]`` the
+        measured spot whose lattice cell holds it), X the predicted log-normalised expression.
+    """
+    import anndata as ad
+
+    frame = position_frame(model, adata)  # checked before any feature is read
+    yield Progress("lattice", 0, 1, f"{fold}-fold positions")
+    # anchor on the fitted lattice so the new positions form one regular grid
+    grid = superresolution_positions(adata, fold, anchor="lattice")
+    yield Progress("lattice", 1, 1, f"{len(grid.positions)} positions")
+    feats = yield from features_at(model, adata, grid.positions, scheduler=scheduler, n_workers=n_workers,
+                                   cancel=cancel)
+    pred, std = yield from _predict_with_spread(model, feats, grid.positions, frame,
+                                                scheduler=scheduler, n_workers=n_workers, cancel=cancel)
+    parents = np.asarray(adata.obs_names)[grid.parent]
+    names = [f"{p}#{i}" for p, i in zip(parents, _rank_within(grid.parent), strict=True)]
+    out = ad.AnnData(
+        X=pred.astype(np.float32),
+        obs=pd.DataFrame({"parent": pd.Categorical(parents)}, index=pd.Index(names)),
+        var=_gene_table(model),
+    )
+    out.obsm["spatial"] = grid.positions.astype(np.float64)
+    out.uns["histosge"] = _prediction_uns(adata, model, fold=fold)
+    out.uns["histosge"]["fine_lattice"] = grid.lattice.to_dict()
+    out.uns["histosge"]["position_frame"] = frame_name(frame)
+    out.uns["histosge"]["trained_on"] = str(model.meta.get("source", ""))
+    if std is not None:
+        out.layers["std"] = std
+    return out
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each group label, in order of appearance."""
+    order = np.argsort(groups, kind="stable")
+    ranks = np.empty(len(groups), dtype=np.int64)
+    sorted_groups = groups[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    run = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    ranks[order] = run
+    return ranks

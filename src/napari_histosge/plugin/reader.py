@@ -1,0 +1,294 @@
+"""npe2 readers: spot data folders/files, saved predictions and slide images, as napari layers.
+
+Each ``get_*_reader`` answers from names only (``detect_format`` lists at most one
+folder) and returns ``None`` when the path is not ours, so napari moves on quickly.
+The returned reader functions do the real work and raise
+:class:`~napari_histosge.errors.InputError` with a clear message on bad input.
+A ``.h5ad`` whose ``uns["histosge"]`` has a ``fold`` holds predictions
+(``histosge predict``/``recover``, the plugin's writer): it opens as the Super-resolve
+widget shows its result.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .widgets.layers import LayerDataTuple, prediction_layers, slide_layer, spots_layer
+
+PathLike = str | os.PathLike
+ReaderFunction = Callable[[PathLike], list[LayerDataTuple]]
+
+#: Image suffixes the slide reader claims (``.ome.tif`` ends in ``.tif``).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".jpg", ".jpeg", ".png")
+
+
+def _single(path: PathLike | list[PathLike]) -> Path | None:
+    # napari passes a list when several files are dropped at once; we read one at a time.
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return Path(path)
+
+
+def _one_path(path: PathLike | list[PathLike]) -> Path:
+    """The single path a reader function was given (the get_*_reader functions checked it)."""
+    p = _single(path)
+    if p is None:
+        raise InputError("napari-histosge reads one path at a time; open the files one by one")
+    return p
+
+
+def get_spots_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
+    """Return :func:`read_spots_layers` for a Space Ranger / ST v1 folder or an ``.h5ad``."""
+    from ..io import detect_format
+
+    p = _single(path)
+    if p is None or detect_format(p) is None:
+        return None
+    return read_spots_layers
+
+
+def get_slide_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
+    """Return :func:`read_slide_layers` for a slide image (by suffix only)."""
+    p = _single(path)
+    if p is None or not p.name.lower().endswith(SLIDE_SUFFIXES) or not p.is_file():
+        return None
+    return read_slide_layers
+
+
+def slide_layers(image_path: PathLike, *, image_scale: float = 1.0, name: str | None = None,
+                 extra: dict[str, Any] | None = None) -> LayerDataTuple:
+    """The multiscale image layer of one image file (lazy; never loaded whole)."""
+    from ..slide.open import open_slide
+
+    slide = open_slide(image_path)
+    # The Slide object is kept in the metadata: its open file backs the dask levels.
+    meta = {"slide": slide, "path": str(image_path), "mpp": slide.mpp, **(extra or {})}
+    return slide_layer(slide.levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta)
+
+
+def read_slide_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
+    """Read a slide image (SVS, (OME-)TIFF, NDPI, JPEG, PNG) as a multiscale RGB layer."""
+    p = _one_path(path)
+    return [slide_layers(p)]
+
+
+def spots_to_layers(adata, *, gene: str | None = None) -> list[LayerDataTuple]:
+    """Layers for a spot AnnData: its image (if any) under the spots coloured by ``gene``."""
+    from ..io import spot_image
+
+    info = adata.uns.get("histosge", {})
+    library = info.get("library_id") or "spots"
+    layers: list[LayerDataTuple] = []
+    image = spot_image(adata)
+    if image is not None:
+        image_path, scale = image
+        layers.append(slide_layers(image_path, image_scale=scale, name=f"{library} H&E",
+                                   extra={"adata": adata}))
+    layers.append(spots_layer(adata, gene, name=f"{library} spots"))
+    return layers
+
+
+def read_spots_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
+    """Read spot data (Space Ranger folder, ST v1 folder, ``.h5ad``) with its image.
+
+    A predictions ``.h5ad`` is shown as predictions (:func:`read_prediction_layers`).
+    """
+    from ..io import read_spots
+
+    p = _one_path(path)
+    if p.suffix.lower() == ".h5ad" and is_prediction_file(p):
+        return read_prediction_layers(p)
+    return spots_to_layers(read_spots(p))
+
+
+# ----------------------------------------------------------------------------- saved predictions
+def _read_elem(node) -> Any:
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(node)
+
+
+def prediction_info(path: PathLike) -> dict[str, Any] | None:
+    """``uns["histosge"]`` of a predictions ``.h5ad``, or ``None`` when the file holds none.
+
+    Reads only that group with h5py (never ``X``), so it is cheap enough for a reader
+    to call on every ``.h5ad`` dropped on napari. A file is a prediction when
+    ``uns["histosge"]`` has a ``fold`` (what :mod:`napari_histosge.pipeline.steps` writes).
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            group = f.get("uns/histosge")
+            if not isinstance(group, h5py.Group) or "fold" not in group:
+                return None
+            return dict(_read_elem(group))
+    except Exception:  # not HDF5, unreadable, foreign layout: the spots reader reports it
+        return None
+
+
+def is_prediction_file(path: PathLike) -> bool:
+    """Whether ``path`` is an ``.h5ad`` of predictions (see :func:`prediction_info`)."""
+    return prediction_info(path) is not None
+
+
+def _h5_shape(f, key: str) -> tuple[int, ...] | None:
+    """Shape of a dense or sparse matrix element written by anndata, or ``None``."""
+    node = f.get(key)
+    if node is None:
+        return None
+    # a dense array is a dataset; a sparse matrix is a group with a "shape" attribute
+    shape = getattr(node, "shape", None) or node.attrs.get("shape")
+    return None if shape is None else tuple(int(n) for n in shape)
+
+
+def _h5_index_length(f, key: str) -> int | None:
+    """Length of the index of the ``obs``/``var`` dataframe, or ``None`` for foreign layouts."""
+    group = f.get(key)
+    index = None if group is None else group.attrs.get("_index")
+    if index is None or index not in group:
+        return None
+    return int(group[index].shape[0])
+
+
+def _check_prediction_layout(path: Path) -> None:
+    """Shapes checked with h5py first: anndata's own error for a mismatch is cryptic."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n_obs, n_vars = _h5_index_length(f, "obs"), _h5_index_length(f, "var")
+        if n_vars == 0:
+            raise InputError("the predictions hold no genes (var is empty)", path)
+        if n_obs == 0:
+            raise InputError("the predictions hold no positions (obs is empty)", path)
+        if "obsm/spatial" not in f:
+            raise InputError("the predicted positions are missing (no obsm['spatial'])", path)
+        for key in ("X", "layers/std"):
+            shape = _h5_shape(f, key)
+            if key == "X" and shape is None:
+                raise InputError("the predicted values are missing (no X)", path)
+            if shape is not None and None not in (n_obs, n_vars) and shape != (n_obs, n_vars):
+                raise InputError(f"{key} has shape {shape} but the file lists {n_obs} positions x {n_vars} genes",
+                                 path)
+
+
+def read_prediction(path: PathLike):
+    """Read a predictions ``.h5ad`` and check it can be shown.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` written by ``histosge predict``/``recover``, the plugin's writer, or
+        :meth:`anndata.AnnData.write_h5ad` on a :mod:`napari_histosge.pipeline.steps` result.
+
+    Returns
+    -------
+    anndata.AnnData
+        The predictions as they were written.
+
+    Raises
+    ------
+    InputError
+        If the file is not a prediction, has no genes or positions, or its ``X`` (or
+        ``layers["std"]``) does not match the positions x genes it lists.
+    """
+    import anndata as ad
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("predictions file does not exist", path)
+    if not is_prediction_file(path):
+        raise InputError("not a napari-histosge predictions file (no uns['histosge']['fold'])", path)
+    _check_prediction_layout(path)
+    try:
+        pred = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a bad file
+        raise InputError(f"cannot read the predictions ({type(exc).__name__}: {exc})", path) from exc
+    if pred.n_vars == 0:
+        raise InputError("the predictions hold no genes (var is empty)", path)
+    if pred.n_obs == 0:
+        raise InputError("the predictions hold no positions (obs is empty)", path)
+    xy = np.asarray(pred.obsm.get("spatial", np.empty((0, 0))))
+    if xy.ndim != 2 or xy.shape[1] < 2 or not np.issubdtype(xy.dtype, np.number):
+        raise InputError(f"obsm['spatial'] must be numeric (x, y) positions, got shape {xy.shape}", path)
+    if not np.isfinite(xy[:, :2]).all():
+        raise InputError("obsm['spatial'] has missing (NaN) or infinite positions", path)
+    return pred
+
+
+def _find_image(recorded: str, where: Path) -> Path | None:
+    """Find the recorded image, else one at the same relative path or name beside the predictions.
+
+    The second case covers data moved together to another folder or machine.
+    """
+    candidates = [Path(recorded)]
+    if not Path(recorded).is_absolute():
+        candidates.append(where.parent / recorded)
+    candidates.append(where.parent / Path(recorded).name)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def prediction_to_layers(pred, *, path: PathLike | None = None, gene: str | None = None) -> list[LayerDataTuple]:
+    """Layers of a predictions AnnData: its slide (if found) under the widget's prediction layers.
+
+    Parameters
+    ----------
+    pred
+        Predictions (``uns["histosge"]["fold"]`` set), e.g. from :func:`read_prediction`.
+    path
+        The file they were read from: names the file in warnings, and an image that
+        moved along with it is looked for beside it.
+    gene
+        Gene to show first (default: highest mean).
+
+    Returns
+    -------
+    list of LayerDataTuple
+        The slide image (when found) then :func:`~._widgets.layers.prediction_layers`.
+
+    Warns
+    -----
+    UserWarning
+        When the recorded slide image is missing or unreadable (napari shows it as a
+        notification); the predictions are still shown, in full-resolution pixels.
+    """
+    from ..io import spot_image
+
+    where = Path(path) if path is not None else Path(".")
+    info = pred.uns.get("histosge", {}) or {}
+    library = info.get("library_id") or where.stem
+    layers: list[LayerDataTuple] = []
+    image = spot_image(pred)
+    if image is not None:
+        recorded, scale = image
+        found = _find_image(recorded, where)
+        if found is None:
+            warnings.warn(f"{where}: the slide image {recorded} was not found; showing the predictions "
+                          "without it (in full-resolution pixel coordinates)", UserWarning, stacklevel=2)
+        else:
+            try:
+                layers.append(slide_layers(found, image_scale=scale, name=f"{library} H&E", extra={"adata": pred}))
+            except InputError as exc:
+                warnings.warn(f"{where}: the slide image could not be opened ({exc}); showing the predictions "
+                              "without it", UserWarning, stacklevel=2)
+    else:
+        warnings.warn(f"{where}: the predictions record no slide image; showing them in full-resolution "
+                      "pixel coordinates", UserWarning, stacklevel=2)
+    layers.extend(prediction_layers(pred, gene))
+    return layers
+
+
+def read_prediction_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
+    """Read a predictions ``.h5ad`` as the Super-resolve widget shows a result, over its slide."""
+    p = _one_path(path)
+    return prediction_to_layers(read_prediction(p), path=p)

@@ -1,0 +1,1 @@
+"""The plugin's dock widgets and the pure layer data they show."""

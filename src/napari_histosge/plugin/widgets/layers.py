@@ -1,0 +1,451 @@
+"""Turn core results into napari layer data: the ONLY place that knows napari's frame.
+
+The core speaks full-resolution image pixels as ``(x, y)`` (``adata.obsm["spatial"]``).
+napari's world frame here is the same full-resolution pixel grid, as ``(row, col)`` =
+``(y, x)``. Every layer built below sits in that frame through ``scale``/``translate``:
+
+* a slide image stored at ``scale`` image px per full-res px gets layer scale ``1/scale``
+  and a half-pixel translate so that pixel centres line up;
+* spots and predicted positions are Points at ``(y, x)`` with layer scale 1;
+* a heatmap raster of cell size ``c`` starting at ``(y0, x0)`` gets scale ``c`` and
+  translate ``(y0, x0)``.
+
+These functions are pure (no viewer): they return napari ``LayerDataTuple``s
+``(data, kwargs, layer_type)``, which readers return as is and widgets add with
+``viewer._add_layer_from_data`` or ``viewer.add_<type>(data, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ...errors import InputError
+
+#: key of ``layer.metadata`` holding what a layer was made from.
+META_KEY = "histosge"
+
+#: roles stored in ``layer.metadata["histosge"]["role"]``.
+ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predicted_spots", "heatmap"
+#: Heatmap of a prediction's spread (``layers["std"]``: what a measurement there could read).
+ROLE_UNCERTAINTY = "uncertainty"
+
+SPOT_COLORMAP = "viridis"
+HEATMAP_COLORMAP = "inferno"
+DIFF_COLORMAP = "PiYG"
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+
+# ----------------------------------------------------------------------------- frames
+def spots_rc(adata) -> np.ndarray:
+    """Spot centres as napari ``(row, col)`` = ``(y, x)`` full-resolution pixels."""
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    return xy[:, ::-1].copy()
+
+
+def image_transform(image_scale: float) -> dict[str, tuple[float, float]]:
+    """``scale``/``translate`` placing an image stored at ``image_scale`` on the full-res grid.
+
+    Parameters
+    ----------
+    image_scale
+        Image pixels per full-resolution pixel (1.0 for the full-res image, 0.2 for
+        an image downsampled 5x).
+
+    Notes
+    -----
+    Image pixel ``j`` covers full-res ``[j/s, (j+1)/s)``; in napari's convention (pixel
+    centres at integer positions) its centre is at full-res ``(j + 0.5)/s - 0.5``.
+    """
+    s = float(image_scale)
+    if not s > 0:
+        raise ValueError(f"image scale must be positive, got {image_scale}")
+    step = 1.0 / s
+    offset = 0.5 * step - 0.5
+    return {"scale": (step, step), "translate": (offset, offset)}
+
+
+# ----------------------------------------------------------------------------- values
+def is_prediction(adata) -> bool:
+    """Whether ``adata`` holds predictions (log-normalised) rather than raw counts."""
+    info = adata.uns.get(META_KEY, {})
+    return isinstance(info, dict) and "fold" in info
+
+
+def _column(adata, gene: str) -> np.ndarray:
+    col = adata[:, gene].X
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return np.asarray(col, dtype=np.float64).ravel()
+
+
+def gene_values(adata, gene: str, *, log_adata=None) -> np.ndarray:
+    """Values of ``gene`` per row on the log1p(counts per 1e4) scale.
+
+    Predictions are already on that scale; raw counts are normalised with the core's
+    :func:`napari_histosge.io.preprocess.normalize_log1p` (pass ``log_adata`` to reuse a
+    normalised copy).
+    """
+    if gene not in adata.var_names:
+        raise KeyError(f"gene {gene!r} is not in the data")
+    if is_prediction(adata):
+        return _column(adata, gene)
+    if log_adata is None:
+        from ...io.preprocess import normalize_log1p
+
+        log_adata = normalize_log1p(adata)
+    return _column(log_adata, gene)
+
+
+def layer_values(adata, gene: str, values_layer: str | None = None, *, log_adata=None) -> np.ndarray:
+    """Values of ``gene`` per row.
+
+    These are :func:`gene_values`, or ``adata.layers[values_layer]`` (e.g. ``"std"``, the
+    spread of a prediction) when ``values_layer`` is given.
+    """
+    if values_layer is None:
+        return gene_values(adata, gene, log_adata=log_adata)
+    col = adata[:, gene].layers[values_layer]
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return np.asarray(col, dtype=np.float64).ravel()
+
+
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """Finite (min, max) of ``values``, widened when flat so a colormap stays valid."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def default_gene(adata) -> str | None:
+    """The gene to show first: the one with the highest mean."""
+    if adata.n_vars == 0:
+        return None
+    x = adata.X
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    return str(adata.var_names[int(np.argmax(mean))])
+
+
+def _gene_to_show(pred, gene: str | None) -> str:
+    """``gene``, else :func:`default_gene`; predictions without genes have nothing to paint."""
+    gene = gene if gene is not None else default_gene(pred)
+    if gene is None:
+        raise InputError("the predictions hold no genes", (pred.uns.get(META_KEY, {}) or {}).get("source"))
+    return gene
+
+
+# ----------------------------------------------------------------------------- slide
+def slide_layer(levels: list, *, image_scale: float = 1.0, name: str = "slide",
+                metadata: dict | None = None) -> LayerDataTuple:
+    """A multiscale RGB image layer (dask levels, largest first) on the full-res grid."""
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "contrast_limits": (0, 255),
+        "metadata": {META_KEY: {"role": ROLE_SLIDE, **(metadata or {})}},
+        **image_transform(image_scale),
+    }
+    data = list(levels) if len(levels) > 1 else levels[0]
+    return data, kwargs, "image"
+
+
+# ----------------------------------------------------------------------------- spots
+def spot_features(adata, gene: str | None, *, log_adata=None, values_layer: str | None = None) -> pd.DataFrame:
+    """The ``features`` table of a spots layer: spot id and the gene's values."""
+    table = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str)})
+    if gene is not None:
+        table[gene] = layer_values(adata, gene, values_layer, log_adata=log_adata)
+    return table
+
+
+def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
+                role: str | None = None, log_adata=None, values_layer: str | None = None) -> LayerDataTuple:
+    """Points at the spot centres, sized to the real spot diameter, coloured by ``gene``.
+
+    Parameters
+    ----------
+    adata
+        Spot AnnData (raw counts) or predictions (``uns["histosge"]["fold"]`` set).
+    gene
+        Gene to colour by; the most expressed gene when ``None``.
+    name
+        Layer name; from ``library_id`` when ``None``.
+    role
+        ``"spots"`` or ``"predicted_spots"`` (default from :func:`is_prediction`).
+    values_layer
+        Colour by ``adata.layers[values_layer]`` (e.g. ``"std"``) instead of ``X``.
+    """
+    info = adata.uns.get(META_KEY, {})
+    predicted = is_prediction(adata)
+    role = role or (ROLE_PRED_SPOTS if predicted else ROLE_SPOTS)
+    gene = gene if gene is not None else default_gene(adata)
+    table = spot_features(adata, gene, log_adata=log_adata, values_layer=values_layer)
+    diameter = float(info.get("spot_diameter_px") or nn_spacing(np.asarray(adata.obsm["spatial"])) / 2)
+    library = info.get("library_id") or "spots"
+    if name is None:
+        name = f"{library} {'predicted ' + str(info.get('fold')) + 'x' if predicted else 'spots'}"
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "size": diameter,
+        "features": table,
+        "border_width": 0.05 if not predicted else 0.0,
+        "border_width_is_relative": True,
+        "border_color": "white",
+        "opacity": 0.8,
+        "metadata": {META_KEY: {"role": role, "adata": adata, "gene": gene, "log_adata": log_adata}},
+    }
+    if values_layer is not None:  # the Gene viewer repaints from the same AnnData layer
+        kwargs["metadata"][META_KEY]["values_layer"] = values_layer
+    if gene is not None:
+        kwargs.update(face_color=gene, face_colormap=SPOT_COLORMAP,
+                      face_contrast_limits=value_range(table[gene].to_numpy()))
+    return spots_rc(adata), kwargs, "points"
+
+
+def recolor_spots(layer, gene: str) -> None:
+    """Recolour a spots layer built by :func:`spots_layer` by ``gene`` (updates ``features``)."""
+    meta = layer.metadata[META_KEY]
+    adata = meta["adata"]
+    if meta.get("log_adata") is None and not is_prediction(adata):
+        from ...io.preprocess import normalize_log1p
+
+        meta["log_adata"] = normalize_log1p(adata)
+    values = layer_values(adata, gene, meta.get("values_layer"), log_adata=meta.get("log_adata"))
+    layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
+    layer.face_colormap = SPOT_COLORMAP
+    layer.face_color = gene
+    layer.face_contrast_limits = value_range(values)
+    layer.refresh_colors(update_color_mapping=False)
+    meta["gene"] = gene
+
+
+# ----------------------------------------------------------------------------- heatmap
+def nn_spacing(xy: np.ndarray) -> float:
+    """Median distance to the nearest other position (the lattice pitch)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 1.0
+    dist, _ = cKDTree(xy).query(xy, k=2)
+    spacing = float(np.median(dist[:, 1]))
+    return spacing if spacing > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A heatmap raster on the full-res grid.
+
+    ``image[i, j]`` is centred at world ``(y0 + i * cell, x0 + j * cell)``; NaN where no
+    position is near.
+    """
+
+    image: np.ndarray
+    cell: float
+    origin_rc: tuple[float, float]
+    index: np.ndarray  # raster cell -> row of the source positions (-1 = empty)
+
+    @property
+    def transform(self) -> dict[str, tuple[float, float]]:
+        """The napari ``scale`` and ``translate`` that place the raster in world coordinates."""
+        return {"scale": (self.cell, self.cell), "translate": self.origin_rc}
+
+    def with_values(self, values: np.ndarray) -> np.ndarray:
+        """The raster filled with other per-position ``values`` (same positions)."""
+        out = np.full(self.index.shape, np.nan, dtype=np.float32)
+        hit = self.index >= 0
+        out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
+        return out
+
+
+def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
+              reach: float = 0.75) -> Raster:
+    """Paint per-position ``values`` into a regular raster (nearest position per cell).
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` positions ``(x, y)`` in full-res pixels.
+    values
+        ``(n,)`` values per position.
+    cells_per_spacing
+        Raster cells per lattice pitch (the pitch is measured from ``xy``).
+    reach
+        Cells farther than ``reach`` pitches from every position stay empty (NaN).
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=np.float64)
+    spacing = nn_spacing(xy)
+    cell = spacing / cells_per_spacing
+    pad = spacing * reach
+    x0, y0 = xy.min(axis=0) - pad
+    x1, y1 = xy.max(axis=0) + pad
+    n_cols = max(1, int(np.ceil((x1 - x0) / cell)) + 1)
+    n_rows = max(1, int(np.ceil((y1 - y0) / cell)) + 1)
+    rr, cc = np.mgrid[0:n_rows, 0:n_cols]
+    centres = np.column_stack([x0 + cc.ravel() * cell, y0 + rr.ravel() * cell])
+    dist, nearest = cKDTree(xy).query(centres, k=1)
+    index = np.where(dist <= spacing * reach, nearest, -1).reshape(n_rows, n_cols)
+    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index)
+    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index)
+
+
+def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
+                  values: np.ndarray | None = None, colormap: str = HEATMAP_COLORMAP,
+                  raster: Raster | None = None, role: str = ROLE_HEATMAP) -> LayerDataTuple:
+    """An Image layer of predicted expression on the slide's pixel grid.
+
+    Parameters
+    ----------
+    pred
+        Predictions from :func:`napari_histosge.pipeline.steps.superresolve`.
+    gene
+        Gene to show (default: highest mean).
+    values
+        Per-position values to paint instead of ``gene``'s predictions (e.g. a difference).
+    raster
+        Reuse this raster geometry (saves the nearest-neighbour search).
+    """
+    gene = _gene_to_show(pred, gene)
+    vals = gene_values(pred, gene) if values is None else np.asarray(values, np.float64)
+    if raster is None:
+        raster = rasterize(np.asarray(pred.obsm["spatial"]), vals)
+        image = raster.image
+    else:
+        image = raster.with_values(vals)
+    info = pred.uns.get(META_KEY, {})
+    lo, hi = value_range(vals)
+    if colormap == DIFF_COLORMAP:
+        m = max(abs(lo), abs(hi))
+        lo, hi = -m, m
+    kwargs: dict[str, Any] = {
+        "name": name or f"{gene} {info.get('fold', '')}x heatmap",
+        "colormap": colormap,
+        "contrast_limits": (lo, hi),
+        "opacity": 0.6,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "metadata": {META_KEY: {"role": role, "adata": pred, "gene": gene, "raster": raster,
+                                "units": info.get("units", "log1p(counts per 1e4)")}},
+        **raster.transform,
+    }
+    return image, kwargs, "image"
+
+
+def update_heatmap(layer, gene: str) -> None:
+    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``.
+
+    An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData layer;
+    uncertainty shown as Points (fold-1 predictions: no raster) is recoloured instead.
+    """
+    meta = layer.metadata[META_KEY]
+    source = meta.get("values_layer")
+    label = "heatmap" if source is None else "uncertainty (std)"
+    fold = meta["adata"].uns.get(META_KEY, {}).get("fold", "")
+    if meta.get("raster") is None:
+        recolor_spots(layer, gene)
+        layer.name = f"{gene} {fold}x {label}"
+        return
+    values = layer_values(meta["adata"], gene, source)
+    layer.data = meta["raster"].with_values(values)
+    layer.contrast_limits = value_range(values)
+    layer.name = f"{gene} {fold}x {label}"
+    meta["gene"] = gene
+
+
+def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> list[LayerDataTuple]:
+    """The layers that show a prediction AnnData, as the Super-resolve widget shows them.
+
+    Parameters
+    ----------
+    pred
+        Predictions from :mod:`napari_histosge.pipeline.steps` (``uns["histosge"]["fold"]`` set),
+        computed in this session or read back from an ``.h5ad``.
+    gene
+        Gene to show first (default: highest mean).
+    source_adata
+        The measured spots the predictions came from, if known (kept in the metadata
+        for the Gene viewer's PCC and comparison panels).
+
+    Returns
+    -------
+    list of LayerDataTuple
+        fold > 1: the expression heatmap, the uncertainty heatmap (hidden; only where
+        ``pred.layers["std"]`` exists) and the predicted spots (hidden). fold 1 (values at
+        measured spots, e.g. ``histosge recover``): the predicted spots (visible) and their
+        uncertainty as spots (hidden; where ``"std"`` exists). No heatmap at fold 1: such a
+        file often holds a scattered subset of spots (the hidden half), which a
+        nearest-position raster would smear over the gaps.
+    """
+    info = pred.uns.get(META_KEY, {})
+    fold = int(info.get("fold", 1))
+    gene = _gene_to_show(pred, gene)
+    has_std = "std" in pred.layers
+    out: list[LayerDataTuple] = []
+    if fold > 1:
+        heat = heatmap_layer(pred, gene)
+        heat[1]["metadata"][META_KEY]["source_adata"] = source_adata
+        out.append(heat)
+        if has_std:  # models that sample (conditioned + diffusion) give a spread
+            spread = heatmap_layer(pred, gene, values=layer_values(pred, gene, "std"), colormap="gray",
+                                   name=f"{gene} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY,
+                                   raster=heat[1]["metadata"][META_KEY]["raster"])
+            spread[1]["visible"] = False  # on demand: it would hide the expression heatmap
+            spread[1]["metadata"][META_KEY]["values_layer"] = "std"
+            out.append(spread)
+    elif has_std:
+        spread = spots_layer(pred, gene, name=f"{gene} 1x uncertainty (std)", role=ROLE_UNCERTAINTY,
+                             values_layer="std")
+        spread[1]["visible"] = False
+        out.append(spread)
+    points = spots_layer(pred, gene)
+    points[1]["metadata"][META_KEY]["source_adata"] = source_adata
+    # with a heatmap the points are exact values on demand; alone they are the view
+    points[1]["visible"] = fold <= 1
+    out.append(points)
+    return out
+
+
+# ----------------------------------------------------------------------------- finding layers
+def histosge_meta(layer) -> dict[str, Any]:
+    """The plugin's metadata of ``layer``; empty for layers the plugin did not make."""
+    meta = getattr(layer, "metadata", {}).get(META_KEY)
+    return meta if isinstance(meta, dict) else {}
+
+
+def layers_with_role(layers, *roles: str) -> list:
+    """Layers of the viewer the plugin made with one of ``roles``."""
+    return [lyr for lyr in layers if histosge_meta(lyr).get("role") in roles]
+
+
+def measured_source(layer, layers):
+    """The measured spots behind a prediction layer, or ``None``.
+
+    That is its ``source_adata`` (a result of this session), else the AnnData of an open
+    spots layer read from the path the predictions record (``uns["histosge"]["source"]``:
+    a predictions file opened beside its data).
+    """
+    from pathlib import Path
+
+    def recorded_source(adata) -> Path | None:
+        source = (adata.uns.get(META_KEY, {}) or {}).get("source") if adata is not None else None
+        return Path(str(source)).resolve() if source else None
+
+    meta = histosge_meta(layer)
+    if meta.get("source_adata") is not None:
+        return meta["source_adata"]
+    wanted = recorded_source(meta.get("adata"))
+    if wanted is None:
+        return None
+    for spots in layers_with_role(layers, ROLE_SPOTS):
+        if recorded_source(adata := histosge_meta(spots)["adata"]) == wanted:
+            return adata
+    return None

@@ -1,0 +1,281 @@
+"""The Train widget: settings -> ``pipeline.fit`` in a background thread, with live feedback.
+
+No model logic here: the widget builds ``FeatureConfig``/``TrainConfig`` from the form,
+runs the core generator through :func:`._worker.start_job` and shows what it yields.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.types import FileDialogMode
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+    Select,
+    SpinBox,
+)
+
+from ...errors import HistosgeError, InputError
+from ...progress import CancelToken, Progress
+from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
+from .loss_curve import LossCurve
+from .state import SESSION_MODELS, SessionModel
+from .worker import Outcome, start_job, status_text
+
+if TYPE_CHECKING:
+    import napari
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+EXTRACTORS = ["default", "uni", "timm", "none"]
+GENES_HVG, GENES_LIST = "top variable genes", "gene list"
+DEFAULT_OUT = Path.home() / "histosge-models"
+
+
+#: The form's epochs for HisToSGE: fewer than the paper's 1000, which take long on a CPU.
+HISTOSGE_EPOCHS = 200
+
+#: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
+START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.training.engine")
+
+
+def warm_up_imports(modules=START_IMPORTS) -> None:
+    """Import ``modules`` now (when a widget opens) rather than on its first click."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
+    """``(name, layer)`` of the viewer's spots layers made by this plugin."""
+    return [(layer.name, layer) for layer in layers_with_role(viewer.layers, ROLE_SPOTS)]
+
+
+def parse_gene_list(text: str) -> list[str]:
+    """Genes from a comma/space/semicolon separated string."""
+    return [g for g in re.split(r"[,\s;]+", text.strip()) if g]
+
+
+def checkpoint_name(library: str, model: str = "histosge") -> str:
+    """A file name for a new checkpoint of ``library`` (safe characters only)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", library).strip("_") or "model"
+    return f"{safe}_{model}.pt"
+
+
+def scheduler_value(text: str) -> str | None:
+    """The form's dask scheduler field: empty means in this process, 'local' a LocalCluster."""
+    text = text.strip()
+    return text or None
+
+
+class TrainWidget(Container):
+    """Train a HisToSGE model on one or more spots layers; Start/Cancel, progress, loss curve."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.data = Select(label="data", choices=lambda _w: spots_layer_choices(viewer),
+                           tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
+                                   "ctrl/shift-click to train one model on several sections")
+        self.data.native.setMaximumHeight(110)
+        from ...models import available_models
+
+        self.model_name = ComboBox(label="model", choices=available_models(), value="histosge",
+                                   tooltip="histosge: image + position (the paper); other models from the registry")
+        self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
+                                  tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
+                                          "timm: any timm backbone; none: positions only")
+        self.timm_name = LineEdit(label="timm model", value="resnet18",
+                                  tooltip="timm model name (used when features = timm)")
+        self.weights = FileEdit(label="weights", mode=FileDialogMode.EXISTING_FILE, value=None,
+                                filter="*.pt *.pth *.bin *.safetensors",
+                                tooltip="local checkpoint file for UNI or the timm model")
+        self.genes_mode = RadioButtons(label="genes", choices=[GENES_HVG, GENES_LIST], orientation="horizontal")
+        self.genes_mode.value = GENES_HVG  # set after: magicgui's typed kwargs omit value here
+        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
+        self.gene_list = LineEdit(label="gene list", value="", tooltip="comma-separated gene names")
+        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT)
+        self.scheduler = LineEdit(label="dask scheduler", value="",
+                                  tooltip="empty: extract features in napari's process; 'local': a dask "
+                                          "LocalCluster; or a scheduler address such as tcp://host:8786")
+        self.start_button = PushButton(text="Start training")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
+                     self.genes_mode, self.n_genes,
+                     self.gene_list, self.epochs, self.lr, self.device, self.out_dir,
+                     self.scheduler, self.start_button, self.cancel_button, self.status])
+        self.loss_curve = LossCurve()
+        self.native.layout().addWidget(self.loss_curve)
+
+        self.worker = None
+        self.token: CancelToken | None = None
+        self.checkpoint_path: Path | None = None
+        self.last_model = None
+        self.last_outcome: Outcome | None = None
+        self.events_seen: list[Progress] = []
+
+        self.lr.native.setDecimals(6)
+        self.start_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.extractor.changed.connect(self._sync_visibility)
+        self.model_name.changed.connect(self._model_changed)
+        self.genes_mode.changed.connect(self._sync_visibility)
+        viewer.layers.events.inserted.connect(self._refresh_data)
+        viewer.layers.events.removed.connect(self._refresh_data)
+        warm_up_imports()
+        self._refresh_data()
+        self._sync_visibility()
+
+    def _refresh_data(self, *_: Any) -> None:
+        """Refresh the layer choices; with nothing selected, select the newest spots layer."""
+        self.reset_choices()
+        choices = [layer for layer in self.data.choices if layer is not None]
+        if choices and not self.data.value:
+            self.data.value = [choices[-1]]
+
+    # ------------------------------------------------------------------ form -> core configs
+    def _model_changed(self, *_: Any) -> None:
+        """Epochs follow the chosen model's default (the conditioned model peaks within a few)."""
+        from ...training.inputs import MODEL_DEFAULTS
+
+        self.epochs.value = MODEL_DEFAULTS.get(str(self.model_name.value), {}).get("epochs", HISTOSGE_EPOCHS)
+
+    def _sync_visibility(self, *_: Any) -> None:
+        self.timm_name.visible = self.extractor.value == "timm"
+        self.weights.visible = self.extractor.value in ("uni", "timm")
+        self.n_genes.visible = self.genes_mode.value == GENES_HVG
+        self.gene_list.visible = self.genes_mode.value == GENES_LIST
+
+    def feature_config(self):
+        """The :class:`~napari_histosge.features.FeatureConfig` the form describes."""
+        from ...features import FeatureConfig
+
+        spec = self.extractor.value
+        if spec == "timm":
+            name = self.timm_name.value.strip()
+            if not name:
+                raise InputError("enter a timm model name (e.g. resnet18) or pick another feature extractor")
+            spec = f"timm:{name}"
+        weights = str(self.weights.value) if self.weights.visible and str(self.weights.value) not in ("", ".") else None
+        if weights is not None and not Path(weights).is_file():
+            raise InputError("extractor weights file does not exist", weights)
+        return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value)
+
+    def train_config(self):
+        """The :class:`~napari_histosge.training.engine.TrainConfig` the form describes."""
+        from ...training.engine import TrainConfig
+
+        genes = None
+        if self.genes_mode.value == GENES_LIST:
+            genes = parse_gene_list(self.gene_list.value)
+            if not genes:
+                raise InputError("the gene list is empty; enter gene names separated by commas")
+        return TrainConfig.for_model(str(self.model_name.value), epochs=int(self.epochs.value),
+                                     lr=float(self.lr.value), device=self.device.value,
+                                     n_top_genes=int(self.n_genes.value), genes=genes)
+
+    # ------------------------------------------------------------------ actions
+    def start(self, *_: Any) -> None:
+        """Start training in a background thread (errors become notifications)."""
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return
+        layers = list(self.data.value or [])
+        if not layers:
+            if not self.data.choices:
+                show_error("Open spot data first (a Space Ranger or ST v1 folder, or an .h5ad), then pick it here.")
+            else:
+                show_error("No data selected: select one or more spots layers to train on "
+                           "(ctrl/shift-click selects several sections).")
+            return
+        adatas = [histosge_meta(layer)["adata"] for layer in layers]
+        try:
+            feature_config, train_config = self.feature_config(), self.train_config()
+            out_dir = Path(str(self.out_dir.value)).expanduser()
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except (HistosgeError, OSError) as exc:
+            show_error(str(exc))
+            return
+        library = "+".join(str(a.uns.get("histosge", {}).get("library_id") or layer.name)
+                           for a, layer in zip(adatas, layers, strict=True))
+        self.checkpoint_path = out_dir / checkpoint_name(str(library), train_config.model)
+        scheduler = scheduler_value(self.scheduler.value)
+        self.token = CancelToken()
+        self.events_seen = []
+        self.loss_curve.clear()
+        self.status.value = "starting..."
+        self.start_button.enabled, self.cancel_button.enabled = False, True
+        token, ckpt = self.token, self.checkpoint_path
+
+        def make_gen():
+            from ...pipeline.steps import fit
+
+            return fit(adatas if len(adatas) > 1 else adatas[0], train_config=train_config,
+                       feature_config=feature_config, checkpoint_path=ckpt, scheduler=scheduler, cancel=token)
+
+        # The session keeps the (first) section as the model's data.
+        self._library, self._adata = str(library), adatas[0]
+        self.worker = start_job(make_gen, description=f"training on {library}", on_event=self._on_event,
+                                on_done=self._on_done, on_crash=self._on_crash)
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running training to stop at the next batch."""
+        if self.token is not None:
+            self.token.cancel()
+            self.status.value = "cancelling..."
+
+    # ------------------------------------------------------------------ worker callbacks
+    def _on_event(self, event: Progress) -> None:
+        self.events_seen.append(event)
+        if event.stage == "train" and "loss" in event.metrics:
+            self.loss_curve.append(float(event.metrics["loss"]))
+            text = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
+            if "val_pcc" in event.metrics:  # early stopping's score on the held-back spots
+                text += f"  validation PCC {event.metrics['val_pcc']:.3f}"
+            self.status.value = text
+        else:
+            self.status.value = status_text(event)
+
+    def _finish(self) -> None:
+        self.worker = None
+        self.start_button.enabled, self.cancel_button.enabled = True, False
+
+    def _on_done(self, outcome: Outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.last_outcome = outcome
+        self._finish()
+        if outcome.cancelled:
+            kept = self.checkpoint_path is not None and self.checkpoint_path.is_file()
+            self.status.value = "cancelled" + (f"; last checkpoint kept: {self.checkpoint_path}" if kept else "")
+            show_info(f"Training cancelled. {'Last good checkpoint: ' + str(self.checkpoint_path) if kept else ''}")
+            return
+        if outcome.error is not None:
+            self.status.value = f"error: {outcome.error}"
+            show_error(str(outcome.error))
+            return
+        model = outcome.value
+        self.last_model = model
+        name = SESSION_MODELS.add(SessionModel(name=f"{self._library} ({len(model.genes)} genes)", model=model,
+                                               checkpoint=self.checkpoint_path, adata=self._adata))
+        self.status.value = f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}"
+        show_info(f"Trained '{name}'; checkpoint {self.checkpoint_path}")
+
+    def _on_crash(self, exc: Exception) -> None:
+        self._finish()
+        self.status.value = f"failed: {exc.__class__.__name__}: {exc}"

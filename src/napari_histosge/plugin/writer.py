@@ -1,0 +1,45 @@
+"""npe2 writer: a layer made by the plugin (spots or predictions) to ``.h5ad``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .widgets.layers import META_KEY
+
+
+def write_h5ad(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write the AnnData behind a histosge layer (predicted expression or spots) to ``path``.
+
+    Parameters
+    ----------
+    path
+        Target file; ``.h5ad`` is appended when missing.
+    data
+        The layer data (unused: the AnnData holds the full expression, not just one gene).
+    meta
+        The layer's attributes; ``meta["metadata"]["histosge"]["adata"]`` is written.
+
+    Returns
+    -------
+    list of str
+        The path written.
+
+    Raises
+    ------
+    InputError
+        If the layer was not made by napari-histosge (it has no expression to write).
+    """
+    from ..errors import InputError
+
+    info = (meta.get("metadata") or {}).get(META_KEY) or {}
+    adata = info.get("adata")
+    if adata is None:
+        raise InputError("this layer holds no expression data; save a napari-histosge spots or prediction layer",
+                         path)
+    out = Path(path)
+    if out.suffix != ".h5ad":
+        out = out.with_name(out.name + ".h5ad")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+    return [str(out)]

@@ -1,0 +1,1 @@
+"""Prediction: positions (N-fold lattice, grids), batched prediction in pieces, dask.distributed."""

@@ -1,0 +1,1 @@
+"""Slide access: lazy multiscale pyramids, slide metadata and patch reads around spots."""

@@ -1,0 +1,299 @@
+"""Lazy access to whole-slide and flat histology images.
+
+Tiled TIFF-family files (Aperio SVS, pyramidal/OME TIFF, tiled TIFF, also with
+JPEG-2000 tiles) are opened through tifffile's zarr interface: opening reads
+only metadata, and a read decodes only the tiles it touches. Flat images (JPEG,
+PNG, large non-tiled TIFFs) are converted once into an on-disk zarr pyramid
+under ``$HISTOSGE_CACHE/pyramids/`` which later opens reuse (see
+:mod:`napari_histosge.slide.pyramid`). Nothing ever decodes more than
+:func:`~napari_histosge.slide.pyramid.max_decode_pixels` at once: such requests are
+refused with an :class:`~napari_histosge.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import InputError
+from .meta import tiff_mpp
+from .patches import plan_patches, render_patches
+from .pyramid import (
+    PIL_SUFFIXES,
+    Level,
+    TileCache,
+    build_pyramid,
+    check_decode_size,
+    file_fingerprint,
+    max_decode_pixels,
+    open_pyramid_dir,
+    pyramid_dir,
+)
+
+__all__ = [
+    "FLAT_SUFFIXES", "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "Slide", "cache_root",
+    "file_fingerprint", "max_decode_pixels", "open_slide",
+]
+
+TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".btf", ".bif", ".qptiff")
+FLAT_SUFFIXES = PIL_SUFFIXES
+SUPPORTED_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
+
+# Non-tiled TIFFs at most this large are read directly instead of building a pyramid.
+FLAT_DIRECT_MAX = 2048
+#: Bytes of decoded tiles a slide keeps for reuse between patch reads.
+TILE_CACHE_BYTES = 256 * 2**20
+_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def cache_root() -> Path:
+    """The cache folder: ``$HISTOSGE_CACHE`` or ``~/.cache/napari-histosge``."""
+    env = os.environ.get("HISTOSGE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "napari-histosge"
+
+
+class Slide:
+    """A lazily read image pyramid.
+
+    Attributes
+    ----------
+    path
+        The file opened.
+    levels
+        ``(H, W, 3)`` uint8 dask arrays, largest first, one chunk per tile; never loaded whole.
+    downsamples
+        Level-0 pixels per level pixel, ``1.0`` first.
+    mpp
+        Micrometres per level-0 pixel from the file's metadata, or ``None``.
+    shape
+        ``(height, width)`` of level 0.
+    tiles_decoded
+        Tiles decoded by :meth:`read_patches` so far (each at most once while cached).
+    """
+
+    def __init__(self, path: str, levels: list[Level], mpp: float | None, handle: Any = None) -> None:
+        self.path = path
+        self._levels = levels
+        self._handle = handle  # keeps the TiffFile open while dask arrays refer to it
+        self._cache = TileCache(TILE_CACHE_BYTES)
+        self._pool: ThreadPoolExecutor | None = None
+        tag = abs(hash(file_fingerprint(path))) if os.path.exists(path) else id(self)
+        self.levels: list[da.Array] = [lv.to_dask(f"histosge-slide-{tag}-{i}") for i, lv in enumerate(levels)]
+        h0, w0 = levels[0].height, levels[0].width
+        self.shape: tuple[int, int] = (h0, w0)
+        self.downsamples: list[float] = [float((h0 / lv.height + w0 / lv.width) / 2) for lv in levels]
+        self.downsamples[0] = 1.0
+        self.mpp = mpp
+
+    def __repr__(self) -> str:
+        return f"Slide({self.path!r}, shape={self.shape}, levels={len(self.levels)}, mpp={self.mpp})"
+
+    @property
+    def tiles_decoded(self) -> int:
+        """How many tiles were decoded so far (tiles served from the cache are not counted)."""
+        return self._cache.decoded
+
+    def close(self) -> None:
+        """Close the underlying file handle (the slide is unusable afterwards)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _level(self, level: int) -> Level:
+        if not 0 <= level < len(self._levels):
+            raise IndexError(f"level {level} out of range (slide has {len(self._levels)})")
+        return self._levels[level]
+
+    def read_region(self, x0: int, y0: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """Read a rectangle of one level, padded with white outside the image.
+
+        Parameters
+        ----------
+        x0, y0
+            Top-left corner in that level's pixels (may be negative).
+        width, height
+            Size of the rectangle in that level's pixels.
+        level
+            Pyramid level index.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(height, width, 3)`` uint8.
+
+        Raises
+        ------
+        InputError
+            If the region is larger than :func:`~napari_histosge.slide.pyramid.max_decode_pixels`
+            (e.g. a whole gigapixel level), or a tile under it is corrupt.
+        """
+        lv = self._level(level)
+        x0, y0, width, height = int(x0), int(y0), int(width), int(height)
+        check_decode_size(max(height, 0), max(width, 0), f"reading a region of level {level}", self.path,
+                          "; read it by tiles (Slide.levels are lazy dask arrays) or use a coarser level")
+        out = np.full((max(height, 0), max(width, 0), 3), 255, np.uint8)
+        ya, yb = max(y0, 0), min(y0 + height, lv.height)
+        xa, xb = max(x0, 0), min(x0 + width, lv.width)
+        if ya < yb and xa < xb:
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = lv.read(ya, yb, xa, xb)
+        return out
+
+    def best_level(self, size_level0: float, out_size: int) -> int:
+        """Coarsest level on which ``size_level0`` px still span ``>= out_size`` px."""
+        best = 0
+        for i, ds in enumerate(self.downsamples):
+            if size_level0 / ds >= out_size:
+                best = i
+        return best
+
+    def read_patches(
+        self, centers_xy: np.ndarray, size_px: float, out_size: int, *, scale: float = 1.0
+    ) -> np.ndarray:
+        """Read square patches around points, resized with antialiasing.
+
+        Tiles are decoded once per call (and kept in a bounded cache for the next
+        call), in parallel threads, and only the tiles under the patches are read.
+
+        Parameters
+        ----------
+        centers_xy
+            ``(n, 2)`` patch centres ``(x, y)`` in the spot coordinate system (full-res px).
+        size_px
+            Patch edge in full-res px.
+        out_size
+            Edge of the returned patches in px.
+        scale
+            Slide level-0 px per full-res px (e.g. 0.045 for a Visium lowres image).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, out_size, out_size, 3)`` uint8, in the order of ``centers_xy``.
+        """
+        centers = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
+        size0 = float(size_px) * scale
+        level = self.best_level(size0, out_size)
+        lv = self._levels[level]
+        plan = plan_patches(lv, centers * (scale / self.downsamples[level]), size0 / self.downsamples[level])
+        return render_patches(lv, level, plan, out_size, self._cache, self._decode_pool())
+
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="histosge-tiles")
+        return self._pool
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _open_flat(path: Path, root: Path) -> Slide:
+    target = pyramid_dir(path, root)
+    if not (target / "0").exists():
+        build_pyramid(path, target)
+    return Slide(str(path), open_pyramid_dir(target, str(path)), None)
+
+
+def _open_tiff(path: Path, root: Path) -> Slide:
+    import tifffile
+    import zarr
+
+    tf = tifffile.TiffFile(path)
+    try:
+        if not tf.series:
+            raise InputError("no image found in the TIFF file", path)
+        series = tf.series[0]
+        axes = series.axes
+        if 0 in series.shape or not series.shape:
+            raise InputError("image has zero size", path)
+        if "Y" not in axes or "X" not in axes:
+            raise InputError(f"TIFF image has no Y/X axes (axes {axes!r})", path)
+        shape = dict(zip(axes, series.shape, strict=True))
+        mpp = tiff_mpp(tf)
+        page = series.pages[0] if series.pages else tf.pages[0]
+        tiled = bool(getattr(page, "is_tiled", False))
+        if not tiled and len(series.levels) == 1 and max(shape["Y"], shape["X"]) > FLAT_DIRECT_MAX:
+            tf.close()
+            slide = _open_flat(path, root)
+            slide.mpp = mpp
+            return slide
+        node = zarr.open(series.aszarr(), mode="r")
+        arrays = [node[str(i)] for i in range(len(series.levels))] if isinstance(node, zarr.Group) else [node]
+        levels = []
+        # a store holding one array (not a group) serves only the first level
+        for i, (a, s) in enumerate(zip(arrays, series.levels, strict=False)):
+            lv_page = s.keyframe if hasattr(s, "keyframe") else None
+            levels.append(Level(a, s.axes, path=str(path), index=i, page=lv_page))
+        # Skip broken levels (zero-sized or not smaller than the one before).
+        kept = [levels[0]]
+        for lv in levels[1:]:
+            if 0 < lv.height <= kept[-1].height and 0 < lv.width <= kept[-1].width:
+                lv.index = len(kept)
+                kept.append(lv)
+        # Decode one pixel now so a file whose tiles are all unreadable fails here.
+        kept[-1].read(0, 1, 0, 1)
+        return Slide(str(path), kept, mpp, handle=tf)
+    except BaseException:
+        tf.close()
+        raise
+
+
+def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Slide:
+    """Open a histology image lazily.
+
+    Parameters
+    ----------
+    path
+        An SVS, (pyramidal/OME) TIFF, JPEG or PNG file.
+    cache_dir
+        Cache root for pyramids built from flat images; default ``$HISTOSGE_CACHE``
+        or ``~/.cache/napari-histosge``.
+
+    Returns
+    -------
+    Slide
+
+    Raises
+    ------
+    InputError
+        If the file is missing, of an unsupported type, corrupt or empty, or a
+        flat JPEG/PNG too large to decode (see :func:`max_decode_pixels`).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError("image file not found", p)
+    if not p.is_file():
+        raise InputError("expected an image file, got a folder", p)
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"unsupported image type {suffix or '(no extension)'!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}",
+            p,
+        )
+    if p.stat().st_size == 0:
+        raise InputError("image file is empty (0 bytes)", p)
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return _open_tiff(p, root)
+        return _open_flat(p, root)
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile, PIL and imagecodecs raise many types for bad files
+        raise InputError(f"cannot read image (corrupt or truncated file?): {exc}", p) from exc

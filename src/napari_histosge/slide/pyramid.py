@@ -1,0 +1,378 @@
+"""Pyramid levels read tile by tile, and on-disk pyramids built for flat images.
+
+A :class:`Level` wraps one zarr array (tifffile's zarr view of a TIFF level, or a
+level of a pyramid this module built) and reads it by chunk ("tile"): every
+decoding error becomes an :class:`~napari_histosge.errors.InputError` naming the
+file, the level, the tile and, for TIFFs, its byte offset.
+
+Flat images (JPEG, PNG, non-tiled TIFF) are converted once into a zarr pyramid
+with dask, band by band, so memory stays bounded by a few rows of tiles. Only
+JPEG/PNG must be decoded whole (Pillow cannot decode them by region): above
+:func:`max_decode_pixels` that is refused with a clear message instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import InputError
+
+PYRAMID_VERSION = 2
+PYRAMID_CHUNK = 512
+PYRAMID_MIN_SIZE = 1024
+PIL_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Default for :func:`max_decode_pixels` (1e9 px = 3 GB of RGB).
+DEFAULT_MAX_DECODE_PIXELS = 1_000_000_000
+
+
+def max_decode_pixels() -> int:
+    """Largest image or region (in pixels) decoded into memory at once.
+
+    ``$HISTOSGE_MAX_DECODE_PIXELS`` overrides the default of 1e9 pixels.
+    """
+    env = os.environ.get("HISTOSGE_MAX_DECODE_PIXELS")
+    return int(float(env)) if env else DEFAULT_MAX_DECODE_PIXELS
+
+
+def check_decode_size(height: int, width: int, what: str, path: str | os.PathLike, hint: str = "") -> None:
+    """Raise InputError when ``what`` would need ``height * width`` RGB pixels in memory over the limit."""
+    limit = max_decode_pixels()
+    if int(height) * int(width) > limit:
+        gb = int(height) * int(width) * 3 / 1e9
+        raise InputError(
+            f"{what} needs the whole {width} x {height} px image in memory ({gb:.1f} GB), more than "
+            f"the limit of {limit:,} px ($HISTOSGE_MAX_DECODE_PIXELS){hint}",
+            path,
+        )
+
+
+def to_rgb_uint8(a: Any, axes: str) -> Any:
+    """Reorder to (Y, X, S) and convert to 3-channel uint8; works on numpy and dask."""
+    sample = next((ax for ax in axes if ax in "SC"), None)
+    if sample is None:
+        a = a[..., None]
+    else:
+        order = [axes.index("Y"), axes.index("X"), axes.index(sample)]
+        a = a.transpose(order)
+    n = a.shape[-1]
+    if n >= 3:
+        a = a[..., :3]  # drop alpha / extra samples
+    else:
+        a = a[..., :1][..., [0, 0, 0]]  # greyscale (+ alpha) -> RGB
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    if a.dtype.kind == "f":
+        # Floats are assumed to be intensities in [0, 1].
+        return (a.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+    return a.clip(0, 255).astype(np.uint8)
+
+
+class Level:
+    """One pyramid level, read as ``(H, W, 3)`` uint8 by tile.
+
+    Parameters
+    ----------
+    raw
+        zarr array of the level (any axes order).
+    axes
+        tifffile axes string of ``raw`` (e.g. ``"YXS"``, ``"CYX"``).
+    path
+        The slide file (named in errors).
+    index
+        Level number (named in errors).
+    page
+        The tifffile page of this level, for byte offsets in errors; None for zarr pyramids.
+    """
+
+    def __init__(self, raw: Any, axes: str, *, path: str = "", index: int = 0, page: Any = None) -> None:
+        self.raw = raw
+        self.axes = axes
+        self.path = path
+        self.index = index
+        self.page = page
+        self.height = int(raw.shape[axes.index("Y")])
+        self.width = int(raw.shape[axes.index("X")])
+        chunks = getattr(raw, "chunks", raw.shape)
+        self.tile_h = max(1, int(chunks[axes.index("Y")]))
+        self.tile_w = max(1, int(chunks[axes.index("X")]))
+        self.tile_rows = -(-self.height // self.tile_h)
+        self.tile_cols = -(-self.width // self.tile_w)
+
+    def _index(self, ys: slice, xs: slice) -> tuple[tuple, str]:
+        # Keep Y, X and the sample axis; take the first plane of anything else (T, Z, ...).
+        idx: list[slice | int] = []
+        kept = ""
+        for ax in self.axes:
+            if ax == "Y":
+                idx.append(ys)
+            elif ax == "X":
+                idx.append(xs)
+            elif ax in "SC":
+                idx.append(slice(None))
+            else:
+                idx.append(0)
+                continue
+            kept += ax
+        return tuple(idx), kept
+
+    def _raw_read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        idx, kept = self._index(slice(y0, y1), slice(x0, x1))
+        return to_rgb_uint8(np.asarray(self.raw[idx]), kept)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` (inside the level) as ``(h, w, 3)`` uint8."""
+        try:
+            return self._raw_read(y0, y1, x0, x1)
+        except MemoryError:
+            raise
+        except Exception as exc:  # decoder errors vary by codec: find the tile to name it
+            self._locate_error(y0, y1, x0, x1, exc)
+            raise InputError(
+                f"cannot decode level {self.index}, rows {y0}:{y1}, columns {x0}:{x1}: {exc}", self.path
+            ) from exc
+
+    def tile_bounds(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of tile ``(row, col)``, clipped to the level."""
+        y0, x0 = row * self.tile_h, col * self.tile_w
+        return y0, min(y0 + self.tile_h, self.height), x0, min(x0 + self.tile_w, self.width)
+
+    def read_tile(self, row: int, col: int) -> np.ndarray:
+        """Decode one tile (clipped at the level's edges)."""
+        y0, y1, x0, x1 = self.tile_bounds(row, col)
+        try:
+            return self._raw_read(y0, y1, x0, x1)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise self._tile_error(row, col, exc) from exc
+
+    def _tile_error(self, row: int, col: int, exc: BaseException) -> InputError:
+        where = f"level {self.index}, tile row {row}, column {col}"
+        offset = self._byte_offset(row, col)
+        if offset is not None:
+            where += f", byte offset {offset}"
+        return InputError(f"corrupt or truncated tile ({where}): {type(exc).__name__}: {exc}", self.path)
+
+    def _byte_offset(self, row: int, col: int) -> int | None:
+        page = self.page
+        try:
+            offsets = page.dataoffsets if page is not None else None
+            if not offsets:
+                return None
+            i = row * self.tile_cols + col if page.is_tiled else row
+            return int(offsets[i]) if i < len(offsets) else None
+        except Exception:  # best effort: offsets are only a hint in the message
+            return None
+
+    def _locate_error(self, y0: int, y1: int, x0: int, x1: int, exc: BaseException) -> None:
+        for r in range(y0 // self.tile_h, (max(y1, y0 + 1) - 1) // self.tile_h + 1):
+            for c in range(x0 // self.tile_w, (max(x1, x0 + 1) - 1) // self.tile_w + 1):
+                self.read_tile(r, c)  # raises the tile's InputError
+
+    def to_dask(self, name: str) -> da.Array:
+        """The level as a lazy dask array with one chunk per tile (errors as InputError)."""
+        return da.from_array(
+            _RGBView(self), chunks=(self.tile_h, self.tile_w, 3), name=name,
+            meta=np.empty((0, 0, 0), np.uint8), asarray=True, fancy=False, lock=False,
+        )
+
+
+class _RGBView:
+    """Array-like ``(H, W, 3)`` uint8 view of a :class:`Level` for ``dask.array.from_array``."""
+
+    def __init__(self, level: Level) -> None:
+        self.level = level
+        self.shape = (level.height, level.width, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        ys, xs, ss = key
+        y0, y1, _ = ys.indices(self.shape[0])
+        x0, x1, _ = xs.indices(self.shape[1])
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)[:, :, ss]
+        return self.level.read(y0, y1, x0, x1)[:, :, ss]
+
+
+class TileCache:
+    """Least-recently-used decoded tiles, bounded in bytes (shared by a slide's reads)."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.decoded = 0  # tiles decoded so far (a measure of read efficiency)
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        """The cached tile at ``(level, row, column)``, or None; marks it as recently used."""
+        tile = self._tiles.get(key)
+        if tile is not None:
+            self._tiles.move_to_end(key)
+        return tile
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        """Keep a decoded tile, dropping the least recently used ones over the byte budget."""
+        if key in self._tiles:
+            return
+        self._tiles[key] = tile
+        self._bytes += tile.nbytes
+        while self._bytes > self.max_bytes and len(self._tiles) > 1:
+            _, old = self._tiles.popitem(last=False)
+            self._bytes -= old.nbytes
+
+
+# --------------------------------------------------------------------------- flat images
+
+
+@contextmanager
+def pil_no_size_limit():
+    """Lift Pillow's decompression-bomb limit for our own slide reads only."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Resolved path, size and mtime of a file: changes whenever the file does."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def pyramid_dir(path: Path, root: Path) -> Path:
+    """Where the pyramid of flat image ``path`` lives under cache ``root``."""
+    key = hashlib.sha256(f"{file_fingerprint(path)}|v{PYRAMID_VERSION}".encode()).hexdigest()[:32]
+    return root / "pyramids" / key
+
+
+_PIL_HINT = (
+    "; Pillow cannot decode JPEG/PNG by region. Convert it to a tiled pyramidal TIFF "
+    "(e.g. `vips tiffsave in.jpg out.tif --tile --pyramid --compression jpeg`) or raise the limit"
+)
+
+
+def _pil_source(path: Path) -> da.Array:
+    """A JPEG/PNG decoded whole (after checking its size) as a dask array."""
+    from PIL import Image
+
+    with pil_no_size_limit(), Image.open(path) as im:
+        w, h = im.size
+        check_decode_size(h, w, f"building a pyramid for this {im.format or 'flat'} image", path, _PIL_HINT)
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I"):
+            rgb = np.ascontiguousarray(to_rgb_uint8(np.asarray(im).astype(np.float64) / 65535.0, "YX"))
+        else:
+            rgb = np.asarray(im.convert("RGB"))
+    return da.from_array(rgb, chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3))
+
+
+def _tiff_source(path: Path) -> tuple[da.Array, Any]:
+    """A non-tiled TIFF as a lazy dask array read by strips (memory-mapped when uncompressed)."""
+    import tifffile
+    import zarr
+
+    tf = tifffile.TiffFile(path)
+    series = tf.series[0]
+    page = series.pages[0] if series.pages else tf.pages[0]
+    axes = series.axes
+    if page is not None and getattr(page, "is_memmappable", False) and page.is_contiguous:
+        raw: Any = tifffile.memmap(path, series=0, mode="r")
+        arr = da.from_array(raw, chunks=(PYRAMID_CHUNK,) + raw.shape[1:]) if raw.ndim else raw
+    else:
+        raw = zarr.open(series.aszarr(), mode="r")
+        if isinstance(raw, zarr.Group):
+            raw = raw["0"]
+        ychunk = raw.chunks[axes.index("Y")]
+        xchunk = raw.chunks[axes.index("X")]
+        check_decode_size(ychunk, xchunk, "decoding one strip of this TIFF", path)
+        arr = da.from_zarr(raw)
+    return to_rgb_uint8(arr, axes), tf
+
+
+def _halve_block(b: np.ndarray) -> np.ndarray:
+    h, w = (b.shape[0] // 2) * 2, (b.shape[1] // 2) * 2
+    b = b[:h, :w].astype(np.uint16)
+    return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def _halve(a: da.Array) -> da.Array:
+    """2x2 box average with rounding (Pillow's ``reduce(2)``), trimming an odd edge.
+
+    Blocks are even-sized except the last, so halving them one by one is exact.
+    """
+    a = a.rechunk((2 * PYRAMID_CHUNK, 2 * PYRAMID_CHUNK, 3))
+    chunks = tuple(tuple(c // 2 for c in cs) for cs in a.chunks[:2]) + (a.chunks[2],)
+    return da.map_blocks(_halve_block, a, chunks=chunks, dtype=np.uint8)
+
+
+def build_pyramid(path: Path, target: Path) -> None:
+    """Write a zarr pyramid of flat image ``path`` to ``target`` atomically, band by band."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    handle = None
+    if path.suffix.lower() not in PIL_SUFFIXES:
+        src, handle = _tiff_source(path)
+    else:
+        src = _pil_source(path)
+    try:
+        if src.shape[0] == 0 or src.shape[1] == 0:
+            raise InputError("image has zero size", path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            group = zarr.open_group(str(tmp), mode="w")
+            level, arr = 0, src
+            while True:
+                chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)
+                # zstd level 1: a quarter of the write time of the default level, ~10% larger.
+                z = group.create_array(str(level), shape=arr.shape, chunks=chunks, dtype="uint8",
+                                       compressors=[ZstdCodec(level=1)])
+                # Written chunk by chunk; the next level reads this one back, not the source.
+                arr.rechunk(chunks).store(z, lock=False)
+                if max(arr.shape[:2]) < PYRAMID_MIN_SIZE or min(arr.shape[:2]) < 2:
+                    break
+                arr = _halve(da.from_zarr(z))
+                level += 1
+            group.attrs["source"] = str(path)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished the same pyramid first: keep theirs.
+                if not (target / "0").exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def open_pyramid_dir(target: Path, path: str) -> list[Level]:
+    """The levels of a pyramid built by :func:`build_pyramid`."""
+    import zarr
+
+    group = zarr.open_group(str(target), mode="r")
+    names = sorted((k for k in group.array_keys()), key=int)
+    return [Level(group[k], "YXS", path=path, index=i) for i, k in enumerate(names)]

@@ -1,0 +1,1 @@
+"""Training: settings, model inputs, the training loop, early stopping, trained models and checkpoints."""

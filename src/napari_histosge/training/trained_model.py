@@ -1,0 +1,215 @@
+"""A trained model that predicts (in one call or in planned pieces), saves and loads itself."""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from ..device import pick_device
+from ..errors import InputError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .grouping import group_spots, pack_batches
+from .inputs import PER_SECTION, TrainConfig, ModelInputs, as_matrix
+
+
+class TrainedModel:
+    """A trained model with its config, genes and metadata; predicts, saves and loads.
+
+    ``meta`` holds what the caller passed to :func:`train` plus the input statistics
+    (``feature_mean``/``feature_std``, ``position_min``/``position_max``), ``history``
+    (loss per epoch), ``epochs_done``, ``in_dim`` and ``n_features``. A model trained on
+    several sections adds ``position_frame="per_section"`` and ``section_frames`` (the
+    ``(min, max)`` box of each training section).
+    """
+
+    def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
+                 optimizer_state: dict | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.genes = list(genes)
+        self.meta = meta
+        self.optimizer_state = optimizer_state
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _inputs(self) -> ModelInputs:
+        return ModelInputs.from_meta(self.meta, self.config.n_pos_bins)
+
+    @property
+    def per_section(self) -> bool:
+        """Whether the model was trained on several sections (predicting needs the section's frame)."""
+        return self.meta.get("position_frame") == PER_SECTION
+
+    def _frame(self, frame) -> tuple[np.ndarray, np.ndarray] | None:
+        """``frame`` checked, or ``None`` (the stored training box) for a one-section model."""
+        if frame is None:
+            if self.per_section:
+                raise InputError("this model was trained on several sections, each scaled by its own box: "
+                                 "pass frame=(min, max) of the predicted section's spot positions "
+                                 "(training.section_frame)")
+            return None
+        lo, hi = (np.asarray(v, np.float64) for v in frame)
+        if lo.shape != (2,) or hi.shape != (2,) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise InputError(f"frame must be (min, max), two finite (x, y) pairs; got shapes {lo.shape}, {hi.shape}")
+        return lo, hi
+
+    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
+        """Predict log-normalised expression, ``(n, G)`` float32, rows in input order.
+
+        Spots are grouped as in training (spatial neighbourhoods, no random rotation).
+
+        Parameters
+        ----------
+        features, mean_rgb, positions
+            Image features, mean RGB and full-res ``(x, y)`` of one section's positions.
+        frame
+            ``(min, max)`` box of that section's measured spots (:func:`section_frame`);
+            required for a model trained on several sections, ``None`` uses the training box.
+        batch_size
+            Spots per forward pass.
+        """
+        positions = as_matrix(positions, "positions", 2, None, np.float64)
+        rows = self.prediction_inputs(features, mean_rgb, positions, frame=frame)
+        pred, _ = self.predict_planned(rows, self.plan_batches(positions, batch_size))
+        return pred
+
+    def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
+        """Per-row model inputs at ``positions`` (checked), as :meth:`predict_planned` takes them.
+
+        For HisToSGE these are ``(x, bins)``: the normalised image columns plus the unit
+        position, and the position-embedding bins. ``frame`` as in :meth:`predict`.
+        """
+        d = int(self.meta["n_features"])
+        positions = as_matrix(positions, "positions", 2, None, np.float64)
+        n = len(positions)
+        features = as_matrix(features, "features", d, n)
+        mean_rgb = as_matrix(mean_rgb, "mean_rgb", 3, n)
+        return self._inputs()(features, mean_rgb, positions, self._frame(frame))
+
+    def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The forward passes that predict ``positions``: ``(index, mask)`` per pass, in order.
+
+        Spots are grouped as in training (spatial neighbourhoods, no random rotation) and
+        groups packed into batches (see :func:`~napari_histosge.training.grouping.pack_batches`).
+        Splitting this plan into consecutive pieces and running each anywhere gives exactly
+        the single-process result (:func:`napari_histosge.prediction.distributed.predict_distributed`).
+        """
+        positions = np.asarray(positions, np.float64)
+        if len(positions) == 0:
+            return []
+        groups = group_spots(positions, self.config.group_size, mode=self.config.grouping)
+        return pack_batches(groups, int(batch_size or self.config.batch_size))
+
+    def predict_planned(self, rows: tuple[np.ndarray, ...], batches, *, first_batch: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the forward passes ``batches`` over per-row inputs ``rows``.
+
+        Returns ``(pred, std)``: ``(n, G)`` float32 predictions for the ``n`` rows of
+        ``rows`` (rows no batch names stay 0) and ``None`` (this model has no spread).
+        ``first_batch`` is the global number of ``batches[0]`` (used by sampling models).
+        """
+        import torch
+
+        x, bins = rows
+        out = np.zeros((len(x), len(self.genes)), dtype=np.float32)
+        if len(x) == 0:
+            return out, None
+        device = self.device
+        x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
+        self.model.eval()
+        with torch.inference_mode():
+            for index, mask in batches:
+                idx_t = torch.from_numpy(index).to(device)
+                pred = self.model(x_t[idx_t], bins_t[idx_t], torch.from_numpy(mask).to(device))
+                keep = ~mask
+                out[index[keep]] = pred[torch.from_numpy(keep).to(device)].float().cpu().numpy()
+        return out, None
+
+    def gene_estimators(self) -> list[str] | None:
+        """Per gene, how the model estimates it (the conditioned model's kriging); ``None`` where it is one model."""
+        return None
+
+    def training_summary(self) -> str:
+        """How training went, for people: epochs run and, with early stopping, the epoch kept.
+
+        The CLI prints it after training and the Train widget shows it when a job ends.
+        """
+        meta = self.meta
+        ran = int(meta.get("stopped_at", len(meta.get("history", []))))
+        if meta.get("val_history") and meta.get("best_epoch") is not None:
+            text = (f"epochs: {ran} of at most {self.config.epochs}; kept the weights of epoch "
+                    f"{meta['best_epoch']} (best on the validation spots)")
+            score = meta.get("best_val_pcc")
+            if score is not None and np.isfinite(score):
+                # The score two runs on the same spots can be compared by (e.g. with and
+                # without image features); the same seed holds back the same spots.
+                text += (f"\nvalidation PCC (mean per gene, {int(meta.get('n_validation_spots', 0))} spots "
+                         f"held back from training): {score:.4f}")
+            return text
+        return f"epochs: {ran}"
+
+    def save(self, path: str | PathLike) -> None:
+        """Write one checkpoint file (weights, config, genes, meta, optimiser state), atomically."""
+        info = {"config": self.config.to_dict(), "genes": self.genes, "meta": self.meta,
+                "epoch": int(self.meta.get("epochs_done", 0))}
+        save_checkpoint(path, state_dict=self.model.state_dict(), info=info, optimizer=self.optimizer_state)
+
+    @classmethod
+    def load(cls, path: str | PathLike, *, device: str = "auto") -> TrainedModel:
+        """Read a checkpoint written by :meth:`save`.
+
+        Raises
+        ------
+        InputError
+            If the file is missing, corrupt, not a checkpoint, or its weights do not fit its config.
+        """
+        from ..models import create_model
+
+        dev = pick_device(device)
+        state, info, opt_state = load_checkpoint(path, map_location=dev)
+        try:
+            config = TrainConfig.from_dict(info["config"])
+            genes, meta = list(info["genes"]), dict(info["meta"])
+            # Constructor arguments fixed by the data (e.g. the reference-set size).
+            model = create_model(config.model, in_dim=int(meta["in_dim"]), n_genes=len(genes),
+                                 **config.model_hparams(), **dict(meta.get("model_kwargs", {})))
+            missing, extra = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+            if not (missing or extra):
+                model.load_state_dict(state)
+        except InputError as exc:
+            raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
+        if not (missing or extra):
+            refuse_non_finite(state, path)
+        if missing or extra:
+            # A model whose parts changed between versions (e.g. the conditioned model's kriging).
+            raise InputError(
+                f"the checkpoint's weights do not fit this version's '{config.model}' model (missing: "
+                f"{', '.join(missing[:4]) or 'none'}; unexpected: {', '.join(extra[:4]) or 'none'}); it was "
+                "probably written by another napari-histosge version: train the model again", path)
+        model.to(dev).eval()
+        return trained_class(config.model)(model, config, genes, meta, optimizer_state=opt_state)
+
+
+def refuse_non_finite(state: dict, path) -> None:
+    """Raise :class:`InputError` naming ``path`` if a floating-point weight in ``state`` is NaN or infinite."""
+    import torch
+
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"the checkpoint's weights are NaN or infinite ({', '.join(bad[:3])}): the training "
+                         "that wrote it diverged; train again with a lower learning rate", path)
+
+
+def trained_class(model_name: str) -> type[TrainedModel]:
+    """The :class:`TrainedModel` subclass that predicts for ``model_name``."""
+    if model_name == "conditioned":
+        from ..models.conditioned.trained import ConditionedTrainedModel
+
+        return ConditionedTrainedModel
+    return TrainedModel
