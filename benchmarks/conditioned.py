@@ -35,10 +35,11 @@ from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: name -> (label, TrainConfig changes, image features on)
 VARIANTS = {
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     root = existing_data_root()
-    base = TrainConfig.for_model("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
+    base = train_config("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
     rows, measured = saved_rows("conditioned", {n for n, _ in todo}, "runs") if args.merge else ([], {})
     for name, path in todo:

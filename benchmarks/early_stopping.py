@@ -37,15 +37,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
+from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 
 from napari_histosge.evaluation.metrics import gene_metrics, holdout_split, summarize  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.models import load_model  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import fit, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig, TrainedModel  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 METHOD = "HisToSGE, default features"
 
@@ -87,7 +89,7 @@ def fixed_epoch_curve(adata, features, seed: int, holdout: float, epochs: int, e
         for event in fit(adata, train_config=config, train_ids=train_ids, features=features, checkpoint_path=path):
             if event.stage != "train" or event.step == 0 or event.step % every:
                 continue
-            model = TrainedModel.load(path, device="cpu")
+            model = load_model(path, device="cpu")
             pred = model.predict(features.features[rows], features.mean_rgb[rows], positions)
             metrics = gene_metrics(truth, pred, genes)
             curve["epoch"].append(int(event.step))
@@ -156,24 +158,27 @@ def render(payload: dict) -> str:
         f"HisToSGE with the `recover` defaults ({payload['holdout']:.0%} hidden, default features, early "
         f"stopping) against the same model trained on every training spot for a fixed number of epochs "
         f"(scored on the hidden spots every {payload['every']} epochs up to {payload['epochs']}; 'best fixed' "
-        "is the best of those, HVG and top-50 separately). SD: HisToSGE's split-to-split SD (seeds.json).",
+        "is the best of those, HVG and top-50 separately). SD: HisToSGE's split-to-split SD (seeds.json). "
+        + CEILING_NOTE,
         "",
         "| section | seed | train / val spots | kept / stopped | PCC HVG / top-50 | 6-NN top-50 "
-        "| best fixed epoch: HVG / top-50 | SD HVG / top-50 | trained, > half 6-NN, within SD |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| best fixed epoch: HVG / top-50 | SD HVG / top-50 | noise ceiling HVG / top-50 "
+        "| trained, > half 6-NN, within SD |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["rows"]:
         sd = row["split_sd"]
         sd_text = "-" if sd is None else f"{sd[0]:.3f} / {sd[1]:.3f}"
-        for s in row["splits"]:
+        for i, s in enumerate(row["splits"]):
             r = s["default"]
+            ceiling = ceiling_pair(row["section"], (s["seed"],)) if i == 0 else ""
             fixed = "-" if "best_fixed_epoch" not in s else \
                 f"{s['best_fixed_epoch']}: {s['best_fixed_hvg']:.3f} / {s['best_fixed_top50']:.3f}"
             checks = ", ".join("-" if s.get(k) is None else ("yes" if s[k] else "NO")
                                for k in ("trained", "above_half_baseline", "within_split_sd"))
             lines.append(f"| {row['section']} | {s['seed']} | {r['n_train_spots']} / {r['n_validation_spots']} "
                          f"| {r['kept_epoch']} / {r['stopped_at']} | {r['pcc_hvg']:.3f} / {r['pcc_top50']:.3f} "
-                         f"| {r['baseline_top50']:.3f} | {fixed} | {sd_text} | {checks} |")
+                         f"| {r['baseline_top50']:.3f} | {fixed} | {sd_text} | {ceiling} | {checks} |")
     return "\n".join(lines)
 
 

@@ -33,11 +33,11 @@ from recovery import sections  # noqa: E402
 from napari_histosge.evaluation.metrics import gene_metrics, summarize  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
-from napari_histosge.progress import run_to_end  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
+from napari_histosge.progress import run_to_end  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: Principal components of the image features tried, and ridge penalties per 1,000 hidden spots.
 COMPONENTS = (1, 2, 4, 8, 16, 32)

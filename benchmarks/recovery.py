@@ -36,10 +36,11 @@ from napari_histosge.evaluation.metrics import read_layer_annotations, spatial_a
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 
 def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         variants = [("HisToSGE, default features", base_train, feature_config, feats)]
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
         variants.append(("Conditioned (neighbours + image)",
-                         TrainConfig.for_model("conditioned", seed=args.seed), feature_config, feats))
+                         train_config("conditioned", seed=args.seed), feature_config, feats))
         # The previous default: PyTorch's initialisation of the image-input weights (image_init 1).
         variants.append(("HisToSGE, default features, image weights at PyTorch init",
                          replace(base_train, image_init=1.0), feature_config, feats))

@@ -31,7 +31,7 @@ from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: Training settings compared (``TrainConfig`` overrides of HisToSGE's defaults).
 SETTINGS: dict[str, dict] = {

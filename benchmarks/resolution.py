@@ -33,7 +33,7 @@ from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots, spot_image  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, image_pixels_per_spot, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: 4.34 px across a spot: DLPFC's low-res PNG (spot diameter 96.4 full-res px x scale 0.0450).
 DEFAULT_PX = (16.0, 4.34)
@@ -104,7 +104,8 @@ def render(payload: dict) -> str:
     for section, res in payload["results"].items():
         off = np.array(res["off"])
         splits = ", ".join(str(s) for s in res["seeds"])
-        lines.append(f"| {section} | image features off | {splits} | {off[:, 0].mean():.4f} ({off[:, 0].std(ddof=1):.4f})"
+        lines.append(f"| {section} | image features off | {splits} "
+                     f"| {off[:, 0].mean():.4f} ({off[:, 0].std(ddof=1):.4f})"
                      f" |  | {off[:, 1].mean():.4f} ({off[:, 1].std(ddof=1):.4f}) |  |")
         for image in res["images"]:
             v = np.array(image["scores"])

@@ -33,9 +33,10 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
+from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 METHODS = ("HisToSGE, default features", "HisToSGE, image features off", "Conditioned (neighbours + image)")
 BASELINE = "6-NN baseline"
@@ -50,7 +51,7 @@ def run_section(adata, seeds: list[int], methods: tuple[str, ...] = METHODS) -> 
         configs = {
             METHODS[0]: (TrainConfig(seed=seed), FeatureConfig(), feats),
             METHODS[1]: (TrainConfig(seed=seed), FeatureConfig(extractor=NO_IMAGE), None),
-            METHODS[2]: (TrainConfig.for_model("conditioned", seed=seed), FeatureConfig(), feats),
+            METHODS[2]: (train_config("conditioned", seed=seed), FeatureConfig(), feats),
         }
         for method in methods:
             tc, fc, ff = configs[method]

@@ -40,8 +40,9 @@ TARGETS_S = {"histosge": TARGET_S, "conditioned": 60.0}
 def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"):
     """A HisToSGE model trained briefly on every spot (cost of prediction does not depend on training)."""
     from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+    from napari_histosge.models import train
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.engine import TrainConfig, TrainingData, train
+    from napari_histosge.training.inputs import TrainConfig, TrainingData
 
     log = normalize_log1p(adata)
     genes = select_genes(log, n_top=n_genes)

@@ -33,10 +33,10 @@ from napari_histosge.evaluation.uncertainty import uncertainty_metrics  # noqa: 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.engine import TrainConfig  # noqa: E402
 
 #: The model's spread without the counting noise (what ``layers["std"]`` held before 2026-11-24).
 SAMPLES_ALONE = "conditioned model, generator samples alone (the spread before 2026-11-24)"
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     root = existing_data_root()
-    config = TrainConfig.for_model("conditioned", seed=args.seed)  # the product defaults
+    config = train_config("conditioned", seed=args.seed)  # the product defaults
     todo = sections(root, args.sections)
     rows, machines = saved_rows("uncertainty", {n for n, _ in todo}, "machines") if args.merge else ([], {})
     for name, path in todo:

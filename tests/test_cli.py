@@ -11,7 +11,7 @@ import pytest
 from napari_histosge.cli.main import main
 from napari_histosge.demo import make_demo_dataset
 from napari_histosge.io import read_spots
-from napari_histosge.training.trained_model import TrainedModel
+from napari_histosge.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +41,14 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     model = tmp_path / "m.pt"
     assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "3", "--n-genes", "10", "--quiet"]) == 0
     assert model.exists()
-    kept = TrainedModel.load(model, device="cpu").meta["best_epoch"]
+    kept = load_model(model, device="cpu").meta["best_epoch"]
     out = capsys.readouterr().out
     assert f"epochs: 3 of at most 3; kept the weights of epoch {kept}" in out
     assert "validation PCC (mean per gene, " in out
     assert main(["train", str(demo_dir), "--out", str(tmp_path / "all.pt"), "--epochs", "2", "--n-genes", "10",
                  "--val-fraction", "0", "--dropout", "0.2", "--head-rank", "4", "--quiet"]) == 0
     assert "epochs: 2\n" in capsys.readouterr().out
-    saved = TrainedModel.load(tmp_path / "all.pt", device="cpu").config
+    saved = load_model(tmp_path / "all.pt", device="cpu").config
     assert (saved.dropout, saved.head_rank) == (0.2, 4)
     sr = tmp_path / "sr.h5ad"
     assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
@@ -65,7 +65,7 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     assert main(["predict", str(model), str(demo_dir), "--out", str(at_spots), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(at_spots), str(demo_dir), "--metrics", str(tmp_path / "m.csv")]) == 0
-    assert f"{spots.n_obs} spots x {len(TrainedModel.load(model, device='cpu').genes)} genes: PCC" in \
+    assert f"{spots.n_obs} spots x {len(load_model(model, device='cpu').genes)} genes: PCC" in \
         capsys.readouterr().out
     assert (tmp_path / "m.csv").read_text().startswith("gene,pcc,mse,mae")
 
@@ -114,7 +114,7 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
                  "--kriging-rank", "0", "--val-fraction", "0", "--histosge-members", "1", "--out", str(model),
                  "--quiet"]) == 0
-    saved = TrainedModel.load(model, device="cpu")
+    saved = load_model(model, device="cpu")
     assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0 and saved.config.val_fraction == 0
     assert len(saved.companions) == saved.config.histosge_members == 1
     assert saved.meta["kriging"]["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
@@ -122,7 +122,7 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "1", "--n-genes", "10",
                  "--no-image-trend", "--no-depth-term", "--histosge-weight", "0", "--out", str(no_trend),
                  "--quiet"]) == 0
-    saved_no_trend = TrainedModel.load(no_trend, device="cpu")
+    saved_no_trend = load_model(no_trend, device="cpu")
     assert not saved_no_trend.config.image_trend and not saved_no_trend.meta["kriging"]["image_trend"]
     assert saved_no_trend.config.histosge_weight == 0 and saved_no_trend.companions == ()
     assert "drift" not in saved_no_trend.meta["kriging"]["share"]

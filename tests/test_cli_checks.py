@@ -23,10 +23,10 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import napari_histosge.demo
     import napari_histosge.io
-    from napari_histosge.training.trained_model import TrainedModel
+    import napari_histosge.models
 
     monkeypatch.setattr(napari_histosge.io, "read_spots", _must_not_run)
-    monkeypatch.setattr(TrainedModel, "load", classmethod(_must_not_run))
+    monkeypatch.setattr(napari_histosge.models, "load_model", _must_not_run)
     monkeypatch.setattr(napari_histosge.demo, "run_demo", _must_not_run)
     monkeypatch.setattr(anndata, "read_h5ad", _must_not_run)
 

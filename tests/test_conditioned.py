@@ -13,11 +13,13 @@ import torch
 
 from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
+from napari_histosge.models import load_model, train
 from napari_histosge.models.conditioned.fit import companion_config
 from napari_histosge.models.conditioned.trained import BLEND_WEIGHTS, ConditionedTrainedModel
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
 from napari_histosge.progress import run_collecting, run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainedModel, TrainingData, train
+from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.trained_model import TrainedModel
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
              sample_steps=4, n_samples=3, device="cpu", lr=3e-3, head_hidden=64, histosge_epochs=20)
@@ -157,7 +159,7 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     # Trained first on the same spots, never by the conditioned losses: as if trained alone.
     query = pos + 41.0
     alone = [run_to_end(train(data, companion_config(cfg, m))).predict(feats, rgb, query) for m in (0, 1)]
-    for member, own in zip(members, alone):
+    for member, own in zip(members, alone, strict=True):
         np.testing.assert_allclose(member.predict(feats, rgb, query), own, atol=1e-5)
     assert not np.allclose(alone[0], alone[1])
     blended = model.predict(feats, rgb, query)
@@ -197,7 +199,7 @@ def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
     scores = info["validation_pcc"]
     assert set(scores) == set(BLEND_WEIGHTS) and info["weight"] == max(scores, key=scores.get)
     assert model.blend_weight == info["weight"]
-    assert TrainedModel.load(tmp_path / "m.pt", device="cpu").blend_weight == info["weight"]  # saved with it
+    assert load_model(tmp_path / "m.pt", device="cpu").blend_weight == info["weight"]  # saved with it
     # Genes driven by the image alone: the image-and-position companion gets weight.
     feats, rgb, pos, _ = arrays
     image_genes = np.maximum(2 + feats @ np.random.default_rng(4).normal(size=(feats.shape[1], 8)), 0)
@@ -212,7 +214,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     cfg = TrainConfig(epochs=4, val_fraction=0.0, **SMALL)
     ckpt = tmp_path / "c.pt"
     model = run_to_end(train(data, cfg, checkpoint_path=ckpt))
-    loaded = TrainedModel.load(ckpt, device="cpu")
+    loaded = load_model(ckpt, device="cpu")
     assert isinstance(loaded, ConditionedTrainedModel) and loaded.config == cfg
     # The reference set (measured spots) travels inside the checkpoint.
     np.testing.assert_array_equal(loaded.model.ref_positions.numpy(), data.positions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_histosge.errors import InputError
 from napari_histosge.models.conditioned.counting_noise import counting_std
 
 
@@ -27,5 +28,5 @@ def test_counting_std_shape_range_and_shallow_spots() -> None:
     assert np.all(spread[0, 1:] > spread[1, 1:])  # the same expected value is noisier at a shallow spot
     beyond = counting_std(np.array([[1e3]]), np.array([1000.0]))  # off the table: its end, finite
     assert np.isfinite(beyond).all()
-    with pytest.raises(ValueError, match=r"\(n, G\)"):
+    with pytest.raises(InputError, match=r"\(n, G\)"):
         counting_std(np.zeros((3, 2)), np.ones(2))

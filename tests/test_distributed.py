@@ -103,7 +103,8 @@ def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _trained_model():
-    from napari_histosge.training.engine import TrainConfig, TrainingData, train
+    from napari_histosge.models import train
+    from napari_histosge.training.inputs import TrainConfig, TrainingData
 
     rng = np.random.default_rng(1)
     n, d, g = 300, 6, 5
@@ -161,7 +162,7 @@ def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.pipeline.steps import fit, superresolve
-    from napari_histosge.training.engine import TrainConfig
+    from napari_histosge.training.inputs import TrainConfig
 
     adata = read_spots(make_demo_dataset(tmp_path / "demo"))
     model = run_to_end(fit(adata, train_config=TrainConfig(

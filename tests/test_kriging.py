@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_histosge.errors import InputError
 from napari_histosge.evaluation.metrics import knn_baseline
 from napari_histosge.models.conditioned import kriging as kr
 from napari_histosge.models.conditioned import kriging_fit as kf
@@ -158,6 +159,22 @@ def test_estimate_is_exact_for_a_rank_preserving_identity(rank: int) -> None:
         drift = (choice == kr.DRIFT).numpy()
         expect[:, drift] += ((q_drift - nb_drift[:, 1]) @ basis.T).numpy()[:, drift]
         np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_drift_genes_without_an_image_trend_are_refused() -> None:
+    rng = np.random.default_rng(9)
+    values = torch.from_numpy(rng.normal(size=(2, 3, 4)).astype(np.float32))
+    weights = torch.full((2, 3, kr.N_CONFIGS), 1.0 / 3)
+    basis = torch.from_numpy(np.linalg.qr(rng.normal(size=(4, 2)))[0].astype(np.float32))
+    configs = torch.zeros(4, dtype=torch.long)
+    coupled = kr.KrigingPlan(configs, configs, basis, torch.zeros(2, dtype=torch.long),
+                             torch.zeros(2, dtype=torch.long), torch.tensor([kr.PLAIN, kr.COUPLED] * 2))
+    assert kr.estimate(weights, values, coupled, None, None).shape == (2, 4)  # no drift gene: none needed
+    drift = coupled._replace(choice=torch.tensor([kr.PLAIN, kr.DRIFT] * 2))
+    with pytest.raises(InputError, match="drift genes"):
+        kr.estimate(weights, values, drift, None, None)
+    with pytest.raises(InputError, match="drift genes"):
+        kr.estimate(weights, values, drift, torch.zeros(2, 3, 2), None)
 
 
 def test_large_sets_score_a_subset_of_spots(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,31 +8,121 @@ import torch
 from torch import nn
 
 from napari_histosge.errors import InputError
-from napari_histosge.models import HisToSGE, available_models, create_model, register_model, registry
+from napari_histosge.models import (
+    HisToSGE,
+    ModelSpec,
+    create_model,
+    load_model,
+    model_hparams,
+    model_names,
+    model_spec,
+    register_model,
+    registry,
+    train,
+    train_config,
+)
+from napari_histosge.progress import run_to_end
 from napari_histosge.training.grouping import group_spots, pack_batches
+from napari_histosge.training.inputs import ModelInputs, TrainConfig, TrainingData
+from napari_histosge.training.loop import EpochHooks, run_epochs
+from napari_histosge.training.trained_model import TrainedModel
 
 
 def test_registry_lists_and_builds_histosge():
-    assert "histosge" in available_models()
+    assert {"histosge", "conditioned"} <= set(model_names())
     model = create_model("histosge", in_dim=12, n_genes=9, dim=32, heads=4, head_hidden=64)
     assert isinstance(model, HisToSGE)
     with pytest.raises(InputError, match="unknown model 'nope'.*histosge"):
         create_model("nope", in_dim=12, n_genes=9)
     with pytest.raises(InputError, match="bad settings"):
         create_model("histosge", in_dim=12, n_genes=9, bogus=1)
+    with pytest.raises(InputError, match="unknown model 'nope'"):
+        train_config("nope")
 
 
-def test_register_model_adds_a_class(monkeypatch):
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+def test_train_config_takes_the_models_defaults_then_the_given_settings():
+    conditioned = model_spec("conditioned")
+    config = train_config("conditioned", epochs=None, lr=3e-3)
+    assert config.model == "conditioned" and config.lr == 3e-3
+    assert all(getattr(config, k) == v for k, v in conditioned.defaults.items())
+    assert train_config("histosge") == TrainConfig()
+    assert set(model_hparams(config)) == set(conditioned.hparam_keys)
+    with pytest.raises(InputError, match="epochs"):
+        train_config("conditioned", epochs=0)
 
-    @register_model("tiny-linear")
-    class Tiny(nn.Module):
-        def __init__(self, *, in_dim, n_genes):
-            super().__init__()
-            self.lin = nn.Linear(in_dim, n_genes)
 
-    assert "tiny-linear" in available_models()
-    assert isinstance(create_model("tiny-linear", in_dim=3, n_genes=2), Tiny)
+class _TinyNetwork(nn.Module):
+    """One linear map from each spot's input row to its genes."""
+
+    def __init__(self, *, in_dim: int, n_genes: int, dim: int = 4) -> None:
+        super().__init__()
+        self.lin = nn.Sequential(nn.Linear(in_dim, dim), nn.Linear(dim, n_genes))
+
+    def forward(self, x, pos_bins, key_padding_mask=None):
+        return self.lin(x)
+
+
+class _TinyTrained(TrainedModel):
+    """The base class's prediction (groups of spots through the network)."""
+
+
+def _train_tiny(data, config, *, checkpoint_path=None, resume=None, meta=None, cancel=None):
+    """A whole trainer in a few lines: the shared loop does the epochs, checkpoints and history."""
+    inputs = ModelInputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
+    network = create_model("tiny", in_dim=data.features.shape[1] + 5, n_genes=len(data.genes),
+                           **model_hparams(config))
+    optimizer = torch.optim.SGD(network.parameters(), lr=config.lr)
+    x, _ = inputs(data.features, data.mean_rgb, data.positions)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(data.targets)
+
+    def fit_epoch(epoch: int) -> float:
+        loss = torch.nn.functional.mse_loss(network(x_t, None), y_t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    trained = _TinyTrained(network, config, data.genes,
+                           {**(meta or {}), **inputs.to_meta(), "in_dim": x.shape[1], "n_features": x.shape[1] - 5})
+    hooks = EpochHooks(model=network, fit_epoch=fit_epoch, optimizer_state=optimizer.state_dict)
+    yield from run_epochs(hooks, trained, epochs=config.epochs, checkpoint_path=checkpoint_path)
+    return trained
+
+
+def test_a_registered_model_trains_saves_and_loads_through_the_registry(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    spec = register_model(ModelSpec(name="tiny", network=_TinyNetwork, trainer=_train_tiny,
+                                    trained_class=_TinyTrained, hparam_keys=("dim",),
+                                    defaults={"epochs": 3, "lr": 0.05, "group_size": 8}))
+    assert "tiny" in model_names() and model_spec("tiny") is spec
+    rng = np.random.default_rng(0)
+    pos = np.stack(np.meshgrid(np.arange(6), np.arange(5)), -1).reshape(-1, 2) * 100.0
+    data = TrainingData(rng.normal(size=(30, 2)), rng.uniform(size=(30, 3)), pos, rng.uniform(size=(30, 3)),
+                        [f"s{i}" for i in range(30)], ["a", "b", "c"])
+    config = train_config("tiny", dim=8, device="cpu")
+    model = run_to_end(train(data, config, checkpoint_path=tmp_path / "tiny.pt", meta={"note": "x"}))
+    assert isinstance(model, _TinyTrained) and len(model.meta["history"]) == 3
+    loaded = load_model(tmp_path / "tiny.pt", device="cpu")
+    assert type(loaded) is _TinyTrained and loaded.config == config and loaded.meta["note"] == "x"
+    assert loaded.model.lin[0].out_features == 8  # built with the saved constructor settings
+    np.testing.assert_array_equal(loaded.predict(data.features, data.mean_rgb, pos),
+                                  model.predict(data.features, data.mean_rgb, pos))
+    # A checkpoint of a model this installation does not have says so, naming the file.
+    monkeypatch.setattr(registry, "_SPECS", {k: v for k, v in registry._SPECS.items() if k != "tiny"})
+    with pytest.raises(InputError, match="tiny.pt.*unknown model 'tiny'"):
+        load_model(tmp_path / "tiny.pt", device="cpu")
+
+
+def test_register_model_refuses_a_taken_name_and_unknown_settings(monkeypatch):
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    tiny = ModelSpec(name="histosge", network=_TinyNetwork, trainer=_train_tiny, trained_class=_TinyTrained,
+                     hparam_keys=("dim",))
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(tiny)
+    with pytest.raises(ValueError, match="not_a_setting"):
+        register_model(ModelSpec(name="tiny2", network=_TinyNetwork, trainer=_train_tiny,
+                                 trained_class=_TinyTrained, hparam_keys=("dim", "not_a_setting")))
+    assert "tiny2" not in model_names()
 
 
 def test_histosge_forward_shape_nonnegative_and_padding_ignored():
@@ -125,7 +215,7 @@ def test_spatial_groups_are_compact_and_augmentation_changes_them():
 
     assert spread(spatial, pos) < 0.3 * spread(shuffled, pos[rng.permutation(len(pos))])
     # Deterministic without rng; different with a random rotation.
-    assert all(np.array_equal(a, b) for a, b in zip(spatial, group_spots(pos, 25)))
+    assert all(np.array_equal(a, b) for a, b in zip(spatial, group_spots(pos, 25), strict=True))
     rotated = group_spots(pos, 25, rng=np.random.default_rng(5))
     assert {tuple(g) for g in rotated} != {tuple(g) for g in spatial}
 

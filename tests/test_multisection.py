@@ -14,10 +14,12 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig, patch_size_px
 from napari_histosge.io import read_spots
+from napari_histosge.models import load_model
+from napari_histosge.models.histosge_fit import section_groups
 from napari_histosge.pipeline.steps import NO_IMAGE, fit, predict_spots, superresolve
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training.early_stopping import validation_count
-from napari_histosge.training.engine import TrainConfig, TrainedModel, TrainingData, _group, section_frame
+from napari_histosge.training.inputs import TrainConfig, TrainingData, section_frame
 
 FAST = dict(epochs=2, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=2, device="cpu")
 POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
@@ -43,7 +45,7 @@ def test_groups_never_mix_sections() -> None:
     labels = np.repeat([0, 1], 90)
     rows = [np.flatnonzero(labels == s) for s in (0, 1)]
     for grouping in ("spatial", "file_order"):
-        groups = _group(pos, rows, TrainConfig(group_size=16, grouping=grouping), rng)
+        groups = section_groups(pos, rows, TrainConfig(group_size=16, grouping=grouping), rng)
         assert all(len(np.unique(labels[g])) == 1 for g in groups)
         assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(180))
         assert max(len(g) for g in groups) <= 16
@@ -130,7 +132,7 @@ def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_pat
     a, b = sections
     model, events = run_collecting(fit([a, b], train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt"))
     assert any(e.stage == "features" and "section 2/2 (demo#2)" in e.message for e in events)
-    loaded = TrainedModel.load(tmp_path / "m.pt", device="cpu")
+    loaded = load_model(tmp_path / "m.pt", device="cpu")
     for key in ("position_frame", "section_frames", "sections", "position_jitter_px"):
         assert loaded.meta[key] == model.meta[key]
     assert [s["name"] for s in loaded.meta["sections"]] == ["demo", "demo#2"]
@@ -159,7 +161,7 @@ def test_cli_trains_on_two_real_sections(real_data: Path, tmp_path: Path, capsys
             "--quiet"]
     assert main(argv) == 0
     assert "in 2 sections" in capsys.readouterr().out
-    model = TrainedModel.load(out, device="cpu")
+    model = load_model(out, device="cpu")
     assert [s["name"] for s in model.meta["sections"]] == ["B4", "C2"]
     counts = [read_spots(p).n_obs for p in (b4, c2)]
     # A seeded 10% of each section (at least 20 spots where it allows) is held back for early stopping.

@@ -12,10 +12,11 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
+from napari_histosge.models import load_model
 from napari_histosge.pipeline.recovery import recover
 from napari_histosge.pipeline.steps import NO_IMAGE, fit, spot_features, superresolve
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainedModel
+from napari_histosge.training.inputs import TrainConfig
 
 FAST = dict(epochs=4, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=4)
 
@@ -54,7 +55,7 @@ def test_recover_scores_hidden_spots_and_reports_all_spots_separately(demo) -> N
 
 def test_superresolve_fold_positions_and_checkpoint(demo, tmp_path: Path) -> None:
     model = run_to_end(fit(demo, train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt"))
-    loaded = TrainedModel.load(tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
     sr = run_to_end(superresolve(loaded, demo, 9))
     assert sr.n_obs == 9 * demo.n_obs
     assert list(sr.var_names) == model.genes

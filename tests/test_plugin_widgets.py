@@ -114,7 +114,7 @@ def test_train_without_data_layer_shows_error(make_napari_viewer, notifications)
 
 
 def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot, tmp_path, notifications):
-    from napari_histosge.training.engine import TrainedModel
+    from napari_histosge.models import load_model
 
     widget = TrainWidget(demo_viewer)
     widget.out_dir.value = str(tmp_path)
@@ -129,7 +129,7 @@ def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot,
     assert widget.last_outcome.cancelled
     epochs_seen = max(e.step for e in widget.events_seen if e.stage == "train")
     assert epochs_seen < 100_000
-    model = TrainedModel.load(widget.checkpoint_path, device="cpu")
+    model = load_model(widget.checkpoint_path, device="cpu")
     assert 2 <= model.meta["epochs_done"] <= epochs_seen
     assert len(model.genes) == 20
     assert any("cancelled" in m for _, m in notifications)
@@ -146,7 +146,7 @@ def test_train_empty_selection_shows_error(demo_viewer, notifications):
 
 
 def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_path, notifications):
-    from napari_histosge.training.engine import TrainedModel
+    from napari_histosge.models import load_model
 
     demo_viewer.open(str(demo_dir), plugin="napari-histosge")  # a second section
     first, second = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
@@ -161,7 +161,7 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert widget.last_outcome.error is None, widget.last_outcome.error
     n = histosge_meta(first)["adata"].n_obs
-    model = TrainedModel.load(widget.checkpoint_path, device="cpu")
+    model = load_model(widget.checkpoint_path, device="cpu")
     # A seeded 10% of each section is held back for early stopping.
     assert model.meta["n_train_spots_per_section"] == [n - round(0.1 * n)] * 2
     assert model.meta["position_frame"] == "per_section"
@@ -190,7 +190,7 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     from napari_histosge.plugin.widgets.superres import add_prediction_layers
     from napari_histosge.plugin.widgets.worker import preload_torch
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.engine import TrainConfig
+    from napari_histosge.training.inputs import TrainConfig
 
     preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)

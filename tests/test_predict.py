@@ -14,6 +14,7 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
+from napari_histosge.models import load_model
 from napari_histosge.pipeline.placement import (
     OWN_BOX,
     TRAINING_BOX,
@@ -24,7 +25,8 @@ from napari_histosge.pipeline.placement import (
 )
 from napari_histosge.pipeline.steps import NO_IMAGE, features_at, fit, predict_spots, superresolve
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainedModel
+from napari_histosge.training.inputs import TrainConfig
+from napari_histosge.training.trained_model import TrainedModel
 
 #: Every spot trains (no validation split), so the training box is the section's spot box.
 FAST = dict(epochs=3, n_top_genes=10, head_hidden=32, dim=32, val_fraction=0.0)
@@ -166,7 +168,7 @@ def test_cli_predict_at_spots_output_contract(model_path: Path, demo_dir: Path, 
     out = tmp_path / "spots.h5ad"
     assert main(["predict", str(model_path), str(demo_dir), "--out", str(out), "--quiet"]) == 0
     pred, spots = ad.read_h5ad(out), read_spots(demo_dir)
-    model = TrainedModel.load(model_path, device="cpu")
+    model = load_model(model_path, device="cpu")
     assert list(pred.obs_names) == list(spots.obs_names) and list(pred.var_names) == model.genes
     np.testing.assert_array_equal(pred.obsm["spatial"], spots.obsm["spatial"])
     assert np.isfinite(pred.X).all()

@@ -34,7 +34,7 @@ def made(tmp_path_factory) -> dict:
     from napari_histosge.io import read_spots
     from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.engine import TrainConfig
+    from napari_histosge.training.inputs import TrainConfig
 
     root = tmp_path_factory.mktemp("pred")
     adata = read_spots(make_demo_dataset(root / "demo"))

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from napari_histosge.errors import InputError
+from napari_histosge.models import train
 from napari_histosge.models.conditioned.sequencing_depth import (
     MAX_MEAN_COUNTS,
     depth_slopes,
     standardise_depth,
 )
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainingData, train
+from napari_histosge.training.inputs import TrainConfig, TrainingData
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=12, batch_size=64, diffusion_steps=20,
              sample_steps=4, n_samples=2, device="cpu", epochs=1, histosge_weight=0.0, kriging_rank=0)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from napari_histosge.errors import CancelledError, InputError
+from napari_histosge.models import load_model, train
 from napari_histosge.progress import CancelToken, run_collecting, run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainedModel, TrainingData, train
+from napari_histosge.training.inputs import TrainConfig, TrainingData
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 
@@ -73,7 +74,7 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
     meta = {"normalisation": {"target_sum": 1e4, "log1p": True}, "spot_diameter_px": np.float64(55.0)}
     model = run_to_end(train(_data(np.arange(80), arrays), TrainConfig(epochs=3, **SMALL), checkpoint_path=ckpt,
                              meta=meta))
-    loaded = TrainedModel.load(ckpt, device="cpu")
+    loaded = load_model(ckpt, device="cpu")
     assert loaded.config == model.config
     assert loaded.genes == model.genes
     assert loaded.meta["normalisation"] == {"target_sum": 1e4, "log1p": True}
@@ -93,7 +94,7 @@ def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
     first, second = model.model.gene_head[-2:]
     # Every gene reads the same 3 directions of the hidden units: the readout has rank 3.
     assert torch.linalg.matrix_rank(second.weight @ first.weight) == 3
-    loaded = TrainedModel.load(ckpt, device="cpu")
+    loaded = load_model(ckpt, device="cpu")
     assert loaded.config.head_rank == 3
     feats, rgb, pos, _ = arrays
     np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
@@ -108,9 +109,9 @@ def test_resume_matches_one_long_run(tmp_path):
     run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=ckpt))
     resumed = run_to_end(train(data, cfg, resume=ckpt, checkpoint_path=ckpt))
     np.testing.assert_allclose(resumed.meta["history"], full.meta["history"], rtol=1e-5, atol=1e-6)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
-    assert TrainedModel.load(ckpt).meta["epochs_done"] == 4
+    assert load_model(ckpt).meta["epochs_done"] == 4
 
 
 def test_resume_rejects_mismatched_settings(tmp_path):
@@ -134,7 +135,7 @@ def test_cancel_mid_training_keeps_last_checkpoint(tmp_path):
         for event in gen:
             if event.step == 2:
                 token.cancel()
-    loaded = TrainedModel.load(ckpt)
+    loaded = load_model(ckpt)
     assert loaded.meta["epochs_done"] == 2 and len(loaded.meta["history"]) == 2
 
 
@@ -153,20 +154,20 @@ def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeyp
         model.save(ckpt)
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
-    assert TrainedModel.load(ckpt).meta["epochs_done"] == 1
+    assert load_model(ckpt).meta["epochs_done"] == 1
 
 
 def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
-        TrainedModel.load(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
     with pytest.raises(InputError, match="bad.pt.*not a readable"):
-        TrainedModel.load(bad)
+        load_model(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(InputError, match="not a napari-histosge checkpoint"):
-        TrainedModel.load(foreign)
+        load_model(foreign)
 
 
 def test_load_names_weights_of_another_version(tmp_path):
@@ -178,7 +179,7 @@ def test_load_names_weights_of_another_version(tmp_path):
     payload["state_dict"]["old_part.weight"] = payload["state_dict"].pop(next(iter(payload["state_dict"])))
     torch.save(payload, path)
     with pytest.raises(InputError, match=r"m\.pt.*unexpected: old_part\.weight.*another napari-histosge version"):
-        TrainedModel.load(path)
+        load_model(path)
 
 
 @pytest.mark.parametrize(
@@ -232,14 +233,14 @@ def test_bad_training_data_and_prediction_inputs():
 
 
 def test_position_jitter_trains_embeddings_between_spots():
-    from napari_histosge.models import create_model
+    from napari_histosge.models import create_model, model_hparams
 
     arrays = _synthetic(n=64)  # an 8 x 8 grid: most of 32 bins per axis lie between spots
     data = _data(np.arange(64), arrays)
     cfg = dict(SMALL, n_pos_bins=32)
     torch.manual_seed(0)
     init = create_model("histosge", in_dim=data.features.shape[1] + 5, n_genes=len(data.genes),
-                        **TrainConfig(**cfg).model_hparams()).x_embed.weight.detach()
+                        **model_hparams(TrainConfig(**cfg))).x_embed.weight.detach()
 
     def trained_rows(jitter):
         model = run_to_end(train(data, TrainConfig(epochs=3, position_jitter=jitter, **cfg)))

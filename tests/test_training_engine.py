@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from napari_histosge.errors import HistosgeError, InputError
+from napari_histosge.models import load_model, train
 from napari_histosge.models.conditioned import fit as conditioned_fit
-from napari_histosge.progress import run_collecting, run_to_end
+from napari_histosge.progress import run_to_end
 from napari_histosge.training import early_stopping
-from napari_histosge.training.engine import TrainConfig, TrainedModel, TrainingData, train
+from napari_histosge.training.inputs import TrainConfig, TrainingData
 from napari_histosge.training.loop import TrainingDivergedError
+from napari_histosge.training.trained_model import TrainedModel
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 CONDITIONED = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=10,
@@ -115,7 +117,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_good_checkpoint(tmp_path,
         run_to_end(train(data, TrainConfig(epochs=3, **{**settings, "lr": 1e30}), checkpoint_path=path))
     assert isinstance(err.value, HistosgeError)  # the CLI prints it on one line and exits 2
     assert path.read_bytes() == before
-    loaded = TrainedModel.load(path, device="cpu")
+    loaded = load_model(path, device="cpu")
     for key, value in _weights(good).items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
 
@@ -128,7 +130,7 @@ def test_loading_a_checkpoint_with_non_finite_weights_names_the_file(tmp_path, s
     path = tmp_path / "broken.pt"
     model.save(path)
     with pytest.raises(InputError, match="NaN or infinite") as err:
-        TrainedModel.load(path, device="cpu")
+        load_model(path, device="cpu")
     assert str(path) in str(err.value)
 
 
@@ -151,7 +153,7 @@ def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction
     config = TrainConfig(epochs=300 if val_fraction else 40, lr=1e-2, val_fraction=val_fraction, **SMALL)
     whole = run_to_end(train(data, config, checkpoint_path=tmp_path / "whole.pt"))
     _interrupted(data, config, tmp_path / "part.pt", after=24)
-    assert TrainedModel.load(tmp_path / "part.pt", device="cpu").meta["epochs_done"] == 24
+    assert load_model(tmp_path / "part.pt", device="cpu").meta["epochs_done"] == 24
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
     if val_fraction:
         assert "stopped_at" in whole.meta and whole.meta["stopped_at"] > 24  # stopped after the interruption
@@ -186,7 +188,7 @@ def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, ca
     err = capsys.readouterr().err
     assert status == 2 and "diverged at epoch" in err and "lower learning rate" in err
     assert good.read_bytes() == before  # the good model at --out is untouched
-    broken = TrainedModel.load(good, device="cpu")
+    broken = load_model(good, device="cpu")
     with torch.no_grad():
         next(broken.model.parameters()).view(-1)[0] = float("inf")
     broken.save(tmp_path / "nan.pt")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_histosge.training import early_stopping as validation
+from napari_histosge.models import train
 from napari_histosge.progress import run_collecting, run_to_end
-from napari_histosge.training.engine import TrainConfig, TrainingData, train
+from napari_histosge.training import early_stopping as validation
+from napari_histosge.training.inputs import TrainConfig, TrainingData
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 
@@ -51,7 +52,8 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
     # The summary people read reports the kept epoch's validation score (to compare runs by).
     assert model.meta["best_val_pcc"] == scores[best_epoch]
     summary = model.training_summary()
-    assert f"epoch {best_epoch} " in summary and f"20 spots held back from training): {scores[best_epoch]:.4f}" in summary
+    assert f"epoch {best_epoch} " in summary
+    assert f"20 spots held back from training): {scores[best_epoch]:.4f}" in summary
     # The returned weights are the best validated ones: re-scoring them gives the best score.
     _, val = validation.split_validation(data, model.config)
     pred = model.predict(val.features, val.mean_rgb, val.positions)

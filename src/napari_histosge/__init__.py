@@ -29,6 +29,8 @@ _LAZY = {
     "FeatureConfig": "features",
     "TrainConfig": "training.inputs",
     "TrainedModel": "training.trained_model",
+    "load_model": "models",
+    "train_config": "models",
     "fit": "pipeline.steps",
     "predict_spots": "pipeline.steps",
     "superresolve": "pipeline.steps",
@@ -55,6 +57,7 @@ __all__ = [
     "__version__",
     "evaluate_predictions",
     "fit",
+    "load_model",
     "noise_ceiling",
     "predict_spots",
     "read_positions_csv",
@@ -62,6 +65,7 @@ __all__ = [
     "recover",
     "run",
     "superresolve",
+    "train_config",
 ]
 
 

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 
 from ..errors import CancelledError, HistosgeError
 from . import demo, evaluate, prediction, training
-from .options import CONDITIONED_EPOCHS
 
-__all__ = ["CONDITIONED_EPOCHS", "EXIT_CANCELLED", "EXIT_INPUT_ERROR", "build_parser", "main"]
+__all__ = ["EXIT_CANCELLED", "EXIT_INPUT_ERROR", "build_parser", "main"]
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130

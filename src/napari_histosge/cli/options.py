@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from ..training.inputs import MODEL_DEFAULTS
 
-#: The conditioned model keeps its best epoch on a validation split and overfits after a
-#: few epochs on these data (docs/benchmarks.md), so it gets far fewer than HisToSGE's 1000.
-CONDITIONED_EPOCHS = MODEL_DEFAULTS["conditioned"]["epochs"]
+#: Help for the settings whose default is the model's own (``ModelSpec.defaults`` in the model
+#: registry; reading it here would load torch on every call, so the help points to the table).
+MODEL_DEFAULT = "the model's own default (docs/cli.md)"
 
 
 # ----------------------------------------------------------------------------- argument groups
@@ -50,9 +49,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="histosge",
                    help="'histosge' (image + position, the paper) or 'conditioned' (also the measured neighbours)")
     g.add_argument("--epochs", type=int,
-                   help=f"training epochs (histosge: 1000 as the paper; conditioned: {CONDITIONED_EPOCHS})")
-    g.add_argument("--batch-size", type=int, help="spots per optimiser step (histosge: 512 as the paper; conditioned: "
-                        f"{MODEL_DEFAULTS['conditioned']['batch_size']})")
+                   help=f"training epochs (histosge: 1000 as the paper; conditioned: {MODEL_DEFAULT})")
+    g.add_argument("--batch-size", type=int,
+                   help=f"spots per optimiser step (histosge: 512 as the paper; conditioned: {MODEL_DEFAULT})")
     g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
     g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
     g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
@@ -74,7 +73,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "early); default 0.1, 0 trains every spot for all epochs as the paper")
     g.add_argument("--neighbours", type=int,
                    help="conditioned model: measured neighbours in each position's context "
-                        f"(default {MODEL_DEFAULTS['conditioned']['neighbours']})")
+                        f"({MODEL_DEFAULT})")
     g.add_argument("--kriging-rank", type=int,
                    help="conditioned model: principal directions that may couple genes when kriging the "
                         "neighbours, per gene where cross-validation on the training spots favours it "
@@ -209,8 +208,8 @@ def feature_config(args: argparse.Namespace):
 
 
 def train_config(args: argparse.Namespace):
-    """The :class:`~napari_histosge.training.engine.TrainConfig` of the training options (checked)."""
-    from ..training.engine import TrainConfig
+    """The :class:`~napari_histosge.training.inputs.TrainConfig` of the training options (checked)."""
+    from ..models import train_config as model_config
 
     values = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -228,7 +227,7 @@ def train_config(args: argparse.Namespace):
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
         if not values["genes"]:
             raise InputError(f"--genes lists no gene name: {args.genes!r}")
-    return TrainConfig.for_model(args.model, **values)  # flags not given keep the model's defaults
+    return model_config(args.model, **values)  # flags not given keep the model's defaults
 
 
 def read_section(args: argparse.Namespace):

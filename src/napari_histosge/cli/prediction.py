@@ -69,9 +69,9 @@ def check_predict(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from ..training.engine import TrainedModel
+    from ..models import load_model
 
-    return TrainedModel.load(args.model, device=args.device)
+    return load_model(args.model, device=args.device)
 
 
 def _provenance(result, args: argparse.Namespace) -> None:

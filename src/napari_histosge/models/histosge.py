@@ -6,24 +6,25 @@ GELU feed-forward as wide as the tokens, no dropout), and a gene head
 ``Linear -> ReLU -> LayerNorm(2048) -> Linear`` with a non-negative output (log
 expression is non-negative). The reference ends in a ReLU (``output="relu"``); the default
 here is a softplus: a ReLU output sends sparse genes to exactly 0, where its gradient
-vanishes and they stay constant (PCC 0); on her2st B4 (hold-out half, 300 epochs) the
-softplus raised the mean held-out PCC over 1000 HVGs from 0.02 to 0.06. Unlike the reference, the input (image features, mean
-RGB and the continuous normalised position) is first projected to ``dim`` so the token
-width does not have to equal the feature width, and the image columns of that projection
-start at zero (``image_init``): training starts from a positions-only model.
+vanishes and they stay constant (PCC 0); the softplus keeps a gradient for them (see
+notes/training-defaults.md for what it changed). Unlike the reference, the input (image
+features, mean RGB and the continuous normalised position) is first projected to ``dim``
+so the token width does not have to equal the feature width, and the image columns of that
+projection start at zero (``image_init``): training starts from a positions-only model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
-from .registry import register_model
 
 #: Non-negative output functions: the reference's ReLU, or a softplus that never stops learning.
-OUTPUTS = {"relu": F.relu, "softplus": F.softplus}
+OUTPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "softplus": F.softplus}
 
 #: Columns appended to the image features in every input row: mean R, G, B, then x, y in [0, 1].
 EXTRA_INPUTS = 5
@@ -31,7 +32,6 @@ EXTRA_INPUTS = 5
 POSITION_INPUTS = 2
 
 
-@register_model("histosge")
 class HisToSGE(nn.Module):
     """Multi-head self-attention over groups of spots.
 
@@ -63,13 +63,12 @@ class HisToSGE(nn.Module):
         as a positions-only model: image features then enter only as far as training pulls
         them in, and early stopping keeps that shrinkage. With PyTorch's initialisation
         (1.0) the 86 image columns dominate the tokens from the first step and the model
-        memorises spots by their features (her2st B4, hold-out half: held-out HVG PCC 0.056
-        with 1.0, 0.127 with 0; see docs/benchmarks.md).
+        memorises spots by their features (notes/training-defaults.md).
     head_rank
         ``None`` (the default, as the paper): every gene reads the head's ``head_hidden``
         units directly. A number factorises that last layer through ``head_rank`` shared
         directions, so each gene can follow only what the genes have in common (a
-        regulariser for sparse genes; docs/benchmarks.md lists what it changed).
+        regulariser for sparse genes; notes/benchmarks-log.md lists what it changed).
     """
 
     def __init__(

@@ -1,58 +1,219 @@
-"""Model registry: ``@register_model("name")`` on a ``torch.nn.Module`` subclass."""
+"""The model registry: one :class:`ModelSpec` per model, and what runs through it.
+
+A spec names everything model-specific: the network class, the trainer, the trained-model
+class that predicts, which settings go to the network's constructor and the settings whose
+defaults differ for the model. Training, loading and building a configuration
+(:func:`train`, :func:`load_model`, :func:`train_config`) look the model up here by name,
+so nothing else branches on a model's name. Adding a model is adding one module that calls
+:func:`register_model` (and importing it in ``models/__init__.py``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 from ..errors import InputError
+from ..progress import CancelToken, ProgressGenerator
+from ..training.inputs import TrainConfig, TrainingData
+from ..training.trained_model import SavedModel, TrainedModel
 
-_MODELS: dict[str, type] = {}
+#: ``trainer(data, config, *, checkpoint_path, resume, meta, cancel)``: the contract of :func:`train`.
+Trainer = Callable[..., ProgressGenerator[TrainedModel]]
 
 
-def register_model(name: str) -> Callable[[type], type]:
-    """Class decorator adding a model class under ``name``.
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model.
 
-    The class is built as ``cls(in_dim=..., n_genes=..., **hparams)``.
+    Attributes
+    ----------
+    name
+        The name :attr:`TrainConfig.model` selects it by (also stored in checkpoints).
+    network
+        The ``torch.nn.Module`` class, built as ``network(in_dim=..., n_genes=..., **hparams)``.
+    trainer
+        Trains it: same parameters and result as :func:`train`, usually by handing its
+        epochs to :func:`napari_histosge.training.loop.run_epochs`.
+    trained_class
+        The :class:`TrainedModel` subclass (or the class itself) that predicts with it.
+    hparam_keys
+        The :class:`TrainConfig` settings passed to the network's constructor.
+    defaults
+        :class:`TrainConfig` settings whose default differs for this model.
     """
 
-    def decorate(cls: type) -> type:
-        if name in _MODELS and _MODELS[name] is not cls:
-            raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].__name__})")
-        _MODELS[name] = cls
-        cls.registry_name = name
-        return cls
+    name: str
+    network: type
+    trainer: Trainer
+    trained_class: type[TrainedModel]
+    hparam_keys: tuple[str, ...]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
-    return decorate
+    def hparams(self, config: TrainConfig) -> dict[str, Any]:
+        """The settings of ``config`` handed to the network's constructor."""
+        return config.settings(self.hparam_keys)
 
 
-def available_models() -> list[str]:
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` under ``spec.name``; returns it.
+
+    Raises
+    ------
+    ValueError
+        If another model already has that name (a programming error, not a user's).
+    """
+    known = _SPECS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"a model named {spec.name!r} is already registered ({known.network.__name__})")
+    unknown = sorted((set(spec.hparam_keys) | set(spec.defaults)) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"model {spec.name!r} names settings TrainConfig does not have: {', '.join(unknown)}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
     """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return sorted(_SPECS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered model ``name``.
+
+    Raises
+    ------
+    InputError
+        If no model of that name is registered.
+    """
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(model_names()) or '(none)'}")
+    return spec
 
 
 def create_model(name: str, *, in_dim: int, n_genes: int, **hparams: Any):
-    """Build the registered model ``name``.
+    """Build the network of the registered model ``name``.
 
     Parameters
     ----------
     name
-        A name from :func:`available_models`.
+        A name from :func:`model_names`.
     in_dim
         Width of the per-spot input vector.
     n_genes
         Number of genes the model predicts.
     **hparams
-        Model-specific settings (e.g. ``dim``, ``heads``, ``depth``).
+        Model-specific settings (e.g. ``dim``, ``heads``, ``depth``; :func:`model_hparams`).
 
     Raises
     ------
     InputError
         If ``name`` is unknown or a setting is invalid.
     """
-    if name not in _MODELS:
-        raise InputError(f"unknown model {name!r}; choose one of {', '.join(available_models()) or '(none)'}")
+    network = model_spec(name).network
     try:
-        return _MODELS[name](in_dim=int(in_dim), n_genes=int(n_genes), **hparams)
+        return network(in_dim=int(in_dim), n_genes=int(n_genes), **hparams)
     except TypeError as exc:  # an unexpected keyword
         raise InputError(f"bad settings for model {name!r}: {exc}") from exc
+
+
+def model_hparams(config: TrainConfig) -> dict[str, Any]:
+    """The settings of ``config`` that :func:`create_model` passes to ``config.model``'s network."""
+    return model_spec(config.model).hparams(config)
+
+
+def train_config(model: str = "histosge", **settings: Any) -> TrainConfig:
+    """Settings for ``model``: its own defaults (:attr:`ModelSpec.defaults`), then ``settings``.
+
+    ``None`` values in ``settings`` mean "the default" (handy for optional CLI flags).
+
+    Raises
+    ------
+    InputError
+        If ``model`` is unknown or a setting is invalid.
+    """
+    given = {k: v for k, v in settings.items() if v is not None}
+    return TrainConfig.from_dict({**TrainConfig().to_dict(), **model_spec(model).defaults, **given, "model": model})
+
+
+def train(
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    checkpoint_path: str | PathLike | None = None,
+    resume: str | PathLike | None = None,
+    meta: dict[str, Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> ProgressGenerator[TrainedModel]:
+    """Train ``config.model`` on ``data`` (MSE loss), yielding one event per epoch.
+
+    Parameters
+    ----------
+    data
+        Training spots and targets.
+    config
+        Settings; ``config.epochs`` is the total, also when resuming.
+    checkpoint_path
+        Written atomically every ``config.checkpoint_every`` epochs and at the end.
+    resume
+        Checkpoint to continue from (weights, optimiser state, epoch, input statistics, the
+        best-weights tracker): the run ends as the uninterrupted one would.
+    meta
+        Caller's metadata stored with the model (feature settings, normalisation, ...).
+    cancel
+        Checked between batches; cancelling raises ``CancelledError`` and leaves the last
+        checkpoint intact.
+
+    Yields
+    ------
+    Progress
+        ``stage="train"``, ``step`` = epochs done, ``metrics={"epoch", "loss"}`` (and
+        ``"val_pcc"`` where the validation spots were scored); a model may add stages.
+
+    Returns
+    -------
+    TrainedModel
+        Of the model's :attr:`ModelSpec.trained_class`.
+
+    Raises
+    ------
+    InputError
+        If the model is unknown or cannot train on ``data`` with ``config``.
+    napari_histosge.training.loop.TrainingDivergedError
+        If the loss or the weights become NaN or infinite (nothing of that epoch is saved).
+    """
+    trainer = model_spec(config.model).trainer
+    return (yield from trainer(data, config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
+                               cancel=cancel))
+
+
+def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
+    """Read a checkpoint written by :meth:`TrainedModel.save`, as its model's trained class.
+
+    The model is the one named in the checkpoint's settings; its network is rebuilt with the
+    saved settings and the sizes fixed by the data (``meta["model_kwargs"]``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, corrupt, not a checkpoint, names an unknown model, or its
+        weights do not fit its settings.
+    """
+    saved = SavedModel.read(path, device=device)
+    try:
+        spec = model_spec(saved.config.model)
+        network = create_model(spec.name, in_dim=int(saved.meta["in_dim"]), n_genes=len(saved.genes),
+                               **spec.hparams(saved.config), **dict(saved.meta.get("model_kwargs", {})))
+    except InputError as exc:
+        raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
+    saved.load_weights(network, path)
+    network.to(saved.device).eval()
+    return spec.trained_class(network, saved.config, saved.genes, saved.meta, optimizer_state=saved.optimizer_state)

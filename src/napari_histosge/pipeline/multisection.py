@@ -2,7 +2,7 @@
 
 Each section gets its own image features and normalisation; genes are chosen on all
 spots together among the genes every section measured; each section's positions are
-scaled by its own box (:func:`napari_histosge.training.engine.section_frame`); spot ids that
+scaled by its own box (:func:`napari_histosge.training.inputs.section_frame`); spot ids that
 repeat across sections are prefixed with the section's name.
 """
 
@@ -18,8 +18,10 @@ import pandas as pd
 from ..errors import InputError
 from ..features import SpotFeatures
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes
+from ..models import train
 from ..progress import Progress, ProgressGenerator, map_events
-from ..training.engine import TrainedModel, TrainingData, section_frame, train
+from ..training.inputs import TrainingData, section_frame
+from ..training.trained_model import TrainedModel
 from .placement import SECTION_BOX
 from .section_features import model_meta, spot_features
 

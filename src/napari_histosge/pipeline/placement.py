@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import InputError
 from ..features import FeatureConfig, patch_size_px, spot_center_fraction
 from ..models.conditioned.trained import ConditionedTrainedModel
-from ..training.engine import TrainedModel, section_frame
+from ..training.inputs import section_frame
+from ..training.trained_model import TrainedModel
 
 #: ``meta`` key of a one-section model: the ``(min, max)`` box of all spots of its section.
 SECTION_BOX = "section_box"

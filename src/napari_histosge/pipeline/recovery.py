@@ -13,7 +13,8 @@ from ..evaluation.uncertainty import uncertainty_metrics
 from ..features import FeatureConfig, SpotFeatures
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes
 from ..progress import CancelToken, ProgressGenerator
-from ..training.engine import TrainConfig, TrainedModel
+from ..training.inputs import TrainConfig
+from ..training.trained_model import TrainedModel
 from .steps import fit, predict_spots, spot_features
 
 

@@ -21,12 +21,14 @@ from ..errors import InputError
 from ..features import FeatureConfig, SpotFeatures, extract_features_at
 from ..io import require_spot_image
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+from ..models import train
 from ..prediction.distributed import predict_distributed
 from ..prediction.grid import superresolution_positions
 from ..prediction.lattice import check_positions
 from ..prediction.pieces import predict_in_pieces
 from ..progress import CancelToken, Progress, ProgressGenerator
-from ..training.engine import TrainConfig, TrainedModel, TrainingData, train
+from ..training.inputs import TrainConfig, TrainingData
+from ..training.trained_model import TrainedModel
 from .multisection import fit_sections
 from .placement import (
     check_diameter,
@@ -81,7 +83,7 @@ def fit(
         of them: one model trained on all their spots. Each section gets its own image
         features and normalisation; genes are chosen on all spots together among the genes
         every section has; each section's positions are scaled by its own box (see
-        :func:`napari_histosge.training.engine.section_frame`); spot ids that repeat across sections
+        :func:`napari_histosge.training.inputs.section_frame`); spot ids that repeat across sections
         are prefixed ``"<library id>:"``.
     train_config, feature_config
         Model/training and feature settings; defaults are the paper's.

@@ -273,7 +273,7 @@ def predict_distributed(
     Parameters
     ----------
     model
-        A :class:`~napari_histosge.training.engine.TrainedModel` (or subclass).
+        A :class:`~napari_histosge.training.trained_model.TrainedModel` (or subclass).
     features, mean_rgb, positions, frame
         As for the model's ``predict``.
     scheduler, n_workers, processes

@@ -1,7 +1,7 @@
 """Prediction in pieces: progress, cancel and scale-out without changing a single number.
 
 A trained model predicts through a *plan*: the list of forward passes it runs
-(:meth:`~napari_histosge.training.engine.TrainedModel.plan_batches`; for HisToSGE, spatial
+(:meth:`~napari_histosge.training.trained_model.TrainedModel.plan_batches`; for HisToSGE, spatial
 attention groups packed into batches). Cutting the plan into consecutive runs of whole
 passes and running each on its own rows gives exactly the single-call result, so the
 same pieces serve the in-process path (progress events and cancel between pieces) and

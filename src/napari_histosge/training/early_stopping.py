@@ -125,6 +125,7 @@ class ValidationScore:
                         for i, m in pack_batches(groups, config.batch_size)]
 
     def __call__(self) -> float:
+        """Mean per-gene PCC of the current weights on the validation spots."""
         import torch
 
         self.model.eval()
@@ -138,8 +139,10 @@ class ValidationScore:
 
 
 def mean_gene_pcc(pred, truth) -> float:
-    """Mean per-gene Pearson correlation of two ``(n, G)`` tensors; a gene constant in
-    either scores 0 (the validation criterion of both models)."""
+    """Mean per-gene Pearson correlation of two ``(n, G)`` tensors (the validation criterion).
+
+    A gene constant in either scores 0.
+    """
     import torch
 
     p, y = pred.double(), truth.double()
@@ -161,7 +164,8 @@ class BestWeights:
 
     def __init__(self, model: Any, smoothing: int = SMOOTHING) -> None:
         self.model, self.smoothing = model, int(smoothing)
-        self.score, self.epoch, self.stale = float("-inf"), None, 0
+        self.score, self.stale = float("-inf"), 0
+        self.epoch: int | None = None
         self.state: dict | None = None
         self.history: list[list[float]] = []  # [epoch, score] per score offered
 

@@ -14,21 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..settings import settings_from_dict
 from ..errors import InputError
+from ..settings import settings_from_dict
 from .grouping import GROUPING_MODES
-
-#: Settings passed to the model constructor.
-MODEL_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output", "image_init",
-              "head_rank")
-#: Settings passed to the constructor of the ``conditioned`` model (see :mod:`.models.conditioned`).
-CONDITIONED_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
-                    "adversarial", "diffusion_steps")
-_MODEL_KEYS_BY_NAME = {"conditioned": CONDITIONED_KEYS}
-#: Defaults that differ per model (:meth:`TrainConfig.for_model`). The conditioned model keeps
-#: its best epoch on a validation split and peaks within a few epochs; its kriging uses 32
-#: neighbours (the measurements behind that: notes/training-defaults.md).
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"conditioned": {"epochs": 20, "batch_size": 256, "neighbours": 32}}
 
 
 @dataclass
@@ -139,8 +127,8 @@ class TrainConfig:
     init_seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "dropout", "feature_dropout", "position_jitter", "neighbour_dropout", "aux_weight",
-                     "adversarial", "val_fraction", "image_init", "histosge_weight"):
+        for name in ("lr", "weight_decay", "dropout", "feature_dropout", "position_jitter", "neighbour_dropout",
+                     "aux_weight", "adversarial", "val_fraction", "image_init", "histosge_weight"):
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
@@ -170,13 +158,14 @@ class TrainConfig:
             raise InputError(f"training setting histosge_weight must be in [0, 1] or None (chosen on validation "
                              f"spots), got {self.histosge_weight!r}")
         # Optional integers: None means full rank (head_rank) or "use seed" (init_seed).
-        for name, least in (("head_rank", 1), ("init_seed", None)):
+        optional: tuple[tuple[str, int | None], ...] = (("head_rank", 1), ("init_seed", None))
+        for name, lower in optional:
             value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-                    least is not None and value < least):
-                bound = "" if least is None else f" of at least {least}"
+                    lower is not None and value < lower):
+                bound = "" if lower is None else f" of at least {lower}"
                 raise InputError(f"training setting {name} must be an integer{bound} or None, got {value!r}")
             setattr(self, name, int(value))
         if not (isinstance(self.val_fraction, float) and 0 <= self.val_fraction < 1):
@@ -199,18 +188,13 @@ class TrainConfig:
         """Seed of the initial weights, batch order and jitter: ``init_seed``, else ``seed``."""
         return self.seed if self.init_seed is None else self.init_seed
 
-    @classmethod
-    def for_model(cls, model: str = "histosge", **settings: Any) -> TrainConfig:
-        """Settings for ``model``: its own defaults (:data:`MODEL_DEFAULTS`), then ``settings``.
+    def settings(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The values of the settings named ``keys`` (e.g. a model's constructor settings).
 
-        ``None`` values in ``settings`` mean "the default" (handy for optional CLI flags).
+        Which settings a model's network takes is the model registry's to say
+        (:mod:`napari_histosge.models.registry`).
         """
-        values = {**MODEL_DEFAULTS.get(model, {}), **{k: v for k, v in settings.items() if v is not None}}
-        return cls.from_dict({**asdict(cls()), "model": model, **values})
-
-    def model_hparams(self) -> dict[str, Any]:
-        """The settings handed to :func:`~napari_histosge.models.create_model` (they depend on ``model``)."""
-        return {k: getattr(self, k) for k in _MODEL_KEYS_BY_NAME.get(self.model, MODEL_KEYS)}
+        return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -355,6 +339,7 @@ class ModelInputs:
     @classmethod
     def fit(cls, features: np.ndarray, mean_rgb: np.ndarray, positions: np.ndarray, n_bins: int,
             frames: np.ndarray | None = None) -> ModelInputs:
+        """Fit the statistics on the training spots (``frames``: per-section boxes, or ``None``)."""
         image = np.concatenate([features, mean_rgb], axis=1).astype(np.float64)
         std = image.std(axis=0)
         std[std < 1e-8] = 1.0  # constant columns: centre only
@@ -364,11 +349,13 @@ class ModelInputs:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], n_bins: int) -> ModelInputs:
+        """The statistics stored by :meth:`to_meta` in a model's metadata."""
         frames = meta.get("section_frames") if meta.get("position_frame") == PER_SECTION else None
         return cls(meta["feature_mean"], meta["feature_std"], meta["position_min"], meta["position_max"], n_bins,
                    frames)
 
     def to_meta(self) -> dict[str, Any]:
+        """The statistics as plain JSON-serialisable metadata."""
         meta = {"feature_mean": self.mean.tolist(), "feature_std": self.std.tolist(),
                 "position_min": self.pos_min.tolist(), "position_max": self.pos_max.tolist()}
         if self.frames is not None:
@@ -377,6 +364,8 @@ class ModelInputs:
 
     def spot_frames(self, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-spot ``(min, max)`` rows, ``(n, 2)`` each, from per-spot section labels."""
+        if self.frames is None:
+            raise ValueError("per-spot frames need the per-section boxes of a several-section model")
         return self.frames[sections, 0], self.frames[sections, 1]
 
     def position(self, positions, frame=None) -> tuple[np.ndarray, np.ndarray]:
@@ -392,6 +381,7 @@ class ModelInputs:
         return np.clip(unit, -1.0, 2.0).astype(np.float32), bins
 
     def __call__(self, features, mean_rgb, positions, frame=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, bins)``: normalised image columns plus unit position, and the position bins."""
         image = (np.concatenate([features, mean_rgb], axis=1) - self.mean) / self.std
         unit, bins = self.position(positions, frame)
         return np.concatenate([image.astype(np.float32), unit], axis=1), bins

@@ -118,7 +118,7 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
         try:
             check_finite(loss, hooks.model, done)
         except TrainingDivergedError:
-            if previous is not None:
+            if previous is not None and checkpoint_path is not None:
                 write_atomically(checkpoint_path, previous)
             raise
         history.append(loss)

@@ -1,7 +1,8 @@
-"""A trained model that predicts (in one call or in planned pieces), saves and loads itself."""
+"""A trained model that predicts (in one call or in planned pieces) and saves itself, and its checkpoint read back."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
@@ -11,7 +12,7 @@ from ..device import pick_device
 from ..errors import InputError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .grouping import group_spots, pack_batches
-from .inputs import PER_SECTION, TrainConfig, ModelInputs, as_matrix
+from .inputs import PER_SECTION, ModelInputs, TrainConfig, as_matrix
 
 
 class TrainedModel:
@@ -34,6 +35,7 @@ class TrainedModel:
 
     @property
     def device(self):
+        """The device the network's weights are on."""
         return next(self.model.parameters()).device
 
     def _inputs(self) -> ModelInputs:
@@ -158,42 +160,65 @@ class TrainedModel:
                 "epoch": int(self.meta.get("epochs_done", 0))}
         save_checkpoint(path, state_dict=self.model.state_dict(), info=info, optimizer=self.optimizer_state)
 
+
+@dataclass
+class SavedModel:
+    """A checkpoint written by :meth:`TrainedModel.save`, read back.
+
+    The network's weights and what rebuilding the network needs; the model registry builds
+    it (:func:`napari_histosge.models.load_model`).
+    """
+
+    state: dict
+    config: TrainConfig
+    genes: list[str]
+    meta: dict[str, Any]
+    optimizer_state: dict | None
+    #: Where the weights were read to (:func:`~napari_histosge.device.pick_device`).
+    device: Any
+
     @classmethod
-    def load(cls, path: str | PathLike, *, device: str = "auto") -> TrainedModel:
-        """Read a checkpoint written by :meth:`save`.
+    def read(cls, path: str | PathLike, *, device: str = "auto") -> SavedModel:
+        """Read checkpoint ``path`` onto ``device``.
 
         Raises
         ------
         InputError
-            If the file is missing, corrupt, not a checkpoint, or its weights do not fit its config.
+            If the file is missing, corrupt, not a checkpoint, or its settings are invalid.
         """
-        from ..models import create_model
-
         dev = pick_device(device)
-        state, info, opt_state = load_checkpoint(path, map_location=dev)
+        state, info, optimizer_state = load_checkpoint(path, map_location=dev)
         try:
             config = TrainConfig.from_dict(info["config"])
             genes, meta = list(info["genes"]), dict(info["meta"])
-            # Constructor arguments fixed by the data (e.g. the reference-set size).
-            model = create_model(config.model, in_dim=int(meta["in_dim"]), n_genes=len(genes),
-                                 **config.model_hparams(), **dict(meta.get("model_kwargs", {})))
-            missing, extra = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
-            if not (missing or extra):
-                model.load_state_dict(state)
         except InputError as exc:
             raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
-        if not (missing or extra):
-            refuse_non_finite(state, path)
+        return cls(state, config, genes, meta, optimizer_state, dev)
+
+    def load_weights(self, network, path: str | PathLike) -> None:
+        """Load the saved weights into ``network`` (built for :attr:`config`), checked.
+
+        Raises
+        ------
+        InputError
+            Naming ``path``, if the weights do not fit ``network`` (another version's model) or
+            are NaN or infinite.
+        """
+        wanted = set(network.state_dict())
+        missing, extra = sorted(wanted - set(self.state)), sorted(set(self.state) - wanted)
         if missing or extra:
             # A model whose parts changed between versions (e.g. the conditioned model's kriging).
             raise InputError(
-                f"the checkpoint's weights do not fit this version's '{config.model}' model (missing: "
+                f"the checkpoint's weights do not fit this version's '{self.config.model}' model (missing: "
                 f"{', '.join(missing[:4]) or 'none'}; unexpected: {', '.join(extra[:4]) or 'none'}); it was "
                 "probably written by another napari-histosge version: train the model again", path)
-        model.to(dev).eval()
-        return trained_class(config.model)(model, config, genes, meta, optimizer_state=opt_state)
+        try:
+            network.load_state_dict(self.state)
+        except RuntimeError as exc:  # a weight of the wrong shape
+            raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
+        refuse_non_finite(self.state, path)
 
 
 def refuse_non_finite(state: dict, path) -> None:
@@ -205,11 +230,3 @@ def refuse_non_finite(state: dict, path) -> None:
         raise InputError(f"the checkpoint's weights are NaN or infinite ({', '.join(bad[:3])}): the training "
                          "that wrote it diverged; train again with a lower learning rate", path)
 
-
-def trained_class(model_name: str) -> type[TrainedModel]:
-    """The :class:`TrainedModel` subclass that predicts for ``model_name``."""
-    if model_name == "conditioned":
-        from ..models.conditioned.trained import ConditionedTrainedModel
-
-        return ConditionedTrainedModel
-    return TrainedModel

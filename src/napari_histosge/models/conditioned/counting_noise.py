@@ -3,10 +3,11 @@
 A spot that counts ``c ~ Poisson(lam)`` transcripts of a gene out of ``D`` in all reads
 ``log1p(target_sum * c / D)``. For a gene counted a few times per spot that value is mostly
 0 and sometimes large, so a measurement scatters widely around its expected value; how
-widely depends on the gene's rate and on the spot's depth ``D``. The conditioned model adds this scatter to the
-spread of its generator samples, so its uncertainty describes what a spot measured at the
-position would read, not only how unsure the expected value is (docs/benchmarks.md:
-without it, the spread was far narrower than the error and did not rank where it was large).
+widely depends on the gene's rate and on the spot's depth ``D``. The conditioned model adds
+this scatter to the spread of its generator samples, so its uncertainty describes what a
+spot measured at the position would read, not only how unsure the expected value is
+(docs/benchmarks.md: without it, the spread was far narrower than the error and did not
+rank where it was large).
 
 The expected value ``E(lam)`` rises monotonically with ``lam``, so a predicted value fixes
 ``lam`` at the spot's depth; both moments are tabulated per spot over a grid of ``lam``
@@ -18,21 +19,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import InputError
 from ...io.preprocess import TARGET_SUM
 
 #: Expected counts per spot tabulated (log-spaced).
 _LAMBDA_GRID = np.logspace(-4, 4, 161)
 #: Up to this many expected counts the moments are exact Poisson sums, above it the delta method.
 _EXACT_MAX = 30.0
-#: Counts summed over in the exact part (P(c > 90 | lam = 30) is below 1e-16).
+#: The exact part sums the counts below this (P(c >= 90 | lam = 30) is below 1e-18).
 _MAX_COUNT = 90
 #: Spots per block of the moment tables (bounds memory on large super-resolution grids).
 _BLOCK = 4096
 
 
 def _moments(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of ``log1p(scale * c)``, ``c ~ Poisson(lam)``, for ``(n,)`` scales and
-    every ``lam`` of the grid: two ``(n, L)`` arrays."""
+    """Mean and variance of ``log1p(scale * c)``, ``c ~ Poisson(lam)``, over the ``lam`` grid.
+
+    Parameters
+    ----------
+    scale
+        ``(n,)`` factors ``target_sum / depth``, one per spot.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(n, L)`` means and ``(n, L)`` variances, one column per ``lam`` of the grid.
+    """
     k = scale[:, None]
     lam = _LAMBDA_GRID[None, :]
     exact = _LAMBDA_GRID <= _EXACT_MAX
@@ -76,11 +88,11 @@ def counting_std(expected: np.ndarray, depth: np.ndarray, target_sum: float = TA
     expected = np.asarray(expected, np.float64)
     depth = np.maximum(np.asarray(depth, np.float64).reshape(-1), 1.0)
     if expected.ndim != 2 or len(depth) != len(expected):
-        raise ValueError(f"expected (n, G) values and (n,) depths, got {expected.shape} and {depth.shape}")
+        raise InputError(f"expected (n, G) values and (n,) depths, got {expected.shape} and {depth.shape}")
     out = np.zeros(expected.shape, np.float32)
     for start in range(0, len(depth), _BLOCK):
         rows = slice(start, start + _BLOCK)
         mean, var = _moments(float(target_sum) / depth[rows])
-        for i, (m, v) in enumerate(zip(mean, var)):
+        for i, (m, v) in enumerate(zip(mean, var, strict=True)):
             out[start + i] = np.sqrt(np.interp(expected[start + i], m, v))
     return out

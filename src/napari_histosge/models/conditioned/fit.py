@@ -1,15 +1,17 @@
 """Training the ``conditioned`` model (histology + measured neighbours).
 
-:func:`train_conditioned` is what :func:`napari_histosge.training.engine.train` runs for
-``TrainConfig(model="conditioned")``. The training spots become the model's *reference
-set* (positions, log-expression, image inputs), stored in the checkpoint; a prediction at
-any position reads its nearest reference spots (:mod:`.conditioned_trained`). Each
+:func:`train_conditioned` is what :func:`napari_histosge.models.registry.train` runs for
+``TrainConfig(model="conditioned")``; importing this module registers the model. The
+training spots become the model's *reference set* (positions, log-expression, image
+inputs), stored in the checkpoint; a prediction at any position reads its nearest
+reference spots (:mod:`.trained`). Each
 training query excludes its own row, so a spot's expression is never part of its own
 context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from os import PathLike
 from typing import Any
@@ -20,47 +22,63 @@ from ...device import pick_device
 from ...errors import InputError
 from ...evaluation.metrics import gene_metrics
 from ...progress import CancelToken, Progress, ProgressGenerator, map_events
-from ...training.trained_model import TrainedModel
-from ...training.engine import adamw, check_resumable as check_common, resume_into, seed_all, train
-from ...training.inputs import ModelInputs, TrainConfig, TrainingData
 from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
+from ...training.engine import adamw, check_resumable, resume_into, seed_all
+from ...training.inputs import ModelInputs, TrainConfig, TrainingData
 from ...training.loop import EpochHooks, run_epochs
+from ...training.trained_model import TrainedModel
+from ..histosge_fit import SPEC_NAME as HISTOSGE_NAME
+from ..neighbours import median_spacing, neighbour_context
+from ..registry import ModelSpec, create_model, load_model, model_hparams, register_model, train
+from .kriging_fit import describe_shares, fit_kriging
+from .network import ADV_GENES, ConditionedModel
+from .sequencing_depth import depth_slopes, log_depth, standardise_depth
 from .trained import (
     BLEND_WEIGHTS,
     DEFAULT_BLEND,
     ConditionedTrainedModel,
     image_inputs,
 )
-from .kriging_fit import describe_shares, fit_kriging
-from .network import ADV_GENES
-from .sequencing_depth import depth_slopes, log_depth, standardise_depth
-from ..registry import create_model
-from ..neighbours import median_spacing, neighbour_context
+
+SPEC_NAME = "conditioned"
+#: Settings passed to the network's constructor (:class:`.network.ConditionedModel`).
+HPARAM_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
+               "adversarial", "diffusion_steps")
+#: Defaults that differ from HisToSGE's (:func:`napari_histosge.models.registry.train_config`).
+#: The model keeps its best epoch on a validation split and peaks within a few epochs; its
+#: kriging uses 32 neighbours (the measurements behind that: notes/training-defaults.md).
+DEFAULTS = {"epochs": 20, "batch_size": 256, "neighbours": 32}
 
 
 def companion_config(config: TrainConfig, member: int = 0) -> TrainConfig:
-    """Settings of member ``member`` of the conditioned model's HisToSGE companion: ``config``
-    as a ``histosge`` run.
+    """Settings of member ``member`` of the HisToSGE companion: ``config`` as a ``histosge`` run.
 
     The shared settings (width, learning rate, seed, device, validation share, ...) carry
     over, so every member holds back the same validation spots; the epochs are
     ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
     the config's own (member 0 trains as a lone ``histosge`` run with ``seed`` would).
     """
-    return replace(config, model="histosge", epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size,
+    return replace(config, model=HISTOSGE_NAME, epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size,
                    init_seed=config.weights_seed + member)
 
 
 def _train_companions(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
                       ) -> ProgressGenerator[list[TrainedModel]]:
-    """Train the ``histosge_members`` companion models one after another, their progress
-    reported as stage ``"histosge"`` (``"histosge 2/3"`` with several)."""
+    """Train the ``histosge_members`` companion models one after another.
+
+    Their progress is reported as stage ``"histosge"`` (``"histosge 2/3"`` with several).
+    """
     k, members = config.histosge_members, []
     for m in range(k):
         stage = "histosge" if k == 1 else f"histosge {m + 1}/{k}"
         members.append((yield from map_events(train(data, companion_config(config, m), cancel=cancel),
-                                              lambda e, stage=stage: replace(e, stage=stage))))
+                                              _restaged(stage))))
     return members
+
+
+def _restaged(stage: str) -> Callable[[Progress], Progress]:
+    """A progress event moved to ``stage``."""
+    return lambda event: replace(event, stage=stage)
 
 
 def train_conditioned(
@@ -72,7 +90,7 @@ def train_conditioned(
     meta: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
 ) -> ProgressGenerator[ConditionedTrainedModel]:
-    """Train the conditioned model; same contract as :func:`napari_histosge.training.engine.train`.
+    """Train the conditioned model; same contract as :func:`napari_histosge.models.registry.train`.
 
     The validation spots are :func:`~napari_histosge.training.early_stopping.validation_rows`,
     the ones the HisToSGE companion held back and the companion's weight is chosen on; they
@@ -84,7 +102,10 @@ def train_conditioned(
         ``stage="train"``, ``step`` = epochs done, ``metrics={"epoch", "loss"}`` (``loss``
         is the MSE of the conditional mean on the per-gene z-scored scale).
     """
-
+    if data.sections is not None:
+        # Its measured-neighbour context is looked up in one coordinate frame.
+        raise InputError("the conditioned model trains on one section at a time; "
+                         "train 'histosge' to use several sections")
     if len(data.spot_ids) < 2:
         raise InputError(f"the conditioned model needs at least 2 training spots, got {len(data.spot_ids)}")
     device = pick_device(config.device)
@@ -95,19 +116,21 @@ def train_conditioned(
     y = ((data.targets - gene_mean) / gene_std).astype(np.float32)
     inputs = ModelInputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins)
     # A resumed model keeps its saved kriging and companion: loading it first spares the refits.
-    saved = None if resume is None else TrainedModel.load(resume, device="cpu")
+    saved = None if resume is None else load_model(resume, device="cpu")
     parts = yield from _fit_parts(data, config, y, image_inputs(inputs, data.features, data.mean_rgb), spacing,
                                   gene_std, saved, cancel)
     d, g = data.features.shape[1], len(data.genes)
-    model = create_model("conditioned", in_dim=d + 3, n_genes=g, **config.model_hparams(), **parts["model_kwargs"])
-    for module, member in zip(model.histosge or (), parts["companions"]):
+    model = create_model(SPEC_NAME, in_dim=d + 3, n_genes=g, **model_hparams(config), **parts["model_kwargs"])
+    for module, member in zip(model.histosge or (), parts["companions"], strict=False):
         module.load_state_dict(member.model.state_dict())
     model.to(device)
     optimizers = {"main": adamw(model.generator_parameters(), config),
                   "disc": adamw(model.discriminator_parameters(), config) if model.adversarial > 0 else None}
-    start, history, resumed = 0, [], None
+    start, resumed = 0, None
+    history: list[float] = []
     if saved is not None:
-        saved, start, history, inputs = resume_into(model, resume, config, data, _check_resumable, saved)
+        _check_resumable(saved, config, data, resume)
+        start, history, inputs = resume_into(model, saved, config)
         resumed = _load_optimizers(optimizers, saved.optimizer_state)
     img = image_inputs(inputs, data.features, data.mean_rgb)  # resumed: the checkpoint's statistics
     _set_reference(model, data, y, img, gene_mean, gene_std, parts)
@@ -130,8 +153,10 @@ def train_conditioned(
 def _fit_parts(data: TrainingData, config: TrainConfig, y: np.ndarray, img: np.ndarray, spacing: float,
                gene_std: np.ndarray, saved: TrainedModel | None, cancel: CancelToken | None
                ) -> ProgressGenerator[dict[str, Any]]:
-    """The parts fitted before the network trains: kriging, the depth term and the companions
-    (none of them when resuming from ``saved``, whose model carries them)."""
+    """The parts fitted before the network trains: kriging, the depth term and the companions.
+
+    None of them when resuming from ``saved``, whose model carries them.
+    """
     n, d = len(data.spot_ids), data.features.shape[1]
     parts: dict[str, Any] = {"kriging": None, "depth": None, "companions": [],
                              "model_kwargs": {"n_ref": n, "n_basis": 0}}
@@ -146,13 +171,13 @@ def _fit_parts(data: TrainingData, config: TrainConfig, y: np.ndarray, img: np.n
         parts["kriging"] = kriging
         parts["model_kwargs"]["n_basis"] = kriging.basis.shape[1]
         if config.depth_term and data.total_counts is not None:
-            parts["depth"] = _fit_depth(data, gene_std, config, spacing)
+            parts["depth"] = _fit_depth(data, data.total_counts, gene_std, config, spacing)
             parts["model_kwargs"]["sequencing_depth"] = True
     if config.histosge_weight != 0:
         companions = yield from _train_companions(data, config, cancel)
         parts["companions"] = companions
         parts["model_kwargs"]["histosge_kwargs"] = {"in_dim": int(companions[0].meta["in_dim"]),
-                                                    "n_genes": len(data.genes), **companions[0].config.model_hparams()}
+                                                    "n_genes": len(data.genes), **model_hparams(companions[0].config)}
         parts["model_kwargs"]["n_companions"] = len(companions)
     return parts
 
@@ -266,6 +291,7 @@ class ConditionedEpoch:
             yield b, idx_t[b], geo_t[b], valid_t[b]
 
     def __call__(self, epoch: int) -> float:
+        """Train epoch ``epoch``; returns the mean MSE over the training rows."""
         self.model.train()
         total = 0.0
         for b, idx_b, geo_b, valid_b in self.batches(epoch):
@@ -309,7 +335,7 @@ def _finish(trained: ConditionedTrainedModel, epoch_fit: ConditionedEpoch, data:
     import torch
 
     model, config = trained.model, trained.config
-    if restored and model.use_diffusion and start < config.epochs:
+    if restored and best.epoch is not None and model.use_diffusion and start < config.epochs:
         # The restored denoiser learnt the residuals of an older mean (or nothing, at
         # epoch 0, and would sample no spread at all): fit it to the chosen mean's residuals.
         refit = config.epochs - best.epoch
@@ -331,20 +357,26 @@ def _finish(trained: ConditionedTrainedModel, epoch_fit: ConditionedEpoch, data:
         trained.meta["histosge"].update(_choose_blend(trained, data, epoch_fit.img_t, epoch_fit.tree))
 
 
-def _fit_depth(data: TrainingData, gene_std: np.ndarray, config: TrainConfig, spacing: float) -> dict[str, Any]:
-    """The sequencing-depth term (:mod:`.sequencing_depth`): the training spots' z-scored log
-    depth, each gene's slope on it, and the depth's kernel (by leave-one-out, as every gene's)."""
-    ref = standardise_depth(data.total_counts)
+def _fit_depth(data: TrainingData, counts: np.ndarray, gene_std: np.ndarray, config: TrainConfig,
+               spacing: float) -> dict[str, Any]:
+    """The sequencing-depth term (:mod:`.sequencing_depth`), fitted on the training spots.
+
+    ``counts`` are the spots' total counts. Returns their z-scored log depth, each gene's slope
+    on it, and the depth's kernel (by leave-one-out, as every gene's).
+    """
+    ref = standardise_depth(counts)
     kernel = fit_kriging(data.positions, ref[:, None], k=config.neighbours, spacing=spacing, rank=0,
                          seed=config.seed).plain_config[0]
-    ell = log_depth(data.total_counts)  # to turn the kriged z-score back into counts (counting noise)
-    return {"ref": ref, "slopes": depth_slopes(data.targets, data.total_counts, gene_std), "kernel": int(kernel),
+    ell = log_depth(counts)  # to turn the kriged z-score back into counts (counting noise)
+    return {"ref": ref, "slopes": depth_slopes(data.targets, counts, gene_std), "kernel": int(kernel),
             "log_mean": float(ell.mean()), "log_sd": float(ell.std()) or 1.0}
 
 
 def _held_out_inputs(positions: np.ndarray, rows: np.ndarray, img_t, k: int, spacing: float, tree) -> tuple:
-    """Model inputs ``(image, neighbour index, geometry, valid)`` for the training spots ``rows``
-    queried as if unmeasured: every one of them is left out of every neighbourhood."""
+    """Model inputs ``(image, neighbour index, geometry, valid)`` for the training spots ``rows``.
+
+    They are queried as if unmeasured: every one of them is left out of every neighbourhood.
+    """
     import torch
 
     idx, geo, valid = neighbour_context(positions, positions[rows], k, spacing=spacing, exclude=rows, tree=tree)
@@ -353,9 +385,11 @@ def _held_out_inputs(positions: np.ndarray, rows: np.ndarray, img_t, k: int, spa
 
 
 def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, tree) -> dict[str, Any]:
-    """The companion's weight: the one of :data:`BLEND_WEIGHTS` with the best mean per-gene PCC
-    on the companion's validation spots (it never trained on them; the kriging there leaves
-    them out of the neighbours). Ties go to the smaller weight; no validation spots: 0.5."""
+    """The companion's weight: the one of :data:`BLEND_WEIGHTS` with the best mean per-gene PCC.
+
+    Scored on the companion's validation spots (it never trained on them; the kriging there
+    leaves them out of the neighbours). Ties go to the smaller weight; no validation spots: 0.5.
+    """
     import torch
 
     model = trained.model
@@ -370,11 +404,12 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
     truth = data.targets[rows]
     scores = [float(np.nanmean(gene_metrics(truth, (1 - w) * own + w * other, data.genes)["pcc"].to_numpy()))
               for w in BLEND_WEIGHTS]
-    return {"weight": BLEND_WEIGHTS[int(np.argmax(scores))], "validation_pcc": dict(zip(BLEND_WEIGHTS, scores))}
+    return {"weight": BLEND_WEIGHTS[int(np.argmax(scores))],
+            "validation_pcc": dict(zip(BLEND_WEIGHTS, scores, strict=True))}
 
 
-def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, d: int, path) -> None:
-    check_common(saved, config, data, d, path)  # model settings, genes, feature width
+def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, path) -> None:
+    check_resumable(saved, config, data, path, HPARAM_KEYS)  # model settings, genes, feature width
     for name in ("kriging_rank", "image_trend", "depth_term", "histosge_weight", "histosge_epochs",
                  "histosge_members"):
         if getattr(saved.config, name, None) != getattr(config, name):
@@ -384,3 +419,7 @@ def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingDat
     ref = saved.model.ref_positions.cpu().numpy()
     if ref.shape != data.positions.shape or not np.array_equal(ref, data.positions):
         raise InputError("the checkpoint was trained on different spots (its reference set differs)", path)
+
+
+SPEC = register_model(ModelSpec(name=SPEC_NAME, network=ConditionedModel, trainer=train_conditioned,
+                                trained_class=ConditionedTrainedModel, hparam_keys=HPARAM_KEYS, defaults=DEFAULTS))

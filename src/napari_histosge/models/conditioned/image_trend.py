@@ -2,7 +2,7 @@
 
 A ridge regression from a few image summaries (mean RGB and the top principal components
 of the image features) to the expression's principal scores on the training spots. Few
-inputs and few outputs keep it from fitting noise on the ~150 spots of a small section;
+inputs and few outputs keep it from fitting noise on the few spots of a small section;
 the principal scores carry what many genes share, so a noisy gene borrows its trend from
 all of them. The conditioned model's kriging then interpolates only what the image does
 not explain (kriging with an external drift, :mod:`.kriging`), for the genes where
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Principal components of the image features used (besides mean RGB). More fit noise on
-#: small sections: with 16, held-out top-50 PCC fell on 3 of the 4 her2st sections in a trial.
+#: Principal components of the image features used (besides mean RGB): more fit noise on
+#: small sections.
 TREND_PCS = 4
 #: Ridge penalty per spot on standardised inputs.
 RIDGE = 1.0

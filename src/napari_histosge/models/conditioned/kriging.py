@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from ...errors import InputError
+
 #: Kernel length scales, in median spot spacings.
 LENGTH_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Nugget / signal variance ratios: large values shrink a noisy gene towards its mean.
@@ -53,6 +55,7 @@ class KrigingPlan(NamedTuple):
     score_config: torch.Tensor
     drift_config: torch.Tensor
     choice: torch.Tensor
+
 
 def kriging_weights(geo: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Simple-kriging weights of every neighbour under every kernel configuration.
@@ -136,6 +139,11 @@ def estimate(weights: torch.Tensor, neighbour_values: torch.Tensor, plan: Krigin
     -------
     torch.Tensor
         ``(B, G)``.
+
+    Raises
+    ------
+    InputError
+        The plan has :data:`DRIFT` genes but ``neighbour_drift`` or ``query_drift`` is ``None``.
     """
     out = neighbour_values.new_zeros(neighbour_values.shape[0], neighbour_values.shape[2])
     plain = plan.choice == PLAIN
@@ -153,6 +161,8 @@ def estimate(weights: torch.Tensor, neighbour_values: torch.Tensor, plan: Krigin
     if coupled.any():
         low += (krige(weights, scores, plan.score_config) @ basis.T) * coupled
     if not coupled.all():
+        if neighbour_drift is None or query_drift is None:
+            raise InputError("the kriging plan has drift genes but no image trend at the neighbours and the query")
         drifted = query_drift + krige(weights, scores - neighbour_drift, plan.drift_config)
         low += (drifted @ basis.T) * ~coupled
     out[:, cols] = low + krige(weights, rest, plan.rest_config[cols])

@@ -6,8 +6,8 @@ the training spots: smooth, heavily shrunk estimates for noisy genes, sharp ones
 with a strong spatial pattern. Which estimator a gene uses is then chosen by k-fold
 cross-validation on the training spots, by the gene's mean per-fold Pearson correlation:
 the headline metric of the recovery protocol, and the one on which the choice held up on
-held-out spots (choosing by cross-validated MSE picked plain kriging for half the DLPFC
-genes, where coupling correlated better on the hidden spots; docs/benchmarks.md).
+held-out spots (choosing by cross-validated MSE favoured plain kriging for genes where
+coupling correlated better on the hidden spots).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...evaluation.metrics import gene_metrics
+from ..neighbours import neighbour_context
 from .image_trend import ImageTrend, fit_image_trend
 from .kriging import (
     COUPLED,
@@ -29,7 +30,6 @@ from .kriging import (
     estimate,
     kriging_weights,
 )
-from ..neighbours import neighbour_context
 
 _CHUNK = 512
 #: Spots scored when choosing kernels: on larger sets (Visium HD) a random subset of them is
@@ -119,8 +119,8 @@ def _fit_all(positions: np.ndarray, y: np.ndarray, image: np.ndarray | None, n_f
         fit.score_config = _best_configs(idx, w, scores, scored)
         if image is not None:
             fit.trend = fit_image_trend(image, scores, n_features)
-        if fit.trend is not None:
-            fit.drift_config = _best_configs(idx, w, scores - fit.trend(image), scored)
+            if fit.trend is not None:
+                fit.drift_config = _best_configs(idx, w, scores - fit.trend(image), scored)
     return fit
 
 
@@ -134,7 +134,8 @@ def _candidates(fit: KrigingFit, positions: np.ndarray, y: np.ndarray, image: np
     idx, w = _weights_for(positions, queries, k, spacing, None)
     nb = torch.from_numpy(np.ascontiguousarray(y, np.float32))[torch.from_numpy(idx)]
     nb_drift = q_drift = None
-    if fit.trend is not None:
+    # Without image inputs there is no drift: estimate() then refuses drift genes by name.
+    if fit.trend is not None and image is not None and query_image is not None:
         nb_drift = torch.from_numpy(fit.drift(image))[torch.from_numpy(idx)]
         q_drift = torch.from_numpy(fit.drift(query_image))
     out = []
@@ -146,12 +147,18 @@ def _candidates(fit: KrigingFit, positions: np.ndarray, y: np.ndarray, image: np
 
 def _fold_pcc(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``(C, G)`` per-gene PCC of each candidate's ``(C, n, G)`` predictions; 0 where a gene cannot be scored."""
-    genes = range(truth.shape[1])
+    genes = [str(j) for j in range(truth.shape[1])]
     return np.stack([np.nan_to_num(gene_metrics(truth, p, genes)["pcc"].to_numpy()) for p in pred])
 
 
 def describe_shares(share: dict[str, float]) -> str:
-    """``"plain 40%, coupled 25%, drift 35%"``: the share of genes per estimator."""
+    """The share of genes per estimator, in words.
+
+    Examples
+    --------
+    >>> describe_shares({"plain": 0.25, "coupled": 0.75})
+    'plain 25%, coupled 75%'
+    """
     return ", ".join(f"{name} {value:.0%}" for name, value in share.items())
 
 

@@ -4,7 +4,7 @@ For a query position it sees its own image features and the ``k`` nearest measur
 (their expression, image features and offsets). Genes are handled on a per-gene z-scored
 scale (statistics of the training spots) so every gene weighs the same in the losses.
 
-Components, each switchable (see :class:`~napari_histosge.training.engine.TrainConfig`):
+Components, each switchable (see :class:`~napari_histosge.TrainConfig`):
 
 - **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
   and an auxiliary head must predict the expression from that projection alone;
@@ -21,8 +21,9 @@ Components, each switchable (see :class:`~napari_histosge.training.engine.TrainC
 - **channel-aware adversarial term** (``adversarial`` > 0): a discriminator over per-gene
   spatial patches (the gene's value at the query next to its measured neighbours' values);
 - **HisToSGE companion** (``histosge_weight`` > 0): ``histosge_members`` HisToSGE models
-  (image + position, :mod:`.histosge`) trained on the same spots travel inside this one as
-  ``histosge``; the prediction blends their mean into the conditional mean (see
+  (image + position, :mod:`napari_histosge.models.histosge`) trained on the same spots
+  travel inside this one as ``histosge``; the prediction blends their mean into the
+  conditional mean (see
   :class:`~napari_histosge.models.conditioned.trained.ConditionedTrainedModel`).
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -37,7 +39,7 @@ from torch.nn import functional as F
 from ...errors import InputError
 from ..histosge import HisToSGE
 from .kriging import KrigingPlan, estimate, krige, kriging_weights
-from ..registry import register_model
+from .kriging_fit import KrigingFit
 
 #: Genes the discriminator looks at per step (random subset): keeps the adversarial term cheap.
 ADV_GENES = 64
@@ -50,7 +52,6 @@ def _cosine_alpha_bar(steps: int) -> torch.Tensor:
     return (f[1:] / f[0]).clamp(1e-5, 0.9999).float()
 
 
-@register_model("conditioned")
 class ConditionedModel(nn.Module):
     """Histology + measured-neighbour generator.
 
@@ -91,6 +92,26 @@ class ConditionedModel(nn.Module):
     The kriging plan and the image trend are buffers filled from
     :class:`.kriging_fit.KrigingFit` by :meth:`set_kriging`; they are not trained.
     """
+
+    # Buffers (registered in __init__), declared so type checkers see tensors, not modules.
+    ref_positions: torch.Tensor
+    ref_targets: torch.Tensor
+    ref_image: torch.Tensor
+    gene_mean: torch.Tensor
+    gene_std: torch.Tensor
+    plain_config: torch.Tensor
+    rest_config: torch.Tensor
+    score_config: torch.Tensor
+    drift_config: torch.Tensor
+    choice: torch.Tensor
+    basis: torch.Tensor
+    ref_drift: torch.Tensor
+    trend_weight: torch.Tensor
+    trend_bias: torch.Tensor
+    ref_depth: torch.Tensor
+    depth_slope: torch.Tensor
+    depth_config: torch.Tensor
+    alpha_bar: torch.Tensor
 
     def __init__(
         self,
@@ -151,20 +172,21 @@ class ConditionedModel(nn.Module):
         self.diff_gain = nn.Parameter(torch.zeros(g))
         self.encode = nn.Linear(g, dim)
         self.context_dim = 2 * ds + dim
-        self.residual = nn.Sequential(nn.Linear(self.context_dim, dim), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(dim, g))
-        nn.init.zeros_(self.residual[-1].weight)
-        nn.init.zeros_(self.residual[-1].bias)
+        # Layers created in network order: a seed initialises them in that order.
+        residual_in, residual_out = nn.Linear(self.context_dim, dim), nn.Linear(dim, g)
+        nn.init.zeros_(residual_out.weight)
+        nn.init.zeros_(residual_out.bias)
+        self.residual = nn.Sequential(residual_in, nn.GELU(), nn.Dropout(dropout), residual_out)
         if self.use_diffusion:
             self.register_buffer("alpha_bar", _cosine_alpha_bar(int(diffusion_steps)))
             self.t_embed = nn.Embedding(int(diffusion_steps), dim)
             self.d_in = nn.Linear(g, dim)
             self.d_ctx = nn.Linear(self.context_dim, dim)
-            self.denoiser = nn.Sequential(nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
-                                          nn.Linear(dim, g))
             # Predicts the clean residual (x0), from zero: an untrained denoiser samples the mean.
-            nn.init.zeros_(self.denoiser[-1].weight)
-            nn.init.zeros_(self.denoiser[-1].bias)
+            denoiser_hidden, denoiser_out = nn.Linear(dim, dim), nn.Linear(dim, g)
+            nn.init.zeros_(denoiser_out.weight)
+            nn.init.zeros_(denoiser_out.bias)
+            self.denoiser = nn.Sequential(nn.GELU(), denoiser_hidden, nn.GELU(), nn.Dropout(dropout), denoiser_out)
         # The companion HisToSGE models (trained on their own, before this model; never by its losses).
         self.histosge = (nn.ModuleList([HisToSGE(**histosge_kwargs) for _ in range(int(n_companions))])
                          if histosge_kwargs else None)
@@ -228,7 +250,7 @@ class ConditionedModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def set_kriging(self, fit, ref_image) -> None:
+    def set_kriging(self, fit: KrigingFit, ref_image: np.ndarray) -> None:
         """Load a :class:`.kriging_fit.KrigingFit` (and the trend at the ``(n_ref, in_dim)`` reference images)."""
         plan = fit.plan()
         for name in KrigingPlan._fields:
@@ -239,7 +261,7 @@ class ConditionedModel(nn.Module):
             self.trend_bias.copy_(torch.from_numpy(fit.trend.bias.astype("float32")))
 
     @torch.no_grad()
-    def set_depth(self, ref_depth, slopes, config: int) -> None:
+    def set_depth(self, ref_depth: np.ndarray, slopes: np.ndarray, config: int) -> None:
         """Load the depth term: ``(n_ref,)`` z-scored log depth, ``(G,)`` slopes, the depth's kernel."""
         self.ref_depth.copy_(torch.as_tensor(ref_depth, dtype=self.ref_depth.dtype))
         self.depth_slope.copy_(torch.as_tensor(slopes, dtype=self.depth_slope.dtype))

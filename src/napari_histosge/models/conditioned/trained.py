@@ -1,7 +1,7 @@
 """The trained ``conditioned`` model: prediction from image features AND the stored measured spots.
 
-:func:`.conditioned_fit.train_conditioned` returns it and
-:meth:`napari_histosge.training.trained_model.TrainedModel.load` rebuilds it from a checkpoint. The
+:func:`.fit.train_conditioned` returns it and
+:func:`napari_histosge.models.load_model` rebuilds it from a checkpoint. The
 training spots are its *reference set* (positions, log-expression, image inputs); a
 prediction at any position reads its nearest reference spots, and is blended with the
 HisToSGE companion where there is one.
@@ -14,12 +14,12 @@ from functools import cached_property
 import numpy as np
 
 from ...errors import InputError
+from ...training.inputs import ModelInputs, TrainConfig, as_matrix
 from ...training.trained_model import TrainedModel
-from ...training.inputs import TrainConfig, ModelInputs, as_matrix
+from ..neighbours import neighbour_context
 from .counting_noise import counting_std
 from .kriging import ESTIMATORS
 from .kriging_fit import describe_shares
-from ..neighbours import neighbour_context
 
 
 def image_inputs(inputs: ModelInputs, features: np.ndarray, mean_rgb: np.ndarray) -> np.ndarray:
@@ -57,23 +57,27 @@ class ConditionedTrainedModel(TrainedModel):
 
     @cached_property
     def companions(self) -> tuple[TrainedModel, ...]:
-        """The HisToSGE models whose mean is blended into the predictions (empty without a
-        companion); built once, as every prediction (and every distributed piece of one) asks
+        """The HisToSGE models whose mean is blended into the predictions (empty without a companion).
+
+        Built once, as every prediction (and every distributed piece of one) asks
         for them several times. They were trained on the same spots with the same validation
-        split, so they share their inputs and batch plan."""
+        split, so they share their inputs and batch plan.
+        """
         if self.model.histosge is None:
             return ()
         return tuple(TrainedModel(module, TrainConfig.from_dict(info["config"]), self.genes, info["meta"])
-                     for module, info in zip(self.model.histosge, self.meta["histosge"]["members"]))
+                     for module, info in zip(self.model.histosge, self.meta["histosge"]["members"], strict=True))
 
     def companion_mean(self, rows, batches) -> np.ndarray:
         """Mean prediction of :attr:`companions` over the planned ``batches`` (their ``rows``)."""
-        return np.mean([member.predict_planned(rows, batches)[0] for member in self.companions], axis=0,
-                       dtype=np.float32)
+        return np.asarray(np.mean([member.predict_planned(rows, batches)[0] for member in self.companions],
+                                  axis=0, dtype=np.float32))
 
     def companion_predict(self, features, mean_rgb, positions) -> np.ndarray:
-        """Mean prediction of :attr:`companions` at ``positions``: their shared inputs and batch
-        plan are built once for all of them."""
+        """Mean prediction of :attr:`companions` at ``positions``.
+
+        Their shared inputs and batch plan are built once for all of them.
+        """
         lead = self.companions[0]
         rows = lead.prediction_inputs(features, mean_rgb, positions)
         return self.companion_mean(rows, lead.plan_batches(positions))
@@ -103,8 +107,11 @@ class ConditionedTrainedModel(TrainedModel):
         return rows
 
     def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The forward passes: consecutive runs of queries (queries do not attend to each
-        other), or, with a HisToSGE companion, its spatial groups (which both models can run)."""
+        """The forward passes that predict ``positions``: ``(index, mask)`` per pass, in order.
+
+        Consecutive runs of queries (queries do not attend to each other), or, with a HisToSGE
+        companion, its spatial groups (which both models can run).
+        """
         if self.companions:
             return self.companions[0].plan_batches(positions, int(batch_size or 4 * self.config.batch_size))
         n = len(np.asarray(positions))
@@ -133,7 +140,7 @@ class ConditionedTrainedModel(TrainedModel):
                 mean_z = out["mean"]
                 if "depth" in out:
                     depth[sl] = out["depth"].cpu().numpy()
-                if not n_samples:
+                if std is None:  # no samples asked for
                     pred[sl] = model.to_expression(mean_z).cpu().numpy()
                     continue
                 # Noise seeded per forward pass: the same call gives the same samples, and a
@@ -189,12 +196,18 @@ class ConditionedTrainedModel(TrainedModel):
         if s < 1:
             raise InputError(f"n_samples must be at least 1, got {n_samples}")
         rows = self.prediction_inputs(features, mean_rgb, positions)
-        return self._run(rows, self.plan_batches(positions, batch_size), first_batch=0, n_samples=s,
-                         keep_samples=True)[2]
+        samples = self._run(rows, self.plan_batches(positions, batch_size), first_batch=0, n_samples=s,
+                            keep_samples=True)[2]
+        if samples is None:  # keep_samples=True always keeps them
+            raise RuntimeError("the generator samples were not kept")
+        return samples
 
     def training_summary(self) -> str:
-        """Epochs, plus which estimator the kriging chose for how many genes (which genes lean on
-        the image, which on their neighbours alone) and the companion's weight."""
+        """How training went: epochs, the kriging's estimators and the companion's weight.
+
+        The estimators are counted over genes (which genes lean on the image, which on their
+        neighbours alone).
+        """
         text = super().training_summary()
         if "kriging" in self.meta:
             text += f"\nkriging estimators (share of genes): {describe_shares(self.meta['kriging']['share'])}"

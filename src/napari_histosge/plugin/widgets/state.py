@@ -14,7 +14,7 @@ class SessionModel:
     """A trained model with where its checkpoint lives and the data it was trained on."""
 
     name: str
-    model: Any  # napari_histosge.training.engine.TrainedModel
+    model: Any  # napari_histosge.training.trained_model.TrainedModel
     checkpoint: Path | None
     adata: Any = None
 

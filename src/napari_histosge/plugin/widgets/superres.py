@@ -101,10 +101,10 @@ class SuperResolveWidget(Container):
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
+            from ...models import load_model
             from ...pipeline.steps import superresolve
-            from ...training.engine import TrainedModel
 
-            model = entry.model if entry is not None else TrainedModel.load(path, device=device)
+            model = entry.model if entry is not None else load_model(path, device=device)
             return superresolve(model, adata, fold, scheduler=scheduler, cancel=token)
 
         self._adata = adata

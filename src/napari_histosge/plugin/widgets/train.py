@@ -44,7 +44,7 @@ DEFAULT_OUT = Path.home() / "histosge-models"
 HISTOSGE_EPOCHS = 200
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
-START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.training.engine")
+START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
 
 
 def warm_up_imports(modules=START_IMPORTS) -> None:
@@ -87,9 +87,9 @@ class TrainWidget(Container):
                            tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
                                    "ctrl/shift-click to train one model on several sections")
         self.data.native.setMaximumHeight(110)
-        from ...models import available_models
+        from ...models import model_names
 
-        self.model_name = ComboBox(label="model", choices=available_models(), value="histosge",
+        self.model_name = ComboBox(label="model", choices=model_names(), value="histosge",
                                    tooltip="histosge: image + position (the paper); other models from the registry")
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
                                   tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
@@ -150,9 +150,9 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ form -> core configs
     def _model_changed(self, *_: Any) -> None:
         """Epochs follow the chosen model's default (the conditioned model peaks within a few)."""
-        from ...training.inputs import MODEL_DEFAULTS
+        from ...models import model_spec
 
-        self.epochs.value = MODEL_DEFAULTS.get(str(self.model_name.value), {}).get("epochs", HISTOSGE_EPOCHS)
+        self.epochs.value = model_spec(str(self.model_name.value)).defaults.get("epochs", HISTOSGE_EPOCHS)
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -176,17 +176,16 @@ class TrainWidget(Container):
         return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value)
 
     def train_config(self):
-        """The :class:`~napari_histosge.training.engine.TrainConfig` the form describes."""
-        from ...training.engine import TrainConfig
+        """The :class:`~napari_histosge.training.inputs.TrainConfig` the form describes."""
+        from ...models import train_config
 
         genes = None
         if self.genes_mode.value == GENES_LIST:
             genes = parse_gene_list(self.gene_list.value)
             if not genes:
                 raise InputError("the gene list is empty; enter gene names separated by commas")
-        return TrainConfig.for_model(str(self.model_name.value), epochs=int(self.epochs.value),
-                                     lr=float(self.lr.value), device=self.device.value,
-                                     n_top_genes=int(self.n_genes.value), genes=genes)
+        return train_config(str(self.model_name.value), epochs=int(self.epochs.value), lr=float(self.lr.value),
+                            device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_: Any) -> None:
