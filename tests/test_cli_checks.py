@@ -143,3 +143,13 @@ def test_good_options_pass_the_checks_and_reach_the_work(files) -> None:
         main(_superresolve(files, "--fold", "16"))
     with pytest.raises(AssertionError, match="before the options were checked"):
         main(["demo", "--out", files["tmp"] + "/new_demo", "--epochs", "1"])
+
+
+@pytest.mark.parametrize("command", [_train, _recover])
+def test_a_bad_training_setting_is_refused_without_loading_a_model(command, files, monkeypatch, capsys) -> None:
+    """Setting bounds are checked on the plain settings: no model registry (and no torch) first."""
+    import napari_histosge.models
+
+    monkeypatch.setattr(napari_histosge.models, "train_config", _must_not_run)
+    assert main(command(files, "--lr", "-1")) == 2
+    assert "training setting lr must be a positive number" in capsys.readouterr().err

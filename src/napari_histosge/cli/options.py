@@ -207,10 +207,8 @@ def feature_config(args: argparse.Namespace):
     return config
 
 
-def train_config(args: argparse.Namespace):
-    """The :class:`~napari_histosge.training.inputs.TrainConfig` of the training options (checked)."""
-    from ..models import train_config as model_config
-
+def train_settings(args: argparse.Namespace) -> dict:
+    """The training settings the options give (``None``: not given, the model's default)."""
     values = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
@@ -227,7 +225,22 @@ def train_config(args: argparse.Namespace):
         values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
         if not values["genes"]:
             raise InputError(f"--genes lists no gene name: {args.genes!r}")
-    return model_config(args.model, **values)  # flags not given keep the model's defaults
+    return values
+
+
+def check_train_settings(args: argparse.Namespace) -> None:
+    """The bounds of every given training setting, without loading a model (no torch: fast)."""
+    from ..training.inputs import TrainConfig
+
+    given = {k: v for k, v in train_settings(args).items() if v is not None}
+    TrainConfig.from_dict({**TrainConfig().to_dict(), **given})
+
+
+def train_config(args: argparse.Namespace):
+    """The :class:`~napari_histosge.training.inputs.TrainConfig` of the options: the model's defaults, then them."""
+    from ..models import train_config as model_config
+
+    return model_config(args.model, **train_settings(args))
 
 
 def read_section(args: argparse.Namespace):

@@ -14,6 +14,7 @@ from .options import (
     add_train_args,
     check_feature_args,
     check_scale_args,
+    check_train_settings,
     drive,
     feature_config,
     read_section,
@@ -66,7 +67,7 @@ def check_train(args: argparse.Namespace) -> None:
     require_file(args.resume, "--resume checkpoint")
     check_feature_args(args)
     check_scale_args(args)
-    train_config(args)  # the training settings' own checks
+    check_train_settings(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..io import read_spots  # heavy: after the checks
     from ..pipeline.steps import fit
 
-    config, features = train_config(args), feature_config(args)
+    config, features = train_config(args), feature_config(args)  # the model's defaults: before any data
     sections = [read_spots(path, image=args.image) for path in args.data]
     model = drive(
         fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
@@ -105,7 +106,7 @@ def check_recover(args: argparse.Namespace) -> None:
     require_file(args.image, "--image file")
     check_feature_args(args)
     check_scale_args(args)
-    train_config(args)
+    check_train_settings(args)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -114,6 +115,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from ..pipeline.recovery import recover  # heavy: after the checks
 
     config, features = train_config(args), feature_config(args)
+
     adata = read_section(args)
     result = drive(
         recover(adata, holdout=args.holdout, seed=args.seed, train_config=config, feature_config=features,

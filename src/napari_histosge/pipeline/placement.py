@@ -20,7 +20,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..features import FeatureConfig, patch_size_px, spot_center_fraction
-from ..models.conditioned.trained import ConditionedTrainedModel
 from ..training.inputs import section_frame
 from ..training.trained_model import TrainedModel
 
@@ -63,14 +62,14 @@ def position_frame(model: TrainedModel, adata) -> tuple[np.ndarray, np.ndarray] 
     Raises
     ------
     InputError
-        A conditioned model asked to predict on a section it was not trained on: it
-        conditions on the measured spots it stores, which lie on its own section only.
+        A model that cannot predict on other sections (:attr:`TrainedModel.predicts_other_sections`)
+        asked to predict on one it was not trained on.
     """
     if is_training_section(model, adata):
         return None
-    if isinstance(model, ConditionedTrainedModel):
-        raise InputError("a conditioned model predicts only on the section it was trained on (it reads that "
-                         "section's measured spots); use a histosge model for another section",
+    if not model.predicts_other_sections:
+        raise InputError(f"a {model.config.model} model predicts only on the section it was trained on (it reads "
+                         "that section's measured spots); use a histosge model for another section",
                          adata.uns.get("histosge", {}).get("source"))
     return section_frame(adata.obsm["spatial"])
 

@@ -154,7 +154,8 @@ def check_finite(loss: float, model, epoch: int) -> None:
     bad = not math.isfinite(loss)
     if not bad:
         with torch.no_grad():
-            bad = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+            # One device sync for all parameters, not one per tensor (every epoch, on a GPU too).
+            bad = not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
     if bad:
         what = "loss" if not math.isfinite(loss) else "weights"
         raise TrainingDivergedError(

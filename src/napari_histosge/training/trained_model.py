@@ -25,6 +25,10 @@ class TrainedModel:
     ``(min, max)`` box of each training section).
     """
 
+    #: Whether the model can predict on a section it was not trained on. A model that reads
+    #: measured spots it stores (conditioned) cannot: they lie on its own section only.
+    predicts_other_sections: bool = True
+
     def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
                  optimizer_state: dict | None = None) -> None:
         self.model = model

@@ -48,6 +48,8 @@ class ConditionedTrainedModel(TrainedModel):
     move with it, so the spread is unchanged.
     """
 
+    predicts_other_sections = False  # its context is the measured spots of its own section
+
     @property
     def blend_weight(self) -> float:
         """Weight of the companion in the prediction (0 without one)."""
