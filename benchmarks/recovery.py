@@ -8,6 +8,7 @@ same split and genes:
 - the same model with its image-input weights at PyTorch's initialisation instead of zero
   (``image_init`` 1.0, the default before 2026-11-24);
 - the same model with attention groups in file order, as the reference code does;
+- the sub-spot model (a grid of cells; each hidden spot the mean of its cells);
 - the 6-nearest-neighbour inverse-distance baseline.
 
 It writes ``benchmarks/results/recovery.json`` and the ``recovery`` table of
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
         variants.append(("Conditioned (neighbours + image)",
                          train_config("conditioned", seed=args.seed), feature_config, feats))
+        variants.append(("Sub-spot (grid of cells)", train_config("subspot", seed=args.seed), feature_config, feats))
         # The previous default: PyTorch's initialisation of the image-input weights (image_init 1).
         variants.append(("HisToSGE, default features, image weights at PyTorch init",
                          replace(base_train, image_init=1.0), feature_config, feats))

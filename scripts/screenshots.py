@@ -20,6 +20,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PREFERRED_GENES = ("ERBB2", "GRB7", "KRT19", "MGP", "IGKC", "COL1A1")
+#: Markers of HER2+ breast tissue (tumour, stroma, immune) the pictures train on, where present.
+MARKER_GENES = PREFERRED_GENES + (
+    "KRT8", "KRT18", "EPCAM", "COL1A2", "COL3A1", "IGHG1", "IGHA1", "FN1", "SPARC", "LUM", "DCN", "CD74",
+    "HLA-DRA", "MUC1", "S100A6", "TFF1", "TFF3", "FASN", "SCD", "MUCL1", "PIP", "CRISP3", "POSTN", "ACTB")
 
 
 def data_dir() -> Path:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "images"), help="folder for the PNGs")
     parser.add_argument("--epochs", type=int, default=60, help="training epochs (CPU: about 1 s each)")
-    parser.add_argument("--n-genes", type=int, default=100, help="highly variable genes to train on")
+    parser.add_argument("--n-genes", type=int, default=0,
+                        help="train on this many highly variable genes instead of the marker genes")
     args = parser.parse_args(argv)
 
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
@@ -96,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     from napari_histosge.plugin.widgets.state import SESSION_MODELS
     from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
     from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, ROLE_SPOTS, layers_with_role
-    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
-    from napari_histosge.plugin.widgets.train import TrainWidget
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget
+    from napari_histosge.plugin.widgets.train import GENES_LIST, TrainWidget
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-histosge", show=True)
     viewer.window._qt_window.resize(1500, 950)
+    viewer.scale_bar.visible = True
     app = QApplication.instance()
     viewer.open(str(data_dir()), plugin="napari-histosge")
     [spots] = layers_with_role(viewer.layers, ROLE_SPOTS)
@@ -120,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     train_dock = viewer.window.add_dock_widget(train, name="Train", area="right")
     train.out_dir.value = tempfile.mkdtemp(prefix="histosge-shots-")  # the checkpoint stays out of the repo
     train.epochs.value = args.epochs
-    train.n_genes.value = args.n_genes
+    if args.n_genes:
+        train.n_genes.value = args.n_genes
+    else:
+        measured = set(spots.metadata["histosge"]["adata"].var_names)
+        train.genes_mode.value = GENES_LIST
+        train.gene_list.value = ", ".join(g for g in MARKER_GENES if g in measured)
     train.data.value = spots
     viewer.window._status_bar._toggle_activity_dock(True)
     train.start_button.native.click()
@@ -160,6 +171,37 @@ def main(argv: list[str] | None = None) -> int:
     genes.compare()
     wait(app, lambda: True)
     save(viewer, out / "gene_viewer.png")
+    genes.close_comparison()
+    for layer in layers_with_role(viewer.layers, ROLE_HEATMAP):
+        layer.visible = False
+
+    # The sub-spot model's grid of cells, masked to the tissue, on the same genes.
+    train_genes = list(train.last_model.genes)
+    train = TrainWidget(viewer)
+    train_dock = viewer.window.add_dock_widget(train, name="Train", area="right")
+    train.out_dir.value = tempfile.mkdtemp(prefix="histosge-shots-")
+    train.model_name.value = "subspot"
+    train.genes_mode.value = GENES_LIST
+    train.gene_list.value = ", ".join(train_genes)
+    train.data.value = spots
+    train.start_button.native.click()
+    wait(app, lambda: train.worker is None)
+    viewer.window.remove_dock_widget(train_dock)
+    if train.last_model is None:
+        print(f"sub-spot training failed: {train.status.tooltip}")
+        return 1
+    sr = SuperResolveWidget(viewer)
+    viewer.window.add_dock_widget(sr, name="Super-resolve", area="right")
+    sr.data.value = spots
+    sr.model.value = SESSION_MODELS.names()[-1]
+    sr.positions.value = GRID
+    sr.run_button.native.click()
+    wait(app, lambda: sr.worker is None)
+    genes.show_gene(shown if shown in train.last_model.genes else train.last_model.genes[0])
+    viewer.reset_view()
+    wait(app, lambda: True)
+    save(viewer, out / "grid_map.png")
+    print(f"trained on {len(train_genes)} genes")
     viewer.close()
     return 0
 

@@ -154,3 +154,24 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert "uncertainty" in recovered.uns["metrics_summary"]
     assert main(["evaluate", str(hidden), str(demo_dir)]) == 0
     assert "spread (std) vs error" in capsys.readouterr().out
+
+
+def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "sub.pt"
+    assert main(["train", str(demo_dir), "--model", "subspot", "--cell-um", "30", "--n-genes", "10",
+                 "--out", str(model), "--quiet"]) == 0
+    assert "measured footprints, cells of 30 µm" in capsys.readouterr().out
+    grid = tmp_path / "grid.h5ad"
+    assert main(["superresolve", str(model), str(demo_dir), "--grid-um", "60", "--mask", "none",
+                 "--out", str(grid), "--quiet"]) == 0
+    result = ad.read_h5ad(grid)
+    assert np.isclose(result.uns["histosge"]["grid"]["cell_um"], 60.0)
+    assert {"grid_row", "grid_col"} <= set(result.obs.columns) and np.isfinite(result.X).all()
+    # A subspot model has no lattice: --fold is refused with one line naming the checkpoint.
+    assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(grid), "--quiet"]) == 2
+    assert "use --grid-um, not --fold" in capsys.readouterr().err
+    spots = tmp_path / "spots.h5ad"
+    assert main(["predict", str(model), str(demo_dir), "--out", str(spots), "--quiet"]) == 0
+    measured = read_spots(demo_dir)
+    assert ad.read_h5ad(spots).n_obs == measured.n_obs

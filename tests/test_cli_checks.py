@@ -104,6 +104,12 @@ CASES = [
     (lambda f: _train(f, "--patch-um", "-1"), "--patch-um must be a positive number"),
     (lambda f: _train(f, "--genes", " , "), "--genes lists no gene name"),
     (lambda f: _superresolve(f, "--workers", "0"), "--workers must be at least 1"),
+    (lambda f: _superresolve(f, "--grid-um", "0"), "--grid-um must be a positive number"),
+    (lambda f: _superresolve(f, "--grid-um", "-10"), "--grid-um must be a positive number"),
+    (lambda f: _superresolve(f, "--grid-um", "10", "--fold", "4"), "give one or the other"),
+    (lambda f: _superresolve(f, "--mask", f["tmp"] + "/none.geojson"), "--mask file not found"),
+    (lambda f: _train(f, "--model", "subspot", "--cell-um", "0"), "cell_um must be a positive size"),
+    (lambda f: _train(f, "--model", "subspot", "--prior-bandwidth", "0"), "prior_bandwidth must be in (0, 10]"),
     (lambda f: ["demo", "--out", f["tmp"] + "/d", "--epochs", "0"], "--epochs must be at least 1"),
     # inputs that must exist
     (lambda f: ["predict", f["tmp"] + "/none.pt", f["data"], "--out", f["out"]], "model checkpoint not found"),

@@ -297,3 +297,71 @@ def test_h5ad_gz_counts_file_is_unsupported(tmp_path: Path) -> None:
         fh.write("a\tb\n")
     with pytest.raises(InputError, match="unsupported input"):
         read_spots(path)
+
+
+# ---------------------------------------------------------------- implausible real data (doctored copies)
+def _copy_section(src: Path, dst: Path) -> Path:
+    """``src`` in ``dst``: small files copied (to be doctored), images and count matrices linked."""
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix.lower() in (".jpg", ".png", ".h5"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return dst
+
+
+def _real_scalefactors(folder: Path, key: str, factor: float) -> None:
+    path = folder / "spatial" / "scalefactors_json.json"
+    factors = json.loads(path.read_text())
+    factors[key] *= factor
+    path.write_text(json.dumps(factors))
+
+
+def test_st_v1_non_integer_counts_real(her2st_b4: Path, tmp_path: Path) -> None:
+    folder = _copy_section(her2st_b4, tmp_path / "B4")
+    table = pd.read_csv(folder / "B4.tsv.gz", sep="\t", index_col=0)
+    table = table.astype(float)
+    table.iloc[:, :3] = table.iloc[:, :3] / 2 + 0.25  # e.g. normalised values among the counts
+    table.to_csv(folder / "B4.tsv.gz", sep="\t")
+    with pytest.raises(InputError, match=r"B4\.tsv\.gz: the counts table has \d+ non-integer values .*raw counts"):
+        read_spots(folder)
+
+
+def test_one_gene_section_is_too_few_to_train_on(her2st_b4: Path, tmp_path: Path) -> None:
+    from napari_histosge.io.preprocess import normalize_log1p
+
+    folder = _copy_section(her2st_b4, tmp_path / "B4")
+    table = pd.read_csv(folder / "B4.tsv.gz", sep="\t", index_col=0)
+    table.iloc[:, :1].to_csv(folder / "B4.tsv.gz", sep="\t")
+    spots = read_spots(folder)  # still shown in napari
+    with pytest.raises(InputError, match=r"B4: the data has only 1 gene: .*nothing to train on"):
+        normalize_log1p(spots)
+
+
+def test_visium_spot_diameter_times_ten_is_refused(dlpfc_151675: Path, tmp_path: Path) -> None:
+    folder = _copy_section(dlpfc_151675, tmp_path / "151675")
+    _real_scalefactors(folder, "spot_diameter_fullres", 10)
+    expected = r"scalefactors_json.json: spot_diameter_fullres is 963.9 px, but neighbouring spot centres are only"
+    with pytest.raises(InputError, match=expected):
+        read_spots(folder)
+
+
+def test_visium_lowres_scale_divided_by_ten_is_refused(dlpfc_151675: Path, tmp_path: Path) -> None:
+    folder = _copy_section(dlpfc_151675, tmp_path / "151675")
+    _real_scalefactors(folder, "tissue_lowres_scalef", 0.1)
+    expected = (r"scalefactors_json.json: at the lowres scale factor 0\.0045\d* the spot array spans only \d+\.\d% of "
+                r"tissue_lowres_image.png \(600 x 600 px\).*check tissue_lowres_scalef")
+    with pytest.raises(InputError, match=expected):
+        read_spots(folder)
+
+
+def test_every_real_section_passes_the_plausibility_checks(real_data: Path) -> None:
+    sections = [p for p in sorted(real_data.glob("*/*")) if p.is_dir()]
+    assert len(sections) >= 6
+    for folder in sections:
+        assert read_spots(folder).n_obs > 0, folder

@@ -83,7 +83,7 @@ def test_her2st_b4_open_train_superresolve_view(make_napari_viewer, qtbot, her2s
     sr.fold.value = 4
     sr.run_button.native.click()
     qtbot.waitUntil(lambda: sr.worker is None, timeout=TIMEOUT_MS)
-    assert sr.last_outcome.value is not None, sr.status.value
+    assert sr.last_outcome.value is not None, sr.status.tooltip
     [heat] = layers_with_role(viewer.layers, ROLE_HEATMAP)
     [pred_points] = layers_with_role(viewer.layers, ROLE_PRED_SPOTS)
     pred = histosge_meta(heat)["adata"]

@@ -94,11 +94,109 @@ def test_comparison_difference_is_prediction_minus_parent():
     pred.X = np.asarray(pred.X) + 0.5
     layers = C.comparison_layers(pred, src, "GA")
     names = [kw["name"] for _, kw, _ in layers]
-    assert names == ["GA observed", "GA predicted", "GA predicted - observed"]
+    assert names == ["GA observed", "GA predicted", "GA predicted - observed", "comparison titles"]
     diff = L.gene_values(pred, "GA") - C.parent_values(pred, src, "GA")
     assert np.nanmax(np.abs(layers[2][0])) == pytest.approx(np.abs(diff).max(), rel=1e-5)
     # panels are shifted right, never overlapping
     assert layers[1][1]["translate"][1] > layers[0][1]["translate"][1] + np.ptp(src.obsm["spatial"][:, 0])
+
+
+def test_comparison_panels_have_titles_own_ranges_and_a_centred_difference():
+    src = _spots()
+    pred = _spots(fold=1)
+    pred.uns["histosge"]["fold"] = 2
+    pred.X = 0.2 * np.asarray(pred.X) + 3.0  # a prediction that varies less than the measurement
+    observed, predicted, difference, titles = C.comparison_layers(pred, src, "GA")
+    obs_lo, obs_hi = observed[1]["contrast_limits"]
+    pred_lo, pred_hi = predicted[1]["contrast_limits"]
+    # each panel on its own robust range: the predicted map is not flattened on the measured one's scale
+    assert (pred_lo, pred_hi) == pytest.approx(L.robust_range(L.gene_values(pred, "GA")))
+    assert pred_hi - pred_lo < 0.5 * (obs_hi - obs_lo)
+    lo, hi = difference[1]["contrast_limits"]
+    assert lo == pytest.approx(-hi) and hi > 0
+    assert difference[1]["colormap"] == L.DIFF_COLORMAP
+    texts = list(titles[1]["features"]["title"])
+    assert len(texts) == 3 and all("GA" in t for t in texts)
+    assert f"{pred_lo:.3g}-{pred_hi:.3g}" in texts[1] and "0-centred" in texts[2]
+
+
+def test_heatmap_limits_are_robust_to_one_outlier_and_low_values_transparent():
+    a = _spots(n_side=12, fold=4)
+    values = np.linspace(0.0, 1.0, a.n_obs)
+    values[3] = 50.0  # one outlier spot
+    a.X = np.column_stack([values, values])
+    _, kwargs, _ = L.heatmap_layer(a, "GA")
+    lo, hi = kwargs["contrast_limits"]
+    assert hi < 2.0 and lo >= 0.0
+    cmap = kwargs["colormap"]
+    low, high = cmap.map(np.array([0.0, 1.0]))
+    assert low[3] == 0.0 and high[3] == 1.0  # the H&E shows through where expression is low
+
+
+def _grid_cells(mpp: float | None = None) -> ad.AnnData:
+    """A 3 x 4 grid of 20 px cells whose first cell is centred at full-res (x, y) = (110, 205); two cells absent."""
+    cells = [(r, c) for r in range(3) for c in range(4) if (r, c) not in ((0, 0), (2, 3))]
+    rows, cols = np.array(cells).T
+    xy = np.column_stack([110.0 + 20.0 * cols, 205.0 + 20.0 * rows])
+    a = ad.AnnData(X=np.column_stack([rows * 10.0 + cols, np.ones(len(cells))]).astype(np.float32),
+                   obs=pd.DataFrame({"grid_row": rows, "grid_col": cols}, index=[f"c{i}" for i in range(len(cells))]),
+                   var=pd.DataFrame(index=["GA", "GB"]))
+    a.obsm["spatial"] = xy
+    a.uns["histosge"] = {"library_id": "toy", "mpp": mpp, "images": {}, "image": None,
+                         "grid": {"cell_px": 20.0, "origin_xy": [110.0, 205.0], "shape": [3, 4],
+                                  "cell_um": None if mpp is None else 20.0 * mpp}}
+    return a
+
+
+@pytest.mark.parametrize("mpp", [None, 0.5])
+def test_grid_raster_puts_each_cell_on_its_slide_pixel(mpp):
+    a = _grid_cells(mpp)
+    data, kwargs, kind = L.heatmap_layer(a, "GA")
+    assert kind == "image" and data.shape == (3, 4) and data.dtype == np.float32
+    assert np.isnan(data[0, 0]) and np.isnan(data[2, 3])  # no cell there: transparent
+    assert data[1, 2] == pytest.approx(12.0)  # grid_row 1, grid_col 2
+    scale, translate = np.array(kwargs["scale"]), np.array(kwargs["translate"])
+    # the centre of raster pixel (1, 2) lands on that cell's centre, seen through the slide's own transform
+    world = np.array([1, 2]) * scale + translate
+    slide = L.image_transform(1.0, mpp)
+    fullres_rc = (world - np.array(slide["translate"])) / np.array(slide["scale"])
+    assert np.allclose(fullres_rc[::-1], a.obsm["spatial"][list(a.obs_names).index("c5")])
+    assert (kwargs.get("units") == ("um", "um")) == (mpp is not None)
+
+
+def test_grid_raster_bad_description_raises_input_error():
+    a = _grid_cells()
+    a.uns["histosge"]["grid"]["shape"] = [2, 2]
+    with pytest.raises(InputError, match="outside the grid"):
+        L.heatmap_layer(a, "GA")
+    del a.uns["histosge"]["grid"]["cell_px"]
+    with pytest.raises(InputError, match="cell_px"):
+        L.heatmap_layer(a, "GA")
+
+
+def test_grid_file_opens_as_a_raster_layer(tmp_path):
+    a = _grid_cells(0.5)
+    path = tmp_path / "grid.h5ad"
+    a.write_h5ad(path)
+    reader = get_spots_reader(str(path))
+    assert reader is not None
+    with pytest.warns(UserWarning, match="no slide image"):
+        layers = reader(str(path))
+    [(data, kwargs, kind)] = layers
+    assert kind == "image" and data.shape == (3, 4)
+    assert kwargs["metadata"]["histosge"]["role"] == L.ROLE_HEATMAP
+
+
+def test_layers_in_micrometres_when_the_pixel_size_is_known():
+    a = _spots(fold=4)
+    a.uns["histosge"]["mpp"] = 0.5
+    _, spots, _ = L.spots_layer(a, "GA")
+    _, heat, _ = L.heatmap_layer(a, "GA")
+    assert spots["scale"] == (0.5, 0.5) and spots["units"] == ("um", "um")
+    assert heat["units"] == ("um", "um")
+    assert L.image_transform(0.25, 0.5) == {"scale": (2.0, 2.0), "translate": (0.75, 0.75)}
+    a.uns["histosge"]["mpp"] = None
+    assert "units" not in L.spots_layer(a, "GA")[1]
 
 
 def test_readers_decline_foreign_paths_cheaply(tmp_path):
@@ -178,3 +276,33 @@ def test_scheduler_field_values() -> None:
     assert scheduler_value("local") == "local"
     assert scheduler_value(" tcp://10.0.0.1:8786 ") == "tcp://10.0.0.1:8786"
     assert checkpoint_name("her2st B4", "conditioned") == "her2st_B4_conditioned.pt"
+    assert checkpoint_name("B4", "histosge", "20260101-120000") == "B4_histosge_20260101-120000.pt"
+
+
+def test_every_run_gets_its_own_checkpoint_file(tmp_path) -> None:
+    from datetime import datetime
+
+    from napari_histosge.plugin.widgets.train import new_checkpoint_path
+
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    first = new_checkpoint_path(tmp_path, "B4", "histosge", now)
+    first.write_bytes(b"finished model")
+    second = new_checkpoint_path(tmp_path, "B4", "histosge", now)  # same second: still a new file
+    assert second != first and not second.exists()
+    assert first.name == "B4_histosge_20260101-120000.pt" and second.name == "B4_histosge_20260101-120000-2.pt"
+
+
+def test_a_slide_alone_uses_its_own_pixel_size_but_follows_its_spots_otherwise(tmp_path):
+    import tifffile
+
+    from napari_histosge.plugin.reader import slide_layers
+
+    path = tmp_path / "slide.tif"
+    img = np.zeros((256, 256, 3), np.uint8)
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=(20000, 20000),
+                     resolutionunit="CENTIMETER")  # 0.5 µm per pixel
+    [(_, alone, _)] = read_slide_layers(str(path))
+    assert alone["scale"] == pytest.approx((0.5, 0.5)) and alone["units"] == ("um", "um")
+    # under spots that record no pixel size the slide stays in pixels, as the spots do
+    _, under_spots, _ = slide_layers(path, mpp=None)
+    assert under_spots["scale"] == (1.0, 1.0) and "units" not in under_spots

@@ -13,6 +13,7 @@ import pytest
 from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
 from napari_histosge.plugin.widgets.layers import ROLE_SLIDE, ROLE_SPOTS, histosge_meta, layers_with_role
+from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.train import GENES_LIST, TrainWidget
 
 WORKER_TIMEOUT_MS = 120_000
@@ -79,7 +80,7 @@ def test_gene_viewer_type_ahead_recolours_spots(demo_viewer):
     points = layers_with_role(demo_viewer.layers, ROLE_SPOTS)[0]
     assert "GENE07" in points.features.columns
     values = points.features["GENE07"].to_numpy()
-    assert widget.colorbar.title == "GENE07"
+    assert widget.colorbar.title.startswith("GENE07")
     assert widget.colorbar.vmin == pytest.approx(values.min()) and widget.colorbar.vmax == pytest.approx(values.max())
     # colours follow the values: the highest spot gets the top of the colormap
     top = points.face_color[np.argmax(values)]
@@ -133,6 +134,10 @@ def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot,
     assert 2 <= model.meta["epochs_done"] <= epochs_seen
     assert len(model.genes) == 20
     assert any("cancelled" in m for _, m in notifications)
+    # the status says the run stopped, and what was kept where (not the last epoch's progress line)
+    status = status_of(widget.status)
+    assert status.startswith("cancelled at epoch ") and str(widget.checkpoint_path) in status
+    assert not status.startswith("epoch")
 
 
 def test_train_empty_selection_shows_error(demo_viewer, notifications):
@@ -168,8 +173,8 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert any(e.stage == "prepare" and "in 2 sections" in e.message for e in widget.events_seen)
     assert any(k == "info" and "Trained" in m for k, m in notifications)
     # The status ends with what the CLI prints after training: epochs run and the epoch kept.
-    assert widget.status.value.startswith("done: ")
-    assert f"epochs: 2 of at most 2; kept the weights of epoch {model.meta['best_epoch']}" in widget.status.value
+    assert status_of(widget.status).startswith("done: ")
+    assert f"epochs: 2 of at most 2; kept the weights of epoch {model.meta['best_epoch']}" in status_of(widget.status)
 
 
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
@@ -219,6 +224,6 @@ def test_train_status_shows_the_validation_score(make_napari_viewer):
 
     widget = TrainWidget(make_napari_viewer())
     widget._on_event(Progress("train", 5, 10, metrics={"epoch": 5, "loss": 0.5}))
-    assert widget.status.value == "epoch 5/10  loss 0.5"
+    assert status_of(widget.status) == "epoch 5/10  loss 0.5"
     widget._on_event(Progress("train", 6, 10, metrics={"epoch": 6, "loss": 0.4, "val_pcc": 0.25}))
-    assert widget.status.value == "epoch 6/10  loss 0.4  validation PCC 0.250"
+    assert status_of(widget.status) == "epoch 6/10  loss 0.4  validation PCC 0.250"

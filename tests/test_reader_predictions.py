@@ -33,9 +33,11 @@ def made(tmp_path_factory) -> dict:
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
+    from napari_histosge.plugin.widgets.worker import preload_torch
     from napari_histosge.progress import run_to_end
     from napari_histosge.training.inputs import TrainConfig
 
+    preload_torch()  # an earlier test's viewer may have loaded Mesa's LLVM: triton must not load beside it
     root = tmp_path_factory.mktemp("pred")
     adata = read_spots(make_demo_dataset(root / "demo"))
     model = run_to_end(fit(adata, train_config=TrainConfig(epochs=2, n_top_genes=8)))
@@ -52,9 +54,13 @@ def _by_role(layers: list) -> dict[str, tuple]:
     return {kw["metadata"][L.META_KEY]["role"]: (data, kw, kind) for data, kw, kind in layers}
 
 
-def _cell_of(xy: np.ndarray, kwargs: dict) -> tuple[int, int]:
-    """The raster index of full-res position ``(x, y)`` under an image layer's transform."""
-    rc = (np.asarray(xy, float)[::-1] - np.asarray(kwargs["translate"])) / np.asarray(kwargs["scale"])
+def _cell_of(xy: np.ndarray, kwargs: dict, mpp: float | None = None) -> tuple[int, int]:
+    """The raster index of full-res position ``(x, y)`` under an image layer's transform.
+
+    The world frame is in micrometres (``mpp`` per pixel) when the section records its pixel size.
+    """
+    world = np.asarray(xy, float)[::-1] * (mpp or 1.0)
+    rc = (world - np.asarray(kwargs["translate"])) / np.asarray(kwargs["scale"])
     i, j = np.round(rc).astype(int)
     return int(i), int(j)
 
@@ -100,13 +106,15 @@ def test_heatmap_from_file_matches_widget_and_lands_on_the_right_pixel(made):
     values = np.asarray(pred[:, gene].X).ravel()
     k = int(np.argmax(values))
     xy = pred.obsm["spatial"][k]
-    assert heat[_cell_of(xy, heat_kw)] == pytest.approx(values[k])
-    assert heat_kw["contrast_limits"] == pytest.approx((values.min(), values.max()))
+    mpp = L.um_per_px(pred)
+    assert mpp is not None and heat_kw["units"] == ("um", "um")  # the demo records its pixel size
+    assert heat[_cell_of(xy, heat_kw, mpp)] == pytest.approx(values[k])
+    assert heat_kw["contrast_limits"] == pytest.approx(L.robust_range(values))
     # ... and the slide under it: the same world point is full-res pixel (x, y) of the slide
     slide, slide_kw, _ = roles[L.ROLE_SLIDE]
     level0 = slide[0] if isinstance(slide, list) else slide
     assert slide_kw["metadata"][L.META_KEY]["path"].endswith("demo_HE.jpg")
-    row, col = _cell_of(xy, slide_kw)
+    row, col = _cell_of(xy, slide_kw, mpp)
     assert (row, col) == tuple(np.round(xy[::-1]).astype(int))
     assert 0 <= row < level0.shape[0] and 0 <= col < level0.shape[1]
     # the predicted spots: hidden Points at (y, x) with the gene's values in features
@@ -144,7 +152,8 @@ def test_uncertainty_layer_read_from_std(made, tmp_path):
     assert kw["metadata"][L.META_KEY]["values_layer"] == "std"
     assert kw["scale"] == roles[L.ROLE_HEATMAP][1]["scale"]  # same raster as the heatmap
     k = 5
-    assert spread[_cell_of(pred.obsm["spatial"][k], kw)] == pytest.approx(pred[:, gene].layers["std"][k, 0])
+    cell = _cell_of(pred.obsm["spatial"][k], kw, L.um_per_px(pred))
+    assert spread[cell] == pytest.approx(pred[:, gene].layers["std"][k, 0])
     # fold 1 with a spread: uncertainty as hidden spots
     spots = made["spots"].copy()
     spots.layers["std"] = rng.uniform(0.1, 1.0, spots.shape).astype(np.float32)
@@ -165,7 +174,7 @@ def test_missing_slide_warns_and_still_shows_heatmap(made, tmp_path):
     data, kw, _ = roles[L.ROLE_HEATMAP]
     k = 3
     gene = kw["metadata"][L.META_KEY]["gene"]
-    assert data[_cell_of(pred.obsm["spatial"][k], kw)] == pytest.approx(float(pred[k, gene].X[0, 0]))
+    assert data[_cell_of(pred.obsm["spatial"][k], kw, L.um_per_px(pred))] == pytest.approx(float(pred[k, gene].X[0, 0]))
     # the image moved along with the predictions: found beside the file
     shutil.copy(made["root"] / "demo" / "demo_HE.jpg", tmp_path / "slide_moved.jpg")
     roles = _by_role(read_prediction_layers(str(tmp_path / "moved.h5ad")))
@@ -243,10 +252,11 @@ def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari
     values = np.asarray(pred[:, other].X).ravel()
     k = int(np.argmax(values))
     # world -> heatmap data through napari's own transform: the position's cell holds its value
-    cell = np.round(heat.world_to_data(pred.obsm["spatial"][k][::-1])).astype(int)
+    cell = np.round(heat.world_to_data(pred.obsm["spatial"][k][::-1] * L.um_per_px(pred))).astype(int)
     assert heat.data[tuple(cell)] == pytest.approx(values[k])
     assert heat.name.startswith(f"{other} ") and L.histosge_meta(heat)["gene"] == other
-    assert tuple(heat.contrast_limits) == pytest.approx((values.min(), values.max()))
+    assert tuple(heat.contrast_limits) == pytest.approx(L.robust_range(values))
+    points.visible = True  # hidden points are recoloured when shown
     np.testing.assert_allclose(points.features[other], values, rtol=1e-6)
     assert "PCC" not in viewer_widget.info.value  # no measurements open yet
     # the measured spots the file records as its source, opened too: PCC and comparison work
@@ -256,7 +266,7 @@ def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari
 
     expected = gene_pcc(pred, made["adata"], other)
     assert viewer_widget.pcc[heat.name] == pytest.approx(expected)
-    assert [lyr.name for lyr in viewer_widget.compare() if lyr.rgb is False][:3] == [
+    assert [lyr.name for lyr in viewer_widget.compare() if getattr(lyr, "rgb", True) is False][:3] == [
         f"{other} observed", f"{other} predicted", f"{other} predicted - observed"]
     # save the heatmap layer with the plugin's writer and read it again
     out = tmp_path / "saved.h5ad"

@@ -150,7 +150,7 @@ def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"m\.pt: cannot write the checkpoint: disk full"):
         model.save(ckpt)
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

@@ -54,3 +54,41 @@ def test_job_thread_runs_nicer_than_the_gui_thread() -> None:
     assert seen["lowered"] and seen["again"]
     assert seen["nice"] == min(19, base + 5)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
+
+
+def test_opening_the_train_widget_imports_what_its_first_start_needs() -> None:
+    """The first Start must not import torch's compiler stack in the GUI thread (seconds of freeze)."""
+    import subprocess
+
+    code = ("import sys, napari; from napari_histosge.plugin.widgets.train import TrainWidget; "
+            "v = napari.Viewer(show=False); TrainWidget(v); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
+
+
+def test_the_outcome_comes_after_every_progress_event(qtbot, monkeypatch) -> None:
+    """napari's progress bar calls processEvents() while it updates, where the job's end can
+    arrive: it must still reach the widget last (else its status shows 'epoch 3/30' after
+    'cancelled')."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histosge.plugin.widgets import worker as W
+
+    def napari_like_update(self, event) -> None:  # what napari's bar does: repaint, processing events
+        time.sleep(0.2)  # meanwhile the job ends
+        QApplication.processEvents()
+
+    monkeypatch.setattr(W._Bar, "update", napari_like_update)
+    log: list[str] = []
+
+    def job():
+        yield Progress("train", 3, 30)
+        return "value"
+
+    W.start_job(job, description="test", on_event=lambda e: log.append(f"epoch {e.step}/{e.total}"),
+                on_done=lambda outcome: log.append(f"done {outcome.value}"))
+    qtbot.waitUntil(lambda: "done value" in log, timeout=20_000)
+    qtbot.wait(300)
+    assert log == ["epoch 3/30", "done value"]

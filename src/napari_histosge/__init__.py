@@ -34,6 +34,7 @@ _LAZY = {
     "fit": "pipeline.steps",
     "predict_spots": "pipeline.steps",
     "superresolve": "pipeline.steps",
+    "superresolve_grid": "pipeline.grid_maps",
     "recover": "pipeline.recovery",
     "RecoveryResult": "pipeline.recovery",
     "evaluate_predictions": "evaluation.predictions",
@@ -65,6 +66,7 @@ __all__ = [
     "recover",
     "run",
     "superresolve",
+    "superresolve_grid",
     "train_config",
 ]
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs import write_csv
 from .options import add_data_args, read_section, require_data, require_file, require_output
 
 
@@ -61,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result.uncertainty is not None:
         print(format_uncertainty(result.uncertainty))
     if args.metrics:
-        result.metrics.to_csv(args.metrics)
+        write_csv(args.metrics, result.metrics, what="metrics file (--metrics)")
     if result.ari is not None:
         print(f"spatial-domain ARI (k-means vs layers): predicted {result.ari['predicted']:.3f}, "
               f"measured {result.ari['measured']:.3f}")

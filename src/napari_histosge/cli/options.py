@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 
+from .. import outputs
 from ..errors import InputError
 
 #: Help for the settings whose default is the model's own (``ModelSpec.defaults`` in the model
@@ -47,7 +48,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The model and its training settings (flags not given keep the model's defaults)."""
     g = p.add_argument_group("model and training")
     g.add_argument("--model", default="histosge",
-                   help="'histosge' (image + position, the paper) or 'conditioned' (also the measured neighbours)")
+                   help="'histosge' (image + position, the paper), 'conditioned' (also the measured neighbours) "
+                        "or 'subspot' (a grid of cells from the H&E and the measured spots, consistent with them)")
     g.add_argument("--epochs", type=int,
                    help=f"training epochs (histosge: 1000 as the paper; conditioned: {MODEL_DEFAULT})")
     g.add_argument("--batch-size", type=int,
@@ -55,6 +57,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
     g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
     g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
+    g.add_argument("--gene-selection", choices=["hvg", "spatial", "hvg+spatial"],
+                   help="how genes are ranked when --genes is not given: 'hvg' highly variable (default, as the "
+                        "paper), 'spatial' spatially structured (Moran's I), or the best of both")
     g.add_argument("--group-size", type=int, help="spots per self-attention group")
     g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
     g.add_argument("--feature-dropout", type=float,
@@ -88,6 +93,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
                         "on the same spots) in the prediction, 0..1 (default: chosen on validation spots; "
                         "0 trains no companion)")
+    g.add_argument("--cell-um", type=float,
+                   help="subspot model: side of its grid cells in µm (default 14, at least two image pixels)")
+    g.add_argument("--prior-bandwidth", type=float,
+                   help="subspot model: width of the smoothed measurement it starts from, in spot spacings "
+                        "(default 0.75)")
+    g.add_argument("--no-image-modulation", action="store_true",
+                   help="subspot model: do not let the cells' image features modulate the smoothed measurement")
     g.add_argument("--histosge-members", type=int,
                    help="conditioned model: HisToSGE models in its companion, alike but for their initial "
                         "weights; their mean is blended in (default 3)")
@@ -216,7 +228,10 @@ def train_settings(args: argparse.Namespace) -> dict:
         "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
         "val_fraction": args.val_fraction, "image_init": args.image_init, "histosge_weight": args.histosge_weight,
         "histosge_members": args.histosge_members, "dropout": args.dropout, "head_rank": args.head_rank,
+        "cell_um": args.cell_um, "prior_bandwidth": args.prior_bandwidth, "gene_selection": args.gene_selection,
     }
+    if args.no_image_modulation:
+        values["image_modulation"] = False
     if args.no_image_trend:
         values["image_trend"] = False
     if args.no_depth_term:
@@ -257,6 +272,25 @@ def drive(gen, args: argparse.Namespace):
     return run_with_tqdm(gen, disable=getattr(args, "quiet", False))
 
 
-def write_h5ad(adata, path: str | Path) -> None:
-    """Write ``adata`` to a checked ``.h5ad`` path."""
-    adata.write_h5ad(Path(path))
+def write_h5ad(adata, path: str | Path, what: str = "output (--out)") -> None:
+    """Write predictions ``adata`` atomically to a checked ``.h5ad`` path, refusing non-finite values.
+
+    A model whose weights diverged predicts NaN; such a file is never written (an earlier
+    file at ``path`` stays), and an ``OSError`` becomes one :class:`InputError`.
+    """
+    refuse_non_finite_predictions(adata)
+    outputs.write_h5ad(path, adata, what=what)
+
+
+def refuse_non_finite_predictions(adata) -> None:
+    """Raise :class:`InputError` naming the model if predictions ``adata`` hold NaN or infinite values."""
+    import numpy as np
+
+    values = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        info = adata.uns.get("histosge", {})
+        rows = int(bad.any(axis=1).sum())
+        raise InputError(f"the model predicts NaN or infinite values at {rows} of {adata.n_obs} positions (its "
+                         "training diverged: train again with a lower --lr); nothing was written",
+                         info.get("model_path") if isinstance(info, dict) else None)

@@ -1,10 +1,11 @@
-"""``histosge predict`` (at spots or given positions) and ``histosge superresolve`` (N-fold denser)."""
+"""``histosge predict`` (at spots or given positions) and ``histosge superresolve`` (N-fold, or a grid of cells)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
 from .options import (
     add_common_args,
     add_data_args,
@@ -40,11 +41,23 @@ def add_parsers(sub) -> None:
     add_common_args(p)
     p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("superresolve", help="N-fold super-resolution: predict expression between measured spots")
+    p = sub.add_parser("superresolve", help="super-resolution: expression between measured spots (N-fold "
+                                            "lattice), or on a grid of cells (subspot model)")
     p.add_argument("model", help="checkpoint written by 'histosge train'")
     add_data_args(p)
-    p.add_argument("--fold", type=int, default=4,
-                   help=f"N: positions per measured spot, {MIN_FOLD}..{MAX_FOLD} (default 4)")
+    p.add_argument("--fold", type=int,
+                   help=f"N: positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD} "
+                        "(default 4; not for a subspot model)")
+    p.add_argument("--grid-um", type=float,
+                   help="subspot model: side of the grid cells in µm (default: the model's own cell size)")
+    p.add_argument("--mask",
+                   help="subspot model: tissue mask, a label image (nonzero = tissue) or GeoJSON polygons in "
+                        "full-resolution pixels; 'auto' (default) detects the tissue, 'none' keeps every cell "
+                        "near a spot")
+    p.add_argument("--consistency", choices=["exact", "counting", "none"],
+                   help="subspot model: scale the cells under each measured spot so their mean is its measurement "
+                        "(exact, default), the measurement read through its counting noise (counting), or not at "
+                        "all (none)")
     p.add_argument("--out", required=True, help="output .h5ad")
     add_scale_args(p)
     add_common_args(p)
@@ -105,20 +118,46 @@ def check_superresolve(args: argparse.Namespace) -> None:
     from ..prediction.grid import MAX_FOLD, MIN_FOLD
 
     _check_model_and_data(args)
-    require_int(args.fold, "--fold", MIN_FOLD, MAX_FOLD)
+    grid = args.grid_um is not None or args.mask is not None or (args.consistency is not None)
+    if grid and args.fold is not None:
+        raise InputError("--fold places positions on the spot lattice; --grid-um, --mask and --consistency "
+                         "are for a grid of cells: give one or the other")
+    if args.fold is not None:
+        require_int(args.fold, "--fold", MIN_FOLD, MAX_FOLD)
+    require_positive(args.grid_um, "--grid-um")
+    if args.mask is not None and args.mask not in ("auto", "none"):
+        require_file(args.mask, "--mask file")
 
 
 def cmd_superresolve(args: argparse.Namespace) -> int:
-    """``histosge superresolve``: predictions at N positions per measured spot."""
+    """``histosge superresolve``: predictions at N positions per measured spot, or on a grid of cells."""
     check_superresolve(args)
-    from ..pipeline.steps import superresolve  # heavy: after the checks
+    from ..pipeline.grid_maps import superresolve_grid  # heavy: after the checks
+    from ..pipeline.steps import superresolve
 
     model = _load(args)
+    on_grid = model.aggregates_cells
+    if on_grid and args.fold is not None:
+        raise InputError(f"a {model.config.model} model predicts a grid of cells: use --grid-um, not --fold",
+                         args.model)
+    if not on_grid and (args.grid_um is not None or args.mask is not None or (args.consistency is not None)):
+        raise InputError(f"a {model.config.model} model predicts on the spot lattice (--fold); a grid of cells "
+                         "needs a model trained with --model subspot", args.model)
     adata = read_section(args)
-    result = drive(superresolve(model, adata, args.fold, scheduler=args.scheduler, n_workers=args.workers), args)
+    if on_grid:
+        mask = {None: "auto", "none": None}.get(args.mask, args.mask)
+        gen = superresolve_grid(model, adata, grid_um=args.grid_um, mask=mask,
+                                consistency=args.consistency or "exact")
+    else:
+        gen = superresolve(model, adata, args.fold or 4, scheduler=args.scheduler, n_workers=args.workers)
+    result = drive(gen, args)
     _provenance(result, args)
     write_h5ad(result, args.out)
     spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
-    print(f"{result.n_obs} positions ({args.fold}-fold of {adata.n_obs} spots) x {result.n_vars} genes"
-          f"{spread} -> {args.out}")
+    if on_grid:
+        grid = result.uns["histosge"]["grid"]
+        where = f"grid cells of {grid['cell_px']:.4g} px"
+    else:
+        where = f"positions ({args.fold or 4}-fold of {adata.n_obs} spots)"
+    print(f"{result.n_obs} {where} x {result.n_vars} genes{spread} -> {args.out}")
     return 0

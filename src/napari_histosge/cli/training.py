@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..errors import InputError
+from ..outputs import output_lock, write_csv
 from .options import (
     add_common_args,
     add_data_args,
@@ -77,12 +78,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..pipeline.steps import fit
 
     config, features = train_config(args), feature_config(args)  # the model's defaults: before any data
-    sections = [read_spots(path, image=args.image) for path in args.data]
-    model = drive(
-        fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
-            checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
-        args,
-    )
+    # One training per --out: a second one would interleave its checkpoints with this one's.
+    with output_lock(args.out, what="checkpoint (--out)"):
+        sections = [read_spots(path, image=args.image) for path in args.data]
+        model = drive(
+            fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
+                checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
+            args,
+        )
     history = model.meta.get("history")
     final = history[-1] if history else float("nan")
     n_spots = sum(a.n_obs for a in sections)
@@ -125,7 +128,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     result.predictions.uns["metrics_summary"] = json.loads(json.dumps(result.summary(), default=float))
     write_h5ad(result.predictions, args.out)
     if args.metrics:
-        result.metrics.to_csv(args.metrics)
+        write_csv(args.metrics, result.metrics, what="metrics file (--metrics)")
     if args.save_model:
         result.model.save(args.save_model)
     print_recovery_summary(result.summary())

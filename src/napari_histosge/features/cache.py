@@ -1,8 +1,10 @@
 """On-disk cache of patch features: ``$HISTOSGE_CACHE/features/<sha>.npz``.
 
-The key covers everything the features depend on: the slide file (resolved
-path, size, mtime), the patch centres (rounded to 0.01 px), patch size, scale,
-extractor input size and identity, and :data:`CACHE_VERSION`.
+The key covers everything the features depend on: the slide's content
+(:func:`~napari_histosge.slide.pyramid.file_fingerprint`: a hash of the whole file, or
+of its header and sampled blocks for a large slide; not its path or times), the patch
+centres (rounded to 0.01 px), patch size, scale, extractor input size and identity, and
+:data:`CACHE_VERSION`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..outputs import write_reason
 from ..slide.open import cache_root, file_fingerprint
 
-CACHE_VERSION = 1
+#: Version 2: keyed on the slide's content instead of its path, size and mtime.
+CACHE_VERSION = 2
 
 
 def feature_cache_key(
@@ -86,18 +91,37 @@ def load_cached(key: str) -> dict[str, np.ndarray] | None:
         return None
 
 
-def save_cached(key: str, **arrays: np.ndarray) -> Path:
-    """Write arrays under ``key`` atomically (temp file + ``os.replace``)."""
+def save_cached(key: str, **arrays: np.ndarray) -> Path | None:
+    """Write arrays under ``key`` atomically (temp file + ``os.replace``).
+
+    A cache that cannot be written (read-only or full disk) costs only the reuse: a warning
+    naming the cache folder, and ``None`` instead of the path.
+    """
     path = cache_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    except OSError as exc:
+        _warn_unwritable(path.parent, exc)
+        return None
     try:
         with os.fdopen(fd, "wb") as f:
             payload: dict[str, Any] = dict(arrays)  # numpy's stub would match a name to allow_pickle
             np.savez(f, **payload)
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _warn_unwritable(path.parent, exc)
+        return None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _warn_unwritable(folder: Path, exc: OSError) -> None:
+    warnings.warn(f"{folder}: the feature cache cannot be written ({write_reason(exc)}); the features are "
+                  "used but not kept for the next run (set $HISTOSGE_CACHE to another folder)",
+                  UserWarning, stacklevel=3)

@@ -103,6 +103,94 @@ def to_counts_csr(matrix: Any, path: Path) -> sparse.csr_matrix:
     return csr
 
 
+def require_integer_counts(counts: sparse.csr_matrix, path: Path, source: str = "the count matrix",
+                           hint: str = "") -> None:
+    """Reject counts that are not whole numbers (normalised or log data instead of raw counts).
+
+    ``source`` names the table in the message and ``hint`` ends it (where raw counts belong).
+    """
+    data = counts.data
+    fractional = data != np.round(data)
+    if fractional.any():
+        example = float(data[np.flatnonzero(fractional)[0]])
+        raise InputError(
+            f"{source} has {int(fractional.sum())} non-integer values (e.g. {example:g}): normalised or log "
+            f"data? raw counts are needed{hint}",
+            path,
+        )
+
+
+#: The widest plausible spot, in spacings between neighbouring spot centres: discs of
+#: neighbouring spots would overlap by half a spot beyond it.
+MAX_DIAMETER_SPACINGS = 1.5
+#: The least share of an image's width or height the spot array may span in it (a Visium
+#: image shows the capture area); below it the image's scale factor is taken to be wrong.
+MIN_ARRAY_COVERAGE = 0.15
+
+
+def check_spot_diameter(diameter_px: float, xy: np.ndarray, path: Path, key: str = "spot_diameter_fullres") -> None:
+    """Reject a spot diameter wider than :data:`MAX_DIAMETER_SPACINGS` spacings of spots ``xy``.
+
+    Parameters
+    ----------
+    diameter_px
+        The spot diameter in full-resolution px.
+    xy
+        Spot centres in full-resolution px (the whole array where known: off-tissue spots too).
+    path
+        The file the diameter comes from (named in the error).
+    key
+        The name of the diameter in that file.
+    """
+    finite = xy[np.isfinite(xy).all(axis=1)]
+    spacing = median_nn_distance(finite)
+    if spacing is None or diameter_px <= MAX_DIAMETER_SPACINGS * spacing:
+        return
+    raise InputError(
+        f"{key} is {diameter_px:.4g} px, but neighbouring spot centres are only {spacing:.4g} px apart: a "
+        f"spot {diameter_px / spacing:.1f} times wider than the spacing cannot be right (at most "
+        f"{MAX_DIAMETER_SPACINGS:g}); check that {key} is in full-resolution pixels and was not scaled",
+        path,
+    )
+
+
+def check_array_coverage(
+    xy: np.ndarray, images: dict[str, dict[str, Any]], scale_path: Path
+) -> None:
+    """Reject a scale factor that shrinks the spot array to a corner of its image.
+
+    Spot centres scaled into an image must span at least :data:`MIN_ARRAY_COVERAGE` of its
+    width or height; images at scale 1 (a full-resolution slide, which may show the whole
+    glass) are not checked.
+
+    Parameters
+    ----------
+    xy
+        Spot centres in full-resolution px (the whole array where known: off-tissue spots too).
+    images
+        ``{name: {"path", "scale"}}`` as in ``uns["histosge"]["images"]``.
+    scale_path
+        The file the scale factors come from (named in the error).
+    """
+    finite = xy[np.isfinite(xy).all(axis=1)]
+    if len(finite) < 2:
+        return
+    extent = finite.max(axis=0) - finite.min(axis=0)
+    for name, info in images.items():
+        scale = float(info["scale"])
+        if scale == 1.0:
+            continue
+        width, height = image_size(info["path"])
+        coverage = float(np.max(extent * scale / np.array([width, height])))
+        if coverage < MIN_ARRAY_COVERAGE:
+            raise InputError(
+                f"at the {name} scale factor {scale:g} the spot array spans only {coverage:.1%} of "
+                f"{Path(info['path']).name} ({width} x {height} px), but a Visium image shows the whole capture "
+                f"area: the scale factor is probably too small; check tissue_{name}_scalef in this file",
+                scale_path,
+            )
+
+
 def check_finite_positions(xy: np.ndarray, ids: pd.Index, path: Path) -> None:
     """Reject spot positions that are NaN or infinite."""
     bad = ~np.isfinite(xy).all(axis=1)

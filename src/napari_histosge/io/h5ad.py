@@ -19,6 +19,7 @@ from ._common import (
     largest_image,
     median_nn_distance,
     no_spots_error,
+    require_integer_counts,
     to_counts_csr,
 )
 
@@ -30,13 +31,7 @@ def _raw_counts(adata: Any, path: Path) -> sparse.csr_matrix:
     if matrix is None:
         raise InputError("X is empty and there is no layers['counts']; raw counts are needed", path)
     counts = to_counts_csr(matrix, path)
-    data = counts.data
-    if data.size and not np.all(data == np.round(data)):
-        raise InputError(
-            f"{source} holds non-integer values (normalised or log data?); raw counts are needed "
-            "in X or layers['counts']",
-            path,
-        )
+    require_integer_counts(counts, path, source, " in X or layers['counts']")
     return counts
 
 

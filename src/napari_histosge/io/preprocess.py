@@ -1,7 +1,8 @@
 """Normalisation and gene selection: the training targets of every model.
 
 Targets are ``log1p(normalize_total(target_sum=1e4))`` computed with scanpy, and the
-genes are the top-N highly variable genes (``flavor="seurat"`` on the log data) or a
+genes are the top-N highly variable genes (``flavor="seurat"`` on the log data), the top-N
+spatially variable genes (Moran's I on a spatial neighbour graph of the spots), both, or a
 list the user gives.
 """
 
@@ -17,6 +18,8 @@ from ..errors import InputError
 
 #: Counts per spot after ``normalize_total`` (before ``log1p``).
 TARGET_SUM = 1e4
+#: Fewest genes a section may have: with one, every normalised spot holds the same value.
+MIN_GENES = 2
 
 
 def _source(adata) -> str | None:
@@ -48,14 +51,18 @@ def normalize_log1p(adata, *, target_sum: float = TARGET_SUM):
     Raises
     ------
     InputError
-        If there are no spots or genes, counts are NaN/infinite or negative, or every
-        spot has zero counts.
+        If there are no spots, fewer than :data:`MIN_GENES` genes, counts are NaN/infinite
+        or negative, or every spot has zero counts.
     """
     import scanpy as sc
 
     source = _source(adata)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"the data is empty ({adata.n_obs} spots x {adata.n_vars} genes)", source)
+    if adata.n_vars < MIN_GENES:
+        raise InputError(
+            f"the data has only {adata.n_vars} gene: normalising each spot by its total count makes every spot "
+            "the same, so there is nothing to train on or compare; give the section's full count table", source)
     if not target_sum > 0:
         raise InputError(f"target_sum must be positive, got {target_sum}", source)
     values = _values(adata.X)
@@ -114,7 +121,167 @@ def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:
     return genes
 
 
-def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = None) -> list[str]:
+#: Gene selection methods of :func:`select_genes`.
+GENE_METHODS = ("hvg", "spatial", "hvg+spatial")
+#: Neighbours per spot in the spatial graph of Moran's I (a Visium spot's hexagonal ring).
+SPATIAL_NEIGHBOURS = 6
+#: A gene enters the spatial ranking only when detected in at least this share of spots ...
+MIN_DETECTED_SHARE = 0.05
+#: ... and in at least this many spots.
+MIN_DETECTED_SPOTS = 10
+#: Subtracted from the Moran's I of genes detected in fewer spots, so they rank last.
+RARE_GENE_OFFSET = 100.0
+#: Values per chunk of genes when computing Moran's I (float64: 128 MB).
+CHUNK_VALUES = 2**24
+
+
+def spatial_graph(xy: np.ndarray, *, k: int = SPATIAL_NEIGHBOURS, sections: Sequence | None = None) -> sp.csr_matrix:
+    """Symmetric 0/1 graph joining each spot to its ``k`` nearest spots (never across sections).
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` spot positions (full-resolution ``(x, y)`` pixels).
+    k
+        Neighbours per spot (fewer where a section has fewer spots).
+    sections
+        Optional section label per spot: spots of different sections are never joined
+        (their coordinates are separate frames that may overlap).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(n, n)`` float64, zero diagonal.
+
+    Raises
+    ------
+    InputError
+        If ``sections`` does not give one label per spot.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if sections is None:
+        labels = np.zeros(len(xy), np.int64)
+    elif len(sections) != len(xy):
+        raise InputError(f"{len(sections)} section labels for {len(xy)} spots; give one label per spot")
+    else:
+        labels = np.unique(np.asarray(sections), return_inverse=True)[1]
+    rows, cols = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        kk = min(int(k), len(members) - 1)
+        if kk < 1:
+            continue
+        _, nearest = NearestNeighbors(n_neighbors=kk + 1).fit(xy[members]).kneighbors(xy[members])
+        rows.append(np.repeat(members, kk))
+        cols.append(members[nearest[:, 1:]].ravel())
+    n = len(xy)
+    if not rows:
+        return sp.csr_matrix((n, n))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    return ((graph + graph.T) > 0).astype(np.float64).tocsr()
+
+
+def morans_i(adata_log, *, k: int = SPATIAL_NEIGHBOURS, sections: Sequence | None = None,
+             chunk: int | None = None) -> np.ndarray:
+    """Moran's I of every gene on the spots' k-nearest-neighbour graph.
+
+    ``I = n / S0 * (z' W z) / (z' z)`` with ``z`` the centred log expression, ``W`` the 0/1
+    graph of :func:`spatial_graph` and ``S0`` its number of edges (as scanpy's
+    ``sc.metrics.morans_i``). Near 1: neighbouring spots agree (a spatial pattern); near 0:
+    no pattern. Computed in chunks of genes, so memory stays at ``n_spots x chunk`` values.
+
+    Parameters
+    ----------
+    adata_log
+        Log-normalised AnnData with positions in ``obsm["spatial"]``.
+    k, sections
+        The spatial graph (see :func:`spatial_graph`).
+    chunk
+        Genes per chunk; default: as many as keep a chunk near 16 million values (128 MB).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_genes,)`` float64; NaN for a gene constant over the spots.
+
+    Raises
+    ------
+    InputError
+        If ``obsm["spatial"]`` is missing or does not match the spots, or there are fewer
+        than 3 spots.
+    """
+    source = _source(adata_log)
+    xy = adata_log.obsm.get("spatial") if hasattr(adata_log, "obsm") else None
+    if xy is None or np.shape(xy) != (adata_log.n_obs, 2) or not np.all(np.isfinite(np.asarray(xy, float))):
+        raise InputError("spatial gene selection needs finite spot positions in obsm['spatial']", source)
+    if adata_log.n_obs < 3:
+        raise InputError(f"spatial gene selection needs at least 3 spots, got {adata_log.n_obs}", source)
+    graph = spatial_graph(xy, k=k, sections=sections)
+    edges = graph.sum()
+    out = np.full(adata_log.n_vars, np.nan)
+    step = int(chunk) if chunk is not None else max(1, CHUNK_VALUES // adata_log.n_obs)
+    for start in range(0, adata_log.n_vars, step):
+        x = adata_log.X[:, start:start + step]
+        z = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+        z -= z.mean(axis=0)
+        spread = (z * z).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = adata_log.n_obs / edges * (z * (graph @ z)).sum(axis=0) / spread
+        out[start:start + z.shape[1]] = np.where(spread > 0, value, np.nan)
+    return out
+
+
+def _detected_enough(adata_log) -> np.ndarray:
+    """Genes detected (nonzero) in at least MIN_DETECTED_SHARE and MIN_DETECTED_SPOTS of the spots."""
+    x = adata_log.X
+    detected = np.asarray((x > 0).sum(axis=0)).ravel() if sp.issparse(x) else (np.asarray(x) > 0).sum(axis=0)
+    return detected >= max(MIN_DETECTED_SPOTS, MIN_DETECTED_SHARE * adata_log.n_obs)
+
+
+def _dispersion_scores(adata_log, n_top: int) -> np.ndarray:
+    """Normalised dispersion per gene (scanpy's seurat flavour); -inf where undefined."""
+    import scanpy as sc
+
+    hvg = sc.pp.highly_variable_genes(adata_log, flavor="seurat", n_top_genes=int(n_top), inplace=False)
+    return np.nan_to_num(np.asarray(hvg["dispersions_norm"], dtype=np.float64), nan=-np.inf)
+
+
+def _ranks(score: np.ndarray) -> np.ndarray:
+    """0 for the highest score, ties by var order."""
+    order = np.argsort(-score, kind="stable")
+    ranks = np.empty(len(score), np.int64)
+    ranks[order] = np.arange(len(score))
+    return ranks
+
+
+def gene_scores(adata_log, method: str, *, n_top: int = 1000, sections: Sequence | None = None) -> np.ndarray:
+    """The per-gene score :func:`select_genes` takes the highest ``n_top`` of (higher is better).
+
+    ``"hvg"``: normalised dispersion. ``"spatial"``: Moran's I, genes detected in too few
+    spots after all others. ``"hvg+spatial"``: minus the better of a gene's two ranks, so
+    the top ``n_top`` is about the top half of each list (the tie between a gene's two ranks
+    broken by the other one).
+    """
+    if method not in GENE_METHODS:
+        raise InputError(f"unknown gene selection method {method!r}; choose one of {', '.join(GENE_METHODS)}",
+                         _source(adata_log))
+    if method == "hvg":
+        return _dispersion_scores(adata_log, n_top)
+    moran = np.nan_to_num(morans_i(adata_log, sections=sections), nan=-np.inf)
+    # genes detected in too few spots rank after all others (Moran's I stays within a few units)
+    spatial = np.where(_detected_enough(adata_log), moran, moran - RARE_GENE_OFFSET)
+    if method == "spatial":
+        return spatial
+    rank_s, rank_h = _ranks(spatial), _ranks(_dispersion_scores(adata_log, n_top))
+    best, other = np.minimum(rank_s, rank_h), np.maximum(rank_s, rank_h)
+    return -(best * (len(best) + 1) + other).astype(np.float64)
+
+
+def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = None, method: str = "hvg",
+                 sections: Sequence | None = None, include: Sequence[str] | None = None) -> list[str]:
     """Pick the genes to model.
 
     Parameters
@@ -122,34 +289,50 @@ def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = 
     adata_log
         Log-normalised AnnData (from :func:`normalize_log1p`).
     n_top
-        Number of highly variable genes when ``genes`` is not given; all genes when
-        larger than the number of genes.
+        Number of genes when ``genes`` is not given; all genes when larger than the
+        number of genes.
     genes
         Explicit gene names; validated against ``adata_log.var_names``.
+    method
+        How to rank genes when ``genes`` is not given: ``"hvg"``, highly variable genes
+        (normalised dispersion, scanpy's seurat flavour on the log data); ``"spatial"``,
+        Moran's I on the spots' 6-nearest-neighbour graph, among genes detected in at least
+        5% of the spots and 10 spots (spatially structured genes, e.g. a tumour's markers);
+        ``"hvg+spatial"``, the best of each gene's two ranks, about half of each list.
+    sections
+        Section label per spot, for ``"spatial"`` on several sections stacked together:
+        neighbours are found within each section only.
+    include
+        Genes always chosen (e.g. a user's marker list), validated like ``genes``; the
+        method's ranking fills the rest up to ``n_top`` (more than ``n_top`` are all kept).
 
     Returns
     -------
     list of str
-        The given genes (duplicates dropped), or the top ``n_top`` HVGs in var order.
+        The given genes (duplicates dropped), or ``n_top`` genes (``include`` and the top
+        of the ranking) in var order.
 
     Raises
     ------
     InputError
-        If a requested gene is unknown (with close-match suggestions), or ``n_top < 1``.
+        If a requested gene is unknown (with close-match suggestions), ``n_top < 1``, the
+        method is unknown, or ``"spatial"`` lacks spot positions.
     """
-    import scanpy as sc
-
     if genes is not None:
         return _check_genes(adata_log, genes)
+    wanted = set(_check_genes(adata_log, include)) if include is not None else set()
     if int(n_top) < 1:
         raise InputError(f"the number of genes must be at least 1, got {n_top}", _source(adata_log))
+    if method not in GENE_METHODS:
+        raise InputError(f"unknown gene selection method {method!r}; choose one of {', '.join(GENE_METHODS)}",
+                         _source(adata_log))
     if n_top >= adata_log.n_vars:
         return [str(g) for g in adata_log.var_names]
-    hvg = sc.pp.highly_variable_genes(adata_log, flavor="seurat", n_top_genes=int(n_top), inplace=False)
-    # scanpy's cut-off can keep ties (genes alone in a mean bin all score 1.0); take exactly
-    # n_top by normalised dispersion, ties broken by var order.
-    score = np.nan_to_num(np.asarray(hvg["dispersions_norm"], dtype=np.float64), nan=-np.inf)
-    chosen = np.sort(np.argsort(-score, kind="stable")[: int(n_top)])
+    score = gene_scores(adata_log, method, n_top=int(n_top), sections=sections)
+    score[np.isin(np.asarray(adata_log.var_names, dtype=str), list(wanted))] = np.inf
+    # scanpy's own HVG cut-off can keep ties (genes alone in a mean bin all score 1.0); take
+    # exactly n_top by score, ties broken by var order.
+    chosen = np.sort(np.argsort(-score, kind="stable")[: max(int(n_top), len(wanted))])
     return [str(adata_log.var_names[i]) for i in chosen]
 
 

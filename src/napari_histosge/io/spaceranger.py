@@ -15,11 +15,14 @@ from scipy import sparse
 from ..errors import InputError
 from ._common import (
     build_adata,
+    check_array_coverage,
     check_finite_positions,
     check_positions_in_images,
+    check_spot_diameter,
     image_entry,
     no_spots_error,
     require_file,
+    require_integer_counts,
     to_counts_csr,
 )
 
@@ -107,7 +110,9 @@ def _read_h5(path: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
     var = pd.DataFrame(index=adata.var_names.copy())
     if "gene_ids" in adata.var:
         var["gene_ids"] = adata.var["gene_ids"].to_numpy()
-    return to_counts_csr(adata.X, path), adata.obs_names.copy(), var
+    counts = to_counts_csr(adata.X, path)
+    require_integer_counts(counts, path)
+    return counts, adata.obs_names.copy(), var
 
 
 def _mtx_member(folder: Path, stem: str) -> Path | None:
@@ -157,7 +162,9 @@ def _read_mtx(folder: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
 
     var = pd.DataFrame(index=ad.utils.make_index_unique(pd.Index(names.astype(str))))
     var["gene_ids"] = genes[0].to_numpy()
-    return to_counts_csr(counts, matrix), pd.Index(codes.to_numpy()), var
+    csr = to_counts_csr(counts, matrix)
+    require_integer_counts(csr, matrix)
+    return csr, pd.Index(codes.to_numpy()), var
 
 
 def _fullres_image(folder: Path) -> Path | None:
@@ -228,9 +235,13 @@ def read_spaceranger(folder: str | os.PathLike, *, image: str | os.PathLike | No
         img = spatial / f"tissue_{name}_image.png"
         if img.is_file():
             images[name] = image_entry(img, _positive(factors, f"tissue_{name}_scalef", sf_path))
+    # The whole array (off-tissue spots too) gives the spacing and the extent of the capture area.
+    array_xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    check_spot_diameter(spot_diameter, array_xy, sf_path)
     check_positions_in_images(
         xy, keep_codes, images, positions_path=pos_path, scale_path=sf_path, spot_diameter_px=spot_diameter
     )
+    check_array_coverage(array_xy, images, sf_path)
     library_id = folder.resolve().name
     if library_id == "outs":  # Space Ranger nests outputs in <sample>/outs
         library_id = folder.resolve().parent.name

@@ -17,6 +17,7 @@ from ._common import (
     image_entry,
     median_nn_distance,
     no_spots_error,
+    require_integer_counts,
     to_counts_csr,
 )
 
@@ -147,6 +148,7 @@ def read_st_v1(folder: str | os.PathLike, *, image: str | os.PathLike | None = N
     check_finite_positions(xy, keep, sel_path)
     rows = ids.get_indexer(keep)
     counts = to_counts_csr(table.to_numpy()[rows], counts_path)
+    require_integer_counts(counts, counts_path, "the counts table")
 
     # Spacing from all selected spots with positions (more points, better fit).
     spacing = lattice_spacing(sel[["x", "y"]].to_numpy(dtype=float), xy) or median_nn_distance(xy)

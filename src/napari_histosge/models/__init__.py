@@ -1,4 +1,4 @@
-"""Expression models: the registry, and the HisToSGE and conditioned models it holds.
+"""Expression models: the registry, and the HisToSGE, conditioned and sub-spot models it holds.
 
 Every model is a :class:`~.registry.ModelSpec` (network, trainer, trained class, settings)
 registered by the module that trains it; :func:`train`, :func:`load_model` and
@@ -24,6 +24,7 @@ from .registry import (
     train,
     train_config,
 )
+from .subspot import fit as subspot_fit  # noqa: F401
 
 __all__ = ["ConditionedModel", "HisToSGE", "ModelSpec", "create_model", "load_model", "model_hparams",
            "model_names", "model_spec", "register_model", "train", "train_config"]

@@ -43,6 +43,10 @@ class ModelSpec:
         The :class:`TrainConfig` settings passed to the network's constructor.
     defaults
         :class:`TrainConfig` settings whose default differs for this model.
+    section_trainer
+        For a model that reads the slide itself (not per-spot features): trains on a whole
+        section, ``section_trainer(adata, *, train_ids, config, meta, checkpoint_path, cancel)``;
+        :func:`napari_histosge.pipeline.steps.fit` hands such a model the section.
     """
 
     name: str
@@ -51,6 +55,7 @@ class ModelSpec:
     trained_class: type[TrainedModel]
     hparam_keys: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    section_trainer: Callable[..., ProgressGenerator[TrainedModel]] | None = None
 
     def hparams(self, config: TrainConfig) -> dict[str, Any]:
         """The settings of ``config`` handed to the network's constructor."""

@@ -87,7 +87,8 @@ def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_p
     combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
                                                     for a in adatas)}
     # Genes are chosen on all training spots together, among genes every section measured.
-    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes)
+    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes,
+                         method=train_config.gene_selection)
     sections = np.repeat(np.arange(k), [a.n_obs for a in adatas])
     frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
     data = TrainingData(

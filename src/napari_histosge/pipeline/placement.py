@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..features import FeatureConfig, patch_size_px, spot_center_fraction
+from ..training.grouping import median_spacing
 from ..training.inputs import section_frame
 from ..training.trained_model import TrainedModel
 
@@ -88,6 +89,22 @@ def check_diameter(diameter: float | None) -> None:
     """A diameter must be a finite number of pixels > 0 (``None``: the default)."""
     if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
         raise InputError(f"the diameter must be a positive number of pixels, got {diameter!r}")
+
+
+#: The widest disc a prediction may stand for, in spot spacings of its section.
+MAX_DIAMETER_SPACINGS = 10.0
+
+
+def check_diameter_on(adata, diameter: float | None) -> None:
+    """A diameter must also be at most :data:`MAX_DIAMETER_SPACINGS` spot spacings of ``adata``."""
+    check_diameter(diameter)
+    if diameter is None or adata.n_obs < 2:
+        return
+    spacing = median_spacing(np.asarray(adata.obsm["spatial"], np.float64), undefined=0.0)
+    if spacing > 0 and diameter > MAX_DIAMETER_SPACINGS * spacing:
+        raise InputError(f"a diameter of {diameter:g} px is over {MAX_DIAMETER_SPACINGS:g} spot spacings "
+                         f"({MAX_DIAMETER_SPACINGS * spacing:.4g} px) of this section: give it in full-resolution "
+                         "pixels")
 
 
 def default_diameter(model: TrainedModel, adata, *, required: bool = True) -> float | None:

@@ -89,7 +89,8 @@ def recover(
     # are exactly the log data of the training spots: normalise once
     log_all = normalize_log1p(adata)
     log_train = log_all[train_ids]
-    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes)
+    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes,
+                         method=train_config.gene_selection)
     top_genes = top_mean_genes(log_train, n=n_top_mean)
     if train_config.genes is None:
         genes = scored + [g for g in top_genes if g not in set(scored)]

@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..features import FeatureConfig, SpotFeatures, extract_features_at
 from ..io import require_spot_image
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
-from ..models import train
+from ..models import model_spec, train
 from ..prediction.distributed import predict_distributed
 from ..prediction.grid import superresolution_positions
 from ..prediction.lattice import check_positions
@@ -29,9 +29,10 @@ from ..prediction.pieces import predict_in_pieces
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..training.inputs import TrainConfig, TrainingData
 from ..training.trained_model import TrainedModel
+from .grid_maps import predict_discs
 from .multisection import fit_sections
 from .placement import (
-    check_diameter,
+    check_diameter_on,
     default_diameter,
     feature_config_of,
     frame_name,
@@ -109,6 +110,16 @@ def fit(
     """
     train_config = train_config or TrainConfig()
     feature_config = feature_config or FeatureConfig()
+    section_trainer = model_spec(train_config.model).section_trainer
+    if section_trainer is not None:  # a model that reads the slide itself (no per-spot features)
+        if isinstance(adata, (list, tuple)):
+            if len(adata) != 1:
+                raise InputError(f"the {train_config.model} model trains on one section; got {len(adata)}")
+            adata = adata[0]
+        # A closed-form fit has no epochs to resume: it is simply fitted again.
+        return (yield from section_trainer(adata, train_ids=train_ids, config=train_config,
+                                           meta=model_meta(adata, feature_config), checkpoint_path=checkpoint_path,
+                                           cancel=cancel))
     if isinstance(adata, (list, tuple)):
         if not adata:
             raise InputError("no sections to train on")
@@ -132,7 +143,8 @@ def fit(
     train_adata = _subset_ids(adata, train_ids)
     mask = adata.obs_names.get_indexer(train_adata.obs_names)
     log_train = normalize_log1p(train_adata)
-    genes = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes)
+    genes = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes,
+                         method=train_config.gene_selection)
     data = TrainingData(
         features=features.features[mask],
         mean_rgb=features.mean_rgb[mask],
@@ -235,8 +247,30 @@ def predict_spots(
     import anndata as ad
 
     names, xy = _prediction_targets(adata, spot_ids, positions, position_ids)
-    check_diameter(diameter)
+    check_diameter_on(adata, diameter)
     frame = position_frame(model, adata)  # checked before any feature is read
+    std = None
+    if model.aggregates_cells:  # spots as the mean of the model's grid cells under each disc
+        disc = default_diameter(model, adata) if diameter is None else float(diameter)
+        assert disc is not None  # required=True: a missing diameter raised
+        pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
+    else:
+        pred, std = yield from _predict_at_spots(model, adata, names, xy, positions, diameter, features, frame,
+                                                 scheduler=scheduler, n_workers=n_workers, cancel=cancel)
+    out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=pd.Index(names, dtype=str)),
+                     var=_gene_table(model))
+    out.obsm["spatial"] = xy
+    out.uns["histosge"] = _prediction_uns(adata, model, fold=1)
+    out.uns["histosge"].update(_placement_uns(model, adata, frame, diameter))
+    out.uns["histosge"]["positions"] = "measured spots" if positions is None else "given"
+    if std is not None:
+        out.layers["std"] = std
+    return out
+
+
+def _predict_at_spots(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
+                      features: SpotFeatures | None, frame, *, scheduler, n_workers, cancel):
+    """Predictions (and spread) of a per-spot-feature model at ``xy``."""
     if features is None:
         features = yield from features_at(model, adata, xy, diameter=diameter, scheduler=scheduler,
                                           n_workers=n_workers, cancel=cancel)
@@ -247,17 +281,8 @@ def predict_spots(
         _check_same_extractor(model, features)
         rows = adata.obs_names.get_indexer(names)
         features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
-    pred, std = yield from _predict_with_spread(model, features, xy, frame, scheduler=scheduler,
-                                                n_workers=n_workers, cancel=cancel)
-    out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=pd.Index(names, dtype=str)),
-                     var=_gene_table(model))
-    out.obsm["spatial"] = xy
-    out.uns["histosge"] = _prediction_uns(adata, model, fold=1)
-    out.uns["histosge"].update(_placement_uns(model, adata, frame, diameter))
-    out.uns["histosge"]["positions"] = "measured spots" if positions is None else "given"
-    if std is not None:
-        out.layers["std"] = std
-    return out
+    return (yield from _predict_with_spread(model, features, xy, frame, scheduler=scheduler,
+                                            n_workers=n_workers, cancel=cancel))
 
 
 def _prediction_targets(adata, spot_ids, positions, position_ids) -> tuple[list[str], np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .widgets.layers import LayerDataTuple, prediction_layers, slide_layer, spots_layer
+from .widgets.layers import LayerDataTuple, prediction_layers, slide_layer, spots_layer, um_per_px
 
 PathLike = str | os.PathLike
 ReaderFunction = Callable[[PathLike], list[LayerDataTuple]]
@@ -62,15 +62,29 @@ def get_slide_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
     return read_slide_layers
 
 
+#: ``slide_layers(mpp=OWN_MPP)``: a slide opened alone, in its own metadata's pixel size.
+OWN_MPP = "own"
+
+
 def slide_layers(image_path: PathLike, *, image_scale: float = 1.0, name: str | None = None,
-                 extra: dict[str, Any] | None = None) -> LayerDataTuple:
-    """The multiscale image layer of one image file (lazy; never loaded whole)."""
+                 extra: dict[str, Any] | None = None, mpp: float | str | None = OWN_MPP) -> LayerDataTuple:
+    """The multiscale image layer of one image file (lazy; never loaded whole).
+
+    ``mpp`` sets the world frame: the micrometres per full-res pixel of the spot data the image
+    belongs to (``None``: pixels, as those spots are), or :data:`OWN_MPP` for a slide opened
+    alone, placed by its own metadata's pixel size when it has one.
+    """
     from ..slide.open import open_slide
 
     slide = open_slide(image_path)
+    if mpp == OWN_MPP:
+        frame_mpp = slide.mpp if image_scale == 1.0 else None
+    else:
+        frame_mpp = None if mpp is None else float(mpp)
     # The Slide object is kept in the metadata: its open file backs the dask levels.
     meta = {"slide": slide, "path": str(image_path), "mpp": slide.mpp, **(extra or {})}
-    return slide_layer(slide.levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta)
+    return slide_layer(slide.levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta,
+                       mpp=frame_mpp)
 
 
 def read_slide_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
@@ -90,9 +104,30 @@ def spots_to_layers(adata, *, gene: str | None = None) -> list[LayerDataTuple]:
     if image is not None:
         image_path, scale = image
         layers.append(slide_layers(image_path, image_scale=scale, name=f"{library} H&E",
-                                   extra={"adata": adata}))
+                                   extra={"adata": adata}, mpp=um_per_px(adata)))
+        message = low_resolution_message(adata)
+        if message is not None:  # napari shows a reader's warnings as notifications
+            warnings.warn(message, UserWarning, stacklevel=2)
     layers.append(spots_layer(adata, gene, name=f"{library} spots"))
     return layers
+
+
+def low_resolution_message(adata) -> str | None:
+    """What to tell a user whose section's image is too coarse for image features, else ``None``.
+
+    ``None`` also when the image's resolution is unknown. The threshold is the core's
+    (:data:`napari_histosge.pipeline.section_features.LOW_RESOLUTION_PX`).
+    """
+    from ..pipeline.section_features import LOW_RESOLUTION_PX, image_pixels_per_spot
+
+    px = image_pixels_per_spot(adata)
+    if px is None or px >= LOW_RESOLUTION_PX:
+        return None
+    library = (adata.uns.get("histosge", {}) or {}).get("library_id") or "this section"
+    message = (f"{library}: its image has only {px:.0f} px across a spot (image features want at least "
+               f"{LOW_RESOLUTION_PX}), so a model sees colour more than morphology; attach the full-resolution "
+               "H&E, or train with features = none to compare")
+    return message
 
 
 def read_spots_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
@@ -122,14 +157,15 @@ def prediction_info(path: PathLike) -> dict[str, Any] | None:
 
     Reads only that group with h5py (never ``X``), so it is cheap enough for a reader
     to call on every ``.h5ad`` dropped on napari. A file is a prediction when
-    ``uns["histosge"]`` has a ``fold`` (what :mod:`napari_histosge.pipeline.steps` writes).
+    ``uns["histosge"]`` has a ``fold`` (what :mod:`napari_histosge.pipeline.steps` writes) or a
+    ``grid`` (grid cells of the sub-spot model, shown as a raster).
     """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             group = f.get("uns/histosge")
-            if not isinstance(group, h5py.Group) or "fold" not in group:
+            if not isinstance(group, h5py.Group) or ("fold" not in group and "grid" not in group):
                 return None
             return dict(_read_elem(group))
     except Exception:  # not HDF5, unreadable, foreign layout: the spots reader reports it
@@ -208,7 +244,7 @@ def read_prediction(path: PathLike):
     if not path.is_file():
         raise InputError("predictions file does not exist", path)
     if not is_prediction_file(path):
-        raise InputError("not a napari-histosge predictions file (no uns['histosge']['fold'])", path)
+        raise InputError("not a napari-histosge predictions file (no uns['histosge']['fold'] or ['grid'])", path)
     _check_prediction_layout(path)
     try:
         pred = ad.read_h5ad(path)
@@ -274,18 +310,27 @@ def prediction_to_layers(pred, *, path: PathLike | None = None, gene: str | None
         found = _find_image(recorded, where)
         if found is None:
             warnings.warn(f"{where}: the slide image {recorded} was not found; showing the predictions "
-                          "without it (in full-resolution pixel coordinates)", UserWarning, stacklevel=2)
+                          f"without it ({frame_words(pred)}); put the image beside the file to see both",
+                          UserWarning, stacklevel=2)
         else:
             try:
-                layers.append(slide_layers(found, image_scale=scale, name=f"{library} H&E", extra={"adata": pred}))
+                layers.append(slide_layers(found, image_scale=scale, name=f"{library} H&E", extra={"adata": pred},
+                                           mpp=um_per_px(pred)))
             except InputError as exc:
                 warnings.warn(f"{where}: the slide image could not be opened ({exc}); showing the predictions "
                               "without it", UserWarning, stacklevel=2)
     else:
-        warnings.warn(f"{where}: the predictions record no slide image; showing them in full-resolution "
-                      "pixel coordinates", UserWarning, stacklevel=2)
+        warnings.warn(f"{where}: the predictions record no slide image; showing them without it "
+                      f"({frame_words(pred)}); open the spot data they came from to see the slide under them",
+                      UserWarning, stacklevel=2)
     layers.extend(prediction_layers(pred, gene))
     return layers
+
+
+def frame_words(adata) -> str:
+    """How the layers of ``adata`` are placed, in words (for messages)."""
+    return ("in micrometres, from the pixel size the file records" if um_per_px(adata)
+            else "in full-resolution pixel coordinates")
 
 
 def read_prediction_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:

@@ -31,6 +31,7 @@ def write_h5ad(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         If the layer was not made by napari-histosge (it has no expression to write).
     """
     from ..errors import InputError
+    from ..outputs import write_h5ad as write_atomically
 
     info = (meta.get("metadata") or {}).get(META_KEY) or {}
     adata = info.get("adata")
@@ -41,5 +42,5 @@ def write_h5ad(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if out.suffix != ".h5ad":
         out = out.with_name(out.name + ".h5ad")
     out.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out)
+    write_atomically(out, adata)  # a failed write leaves any earlier file intact
     return [str(out)]

@@ -183,12 +183,20 @@ class Slide:
         -------
         numpy.ndarray
             ``(n, out_size, out_size, 3)`` uint8, in the order of ``centers_xy``.
+
+        Raises
+        ------
+        InputError
+            If one patch would need more pixels in memory than
+            :func:`~napari_histosge.slide.pyramid.max_decode_pixels` (see
+            :func:`~napari_histosge.slide.patches.check_patch_size`).
         """
         centers = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
         size0 = float(size_px) * scale
         level = self.best_level(size0, out_size)
         lv = self._levels[level]
-        plan = plan_patches(lv, centers * (scale / self.downsamples[level]), size0 / self.downsamples[level])
+        plan = plan_patches(lv, centers * (scale / self.downsamples[level]), size0 / self.downsamples[level],
+                            full_res_px=float(size_px))
         return render_patches(lv, level, plan, out_size, self._cache, self._decode_pool())
 
     def _decode_pool(self) -> ThreadPoolExecutor:

@@ -3,17 +3,22 @@
 Patches are visited in tile order (row band, then column), grouped so that a
 group's tiles fit in the slide's tile cache; each group's missing tiles are
 decoded in parallel threads, then every patch is cut from the decoded tiles and
-resized. Results come back in the caller's order.
+resized. Results come back in the caller's order. A patch is cut from one region held in
+memory, so its region obeys the decode limit of whole-image reads
+(:func:`~napari_histosge.slide.pyramid.max_decode_pixels`): a patch too large for it is
+refused before anything is read.
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .pyramid import Level, TileCache
+from ..errors import InputError
+from .pyramid import Level, TileCache, max_decode_pixels
 
 
 @dataclass
@@ -42,8 +47,46 @@ class PatchPlan:
     iy1: np.ndarray
 
 
-def plan_patches(level: Level, centers: np.ndarray, side: float) -> PatchPlan:
-    """Plan reads of square patches of edge ``side`` around ``centers`` ``(x, y)`` (level px)."""
+def check_patch_size(level: Level, side: float, full_res_px: float | None = None) -> None:
+    """Refuse patches of edge ``side`` (``level`` px) whose region exceeds the decode limit.
+
+    Parameters
+    ----------
+    level
+        The pyramid level the patches are cut from (its slide is named in the error).
+    side
+        Patch edge in that level's pixels.
+    full_res_px
+        The same edge in full-resolution pixels, for the message (``None``: not known).
+
+    Raises
+    ------
+    InputError
+        If one patch's region (the box plus a pixel of resampling context on each side)
+        holds more pixels than :func:`~napari_histosge.slide.pyramid.max_decode_pixels`,
+        or ``side`` is not a positive finite number.
+    """
+    if not (math.isfinite(side) and side > 0):
+        raise InputError(f"the patch edge must be a positive number of pixels, got {side}", level.path)
+    edge = math.ceil(side) + 3  # what plan_patches reads: the box plus one pixel each side, rounded out
+    limit = max_decode_pixels()
+    if edge * edge > limit:
+        size = f"{full_res_px:,.0f} full-resolution px, " if full_res_px is not None else ""
+        raise InputError(
+            f"a patch of {size}{edge:,} x {edge:,} px on pyramid level {level.index} would need "
+            f"{edge * edge * 3 / 1e9:.1f} GB in memory, more than the decode limit of {limit:,} px "
+            "($HISTOSGE_MAX_DECODE_PIXELS); choose a smaller patch (--patch-um or --patch-spot-fraction)",
+            level.path,
+        )
+
+
+def plan_patches(level: Level, centers: np.ndarray, side: float, *, full_res_px: float | None = None) -> PatchPlan:
+    """Plan reads of square patches of edge ``side`` around ``centers`` ``(x, y)`` (level px).
+
+    Raises :class:`InputError` for a patch over the decode limit (:func:`check_patch_size`,
+    which names ``full_res_px`` when given).
+    """
+    check_patch_size(level, side, full_res_px)
     cx, cy = centers[:, 0], centers[:, 1]
     bx0, by0 = cx - side / 2, cy - side / 2
     # One extra pixel around the box so the resampling kernel has context.

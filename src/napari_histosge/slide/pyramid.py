@@ -252,11 +252,60 @@ def pil_no_size_limit():
         Image.MAX_IMAGE_PIXELS = old
 
 
+#: Files up to this size are hashed whole (a JPEG, PNG or small slide; well under a second).
+FULL_HASH_MAX_BYTES = 64 * 2**20
+#: A larger file is hashed by its first and last bytes (TIFF headers and directories)...
+EDGE_BYTES = 2**20
+#: ... and this many blocks of ``SAMPLE_BYTES`` spread evenly over the rest.
+SAMPLE_BLOCKS = 256
+SAMPLE_BYTES = 16 * 2**10
+
+# Digests already computed in this process, by everything ``stat`` says of the file. ctime
+# is among it: writing a file (or setting its mtime back with os.utime) always moves it.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _hash_file(fh: Any, size: int) -> str:
+    h = hashlib.sha256(f"size={size}|".encode())
+    if size <= FULL_HASH_MAX_BYTES:
+        for block in iter(lambda: fh.read(4 * 2**20), b""):
+            h.update(block)
+        return "sha256:" + h.hexdigest()
+    h.update(fh.read(EDGE_BYTES))
+    fh.seek(size - EDGE_BYTES)
+    h.update(fh.read(EDGE_BYTES))
+    span = size - 2 * EDGE_BYTES - SAMPLE_BYTES
+    for i in range(SAMPLE_BLOCKS):
+        fh.seek(EDGE_BYTES + span * i // (SAMPLE_BLOCKS - 1))
+        h.update(fh.read(SAMPLE_BYTES))
+    return f"sampled{SAMPLE_BLOCKS}x{SAMPLE_BYTES}:" + h.hexdigest()
+
+
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """Resolved path, size and mtime of a file: changes whenever the file does."""
+    """A digest of a file's content: what the feature and pyramid caches are keyed on.
+
+    Files up to :data:`FULL_HASH_MAX_BYTES` are hashed whole; larger slides by their size,
+    their first and last :data:`EDGE_BYTES` (a TIFF's header and directories) and
+    :data:`SAMPLE_BLOCKS` blocks spread over the rest, so that a gigapixel slide costs a
+    few megabytes of reading. The name, the folder and the times of the file do not count:
+    an image edited in place with its size and mtime kept gets a new digest, and a copy
+    of a slide reuses the caches of the original.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read.
+    """
     p = Path(path).resolve()
-    st = p.stat()
-    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        st = p.stat()
+        memo = (str(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if memo not in _DIGESTS:
+            with open(p, "rb") as fh:
+                _DIGESTS[memo] = _hash_file(fh, st.st_size)
+    except OSError as exc:
+        raise InputError(f"cannot read the image ({exc.strerror or exc})", p) from None
+    return _DIGESTS[memo]
 
 
 def pyramid_dir(path: Path, root: Path) -> Path:

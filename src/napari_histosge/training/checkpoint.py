@@ -3,20 +3,23 @@
 A checkpoint is a ``torch.save`` dict holding the weights, the optimiser state (for
 resuming) and a JSON document with everything else (config, genes, metadata, epoch).
 Keeping the non-tensor part as JSON lets :func:`load_checkpoint` use
-``torch.load(weights_only=True)``, which never runs code from the file.
+``torch.load(weights_only=True)``, which never runs code from the file. ``torch.save``
+writes a zip archive whose every record carries a CRC-32 checksum; :func:`load_checkpoint`
+verifies them all first, so a file damaged after it was written (a bad copy, a failing
+disk) is refused instead of loading weights that are silently wrong.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import InputError
+from ..outputs import atomic_path, write_bytes
 
 FORMAT = "napari-histosge-checkpoint"
 VERSION = 1
@@ -36,7 +39,8 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then ``os.replace``.
 
-    A crash or error mid-write leaves any previous file at ``path`` untouched.
+    A crash or error mid-write leaves any previous file at ``path`` untouched; an ``OSError``
+    (full disk, read-only folder) becomes one :class:`InputError` naming ``path``.
 
     Parameters
     ----------
@@ -64,35 +68,52 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "optimizer": optimizer,
     }
-    with _atomic_file(path) as fh:
-        torch.save(payload, fh)
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file that replaces ``path`` (``os.replace``) only once written and synced.
-
-    On any error the temporary file goes and a previous file at ``path`` stays untouched.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # Serialised in memory first: torch's own writer turns a failed write (full disk) into a
+    # RuntimeError without its cause, Python's write keeps the errno for the message.
+    buffer = io.BytesIO()
+    with atomic_path(path, what="checkpoint") as tmp:
+        torch.save(payload, buffer)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    with _atomic_file(Path(path)) as fh:
-        fh.write(data)
+    write_bytes(path, data, what="checkpoint")
+
+
+def verify_checksums(path: str | os.PathLike) -> None:
+    """Check the CRC-32 of every record of the zip archive ``torch.save`` wrote at ``path``.
+
+    Raises
+    ------
+    InputError
+        If the archive is damaged or a record does not match its checksum.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise InputError("not a readable napari-histosge checkpoint: no intact zip archive as torch.save "
+                         "writes (another kind of file, or a damaged or truncated one); copy it again or "
+                         "train again", path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, NotImplementedError...: all damage
+        raise InputError(f"the checkpoint is damaged ({_short_reason(exc)}); copy it again or train again",
+                         path) from None
+    if bad is not None:
+        raise InputError(f"the checkpoint is damaged: record {bad!r} does not match its checksum (the file "
+                         "changed after it was written, e.g. a bad copy or disk); copy it again or train again",
+                         path)
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One line about ``exc`` for users; never torch's multi-line advice to unpickle unsafely."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain values, which are never loaded"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tuple[dict, dict[str, Any], dict | None]:
@@ -106,7 +127,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     Raises
     ------
     InputError
-        If the file is missing, unreadable, corrupt or not a napari-histosge checkpoint.
+        If the file is missing, unreadable, damaged (see :func:`verify_checksums`) or not a
+        napari-histosge checkpoint.
     """
     import torch
 
@@ -114,9 +136,12 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     if not path.is_file():
         raise InputError("checkpoint file not found", path)
     try:
+        verify_checksums(path)
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except InputError:
+        raise
     except Exception as exc:  # corrupt/truncated/foreign pickle: all the user's input
-        raise InputError(f"not a readable napari-histosge checkpoint ({type(exc).__name__}: {exc})", path) from exc
+        raise InputError(f"not a readable napari-histosge checkpoint ({_short_reason(exc)})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError("not a napari-histosge checkpoint (no format marker)", path)
     if int(payload.get("version", 0)) > VERSION:

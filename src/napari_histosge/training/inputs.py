@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io.preprocess import GENE_METHODS
 from ..settings import settings_from_dict
 from .grouping import GROUPING_MODES
 
@@ -73,6 +74,16 @@ class TrainConfig:
     same validation spots: one HisToSGE model's held-out PCC moves with that seed about as much as
     with the split (docs/benchmarks.md), and their mean is steadier and better.
 
+    Settings of the ``subspot`` model (:mod:`.models.subspot`): ``cell_um`` is the side
+    of its grid cells in µm (``None``: its default, at least two image pixels);
+    ``prior_bandwidth`` the width of the measured prior's Gaussian, as a fraction of the
+    footprints' spacing; ``image_modulation`` lets the cells' image features modulate the
+    prior (off: the map is the smoothed measurement, made consistent with it).
+
+    ``gene_selection`` ranks the genes when ``genes`` is not given: ``"hvg"`` (highly
+    variable, as the paper), ``"spatial"`` (Moran's I: spatially structured genes) or
+    ``"hvg+spatial"`` (see :func:`napari_histosge.io.preprocess.select_genes`).
+
     ``init_seed`` seeds the weights' initialisation, the batch order and the jitter; ``None``
     uses ``seed``, which always chooses the validation spots.
 
@@ -105,6 +116,7 @@ class TrainConfig:
     device: str = "auto"
     n_top_genes: int = 1000
     genes: list[str] | None = None
+    gene_selection: str = "hvg"
     checkpoint_every: int = 1
     neighbours: int = 8
     neighbour_dropout: float = 0.0
@@ -125,10 +137,14 @@ class TrainConfig:
     histosge_epochs: int = 1000
     histosge_members: int = 3
     init_seed: int | None = None
+    cell_um: float | None = None
+    prior_bandwidth: float = 0.75
+    image_modulation: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "dropout", "feature_dropout", "position_jitter", "neighbour_dropout",
-                     "aux_weight", "adversarial", "val_fraction", "image_init", "histosge_weight"):
+                     "aux_weight", "adversarial", "val_fraction", "image_init", "histosge_weight", "cell_um",
+                     "prior_bandwidth"):
             value = getattr(self, name)
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 setattr(self, name, float(value))  # numpy scalars -> plain floats (JSON, checks)
@@ -174,10 +190,18 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, float) and np.isfinite(value) and value >= 0):
                 raise InputError(f"training setting {name} must be a number >= 0, got {value!r}")
-        for name in ("use_neighbours", "image_trend", "depth_term", "distill", "diffusion"):
+        if self.cell_um is not None and not (isinstance(self.cell_um, float) and np.isfinite(self.cell_um)
+                                             and self.cell_um > 0):
+            raise InputError(f"training setting cell_um must be a positive size in µm or None, got {self.cell_um!r}")
+        if not (isinstance(self.prior_bandwidth, float) and 0 < self.prior_bandwidth <= 10):
+            raise InputError(f"training setting prior_bandwidth must be in (0, 10], got {self.prior_bandwidth!r}")
+        for name in ("use_neighbours", "image_trend", "depth_term", "distill", "diffusion", "image_modulation"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"training setting {name} must be true or false, got {getattr(self, name)!r}")
             setattr(self, name, bool(getattr(self, name)))
+        if self.gene_selection not in GENE_METHODS:
+            raise InputError(f"unknown gene selection {self.gene_selection!r}; choose one of "
+                             f"{', '.join(GENE_METHODS)}")
         if self.grouping not in GROUPING_MODES:
             raise InputError(f"unknown grouping {self.grouping!r}; choose one of {', '.join(GROUPING_MODES)}")
         if self.genes is not None:

@@ -28,6 +28,9 @@ class TrainedModel:
     #: Whether the model can predict on a section it was not trained on. A model that reads
     #: measured spots it stores (conditioned) cannot: they lie on its own section only.
     predicts_other_sections: bool = True
+    #: Whether the model predicts grid cells from the slide and a spot as the mean of its
+    #: cells (the sub-spot model) rather than from per-spot features.
+    aggregates_cells: bool = False
 
     def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
                  optimizer_state: dict | None = None) -> None:

@@ -1,7 +1,9 @@
 """The Gene viewer: type-ahead gene search that recolours spots and heatmaps at once.
 
-Also: observed | predicted | difference side by side, a colorbar legend, and the
-per-gene PCC where measurements exist.
+Also: observed | predicted | difference side by side, a colorbar legend bound to the layer
+it describes, and the per-gene PCC where measurements exist. A gene switch updates the
+existing layers in place (data, colours, limits): removing a napari layer costs a full
+garbage collection, so layers are only removed when the user closes the comparison.
 """
 
 from __future__ import annotations
@@ -9,43 +11,49 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, Label, LineEdit, PushButton
-from qtpy.QtCore import QStringListModel, Qt
+from magicgui.widgets import Container, LineEdit, PushButton
+from qtpy.QtCore import QStringListModel, Qt, QTimer
 from qtpy.QtWidgets import QCompleter
 
 from .colorbar import ColorBar
-from .compare import ROLE_COMPARE, comparison_layers, spot_averaged
+from .compare import ROLE_COMPARE, ROLE_COMPARE_TITLES, can_compare, comparison_layers, panels_for, spot_averaged
 from .layers import (
-    HEATMAP_COLORMAP,
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,
     ROLE_SPOTS,
     ROLE_UNCERTAINTY,
-    SPOT_COLORMAP,
     histosge_meta,
     layers_with_role,
     measured_source,
     recolor_spots,
     update_heatmap,
-    value_range,
 )
+from .status import set_status, status_label, status_of
 
 if TYPE_CHECKING:
     import napari
 
 UNITS = "log1p(counts per 1e4)"
+#: Roles of the layers that show one gene (the legend can describe them).
+GENE_ROLES = (ROLE_HEATMAP, ROLE_UNCERTAINTY, ROLE_PRED_SPOTS, ROLE_SPOTS, ROLE_COMPARE)
+#: What the PCC in the status line is (its tooltip).
+PCC_NOTE = ("\n(PCC between the measured values and the predictions averaged over each spot, on all spots, "
+            "training spots included: a measure of fit, not a held-out score)")
+#: metadata flag: the Gene viewer hid this layer because it lacks the gene shown.
+HIDDEN_FLAG = "hidden_lacking_gene"
 
 
 def gene_pcc(pred, source, gene: str, *, log_source=None) -> float:
     """PCC over measured spots between ``gene``'s measurement and its spot-averaged prediction.
 
-    NaN when the gene is missing from either side or correlation is undefined.
+    NaN when the gene is missing from either side, the positions have no parent spots
+    (grid cells), or correlation is undefined.
     """
     from ...evaluation.metrics import gene_metrics
     from .layers import gene_values
 
-    if gene not in pred.var_names or gene not in source.var_names:
+    if gene not in pred.var_names or gene not in source.var_names or not can_compare(pred):
         return float("nan")
     predicted = spot_averaged(pred, source, gene)
     observed = gene_values(source, gene, log_adata=log_source)
@@ -54,6 +62,19 @@ def gene_pcc(pred, source, gene: str, *, log_source=None) -> float:
         return float("nan")
     metrics = gene_metrics(observed[ok, None], predicted[ok, None], [gene])
     return float(metrics.loc[gene, "pcc"])
+
+
+def legend_of(layer) -> tuple[str, float, float, Any]:
+    """``(title, min, max, colormap)`` that describe what ``layer`` shows now."""
+    meta = histosge_meta(layer)
+    gene = meta.get("gene") or ""
+    if hasattr(layer, "contrast_limits") and not hasattr(layer, "face_contrast_limits"):
+        lo, hi = layer.contrast_limits
+        cmap = layer.colormap
+    else:
+        lo, hi = layer.face_contrast_limits
+        cmap = layer.face_colormap
+    return f"{gene} - {layer.name}" if gene and gene not in layer.name else layer.name, float(lo), float(hi), cmap
 
 
 class GeneViewerWidget(Container):
@@ -66,11 +87,14 @@ class GeneViewerWidget(Container):
         self.search.native.setPlaceholderText("gene (type to search)...")
         self.show_button = PushButton(text="Show gene")
         self.compare_button = PushButton(text="Observed | predicted | difference")
-        self.info = Label(value="")
-        self.info.native.setWordWrap(True)
-        self.extend([self.search, self.show_button, self.compare_button, self.info])
+        self.close_compare_button = PushButton(text="Close comparison", visible=False)
+        self.info = status_label()
+        self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button, self.info])
         self.colorbar = ColorBar()
+        self.diff_colorbar = ColorBar()  # the difference panel's diverging scale
+        self.diff_colorbar.setVisible(False)
         self.native.layout().addWidget(self.colorbar)
+        self.native.layout().addWidget(self.diff_colorbar)
 
         self._model = QStringListModel([])
         self.completer = QCompleter(self._model, self.native)
@@ -79,15 +103,21 @@ class GeneViewerWidget(Container):
         self.completer.setMaxVisibleItems(12)
         self.search.native.setCompleter(self.completer)
         self.completer.activated[str].connect(self._show_completion)
-        self.search.native.returnPressed.connect(lambda: self.show_gene(self.search.value))
+        self.search.native.returnPressed.connect(self._return_pressed)
         self.show_button.changed.connect(lambda *_: self.show_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
+        self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
 
         self.gene: str | None = None
         self.pcc: dict[str, float] = {}
-        viewer.layers.events.inserted.connect(self.refresh_genes)
-        viewer.layers.events.removed.connect(self.refresh_genes)
+        self.legend_layer = None
+        viewer.layers.events.inserted.connect(self._layer_inserted)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        viewer.layers.selection.events.active.connect(self._active_changed)
+        for layer in layers_with_role(viewer.layers, *GENE_ROLES[:4]):
+            layer.events.visible.connect(self._visibility_changed)
         self.refresh_genes()
+        self._bind_legend(self._best_legend_layer())
 
     # ------------------------------------------------------------------ gene list
     def genes(self) -> list[str]:
@@ -107,6 +137,95 @@ class GeneViewerWidget(Container):
     def _show_completion(self, text: str) -> None:
         self.show_gene(text)
 
+    def _return_pressed(self) -> None:
+        # With the suggestion list open, Enter picks a suggestion: QCompleter emits
+        # `activated` with its full name after this signal, so the typed prefix
+        # ("erbb") must not be looked up. Typed text is looked up once the event is done.
+        popup = self.completer.popup()
+        if popup is not None and popup.isVisible():
+            return
+        QTimer.singleShot(0, self._show_typed)
+
+    def _show_typed(self) -> None:
+        if self.search.value != (self.gene or ""):  # the suggestion's activation may have shown it already
+            self.show_gene(self.search.value)
+
+    # ------------------------------------------------------------------ the legend
+    def _layer_inserted(self, event) -> None:
+        self.refresh_genes()
+        meta = histosge_meta(event.value)
+        if meta.get("role") in GENE_ROLES[:4]:
+            event.value.events.visible.connect(self._visibility_changed)
+        if meta.get("role") in GENE_ROLES and meta.get("gene") and event.value.visible:
+            self._bind_legend(event.value)  # a new data set or result: the legend follows it
+
+    def _layer_removed(self, event) -> None:
+        self.refresh_genes()
+        if event.value is self.legend_layer:
+            self._bind_legend(self._best_legend_layer())
+        if not layers_with_role(self.viewer.layers, ROLE_COMPARE):
+            self._comparison_closed()
+
+    def _visibility_changed(self, event) -> None:
+        # Hidden layers are repainted when shown, not on every gene switch (each repaint costs).
+        layer = event.source
+        if layer.visible and self.gene is not None and histosge_meta(layer).get("gene") != self.gene:
+            self._paint(layer, self.gene)
+
+    def _paint(self, layer, gene: str) -> bool:
+        """Show ``gene`` on ``layer`` in place; False (nothing changed) when its data lack the gene."""
+        meta = histosge_meta(layer)
+        if gene not in meta["adata"].var_names:
+            return False
+        if meta.get("role") in (ROLE_SPOTS, ROLE_PRED_SPOTS):
+            recolor_spots(layer, gene)
+        else:
+            update_heatmap(layer, gene)
+        return True
+
+    def _active_changed(self, event) -> None:
+        layer = event.value
+        if layer is not None and histosge_meta(layer).get("role") in GENE_ROLES and histosge_meta(layer).get("gene"):
+            self._bind_legend(layer)
+
+    def _best_legend_layer(self):
+        """The layer the legend should describe: a visible heatmap, else visible spots, else none."""
+        for roles in ((ROLE_HEATMAP,), (ROLE_PRED_SPOTS, ROLE_SPOTS)):
+            for layer in reversed(layers_with_role(self.viewer.layers, *roles)):
+                if layer.visible and histosge_meta(layer).get("gene"):
+                    return layer
+        return None
+
+    def _bind_legend(self, layer) -> None:
+        """Describe ``layer`` in the legend from now on, following its contrast and colormap."""
+        old = self.legend_layer
+        if old is not None and old is not layer:
+            for name in ("contrast_limits", "colormap", "face_color", "name", "visible"):
+                emitter = getattr(old.events, name, None)
+                if emitter is not None:
+                    emitter.disconnect(self._sync_legend)
+        self.legend_layer = layer
+        if layer is None:
+            self.colorbar.clear("no gene shown (open spot data or predictions)")
+            return
+        if old is not layer:
+            for name in ("contrast_limits", "colormap", "face_color", "name", "visible"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.connect(self._sync_legend)
+        self._sync_legend()
+
+    def _sync_legend(self, *_: Any) -> None:
+        layer = self.legend_layer
+        if layer is None:
+            return
+        if not layer.visible:
+            self.colorbar.clear(f"'{layer.name}' is hidden; show it or pick a gene")
+            return
+        title, lo, hi, cmap = legend_of(layer)
+        units = histosge_meta(layer).get("units", UNITS)
+        self.colorbar.set_range(title, lo, hi, colormap=cmap, units=units)
+
     # ------------------------------------------------------------------ showing a gene
     def _resolve(self, text: str) -> str | None:
         text = text.strip()
@@ -117,7 +236,12 @@ class GeneViewerWidget(Container):
         return lower.get(text.lower())
 
     def show_gene(self, text: str) -> bool:
-        """Recolour every spots layer and heatmap by gene ``text``; False if unknown."""
+        """Recolour every spots layer and heatmap by gene ``text``; False if unknown.
+
+        Layers whose data lack the gene are hidden (and shown again for a gene they have),
+        so no layer keeps another gene's colours under this gene's legend; the status
+        line names them.
+        """
         from napari.utils.notifications import show_warning
 
         gene = self._resolve(text)
@@ -126,41 +250,45 @@ class GeneViewerWidget(Container):
             return False
         self.gene = gene
         self.search.value = gene
-        shown = None
-        for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS, ROLE_PRED_SPOTS):
-            if gene in histosge_meta(layer)["adata"].var_names:
-                recolor_spots(layer, gene)
-                shown = shown or (layer.face_contrast_limits, SPOT_COLORMAP)
-        heatmaps = [lyr for lyr in layers_with_role(self.viewer.layers, ROLE_HEATMAP)
-                    if gene in histosge_meta(lyr)["adata"].var_names]
-        for layer in heatmaps:
-            update_heatmap(layer, gene)
-        for layer in layers_with_role(self.viewer.layers, ROLE_UNCERTAINTY):
-            if gene in histosge_meta(layer)["adata"].var_names:
-                update_heatmap(layer, gene)
-        if heatmaps:
-            shown = (heatmaps[0].contrast_limits, HEATMAP_COLORMAP)
-        if shown is not None:
-            (lo, hi), cmap = shown
-            self.colorbar.set_range(gene, lo, hi, colormap=cmap, units=UNITS)
-        self._update_pcc(gene, heatmaps)
+        shown, lacking = [], []
+        for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP,
+                                      ROLE_UNCERTAINTY):
+            meta = histosge_meta(layer)
+            if gene not in meta["adata"].var_names:
+                if layer.visible:
+                    layer.visible, meta[HIDDEN_FLAG] = False, True
+                    lacking.append(layer.name)
+                continue
+            if meta.pop(HIDDEN_FLAG, False):
+                layer.visible = True  # repainted by _visibility_changed
+            elif layer.visible or meta.get("role") in (ROLE_HEATMAP, ROLE_UNCERTAINTY):
+                self._paint(layer, gene)  # hidden Points (costly to recolour) are repainted when shown
+            shown.append(layer)
+        heatmaps = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_HEATMAP]
+        note = f"; not in (hidden): {', '.join(lacking)}" if lacking else ""
+        measured = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_SPOTS]
+        if lacking and measured and not any(lyr.visible for lyr in shown):
+            measured[-1].visible = True  # the gene is only measured: show the measurement (repainted when shown)
+            note += f"; showing the measured '{measured[-1].name}'"
+        self._bind_legend(next((lyr for lyr in heatmaps if lyr.visible), None) or self._best_legend_layer())
+        self._update_pcc(gene, heatmaps, note)
         if layers_with_role(self.viewer.layers, ROLE_COMPARE):
             self.compare()
         return True
 
-    def _update_pcc(self, gene: str, heatmaps: list) -> None:
+    def _update_pcc(self, gene: str, heatmaps: list, note: str = "") -> None:
         parts = []
         for layer in heatmaps:
             meta = histosge_meta(layer)
             source = measured_source(layer, self.viewer.layers)
-            if source is None or gene not in source.var_names:
+            if source is None or gene not in source.var_names or not can_compare(meta["adata"]):
                 continue
             r = gene_pcc(meta["adata"], source, gene, log_source=self._log_of(source))
             self.pcc[layer.name] = r
             parts.append(f"PCC {r:.3f}" if np.isfinite(r) else "PCC n/a (constant)")
-        self.info.value = f"{gene}: " + ", ".join(parts) if parts else gene
-        self.info.tooltip = ("PCC between the measured values and the predictions averaged over each spot, "
-                             "on all spots (training spots included): a measure of fit, not a held-out score")
+        set_status(self.info, (f"{gene}: " + ", ".join(parts) if parts else gene) + note)
+        if parts:
+            self.info.tooltip = (self.info.tooltip or "") + PCC_NOTE
 
     def _log_of(self, adata):
         # Reuse the normalised copy a spots layer already made for this AnnData.
@@ -175,38 +303,105 @@ class GeneViewerWidget(Container):
         return None
 
     # ------------------------------------------------------------------ comparison
+    def _comparable(self):
+        """``(heatmap, predictions, measured spots)`` of the newest comparable heatmap, or ``None``."""
+        for layer in reversed(layers_with_role(self.viewer.layers, ROLE_HEATMAP)):
+            source = measured_source(layer, self.viewer.layers)
+            if source is not None and can_compare(histosge_meta(layer)["adata"]):
+                return layer, histosge_meta(layer)["adata"], source
+        return None
+
     def compare(self) -> list:
-        """Add (or refresh) observed | predicted | difference panels for the current gene."""
-        import napari.layers
+        """Add observed | predicted | difference panels for the current gene, or repaint open ones in place."""
         from napari.utils.notifications import show_warning
 
-        heatmaps = [lyr for lyr in layers_with_role(self.viewer.layers, ROLE_HEATMAP)
-                    if measured_source(lyr, self.viewer.layers) is not None]
+        found = self._comparable()
         gene = self.gene or self._resolve(self.search.value)
-        if not heatmaps or gene is None:
+        if found is None or gene is None:
             show_warning("Super-resolve (or open saved predictions and the spot data they came from) and pick "
-                         "a gene; the comparison needs predictions and measurements.")
+                         "a gene; the comparison needs predictions at positions with parent spots, and measurements.")
             return []
-        meta = histosge_meta(heatmaps[-1])
-        source = measured_source(heatmaps[-1], self.viewer.layers)
-        if gene not in source.var_names or gene not in meta["adata"].var_names:
-            show_warning(f"gene '{gene}' is not both measured and predicted")
+        _, pred, source = found
+        panels = layers_with_role(self.viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES)
+        if gene not in source.var_names or gene not in pred.var_names:
+            for layer in panels:
+                if layer.visible:
+                    layer.visible = False
+            self.diff_colorbar.setVisible(False)
+            message = f"gene '{gene}' is not both measured and predicted" + (
+                "; comparison panels hidden" if panels else "")
+            show_warning(message)
+            set_status(self.info, f"{status_of(self.info)}; {message}")
             return []
-        for layer in list(layers_with_role(self.viewer.layers, ROLE_COMPARE)):
-            self.viewer.layers.remove(layer)
+        titles = layers_with_role(self.viewer.layers, ROLE_COMPARE_TITLES)
+        if titles and histosge_meta(titles[0]).get("pred") is pred and histosge_meta(titles[0]).get("source") is source:
+            return self._repaint_comparison(gene, titles[0])
+        if panels:
+            self.close_comparison()
+        return self._add_comparison(gene, pred, source)
+
+    def _add_comparison(self, gene: str, pred, source) -> list:
+        import napari.layers
+
         slide = next((lyr for lyr in layers_with_role(self.viewer.layers, ROLE_SLIDE)
                       if histosge_meta(lyr).get("adata") is source), None)
         slide_tuple = None
         if slide is not None:
             slide_tuple = (list(slide.data) if slide.multiscale else slide.data, {
                 "name": slide.name, "rgb": True, "multiscale": slide.multiscale, "scale": tuple(slide.scale),
-                "translate": tuple(slide.translate), "contrast_limits": (0, 255)}, "image")
+                "translate": tuple(slide.translate), "contrast_limits": (0, 255),
+                "units": tuple(str(u) for u in slide.units)}, "image")
         added = []
-        for data, kwargs, kind in comparison_layers(meta["adata"], source, gene, log_source=self._log_of(source),
-                                                    slide=slide_tuple):
-            cls = napari.layers.Image if kind == "image" else napari.layers.Points
-            added.append(self.viewer.add_layer(cls(data, **kwargs)))
+        layers = comparison_layers(pred, source, gene, log_source=self._log_of(source), slide=slide_tuple)
+        for data, kwargs, kind in layers:
+            added.append(self.viewer.add_layer(napari.layers.Layer.create(data, kwargs, kind)))
+        titles = added[-1]
+        histosge_meta(titles).update(pred=pred, source=source, geometry=histosge_meta(added[0])["geometry"])
         self.viewer.reset_view()
-        self.colorbar.set_range(gene, *value_range(np.asarray(added[0].contrast_limits)),
-                                colormap=HEATMAP_COLORMAP, units=UNITS)
+        self._comparison_opened(gene, added)
         return added
+
+    def _repaint_comparison(self, gene: str, titles) -> list:
+        """Update the open panels to ``gene`` in place (no layer removed or added)."""
+        meta = histosge_meta(titles)
+        panels = {p.label: p for p in panels_for(meta["pred"], meta["source"], gene, meta["geometry"],
+                                                 log_source=self._log_of(meta["source"]))}
+        images = [lyr for lyr in layers_with_role(self.viewer.layers, ROLE_COMPARE)
+                  if histosge_meta(lyr).get("gene") is not None]
+        for layer in images:
+            panel = panels[histosge_meta(layer)["panel"]]
+            layer.data = panel.image
+            layer.contrast_limits = panel.limits
+            layer.name = f"{gene} {panel.label}"
+            histosge_meta(layer)["gene"] = gene
+        titles.features = titles.features.assign(title=[p.title for p in panels.values()])
+        titles.text.refresh(titles.features)
+        for layer in layers_with_role(self.viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES):
+            if not layer.visible:  # each visibility change rebuilds napari's scene graph
+                layer.visible = True
+        self._comparison_opened(gene, images)
+        return images
+
+    def _comparison_opened(self, gene: str, layers: list) -> None:
+        images = {histosge_meta(lyr).get("panel"): lyr for lyr in layers if histosge_meta(lyr).get("gene")}
+        diff = images.get("predicted - observed")
+        if diff is not None:
+            lo, hi = diff.contrast_limits
+            self.diff_colorbar.set_range(f"{gene} predicted - observed", lo, hi, colormap=diff.colormap, units=UNITS)
+            self.diff_colorbar.setVisible(True)
+        if "predicted" in images:
+            self._bind_legend(images["predicted"])
+        self.close_compare_button.visible = True
+
+    def _comparison_closed(self) -> None:
+        self.diff_colorbar.setVisible(False)
+        self.close_compare_button.visible = False
+
+    def close_comparison(self) -> None:
+        """Remove the comparison panels (one batched removal: napari collects garbage once)."""
+        panels = layers_with_role(self.viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES)
+        with self.viewer.layers.batched_update():
+            for layer in panels:
+                self.viewer.layers.remove(layer)
+        self._comparison_closed()
+        self._bind_legend(self._best_legend_layer())

@@ -1,14 +1,17 @@
 """Turn core results into napari layer data: the ONLY place that knows napari's frame.
 
 The core speaks full-resolution image pixels as ``(x, y)`` (``adata.obsm["spatial"]``).
-napari's world frame here is the same full-resolution pixel grid, as ``(row, col)`` =
-``(y, x)``. Every layer built below sits in that frame through ``scale``/``translate``:
+napari's world frame here is that full-resolution pixel grid as ``(row, col)`` = ``(y, x)``,
+times ``u`` micrometres per pixel when the section records it (``uns["histosge"]["mpp"]``;
+the layers then carry ``units=("um", "um")`` and napari's scale bar reads micrometres),
+else ``u = 1`` in pixels. Every layer built below sits in that frame through
+``scale``/``translate``:
 
-* a slide image stored at ``scale`` image px per full-res px gets layer scale ``1/scale``
+* a slide image stored at ``scale`` image px per full-res px gets layer scale ``u/scale``
   and a half-pixel translate so that pixel centres line up;
-* spots and predicted positions are Points at ``(y, x)`` with layer scale 1;
-* a heatmap raster of cell size ``c`` starting at ``(y0, x0)`` gets scale ``c`` and
-  translate ``(y0, x0)``.
+* spots and predicted positions are Points at ``(y, x)`` with layer scale ``u``;
+* a heatmap raster of cell size ``c`` centred first at ``(y0, x0)`` gets scale ``u c``
+  and translate ``u (y0, x0)``.
 
 These functions are pure (no viewer): they return napari ``LayerDataTuple``s
 ``(data, kwargs, layer_type)``, which readers return as is and widgets add with
@@ -17,6 +20,7 @@ These functions are pure (no viewer): they return napari ``LayerDataTuple``s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,15 @@ import numpy as np
 import pandas as pd
 
 from ...errors import InputError
+from .colours import (
+    DIFF_COLORMAP,
+    HEATMAP_COLORMAP,
+    SPOT_COLORMAP,
+    colormap_for,
+    robust_range,
+    symmetric_range,
+    value_range,
+)
 
 #: key of ``layer.metadata`` holding what a layer was made from.
 META_KEY = "histosge"
@@ -33,9 +46,6 @@ ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predi
 #: Heatmap of a prediction's spread (``layers["std"]``: what a measurement there could read).
 ROLE_UNCERTAINTY = "uncertainty"
 
-SPOT_COLORMAP = "viridis"
-HEATMAP_COLORMAP = "inferno"
-DIFF_COLORMAP = "PiYG"
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -47,7 +57,22 @@ def spots_rc(adata) -> np.ndarray:
     return xy[:, ::-1].copy()
 
 
-def image_transform(image_scale: float) -> dict[str, tuple[float, float]]:
+def um_per_px(adata) -> float | None:
+    """Micrometres per full-resolution pixel recorded for ``adata`` (``uns["histosge"]["mpp"]``), else ``None``."""
+    info = getattr(adata, "uns", {}).get(META_KEY, {}) or {}
+    try:
+        mpp = float(info["mpp"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return mpp if np.isfinite(mpp) and mpp > 0 else None
+
+
+def world_frame(mpp: float | None) -> dict[str, Any]:
+    """The layer kwargs of the world frame: ``units`` in micrometres when ``mpp`` is known."""
+    return {"units": ("um", "um")} if mpp else {}
+
+
+def image_transform(image_scale: float, mpp: float | None = None) -> dict[str, tuple[float, float]]:
     """``scale``/``translate`` placing an image stored at ``image_scale`` on the full-res grid.
 
     Parameters
@@ -55,6 +80,8 @@ def image_transform(image_scale: float) -> dict[str, tuple[float, float]]:
     image_scale
         Image pixels per full-resolution pixel (1.0 for the full-res image, 0.2 for
         an image downsampled 5x).
+    mpp
+        Micrometres per full-resolution pixel: the world frame is in micrometres when given.
 
     Notes
     -----
@@ -64,16 +91,20 @@ def image_transform(image_scale: float) -> dict[str, tuple[float, float]]:
     s = float(image_scale)
     if not s > 0:
         raise ValueError(f"image scale must be positive, got {image_scale}")
+    u = float(mpp) if mpp else 1.0
     step = 1.0 / s
     offset = 0.5 * step - 0.5
-    return {"scale": (step, step), "translate": (offset, offset)}
+    return {"scale": (step * u, step * u), "translate": (offset * u, offset * u)}
 
 
 # ----------------------------------------------------------------------------- values
 def is_prediction(adata) -> bool:
-    """Whether ``adata`` holds predictions (log-normalised) rather than raw counts."""
+    """Whether ``adata`` holds predictions (log-normalised) rather than raw counts.
+
+    Predictions carry ``uns["histosge"]["fold"]`` (positions) or ``["grid"]`` (grid cells).
+    """
     info = adata.uns.get(META_KEY, {})
-    return isinstance(info, dict) and "fold" in info
+    return isinstance(info, dict) and ("fold" in info or "grid" in info)
 
 
 def _column(adata, gene: str) -> np.ndarray:
@@ -113,17 +144,6 @@ def layer_values(adata, gene: str, values_layer: str | None = None, *, log_adata
     return np.asarray(col, dtype=np.float64).ravel()
 
 
-def value_range(values: np.ndarray) -> tuple[float, float]:
-    """Finite (min, max) of ``values``, widened when flat so a colormap stays valid."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
-
-
 def default_gene(adata) -> str | None:
     """The gene to show first: the one with the highest mean."""
     if adata.n_vars == 0:
@@ -143,15 +163,19 @@ def _gene_to_show(pred, gene: str | None) -> str:
 
 # ----------------------------------------------------------------------------- slide
 def slide_layer(levels: list, *, image_scale: float = 1.0, name: str = "slide",
-                metadata: dict | None = None) -> LayerDataTuple:
-    """A multiscale RGB image layer (dask levels, largest first) on the full-res grid."""
+                metadata: dict | None = None, mpp: float | None = None) -> LayerDataTuple:
+    """A multiscale RGB image layer (dask levels, largest first) on the full-res grid.
+
+    ``mpp`` (micrometres per full-res pixel) puts it in the micrometre world frame.
+    """
     kwargs: dict[str, Any] = {
         "name": name,
         "rgb": True,
         "multiscale": len(levels) > 1,
         "contrast_limits": (0, 255),
         "metadata": {META_KEY: {"role": ROLE_SLIDE, **(metadata or {})}},
-        **image_transform(image_scale),
+        **image_transform(image_scale, mpp),
+        **world_frame(mpp),
     }
     data = list(levels) if len(levels) > 1 else levels[0]
     return data, kwargs, "image"
@@ -201,6 +225,7 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
         "border_color": "white",
         "opacity": 0.8,
         "metadata": {META_KEY: {"role": role, "adata": adata, "gene": gene, "log_adata": log_adata}},
+        **spots_frame(adata),
     }
     if values_layer is not None:  # the Gene viewer repaints from the same AnnData layer
         kwargs["metadata"][META_KEY]["values_layer"] = values_layer
@@ -208,6 +233,13 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
         kwargs.update(face_color=gene, face_colormap=SPOT_COLORMAP,
                       face_contrast_limits=value_range(table[gene].to_numpy()))
     return spots_rc(adata), kwargs, "points"
+
+
+def spots_frame(adata) -> dict[str, Any]:
+    """``scale`` (and ``units``) of a Points layer of ``adata``'s positions in the world frame."""
+    mpp = um_per_px(adata)
+    u = mpp or 1.0
+    return {"scale": (u, u), **world_frame(mpp)}
 
 
 def recolor_spots(layer, gene: str) -> None:
@@ -219,7 +251,12 @@ def recolor_spots(layer, gene: str) -> None:
 
         meta["log_adata"] = normalize_log1p(adata)
     values = layer_values(adata, gene, meta.get("values_layer"), log_adata=meta.get("log_adata"))
-    layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
+    # Replacing the table drops the column face_color is bound to, which napari reports as
+    # "property used for face_color dropped" (a toast in the viewer) before face_color is bound
+    # to the new column below: expected here, so that one warning is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="property used for face_color dropped")
+        layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
     layer.face_colormap = SPOT_COLORMAP
     layer.face_color = gene
     layer.face_contrast_limits = value_range(values)
@@ -243,19 +280,22 @@ def nn_spacing(xy: np.ndarray) -> float:
 class Raster:
     """A heatmap raster on the full-res grid.
 
-    ``image[i, j]`` is centred at world ``(y0 + i * cell, x0 + j * cell)``; NaN where no
-    position is near.
+    ``image[i, j]`` is centred at full-res ``(y0 + i * cell, x0 + j * cell)``; NaN where no
+    position is near. ``mpp`` (micrometres per pixel) puts it in the micrometre world frame.
     """
 
     image: np.ndarray
     cell: float
     origin_rc: tuple[float, float]
     index: np.ndarray  # raster cell -> row of the source positions (-1 = empty)
+    mpp: float | None = None
 
     @property
-    def transform(self) -> dict[str, tuple[float, float]]:
-        """The napari ``scale`` and ``translate`` that place the raster in world coordinates."""
-        return {"scale": (self.cell, self.cell), "translate": self.origin_rc}
+    def transform(self) -> dict[str, Any]:
+        """The napari ``scale`` and ``translate`` (and ``units``) that place the raster in the world."""
+        u = self.mpp or 1.0
+        return {"scale": (self.cell * u, self.cell * u),
+                "translate": (self.origin_rc[0] * u, self.origin_rc[1] * u), **world_frame(self.mpp)}
 
     def with_values(self, values: np.ndarray) -> np.ndarray:
         """The raster filled with other per-position ``values`` (same positions)."""
@@ -266,7 +306,7 @@ class Raster:
 
 
 def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
-              reach: float = 0.75) -> Raster:
+              reach: float = 0.75, mpp: float | None = None) -> Raster:
     """Paint per-position ``values`` into a regular raster (nearest position per cell).
 
     Parameters
@@ -279,6 +319,8 @@ def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
         Raster cells per lattice pitch (the pitch is measured from ``xy``).
     reach
         Cells farther than ``reach`` pitches from every position stay empty (NaN).
+    mpp
+        Micrometres per full-res pixel, for the world frame of :attr:`Raster.transform`.
     """
     from scipy.spatial import cKDTree
 
@@ -294,8 +336,43 @@ def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
     centres = np.column_stack([x0 + cc.ravel() * cell, y0 + rr.ravel() * cell])
     dist, nearest = cKDTree(xy).query(centres, k=1)
     index = np.where(dist <= spacing * reach, nearest, -1).reshape(n_rows, n_cols)
-    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index)
-    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index)
+    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index, mpp=mpp)
+    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index, mpp=mpp)
+
+
+def grid_info(adata) -> dict[str, Any] | None:
+    """``uns["histosge"]["grid"]`` of a grid-cell AnnData (the sub-spot model's output), else ``None``."""
+    info = adata.uns.get(META_KEY, {}) or {}
+    grid = info.get("grid") if isinstance(info, dict) else None
+    return grid if isinstance(grid, dict) else None
+
+
+def grid_raster(adata) -> Raster:
+    """The raster of a grid-cell AnnData: cell ``(grid_row, grid_col)`` at its own raster pixel.
+
+    Raises
+    ------
+    InputError
+        When the grid description or the cell indices do not fit together.
+    """
+    grid, source = grid_info(adata), (adata.uns.get(META_KEY, {}) or {}).get("source")
+    try:
+        n_rows, n_cols = (int(n) for n in grid["shape"])  # type: ignore[index]
+        cell = float(grid["cell_px"])  # type: ignore[index]
+        x0, y0 = (float(v) for v in grid["origin_xy"])  # type: ignore[index]
+        rows = np.asarray(adata.obs["grid_row"], dtype=np.int64)
+        cols = np.asarray(adata.obs["grid_col"], dtype=np.int64)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InputError(f"the grid cells are not described fully (uns['histosge']['grid'] needs shape, "
+                         f"cell_px and origin_xy; obs needs grid_row and grid_col): {exc}", source) from exc
+    if not (cell > 0 and n_rows > 0 and n_cols > 0):
+        raise InputError(f"the grid has cell_px {cell} and shape {(n_rows, n_cols)}; both must be positive", source)
+    if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= n_rows or cols.max() >= n_cols):
+        raise InputError(f"grid cell indices fall outside the grid's shape {(n_rows, n_cols)}", source)
+    index = np.full((n_rows, n_cols), -1, dtype=np.int64)
+    index[rows, cols] = np.arange(len(rows))
+    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(y0, x0), index=index, mpp=um_per_px(adata))
+    return raster
 
 
 def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
@@ -306,31 +383,37 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
     Parameters
     ----------
     pred
-        Predictions from :func:`napari_histosge.pipeline.steps.superresolve`.
+        Predictions from :func:`napari_histosge.pipeline.steps.superresolve`, or grid cells
+        (``uns["histosge"]["grid"]``: painted cell by cell on the grid's own raster).
     gene
         Gene to show (default: highest mean).
     values
         Per-position values to paint instead of ``gene``'s predictions (e.g. a difference).
+    colormap
+        :data:`HEATMAP_COLORMAP` (transparent low end) or any napari colormap name;
+        :data:`DIFF_COLORMAP` gets limits symmetric about 0.
     raster
         Reuse this raster geometry (saves the nearest-neighbour search).
+
+    Notes
+    -----
+    Contrast limits are :func:`robust_range` (1st-99th percentile), so one outlier does not
+    set the range; blending is translucent over the H&E.
     """
     gene = _gene_to_show(pred, gene)
     vals = gene_values(pred, gene) if values is None else np.asarray(values, np.float64)
     if raster is None:
-        raster = rasterize(np.asarray(pred.obsm["spatial"]), vals)
-        image = raster.image
-    else:
-        image = raster.with_values(vals)
+        raster = grid_raster(pred) if grid_info(pred) is not None else rasterize(
+            np.asarray(pred.obsm["spatial"]), vals, mpp=um_per_px(pred))
+    image = raster.with_values(vals)
     info = pred.uns.get(META_KEY, {})
-    lo, hi = value_range(vals)
-    if colormap == DIFF_COLORMAP:
-        m = max(abs(lo), abs(hi))
-        lo, hi = -m, m
+    limits = symmetric_range(vals) if colormap == DIFF_COLORMAP else robust_range(vals)
+    label = "grid" if grid_info(pred) is not None else f"{info.get('fold', '')}x"
     kwargs: dict[str, Any] = {
-        "name": name or f"{gene} {info.get('fold', '')}x heatmap",
-        "colormap": colormap,
-        "contrast_limits": (lo, hi),
-        "opacity": 0.6,
+        "name": name or f"{gene} {label} heatmap",
+        "colormap": colormap_for(colormap),
+        "contrast_limits": limits,
+        "opacity": 0.85,
         "blending": "translucent",
         "interpolation2d": "nearest",
         "metadata": {META_KEY: {"role": role, "adata": pred, "gene": gene, "raster": raster,
@@ -341,23 +424,25 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
 
 
 def update_heatmap(layer, gene: str) -> None:
-    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``.
+    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``, in place.
 
-    An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData layer;
-    uncertainty shown as Points (fold-1 predictions: no raster) is recoloured instead.
+    Data, contrast limits and name change on the existing layer (no layer is removed or
+    added). An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData
+    layer; uncertainty shown as Points (fold-1 predictions: no raster) is recoloured instead.
     """
     meta = layer.metadata[META_KEY]
     source = meta.get("values_layer")
     label = "heatmap" if source is None else "uncertainty (std)"
-    fold = meta["adata"].uns.get(META_KEY, {}).get("fold", "")
+    info = meta["adata"].uns.get(META_KEY, {})
+    fold = "grid" if grid_info(meta["adata"]) is not None else f"{info.get('fold', '')}x"
     if meta.get("raster") is None:
         recolor_spots(layer, gene)
-        layer.name = f"{gene} {fold}x {label}"
+        layer.name = f"{gene} {fold} {label}"
         return
     values = layer_values(meta["adata"], gene, source)
     layer.data = meta["raster"].with_values(values)
-    layer.contrast_limits = value_range(values)
-    layer.name = f"{gene} {fold}x {label}"
+    layer.contrast_limits = robust_range(values)
+    layer.name = f"{gene} {fold} {label}"
     meta["gene"] = gene
 
 
@@ -386,21 +471,18 @@ def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> li
         nearest-position raster would smear over the gaps.
     """
     info = pred.uns.get(META_KEY, {})
-    fold = int(info.get("fold", 1))
     gene = _gene_to_show(pred, gene)
     has_std = "std" in pred.layers
+    if grid_info(pred) is not None:
+        return grid_layers(pred, gene, source_adata=source_adata)
+    fold = int(info.get("fold", 1))
     out: list[LayerDataTuple] = []
     if fold > 1:
         heat = heatmap_layer(pred, gene)
         heat[1]["metadata"][META_KEY]["source_adata"] = source_adata
         out.append(heat)
         if has_std:  # models that sample (conditioned + diffusion) give a spread
-            spread = heatmap_layer(pred, gene, values=layer_values(pred, gene, "std"), colormap="gray",
-                                   name=f"{gene} {fold}x uncertainty (std)", role=ROLE_UNCERTAINTY,
-                                   raster=heat[1]["metadata"][META_KEY]["raster"])
-            spread[1]["visible"] = False  # on demand: it would hide the expression heatmap
-            spread[1]["metadata"][META_KEY]["values_layer"] = "std"
-            out.append(spread)
+            out.append(uncertainty_layer(pred, gene, heat[1]["metadata"][META_KEY]["raster"], f"{fold}x"))
     elif has_std:
         spread = spots_layer(pred, gene, name=f"{gene} 1x uncertainty (std)", role=ROLE_UNCERTAINTY,
                              values_layer="std")
@@ -411,6 +493,30 @@ def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> li
     # with a heatmap the points are exact values on demand; alone they are the view
     points[1]["visible"] = fold <= 1
     out.append(points)
+    return out
+
+
+def uncertainty_layer(pred, gene: str, raster: Raster, label: str) -> LayerDataTuple:
+    """The hidden heatmap of a prediction's spread (``layers["std"]``) on the expression's raster."""
+    spread = heatmap_layer(pred, gene, values=layer_values(pred, gene, "std"), colormap="gray",
+                           name=f"{gene} {label} uncertainty (std)", role=ROLE_UNCERTAINTY, raster=raster)
+    spread[1]["visible"] = False  # on demand: it would hide the expression heatmap
+    spread[1]["metadata"][META_KEY]["values_layer"] = "std"
+    return spread
+
+
+def grid_layers(pred, gene: str | None = None, *, source_adata=None) -> list[LayerDataTuple]:
+    """The layers of a grid-cell AnnData: its raster heatmap, and its spread's when it has one.
+
+    The raster has one pixel per grid cell (``uns["histosge"]["grid"]``), NaN (transparent)
+    where no cell is (outside tissue); the Gene viewer repaints it in place.
+    """
+    gene = _gene_to_show(pred, gene)
+    heat = heatmap_layer(pred, gene)
+    heat[1]["metadata"][META_KEY]["source_adata"] = source_adata
+    out = [heat]
+    if "std" in pred.layers:
+        out.append(uncertainty_layer(pred, gene, heat[1]["metadata"][META_KEY]["raster"], "grid"))
     return out
 
 

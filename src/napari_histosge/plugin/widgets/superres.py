@@ -1,4 +1,9 @@
-"""The Super-resolve widget: a trained model + a spots layer -> N-fold heatmap and points."""
+"""The Super-resolve widget: a trained model + a spots layer -> N-fold heatmap and points, or a grid map.
+
+Two kinds of positions: the N-fold lattice (every model), or a grid of square cells of a
+chosen size in µm (models that predict grid cells, e.g. ``subspot``), shown as a raster
+heatmap masked to the tissue.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,75 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from ...progress import CancelToken, Progress
-from .layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, histosge_meta, prediction_layers
+from .layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, grid_info, histosge_meta, prediction_layers
 from .state import SESSION_MODELS
-from .train import DEVICES, scheduler_value, spots_layer_choices
+from .status import set_status, status_label
+from .train import DEVICES, scheduler_value, spots_layer_choices, warm_up_imports
 from .worker import Outcome, start_job, status_text
 
 if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "checkpoint file..."
+LATTICE, GRID = "N-fold lattice", "grid of cells"
 
 
-def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None) -> tuple[Any, Any]:
+def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None,
+                          layers: list | None = None) -> tuple[Any, Any]:
     """Add the layers of :func:`~napari_histosge.plugin.widgets.layers.prediction_layers` to ``viewer``.
 
     The source (measured) AnnData is kept in the metadata so the gene viewer can compare
-    predictions with measurements. Returns the heatmap Image (``None`` at fold 1) and the
-    predicted-spots Points.
+    predictions with measurements. ``layers`` are those layer data, when already made (in
+    the worker thread). Returns the heatmap Image (``None`` at fold 1) and the
+    predicted-spots Points (``None`` for grid cells, shown as a raster only).
     """
     import napari.layers
 
-    added = [viewer.add_layer(napari.layers.Layer.create(data, kwargs, kind))
-             for data, kwargs, kind in prediction_layers(pred, gene, source_adata=source_adata)]
+    if layers is None:
+        layers = prediction_layers(pred, gene, source_adata=source_adata)
+    added = [viewer.add_layer(napari.layers.Layer.create(data, kwargs, kind)) for data, kwargs, kind in layers]
     roles = [histosge_meta(layer)["role"] for layer in added]
     heat = added[roles.index(ROLE_HEATMAP)] if ROLE_HEATMAP in roles else None
-    return heat, added[roles.index(ROLE_PRED_SPOTS)]
+    return heat, added[roles.index(ROLE_PRED_SPOTS)] if ROLE_PRED_SPOTS in roles else None
+
+
+def with_layers(job, adata):
+    """Run the prediction generator ``job``, then make its layer data in the same (worker) thread.
+
+    Returns ``(predictions, layer data)``: building rasters and tables is pure and the
+    slowest part of showing a result, so the GUI thread only adds the finished layers.
+    """
+    pred = yield from job
+    yield Progress("layers", 0, 1, "preparing the layers")
+    layers = prediction_layers(pred, source_adata=adata)
+    yield Progress("layers", 1, 1)
+    return pred, layers
+
+
+def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: CancelToken):
+    """The core's grid super-resolution, inside the tissue the H&E shows when ``tissue_only``.
+
+    A generator for :func:`~.worker.start_job` (runs in the worker thread).
+    """
+    from ...errors import InputError
+    from ...io import require_spot_image
+    from ...pipeline.grid_maps import superresolve_grid
+
+    if not getattr(model, "aggregates_cells", False):
+        raise InputError(f"the {model.config.model!r} model predicts whole spots, not grid cells: choose the "
+                         "N-fold lattice, or train a subspot model for a grid")
+    mask = None
+    if tissue_only:
+        from ...slide.mask import detect_tissue
+
+        yield Progress("mask", 0, 1, "detecting the tissue")
+        path, scale = require_spot_image(adata)
+        mask = detect_tissue(path, scale=scale)
+        yield Progress("mask", 1, 1)
+    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=mask, cancel=cancel))
 
 
 class SuperResolveWidget(Container):
@@ -47,18 +93,24 @@ class SuperResolveWidget(Container):
         self.model = ComboBox(label="model", choices=lambda _w: SESSION_MODELS.names() + [FROM_FILE],
                               tooltip="a model trained in this session, or a checkpoint file")
         self.checkpoint = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt")
+        self.positions = ComboBox(label="positions", choices=[LATTICE, GRID], value=LATTICE,
+                                  tooltip="N-fold lattice: N positions per measured spot (every model); grid: "
+                                          "square cells of a size in µm (models that predict cells, e.g. subspot)")
         self.fold = SpinBox(label="fold N", min=2, max=16, value=4,
                             tooltip="positions per measured spot (2..16)")
+        self.grid_um = FloatSpinBox(label="cell µm", min=0.0, max=500.0, step=1.0, value=0.0,
+                                    tooltip="side of a grid cell in µm; 0: the cell size the model was trained with")
+        self.tissue_only = CheckBox(label="tissue only", value=True,
+                                    tooltip="leave out cells the tissue mask (detected on the H&E) says are bare glass")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
                                           "a dask LocalCluster; or a scheduler address such as tcp://host:8786")
         self.run_button = PushButton(text="Super-resolve")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.extend([self.data, self.model, self.checkpoint, self.fold, self.device, self.scheduler,
-                     self.run_button, self.cancel_button, self.status])
+        self.status = status_label()
+        self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
+                     self.tissue_only, self.device, self.scheduler, self.run_button, self.cancel_button, self.status])
         self.worker = None
         self.token: CancelToken | None = None
         self.last_outcome: Outcome | None = None
@@ -66,9 +118,11 @@ class SuperResolveWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._sync_visibility)
+        self.positions.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         SESSION_MODELS.changed.connect(self._models_changed)
+        warm_up_imports()  # a click on Super-resolve then starts at once
         self._sync_visibility()
 
     def _models_changed(self) -> None:
@@ -79,6 +133,9 @@ class SuperResolveWidget(Container):
 
     def _sync_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
+        grid = self.positions.value == GRID
+        self.fold.visible = not grid
+        self.grid_um.visible = self.tissue_only.visible = grid
 
     def run(self, *_: Any) -> None:
         """Start super-resolution in the background."""
@@ -98,19 +155,26 @@ class SuperResolveWidget(Container):
             return
         fold, device = int(self.fold.value), self.device.value
         scheduler = scheduler_value(self.scheduler.value)
+        grid = self.positions.value == GRID
+        grid_um = float(self.grid_um.value) or None
+        tissue_only = bool(self.tissue_only.value)
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
             from ...models import load_model
-            from ...pipeline.steps import superresolve
 
             model = entry.model if entry is not None else load_model(path, device=device)
-            return superresolve(model, adata, fold, scheduler=scheduler, cancel=token)
+            if grid:
+                return with_layers(grid_job(model, adata, grid_um, tissue_only, token), adata)
+            from ...pipeline.steps import superresolve
+
+            return with_layers(superresolve(model, adata, fold, scheduler=scheduler, cancel=token), adata)
 
         self._adata = adata
         self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"super-resolving {fold}x..."
-        self.worker = start_job(make_gen, description=f"{fold}x super-resolution",
+        what = (f"a grid of {grid_um:g} µm cells" if grid_um else "a grid of the model's cells") if grid else f"{fold}x"
+        set_status(self.status, f"super-resolving {what}...")
+        self.worker = start_job(make_gen, description=f"super-resolution ({what})",
                                 on_event=self._on_event, on_done=self._on_done, on_crash=self._on_crash)
 
     def cancel(self, *_: Any) -> None:
@@ -119,7 +183,7 @@ class SuperResolveWidget(Container):
             self.token.cancel()
 
     def _on_event(self, event: Progress) -> None:
-        self.status.value = status_text(event)
+        set_status(self.status, status_text(event))
 
     def _finish(self) -> None:
         self.worker = None
@@ -131,18 +195,19 @@ class SuperResolveWidget(Container):
         self.last_outcome = outcome
         self._finish()
         if outcome.cancelled:
-            self.status.value = "cancelled"
+            set_status(self.status, "cancelled; nothing was added")
             show_info("Super-resolution cancelled.")
             return
         if outcome.error is not None:
-            self.status.value = f"error: {outcome.error}"
+            set_status(self.status, f"error: {outcome.error}")
             show_error(str(outcome.error))
             return
-        pred = outcome.value
-        self.added_layers = add_prediction_layers(self.viewer, pred, self._adata)
-        self.status.value = f"{pred.n_obs} positions x {pred.n_vars} genes"
+        pred, layers = outcome.value
+        self.added_layers = add_prediction_layers(self.viewer, pred, self._adata, layers=layers)
+        kind = "grid cells" if grid_info(pred) is not None else "positions"
+        set_status(self.status, f"{pred.n_obs} {kind} x {pred.n_vars} genes")
 
     def _on_crash(self, exc: Exception) -> None:
         self._finish()
-        self.status.value = f"failed: {exc.__class__.__name__}: {exc}"
+        set_status(self.status, f"failed: {exc.__class__.__name__}: {exc}")
 

@@ -7,6 +7,7 @@ runs the core generator through :func:`._worker.start_job` and shows what it yie
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     RadioButtons,
@@ -26,10 +26,12 @@ from magicgui.widgets import (
 
 from ...errors import HistosgeError, InputError
 from ...progress import CancelToken, Progress
+from ..reader import low_resolution_message
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
 from .state import SESSION_MODELS, SessionModel
-from .worker import Outcome, start_job, status_text
+from .status import set_status, status_label
+from .worker import Outcome, preload_torch, start_job, status_text
 
 if TYPE_CHECKING:
     import napari
@@ -48,11 +50,16 @@ START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_hist
 
 
 def warm_up_imports(modules=START_IMPORTS) -> None:
-    """Import ``modules`` now (when a widget opens) rather than on its first click."""
+    """Import ``modules`` and torch's compiler stack now (when a widget opens) rather than on its first click.
+
+    The optimiser's first use imports ``torch._dynamo`` (:func:`.worker.preload_torch`), which
+    otherwise froze the viewer for seconds on the first Start.
+    """
     import importlib
 
     for name in modules:
         importlib.import_module(name)
+    preload_torch()
 
 
 def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
@@ -65,10 +72,22 @@ def parse_gene_list(text: str) -> list[str]:
     return [g for g in re.split(r"[,\s;]+", text.strip()) if g]
 
 
-def checkpoint_name(library: str, model: str = "histosge") -> str:
-    """A file name for a new checkpoint of ``library`` (safe characters only)."""
+def checkpoint_name(library: str, model: str = "histosge", stamp: str = "") -> str:
+    """A file name for a checkpoint of ``library`` (safe characters only), ``stamp`` naming the run."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", library).strip("_") or "model"
-    return f"{safe}_{model}.pt"
+    return f"{safe}_{model}{'_' + stamp if stamp else ''}.pt"
+
+
+def new_checkpoint_path(out_dir: Path, library: str, model: str, now: datetime | None = None) -> Path:
+    """A checkpoint path for a new run that no file has yet: ``<section>_<model>_<date-time>[-k].pt``.
+
+    Every run writes its own file, so a cancelled run can never overwrite a finished model.
+    """
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    path, k = out_dir / checkpoint_name(library, model, stamp), 2
+    while path.exists():
+        path, k = out_dir / checkpoint_name(library, model, f"{stamp}-{k}"), k + 1
+    return path
 
 
 def scheduler_value(text: str) -> str | None:
@@ -112,12 +131,13 @@ class TrainWidget(Container):
                                           "LocalCluster; or a scheduler address such as tcp://host:8786")
         self.start_button = PushButton(text="Start training")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = status_label()
+        self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
+        self.notice.visible = False
         self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
                      self.genes_mode, self.n_genes,
                      self.gene_list, self.epochs, self.lr, self.device, self.out_dir,
-                     self.scheduler, self.start_button, self.cancel_button, self.status])
+                     self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
         self.loss_curve = LossCurve()
         self.native.layout().addWidget(self.loss_curve)
 
@@ -132,6 +152,8 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.extractor.changed.connect(self._sync_visibility)
+        self.extractor.changed.connect(self._check_data)
+        self.data.changed.connect(self._check_data)
         self.model_name.changed.connect(self._model_changed)
         self.genes_mode.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self._refresh_data)
@@ -139,6 +161,7 @@ class TrainWidget(Container):
         warm_up_imports()
         self._refresh_data()
         self._sync_visibility()
+        self._check_data()
 
     def _refresh_data(self, *_: Any) -> None:
         """Refresh the layer choices; with nothing selected, select the newest spots layer."""
@@ -146,6 +169,22 @@ class TrainWidget(Container):
         choices = [layer for layer in self.data.choices if layer is not None]
         if choices and not self.data.value:
             self.data.value = [choices[-1]]
+
+    def data_warnings(self) -> list[str]:
+        """Warnings about the selected sections for the chosen features (e.g. a low-resolution image)."""
+        if self.extractor.value == "none":
+            return []
+        adatas = [histosge_meta(layer).get("adata") for layer in (self.data.value or [])]
+        return [m for a in adatas if a is not None and (m := low_resolution_message(a)) is not None]
+
+    def _check_data(self, *_: Any) -> None:
+        messages = self.data_warnings()
+        set_status(self.notice, "\n".join(f"warning: {m}" for m in messages))
+        self.notice.visible = bool(messages)
+
+    def set_status(self, text: str) -> None:
+        """Show ``text`` in the status line (wrapped inside the dock, full text as tooltip)."""
+        set_status(self.status, text)
 
     # ------------------------------------------------------------------ form -> core configs
     def _model_changed(self, *_: Any) -> None:
@@ -190,7 +229,7 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ actions
     def start(self, *_: Any) -> None:
         """Start training in a background thread (errors become notifications)."""
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_warning
 
         if self.worker is not None:
             return
@@ -212,12 +251,14 @@ class TrainWidget(Container):
             return
         library = "+".join(str(a.uns.get("histosge", {}).get("library_id") or layer.name)
                            for a, layer in zip(adatas, layers, strict=True))
-        self.checkpoint_path = out_dir / checkpoint_name(str(library), train_config.model)
+        self.checkpoint_path = new_checkpoint_path(out_dir, str(library), train_config.model)
         scheduler = scheduler_value(self.scheduler.value)
         self.token = CancelToken()
         self.events_seen = []
         self.loss_curve.clear()
-        self.status.value = "starting..."
+        self.set_status("starting...")
+        for message in self.data_warnings():  # a notification too: the status line changes soon
+            show_warning(message)
         self.start_button.enabled, self.cancel_button.enabled = False, True
         token, ckpt = self.token, self.checkpoint_path
 
@@ -236,7 +277,7 @@ class TrainWidget(Container):
         """Ask the running training to stop at the next batch."""
         if self.token is not None:
             self.token.cancel()
-            self.status.value = "cancelling..."
+            self.set_status("cancelling...")
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_event(self, event: Progress) -> None:
@@ -246,9 +287,9 @@ class TrainWidget(Container):
             text = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
             if "val_pcc" in event.metrics:  # early stopping's score on the held-back spots
                 text += f"  validation PCC {event.metrics['val_pcc']:.3f}"
-            self.status.value = text
+            self.set_status(text)
         else:
-            self.status.value = status_text(event)
+            self.set_status(status_text(event))
 
     def _finish(self) -> None:
         self.worker = None
@@ -260,21 +301,30 @@ class TrainWidget(Container):
         self.last_outcome = outcome
         self._finish()
         if outcome.cancelled:
-            kept = self.checkpoint_path is not None and self.checkpoint_path.is_file()
-            self.status.value = "cancelled" + (f"; last checkpoint kept: {self.checkpoint_path}" if kept else "")
-            show_info(f"Training cancelled. {'Last good checkpoint: ' + str(self.checkpoint_path) if kept else ''}")
+            self.set_status(self.cancelled_text())
+            show_info(f"Training {self.cancelled_text()}")
             return
         if outcome.error is not None:
-            self.status.value = f"error: {outcome.error}"
+            self.set_status(f"error: {outcome.error}")
             show_error(str(outcome.error))
             return
         model = outcome.value
         self.last_model = model
         name = SESSION_MODELS.add(SessionModel(name=f"{self._library} ({len(model.genes)} genes)", model=model,
                                                checkpoint=self.checkpoint_path, adata=self._adata))
-        self.status.value = f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}"
+        self.set_status(f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}")
         show_info(f"Trained '{name}'; checkpoint {self.checkpoint_path}")
 
     def _on_crash(self, exc: Exception) -> None:
         self._finish()
-        self.status.value = f"failed: {exc.__class__.__name__}: {exc}"
+        self.set_status(f"failed: {exc.__class__.__name__}: {exc}")
+
+    def cancelled_text(self) -> str:
+        """What a cancel left: how far the run got, and the file that keeps its last finished epoch."""
+        epochs = [e for e in self.events_seen if e.stage == "train"]
+        reached = f" at epoch {epochs[-1].step}/{epochs[-1].total}" if epochs else " before training began"
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            return f"cancelled{reached}; no epoch had finished, so nothing was saved"
+        return (f"cancelled{reached}; its last finished epoch is kept in {path} (this run's own file; "
+                "not added to the session's models: pick it as a checkpoint file in Super-resolve)")

@@ -201,16 +201,25 @@ def start_job(
         The started worker.
     """
     from napari.qt.threading import thread_worker
+    from qtpy.QtCore import QTimer
 
     preload_torch()
     bar = _Bar(description)
     worker = thread_worker(_drive, start_thread=False)(make_gen)
 
+    delivering = [False]
+
     def _deliver(events: list[Progress]) -> None:
-        bar.update(events[-1])
-        if on_event is not None:
-            for event in events:
-                on_event(event)
+        # The widget first, the bar second: napari's progress bar calls processEvents(),
+        # in which the job's end (or its next events) can arrive.
+        delivering[0] = True
+        try:
+            if on_event is not None:
+                for event in events:
+                    on_event(event)
+            bar.update(events[-1])
+        finally:
+            delivering[0] = False
 
     batcher = _Batcher(_deliver)
     worker._histosge_batcher = batcher  # keeps the timer alive as long as the worker
@@ -219,16 +228,21 @@ def start_job(
         if isinstance(event, Progress):
             batcher.add(event)
 
-    def _returned(outcome: Outcome) -> None:
+    def _after_delivery(finish: Callable[[], None]) -> None:
+        # The end arriving inside a delivery (see _deliver) waits for it: the widget's last
+        # word (done, cancelled) must come after every progress line.
+        if delivering[0]:
+            QTimer.singleShot(0, lambda: _after_delivery(finish))
+            return
         batcher.flush()  # every event reaches the widget before the outcome
         bar.close()
-        on_done(outcome)
+        finish()
+
+    def _returned(outcome: Outcome) -> None:
+        _after_delivery(lambda: on_done(outcome))
 
     def _errored(exc: Exception) -> None:
-        batcher.flush()
-        bar.close()
-        if on_crash is not None:
-            on_crash(exc)
+        _after_delivery(lambda: on_crash(exc) if on_crash is not None else None)
 
     worker.yielded.connect(_event)
     worker.returned.connect(_returned)

@@ -1,0 +1,173 @@
+"""Training the sub-spot model on a section: cell features, the measured prior, and the image modulation.
+
+Each cell's rate (counts per 1e4) is the measured prior at the cell (:mod:`.prior`) times
+``exp`` of a linear function of the cell's image features. The function is fitted by
+aggregating over each measured footprint: a footprint's measured log1p value, minus the
+log1p of its cells' mean prior, is regressed on its cells' mean features (ridge, each
+gene's penalty chosen by efficient leave-one-out cross-validation over the footprints).
+How much of that modulation is kept, and the prior's bandwidth, are chosen one scale up
+on the same footprints (:mod:`.calibration`).
+
+Importing this module registers the ``subspot`` model (:mod:`..registry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...features.cell_raster import IDENTITY, cell_features
+from ...io import require_spot_image
+from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+from ...progress import CancelToken, Progress, ProgressGenerator
+from ...slide.cell_grid import CellGrid, Footprints
+from ...training.grouping import median_spacing
+from ...training.inputs import TrainConfig, TrainingData
+from ...training.trained_model import TrainedModel
+from ..registry import ModelSpec, register_model
+from .calibration import calibrate
+from .consistency import fit_dispersion
+from .geometry import cell_px_for, footprints_of
+from .network import SubspotNetwork
+from .prior import prior_rates
+from .trained import SubspotModel
+
+SPEC_NAME = "subspot"
+#: Ridge penalties tried per gene (on standardised features).
+RIDGE_ALPHAS = np.logspace(-1, 4, 11)
+
+
+def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: TrainConfig, meta: dict[str, Any],
+                          checkpoint_path: str | PathLike | None = None,
+                          cancel: CancelToken | None = None) -> ProgressGenerator[TrainedModel]:
+    """Fit the ``subspot`` model on ``adata``'s measured footprints (``train_ids`` only, if given).
+
+    Parameters
+    ----------
+    adata
+        A spot AnnData with an image (:func:`napari_histosge.io.read_spots`). Its footprints
+        are the spots' discs, or the squares ``uns["histosge"]["footprint"]`` describes.
+    train_ids
+        The footprints to fit on; all when ``None``.
+    config
+        ``cell_um``, ``prior_bandwidth``, ``n_top_genes``/``genes`` are read.
+    meta
+        What the caller keeps about the section (stored with the model).
+    checkpoint_path
+        Where the fitted model is saved (atomically).
+    cancel
+        Checked between blocks of cells.
+    """
+    path, scale = require_spot_image(adata)
+    info = adata.uns.get("histosge", {})
+    cell_px = cell_px_for(config.cell_um, info.get("mpp"), scale, info.get("spot_diameter_px"))
+    train = adata if train_ids is None else adata[list(train_ids)]
+    if train.n_obs < 3:
+        raise InputError(f"the sub-spot model needs at least 3 measured spots to fit, got {train.n_obs}",
+                         info.get("source"))
+    yield Progress("prepare", 0, 1, "normalising and selecting genes")
+    log_train = normalize_log1p(train)
+    genes = select_genes(log_train, n_top=config.n_top_genes, genes=config.genes,
+                         method=config.gene_selection)
+    targets = dense_targets(log_train, genes).astype(np.float64)
+    footprints = footprints_of(train)
+    yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
+    grid, weights = _footprint_cells(footprints, cell_px)
+    feats = yield from cell_features(path, scale, grid, cancel=cancel)
+    yield Progress("fit", 0, 1, f"image modulation over {grid.n_cells:,} cells")
+    mean, std = feats.mean(axis=0), feats.std(axis=0)
+    std[std < 1e-8] = 1.0
+    z = (feats - mean) / std
+    rates = np.expm1(targets)
+    spacing = median_spacing(footprints.centres, undefined=footprints.size_px)
+    calibration = None
+    if config.image_modulation:
+        yield Progress("fit", 0, 1, "calibrating the image modulation one scale up")
+        calibration = calibrate(grid.centres(), z, weights, targets, footprints.centres,
+                                lambda x, y: _ridge(x, y)[0], config.prior_bandwidth)
+    bandwidth = (calibration.bandwidth if calibration else config.prior_bandwidth) * spacing
+    prior = prior_rates(grid.centres(), footprints.centres, rates, bandwidth)
+    residual = targets - np.log1p(weights @ prior)
+    share = 0.0 if not config.image_modulation else (calibration.share if calibration else 1.0)
+    if share > 0:
+        coef, alphas = _ridge(weights @ z, residual)
+    else:
+        coef, alphas = np.zeros((len(genes), z.shape[1])), np.full(len(genes), np.inf)
+    coef = share * coef
+    network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), n_footprints=len(footprints))
+    depth = total_counts(train)
+    # Each measurement's scatter around what its neighbours and its image say, per gene.
+    neighbours = prior_rates(footprints.centres, footprints.centres, rates, bandwidth,
+                             exclude=np.arange(len(footprints)))
+    dispersion = fit_dispersion(neighbours * np.exp(np.clip(weights @ (z @ coef.T), -20, 20)), rates, depth)
+    _fill(network, mean, std, coef, footprints.centres, rates,
+          np.ones(len(genes)) if calibration is None else calibration.detail, depth, dispersion)
+    meta = dict(meta)
+    meta.update(in_dim=int(z.shape[1]), n_features=int(z.shape[1]), model_kwargs={"n_footprints": len(footprints)},
+                cell_px=float(cell_px), cell_um=_cell_um(cell_px, info.get("mpp")), footprint=footprints.to_dict(),
+                prior_bandwidth_px=float(bandwidth), feature_identity=IDENTITY, n_train_spots=int(train.n_obs),
+                footprint_ids=[str(i) for i in train.obs_names], ridge_alpha_median=float(np.median(alphas)),
+                modulation_share=float(share), history=[], epochs_done=0)
+    if calibration is not None:
+        meta["calibration"] = calibration.to_meta()
+    trained = SubspotModel(network, config, genes, meta)
+    if checkpoint_path is not None:
+        trained.save(checkpoint_path)
+    yield Progress("fit", 1, 1, f"image modulation share {share:g}")
+    return trained
+
+
+def _footprint_cells(footprints: Footprints, cell_px: float):
+    """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
+    reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
+    grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
+    weights = footprints.cell_weights(grid.centres())
+    under = np.asarray((weights != 0).sum(axis=0)).ravel() > 0
+    return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()
+
+
+def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(coef (G, D), alpha per gene)`` of ridge regressions of ``y``'s columns on ``x``."""
+    from sklearn.linear_model import RidgeCV
+
+    if len(x) < 3:
+        return np.zeros((y.shape[1], x.shape[1])), np.full(y.shape[1], np.inf)
+    model = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit(x, y)
+    return np.asarray(model.coef_, np.float64).reshape(y.shape[1], x.shape[1]), np.atleast_1d(model.alpha_)
+
+
+def _fill(network: SubspotNetwork, mean, std, coef, footprint_xy, footprint_rate, detail, depth, dispersion,
+          ) -> None:
+    import torch
+
+    with torch.no_grad():
+        network.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        network.feature_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+        network.coef.copy_(torch.as_tensor(coef, dtype=torch.float32))
+        network.footprint_xy.copy_(torch.as_tensor(footprint_xy, dtype=torch.float64))
+        network.footprint_rate.copy_(torch.as_tensor(footprint_rate, dtype=torch.float32))
+        network.detail.copy_(torch.as_tensor(detail, dtype=torch.float32))
+        network.footprint_depth.copy_(torch.as_tensor(depth, dtype=torch.float64))
+        network.dispersion.copy_(torch.as_tensor(dispersion, dtype=torch.float32))
+
+
+def _cell_um(cell_px: float, mpp) -> float | None:
+    return None if mpp is None else float(cell_px * float(mpp))
+
+
+def _no_spot_training(data: TrainingData, config: TrainConfig, **_: Any) -> ProgressGenerator[TrainedModel]:
+    """The spot-level trainer slot: the sub-spot model reads the slide, so it trains on a section."""
+    raise InputError("the subspot model trains on a section's slide and spots: use napari_histosge.fit(adata, ...) "
+                     "or histosge train DATA --model subspot")
+    yield  # pragma: no cover  (makes this a generator like every trainer)
+
+
+#: The ``subspot`` model.
+SPEC = register_model(ModelSpec(
+    name=SPEC_NAME, network=SubspotNetwork, trainer=_no_spot_training, trained_class=SubspotModel,
+    hparam_keys=(), section_trainer=train_subspot_section, defaults={"n_top_genes": 1000},
+))

@@ -1,0 +1,264 @@
+"""The Gene viewer in a real (headless) viewer: a legend that always describes what is on screen,
+comparison panels updated in place, gene search by keyboard, and layers in micrometres.
+
+Predictions are built by hand from the demo section (no training), covering the first
+genes only, so other genes are measured but not predicted.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_histosge.demo import make_demo_dataset
+from napari_histosge.plugin.widgets import layers as L
+from napari_histosge.plugin.widgets.compare import ROLE_COMPARE, ROLE_COMPARE_TITLES
+from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+from napari_histosge.plugin.widgets.status import status_of
+from napari_histosge.plugin.widgets.superres import add_prediction_layers
+
+N_PREDICTED = 8
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
+
+
+def fake_predictions(adata, n_genes: int = N_PREDICTED):
+    """4 positions per measured spot holding its normalised values plus noise, for the first genes."""
+    import anndata as ad
+
+    from napari_histosge.io.preprocess import normalize_log1p
+
+    rng = np.random.default_rng(0)
+    log = normalize_log1p(adata)[:, :n_genes]
+    values = np.asarray(log.X.toarray() if hasattr(log.X, "toarray") else log.X, dtype=np.float32)
+    spacing = L.nn_spacing(np.asarray(adata.obsm["spatial"]))
+    offsets = 0.25 * spacing * np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]])
+    xy = (np.asarray(adata.obsm["spatial"])[:, None, :] + offsets[None]).reshape(-1, 2)
+    x = np.repeat(values, 4, axis=0) + rng.normal(0, 0.05, (len(xy), n_genes)).astype(np.float32)
+    pred = ad.AnnData(X=x, obs=pd.DataFrame({"parent": np.repeat(np.asarray(adata.obs_names), 4)},
+                                            index=[f"p{i}" for i in range(len(xy))]),
+                      var=pd.DataFrame(index=list(log.var_names)))
+    pred.obsm["spatial"] = xy
+    pred.uns["histosge"] = {**adata.uns["histosge"], "fold": 4, "model": "fake"}
+    return pred
+
+
+@pytest.fixture
+def session(make_napari_viewer, demo_dir):
+    """A viewer with the demo section, its fake 4x predictions and the Gene viewer."""
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
+    adata = L.histosge_meta(spots)["adata"]
+    pred = fake_predictions(adata)
+    heat, _ = add_prediction_layers(viewer, pred, adata)
+    widget = GeneViewerWidget(viewer)
+    return viewer, widget, heat, spots, pred
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    import napari.utils.notifications as nt
+
+    seen: list[tuple[str, str]] = []
+    for kind in ("error", "info", "warning"):
+        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
+    return seen
+
+
+def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notifications):
+    viewer, widget, heat, spots, pred = session
+    predicted, measured_only = pred.var_names[1], "GENE30"
+    assert widget.show_gene(predicted)
+    assert heat.visible and widget.colorbar.title.startswith(predicted)
+    assert widget.show_gene(measured_only)
+    # the old gene's heatmap is not left on screen under the new gene's legend
+    assert not heat.visible
+    assert widget.colorbar.title.startswith(measured_only) and widget.legend_layer is spots
+    assert widget.colorbar.vmin == pytest.approx(spots.face_contrast_limits[0])
+    assert heat.name in status_of(widget.info) and "hidden" in status_of(widget.info)
+    # back to a predicted gene: the heatmap returns, repainted
+    assert widget.show_gene(predicted)
+    assert heat.visible and heat.name.startswith(predicted) and widget.legend_layer is heat
+
+
+def test_the_legend_follows_contrast_changes_and_removed_layers(session, demo_dir):
+    viewer, widget, heat, spots, pred = session
+    assert widget.show_gene(pred.var_names[0])
+    heat.contrast_limits = (1.0, 1.5)
+    assert (widget.colorbar.vmin, widget.colorbar.vmax) == (1.0, 1.5)
+    viewer.layers.remove(heat)
+    assert widget.legend_layer is spots and widget.colorbar.title.startswith(pred.var_names[0])
+    # another data set: the legend describes the newly opened spots, not the previous gene
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    newest = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)[-1]
+    assert widget.legend_layer is newest
+    assert widget.colorbar.title.startswith(L.histosge_meta(newest)["gene"])
+    viewer.layers.clear()
+    assert widget.legend_layer is None and "no gene" in widget.colorbar.text()
+
+
+def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(session, notifications):
+    viewer, widget, heat, spots, pred = session
+    first, second = pred.var_names[0], pred.var_names[1]
+    assert widget.show_gene(first)
+    added = widget.compare()
+    panels = {L.histosge_meta(lyr).get("panel"): lyr for lyr in added if L.histosge_meta(lyr).get("gene")}
+    assert set(panels) == {"observed", "predicted", "predicted - observed"}
+    [titles] = L.layers_with_role(viewer.layers, ROLE_COMPARE_TITLES)
+    assert all(first in t for t in titles.features["title"])
+    assert widget.diff_colorbar.isVisibleTo(widget.native)
+    assert widget.close_compare_button.native.isVisibleTo(widget.native)
+    lo, hi = panels["predicted - observed"].contrast_limits
+    assert lo == pytest.approx(-hi)
+    removed: list = []
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value))
+    n_layers = len(viewer.layers)
+    assert widget.show_gene(second)  # repainted in place: no layer removed or added
+    assert removed == [] and len(viewer.layers) == n_layers
+    assert panels["predicted"].name == f"{second} predicted" and widget.legend_layer is panels["predicted"]
+    assert all(second in t for t in titles.features["title"])
+    assert widget.colorbar.title.startswith(second)
+    # a gene that is measured but not predicted: the panels hide rather than show the old gene
+    assert widget.show_gene("GENE30")
+    assert not any(lyr.visible for lyr in L.layers_with_role(viewer.layers, ROLE_COMPARE))
+    assert any(k == "warning" and "not both measured and predicted" in m for k, m in notifications)
+    widget.close_compare_button.changed.emit(True)
+    assert not L.layers_with_role(viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES)
+    assert not widget.close_compare_button.native.isVisibleTo(widget.native)
+
+
+def test_down_enter_on_a_suggestion_shows_its_full_name(session, qtbot, notifications):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, heat, spots, pred = session
+    viewer.window.add_dock_widget(widget)
+    line = widget.search.native
+    line.setFocus()
+    qtbot.keyClicks(line, "gene0")
+    qtbot.waitUntil(lambda: widget.completer.popup().isVisible(), timeout=5000)
+    popup = widget.completer.popup()
+    qtbot.keyClick(popup, Qt.Key.Key_Down)
+    qtbot.keyClick(popup, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: widget.gene is not None, timeout=5000)
+    qtbot.wait(50)
+    assert widget.gene.startswith("GENE0") and widget.gene != "gene0"
+    assert not [m for k, m in notifications if k == "warning"]
+
+
+def test_hidden_points_are_recoloured_when_shown(session):
+    viewer, widget, heat, spots, pred = session
+    [points] = L.layers_with_role(viewer.layers, L.ROLE_PRED_SPOTS)
+    assert not points.visible
+    gene = pred.var_names[3]
+    assert widget.show_gene(gene)
+    points.visible = True
+    assert L.histosge_meta(points)["gene"] == gene and gene in points.features.columns
+
+
+def test_recolouring_spots_raises_no_napari_warning(session):
+    viewer, widget, heat, spots, pred = session
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # napari's "property used for face_color dropped" would raise here
+        L.recolor_spots(spots, "GENE05")
+        L.recolor_spots(spots, "GENE06")
+    assert list(spots.features.columns) == ["spot", "GENE06"]
+
+
+def test_layers_are_in_micrometres_and_stay_aligned(session):
+    viewer, widget, heat, spots, pred = session
+    mpp = L.um_per_px(pred)
+    assert mpp is not None
+    [slide] = L.layers_with_role(viewer.layers, L.ROLE_SLIDE)
+    for layer in (slide, spots, heat):
+        assert [str(u) for u in layer.units] == ["micrometer", "micrometer"], layer.name
+    assert viewer.layers.extent.units is not None  # one unit for all: the scale bar reads micrometres
+    k = 7
+    world = spots.data_to_world(spots.data[k])
+    assert np.allclose(world, pred.obsm["spatial"][0][::-1] * 0 + spots.data[k] * mpp)
+    assert np.allclose(slide.world_to_data(world), spots.data[k], atol=1e-6)
+    cell = np.round(heat.world_to_data(world)).astype(int)  # the heatmap cell under that spot
+    raster = L.histosge_meta(heat)["raster"]
+    assert raster.index[tuple(cell)] >= 0
+
+
+def test_long_status_text_does_not_widen_the_dock(session, qtbot):
+    viewer, widget, heat, spots, pred = session
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    qtbot.wait(50)
+    before = dock.width()
+    long_path = "/data/" + "/".join(f"a_very_long_folder_name_{i}" for i in range(12)) + "/model.pt"
+    from napari_histosge.plugin.widgets.status import set_status
+
+    set_status(widget.info, f"saved to {long_path}; " + "word " * 80)
+    qtbot.wait(50)
+    assert dock.width() <= before + 2
+    # what the dock is asked for: the widget's minimum width stays what the form needs, not the text's
+    assert widget.native.minimumSizeHint().width() < 400
+    assert widget.info.tooltip.startswith("saved to /data/")
+
+
+def test_a_grid_map_is_a_raster_on_the_slide_repainted_in_place(make_napari_viewer, demo_dir):
+    """Grid cells (the sub-spot model's output) become one raster layer the Gene viewer repaints."""
+    import anndata as ad
+
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
+    adata = L.histosge_meta(spots)["adata"]
+    xy = np.asarray(adata.obsm["spatial"])
+    cell = L.nn_spacing(xy) / 3
+    x0, y0 = xy.min(axis=0)
+    rows, cols = np.mgrid[0:6, 0:5]
+    rows, cols = rows.ravel(), cols.ravel()
+    rng = np.random.default_rng(1)
+    grid = ad.AnnData(X=rng.random((rows.size, 3)).astype(np.float32),
+                      obs=pd.DataFrame({"grid_row": rows, "grid_col": cols}, index=[f"c{i}" for i in range(rows.size)]),
+                      var=pd.DataFrame(index=list(adata.var_names[:3])))
+    grid.obsm["spatial"] = np.column_stack([x0 + cols * cell, y0 + rows * cell])
+    grid.uns["histosge"] = {**adata.uns["histosge"], "positions": "grid",
+                            "grid": {"cell_px": cell, "origin_xy": [x0, y0], "shape": [6, 5], "cell_um": None}}
+    heat, points = add_prediction_layers(viewer, grid, adata)
+    assert points is None and heat.data.shape == (6, 5)
+    k = 13  # a known cell: its raster pixel sits on the slide pixel of its centre
+    [slide] = L.layers_with_role(viewer.layers, L.ROLE_SLIDE)
+    world = heat.data_to_world((rows[k], cols[k]))
+    assert np.allclose(slide.world_to_data(world), grid.obsm["spatial"][k][::-1], atol=1e-6)
+    widget = GeneViewerWidget(viewer)
+    data_before = heat.data
+    gene = grid.var_names[2]
+    assert widget.show_gene(gene)
+    assert heat.data is not data_before and heat.name.startswith(gene)  # same layer, new data
+    assert heat.data[rows[k], cols[k]] == pytest.approx(grid[k, gene].X[0, 0])
+    assert widget.legend_layer is heat
+
+
+def test_the_grid_choice_refuses_a_model_that_predicts_whole_spots(make_napari_viewer):
+    from types import SimpleNamespace
+
+    from napari_histosge.errors import InputError
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, grid_job
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.positions.value = GRID
+    assert widget.grid_um.native.isVisibleTo(widget.native) and not widget.fold.native.isVisibleTo(widget.native)
+    lattice_model = SimpleNamespace(aggregates_cells=False, config=SimpleNamespace(model="histosge"))
+    with pytest.raises(InputError, match="predicts whole spots"):
+        next(grid_job(lattice_model, None, 10.0, True, None))
+
+
+def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(session):
+    viewer, widget, heat, spots, pred = session
+    assert widget.show_gene(pred.var_names[0])
+    spots.visible = False  # the user looks at the heatmap alone
+    assert widget.show_gene("GENE30")
+    assert not heat.visible and spots.visible
+    assert L.histosge_meta(spots)["gene"] == "GENE30" and widget.legend_layer is spots
+    assert "showing the measured" in status_of(widget.info)

@@ -1,0 +1,121 @@
+"""The Train widget keeps every finished model and says when a section's image is too coarse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_histosge.demo import make_demo_dataset
+from napari_histosge.plugin.widgets.layers import ROLE_SPOTS, histosge_meta, layers_with_role
+from napari_histosge.plugin.widgets.state import SESSION_MODELS
+from napari_histosge.plugin.widgets.status import status_of
+from napari_histosge.plugin.widgets.train import TrainWidget
+
+WORKER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    import napari.utils.notifications as nt
+
+    seen: list[tuple[str, str]] = []
+    for kind in ("error", "info", "warning"):
+        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
+    return seen
+
+
+def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, demo_dir, qtbot, tmp_path,
+                                                           notifications):
+    SESSION_MODELS.clear()
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = TrainWidget(viewer)
+    widget.out_dir.value = str(tmp_path)
+    widget.extractor.value = "none"
+    widget.n_genes.value = 10
+    widget.epochs.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    [finished] = SESSION_MODELS.names()
+    finished_file = SESSION_MODELS.get(finished).checkpoint
+    saved = finished_file.read_bytes()
+    # a second run on the same section, cancelled during training
+    widget.epochs.value = 100_000
+    widget.start()
+    qtbot.waitUntil(lambda: any(e.stage == "train" and e.step >= 2 for e in widget.events_seen),
+                    timeout=WORKER_TIMEOUT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.cancelled
+    cancelled_file = widget.checkpoint_path
+    assert cancelled_file != finished_file and cancelled_file.is_file()
+    assert finished_file.read_bytes() == saved  # the finished model is untouched
+    # the session lists the finished model only, still pointing at its own file
+    assert SESSION_MODELS.names() == [finished] and SESSION_MODELS.get(finished).checkpoint == finished_file
+    status = status_of(widget.status)
+    assert status.startswith("cancelled at epoch") and str(cancelled_file) in status
+    assert "not added to the session" in status
+    SESSION_MODELS.clear()
+
+
+def test_a_low_resolution_section_is_flagged_when_chosen_and_on_start(make_napari_viewer, demo_dir, tmp_path,
+                                                                      notifications, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    [spots] = layers_with_role(viewer.layers, ROLE_SPOTS)
+    adata = histosge_meta(spots)["adata"]
+    # as on DLPFC: a spot only a few pixels wide in the only image
+    adata.uns["histosge"]["images"] = {"lowres": {**adata.uns["histosge"]["images"]["fullres"], "scale": 0.05}}
+    adata.uns["histosge"]["image"] = "lowres"
+    widget = TrainWidget(viewer)
+    assert widget.notice.native.isVisibleTo(widget.native)
+    assert "px across a spot" in status_of(widget.notice)
+    widget.extractor.value = "none"  # positions only: the image does not matter
+    assert not widget.notice.native.isVisibleTo(widget.native)
+    widget.extractor.value = "default"
+    widget.out_dir.value = str(tmp_path)
+    widget.epochs.value = 1
+    widget.n_genes.value = 5
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert any(k == "warning" and "px across a spot" in m for k, m in notifications)
+
+
+@pytest.mark.realdata
+def test_opening_dlpfc_warns_about_its_low_resolution_image(dlpfc_151675):
+    from napari_histosge.plugin.reader import read_spots_layers
+
+    with pytest.warns(UserWarning, match="4 px across a spot"):
+        read_spots_layers(str(dlpfc_151675))
+
+
+def test_super_resolve_widget_adds_the_layers_made_in_its_worker(make_napari_viewer, demo_dir, qtbot, tmp_path):
+    from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+
+    SESSION_MODELS.clear()
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    train = TrainWidget(viewer)
+    train.out_dir.value = str(tmp_path)
+    train.extractor.value = "none"
+    train.n_genes.value = 5
+    train.epochs.value = 2
+    train.start()
+    qtbot.waitUntil(lambda: train.worker is None, timeout=WORKER_TIMEOUT_MS)
+    widget = SuperResolveWidget(viewer)
+    assert widget.model.value == SESSION_MODELS.names()[-1]
+    widget.fold.value = 2
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    pred, layers = widget.last_outcome.value  # the layer data were made in the worker thread
+    [heat] = layers_with_role(viewer.layers, ROLE_HEATMAP)
+    assert heat.data is layers[0][0] and histosge_meta(heat)["adata"] is pred
+    assert status_of(widget.status) == f"{pred.n_obs} positions x {pred.n_vars} genes"
+    SESSION_MODELS.clear()
