@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
 from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 
-from napari_histosge.cli.main import CONDITIONED_EPOCHS  # noqa: E402
 from napari_histosge.evaluation.metrics import read_layer_annotations, spatial_ari  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
@@ -145,7 +144,9 @@ def main(argv=None) -> int:
 def _save(rows: list[dict], info: dict, args) -> None:
     for row in rows:
         if row["variant"].startswith("Conditioned"):
-            row.setdefault("epochs", CONDITIONED_EPOCHS)
+            row.setdefault("epochs", train_config("conditioned").epochs)
+        if row["variant"].startswith("Sub-spot"):
+            row["epochs"] = "closed form"  # fitted without epochs
         row.setdefault("epochs", args.epochs)
     payload = {"machine": info, "holdout": args.holdout, "seed": args.seed,
                "rows": _merge_previous(rows, args)}

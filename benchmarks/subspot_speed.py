@@ -55,9 +55,9 @@ def run_step(section: Path, model_path: Path, step: str, cache: str) -> dict:
 
 def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
-             "Sub-spot model: `fit` is training on all of a section's spots (cell features under the spots, "
-             "calibration one scale up, ridge; 1000 HVGs); `grid` is `superresolve_grid` over the tissue "
-             "(tissue mask, cell features of every cell, prediction, consistency). Each step in its own "
+             "Sub-spot model: `fit` is training on all of a section's spots (cell features under the spots and "
+             "the smoothed measurement, the default settings; 1000 HVGs); `grid` is `superresolve_grid` over "
+             "the tissue (tissue mask, cell features of every cell, prediction, consistency). Each step in its own "
              "process, peak resident memory of that process; a fresh cache per section (the grid step "
              "reuses the slide pyramid the fit built).",
              "", "| section | step | cell µm | cells | genes | seconds | peak memory GB |",

@@ -18,6 +18,7 @@ interpolation of the bins (4 nearest), and the noise ceiling of the real spots. 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import existing_data_root, machine_line, measure_sections  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_line, measure_sections, publish  # noqa: E402
 
 import napari_histosge as hs  # noqa: E402
 from napari_histosge.evaluation.metrics import knn_baseline, within_bin_pcc  # noqa: E402
@@ -36,7 +37,7 @@ from napari_histosge.pipeline.pooled import own_bin_copy, pool_spots  # noqa: E4
 #: Model label -> (registered model, training settings) of the trained models compared.
 TRAINED = {
     "subspot": ("subspot", {}),
-    "subspot-no-image": ("subspot", {"image_modulation": False}),
+    "subspot-with-image": ("subspot", {"image_modulation": True}),
     "histosge": ("histosge", {}),
     "conditioned": ("conditioned", {}),
 }
@@ -136,29 +137,37 @@ def measure_factor(adata, factor: int, models: list[str]) -> dict:
 
 
 def render(payload: dict) -> str:
+    labels = [m for m in BASELINES + tuple(TRAINED)
+              if any(m in row["models"] for rows in payload["results"].values() for row in rows)]
     lines = [
         "Pooled super-resolution: spots summed into square bins of about F spots, each model trained on the "
         "bins only, every real spot predicted with its real diameter and scored against its own measurement. "
-        "'PCC': mean per-gene PCC over the spots; 'within': the PCC of each prediction's deviation from its "
-        "bin's mean against the truth's (bins of >= 2 spots; a copy scores 0); SSIM of the top-50 genes' maps "
-        "on the spot array; 'ceiling': the noise ceiling of the real spots (the best PCC any predictor can "
-        "reach). Genes: the 50 highest-mean genes and 1000 HVGs of the bins. 'copy' gives each spot its own "
-        "bin's value, 'interpolation' the inverse-distance mean of the 4 nearest bins.",
+        "Cells: mean per-gene PCC over the spots, top-50 / HVG (the 50 highest-mean genes and 1000 HVGs of the "
+        "bins). 'within': PCC of each prediction's deviation from its bin's mean against the truth's (bins of "
+        ">= 2 spots; a copy scores 0), top-50 / HVG. SSIM: the top-50 genes' maps on the spot array. 'copy' "
+        "gives each spot its own bin's value, 'interpolation' the inverse-distance mean of the 4 nearest bins; "
+        "'ceiling' is the noise ceiling of the real spots, top-50 / HVG (a copy can pass it: the spot's own "
+        "counts are in its bin).",
         "",
     ]
     lines += sorted({machine_line(m) for m in payload["machines"].values()})
-    lines += ["", "| section | F | bins | model | PCC top-50 | PCC HVG | within top-50 | within HVG | SSIM top-50 | "
-              "MSE HVG | s | ceiling top-50 / HVG |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = " | ".join(labels)
+    lines += ["", f"| section | F | bins | {head} | within: {' / '.join(m for m in labels if m != 'copy')} | "
+              "SSIM: copy / subspot | ceiling |",
+              "|" + "---|" * (len(labels) + 6)]
     for section, rows in payload["results"].items():
         for row in rows:
+            models = row["models"]
+
+            def cell(label: str, key: str, models: dict = models) -> str:
+                m = models.get(label)
+                return "" if m is None else f"{m['top50'][key]:.3f} / {m['hvg'][key]:.3f}"
+
+            within = "; ".join(cell(m, "within_bin_pcc") for m in labels if m != "copy")
+            ssim = " / ".join(f"{models[m]['top50']['ssim']:.3f}" for m in ("copy", "subspot") if m in models)
             ceiling = f"{row['noise_ceiling']['top50']:.3f} / {row['noise_ceiling']['hvg']:.3f}"
-            for i, (label, m) in enumerate(row["models"].items()):
-                lines.append(
-                    f"| {section if i == 0 else ''} | {row['factor'] if i == 0 else ''} | "
-                    f"{row['bins'] if i == 0 else ''} | {label} | {m['top50']['pcc']:.3f} | {m['hvg']['pcc']:.3f} | "
-                    f"{m['top50']['within_bin_pcc']:.3f} | {m['hvg']['within_bin_pcc']:.3f} | "
-                    f"{m['top50']['ssim']:.3f} | {m['hvg']['mse']:.4f} | {m['seconds']:.0f} | "
-                    f"{ceiling if i == 0 else ''} |")
+            lines.append(f"| {section} | {row['factor']} | {row['bins']} | "
+                         + " | ".join(cell(m, "pcc") for m in labels) + f" | {within} | {ssim} | {ceiling} |")
     return "\n".join(lines)
 
 
@@ -167,16 +176,32 @@ def main() -> None:
     parser.add_argument("--sections", nargs="*")
     parser.add_argument("--models", default=",".join(BASELINES + tuple(TRAINED)))
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--render-only", action="store_true", help="re-render the saved results, run nothing")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved results of the models not given in --models")
     args = parser.parse_args()
+    if args.render_only:
+        payload = json.loads((RESULTS / "superres_pooled.json").read_text())
+        publish("superres_pooled", payload, render(payload), doc=not args.no_doc)
+        return
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in BASELINES and m not in TRAINED]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED)}")
     items = sections(existing_data_root(), args.sections)
 
+    previous = json.loads((RESULTS / "superres_pooled.json").read_text()) if args.merge else {"results": {}}
+
     def measure(path: Path) -> list[dict]:
         adata = hs.read_spots(path)
-        return [measure_factor(adata, f, models) for f in factors(adata)]
+        rows = [measure_factor(adata, f, models) for f in factors(adata)]
+        # --merge keeps the earlier run's models that this run did not measure.
+        for row in rows:
+            old = next((r for r in previous["results"].get(path.name, []) if r["factor"] == row["factor"]), None)
+            if old is not None:
+                row["models"] = {k: row["models"].get(k, old["models"].get(k))
+                                 for k in dict.fromkeys([*old["models"], *row["models"]])}
+        return rows
 
     measure_sections("superres_pooled", items, measure, render, doc=not args.no_doc)
 

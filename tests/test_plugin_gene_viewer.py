@@ -249,6 +249,7 @@ def test_the_grid_choice_refuses_a_model_that_predicts_whole_spots(make_napari_v
     widget = SuperResolveWidget(make_napari_viewer())
     widget.positions.value = GRID
     assert widget.grid_um.native.isVisibleTo(widget.native) and not widget.fold.native.isVisibleTo(widget.native)
+    assert widget.consistency.native.isVisibleTo(widget.native) and widget.consistency.value == "exact"
     lattice_model = SimpleNamespace(aggregates_cells=False, config=SimpleNamespace(model="histosge"))
     with pytest.raises(InputError, match="predicts whole spots"):
         next(grid_job(lattice_model, None, 10.0, True, None))
@@ -262,3 +263,10 @@ def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(sessi
     assert not heat.visible and spots.visible
     assert L.histosge_meta(spots)["gene"] == "GENE30" and widget.legend_layer is spots
     assert "showing the measured" in status_of(widget.info)
+
+
+def test_the_super_resolve_widget_offers_the_core_consistency_choices():
+    from napari_histosge.pipeline.grid_maps import CONSISTENCY
+    from napari_histosge.plugin.widgets.superres import CONSISTENCY_CHOICES
+
+    assert CONSISTENCY_CHOICES == CONSISTENCY

@@ -91,7 +91,8 @@ def test_the_prior_follows_the_footprints_and_is_smooth():
     xy = np.array([[0.0, 0.0], [100.0, 0.0]])
     rates = np.array([[1.0], [3.0]])
     at = prior_rates(np.array([[0.0, 0.0], [50.0, 0.0], [100.0, 0.0], [1e6, 0.0]]), xy, rates, 30.0)
-    assert at[0, 0] < 1.1 and np.isclose(at[1, 0], 2.0) and at[2, 0] > 2.9 and np.isfinite(at[3, 0])
+    # halfway, the mean on the log1p scale: expm1 of the mean of log1p(1) and log1p(3)
+    assert at[0, 0] < 1.1 and np.isclose(at[1, 0], np.sqrt(8) - 1) and at[2, 0] > 2.9 and np.isfinite(at[3, 0])
 
 
 # ----------------------------------------------------------------------------- features
@@ -211,6 +212,18 @@ def test_the_subspot_model_does_not_predict_other_sections(demo, fitted, tmp_pat
 
 
 # ----------------------------------------------------------------------------- calibration
+def test_the_image_modulation_is_calibrated_one_scale_up(demo, tmp_path):
+    config = hs.train_config("subspot", n_top_genes=10, cell_um=30.0, image_modulation=True)
+    model = hs.run(hs.fit(demo, train_config=config))
+    calibration = model.meta["calibration"]
+    assert calibration["modulation_share"] in (0.0, 0.5, 1.0) and calibration["calibration_squares"] >= 8
+    assert "one scale up" in model.training_summary()
+    detail = model.model.detail.numpy()
+    assert detail.shape == (10,) and set(np.unique(detail)) <= {0.0, 0.5, 1.0}
+    model.save(tmp_path / "image.pt")
+    assert np.array_equal(hs.load_model(tmp_path / "image.pt").model.detail.numpy(), detail)
+
+
 def test_calibration_keeps_an_image_that_explains_sub_footprint_detail():
     rng = np.random.default_rng(0)
     grid = CellGrid.covering((0, 0), (400, 400), 4.0)

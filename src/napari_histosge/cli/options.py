@@ -97,9 +97,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="subspot model: side of its grid cells in µm (default 14, at least two image pixels)")
     g.add_argument("--prior-bandwidth", type=float,
                    help="subspot model: width of the smoothed measurement it starts from, in spot spacings "
-                        "(default 0.75)")
-    g.add_argument("--no-image-modulation", action="store_true",
-                   help="subspot model: do not let the cells' image features modulate the smoothed measurement")
+                        "(default 1.5)")
+    g.add_argument("--image-modulation", action="store_true",
+                   help="subspot model: let the cells' image features modulate the smoothed measurement (off by "
+                        "default: no help on the pooled super-resolution benchmark)")
     g.add_argument("--histosge-members", type=int,
                    help="conditioned model: HisToSGE models in its companion, alike but for their initial "
                         "weights; their mean is blended in (default 3)")
@@ -230,8 +231,8 @@ def train_settings(args: argparse.Namespace) -> dict:
         "histosge_members": args.histosge_members, "dropout": args.dropout, "head_rank": args.head_rank,
         "cell_um": args.cell_um, "prior_bandwidth": args.prior_bandwidth, "gene_selection": args.gene_selection,
     }
-    if args.no_image_modulation:
-        values["image_modulation"] = False
+    if args.image_modulation:
+        values["image_modulation"] = True
     if args.no_image_trend:
         values["image_trend"] = False
     if args.no_depth_term:

@@ -78,7 +78,8 @@ class TrainConfig:
     of its grid cells in µm (``None``: its default, at least two image pixels);
     ``prior_bandwidth`` the width of the measured prior's Gaussian, as a fraction of the
     footprints' spacing; ``image_modulation`` lets the cells' image features modulate the
-    prior (off: the map is the smoothed measurement, made consistent with it).
+    prior (off by default, as the pooled super-resolution benchmark found it no help: the map
+    is then the smoothed measurement, made consistent with it).
 
     ``gene_selection`` ranks the genes when ``genes`` is not given: ``"hvg"`` (highly
     variable, as the paper), ``"spatial"`` (Moran's I: spatially structured genes) or
@@ -138,8 +139,8 @@ class TrainConfig:
     histosge_members: int = 3
     init_seed: int | None = None
     cell_um: float | None = None
-    prior_bandwidth: float = 0.75
-    image_modulation: bool = True
+    prior_bandwidth: float = 1.5
+    image_modulation: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "dropout", "feature_dropout", "position_jitter", "neighbour_dropout",

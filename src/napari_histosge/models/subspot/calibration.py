@@ -23,7 +23,7 @@ from .prior import prior_rates
 #: Shares of the image modulation tried.
 SHARES = (0.0, 0.5, 1.0)
 #: Prior bandwidths tried, in footprint spacings.
-BANDWIDTHS = (0.5, 1.0)
+BANDWIDTHS = (0.75, 1.5)
 #: Details tried per gene: how much of its pattern within a footprint consistency keeps.
 DETAILS = (0.0, 0.5, 1.0)
 #: Fewest pooled squares calibration runs on; with fewer the defaults are kept.

@@ -1,8 +1,11 @@
 """The measured prior of the sub-spot model: the measured footprints, smoothed onto any position.
 
-Each position takes a Gaussian-weighted mean of the rates (counts per 1e4, not log values)
-of its nearest measured footprints. The bandwidth is a fraction of the footprints' spacing,
-so the prior follows the measurement between footprints and is smooth across their edges.
+Each position takes a Gaussian-weighted mean of its nearest measured footprints, averaged
+on the log1p scale and returned as rates (counts per 1e4): one footprint's burst of counts
+does not dominate its neighbourhood, as it would in a mean of rates (the hold-out recovery
+protocol scored the log1p mean clearly higher). The bandwidth is in footprint spacings, so
+the prior follows the measurement between footprints and is smooth across their edges.
+Aggregating cells over a footprint stays on the rate scale (:mod:`.consistency`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def prior_weights(xy: np.ndarray, footprint_xy: np.ndarray, bandwidth_px: float,
 
 def prior_rates(xy: np.ndarray, footprint_xy: np.ndarray, footprint_rates: np.ndarray, bandwidth_px: float, *,
                 exclude: np.ndarray | None = None) -> np.ndarray:
-    """The prior at ``xy``: ``(n, G)`` float32 rates (see :func:`prior_weights`)."""
+    """The prior at ``xy``: ``(n, G)`` float32 rates, their weighted mean on the log1p scale (:func:`prior_weights`)."""
     weights = prior_weights(xy, footprint_xy, bandwidth_px, exclude=exclude)
-    return np.asarray(weights @ np.asarray(footprint_rates, np.float64), np.float32)
+    logs = np.log1p(np.maximum(np.asarray(footprint_rates, np.float64), 0.0))
+    return np.expm1(np.asarray(weights @ logs)).astype(np.float32)

@@ -71,8 +71,9 @@ class SubspotModel(TrainedModel):
         """How the fit went, for people."""
         meta = self.meta
         size = f"{meta['cell_um']:.3g} µm" if meta.get("cell_um") else f"{self.cell_px:.3g} px"
-        text = (f"fitted on {int(meta.get('n_train_spots', 0))} measured footprints, cells of {size}; "
-                f"image modulation kept: {float(meta.get('modulation_share', 0.0)):g}")
+        image = ("image modulation off" if not self.config.image_modulation
+                 else f"image modulation kept: {float(meta.get('modulation_share', 0.0)):g}")
+        text = f"fitted on {int(meta.get('n_train_spots', 0))} measured footprints, cells of {size}; {image}"
         calibration = meta.get("calibration")
         if calibration:
             text += (f"\none scale up ({calibration['calibration_squares']} pooled squares predicting the "

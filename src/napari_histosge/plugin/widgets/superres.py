@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "checkpoint file..."
+#: The core's ``pipeline.grid_maps.CONSISTENCY``, here so opening the widget imports no pipeline.
+CONSISTENCY_CHOICES = ("exact", "counting", "none")
 LATTICE, GRID = "N-fold lattice", "grid of cells"
 
 
@@ -59,7 +61,8 @@ def with_layers(job, adata):
     return pred, layers
 
 
-def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: CancelToken):
+def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: CancelToken,
+             consistency: str = "exact"):
     """The core's grid super-resolution, inside the tissue the H&E shows when ``tissue_only``.
 
     A generator for :func:`~.worker.start_job` (runs in the worker thread).
@@ -79,7 +82,8 @@ def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: Can
         path, scale = require_spot_image(adata)
         mask = detect_tissue(path, scale=scale)
         yield Progress("mask", 1, 1)
-    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=mask, cancel=cancel))
+    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=mask, consistency=consistency,
+                                         cancel=cancel))
 
 
 class SuperResolveWidget(Container):
@@ -102,6 +106,11 @@ class SuperResolveWidget(Container):
                                     tooltip="side of a grid cell in µm; 0: the cell size the model was trained with")
         self.tissue_only = CheckBox(label="tissue only", value=True,
                                     tooltip="leave out cells the tissue mask (detected on the H&E) says are bare glass")
+        self.consistency = ComboBox(label="consistency", choices=list(CONSISTENCY_CHOICES), value="exact",
+                                    tooltip="exact: the cells under each measured spot reproduce it; counting: "
+                                            "they reproduce it within its counting noise (no holes where a sparse "
+                                            "gene was counted 0 times, but spots lean toward their neighbours); "
+                                            "none: the model alone")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
@@ -110,7 +119,8 @@ class SuperResolveWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
-                     self.tissue_only, self.device, self.scheduler, self.run_button, self.cancel_button, self.status])
+                     self.tissue_only, self.consistency, self.device, self.scheduler, self.run_button,
+                     self.cancel_button, self.status])
         self.worker = None
         self.token: CancelToken | None = None
         self.last_outcome: Outcome | None = None
@@ -135,7 +145,7 @@ class SuperResolveWidget(Container):
         self.checkpoint.visible = self.model.value == FROM_FILE
         grid = self.positions.value == GRID
         self.fold.visible = not grid
-        self.grid_um.visible = self.tissue_only.visible = grid
+        self.grid_um.visible = self.tissue_only.visible = self.consistency.visible = grid
 
     def run(self, *_: Any) -> None:
         """Start super-resolution in the background."""
@@ -158,6 +168,7 @@ class SuperResolveWidget(Container):
         grid = self.positions.value == GRID
         grid_um = float(self.grid_um.value) or None
         tissue_only = bool(self.tissue_only.value)
+        consistency = str(self.consistency.value)
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
@@ -165,7 +176,7 @@ class SuperResolveWidget(Container):
 
             model = entry.model if entry is not None else load_model(path, device=device)
             if grid:
-                return with_layers(grid_job(model, adata, grid_um, tissue_only, token), adata)
+                return with_layers(grid_job(model, adata, grid_um, tissue_only, token, consistency), adata)
             from ...pipeline.steps import superresolve
 
             return with_layers(superresolve(model, adata, fold, scheduler=scheduler, cancel=token), adata)
