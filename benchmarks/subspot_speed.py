@@ -27,11 +27,12 @@ SECTIONS = {"B4": "her2st/B4", "151676": "dlpfc/151676"}
 STEP = r"""
 import json, resource, sys, time
 import napari_histosge as hs
-section, model_path, step = sys.argv[1:4]
+section, model_path, step, image = sys.argv[1:5]
 adata = hs.read_spots(section)
 t0 = time.perf_counter()
 if step == "fit":
-    model = hs.run(hs.fit(adata, train_config=hs.train_config("subspot")))
+    config = hs.train_config("subspot", image_modulation=image == "1")
+    model = hs.run(hs.fit(adata, train_config=config))
     model.save(model_path)
     out = {"cells": None, "genes": len(model.genes), "cell_um": model.meta.get("cell_um")}
 else:
@@ -45,9 +46,10 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run_step(section: Path, model_path: Path, step: str, cache: str) -> dict:
+def run_step(section: Path, model_path: Path, step: str, cache: str, image: bool) -> dict:
     env = {**__import__("os").environ, "HISTOSGE_CACHE": cache}
-    done = subprocess.run([sys.executable, "-c", STEP, str(section), str(model_path), step], env=env,
+    done = subprocess.run([sys.executable, "-c", STEP, str(section), str(model_path), step, "1" if image else "0"],
+                          env=env,
                           capture_output=True, text=True, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -55,9 +57,10 @@ def run_step(section: Path, model_path: Path, step: str, cache: str) -> dict:
 
 def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
-             "Sub-spot model: `fit` is training on all of a section's spots (cell features under the spots and "
-             "the smoothed measurement, the default settings; 1000 HVGs); `grid` is `superresolve_grid` over "
-             "the tissue (tissue mask, cell features of every cell, prediction, consistency). Each step in its own "
+             "Sub-spot model, default settings (the image is off, so no cell features are read): `fit` is "
+             "training on all of a section's spots (1000 HVGs); `grid` is `superresolve_grid` over the tissue "
+             "(tissue mask, prediction, consistency); '+ image' rows train and map with the image modulation "
+             "on (cell features of every cell, calibration one scale up). Each step in its own "
              "process, peak resident memory of that process; a fresh cache per section (the grid step "
              "reuses the slide pyramid the fit built).",
              "", "| section | step | cell µm | cells | genes | seconds | peak memory GB |",
@@ -77,11 +80,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sections:
-            model_path = Path(tmp) / f"{name}.pt"
-            for step in ("fit", "grid"):
-                result = run_step(root / SECTIONS[name], model_path, step, str(Path(tmp) / f"cache-{name}"))
-                rows.append({"section": name, "step": step, **result})
-                print(rows[-1], flush=True)
+            for image in (False, True):
+                model_path = Path(tmp) / f"{name}-{image}.pt"
+                for step in ("fit", "grid"):
+                    result = run_step(root / SECTIONS[name], model_path, step, str(Path(tmp) / f"cache-{name}"),
+                                      image)
+                    rows.append({"section": name, "step": step + (" + image" if image else ""), **result})
+                    print(rows[-1], flush=True)
     payload = {"machine": machine_info(), "rows": rows}
     publish("subspot_speed", payload, render(payload))
 

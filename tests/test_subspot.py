@@ -134,6 +134,16 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     assert np.abs(np.asarray(exact.X) - truth).max() < 1e-4
 
 
+def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default model ignores the image, so no cell features are needed")
+
+    assert not fitted.uses_image
+    monkeypatch.setattr(grid_maps, "cell_features", refuse)
+    grid = hs.run(hs.superresolve_grid(fitted, demo, mask=None, grid_um=fitted.meta["cell_um"] * 2))
+    assert grid.n_obs > 0
+
+
 def test_the_model_saves_and_loads_with_the_same_map(demo, fitted, unmasked_map, tmp_path):
     fitted.save(tmp_path / "m.pt")
     loaded = hs.load_model(tmp_path / "m.pt")
@@ -174,9 +184,9 @@ def test_a_coarser_grid_and_spots_as_means_of_cells(demo, fitted):
 @pytest.fixture()
 def no_features(monkeypatch):
     def refuse(*args, **kwargs):
-        raise AssertionError("cell features were read before the input was checked")
+        raise AssertionError("cells were predicted before the input was checked")
 
-    monkeypatch.setattr(grid_maps, "cell_features", refuse)
+    monkeypatch.setattr(grid_maps, "grid_rates", refuse)
 
 
 def test_a_grid_cell_under_two_pixels_fails_before_work(demo, fitted, no_features):
@@ -218,6 +228,7 @@ def test_the_image_modulation_is_calibrated_one_scale_up(demo, tmp_path):
     calibration = model.meta["calibration"]
     assert calibration["modulation_share"] in (0.0, 0.5, 1.0) and calibration["calibration_squares"] >= 8
     assert "one scale up" in model.training_summary()
+    assert model.uses_image == (calibration["modulation_share"] > 0)
     detail = model.model.detail.numpy()
     assert detail.shape == (10,) and set(np.unique(detail)) <= {0.0, 0.5, 1.0}
     model.save(tmp_path / "image.pt")

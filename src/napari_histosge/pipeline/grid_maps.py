@@ -129,8 +129,12 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     check_consistency(consistency)
     if not getattr(model, "aggregates_cells", False):
         raise InputError(f"the {model.config.model!r} model does not predict grid cells; train a subspot model")
-    path, scale = require_spot_image(adata)
-    feats = yield from cell_features(path, scale, grid, sigmas=_feature_sigmas(model, grid.cell_px), cancel=cancel)
+    if model.uses_image:  # type: ignore[attr-defined]
+        path, scale = require_spot_image(adata)
+        feats = yield from cell_features(path, scale, grid, sigmas=_feature_sigmas(model, grid.cell_px),
+                                         cancel=cancel)
+    else:  # the model ignores the image: no slide read for features
+        feats = np.zeros((grid.n_cells, int(model.meta["n_features"])), np.float32)
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
     centres = grid.centres()
     rates = model.cell_rates(centres, feats)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ...features.cell_raster import IDENTITY, cell_features
+from ...features.cell_raster import IDENTITY, cell_features, n_cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
 from ...progress import CancelToken, Progress, ProgressGenerator
@@ -77,7 +77,10 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Tra
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
     grid, weights = _footprint_cells(footprints, cell_px)
-    feats = yield from cell_features(path, scale, grid, cancel=cancel)
+    if config.image_modulation:
+        feats = yield from cell_features(path, scale, grid, cancel=cancel)
+    else:  # the image is not used: no slide read at all
+        feats = np.zeros((grid.n_cells, n_cell_features()), np.float32)
     yield Progress("fit", 0, 1, f"image modulation over {grid.n_cells:,} cells")
     mean, std = feats.mean(axis=0), feats.std(axis=0)
     std[std < 1e-8] = 1.0

@@ -27,6 +27,11 @@ class SubspotModel(TrainedModel):
     aggregates_cells = True
 
     @property
+    def uses_image(self) -> bool:
+        """Whether the cells' image features change its prediction (image modulation kept)."""
+        return float(self.meta.get("modulation_share", 0.0)) > 0
+
+    @property
     def cell_px(self) -> float:
         """Side of the grid cells it was fitted on, full-res px."""
         return float(self.meta["cell_px"])
