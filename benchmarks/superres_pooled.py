@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, existing_data_root, machine_line, measure_sections, publish  # noqa: E402
 
 import napari_histosge as hs  # noqa: E402
-from napari_histosge.evaluation.metrics import knn_baseline, within_bin_pcc  # noqa: E402
+from napari_histosge.evaluation.metrics import gene_metrics, knn_baseline, within_bin_pcc  # noqa: E402
 from napari_histosge.evaluation.noise_ceiling import split_half_reliability, summarize_ceiling  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
 from napari_histosge.pipeline.pooled import own_bin_copy, pool_spots  # noqa: E402
@@ -85,11 +85,9 @@ def scores(adata, pred: np.ndarray, truth: np.ndarray, spot_bin: np.ndarray, col
     out = {}
     for key, idx in cols.items():
         p, t = pred[:, idx], truth[:, idx]
-        pc, tc = p - p.mean(0), t - t.mean(0)
-        den = np.sqrt((pc * pc).sum(0) * (tc * tc).sum(0))
-        pcc = np.where(den > 0, (pc * tc).sum(0) / np.where(den > 0, den, 1), 0.0)
-        out[key] = {"pcc": float(pcc.mean()), "within_bin_pcc": float(within_bin_pcc(p, t, spot_bin).mean()),
-                    "mse": float(((p - t) ** 2).mean())}
+        metrics = gene_metrics(t, p, [str(i) for i in idx])
+        out[key] = {"pcc": float(metrics["pcc"].fillna(0.0).mean()),
+                    "within_bin_pcc": float(within_bin_pcc(p, t, spot_bin).mean()), "mse": float(metrics["mse"].mean())}
     out["top50"]["ssim"] = ssim(adata, pred[:, cols["top50"]], truth[:, cols["top50"]])
     return out
 

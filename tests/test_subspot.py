@@ -278,3 +278,12 @@ def test_within_bin_pcc():
     assert np.isclose(within_bin_pcc(truth, truth, bins)[0], 1.0)
     assert within_bin_pcc(np.array([[1.5], [1.5], [6.0], [6.0], [9.0]]), truth, bins)[0] == 0.0
     assert np.isclose(within_bin_pcc(-truth, truth, bins)[0], -1.0)
+
+
+def test_the_spot_level_trainer_points_to_the_section_fit():
+    from napari_histosge.models import train
+    from napari_histosge.training.inputs import TrainingData
+
+    data = TrainingData(np.zeros((3, 2)), np.zeros((3, 3)), np.eye(3, 2), np.ones((3, 1)), ["a", "b", "c"], ["G"])
+    with pytest.raises(InputError, match="trains on a section's slide"):
+        hs.run(train(data, hs.train_config("subspot")))

@@ -64,6 +64,29 @@ def holdout_split(spot_ids: Sequence[str], fraction: float, seed: int) -> tuple[
     return train, test
 
 
+def column_pcc(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of ``p`` with the same column of ``t`` (dense, same shape).
+
+    NaN where ``t`` is exactly constant or there are fewer than two rows; 0 where ``p`` is
+    constant (see :func:`gene_metrics`).
+    """
+    t, p = np.asarray(t, np.float64), np.asarray(p, np.float64)
+    # Exactly constant columns (max == min) have undefined correlation: mark them NaN
+    # rather than trusting a tiny rounding-level variance.
+    constant_truth = t.max(axis=0) == t.min(axis=0)
+    constant_pred = p.max(axis=0) == p.min(axis=0)
+    tc, pc = t - t.mean(axis=0), p - p.mean(axis=0)
+    num = np.einsum("ij,ij->j", tc, pc)
+    den = np.sqrt(np.einsum("ij,ij->j", tc, tc) * np.einsum("ij,ij->j", pc, pc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pcc = np.clip(num / den, -1.0, 1.0)
+    pcc[constant_pred | (den == 0)] = 0.0
+    pcc[constant_truth] = np.nan
+    if t.shape[0] < 2:
+        pcc[:] = np.nan
+    return pcc
+
+
 def gene_metrics(y_true: Any, y_pred: Any, genes: Sequence[str]) -> pd.DataFrame:
     """Per-gene Pearson correlation, mean squared error and mean absolute error.
 
@@ -99,19 +122,7 @@ def gene_metrics(y_true: Any, y_pred: Any, genes: Sequence[str]) -> pd.DataFrame
     diff = t - p
     mse = np.mean(diff**2, axis=0)
     mae = np.mean(np.abs(diff), axis=0)
-    # Exactly constant columns (max == min) have undefined correlation: mark them NaN
-    # rather than trusting a tiny rounding-level variance.
-    constant_truth = t.max(axis=0) == t.min(axis=0)
-    constant_pred = p.max(axis=0) == p.min(axis=0)
-    tc, pc = t - t.mean(axis=0), p - p.mean(axis=0)
-    num = np.einsum("ij,ij->j", tc, pc)
-    den = np.sqrt(np.einsum("ij,ij->j", tc, tc) * np.einsum("ij,ij->j", pc, pc))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pcc = np.clip(num / den, -1.0, 1.0)
-    pcc[constant_pred | (den == 0)] = 0.0
-    pcc[constant_truth] = np.nan
-    if t.shape[0] < 2:
-        pcc[:] = np.nan
+    pcc = column_pcc(t, p)
     frame = pd.DataFrame({"pcc": pcc, "mse": mse, "mae": mae}, index=pd.Index(genes, name="gene"))
     return frame
 
@@ -318,7 +329,7 @@ def read_layer_annotations(path: str | PathLike) -> pd.Series:
 def within_bin_pcc(pred: np.ndarray, truth: np.ndarray, spot_bin: np.ndarray) -> np.ndarray:
     """Per-gene PCC of prediction minus its bin mean against truth minus its bin mean (bins of >= 2 spots).
 
-    A gene whose deviations do not vary (e.g. a copy of the bin value) scores 0.
+    A gene whose deviations do not vary on either side (e.g. a copy of the bin value) scores 0.
     """
     pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
     size = np.bincount(spot_bin)
@@ -329,9 +340,4 @@ def within_bin_pcc(pred: np.ndarray, truth: np.ndarray, spot_bin: np.ndarray) ->
         np.add.at(mean, spot_bin, v)
         return (v - (mean / np.maximum(size, 1)[:, None])[spot_bin])[keep]
 
-    a, b = deviation(pred), deviation(truth)
-    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
-    den = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(den > 0, (a * b).sum(axis=0) / np.where(den > 0, den, 1.0), 0.0)
-    return r
+    return np.nan_to_num(column_pcc(deviation(truth), deviation(pred)), nan=0.0)

@@ -36,7 +36,8 @@ class ModelSpec:
         The ``torch.nn.Module`` class, built as ``network(in_dim=..., n_genes=..., **hparams)``.
     trainer
         Trains it: same parameters and result as :func:`train`, usually by handing its
-        epochs to :func:`napari_histosge.training.loop.run_epochs`.
+        epochs to :func:`napari_histosge.training.loop.run_epochs`; ``None`` for a model
+        that trains only on a whole section (``section_trainer``).
     trained_class
         The :class:`TrainedModel` subclass (or the class itself) that predicts with it.
     hparam_keys
@@ -51,7 +52,7 @@ class ModelSpec:
 
     name: str
     network: type
-    trainer: Trainer
+    trainer: Trainer | None
     trained_class: type[TrainedModel]
     hparam_keys: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -194,6 +195,9 @@ def train(
         If the loss or the weights become NaN or infinite (nothing of that epoch is saved).
     """
     trainer = model_spec(config.model).trainer
+    if trainer is None:
+        raise InputError(f"the {config.model} model trains on a section's slide and spots, not on spot features: "
+                         f"use napari_histosge.fit(adata, ...) or histosge train DATA --model {config.model}")
     return (yield from trainer(data, config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
                                cancel=cancel))
 

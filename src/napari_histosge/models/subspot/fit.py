@@ -26,7 +26,7 @@ from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total
 from ...progress import CancelToken, Progress, ProgressGenerator
 from ...slide.cell_grid import CellGrid, Footprints
 from ...training.grouping import median_spacing
-from ...training.inputs import TrainConfig, TrainingData
+from ...training.inputs import TrainConfig
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .calibration import calibrate
@@ -162,15 +162,8 @@ def _cell_um(cell_px: float, mpp) -> float | None:
     return None if mpp is None else float(cell_px * float(mpp))
 
 
-def _no_spot_training(data: TrainingData, config: TrainConfig, **_: Any) -> ProgressGenerator[TrainedModel]:
-    """The spot-level trainer slot: the sub-spot model reads the slide, so it trains on a section."""
-    raise InputError("the subspot model trains on a section's slide and spots: use napari_histosge.fit(adata, ...) "
-                     "or histosge train DATA --model subspot")
-    yield  # pragma: no cover  (makes this a generator like every trainer)
-
-
 #: The ``subspot`` model.
 SPEC = register_model(ModelSpec(
-    name=SPEC_NAME, network=SubspotNetwork, trainer=_no_spot_training, trained_class=SubspotModel,
+    name=SPEC_NAME, network=SubspotNetwork, trainer=None, trained_class=SubspotModel,
     hparam_keys=(), section_trainer=train_subspot_section, defaults={"n_top_genes": 1000},
 ))

@@ -68,22 +68,14 @@ def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: Can
     A generator for :func:`~.worker.start_job` (runs in the worker thread).
     """
     from ...errors import InputError
-    from ...io import require_spot_image
-    from ...pipeline.grid_maps import superresolve_grid
+    from ...pipeline.grid_maps import DETECT, superresolve_grid
 
     if not getattr(model, "aggregates_cells", False):
         raise InputError(f"the {model.config.model!r} model predicts whole spots, not grid cells: choose the "
                          "N-fold lattice, or train a subspot model for a grid")
-    mask = None
-    if tissue_only:
-        from ...slide.mask import detect_tissue
-
-        yield Progress("mask", 0, 1, "detecting the tissue")
-        path, scale = require_spot_image(adata)
-        mask = detect_tissue(path, scale=scale)
-        yield Progress("mask", 1, 1)
-    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=mask, consistency=consistency,
-                                         cancel=cancel))
+    # The core detects the tissue (and checks that it covers the spots).
+    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=DETECT if tissue_only else None,
+                                         consistency=consistency, cancel=cancel))
 
 
 class SuperResolveWidget(Container):
