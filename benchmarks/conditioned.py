@@ -35,11 +35,12 @@ from recovery import domain_ari, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.models import train_config  # noqa: E402
+from napari_histosge.models import (
+    train_config,  # noqa: E402
+)
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: name -> (label, TrainConfig changes, image features on)
 VARIANTS = {
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         feats = run_to_end(spot_features(adata, FeatureConfig()))
         runs = [(VARIANTS[v][0], replace(base, **VARIANTS[v][1]), VARIANTS[v][2]) for v in args.variants]
         if args.histosge_epochs:
-            runs.append(("HisToSGE", TrainConfig(epochs=args.histosge_epochs, seed=args.seed), True))
+            runs.append(("HisToSGE", train_config(epochs=args.histosge_epochs, seed=args.seed), True))
         for i, (label, cfg, image) in enumerate(runs):
             t0 = time.perf_counter()
             result = run_to_end(recover(

@@ -43,11 +43,14 @@ from napari_histosge.evaluation.metrics import gene_metrics, holdout_split, summ
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
-from napari_histosge.models import load_model  # noqa: E402
+from napari_histosge.models import (  # noqa: E402
+    HisToSGEConfig,
+    load_model,  # noqa: E402
+    train_config,
+)
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import fit, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 METHOD = "HisToSGE, default features"
 
@@ -62,7 +65,7 @@ def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
 def default_run(adata, features, seed: int, holdout: float) -> dict:
     """The ``recover`` defaults on one split: kept and stop epoch, held-out PCC, the baseline's."""
     t0 = time.perf_counter()
-    result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=TrainConfig(seed=seed),
+    result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=train_config(seed=seed),
                                 features=features))
     s, meta = result.summary(), result.model.meta
     return {"kept_epoch": meta.get("best_epoch"), "stopped_at": meta.get("stopped_at", len(meta["history"])),
@@ -76,13 +79,13 @@ def fixed_epoch_curve(adata, features, seed: int, holdout: float, epochs: int, e
     """Held-out PCC (HVGs, top-50) every ``every`` epochs of one run on every training spot."""
     train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
     log_all = normalize_log1p(adata)
-    hvg = select_genes(log_all[train_ids], n_top=TrainConfig.n_top_genes)
+    hvg = select_genes(log_all[train_ids], n_top=HisToSGEConfig.n_top_genes)
     top = top_mean_genes(log_all[train_ids], n=50)
     genes = hvg + [g for g in top if g not in set(hvg)]
     rows = adata.obs_names.get_indexer(test_ids)
     truth = dense_targets(log_all, genes)[rows]
     positions = np.asarray(adata.obsm["spatial"], np.float64)[rows]
-    config = TrainConfig(seed=seed, genes=genes, val_fraction=0.0, epochs=epochs, checkpoint_every=every)
+    config = train_config(seed=seed, genes=genes, val_fraction=0.0, epochs=epochs, checkpoint_every=every)
     curve = {"epoch": [], "pcc_hvg": [], "pcc_top50": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "curve.pt"
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", nargs="*", help="section names (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--holdout", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="length of the fixed-epoch curve")
+    parser.add_argument("--epochs", type=int, default=HisToSGEConfig.epochs, help="length of the fixed-epoch curve")
     parser.add_argument("--every", type=int, default=20, help="epochs between scores on the curve")
     parser.add_argument("--no-curve", action="store_true", help="measure the default runs only")
     parser.add_argument("--reuse-curves", action="store_true",

@@ -183,6 +183,102 @@ def cases(tmp: Path, model: Path) -> list[tuple[str, Callable[[], tuple[int, str
     ]
 
 
+def warnings_shown(*args: str | Path, env: dict | None = None) -> tuple[int, str]:
+    """Run ``histosge ARGS`` with Python's own warning settings; ``(status, summary of stderr)``.
+
+    The summary counts the lines that are not ``histosge:`` lines (library noise) and quotes
+    the last ``histosge:`` line.
+    """
+    run = subprocess.run([sys.executable, "-m", "napari_histosge.cli.main", *map(str, args)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONWARNINGS": "", **(env or {})})
+    lines = [line for line in run.stderr.splitlines() if line.strip() and "found in sys.modules" not in line]
+    ours = [line for line in lines if line.startswith("histosge:")]
+    if "Traceback" in run.stderr:
+        return run.returncode, "TRACEBACK: " + (lines[-1] if lines else "")
+    return run.returncode, f"[other stderr lines: {len(lines) - len(ours)}] {ours[-1] if ours else '(none)'}"
+
+
+def timed(run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    start = time.perf_counter()
+    status, line = run()
+    return status, f"[{time.perf_counter() - start:.1f} s] {line}"
+
+
+def message_cases(tmp: Path, model: Path) -> list[tuple[str, Callable[[], tuple[int, str]], int]]:
+    """``(name, run, expected status)`` of items 8-11: who is blamed, in one line, before any work."""
+    def damaged_pyramid() -> tuple[int, str]:
+        env = {"HISTOSGE_CACHE": str(tmp / "pyramid-cache")}
+        histosge("predict", model, B4, "--out", tmp / "p1.h5ad", "--quiet", env=env)
+        chunks = sorted(p for p in (tmp / "pyramid-cache" / "pyramids").rglob("*") if p.is_file()
+                        and p.name != "zarr.json")
+        chunks[0].write_bytes(chunks[0].read_bytes()[:-100])  # a truncated chunk file
+        shutil.rmtree(tmp / "pyramid-cache" / "features")  # cached features would skip the pyramid
+        return warnings_shown("predict", model, B4, "--out", tmp / "p2.h5ad", "--quiet", env=env)
+
+    def displaced_spots() -> Path:
+        folder = copy_section(B4, tmp / "displaced")
+        path = folder / "B4_selection.tsv"
+        table = pd.read_csv(path, sep="\t")
+        selected = np.flatnonzero(table["selected"].to_numpy() == 1)[:3]
+        table.loc[selected, ["pixel_x", "pixel_y"]] += 20_000
+        table.to_csv(path, sep="\t", index=False)
+        return folder
+
+    def orphan_checkpoint() -> tuple[int, str]:
+        out = tmp / "orphan.pt"
+        writer = subprocess.Popen([sys.executable, "-c", "import sys, time; from napari_histosge.outputs import "
+                                   "atomic_path\nwith atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * "
+                                   "13_000_000); print(tmp, flush=True); time.sleep(60)", str(out)],
+                                  stdout=subprocess.PIPE, text=True)
+        orphan = Path(writer.stdout.readline().strip()) if writer.stdout else Path()
+        writer.kill()
+        writer.wait()
+        left_before = orphan.is_file()
+        status, line = histosge("train", B4, "--out", out, *QUICK)
+        return status, f"[orphan after kill -9: {left_before}; after the next train: {orphan.exists()}] {line}"
+
+    def foreign_weights() -> Path:
+        import torch
+
+        path = tmp / "foreign.pth"
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("x")}, path)  # PosixPath: not weights-only
+        return path
+
+    predictions = tmp / "earlier.h5ad"
+    predictions.write_bytes(b"")  # only its name is checked before the refusal
+    bad_before_work = {
+        "train --out in a missing folder": ("train", B4, "--out", tmp / "gone" / "m.pt", *QUICK),
+        "recover --out m.txt": ("recover", B4, "--out", tmp / "m.txt", *QUICK),
+        "predict --out in a missing folder": ("predict", model, B4, "--out", tmp / "gone" / "p.h5ad"),
+        "superresolve --fold 1": ("superresolve", model, B4, "--out", tmp / "s.h5ad", "--fold", "1"),
+        "recover --holdout 1.5": ("recover", B4, "--out", tmp / "r.h5ad", "--holdout", "1.5", *QUICK),
+        "evaluate --metrics in a missing folder": ("evaluate", predictions, B4, "--metrics", tmp / "gone" / "m.csv"),
+        "demo --out in a missing folder": ("demo", "--out", tmp / "gone" / "demo"),
+    }
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "no-hub-cache")}
+    return [
+        ("8 predict, $HISTOSGE_CACHE read-only (under /sys)",
+         lambda: warnings_shown("predict", model, B4, "--out", tmp / "ro.h5ad", "--quiet",
+                                env={"HISTOSGE_CACHE": "/sys/histosge-cache"}), 0),
+        ("8 predict, a truncated chunk in the pyramid cache", damaged_pyramid, 0),
+        ("8 three spots displaced in the selection file",
+         lambda: histosge("train", displaced_spots(), "--out", tmp / "x.pt", *QUICK), 2),
+        ("8 train --patch-um -5",
+         lambda: timed(lambda: histosge("train", B4, "--out", tmp / "x.pt", "--patch-um", "-5", *QUICK)), 2),
+        ("9 train --weights with a foreign pickle",
+         lambda: histosge("train", B4, "--out", tmp / "x.pt", "--extractor", "timm:resnet18", "--weights",
+                          foreign_weights(), *QUICK), 2),
+        ("9 train --extractor uni offline",
+         lambda: timed(lambda: warnings_shown("train", B4, "--out", tmp / "x.pt", "--extractor", "uni", *QUICK,
+                                              env=offline)), 2),
+        *[(f"10 {label}", lambda args=args: timed(lambda: histosge(*args)), 2)
+          for label, args in bad_before_work.items()],
+        ("11 kill -9 during a checkpoint write, then train", orphan_checkpoint, 0),
+        ("9, 11 ST v1 model predicting on Visium",
+         lambda: warnings_shown("predict", model, DLPFC, "--out", tmp / "v.h5ad", "--quiet"), 0),
+    ]
+
+
 def main() -> int:
     if not B4.is_dir() or not DLPFC.is_dir():
         print(f"real data not found at {DATA} (set HISTOSGE_DATA)")
@@ -196,7 +292,7 @@ def main() -> int:
             print(f"could not train the model the cases use: {line}")
             return 1
         print(f"{'case':<50} {'want':>4} {'got':>4}  message")
-        for label, run, expected in cases(tmp, model):
+        for label, run, expected in [*cases(tmp, model), *message_cases(tmp, model)]:
             status, line = run()
             failed += status != expected or "TRACEBACK" in str(line)
             print(f"{label:<50} {expected:>4} {status:>4}  {str(line)[:200]}", flush=True)

@@ -58,10 +58,10 @@ def network_rate(spec: str, n: int, batch: int, device: str) -> dict:
 
 def end_to_end_rate(n_spots: int, device: str, batch: int) -> dict:
     import tifffile
+    from slide_io import bench_dir, make_big_slide
 
     from napari_histosge.features import FeatureConfig, extract_features_at
     from napari_histosge.progress import run_to_end
-    from slide_io import bench_dir, make_big_slide
 
     path = make_big_slide(bench_dir() / "synthetic_20000px_jpeg_pyramid.tif", 20_000)
     with tifffile.TiffFile(path) as tf:

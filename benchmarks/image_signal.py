@@ -34,10 +34,10 @@ from napari_histosge.evaluation.metrics import gene_metrics, summarize  # noqa: 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: Principal components of the image features tried, and ridge penalties per 1,000 hidden spots.
 COMPONENTS = (1, 2, 4, 8, 16, 32)
@@ -84,7 +84,7 @@ def run_split(adata, log, features, seed: int, holdout: float) -> list[dict]:
     results = {}
     for name, config, feats in (("default", FeatureConfig(), features),
                                 ("off", FeatureConfig(extractor=NO_IMAGE), None)):
-        results[name] = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=TrainConfig(seed=seed),
+        results[name] = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=train_config(seed=seed),
                                            feature_config=config, features=feats))
     off, default = results["off"], results["default"]
     rows = adata.obs_names.get_indexer(off.test_ids)

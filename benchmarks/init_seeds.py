@@ -29,10 +29,11 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.models import train_config  # noqa: E402
+from napari_histosge.models import (
+    train_config,  # noqa: E402
+)
 from napari_histosge.pipeline.steps import spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 HISTOSGE, CONDITIONED = "HisToSGE, default features", "Conditioned (neighbours + image)"
 #: Init seeds ``STRIDE * run``: far enough apart that no two conditioned runs share a companion member.
@@ -46,7 +47,7 @@ def run_section(adata, runs: int) -> dict[str, list[tuple[float, float]]]:
     split = argparse.Namespace(holdout=0.5, seed=0)
     for run in range(runs):
         init = STRIDE * run
-        for method, config in ((HISTOSGE, TrainConfig(init_seed=init)),
+        for method, config in ((HISTOSGE, train_config(init_seed=init)),
                                (CONDITIONED, train_config("conditioned", init_seed=init))):
             _, row, _ = run_variant(adata, method, config, FeatureConfig(), feats, split)
             out[method].append((row["pcc_hvg"], row["pcc_top50"]))

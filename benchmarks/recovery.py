@@ -36,11 +36,13 @@ from napari_histosge.evaluation.metrics import read_layer_annotations, spatial_a
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p  # noqa: E402
-from napari_histosge.models import train_config  # noqa: E402
+from napari_histosge.models import (
+    HisToSGEConfig,  # noqa: E402
+    train_config,  # noqa: E402
+)
 from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 
 def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
@@ -94,7 +96,7 @@ def domain_ari(section_dir: Path, adata, result) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="*", help="section names (default: all)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--epochs", type=int, default=HisToSGEConfig().epochs)
     parser.add_argument("--holdout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-file-order", action="store_true", help="skip the file-order grouping variant")
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
 
     root = existing_data_root()
     info = machine_info()
-    base_train = replace(TrainConfig(), epochs=args.epochs, seed=args.seed)
+    base_train = replace(HisToSGEConfig(), epochs=args.epochs, seed=args.seed)
     rows = []
     for name, path in sections(root, args.sections):
         adata = read_spots(path)

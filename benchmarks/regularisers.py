@@ -29,9 +29,9 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: Training settings compared (``TrainConfig`` overrides of HisToSGE's defaults).
 SETTINGS: dict[str, dict] = {
@@ -50,7 +50,7 @@ def run_section(adata, seeds: list[int], settings: list[str]) -> dict[str, list[
     for seed in seeds:
         split = argparse.Namespace(holdout=0.5, seed=seed)
         for name in settings:
-            config = TrainConfig(seed=seed, **SETTINGS[name])
+            config = train_config(seed=seed, **SETTINGS[name])
             _, on, _ = run_variant(adata, name, config, FeatureConfig(), feats, split)
             _, off, _ = run_variant(adata, name, config, FeatureConfig(extractor=NO_IMAGE), None, split)
             out[name].append({"seed": seed, "default_hvg": on["pcc_hvg"], "default_top50": on["pcc_top50"],

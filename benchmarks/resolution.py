@@ -31,9 +31,9 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots, spot_image  # noqa: E402
+from napari_histosge.models import train_config  # noqa: E402
 from napari_histosge.pipeline.steps import NO_IMAGE, image_pixels_per_spot, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 #: 4.34 px across a spot: DLPFC's low-res PNG (spot diameter 96.4 full-res px x scale 0.0450).
 DEFAULT_PX = (16.0, 4.34)
@@ -70,7 +70,7 @@ def scores(adata, feats, seed: int, *, off: bool = False) -> list[float]:
     """Held-out PCC (HVG, top-50) of HisToSGE with its defaults on split ``seed``."""
     split = argparse.Namespace(holdout=0.5, seed=seed)
     features = FeatureConfig(extractor=NO_IMAGE) if off else FeatureConfig()
-    _, row, _ = run_variant(adata, "resolution", TrainConfig(seed=seed), features, None if off else feats, split)
+    _, row, _ = run_variant(adata, "resolution", train_config(seed=seed), features, None if off else feats, split)
     return [row["pcc_hvg"], row["pcc_top50"]]
 
 

@@ -33,10 +33,11 @@ from recovery import run_variant, sections  # noqa: E402
 
 from napari_histosge.features import FeatureConfig  # noqa: E402
 from napari_histosge.io import read_spots  # noqa: E402
-from napari_histosge.models import train_config  # noqa: E402
+from napari_histosge.models import (
+    train_config,  # noqa: E402
+)
 from napari_histosge.pipeline.steps import NO_IMAGE, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
-from napari_histosge.training.inputs import TrainConfig  # noqa: E402
 
 METHODS = ("HisToSGE, default features", "HisToSGE, image features off", "Conditioned (neighbours + image)")
 BASELINE = "6-NN baseline"
@@ -49,8 +50,8 @@ def run_section(adata, seeds: list[int], methods: tuple[str, ...] = METHODS) -> 
     out: dict[str, list[tuple[float, float]]] = {m: [] for m in (BASELINE, *methods)}
     for seed in seeds:
         configs = {
-            METHODS[0]: (TrainConfig(seed=seed), FeatureConfig(), feats),
-            METHODS[1]: (TrainConfig(seed=seed), FeatureConfig(extractor=NO_IMAGE), None),
+            METHODS[0]: (train_config(seed=seed), FeatureConfig(), feats),
+            METHODS[1]: (train_config(seed=seed), FeatureConfig(extractor=NO_IMAGE), None),
             METHODS[2]: (train_config("conditioned", seed=seed), FeatureConfig(), feats),
         }
         for method in methods:

@@ -40,9 +40,9 @@ TARGETS_S = {"histosge": TARGET_S, "conditioned": 60.0}
 def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"):
     """A HisToSGE model trained briefly on every spot (cost of prediction does not depend on training)."""
     from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
-    from napari_histosge.models import train
+    from napari_histosge.models import train, train_config
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.inputs import TrainConfig, TrainingData
+    from napari_histosge.training.inputs import TrainingData
 
     log = normalize_log1p(adata)
     genes = select_genes(log, n_top=n_genes)
@@ -51,7 +51,7 @@ def small_model(adata, feats, n_genes: int, epochs: int, model: str = "histosge"
                         targets=dense_targets(log, genes), spot_ids=list(adata.obs_names), genes=genes,
                         total_counts=total_counts(adata))  # the conditioned model's depth term costs too
     # The conditioned model's companion members train as many epochs (the weights do not change the cost).
-    return run_to_end(train(data, TrainConfig(model=model, epochs=epochs, histosge_epochs=epochs, genes=genes,
+    return run_to_end(train(data, train_config(model=model, epochs=epochs, histosge_epochs=epochs, genes=genes,
                                               device="cpu", val_fraction=0.0)))
 
 

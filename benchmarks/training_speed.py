@@ -369,8 +369,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_histosge.models import train_config
     from napari_histosge.training.grouping import group_spots, pack_batches
-    from napari_histosge.training.inputs import TrainConfig
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     print(f"{data['adata'].n_obs} spots, features in {data['features_s']:.1f} s, {len(data['genes'])} genes",
           flush=True)
     # No validation share: every trainer fits the same spots and is scored here, outside the timing.
-    config = TrainConfig(epochs=args.epochs, n_top_genes=args.n_genes, genes=data["genes"], device="cpu", seed=0,
+    config = train_config(epochs=args.epochs, n_top_genes=args.n_genes, genes=data["genes"], device="cpu", seed=0,
                          val_fraction=0.0)
     log = side_by_side(data, config, args.eval_every)
     n_train = len(data["train_ids"])

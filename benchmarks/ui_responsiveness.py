@@ -48,10 +48,10 @@ def run(args) -> dict:
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_histosge.plugin.widgets.worker import preload_torch
+    from napari_histosge.demo import make_demo_dataset
     from napari_histosge.plugin.widgets.layers import ROLE_SPOTS, layers_with_role
     from napari_histosge.plugin.widgets.train import TrainWidget
-    from napari_histosge.demo import make_demo_dataset
+    from napari_histosge.plugin.widgets.worker import preload_torch
 
     tmp = Path(tempfile.mkdtemp(prefix="histosge-ui-bench-"))
     demo = make_demo_dataset(tmp / "demo")

@@ -88,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp(cmd[0], cmd)
         sys.exit("no display: install Xvfb (xvfb-run) or run under a desktop session")
 
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*PyQt5.*")
     import napari
     from napari.settings import get_settings
     from qtpy.QtWidgets import QApplication

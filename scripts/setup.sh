@@ -22,4 +22,10 @@ fi
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pip install --quiet $TORCH_SPEC
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+# The project uses PyQt6, as napari recommends. An environment made before still holds PyQt5,
+# which qtpy would pick first (and napari then shows its PyQt5 deprecation warning).
+if "$VENV/bin/python" -m pip show --quiet PyQt5 >/dev/null 2>&1; then
+    echo "setup: removing PyQt5 (napari deprecates it; the project uses PyQt6)"
+    "$VENV/bin/python" -m pip uninstall --quiet -y PyQt5 PyQt5-Qt5 PyQt5_sip
+fi
 "$VENV/bin/python" -c "import torch, torchvision, timm, napari_histosge; print(f'setup: torch {torch.__version__} (cuda: {torch.cuda.is_available()}), timm {timm.__version__}, napari-histosge {napari_histosge.__version__}')"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up the environment, lint (ruff) and type-check (mypy) the code, then run the
-# whole test suite, widget tests included. Extra arguments go to pytest.
+# Set up the environment, lint (ruff) and type-check (mypy) the code, check the built wheel
+# installs into a napari environment (scripts/check_wheel.sh; HISTOSGE_SKIP_WHEEL_CHECK=1
+# skips it), then run the whole test suite, widget tests included. Extra arguments go to pytest.
 # napari's canvas needs OpenGL: the widget tests run on a virtual X server
 # (Xvfb, started by pytest-xvfb) with Mesa's software OpenGL.
 set -euo pipefail
@@ -30,4 +31,11 @@ echo "test: ruff check src tests"
 "$PY" -m ruff check src tests
 echo "test: mypy (src/napari_histosge)"
 "$PY" -m mypy
+# A plain install: the wheel into a napari environment of its own, kept between runs
+# (the first run makes it, several minutes; later ones replace only the wheel).
+if [ "${HISTOSGE_SKIP_WHEEL_CHECK:-0}" != 1 ]; then
+    echo "test: the wheel in a napari environment (scripts/check_wheel.sh)"
+    HISTOSGE_WHEEL_VENV="${HISTOSGE_WHEEL_VENV:-$HOME/.cache/napari-histosge/wheel-check-venv}" \
+        bash scripts/check_wheel.sh
+fi
 exec "$PY" -m pytest "$@"

@@ -102,14 +102,16 @@ CASES = [
     (lambda f: _predict(f, "--diameter", "nan"), "--diameter must be a positive number"),
     (lambda f: _train(f, "--epochs", "0"), "epochs"),
     (lambda f: _train(f, "--patch-um", "-1"), "--patch-um must be a positive number"),
-    (lambda f: _train(f, "--genes", " , "), "--genes lists no gene name"),
+    (lambda f: _train(f, "--genes", " , "), "--genes lists no name"),
+    (lambda f: _train(f, "--cell-um", "10"), "--cell-um is a setting of the subspot model, not of histosge"),
     (lambda f: _superresolve(f, "--workers", "0"), "--workers must be at least 1"),
     (lambda f: _superresolve(f, "--grid-um", "0"), "--grid-um must be a positive number"),
     (lambda f: _superresolve(f, "--grid-um", "-10"), "--grid-um must be a positive number"),
     (lambda f: _superresolve(f, "--grid-um", "10", "--fold", "4"), "give one or the other"),
     (lambda f: _superresolve(f, "--mask", f["tmp"] + "/none.geojson"), "--mask file not found"),
-    (lambda f: _train(f, "--model", "subspot", "--cell-um", "0"), "cell_um must be a positive size"),
-    (lambda f: _train(f, "--model", "subspot", "--prior-bandwidth", "0"), "prior_bandwidth must be in (0, 10]"),
+    (lambda f: _train(f, "--model", "subspot", "--cell-um", "0"), "cell_um must be a number > 0"),
+    (lambda f: _train(f, "--model", "subspot", "--prior-bandwidth", "0"),
+     "prior_bandwidth must be a number in (0, 10]"),
     (lambda f: ["demo", "--out", f["tmp"] + "/d", "--epochs", "0"], "--epochs must be at least 1"),
     # inputs that must exist
     (lambda f: ["predict", f["tmp"] + "/none.pt", f["data"], "--out", f["out"]], "model checkpoint not found"),
@@ -158,4 +160,4 @@ def test_a_bad_training_setting_is_refused_without_loading_a_model(command, file
 
     monkeypatch.setattr(napari_histosge.models, "train_config", _must_not_run)
     assert main(command(files, "--lr", "-1")) == 2
-    assert "training setting lr must be a positive number" in capsys.readouterr().err
+    assert "training setting lr must be a number > 0" in capsys.readouterr().err

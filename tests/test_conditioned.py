@@ -13,12 +13,12 @@ import torch
 
 from napari_histosge.errors import InputError
 from napari_histosge.features import SpotFeatures
-from napari_histosge.models import load_model, train
+from napari_histosge.models import load_model, train, train_config
 from napari_histosge.models.conditioned.fit import companion_config
 from napari_histosge.models.conditioned.trained import BLEND_WEIGHTS, ConditionedTrainedModel
 from napari_histosge.models.neighbours import median_spacing, neighbour_context
 from napari_histosge.progress import run_collecting, run_to_end
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.inputs import TrainingData
 from napari_histosge.training.trained_model import TrainedModel
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
@@ -84,7 +84,7 @@ def test_conditioned_model_learns_and_beats_the_neighbour_mean():
     arrays = _field()
     feats, rgb, pos, y = arrays
     train_rows, test = _half(len(pos))
-    model = run_to_end(train(_data(train_rows, arrays), TrainConfig(epochs=15, **SMALL)))
+    model = run_to_end(train(_data(train_rows, arrays), train_config(epochs=15, **SMALL)))
     assert isinstance(model, ConditionedTrainedModel)
     pred, std = model.predict(feats[test], rgb[test], pos[test], return_std=True)
     assert pred.shape == std.shape == (len(test), y.shape[1]) and pred.dtype == np.float32
@@ -109,7 +109,7 @@ def test_the_image_at_a_new_position_moves_the_prediction():
     train_rows, test = _half(len(pos))
     # kriging_rank 4 (< 8 genes): the principal directions are few, as on real sections.
     # No companion: this is about the kriging's image trend.
-    cfg = TrainConfig(epochs=1, val_fraction=0.0, kriging_rank=4, **{**SMALL, "histosge_weight": 0.0})
+    cfg = train_config(epochs=1, val_fraction=0.0, kriging_rank=4, **{**SMALL, "histosge_weight": 0.0})
     swap = np.random.default_rng(0).permutation(len(test))  # other spots' images at the same positions
 
     def image_effect(model) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_the_image_at_a_new_position_moves_the_prediction():
 
     model = run_to_end(train(_data(train_rows, arrays), cfg))
     assert model.meta["kriging"]["image_trend"] and model.meta["kriging"]["share"]["drift"] > 0
-    off = run_to_end(train(_data(train_rows, arrays), TrainConfig(**{**cfg.to_dict(), "image_trend": False})))
+    off = run_to_end(train(_data(train_rows, arrays), train_config(**{**cfg.to_dict(), "image_trend": False})))
     assert not off.meta["kriging"]["image_trend"] and "drift" not in off.meta["kriging"]["share"]
     drift = model.model.choice.numpy() == 2
     # Without the trend only the barely trained learned parts see the image.
@@ -132,7 +132,7 @@ def test_the_image_at_a_new_position_moves_the_prediction():
                                     dict(diffusion=False, neighbour_dropout=0.3)])
 def test_components_switch_off_and_on(switch):
     arrays = _field(n=64)
-    model = run_to_end(train(_data(np.arange(64), arrays), TrainConfig(epochs=2, **{**SMALL, **switch})))
+    model = run_to_end(train(_data(np.arange(64), arrays), train_config(epochs=2, **{**SMALL, **switch})))
     feats, rgb, pos, y = arrays
     assert model.predict(feats[:5], rgb[:5], pos[:5]).shape == (5, y.shape[1])
     if not switch.get("diffusion", True):
@@ -146,7 +146,7 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     arrays = _field(n=120)
     feats, rgb, pos, _ = arrays
     data = _data(np.arange(120), arrays)
-    cfg = TrainConfig(epochs=3, **{**SMALL, "histosge_weight": 0.5, "histosge_members": 2})
+    cfg = train_config(epochs=3, **{**SMALL, "histosge_weight": 0.5, "histosge_members": 2})
     model, events = run_collecting(train(data, cfg))
     for stage in ("histosge 1/2", "histosge 2/2"):  # one member after the other
         assert [e.step for e in events if e.stage == stage][-1] == cfg.histosge_epochs
@@ -182,7 +182,7 @@ def test_a_lone_companion_member_trains_as_a_histosge_run():
     arrays = _field(n=100)
     feats, rgb, pos, _ = arrays
     data = _data(np.arange(100), arrays)
-    cfg = TrainConfig(epochs=1, **{**SMALL, "histosge_weight": 1.0, "histosge_members": 1})
+    cfg = train_config(epochs=1, **{**SMALL, "histosge_weight": 1.0, "histosge_members": 1})
     model, events = run_collecting(train(data, cfg))
     assert {e.stage for e in events} >= {"histosge"}
     # Member 0 is exactly the histosge model that the same seed trains on its own.
@@ -194,7 +194,7 @@ def test_a_lone_companion_member_trains_as_a_histosge_run():
 def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
     arrays = _field(n=150)
     data = _data(np.arange(150), arrays)
-    model = run_to_end(train(data, TrainConfig(epochs=2, **SMALL), checkpoint_path=tmp_path / "m.pt"))
+    model = run_to_end(train(data, train_config(epochs=2, **SMALL), checkpoint_path=tmp_path / "m.pt"))
     info = model.meta["histosge"]
     scores = info["validation_pcc"]
     assert set(scores) == set(BLEND_WEIGHTS) and info["weight"] == max(scores, key=scores.get)
@@ -204,14 +204,14 @@ def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
     feats, rgb, pos, _ = arrays
     image_genes = np.maximum(2 + feats @ np.random.default_rng(4).normal(size=(feats.shape[1], 8)), 0)
     image_data = _data(np.arange(150), (feats, rgb, pos, image_genes.astype(np.float32)))
-    assert run_to_end(train(image_data, TrainConfig(epochs=2, **{**SMALL, "histosge_epochs": 200}))).blend_weight > 0
+    assert run_to_end(train(image_data, train_config(epochs=2, **{**SMALL, "histosge_epochs": 200}))).blend_weight > 0
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
     arrays = _field(n=100)
     feats, rgb, pos, _ = arrays
     data = _data(np.arange(100), arrays)
-    cfg = TrainConfig(epochs=4, val_fraction=0.0, **SMALL)
+    cfg = train_config(epochs=4, val_fraction=0.0, **SMALL)
     ckpt = tmp_path / "c.pt"
     model = run_to_end(train(data, cfg, checkpoint_path=ckpt))
     loaded = load_model(ckpt, device="cpu")
@@ -220,7 +220,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     np.testing.assert_array_equal(loaded.model.ref_positions.numpy(), data.positions)
     np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
     half = tmp_path / "half.pt"
-    run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=half))
+    run_to_end(train(data, train_config(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=half))
     resumed, events = run_collecting(train(data, cfg, resume=half))
     np.testing.assert_allclose(resumed.meta["history"], model.meta["history"], rtol=1e-4, atol=1e-6)
     # The saved kriging is reused, not refitted (the refit is the slow part on a big section).
@@ -231,11 +231,11 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     with pytest.raises(InputError, match="different spots"):
         run_to_end(train(other, cfg, resume=half))
     with pytest.raises(InputError, match="image_trend=True"):  # the saved kriging would no longer apply
-        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "image_trend": False}), resume=half))
+        run_to_end(train(data, train_config(**{**cfg.to_dict(), "image_trend": False}), resume=half))
     with pytest.raises(InputError, match="histosge_weight=None"):  # nor the saved companion
-        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_weight": 0.0}), resume=half))
+        run_to_end(train(data, train_config(**{**cfg.to_dict(), "histosge_weight": 0.0}), resume=half))
     with pytest.raises(InputError, match="histosge_members=3"):
-        run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "histosge_members": 2}), resume=half))
+        run_to_end(train(data, train_config(**{**cfg.to_dict(), "histosge_members": 2}), resume=half))
     assert not [e for e in events if e.stage.startswith("histosge")]  # the companion is not retrained either
     np.testing.assert_allclose(resumed.predict(feats, rgb, pos), model.predict(feats, rgb, pos), atol=1e-3)
 
@@ -252,7 +252,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 ])
 def test_bad_conditioned_settings(change, match):
     with pytest.raises(InputError, match=match):
-        TrainConfig(model="conditioned", **change)
+        train_config(model="conditioned", **change)
 
 
 def _spot_adata(arrays, n_genes: int = 40, seed: int = 1):
@@ -275,7 +275,7 @@ def test_hidden_spots_cannot_leak_into_recovery():
 
     arrays = _field(n=100)
     adata, features = _spot_adata(arrays)
-    cfg = TrainConfig(epochs=3, n_top_genes=20, **SMALL)
+    cfg = train_config(epochs=3, n_top_genes=20, **SMALL)
     first = run_to_end(recover(adata, holdout=0.5, seed=3, train_config=cfg, features=features))
     # The sequencing-depth term is on, so the hidden spots' totals could leak through it too.
     assert first.model.meta["depth_term"]["genes"] > 0
@@ -297,7 +297,7 @@ def test_hidden_spots_cannot_leak_into_recovery():
 def test_torch_threads_untouched():
     # Training must not change the caller's thread setting.
     before = torch.get_num_threads()
-    run_to_end(train(_data(np.arange(30), _field(n=30)), TrainConfig(epochs=1, **SMALL)))
+    run_to_end(train(_data(np.arange(30), _field(n=30)), train_config(epochs=1, **SMALL)))
     assert torch.get_num_threads() == before
 
 
@@ -308,7 +308,7 @@ def test_pieces_and_dask_give_the_same_samples_and_spread():
     from napari_histosge.prediction.pieces import predict_in_pieces
 
     arrays = _field(n=100)
-    model = run_to_end(train(_data(np.arange(100), arrays), TrainConfig(epochs=1, **SMALL)))
+    model = run_to_end(train(_data(np.arange(100), arrays), train_config(epochs=1, **SMALL)))
     feats, rgb, pos, _ = arrays
     query = pos + 37.0
     # 100 queries in passes of 4 * batch_size = 256 would be one pass: force several
@@ -331,7 +331,7 @@ def test_uncertainty_survives_early_stopping_at_the_start():
     noise = np.maximum(2 + np.random.default_rng(1).normal(size=y.shape), 0).astype(np.float32)
     arrays = (feats, rgb, pos, noise)
     model, events = run_collecting(
-        train(_data(np.arange(len(pos)), arrays), TrainConfig(epochs=4, **{**SMALL, "lr": 3e-2})))
+        train(_data(np.arange(len(pos)), arrays), train_config(epochs=4, **{**SMALL, "lr": 3e-2})))
     assert model.meta["best_epoch"] == 0
     assert [e.step for e in events if e.stage == "uncertainty"] == [1, 2, 3, 4]
     _, std = model.predict(feats[:20], rgb[:20], pos[:20], return_std=True)

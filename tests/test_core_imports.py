@@ -31,3 +31,12 @@ def test_core_imports_no_qt_or_napari() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"core modules pulled in GUI packages: {out.stdout.strip()}"
+
+
+def test_the_command_line_reads_every_models_settings_without_torch() -> None:
+    """``histosge`` builds its training flags from the settings classes: those load without any model."""
+    code = ("import sys\nfrom napari_histosge.cli.main import build_parser\nbuild_parser()\n"
+            "from napari_histosge.training.config import config_names\nprint(config_names())\n"
+            "print(sorted(m for m in ('torch', 'anndata', 'napari_histosge.models.registry') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["['conditioned', 'histosge', 'subspot']", "[]"]

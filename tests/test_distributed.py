@@ -103,8 +103,8 @@ def test_bad_inputs(tmp_path: Path, client, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _trained_model():
-    from napari_histosge.models import train
-    from napari_histosge.training.inputs import TrainConfig, TrainingData
+    from napari_histosge.models import train, train_config
+    from napari_histosge.training.inputs import TrainingData
 
     rng = np.random.default_rng(1)
     n, d, g = 300, 6, 5
@@ -113,7 +113,7 @@ def _trained_model():
     rgb = rng.uniform(0, 255, (n, 3)).astype(np.float32)
     y = np.abs(feats[:, :g] + np.sin(pos[:, :1] / 500)).astype(np.float32)
     data = TrainingData(feats, rgb, pos, y, [f"s{i}" for i in range(n)], [f"G{i}" for i in range(g)])
-    config = TrainConfig(epochs=2, dim=16, heads=2, head_hidden=32, n_pos_bins=8, group_size=20,
+    config = train_config(epochs=2, dim=16, heads=2, head_hidden=32, n_pos_bins=8, group_size=20,
                          batch_size=64, device="cpu", genes=data.genes)
     return run_to_end(train(data, config))
 
@@ -161,11 +161,11 @@ def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client
     """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
+    from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, superresolve
-    from napari_histosge.training.inputs import TrainConfig
 
     adata = read_spots(make_demo_dataset(tmp_path / "demo"))
-    model = run_to_end(fit(adata, train_config=TrainConfig(
+    model = run_to_end(fit(adata, train_config=train_config(
         epochs=1, dim=16, heads=2, head_hidden=32, n_top_genes=20, device="cpu")))
     local = run_to_end(superresolve(model, adata, 4))
     remote = run_to_end(superresolve(model, adata, 4, scheduler=client))

@@ -406,3 +406,47 @@ def test_st_v1_genes_by_spots_table_is_turned_around(tmp_path: Path) -> None:
     adata = read_spots(truth["folder"])
     assert list(adata.obs_names) == list(truth["ids"])
     np.testing.assert_array_equal(adata.X.toarray(), truth["counts"])
+
+
+# ---------------------------------------------------------------- gene symbols and ids
+def test_genes_by_symbol_and_searchable_by_id(tmp_path: Path) -> None:
+    from napari_histosge.errors import InputError
+    from napari_histosge.io.preprocess import dense_targets, normalize_log1p, resolve_gene, select_genes
+
+    for kind in ("h5", "mtx_gz"):
+        truth = make_spaceranger(tmp_path / kind, counts=kind)
+        adata = read_spots(truth["folder"])
+        assert adata.var_names[3] == "GENE3" and adata.var["gene_ids"].iloc[3] == "ENSG00003"
+        assert resolve_gene(adata, "ENSG00003") == "GENE3"
+        assert resolve_gene(adata, " ensg00011 ") == "GENE0-1"  # the duplicate name's own id
+        assert resolve_gene(adata, "GENE4") == "GENE4" and resolve_gene(adata, "NOPE") is None
+    log = normalize_log1p(adata)
+    assert select_genes(log, genes=["ENSG00003", "GENE4", "GENE3"]) == ["GENE3", "GENE4"]
+    np.testing.assert_array_equal(dense_targets(log, ["ENSG00003"]), dense_targets(log, ["GENE3"]))
+    with pytest.raises(InputError, match="'ENSG99999'"):
+        select_genes(log, genes=["ENSG99999"])
+
+
+@pytest.mark.realdata
+def test_dlpfc_has_ids_as_names(dlpfc_151675: Path) -> None:
+    # The DLPFC matrices here name each feature by its Ensembl id: there is no symbol to show.
+    from napari_histosge.io.preprocess import resolve_gene
+
+    adata = read_spots(dlpfc_151675)
+    assert (adata.var_names == adata.var["gene_ids"]).all()
+    assert resolve_gene(adata, "ensg00000197971") == "ENSG00000197971"  # MBP, typed in lower case
+
+
+def test_log1p_column_is_one_gene_of_normalize_log1p(tmp_path: Path) -> None:
+    from napari_histosge.io.preprocess import log1p_column, normalize_log1p, total_counts
+
+    adata = read_spots(make_spaceranger(tmp_path, counts="h5")["folder"])
+    adata.X[0] = 0  # a spot without counts stays 0
+    adata.X.eliminate_zeros()
+    log = normalize_log1p(adata)
+    totals = total_counts(adata)
+    for gene in ("GENE0", "GENE7", "GENE0-1"):
+        expected = log[:, gene].X.toarray().ravel()
+        np.testing.assert_allclose(log1p_column(adata, gene, totals=totals), expected, rtol=1e-6)
+        np.testing.assert_allclose(log1p_column(adata, gene), expected, rtol=1e-6)
+    assert log1p_column(adata, "GENE3")[0] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 from napari_histosge.errors import InputError
 from napari_histosge.models import (
     HisToSGE,
+    HisToSGEConfig,
     ModelSpec,
     create_model,
     load_model,
@@ -22,8 +25,10 @@ from napari_histosge.models import (
     train_config,
 )
 from napari_histosge.progress import run_to_end
+from napari_histosge.training import config as training_config
+from napari_histosge.training.config import redefault, register_config
 from napari_histosge.training.grouping import group_spots, pack_batches
-from napari_histosge.training.inputs import ModelInputs, TrainConfig, TrainingData
+from napari_histosge.training.inputs import ModelInputs, TrainingData
 from napari_histosge.training.loop import EpochHooks, run_epochs
 from napari_histosge.training.trained_model import TrainedModel
 
@@ -44,8 +49,11 @@ def test_train_config_takes_the_models_defaults_then_the_given_settings():
     conditioned = model_spec("conditioned")
     config = train_config("conditioned", epochs=None, lr=3e-3)
     assert config.model == "conditioned" and config.lr == 3e-3
-    assert all(getattr(config, k) == v for k, v in conditioned.defaults.items())
-    assert train_config("histosge") == TrainConfig()
+    assert isinstance(config, conditioned.config_class)
+    # Its own defaults where they differ from HisToSGE's, HisToSGE's elsewhere.
+    assert (config.epochs, config.batch_size, config.neighbours, config.distill) == (20, 256, 32, False)
+    assert config.dim == HisToSGEConfig().dim
+    assert train_config("histosge") == HisToSGEConfig()
     assert set(model_hparams(config)) == set(conditioned.hparam_keys)
     with pytest.raises(InputError, match="epochs"):
         train_config("conditioned", epochs=0)
@@ -89,17 +97,30 @@ def _train_tiny(data, config, *, checkpoint_path=None, resume=None, meta=None, c
     return trained
 
 
+@dataclass
+class _TinyConfig(HisToSGEConfig):
+    """A model's settings: HisToSGE's (its trained class predicts as the base does), other defaults."""
+
+    MODEL = "tiny"
+
+    epochs: int = redefault(HisToSGEConfig, "epochs", 3)
+    lr: float = redefault(HisToSGEConfig, "lr", 0.05)
+    group_size: int = redefault(HisToSGEConfig, "group_size", 8)
+
+
 def test_a_registered_model_trains_saves_and_loads_through_the_registry(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    monkeypatch.setattr(training_config, "_CONFIGS", dict(training_config._CONFIGS))
+    register_config(_TinyConfig)
     spec = register_model(ModelSpec(name="tiny", network=_TinyNetwork, trainer=_train_tiny,
-                                    trained_class=_TinyTrained, hparam_keys=("dim",),
-                                    defaults={"epochs": 3, "lr": 0.05, "group_size": 8}))
+                                    trained_class=_TinyTrained, hparam_keys=("dim",)))
     assert "tiny" in model_names() and model_spec("tiny") is spec
     rng = np.random.default_rng(0)
     pos = np.stack(np.meshgrid(np.arange(6), np.arange(5)), -1).reshape(-1, 2) * 100.0
     data = TrainingData(rng.normal(size=(30, 2)), rng.uniform(size=(30, 3)), pos, rng.uniform(size=(30, 3)),
                         [f"s{i}" for i in range(30)], ["a", "b", "c"])
     config = train_config("tiny", dim=8, device="cpu")
+    assert isinstance(config, _TinyConfig) and (config.epochs, config.lr, config.group_size) == (3, 0.05, 8)
     model = run_to_end(train(data, config, checkpoint_path=tmp_path / "tiny.pt", meta={"note": "x"}))
     assert isinstance(model, _TinyTrained) and len(model.meta["history"]) == 3
     loaded = load_model(tmp_path / "tiny.pt", device="cpu")
@@ -115,6 +136,8 @@ def test_a_registered_model_trains_saves_and_loads_through_the_registry(monkeypa
 
 def test_register_model_refuses_a_taken_name_and_unknown_settings(monkeypatch):
     monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    monkeypatch.setattr(training_config, "_CONFIGS", dict(training_config._CONFIGS))
+    register_config(dataclass(type("_Tiny2Config", (HisToSGEConfig,), {"MODEL": "tiny2", "__annotations__": {}})))
     tiny = ModelSpec(name="histosge", network=_TinyNetwork, trainer=_train_tiny, trained_class=_TinyTrained,
                      hparam_keys=("dim",))
     with pytest.raises(ValueError, match="already registered"):

@@ -14,12 +14,12 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig, patch_size_px
 from napari_histosge.io import read_spots
-from napari_histosge.models import load_model
+from napari_histosge.models import load_model, train_config
 from napari_histosge.models.histosge_fit import section_groups
 from napari_histosge.pipeline.steps import NO_IMAGE, fit, predict_spots, superresolve
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training.early_stopping import validation_count
-from napari_histosge.training.inputs import TrainConfig, TrainingData, section_frame
+from napari_histosge.training.inputs import TrainingData, section_frame
 
 FAST = dict(epochs=2, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=2, device="cpu")
 POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
@@ -45,7 +45,7 @@ def test_groups_never_mix_sections() -> None:
     labels = np.repeat([0, 1], 90)
     rows = [np.flatnonzero(labels == s) for s in (0, 1)]
     for grouping in ("spatial", "file_order"):
-        groups = section_groups(pos, rows, TrainConfig(group_size=16, grouping=grouping), rng)
+        groups = section_groups(pos, rows, train_config(group_size=16, grouping=grouping), rng)
         assert all(len(np.unique(labels[g])) == 1 for g in groups)
         assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(180))
         assert max(len(g) for g in groups) <= 16
@@ -69,7 +69,7 @@ def test_training_data_sections_are_checked() -> None:
 def test_each_section_is_scaled_by_its_own_frame(sections) -> None:
     a, b = sections
     far = _shifted(b, 1e6)  # an unrelated coordinate frame
-    config = TrainConfig(**FAST)
+    config = train_config(**FAST)
     model = run_to_end(fit([a, b], train_config=config, feature_config=POSITIONS_ONLY))
     moved = run_to_end(fit([a, far], train_config=config, feature_config=POSITIONS_ONLY))
     assert model.meta["position_frame"] == "per_section" and len(model.meta["section_frames"]) == 2
@@ -88,10 +88,10 @@ def test_each_section_is_scaled_by_its_own_frame(sections) -> None:
 def test_genes_are_chosen_among_genes_of_every_section(sections) -> None:
     a, b = sections
     fewer = b[:, list(b.var_names[5:])].copy()
-    model = run_to_end(fit([a, fewer], train_config=TrainConfig(**dict(FAST, epochs=1, n_top_genes=1000)),
+    model = run_to_end(fit([a, fewer], train_config=train_config(**dict(FAST, epochs=1, n_top_genes=1000)),
                            feature_config=POSITIONS_ONLY))
     assert model.genes == [str(g) for g in a.var_names[5:]]  # all shared genes, in the first section's order
-    wanted = TrainConfig(**dict(FAST, genes=[str(a.var_names[6]), str(a.var_names[2])]))
+    wanted = train_config(**dict(FAST, genes=[str(a.var_names[6]), str(a.var_names[2])]))
     with pytest.raises(InputError, match=f"gene '{a.var_names[2]}' is not in section 'demo#2'"):
         run_to_end(fit([a, fewer], train_config=wanted, feature_config=POSITIONS_ONLY))
 
@@ -106,7 +106,7 @@ def test_colliding_spot_ids_are_prefixed(sections, monkeypatch) -> None:
         return (yield from real_train(data, *args, **kwargs))
 
     monkeypatch.setattr(multisection, "train", recording_train)
-    config = TrainConfig(**dict(FAST, epochs=1))
+    config = train_config(**dict(FAST, epochs=1))
     run_to_end(fit([a, b], train_config=config, feature_config=POSITIONS_ONLY))
     ids = seen[-1].spot_ids
     assert len(set(ids)) == len(ids) == a.n_obs + b.n_obs
@@ -123,14 +123,14 @@ def test_bad_combinations_are_clear_errors(sections) -> None:
     with pytest.raises(InputError, match="train_ids"):
         run_to_end(fit([a, b], train_ids=list(a.obs_names[:10])))
     with pytest.raises(InputError, match="conditioned model trains on one section"):
-        run_to_end(fit([a, b], train_config=TrainConfig(model="conditioned", **FAST), feature_config=POSITIONS_ONLY))
+        run_to_end(fit([a, b], train_config=train_config(model="conditioned", **FAST), feature_config=POSITIONS_ONLY))
     with pytest.raises(InputError, match="no sections"):
         run_to_end(fit([]))
 
 
 def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_path: Path, monkeypatch) -> None:
     a, b = sections
-    model, events = run_collecting(fit([a, b], train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt"))
+    model, events = run_collecting(fit([a, b], train_config=train_config(**FAST), checkpoint_path=tmp_path / "m.pt"))
     assert any(e.stage == "features" and "section 2/2 (demo#2)" in e.message for e in events)
     loaded = load_model(tmp_path / "m.pt", device="cpu")
     for key in ("position_frame", "section_frames", "sections", "position_jitter_px"):

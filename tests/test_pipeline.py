@@ -12,11 +12,10 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
-from napari_histosge.models import load_model
+from napari_histosge.models import load_model, train_config
 from napari_histosge.pipeline.recovery import recover
 from napari_histosge.pipeline.steps import NO_IMAGE, fit, spot_features, superresolve
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.inputs import TrainConfig
 
 FAST = dict(epochs=4, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=4)
 
@@ -28,7 +27,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
 
 def test_recover_never_sees_hidden_counts(demo) -> None:
     """Changing the hidden spots' counts must not change any prediction."""
-    config = TrainConfig(**FAST)
+    config = train_config(**FAST)
     first = run_to_end(recover(demo, holdout=0.5, seed=3, train_config=config))
     altered = demo.copy()
     rows = altered.obs_names.get_indexer(first.test_ids)
@@ -43,7 +42,7 @@ def test_recover_never_sees_hidden_counts(demo) -> None:
 
 
 def test_recover_scores_hidden_spots_and_reports_all_spots_separately(demo) -> None:
-    result = run_to_end(recover(demo, holdout=0.4, seed=0, train_config=TrainConfig(**FAST)))
+    result = run_to_end(recover(demo, holdout=0.4, seed=0, train_config=train_config(**FAST)))
     assert list(result.predictions.obs_names) == result.test_ids
     assert set(result.test_ids).isdisjoint(result.train_ids)
     summary = result.summary()
@@ -54,7 +53,7 @@ def test_recover_scores_hidden_spots_and_reports_all_spots_separately(demo) -> N
 
 
 def test_superresolve_fold_positions_and_checkpoint(demo, tmp_path: Path) -> None:
-    model = run_to_end(fit(demo, train_config=TrainConfig(**FAST), checkpoint_path=tmp_path / "m.pt"))
+    model = run_to_end(fit(demo, train_config=train_config(**FAST), checkpoint_path=tmp_path / "m.pt"))
     loaded = load_model(tmp_path / "m.pt")
     sr = run_to_end(superresolve(loaded, demo, 9))
     assert sr.n_obs == 9 * demo.n_obs
@@ -71,7 +70,7 @@ def test_superresolve_fold_positions_and_checkpoint(demo, tmp_path: Path) -> Non
 def test_features_off_ablation_has_no_image_input(demo) -> None:
     feats = run_to_end(spot_features(demo, FeatureConfig(extractor=NO_IMAGE)))
     assert feats.features.shape == (demo.n_obs, 0)
-    model = run_to_end(fit(demo, train_config=TrainConfig(**FAST), feature_config=FeatureConfig(extractor=NO_IMAGE)))
+    model = run_to_end(fit(demo, train_config=train_config(**FAST), feature_config=FeatureConfig(extractor=NO_IMAGE)))
     sr = run_to_end(superresolve(model, demo, 4))
     assert sr.n_obs == 4 * demo.n_obs
 

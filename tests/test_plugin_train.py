@@ -119,3 +119,39 @@ def test_super_resolve_widget_adds_the_layers_made_in_its_worker(make_napari_vie
     assert heat.data is layers[0][0] and histosge_meta(heat)["adata"] is pred
     assert status_of(widget.status) == f"{pred.n_obs} positions x {pred.n_vars} genes"
     SESSION_MODELS.clear()
+
+
+def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_viewer, demo_dir, qtbot, tmp_path,
+                                                                 notifications, monkeypatch):
+    from napari_histosge import outputs
+    from napari_histosge.plugin.widgets import train
+
+    SESSION_MODELS.clear()
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = TrainWidget(viewer)
+    widget.out_dir.value = str(tmp_path)
+    widget.extractor.value = "none"
+    widget.n_genes.value = 10
+    widget.epochs.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    prior = widget.checkpoint_path
+    widget.init.value = str(prior)
+    # Another writer holds the next run's checkpoint: the run is refused, naming the lock.
+    fixed = tmp_path / "fixed.pt"
+    monkeypatch.setattr(train, "new_checkpoint_path", lambda *_a, **_k: fixed)
+    held = outputs.acquire_lock(fixed)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.error is not None and ".lock" in str(widget.last_outcome.error)
+    outputs.release_lock(held)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.error is None
+    assert widget.last_model.meta["init"]["path"] == str(prior)
+    assert not outputs.lock_path(fixed).exists()  # released when the run ended
+    # A missing file is one clear error at Start, before any work.
+    widget.init.value = str(tmp_path / "gone.pt")
+    widget.start()
+    assert widget.worker is None and any(kind == "error" and "start from" in msg for kind, msg in notifications)

@@ -190,16 +190,16 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
 def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
     from napari_histosge.io import read_spots
+    from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, superresolve
     from napari_histosge.plugin.widgets.layers import ROLE_UNCERTAINTY
     from napari_histosge.plugin.widgets.superres import add_prediction_layers
     from napari_histosge.plugin.widgets.worker import preload_torch
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.inputs import TrainConfig
 
     preload_torch()  # as the widgets do: training beside napari's Mesa canvas must not load triton
     adata = read_spots(demo_dir)
-    config = TrainConfig(model="conditioned", epochs=2, n_top_genes=8, histosge_members=1, histosge_epochs=100)
+    config = train_config(model="conditioned", epochs=2, n_top_genes=8, histosge_members=1, histosge_epochs=100)
     model = run_to_end(fit(adata, train_config=config))
     pred = run_to_end(superresolve(model, adata, 4))
     assert "std" in pred.layers
@@ -227,3 +227,86 @@ def test_train_status_shows_the_validation_score(make_napari_viewer):
     assert status_of(widget.status) == "epoch 5/10  loss 0.5"
     widget._on_event(Progress("train", 6, 10, metrics={"epoch": 6, "loss": 0.4, "val_pcc": 0.25}))
     assert status_of(widget.status) == "epoch 6/10  loss 0.4  validation PCC 0.250"
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(demo_dir, tmp_path_factory) -> Path:
+    from napari_histosge.io import read_spots
+    from napari_histosge.models import train_config
+    from napari_histosge.pipeline.steps import fit
+    from napari_histosge.progress import run_to_end
+
+    path = tmp_path_factory.mktemp("model") / "demo.pt"
+    config = train_config("histosge", epochs=2, n_top_genes=8, val_fraction=0.0)
+    run_to_end(fit(read_spots(demo_dir), train_config=config)).save(path)
+    return path
+
+
+def _bare_slide(demo_dir: Path, path: Path, mpp: float | None) -> Path:
+    """The demo's H&E alone: a TIFF with its pixel size, or a PNG without one."""
+    import tifffile
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(next(demo_dir.glob("*_HE.jpg"))).convert("RGB"))
+    if mpp is None:
+        Image.fromarray(rgb).save(path)
+    else:
+        tifffile.imwrite(path, rgb, resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    return path
+
+
+def _predict_on_slide(viewer, checkpoint: Path, qtbot, **choices):
+    from napari_histosge.plugin.widgets.superres import FROM_FILE, SuperResolveWidget
+
+    widget = SuperResolveWidget(viewer)
+    [slide] = widget.slide.choices
+    assert widget.slide.value is slide
+    widget.model.value = FROM_FILE
+    widget.checkpoint.value = str(checkpoint)
+    for name, value in choices.items():
+        getattr(widget, name).value = value
+    widget.predict_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.last_outcome.error is None, widget.last_outcome.error
+    return widget, slide
+
+
+def test_predict_on_a_bare_slide_shows_the_lattice_over_it(make_napari_viewer, demo_dir, demo_checkpoint, qtbot,
+                                                           tmp_path):
+    """A slide without a pixel size is shown in pixels: the predictions (in an assumed µm) line up with it."""
+    from napari_histosge.plugin.widgets.layers import ROLE_PRED_SPOTS
+
+    viewer = make_napari_viewer()
+    viewer.open(str(_bare_slide(demo_dir, tmp_path / "bare.png", None)), plugin="napari-histosge")
+    widget, slide = _predict_on_slide(viewer, demo_checkpoint, qtbot)
+    pred, _ = widget.last_outcome.value
+    assert pred.uns["histosge"]["positions"] == "spot lattice" and pred.uns["histosge"]["mpp"] is not None
+    assert pred.uns["histosge"]["model_path"] == str(demo_checkpoint.resolve())
+    [points] = layers_with_role(viewer.layers, ROLE_PRED_SPOTS)
+    assert len(points.data) == pred.n_obs and points.visible
+    world = np.array([points.data_to_world(p) for p in points.data])
+    px = np.array([slide.world_to_data(w) for w in world])
+    assert np.allclose(px[:, ::-1], pred.obsm["spatial"], atol=1e-6)
+    assert status_of(widget.status) == f"{pred.n_obs} positions x {pred.n_vars} genes"
+
+
+def test_predict_on_a_bare_slide_on_a_µm_grid(make_napari_viewer, demo_dir, demo_checkpoint, qtbot, tmp_path,
+                                             notifications):
+    from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP
+    from napari_histosge.plugin.widgets.superres import SLIDE_GRID, SuperResolveWidget
+
+    viewer = make_napari_viewer()
+    SuperResolveWidget(viewer).predict_slide()  # nothing to predict on yet
+    assert notifications[-1][0] == "error" and "Open a slide image without spots" in notifications[-1][1]
+    viewer.open(str(_bare_slide(demo_dir, tmp_path / "bare.tif", 1.818)), plugin="napari-histosge")
+    widget, slide = _predict_on_slide(viewer, demo_checkpoint, qtbot, slide_positions=SLIDE_GRID,
+                                      slide_grid_um=200.0)
+    pred, _ = widget.last_outcome.value
+    grid = pred.uns["histosge"]["grid"]
+    assert grid["cell_um"] == pytest.approx(200.0)
+    [heat] = layers_with_role(viewer.layers, ROLE_HEATMAP)
+    assert heat.data.shape == tuple(grid["shape"])
+    assert np.isfinite(heat.data).sum() == pred.n_obs  # one painted pixel per cell, transparent off the tissue
+    assert status_of(widget.status) == f"{pred.n_obs} grid cells x {pred.n_vars} genes"
+    # a bare slide is not offered as spots to super-resolve, spots layers are not offered as bare slides
+    assert widget.data.choices == ()

@@ -14,7 +14,7 @@ from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
-from napari_histosge.models import load_model
+from napari_histosge.models import load_model, train_config
 from napari_histosge.pipeline.placement import (
     OWN_BOX,
     TRAINING_BOX,
@@ -25,7 +25,6 @@ from napari_histosge.pipeline.placement import (
 )
 from napari_histosge.pipeline.steps import NO_IMAGE, features_at, fit, predict_spots, superresolve
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.inputs import TrainConfig
 from napari_histosge.training.trained_model import TrainedModel
 
 #: Every spot trains (no validation split), so the training box is the section's spot box.
@@ -45,7 +44,7 @@ def demo(demo_dir: Path):
 
 @pytest.fixture(scope="module")
 def model(demo) -> TrainedModel:
-    return run_to_end(fit(demo, train_config=TrainConfig(**FAST)))
+    return run_to_end(fit(demo, train_config=train_config(**FAST)))
 
 
 def write_shifted_copy(adata, folder: Path) -> Path:
@@ -147,7 +146,7 @@ def test_bad_positions_and_mixed_requests(model, demo) -> None:
 
 
 def test_second_generated_section_without_image_features(demo, tmp_path: Path) -> None:
-    positions_only = run_to_end(fit(demo, train_config=TrainConfig(**FAST),
+    positions_only = run_to_end(fit(demo, train_config=train_config(**FAST),
                                     feature_config=FeatureConfig(extractor=NO_IMAGE)))
     other = read_spots(make_demo_dataset(tmp_path / "other", seed=1))
     pred = run_to_end(predict_spots(positions_only, other))

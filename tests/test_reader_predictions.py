@@ -32,15 +32,15 @@ def made(tmp_path_factory) -> dict:
     """A 2-fold and a fold-1 prediction of the demo section, written to .h5ad."""
     from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
+    from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
     from napari_histosge.plugin.widgets.worker import preload_torch
     from napari_histosge.progress import run_to_end
-    from napari_histosge.training.inputs import TrainConfig
 
     preload_torch()  # an earlier test's viewer may have loaded Mesa's LLVM: triton must not load beside it
     root = tmp_path_factory.mktemp("pred")
     adata = read_spots(make_demo_dataset(root / "demo"))
-    model = run_to_end(fit(adata, train_config=TrainConfig(epochs=2, n_top_genes=8)))
+    model = run_to_end(fit(adata, train_config=train_config(epochs=2, n_top_genes=8)))
     pred = run_to_end(superresolve(model, adata, FOLD))
     spots = run_to_end(predict_spots(model, adata))
     pred.write_h5ad(root / "pred.h5ad")

@@ -27,10 +27,10 @@ from napari_histosge.cli.options import write_h5ad as cli_write_h5ad
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.features.extract import extract_features_at
-from napari_histosge.models import load_model, train
+from napari_histosge.models import load_model, train, train_config
 from napari_histosge.progress import run_to_end
 from napari_histosge.slide.open import open_slide
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.inputs import TrainingData
 from test_io import make_st_v1
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
@@ -46,7 +46,7 @@ def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         np.c_[xs, ys] * 150.0 + 500, rng.gamma(2, 1, (n, 5)).astype(np.float32),
                         [f"s{i}" for i in range(n)], [f"G{i}" for i in range(5)])
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    run_to_end(train(data, TrainConfig(epochs=2, **SMALL), checkpoint_path=path))
+    run_to_end(train(data, train_config(epochs=2, **SMALL), checkpoint_path=path))
     return path
 
 

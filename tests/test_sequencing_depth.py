@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from napari_histosge.errors import InputError
-from napari_histosge.models import train
+from napari_histosge.models import train, train_config
 from napari_histosge.models.conditioned.sequencing_depth import (
     MAX_MEAN_COUNTS,
     depth_slopes,
     standardise_depth,
 )
 from napari_histosge.progress import run_to_end
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.inputs import TrainingData
 
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=12, batch_size=64, diffusion_steps=20,
              sample_steps=4, n_samples=2, device="cpu", epochs=1, histosge_weight=0.0, kriging_rank=0)
@@ -76,15 +76,15 @@ def test_the_depth_term_lifts_sparse_genes_on_hidden_spots():
         return np.array([np.corrcoef(pred[:, j], values[test, j])[0, 1] if pred[:, j].std() > 0 else 0.0
                          for j in range(g)])
 
-    on = run_to_end(train(data, TrainConfig(**SMALL)))
-    off = run_to_end(train(data, TrainConfig(**{**SMALL, "depth_term": False})))
+    on = run_to_end(train(data, train_config(**SMALL)))
+    off = run_to_end(train(data, train_config(**{**SMALL, "depth_term": False})))
     assert on.meta["depth_term"]["genes"] == 40 and "depth_term" not in off.meta
     with_term, without = held_out_pcc(on), held_out_pcc(off)
     assert with_term[:40].mean() > without[:40].mean() + 0.05
     assert with_term[40:].mean() == pytest.approx(without[40:].mean(), abs=0.02)  # slope 0 there
     # Without the spots' totals the term cannot be built, and the model says nothing about it.
     no_totals = run_to_end(train(TrainingData(data.features, data.mean_rgb, data.positions, data.targets,
-                                              data.spot_ids, data.genes), TrainConfig(**SMALL)))
+                                              data.spot_ids, data.genes), train_config(**SMALL)))
     assert "depth_term" not in no_totals.meta and not no_totals.model.use_depth
 
 
@@ -101,7 +101,7 @@ def test_spread_adds_counting_noise_at_the_kriged_depth():
     from napari_histosge.evaluation.uncertainty import uncertainty_metrics
 
     values, feats, rgb, pos, _, test, data = _hold_out_half(_section(seed=2), seed=3)
-    model = run_to_end(train(data, TrainConfig(**SMALL)))
+    model = run_to_end(train(data, train_config(**SMALL)))
     ell = np.log(data.total_counts)
     assert model.meta["depth_term"]["log_mean"] == pytest.approx(ell.mean(), rel=1e-6)
     assert model.meta["depth_term"]["log_sd"] == pytest.approx(ell.std(), rel=1e-6)

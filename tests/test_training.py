@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from napari_histosge.errors import CancelledError, InputError
-from napari_histosge.models import load_model, train
+from napari_histosge.models import load_model, train, train_config
 from napari_histosge.progress import CancelToken, run_collecting, run_to_end
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.config import config_from_dict
+from napari_histosge.training.inputs import TrainingData
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 
@@ -40,7 +41,7 @@ def test_training_learns_and_generalises_to_held_out_spots():
     rows = np.arange(len(arrays[0]))
     train_rows, test_rows = rows[rows % 3 != 0], rows[rows % 3 == 0]
     epochs = 40  # the image pathway starts at zero (image_init), so it needs a few more than 30 here
-    model, events = run_collecting(train(_data(train_rows, arrays), TrainConfig(epochs=epochs, lr=3e-3, **SMALL)))
+    model, events = run_collecting(train(_data(train_rows, arrays), train_config(epochs=epochs, lr=3e-3, **SMALL)))
     assert [e.step for e in events] == list(range(epochs + 1))
     assert all(e.stage == "train" and e.total == epochs for e in events)
     assert events[-1].metrics["epoch"] == epochs
@@ -63,7 +64,7 @@ def test_training_without_image_features():
     feats, rgb, pos, y = _synthetic(n=64)
     data = TrainingData(np.zeros((64, 0), np.float32), np.zeros((64, 3)), pos, y, [str(i) for i in range(64)],
                         [f"G{i}" for i in range(y.shape[1])])
-    model = run_to_end(train(data, TrainConfig(epochs=3, **SMALL)))
+    model = run_to_end(train(data, train_config(epochs=3, **SMALL)))
     assert model.meta["in_dim"] == 5
     assert model.predict(np.zeros((5, 0)), np.zeros((5, 3)), pos[:5]).shape == (5, y.shape[1])
 
@@ -72,7 +73,7 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
     arrays = _synthetic(n=80)
     ckpt = tmp_path / "model.pt"
     meta = {"normalisation": {"target_sum": 1e4, "log1p": True}, "spot_diameter_px": np.float64(55.0)}
-    model = run_to_end(train(_data(np.arange(80), arrays), TrainConfig(epochs=3, **SMALL), checkpoint_path=ckpt,
+    model = run_to_end(train(_data(np.arange(80), arrays), train_config(epochs=3, **SMALL), checkpoint_path=ckpt,
                              meta=meta))
     loaded = load_model(ckpt, device="cpu")
     assert loaded.config == model.config
@@ -89,7 +90,7 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
 def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
     arrays = _synthetic(n=80)
     ckpt = tmp_path / "rank.pt"
-    model = run_to_end(train(_data(np.arange(80), arrays), TrainConfig(epochs=2, head_rank=3, **SMALL),
+    model = run_to_end(train(_data(np.arange(80), arrays), train_config(epochs=2, head_rank=3, **SMALL),
                              checkpoint_path=ckpt))
     first, second = model.model.gene_head[-2:]
     # Every gene reads the same 3 directions of the hidden units: the readout has rank 3.
@@ -103,10 +104,10 @@ def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
 def test_resume_matches_one_long_run(tmp_path):
     arrays = _synthetic(n=100)
     data = _data(np.arange(100), arrays)
-    cfg = TrainConfig(epochs=4, dropout=0.1, **SMALL)
+    cfg = train_config(epochs=4, dropout=0.1, **SMALL)
     full = run_to_end(train(data, cfg))
     ckpt = tmp_path / "half.pt"
-    run_to_end(train(data, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=ckpt))
+    run_to_end(train(data, train_config(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=ckpt))
     resumed = run_to_end(train(data, cfg, resume=ckpt, checkpoint_path=ckpt))
     np.testing.assert_allclose(resumed.meta["history"], full.meta["history"], rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
@@ -118,19 +119,19 @@ def test_resume_rejects_mismatched_settings(tmp_path):
     arrays = _synthetic(n=60)
     data = _data(np.arange(60), arrays)
     ckpt = tmp_path / "m.pt"
-    run_to_end(train(data, TrainConfig(epochs=1, **SMALL), checkpoint_path=ckpt))
+    run_to_end(train(data, train_config(epochs=1, **SMALL), checkpoint_path=ckpt))
     with pytest.raises(InputError, match="different model settings"):
-        run_to_end(train(data, TrainConfig(epochs=2, **{**SMALL, "dim": 64}), resume=ckpt))
+        run_to_end(train(data, train_config(epochs=2, **{**SMALL, "dim": 64}), resume=ckpt))
     other = _data(np.arange(60), arrays, genes=[f"X{i}" for i in range(arrays[3].shape[1])])
     with pytest.raises(InputError, match="different genes"):
-        run_to_end(train(other, TrainConfig(epochs=2, **SMALL), resume=ckpt))
+        run_to_end(train(other, train_config(epochs=2, **SMALL), resume=ckpt))
 
 
 def test_cancel_mid_training_keeps_last_checkpoint(tmp_path):
     arrays = _synthetic(n=100)
     ckpt = tmp_path / "m.pt"
     token = CancelToken()
-    gen = train(_data(np.arange(100), arrays), TrainConfig(epochs=50, **SMALL), checkpoint_path=ckpt, cancel=token)
+    gen = train(_data(np.arange(100), arrays), train_config(epochs=50, **SMALL), checkpoint_path=ckpt, cancel=token)
     with pytest.raises(CancelledError):
         for event in gen:
             if event.step == 2:
@@ -142,7 +143,7 @@ def test_cancel_mid_training_keeps_last_checkpoint(tmp_path):
 def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
     arrays = _synthetic(n=60)
     ckpt = tmp_path / "m.pt"
-    model = run_to_end(train(_data(np.arange(60), arrays), TrainConfig(epochs=1, **SMALL), checkpoint_path=ckpt))
+    model = run_to_end(train(_data(np.arange(60), arrays), train_config(epochs=1, **SMALL), checkpoint_path=ckpt))
     real_save = torch.save
 
     def broken_save(obj, f, *args, **kwargs):
@@ -174,7 +175,7 @@ def test_load_names_weights_of_another_version(tmp_path):
     """A checkpoint whose model has other parts (an older version) gets a clear error, not 'corrupt'."""
     arrays = _synthetic(n=60)
     path = tmp_path / "m.pt"
-    run_to_end(train(_data(np.arange(60), arrays), TrainConfig(epochs=1, **SMALL), checkpoint_path=path))
+    run_to_end(train(_data(np.arange(60), arrays), train_config(epochs=1, **SMALL), checkpoint_path=path))
     payload = torch.load(path, weights_only=False)
     payload["state_dict"]["old_part.weight"] = payload["state_dict"].pop(next(iter(payload["state_dict"])))
     torch.save(payload, path)
@@ -203,17 +204,17 @@ def test_load_names_weights_of_another_version(tmp_path):
 )
 def test_bad_config_values(change, match):
     with pytest.raises(InputError, match=match):
-        TrainConfig(**change)
+        train_config(**change)
 
 
 def test_config_dict_round_trip_and_unknown_model():
-    cfg = TrainConfig(epochs=5, genes=["A", "B"])
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = train_config(epochs=5, genes=["A", "B"])
+    assert config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(InputError, match="unknown training setting.*colour"):
-        TrainConfig.from_dict({**cfg.to_dict(), "colour": "red"})
+        config_from_dict({**cfg.to_dict(), "colour": "red"})
     arrays = _synthetic(n=20)
     with pytest.raises(InputError, match="unknown model 'nope'"):
-        run_to_end(train(_data(np.arange(20), arrays), TrainConfig(model="nope", epochs=1, **SMALL)))
+        run_to_end(train(_data(np.arange(20), arrays), train_config(model="nope", epochs=1, **SMALL)))
 
 
 def test_bad_training_data_and_prediction_inputs():
@@ -227,7 +228,7 @@ def test_bad_training_data_and_prediction_inputs():
     bad[0, 0] = np.nan
     with pytest.raises(InputError, match="features contains NaN"):
         TrainingData(bad, rgb, pos, y, ids, genes)
-    model = run_to_end(train(TrainingData(feats, rgb, pos, y, ids, genes), TrainConfig(epochs=1, **SMALL)))
+    model = run_to_end(train(TrainingData(feats, rgb, pos, y, ids, genes), train_config(epochs=1, **SMALL)))
     with pytest.raises(InputError, match="features has shape"):
         model.predict(feats[:, :5], rgb, pos)
 
@@ -240,10 +241,10 @@ def test_position_jitter_trains_embeddings_between_spots():
     cfg = dict(SMALL, n_pos_bins=32)
     torch.manual_seed(0)
     init = create_model("histosge", in_dim=data.features.shape[1] + 5, n_genes=len(data.genes),
-                        **model_hparams(TrainConfig(**cfg))).x_embed.weight.detach()
+                        **model_hparams(train_config(**cfg))).x_embed.weight.detach()
 
     def trained_rows(jitter):
-        model = run_to_end(train(data, TrainConfig(epochs=3, position_jitter=jitter, **cfg)))
+        model = run_to_end(train(data, train_config(epochs=3, position_jitter=jitter, **cfg)))
         return int((model.model.x_embed.weight.detach().cpu() != init).any(dim=1).sum()), model
 
     without, _ = trained_rows(0.0)
@@ -257,11 +258,11 @@ def test_feature_dropout_regularises_training_only():
     """Dropped image columns change training (not prediction) and keep the model from memorising spots."""
     feats, rgb, pos, y = _synthetic(n=120)
     rows = np.arange(120)
-    plain = run_to_end(train(_data(rows, (feats, rgb, pos, y)), TrainConfig(epochs=3, feature_dropout=0.0, **SMALL)))
-    dropped = run_to_end(train(_data(rows, (feats, rgb, pos, y)), TrainConfig(epochs=3, feature_dropout=0.5, **SMALL)))
+    plain = run_to_end(train(_data(rows, (feats, rgb, pos, y)), train_config(epochs=3, feature_dropout=0.0, **SMALL)))
+    dropped = run_to_end(train(_data(rows, (feats, rgb, pos, y)), train_config(epochs=3, feature_dropout=0.5, **SMALL)))
     assert plain.meta["history"] != dropped.meta["history"]
     # prediction is deterministic: no dropout outside training
     np.testing.assert_array_equal(dropped.predict(feats, rgb, pos), dropped.predict(feats, rgb, pos))
     no_image = run_to_end(train(_data(rows, (feats[:, :0], rgb, pos, y)),
-                                TrainConfig(epochs=1, feature_dropout=0.5, **SMALL)))  # nothing to drop: fine
+                                train_config(epochs=1, feature_dropout=0.5, **SMALL)))  # nothing to drop: fine
     assert no_image.meta["n_features"] == 0

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from napari_histosge.errors import HistosgeError, InputError
-from napari_histosge.models import load_model, train
+from napari_histosge.models import load_model, train, train_config
 from napari_histosge.models.conditioned import fit as conditioned_fit
 from napari_histosge.progress import run_to_end
 from napari_histosge.training import early_stopping
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.inputs import TrainingData
 from napari_histosge.training.loop import TrainingDivergedError
 from napari_histosge.training.trained_model import TrainedModel
 
@@ -42,7 +42,7 @@ def _weights(model: TrainedModel) -> dict:
 
 def test_every_trainer_and_the_companion_choice_hold_back_the_same_rows(monkeypatch):
     data = _data()
-    config = TrainConfig(epochs=2, seed=5, **CONDITIONED)
+    config = train_config(epochs=2, seed=5, **CONDITIONED)
     expected = early_stopping.validation_rows(data, config)
     assert expected is not None and len(expected) == 20  # 10% raised to 20 spots: within a fifth of 120
     held_back: dict[str, list] = {"histosge": [], "conditioned": []}
@@ -65,9 +65,9 @@ def test_every_trainer_and_the_companion_choice_hold_back_the_same_rows(monkeypa
     # The companion (a HisToSGE run), the conditioned network's scores, the companion's weight.
     assert held_back["histosge"] == [list(expected)]
     assert held_back["conditioned"] == [list(expected), list(expected)]
-    run_to_end(train(data, TrainConfig(epochs=1, seed=5, **SMALL)))  # a lone HisToSGE run
+    run_to_end(train(data, train_config(epochs=1, seed=5, **SMALL)))  # a lone HisToSGE run
     assert held_back["histosge"][-1] == list(expected)
-    other = early_stopping.validation_rows(data, TrainConfig(seed=6))
+    other = early_stopping.validation_rows(data, train_config(seed=6))
     assert not np.array_equal(other, expected)
 
 
@@ -84,7 +84,7 @@ def test_the_validation_share_is_raised_to_a_minimum_where_the_section_allows():
 
 def test_the_initial_weights_are_never_kept_even_when_training_only_overfits():
     data = _data(n=90, noise=True)
-    model = run_to_end(train(data, TrainConfig(epochs=40, lr=3e-2, **SMALL)))
+    model = run_to_end(train(data, train_config(epochs=40, lr=3e-2, **SMALL)))
     assert model.meta["best_epoch"] >= 1
     assert [e for e, _ in model.meta["val_history"]][0] >= 1  # epoch 0 was never scored as a candidate
 
@@ -111,10 +111,10 @@ def test_smoothing_compares_the_mean_of_recent_scores():
 def test_a_diverging_loss_stops_training_and_keeps_the_good_checkpoint(tmp_path, settings):
     data = _data()
     path = tmp_path / "model.pt"
-    good = run_to_end(train(data, TrainConfig(epochs=1, **settings), checkpoint_path=path))
+    good = run_to_end(train(data, train_config(epochs=1, **settings), checkpoint_path=path))
     before = path.read_bytes()
     with pytest.raises(TrainingDivergedError, match=r"diverged at epoch \d+.*lower learning rate") as err:
-        run_to_end(train(data, TrainConfig(epochs=3, **{**settings, "lr": 1e30}), checkpoint_path=path))
+        run_to_end(train(data, train_config(epochs=3, **{**settings, "lr": 1e30}), checkpoint_path=path))
     assert isinstance(err.value, HistosgeError)  # the CLI prints it on one line and exits 2
     assert path.read_bytes() == before
     loaded = load_model(path, device="cpu")
@@ -124,7 +124,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_good_checkpoint(tmp_path,
 
 @pytest.mark.parametrize("settings", [SMALL, {**CONDITIONED, "histosge_weight": 0.0}], ids=["histosge", "conditioned"])
 def test_loading_a_checkpoint_with_non_finite_weights_names_the_file(tmp_path, settings):
-    model = run_to_end(train(_data(), TrainConfig(epochs=1, **settings)))
+    model = run_to_end(train(_data(), train_config(epochs=1, **settings)))
     with torch.no_grad():
         next(model.model.parameters()).view(-1)[0] = float("nan")
     path = tmp_path / "broken.pt"
@@ -150,7 +150,7 @@ def _interrupted(data, config, path, after: int) -> None:
 @pytest.mark.parametrize("val_fraction", [0.1, 0.0], ids=["validation", "no-validation"])
 def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction):
     data = _data(n=200, noise=True)
-    config = TrainConfig(epochs=300 if val_fraction else 40, lr=1e-2, val_fraction=val_fraction, **SMALL)
+    config = train_config(epochs=300 if val_fraction else 40, lr=1e-2, val_fraction=val_fraction, **SMALL)
     whole = run_to_end(train(data, config, checkpoint_path=tmp_path / "whole.pt"))
     _interrupted(data, config, tmp_path / "part.pt", after=24)
     assert load_model(tmp_path / "part.pt", device="cpu").meta["epochs_done"] == 24
@@ -165,7 +165,7 @@ def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction
 
 def test_resume_reproduces_the_uninterrupted_conditioned_run(tmp_path):
     data = _data()
-    config = TrainConfig(epochs=4, **{**CONDITIONED, "histosge_weight": 0.0})
+    config = train_config(epochs=4, **{**CONDITIONED, "histosge_weight": 0.0})
     whole = run_to_end(train(data, config))
     _interrupted(data, config, tmp_path / "part.pt", after=2)
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_histosge.models import train
+from napari_histosge.models import HisToSGEConfig, train, train_config
 from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training import early_stopping as validation
-from napari_histosge.training.inputs import TrainConfig, TrainingData
+from napari_histosge.training.inputs import TrainingData
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
 
@@ -26,22 +26,22 @@ def _noise(n: int = 200, d: int = 8, g: int = 6, seed: int = 0, sections: np.nda
 def test_validation_share_is_seeded_and_taken_from_every_section():
     sections = np.repeat([0, 1], [150, 50])
     data = _noise(sections=sections)
-    fit, val = validation.split_validation(data, TrainConfig(seed=3))
-    again, val2 = validation.split_validation(data, TrainConfig(seed=3))
+    fit, val = validation.split_validation(data, train_config(seed=3))
+    again, val2 = validation.split_validation(data, train_config(seed=3))
     assert val.spot_ids == val2.spot_ids and fit.spot_ids == again.spot_ids
     assert sorted(fit.spot_ids + val.spot_ids) == sorted(data.spot_ids)
     # 10% of each section, raised to 20 spots where that stays within a fifth of it.
     assert np.bincount(val.sections).tolist() == [20, 10]
     np.testing.assert_array_equal(fit.frames, data.frames)  # sections keep their whole box
-    other = validation.split_validation(data, TrainConfig(seed=4))[1]
+    other = validation.split_validation(data, train_config(seed=4))[1]
     assert other.spot_ids != val.spot_ids
-    assert validation.split_validation(data, TrainConfig(val_fraction=0.0))[1] is None
-    assert validation.split_validation(_noise(n=12), TrainConfig())[1] is None
+    assert validation.split_validation(data, train_config(val_fraction=0.0))[1] is None
+    assert validation.split_validation(_noise(n=12), HisToSGEConfig())[1] is None
 
 
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weights():
     data = _noise()
-    model, events = run_collecting(train(data, TrainConfig(epochs=300, lr=1e-2, **SMALL)))
+    model, events = run_collecting(train(data, train_config(epochs=300, lr=1e-2, **SMALL)))
     stopped = model.meta["stopped_at"]
     assert stopped < 300 and len(model.meta["history"]) == stopped
     assert events[-1].step == events[-1].total == 300 and "stopped at epoch" in events[-1].message
@@ -62,7 +62,7 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
 
 
 def test_no_validation_share_trains_every_epoch_on_every_spot():
-    model = run_to_end(train(_noise(), TrainConfig(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
+    model = run_to_end(train(_noise(), train_config(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
     assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
     assert model.training_summary() == "epochs: 15"  # no validation score to report
     assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
@@ -71,9 +71,9 @@ def test_no_validation_share_trains_every_epoch_on_every_spot():
 def test_resumed_run_keeps_the_validation_scores_of_the_first_part(tmp_path):
     data = _noise()
     half = tmp_path / "half.pt"
-    first = run_to_end(train(data, TrainConfig(epochs=6, lr=1e-3, **SMALL), checkpoint_path=half))
+    first = run_to_end(train(data, train_config(epochs=6, lr=1e-3, **SMALL), checkpoint_path=half))
     assert [e for e, _ in first.meta["val_history"]] == [1, 2, 3, 4, 5, 6]
-    resumed = run_to_end(train(data, TrainConfig(epochs=8, lr=1e-3, **SMALL), resume=half))
+    resumed = run_to_end(train(data, train_config(epochs=8, lr=1e-3, **SMALL), resume=half))
     scores = resumed.meta["val_history"]
     assert [e for e, _ in scores] == list(range(1, 9))
     assert scores[:6] == first.meta["val_history"]

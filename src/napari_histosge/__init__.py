@@ -9,7 +9,7 @@ Examples
 --------
 >>> import napari_histosge as hs
 >>> spots = hs.read_spots("her2st/B4")                              # doctest: +SKIP
->>> model = hs.run(hs.fit(spots, train_config=hs.TrainConfig()))   # doctest: +SKIP
+>>> model = hs.run(hs.fit(spots, train_config=hs.HisToSGEConfig(epochs=200)))   # doctest: +SKIP
 >>> superres = hs.run(hs.superresolve(model, spots, 4))             # doctest: +SKIP
 """
 
@@ -27,7 +27,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "read_spots": "io",
     "FeatureConfig": "features",
-    "TrainConfig": "training.inputs",
+    "TrainConfig": "training.config",
+    "HisToSGEConfig": "models",
+    "ConditionedConfig": "models",
+    "SubspotConfig": "models",
     "TrainedModel": "training.trained_model",
     "load_model": "models",
     "train_config": "models",
@@ -48,11 +51,14 @@ run = run_to_end
 __all__ = [
     "CancelToken",
     "CancelledError",
+    "ConditionedConfig",
     "FeatureConfig",
+    "HisToSGEConfig",
     "HistosgeError",
     "InputError",
     "Progress",
     "RecoveryResult",
+    "SubspotConfig",
     "TrainConfig",
     "TrainedModel",
     "__version__",

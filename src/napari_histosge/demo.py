@@ -22,10 +22,10 @@ import pandas as pd
 from .evaluation.metrics import gene_metrics, summarize
 from .features import FeatureConfig
 from .io import read_spots
+from .models import HisToSGEConfig
 from .pipeline.recovery import recover
 from .pipeline.steps import superresolve
 from .progress import CancelToken, Progress, ProgressGenerator
-from .training.inputs import TrainConfig
 
 SPOT_SPACING_PX = 110.0  # 200 um ST v1 pitch at 1.82 um/px: a small, fast slide
 N_GRID = 18
@@ -152,7 +152,7 @@ def run_demo(
     adata = read_spots(data_dir)
     yield Progress("demo", 1, 1, f"{adata.n_obs} spots x {adata.n_vars} genes")
     # checkpoint once at the end: the demo has nothing to resume
-    train_config = TrainConfig(epochs=epochs, seed=seed, device=device, n_top_genes=N_GENES, checkpoint_every=epochs)
+    train_config = HisToSGEConfig(epochs=epochs, seed=seed, device=device, n_top_genes=N_GENES, checkpoint_every=epochs)
     feature_config = FeatureConfig(device=device)
     result = yield from recover(
         adata, holdout=0.5, seed=seed, train_config=train_config, feature_config=feature_config, cancel=cancel

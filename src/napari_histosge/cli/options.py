@@ -15,16 +15,19 @@ from pathlib import Path
 from .. import outputs
 from ..errors import InputError
 
-#: Help for the settings whose default is the model's own (``ModelSpec.defaults`` in the model
-#: registry; reading it here would load torch on every call, so the help points to the table).
-MODEL_DEFAULT = "the model's own default (docs/cli.md)"
-
 
 # ----------------------------------------------------------------------------- argument groups
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """``DATA`` (one section) and ``--image``."""
     p.add_argument("data", help="Space Ranger folder, ST v1 folder or .h5ad with obsm['spatial'] (auto-detected)")
     p.add_argument("--image", help="attach a full-resolution H&E image (TIFF/SVS/JPEG) to the spots")
+    add_bin_arg(p)
+
+
+def add_bin_arg(p: argparse.ArgumentParser) -> None:
+    """``--bin-um``: which bins of a Visium HD folder to read."""
+    p.add_argument("--bin-um", type=int, choices=[8, 16],
+                   help="Visium HD: read the bins of this size in µm (default 16 where present, else 8)")
 
 
 def add_feature_args(p: argparse.ArgumentParser) -> None:
@@ -45,65 +48,10 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """The model and its training settings (flags not given keep the model's defaults)."""
-    g = p.add_argument_group("model and training")
-    g.add_argument("--model", default="histosge",
-                   help="'histosge' (image + position, the paper), 'conditioned' (also the measured neighbours) "
-                        "or 'subspot' (a grid of cells from the H&E and the measured spots, consistent with them)")
-    g.add_argument("--epochs", type=int,
-                   help=f"training epochs (histosge: 1000 as the paper; conditioned: {MODEL_DEFAULT})")
-    g.add_argument("--batch-size", type=int,
-                   help=f"spots per optimiser step (histosge: 512 as the paper; conditioned: {MODEL_DEFAULT})")
-    g.add_argument("--lr", type=float, help="learning rate (paper: 1e-3)")
-    g.add_argument("--n-genes", type=int, help="number of highly variable genes to predict (paper: 1000)")
-    g.add_argument("--genes", help="comma-separated gene names to predict instead of HVGs")
-    g.add_argument("--gene-selection", choices=["hvg", "spatial", "hvg+spatial"],
-                   help="how genes are ranked when --genes is not given: 'hvg' highly variable (default, as the "
-                        "paper), 'spatial' spatially structured (Moran's I), or the best of both")
-    g.add_argument("--group-size", type=int, help="spots per self-attention group")
-    g.add_argument("--grouping", choices=["spatial", "file_order"], help="how spots are grouped for attention")
-    g.add_argument("--feature-dropout", type=float,
-                   help="share of image-feature columns zeroed per spot while training (default 0.5; 0 is off)")
-    g.add_argument("--image-init", type=float,
-                   help="initial scale of the image-input weights (default 0: start from positions only; "
-                        "1 is PyTorch's initialisation)")
-    g.add_argument("--dropout", type=float,
-                   help="dropout inside the network (histosge: in its transformer; default 0, as the paper)")
-    g.add_argument("--head-rank", type=int,
-                   help="histosge: pass the gene head's last layer through this many shared directions "
-                        "(default: full rank, as the paper)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (split, weights, batches)")
-    g.add_argument("--val-fraction", type=float,
-                   help="share of the training spots held back to keep the best epoch (histosge: and to stop "
-                        "early); default 0.1, 0 trains every spot for all epochs as the paper")
-    g.add_argument("--neighbours", type=int,
-                   help="conditioned model: measured neighbours in each position's context "
-                        f"({MODEL_DEFAULT})")
-    g.add_argument("--kriging-rank", type=int,
-                   help="conditioned model: principal directions that may couple genes when kriging the "
-                        "neighbours, per gene where cross-validation on the training spots favours it "
-                        "(default 16; 0 krige every gene alone)")
-    g.add_argument("--no-image-trend", action="store_true",
-                   help="conditioned model: do not let the image predict the genes' principal directions "
-                        "(the image trend the kriging interpolates around)")
-    g.add_argument("--no-depth-term", action="store_true",
-                   help="conditioned model: do not add the neighbours' kriged sequencing depth to genes "
-                        "counted less than once per spot (the depth moves their log-normalised values)")
-    g.add_argument("--histosge-weight", type=float,
-                   help="conditioned model: weight of its HisToSGE companion (image + position, trained first "
-                        "on the same spots) in the prediction, 0..1 (default: chosen on validation spots; "
-                        "0 trains no companion)")
-    g.add_argument("--cell-um", type=float,
-                   help="subspot model: side of its grid cells in µm (default 14, at least two image pixels)")
-    g.add_argument("--prior-bandwidth", type=float,
-                   help="subspot model: width of the smoothed measurement it starts from, in spot spacings "
-                        "(default 1.5)")
-    g.add_argument("--image-modulation", action="store_true",
-                   help="subspot model: let the cells' image features modulate the smoothed measurement (off by "
-                        "default: no help on the pooled super-resolution benchmark)")
-    g.add_argument("--histosge-members", type=int,
-                   help="conditioned model: HisToSGE models in its companion, alike but for their initial "
-                        "weights; their mean is blended in (default 3)")
+    """``--model`` and its training settings, one flag per setting (:mod:`.settings`)."""
+    from .settings import add_settings_args
+
+    add_settings_args(p)
 
 
 def add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -132,6 +80,28 @@ def require_output(path: str, suffix: str | None, what: str = "output") -> Path:
         raise InputError(f"the {what} must end in {suffix}", out)
     if out.is_dir():
         raise InputError(f"the {what} is a folder; give a file name ending in {suffix or 'a suffix'}", out)
+    return _writable_folder(out.parent, what)
+
+
+#: What a predictions output (``--out``) may be: an AnnData file or a SpatialData zarr store.
+PREDICTION_SUFFIXES = (".h5ad", ".zarr")
+
+
+def require_prediction_output(path: str, what: str = "output (--out)") -> Path:
+    """``path`` as a predictions output: an ``.h5ad`` file, or a ``.zarr`` SpatialData store (replaced whole).
+
+    A store needs the spatialdata package: its absence is reported here, before any work.
+    """
+    out = Path(path)
+    if out.suffix.lower() != ".zarr":
+        if out.suffix.lower() != ".h5ad":
+            raise InputError(f"the {what} must end in .h5ad (AnnData) or .zarr (a SpatialData store)", out)
+        return require_output(path, ".h5ad", what)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the {what} is a file, not a SpatialData store (a folder)", out)
+    from ..io.spatialdata_io import require_spatialdata
+
+    require_spatialdata(out)
     return _writable_folder(out.parent, what)
 
 
@@ -197,6 +167,10 @@ def check_feature_args(args: argparse.Namespace) -> None:
     require_positive(args.patch_um, "--patch-um")
     require_positive(args.patch_spot_fraction, "--patch-spot-fraction")
     require_int(args.feature_batch_size, "--feature-batch-size", 1)
+    if args.extractor == "uni" and args.weights is None:
+        from ..features.timm_backbones import uni_weights_source
+
+        uni_weights_source()  # offline without cached weights: one line now, not retries after the data are read
 
 
 def check_scale_args(args: argparse.Namespace) -> None:
@@ -220,50 +194,25 @@ def feature_config(args: argparse.Namespace):
     return config
 
 
-def train_settings(args: argparse.Namespace) -> dict:
-    """The training settings the options give (``None``: not given, the model's default)."""
-    values = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "n_top_genes": args.n_genes, "group_size": args.group_size, "grouping": args.grouping,
-        "seed": args.seed, "device": args.device, "neighbours": args.neighbours,
-        "feature_dropout": args.feature_dropout, "kriging_rank": args.kriging_rank,
-        "val_fraction": args.val_fraction, "image_init": args.image_init, "histosge_weight": args.histosge_weight,
-        "histosge_members": args.histosge_members, "dropout": args.dropout, "head_rank": args.head_rank,
-        "cell_um": args.cell_um, "prior_bandwidth": args.prior_bandwidth, "gene_selection": args.gene_selection,
-    }
-    if args.image_modulation:
-        values["image_modulation"] = True
-    if args.no_image_trend:
-        values["image_trend"] = False
-    if args.no_depth_term:
-        values["depth_term"] = False
-    if args.genes is not None:
-        values["genes"] = [g.strip() for g in args.genes.split(",") if g.strip()]
-        if not values["genes"]:
-            raise InputError(f"--genes lists no gene name: {args.genes!r}")
-    return values
-
-
 def check_train_settings(args: argparse.Namespace) -> None:
-    """The bounds of every given training setting, without loading a model (no torch: fast)."""
-    from ..training.inputs import TrainConfig
+    """Every given training setting, against the chosen model, without loading it (no torch: fast)."""
+    from .settings import check_settings
 
-    given = {k: v for k, v in train_settings(args).items() if v is not None}
-    TrainConfig.from_dict({**TrainConfig().to_dict(), **given})
+    check_settings(args)
 
 
 def train_config(args: argparse.Namespace):
-    """The :class:`~napari_histosge.training.inputs.TrainConfig` of the options: the model's defaults, then them."""
-    from ..models import train_config as model_config
+    """The chosen model's settings: its defaults, then the flags given."""
+    from .settings import check_settings
 
-    return model_config(args.model, **train_settings(args))
+    return check_settings(args)
 
 
 def read_section(args: argparse.Namespace):
     """The section ``DATA`` (with ``--image``), read."""
     from ..io import read_spots
 
-    return read_spots(args.data, image=args.image)
+    return read_spots(args.data, image=args.image, bin_um=getattr(args, "bin_um", None))
 
 
 def drive(gen, args: argparse.Namespace):
@@ -274,13 +223,18 @@ def drive(gen, args: argparse.Namespace):
 
 
 def write_h5ad(adata, path: str | Path, what: str = "output (--out)") -> None:
-    """Write predictions ``adata`` atomically to a checked ``.h5ad`` path, refusing non-finite values.
+    """Write predictions ``adata`` atomically to a checked ``.h5ad`` or ``.zarr`` path, refusing non-finite values.
 
     A model whose weights diverged predicts NaN; such a file is never written (an earlier
     file at ``path`` stays), and an ``OSError`` becomes one :class:`InputError`.
     """
     refuse_non_finite_predictions(adata)
-    outputs.write_h5ad(path, adata, what=what)
+    if Path(path).suffix.lower() == ".zarr":
+        from ..io.spatialdata_write import write_spatialdata
+
+        write_spatialdata(path, adata)
+    else:
+        outputs.write_h5ad(path, adata, what=what)
 
 
 def refuse_non_finite_predictions(adata) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
@@ -16,8 +20,8 @@ from .options import (
     require_data,
     require_file,
     require_int,
-    require_output,
     require_positive,
+    require_prediction_output,
     write_h5ad,
 )
 
@@ -36,7 +40,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--diameter", type=float,
                    help="full-resolution pixels across the disc each prediction stands for; the patch read "
                         "around it follows it as in training (default: the model's training spot)")
-    p.add_argument("--out", required=True, help="output .h5ad")
+    g = p.add_argument_group("a bare slide image as DATA (SVS, TIFF, NDPI, JPEG, PNG: no spots, no counts)")
+    g.add_argument("--grid-um", type=float,
+                   help="predict square cells of this side in µm over the tissue (default: the model's spot "
+                        "lattice over the tissue)")
+    g.add_argument("--mask",
+                   help="tissue mask: a label image (nonzero = tissue) or GeoJSON polygons in full-resolution "
+                        "pixels; 'auto' (default) detects the tissue, 'none' takes the whole slide")
+    g.add_argument("--um-per-px", type=float,
+                   help="the slide's pixel size in µm (default: from its metadata; unknown: the training slides')")
+    p.add_argument("--out", required=True, help="output .h5ad, or .zarr for a SpatialData store")
     add_scale_args(p)
     add_common_args(p)
     p.set_defaults(handler=cmd_predict)
@@ -58,26 +71,47 @@ def add_parsers(sub) -> None:
                    help="subspot model: scale the cells under each measured spot so their mean is its measurement "
                         "(exact, default), the measurement read through its counting noise (counting), or not at "
                         "all (none)")
-    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--out", required=True, help="output .h5ad, or .zarr for a SpatialData store")
     add_scale_args(p)
     add_common_args(p)
     p.set_defaults(handler=cmd_superresolve)
 
 
 def _check_model_and_data(args: argparse.Namespace) -> None:
-    require_output(args.out, ".h5ad", "output (--out)")
+    require_prediction_output(args.out)
     require_file(args.model, "model checkpoint")
     require_data(args.data)
     require_file(args.image, "--image file")
     check_scale_args(args)
 
 
+#: ``predict`` options for a bare slide image only.
+SLIDE_OPTIONS = ("grid_um", "mask", "um_per_px")
+
+
 def check_predict(args: argparse.Namespace):
     """Every ``predict`` option, before the model is loaded; returns the positions read (or ``None``)."""
+    _check_model_and_data(args)  # before the imports below (seconds): a wrong --out fails at once
+    require_positive(args.diameter, "--diameter")
+    from ..pipeline.slide_prediction import is_slide_image
     from ..prediction.positions import read_positions_csv
 
-    _check_model_and_data(args)
-    require_positive(args.diameter, "--diameter")
+    args.slide = is_slide_image(args.data)
+    given = [f"--{name.replace('_', '-')}" for name in SLIDE_OPTIONS if getattr(args, name) is not None]
+    if not args.slide and given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a bare slide image as DATA; "
+                         "a section's positions and pixel size come from its spots (superresolve predicts "
+                         "between them)", args.data)
+    if args.slide:
+        if args.image is not None:
+            raise InputError("DATA is already a slide image: --image attaches an image to spots", args.image)
+        if args.positions is not None and (args.grid_um is not None or args.mask is not None):
+            raise InputError("--grid-um and --mask place positions over the tissue, --positions gives them: "
+                             "give one or the other")
+        require_positive(args.grid_um, "--grid-um")
+        require_positive(args.um_per_px, "--um-per-px")
+        if args.mask is not None and args.mask not in ("auto", "none"):
+            require_file(args.mask, "--mask file")
     return None if args.positions is None else read_positions_csv(args.positions)
 
 
@@ -91,22 +125,56 @@ def _provenance(result, args: argparse.Namespace) -> None:
     result.uns["histosge"]["model_path"] = str(Path(args.model).resolve())
 
 
+@contextmanager
+def _warning_lines() -> Iterator[None]:
+    """Warnings printed as one ``histosge: warning: ...`` line each (not Python's two-line format)."""
+    shown = warnings.showwarning
+
+    def one_line(message, *_args, **_kwargs) -> None:
+        print(f"histosge: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _predict_slide(model, positions, args: argparse.Namespace):
+    """The prediction on a bare slide image (``DATA``)."""
+    from ..pipeline.slide_prediction import predict_slide
+
+    mask = {None: "auto", "none": None}.get(args.mask, args.mask)
+    with _warning_lines():
+        return drive(predict_slide(model, args.data, positions=None if positions is None else positions.xy,
+                                   position_ids=None if positions is None else positions.ids, grid_um=args.grid_um,
+                                   mask=mask, um_per_px=args.um_per_px, diameter=args.diameter,
+                                   scheduler=args.scheduler, n_workers=args.workers), args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``histosge predict``: predictions at the measured spots or at the CSV's positions."""
+    """``histosge predict``: predictions at the measured spots, at the CSV's positions, or over a bare slide."""
     positions = check_predict(args)
+    from ..pipeline.section_features import warn_if_other_platform
     from ..pipeline.steps import predict_spots  # heavy: after the checks
 
     model = _load(args)
-    adata = read_section(args)
-    gen = predict_spots(model, adata, positions=None if positions is None else positions.xy,
-                        position_ids=None if positions is None else positions.ids, diameter=args.diameter,
-                        scheduler=args.scheduler, n_workers=args.workers)
-    result = drive(gen, args)
+    if args.slide:
+        result = _predict_slide(model, positions, args)
+    else:
+        adata = read_section(args)
+        warn_if_other_platform(model.meta, adata)
+        gen = predict_spots(model, adata, positions=None if positions is None else positions.xy,
+                            position_ids=None if positions is None else positions.ids, diameter=args.diameter,
+                            scheduler=args.scheduler, n_workers=args.workers)
+        result = drive(gen, args)
     _provenance(result, args)
     if positions is not None:
         result.uns["histosge"]["positions_file"] = str(Path(args.positions).resolve())
     write_h5ad(result, args.out)
-    where = f"positions from {args.positions}" if positions is not None else "measured spots"
+    placed = result.uns["histosge"].get("positions")
+    where = (f"positions from {args.positions}" if positions is not None else "measured spots" if not args.slide
+             else f"grid cells of {args.grid_um:g} µm" if placed == "grid" else "spot lattice sites on the tissue")
     spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
     print(f"{result.n_obs} {where} x {result.n_vars} genes{spread} "
           f"(discs of {result.uns['histosge']['spot_diameter_px']:.4g} px) -> {args.out}")
@@ -133,6 +201,7 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
     """``histosge superresolve``: predictions at N positions per measured spot, or on a grid of cells."""
     check_superresolve(args)
     from ..pipeline.grid_maps import superresolve_grid  # heavy: after the checks
+    from ..pipeline.section_features import warn_if_other_platform
     from ..pipeline.steps import superresolve
 
     model = _load(args)
@@ -144,6 +213,7 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
         raise InputError(f"a {model.config.model} model predicts on the spot lattice (--fold); a grid of cells "
                          "needs a model trained with --model subspot", args.model)
     adata = read_section(args)
+    warn_if_other_platform(model.meta, adata)
     if on_grid:
         mask = {None: "auto", "none": None}.get(args.mask, args.mask)
         gen = superresolve_grid(model, adata, grid_um=args.grid_um, mask=mask,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
+from pathlib import Path
 
 from ..errors import InputError
 from ..outputs import output_lock, write_csv
 from .options import (
+    add_bin_arg,
     add_common_args,
     add_data_args,
     add_feature_args,
@@ -22,7 +25,9 @@ from .options import (
     require_data,
     require_file,
     require_fraction,
+    require_int,
     require_output,
+    require_prediction_output,
     train_config,
     write_h5ad,
 )
@@ -35,8 +40,13 @@ def add_parsers(sub) -> None:
                    help="one or more sections: Space Ranger folder, ST v1 folder or .h5ad (auto-detected); "
                         "several sections train one model, each section's positions in its own frame")
     p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
+    add_bin_arg(p)
+    p.add_argument("--max-bins", type=int,
+                   help="Visium HD: train on at most this many bins of a section, a seeded random subset "
+                        "(default: io.visium_hd.MAX_TRAINING_BINS, 100,000); the model predicts every bin")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--resume", help="continue training from this checkpoint")
+    add_init_arg(p)
     add_feature_args(p)
     add_train_args(p)
     add_scale_args(p)
@@ -46,14 +56,38 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("recover", help="hide spots, train on the rest, predict the hidden ones (paper protocol)")
     add_data_args(p)
     p.add_argument("--holdout", type=float, default=0.5, help="fraction of spots hidden (default 0.5)")
-    p.add_argument("--out", required=True, help="output .h5ad with predictions for the hidden spots")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad (or .zarr, a SpatialData store) with predictions for the hidden spots")
     p.add_argument("--metrics", help="also write per-gene held-out metrics to this CSV")
     p.add_argument("--save-model", help="also save the trained checkpoint here (.pt)")
+    add_init_arg(p)
     add_feature_args(p)
     add_train_args(p)
     add_scale_args(p)
     add_common_args(p)
     p.set_defaults(handler=cmd_recover)
+
+
+def add_init_arg(p: argparse.ArgumentParser) -> None:
+    """``--init MODEL``: start from a trained model (e.g. one trained on other sections)."""
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this trained histosge checkpoint (e.g. trained on other sections of the tissue) "
+                        "and fine-tune it on DATA: its genes, feature extractor and network settings are kept")
+
+
+def load_init(args: argparse.Namespace):
+    """The ``--init`` model, or ``None``; the run's settings take its network settings where no flag gave them."""
+    if args.init is None:
+        return None, train_config(args)
+    from ..models import load_model, model_spec
+    from .settings import given_settings
+
+    init = load_model(args.init, device=args.device)
+    config = train_config(args)
+    given = given_settings(args)
+    keep = {k: getattr(init.config, k) for k in model_spec(config.model).hparam_keys
+            if k not in given and hasattr(init.config, k)}
+    return init, replace(config, **keep)
 
 
 def check_train(args: argparse.Namespace) -> None:
@@ -66,6 +100,12 @@ def check_train(args: argparse.Namespace) -> None:
         require_data(path)
     require_file(args.image, "--image file")
     require_file(args.resume, "--resume checkpoint")
+    require_file(args.init, "--init checkpoint")
+    require_int(args.max_bins, "--max-bins", 1)
+    if args.init and args.resume:
+        raise InputError("--resume continues its own checkpoint and --init starts a new run from a model: give one")
+    if args.init and len(args.data) > 1:
+        raise InputError(f"--init fine-tunes a model on one section, but {len(args.data)} sections were given")
     check_feature_args(args)
     check_scale_args(args)
     check_train_settings(args)
@@ -75,15 +115,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``histosge train``: train on one or more sections and save the checkpoint."""
     check_train(args)
     from ..io import read_spots  # heavy: after the checks
+    from ..io.visium_hd import MAX_TRAINING_BINS, limit_bins
     from ..pipeline.steps import fit
 
-    config, features = train_config(args), feature_config(args)  # the model's defaults: before any data
+    init, config = load_init(args)  # the model's defaults (and the --init model): before any data
+    features = feature_config(args) if init is None or args.extractor != "default" else None
     # One training per --out: a second one would interleave its checkpoints with this one's.
     with output_lock(args.out, what="checkpoint (--out)"):
-        sections = [read_spots(path, image=args.image) for path in args.data]
+        most = args.max_bins or MAX_TRAINING_BINS
+        sections = [limit_bins(read_spots(path, image=args.image, bin_um=args.bin_um), most, seed=config.seed)
+                    for path in args.data]
         model = drive(
             fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
-                checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers),
+                checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers,
+                init=init),
             args,
         )
     history = model.meta.get("history")
@@ -99,12 +144,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_recover(args: argparse.Namespace) -> None:
     """Every ``recover`` option, before the section is read."""
-    require_output(args.out, ".h5ad", "output (--out)")
+    require_prediction_output(args.out)
     if args.metrics is not None:
         require_output(args.metrics, ".csv", "metrics file (--metrics)")
     if args.save_model is not None:
         require_output(args.save_model, ".pt", "checkpoint (--save-model)")
     require_fraction(args.holdout, "--holdout")
+    require_file(args.init, "--init checkpoint")
     require_data(args.data)
     require_file(args.image, "--image file")
     check_feature_args(args)
@@ -117,20 +163,22 @@ def cmd_recover(args: argparse.Namespace) -> int:
     check_recover(args)
     from ..pipeline.recovery import recover  # heavy: after the checks
 
-    config, features = train_config(args), feature_config(args)
+    init, config = load_init(args)
+    features = feature_config(args) if init is None or args.extractor != "default" else None
 
     adata = read_section(args)
     result = drive(
-        recover(adata, holdout=args.holdout, seed=args.seed, train_config=config, feature_config=features,
-                scheduler=args.scheduler, n_workers=args.workers),
+        recover(adata, holdout=args.holdout, seed=config.seed, train_config=config, feature_config=features,
+                scheduler=args.scheduler, n_workers=args.workers, init=init),
         args,
     )
     result.predictions.uns["metrics_summary"] = json.loads(json.dumps(result.summary(), default=float))
+    if args.save_model:  # first, so the predictions can name the model they came from
+        result.model.save(args.save_model)
+        result.predictions.uns["histosge"]["model_path"] = str(Path(args.save_model).resolve())
     write_h5ad(result.predictions, args.out)
     if args.metrics:
         write_csv(args.metrics, result.metrics, what="metrics file (--metrics)")
-    if args.save_model:
-        result.model.save(args.save_model)
     print_recovery_summary(result.summary())
     print(result.model.training_summary())
     print(f"predictions for {len(result.test_ids)} hidden spots -> {args.out}")

@@ -123,5 +123,5 @@ def save_cached(key: str, **arrays: np.ndarray) -> Path | None:
 
 def _warn_unwritable(folder: Path, exc: OSError) -> None:
     warnings.warn(f"{folder}: the feature cache cannot be written ({write_reason(exc)}); the features are "
-                  "used but not kept for the next run (set $HISTOSGE_CACHE to another folder)",
-                  UserWarning, stacklevel=3)
+                  "used but not kept for the next run (set $HISTOSGE_CACHE to a writable folder, or skip the "
+                  "feature cache with --no-cache on the command line)", UserWarning, stacklevel=3)

@@ -7,8 +7,12 @@ Networks are built lazily on the first :meth:`extract` call (or on reading
 from __future__ import annotations
 
 import os
+import re
+import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..errors import InputError
 from .base import FeatureExtractor, register_extractor
@@ -46,13 +50,32 @@ def _load_state_dict(path: str) -> dict[str, Any]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors errors vary
-        raise InputError(f"cannot read checkpoint (not a PyTorch weights file?): {exc}", path) from exc
+        raise InputError(f"cannot read checkpoint ({load_error_reason(exc)})", path) from None
     for key in ("state_dict", "model", "teacher"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
         raise InputError("checkpoint does not contain a state dict of tensors", path)
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """One line about why a weights file did not load; never torch's advice to unpickle unsafely.
+
+    ``torch.load(weights_only=True)`` refuses a pickle holding other objects with a
+    multi-line message that suggests ``weights_only=False`` (which would run code from
+    the file): that advice never reaches a user.
+    """
+    text = str(exc)
+    foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if foreign:
+        return (f"it holds objects other than tensors and plain values, such as {foreign.group(1)}, which are "
+                "never loaded")
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "not a pickle torch.save writes: another kind of file, or a damaged one"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _check_fits(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
@@ -167,7 +190,76 @@ class TimmExtractor(_TimmExtractor):
 
 
 UNI_ARCH = "vit_large_patch16_224"
-UNI_HUB = "hf-hub:MahmoodLab/uni"
+UNI_REPO = "MahmoodLab/uni"
+UNI_HUB = f"hf-hub:{UNI_REPO}"
+#: Weights files of the UNI repository, as the Hugging Face cache may hold them.
+UNI_WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
+#: Seconds to wait for the hub's host to answer before calling the machine offline.
+HUB_PROBE_TIMEOUT_S = 1.5
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def cached_uni_weights() -> str | None:
+    """The UNI weights file in the local Hugging Face cache (from an earlier download), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in UNI_WEIGHT_FILES:
+        found = try_to_load_from_cache(UNI_REPO, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub's host accepts a connection within ``timeout`` seconds.
+
+    One attempt, bounded in time even when name resolution hangs (huggingface_hub itself
+    retries with back-off for about half a minute). ``$HF_HUB_OFFLINE`` means no; behind a
+    proxy the answer is left to the download.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def uni_weights_source() -> str | None:
+    """Where UNI's weights come from without a local file: the cached file, or ``None`` for a download.
+
+    Raises
+    ------
+    InputError
+        At once (no retries), when they are not cached and the hub cannot be reached.
+    """
+    cached = cached_uni_weights()
+    if cached is not None:
+        return cached
+    if not hub_reachable():
+        offline = "$HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else "offline"
+        token = "set" if os.environ.get("HF_TOKEN") else "not set"
+        raise InputError(
+            f"the UNI weights are not on this machine and the Hugging Face hub cannot be reached ({offline}; "
+            f"HF_TOKEN is {token}); give a local checkpoint file (--weights FILE on the command line): "
+            f"{UNI_WEIGHT_FILES[0]} of {UNI_REPO}, downloaded once where there is network (a gated repository: "
+            "accept its terms and set HF_TOKEN)"
+        )
+    return None
 UNI_KWARGS: dict[str, Any] = dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True)
 
 
@@ -175,8 +267,10 @@ UNI_KWARGS: dict[str, Any] = dict(img_size=224, patch_size=16, init_values=1e-5,
 class UniExtractor(_TimmExtractor):
     """UNI (Chen et al. 2024) ViT-L/16 pathology foundation model, 1024 dims.
 
-    Weights come from a local checkpoint, or from the gated Hugging Face repo
-    ``MahmoodLab/uni`` using the ``HF_TOKEN`` environment variable.
+    Weights come from a local checkpoint, from an earlier download in the Hugging Face
+    cache (read as a local file, offline), or from the gated Hugging Face repo
+    ``MahmoodLab/uni`` using the ``HF_TOKEN`` environment variable; without any of them
+    :func:`uni_weights_source` refuses at once.
     """
 
     input_size = 224
@@ -196,14 +290,16 @@ class UniExtractor(_TimmExtractor):
         import timm
         import torch
 
-        if self.checkpoint:
-            sd = _load_state_dict(self.checkpoint)
+        # Cached weights are read as a local file: no network call (and no retries) at all.
+        weights = self.checkpoint or uni_weights_source()
+        if weights:
+            sd = _load_state_dict(weights)
             # Check keys/shapes against a weightless (meta) model before allocating one.
             with torch.device("meta"):
                 skeleton = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
-            _check_fits(skeleton, sd, self.checkpoint, "UNI (vit_large_patch16_224)")
+            _check_fits(skeleton, sd, weights, "UNI (vit_large_patch16_224)")
             model = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
-            _load_into(model, sd, self.checkpoint, "UNI (vit_large_patch16_224)")
+            _load_into(model, sd, weights, "UNI (vit_large_patch16_224)")
             return model
         try:
             kwargs = {k: v for k, v in UNI_KWARGS.items() if k in ("init_values", "dynamic_img_size")}
@@ -212,6 +308,6 @@ class UniExtractor(_TimmExtractor):
             token = "set" if os.environ.get("HF_TOKEN") else "not set"
             raise InputError(
                 "could not download UNI weights from the Hugging Face hub "
-                f"(MahmoodLab/uni is gated; HF_TOKEN is {token}; offline?): {str(exc).rstrip('.')}. "
-                "Pass a local checkpoint file instead (e.g. --checkpoint pytorch_model.bin)."
-            ) from exc
+                f"({UNI_REPO} is gated; HF_TOKEN is {token}): {load_error_reason(exc)}; give a local weights "
+                "file instead (--weights FILE on the command line)"
+            ) from None

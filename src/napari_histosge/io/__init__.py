@@ -1,4 +1,4 @@
-"""Readers that turn spot data (Space Ranger, ST v1, .h5ad) into the spot AnnData.
+"""Readers that turn spot data (Space Ranger, Visium HD bins, ST v1, .h5ad, SpatialData) into the spot AnnData.
 
 Every reader returns raw float32 CSR counts in ``X``, positions in full-resolution
 pixels in ``obsm["spatial"]`` and ``uns["histosge"]`` as described in
@@ -16,7 +16,9 @@ from ._common import SUPPORTED, image_size
 from .detect import FORMATS, detect_format
 from .h5ad import read_h5ad_spots
 from .spaceranger import read_spaceranger
+from .spatialdata_io import read_spatialdata
 from .st_v1 import read_st_v1
+from .visium_hd import read_visium_hd
 
 if TYPE_CHECKING:
     import anndata
@@ -29,17 +31,22 @@ def read_spots(
     *,
     format: str | None = None,
     image: str | os.PathLike | None = None,
+    bin_um: int | None = None,
 ) -> anndata.AnnData:
     """Read spot-level spatial transcriptomics data.
 
     Parameters
     ----------
     path
-        A Space Ranger output folder, an ST v1 section folder or an ``.h5ad`` file.
+        A Space Ranger output folder, a Visium HD output folder (or one of its
+        ``binned_outputs/square_XXXum`` folders), an ST v1 section folder or an ``.h5ad`` file.
     format
-        ``"spaceranger"``, ``"st_v1"`` or ``"h5ad"``; detected from names when ``None``.
+        ``"spaceranger"``, ``"visium_hd"``, ``"st_v1"``, ``"h5ad"`` or ``"spatialdata"``; detected
+        from names when ``None``.
     image
         Optional full-resolution image (scale 1.0), attached as ``images["fullres"]``.
+    bin_um
+        Visium HD only: the bin size to read, 8 or 16 µm (default 16 when present, else 8).
 
     Returns
     -------
@@ -62,6 +69,8 @@ def read_spots(
             raise InputError(f"unsupported input; {SUPPORTED}", path)
     elif format not in FORMATS:
         raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", path)
+    if bin_um is not None and format != "visium_hd":
+        raise InputError(f"a bin size applies to Visium HD outputs only, and this is {format!r}", path)
     if format == "h5ad":
         if not path.is_file():
             raise InputError("format 'h5ad' needs an .h5ad file, not a folder", path)
@@ -70,6 +79,10 @@ def read_spots(
         raise InputError(f"format {format!r} needs a folder; {SUPPORTED}", path)
     if format == "spaceranger":
         return read_spaceranger(path, image=image)
+    if format == "visium_hd":
+        return read_visium_hd(path, bin_um=bin_um, image=image)
+    if format == "spatialdata":
+        return read_spatialdata(path, image=image)
     return read_st_v1(path, image=image)
 
 

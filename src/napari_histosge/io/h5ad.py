@@ -22,6 +22,10 @@ from ._common import (
     require_integer_counts,
     to_counts_csr,
 )
+from .visium_hd import FOOTPRINT_KEY
+
+#: ``uns["histosge"]`` keys of square bins kept from the file (their footprint, grid and history).
+CARRIED_KEYS = ("footprint", "bins", "pooled", "subsampled")
 
 
 def _raw_counts(adata: Any, path: Path) -> sparse.csr_matrix:
@@ -158,4 +162,9 @@ def read_h5ad_spots(path: str | os.PathLike, *, image: str | os.PathLike | None 
         obs_extra=adata.obs.loc[keep],
     )
     adata_out.uns["histosge"]["image"] = largest_image(images)
+    for key in CARRIED_KEYS:
+        if key in info:
+            adata_out.uns["histosge"][key] = info[key]
+    if FOOTPRINT_KEY in adata.obsm:  # square footprints (Visium HD, pooled bins) not centred on the positions
+        adata_out.obsm[FOOTPRINT_KEY] = np.asarray(adata.obsm[FOOTPRINT_KEY], np.float64)[keep]
     return adata_out

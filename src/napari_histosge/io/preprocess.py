@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
@@ -96,11 +97,45 @@ def total_counts(adata) -> np.ndarray:
     return np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
 
 
+def log1p_column(adata, gene: str, *, totals: np.ndarray | None = None, target_sum: float = TARGET_SUM) -> np.ndarray:
+    """One gene of :func:`normalize_log1p` without normalising (or copying) the whole matrix.
+
+    ``log1p(count / total * target_sum)`` per spot, 0 where a spot has no counts. Pass
+    ``totals`` (:func:`total_counts`) to reuse them across genes: hundreds of thousands of
+    Visium HD bins are recoloured gene after gene this way.
+    """
+    totals = total_counts(adata) if totals is None else np.asarray(totals, dtype=np.float64)
+    col = adata[:, gene].X
+    col = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()
+    out = np.zeros_like(col)
+    ok = totals > 0
+    out[ok] = np.log1p(col[ok] / totals[ok] * float(target_sum))
+    return out
+
+
+def resolve_gene(adata, name: str) -> str | None:
+    """The gene name (``var_names``) that ``name`` stands for, or ``None`` when unknown.
+
+    ``name`` is a gene name as is, or a gene id of ``var["gene_ids"]`` (e.g. an Ensembl id,
+    any case) standing for the name of its gene: readers name genes by symbol and keep the
+    10x feature ids there.
+    """
+    name = str(name).strip()
+    if name in adata.var_names:
+        return name
+    if "gene_ids" not in adata.var:
+        return None
+    ids = pd.Index(adata.var["gene_ids"].astype(str).str.lower())
+    hit = np.flatnonzero(ids == name.lower())
+    return str(adata.var_names[hit[0]]) if hit.size else None
+
+
 def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:
     source = _source(adata_log)
     if isinstance(genes, str):
         genes = [genes]
-    genes = list(dict.fromkeys(str(g) for g in genes))  # de-duplicate, keep order
+    genes = [resolve_gene(adata_log, g) or str(g) for g in genes]  # gene ids stand for their names
+    genes = list(dict.fromkeys(genes))  # de-duplicate, keep order
     if not genes:
         raise InputError("the gene list is empty", source)
     known = set(adata_log.var_names)
@@ -350,7 +385,8 @@ def dense_targets(adata_log, genes: Sequence[str]) -> np.ndarray:
     genes = [str(g) for g in genes]
     idx = adata_log.var_names.get_indexer(genes)
     if not genes or np.any(idx < 0):
-        _check_genes(adata_log, genes)  # raises with a helpful message
+        genes = _check_genes(adata_log, genes)  # gene ids become names; unknown genes raise
+        idx = adata_log.var_names.get_indexer(genes)
     x = adata_log.X[:, idx]
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -75,7 +75,8 @@ def _read_positions(path: Path) -> pd.DataFrame:
     return table.set_index("barcode")
 
 
-def _read_scalefactors(path: Path) -> dict[str, Any]:
+def read_scalefactors(path: Path) -> dict[str, Any]:
+    """The JSON object of a ``scalefactors_json.json``; an InputError when unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
             factors = json.load(fh)
@@ -86,7 +87,8 @@ def _read_scalefactors(path: Path) -> dict[str, Any]:
     return factors
 
 
-def _positive(factors: dict[str, Any], key: str, path: Path) -> float:
+def positive_factor(factors: dict[str, Any], key: str, path: Path) -> float:
+    """``factors[key]`` as a positive finite float; an InputError naming ``key`` otherwise."""
     value: Any = factors.get(key)  # whatever the JSON holds; float() decides
     try:
         value = float(value)
@@ -97,7 +99,8 @@ def _positive(factors: dict[str, Any], key: str, path: Path) -> float:
     return value
 
 
-def _read_h5(path: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
+def read_10x_h5(path: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
+    """Read a 10x HDF5 matrix: raw CSR counts, barcodes, and genes by symbol with ``var["gene_ids"]``."""
     import scanpy as sc
 
     try:
@@ -130,7 +133,7 @@ def _require_mtx_member(folder: Path, stems: tuple[str, ...], what: str) -> Path
     raise InputError(f"counts folder lacks {what}", folder)
 
 
-def _read_mtx(folder: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
+def read_10x_mtx(folder: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
     """Read a 10x matrix folder, v2 (genes.tsv) or v3 (features.tsv), gzipped or not."""
     # scanpy.read_10x_mtx wants gzipped v3 files; this accepts both.
     from scipy.io import mmread
@@ -167,10 +170,38 @@ def _read_mtx(folder: Path) -> tuple[sparse.csr_matrix, pd.Index, pd.DataFrame]:
     return csr, pd.Index(codes.to_numpy()), var
 
 
-def _fullres_image(folder: Path) -> Path | None:
+def fullres_image(folder: Path) -> Path | None:
     """A full-res TIFF at the top level of the folder (the biggest if several)."""
     found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FULLRES_SUFFIXES]
     return max(found, key=lambda p: p.stat().st_size) if found else None
+
+
+def in_tissue_rows(positions: pd.DataFrame, barcodes: pd.Index, counts_path: Path,
+                   pos_path: Path) -> tuple[np.ndarray, pd.Index, np.ndarray]:
+    """The counts' rows under tissue: their indices, barcodes (in counts order) and rows of ``positions``.
+
+    One hash lookup of the barcodes in the positions' unique index, so it stays quick for the
+    hundreds of thousands of bins of Visium HD.
+
+    Raises
+    ------
+    InputError
+        If no barcode of the counts is in the positions, or none of them is under tissue.
+    """
+    where = positions.index.get_indexer(barcodes)  # -1: not in the positions
+    found = where >= 0
+    if not found.any():
+        raise InputError(
+            f"no barcode of the counts ({counts_path.name}, e.g. {barcodes[0] if len(barcodes) else 'none'}) "
+            f"appears in the positions file (e.g. {positions.index[0] if len(positions) else 'none'})",
+            pos_path,
+        )
+    under = np.zeros(len(barcodes), dtype=bool)
+    under[found] = positions["in_tissue"].to_numpy()[where[found]] == 1
+    rows = np.flatnonzero(under)
+    if len(rows) == 0:
+        raise no_spots_error(pos_path, f"none of the {int(found.sum())} barcodes with counts has in_tissue == 1")
+    return rows, barcodes[rows], where[rows]
 
 
 def read_spaceranger(folder: str | os.PathLike, *, image: str | os.PathLike | None = None):
@@ -198,43 +229,32 @@ def read_spaceranger(folder: str | os.PathLike, *, image: str | os.PathLike | No
             "missing positions file spatial/tissue_positions.csv or spatial/tissue_positions_list.csv", folder
         )
     sf_path = require_file(spatial / "scalefactors_json.json", "scale factors file")
-    factors = _read_scalefactors(sf_path)
-    spot_diameter = _positive(factors, "spot_diameter_fullres", sf_path)
+    factors = read_scalefactors(sf_path)
+    spot_diameter = positive_factor(factors, "spot_diameter_fullres", sf_path)
 
     if (folder / "filtered_feature_bc_matrix.h5").is_file():
         counts_path = folder / "filtered_feature_bc_matrix.h5"
-        counts, barcodes, var = _read_h5(counts_path)
+        counts, barcodes, var = read_10x_h5(counts_path)
     elif (folder / "filtered_feature_bc_matrix").is_dir():
         counts_path = folder / "filtered_feature_bc_matrix"
-        counts, barcodes, var = _read_mtx(counts_path)
+        counts, barcodes, var = read_10x_mtx(counts_path)
     else:
         raise InputError("missing counts: filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/", folder)
 
     positions = _read_positions(pos_path)
-    common = positions.index.intersection(barcodes)
-    if len(common) == 0:
-        raise InputError(
-            f"no barcode of the counts ({counts_path.name}, e.g. {barcodes[0] if len(barcodes) else 'none'}) "
-            f"appears in the positions file (e.g. {positions.index[0] if len(positions) else 'none'})",
-            pos_path,
-        )
-    in_tissue = positions.loc[barcodes[barcodes.isin(common)], "in_tissue"].to_numpy() == 1
-    keep_codes = barcodes[barcodes.isin(common)][in_tissue]
-    if len(keep_codes) == 0:
-        raise no_spots_error(pos_path, f"none of the {len(common)} barcodes with counts has in_tissue == 1")
-    rows = barcodes.get_indexer(keep_codes)
-    pos = positions.loc[keep_codes]
+    rows, keep_codes, pos_rows = in_tissue_rows(positions, barcodes, counts_path, pos_path)
+    pos = positions.iloc[pos_rows]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
     check_finite_positions(xy, keep_codes, pos_path)
 
     images: dict[str, dict[str, Any]] = {}
-    fullres = Path(image) if image is not None else _fullres_image(folder)
+    fullres = Path(image) if image is not None else fullres_image(folder)
     if fullres is not None:
         images["fullres"] = image_entry(fullres, 1.0)
     for name in ("hires", "lowres"):
         img = spatial / f"tissue_{name}_image.png"
         if img.is_file():
-            images[name] = image_entry(img, _positive(factors, f"tissue_{name}_scalef", sf_path))
+            images[name] = image_entry(img, positive_factor(factors, f"tissue_{name}_scalef", sf_path))
     # The whole array (off-tissue spots too) gives the spacing and the extent of the capture area.
     array_xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
     check_spot_diameter(spot_diameter, array_xy, sf_path)

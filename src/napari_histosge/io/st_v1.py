@@ -15,6 +15,7 @@ from ._common import (
     check_finite_positions,
     check_positions_in_images,
     image_entry,
+    image_size,
     median_nn_distance,
     no_spots_error,
     require_integer_counts,
@@ -164,6 +165,7 @@ def read_st_v1(folder: str | os.PathLike, *, image: str | os.PathLike | None = N
         )
         if found:
             images["fullres"] = image_entry(max(found, key=lambda p: p.stat().st_size), 1.0)
+    _check_displaced_spots(xy, keep, images, sel_path, spot_diameter)
     check_positions_in_images(xy, keep, images, positions_path=sel_path, spot_diameter_px=spot_diameter)
 
     var = pd.DataFrame(index=_unique(table.columns))
@@ -182,6 +184,28 @@ def read_st_v1(folder: str | os.PathLike, *, image: str | os.PathLike | None = N
         source=folder,
         library_id=stem or folder.resolve().name,
     )
+
+
+def _check_displaced_spots(xy: np.ndarray, ids: pd.Index, images: dict, sel_path: Path, spot_diameter: float) -> None:
+    """Refuse a few spots outside the image, blaming the selection file that places them.
+
+    When most spots fit the image and a minority lie outside (however far), the image is the
+    right one and those rows of ``pixel_x``/``pixel_y`` are wrong; when most lie outside,
+    :func:`~._common.check_positions_in_images` asks whether it is the right image.
+    """
+    if "fullres" not in images or len(xy) == 0:
+        return
+    path = Path(images["fullres"]["path"])
+    width, height = image_size(path)
+    tol = max(1.0, 0.5 * spot_diameter)
+    outside = (xy[:, 0] < -tol) | (xy[:, 0] > width + tol) | (xy[:, 1] < -tol) | (xy[:, 1] > height + tol)
+    n_out = int(outside.sum())
+    if 0 < n_out <= len(xy) // 2:
+        spots = ", ".join(f"{ids[i]} at ({xy[i, 0]:.0f}, {xy[i, 1]:.0f})" for i in np.flatnonzero(outside)[:5])
+        more = f" and {n_out - 5} more" if n_out > 5 else ""
+        raise InputError(f"{n_out} of {len(xy)} spots fall outside the image {path.name} ({width} x {height} px), "
+                         f"e.g. {spots}{more} (pixel_x, pixel_y); correct their positions or set selected to 0 "
+                         "for them in this file", sel_path)
 
 
 def _unique(names: pd.Index) -> pd.Index:

@@ -23,12 +23,13 @@ import numpy as np
 from ..device import pick_device
 from ..progress import CancelToken, ProgressGenerator
 from ..training.early_stopping import ValidationScore, evaluation_interval, split_validation
-from ..training.engine import adamw, check_resumable, resume_into, seed_all
+from ..training.engine import adamw, check_initialisable, check_resumable, init_provenance, resume_into, seed_all
 from ..training.grouping import group_spots, median_spacing, pack_batches
-from ..training.inputs import ModelInputs, TrainConfig, TrainingData
+from ..training.inputs import ModelInputs, TrainingData
 from ..training.loop import EpochHooks, run_epochs
 from ..training.trained_model import TrainedModel
 from .histosge import HisToSGE
+from .histosge_config import HisToSGEConfig
 from .registry import ModelSpec, create_model, load_model, model_hparams, register_model
 
 SPEC_NAME = "histosge"
@@ -36,12 +37,14 @@ SPEC_NAME = "histosge"
 HPARAM_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", "output", "image_init", "head_rank")
 
 
-def train_histosge(data: TrainingData, config: TrainConfig, *, checkpoint_path: str | PathLike | None = None,
+def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_path: str | PathLike | None = None,
                    resume: str | PathLike | None = None, meta: dict[str, Any] | None = None,
-                   cancel: CancelToken | None = None) -> ProgressGenerator[TrainedModel]:
+                   cancel: CancelToken | None = None, init: TrainedModel | None = None,
+                   ) -> ProgressGenerator[TrainedModel]:
     """Train HisToSGE: the ``histosge`` trainer of :func:`napari_histosge.models.registry.train`.
 
-    Same parameters and result as that function.
+    Same parameters and result as that function. With ``init`` the run starts from its
+    weights (fine-tuning); the input statistics and the position frame are this data's.
     """
     device = pick_device(config.device)
     d = data.features.shape[1]
@@ -64,11 +67,16 @@ def train_histosge(data: TrainingData, config: TrainConfig, *, checkpoint_path: 
             optimizer.load_state_dict(optimizer_state)
     else:
         inputs = ModelInputs.fit(data.features, data.mean_rgb, data.positions, config.n_pos_bins, data.frames)
+        if init is not None:
+            check_initialisable(init, config, data, HPARAM_KEYS, SPEC_NAME)
+            model.load_state_dict(init.model.state_dict())
     epoch_fit = HistosgeEpoch(model, optimizer, inputs, data, config, device, cancel)
     meta = dict(meta or {})
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
                 position_jitter_px=epoch_fit.jitter_meta,
                 n_validation_spots=0 if val_data is None else len(val_data.spot_ids))
+    if init is not None:
+        meta["init"] = init_provenance(init)
     if data.sections is not None:
         meta["n_train_spots_per_section"] = [len(rows) for rows in data.section_rows()]
     trained = TrainedModel(model, config, data.genes, meta)
@@ -90,7 +98,7 @@ class HistosgeEpoch:
     replays exactly what one long run would do.
     """
 
-    def __init__(self, model, optimizer, inputs: ModelInputs, data: TrainingData, config: TrainConfig, device,
+    def __init__(self, model, optimizer, inputs: ModelInputs, data: TrainingData, config: HisToSGEConfig, device,
                  cancel: CancelToken | None) -> None:
         import torch
 
@@ -148,7 +156,7 @@ class HistosgeEpoch:
         return total / count
 
 
-def section_groups(positions: np.ndarray, section_rows: list[np.ndarray], config: TrainConfig,
+def section_groups(positions: np.ndarray, section_rows: list[np.ndarray], config: HisToSGEConfig,
            rng: np.random.Generator) -> list[np.ndarray]:
     """Attention groups of one epoch, made within each section (a group never mixes sections)."""
     rng_or_none = rng if config.grouping == "spatial" else None
@@ -161,6 +169,6 @@ def section_groups(positions: np.ndarray, section_rows: list[np.ndarray], config
     return groups
 
 
-#: The ``histosge`` model. TrainConfig's own defaults are HisToSGE's (the reference code's).
+#: The ``histosge`` model (its settings: :class:`.histosge_config.HisToSGEConfig`).
 SPEC = register_model(ModelSpec(name=SPEC_NAME, network=HisToSGE, trainer=train_histosge, trained_class=TrainedModel,
-                                hparam_keys=HPARAM_KEYS))
+                                hparam_keys=HPARAM_KEYS, takes_init=True))

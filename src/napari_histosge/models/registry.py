@@ -1,23 +1,25 @@
 """The model registry: one :class:`ModelSpec` per model, and what runs through it.
 
 A spec names everything model-specific: the network class, the trainer, the trained-model
-class that predicts, which settings go to the network's constructor and the settings whose
-defaults differ for the model. Training, loading and building a configuration
-(:func:`train`, :func:`load_model`, :func:`train_config`) look the model up here by name,
-so nothing else branches on a model's name. Adding a model is adding one module that calls
-:func:`register_model` (and importing it in ``models/__init__.py``).
+class that predicts, its settings class (registered beside it, see
+:mod:`napari_histosge.training.config`) and which settings go to the network's constructor.
+Training, loading and building a configuration (:func:`train`, :func:`load_model`,
+:func:`train_config`) look the model up here by name, so nothing else branches on a model's
+name. Adding a model is adding one module that calls :func:`register_model` (and listing it
+in ``models/__init__.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
 from ..errors import InputError
 from ..progress import CancelToken, ProgressGenerator
-from ..training.inputs import TrainConfig, TrainingData
+from ..training.config import TrainConfig, config_class, make_config, setting_names
+from ..training.inputs import TrainingData
 from ..training.trained_model import SavedModel, TrainedModel
 
 #: ``trainer(data, config, *, checkpoint_path, resume, meta, cancel)``: the contract of :func:`train`.
@@ -31,7 +33,8 @@ class ModelSpec:
     Attributes
     ----------
     name
-        The name :attr:`TrainConfig.model` selects it by (also stored in checkpoints).
+        The name :attr:`TrainConfig.model` selects it by (also stored in checkpoints); its
+        settings class is the one registered under that name.
     network
         The ``torch.nn.Module`` class, built as ``network(in_dim=..., n_genes=..., **hparams)``.
     trainer
@@ -41,13 +44,13 @@ class ModelSpec:
     trained_class
         The :class:`TrainedModel` subclass (or the class itself) that predicts with it.
     hparam_keys
-        The :class:`TrainConfig` settings passed to the network's constructor.
-    defaults
-        :class:`TrainConfig` settings whose default differs for this model.
+        The settings passed to the network's constructor.
     section_trainer
         For a model that reads the slide itself (not per-spot features): trains on a whole
         section, ``section_trainer(adata, *, train_ids, config, meta, checkpoint_path, cancel)``;
         :func:`napari_histosge.pipeline.steps.fit` hands such a model the section.
+    takes_init
+        Whether ``trainer`` takes ``init=``, a trained model to start from (:func:`train`).
     """
 
     name: str
@@ -55,12 +58,17 @@ class ModelSpec:
     trainer: Trainer | None
     trained_class: type[TrainedModel]
     hparam_keys: tuple[str, ...]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
     section_trainer: Callable[..., ProgressGenerator[TrainedModel]] | None = None
+    takes_init: bool = False
 
     def hparams(self, config: TrainConfig) -> dict[str, Any]:
         """The settings of ``config`` handed to the network's constructor."""
         return config.settings(self.hparam_keys)
+
+    @property
+    def config_class(self) -> type[TrainConfig]:
+        """The model's settings class."""
+        return config_class(self.name)
 
 
 _SPECS: dict[str, ModelSpec] = {}
@@ -77,9 +85,10 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     known = _SPECS.get(spec.name)
     if known is not None and known != spec:
         raise ValueError(f"a model named {spec.name!r} is already registered ({known.network.__name__})")
-    unknown = sorted((set(spec.hparam_keys) | set(spec.defaults)) - set(TrainConfig.__dataclass_fields__))
+    unknown = sorted(set(spec.hparam_keys) - setting_names(spec.config_class))
     if unknown:
-        raise ValueError(f"model {spec.name!r} names settings TrainConfig does not have: {', '.join(unknown)}")
+        raise ValueError(f"model {spec.name!r} names settings its settings class does not have: "
+                         f"{', '.join(unknown)}")
     _SPECS[spec.name] = spec
     return spec
 
@@ -135,17 +144,17 @@ def model_hparams(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_config(model: str = "histosge", **settings: Any) -> TrainConfig:
-    """Settings for ``model``: its own defaults (:attr:`ModelSpec.defaults`), then ``settings``.
+    """Settings for ``model``: its settings class's defaults, then ``settings``.
 
     ``None`` values in ``settings`` mean "the default" (handy for optional CLI flags).
 
     Raises
     ------
     InputError
-        If ``model`` is unknown or a setting is invalid.
+        If ``model`` is unknown, a setting is invalid, or belongs to another model.
     """
-    given = {k: v for k, v in settings.items() if v is not None}
-    return TrainConfig.from_dict({**TrainConfig().to_dict(), **model_spec(model).defaults, **given, "model": model})
+    model_spec(model)
+    return make_config(model, {k: v for k, v in settings.items() if v is not None})
 
 
 def train(
@@ -156,6 +165,7 @@ def train(
     resume: str | PathLike | None = None,
     meta: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
+    init: TrainedModel | None = None,
 ) -> ProgressGenerator[TrainedModel]:
     """Train ``config.model`` on ``data`` (MSE loss), yielding one event per epoch.
 
@@ -175,6 +185,11 @@ def train(
     cancel
         Checked between batches; cancelling raises ``CancelledError`` and leaves the last
         checkpoint intact.
+    init
+        A trained model to start from (e.g. one trained on other sections), for a model whose
+        spec accepts one (:attr:`ModelSpec.takes_init`): its weights start the run, which
+        fine-tunes them on ``data``; its genes and network settings must be ``data``'s and
+        ``config``'s.
 
     Yields
     ------
@@ -198,8 +213,16 @@ def train(
     if trainer is None:
         raise InputError(f"the {config.model} model trains on a section's slide and spots, not on spot features: "
                          f"use napari_histosge.fit(adata, ...) or histosge train DATA --model {config.model}")
-    return (yield from trainer(data, config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
-                               cancel=cancel))
+    spec = model_spec(config.model)
+    if init is None:
+        return (yield from trainer(data, config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
+                                   cancel=cancel))
+    if not spec.takes_init:
+        raise InputError(f"the {config.model} model cannot start from a trained model (--init); train it without")
+    if resume is not None:
+        raise InputError("a resumed run continues its checkpoint: give --resume or --init, not both")
+    return (yield from trainer(data, config, checkpoint_path=checkpoint_path, resume=None, meta=meta, cancel=cancel,
+                               init=init))
 
 
 def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
@@ -225,4 +248,6 @@ def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
         raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
     saved.load_weights(network, path)
     network.to(saved.device).eval()
-    return spec.trained_class(network, saved.config, saved.genes, saved.meta, optimizer_state=saved.optimizer_state)
+    trained = spec.trained_class(network, saved.config, saved.genes, saved.meta, optimizer_state=saved.optimizer_state)
+    trained.path = str(path)
+    return trained

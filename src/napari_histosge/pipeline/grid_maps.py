@@ -23,6 +23,7 @@ from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_ti
 from ..slide.open import open_slide
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
+from .placement import check_measured_genes, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
 REACH_SPACINGS = 1.0
@@ -175,6 +176,7 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
     import anndata as ad
 
     check_consistency(consistency)
+    check_measured_genes(model, adata)
     cell_px = grid_cell_px(model, adata, grid_um)
     tissue = section_mask(adata, mask)
     grid = measured_region_grid(adata, cell_px, tissue)
@@ -193,7 +195,7 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
     if tissue is not None:
         info["tissue_mask"] = tissue.to_uns()
     out.uns["histosge"] = info
-    return out
+    return finish_prediction(out, model)
 
 
 def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: float, *,

@@ -159,3 +159,56 @@ def patch_geometry(model: TrainedModel, adata, diameter: float | None = None) ->
     view = SimpleNamespace(uns={"histosge": {**adata.uns.get("histosge", {}), "spot_diameter_px": d}})
     config = feature_config_of(model)
     return patch_size_px(view, config), spot_center_fraction(view, config)
+
+
+# --------------------------------------------------------------------------- what every prediction records
+def training_sections(model: TrainedModel) -> tuple[list[str], list[str]]:
+    """``(names, sources)`` of the sections ``model`` was trained on, from its metadata."""
+    sections = model.meta.get("sections")
+    if isinstance(sections, list) and sections:
+        sources = [str(s.get("source", "")) for s in sections]
+        return [str(s.get("name") or Path(src).name) for s, src in zip(sections, sources, strict=True)], sources
+    source = str(model.meta.get("source", ""))
+    return [Path(source).name if source else ""], [source]
+
+
+def finish_prediction(out, model: TrainedModel):
+    """Add what every prediction output records, in place; returns ``out``.
+
+    ``uns["histosge"]``: the model's name and the sections it was trained on (names and
+    paths); ``obsm["spatial_um"]``: the positions in µm beside ``obsm["spatial"]`` (full-res
+    px), where the pixel size (``uns["histosge"]["mpp"]``) is known.
+    """
+    info = out.uns.setdefault("histosge", {})
+    names, sources = training_sections(model)
+    info.update(model=model.config.model, training_sections=names, training_sources=sources)
+    mpp = info.get("mpp")
+    if mpp is not None and np.isfinite(float(mpp)) and float(mpp) > 0:
+        out.obsm["spatial_um"] = np.asarray(out.obsm["spatial"], np.float64) * float(mpp)
+    return out
+
+
+def check_measured_genes(model: TrainedModel, adata) -> None:
+    """A model that reads measured spots needs its genes in ``adata``.
+
+    Such a model is one that cannot predict other sections
+    (:attr:`TrainedModel.predicts_other_sections` false).
+    Genes are matched by name, or by id (``var["gene_ids"]``). A model that predicts from
+    the image and positions alone does not read the data's counts: nothing to check.
+
+    Raises
+    ------
+    InputError
+        Naming the first missing genes and how many are missing.
+    """
+    if model.predicts_other_sections or adata.n_vars == 0:
+        return
+    known = set(map(str, adata.var_names))
+    if "gene_ids" in adata.var.columns:
+        known |= set(map(str, adata.var["gene_ids"]))
+    missing = [g for g in model.genes if g not in known]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise InputError(f"the {model.config.model} model reads measured counts of {len(model.genes)} genes, "
+                         f"but {len(missing)} are not in the data: {shown}",
+                         adata.uns.get("histosge", {}).get("source"))

@@ -12,9 +12,11 @@ from ..evaluation.metrics import gene_metrics, holdout_split, knn_baseline, summ
 from ..evaluation.uncertainty import uncertainty_metrics
 from ..features import FeatureConfig, SpotFeatures
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes
+from ..models import HisToSGEConfig
 from ..progress import CancelToken, ProgressGenerator
-from ..training.inputs import TrainConfig
+from ..training.config import TrainConfig
 from ..training.trained_model import TrainedModel
+from .placement import feature_config_of
 from .steps import fit, predict_spots, spot_features
 
 
@@ -72,16 +74,19 @@ def recover(
     scheduler: str | None = None,
     n_workers: int | None = None,
     cancel: CancelToken | None = None,
+    init: TrainedModel | None = None,
 ) -> ProgressGenerator[RecoveryResult]:
     """The paper's recovery protocol: hide a fraction of spots, train on the rest, predict them.
 
     Genes are chosen on the training spots only, so nothing about the hidden spots
     leaks into training. Metrics are computed on the log1p(normalize_total to 1e4) scale.
+    With ``init`` (a model trained on other sections) the run fine-tunes it on the
+    training spots and scores its genes (see :func:`.steps.fit`).
     """
     import time
 
-    train_config = train_config or TrainConfig(seed=seed)
-    feature_config = feature_config or FeatureConfig()
+    train_config = train_config or HisToSGEConfig(seed=seed)
+    feature_config = feature_config or (FeatureConfig() if init is None else feature_config_of(init))
     train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
     # Genes come from the training spots only: the HVGs (or the user's list) plus the
     # highest-mean genes, so both headline gene sets are scored by one model.
@@ -89,13 +94,13 @@ def recover(
     # are exactly the log data of the training spots: normalise once
     log_all = normalize_log1p(adata)
     log_train = log_all[train_ids]
-    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes,
-                         method=train_config.gene_selection)
-    top_genes = top_mean_genes(log_train, n=n_top_mean)
-    if train_config.genes is None:
+    chosen = train_config.genes if init is None else list(init.genes)
+    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=chosen, method=train_config.gene_selection)
+    top_genes = top_mean_genes(log_train if init is None else log_train[:, scored], n=n_top_mean)
+    if chosen is None:
         genes = scored + [g for g in top_genes if g not in set(scored)]
     else:
-        genes = scored
+        genes = list(scored)
         top_genes = [g for g in top_genes if g in set(scored)]
     train_config = replace(train_config, genes=genes)
     timings: dict[str, float] = {}
@@ -108,7 +113,7 @@ def recover(
     t0 = time.perf_counter()
     model = yield from fit(
         adata, train_config=train_config, feature_config=feature_config, train_ids=train_ids,
-        features=features, cancel=cancel,
+        features=features, cancel=cancel, init=init,
     )
     timings["fit_s"] = time.perf_counter() - t0
     predicted_all = yield from predict_spots(model, adata, features=features, scheduler=scheduler,

@@ -110,3 +110,46 @@ def model_meta(adata, feature_config: FeatureConfig) -> dict[str, Any]:
         "source": str(info.get("source", "")),
         SECTION_BOX: section_box(adata),
     }
+
+
+#: What the platforms are called in messages.
+PLATFORM_NAMES = {"st_v1": "ST v1", "visium": "Visium", "visium_hd": "Visium HD"}
+#: Spot diameters (µm) that differ by more than this factor are called different.
+SPOT_SIZE_TOLERANCE = 1.25
+
+
+def _spot_um(part: dict[str, Any]) -> float | None:
+    try:
+        size = float(part.get("spot_diameter_px") or np.nan) * float(part.get("mpp") or np.nan)
+    except (TypeError, ValueError):
+        return None
+    return size if np.isfinite(size) and size > 0 else None
+
+
+def warn_if_other_platform(meta: dict[str, Any], adata) -> None:
+    """Warn when a model predicts on another platform than it was trained on, or on spots of another size.
+
+    ``meta`` is the model's (:func:`model_meta`, one entry per section for several); the
+    platform and the spot diameter in µm of ``adata`` are compared with the training
+    sections'. Unknown platforms (a bare ``.h5ad``, a slide) are not compared.
+    """
+    info = adata.uns.get("histosge", {})
+    trained = meta.get("sections") or [meta]
+    platforms = sorted({str(t.get("platform")) for t in trained} - {"unknown", "slide", "None"})
+    here = str(info.get("platform"))
+    sizes = [s for s in (_spot_um(t) for t in trained) if s is not None]
+    size_here = _spot_um(info)
+    other_platform = bool(platforms) and here in PLATFORM_NAMES and here not in platforms
+    other_size = bool(sizes) and size_here is not None and not any(
+        1 / SPOT_SIZE_TOLERANCE <= size_here / s <= SPOT_SIZE_TOLERANCE for s in sizes)
+    if not (other_platform or other_size):
+        return
+    names = " and ".join(PLATFORM_NAMES.get(p, p) for p in platforms) or "other"
+    trained_um = " or ".join(f"{s:.0f}" for s in sorted(set(np.round(sizes)))) if sizes else "?"
+    here_um = f"{size_here:.0f}" if size_here is not None else "?"
+    warnings.warn(
+        f"{info.get('source', 'the data')}: the model was trained on {names} spots of {trained_um} µm but this "
+        f"section is {PLATFORM_NAMES.get(here, here)} with spots of {here_um} µm; expression per spot and the "
+        "image around it differ between platforms, so expect less accurate predictions (train on this platform)",
+        UserWarning, stacklevel=2,
+    )

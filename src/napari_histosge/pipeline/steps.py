@@ -11,6 +11,7 @@ plugin runs the very same code in a ``thread_worker``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,23 @@ from ..errors import InputError
 from ..features import FeatureConfig, SpotFeatures, extract_features_at
 from ..io import require_spot_image
 from ..io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
-from ..models import model_spec, train
+from ..models import HisToSGEConfig, model_spec, train
 from ..prediction.distributed import predict_distributed
 from ..prediction.grid import superresolution_positions
 from ..prediction.lattice import check_positions
 from ..prediction.pieces import predict_in_pieces
 from ..progress import CancelToken, Progress, ProgressGenerator
-from ..training.inputs import TrainConfig, TrainingData
+from ..training.config import TrainConfig
+from ..training.inputs import TrainingData
 from ..training.trained_model import TrainedModel
 from .grid_maps import predict_discs
 from .multisection import fit_sections
 from .placement import (
     check_diameter_on,
+    check_measured_genes,
     default_diameter,
     feature_config_of,
+    finish_prediction,
     frame_name,
     patch_geometry,
     position_frame,
@@ -74,6 +78,7 @@ def fit(
     scheduler: str | None = None,
     n_workers: int | None = None,
     cancel: CancelToken | None = None,
+    init: TrainedModel | None = None,
 ) -> ProgressGenerator[TrainedModel]:
     """Extract features, normalise, pick genes and train a model on ``adata``.
 
@@ -102,13 +107,19 @@ def fit(
         Where features are extracted, as in :func:`spot_features`.
     cancel
         Token checked between batches.
+    init
+        A trained model to start from (e.g. one trained on other sections): the run
+        fine-tunes it on ``adata`` (one section), predicting its genes from the image
+        features its extractor gives (``feature_config`` must then be ``None`` or the same).
 
     Returns
     -------
     TrainedModel
         The trained model, its config, genes and metadata.
     """
-    train_config = train_config or TrainConfig()
+    train_config = train_config or HisToSGEConfig()
+    if init is not None:
+        train_config, feature_config = _starting_from(init, adata, train_config, feature_config)
     feature_config = feature_config or FeatureConfig()
     section_trainer = model_spec(train_config.model).section_trainer
     if section_trainer is not None:  # a model that reads the slide itself (no per-spot features)
@@ -158,7 +169,32 @@ def fit(
     meta = model_meta(adata, feature_config)
     meta["feature_identity"] = features.identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
-                             cancel=cancel))
+                             cancel=cancel, init=init))
+
+
+def _starting_from(init: TrainedModel, adata, train_config: TrainConfig, feature_config: FeatureConfig | None,
+                   ) -> tuple[TrainConfig, FeatureConfig]:
+    """The settings of a run that starts from ``init``: its genes and feature extractor, checked on ``adata``."""
+    if not model_spec(train_config.model).takes_init:
+        raise InputError(f"the {train_config.model} model cannot start from a trained model (--init)", init.path)
+    if isinstance(adata, (list, tuple)):
+        if len(adata) != 1:
+            raise InputError(f"a run that starts from a trained model fine-tunes it on one section; got {len(adata)}",
+                             init.path)
+        adata = adata[0]
+    present = set(map(str, adata.var_names))
+    missing = [g for g in init.genes if g not in present]
+    if missing:
+        raise InputError(f"{len(missing)} of the model's {len(init.genes)} genes are not in the data "
+                         f"(e.g. {', '.join(missing[:3])})", init.path)
+    if train_config.genes is not None and list(train_config.genes) != list(init.genes):
+        raise InputError("a run that starts from a trained model predicts its genes: leave the gene list out",
+                         init.path)
+    own = feature_config_of(init)
+    if feature_config is not None and feature_config.extractor != own.extractor:
+        raise InputError(f"the model to start from reads {own.extractor!r} features, not "
+                         f"{feature_config.extractor!r}: leave the extractor at the model's", init.path)
+    return replace(train_config, genes=list(init.genes)), feature_config or own
 
 
 def _check_same_extractor(model: TrainedModel, features: SpotFeatures) -> None:
@@ -248,6 +284,7 @@ def predict_spots(
 
     names, xy = _prediction_targets(adata, spot_ids, positions, position_ids)
     check_diameter_on(adata, diameter)
+    check_measured_genes(model, adata)
     frame = position_frame(model, adata)  # checked before any feature is read
     std = None
     if model.aggregates_cells:  # spots as the mean of the model's grid cells under each disc
@@ -265,7 +302,7 @@ def predict_spots(
     out.uns["histosge"]["positions"] = "measured spots" if positions is None else "given"
     if std is not None:
         out.layers["std"] = std
-    return out
+    return finish_prediction(out, model)
 
 
 def _predict_at_spots(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
@@ -371,6 +408,7 @@ def superresolve(
     """
     import anndata as ad
 
+    check_measured_genes(model, adata)
     frame = position_frame(model, adata)  # checked before any feature is read
     yield Progress("lattice", 0, 1, f"{fold}-fold positions")
     # anchor on the fitted lattice so the new positions form one regular grid
@@ -394,7 +432,7 @@ def superresolve(
     out.uns["histosge"]["trained_on"] = str(model.meta.get("source", ""))
     if std is not None:
         out.layers["std"] = std
-    return out
+    return finish_prediction(out, model)
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ The returned reader functions do the real work and raise
 :class:`~napari_histosge.errors.InputError` with a clear message on bad input.
 A ``.h5ad`` whose ``uns["histosge"]`` has a ``fold`` holds predictions
 (``histosge predict``/``recover``, the plugin's writer): it opens as the Super-resolve
-widget shows its result.
+widget shows its result. A SpatialData ``.zarr`` store opens as its spots (or, for a store
+of predictions, as predictions) over its image.
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ def get_spots_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
     if p is None or detect_format(p) is None:
         return None
     return read_spots_layers
+
+
+def get_spatialdata_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
+    """Return :func:`read_spatialdata_layers` for a SpatialData zarr store (names only)."""
+    from ..io.spatialdata_io import looks_like_spatialdata
+
+    p = _single(path)
+    if p is None or not looks_like_spatialdata(p):
+        return None
+    return read_spatialdata_layers
+
+
+def read_spatialdata_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
+    """Read a SpatialData store: its image under its spots, or its predictions as the widget shows them."""
+    from ..io.spatialdata_io import prediction_info, read_spatialdata, read_spatialdata_prediction
+
+    p = _one_path(path)
+    if prediction_info(p) is not None:
+        return prediction_to_layers(read_spatialdata_prediction(p), path=p)
+    return spots_to_layers(read_spatialdata(p))
 
 
 def get_slide_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
@@ -136,8 +157,11 @@ def read_spots_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:
     A predictions ``.h5ad`` is shown as predictions (:func:`read_prediction_layers`).
     """
     from ..io import read_spots
+    from ..io.spatialdata_io import looks_like_spatialdata
 
     p = _one_path(path)
+    if looks_like_spatialdata(p):
+        return read_spatialdata_layers(p)
     if p.suffix.lower() == ".h5ad" and is_prediction_file(p):
         return read_prediction_layers(p)
     return spots_to_layers(read_spots(p))
@@ -267,11 +291,14 @@ def _find_image(recorded: str, where: Path) -> Path | None:
 
     The second case covers data moved together to another folder or machine.
     """
+    from ..slide.open import is_ome_zarr_image
+
     candidates = [Path(recorded)]
     if not Path(recorded).is_absolute():
         candidates.append(where.parent / recorded)
     candidates.append(where.parent / Path(recorded).name)
-    return next((c for c in candidates if c.is_file()), None)
+    # an image inside a SpatialData store is a folder (OME-Zarr)
+    return next((c for c in candidates if c.is_file() or is_ome_zarr_image(c)), None)
 
 
 def prediction_to_layers(pred, *, path: PathLike | None = None, gene: str | None = None) -> list[LayerDataTuple]:

@@ -5,7 +5,8 @@ JPEG-2000 tiles) are opened through tifffile's zarr interface: opening reads
 only metadata, and a read decodes only the tiles it touches. Flat images (JPEG,
 PNG, large non-tiled TIFFs) are converted once into an on-disk zarr pyramid
 under ``$HISTOSGE_CACHE/pyramids/`` which later opens reuse (see
-:mod:`napari_histosge.slide.pyramid`). Nothing ever decodes more than
+:mod:`napari_histosge.slide.flat_pyramid`). An OME-Zarr multiscale image folder (the
+image element of a SpatialData store) is opened with zarr as it is. Nothing ever decodes more than
 :func:`~napari_histosge.slide.pyramid.max_decode_pixels` at once: such requests are
 refused with an :class:`~napari_histosge.errors.InputError`.
 """
@@ -21,23 +22,22 @@ import dask.array as da
 import numpy as np
 
 from ..errors import InputError
-from .meta import tiff_mpp
-from .patches import plan_patches, render_patches
-from .pyramid import (
-    PIL_SUFFIXES,
-    Level,
-    TileCache,
+from .flat_pyramid import (
+    CacheWriteError,
     build_pyramid,
-    check_decode_size,
-    file_fingerprint,
-    max_decode_pixels,
+    open_cached_pyramid,
     open_pyramid_dir,
     pyramid_dir,
+    pyramid_in_memory,
 )
+from .meta import tiff_mpp
+from .patches import plan_patches, render_patches
+from .pyramid import PIL_SUFFIXES, Level, TileCache, check_decode_size, max_decode_pixels
+from .pyramid import file_fingerprint as file_content_fingerprint
 
 __all__ = [
     "FLAT_SUFFIXES", "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "Slide", "cache_root",
-    "file_fingerprint", "max_decode_pixels", "open_slide",
+    "file_fingerprint", "is_ome_zarr_image", "max_decode_pixels", "open_slide",
 ]
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".btf", ".bif", ".qptiff")
@@ -49,6 +49,57 @@ FLAT_DIRECT_MAX = 2048
 #: Bytes of decoded tiles a slide keeps for reuse between patch reads.
 TILE_CACHE_BYTES = 256 * 2**20
 _DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def is_ome_zarr_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr multiscale image folder (zarr v2 or v3 metadata, NGFF 0.4 or 0.5)."""
+    return _multiscales(Path(path)) is not None
+
+
+def _multiscales(path: Path) -> dict[str, Any] | None:
+    """The first ``multiscales`` entry of an OME-Zarr image folder, read from its metadata file only."""
+    import json
+
+    for name in ("zarr.json", ".zattrs"):
+        meta = path / name
+        if meta.is_file():
+            try:
+                attrs = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            attrs = attrs.get("attributes", attrs) if name == "zarr.json" else attrs
+            found = (attrs.get("ome") or attrs).get("multiscales")
+            return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+    return None
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """What the feature and pyramid caches are keyed on: the file's content digest.
+
+    For an OME-Zarr image folder: a digest of its metadata and of every chunk file's name
+    and size, with the content of the first and last chunk of level 0 (a rewritten image
+    changes them; reading every chunk of a slide would cost as much as reading the slide).
+    See :func:`napari_histosge.slide.pyramid.file_fingerprint` for files.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return file_content_fingerprint(p)
+    import hashlib
+
+    digest = hashlib.sha256(b"ome-zarr")
+    try:
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        for f in files:
+            rel = f.relative_to(p).as_posix()
+            digest.update(f"{rel}:{f.stat().st_size}".encode())
+            if f.name in ("zarr.json", ".zattrs", ".zarray"):
+                digest.update(f.read_bytes())
+        chunks = [f for f in files if f.name not in ("zarr.json", ".zattrs", ".zarray", ".zgroup")]
+        for f in chunks[:1] + chunks[-1:]:
+            digest.update(f.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read the image ({exc.strerror or exc})", p) from None
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:
@@ -210,9 +261,14 @@ class Slide:
 
 def _open_flat(path: Path, root: Path) -> Slide:
     target = pyramid_dir(path, root)
-    if not (target / "0").exists():
-        build_pyramid(path, target)
-    return Slide(str(path), open_pyramid_dir(target, str(path)), None)
+    levels = open_cached_pyramid(target, str(path))  # a damaged one is removed (with a warning) and rebuilt
+    if levels is None:
+        try:
+            build_pyramid(path, target)
+            levels = open_pyramid_dir(target, str(path))
+        except CacheWriteError as exc:  # the cache's problem, not the slide's: this run's pyramid in memory
+            levels = pyramid_in_memory(path, exc)
+    return Slide(str(path), levels, None)
 
 
 def _open_tiff(path: Path, root: Path) -> Slide:
@@ -259,13 +315,31 @@ def _open_tiff(path: Path, root: Path) -> Slide:
         raise
 
 
+def _open_ome_zarr(path: Path) -> Slide:
+    """An OME-Zarr multiscale image as a slide: level 0 first, channels as RGB (``c``, ``y``, ``x``)."""
+    import zarr
+
+    multiscales = _multiscales(path) or {}
+    axes = "".join(str(a.get("name", a) if isinstance(a, dict) else a).upper() for a in multiscales.get("axes", []))
+    datasets = [d.get("path") for d in multiscales.get("datasets", []) if isinstance(d, dict)]
+    if "Y" not in axes or "X" not in axes or not datasets:
+        raise InputError(f"the OME-Zarr image has no y/x axes or no levels (axes {axes.lower()!r})", path)
+    group = zarr.open_group(str(path), mode="r")
+    levels = [Level(group[str(d)], axes, path=str(path), index=i) for i, d in enumerate(datasets)]
+    if 0 in (levels[0].height, levels[0].width):
+        raise InputError("image has zero size", path)
+    levels[-1].read(0, 1, 0, 1)  # a store whose chunks are unreadable fails here, not in a worker
+    return Slide(str(path), levels, None)
+
+
 def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Slide:
     """Open a histology image lazily.
 
     Parameters
     ----------
     path
-        An SVS, (pyramidal/OME) TIFF, JPEG or PNG file.
+        An SVS, (pyramidal/OME) TIFF, JPEG or PNG file, or an OME-Zarr multiscale image
+        folder (e.g. ``store.zarr/images/<name>`` of a SpatialData store).
     cache_dir
         Cache root for pyramids built from flat images; default ``$HISTOSGE_CACHE``
         or ``~/.cache/napari-histosge``.
@@ -283,6 +357,13 @@ def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError("image file not found", p)
+    if p.is_dir() and is_ome_zarr_image(p):
+        try:
+            return _open_ome_zarr(p)
+        except InputError:
+            raise
+        except Exception as exc:  # zarr and its codecs raise many types for a damaged store
+            raise InputError(f"cannot read the OME-Zarr image: {exc}", p) from exc
     if not p.is_file():
         raise InputError("expected an image file, got a folder", p)
     suffix = p.suffix.lower()

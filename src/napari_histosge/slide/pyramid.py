@@ -1,22 +1,16 @@
-"""Pyramid levels read tile by tile, and on-disk pyramids built for flat images.
+"""Pyramid levels read tile by tile, the decode limit, and the content fingerprint of image files.
 
 A :class:`Level` wraps one zarr array (tifffile's zarr view of a TIFF level, or a
-level of a pyramid this module built) and reads it by chunk ("tile"): every
+level of a pyramid :mod:`.flat_pyramid` built) and reads it by chunk ("tile"): every
 decoding error becomes an :class:`~napari_histosge.errors.InputError` naming the
-file, the level, the tile and, for TIFFs, its byte offset.
-
-Flat images (JPEG, PNG, non-tiled TIFF) are converted once into a zarr pyramid
-with dask, band by band, so memory stays bounded by a few rows of tiles. Only
-JPEG/PNG must be decoded whole (Pillow cannot decode them by region): above
-:func:`max_decode_pixels` that is refused with a clear message instead.
+file, the level, the tile and, for TIFFs, its byte offset; for a cached pyramid, a
+:class:`CacheDamagedError` naming the cache folder instead of the slide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +21,8 @@ import numpy as np
 
 from ..errors import InputError
 
-PYRAMID_VERSION = 2
+#: Version 3: chunks carry zstd checksums and the group lists its chunk files (damage is found).
+PYRAMID_VERSION = 3
 PYRAMID_CHUNK = 512
 PYRAMID_MIN_SIZE = 1024
 PIL_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -94,14 +89,19 @@ class Level:
         Level number (named in errors).
     page
         The tifffile page of this level, for byte offsets in errors; None for zarr pyramids.
+    cache
+        The cached pyramid folder this level is read from, if any: a decoding error is then
+        the cache's damage (named with how to fix it), not the slide's.
     """
 
-    def __init__(self, raw: Any, axes: str, *, path: str = "", index: int = 0, page: Any = None) -> None:
+    def __init__(self, raw: Any, axes: str, *, path: str = "", index: int = 0, page: Any = None,
+                 cache: Path | None = None) -> None:
         self.raw = raw
         self.axes = axes
         self.path = path
         self.index = index
         self.page = page
+        self.cache = cache
         self.height = int(raw.shape[axes.index("Y")])
         self.width = int(raw.shape[axes.index("X")])
         chunks = getattr(raw, "chunks", raw.shape)
@@ -139,9 +139,10 @@ class Level:
             raise
         except Exception as exc:  # decoder errors vary by codec: find the tile to name it
             self._locate_error(y0, y1, x0, x1, exc)
-            raise InputError(
-                f"cannot decode level {self.index}, rows {y0}:{y1}, columns {x0}:{x1}: {exc}", self.path
-            ) from exc
+            where = f"level {self.index}, rows {y0}:{y1}, columns {x0}:{x1}"
+            if self.cache is not None:
+                raise damaged_cache_error(self.cache, self.path, where, exc) from exc
+            raise InputError(f"cannot decode {where}: {exc}", self.path) from exc
 
     def tile_bounds(self, row: int, col: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of tile ``(row, col)``, clipped to the level."""
@@ -160,6 +161,8 @@ class Level:
 
     def _tile_error(self, row: int, col: int, exc: BaseException) -> InputError:
         where = f"level {self.index}, tile row {row}, column {col}"
+        if self.cache is not None:
+            return damaged_cache_error(self.cache, self.path, where, exc)
         offset = self._byte_offset(row, col)
         if offset is not None:
             where += f", byte offset {offset}"
@@ -308,120 +311,28 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return _DIGESTS[memo]
 
 
-def pyramid_dir(path: Path, root: Path) -> Path:
-    """Where the pyramid of flat image ``path`` lives under cache ``root``."""
-    key = hashlib.sha256(f"{file_fingerprint(path)}|v{PYRAMID_VERSION}".encode()).hexdigest()[:32]
-    return root / "pyramids" / key
+class CacheDamagedError(InputError):
+    """A cached pyramid cannot be read: the cache folder is named (and how to fix it), not the slide.
 
-
-_PIL_HINT = (
-    "; Pillow cannot decode JPEG/PNG by region. Convert it to a tiled pyramidal TIFF "
-    "(e.g. `vips tiffsave in.jpg out.tif --tile --pyramid --compression jpeg`) or raise the limit"
-)
-
-
-def _pil_source(path: Path) -> da.Array:
-    """A JPEG/PNG decoded whole (after checking its size) as a dask array."""
-    from PIL import Image
-
-    with pil_no_size_limit(), Image.open(path) as im:
-        w, h = im.size
-        check_decode_size(h, w, f"building a pyramid for this {im.format or 'flat'} image", path, _PIL_HINT)
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I"):
-            rgb = np.ascontiguousarray(to_rgb_uint8(np.asarray(im).astype(np.float64) / 65535.0, "YX"))
-        else:
-            rgb = np.asarray(im.convert("RGB"))
-    return da.from_array(rgb, chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3))
-
-
-def _tiff_source(path: Path) -> tuple[da.Array, Any]:
-    """A non-tiled TIFF as a lazy dask array read by strips (memory-mapped when uncompressed)."""
-    import tifffile
-    import zarr
-
-    tf = tifffile.TiffFile(path)
-    series = tf.series[0]
-    page = series.pages[0] if series.pages else tf.pages[0]
-    axes = series.axes
-    if page is not None and getattr(page, "is_memmappable", False) and page.is_contiguous:
-        raw: Any = tifffile.memmap(path, series=0, mode="r")
-        arr = da.from_array(raw, chunks=(PYRAMID_CHUNK,) + raw.shape[1:]) if raw.ndim else raw
-    else:
-        raw = zarr.open(series.aszarr(), mode="r")
-        if isinstance(raw, zarr.Group):
-            raw = raw["0"]
-        ychunk = raw.chunks[axes.index("Y")]
-        xchunk = raw.chunks[axes.index("X")]
-        check_decode_size(ychunk, xchunk, "decoding one strip of this TIFF", path)
-        arr = da.from_zarr(raw)
-    return to_rgb_uint8(arr, axes), tf
-
-
-def _halve_block(b: np.ndarray) -> np.ndarray:
-    h, w = (b.shape[0] // 2) * 2, (b.shape[1] // 2) * 2
-    b = b[:h, :w].astype(np.uint16)
-    return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
-
-
-def _halve(a: da.Array) -> da.Array:
-    """2x2 box average with rounding (Pillow's ``reduce(2)``), trimming an odd edge.
-
-    Blocks are even-sized except the last, so halving them one by one is exact.
+    Parameters
+    ----------
+    cache
+        The pyramid folder.
+    path
+        The slide it was built from.
+    where
+        What could not be read (a level and tile, the metadata, the chunk files).
+    exc
+        The error met.
     """
-    a = a.rechunk((2 * PYRAMID_CHUNK, 2 * PYRAMID_CHUNK, 3))
-    chunks = tuple(tuple(c // 2 for c in cs) for cs in a.chunks[:2]) + (a.chunks[2],)
-    return da.map_blocks(_halve_block, a, chunks=chunks, dtype=np.uint8)
+
+    def __init__(self, cache: Path, path: str, where: str, exc: BaseException) -> None:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        self.damage = f"the cached pyramid of {Path(path).name} is damaged ({where}: {reason})"
+        super().__init__(f"{self.damage}; remove this folder (it is rebuilt from the image on the next run) or "
+                         "set $HISTOSGE_CACHE to another folder", cache)
 
 
-def build_pyramid(path: Path, target: Path) -> None:
-    """Write a zarr pyramid of flat image ``path`` to ``target`` atomically, band by band."""
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    handle = None
-    if path.suffix.lower() not in PIL_SUFFIXES:
-        src, handle = _tiff_source(path)
-    else:
-        src = _pil_source(path)
-    try:
-        if src.shape[0] == 0 or src.shape[1] == 0:
-            raise InputError("image has zero size", path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        try:
-            group = zarr.open_group(str(tmp), mode="w")
-            level, arr = 0, src
-            while True:
-                chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)
-                # zstd level 1: a quarter of the write time of the default level, ~10% larger.
-                z = group.create_array(str(level), shape=arr.shape, chunks=chunks, dtype="uint8",
-                                       compressors=[ZstdCodec(level=1)])
-                # Written chunk by chunk; the next level reads this one back, not the source.
-                arr.rechunk(chunks).store(z, lock=False)
-                if max(arr.shape[:2]) < PYRAMID_MIN_SIZE or min(arr.shape[:2]) < 2:
-                    break
-                arr = _halve(da.from_zarr(z))
-                level += 1
-            group.attrs["source"] = str(path)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                # Another process finished the same pyramid first: keep theirs.
-                if not (target / "0").exists():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if handle is not None:
-            handle.close()
-
-
-def open_pyramid_dir(target: Path, path: str) -> list[Level]:
-    """The levels of a pyramid built by :func:`build_pyramid`."""
-    import zarr
-
-    group = zarr.open_group(str(target), mode="r")
-    names = sorted((k for k in group.array_keys()), key=int)
-    return [Level(group[k], "YXS", path=path, index=i) for i, k in enumerate(names)]
+def damaged_cache_error(cache: Path, path: str, where: str, exc: BaseException) -> CacheDamagedError:
+    """The one-line error for a cached pyramid that cannot be decoded (see :class:`CacheDamagedError`)."""
+    return CacheDamagedError(cache, path, where, exc)

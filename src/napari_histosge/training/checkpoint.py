@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..features.timm_backbones import load_error_reason
 from ..outputs import atomic_path, write_bytes
 
 FORMAT = "napari-histosge-checkpoint"
@@ -98,22 +99,12 @@ def verify_checksums(path: str | os.PathLike) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, NotImplementedError...: all damage
-        raise InputError(f"the checkpoint is damaged ({_short_reason(exc)}); copy it again or train again",
+        raise InputError(f"the checkpoint is damaged ({load_error_reason(exc)}); copy it again or train again",
                          path) from None
     if bad is not None:
         raise InputError(f"the checkpoint is damaged: record {bad!r} does not match its checksum (the file "
                          "changed after it was written, e.g. a bad copy or disk); copy it again or train again",
                          path)
-
-
-def _short_reason(exc: BaseException) -> str:
-    """One line about ``exc`` for users; never torch's multi-line advice to unpickle unsafely."""
-    text = str(exc)
-    if "weights_only" in text or "Weights only load failed" in text:
-        return "it holds objects other than tensors and plain values, which are never loaded"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    first = first if len(first) <= 160 else first[:157] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tuple[dict, dict[str, Any], dict | None]:
@@ -141,7 +132,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     except InputError:
         raise
     except Exception as exc:  # corrupt/truncated/foreign pickle: all the user's input
-        raise InputError(f"not a readable napari-histosge checkpoint ({_short_reason(exc)})", path) from None
+        raise InputError(f"not a readable napari-histosge checkpoint ({load_error_reason(exc)})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError("not a napari-histosge checkpoint (no format marker)", path)
     if int(payload.get("version", 0)) > VERSION:

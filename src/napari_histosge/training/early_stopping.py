@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import TrainConfig
 from .grouping import pack_batches
-from .inputs import ModelInputs, TrainConfig, TrainingData
+from .inputs import ModelInputs, TrainingData
 
 #: Evaluations without improvement before training stops.
 PATIENCE = 10

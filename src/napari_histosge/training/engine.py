@@ -10,7 +10,8 @@ import random
 import numpy as np
 
 from ..errors import InputError
-from .inputs import ModelInputs, TrainConfig, TrainingData
+from .config import TrainConfig, spot_group_settings
+from .inputs import ModelInputs, TrainingData
 from .trained_model import TrainedModel
 
 __all__ = ["adamw", "check_resumable", "resume_into", "seed_all"]
@@ -34,7 +35,7 @@ def resume_into(model, saved: TrainedModel, config: TrainConfig) -> tuple[int, l
     model.load_state_dict(saved.model.state_dict())
     start = int(saved.meta.get("epochs_done", 0))
     history = [float(v) for v in saved.meta.get("history", [])][:start]
-    return start, history, ModelInputs.from_meta(saved.meta, config.n_pos_bins)
+    return start, history, ModelInputs.from_meta(saved.meta, spot_group_settings(config).n_pos_bins)
 
 
 def check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, path,
@@ -60,6 +61,37 @@ def check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData
     if saved_sections != wanted:
         raise InputError(f"the checkpoint was trained on {saved_sections or 1} section(s), "
                          f"the data has {wanted or 1}", path)
+
+
+def check_initialisable(init: TrainedModel, config: TrainConfig, data: TrainingData, hparam_keys: tuple[str, ...],
+                        model: str) -> None:
+    """Raise :class:`InputError` unless trained model ``init`` can start a ``model`` run on ``data``.
+
+    It must be a ``model`` model with ``config``'s constructor settings ``hparam_keys``, predict
+    the data's genes (in the same order) and read as many image features; unlike a resumed
+    run it may come from other sections (its input statistics and frames are fitted anew).
+    """
+    where = init.path or "the model to start from"
+    if init.config.model != model:
+        raise InputError(f"a {init.config.model} model cannot start a {model} model: give a {model} model "
+                         f"(e.g. one trained on other sections with histosge train)", where)
+    if init.config.settings(hparam_keys) != config.settings(hparam_keys):
+        raise InputError(f"the model to start from has other network settings ({init.config.settings(hparam_keys)}) "
+                         f"than requested ({config.settings(hparam_keys)}): leave those settings at the model's",
+                         where)
+    if init.genes != data.genes:
+        raise InputError("the model to start from predicts other genes than the training data", where)
+    d = data.features.shape[1]
+    if int(init.meta.get("n_features", -1)) != d:
+        raise InputError(f"the model to start from reads {init.meta.get('n_features')} image features, the data "
+                         f"has {d}: use its feature extractor", where)
+
+
+def init_provenance(init: TrainedModel) -> dict:
+    """What a model started from another keeps about it: its file, model and training sections."""
+    sections = init.meta.get("sections") or [{"source": init.meta.get("source")}]
+    return {"path": init.path, "model": init.config.model, "sections": sections,
+            "epochs_done": init.meta.get("epochs_done")}
 
 
 def adamw(params, config: TrainConfig):

@@ -11,8 +11,9 @@ import numpy as np
 from ..device import pick_device
 from ..errors import InputError
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_from_dict, spot_group_settings
 from .grouping import group_spots, pack_batches
-from .inputs import PER_SECTION, ModelInputs, TrainConfig, as_matrix
+from .inputs import PER_SECTION, ModelInputs, as_matrix
 
 
 class TrainedModel:
@@ -31,6 +32,8 @@ class TrainedModel:
     #: Whether the model predicts grid cells from the slide and a spot as the mean of its
     #: cells (the sub-spot model) rather than from per-spot features.
     aggregates_cells: bool = False
+    #: The checkpoint it was read from (``None``: trained in this process).
+    path: str | None = None
 
     def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
                  optimizer_state: dict | None = None) -> None:
@@ -46,7 +49,7 @@ class TrainedModel:
         return next(self.model.parameters()).device
 
     def _inputs(self) -> ModelInputs:
-        return ModelInputs.from_meta(self.meta, self.config.n_pos_bins)
+        return ModelInputs.from_meta(self.meta, spot_group_settings(self.config).n_pos_bins)
 
     @property
     def per_section(self) -> bool:
@@ -110,8 +113,9 @@ class TrainedModel:
         positions = np.asarray(positions, np.float64)
         if len(positions) == 0:
             return []
-        groups = group_spots(positions, self.config.group_size, mode=self.config.grouping)
-        return pack_batches(groups, int(batch_size or self.config.batch_size))
+        settings = spot_group_settings(self.config)
+        groups = group_spots(positions, settings.group_size, mode=settings.grouping)
+        return pack_batches(groups, int(batch_size or settings.batch_size))
 
     def predict_planned(self, rows: tuple[np.ndarray, ...], batches, *, first_batch: int = 0,
                         ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -196,7 +200,7 @@ class SavedModel:
         dev = pick_device(device)
         state, info, optimizer_state = load_checkpoint(path, map_location=dev)
         try:
-            config = TrainConfig.from_dict(info["config"])
+            config = config_from_dict(info["config"])
             genes, meta = list(info["genes"]), dict(info["meta"])
         except InputError as exc:
             raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc

@@ -1,7 +1,7 @@
 """Training the ``conditioned`` model (histology + measured neighbours).
 
 :func:`train_conditioned` is what :func:`napari_histosge.models.registry.train` runs for
-``TrainConfig(model="conditioned")``; importing this module registers the model. The
+``ConditionedConfig``; importing this module registers the model. The
 training spots become the model's *reference set* (positions, log-expression, image
 inputs), stored in the checkpoint; a prediction at any position reads its nearest
 reference spots (:mod:`.trained`). Each
@@ -12,7 +12,7 @@ context.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from os import PathLike
 from typing import Any
 
@@ -24,12 +24,14 @@ from ...evaluation.metrics import gene_metrics
 from ...progress import CancelToken, Progress, ProgressGenerator, map_events
 from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
 from ...training.engine import adamw, check_resumable, resume_into, seed_all
-from ...training.inputs import ModelInputs, TrainConfig, TrainingData
+from ...training.inputs import ModelInputs, TrainingData
 from ...training.loop import EpochHooks, run_epochs
 from ...training.trained_model import TrainedModel
-from ..histosge_fit import SPEC_NAME as HISTOSGE_NAME
+from .. import histosge_fit  # noqa: F401  (registers histosge: the companion trains as one)
+from ..histosge_config import HisToSGEConfig
 from ..neighbours import median_spacing, neighbour_context
 from ..registry import ModelSpec, create_model, load_model, model_hparams, register_model, train
+from .config import ConditionedConfig
 from .kriging_fit import describe_shares, fit_kriging
 from .network import ADV_GENES, ConditionedModel
 from .sequencing_depth import depth_slopes, log_depth, standardise_depth
@@ -44,16 +46,9 @@ SPEC_NAME = "conditioned"
 #: Settings passed to the network's constructor (:class:`.network.ConditionedModel`).
 HPARAM_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", "distill", "diffusion",
                "adversarial", "diffusion_steps")
-#: Defaults that differ from HisToSGE's (:func:`napari_histosge.models.registry.train_config`).
-#: The model keeps its best epoch on a validation split and peaks within a few epochs; its
-#: kriging uses 32 neighbours (the measurements behind that: notes/training-defaults.md).
-#: Semantic distillation is off: on every shared section the held-out PCC with and without it
-#: was the same (benchmarks/results/conditioned.json, "without distillation"). The diffusion
-#: sampler stays: its spread is the uncertainty layer.
-DEFAULTS = {"epochs": 20, "batch_size": 256, "neighbours": 32, "distill": False}
 
 
-def companion_config(config: TrainConfig, member: int = 0) -> TrainConfig:
+def companion_config(config: ConditionedConfig, member: int = 0) -> HisToSGEConfig:
     """Settings of member ``member`` of the HisToSGE companion: ``config`` as a ``histosge`` run.
 
     The shared settings (width, learning rate, seed, device, validation share, ...) carry
@@ -61,11 +56,13 @@ def companion_config(config: TrainConfig, member: int = 0) -> TrainConfig:
     ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
     the config's own (member 0 trains as a lone ``histosge`` run with ``seed`` would).
     """
-    return replace(config, model=HISTOSGE_NAME, epochs=config.histosge_epochs, batch_size=TrainConfig.batch_size,
-                   init_seed=config.weights_seed + member)
+    shared = {f.name: getattr(config, f.name) for f in fields(HisToSGEConfig)}
+    return HisToSGEConfig(**{**shared, "epochs": config.histosge_epochs,
+                             "batch_size": HisToSGEConfig.default_of("batch_size"),
+                             "init_seed": config.weights_seed + member})
 
 
-def _train_companions(data: TrainingData, config: TrainConfig, cancel: CancelToken | None
+def _train_companions(data: TrainingData, config: ConditionedConfig, cancel: CancelToken | None
                       ) -> ProgressGenerator[list[TrainedModel]]:
     """Train the ``histosge_members`` companion models one after another.
 
@@ -86,7 +83,7 @@ def _restaged(stage: str) -> Callable[[Progress], Progress]:
 
 def train_conditioned(
     data: TrainingData,
-    config: TrainConfig,
+    config: ConditionedConfig,
     *,
     checkpoint_path: str | PathLike | None = None,
     resume: str | PathLike | None = None,
@@ -153,7 +150,7 @@ def train_conditioned(
     return trained
 
 
-def _fit_parts(data: TrainingData, config: TrainConfig, y: np.ndarray, img: np.ndarray, spacing: float,
+def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img: np.ndarray, spacing: float,
                gene_std: np.ndarray, saved: TrainedModel | None, cancel: CancelToken | None
                ) -> ProgressGenerator[dict[str, Any]]:
     """The parts fitted before the network trains: kriging, the depth term and the companions.
@@ -213,7 +210,7 @@ def _set_reference(model, data: TrainingData, y, img, gene_mean, gene_std, parts
         model.set_depth(depth["ref"], depth["slopes"], depth["kernel"])
 
 
-def _conditioned_meta(meta: dict, inputs: ModelInputs, data: TrainingData, config: TrainConfig, spacing: float,
+def _conditioned_meta(meta: dict, inputs: ModelInputs, data: TrainingData, config: ConditionedConfig, spacing: float,
                       parts: dict, saved: TrainedModel | None) -> dict[str, Any]:
     """The model's metadata: input statistics, sizes, and what the kriging, depth term and companion hold."""
     d = data.features.shape[1]
@@ -242,7 +239,7 @@ class ConditionedEpoch:
     (:func:`validation_rows`) are queried as if unmeasured and never trained on.
     """
 
-    def __init__(self, model, optimizers: dict, data: TrainingData, y, img, config: TrainConfig, spacing: float,
+    def __init__(self, model, optimizers: dict, data: TrainingData, y, img, config: ConditionedConfig, spacing: float,
                  device, cancel: CancelToken | None) -> None:
         import torch
         from scipy.spatial import cKDTree
@@ -360,7 +357,7 @@ def _finish(trained: ConditionedTrainedModel, epoch_fit: ConditionedEpoch, data:
         trained.meta["histosge"].update(_choose_blend(trained, data, epoch_fit.img_t, epoch_fit.tree))
 
 
-def _fit_depth(data: TrainingData, counts: np.ndarray, gene_std: np.ndarray, config: TrainConfig,
+def _fit_depth(data: TrainingData, counts: np.ndarray, gene_std: np.ndarray, config: ConditionedConfig,
                spacing: float) -> dict[str, Any]:
     """The sequencing-depth term (:mod:`.sequencing_depth`), fitted on the training spots.
 
@@ -411,7 +408,7 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
             "validation_pcc": dict(zip(BLEND_WEIGHTS, scores, strict=True))}
 
 
-def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, path) -> None:
+def _check_resumable(saved: TrainedModel, config: ConditionedConfig, data: TrainingData, path) -> None:
     check_resumable(saved, config, data, path, HPARAM_KEYS)  # model settings, genes, feature width
     for name in ("kriging_rank", "image_trend", "depth_term", "histosge_weight", "histosge_epochs",
                  "histosge_members"):
@@ -425,4 +422,4 @@ def _check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingDat
 
 
 SPEC = register_model(ModelSpec(name=SPEC_NAME, network=ConditionedModel, trainer=train_conditioned,
-                                trained_class=ConditionedTrainedModel, hparam_keys=HPARAM_KEYS, defaults=DEFAULTS))
+                                trained_class=ConditionedTrainedModel, hparam_keys=HPARAM_KEYS))

@@ -4,7 +4,7 @@ For a query position it sees its own image features and the ``k`` nearest measur
 (their expression, image features and offsets). Genes are handled on a per-gene z-scored
 scale (statistics of the training spots) so every gene weighs the same in the losses.
 
-Components, each switchable (see :class:`~napari_histosge.TrainConfig`):
+Components, each switchable (see :class:`.config.ConditionedConfig`):
 
 - **semantic distillation** (``distill``): image inputs are projected to ``distill_dim``
   and an auxiliary head must predict the expression from that projection alone;

@@ -14,9 +14,11 @@ from functools import cached_property
 import numpy as np
 
 from ...errors import InputError
-from ...training.inputs import ModelInputs, TrainConfig, as_matrix
+from ...training.config import config_from_dict
+from ...training.inputs import ModelInputs, as_matrix
 from ...training.trained_model import TrainedModel
 from ..neighbours import neighbour_context
+from .config import ConditionedConfig
 from .counting_noise import counting_std
 from .kriging import ESTIMATORS
 from .kriging_fit import describe_shares
@@ -48,6 +50,7 @@ class ConditionedTrainedModel(TrainedModel):
     move with it, so the spread is unchanged.
     """
 
+    config: ConditionedConfig
     predicts_other_sections = False  # its context is the measured spots of its own section
 
     @property
@@ -67,7 +70,7 @@ class ConditionedTrainedModel(TrainedModel):
         """
         if self.model.histosge is None:
             return ()
-        return tuple(TrainedModel(module, TrainConfig.from_dict(info["config"]), self.genes, info["meta"])
+        return tuple(TrainedModel(module, config_from_dict(info["config"]), self.genes, info["meta"])
                      for module, info in zip(self.model.histosge, self.meta["histosge"]["members"], strict=True))
 
     def companion_mean(self, rows, batches) -> np.ndarray:

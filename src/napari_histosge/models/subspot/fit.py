@@ -26,10 +26,10 @@ from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total
 from ...progress import CancelToken, Progress, ProgressGenerator
 from ...slide.cell_grid import CellGrid, Footprints
 from ...training.grouping import median_spacing
-from ...training.inputs import TrainConfig
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .calibration import calibrate
+from .config import SubspotConfig
 from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprints_of
 from .network import SubspotNetwork
@@ -41,7 +41,7 @@ SPEC_NAME = "subspot"
 RIDGE_ALPHAS = np.logspace(-1, 4, 11)
 
 
-def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: TrainConfig, meta: dict[str, Any],
+def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: SubspotConfig, meta: dict[str, Any],
                           checkpoint_path: str | PathLike | None = None,
                           cancel: CancelToken | None = None) -> ProgressGenerator[TrainedModel]:
     """Fit the ``subspot`` model on ``adata``'s measured footprints (``train_ids`` only, if given).
@@ -165,5 +165,5 @@ def _cell_um(cell_px: float, mpp) -> float | None:
 #: The ``subspot`` model.
 SPEC = register_model(ModelSpec(
     name=SPEC_NAME, network=SubspotNetwork, trainer=None, trained_class=SubspotModel,
-    hparam_keys=(), section_trainer=train_subspot_section, defaults={"n_top_genes": 1000},
+    hparam_keys=(), section_trainer=train_subspot_section,
 ))

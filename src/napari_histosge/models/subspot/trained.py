@@ -14,6 +14,7 @@ import numpy as np
 from ...errors import InputError
 from ...slide.cell_grid import Footprints
 from ...training.trained_model import TrainedModel
+from .config import SubspotConfig
 from .consistency import consistent_rates
 from .prior import prior_rates
 
@@ -22,6 +23,7 @@ class SubspotModel(TrainedModel):
     """A fitted ``subspot`` model (network: :class:`.network.SubspotNetwork`)."""
 
     #: It reads the measured footprints it stores, which lie on its own section only.
+    config: SubspotConfig
     predicts_other_sections = False
     #: It predicts grid cells from the slide; spots are means of their cells.
     aggregates_cells = True

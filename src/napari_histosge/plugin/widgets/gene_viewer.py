@@ -132,7 +132,9 @@ class GeneViewerWidget(Container):
     def refresh_genes(self, *_: Any) -> None:
         """Offer the genes of the layers open now in the gene box's completer."""
         names: list[str] = sorted(self.genes(), key=str.lower)
-        self._model.setStringList(names)
+        ids = {str(i) for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS)
+               if "gene_ids" in (var := histosge_meta(layer)["adata"].var) for i in var["gene_ids"]}
+        self._model.setStringList(names + sorted(ids - set(names)))  # gene ids are searchable too
 
     def _show_completion(self, text: str) -> None:
         self.show_gene(text)
@@ -229,11 +231,19 @@ class GeneViewerWidget(Container):
     # ------------------------------------------------------------------ showing a gene
     def _resolve(self, text: str) -> str | None:
         text = text.strip()
-        genes = self._model.stringList()
+        genes = self.genes()  # names only: the completer also lists gene ids
         if text in genes:
             return text
         lower = {g.lower(): g for g in genes}
-        return lower.get(text.lower())
+        if text.lower() in lower:
+            return lower[text.lower()]
+        from ...io.preprocess import resolve_gene  # a gene id (var["gene_ids"]) stands for its name
+
+        for layer in layers_with_role(self.viewer.layers, *GENE_ROLES[:4]):
+            found = resolve_gene(histosge_meta(layer)["adata"], text)
+            if found is not None:
+                return found
+        return None
 
     def show_gene(self, text: str) -> bool:
         """Recolour every spots layer and heatmap by gene ``text``; False if unknown.

@@ -2,7 +2,8 @@
 
 Two kinds of positions: the N-fold lattice (every model), or a grid of square cells of a
 chosen size in µm (models that predict grid cells, e.g. ``subspot``), shown as a raster
-heatmap masked to the tissue.
+heatmap masked to the tissue. "Predict on this slide" predicts a slide image opened without
+spots (an unmeasured H&E) on the model's spot lattice or a µm grid over its tissue.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from ...progress import CancelToken, Progress
-from .layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, grid_info, histosge_meta, prediction_layers
+from .layers import (
+    ROLE_HEATMAP,
+    ROLE_PRED_SPOTS,
+    ROLE_SLIDE,
+    grid_info,
+    histosge_meta,
+    layers_with_role,
+    prediction_layers,
+)
 from .state import SESSION_MODELS
 from .status import set_status, status_label
 from .train import DEVICES, scheduler_value, spots_layer_choices, warm_up_imports
@@ -27,6 +36,44 @@ FROM_FILE = "checkpoint file..."
 #: The core's ``pipeline.grid_maps.CONSISTENCY``, here so opening the widget imports no pipeline.
 CONSISTENCY_CHOICES = ("exact", "counting", "none")
 LATTICE, GRID = "N-fold lattice", "grid of cells"
+#: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
+SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
+
+
+def bare_slide_choices(viewer) -> list[tuple[str, Any]]:
+    """``(name, layer)`` of the slide image layers opened without spots (no measurement behind them)."""
+    return [(layer.name, layer) for layer in layers_with_role(viewer.layers, ROLE_SLIDE)
+            if histosge_meta(layer).get("adata") is None and histosge_meta(layer).get("path")]
+
+
+def shown_in_frame(pred, frame_mpp: float | None):
+    """``pred`` as the slide layer shows it: in µm when that layer is, else in pixels (a copy when they differ).
+
+    A slide whose file records no pixel size is shown in pixels, while its predictions may
+    carry an assumed or stated one: they are drawn in the slide's frame so both line up.
+    """
+    info = pred.uns.get("histosge", {})
+    if info.get("mpp") == frame_mpp:
+        return pred
+    shown = pred.copy()
+    shown.uns["histosge"] = {**info, "mpp": frame_mpp}
+    return shown
+
+
+def slide_job(model, layer, positions: str, grid_um: float, um_per_px: float | None, cancel: CancelToken):
+    """The core's bare-slide prediction on ``layer``'s image file, then its layers in the slide's frame.
+
+    A generator for :func:`~.worker.start_job` (runs in the worker thread).
+    """
+    from ...pipeline.slide_prediction import predict_slide
+
+    meta = histosge_meta(layer)
+    pred = yield from predict_slide(model, meta["path"], grid_um=grid_um if positions == SLIDE_GRID else None,
+                                    um_per_px=um_per_px, cancel=cancel)
+    yield Progress("layers", 0, 1, "preparing the layers")
+    layers = prediction_layers(shown_in_frame(pred, meta.get("mpp")))
+    yield Progress("layers", 1, 1)
+    return pred, layers
 
 
 def add_prediction_layers(viewer, pred, source_adata, *, gene: str | None = None,
@@ -108,19 +155,36 @@ class SuperResolveWidget(Container):
                                   tooltip="empty: features and prediction in napari's process; 'local': "
                                           "a dask LocalCluster; or a scheduler address such as tcp://host:8786")
         self.run_button = PushButton(text="Super-resolve")
+        self.slide = ComboBox(label="bare slide", choices=lambda _w: bare_slide_choices(viewer),
+                              tooltip="a slide image opened without spots (an unmeasured H&E) to predict on")
+        self.slide_positions = ComboBox(label="slide positions", choices=[SLIDE_LATTICE, SLIDE_GRID],
+                                        value=SLIDE_LATTICE,
+                                        tooltip="spot lattice: the model's training spots (spacing, kind, diameter) "
+                                                "over the tissue; µm grid: square cells of a size in µm")
+        self.slide_grid_um = FloatSpinBox(label="slide cell µm", min=1.0, max=1000.0, step=5.0, value=50.0,
+                                          tooltip="side of a grid cell in µm; each is predicted from the model's "
+                                                  "spot-sized patch centred on it")
+        self.slide_mpp = FloatSpinBox(label="slide µm/px", min=0.0, max=100.0, step=0.01, value=0.0,
+                                      tooltip="the slide's pixel size; 0: from its file (unknown: the training "
+                                              "slides')")
+        self.predict_button = PushButton(text="Predict on this slide")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
                      self.tissue_only, self.consistency, self.device, self.scheduler, self.run_button,
+                     self.slide, self.slide_positions, self.slide_grid_um, self.slide_mpp, self.predict_button,
                      self.cancel_button, self.status])
         self.worker = None
         self.token: CancelToken | None = None
         self.last_outcome: Outcome | None = None
         self.added_layers: tuple[Any, Any] | None = None
+        self._model_path: str | None = None
         self.run_button.changed.connect(self.run)
+        self.predict_button.changed.connect(self.predict_slide)
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._sync_visibility)
         self.positions.changed.connect(self._sync_visibility)
+        self.slide_positions.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         SESSION_MODELS.changed.connect(self._models_changed)
@@ -138,6 +202,7 @@ class SuperResolveWidget(Container):
         grid = self.positions.value == GRID
         self.fold.visible = not grid
         self.grid_um.visible = self.tissue_only.visible = self.consistency.visible = grid
+        self.slide_grid_um.visible = self.slide_positions.value == SLIDE_GRID
 
     def run(self, *_: Any) -> None:
         """Start super-resolution in the background."""
@@ -150,12 +215,10 @@ class SuperResolveWidget(Container):
             show_error("Open spot data first, then pick the spots layer to super-resolve.")
             return
         adata = histosge_meta(layer)["adata"]
-        entry = SESSION_MODELS.get(self.model.value) if self.model.value != FROM_FILE else None
-        path = Path(str(self.checkpoint.value))
-        if entry is None and (str(self.checkpoint.value) in ("", ".") or not path.is_file()):
-            show_error(f"Choose a trained model or an existing checkpoint file (got '{self.checkpoint.value}').")
+        load = self._model_loader()
+        if load is None:
             return
-        fold, device = int(self.fold.value), self.device.value
+        fold = int(self.fold.value)
         scheduler = scheduler_value(self.scheduler.value)
         grid = self.positions.value == GRID
         grid_um = float(self.grid_um.value) or None
@@ -164,9 +227,7 @@ class SuperResolveWidget(Container):
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
-            from ...models import load_model
-
-            model = entry.model if entry is not None else load_model(path, device=device)
+            model = load()
             if grid:
                 return with_layers(grid_job(model, adata, grid_um, tissue_only, token, consistency), adata)
             from ...pipeline.steps import superresolve
@@ -174,11 +235,59 @@ class SuperResolveWidget(Container):
             return with_layers(superresolve(model, adata, fold, scheduler=scheduler, cancel=token), adata)
 
         self._adata = adata
-        self.run_button.enabled, self.cancel_button.enabled = False, True
         what = (f"a grid of {grid_um:g} µm cells" if grid_um else "a grid of the model's cells") if grid else f"{fold}x"
-        set_status(self.status, f"super-resolving {what}...")
-        self.worker = start_job(make_gen, description=f"super-resolution ({what})",
-                                on_event=self._on_event, on_done=self._on_done, on_crash=self._on_crash)
+        self._start(make_gen, f"super-resolving {what}...", f"super-resolution ({what})")
+
+    def _model_loader(self):
+        """A zero-argument loader of the chosen model (run in the worker), or ``None`` after telling why not."""
+        from napari.utils.notifications import show_error
+
+        entry = SESSION_MODELS.get(self.model.value) if self.model.value != FROM_FILE else None
+        path = Path(str(self.checkpoint.value))
+        if entry is None and (str(self.checkpoint.value) in ("", ".") or not path.is_file()):
+            show_error(f"Choose a trained model or an existing checkpoint file (got '{self.checkpoint.value}').")
+            return None
+        device = self.device.value
+        # Outputs say where they came from, as the CLI's do (a session model has no file).
+        self._model_path = None if entry is not None else str(path.resolve())
+
+        def load():
+            from ...models import load_model
+
+            return entry.model if entry is not None else load_model(path, device=device)
+
+        return load
+
+    def _start(self, make_gen, status: str, description: str) -> None:
+        self.run_button.enabled = self.predict_button.enabled = False
+        self.cancel_button.enabled = True
+        set_status(self.status, status)
+        self.worker = start_job(make_gen, description=description, on_event=self._on_event, on_done=self._on_done,
+                                on_crash=self._on_crash)
+
+    def predict_slide(self, *_: Any) -> None:
+        """Predict the chosen bare slide in the background: the model's spot lattice or a µm grid over its tissue."""
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return
+        layer = self.slide.value
+        if layer is None:
+            show_error("Open a slide image without spots first (SVS, TIFF, NDPI, JPEG, PNG), then pick it.")
+            return
+        load = self._model_loader()
+        if load is None:
+            return
+        positions, grid_um = str(self.slide_positions.value), float(self.slide_grid_um.value)
+        um_per_px = float(self.slide_mpp.value) or None
+        self.token = token = CancelToken()
+
+        def make_gen():  # runs in the worker thread, checkpoint loading included
+            return slide_job(load(), layer, positions, grid_um, um_per_px, token)
+
+        self._adata = None
+        what = f"a grid of {grid_um:g} µm cells" if positions == SLIDE_GRID else "the spot lattice"
+        self._start(make_gen, f"predicting {layer.name} on {what}...", f"slide prediction ({what})")
 
     def cancel(self, *_: Any) -> None:
         """Ask the running super-resolution to stop at its next step."""
@@ -190,7 +299,8 @@ class SuperResolveWidget(Container):
 
     def _finish(self) -> None:
         self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.run_button.enabled = self.predict_button.enabled = True
+        self.cancel_button.enabled = False
 
     def _on_done(self, outcome: Outcome) -> None:
         from napari.utils.notifications import show_error, show_info
@@ -206,6 +316,8 @@ class SuperResolveWidget(Container):
             show_error(str(outcome.error))
             return
         pred, layers = outcome.value
+        if self._model_path is not None:
+            pred.uns["histosge"]["model_path"] = self._model_path
         self.added_layers = add_prediction_layers(self.viewer, pred, self._adata, layers=layers)
         kind = "grid cells" if grid_info(pred) is not None else "positions"
         set_status(self.status, f"{pred.n_obs} {kind} x {pred.n_vars} genes")

@@ -1,6 +1,6 @@
 """The Train widget: settings -> ``pipeline.fit`` in a background thread, with live feedback.
 
-No model logic here: the widget builds ``FeatureConfig``/``TrainConfig`` from the form,
+No model logic here: the widget builds ``FeatureConfig`` and the model's settings from the form,
 runs the core generator through :func:`._worker.start_job` and shows what it yields.
 """
 
@@ -122,6 +122,9 @@ class TrainWidget(Container):
         self.genes_mode.value = GENES_HVG  # set after: magicgui's typed kwargs omit value here
         self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
         self.gene_list = LineEdit(label="gene list", value="", tooltip="comma-separated gene names")
+        self.init = FileEdit(label="start from", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt",
+                             tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
+                                     "fine-tune on this section; its genes and features are kept")
         self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
@@ -136,7 +139,7 @@ class TrainWidget(Container):
         self.notice.visible = False
         self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
                      self.genes_mode, self.n_genes,
-                     self.gene_list, self.epochs, self.lr, self.device, self.out_dir,
+                     self.gene_list, self.init, self.epochs, self.lr, self.device, self.out_dir,
                      self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
         self.loss_curve = LossCurve()
         self.native.layout().addWidget(self.loss_curve)
@@ -189,9 +192,11 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ form -> core configs
     def _model_changed(self, *_: Any) -> None:
         """Epochs follow the chosen model's default (the conditioned model peaks within a few)."""
-        from ...models import model_spec
+        from ...models import HisToSGEConfig
+        from ...training.config import config_class
 
-        self.epochs.value = model_spec(str(self.model_name.value)).defaults.get("epochs", HISTOSGE_EPOCHS)
+        default = config_class(str(self.model_name.value)).default_of("epochs")
+        self.epochs.value = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -215,7 +220,7 @@ class TrainWidget(Container):
         return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value)
 
     def train_config(self):
-        """The :class:`~napari_histosge.training.inputs.TrainConfig` the form describes."""
+        """The chosen model's settings (:mod:`napari_histosge.training.config`) the form describes."""
         from ...models import train_config
 
         genes = None
@@ -225,6 +230,15 @@ class TrainWidget(Container):
                 raise InputError("the gene list is empty; enter gene names separated by commas")
         return train_config(str(self.model_name.value), epochs=int(self.epochs.value), lr=float(self.lr.value),
                             device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes)
+
+    def init_path(self) -> Path | None:
+        """The "start from" model file, or ``None``."""
+        text = str(self.init.value) if self.init.value is not None else ""
+        if text in ("", "."):
+            return None
+        if not Path(text).is_file():
+            raise InputError("the model to start from does not exist", text)
+        return Path(text)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_: Any) -> None:
@@ -244,6 +258,7 @@ class TrainWidget(Container):
         adatas = [histosge_meta(layer)["adata"] for layer in layers]
         try:
             feature_config, train_config = self.feature_config(), self.train_config()
+            self.init_path()
             out_dir = Path(str(self.out_dir.value)).expanduser()
             out_dir.mkdir(parents=True, exist_ok=True)
         except (HistosgeError, OSError) as exc:
@@ -260,13 +275,19 @@ class TrainWidget(Container):
         for message in self.data_warnings():  # a notification too: the status line changes soon
             show_warning(message)
         self.start_button.enabled, self.cancel_button.enabled = False, True
-        token, ckpt = self.token, self.checkpoint_path
+        token, ckpt, init_path = self.token, self.checkpoint_path, self.init_path()
 
         def make_gen():
+            from ...models import load_model
+            from ...outputs import output_lock
             from ...pipeline.steps import fit
 
-            return fit(adatas if len(adatas) > 1 else adatas[0], train_config=train_config,
-                       feature_config=feature_config, checkpoint_path=ckpt, scheduler=scheduler, cancel=token)
+            init = None if init_path is None else load_model(init_path)
+            # One run per checkpoint file, as on the command line (a second writer is refused).
+            with output_lock(ckpt, what="checkpoint"):
+                return (yield from fit(adatas if len(adatas) > 1 else adatas[0], train_config=train_config,
+                                       feature_config=feature_config, checkpoint_path=ckpt, scheduler=scheduler,
+                                       cancel=token, init=init))
 
         # The session keeps the (first) section as the model's data.
         self._library, self._adata = str(library), adatas[0]

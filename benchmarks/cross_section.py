@@ -1,0 +1,198 @@
+"""Cross-section benchmark: learn from the other sections of a tissue, leave one section out.
+
+For each shared tissue group (her2st: B4, C2, C3, C4; DLPFC: 151675, 151676) and each
+section S of it, a HisToSGE model (defaults, default image features) is trained on the
+group's other sections, on the highly variable genes of those sections plus their 50
+highest-mean genes, and then:
+
+(a) predicts every spot of S from its H&E alone (``predict_spots``);
+(b) runs the recovery protocol on S (half the spots hidden, seed 0) without the prior,
+    with the same genes;
+(c) runs it with the prior: the multi-section model fine-tuned on S's training spots
+    (``recover(..., init=model)``, ``histosge recover --init``).
+
+Per row: top-50 and HVG mean per-gene PCC on the scored spots, the 6-NN baseline of the
+same split (recovery rows) and the noise ceiling of the same spots and genes (the best PCC
+any predictor can reach against these measurements). Writes
+``benchmarks/results/cross_section.json`` and the ``cross_section`` block of
+docs/benchmarks.md. Usage::
+
+    python benchmarks/cross_section.py                     # both groups, every section
+    python benchmarks/cross_section.py --groups dlpfc --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import existing_data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
+
+from napari_histosge.evaluation.noise_ceiling import noise_ceiling  # noqa: E402
+from napari_histosge.evaluation.predictions import evaluate_predictions  # noqa: E402
+from napari_histosge.features import FeatureConfig  # noqa: E402
+from napari_histosge.io import read_spots  # noqa: E402
+from napari_histosge.io.preprocess import normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.models import HisToSGEConfig  # noqa: E402
+from napari_histosge.pipeline.recovery import recover  # noqa: E402
+from napari_histosge.pipeline.steps import fit, predict_spots, spot_features  # noqa: E402
+from napari_histosge.progress import run_to_end  # noqa: E402
+
+GROUPS = {"her2st": ("B4", "C2", "C3", "C4"), "dlpfc": ("151675", "151676")}
+HOLDOUT, SEED, TOP = 0.5, 0, 50
+
+
+def training_genes(adatas, n_top: int, measured: set[str]) -> tuple[list[str], list[str]]:
+    """``(genes, top)``: the HVGs of the training sections plus their ``TOP`` highest-mean genes.
+
+    Only genes in ``measured`` (names every section of the tissue has, the left-out one
+    included: names, not values) are candidates, so the left-out section can score them all.
+    """
+    import anndata as ad
+
+    logs = [normalize_log1p(a) for a in adatas]
+    shared = sorted(set.intersection(measured, *(set(map(str, log.var_names)) for log in logs)))
+    combined = ad.concat([log[:, shared] for log in logs], join="inner")
+    hvg = select_genes(combined, n_top=n_top)
+    top = top_mean_genes(combined, n=TOP)
+    return hvg + [g for g in top if g not in set(hvg)], top
+
+
+def _mean_pcc(metrics, genes) -> float:
+    return float(np.nanmean(metrics.loc[[g for g in genes if g in metrics.index], "pcc"].to_numpy()))
+
+
+_CEILINGS: dict = {}
+_SCORED: dict = {}  # id(adata) -> the genes scored on that section
+
+
+def _ceiling(adata, genes, spots=None) -> float:
+    """Mean noise ceiling of ``genes`` over ``spots`` (per-gene values computed once per section and spot set,
+    over every gene a model of this benchmark scores there: the gene sets are subsets of them)."""
+    key = (id(adata), None if spots is None else tuple(spots))
+    if key not in _CEILINGS:
+        _CEILINGS[key] = noise_ceiling(adata, _SCORED[id(adata)], spots=spots)
+    return float(np.nanmean(_CEILINGS[key].reindex([str(g) for g in genes]).to_numpy()))
+
+
+def _recovery_row(adata, label, genes, hvg, top, config, features, init=None) -> dict:
+    t0 = time.perf_counter()
+    result = run_to_end(recover(adata, holdout=HOLDOUT, seed=SEED, train_config=config, features=features,
+                                init=init))
+    return {"variant": label, "pcc_top50": _mean_pcc(result.metrics, top), "pcc_hvg": _mean_pcc(result.metrics, hvg),
+            "baseline_top50": _mean_pcc(result.baseline_metrics, top),
+            "baseline_hvg": _mean_pcc(result.baseline_metrics, hvg),
+            "ceiling_top50": _ceiling(adata, top, result.test_ids),
+            "ceiling_hvg": _ceiling(adata, hvg, result.test_ids),
+            "best_epoch": result.model.meta.get("best_epoch"), "wall_s": time.perf_counter() - t0}
+
+
+def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
+    """The three rows of one left-out section."""
+    others = [n for n in group if n != held]
+    train_sets = [group[n] for n in others]
+    measured = set.intersection(*(set(map(str, a.var_names)) for a in group.values()))
+    genes, top = training_genes(train_sets, args.n_genes, measured)
+    hvg = [g for g in genes if g not in set(top)] or genes
+    config = HisToSGEConfig(seed=SEED, genes=genes, epochs=args.epochs)
+    t0 = time.perf_counter()
+    model = run_to_end(fit(train_sets if len(train_sets) > 1 else train_sets[0], train_config=config,
+                           features=[feats[n] for n in others] if len(others) > 1 else feats[others[0]]))
+    fit_s = time.perf_counter() - t0
+    adata = group[held]
+    scored_genes = [g for g in model.genes if g in adata.var_names]
+    _SCORED[id(adata)] = scored_genes
+    top_here = [g for g in top if g in set(scored_genes)]
+    hvg_here = [g for g in hvg if g in set(scored_genes)]
+    pred = run_to_end(predict_spots(model, adata, features=feats[held]))
+    ev = evaluate_predictions(pred, adata)
+    base = {"section": held, "trained_on": others, "n_spots": int(adata.n_obs), "n_genes": len(scored_genes)}
+    rows = [{**base, "variant": "H&E alone (model of the other sections)",
+             "pcc_top50": _mean_pcc(ev.metrics, top_here), "pcc_hvg": _mean_pcc(ev.metrics, hvg_here),
+             "ceiling_top50": _ceiling(adata, top_here), "ceiling_hvg": _ceiling(adata, hvg_here),
+             "best_epoch": model.meta.get("best_epoch"), "wall_s": fit_s}]
+    same = HisToSGEConfig(seed=SEED, genes=scored_genes, epochs=args.epochs)
+    if scored_genes == model.genes:  # the prior needs all its genes measured here
+        rows.append({**base, **_recovery_row(adata, "recovery, with the prior (--init)", scored_genes, hvg_here,
+                                            top_here, same, feats[held], init=model)})
+    rows.append({**base, **_recovery_row(adata, "recovery, without the prior", scored_genes, hvg_here, top_here,
+                                        same, feats[held])})
+    for r in rows:
+        print(f"[{held}] {r['variant']}: top-50 {r['pcc_top50']:.3f}, HVG {r['pcc_hvg']:.3f} "
+              f"(ceiling {r['ceiling_top50']:.3f} / {r['ceiling_hvg']:.3f})", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", nargs="*", choices=sorted(GROUPS), help="tissue groups (default: all)")
+    parser.add_argument("--sections", nargs="*", help="left-out sections to run (default: all of the groups)")
+    parser.add_argument("--epochs", type=int, default=HisToSGEConfig().epochs, help="most epochs (early-stopped)")
+    parser.add_argument("--n-genes", type=int, default=HisToSGEConfig().n_top_genes, help="HVGs of the training "
+                                                                                         "sections")
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    root, info, rows = existing_data_root(), machine_info(), []
+    for name in args.groups or sorted(GROUPS):
+        group = {s: read_spots(root / name / s) for s in GROUPS[name] if (root / name / s).is_dir()}
+        feats = {s: run_to_end(spot_features(a, FeatureConfig())) for s, a in group.items()}
+        for held in group:
+            if not args.sections or held in args.sections:
+                rows += run_section(held, group, feats, args)
+                payload = {"machine": info, "holdout": HOLDOUT, "seed": SEED, "epochs": args.epochs,
+                           "n_genes": args.n_genes, "rows": _with_earlier(rows, args)}
+                write_json("cross_section", payload)
+    if not args.no_doc:
+        update_block("cross_section", render(payload))
+    return 0
+
+
+def _with_earlier(rows: list[dict], args) -> list[dict]:
+    """The saved rows of sections not run now (same protocol) before ``rows``, so groups can run separately."""
+    import json
+
+    from _report import RESULTS
+
+    path = RESULTS / "cross_section.json"
+    if not path.exists():
+        return rows
+    previous = json.loads(path.read_text())
+    if (previous.get("epochs"), previous.get("n_genes")) != (args.epochs, args.n_genes):
+        return rows
+    done = {r["section"] for r in rows}
+    return [r for r in previous.get("rows", []) if r["section"] not in done] + rows
+
+
+def _f(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def render(payload: dict) -> str:
+    lines = [machine_line(payload["machine"]),
+             "Leave one section out: HisToSGE (defaults, default image features, at most "
+             f"{payload['epochs']} epochs with early stopping) trained on the other sections of the same tissue, on "
+             "their HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of the left-out section "
+             f"predicted from its image. Recovery: {payload['holdout']:.0%} of its spots hidden (seed "
+             f"{payload['seed']}), trained on the rest with or without starting from the other sections' model "
+             "(`--init`). Mean per-gene PCC on the scored spots; 6-NN: the inverse-distance baseline of the same "
+             "split; ceiling: the noise ceiling of the same spots and genes, the best PCC any predictor can reach "
+             "against these measurements.",
+             "",
+             "| left out | trained on | variant | PCC top-50 | PCC HVG | 6-NN top-50 / HVG "
+             "| noise ceiling top-50 / HVG | best epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        knn = f"{_f(r['baseline_top50'])} / {_f(r['baseline_hvg'])}" if "baseline_top50" in r else ""
+        lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']} | {_f(r['pcc_top50'])} "
+                     f"| {_f(r['pcc_hvg'])} | {knn} | {_f(r['ceiling_top50'])} / {_f(r['ceiling_hvg'])} "
+                     f"| {r.get('best_epoch', '')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""On-disk pyramids built for flat images (JPEG, PNG, non-tiled TIFF), and their cache.
+
+A flat image is converted once into a zarr pyramid under ``$HISTOSGE_CACHE/pyramids/``
+with dask, band by band, so memory stays bounded by a few rows of tiles (only JPEG/PNG
+must be decoded whole: Pillow cannot decode them by region, and above
+:func:`~.pyramid.max_decode_pixels` that is refused). The cache is never the slide's
+problem: a cache that cannot be written gives a pyramid in memory for the run, a damaged
+one (see :func:`open_pyramid_dir`) is rebuilt, both with a warning line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import InputError
+from ..outputs import write_reason
+from .pyramid import (
+    PIL_SUFFIXES,
+    PYRAMID_CHUNK,
+    PYRAMID_MIN_SIZE,
+    PYRAMID_VERSION,
+    CacheDamagedError,
+    Level,
+    check_decode_size,
+    damaged_cache_error,
+    file_fingerprint,
+    pil_no_size_limit,
+    to_rgb_uint8,
+)
+
+
+def pyramid_dir(path: Path, root: Path) -> Path:
+    """Where the pyramid of flat image ``path`` lives under cache ``root``."""
+    key = hashlib.sha256(f"{file_fingerprint(path)}|v{PYRAMID_VERSION}".encode()).hexdigest()[:32]
+    return root / "pyramids" / key
+
+
+_PIL_HINT = (
+    "; Pillow cannot decode JPEG/PNG by region. Convert it to a tiled pyramidal TIFF "
+    "(e.g. `vips tiffsave in.jpg out.tif --tile --pyramid --compression jpeg`) or raise the limit"
+)
+
+
+def _pil_source(path: Path) -> da.Array:
+    """A JPEG/PNG decoded whole (after checking its size) as a dask array."""
+    from PIL import Image
+
+    with pil_no_size_limit(), Image.open(path) as im:
+        w, h = im.size
+        check_decode_size(h, w, f"building a pyramid for this {im.format or 'flat'} image", path, _PIL_HINT)
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I"):
+            rgb = np.ascontiguousarray(to_rgb_uint8(np.asarray(im).astype(np.float64) / 65535.0, "YX"))
+        else:
+            rgb = np.asarray(im.convert("RGB"))
+    return da.from_array(rgb, chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3))
+
+
+def _tiff_source(path: Path) -> tuple[da.Array, Any]:
+    """A non-tiled TIFF as a lazy dask array read by strips (memory-mapped when uncompressed)."""
+    import tifffile
+    import zarr
+
+    tf = tifffile.TiffFile(path)
+    series = tf.series[0]
+    page = series.pages[0] if series.pages else tf.pages[0]
+    axes = series.axes
+    if page is not None and getattr(page, "is_memmappable", False) and page.is_contiguous:
+        raw: Any = tifffile.memmap(path, series=0, mode="r")
+        arr = da.from_array(raw, chunks=(PYRAMID_CHUNK,) + raw.shape[1:]) if raw.ndim else raw
+    else:
+        raw = zarr.open(series.aszarr(), mode="r")
+        if isinstance(raw, zarr.Group):
+            raw = raw["0"]
+        ychunk = raw.chunks[axes.index("Y")]
+        xchunk = raw.chunks[axes.index("X")]
+        check_decode_size(ychunk, xchunk, "decoding one strip of this TIFF", path)
+        arr = da.from_zarr(raw)
+    return to_rgb_uint8(arr, axes), tf
+
+
+def _halve_block(b: np.ndarray) -> np.ndarray:
+    h, w = (b.shape[0] // 2) * 2, (b.shape[1] // 2) * 2
+    b = b[:h, :w].astype(np.uint16)
+    return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def _halve(a: da.Array) -> da.Array:
+    """2x2 box average with rounding (Pillow's ``reduce(2)``), trimming an odd edge.
+
+    Blocks are even-sized except the last, so halving them one by one is exact.
+    """
+    a = a.rechunk((2 * PYRAMID_CHUNK, 2 * PYRAMID_CHUNK, 3))
+    chunks = tuple(tuple(c // 2 for c in cs) for cs in a.chunks[:2]) + (a.chunks[2],)
+    return da.map_blocks(_halve_block, a, chunks=chunks, dtype=np.uint8)
+
+
+class CacheWriteError(Exception):
+    """The pyramid cache could not be written (``reason`` says why); the slide itself is fine."""
+
+    def __init__(self, folder: Path, exc: OSError) -> None:
+        self.folder = folder
+        self.reason = write_reason(exc)
+        super().__init__(f"{folder}: {self.reason}")
+
+
+def _codec() -> Any:
+    from zarr.codecs import ZstdCodec
+
+    # zstd level 1: a quarter of the write time of the default level, ~10% larger. The
+    # checksum makes a chunk damaged on disk a decoding error instead of wrong pixels.
+    return ZstdCodec(level=1, checksum=True)
+
+
+def _write_levels(group: Any, src: da.Array) -> None:
+    """Write ``src`` and its halvings into zarr ``group`` as arrays ``"0"``, ``"1"``, ..."""
+    level, arr = 0, src
+    while True:
+        chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)
+        z = group.create_array(str(level), shape=arr.shape, chunks=chunks, dtype="uint8", compressors=[_codec()])
+        # Written chunk by chunk; the next level reads this one back, not the source.
+        arr.rechunk(chunks).store(z, lock=False)
+        if max(arr.shape[:2]) < PYRAMID_MIN_SIZE or min(arr.shape[:2]) < 2:
+            return
+        arr = _halve(da.from_zarr(z))
+        level += 1
+
+
+def _flat_source(path: Path) -> tuple[da.Array, Any]:
+    """The full-resolution pixels of a flat image (and a file handle to close, or None)."""
+    if path.suffix.lower() not in PIL_SUFFIXES:
+        return _tiff_source(path)
+    return _pil_source(path), None
+
+
+#: Zarr metadata files: not in the chunk list (the group's own file holds the list).
+_META_FILES = ("zarr.json", ".zattrs", ".zarray", ".zgroup")
+
+
+def _chunk_files(folder: Path) -> dict[str, int]:
+    """``{relative path: size}`` of the chunk files of a pyramid folder."""
+    return {f.relative_to(folder).as_posix(): f.stat().st_size
+            for f in folder.rglob("*") if f.is_file() and f.name not in _META_FILES}
+
+
+def build_pyramid(path: Path, target: Path) -> None:
+    """Write a zarr pyramid of flat image ``path`` to ``target`` atomically, band by band.
+
+    Raises
+    ------
+    CacheWriteError
+        If the cache folder cannot be written (read-only, full, not a folder).
+    """
+    import zarr
+
+    src, handle = _flat_source(path)
+    try:
+        if src.shape[0] == 0 or src.shape[1] == 0:
+            raise InputError("image has zero size", path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        except OSError as exc:
+            raise CacheWriteError(target.parent, exc) from None
+        try:
+            group = zarr.open_group(str(tmp), mode="w")
+            _write_levels(group, src)
+            group.attrs.update({"source": str(path), "chunk_files": _chunk_files(tmp)})
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished the same pyramid first: keep theirs.
+                if not (target / "0").exists():
+                    raise
+        except OSError as exc:
+            # The source was decoded (JPEG/PNG) or opened before: an errno here is the cache's.
+            if exc.errno is None:
+                raise
+            raise CacheWriteError(target.parent, exc) from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def pyramid_in_memory(path: Path, why: CacheWriteError) -> list[Level]:
+    """The pyramid of ``path`` built in memory (compressed) because the cache cannot hold it; warns."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    warnings.warn(f"{why.folder}: the image cache cannot be written ({why.reason}); the pyramid of {path.name} "
+                  "is built in memory for this run and not kept (set $HISTOSGE_CACHE to a writable folder)",
+                  UserWarning, stacklevel=3)
+    src, handle = _flat_source(path)
+    try:
+        group = zarr.open_group(store=MemoryStore(), mode="w")
+        _write_levels(group, src)
+    finally:
+        if handle is not None:
+            handle.close()
+    names = sorted(group.array_keys(), key=int)
+    return [Level(group[k], "YXS", path=str(path), index=i) for i, k in enumerate(names)]
+
+
+def open_pyramid_dir(target: Path, path: str) -> list[Level]:
+    """The levels of a pyramid built by :func:`build_pyramid`.
+
+    Raises
+    ------
+    InputError
+        Naming ``target`` if its metadata cannot be read or its chunk files are not the
+        ones written (a file missing, truncated or extra).
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(str(target), mode="r")
+        names = sorted((k for k in group.array_keys()), key=int)
+        expected = group.attrs.get("chunk_files")
+        found = _chunk_files(target)
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for unreadable metadata
+        raise damaged_cache_error(target, path, "metadata", exc) from None
+    expected = expected if isinstance(expected, dict) else {}
+    if not names or expected != found:
+        changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        detail = f"{len(changed)} chunk files missing, truncated or extra, e.g. {changed[0]}" if changed else "empty"
+        raise damaged_cache_error(target, path, "chunk files", ValueError(detail))
+    return [Level(group[k], "YXS", path=path, index=i, cache=target) for i, k in enumerate(names)]
+
+
+def open_cached_pyramid(target: Path, path: str) -> list[Level] | None:
+    """The levels of the cached pyramid at ``target``; ``None`` if there is none.
+
+    A damaged one (see :func:`open_pyramid_dir`) is removed with a warning line, so that it
+    is rebuilt from the image: the cache never makes a good slide fail.
+    """
+    if not target.exists():
+        return None
+    try:
+        return open_pyramid_dir(target, path)
+    except CacheDamagedError as exc:
+        warnings.warn(f"{target}: {exc.damage}; it is rebuilt from the image", UserWarning, stacklevel=3)
+        shutil.rmtree(target, ignore_errors=True)
+        return None

@@ -1,0 +1,104 @@
+"""Starting a run from a trained model (``--init``): fine-tuning a model trained on other sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histosge.cli.main import main
+from napari_histosge.demo import make_demo_dataset
+from napari_histosge.errors import InputError
+from napari_histosge.features import FeatureConfig
+from napari_histosge.io import read_spots
+from napari_histosge.models import load_model, train_config
+from napari_histosge.pipeline.recovery import recover
+from napari_histosge.pipeline.steps import NO_IMAGE, fit
+from napari_histosge.progress import run_to_end
+
+FAST = dict(epochs=3, n_top_genes=10, head_hidden=32, dim=32, val_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="module")
+def demo(demo_dir: Path):
+    return read_spots(demo_dir)
+
+
+@pytest.fixture(scope="module")
+def prior_path(demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on one half of the section (standing in for other sections)."""
+    path = tmp_path_factory.mktemp("prior") / "prior.pt"
+    half = list(demo.obs_names[: demo.n_obs // 2])
+    run_to_end(fit(demo, train_config=train_config(**FAST), train_ids=half, checkpoint_path=path))
+    return path
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.model.state_dict().items()}
+
+
+def test_a_run_from_a_model_starts_from_its_weights_and_says_so(demo, prior_path):
+    prior = load_model(prior_path, device="cpu")
+    other = list(demo.obs_names[demo.n_obs // 2:])
+    # A learning rate near zero: after one epoch the weights are still the prior's.
+    tuned = run_to_end(fit(demo, train_config=train_config(**{**FAST, "epochs": 1, "lr": 1e-12}),
+                           train_ids=other, init=prior))
+    assert tuned.genes == prior.genes
+    start, now = _weights(prior), _weights(tuned)
+    assert all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
+    assert tuned.meta["init"]["path"] == str(prior_path) and tuned.meta["init"]["model"] == "histosge"
+    fresh = run_to_end(fit(demo, train_config=train_config(**{**FAST, "epochs": 1, "lr": 1e-12}), train_ids=other))
+    assert not all(np.allclose(start[k], v, atol=1e-6) for k, v in _weights(fresh).items())
+
+
+def test_recovery_from_a_model_scores_its_genes(demo, prior_path):
+    prior = load_model(prior_path, device="cpu")
+    result = run_to_end(recover(demo, holdout=0.5, seed=1, train_config=train_config(**FAST), init=prior))
+    assert result.scored_genes == prior.genes
+    assert np.isfinite(result.summary()["model"]["mean_pcc"])
+
+
+def test_a_model_that_cannot_start_a_run_is_refused_clearly(demo, prior_path):
+    prior = load_model(prior_path, device="cpu")
+    with pytest.raises(InputError, match="subspot model cannot start from a trained model"):
+        run_to_end(fit(demo, train_config=train_config("subspot"), init=prior))
+    with pytest.raises(InputError, match="conditioned model cannot start from a trained model"):
+        run_to_end(fit(demo, train_config=train_config("conditioned", epochs=1), init=prior))
+    with pytest.raises(InputError, match="reads 'default' features, not 'none'"):
+        run_to_end(fit(demo, train_config=train_config(**FAST), feature_config=FeatureConfig(extractor=NO_IMAGE),
+                       init=prior))
+    with pytest.raises(InputError, match="other network settings"):
+        run_to_end(fit(demo, train_config=train_config(**{**FAST, "dim": 64}), init=prior))
+    fewer = demo[:, [g for g in demo.var_names if g != prior.genes[0]]].copy()
+    with pytest.raises(InputError, match=r"1 of the model's 10 genes are not in the data"):
+        run_to_end(fit(fewer, train_config=train_config(**FAST), init=prior))
+
+
+def test_the_cli_fine_tunes_from_init_and_refuses_init_with_resume(demo_dir, prior_path, tmp_path, capsys):
+    out = tmp_path / "tuned.pt"
+    assert main(["train", str(demo_dir), "--out", str(out), "--init", str(prior_path), "--epochs", "1",
+                 "--val-fraction", "0", "--quiet"]) == 0
+    tuned = load_model(out, device="cpu")
+    assert tuned.meta["init"]["path"] == str(prior_path)
+    assert tuned.config.dim == 32  # the init model's network settings, not the defaults
+    assert main(["train", str(demo_dir), "--out", str(tmp_path / "x.pt"), "--init", str(prior_path),
+                 "--resume", str(out)]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["recover", str(demo_dir), "--out", str(tmp_path / "r.h5ad"), "--init", str(tmp_path / "no.pt")]) == 2
+
+
+def test_recover_with_a_prior_names_the_model_it_saved(demo_dir, prior_path, tmp_path):
+    import anndata as ad
+
+    out, saved = tmp_path / "hidden.h5ad", tmp_path / "tuned.pt"
+    assert main(["recover", str(demo_dir), "--out", str(out), "--save-model", str(saved), "--init", str(prior_path),
+                 "--epochs", "1", "--quiet"]) == 0
+    info = ad.read_h5ad(out).uns["histosge"]
+    assert info["model_path"] == str(saved.resolve())
+    assert load_model(saved, device="cpu").meta["init"]["path"] == str(prior_path)
