@@ -176,7 +176,7 @@ def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
              "Leave one section out: HisToSGE (defaults, default image features, at most "
              f"{payload['epochs']} epochs with early stopping) trained on the other sections of the same tissue, on "
-             "their HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of the left-out section "
+             f"their {payload.get('n_genes', 'top')} HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of the left-out section "
              f"predicted from its image. Recovery: {payload['holdout']:.0%} of its spots hidden (seed "
              f"{payload['seed']}), trained on the rest with or without starting from the other sections' model "
              "(`--init`). Mean per-gene PCC on the scored spots; 6-NN: the inverse-distance baseline of the same "

@@ -36,6 +36,22 @@ def dlpfc_151675(real_data: Path) -> Path:
     return real_data / "dlpfc" / "151675"
 
 
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated demo section (Space Ranger layout, known ground truth), one per test module."""
+    from napari_histosge.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="module")
+def demo(demo_dir: Path):
+    """The demo section, read."""
+    from napari_histosge.io import read_spots
+
+    return read_spots(demo_dir)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep feature/pyramid caches of tests out of the user's home."""

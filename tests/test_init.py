@@ -8,26 +8,14 @@ import numpy as np
 import pytest
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
-from napari_histosge.io import read_spots
 from napari_histosge.models import load_model, train_config
 from napari_histosge.pipeline.recovery import recover
 from napari_histosge.pipeline.steps import NO_IMAGE, fit
 from napari_histosge.progress import run_to_end
 
 FAST = dict(epochs=3, n_top_genes=10, head_hidden=32, dim=32, val_fraction=0.0)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
-
-
-@pytest.fixture(scope="module")
-def demo(demo_dir: Path):
-    return read_spots(demo_dir)
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,21 @@ def notifications(monkeypatch):
     return seen
 
 
-def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, demo_dir, qtbot, tmp_path,
-                                                           notifications):
-    SESSION_MODELS.clear()
-    viewer = make_napari_viewer()
+def _quick_widget(viewer, demo_dir: Path, out: Path) -> TrainWidget:
+    """A Train widget on the demo section set for a quick run (no image features, 10 genes, 2 epochs)."""
     viewer.open(str(demo_dir), plugin="napari-histosge")
     widget = TrainWidget(viewer)
-    widget.out_dir.value = str(tmp_path)
+    widget.out_dir.value = str(out)
     widget.extractor.value = "none"
     widget.n_genes.value = 10
     widget.epochs.value = 2
+    return widget
+
+
+def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, demo_dir, qtbot, tmp_path,
+                                                           notifications):
+    SESSION_MODELS.clear()
+    widget = _quick_widget(make_napari_viewer(), demo_dir, tmp_path)
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     [finished] = SESSION_MODELS.names()
@@ -127,13 +132,7 @@ def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_vie
     from napari_histosge.plugin.widgets import train
 
     SESSION_MODELS.clear()
-    viewer = make_napari_viewer()
-    viewer.open(str(demo_dir), plugin="napari-histosge")
-    widget = TrainWidget(viewer)
-    widget.out_dir.value = str(tmp_path)
-    widget.extractor.value = "none"
-    widget.n_genes.value = 10
-    widget.epochs.value = 2
+    widget = _quick_widget(make_napari_viewer(), demo_dir, tmp_path)
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     prior = widget.checkpoint_path

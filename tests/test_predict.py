@@ -33,16 +33,6 @@ SHIFT = np.array([400.0, 250.0])  # whole pixels: the shifted image holds the ve
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
-
-
-@pytest.fixture(scope="module")
-def demo(demo_dir: Path):
-    return read_spots(demo_dir)
-
-
-@pytest.fixture(scope="module")
 def model(demo) -> TrainedModel:
     return run_to_end(fit(demo, train_config=train_config(**FAST)))
 

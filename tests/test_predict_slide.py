@@ -12,7 +12,6 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.io import read_spots
 from napari_histosge.models import train_config
@@ -23,16 +22,6 @@ from napari_histosge.plugin.reader import prediction_to_layers, read_prediction
 from napari_histosge.progress import run_to_end
 
 FAST = dict(epochs=3, n_top_genes=10, val_fraction=0.0)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
-
-
-@pytest.fixture(scope="module")
-def demo(demo_dir: Path):
-    return read_spots(demo_dir)
 
 
 @pytest.fixture(scope="module")
