@@ -38,7 +38,7 @@ class ColorBar(QWidget):
         self.message: str | None = "no gene shown"
         self.setMinimumHeight(52)
         self.setMinimumWidth(0)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # never widens the dock
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # never widens the dock
 
     def set_range(self, title: str, vmin: float, vmax: float, *, colormap="viridis", units: str = "") -> None:
         """Show ``title`` (gene name) with ``units`` over ``[vmin, vmax]`` in ``colormap``."""

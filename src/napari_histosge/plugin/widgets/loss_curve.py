@@ -16,7 +16,7 @@ class LossCurve(QWidget):
         super().__init__(parent)
         self.values: list[float] = []
         self.setMinimumHeight(90)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("training loss (MSE, log scale) per epoch")
 
     def clear(self) -> None:
@@ -33,7 +33,7 @@ class LossCurve(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
         """Draw the loss curve on a log scale, scaled to the widget."""
         p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h, m = self.width(), self.height(), 6
         p.setPen(QPen(QColor(120, 120, 120), 1))
         p.drawRect(0, 0, w - 1, h - 1)
