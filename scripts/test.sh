@@ -38,4 +38,6 @@ if [ "${HISTOSGE_SKIP_WHEEL_CHECK:-0}" != 1 ]; then
     HISTOSGE_WHEEL_VENV="${HISTOSGE_WHEEL_VENV:-$HOME/.cache/napari-histosge/wheel-check-venv}" \
         bash scripts/check_wheel.sh
 fi
+# setup.sh installed the [test] extras: their tests must run, not skip
+export HISTOSGE_REQUIRE_EXTRAS="${HISTOSGE_REQUIRE_EXTRAS:-1}"
 exec "$PY" -m pytest "$@"
