@@ -161,3 +161,21 @@ def measure_sections(name: str, items: dict, measure, render, *, doc: bool = Tru
         publish(name, payload, render(payload), doc=doc, show=False)
     print(render(payload))
     return payload
+
+
+def rerun_under_xvfb(script: str, argv) -> None:
+    """Without a display (Linux), run ``script`` again under a virtual X server torn down after Qt exits.
+
+    Returns when there is a display; otherwise replaces this process or exits with a message.
+    """
+    import shutil
+    import sys
+
+    if os.environ.get("DISPLAY") or os.environ.get("HISTOSGE_UNDER_XVFB") or not sys.platform.startswith("linux"):
+        return
+    if shutil.which("xvfb-run"):
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, script,
+               *(argv if argv is not None else sys.argv[1:])]
+        os.environ["HISTOSGE_UNDER_XVFB"] = "1"
+        os.execvp(cmd[0], cmd)
+    sys.exit("no display: install Xvfb (xvfb-run) or run under a desktop session")

@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import existing_data_root, machine_info, machine_line, update_block, write_json  # noqa: E402
 
+from napari_histosge.evaluation.metrics import holdout_split  # noqa: E402
 from napari_histosge.evaluation.noise_ceiling import noise_ceiling  # noqa: E402
 from napari_histosge.evaluation.predictions import evaluate_predictions  # noqa: E402
 from napari_histosge.features import FeatureConfig  # noqa: E402
@@ -67,28 +68,20 @@ def _mean_pcc(metrics, genes) -> float:
     return float(np.nanmean(metrics.loc[[g for g in genes if g in metrics.index], "pcc"].to_numpy()))
 
 
-_CEILINGS: dict = {}
-_SCORED: dict = {}  # id(adata) -> the genes scored on that section
+def _ceiling(ceilings, genes) -> float:
+    """Mean of the per-gene noise ceilings ``ceilings`` over ``genes``."""
+    return float(np.nanmean(ceilings.reindex([str(g) for g in genes]).to_numpy()))
 
 
-def _ceiling(adata, genes, spots=None) -> float:
-    """Mean noise ceiling of ``genes`` over ``spots`` (per-gene values computed once per section and spot set,
-    over every gene a model of this benchmark scores there: the gene sets are subsets of them)."""
-    key = (id(adata), None if spots is None else tuple(spots))
-    if key not in _CEILINGS:
-        _CEILINGS[key] = noise_ceiling(adata, _SCORED[id(adata)], spots=spots)
-    return float(np.nanmean(_CEILINGS[key].reindex([str(g) for g in genes]).to_numpy()))
-
-
-def _recovery_row(adata, label, genes, hvg, top, config, features, init=None) -> dict:
+def _recovery_row(adata, label, hvg, top, config, features, hidden_ceilings, init=None) -> dict:
+    """One recovery run's row; ``hidden_ceilings`` the per-gene ceilings of the split's hidden spots."""
     t0 = time.perf_counter()
     result = run_to_end(recover(adata, holdout=HOLDOUT, seed=SEED, train_config=config, features=features,
                                 init=init))
     return {"variant": label, "pcc_top50": _mean_pcc(result.metrics, top), "pcc_hvg": _mean_pcc(result.metrics, hvg),
             "baseline_top50": _mean_pcc(result.baseline_metrics, top),
             "baseline_hvg": _mean_pcc(result.baseline_metrics, hvg),
-            "ceiling_top50": _ceiling(adata, top, result.test_ids),
-            "ceiling_hvg": _ceiling(adata, hvg, result.test_ids),
+            "ceiling_top50": _ceiling(hidden_ceilings, top), "ceiling_hvg": _ceiling(hidden_ceilings, hvg),
             "best_epoch": result.model.meta.get("best_epoch"), "wall_s": time.perf_counter() - t0}
 
 
@@ -106,7 +99,10 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
     fit_s = time.perf_counter() - t0
     adata = group[held]
     scored_genes = [g for g in model.genes if g in adata.var_names]
-    _SCORED[id(adata)] = scored_genes
+    # Per-gene ceilings once per spot set: every spot (H&E alone) and the split's hidden spots (recovery).
+    everywhere = noise_ceiling(adata, scored_genes)
+    _, hidden = holdout_split(list(adata.obs_names), HOLDOUT, SEED)
+    hidden_ceilings = noise_ceiling(adata, scored_genes, spots=hidden)
     top_here = [g for g in top if g in set(scored_genes)]
     hvg_here = [g for g in hvg if g in set(scored_genes)]
     pred = run_to_end(predict_spots(model, adata, features=feats[held]))
@@ -114,14 +110,14 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
     base = {"section": held, "trained_on": others, "n_spots": int(adata.n_obs), "n_genes": len(scored_genes)}
     rows = [{**base, "variant": "H&E alone (model of the other sections)",
              "pcc_top50": _mean_pcc(ev.metrics, top_here), "pcc_hvg": _mean_pcc(ev.metrics, hvg_here),
-             "ceiling_top50": _ceiling(adata, top_here), "ceiling_hvg": _ceiling(adata, hvg_here),
+             "ceiling_top50": _ceiling(everywhere, top_here), "ceiling_hvg": _ceiling(everywhere, hvg_here),
              "best_epoch": model.meta.get("best_epoch"), "wall_s": fit_s}]
     same = HisToSGEConfig(seed=SEED, genes=scored_genes, epochs=args.epochs)
     if scored_genes == model.genes:  # the prior needs all its genes measured here
-        rows.append({**base, **_recovery_row(adata, "recovery, with the prior (--init)", scored_genes, hvg_here,
-                                            top_here, same, feats[held], init=model)})
-    rows.append({**base, **_recovery_row(adata, "recovery, without the prior", scored_genes, hvg_here, top_here,
-                                        same, feats[held])})
+        rows.append({**base, **_recovery_row(adata, "recovery, with the prior (--init)", hvg_here, top_here, same,
+                                            feats[held], hidden_ceilings, init=model)})
+    rows.append({**base, **_recovery_row(adata, "recovery, without the prior", hvg_here, top_here, same,
+                                        feats[held], hidden_ceilings)})
     for r in rows:
         print(f"[{held}] {r['variant']}: top-50 {r['pcc_top50']:.3f}, HVG {r['pcc_hvg']:.3f} "
               f"(ceiling {r['ceiling_top50']:.3f} / {r['ceiling_hvg']:.3f})", flush=True)
@@ -174,14 +170,14 @@ def _f(v) -> str:
 
 def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
-             "Leave one section out: HisToSGE (defaults, default image features, at most "
-             f"{payload['epochs']} epochs with early stopping) trained on the other sections of the same tissue, on "
-             f"their {payload.get('n_genes', 'top')} HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of the left-out section "
-             f"predicted from its image. Recovery: {payload['holdout']:.0%} of its spots hidden (seed "
-             f"{payload['seed']}), trained on the rest with or without starting from the other sections' model "
-             "(`--init`). Mean per-gene PCC on the scored spots; 6-NN: the inverse-distance baseline of the same "
-             "split; ceiling: the noise ceiling of the same spots and genes, the best PCC any predictor can reach "
-             "against these measurements.",
+             f"Leave one section out: HisToSGE (defaults, default image features, at most {payload['epochs']} "
+             "epochs with early stopping) trained on the other sections of the same tissue, on their "
+             f"{payload.get('n_genes', 'top')} HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of "
+             f"the left-out section predicted from its image. Recovery: {payload['holdout']:.0%} of its spots "
+             f"hidden (seed {payload['seed']}), trained on the rest with or without starting from the other "
+             "sections' model (`--init`). Mean per-gene PCC on the scored spots; 6-NN: the inverse-distance "
+             "baseline of the same split; ceiling: the noise ceiling of the same spots and genes, the best PCC any "
+             "predictor can reach against these measurements.",
              "",
              "| left out | trained on | variant | PCC top-50 | PCC HVG | 6-NN top-50 / HVG "
              "| noise ceiling top-50 / HVG | best epoch |",

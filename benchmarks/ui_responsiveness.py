@@ -180,16 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
 
-    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        # No display: run again under a virtual X server that is torn down after Qt exits.
-        import shutil
+    from _report import rerun_under_xvfb
 
-        if shutil.which("xvfb-run"):
-            cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__,
-                   *(argv if argv is not None else sys.argv[1:])]
-            os.environ["HISTOSGE_UNDER_XVFB"] = "1"
-            os.execvp(cmd[0], cmd)
-        sys.exit("no display: install Xvfb (xvfb-run) or run under a desktop session")
+    rerun_under_xvfb(__file__, argv)
 
     import warnings
 

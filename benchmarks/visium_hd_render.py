@@ -110,16 +110,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-points", action="store_true", help="skip the Points comparison")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the block of docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if not os.environ.get("DISPLAY") and not os.environ.get("HISTOSGE_UNDER_XVFB"):
-        if shutil.which("xvfb-run"):
-            cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__,
-                   *(argv if argv is not None else sys.argv[1:])]
-            os.environ["HISTOSGE_UNDER_XVFB"] = "1"
-            os.execvp(cmd[0], cmd)
-        sys.exit("no display: install Xvfb (xvfb-run) or run under a desktop session")
-    import warnings
+    from _report import publish, rerun_under_xvfb
 
-    from _report import publish
+    rerun_under_xvfb(__file__, argv)
+    import warnings
 
     warnings.filterwarnings("ignore", message=".*PyQt5.*")
     payload = run(args)

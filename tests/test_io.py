@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +16,7 @@ from PIL import Image
 from scipy import io as spio
 from scipy import sparse
 
+from hd_fixture import write_10x_h5
 from napari_histosge.io import detect_format, image_size, read_spots, spot_image
 
 # ---------------------------------------------------------------- synthetic data builders
@@ -110,20 +110,7 @@ def make_spaceranger(
 def write_counts(folder: Path, kind: str, barcodes, genes, gene_ids, matrix: np.ndarray) -> None:
     """Write spots x genes ``matrix`` as a 10x mtx folder or a 10x HDF5 v3 file."""
     if kind == "h5":
-        csc = sparse.csr_matrix(matrix.T).tocsc()  # genes x barcodes, columns = barcodes
-        with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-            m = f.create_group("matrix")
-            m["barcodes"] = np.array(barcodes, dtype="S")
-            m["data"] = csc.data.astype(np.int32)
-            m["indices"] = csc.indices.astype(np.int64)
-            m["indptr"] = csc.indptr.astype(np.int64)
-            m["shape"] = np.array(csc.shape, dtype=np.int32)
-            feats = m.create_group("features")
-            feats["id"] = np.array(gene_ids, dtype="S")
-            feats["name"] = np.array(genes, dtype="S")
-            feats["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
-            feats["genome"] = np.array(["GRCh38"] * len(genes), dtype="S")
-            feats["_all_tag_keys"] = np.array(["genome"], dtype="S")
+        write_10x_h5(folder / "filtered_feature_bc_matrix.h5", barcodes, matrix, genes, gene_ids)
         return
     mtx = folder / "filtered_feature_bc_matrix"
     mtx.mkdir()
