@@ -13,6 +13,7 @@ CORE_MODULES = [
     "napari_histosge.models",
     "napari_histosge.io.preprocess",
     "napari_histosge.training.engine",
+    "napari_histosge.training.start",
     "napari_histosge.prediction.lattice",
     "napari_histosge.evaluation.metrics",
     "napari_histosge.pipeline.steps",

@@ -27,9 +27,9 @@ from napari_histosge.models import (
 from napari_histosge.progress import run_to_end
 from napari_histosge.training import config as training_config
 from napari_histosge.training.config import redefault, register_config
+from napari_histosge.training.engine import EpochHooks, run_epochs
 from napari_histosge.training.grouping import group_spots, pack_batches
 from napari_histosge.training.inputs import ModelInputs, TrainingData
-from napari_histosge.training.loop import EpochHooks, run_epochs
 from napari_histosge.training.trained_model import TrainedModel
 
 
@@ -66,12 +66,22 @@ class _TinyNetwork(nn.Module):
         super().__init__()
         self.lin = nn.Sequential(nn.Linear(in_dim, dim), nn.Linear(dim, n_genes))
 
-    def forward(self, x, pos_bins, key_padding_mask=None):
+    def forward(self, x):
         return self.lin(x)
 
 
 class _TinyTrained(TrainedModel):
-    """The base class's prediction (groups of spots through the network)."""
+    """Its own inputs (the normalised image columns and unit position) and forward passes."""
+
+    def prediction_inputs(self, features, mean_rgb, positions, *, frame=None):
+        return (self._inputs()(features, mean_rgb, positions)[0],)
+
+    def predict_planned(self, rows, batches, *, first_batch=0):
+        (x,), out = rows, np.zeros((len(rows[0]), len(self.genes)), np.float32)
+        with torch.no_grad():
+            for index, mask in batches:
+                out[index[~mask]] = self.model(torch.from_numpy(x[index[~mask]])).numpy()
+        return out, None
 
 
 def _train_tiny(data, config, *, checkpoint_path=None, resume=None, meta=None, cancel=None):
@@ -84,7 +94,7 @@ def _train_tiny(data, config, *, checkpoint_path=None, resume=None, meta=None, c
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(data.targets)
 
     def fit_epoch(epoch: int) -> float:
-        loss = torch.nn.functional.mse_loss(network(x_t, None), y_t)
+        loss = torch.nn.functional.mse_loss(network(x_t), y_t)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

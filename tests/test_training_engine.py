@@ -11,8 +11,8 @@ from napari_histosge.models import load_model, train, train_config
 from napari_histosge.models.conditioned import fit as conditioned_fit
 from napari_histosge.progress import run_to_end
 from napari_histosge.training import early_stopping
+from napari_histosge.training.engine import TrainingDivergedError
 from napari_histosge.training.inputs import TrainingData
-from napari_histosge.training.loop import TrainingDivergedError
 from napari_histosge.training.trained_model import TrainedModel
 
 SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")

@@ -24,11 +24,13 @@ MODEL_MODULES = (".histosge_fit", ".conditioned.fit", ".subspot.fit")
 _LAZY = {
     "ConditionedModel": ".conditioned.network",
     "HisToSGE": ".histosge",
+    "HisToSGETrainedModel": ".histosge_trained",
     **{name: ".registry" for name in ("ModelSpec", "create_model", "load_model", "model_hparams", "model_names",
                                       "model_spec", "register_model", "train", "train_config")},
 }
 
-__all__ = ["ConditionedConfig", "ConditionedModel", "HisToSGE", "HisToSGEConfig", "ModelSpec", "SubspotConfig",
+__all__ = ["ConditionedConfig", "ConditionedModel", "HisToSGE", "HisToSGEConfig", "HisToSGETrainedModel", "ModelSpec",
+           "SubspotConfig",
            "create_model", "load_model", "model_hparams", "model_names", "model_spec", "register_model", "train",
            "train_config"]
 

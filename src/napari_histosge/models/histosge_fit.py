@@ -1,4 +1,4 @@
-"""Training HisToSGE: a progress generator over :func:`napari_histosge.training.loop.run_epochs`.
+"""Training HisToSGE: a progress generator over :func:`napari_histosge.training.engine.run_epochs`.
 
 Per spot the model sees: z-scored image features and mean RGB (statistics fitted on the
 training spots), the position scaled into [0, 1] by the training bounding box, and that
@@ -23,13 +23,14 @@ import numpy as np
 from ..device import pick_device
 from ..progress import CancelToken, ProgressGenerator
 from ..training.early_stopping import ValidationScore, evaluation_interval, split_validation
-from ..training.engine import adamw, check_initialisable, check_resumable, init_provenance, resume_into, seed_all
+from ..training.engine import EpochHooks, run_epochs
 from ..training.grouping import group_spots, median_spacing, pack_batches
 from ..training.inputs import ModelInputs, TrainingData
-from ..training.loop import EpochHooks, run_epochs
+from ..training.start import adamw, check_initialisable, check_resumable, init_provenance, resume_into, seed_all
 from ..training.trained_model import TrainedModel
 from .histosge import HisToSGE
 from .histosge_config import HisToSGEConfig
+from .histosge_trained import HisToSGETrainedModel
 from .registry import ModelSpec, create_model, load_model, model_hparams, register_model
 
 SPEC_NAME = "histosge"
@@ -79,7 +80,7 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
         meta["init"] = init_provenance(init)
     if data.sections is not None:
         meta["n_train_spots_per_section"] = [len(rows) for rows in data.section_rows()]
-    trained = TrainedModel(model, config, data.genes, meta)
+    trained = HisToSGETrainedModel(model, config, data.genes, meta)
     hooks = EpochHooks(
         model=model, fit_epoch=epoch_fit, optimizer_state=optimizer.state_dict,
         score=None if val_data is None else ValidationScore(model, inputs, val_data, config, section_groups, device),
@@ -170,5 +171,5 @@ def section_groups(positions: np.ndarray, section_rows: list[np.ndarray], config
 
 
 #: The ``histosge`` model (its settings: :class:`.histosge_config.HisToSGEConfig`).
-SPEC = register_model(ModelSpec(name=SPEC_NAME, network=HisToSGE, trainer=train_histosge, trained_class=TrainedModel,
-                                hparam_keys=HPARAM_KEYS, takes_init=True))
+SPEC = register_model(ModelSpec(name=SPEC_NAME, network=HisToSGE, trainer=train_histosge,
+                                trained_class=HisToSGETrainedModel, hparam_keys=HPARAM_KEYS, takes_init=True))

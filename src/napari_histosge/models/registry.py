@@ -39,7 +39,7 @@ class ModelSpec:
         The ``torch.nn.Module`` class, built as ``network(in_dim=..., n_genes=..., **hparams)``.
     trainer
         Trains it: same parameters and result as :func:`train`, usually by handing its
-        epochs to :func:`napari_histosge.training.loop.run_epochs`; ``None`` for a model
+        epochs to :func:`napari_histosge.training.engine.run_epochs`; ``None`` for a model
         that trains only on a whole section (``section_trainer``).
     trained_class
         The :class:`TrainedModel` subclass (or the class itself) that predicts with it.
@@ -206,7 +206,7 @@ def train(
     ------
     InputError
         If the model is unknown or cannot train on ``data`` with ``config``.
-    napari_histosge.training.loop.TrainingDivergedError
+    napari_histosge.training.engine.TrainingDivergedError
         If the loss or the weights become NaN or infinite (nothing of that epoch is saved).
     """
     trainer = model_spec(config.model).trainer

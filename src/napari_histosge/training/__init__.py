@@ -1,1 +1,1 @@
-"""Training: settings, model inputs, the training loop, early stopping, trained models and checkpoints."""
+"""Training: settings, model inputs, the engine (epoch loop), how a run starts, early stopping, trained models, checkpoints."""

@@ -11,7 +11,7 @@ A handful of validation spots make a noisy score, so the split holds back at lea
 ``MIN_VALIDATION_SPOTS`` spots where the share allows it, and the tracker compares the mean of
 the last ``SMOOTHING`` scores rather than single ones. The weights training starts from are
 never kept (an untrained model), unless a model's initial weights are a designed estimator
-(see :class:`.loop.EpochHooks`). The score is PCC rather than the training loss (MSE): the
+(see :class:`.engine.EpochHooks`). The score is PCC rather than the training loss (MSE): the
 validation MSE can be lowest early, where the genes' held-out PCC is still near zero
 (notes/training-defaults.md).
 """

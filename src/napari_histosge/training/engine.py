@@ -1,108 +1,164 @@
-"""What every model's trainer shares: seeding, the optimiser, and resuming from a checkpoint.
+"""The training engine: the epoch loop every model trains through.
 
-A model's trainer (registered in :mod:`napari_histosge.models.registry`) prepares its
-network, data and optimiser with these and hands the epochs to :func:`.loop.run_epochs`.
+A model's trainer prepares its network, data and optimiser, then hands :func:`run_epochs` a
+few hooks (:class:`EpochHooks`: fit one epoch, score the validation spots, the optimiser
+state to save). The loop owns what must behave the same for every model: the loss history,
+the divergence check, the best-weights tracker (:class:`.early_stopping.BestWeights`),
+early stopping, when checkpoints are written, what a checkpoint holds to resume from, and
+the progress events.
 """
+
 from __future__ import annotations
 
-import random
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from ..errors import InputError
-from .config import TrainConfig, spot_group_settings
-from .inputs import ModelInputs, TrainingData
-from .trained_model import TrainedModel
-
-__all__ = ["adamw", "check_resumable", "resume_into", "seed_all"]
+from ..errors import HistosgeError
+from ..progress import Progress, ProgressGenerator
+from .checkpoint import write_atomically
+from .early_stopping import PATIENCE, SMOOTHING, BestWeights
 
 
-def seed_all(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (weights initialisation)."""
+class TrainingDivergedError(HistosgeError):
+    """The training loss or the weights became NaN or infinite (usually a too-high learning rate)."""
+
+
+@dataclass
+class EpochHooks:
+    """What a model plugs into :func:`run_epochs`.
+
+    Attributes
+    ----------
+    model
+        The network being trained (its weights are tracked and checked).
+    fit_epoch
+        ``fit_epoch(epoch)`` trains epoch ``epoch`` (0-based) and returns its mean training loss.
+    optimizer_state
+        ``optimizer_state()`` -> what resuming needs of the optimiser(s).
+    score
+        ``score()`` -> validation score of the current weights (higher is better); ``None``
+        trains without validation.
+    evaluate_every
+        Epochs between validation scores (and the last epoch).
+    patience
+        Scores without a gain before training stops; ``None`` never stops early.
+    initial_candidate
+        Whether the weights training starts from may be kept (a model whose initial
+        weights are a designed estimator); otherwise the kept epoch is always >= 1.
+    smoothing
+        Validation scores averaged before comparing (see :class:`.early_stopping.BestWeights`).
+    finish
+        ``finish(restored, best)``: a progress generator run after the best weights are
+        restored and before the final checkpoint (e.g. refitting a part to them).
+    """
+
+    model: Any
+    fit_epoch: Callable[[int], float]
+    optimizer_state: Callable[[], Any]
+    score: Callable[[], float] | None = None
+    evaluate_every: int = 1
+    patience: int | None = PATIENCE
+    initial_candidate: bool = False
+    smoothing: int = SMOOTHING
+    finish: Callable[[bool, BestWeights], Generator] | None = None
+
+
+def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, history: list[float] | None = None,
+               resumed: dict | None = None, checkpoint_path: str | PathLike | None = None,
+               checkpoint_every: int = 1, message: str = "") -> ProgressGenerator[BestWeights]:
+    """Train epochs ``start .. epochs - 1`` through ``hooks``, keeping the best validated weights.
+
+    Parameters
+    ----------
+    hooks
+        The model's part of training.
+    trained
+        The :class:`.trained_model.TrainedModel` being trained: its ``meta`` gets the history,
+        the epochs done and the validation record; it is saved to ``checkpoint_path``.
+    epochs
+        Total epochs (also when resuming).
+    start, history
+        Epochs already done and their losses (a resumed run).
+    resumed
+        The ``"best"`` entry of the resumed checkpoint's training state (the tracker), if any.
+    checkpoint_path, checkpoint_every
+        Where and how often a checkpoint is written; also at the end.
+    message
+        Text of the first progress event.
+
+    Raises
+    ------
+    TrainingDivergedError
+        If an epoch's loss or the weights after it are not finite; the file that was at
+        ``checkpoint_path`` before the run is put back (a new file keeps the last finite epoch).
+    """
+    meta, history = trained.meta, list(history or [])
+    best = BestWeights(hooks.model, hooks.smoothing)
+    if resumed is not None:
+        best.load_state_dict(resumed)
+    elif hooks.score is not None and hooks.initial_candidate:
+        best.offer(hooks.score(), start)
+
+    def snapshot(done: int) -> None:
+        meta.update(history=list(history), epochs_done=done, **best.summary())
+        trained.optimizer_state = {"optimizer": hooks.optimizer_state(), "best": best.state_dict()}
+
+    # What was at the checkpoint path before this run: put back if the run diverges.
+    previous = Path(checkpoint_path).read_bytes() if checkpoint_path and Path(checkpoint_path).is_file() else None
+    snapshot(start)
+    yield Progress("train", start, epochs, message)
+    stopped = False
+    for epoch in range(start, epochs):
+        loss = hooks.fit_epoch(epoch)
+        done = epoch + 1
+        try:
+            check_finite(loss, hooks.model, done)
+        except TrainingDivergedError:
+            if previous is not None and checkpoint_path is not None:
+                write_atomically(checkpoint_path, previous)
+            raise
+        history.append(loss)
+        metrics = {"epoch": done, "loss": loss}
+        if hooks.score is not None and (done % hooks.evaluate_every == 0 or done == epochs):
+            metrics["val_pcc"] = best.offer(hooks.score(), done)
+        stopped = hooks.patience is not None and best.stale >= hooks.patience
+        snapshot(done)
+        if checkpoint_path is not None and not stopped and (done % checkpoint_every == 0 or done == epochs):
+            trained.save(checkpoint_path)
+        yield Progress("train", done, epochs, metrics=metrics)
+        if stopped:
+            meta["stopped_at"] = done
+            yield Progress("train", epochs, epochs,
+                           f"stopped at epoch {done}: no gain on the validation spots in {hooks.patience} scores")
+            break
+    restored = best.epoch is not None and start < epochs and best.epoch != len(history)
+    if restored:
+        best.restore()
+    if hooks.finish is not None:
+        yield from hooks.finish(restored, best)
+    if restored or stopped:
+        snapshot(epochs)  # the run is complete: resuming it trains no further
+    if checkpoint_path is not None and (restored or stopped or start >= epochs or hooks.finish is not None):
+        trained.save(checkpoint_path)
+    return best
+
+
+def check_finite(loss: float, model, epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` if ``loss`` or any weight of ``model`` is NaN or infinite."""
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resume_into(model, saved: TrainedModel, config: TrainConfig) -> tuple[int, list[float], ModelInputs]:
-    """Load the weights of checkpoint ``saved`` (checked by :func:`check_resumable`) into ``model``.
-
-    Returns the epochs done, the loss history up to them and the frozen input statistics:
-    what every trainer needs to continue a run.
-    """
-    model.load_state_dict(saved.model.state_dict())
-    start = int(saved.meta.get("epochs_done", 0))
-    history = [float(v) for v in saved.meta.get("history", [])][:start]
-    return start, history, ModelInputs.from_meta(saved.meta, spot_group_settings(config).n_pos_bins)
-
-
-def check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData, path,
-                    hparam_keys: tuple[str, ...]) -> None:
-    """Raise :class:`InputError` (naming ``path``) unless checkpoint ``saved`` can continue on ``data``.
-
-    It must have ``config``'s model and constructor settings ``hparam_keys``, the data's
-    genes, feature width and number of sections.
-    """
-    d = data.features.shape[1]
-    if saved.config.model != config.model or saved.config.settings(hparam_keys) != config.settings(hparam_keys):
-        raise InputError(
-            f"the checkpoint was trained with different model settings "
-            f"({saved.config.model} {saved.config.settings(hparam_keys)}) than requested "
-            f"({config.model} {config.settings(hparam_keys)})", path)
-    if saved.genes != data.genes:
-        raise InputError("the checkpoint predicts different genes than the training data", path)
-    if int(saved.meta.get("n_features", -1)) != d:
-        raise InputError(
-            f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
-    saved_sections = len(saved.meta["section_frames"]) if saved.per_section else None
-    wanted = None if data.sections is None else data.n_sections
-    if saved_sections != wanted:
-        raise InputError(f"the checkpoint was trained on {saved_sections or 1} section(s), "
-                         f"the data has {wanted or 1}", path)
-
-
-def check_initialisable(init: TrainedModel, config: TrainConfig, data: TrainingData, hparam_keys: tuple[str, ...],
-                        model: str) -> None:
-    """Raise :class:`InputError` unless trained model ``init`` can start a ``model`` run on ``data``.
-
-    It must be a ``model`` model with ``config``'s constructor settings ``hparam_keys``, predict
-    the data's genes (in the same order) and read as many image features; unlike a resumed
-    run it may come from other sections (its input statistics and frames are fitted anew).
-    """
-    where = init.path or "the model to start from"
-    if init.config.model != model:
-        raise InputError(f"a {init.config.model} model cannot start a {model} model: give a {model} model "
-                         f"(e.g. one trained on other sections with histosge train)", where)
-    if init.config.settings(hparam_keys) != config.settings(hparam_keys):
-        raise InputError(f"the model to start from has other network settings ({init.config.settings(hparam_keys)}) "
-                         f"than requested ({config.settings(hparam_keys)}): leave those settings at the model's",
-                         where)
-    if init.genes != data.genes:
-        raise InputError("the model to start from predicts other genes than the training data", where)
-    d = data.features.shape[1]
-    if int(init.meta.get("n_features", -1)) != d:
-        raise InputError(f"the model to start from reads {init.meta.get('n_features')} image features, the data "
-                         f"has {d}: use its feature extractor", where)
-
-
-def init_provenance(init: TrainedModel) -> dict:
-    """What a model started from another keeps about it: its file, model and training sections."""
-    sections = init.meta.get("sections") or [{"source": init.meta.get("source")}]
-    return {"path": init.path, "model": init.config.model, "sections": sections,
-            "epochs_done": init.meta.get("epochs_done")}
-
-
-def adamw(params, config: TrainConfig):
-    """AdamW over ``params`` with the config's learning rate and decay, fused where the device has it."""
-    import torch
-
-    params = list(params)  # may be a generator: both attempts need it
-    try:
-        # The fused kernel is one pass over each parameter: many times faster than the
-        # default per-tensor loop on CPU, where the optimiser step otherwise dominates.
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # device without a fused kernel
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    bad = not math.isfinite(loss)
+    if not bad:
+        with torch.no_grad():
+            # One device sync for all parameters, not one per tensor (every epoch, on a GPU too).
+            bad = not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if bad:
+        what = "loss" if not math.isfinite(loss) else "weights"
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}: the {what} became NaN or infinite; train again with a lower "
+            "learning rate (--lr); the checkpoint file holds no model of this epoch")
 

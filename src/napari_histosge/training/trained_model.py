@@ -1,4 +1,4 @@
-"""A trained model that predicts (in one call or in planned pieces) and saves itself, and its checkpoint read back."""
+"""What every trained model shares (settings, genes, metadata, prediction, saving), and its checkpoint read back."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from .inputs import PER_SECTION, ModelInputs, as_matrix
 
 
 class TrainedModel:
-    """A trained model with its config, genes and metadata; predicts, saves and loads.
+    """What every trained model shares: its config, genes and metadata; predicts and saves.
+
+    Each registered model's trained class (``ModelSpec.trained_class``) subclasses it and
+    defines its per-row inputs (:meth:`prediction_inputs`) and forward passes
+    (:meth:`predict_planned`); HisToSGE's is
+    :class:`napari_histosge.models.histosge_trained.HisToSGETrainedModel`.
 
     ``meta`` holds what the caller passed to :func:`train` plus the input statistics
     (``feature_mean``/``feature_std``, ``position_min``/``position_max``), ``history``
@@ -92,15 +97,9 @@ class TrainedModel:
     def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
         """Per-row model inputs at ``positions`` (checked), as :meth:`predict_planned` takes them.
 
-        For HisToSGE these are ``(x, bins)``: the normalised image columns plus the unit
-        position, and the position-embedding bins. ``frame`` as in :meth:`predict`.
+        Each model's trained class defines what its rows are; ``frame`` as in :meth:`predict`.
         """
-        d = int(self.meta["n_features"])
-        positions = as_matrix(positions, "positions", 2, None, np.float64)
-        n = len(positions)
-        features = as_matrix(features, "features", d, n)
-        mean_rgb = as_matrix(mean_rgb, "mean_rgb", 3, n)
-        return self._inputs()(features, mean_rgb, positions, self._frame(frame))
+        raise NotImplementedError(f"{type(self).__name__} does not define its prediction inputs")
 
     def plan_batches(self, positions, batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The forward passes that predict ``positions``: ``(index, mask)`` per pass, in order.
@@ -122,25 +121,10 @@ class TrainedModel:
         """Run the forward passes ``batches`` over per-row inputs ``rows``.
 
         Returns ``(pred, std)``: ``(n, G)`` float32 predictions for the ``n`` rows of
-        ``rows`` (rows no batch names stay 0) and ``None`` (this model has no spread).
-        ``first_batch`` is the global number of ``batches[0]`` (used by sampling models).
+        ``rows`` (rows no batch names stay 0) and their spread (``None`` for a model without
+        one). ``first_batch`` is the global number of ``batches[0]`` (used by sampling models).
         """
-        import torch
-
-        x, bins = rows
-        out = np.zeros((len(x), len(self.genes)), dtype=np.float32)
-        if len(x) == 0:
-            return out, None
-        device = self.device
-        x_t, bins_t = torch.from_numpy(x).to(device), torch.from_numpy(bins).to(device)
-        self.model.eval()
-        with torch.inference_mode():
-            for index, mask in batches:
-                idx_t = torch.from_numpy(index).to(device)
-                pred = self.model(x_t[idx_t], bins_t[idx_t], torch.from_numpy(mask).to(device))
-                keep = ~mask
-                out[index[keep]] = pred[torch.from_numpy(keep).to(device)].float().cpu().numpy()
-        return out, None
+        raise NotImplementedError(f"{type(self).__name__} does not define its forward passes")
 
     def gene_estimators(self) -> list[str] | None:
         """Per gene, how the model estimates it (the conditioned model's kriging); ``None`` where it is one model."""

@@ -23,9 +23,9 @@ from ...errors import InputError
 from ...evaluation.metrics import gene_metrics
 from ...progress import CancelToken, Progress, ProgressGenerator, map_events
 from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
-from ...training.engine import adamw, check_resumable, resume_into, seed_all
+from ...training.engine import EpochHooks, run_epochs
 from ...training.inputs import ModelInputs, TrainingData
-from ...training.loop import EpochHooks, run_epochs
+from ...training.start import adamw, check_resumable, resume_into, seed_all
 from ...training.trained_model import TrainedModel
 from .. import histosge_fit  # noqa: F401  (registers histosge: the companion trains as one)
 from ..histosge_config import HisToSGEConfig

@@ -17,6 +17,7 @@ from ...errors import InputError
 from ...training.config import config_from_dict
 from ...training.inputs import ModelInputs, as_matrix
 from ...training.trained_model import TrainedModel
+from ..histosge_trained import HisToSGETrainedModel
 from ..neighbours import neighbour_context
 from .config import ConditionedConfig
 from .counting_noise import counting_std
@@ -61,7 +62,7 @@ class ConditionedTrainedModel(TrainedModel):
         return float(self.meta["histosge"].get("weight", DEFAULT_BLEND))
 
     @cached_property
-    def companions(self) -> tuple[TrainedModel, ...]:
+    def companions(self) -> tuple[HisToSGETrainedModel, ...]:
         """The HisToSGE models whose mean is blended into the predictions (empty without a companion).
 
         Built once, as every prediction (and every distributed piece of one) asks
@@ -70,7 +71,7 @@ class ConditionedTrainedModel(TrainedModel):
         """
         if self.model.histosge is None:
             return ()
-        return tuple(TrainedModel(module, config_from_dict(info["config"]), self.genes, info["meta"])
+        return tuple(HisToSGETrainedModel(module, config_from_dict(info["config"]), self.genes, info["meta"])
                      for module, info in zip(self.model.histosge, self.meta["histosge"]["members"], strict=True))
 
     def companion_mean(self, rows, batches) -> np.ndarray:
