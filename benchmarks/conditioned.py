@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     root = existing_data_root()
-    base = train_config("conditioned", epochs=args.epochs, seed=args.seed)  # the product defaults
+    base = train_config("conditioned", epochs=args.epochs, seed=args.seed, gene_selection="hvg")  # the product defaults
     todo = sections(root, args.sections)
     rows, measured = saved_rows("conditioned", {n for n, _ in todo}, "runs") if args.merge else ([], {})
     for name, path in todo:
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         feats = run_to_end(spot_features(adata, FeatureConfig()))
         runs = [(VARIANTS[v][0], replace(base, **VARIANTS[v][1]), VARIANTS[v][2]) for v in args.variants]
         if args.histosge_epochs:
-            runs.append(("HisToSGE", train_config(epochs=args.histosge_epochs, seed=args.seed), True))
+            runs.append(("HisToSGE", train_config(epochs=args.histosge_epochs, seed=args.seed, gene_selection="hvg"),
+                         True))
         for i, (label, cfg, image) in enumerate(runs):
             t0 = time.perf_counter()
             result = run_to_end(recover(

@@ -65,7 +65,8 @@ def sections(root: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
 def default_run(adata, features, seed: int, holdout: float) -> dict:
     """The ``recover`` defaults on one split: kept and stop epoch, held-out PCC, the baseline's."""
     t0 = time.perf_counter()
-    result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=train_config(seed=seed),
+    config = train_config(seed=seed, gene_selection="hvg")  # the paper's genes, as the curve below
+    result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=config,
                                 features=features))
     s, meta = result.summary(), result.model.meta
     return {"kept_epoch": meta.get("best_epoch"), "stopped_at": meta.get("stopped_at", len(meta["history"])),

@@ -84,7 +84,8 @@ def run_split(adata, log, features, seed: int, holdout: float) -> list[dict]:
     results = {}
     for name, config, feats in (("default", FeatureConfig(), features),
                                 ("off", FeatureConfig(extractor=NO_IMAGE), None)):
-        results[name] = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=train_config(seed=seed),
+        settings = train_config(seed=seed, gene_selection="hvg")
+        results[name] = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=settings,
                                            feature_config=config, features=feats))
     off, default = results["off"], results["default"]
     rows = adata.obs_names.get_indexer(off.test_ids)

@@ -47,8 +47,8 @@ def run_section(adata, runs: int) -> dict[str, list[tuple[float, float]]]:
     split = argparse.Namespace(holdout=0.5, seed=0)
     for run in range(runs):
         init = STRIDE * run
-        for method, config in ((HISTOSGE, train_config(init_seed=init)),
-                               (CONDITIONED, train_config("conditioned", init_seed=init))):
+        for method, config in ((HISTOSGE, train_config(init_seed=init, gene_selection="hvg")),
+                               (CONDITIONED, train_config("conditioned", init_seed=init, gene_selection="hvg"))):
             _, row, _ = run_variant(adata, method, config, FeatureConfig(), feats, split)
             out[method].append((row["pcc_hvg"], row["pcc_top50"]))
             print(f"init seed {init} {method}: {row['pcc_hvg']:.3f} / {row['pcc_top50']:.3f}", flush=True)

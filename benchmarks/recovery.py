@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     root = existing_data_root()
     info = machine_info()
-    base_train = replace(HisToSGEConfig(), epochs=args.epochs, seed=args.seed)
+    base_train = HisToSGEConfig(epochs=args.epochs, seed=args.seed, gene_selection="hvg")
     rows = []
     for name, path in sections(root, args.sections):
         adata = read_spots(path)
@@ -119,8 +119,9 @@ def main(argv=None) -> int:
         variants = [("HisToSGE, default features", base_train, feature_config, feats)]
         variants.append(("HisToSGE, image features off", base_train, FeatureConfig(extractor=NO_IMAGE), None))
         variants.append(("Conditioned (neighbours + image)",
-                         train_config("conditioned", seed=args.seed), feature_config, feats))
-        variants.append(("Sub-spot (grid of cells)", train_config("subspot", seed=args.seed), feature_config, feats))
+                         train_config("conditioned", seed=args.seed, gene_selection="hvg"), feature_config, feats))
+        variants.append(("Sub-spot (grid of cells)", train_config("subspot", seed=args.seed, gene_selection="hvg"),
+                         feature_config, feats))
         # The previous default: PyTorch's initialisation of the image-input weights (image_init 1).
         variants.append(("HisToSGE, default features, image weights at PyTorch init",
                          replace(base_train, image_init=1.0), feature_config, feats))

@@ -50,7 +50,7 @@ def run_section(adata, seeds: list[int], settings: list[str]) -> dict[str, list[
     for seed in seeds:
         split = argparse.Namespace(holdout=0.5, seed=seed)
         for name in settings:
-            config = train_config(seed=seed, **SETTINGS[name])
+            config = train_config(seed=seed, gene_selection="hvg", **SETTINGS[name])
             _, on, _ = run_variant(adata, name, config, FeatureConfig(), feats, split)
             _, off, _ = run_variant(adata, name, config, FeatureConfig(extractor=NO_IMAGE), None, split)
             out[name].append({"seed": seed, "default_hvg": on["pcc_hvg"], "default_top50": on["pcc_top50"],

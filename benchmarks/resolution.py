@@ -70,7 +70,8 @@ def scores(adata, feats, seed: int, *, off: bool = False) -> list[float]:
     """Held-out PCC (HVG, top-50) of HisToSGE with its defaults on split ``seed``."""
     split = argparse.Namespace(holdout=0.5, seed=seed)
     features = FeatureConfig(extractor=NO_IMAGE) if off else FeatureConfig()
-    _, row, _ = run_variant(adata, "resolution", train_config(seed=seed), features, None if off else feats, split)
+    config = train_config(seed=seed, gene_selection="hvg")
+    _, row, _ = run_variant(adata, "resolution", config, features, None if off else feats, split)
     return [row["pcc_hvg"], row["pcc_top50"]]
 
 

@@ -50,9 +50,9 @@ def run_section(adata, seeds: list[int], methods: tuple[str, ...] = METHODS) -> 
     out: dict[str, list[tuple[float, float]]] = {m: [] for m in (BASELINE, *methods)}
     for seed in seeds:
         configs = {
-            METHODS[0]: (train_config(seed=seed), FeatureConfig(), feats),
-            METHODS[1]: (train_config(seed=seed), FeatureConfig(extractor=NO_IMAGE), None),
-            METHODS[2]: (train_config("conditioned", seed=seed), FeatureConfig(), feats),
+            METHODS[0]: (train_config(seed=seed, gene_selection="hvg"), FeatureConfig(), feats),
+            METHODS[1]: (train_config(seed=seed, gene_selection="hvg"), FeatureConfig(extractor=NO_IMAGE), None),
+            METHODS[2]: (train_config("conditioned", seed=seed, gene_selection="hvg"), FeatureConfig(), feats),
         }
         for method in methods:
             tc, fc, ff = configs[method]

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     root = existing_data_root()
-    config = train_config("conditioned", seed=args.seed)  # the product defaults
+    config = train_config("conditioned", seed=args.seed, gene_selection="hvg")  # the product defaults
     todo = sections(root, args.sections)
     rows, machines = saved_rows("uncertainty", {n for n, _ in todo}, "machines") if args.merge else ([], {})
     for name, path in todo:

@@ -154,3 +154,39 @@ def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_vie
     widget.init.value = str(tmp_path / "gone.pt")
     widget.start()
     assert widget.worker is None and any(kind == "error" and "start from" in msg for kind, msg in notifications)
+
+
+def test_the_genes_default_to_spatially_variable_ones_with_markers_kept_and_the_preview_is_what_trains(
+        make_napari_viewer, demo_dir, qtbot, tmp_path, notifications):
+    from napari_histosge.plugin.widgets.train import GENES_HVG, GENES_LIST, GENES_SPATIAL
+
+    widget = _quick_widget(make_napari_viewer(), demo_dir, tmp_path)
+    adata = histosge_meta(widget.data.value[0])["adata"]
+    assert widget.genes_mode.value == GENES_SPATIAL and widget.train_config().gene_selection == "spatial"
+    first, last = str(adata.var_names[0]), str(adata.var_names[-1])
+    widget.markers.value = first
+    markers = tmp_path / "markers.txt"
+    markers.write_text(f"# from a file\n{last}\n")
+    widget.gene_file.value = str(markers)
+    config = widget.train_config()
+    assert config.include_genes == [first, last] and config.genes is None
+
+    widget.preview_button.native.click()
+    qtbot.waitUntil(lambda: status_of(widget.preview).startswith("10 genes"), timeout=WORKER_TIMEOUT_MS)
+    text = status_of(widget.preview)
+    assert not widget.preview.native.isHidden()
+    assert f"always included: {first}, {last}" in text and "spatially variable" in text
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    genes = widget.last_model.genes
+    assert {first, last} <= set(genes) and ", ".join(genes) in text  # the preview named what trained
+    widget.n_genes.value = 12
+    assert widget.preview.native.isHidden()  # a changed setting makes the shown list stale
+
+    widget.genes_mode.value = GENES_HVG
+    assert widget.train_config().gene_selection == "hvg"
+    widget.genes_mode.value = GENES_LIST
+    assert widget.markers.native.isHidden() and not widget.gene_list.native.isHidden()
+    widget.gene_file.value = str(tmp_path / "gone.txt")
+    widget.start()
+    assert widget.worker is None and "gene file does not exist" in notifications[-1][1]

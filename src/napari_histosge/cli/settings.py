@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import models  # noqa: F401  (registers every model's settings class; no torch)
 from ..errors import InputError
+from ..io.preprocess import parse_gene_names
 from ..training.config import Setting, TrainConfig, config_class, config_names, make_config, setting_names, setting_of
 
 
@@ -89,7 +90,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
             if value is None:
                 continue
             if setting_of(f).kind is list:
-                value = [g.strip() for g in str(value).split(",") if g.strip()]
+                value = parse_gene_names(str(value))
                 if not value:
                     raise InputError(f"{_flag(f)} lists no name: {getattr(args, f.name)!r}")
             given[f.name] = value

@@ -8,34 +8,21 @@ repeat across sections are prefixed with the section's name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ..errors import InputError
 from ..features import SpotFeatures
-from ..io.preprocess import dense_targets, normalize_log1p, select_genes
+from ..io.preprocess import dense_targets
 from ..models import train
 from ..progress import Progress, ProgressGenerator, map_events
 from ..training.inputs import TrainingData, section_frame
 from ..training.trained_model import TrainedModel
+from .gene_choice import choose_genes, section_names, stack_sections
 from .placement import SECTION_BOX
 from .section_features import model_meta, spot_features
-
-
-def section_names(adatas: Sequence[Any]) -> list[str]:
-    """A unique short name per section: its library id (``section<i>`` without one), ``#2``... on clashes."""
-    names: list[str] = []
-    for i, a in enumerate(adatas):
-        base = str(a.uns.get("histosge", {}).get("library_id") or f"section{i + 1}")
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}#{k}", k + 1
-        names.append(name)
-    return names
 
 
 def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
@@ -46,9 +33,6 @@ def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]
 def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,
                   n_workers, cancel) -> ProgressGenerator[TrainedModel]:
     """:func:`fit` on several sections: one model, each section's positions in its own frame."""
-    import scipy.sparse as sp
-    from anndata import AnnData
-
     names, k = section_names(adatas), len(adatas)
     if features is not None and (not isinstance(features, (list, tuple)) or len(features) != k):
         raise InputError(f"precomputed features must be a list with one entry per section ({k})")
@@ -64,32 +48,8 @@ def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_p
                                                    cancel=cancel), f"section {i + 1}/{k} ({name})")
         feats.append(f)
     yield Progress("prepare", 0, 1, f"normalising {k} sections and selecting genes")
-    logs = [normalize_log1p(a) for a in adatas]
-    shared = set.intersection(*(set(map(str, log.var_names)) for log in logs))
-    if train_config.genes is not None:
-        for log, name in zip(logs, names, strict=True):
-            present = set(map(str, log.var_names))
-            missing = [g for g in train_config.genes if g not in present]
-            if missing:
-                raise InputError(f"gene {missing[0]!r} is not in section {name!r}"
-                                 + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                                 log.uns.get("histosge", {}).get("source"))
-    common = [str(g) for g in logs[0].var_names if str(g) in shared]
-    if not common:
-        raise InputError(f"the sections {', '.join(names)} share no gene")
-    ids = [list(map(str, a.obs_names)) for a in adatas]
-    flat = [i for section in ids for i in section]
-    if len(set(flat)) < len(flat):  # e.g. ST v1 "<x>x<y>" ids repeat across sections
-        ids = [[f"{name}:{i}" for i in section] for name, section in zip(names, ids, strict=True)]
-    combined = AnnData(X=sp.vstack([sp.csr_matrix(log[:, common].X) for log in logs]).tocsr(),
-                       obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])),
-                       var=pd.DataFrame(index=pd.Index(common)))
-    combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
-                                                    for a in adatas)}
-    # Genes are chosen on all training spots together, among genes every section measured.
-    genes = select_genes(combined, n_top=train_config.n_top_genes, genes=train_config.genes,
-                         method=train_config.gene_selection)
-    sections = np.repeat(np.arange(k), [a.n_obs for a in adatas])
+    combined, sections = stack_sections(adatas, names, train_config)
+    genes = choose_genes(combined, train_config, sections)
     frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
     data = TrainingData(
         features=np.concatenate([f.features for f in feats]),

@@ -11,11 +11,12 @@ import pandas as pd
 from ..evaluation.metrics import gene_metrics, holdout_split, knn_baseline, summarize
 from ..evaluation.uncertainty import uncertainty_metrics
 from ..features import FeatureConfig, SpotFeatures
-from ..io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes
+from ..io.preprocess import dense_targets, normalize_log1p, top_mean_genes
 from ..models import HisToSGEConfig
 from ..progress import CancelToken, ProgressGenerator
 from ..training.config import TrainConfig
 from ..training.trained_model import TrainedModel
+from .gene_choice import choose_genes
 from .placement import feature_config_of
 from .steps import fit, predict_spots, spot_features
 
@@ -95,14 +96,15 @@ def recover(
     log_all = normalize_log1p(adata)
     log_train = log_all[train_ids]
     chosen = train_config.genes if init is None else list(init.genes)
-    scored = select_genes(log_train, n_top=train_config.n_top_genes, genes=chosen, method=train_config.gene_selection)
+    scored = choose_genes(log_train, train_config if init is None else replace(train_config, genes=chosen,
+                                                                                include_genes=None))
     top_genes = top_mean_genes(log_train if init is None else log_train[:, scored], n=n_top_mean)
     if chosen is None:
         genes = scored + [g for g in top_genes if g not in set(scored)]
     else:
         genes = list(scored)
         top_genes = [g for g in top_genes if g in set(scored)]
-    train_config = replace(train_config, genes=genes)
+    train_config = replace(train_config, genes=genes, include_genes=None)  # the genes chosen, markers included
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if features is None:

@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import InputError
 from ..features import FeatureConfig, SpotFeatures, extract_features_at
 from ..io import require_spot_image
-from ..io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
+from ..io.preprocess import dense_targets, normalize_log1p, total_counts
 from ..models import HisToSGEConfig, model_spec, train
 from ..prediction.distributed import predict_distributed
 from ..prediction.grid import superresolution_positions
@@ -31,6 +31,7 @@ from ..progress import CancelToken, Progress, ProgressGenerator
 from ..training.config import TrainConfig
 from ..training.inputs import TrainingData
 from ..training.trained_model import TrainedModel
+from .gene_choice import choose_genes
 from .grid_maps import predict_discs
 from .multisection import fit_sections
 from .placement import (
@@ -154,8 +155,7 @@ def fit(
     train_adata = _subset_ids(adata, train_ids)
     mask = adata.obs_names.get_indexer(train_adata.obs_names)
     log_train = normalize_log1p(train_adata)
-    genes = select_genes(log_train, n_top=train_config.n_top_genes, genes=train_config.genes,
-                         method=train_config.gene_selection)
+    genes = choose_genes(log_train, train_config)
     data = TrainingData(
         features=features.features[mask],
         mean_rgb=features.mean_rgb[mask],
@@ -190,11 +190,16 @@ def _starting_from(init: TrainedModel, adata, train_config: TrainConfig, feature
     if train_config.genes is not None and list(train_config.genes) != list(init.genes):
         raise InputError("a run that starts from a trained model predicts its genes: leave the gene list out",
                          init.path)
+    extra = [g for g in train_config.include_genes or [] if g not in set(init.genes)]
+    if extra:
+        raise InputError(f"the model to start from does not predict {', '.join(extra[:3])}"
+                         f"{' and more' if len(extra) > 3 else ''}; a run that starts from it predicts its genes",
+                         init.path)
     own = feature_config_of(init)
     if feature_config is not None and feature_config.extractor != own.extractor:
         raise InputError(f"the model to start from reads {own.extractor!r} features, not "
                          f"{feature_config.extractor!r}: leave the extractor at the model's", init.path)
-    return replace(train_config, genes=list(init.genes)), feature_config or own
+    return replace(train_config, genes=list(init.genes), include_genes=None), feature_config or own
 
 
 def _check_same_extractor(model: TrainedModel, features: SpotFeatures) -> None:

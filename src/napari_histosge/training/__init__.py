@@ -1,1 +1,1 @@
-"""Training: settings, model inputs, the engine (epoch loop), how a run starts, early stopping, trained models, checkpoints."""
+"""Training: settings, model inputs, the engine (epoch loop), how runs start, early stopping, trained models."""

@@ -175,11 +175,15 @@ class TrainConfig:
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps", on_cli=False)
     n_top_genes: int = setting(1000, "number of genes to predict, ranked by the gene selection", least=1,
                                flag="--n-genes")
-    genes: list[str] | None = setting(None, "comma-separated gene names to predict instead of ranked genes",
+    genes: list[str] | None = setting(None, "gene names to predict instead of ranked genes: comma-separated, or "
+                                      "a text file of names",
                                       kind=list, optional=True, none_means="rank the genes")
-    gene_selection: str = setting("hvg", "how genes are ranked when genes are not given: 'hvg' highly variable "
-                                  "(as the paper), 'spatial' spatially structured (Moran's I), or the best of both",
-                                  choices=GENE_SELECTIONS)
+    gene_selection: str = setting("spatial", "how genes are ranked when genes are not given: 'spatial' spatially "
+                                  "structured (Moran's I: a tissue's markers), 'hvg' highly variable (as the "
+                                  "paper), or the best of both", choices=GENE_SELECTIONS)
+    include_genes: list[str] | None = setting(None, "gene names (e.g. markers) always predicted, the ranked genes "
+                                              "filling the rest: comma-separated, or a text file of names",
+                                              kind=list, optional=True, none_means="none")
     checkpoint_every: int = setting(1, "write the checkpoint every this many epochs", least=1)
     val_fraction: float = setting(0.1, "share of the training spots held back to keep the best epoch (and stop "
                                   "early), raised to 20 spots where that is at most a fifth of the section; 0 "
@@ -195,6 +199,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """Checks between settings (after each was checked on its own); a model's class extends it."""
+        if self.genes is not None and self.include_genes is not None:
+            raise InputError("give the genes to predict (genes) or genes to add to the ranked ones "
+                             "(include_genes), not both")
 
     @property
     def model(self) -> str:

@@ -19,7 +19,6 @@ from magicgui.widgets import (
     FloatSpinBox,
     LineEdit,
     PushButton,
-    RadioButtons,
     Select,
     SpinBox,
 )
@@ -38,7 +37,12 @@ if TYPE_CHECKING:
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 EXTRACTORS = ["default", "uni", "timm", "none"]
-GENES_HVG, GENES_LIST = "top variable genes", "gene list"
+#: The genes choices: ranked by a method of ``select_genes`` (its name), or the user's own list.
+GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST = ("spatially variable", "highly variable", "both",
+                                                    "my gene list")
+GENE_METHOD = {GENES_SPATIAL: "spatial", GENES_HVG: "hvg", GENES_BOTH: "hvg+spatial"}
+#: Gene names shown in the preview before "and N more".
+PREVIEW_GENES = 40
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
@@ -67,9 +71,12 @@ def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
     return [(layer.name, layer) for layer in layers_with_role(viewer.layers, ROLE_SPOTS)]
 
 
-def parse_gene_list(text: str) -> list[str]:
-    """Genes from a comma/space/semicolon separated string."""
-    return [g for g in re.split(r"[,\s;]+", text.strip()) if g]
+def gene_preview_text(genes: list[str], how: str, markers: list[str]) -> str:
+    """What the preview says: how many genes, how they were chosen, the markers kept and the first names."""
+    shown = ", ".join(genes[:PREVIEW_GENES]) + (f" and {len(genes) - PREVIEW_GENES} more"
+                                               if len(genes) > PREVIEW_GENES else "")
+    kept = f"; always included: {', '.join(markers)}" if markers else ""
+    return f"{len(genes)} genes ({how}{kept}): {shown}"
 
 
 def checkpoint_name(library: str, model: str = "histosge", stamp: str = "") -> str:
@@ -118,10 +125,24 @@ class TrainWidget(Container):
         self.weights = FileEdit(label="weights", mode=FileDialogMode.EXISTING_FILE, value=None,
                                 filter="*.pt *.pth *.bin *.safetensors",
                                 tooltip="local checkpoint file for UNI or the timm model")
-        self.genes_mode = RadioButtons(label="genes", choices=[GENES_HVG, GENES_LIST], orientation="horizontal")
-        self.genes_mode.value = GENES_HVG  # set after: magicgui's typed kwargs omit value here
+        self.genes_mode = ComboBox(label="genes", choices=[GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST],
+                                   value=GENES_SPATIAL,
+                                   tooltip="spatially variable: Moran's I, the genes with tissue structure (a "
+                                           "section's markers); highly variable: dispersion, as the paper; both: "
+                                           "the best of each gene's two ranks; my gene list: exactly the genes "
+                                           "entered below")
         self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
-        self.gene_list = LineEdit(label="gene list", value="", tooltip="comma-separated gene names")
+        self.markers = LineEdit(label="always include", value="",
+                                tooltip="genes always predicted besides the ranked ones (e.g. ERBB2, GRB7), "
+                                        "separated by commas")
+        self.gene_list = LineEdit(label="gene list", value="", tooltip="the genes to predict, separated by commas")
+        self.gene_file = FileEdit(label="genes from file", mode=FileDialogMode.EXISTING_FILE, value=None,
+                                  filter="*.txt *.csv *.tsv *.list",
+                                  tooltip="optional: a text file of gene names (one per line or comma-separated; "
+                                          "# starts a comment), added to the names above")
+        self.preview_button = PushButton(text="Show genes")
+        self.preview = status_label()  # the genes the next run will use, once asked for
+        self.preview.visible = False
         self.init = FileEdit(label="start from", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt",
                              tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
                                      "fine-tune on this section; its genes and features are kept")
@@ -138,8 +159,8 @@ class TrainWidget(Container):
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
         self.notice.visible = False
         self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
-                     self.genes_mode, self.n_genes,
-                     self.gene_list, self.init, self.epochs, self.lr, self.device, self.out_dir,
+                     self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
+                     self.preview_button, self.preview, self.init, self.epochs, self.lr, self.device, self.out_dir,
                      self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
         self.loss_curve = LossCurve()
         self.native.layout().addWidget(self.loss_curve)
@@ -159,6 +180,11 @@ class TrainWidget(Container):
         self.data.changed.connect(self._check_data)
         self.model_name.changed.connect(self._model_changed)
         self.genes_mode.changed.connect(self._sync_visibility)
+        self.preview_button.changed.connect(self.show_genes)
+        self.preview_worker: Any = None
+        for control in (self.data, self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
+                        self.init, self.model_name):
+            control.changed.connect(self._clear_preview)  # a shown list is stale once its inputs change
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
         warm_up_imports()
@@ -201,8 +227,9 @@ class TrainWidget(Container):
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
         self.weights.visible = self.extractor.value in ("uni", "timm")
-        self.n_genes.visible = self.genes_mode.value == GENES_HVG
-        self.gene_list.visible = self.genes_mode.value == GENES_LIST
+        own_list = self.genes_mode.value == GENES_LIST
+        self.n_genes.visible = self.markers.visible = not own_list
+        self.gene_list.visible = own_list
 
     def feature_config(self):
         """The :class:`~napari_histosge.features.FeatureConfig` the form describes."""
@@ -223,13 +250,77 @@ class TrainWidget(Container):
         """The chosen model's settings (:mod:`napari_histosge.training.config`) the form describes."""
         from ...models import train_config
 
-        genes = None
-        if self.genes_mode.value == GENES_LIST:
-            genes = parse_gene_list(self.gene_list.value)
-            if not genes:
-                raise InputError("the gene list is empty; enter gene names separated by commas")
+        mode = self.genes_mode.value
+        names = self.gene_names()
+        if mode == GENES_LIST and not names:
+            raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
+        genes = names if mode == GENES_LIST else None
+        include = names if mode != GENES_LIST and names else None
         return train_config(str(self.model_name.value), epochs=int(self.epochs.value), lr=float(self.lr.value),
-                            device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes)
+                            device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
+                            include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
+
+    def gene_names(self) -> list[str]:
+        """The names typed (the gene list, or the genes always included) plus those of the gene file."""
+        from ...io.preprocess import parse_gene_names
+
+        typed = self.gene_list.value if self.genes_mode.value == GENES_LIST else self.markers.value
+        names = parse_gene_names(typed)
+        path = str(self.gene_file.value) if self.gene_file.value is not None else ""
+        if path not in ("", "."):
+            if not Path(path).is_file():
+                raise InputError("the gene file does not exist", path)
+            names += parse_gene_names(path)
+        return list(dict.fromkeys(names))
+
+    # ------------------------------------------------------------------ the genes preview
+    def _clear_preview(self, *_: Any) -> None:
+        set_status(self.preview, "")
+        self.preview.visible = False
+
+    def show_genes(self, *_: Any) -> None:
+        """Show the genes the next run will use on the selected data (ranked in a background thread)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        layers = list(self.data.value or [])
+        if not layers:
+            show_error("Select the spots layers to train on first; the genes are ranked on them.")
+            return
+        adatas = [histosge_meta(layer)["adata"] for layer in layers]
+        try:
+            config, init_path = self.train_config(), self.init_path()
+        except HistosgeError as exc:
+            show_error(str(exc))
+            return
+        how = str(self.genes_mode.value)
+        self.preview.visible = True
+        set_status(self.preview, "ranking genes...")
+        self.preview_button.enabled = False
+
+        def work():
+            from ...pipeline.gene_choice import training_genes
+
+            if init_path is not None:  # a run that starts from a model predicts its genes
+                from ...models import load_model
+
+                return list(load_model(init_path, device="cpu").genes), "the genes of the model to start from"
+            return training_genes(adatas if len(adatas) > 1 else adatas[0], config), how
+
+        def done(result) -> None:
+            self.preview_button.enabled = True
+            genes, how = result
+            set_status(self.preview, gene_preview_text(genes, how, config.include_genes or []))
+
+        def failed(exc: Exception) -> None:
+            self.preview_button.enabled = True
+            set_status(self.preview, f"error: {exc}")
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self.preview_worker = worker
+        worker.start()
 
     def init_path(self) -> Path | None:
         """The "start from" model file, or ``None``."""

@@ -1,0 +1,104 @@
+"""Which genes a model trains on: the default ranking, markers always kept, lists from files, the preview."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histosge.cli.main import main
+from napari_histosge.demo import make_demo_dataset
+from napari_histosge.errors import InputError
+from napari_histosge.features import FeatureConfig
+from napari_histosge.io import read_spots
+from napari_histosge.io.preprocess import gene_scores, normalize_log1p, parse_gene_names
+from napari_histosge.models import load_model, train_config
+from napari_histosge.pipeline.gene_choice import training_genes
+from napari_histosge.pipeline.steps import NO_IMAGE, fit
+from napari_histosge.progress import run_to_end
+
+FAST = dict(epochs=1, head_hidden=32, dim=16, device="cpu")
+POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def sections(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("genes")
+    return [read_spots(make_demo_dataset(root / name, seed=seed)) for name, seed in (("a", 0), ("b", 1))]
+
+
+def test_gene_names_come_from_text_or_from_a_file_with_comments(tmp_path: Path) -> None:
+    assert parse_gene_names(" ERBB2, GRB7;KRT19\tCOL1A1\nIGKC ") == ["ERBB2", "GRB7", "KRT19", "COL1A1", "IGKC"]
+    markers = tmp_path / "markers.txt"
+    markers.write_text("# HER2+ markers\nERBB2\nGRB7, KRT19\n\n")
+    assert parse_gene_names(str(markers)) == ["ERBB2", "GRB7", "KRT19"]
+    with pytest.raises(InputError, match="gene list file does not exist") as err:
+        parse_gene_names(str(tmp_path / "missing.txt"))
+    assert "missing.txt" in str(err.value)
+
+
+def test_the_default_ranks_genes_by_spatial_structure(sections) -> None:
+    adata = sections[0]
+    config = train_config(n_top_genes=5)
+    assert config.gene_selection == "spatial"
+    moran = gene_scores(normalize_log1p(adata), "spatial")
+    best = set(np.asarray(adata.var_names)[np.argsort(-moran)[:5]])
+    assert set(training_genes(adata, config)) == best
+
+
+def test_markers_are_always_predicted_and_the_preview_is_what_training_uses(sections) -> None:
+    adata = sections[0]
+    log = normalize_log1p(adata)
+    weakest = str(adata.var_names[int(np.argmin(gene_scores(log, "spatial")))])
+    config = train_config(n_top_genes=6, include_genes=[weakest], **FAST)
+    preview = training_genes(adata, config)
+    assert weakest in preview and len(preview) == 6
+    model = run_to_end(fit(adata, train_config=config, feature_config=POSITIONS_ONLY))
+    assert model.genes == preview
+
+
+def test_several_sections_rank_genes_within_each_section_and_keep_markers(sections) -> None:
+    marker = str(sections[0].var_names[3])
+    config = train_config(n_top_genes=5, include_genes=[marker], **FAST)
+    preview = training_genes(list(sections), config)
+    assert marker in preview and len(preview) == 5
+    model = run_to_end(fit(list(sections), train_config=config, feature_config=POSITIONS_ONLY))
+    assert model.genes == preview
+
+
+def test_gene_lists_and_markers_are_refused_together_and_unknown_markers_named(sections) -> None:
+    with pytest.raises(InputError, match="not both"):
+        train_config(genes=["a"], include_genes=["b"])
+    with pytest.raises(InputError, match="NOTAGENE"):
+        training_genes(sections[0], train_config(include_genes=["NOTAGENE"]))
+    other = sections[1].copy()
+    marker = str(other.var_names[0])
+    with pytest.raises(InputError, match=f"gene '{marker}' is not in section"):
+        training_genes([sections[0][:, [g for g in sections[0].var_names if g != marker]], other],
+                       train_config(include_genes=[marker]))
+
+
+def test_the_command_line_takes_markers_from_a_file(sections, tmp_path: Path, capsys) -> None:
+    data = make_demo_dataset(tmp_path / "data", seed=0)
+    adata = read_spots(data)
+    wanted = [str(adata.var_names[-1]), str(adata.var_names[-2])]
+    markers = tmp_path / "markers.txt"
+    markers.write_text("\n".join(["# mine", *wanted]))
+    out = tmp_path / "m.pt"
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--n-genes", "4", "--dim", "16",
+                 "--head-hidden", "32", "--extractor", "none", "--include-genes", str(markers)]) == 0
+    genes = load_model(out, device="cpu").genes
+    assert set(wanted) <= set(genes) and len(genes) == 4
+    assert main(["train", str(data), "--out", str(tmp_path / "n.pt"), "--include-genes",
+                 str(tmp_path / "nope.txt")]) == 2
+    assert "gene list file does not exist" in capsys.readouterr().err
+
+
+def test_a_run_that_starts_from_a_model_refuses_markers_it_does_not_predict(sections, tmp_path: Path) -> None:
+    adata = sections[0]
+    init = run_to_end(fit(adata, train_config=train_config(n_top_genes=4, **FAST), feature_config=POSITIONS_ONLY))
+    outside = next(str(g) for g in adata.var_names if g not in init.genes)
+    with pytest.raises(InputError, match=f"does not predict {outside}"):
+        run_to_end(fit(adata, train_config=train_config(include_genes=[outside], **FAST),
+                       feature_config=POSITIONS_ONLY, init=init))
