@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from napari.utils.colormaps import ensure_colormap
 
 from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets import layers as L
+from napari_histosge.plugin.widgets.colours import SPOT_COLORMAP, robust_range
 from napari_histosge.plugin.widgets.compare import ROLE_COMPARE, ROLE_COMPARE_TITLES
 from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+from napari_histosge.plugin.widgets.repaint import recolor_spots
 from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.superres import add_prediction_layers
 
@@ -82,7 +85,8 @@ def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notificati
     # the old gene's heatmap is not left on screen under the new gene's legend
     assert not heat.visible
     assert widget.colorbar.title.startswith(measured_only) and widget.legend_layer is spots
-    assert widget.colorbar.vmin == pytest.approx(spots.face_contrast_limits[0])
+    shown = spots.features[measured_only].to_numpy()  # the legend spans the values the spots are coloured by
+    assert (widget.colorbar.vmin, widget.colorbar.vmax) == pytest.approx((shown.min(), shown.max()))
     assert heat.name in status_of(widget.info) and "hidden" in status_of(widget.info)
     # back to a predicted gene: the heatmap returns, repainted
     assert widget.show_gene(predicted)
@@ -113,7 +117,9 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     panels = {L.histosge_meta(lyr).get("panel"): lyr for lyr in added if L.histosge_meta(lyr).get("gene")}
     assert set(panels) == {"observed", "predicted", "predicted - observed"}
     [titles] = L.layers_with_role(viewer.layers, ROLE_COMPARE_TITLES)
-    assert all(first in t for t in titles.features["title"])
+    shown_titles = list(titles.features["title"])
+    assert [t.split("\n")[0] for t in shown_titles] == ["observed", "predicted", "difference: predicted - observed"]
+    assert widget.colorbar.title.startswith(first) and widget.diff_colorbar.title.startswith(first)
     assert widget.diff_colorbar.isVisibleTo(widget.native)
     assert widget.close_compare_button.native.isVisibleTo(widget.native)
     lo, hi = panels["predicted - observed"].contrast_limits
@@ -124,8 +130,9 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     assert widget.show_gene(second)  # repainted in place: no layer removed or added
     assert removed == [] and len(viewer.layers) == n_layers
     assert panels["predicted"].name == f"{second} predicted" and widget.legend_layer is panels["predicted"]
-    assert all(second in t for t in titles.features["title"])
-    assert widget.colorbar.title.startswith(second)
+    assert list(titles.features["title"]) == shown_titles  # the same for every gene: no canvas text re-rendered
+    assert widget.colorbar.title.startswith(second) and widget.diff_colorbar.title.startswith(second)
+    assert tuple(panels["predicted"].contrast_limits) == pytest.approx(L.robust_range(L.gene_values(pred, second)))
     # a gene that is measured but not predicted: the panels hide rather than show the old gene
     assert widget.show_gene("GENE30")
     assert not any(lyr.visible for lyr in L.layers_with_role(viewer.layers, ROLE_COMPARE))
@@ -163,13 +170,32 @@ def test_hidden_points_are_recoloured_when_shown(session):
     assert L.histosge_meta(points)["gene"] == gene and gene in points.features.columns
 
 
-def test_recolouring_spots_raises_no_napari_warning(session):
+def test_recolouring_spots_raises_no_napari_warning_and_colours_follow_the_values(session):
     viewer, widget, heat, spots, pred = session
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # napari's "property used for face_color dropped" would raise here
-        L.recolor_spots(spots, "GENE05")
-        L.recolor_spots(spots, "GENE06")
+        recolor_spots(spots, "GENE05")
+        recolor_spots(spots, "GENE06")
     assert list(spots.features.columns) == ["spot", "GENE06"]
+    values = spots.features["GENE06"].to_numpy()
+    lo, hi = L.histosge_meta(spots)["limits"]
+    assert (lo, hi) == (values.min(), values.max())
+    expected = ensure_colormap(SPOT_COLORMAP).map((values - lo) / (hi - lo))
+    np.testing.assert_allclose(spots.face_color, expected, atol=1e-6)
+
+
+def test_a_gene_switch_repaints_heatmap_and_panels_in_their_own_arrays(session):
+    viewer, widget, heat, spots, pred = session
+    genes = list(pred.var_names)
+    assert widget.show_gene(genes[0])
+    widget.compare()
+    panels = [lyr for lyr in L.layers_with_role(viewer.layers, ROLE_COMPARE) if L.histosge_meta(lyr).get("gene")]
+    arrays = [id(lyr.data) for lyr in (heat, *panels)]
+    n_layers = len(viewer.layers)
+    assert widget.show_gene(genes[1])
+    assert [id(lyr.data) for lyr in (heat, *panels)] == arrays and len(viewer.layers) == n_layers
+    np.testing.assert_array_equal(heat.data, L.histosge_meta(heat)["raster"].with_values(pred[:, genes[1]].X.ravel()))
+    assert tuple(heat.contrast_limits) == robust_range(pred[:, genes[1]].X.ravel())
 
 
 def test_layers_are_in_micrometres_and_stay_aligned(session):
@@ -235,7 +261,7 @@ def test_a_grid_map_is_a_raster_on_the_slide_repainted_in_place(make_napari_view
     data_before = heat.data
     gene = grid.var_names[2]
     assert widget.show_gene(gene)
-    assert heat.data is not data_before and heat.name.startswith(gene)  # same layer, new data
+    assert heat.data is data_before and heat.name.startswith(gene)  # same layer, its array repainted in place
     assert heat.data[rows[k], cols[k]] == pytest.approx(grid[k, gene].X[0, 0])
     assert widget.legend_layer is heat
 

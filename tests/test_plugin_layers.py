@@ -60,7 +60,12 @@ def test_spots_layer_is_row_col_with_real_diameter_and_gene_features():
     # values are log1p(counts per 1e4): monotone in the raw GA share
     share = np.asarray(a.X[:, 0].todense()).ravel() / np.asarray(a.X.sum(1)).ravel()
     assert np.allclose(feats["GA"], np.log1p(share * 1e4), rtol=1e-5)
-    assert kwargs["face_color"] == "GA" and kwargs["metadata"]["histosge"]["adata"] is a
+    assert kwargs["metadata"]["histosge"]["adata"] is a
+    # coloured directly (RGBA per spot) by the values between the limits the legend shows
+    assert kwargs["metadata"]["histosge"]["limits"] == (feats["GA"].min(), feats["GA"].max())
+    np.testing.assert_allclose(kwargs["face_color"], L.spot_colours(feats["GA"].to_numpy(),
+                                                                    kwargs["metadata"]["histosge"]["limits"]))
+    assert kwargs["face_color"].shape == (a.n_obs, 4)
 
 
 def test_rasterize_puts_each_value_at_its_position():
@@ -116,8 +121,9 @@ def test_comparison_panels_have_titles_own_ranges_and_a_centred_difference():
     assert lo == pytest.approx(-hi) and hi > 0
     assert difference[1]["colormap"] == L.DIFF_COLORMAP
     texts = list(titles[1]["features"]["title"])
-    assert len(texts) == 3 and all("GA" in t for t in texts)
-    assert f"{pred_lo:.3g}-{pred_hi:.3g}" in texts[1] and "0-centred" in texts[2]
+    assert len(texts) == 3 and "own scale" in texts[1] and "centred on 0" in texts[2]
+    assert [kw["name"] for _, kw, _ in (observed, predicted, difference)] == [
+        "GA observed", "GA predicted", "GA predicted - observed"]
 
 
 def test_heatmap_limits_are_robust_to_one_outlier_and_low_values_transparent():

@@ -211,10 +211,12 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     expected = np.asarray(pred[:, gene].layers["std"]).ravel()
     painted = spread[0].data[np.isfinite(spread[0].data)]
     assert np.isclose(painted.max(), expected.max(), rtol=1e-5)
-    # the Gene viewer repaints it with the next gene's spread
+    # the Gene viewer names it after the next gene at once, and repaints it with that gene's spread when shown
     other = next(g for g in pred.var_names if g != gene)
+    assert not spread[0].visible  # hidden until asked for
     assert GeneViewerWidget(viewer).show_gene(other)
     assert spread[0].name.startswith(f"{other} ") and "uncertainty" in spread[0].name
+    spread[0].visible = True
     repainted = spread[0].data[np.isfinite(spread[0].data)]
     assert np.isclose(repainted.max(), np.asarray(pred[:, other].layers["std"]).max(), rtol=1e-5)
 

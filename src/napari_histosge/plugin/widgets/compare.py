@@ -72,7 +72,12 @@ def panel_geometry(pred, source, *, slide_width_px: float = 0.0) -> Geometry:
 
 
 def panels_for(pred, source, gene: str, geometry: Geometry, *, log_source=None) -> list[Panel]:
-    """The three panels of ``gene`` on ``geometry``: observed, predicted and their difference."""
+    """The three panels of ``gene`` on ``geometry``: observed, predicted and their difference.
+
+    Titles say what each panel shows and on which scale, not the gene or its limits (the
+    layer names, the legends and the layer controls do): the same for every gene, so a gene
+    switch never re-renders the canvas text.
+    """
     observed = gene_values(source, gene, log_adata=log_source)
     predicted = gene_values(pred, gene)
     diff = predicted - parent_values(pred, source, gene, log_source=log_source)
@@ -83,10 +88,10 @@ def panels_for(pred, source, gene: str, geometry: Geometry, *, log_source=None) 
                                          ("predicted - observed", diff, geometry.fine, DIFF_COLORMAP)):
         if cmap == DIFF_COLORMAP:
             limits = symmetric_range(values)
-            title = f"{gene} {short.get(label, label)}\n0-centred, ±{limits[1]:.3g}"
+            title = f"{short.get(label, label)}: {label}\nscale centred on 0"
         else:
             limits = robust_range(values)
-            title = f"{gene} {label}\nown 1-99%: {limits[0]:.3g}-{limits[1]:.3g}"
+            title = f"{label}\nits own scale (1-99th percentile)"
         out.append(Panel(label, raster.with_values(values), limits, cmap, title))
     return out
 

@@ -26,9 +26,8 @@ from .layers import (
     histosge_meta,
     layers_with_role,
     measured_source,
-    recolor_spots,
-    update_heatmap,
 )
+from .repaint import recolor_spots, rename_hidden, set_image_values, update_heatmap
 from .status import set_status, status_label, status_of
 
 if TYPE_CHECKING:
@@ -71,8 +70,8 @@ def legend_of(layer) -> tuple[str, float, float, Any]:
     if hasattr(layer, "contrast_limits") and not hasattr(layer, "face_contrast_limits"):
         lo, hi = layer.contrast_limits
         cmap = layer.colormap
-    else:
-        lo, hi = layer.face_contrast_limits
+    else:  # spots: colours set directly from the limits the plugin chose (repaint.recolor_spots)
+        lo, hi = meta.get("limits") or layer.face_contrast_limits
         cmap = layer.face_colormap
     return f"{gene} - {layer.name}" if gene and gene not in layer.name else layer.name, float(lo), float(hi), cmap
 
@@ -231,15 +230,16 @@ class GeneViewerWidget(Container):
     # ------------------------------------------------------------------ showing a gene
     def _resolve(self, text: str) -> str | None:
         text = text.strip()
+        layers = layers_with_role(self.viewer.layers, *GENE_ROLES[:4])
+        if any(text in histosge_meta(layer)["adata"].var_names for layer in layers):
+            return text  # an exact name: a hash lookup per layer, not the list of every gene
         genes = self.genes()  # names only: the completer also lists gene ids
-        if text in genes:
-            return text
         lower = {g.lower(): g for g in genes}
         if text.lower() in lower:
             return lower[text.lower()]
         from ...io.preprocess import resolve_gene  # a gene id (var["gene_ids"]) stands for its name
 
-        for layer in layers_with_role(self.viewer.layers, *GENE_ROLES[:4]):
+        for layer in layers:
             found = resolve_gene(histosge_meta(layer)["adata"], text)
             if found is not None:
                 return found
@@ -271,8 +271,10 @@ class GeneViewerWidget(Container):
                 continue
             if meta.pop(HIDDEN_FLAG, False):
                 layer.visible = True  # repainted by _visibility_changed
-            elif layer.visible or meta.get("role") in (ROLE_HEATMAP, ROLE_UNCERTAINTY):
-                self._paint(layer, gene)  # hidden Points (costly to recolour) are repainted when shown
+            elif layer.visible:
+                self._paint(layer, gene)
+            else:  # repainted when shown (_visibility_changed); named after the gene already
+                rename_hidden(layer, gene)
             shown.append(layer)
         heatmaps = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_HEATMAP]
         note = f"; not in (hidden): {', '.join(lacking)}" if lacking else ""
@@ -380,12 +382,13 @@ class GeneViewerWidget(Container):
                   if histosge_meta(lyr).get("gene") is not None]
         for layer in images:
             panel = panels[histosge_meta(layer)["panel"]]
-            layer.data = panel.image
-            layer.contrast_limits = panel.limits
-            layer.name = f"{gene} {panel.label}"
             histosge_meta(layer)["gene"] = gene
-        titles.features = titles.features.assign(title=[p.title for p in panels.values()])
-        titles.text.refresh(titles.features)
+            set_image_values(layer, panel.image, panel.limits)
+            layer.name = f"{gene} {panel.label}"
+        wanted = [p.title for p in panels.values()]
+        if list(titles.features["title"]) != wanted:  # titles are gene-independent: normally unchanged
+            titles.features = titles.features.assign(title=wanted)
+            titles.text.refresh(titles.features)
         for layer in layers_with_role(self.viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES):
             if not layer.visible:  # each visibility change rebuilds napari's scene graph
                 layer.visible = True

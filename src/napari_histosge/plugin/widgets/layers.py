@@ -20,7 +20,6 @@ These functions are pure (no viewer): they return napari ``LayerDataTuple``s
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +106,10 @@ def is_prediction(adata) -> bool:
     return isinstance(info, dict) and ("fold" in info or "grid" in info)
 
 
-def _column(adata, gene: str) -> np.ndarray:
-    col = adata[:, gene].X
+def _column(adata, gene: str, layer: str | None = None) -> np.ndarray:
+    # Indexing the matrix itself: an AnnData view per gene costs milliseconds on every switch.
+    matrix = adata.X if layer is None else adata.layers[layer]
+    col = matrix[:, adata.var_names.get_loc(gene)]
     col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
     return np.asarray(col, dtype=np.float64).ravel()
 
@@ -139,9 +140,7 @@ def layer_values(adata, gene: str, values_layer: str | None = None, *, log_adata
     """
     if values_layer is None:
         return gene_values(adata, gene, log_adata=log_adata)
-    col = adata[:, gene].layers[values_layer]
-    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-    return np.asarray(col, dtype=np.float64).ravel()
+    return _column(adata, gene, values_layer)
 
 
 def default_gene(adata) -> str | None:
@@ -233,9 +232,27 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
     if values_layer is not None:  # the Gene viewer repaints from the same AnnData layer
         kwargs["metadata"][META_KEY]["values_layer"] = values_layer
     if gene is not None:
-        kwargs.update(face_color=gene, face_colormap=SPOT_COLORMAP,
-                      face_contrast_limits=value_range(table[gene].to_numpy()))
+        values = table[gene].to_numpy()
+        limits = value_range(values)
+        kwargs["metadata"][META_KEY]["limits"] = limits
+        kwargs.update(face_color=spot_colours(values, limits), face_colormap=SPOT_COLORMAP)
     return spots_rc(adata), kwargs, "points"
+
+
+def spot_colours(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    """RGBA per spot: ``values`` on :data:`SPOT_COLORMAP` between ``limits``; NaN transparent.
+
+    Spots layers take these colours directly (not bound to a features column): one update
+    per gene switch instead of napari's several colour-cycle steps.
+    """
+    from napari.utils.colormaps import ensure_colormap
+
+    lo, hi = limits
+    v = np.asarray(values, dtype=np.float64)
+    scaled = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    rgba = np.asarray(ensure_colormap(SPOT_COLORMAP).map(np.nan_to_num(scaled)), dtype=np.float32)
+    rgba[~np.isfinite(v)] = 0.0
+    return rgba
 
 
 def spots_frame(adata) -> dict[str, Any]:
@@ -243,34 +260,6 @@ def spots_frame(adata) -> dict[str, Any]:
     mpp = um_per_px(adata)
     u = mpp or 1.0
     return {"scale": (u, u), **world_frame(mpp)}
-
-
-def recolor_spots(layer, gene: str) -> None:
-    """Recolour a spots layer built by :func:`spots_layer` by ``gene`` (updates ``features``)."""
-    meta = layer.metadata[META_KEY]
-    adata = meta["adata"]
-    if meta.get("raster") is not None:  # bins drawn as a raster (bins_layer)
-        values = bin_values(meta, gene)
-        layer.data = meta["raster"].with_values(values)
-        layer.contrast_limits = value_range(values)
-        meta["gene"] = gene
-        return
-    if meta.get("log_adata") is None and not is_prediction(adata):
-        from ...io.preprocess import normalize_log1p
-
-        meta["log_adata"] = normalize_log1p(adata)
-    values = layer_values(adata, gene, meta.get("values_layer"), log_adata=meta.get("log_adata"))
-    # Replacing the table drops the column face_color is bound to, which napari reports as
-    # "property used for face_color dropped" (a toast in the viewer) before face_color is bound
-    # to the new column below: expected here, so that one warning is silenced.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="property used for face_color dropped")
-        layer.features = pd.DataFrame({"spot": np.asarray(adata.obs_names, dtype=str), gene: values})
-    layer.face_colormap = SPOT_COLORMAP
-    layer.face_color = gene
-    layer.face_contrast_limits = value_range(values)
-    layer.refresh_colors(update_color_mapping=False)
-    meta["gene"] = gene
 
 
 def bin_raster(adata) -> Raster | None:
@@ -500,29 +489,6 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
         **raster.transform,
     }
     return image, kwargs, "image"
-
-
-def update_heatmap(layer, gene: str) -> None:
-    """Repaint a heatmap layer built by :func:`heatmap_layer` with ``gene``, in place.
-
-    Data, contrast limits and name change on the existing layer (no layer is removed or
-    added). An uncertainty heatmap (metadata ``values_layer``) repaints from that AnnData
-    layer; uncertainty shown as Points (fold-1 predictions: no raster) is recoloured instead.
-    """
-    meta = layer.metadata[META_KEY]
-    source = meta.get("values_layer")
-    label = "heatmap" if source is None else "uncertainty (std)"
-    info = meta["adata"].uns.get(META_KEY, {})
-    fold = "grid" if grid_info(meta["adata"]) is not None else f"{info.get('fold', '')}x"
-    if meta.get("raster") is None:
-        recolor_spots(layer, gene)
-        layer.name = f"{gene} {fold} {label}"
-        return
-    values = layer_values(meta["adata"], gene, source)
-    layer.data = meta["raster"].with_values(values)
-    layer.contrast_limits = robust_range(values)
-    layer.name = f"{gene} {fold} {label}"
-    meta["gene"] = gene
 
 
 def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> list[LayerDataTuple]:
