@@ -283,23 +283,26 @@ def test_napari_opens_a_store_through_the_manifest(sd, make_napari_viewer, tmp_p
     assert len(viewer.layers["section spots"].data) == 42
 
 
-def test_the_cli_writes_predictions_as_a_store(sd, tmp_path, monkeypatch, capsys):
+def histosge(*argv: str):
+    """Run the command in its own process, as it runs for users: this one may hold a napari viewer (Qt, OpenGL)."""
     import subprocess
 
+    code = "import sys; from napari_histosge.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+
+
+def test_the_cli_writes_predictions_as_a_store(sd, tmp_path, monkeypatch, capsys):
     from napari_histosge.cli.main import main
     from napari_histosge.demo import make_demo_dataset
-
-    def histosge(*argv: str) -> int:
-        # Its own process, as the command runs: this one may hold a napari viewer (Qt, OpenGL).
-        code = "import sys; from napari_histosge.cli import main; raise SystemExit(main(sys.argv[1:]))"
-        return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True).returncode
 
     data = make_demo_dataset(tmp_path / "demo")
     model = tmp_path / "m.pt"
     assert histosge("train", str(data), "--out", str(model), "--extractor", "none", "--epochs", "2", "--n-genes", "5",
-                    "--val-fraction", "0", "--quiet") == 0
+                    "--val-fraction", "0", "--quiet").returncode == 0
     out = tmp_path / "pred.zarr"
-    assert histosge("predict", str(model), str(data), "--out", str(out), "--quiet") == 0
+    run = histosge("predict", str(model), str(data), "--out", str(out), "--quiet")
+    assert run.returncode == 0
+    assert "warning" not in run.stderr  # no library notices (zarr's future defaults) for the user to puzzle over
     back = sd.read_zarr(out)
     table = back.tables["table"]
     assert table.n_vars == 5 and len(back.shapes[table.uns["spatialdata_attrs"]["region"]]) == table.n_obs
@@ -325,3 +328,58 @@ def test_the_test_environment_has_spatialdata():
     import spatialdata  # noqa: F401  (fails with the real reason, e.g. a missing pkg_resources)
 
     assert importlib.util.find_spec("spatialdata") is not None
+
+
+def test_a_written_store_opens_in_napari_spatialdata_on_the_slide(sd, make_napari_viewer, qtbot, tmp_path):
+    """What `histosge superresolve --out OUT.zarr` writes opens in napari-spatialdata: slide, spots, table, colours."""
+    import time
+
+    napari_spatialdata = pytest.importorskip("napari_spatialdata")
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histosge.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "demo")
+    model, store = tmp_path / "m.pt", tmp_path / "sr.zarr"
+    assert histosge("train", str(data), "--out", str(model), "--epochs", "2", "--extractor", "none", "--n-genes", "5",
+                    "--dim", "16", "--head-hidden", "32", "--quiet").returncode == 0
+    assert histosge("superresolve", str(model), str(data), "--fold", "4", "--out", str(store),
+                    "--quiet").returncode == 0
+    sdata = sd.read_zarr(store)
+    viewer = make_napari_viewer()
+    app = QApplication.instance()
+
+    def settle(seconds: float = 1.0) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    view = napari_spatialdata.Interactive(sdata, headless=True)
+    for name in ("spots", "slide"):
+        view.add_element(name, "global")  # loads in a worker: wait for its layer
+        qtbot.waitUntil(lambda name=name: name in [layer.name for layer in viewer.layers], timeout=60_000)
+        settle(0.5)
+    spots, slide = viewer.layers["spots"], viewer.layers["slide"]
+    assert spots.metadata["table_names"] == ["table"]
+    # the spots sit on the slide: the same world coordinates as the positions written
+    table = sdata.tables["table"]
+    centres = np.asarray(spots.data)[:, ::-1]  # napari (y, x)
+    written = np.asarray(sdata.shapes["spots"].geometry.centroid.get_coordinates())
+    np.testing.assert_allclose(np.sort(centres, axis=0), np.sort(written, axis=0), atol=1e-6)
+    lo, hi = np.asarray(slide.extent.world)
+    assert np.all(centres.min(axis=0) >= lo[::-1] - 1) and np.all(centres.max(axis=0) <= hi[::-1] + 1)
+    # its view colours the spots by a predicted gene of the table
+    from napari_spatialdata._view import QtAdataViewWidget
+
+    viewer.layers.selection.active = spots
+    settle()
+    [widget] = [w for w in app.allWidgets() if isinstance(w, QtAdataViewWidget)]
+    gene = str(table.var_names[0])
+    [item] = widget.var_widget.findItems(gene, Qt.MatchExactly)
+    widget.var_widget.setCurrentItem(item)
+    widget.var_widget.itemDoubleClicked.emit(item)
+    settle()
+    colours = np.unique(np.round(np.asarray(spots.face_color), 3), axis=0)
+    assert len(colours) > 10  # one colour per predicted level, not the single default

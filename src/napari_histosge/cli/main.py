@@ -35,6 +35,7 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"Transforming to str index", UserWarning),  # anndata: our ids are strings already
     (r".*of view, initializing view as actual", UserWarning),  # anndata: copy-on-write of a subset
     (r".*(nonconformant|not writing description)", UserWarning),  # tifffile writing test images
+    (r"zarr v3 autosharding", UserWarning),  # zarr's notice of a future default, when a store is written
 )
 #: Libraries whose log messages below ERROR stay off the command line: tifffile's notes on
 #: files it reads anyway, huggingface_hub's "Retrying in 1s" lines (the error that follows
