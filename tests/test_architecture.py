@@ -30,7 +30,7 @@ PACKAGE = "napari_histosge"
 
 #: Lowest layer first. The key is the first name below the package (a module or subpackage).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "progress", "device", "settings", "outputs"),
+    ("errors", "progress", "device", "settings", "outputs", "gene_lists"),
     ("io", "slide"),
     ("features",),
     ("evaluation",),

@@ -11,8 +11,9 @@ from napari_histosge.cli.main import main
 from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
+from napari_histosge.gene_lists import parse_gene_names
 from napari_histosge.io import read_spots
-from napari_histosge.io.preprocess import gene_scores, normalize_log1p, parse_gene_names
+from napari_histosge.io.preprocess import gene_scores, normalize_log1p
 from napari_histosge.models import load_model, train_config
 from napari_histosge.pipeline.gene_choice import training_genes
 from napari_histosge.pipeline.steps import NO_IMAGE, fit

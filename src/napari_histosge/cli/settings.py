@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import models  # noqa: F401  (registers every model's settings class; no torch)
 from ..errors import InputError
-from ..io.preprocess import parse_gene_names
+from ..gene_lists import parse_gene_names
 from ..training.config import Setting, TrainConfig, config_class, config_names, make_config, setting_names, setting_of
 
 

@@ -9,9 +9,7 @@ list the user gives.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -130,35 +128,6 @@ def resolve_gene(adata, name: str) -> str | None:
     ids = pd.Index(adata.var["gene_ids"].astype(str).str.lower())
     hit = np.flatnonzero(ids == name.lower())
     return str(adata.var_names[hit[0]]) if hit.size else None
-
-
-#: File name endings taken for a file of gene names rather than a gene name.
-GENE_LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".list")
-
-
-def parse_gene_names(text: str) -> list[str]:
-    """Gene names from a comma, semicolon, space or newline separated text, or from a text file of them.
-
-    ``text`` that names an existing file (or ends like one, see :data:`GENE_LIST_SUFFIXES`)
-    is read as such a list; lines starting with ``#`` are comments there. Duplicates are kept
-    (gene selection drops them).
-
-    Raises
-    ------
-    InputError
-        If ``text`` looks like a file name but no such file exists.
-    """
-    text = str(text).strip()
-    path = Path(text).expanduser()
-    if text and (path.is_file() or text.lower().endswith(GENE_LIST_SUFFIXES)):
-        if not path.is_file():
-            raise InputError("the gene list file does not exist", text)
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError as exc:
-            raise InputError(f"the gene list file cannot be read ({exc.strerror or exc})", text) from exc
-        text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    return [g for g in re.split(r"[,;\s]+", text) if g]
 
 
 def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:

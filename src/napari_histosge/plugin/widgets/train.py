@@ -262,7 +262,7 @@ class TrainWidget(Container):
 
     def gene_names(self) -> list[str]:
         """The names typed (the gene list, or the genes always included) plus those of the gene file."""
-        from ...io.preprocess import parse_gene_names
+        from ...gene_lists import parse_gene_names
 
         typed = self.gene_list.value if self.genes_mode.value == GENES_LIST else self.markers.value
         names = parse_gene_names(typed)
