@@ -15,7 +15,10 @@ from napari_histosge.training.engine import TrainingDivergedError
 from napari_histosge.training.inputs import TrainingData
 from napari_histosge.training.trained_model import TrainedModel
 
-SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu")
+# min_validation_spots=0: early stopping even on these small synthetic sets (the default trains
+# them on a fixed schedule; tests/test_validation.py covers that rule).
+SMALL = dict(dim=32, heads=2, head_hidden=64, n_pos_bins=16, group_size=16, batch_size=64, device="cpu",
+             min_validation_spots=0)
 CONDITIONED = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=10,
                    sample_steps=2, n_samples=2, device="cpu", lr=3e-3, head_hidden=64, histosge_epochs=3,
                    histosge_members=1, kriging_rank=0, image_trend=False)
@@ -147,16 +150,21 @@ def _interrupted(data, config, path, after: int) -> None:
     raise AssertionError(f"training ended before epoch {after}")
 
 
-@pytest.mark.parametrize("val_fraction", [0.1, 0.0], ids=["validation", "no-validation"])
-def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction):
+@pytest.mark.parametrize("val_fraction, min_val", [(0.1, 0), (0.0, 0), (0.1, 50)],
+                         ids=["validation", "no-validation", "fixed-schedule"])
+def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction, min_val):
     data = _data(n=200, noise=True)
-    config = train_config(epochs=300 if val_fraction else 40, lr=1e-2, val_fraction=val_fraction, **SMALL)
+    epochs = 300 if val_fraction and not min_val else 40
+    config = train_config(epochs=epochs, lr=1e-2, val_fraction=val_fraction,
+                          **{**SMALL, "min_validation_spots": min_val, "schedule_epochs": 30})
     whole = run_to_end(train(data, config, checkpoint_path=tmp_path / "whole.pt"))
     _interrupted(data, config, tmp_path / "part.pt", after=24)
     assert load_model(tmp_path / "part.pt", device="cpu").meta["epochs_done"] == 24
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
-    if val_fraction:
+    if val_fraction and not min_val:
         assert "stopped_at" in whole.meta and whole.meta["stopped_at"] > 24  # stopped after the interruption
+    if min_val:
+        assert len(whole.meta["history"]) == 30 and whole.meta["schedule_epochs"] == 30
     for key in ("best_epoch", "stopped_at", "val_history", "history", "best_val_pcc"):
         assert resumed.meta.get(key) == whole.meta.get(key), key
     for key, value in _weights(whole).items():

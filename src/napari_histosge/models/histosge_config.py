@@ -30,7 +30,9 @@ class HisToSGEConfig(TrainConfig):
     ``feature_dropout`` zeroes each image-feature column of each spot with this probability
     while training: without it HisToSGE memorises spots by their image features where those
     carry little (notes/training-defaults.md). ``val_fraction`` also drives early stopping
-    (:mod:`napari_histosge.training.early_stopping`).
+    (:mod:`napari_histosge.training.early_stopping`): where the validation share would hold
+    fewer than ``min_validation_spots`` spots, its score would choose the epoch poorly, and
+    every spot trains for ``schedule_epochs`` instead (:func:`.histosge_fit.epoch_plan`).
     """
 
     MODEL = "histosge"
@@ -53,6 +55,10 @@ class HisToSGEConfig(TrainConfig):
     grouping: str = setting("spatial", "how spots are grouped for attention", choices=GROUPING_MODES)
     position_jitter: float = setting(0.25, "training positions moved by up to this share of the spot spacing "
                                      "(0 is off)", least=0, most=1)
+    min_validation_spots: int = setting(50, "fewest validation spots the epoch is chosen by; with fewer (a small "
+                                        "section), every spot trains for schedule_epochs instead", least=0)
+    schedule_epochs: int = setting(60, "epochs of that fixed schedule (chosen on the shared sections' held-out "
+                                   "curves; at most epochs)", least=1)
 
     def check(self) -> None:
         """The token width must split evenly over the heads."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..device import pick_device
 from ..progress import CancelToken, ProgressGenerator
-from ..training.early_stopping import ValidationScore, evaluation_interval, split_validation
+from ..training.early_stopping import ValidationScore, evaluation_interval, split_validation, validation_rows
 from ..training.engine import EpochHooks, run_epochs
 from ..training.grouping import group_spots, median_spacing, pack_batches
 from ..training.inputs import ModelInputs, TrainingData
@@ -51,7 +51,8 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
     d = data.features.shape[1]
     # The validation spots follow ``seed``; weights, batches and jitter follow ``init_seed``.
     seed_all(config.weights_seed)
-    data, val_data = split_validation(data, config)
+    epochs, validate = epoch_plan(data, config)
+    data, val_data = split_validation(data, config) if validate else (data, None)
     model = create_model(SPEC_NAME, in_dim=d + 5, n_genes=len(data.genes), **model_hparams(config))
     model.to(device)
     optimizer = adamw(model.parameters(), config)
@@ -76,6 +77,8 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
                 position_jitter_px=epoch_fit.jitter_meta,
                 n_validation_spots=0 if val_data is None else len(val_data.spot_ids))
+    if not validate and config.val_fraction > 0:
+        meta["schedule_epochs"] = epochs  # a fixed schedule instead of early stopping
     if init is not None:
         meta["init"] = init_provenance(init)
     if data.sections is not None:
@@ -85,11 +88,28 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
         model=model, fit_epoch=epoch_fit, optimizer_state=optimizer.state_dict,
         score=None if val_data is None else ValidationScore(model, inputs, val_data, config, section_groups, device),
         evaluate_every=evaluation_interval(config.epochs))
-    yield from run_epochs(hooks, trained, epochs=config.epochs, start=start, history=history, resumed=resumed,
+    yield from run_epochs(hooks, trained, epochs=epochs, start=start, history=history, resumed=resumed,
                           checkpoint_path=checkpoint_path, checkpoint_every=config.checkpoint_every,
                           message=f"{len(data.spot_ids)} spots, {len(data.genes)} genes")
     model.eval()
     return trained
+
+
+def epoch_plan(data: TrainingData, config: HisToSGEConfig) -> tuple[int, bool]:
+    """``(epochs, validate)``: how long HisToSGE trains on ``data`` and whether it stops early.
+
+    With a validation share of at least ``config.min_validation_spots`` spots: up to
+    ``config.epochs``, early stopping on that share. With fewer (a small section), the
+    validation score would choose the epoch poorly: every spot trains for
+    ``config.schedule_epochs`` (at most ``config.epochs``), without validation.
+    ``val_fraction=0`` trains every spot for ``config.epochs``, as the paper.
+    """
+    if config.val_fraction <= 0:
+        return config.epochs, False
+    rows = validation_rows(data, config)
+    if rows is not None and len(rows) >= config.min_validation_spots:
+        return config.epochs, True
+    return min(config.epochs, config.schedule_epochs), False
 
 
 class HistosgeEpoch:

@@ -52,14 +52,16 @@ def companion_config(config: ConditionedConfig, member: int = 0) -> HisToSGEConf
     """Settings of member ``member`` of the HisToSGE companion: ``config`` as a ``histosge`` run.
 
     The shared settings (width, learning rate, seed, device, validation share, ...) carry
-    over, so every member holds back the same validation spots; the epochs are
+    over, so every member holds back the same validation spots, on small sections too
+    (``min_validation_spots`` 0: the companion's weight is chosen on spots it never trained
+    on, so it never takes HisToSGE's fixed schedule on every spot); the epochs are
     ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
-    the config's own (member 0 trains as a lone ``histosge`` run with ``seed`` would).
+    the config's own.
     """
     shared = {f.name: getattr(config, f.name) for f in fields(HisToSGEConfig)}
     return HisToSGEConfig(**{**shared, "epochs": config.histosge_epochs,
                              "batch_size": HisToSGEConfig.default_of("batch_size"),
-                             "init_seed": config.weights_seed + member})
+                             "init_seed": config.weights_seed + member, "min_validation_spots": 0})
 
 
 def _train_companions(data: TrainingData, config: ConditionedConfig, cancel: CancelToken | None
