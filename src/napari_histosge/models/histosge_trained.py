@@ -13,6 +13,14 @@ __all__ = ["HisToSGETrainedModel"]
 class HisToSGETrainedModel(TrainedModel):
     """A trained HisToSGE network: predicts from z-scored image features, mean RGB and positions."""
 
+    def training_summary(self) -> str:
+        """The shared summary, or which fixed schedule ran where the section was too small to validate on."""
+        if self.meta.get("schedule_epochs") is None:
+            return super().training_summary()
+        ran = len(self.meta.get("history", []))
+        return (f"epochs: {ran} on every training spot (a fixed schedule: too few spots to hold back "
+                f"{getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch)")
+
     def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
         """Per-row model inputs at ``positions`` (checked), as :meth:`predict_planned` takes them.
 

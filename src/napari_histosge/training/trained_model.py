@@ -147,9 +147,6 @@ class TrainedModel:
                 text += (f"\nvalidation PCC (mean per gene, {int(meta.get('n_validation_spots', 0))} spots "
                          f"held back from training): {score:.4f}")
             return text
-        if meta.get("schedule_epochs") is not None:
-            return (f"epochs: {ran} on every training spot (a fixed schedule: too few spots to hold back "
-                    f"{getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch)")
         return f"epochs: {ran}"
 
     def save(self, path: str | PathLike) -> None:
