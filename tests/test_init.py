@@ -56,8 +56,6 @@ def test_a_model_that_cannot_start_a_run_is_refused_clearly(demo, prior_path):
     prior = load_model(prior_path, device="cpu")
     with pytest.raises(InputError, match="subspot model cannot start from a trained model"):
         run_to_end(fit(demo, train_config=train_config("subspot"), init=prior))
-    with pytest.raises(InputError, match="conditioned model cannot start from a trained model"):
-        run_to_end(fit(demo, train_config=train_config("conditioned", epochs=1), init=prior))
     with pytest.raises(InputError, match="reads 'default' features, not 'none'"):
         run_to_end(fit(demo, train_config=train_config(**FAST), feature_config=FeatureConfig(extractor=NO_IMAGE),
                        init=prior))
@@ -90,3 +88,47 @@ def test_recover_with_a_prior_names_the_model_it_saved(demo_dir, prior_path, tmp
     info = ad.read_h5ad(out).uns["histosge"]
     assert info["model_path"] == str(saved.resolve())
     assert load_model(saved, device="cpu").meta["init"]["path"] == str(prior_path)
+
+
+CONDITIONED_FAST = dict(epochs=1, histosge_epochs=1, histosge_members=2, n_top_genes=10, val_fraction=0.2)
+
+
+def test_the_conditioned_model_starts_its_image_companion_from_the_model(demo, prior_path):
+    prior = load_model(prior_path, device="cpu")
+    config = train_config("conditioned", **{**CONDITIONED_FAST, "lr": 1e-12})
+    tuned = run_to_end(fit(demo, train_config=config, init=prior))
+    assert tuned.genes == prior.genes and tuned.meta["init"]["path"] == str(prior_path)
+    start = _weights(prior)
+    assert len(tuned.model.histosge) == 2
+    for member in tuned.model.histosge:  # each member starts from the prior (a learning rate near zero)
+        now = {k: v.detach().cpu().numpy() for k, v in member.state_dict().items()}
+        assert all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
+    assert all(m["meta"]["init"]["path"] == str(prior_path) for m in tuned.meta["histosge"]["members"])
+    fresh = run_to_end(fit(demo, train_config=train_config("conditioned", **{**CONDITIONED_FAST, "lr": 1e-12,
+                                                                          "dim": 32, "head_hidden": 32})))
+    now = {k: v.detach().cpu().numpy() for k, v in fresh.model.histosge[0].state_dict().items()}
+    assert "init" not in fresh.meta and not all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
+
+
+def test_the_conditioned_model_refuses_a_start_it_cannot_use(demo, prior_path, tmp_path):
+    prior = load_model(prior_path, device="cpu")
+    with pytest.raises(InputError, match="trains no image companion"):
+        run_to_end(fit(demo, train_config=train_config("conditioned", **CONDITIONED_FAST, histosge_weight=0),
+                       init=prior))
+    path = tmp_path / "conditioned.pt"
+    run_to_end(fit(demo, train_config=train_config("conditioned", **CONDITIONED_FAST), checkpoint_path=path))
+    with pytest.raises(InputError, match="from a histosge model, not a conditioned model"):
+        run_to_end(fit(demo, train_config=train_config("conditioned", **CONDITIONED_FAST),
+                       init=load_model(path, device="cpu")))
+
+
+def test_the_cli_recovers_with_the_conditioned_model_from_a_prior(demo_dir, prior_path, tmp_path):
+    import anndata as ad
+
+    out, saved = tmp_path / "hidden.h5ad", tmp_path / "tuned.pt"
+    assert main(["recover", str(demo_dir), "--model", "conditioned", "--out", str(out), "--save-model", str(saved),
+                 "--init", str(prior_path), "--epochs", "1", "--histosge-epochs", "1", "--histosge-members", "1",
+                 "--quiet"]) == 0
+    tuned = load_model(saved, device="cpu")
+    assert tuned.config.model == "conditioned" and tuned.meta["init"]["path"] == str(prior_path)
+    assert list(ad.read_h5ad(out).var_names) == tuned.genes

@@ -25,7 +25,7 @@ from ...progress import CancelToken, Progress, ProgressGenerator, map_events
 from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
 from ...training.engine import EpochHooks, run_epochs
 from ...training.inputs import ModelInputs, TrainingData
-from ...training.start import adamw, check_resumable, resume_into, seed_all
+from ...training.start import adamw, check_resumable, init_provenance, resume_into, seed_all
 from ...training.trained_model import TrainedModel
 from .. import histosge_fit  # noqa: F401  (registers histosge: the companion trains as one)
 from ..histosge_config import HisToSGEConfig
@@ -48,7 +48,8 @@ HPARAM_KEYS = ("dim", "dropout", "distill_dim", "neighbours", "use_neighbours", 
                "adversarial", "diffusion_steps")
 
 
-def companion_config(config: ConditionedConfig, member: int = 0) -> HisToSGEConfig:
+def companion_config(config: ConditionedConfig, member: int = 0, init: TrainedModel | None = None
+                     ) -> HisToSGEConfig:
     """Settings of member ``member`` of the HisToSGE companion: ``config`` as a ``histosge`` run.
 
     The shared settings (width, learning rate, seed, device, validation share, ...) carry
@@ -56,25 +57,27 @@ def companion_config(config: ConditionedConfig, member: int = 0) -> HisToSGEConf
     (``min_validation_spots`` 0: the companion's weight is chosen on spots it never trained
     on, so it never takes HisToSGE's fixed schedule on every spot); the epochs are
     ``histosge_epochs``, the batch is HisToSGE's default, and ``init_seed`` counts up from
-    the config's own.
+    the config's own. A companion that starts from HisToSGE model ``init`` takes its
+    network settings.
     """
     shared = {f.name: getattr(config, f.name) for f in fields(HisToSGEConfig)}
-    return HisToSGEConfig(**{**shared, "epochs": config.histosge_epochs,
+    own = {} if init is None else init.config.settings(histosge_fit.HPARAM_KEYS)
+    return HisToSGEConfig(**{**shared, **own, "epochs": config.histosge_epochs,
                              "batch_size": HisToSGEConfig.default_of("batch_size"),
                              "init_seed": config.weights_seed + member, "min_validation_spots": 0})
 
 
-def _train_companions(data: TrainingData, config: ConditionedConfig, cancel: CancelToken | None
-                      ) -> ProgressGenerator[list[TrainedModel]]:
-    """Train the ``histosge_members`` companion models one after another.
+def _train_companions(data: TrainingData, config: ConditionedConfig, cancel: CancelToken | None,
+                      init: TrainedModel | None = None) -> ProgressGenerator[list[TrainedModel]]:
+    """Train the ``histosge_members`` companion models one after another, each from ``init`` if given.
 
     Their progress is reported as stage ``"histosge"`` (``"histosge 2/3"`` with several).
     """
     k, members = config.histosge_members, []
     for m in range(k):
         stage = "histosge" if k == 1 else f"histosge {m + 1}/{k}"
-        members.append((yield from map_events(train(data, companion_config(config, m), cancel=cancel),
-                                              _restaged(stage))))
+        run = train(data, companion_config(config, m, init), cancel=cancel, init=init)
+        members.append((yield from map_events(run, _restaged(stage))))
     return members
 
 
@@ -91,8 +94,13 @@ def train_conditioned(
     resume: str | PathLike | None = None,
     meta: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
+    init: TrainedModel | None = None,
 ) -> ProgressGenerator[ConditionedTrainedModel]:
     """Train the conditioned model; same contract as :func:`napari_histosge.models.registry.train`.
+
+    ``init`` is a HisToSGE model (e.g. one trained on other sections) that every member of
+    the image companion starts from and fine-tunes on ``data``; the kriging and the network
+    are fitted on ``data`` alone.
 
     The validation spots are :func:`~napari_histosge.training.early_stopping.validation_rows`,
     the ones the HisToSGE companion held back and the companion's weight is chosen on; they
@@ -110,6 +118,7 @@ def train_conditioned(
                          "train 'histosge' to use several sections")
     if len(data.spot_ids) < 2:
         raise InputError(f"the conditioned model needs at least 2 training spots, got {len(data.spot_ids)}")
+    _check_companion_start(init, config)
     device = pick_device(config.device)
     seed_all(config.weights_seed)
     spacing = median_spacing(data.positions)
@@ -120,7 +129,7 @@ def train_conditioned(
     # A resumed model keeps its saved kriging and companion: loading it first spares the refits.
     saved = None if resume is None else load_model(resume, device="cpu")
     parts = yield from _fit_parts(data, config, y, image_inputs(inputs, data.features, data.mean_rgb), spacing,
-                                  gene_std, saved, cancel)
+                                  gene_std, saved, cancel, init)
     d, g = data.features.shape[1], len(data.genes)
     model = create_model(SPEC_NAME, in_dim=d + 3, n_genes=g, **model_hparams(config), **parts["model_kwargs"])
     for module, member in zip(model.histosge or (), parts["companions"], strict=False):
@@ -137,6 +146,8 @@ def train_conditioned(
     img = image_inputs(inputs, data.features, data.mean_rgb)  # resumed: the checkpoint's statistics
     _set_reference(model, data, y, img, gene_mean, gene_std, parts)
     meta = _conditioned_meta(dict(meta or {}), inputs, data, config, spacing, parts, saved)
+    if init is not None:
+        meta["init"] = init_provenance(init)
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
     epoch_fit = ConditionedEpoch(model, optimizers, data, y, img, config, spacing, device, cancel)
     hooks = EpochHooks(model=model, fit_epoch=epoch_fit, patience=None, initial_candidate=True, smoothing=1,
@@ -152,9 +163,22 @@ def train_conditioned(
     return trained
 
 
+def _check_companion_start(init: TrainedModel | None, config: ConditionedConfig) -> None:
+    """Only a HisToSGE model can start the companion, and only where there is one."""
+    if init is None:
+        return
+    where = init.path or "the model to start from"
+    if init.config.model != histosge_fit.SPEC_NAME:
+        raise InputError(f"the conditioned model starts its image companion from a histosge model, not a "
+                         f"{init.config.model} model (train one on other sections with histosge train)", where)
+    if config.histosge_weight == 0:
+        raise InputError("histosge_weight 0 trains no image companion, so there is nothing to start from the "
+                         "model: drop --init or the weight", where)
+
+
 def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img: np.ndarray, spacing: float,
-               gene_std: np.ndarray, saved: TrainedModel | None, cancel: CancelToken | None
-               ) -> ProgressGenerator[dict[str, Any]]:
+               gene_std: np.ndarray, saved: TrainedModel | None, cancel: CancelToken | None,
+               init: TrainedModel | None = None) -> ProgressGenerator[dict[str, Any]]:
     """The parts fitted before the network trains: kriging, the depth term and the companions.
 
     None of them when resuming from ``saved``, whose model carries them.
@@ -176,7 +200,7 @@ def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img
             parts["depth"] = _fit_depth(data, data.total_counts, gene_std, config, spacing)
             parts["model_kwargs"]["sequencing_depth"] = True
     if config.histosge_weight != 0:
-        companions = yield from _train_companions(data, config, cancel)
+        companions = yield from _train_companions(data, config, cancel, init)
         parts["companions"] = companions
         parts["model_kwargs"]["histosge_kwargs"] = {"in_dim": int(companions[0].meta["in_dim"]),
                                                     "n_genes": len(data.genes), **model_hparams(companions[0].config)}
@@ -424,4 +448,5 @@ def _check_resumable(saved: TrainedModel, config: ConditionedConfig, data: Train
 
 
 SPEC = register_model(ModelSpec(name=SPEC_NAME, network=ConditionedModel, trainer=train_conditioned,
-                                trained_class=ConditionedTrainedModel, hparam_keys=HPARAM_KEYS))
+                                trained_class=ConditionedTrainedModel, hparam_keys=HPARAM_KEYS,
+                                takes_init=True))

@@ -145,7 +145,8 @@ class TrainWidget(Container):
         self.preview.visible = False
         self.init = FileEdit(label="start from", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt",
                              tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
-                                     "fine-tune on this section; its genes and features are kept")
+                                     "fine-tune on this section (the conditioned model starts its image "
+                                     "companion from it); its genes and features are kept")
         self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
