@@ -63,6 +63,27 @@ def machine_line(info: dict) -> str:
             f"({info['torch_threads']} torch threads), {gpu}; Python {info['python']}, torch {info['torch']}.{busy}")
 
 
+def machines_line(infos: list[dict]) -> str:
+    """One :func:`machine_line` for parts measured separately: a date range, a load range.
+
+    Falls back to one line per machine where the parts ran on different machines or software.
+    """
+    if not infos:
+        return ""
+    same = {k: v for k, v in infos[0].items() if k not in ("date", "load_average_1m")}
+    if any({k: v for k, v in i.items() if k not in ("date", "load_average_1m")} != same for i in infos):
+        return "\n".join(sorted({machine_line(i) for i in infos}))
+    dates = sorted(i["date"] for i in infos)
+    loads = [i["load_average_1m"] for i in infos if i.get("load_average_1m") is not None]
+    line = machine_line({**infos[0], "date": dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}",
+                         "load_average_1m": None})
+    if loads:
+        low, high = min(loads), max(loads)
+        line += (f" Load average {low:.1f} when its parts started." if f"{low:.1f}" == f"{high:.1f}" else
+                 f" Load average {low:.1f} to {high:.1f} when its parts started.")
+    return line
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_line, measure_sections, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machines_line, measure_sections, publish  # noqa: E402
 
 import napari_histosge as hs  # noqa: E402
 from napari_histosge.evaluation.metrics import gene_metrics, knn_baseline, within_bin_pcc  # noqa: E402
@@ -148,7 +148,7 @@ def render(payload: dict) -> str:
         "counts are in its bin).",
         "",
     ]
-    lines += sorted({machine_line(m) for m in payload["machines"].values()})
+    lines.append(machines_line(list(payload["machines"].values())))
     head = " | ".join(labels)
     lines += ["", f"| section | F | bins | {head} | within: {' / '.join(m for m in labels if m != 'copy')} | "
               "SSIM: copy / subspot | ceiling |",
