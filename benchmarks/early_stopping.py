@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machine_info, machine_line, publish  # noqa: E402
+from _report import RESULTS, data_root, existing_data_root, machine_info, machine_line, publish  # noqa: E402
 from noise_ceiling import CEILING_NOTE, ceiling_pair  # noqa: E402
 
 from napari_histosge.evaluation.metrics import gene_metrics, holdout_split, summarize  # noqa: E402
@@ -253,6 +253,8 @@ def main(argv=None) -> int:
     previous = RESULTS / "early_stopping.json"
     if args.render_only:
         payload = json.loads(previous.read_text())
+        if data_root().is_dir():
+            payload["rows"] = ordered(payload["rows"], [n for n, _ in sections(data_root(), None)])
         publish("early_stopping", payload, render(payload), doc=not args.no_doc)
         return 0
     root = existing_data_root()
