@@ -1,11 +1,13 @@
 """Cross-section benchmark: learn from the other sections of a tissue, leave one section out.
 
-For each shared tissue group (her2st: B4, C2, C3, C4; DLPFC: 151675, 151676) and each
-section S of it, a HisToSGE model (defaults, default image features) is trained on the
-group's other sections, on the highly variable genes of those sections plus their 50
-highest-mean genes, and then:
+For each shared tissue group (her2st: B4, C2, C3, C4; DLPFC: 151675, 151676; mouse
+olfactory bulb: MOB1, MOB2) and each section S of it, a HisToSGE model (defaults, default
+image features) is trained on the group's other sections, on the highly variable genes of
+those sections plus their 50 highest-mean genes, and then:
 
-(a) predicts every spot of S from its H&E alone (``predict_spots``);
+(a) predicts every spot of S from its H&E alone (``predict_spots``), as does a second model
+    of the other sections trained with weight averaging (``TRANSFER``: every spot for 200
+    epochs, the mean of the weights of epochs 40-200);
 (b) runs the recovery protocol on S (half the spots hidden, seed 0) without the prior,
     with the same genes;
 (c) runs it with the prior: the multi-section model fine-tuned on S's training spots
@@ -23,6 +25,7 @@ docs/benchmarks.md. Usage::
     python benchmarks/cross_section.py                     # both groups, every section
     python benchmarks/cross_section.py --groups dlpfc --epochs 100
     python benchmarks/cross_section.py --models histosge      # HisToSGE's recovery rows only
+    python benchmarks/cross_section.py --he-only              # the H&E-alone rows only (merged)
 """
 
 from __future__ import annotations
@@ -48,7 +51,11 @@ from napari_histosge.pipeline.recovery import recover  # noqa: E402
 from napari_histosge.pipeline.steps import fit, predict_spots, spot_features  # noqa: E402
 from napari_histosge.progress import run_to_end  # noqa: E402
 
-GROUPS = {"her2st": ("B4", "C2", "C3", "C4"), "dlpfc": ("151675", "151676")}
+GROUPS = {"her2st": ("B4", "C2", "C3", "C4"), "dlpfc": ("151675", "151676"), "stutility_mob": ("MOB1", "MOB2")}
+#: The weight-averaged model of the other sections: settings over HisToSGE's defaults.
+TRANSFER = {"epochs": 200, "average_from": 40}
+HE_ALONE = "H&E alone (model of the other sections)"
+HE_AVERAGED = "H&E alone, weight-averaged model (200 epochs, mean from 40)"
 HOLDOUT, SEED, TOP = 0.5, 0, 50
 MODEL_LABELS = {"histosge": "HisToSGE", "conditioned": "conditioned"}
 
@@ -108,6 +115,11 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
                            features=[feats[n] for n in others] if len(others) > 1 else feats[others[0]]))
     fit_s = time.perf_counter() - t0
     adata = group[held]
+    t0 = time.perf_counter()
+    averaged = run_to_end(fit(train_sets if len(train_sets) > 1 else train_sets[0],
+                              train_config=HisToSGEConfig(seed=SEED, genes=genes, **TRANSFER),
+                              features=[feats[n] for n in others] if len(others) > 1 else feats[others[0]]))
+    averaged_s = time.perf_counter() - t0
     scored_genes = [g for g in model.genes if g in adata.var_names]
     # Per-gene ceilings once per spot set: every spot (H&E alone) and the split's hidden spots (recovery).
     everywhere = noise_ceiling(adata, scored_genes)
@@ -115,14 +127,16 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
     hidden_ceilings = noise_ceiling(adata, scored_genes, spots=hidden)
     top_here = [g for g in top if g in set(scored_genes)]
     hvg_here = [g for g in hvg if g in set(scored_genes)]
-    pred = run_to_end(predict_spots(model, adata, features=feats[held]))
-    ev = evaluate_predictions(pred, adata)
     base = {"section": held, "trained_on": others, "n_spots": int(adata.n_obs), "n_genes": len(scored_genes)}
-    rows = [{**base, "variant": "H&E alone (model of the other sections)",
-             "pcc_top50": _mean_pcc(ev.metrics, top_here), "pcc_hvg": _mean_pcc(ev.metrics, hvg_here),
-             "ceiling_top50": _ceiling(everywhere, top_here), "ceiling_hvg": _ceiling(everywhere, hvg_here),
-             "best_epoch": kept_epoch(model.meta), "wall_s": fit_s}]
-    for name in args.models:
+    rows = []
+    for label, m, wall in ((HE_ALONE, model, fit_s), (HE_AVERAGED, averaged, averaged_s)):
+        ev = evaluate_predictions(run_to_end(predict_spots(m, adata, features=feats[held])), adata)
+        span = m.meta.get("averaged_epochs")
+        epoch = kept_epoch(m.meta) if not span else f"{span[0]}-{span[1]}"
+        rows.append({**base, "variant": label, "pcc_top50": _mean_pcc(ev.metrics, top_here),
+                     "pcc_hvg": _mean_pcc(ev.metrics, hvg_here), "ceiling_top50": _ceiling(everywhere, top_here),
+                     "ceiling_hvg": _ceiling(everywhere, hvg_here), "best_epoch": epoch, "wall_s": wall})
+    for name in [] if args.he_only else args.models:
         # HisToSGE's epochs are the run's; the conditioned model keeps its own (and its companion takes HisToSGE's).
         epochs = {"epochs": args.epochs} if name == "histosge" else {"histosge_epochs": args.epochs}
         same = train_config(name, seed=SEED, genes=scored_genes, **epochs)
@@ -147,8 +161,18 @@ def main(argv=None) -> int:
                                                                                          "sections")
     parser.add_argument("--models", nargs="*", choices=sorted(MODEL_LABELS), default=["histosge", "conditioned"],
                         help="models whose recovery runs with and without the prior")
+    parser.add_argument("--he-only", action="store_true",
+                        help="only the H&E-alone rows; the saved recovery rows are kept")
+    parser.add_argument("--render-only", action="store_true", help="re-render the saved results, run nothing")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.render_only:
+        import json
+
+        from _report import RESULTS
+
+        update_block("cross_section", render(json.loads((RESULTS / "cross_section.json").read_text())))
+        return 0
     root, info, rows = existing_data_root(), machine_info(), []
     for name in args.groups or sorted(GROUPS):
         group = {s: read_spots(root / name / s) for s in GROUPS[name] if (root / name / s).is_dir()}
@@ -176,6 +200,11 @@ def _with_earlier(rows: list[dict], args) -> list[dict]:
     previous = json.loads(path.read_text())
     if (previous.get("epochs"), previous.get("n_genes")) != (args.epochs, args.n_genes):
         return rows
+    if args.he_only:  # keep every saved row but the H&E-alone rows measured now, in the saved order
+        done = {(r["section"], r["variant"]) for r in rows}
+        kept = [r for r in previous.get("rows", []) if (r["section"], r["variant"]) not in done]
+        order = {s: i for i, s in enumerate(dict.fromkeys(r["section"] for r in kept + rows))}
+        return sorted(kept + rows, key=lambda r: (order[r["section"]], not r["variant"].startswith("H&E")))
     done = {r["section"] for r in rows}
     return [r for r in previous.get("rows", []) if r["section"] not in done] + rows
 
@@ -188,15 +217,17 @@ def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
              f"Leave one section out: HisToSGE (defaults, default image features, at most {payload['epochs']} "
              "epochs with early stopping) trained on the other sections of the same tissue, on their "
-             f"{payload.get('n_genes', 'top')} HVGs plus their 50 highest-mean genes. 'H&E alone': every spot of "
-             f"the left-out section predicted from its image. Recovery: {payload['holdout']:.0%} of its spots "
-             f"hidden (seed {payload['seed']}), trained on the rest with or without starting from the other "
-             "sections' model (`--init`: HisToSGE fine-tunes it, the conditioned model starts its image companion "
-             "from it; both with their defaults otherwise, so HisToSGE takes its fixed schedule on the small "
-             "sections). 'kept epoch': the epoch of the model's best validation score or of its fixed schedule "
-             "(conditioned: its own network's). Mean per-gene PCC on the scored spots; 6-NN: the inverse-distance "
-             "baseline of the same split; ceiling: the noise ceiling of the same spots and genes, the best PCC any "
-             "predictor can reach against these measurements.",
+             f"{payload.get('n_genes', 'top')} HVGs plus their 50 highest-mean genes. 'H&E alone': every spot "
+             "of the left-out section predicted from its image; 'weight-averaged': the same model trained on "
+             "every spot of the other sections for 200 epochs, keeping the mean of the weights of epochs 40-200 "
+             f"(`--epochs 200 --average-from 40`). Recovery: {payload['holdout']:.0%} of its spots hidden (seed "
+             f"{payload['seed']}), trained on the rest with or without starting from the other sections' "
+             "early-stopped model (`--init`: HisToSGE fine-tunes it, the conditioned model starts its image "
+             "companion from it; both with their defaults otherwise, so HisToSGE takes its fixed schedule on the "
+             "small sections). 'kept epoch': the epoch of the model's best validation score or of its fixed "
+             "schedule (conditioned: its own network's), or the averaged epochs. Mean per-gene PCC on the scored "
+             "spots; 6-NN: the inverse-distance baseline of the same split; ceiling: the noise ceiling of the "
+             "same spots and genes, the best PCC any predictor can reach against these measurements.",
              "",
              "| left out | trained on | variant | PCC top-50 | PCC HVG | 6-NN top-50 / HVG "
              "| noise ceiling top-50 / HVG | kept epoch |",

@@ -203,3 +203,48 @@ def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, ca
     status = main(["predict", str(tmp_path / "nan.pt"), str(demo), "--out", str(tmp_path / "p.h5ad"),
                    "--quiet"])
     assert status == 2 and "nan.pt" in capsys.readouterr().err
+
+
+# -- weight averaging ------------------------------------------------------------------------------
+
+
+def test_weight_averaging_keeps_the_mean_of_the_weights_of_its_epochs(tmp_path):
+    data = _data(n=150)
+    config = train_config(epochs=8, lr=1e-2, average_from=5, checkpoint_every=1, **SMALL)
+    seen = {}
+    events = train(data, config, checkpoint_path=tmp_path / "m.pt")
+    try:
+        while True:
+            event = next(events)
+            if event.stage == "train" and 5 <= event.step < 8:  # epoch 8's file holds the mean
+                seen[event.step] = _weights(load_model(tmp_path / "m.pt", device="cpu"))
+    except StopIteration as stop:
+        averaged = stop.value
+    last = _weights(run_to_end(train(data, train_config(epochs=8, lr=1e-2, **{**SMALL, "val_fraction": 0.0}))))
+    # The mean of epochs 5-8: the three checkpointed ones and the last of a run without averaging.
+    for key, value in _weights(averaged).items():
+        if value.is_floating_point():
+            expected = torch.stack([seen[e][key] for e in (5, 6, 7)] + [last[key]]).mean(0)
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    assert averaged.meta["averaged_epochs"] == [5, 8] and averaged.meta["n_validation_spots"] == 0
+    assert "schedule_epochs" not in averaged.meta and len(averaged.meta["history"]) == 8
+    assert "kept the mean of the weights of epochs 5-8" in averaged.training_summary()
+    saved = load_model(tmp_path / "m.pt", device="cpu")  # the file holds the average, not epoch 8
+    for key, value in _weights(averaged).items():
+        torch.testing.assert_close(saved.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_resume_reproduces_the_uninterrupted_averaged_run(tmp_path):
+    data = _data(n=150, noise=True)
+    config = train_config(epochs=30, lr=1e-2, average_from=10, **SMALL)
+    whole = run_to_end(train(data, config))
+    _interrupted(data, config, tmp_path / "part.pt", after=17)
+    resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
+    assert resumed.meta["averaged_epochs"] == whole.meta["averaged_epochs"] == [10, 30]
+    for key, value in _weights(whole).items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_averaging_from_beyond_the_last_epoch_is_refused():
+    with pytest.raises(InputError, match=r"average_from \(50\) must be at most epochs \(40\)"):
+        train_config(epochs=40, average_from=50)

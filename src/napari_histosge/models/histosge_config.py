@@ -59,9 +59,16 @@ class HisToSGEConfig(TrainConfig):
                                         "section), every spot trains for schedule_epochs instead", least=0)
     schedule_epochs: int = setting(60, "epochs of that fixed schedule (chosen on the shared sections' held-out "
                                    "curves; at most epochs)", least=1)
+    average_from: int | None = setting(None, "keep the average of the weights of every epoch from this one to the "
+                                       "last (weight averaging: every spot trains for epochs, no early stopping; "
+                                       "steadier on slides the model never saw)", kind=int, optional=True,
+                                       none_means="keep one epoch's weights", least=1)
 
     def check(self) -> None:
         """The token width must split evenly over the heads."""
         super().check()
         if self.dim % self.heads:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.average_from is not None and self.average_from > self.epochs:
+            raise InputError(f"training setting average_from ({self.average_from}) must be at most epochs "
+                             f"({self.epochs})")

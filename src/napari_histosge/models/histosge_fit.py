@@ -63,8 +63,7 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
         check_resumable(saved, config, data, resume, HPARAM_KEYS)
         start, history, inputs = resume_into(model, saved, config)
         state = saved.optimizer_state or {}
-        optimizer_state, resumed = (state, None) if "param_groups" in state else (state.get("optimizer"),
-                                                                                   state.get("best"))
+        optimizer_state, resumed = (state, None) if "param_groups" in state else (state.get("optimizer"), state)
         if optimizer_state:
             optimizer.load_state_dict(optimizer_state)
     else:
@@ -77,7 +76,7 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
     meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
                 position_jitter_px=epoch_fit.jitter_meta,
                 n_validation_spots=0 if val_data is None else len(val_data.spot_ids))
-    if not validate and config.val_fraction > 0:
+    if not validate and config.val_fraction > 0 and config.average_from is None:
         meta["schedule_epochs"] = epochs  # a fixed schedule instead of early stopping
     if init is not None:
         meta["init"] = init_provenance(init)
@@ -87,7 +86,7 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
     hooks = EpochHooks(
         model=model, fit_epoch=epoch_fit, optimizer_state=optimizer.state_dict,
         score=None if val_data is None else ValidationScore(model, inputs, val_data, config, section_groups, device),
-        evaluate_every=evaluation_interval(config.epochs))
+        evaluate_every=evaluation_interval(config.epochs), average_from=config.average_from)
     yield from run_epochs(hooks, trained, epochs=epochs, start=start, history=history, resumed=resumed,
                           checkpoint_path=checkpoint_path, checkpoint_every=config.checkpoint_every,
                           message=f"{len(data.spot_ids)} spots, {len(data.genes)} genes")
@@ -102,9 +101,10 @@ def epoch_plan(data: TrainingData, config: HisToSGEConfig) -> tuple[int, bool]:
     ``config.epochs``, early stopping on that share. With fewer (a small section), the
     validation score would choose the epoch poorly: every spot trains for
     ``config.schedule_epochs`` (at most ``config.epochs``), without validation.
-    ``val_fraction=0`` trains every spot for ``config.epochs``, as the paper.
+    ``val_fraction=0`` trains every spot for ``config.epochs``, as the paper, and so does
+    weight averaging (``config.average_from``), which keeps the mean of the last epochs.
     """
-    if config.val_fraction <= 0:
+    if config.val_fraction <= 0 or config.average_from is not None:
         return config.epochs, False
     rows = validation_rows(data, config)
     if rows is not None and len(rows) >= config.min_validation_spots:

@@ -14,10 +14,14 @@ class HisToSGETrainedModel(TrainedModel):
     """A trained HisToSGE network: predicts from z-scored image features, mean RGB and positions."""
 
     def training_summary(self) -> str:
-        """The shared summary, or which fixed schedule ran where the section was too small to validate on."""
+        """The shared summary, the averaged epochs, or the fixed schedule of a section too small to validate on."""
+        ran = len(self.meta.get("history", []))
+        averaged = self.meta.get("averaged_epochs")
+        if averaged:
+            return (f"epochs: {ran} on every training spot; kept the mean of the weights of epochs "
+                    f"{averaged[0]}-{averaged[1]} (weight averaging)")
         if self.meta.get("schedule_epochs") is None:
             return super().training_summary()
-        ran = len(self.meta.get("history", []))
         return (f"epochs: {ran} on every training spot (a fixed schedule: too few spots to hold back "
                 f"{getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch)")
 

@@ -4,8 +4,8 @@ A model's trainer prepares its network, data and optimiser, then hands :func:`ru
 few hooks (:class:`EpochHooks`: fit one epoch, score the validation spots, the optimiser
 state to save). The loop owns what must behave the same for every model: the loss history,
 the divergence check, the best-weights tracker (:class:`.early_stopping.BestWeights`),
-early stopping, when checkpoints are written, what a checkpoint holds to resume from, and
-the progress events.
+early stopping or weight averaging (:class:`.weight_average.WeightAverage`), when
+checkpoints are written, what a checkpoint holds to resume from, and the progress events.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..errors import HistosgeError
 from ..progress import Progress, ProgressGenerator
 from .checkpoint import write_atomically
 from .early_stopping import PATIENCE, SMOOTHING, BestWeights
+from .weight_average import WeightAverage
 
 
 class TrainingDivergedError(HistosgeError):
@@ -54,6 +55,9 @@ class EpochHooks:
     finish
         ``finish(restored, best)``: a progress generator run after the best weights are
         restored and before the final checkpoint (e.g. refitting a part to them).
+    average_from
+        Keep the mean of the weights of every epoch from this one (1-based) to the last
+        instead of one epoch's (give no ``score`` with it); ``None``: off.
     """
 
     model: Any
@@ -65,6 +69,7 @@ class EpochHooks:
     initial_candidate: bool = False
     smoothing: int = SMOOTHING
     finish: Callable[[bool, BestWeights], Generator] | None = None
+    average_from: int | None = None
 
 
 def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, history: list[float] | None = None,
@@ -84,7 +89,8 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
     start, history
         Epochs already done and their losses (a resumed run).
     resumed
-        The ``"best"`` entry of the resumed checkpoint's training state (the tracker), if any.
+        The resumed checkpoint's training state (its ``"best"`` tracker and ``"average"``
+        running mean), if any.
     checkpoint_path, checkpoint_every
         Where and how often a checkpoint is written; also at the end.
     message
@@ -98,14 +104,20 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
     """
     meta, history = trained.meta, list(history or [])
     best = BestWeights(hooks.model, hooks.smoothing)
+    average = None if hooks.average_from is None else WeightAverage(hooks.model, hooks.average_from)
     if resumed is not None:
-        best.load_state_dict(resumed)
+        if resumed.get("best") is not None:
+            best.load_state_dict(resumed["best"])
+        if average is not None and resumed.get("average") is not None:
+            average.load_state_dict(resumed["average"])
     elif hooks.score is not None and hooks.initial_candidate:
         best.offer(hooks.score(), start)
 
     def snapshot(done: int) -> None:
-        meta.update(history=list(history), epochs_done=done, **best.summary())
-        trained.optimizer_state = {"optimizer": hooks.optimizer_state(), "best": best.state_dict()}
+        meta.update(history=list(history), epochs_done=done, **best.summary(),
+                    **({} if average is None else average.summary()))
+        trained.optimizer_state = {"optimizer": hooks.optimizer_state(), "best": best.state_dict(),
+                                   "average": None if average is None else average.state_dict()}
 
     # What was at the checkpoint path before this run: put back if the run diverges.
     previous = Path(checkpoint_path).read_bytes() if checkpoint_path and Path(checkpoint_path).is_file() else None
@@ -122,6 +134,8 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
                 write_atomically(checkpoint_path, previous)
             raise
         history.append(loss)
+        if average is not None:
+            average.offer(done)
         metrics = {"epoch": done, "loss": loss}
         if hooks.score is not None and (done % hooks.evaluate_every == 0 or done == epochs):
             metrics["val_pcc"] = best.offer(hooks.score(), done)
@@ -138,6 +152,8 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
     restored = best.epoch is not None and start < epochs and best.epoch != len(history)
     if restored:
         best.restore()
+    if average is not None and start < epochs:
+        restored = average.apply()  # the mean of the weights replaces the last epoch's
     if hooks.finish is not None:
         yield from hooks.finish(restored, best)
     if restored or stopped:

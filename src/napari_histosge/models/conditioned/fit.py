@@ -209,14 +209,14 @@ def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img
 
 
 def _load_optimizers(optimizers: dict, state: dict | None) -> dict | None:
-    """Load a checkpoint's optimiser states into ``optimizers``; returns its best-weights tracker state."""
+    """Load a checkpoint's optimiser states into ``optimizers``; returns its training state for the engine."""
     state = state or {}
     saved = state.get("optimizer", state) if "best" in state else state  # older checkpoints: no tracker
     if saved.get("main") is not None:
         optimizers["main"].load_state_dict(saved["main"])
     if optimizers["disc"] is not None and saved.get("disc") is not None:
         optimizers["disc"].load_state_dict(saved["disc"])
-    return state.get("best")
+    return {"best": state.get("best")}
 
 
 def _set_reference(model, data: TrainingData, y, img, gene_mean, gene_std, parts: dict) -> None:
