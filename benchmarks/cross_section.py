@@ -94,7 +94,8 @@ def _recovery_row(adata, label, hvg, top, config, features, hidden_ceilings, ini
             "baseline_top50": _mean_pcc(result.baseline_metrics, top),
             "baseline_hvg": _mean_pcc(result.baseline_metrics, hvg),
             "ceiling_top50": _ceiling(hidden_ceilings, top), "ceiling_hvg": _ceiling(hidden_ceilings, hvg),
-            "best_epoch": kept_epoch(result.model.meta), "wall_s": time.perf_counter() - t0}
+            "best_epoch": kept_epoch(result.model.meta), "wall_s": time.perf_counter() - t0,
+            "companion_weight": result.model.meta.get("histosge", {}).get("weight")}
 
 
 def kept_epoch(meta: dict):
@@ -213,6 +214,12 @@ def _f(v) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def _weight(row: dict) -> str:
+    """The conditioned model's companion weight, where recorded (0: the companion had no say)."""
+    w = row.get("companion_weight")
+    return "" if w is None else f"; companion weight {w:g}"
+
+
 def render(payload: dict) -> str:
     lines = [machine_line(payload["machine"]),
              f"Leave one section out: HisToSGE (defaults, default image features, at most {payload['epochs']} "
@@ -236,7 +243,7 @@ def render(payload: dict) -> str:
         knn = f"{_f(r['baseline_top50'])} / {_f(r['baseline_hvg'])}" if "baseline_top50" in r else ""
         lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']} | {_f(r['pcc_top50'])} "
                      f"| {_f(r['pcc_hvg'])} | {knn} | {_f(r['ceiling_top50'])} / {_f(r['ceiling_hvg'])} "
-                     f"| {r.get('best_epoch', '')} |")
+                     f"| {r.get('best_epoch', '')}{_weight(r)} |")
     return "\n".join(lines)
 
 
