@@ -68,6 +68,8 @@ def run_variant(adata, name, train_config, feature_config, features, args):
         # Early stopping: the epoch whose weights were kept, and where training ended.
         "best_epoch": result.model.meta.get("best_epoch"),
         "epochs_run": result.model.meta.get("stopped_at", len(result.model.meta.get("history", []))),
+        # A small section's fixed schedule on every training spot (no epoch chosen).
+        "schedule_epochs": result.model.meta.get("schedule_epochs"),
         # The conditioned model's HisToSGE companion: its weight in the prediction.
         "companion_weight": getattr(result.model, "blend_weight", None),
     }
@@ -214,6 +216,8 @@ def render(payload: dict) -> str:
         epochs = str(r["epochs"]) if r["fit_s"] else ""
         if r.get("best_epoch") is not None and r["fit_s"]:
             epochs += f" ({r['epochs_run']}; {r['best_epoch']})"
+        elif r["fit_s"] and (r.get("schedule_epochs") or (r.get("epochs_run") or r["epochs"]) < r["epochs"]):
+            epochs += f" ({r['epochs_run']}; fixed schedule)"
         lines.append(
             f"| {r['section']} | {r['n_spots']} | {r['variant']} | {epochs} "
             f"| {_fmt(r['pcc_hvg'])} | {_fmt(r['pcc_top50'])} | {ceiling} "
