@@ -68,7 +68,8 @@ def render(payload: dict) -> str:
     lines = [
         machine_line(payload["machine"]),
         f"Recovery protocol (hold-out 50%) on splits with seeds {payload['seeds']} per section; models with "
-        "their defaults (HisToSGE: at most 1000 epochs with early stopping; conditioned: at most 20). "
+        "their defaults (HisToSGE: early stopping within at most 1000 epochs where the validation share holds at "
+        "least 50 spots, else every training spot for 60 epochs; conditioned: at most 20). "
         "Mean and SD of the held-out PCC over the splits; 'beats' counts the splits on which the method's "
         "PCC is above the 6-NN baseline's / above HisToSGE with image features off, for the HVGs and the "
         "top-50 genes. " + CEILING_NOTE + " Here the ceiling is the mean over the same splits.",
