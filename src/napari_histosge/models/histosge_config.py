@@ -60,8 +60,8 @@ class HisToSGEConfig(TrainConfig):
     schedule_epochs: int = setting(60, "epochs of that fixed schedule (chosen on the shared sections' held-out "
                                    "curves; at most epochs)", least=1)
     average_from: int | None = setting(None, "keep the average of the weights of every epoch from this one to the "
-                                       "last (weight averaging: every spot trains for epochs, no early stopping; "
-                                       "steadier on slides the model never saw)", kind=int, optional=True,
+                                       "last (weight averaging: every spot trains for epochs, no early "
+                                       "stopping)", kind=int, optional=True,
                                        none_means="keep one epoch's weights", least=1)
 
     def check(self) -> None:
