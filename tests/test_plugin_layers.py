@@ -68,6 +68,17 @@ def test_spots_layer_is_row_col_with_real_diameter_and_gene_features():
     assert kwargs["face_color"].shape == (a.n_obs, 4)
 
 
+def test_spot_labels_are_off_and_show_the_spot_ids_when_switched_on():
+    from napari.layers import Points
+
+    a = _spots()
+    data, kwargs, _ = L.spots_layer(a, "GA")
+    layer = Points(data, **kwargs)
+    assert not layer.text.visible  # napari's "display text" box starts unticked
+    layer.text.visible = True
+    assert list(layer.text.string(layer.features)) == list(a.obs_names)
+
+
 def test_rasterize_puts_each_value_at_its_position():
     a = _spots(fold=4)
     values = np.arange(a.n_obs, dtype=float)

@@ -226,6 +226,8 @@ def spots_layer(adata, gene: str | None = None, *, name: str | None = None,
         "border_width_is_relative": True,
         "border_color": "white",
         "opacity": 0.8,
+        # Labels off, as drawn; "display text" then shows each spot's id rather than nothing.
+        "text": {"string": "{spot}", "visible": False, "color": "white", "size": 8},
         "metadata": {META_KEY: {"role": role, "adata": adata, "gene": gene, "log_adata": log_adata}},
         **spots_frame(adata),
     }
