@@ -248,3 +248,7 @@ def test_resume_reproduces_the_uninterrupted_averaged_run(tmp_path):
 def test_averaging_from_beyond_the_last_epoch_is_refused():
     with pytest.raises(InputError, match=r"average_from \(50\) must be at most epochs \(40\)"):
         train_config(epochs=40, average_from=50)
+    # The conditioned model's own epochs are few; its HisToSGE companions are the runs that average.
+    assert train_config("conditioned", epochs=20, histosge_epochs=200, average_from=40).average_from == 40
+    with pytest.raises(InputError, match=r"average_from \(50\) must be at most histosge_epochs \(40\)"):
+        train_config("conditioned", histosge_epochs=40, average_from=50)

@@ -69,6 +69,11 @@ class HisToSGEConfig(TrainConfig):
         super().check()
         if self.dim % self.heads:
             raise InputError(f"training setting dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if self.average_from is not None and self.average_from > self.epochs:
-            raise InputError(f"training setting average_from ({self.average_from}) must be at most epochs "
-                             f"({self.epochs})")
+        name, epochs = self.averaged_run()
+        if self.average_from is not None and self.average_from > epochs:
+            raise InputError(f"training setting average_from ({self.average_from}) must be at most {name} "
+                             f"({epochs})")
+
+    def averaged_run(self) -> tuple[str, int]:
+        """``(setting, epochs)``: how long the HisToSGE runs whose weights ``average_from`` averages train."""
+        return "epochs", self.epochs

@@ -1,8 +1,8 @@
 """Weight averaging: the mean of a network's weights over the last epochs of a run.
 
 One epoch's weights of a small-data run move a lot from epoch to epoch; their mean over a
-stretch of epochs (stochastic weight averaging, Izmailov et al. 2018) predicts more steadily,
-above all on slides the model never saw. The running mean is
+stretch of epochs (stochastic weight averaging, Izmailov et al. 2018) does not depend on
+which epoch happened to be kept. The running mean is
 :class:`torch.optim.swa_utils.AveragedModel`'s; its state resumes with the run.
 """
 
@@ -21,7 +21,6 @@ class WeightAverage:
 
         self.model, self.first = model, int(first)
         self.average = AveragedModel(model)
-        self.last: int | None = None
 
     @property
     def count(self) -> int:
@@ -32,7 +31,6 @@ class WeightAverage:
         """Add the weights after epoch ``epoch`` (1-based) if it is ``first`` or later."""
         if epoch >= self.first:
             self.average.update_parameters(self.model)
-            self.last = epoch
 
     def apply(self) -> bool:
         """Copy the average into the model; ``False`` (nothing changed) before any epoch was averaged."""
@@ -43,13 +41,13 @@ class WeightAverage:
 
     def summary(self) -> dict[str, Any]:
         """What the model's metadata records: the averaged epochs."""
-        return {"averaged_epochs": None if not self.count else [self.first, self.last]}
+        # Every epoch from ``first`` on is averaged, so the last is ``first + count - 1``.
+        return {"averaged_epochs": None if not self.count else [self.first, self.first + self.count - 1]}
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: the running mean and its epochs."""
-        return {"average": self.average.state_dict(), "first": self.first, "last": self.last}
+        return {"average": self.average.state_dict(), "first": self.first}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the running mean of :meth:`state_dict` (of a run with the same ``first``)."""
         self.average.load_state_dict(state["average"])
-        self.last = state.get("last")

@@ -64,3 +64,7 @@ class ConditionedConfig(HisToSGEConfig):
     histosge_epochs: int = setting(1000, "most epochs of each companion model (early-stopped)", least=1)
     histosge_members: int = setting(3, "HisToSGE models in the companion, alike but for their initial weights",
                                     least=1)
+
+    def averaged_run(self) -> tuple[str, int]:
+        """Only the HisToSGE companion's runs average their weights (``average_from``), for ``histosge_epochs``."""
+        return "histosge_epochs", self.histosge_epochs
