@@ -56,6 +56,24 @@ def pick_gene(model_genes: list[str], heatmap) -> str:
     return max(scores, key=lambda g: scores[g] if scores[g] == scores[g] else -2.0)
 
 
+def hot_spot_outline(layer):
+    """A wobbly loop (world row, col) around where ``layer``'s gene is highest, as a user would lasso it."""
+    import numpy as np
+
+    from napari_histosge.plugin.widgets.layers import gene_values, um_per_px
+
+    meta = layer.metadata["histosge"]
+    adata = meta["adata"]
+    values = gene_values(adata, meta["gene"])
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    top = xy[values >= np.nanpercentile(values, 90)]
+    centre = np.median(top, axis=0)
+    radius = 0.6 * np.median(np.linalg.norm(top - centre, axis=1))
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    loop = centre + radius * np.column_stack([np.cos(t), np.sin(t)]) * (1 + 0.15 * np.sin(3 * t))[:, None]
+    return loop[:, ::-1] * (um_per_px(adata) or 1.0)
+
+
 def save(viewer, path: Path) -> None:
     from PIL import Image
 
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_histosge.plugin.widgets.state import SESSION_MODELS
     from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
     from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP, ROLE_PRED_SPOTS, ROLE_SPOTS, layers_with_role
+    from napari_histosge.plugin.widgets.region import RegionsWidget
     from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget
     from napari_histosge.plugin.widgets.train import GENES_LIST, TrainWidget
 
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sub-spot training failed: {train.status.tooltip}")
         return 1
     sr = SuperResolveWidget(viewer)
-    viewer.window.add_dock_widget(sr, name="Super-resolve", area="right")
+    sr_dock = viewer.window.add_dock_widget(sr, name="Super-resolve", area="right")
     sr.data.value = spots
     sr.model.value = SESSION_MODELS.names()[-1]
     sr.positions.value = GRID
@@ -198,6 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
     wait(app, lambda: True)
     save(viewer, out / "grid_map.png")
+
+    # Regions: a lasso around where the shown gene is highest, and the genes most above the rest.
+    viewer.window.remove_dock_widget(sr_dock)
+    regions = RegionsWidget(viewer)
+    viewer.window.add_dock_widget(regions, name="Regions", area="right")
+    [grid] = layers_with_role(viewer.layers, ROLE_HEATMAP)[-1:]
+    regions.target.value = grid
+    regions.start_drawing()
+    regions.shapes_layer().add_polygons([hot_spot_outline(grid)])
+    regions.refresh()
+    wait(app, lambda: regions.tables is not None and regions._job is None)
+    wait(app, lambda: True)
+    save(viewer, out / "regions.png")
     print(f"trained on {len(train_genes)} genes")
     viewer.close()
     return 0

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "progress", "device", "settings", "outputs", "gene_lists"),
     ("io", "slide"),
     ("features",),
-    ("evaluation",),
+    ("evaluation", "export"),
     ("training",),
     ("models",),
     ("prediction",),

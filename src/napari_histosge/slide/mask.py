@@ -29,7 +29,8 @@ from ..errors import InputError
 from .open import Slide, open_slide
 
 __all__ = [
-    "MAX_MASK_SIDE", "TissueMask", "cells_inside", "check_covers_spots", "detect_tissue", "read_mask",
+    "MAX_MASK_SIDE", "TissueMask", "cells_inside", "check_covers_spots", "detect_tissue", "geojson_polygons",
+    "read_geojson", "read_mask",
     "tissue_from_rgb",
 ]
 
@@ -314,19 +315,19 @@ def _image_mask(path: Path, width: float, height: float) -> TissueMask:
     return TissueMask(mask, (fx + fy) / 2, str(path))
 
 
-def _polygons(node: Any) -> list[list]:
-    """Every polygon (a list of rings: exterior first, then holes) in a GeoJSON value."""
+def geojson_polygons(node: Any) -> list[list]:
+    """Every polygon (a list of rings: exterior first, then holes) in a parsed GeoJSON value."""
     if isinstance(node, list):
-        return [p for item in node for p in _polygons(item)]
+        return [p for item in node for p in geojson_polygons(item)]
     if not isinstance(node, dict):
         return []
     kind = node.get("type")
     if kind == "FeatureCollection":
-        return _polygons(node.get("features") or [])
+        return geojson_polygons(node.get("features") or [])
     if kind == "Feature":
-        return _polygons(node.get("geometry"))
+        return geojson_polygons(node.get("geometry"))
     if kind == "GeometryCollection":
-        return _polygons(node.get("geometries") or [])
+        return geojson_polygons(node.get("geometries") or [])
     if kind == "Polygon":
         return [node.get("coordinates") or []]
     if kind == "MultiPolygon":
@@ -344,16 +345,33 @@ def _ring(ring: Any, factor: float, path: Path) -> tuple[np.ndarray, np.ndarray]
     return xy[:, 1] / factor - 0.5, xy[:, 0] / factor - 0.5  # rows, cols of pixel centres
 
 
-def _geojson_mask(path: Path, width: float, height: float, max_side: int) -> TissueMask:
-    from skimage.draw import polygon as fill_polygon
+def read_geojson(path: str | os.PathLike) -> list[list]:
+    """Every polygon of a GeoJSON file (QuPath style: full-resolution pixel coordinates).
 
+    Returns a list of polygons, each a list of rings (exterior first, then holes) as GeoJSON
+    gives them. Features, collections and multi-polygons are flattened; points and lines,
+    which have no area, are skipped.
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read as JSON or holds no polygon.
+    """
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the GeoJSON file: {exc}", path) from exc
-    polygons = [p for p in _polygons(data) if p]
+    polygons = [p for p in geojson_polygons(data) if p]
     if not polygons:
         raise InputError("the GeoJSON holds no Polygon or MultiPolygon geometry", path)
+    return polygons
+
+
+def _geojson_mask(path: Path, width: float, height: float, max_side: int) -> TissueMask:
+    from skimage.draw import polygon as fill_polygon
+
+    polygons = read_geojson(path)
     factor = max(width, height) / max_side if max(width, height) > max_side else 1.0
     shape = (max(1, math.ceil(height / factor)), max(1, math.ceil(width / factor)))
     mask = np.zeros(shape, bool)

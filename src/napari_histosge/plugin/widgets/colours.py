@@ -1,4 +1,7 @@
-"""Colour scales of the plugin's layers: colormaps (heatmaps fade to transparent) and robust contrast limits."""
+"""Colour scales of the plugin's layers: colormaps (heatmaps fade to transparent) and robust contrast limits.
+
+The limits and the fade are the core's (:mod:`napari_histosge.export.colours`), shared with exported figures.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from ...export.colours import FADE_FRACTION, ROBUST_PERCENTILES
+from ...export.colours import robust_range as robust_range  # re-exported: the widgets' limits
+from ...export.colours import value_range as value_range
+
 SPOT_COLORMAP = "viridis"
 #: Heatmaps: inferno whose low end fades to transparent, so the H&E shows where expression is low.
 HEATMAP_COLORMAP = "inferno (transparent low)"
 #: Differences: a diverging colormap, used with limits symmetric about 0.
 DIFF_COLORMAP = "PiYG"
-#: Percentiles of the shown values that set a heatmap's contrast limits (one outlier must not).
-ROBUST_PERCENTILES = (1.0, 99.0)
-#: Share of the colormap over which the heatmap's opacity rises from 0 to 1.
-FADE_FRACTION = 0.3
-
-
-def value_range(values: np.ndarray) -> tuple[float, float]:
-    """Finite (min, max) of ``values``, widened when flat so a colormap stays valid."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
-
-
-def robust_range(values: np.ndarray, percentiles: tuple[float, float] = ROBUST_PERCENTILES) -> tuple[float, float]:
-    """Contrast limits at ``percentiles`` of the finite ``values`` (widened when flat)."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(finite, percentiles))
-    return (lo, hi) if hi > lo else value_range(finite)
 
 
 def symmetric_range(values: np.ndarray, percentile: float = ROBUST_PERCENTILES[1]) -> tuple[float, float]:

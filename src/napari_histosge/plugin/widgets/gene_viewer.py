@@ -87,8 +87,11 @@ class GeneViewerWidget(Container):
         self.show_button = PushButton(text="Show gene")
         self.compare_button = PushButton(text="Observed | predicted | difference")
         self.close_compare_button = PushButton(text="Close comparison", visible=False)
+        self.export_button = PushButton(text="Export figure…", tooltip="save the canvas as shown with this legend "
+                                        "and a scale bar (PNG, SVG or PDF)")
         self.info = status_label()
-        self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button, self.info])
+        self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button,
+                     self.export_button, self.info])
         self.colorbar = ColorBar()
         self.diff_colorbar = ColorBar()  # the difference panel's diverging scale
         self.diff_colorbar.setVisible(False)
@@ -106,6 +109,7 @@ class GeneViewerWidget(Container):
         self.show_button.changed.connect(lambda *_: self.show_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
         self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
+        self.export_button.changed.connect(lambda *_: self.export_figure())
 
         self.gene: str | None = None
         self.pcc: dict[str, float] = {}
@@ -313,6 +317,27 @@ class GeneViewerWidget(Container):
                     meta["log_adata"] = normalize_log1p(adata)
                 return meta["log_adata"]
         return None
+
+    # ------------------------------------------------------------------ figure
+    def export_figure(self, path: str | None = None):
+        """Write the canvas with the legend and a scale bar to ``path`` (asked for when ``None``).
+
+        Returns the path written, or ``None`` when the dialog was cancelled or the write failed
+        (the status line says why).
+        """
+        from ...errors import InputError
+        from .figure_export import ask_figure_path, export_figure
+
+        path = path if path is not None else ask_figure_path(self.native)
+        if path is None:
+            return None
+        try:
+            written = export_figure(self.viewer, self.colorbar, path)
+        except InputError as exc:
+            set_status(self.info, f"figure not written: {exc}")
+            return None
+        set_status(self.info, f"figure written to {written}")
+        return written
 
     # ------------------------------------------------------------------ comparison
     def _comparable(self):

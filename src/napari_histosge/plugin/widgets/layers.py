@@ -20,13 +20,25 @@ These functions are pure (no viewer): they return napari ``LayerDataTuple``s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ...errors import InputError
+from ...export.raster import (
+    META_KEY,
+    Raster,
+    gene_values,
+    grid_info,
+    grid_raster,
+    is_prediction,
+    layer_values,
+    nn_spacing,
+    rasterize,
+    um_per_px,
+    world_frame,
+)
 from .colours import (
     DIFF_COLORMAP,
     HEATMAP_COLORMAP,
@@ -36,9 +48,6 @@ from .colours import (
     symmetric_range,
     value_range,
 )
-
-#: key of ``layer.metadata`` holding what a layer was made from.
-META_KEY = "histosge"
 
 #: roles stored in ``layer.metadata["histosge"]["role"]``.
 ROLE_SLIDE, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP = "slide", "spots", "predicted_spots", "heatmap"
@@ -54,21 +63,6 @@ def spots_rc(adata) -> np.ndarray:
     """Spot centres as napari ``(row, col)`` = ``(y, x)`` full-resolution pixels."""
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     return xy[:, ::-1].copy()
-
-
-def um_per_px(adata) -> float | None:
-    """Micrometres per full-resolution pixel recorded for ``adata`` (``uns["histosge"]["mpp"]``), else ``None``."""
-    info = getattr(adata, "uns", {}).get(META_KEY, {}) or {}
-    try:
-        mpp = float(info["mpp"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return mpp if np.isfinite(mpp) and mpp > 0 else None
-
-
-def world_frame(mpp: float | None) -> dict[str, Any]:
-    """The layer kwargs of the world frame: ``units`` in micrometres when ``mpp`` is known."""
-    return {"units": ("um", "um")} if mpp else {}
 
 
 def image_transform(image_scale: float, mpp: float | None = None) -> dict[str, tuple[float, float]]:
@@ -97,52 +91,6 @@ def image_transform(image_scale: float, mpp: float | None = None) -> dict[str, t
 
 
 # ----------------------------------------------------------------------------- values
-def is_prediction(adata) -> bool:
-    """Whether ``adata`` holds predictions (log-normalised) rather than raw counts.
-
-    Predictions carry ``uns["histosge"]["fold"]`` (positions) or ``["grid"]`` (grid cells).
-    """
-    info = adata.uns.get(META_KEY, {})
-    return isinstance(info, dict) and ("fold" in info or "grid" in info)
-
-
-def _column(adata, gene: str, layer: str | None = None) -> np.ndarray:
-    # Indexing the matrix itself: an AnnData view per gene costs milliseconds on every switch.
-    matrix = adata.X if layer is None else adata.layers[layer]
-    col = matrix[:, adata.var_names.get_loc(gene)]
-    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-    return np.asarray(col, dtype=np.float64).ravel()
-
-
-def gene_values(adata, gene: str, *, log_adata=None) -> np.ndarray:
-    """Values of ``gene`` per row on the log1p(counts per 1e4) scale.
-
-    Predictions are already on that scale; raw counts are normalised with the core's
-    :func:`napari_histosge.io.preprocess.normalize_log1p` (pass ``log_adata`` to reuse a
-    normalised copy).
-    """
-    if gene not in adata.var_names:
-        raise KeyError(f"gene {gene!r} is not in the data")
-    if is_prediction(adata):
-        return _column(adata, gene)
-    if log_adata is None:
-        from ...io.preprocess import normalize_log1p
-
-        log_adata = normalize_log1p(adata)
-    return _column(log_adata, gene)
-
-
-def layer_values(adata, gene: str, values_layer: str | None = None, *, log_adata=None) -> np.ndarray:
-    """Values of ``gene`` per row.
-
-    These are :func:`gene_values`, or ``adata.layers[values_layer]`` (e.g. ``"std"``, the
-    spread of a prediction) when ``values_layer`` is given.
-    """
-    if values_layer is None:
-        return gene_values(adata, gene, log_adata=log_adata)
-    return _column(adata, gene, values_layer)
-
-
 def default_gene(adata) -> str | None:
     """The gene to show first: the one with the highest mean."""
     if adata.n_vars == 0:
@@ -329,122 +277,6 @@ def bin_values(meta: dict[str, Any], gene: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- heatmap
-def nn_spacing(xy: np.ndarray) -> float:
-    """Median distance to the nearest other position (the lattice pitch)."""
-    from scipy.spatial import cKDTree
-
-    if len(xy) < 2:
-        return 1.0
-    dist, _ = cKDTree(xy).query(xy, k=2)
-    spacing = float(np.median(dist[:, 1]))
-    return spacing if spacing > 0 else 1.0
-
-
-@dataclass(frozen=True)
-class Raster:
-    """A heatmap raster on the full-res grid.
-
-    ``image[i, j]`` is centred at full-res ``(y0 + i * cell, x0 + j * cell)``; NaN where no
-    position is near. ``mpp`` (micrometres per pixel) puts it in the micrometre world frame.
-    """
-
-    image: np.ndarray
-    cell: float
-    origin_rc: tuple[float, float]
-    index: np.ndarray  # raster cell -> row of the source positions (-1 = empty)
-    mpp: float | None = None
-    #: 3 x 3 map from raster ``(row, col, 1)`` to full-res ``(y, x, 1)`` when the grid is not axis-aligned.
-    affine: np.ndarray | None = None
-
-    @property
-    def transform(self) -> dict[str, Any]:
-        """The napari ``scale`` and ``translate`` (or ``affine``, and ``units``) that place the raster in the world."""
-        u = self.mpp or 1.0
-        if self.affine is not None:
-            world = np.array(self.affine, dtype=np.float64)
-            world[:2] *= u
-            return {"affine": world, **world_frame(self.mpp)}
-        return {"scale": (self.cell * u, self.cell * u),
-                "translate": (self.origin_rc[0] * u, self.origin_rc[1] * u), **world_frame(self.mpp)}
-
-    def with_values(self, values: np.ndarray) -> np.ndarray:
-        """The raster filled with other per-position ``values`` (same positions)."""
-        out = np.full(self.index.shape, np.nan, dtype=np.float32)
-        hit = self.index >= 0
-        out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
-        return out
-
-
-def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
-              reach: float = 0.75, mpp: float | None = None) -> Raster:
-    """Paint per-position ``values`` into a regular raster (nearest position per cell).
-
-    Parameters
-    ----------
-    xy
-        ``(n, 2)`` positions ``(x, y)`` in full-res pixels.
-    values
-        ``(n,)`` values per position.
-    cells_per_spacing
-        Raster cells per lattice pitch (the pitch is measured from ``xy``).
-    reach
-        Cells farther than ``reach`` pitches from every position stay empty (NaN).
-    mpp
-        Micrometres per full-res pixel, for the world frame of :attr:`Raster.transform`.
-    """
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(xy, dtype=np.float64)
-    spacing = nn_spacing(xy)
-    cell = spacing / cells_per_spacing
-    pad = spacing * reach
-    x0, y0 = xy.min(axis=0) - pad
-    x1, y1 = xy.max(axis=0) + pad
-    n_cols = max(1, int(np.ceil((x1 - x0) / cell)) + 1)
-    n_rows = max(1, int(np.ceil((y1 - y0) / cell)) + 1)
-    rr, cc = np.mgrid[0:n_rows, 0:n_cols]
-    centres = np.column_stack([x0 + cc.ravel() * cell, y0 + rr.ravel() * cell])
-    dist, nearest = cKDTree(xy).query(centres, k=1)
-    index = np.where(dist <= spacing * reach, nearest, -1).reshape(n_rows, n_cols)
-    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index, mpp=mpp)
-    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index, mpp=mpp)
-
-
-def grid_info(adata) -> dict[str, Any] | None:
-    """``uns["histosge"]["grid"]`` of a grid-cell AnnData (the sub-spot model's output), else ``None``."""
-    info = adata.uns.get(META_KEY, {}) or {}
-    grid = info.get("grid") if isinstance(info, dict) else None
-    return grid if isinstance(grid, dict) else None
-
-
-def grid_raster(adata) -> Raster:
-    """The raster of a grid-cell AnnData: cell ``(grid_row, grid_col)`` at its own raster pixel.
-
-    Raises
-    ------
-    InputError
-        When the grid description or the cell indices do not fit together.
-    """
-    grid, source = grid_info(adata), (adata.uns.get(META_KEY, {}) or {}).get("source")
-    try:
-        n_rows, n_cols = (int(n) for n in grid["shape"])  # type: ignore[index]
-        cell = float(grid["cell_px"])  # type: ignore[index]
-        x0, y0 = (float(v) for v in grid["origin_xy"])  # type: ignore[index]
-        rows = np.asarray(adata.obs["grid_row"], dtype=np.int64)
-        cols = np.asarray(adata.obs["grid_col"], dtype=np.int64)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise InputError(f"the grid cells are not described fully (uns['histosge']['grid'] needs shape, "
-                         f"cell_px and origin_xy; obs needs grid_row and grid_col): {exc}", source) from exc
-    if not (cell > 0 and n_rows > 0 and n_cols > 0):
-        raise InputError(f"the grid has cell_px {cell} and shape {(n_rows, n_cols)}; both must be positive", source)
-    if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= n_rows or cols.max() >= n_cols):
-        raise InputError(f"grid cell indices fall outside the grid's shape {(n_rows, n_cols)}", source)
-    index = np.full((n_rows, n_cols), -1, dtype=np.int64)
-    index[rows, cols] = np.arange(len(rows))
-    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(y0, x0), index=index, mpp=um_per_px(adata))
-    return raster
-
-
 def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
                   values: np.ndarray | None = None, colormap: str = HEATMAP_COLORMAP,
                   raster: Raster | None = None, role: str = ROLE_HEATMAP) -> LayerDataTuple:

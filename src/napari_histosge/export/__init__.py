@@ -1,0 +1,1 @@
+"""Export: expression maps as rasters and figures with a legend and scale bar, and region tables."""
