@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..io.preprocess import normalize_log1p, resolve_gene
 from ..outputs import write_csv, write_text
 from ..slide.mask import geojson_polygons
+from .raster import is_prediction
 
 __all__ = [
     "OUTSIDE", "UNITS", "Region", "assign_regions", "expression_values", "read_regions", "region_tables",
@@ -142,11 +143,6 @@ def assign_regions(xy: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
     return names
 
 
-def _is_prediction(adata) -> bool:
-    info = adata.uns.get("histosge", {})
-    return isinstance(info, dict) and ("fold" in info or "grid" in info)
-
-
 def resolve_genes(adata, genes: Sequence[str] | None) -> list[str]:
     """The gene names ``genes`` (names or gene ids) stand for, in order; every gene when ``None``.
 
@@ -179,7 +175,7 @@ def expression_values(adata, genes: Sequence[str] | None = None) -> pd.DataFrame
         When a gene is not in ``adata`` (naming it).
     """
     wanted = resolve_genes(adata, genes)
-    scaled = adata if _is_prediction(adata) else normalize_log1p(adata)
+    scaled = adata if is_prediction(adata) else normalize_log1p(adata)
     matrix = scaled[:, wanted].X
     matrix = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
     return pd.DataFrame(np.asarray(matrix, dtype=np.float64), index=np.asarray(adata.obs_names, dtype=str),
