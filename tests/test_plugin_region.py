@@ -83,6 +83,10 @@ def test_a_drawn_polygon_selects_the_spots_inside_and_marks_them(session, qtbot,
     assert replayed.index.tolist() == table.index.tolist()
     assert np.allclose(replayed.iloc[:, 3:].to_numpy(), table.iloc[:, 3:].to_numpy(), atol=1e-5)
 
+    viewer.layers.remove(shapes)  # the drawing removed: the selection goes with it
+    qtbot.waitUntil(lambda: widget.tables is None and not widget.regions, timeout=5000)
+    assert widget.table.data.to_list() == []
+
 
 def test_regions_select_grid_or_lattice_predictions(session, qtbot):
     viewer, spots, adata = session

@@ -157,6 +157,8 @@ class RegionsWidget(Container):
     def _layers_changed(self, event) -> None:
         if event.type == "inserted":
             self._watch(event.value)
+        elif histosge_meta(event.value).get("role") == ROLE_REGIONS:
+            self.schedule()  # the drawing is gone: so is the selection
         current = self.target.value
         self.target.reset_choices()
         if current is None or current not in self.viewer.layers:
