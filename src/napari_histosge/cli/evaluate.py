@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import InputError
 from ..outputs import write_csv
-from .options import add_data_args, read_section, require_data, require_file, require_output
+from .options import (
+    add_data_args,
+    read_h5ad,
+    read_section,
+    require_data,
+    require_file,
+    require_output,
+    require_predictions,
+)
 
 
 def add_parsers(sub) -> None:
@@ -22,26 +28,12 @@ def add_parsers(sub) -> None:
 
 def check_evaluate(args: argparse.Namespace) -> None:
     """Every ``evaluate`` option, before any file is read."""
-    path = Path(args.predictions)
-    if not path.is_file():
-        raise InputError("predictions file does not exist" if not path.exists() else "predictions is not a file",
-                         path)
-    if path.suffix.lower() != ".h5ad":
-        raise InputError("the predictions must be an .h5ad file", path)
+    require_predictions(args.predictions)
     require_data(args.data)
     require_file(args.image, "--image file")
     require_file(args.layers, "layer annotation file (--layers)")
     if args.metrics is not None:
         require_output(args.metrics, ".csv", "metrics file (--metrics)")
-
-
-def _read_predictions(path: str):
-    import anndata as ad
-
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001 - any h5py/anndata failure means an unreadable file
-        raise InputError(f"not a readable .h5ad file ({exc.__class__.__name__})", path) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -52,7 +44,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.uncertainty import format_uncertainty
 
     layers = read_layer_annotations(args.layers) if args.layers else None
-    predictions = _read_predictions(args.predictions)
+    predictions = read_h5ad(args.predictions)
     result = evaluate_predictions(predictions, read_section(args), layers=layers)
     s = result.summary
     n_left_out = result.n_unmatched_spots

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .options import require_output
+from .options import read_h5ad, require_output, require_predictions
 
 
 def add_parsers(sub) -> None:
@@ -34,12 +34,7 @@ def check_figure(args: argparse.Namespace) -> None:
     """Every ``figure`` option, before any file is read."""
     from ..export.figure import figure_format
 
-    path = Path(args.predictions)
-    if not path.is_file():
-        raise InputError("predictions file does not exist" if not path.exists() else "predictions is not a file",
-                         path)
-    if path.suffix.lower() != ".h5ad":
-        raise InputError("the predictions must be an .h5ad file", path)
+    require_predictions(args.predictions)
     if not str(args.gene).strip():
         raise InputError("--gene is empty; name the gene to show")
     figure_format(args.out)
@@ -54,25 +49,13 @@ def check_figure(args: argparse.Namespace) -> None:
         raise InputError(f"--size must be between 16 and 20000 pixels, got {args.size}")
 
 
-def _read(path: str):
-    import anndata as ad
-
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001 - any h5py/anndata failure means an unreadable file
-        raise InputError(f"not a readable .h5ad file ({exc.__class__.__name__})", path) from None
-    if "spatial" not in adata.obsm or adata.n_obs == 0:
-        raise InputError("the file holds no positions (obsm['spatial'])", path)
-    return adata
-
-
 def cmd_figure(args: argparse.Namespace) -> int:
     """``histosge figure``: read the file, render the gene over its slide, write the figure."""
     check_figure(args)
     from ..export.figure import write_figure  # heavy: after the checks
     from ..export.render import find_slide, pick_gene, render_map
 
-    adata = _read(args.predictions)
+    adata = read_h5ad(args.predictions, need_positions=True)
     gene = pick_gene(adata, args.gene, source=args.predictions)
     slide = Path(args.slide) if args.slide else None
     if slide is None:

@@ -133,6 +133,28 @@ def require_file(path: str | None, what: str) -> None:
                          path)
 
 
+def require_predictions(path: str) -> None:
+    """A predictions file: an existing ``.h5ad`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("predictions file does not exist" if not p.exists() else "predictions is not a file", p)
+    if p.suffix.lower() != ".h5ad":
+        raise InputError("the predictions must be an .h5ad file", p)
+
+
+def read_h5ad(path: str | Path, *, need_positions: bool = False):
+    """An ``.h5ad`` file read, with one clear error when it cannot be (or holds no positions)."""
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # noqa: BLE001 - any h5py/anndata failure means an unreadable file
+        raise InputError(f"not a readable .h5ad file ({exc.__class__.__name__})", path) from None
+    if need_positions and ("spatial" not in adata.obsm or adata.n_obs == 0):
+        raise InputError("the file holds no positions (obsm['spatial'])", path)
+    return adata
+
+
 def require_data(path: str, what: str = "data") -> None:
     """A section (folder or file) that must exist; its format is checked when it is read."""
     if not Path(path).exists():

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .options import add_bin_arg, require_data, require_file, require_output
+from .options import add_bin_arg, read_h5ad, require_data, require_file, require_output
 
 
 def add_parsers(sub) -> None:
@@ -41,17 +41,8 @@ def check_region(args: argparse.Namespace) -> None:
 def _read(data: str, bin_um: int | None):
     from ..io import read_spots
 
-    path = Path(data)
-    if path.suffix.lower() == ".h5ad":
-        import anndata as ad
-
-        try:
-            adata = ad.read_h5ad(path)
-        except Exception as exc:  # noqa: BLE001 - any h5py/anndata failure means an unreadable file
-            raise InputError(f"not a readable .h5ad file ({exc.__class__.__name__})", path) from None
-        if "spatial" not in adata.obsm:
-            raise InputError("the .h5ad file has no obsm['spatial'] positions", path)
-        return adata
+    if Path(data).suffix.lower() == ".h5ad":  # predictions, or a section saved as .h5ad
+        return read_h5ad(data, need_positions=True)
     return read_spots(data, bin_um=bin_um)
 
 
