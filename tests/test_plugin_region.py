@@ -10,17 +10,11 @@ import pandas as pd
 import pytest
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets import layers as L
 from napari_histosge.plugin.widgets.region import RegionsWidget, shape_polygon
 from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.superres import add_prediction_layers
 from test_plugin_gene_viewer import fake_predictions
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
 @pytest.fixture
