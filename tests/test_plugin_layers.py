@@ -250,7 +250,7 @@ def test_slide_reader_bad_file_raises_input_error(tmp_path):
         reader(str(bad))
 
 
-def test_slide_reader_multiscale_dask(tmp_path):
+def test_slide_reader_multiscale_lazy(tmp_path):
     import tifffile
 
     rng = np.random.default_rng(0)
@@ -262,7 +262,7 @@ def test_slide_reader_multiscale_dask(tmp_path):
     [(data, kwargs, kind)] = read_slide_layers(str(path))
     assert kind == "image" and kwargs["rgb"] is True
     assert kwargs["multiscale"] and len(data) == 2
-    assert type(data[0]).__name__ == "Array"  # dask, never loaded whole
+    assert type(data[0]).__name__ == "LevelArray"  # read by tile, never loaded whole
     assert np.array_equal(np.asarray(data[0][100:110, 200:210]), img[100:110, 200:210])
 
 

@@ -120,3 +120,39 @@ def test_ellipse_outline_is_inscribed_in_its_box() -> None:
     assert outline.min(axis=0) == pytest.approx([0.0, 0.0], abs=0.05)
     assert outline.max(axis=0) == pytest.approx([4.0, 10.0], abs=0.05)
     assert shape_polygon(box, "path") is None and shape_polygon(box[:2], "polygon") is None
+
+
+def test_regions_load_from_geojson_and_select_what_the_command_line_selects(session, qtbot, tmp_path):
+    import json
+
+    viewer, spots, adata = session
+    widget = RegionsWidget(viewer)
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    assert widget.load_regions(bad) == 0
+    assert "bad.geojson" in status_of(widget.status) and widget.shapes_layer() is None  # nothing added
+
+    xy = np.asarray(adata.obsm["spatial"])
+    (x0, y0), (_, y1) = xy.min(axis=0) - 200, xy.max(axis=0) + 200
+    mid = float(np.median(xy[:, 0])) + 1.0
+    left = [[x0, y0], [mid, y0], [mid, y1], [x0, y1], [x0, y0]]  # full-resolution pixels, as QuPath writes
+    far = [[-9e5, -9e5], [-8e5, -9e5], [-8e5, -8e5], [-9e5, -8e5], [-9e5, -9e5]]
+    hole = [[-8.8e5, -8.8e5], [-8.5e5, -8.8e5], [-8.5e5, -8.5e5], [-8.8e5, -8.8e5]]
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [left]},
+         "properties": {"classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [far, hole]},
+         "properties": {"name": "glass"}}]}))
+    assert widget.load_regions(path) == 2
+    shapes = widget.shapes_layer()
+    assert list(shapes.features["name"]) == ["Tumor", "glass"]
+    assert "glass had holes" in status_of(widget.status)
+    settle(qtbot, widget)
+    inside = xy[:, 0] < mid
+    assert (spots.features["region"].to_numpy() == "Tumor").tolist() == inside.tolist()
+    written = widget.export_tables(tmp_path / "sel")
+    demo = L.histosge_meta(spots)["adata"].uns["histosge"]["source"]
+    assert main(["region", str(demo), "--regions", str(path), "--out", str(tmp_path / "cli.csv")]) == 0
+    widget_table = pd.read_csv(written[0], index_col="id")
+    assert pd.read_csv(tmp_path / "cli.csv", index_col="id").index.tolist() == widget_table.index.tolist()

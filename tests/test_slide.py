@@ -240,3 +240,51 @@ def test_zero_size_image(tmp_path: Path) -> None:
         tifffile.imwrite(p, np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(InputError, match=r"zero\.tif.*zero size"):
         open_slide(p)
+
+
+# ----------------------------------------------------------------- display levels (what napari shows)
+
+
+def test_display_levels_slice_like_numpy_through_the_tile_cache(tmp_path: Path) -> None:
+    img = _pattern(600, 500)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb")
+    with open_slide(path) as s:
+        view = s.display_levels[0]
+        assert view.shape == (600, 500, 3) and view.dtype == np.uint8 and view.ndim == 3 and len(view) == 600
+        for key in [(slice(130, 390), slice(5, 260)), (slice(None), slice(490, None)), (slice(0, 600, 3),),
+                    (10, slice(20, 40)), (Ellipsis, 1), (slice(50, 60), 7, slice(0, 2)), (slice(5, 5),)]:
+            np.testing.assert_array_equal(view[key], img[key], err_msg=str(key))
+        np.testing.assert_array_equal(np.asarray(view), img)
+        decoded = s.tiles_decoded
+        view[130:390, 5:260]  # a view napari shows again is served from the cache
+        assert s.tiles_decoded == decoded
+        np.testing.assert_array_equal(s.display_levels[0][64:80, 64:80], s.levels[0][64:80, 64:80].compute())
+
+
+def test_display_levels_refuse_a_whole_level_over_the_decode_limit(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, _pattern(512, 512), tile=(128, 128), photometric="rgb")
+    monkeypatch.setenv("HISTOSGE_MAX_DECODE_PIXELS", str(200 * 200))
+    with open_slide(path) as s:
+        assert s.display_levels[0][0:128, 0:128].shape == (128, 128, 3)  # a screen's worth still reads
+        with pytest.raises(InputError, match="tiled.tif"):
+            np.asarray(s.display_levels[0])
+
+
+def test_showing_a_slide_needs_neither_dask_nor_the_spot_stack(tmp_path: Path) -> None:
+    """The slide reader opens a slide without dask.array, pandas, anndata or scipy (first open stays quick)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, _pattern(512, 512), tile=(128, 128), photometric="rgb")
+    code = ("import sys\nfrom napari_histosge.plugin.reader import get_spots_reader, get_slide_reader\n"
+            f"p = {str(path)!r}\nassert get_spots_reader(p) is None\n"
+            "[(data, kwargs, kind)] = get_slide_reader(p)(p)\n"
+            "assert kind == 'image' and data[0:4, 0:4].shape == (4, 4, 3)\n"
+            "heavy = ('dask.array', 'pandas', 'anndata', 'scipy', 'torch')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

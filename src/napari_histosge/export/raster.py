@@ -3,7 +3,8 @@
 The core speaks full-resolution image pixels as ``(x, y)`` (``adata.obsm["spatial"]``); a
 :class:`Raster` is a regular grid of cells over that frame, in ``(row, col)`` = ``(y, x)``
 order, that the plugin's heatmap layers show and :mod:`.render` paints into figures. Also the
-values the plugin shows per position (:func:`gene_values`) and the world frame's pixel size.
+values the plugin shows per position (:func:`gene_values`); the world frame's pixel size is in
+:mod:`.frame`.
 """
 
 from __future__ import annotations
@@ -16,25 +17,9 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..io.preprocess import normalize_log1p
-
-#: key of ``adata.uns`` (and of a napari ``layer.metadata``) holding what napari-histosge recorded.
-META_KEY = "histosge"
-
-
-# ----------------------------------------------------------------------------- frames
-def um_per_px(adata) -> float | None:
-    """Micrometres per full-resolution pixel recorded for ``adata`` (``uns["histosge"]["mpp"]``), else ``None``."""
-    info = getattr(adata, "uns", {}).get(META_KEY, {}) or {}
-    try:
-        mpp = float(info["mpp"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return mpp if np.isfinite(mpp) and mpp > 0 else None
-
-
-def world_frame(mpp: float | None) -> dict[str, Any]:
-    """The layer kwargs of the world frame: ``units`` in micrometres when ``mpp`` is known."""
-    return {"units": ("um", "um")} if mpp else {}
+from .frame import META_KEY as META_KEY  # re-exported: where the maps' callers look for them
+from .frame import um_per_px as um_per_px
+from .frame import world_frame as world_frame
 
 
 # ----------------------------------------------------------------------------- values

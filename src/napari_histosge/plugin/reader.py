@@ -2,7 +2,8 @@
 
 Each ``get_*_reader`` answers from names only (``detect_format`` lists at most one
 folder) and returns ``None`` when the path is not ours, so napari moves on quickly.
-The returned reader functions do the real work and raise
+A slide is read without importing the spot-data stack (anndata, pandas, scipy), so a
+first File > Open of a slide is quick. The returned reader functions do the real work and raise
 :class:`~napari_histosge.errors.InputError` with a clear message on bad input.
 A ``.h5ad`` whose ``uns["histosge"]`` has a ``fold`` holds predictions
 (``histosge predict``/``recover``, the plugin's writer): it opens as the Super-resolve
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .widgets.layers import LayerDataTuple, prediction_layers, slide_layer, spots_layer, um_per_px
+from ..export.frame import um_per_px
+from .widgets.frame import LayerDataTuple, slide_layer
 
 PathLike = str | os.PathLike
 ReaderFunction = Callable[[PathLike], list[LayerDataTuple]]
@@ -47,10 +49,13 @@ def _one_path(path: PathLike | list[PathLike]) -> Path:
 
 def get_spots_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
     """Return :func:`read_spots_layers` for a Space Ranger / ST v1 folder or an ``.h5ad``."""
+    p = _single(path)
+    # A slide image is never spot data: answer before importing the io stage (anndata).
+    if p is None or p.name.lower().endswith(SLIDE_SUFFIXES):
+        return None
     from ..io import detect_format
 
-    p = _single(path)
-    if p is None or detect_format(p) is None:
+    if detect_format(p) is None:
         return None
     return read_spots_layers
 
@@ -102,9 +107,9 @@ def slide_layers(image_path: PathLike, *, image_scale: float = 1.0, name: str | 
         frame_mpp = slide.mpp if image_scale == 1.0 else None
     else:
         frame_mpp = None if mpp is None else float(mpp)
-    # The Slide object is kept in the metadata: its open file backs the dask levels.
+    # The Slide object is kept in the metadata: its open file backs the levels.
     meta = {"slide": slide, "path": str(image_path), "mpp": slide.mpp, **(extra or {})}
-    return slide_layer(slide.levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta,
+    return slide_layer(slide.display_levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta,
                        mpp=frame_mpp)
 
 
@@ -129,6 +134,8 @@ def spots_to_layers(adata, *, gene: str | None = None) -> list[LayerDataTuple]:
         message = low_resolution_message(adata)
         if message is not None:  # napari shows a reader's warnings as notifications
             warnings.warn(message, UserWarning, stacklevel=2)
+    from .widgets.layers import spots_layer
+
     layers.append(spots_layer(adata, gene, name=f"{library} spots"))
     return layers
 
@@ -317,7 +324,7 @@ def prediction_to_layers(pred, *, path: PathLike | None = None, gene: str | None
     Returns
     -------
     list of LayerDataTuple
-        The slide image (when found) then :func:`~._widgets.layers.prediction_layers`.
+        The slide image (when found) then :func:`~.widgets.layers.prediction_layers`.
 
     Warns
     -----
@@ -350,6 +357,8 @@ def prediction_to_layers(pred, *, path: PathLike | None = None, gene: str | None
         warnings.warn(f"{where}: the predictions record no slide image; showing them without it "
                       f"({frame_words(pred)}); open the spot data they came from to see the slide under them",
                       UserWarning, stacklevel=2)
+    from .widgets.layers import prediction_layers
+
     layers.extend(prediction_layers(pred, gene))
     return layers
 

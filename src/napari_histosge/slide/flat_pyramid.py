@@ -16,9 +16,8 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from ..errors import InputError
@@ -37,6 +36,9 @@ from .pyramid import (
     to_rgb_uint8,
 )
 
+if TYPE_CHECKING:  # dask is imported to build a pyramid, not to open a built one
+    import dask.array as da
+
 
 def pyramid_dir(path: Path, root: Path) -> Path:
     """Where the pyramid of flat image ``path`` lives under cache ``root``."""
@@ -52,6 +54,7 @@ _PIL_HINT = (
 
 def _pil_source(path: Path) -> da.Array:
     """A JPEG/PNG decoded whole (after checking its size) as a dask array."""
+    import dask.array as da
     from PIL import Image
 
     with pil_no_size_limit(), Image.open(path) as im:
@@ -67,6 +70,7 @@ def _pil_source(path: Path) -> da.Array:
 
 def _tiff_source(path: Path) -> tuple[da.Array, Any]:
     """A non-tiled TIFF as a lazy dask array read by strips (memory-mapped when uncompressed)."""
+    import dask.array as da
     import tifffile
     import zarr
 
@@ -99,6 +103,8 @@ def _halve(a: da.Array) -> da.Array:
 
     Blocks are even-sized except the last, so halving them one by one is exact.
     """
+    import dask.array as da
+
     a = a.rechunk((2 * PYRAMID_CHUNK, 2 * PYRAMID_CHUNK, 3))
     chunks = tuple(tuple(c // 2 for c in cs) for cs in a.chunks[:2]) + (a.chunks[2],)
     return da.map_blocks(_halve_block, a, chunks=chunks, dtype=np.uint8)
@@ -123,6 +129,8 @@ def _codec() -> Any:
 
 def _write_levels(group: Any, src: da.Array) -> None:
     """Write ``src`` and its halvings into zarr ``group`` as arrays ``"0"``, ``"1"``, ..."""
+    import dask.array as da
+
     level, arr = 0, src
     while True:
         chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)

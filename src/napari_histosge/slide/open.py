@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from ..errors import InputError
@@ -31,9 +31,12 @@ from .flat_pyramid import (
     pyramid_in_memory,
 )
 from .meta import tiff_mpp
-from .patches import plan_patches, render_patches
-from .pyramid import PIL_SUFFIXES, Level, TileCache, check_decode_size, max_decode_pixels
+from .patches import plan_patches, read_cached, render_patches
+from .pyramid import PIL_SUFFIXES, Level, LevelArray, TileCache, check_decode_size, max_decode_pixels
 from .pyramid import file_fingerprint as file_content_fingerprint
+
+if TYPE_CHECKING:  # dask is imported on first use of Slide.levels: showing a slide does not need it
+    import dask.array as da
 
 __all__ = [
     "FLAT_SUFFIXES", "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "Slide", "cache_root",
@@ -117,6 +120,9 @@ class Slide:
         The file opened.
     levels
         ``(H, W, 3)`` uint8 dask arrays, largest first, one chunk per tile; never loaded whole.
+    display_levels
+        The same levels as numpy-like arrays read through the slide's tile cache: what
+        napari shows (opening a slide for display then needs no dask).
     downsamples
         Level-0 pixels per level pixel, ``1.0`` first.
     mpp
@@ -124,7 +130,7 @@ class Slide:
     shape
         ``(height, width)`` of level 0.
     tiles_decoded
-        Tiles decoded by :meth:`read_patches` so far (each at most once while cached).
+        Tiles decoded so far by :meth:`read_patches` and the display levels (each at most once while cached).
     """
 
     def __init__(self, path: str, levels: list[Level], mpp: float | None, handle: Any = None) -> None:
@@ -133,13 +139,26 @@ class Slide:
         self._handle = handle  # keeps the TiffFile open while dask arrays refer to it
         self._cache = TileCache(TILE_CACHE_BYTES)
         self._pool: ThreadPoolExecutor | None = None
-        tag = abs(hash(file_fingerprint(path))) if os.path.exists(path) else id(self)
-        self.levels: list[da.Array] = [lv.to_dask(f"histosge-slide-{tag}-{i}") for i, lv in enumerate(levels)]
+        self._dask_levels: list[da.Array] | None = None
+        self.display_levels: list[LevelArray] = [
+            LevelArray(lv, partial(self._read_display, i)) for i, lv in enumerate(levels)]
         h0, w0 = levels[0].height, levels[0].width
         self.shape: tuple[int, int] = (h0, w0)
         self.downsamples: list[float] = [float((h0 / lv.height + w0 / lv.width) / 2) for lv in levels]
         self.downsamples[0] = 1.0
         self.mpp = mpp
+
+    @property
+    def levels(self) -> list[da.Array]:
+        """The levels as lazy dask arrays (made on first use), largest first."""
+        if self._dask_levels is None:
+            # the file's fingerprint names the dask tasks, so equal slides share dask's cache keys
+            tag = abs(hash(file_fingerprint(self.path))) if os.path.exists(self.path) else id(self)
+            self._dask_levels = [lv.to_dask(f"histosge-slide-{tag}-{i}") for i, lv in enumerate(self._levels)]
+        return self._dask_levels
+
+    def _read_display(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return read_cached(self._levels[level], level, y0, y1, x0, x1, self._cache, self._decode_pool())
 
     def __repr__(self) -> str:
         return f"Slide({self.path!r}, shape={self.shape}, levels={len(self.levels)}, mpp={self.mpp})"

@@ -182,3 +182,10 @@ def _fetch_tiles(
             found[k] = tile
             cache.put((level_index, *k), tile)
     return found
+
+
+def read_cached(level: Level, level_index: int, y0: int, y1: int, x0: int, x1: int, cache: TileCache,
+                pool: Executor | None = None) -> np.ndarray:
+    """Pixels ``[y0:y1, x0:x1]`` of ``level`` read tile by tile through ``cache`` (white outside)."""
+    tiles = _fetch_tiles(level, level_index, _tiles_of(level, x0, y0, x1, y1), cache, pool)
+    return _region(level, tiles, x0, y0, x1, y1)

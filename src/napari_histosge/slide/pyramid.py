@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # dask is imported when a level is first wanted as a dask array (not to show it)
+    import dask.array as da
 
 #: Version 3: chunks carry zstd checksums and the group lists its chunk files (damage is found).
 PYRAMID_VERSION = 3
@@ -186,30 +190,69 @@ class Level:
 
     def to_dask(self, name: str) -> da.Array:
         """The level as a lazy dask array with one chunk per tile (errors as InputError)."""
+        import dask.array as da
+
         return da.from_array(
-            _RGBView(self), chunks=(self.tile_h, self.tile_w, 3), name=name,
+            LevelArray(self), chunks=(self.tile_h, self.tile_w, 3), name=name,
             meta=np.empty((0, 0, 0), np.uint8), asarray=True, fancy=False, lock=False,
         )
 
 
-class _RGBView:
-    """Array-like ``(H, W, 3)`` uint8 view of a :class:`Level` for ``dask.array.from_array``."""
+class LevelArray:
+    """Array-like ``(H, W, 3)`` uint8 view of a :class:`Level`, sliced as a numpy array would be.
 
-    def __init__(self, level: Level) -> None:
+    napari shows a multiscale image from any array-like with ``shape``, ``dtype`` and slicing,
+    so a slide's display levels are these (no dask needed to show a slide), and
+    :meth:`Level.to_dask` wraps one for dask. ``read(y0, y1, x0, x1)`` does the reading
+    (default :meth:`Level.read`; a :class:`~napari_histosge.slide.open.Slide` passes one
+    that goes through its tile cache, so a view napari shows again is not decoded again).
+    Asking for a whole level checks the decode limit first.
+    """
+
+    def __init__(self, level: Level, read: Callable[[int, int, int, int], np.ndarray] | None = None) -> None:
         self.level = level
+        self._read = read or level.read
         self.shape = (level.height, level.width, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+        self.size = level.height * level.width * 3
+        self.chunks = (level.tile_h, level.tile_w, 3)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LevelArray(level {self.level.index} of {self.level.path!r}, shape={self.shape})"
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1:]
         key = key + (slice(None),) * (3 - len(key))
+        if len(key) != 3:
+            raise IndexError(f"too many indices for a {self.shape} slide level: {key!r}")
         ys, xs, ss = key
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
+        # an integer row or column is read as a one-wide slice, then dropped like numpy does
+        drop = tuple(i for i, k in enumerate((ys, xs)) if not isinstance(k, slice))
+        ys, xs = (k if isinstance(k, slice) else slice(int(k) % n, int(k) % n + 1)
+                  for k, n in ((ys, self.shape[0]), (xs, self.shape[1])))
+        y0, y1, ystep = ys.indices(self.shape[0])
+        x0, x1, xstep = xs.indices(self.shape[1])
+        if ystep < 0 or xstep < 0:
+            raise IndexError("slide levels are read with positive steps only")
         if y1 <= y0 or x1 <= x0:
-            return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)[:, :, ss]
-        return self.level.read(y0, y1, x0, x1)[:, :, ss]
+            out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
+        else:
+            check_decode_size(y1 - y0, x1 - x0, f"reading level {self.level.index}", self.level.path,
+                              "; read it by tiles or use a coarser level")
+            out = self._read(y0, y1, x0, x1)
+        out = out[::ystep, ::xstep, ss]
+        return out.squeeze(axis=drop) if drop else out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype)
 
 
 class TileCache:
@@ -219,24 +262,28 @@ class TileCache:
         self.max_bytes = int(max_bytes)
         self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._bytes = 0
+        # napari's reads (GUI thread) and patch reads (a worker) can share one slide
+        self._lock = threading.Lock()
         self.decoded = 0  # tiles decoded so far (a measure of read efficiency)
 
     def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
         """The cached tile at ``(level, row, column)``, or None; marks it as recently used."""
-        tile = self._tiles.get(key)
-        if tile is not None:
-            self._tiles.move_to_end(key)
-        return tile
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
 
     def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
         """Keep a decoded tile, dropping the least recently used ones over the byte budget."""
-        if key in self._tiles:
-            return
-        self._tiles[key] = tile
-        self._bytes += tile.nbytes
-        while self._bytes > self.max_bytes and len(self._tiles) > 1:
-            _, old = self._tiles.popitem(last=False)
-            self._bytes -= old.nbytes
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = tile
+            self._bytes += tile.nbytes
+            while self._bytes > self.max_bytes and len(self._tiles) > 1:
+                _, old = self._tiles.popitem(last=False)
+                self._bytes -= old.nbytes
 
 
 # --------------------------------------------------------------------------- flat images

@@ -4,7 +4,8 @@ The drawing is a napari Shapes layer ("regions") in the world frame. Each change
 drawing reassigns the positions of the chosen layer (a measured spots layer, predicted
 spots or a grid map) to the regions, writes that assignment back as the ``region``
 feature of a spots layer (and ``obs["region"]`` of its AnnData), and summarises the regions
-in a background thread: per region, the genes most above the rest of the section. Export
+in a background thread: per region, the genes most above the rest of the section. Regions
+can also be loaded from GeoJSON (an earlier export, QuPath annotations). Export
 writes the same tables as ``histosge region`` (the positions, the summary) and the regions
 as GeoJSON in full-resolution pixels, so the drawing can be replayed on the command line.
 """
@@ -110,6 +111,9 @@ class RegionsWidget(Container):
         self.draw = PushButton(text="Draw regions")
         self.draw.tooltip = ("adds (or selects) the 'regions' layer in lasso mode: draw freehand, or pick "
                              "polygon, rectangle or ellipse in the layer controls")
+        self.load = PushButton(text="Load regions...")
+        self.load.tooltip = ("add named regions from a GeoJSON file in full-resolution pixels (an earlier "
+                             "export, QuPath annotations)")
         self.region_name = LineEdit(label="name",
                                     tooltip="name of the selected shapes (Enter): their rows in the export")
         self.region_name.native.setPlaceholderText("name the selected shapes (Enter)")
@@ -122,7 +126,7 @@ class RegionsWidget(Container):
         self.export.tooltip = ("CSV of the selected positions and their values, CSV of the mean per region and "
                                "gene, and the regions as GeoJSON (for 'histosge region DATA --regions')")
         self.status = status_label()
-        self.extend([self.target, self.draw, self.region_name, self.table, self.export, self.status])
+        self.extend([self.target, self.draw, self.load, self.region_name, self.table, self.export, self.status])
         self.regions: list = []
         self.tables: tuple[Any, Any] | None = None
         self._job: Any = None
@@ -132,6 +136,7 @@ class RegionsWidget(Container):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
         self.draw.changed.connect(self.start_drawing)
+        self.load.changed.connect(lambda: self.load_regions())
         self.region_name.native.returnPressed.connect(self.rename_selected)
         self.target.changed.connect(self.schedule)
         self.export.changed.connect(lambda: self.export_tables())
@@ -174,8 +179,8 @@ class RegionsWidget(Container):
         found = layers_with_role(self.viewer.layers, ROLE_REGIONS)
         return found[-1] if found else None
 
-    def start_drawing(self) -> None:
-        """Add (or select) the regions layer and enter lasso mode."""
+    def regions_layer(self):
+        """The regions layer, added (empty, in the target's units) when there is none."""
         shapes = self.shapes_layer()
         if shapes is None:
             target = self.target.value
@@ -189,11 +194,65 @@ class RegionsWidget(Container):
                 features={"name": np.array([], dtype=object)}, feature_defaults={"name": ""},
                 text={"string": "{name}", "color": "cyan", "size": 12, "anchor": "upper_left"},
                 metadata={META_KEY: {"role": ROLE_REGIONS}}, **kwargs)
+        return shapes
+
+    def start_drawing(self) -> None:
+        """Add (or select) the regions layer and enter lasso mode."""
+        shapes = self.regions_layer()
         self.viewer.layers.selection.active = shapes
         try:
             shapes.mode = "add_polygon_lasso"
         except ValueError:  # a napari without the lasso
             shapes.mode = "add_polygon"
+
+    def ask_regions_file(self) -> str | None:
+        """A GeoJSON path from an open dialog (tests pass the path to :meth:`load_regions`)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Load regions", "",
+                                              "GeoJSON (*.geojson *.json);;All files (*)")
+        return path or None
+
+    def load_regions(self, path: str | Path | None = None) -> int:
+        """Add the regions of a GeoJSON file (this widget's export, QuPath, ``histosge region``) as shapes.
+
+        The file is in full-resolution pixels, as the chosen layer's section is; the shapes
+        keep their names. Holes cannot be drawn by napari's shapes: such regions are added
+        filled, and the status says so. Returns how many shapes were added.
+        """
+        from ...export.regions import read_regions
+
+        target = self.target.value
+        adata = histosge_meta(target).get("adata") if target is not None else None
+        if adata is None:
+            set_status(self.status, "open a section or predictions first: regions are placed on its positions")
+            return 0
+        path = path if path is not None else self.ask_regions_file()
+        if path is None:
+            return 0
+        try:
+            regions = read_regions(path)
+        except InputError as exc:
+            set_status(self.status, str(exc))
+            return 0
+        u = um_per_px(adata) or 1.0
+        shapes = self.regions_layer()
+        start = len(shapes.data)
+        shapes.add_polygons([region.exterior[:, ::-1] * u for region in regions])
+        features = shapes.features.copy()
+        features["name"] = features["name"].astype(object) if "name" in features else ""
+        for i, region in enumerate(regions):
+            features.loc[features.index[start + i], "name"] = region.name
+        shapes.features = features
+        self.viewer.layers.selection.active = shapes
+        holed = [r.name for r in regions if r.holes]
+        message = f"loaded {len(regions)} region(s) from {Path(path).name}"
+        if holed:
+            message += (f"; {', '.join(holed)} had holes, which napari's shapes cannot show: they are filled "
+                        f"here ('histosge region' keeps them)")
+        set_status(self.status, message)
+        self.schedule()
+        return len(regions)
 
     def rename_selected(self) -> None:
         """Give the selected shapes the name typed in the name box."""
