@@ -170,6 +170,36 @@ def test_render_map_paints_spots_over_the_recorded_slide(demo) -> None:
     assert tuple(plain[0, 0, :3]) == (255, 255, 255)
 
 
+def spot_file(fold: int, keep_every_other: bool = True):
+    """Predictions on a 10 x 10 lattice (pitch 100 px, spots 50 px across); a checkerboard of them when asked."""
+    import anndata as ad
+
+    rows, cols = np.mgrid[0:10, 0:10]
+    keep = ((rows + cols) % 2 == 0).ravel() if keep_every_other else np.ones(100, bool)
+    xy = np.column_stack([cols.ravel() * 100.0, rows.ravel() * 100.0])[keep]
+    pred = ad.AnnData(X=np.full((len(xy), 1), 3.0, np.float32), var=pd.DataFrame(index=["ERBB2"]),
+                      obs=pd.DataFrame(index=[f"s{i}" for i in range(len(xy))]))
+    pred.obsm["spatial"] = xy
+    pred.uns["histosge"] = {"fold": fold, "spot_diameter_px": 50.0, "units": "log1p(counts per 1e4)"}
+    return pred
+
+
+def coloured_share(img: np.ndarray) -> float:
+    return float((img[..., :3] < 250).any(axis=2).mean())
+
+
+def test_render_map_paints_spots_as_discs_and_leaves_the_gaps_of_a_scattered_file_empty() -> None:
+    """A fold-1 file of every other spot (what ``histosge recover`` writes) is not filled in between."""
+    scattered, _, _ = render_map(spot_file(1), "ERBB2", limits=(0.0, 3.0), max_size=400)
+    full, _, _ = render_map(spot_file(1, keep_every_other=False), "ERBB2", limits=(0.0, 3.0), max_size=400)
+    disc = np.pi * 25.0**2 / 100.0**2  # the share of the lattice a 50 px spot covers
+    # a 10 x 10 lattice spans about 9.5 pitches plus margins: the share is of that square
+    assert coloured_share(full) == pytest.approx(disc * 100 / (10 * 1.06) ** 2, rel=0.25)
+    assert coloured_share(scattered) == pytest.approx(coloured_share(full) / 2, rel=0.25)
+    dense, _, _ = render_map(spot_file(4, keep_every_other=False), "ERBB2", limits=(0.0, 3.0), max_size=400)
+    assert coloured_share(dense) > 0.7  # a denser lattice stays a filled map
+
+
 def test_render_map_bad_limits_and_unknown_gene(demo) -> None:
     with pytest.raises(InputError, match="low below high"):
         render_map(demo, demo.var_names[0], limits=(2.0, 1.0))

@@ -186,10 +186,39 @@ def grid_raster(adata) -> Raster:
     return raster
 
 
+#: Raster cells per lattice pitch when spots are painted as discs (a disc is then several cells across).
+DISC_CELLS_PER_SPACING = 32
+
+
+def shown_as_spots(adata) -> bool:
+    """Whether ``adata``'s positions are spots (measured, or predicted at fold 1), not a denser lattice or grid.
+
+    Such positions are painted as discs of the spot's size, as the plugin's points show
+    them: a fold-1 file often holds a scattered subset (the hidden spots of ``histosge
+    recover``), and a map filled between its positions would paint values nobody predicted.
+    Visium HD bins tile the tissue and stay a filled map.
+    """
+    info = adata.uns.get(META_KEY, {}) or {}
+    if grid_info(adata) is not None or (isinstance(info, dict) and "bins" in info):
+        return False
+    return not is_prediction(adata) or int(info.get("fold", 1)) <= 1
+
+
 def map_raster(adata, values: np.ndarray) -> Raster:
-    """The raster showing per-row ``values`` of ``adata``: its grid's own, else :func:`rasterize` of its positions."""
+    """The raster showing per-row ``values`` of ``adata``.
+
+    A grid's own raster; spots (:func:`shown_as_spots`) as discs of the recorded spot
+    diameter (half the pitch when none is recorded); else :func:`rasterize` of the positions.
+    """
     if grid_info(adata) is not None:
         raster = grid_raster(adata)
         return Raster(image=raster.with_values(values), cell=raster.cell, origin_rc=raster.origin_rc,
                       index=raster.index, mpp=raster.mpp)
-    return rasterize(np.asarray(adata.obsm["spatial"]), values, mpp=um_per_px(adata))
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if shown_as_spots(adata):
+        spacing = nn_spacing(xy)
+        info = adata.uns.get(META_KEY, {}) or {}
+        diameter = float(info.get("spot_diameter_px") or 0) or spacing / 2
+        return rasterize(xy, values, cells_per_spacing=DISC_CELLS_PER_SPACING, reach=0.5 * diameter / spacing,
+                         mpp=um_per_px(adata))
+    return rasterize(xy, values, mpp=um_per_px(adata))

@@ -130,7 +130,7 @@ def _read_background(path: Path, scale: float, bounds: tuple[float, float, float
 def render_map(adata, gene: str, *, background: str | os.PathLike | None = None,
                limits: tuple[float, float] | None = None, near: str | os.PathLike | None = None,
                max_size: int = MAX_SIZE_PX) -> tuple[np.ndarray, float | None, Legend]:
-    """Paint ``gene`` of ``adata`` over its slide, as the plugin's heatmap shows it.
+    """Paint ``gene`` of ``adata`` over its slide as the plugin shows it: a map, or discs at spots.
 
     Parameters
     ----------
