@@ -196,6 +196,12 @@ def test_a_gene_switch_repaints_heatmap_and_panels_in_their_own_arrays(session):
     assert [id(lyr.data) for lyr in (heat, *panels)] == arrays and len(viewer.layers) == n_layers
     np.testing.assert_array_equal(heat.data, L.histosge_meta(heat)["raster"].with_values(pred[:, genes[1]].X.ravel()))
     assert tuple(heat.contrast_limits) == robust_range(pred[:, genes[1]].X.ravel())
+    # what is drawn and its thumbnail are the new gene's, as a layer made afresh for it shows them
+    fresh = viewer.add_image(heat.data.copy(), colormap=heat.colormap, contrast_limits=heat.contrast_limits,
+                             opacity=heat.opacity, scale=heat.scale, translate=heat.translate)
+    for layer in (heat, *panels):
+        np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), layer.data)
+    np.testing.assert_array_equal(heat.thumbnail, fresh.thumbnail)
 
 
 def test_layers_are_in_micrometres_and_stay_aligned(session):

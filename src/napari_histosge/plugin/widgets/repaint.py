@@ -31,13 +31,18 @@ HEATMAP_ROLES = (ROLE_HEATMAP, ROLE_UNCERTAINTY)
 def set_image_values(layer, image: np.ndarray, limits: tuple[float, float] | None = None) -> None:
     """Show ``image`` on Image ``layer`` (and ``limits`` as its contrast), in place where the shape allows."""
     current = layer.data
-    if limits is not None and tuple(layer.contrast_limits) != tuple(limits):
-        layer.contrast_limits = limits
+    new_limits = limits is not None and tuple(layer.contrast_limits) != tuple(limits)
     if (isinstance(current, np.ndarray) and current.shape == image.shape and current.dtype == image.dtype
             and current.flags.writeable):
         np.copyto(current, image)
-        layer.refresh()
+        # Same shape, so the extent stands (recomputing it re-emits the viewer's transforms); the
+        # thumbnail is drawn once, by the contrast setter after the new slice when the limits change.
+        layer.refresh(extent=False, highlight=False, thumbnail=not new_limits)
+        if new_limits:
+            layer.contrast_limits = limits
     else:
+        if new_limits:
+            layer.contrast_limits = limits
         layer.data = image
 
 
