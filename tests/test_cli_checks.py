@@ -161,3 +161,10 @@ def test_a_bad_training_setting_is_refused_without_loading_a_model(command, file
     monkeypatch.setattr(napari_histosge.models, "train_config", _must_not_run)
     assert main(command(files, "--lr", "-1")) == 2
     assert "training setting lr must be a number > 0" in capsys.readouterr().err
+
+
+def test_an_unknown_stain_normalisation_is_refused_by_the_parser(files, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train(files, "--stain", "reinhard"))
+    assert exit_info.value.code == 2
+    assert "argument --stain: invalid choice: 'reinhard'" in capsys.readouterr().err

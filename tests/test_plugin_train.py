@@ -190,3 +190,16 @@ def test_the_genes_default_to_spatially_variable_ones_with_markers_kept_and_the_
     widget.gene_file.value = str(tmp_path / "gone.txt")
     widget.start()
     assert widget.worker is None and "gene file does not exist" in notifications[-1][1]
+
+
+def test_stain_normalisation_is_offered_with_image_features_and_reaches_the_run(make_napari_viewer, demo_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = TrainWidget(viewer)
+    assert widget.stain.value == "none" and widget.feature_config().stain == "none"
+    widget.stain.value = "macenko"
+    assert widget.feature_config().stain == "macenko"
+    widget.extractor.value = "none"  # positions only: there are no patches to normalise
+    assert widget.stain.native.isHidden() and widget.feature_config().stain == "none"
+    widget.extractor.value = "default"
+    assert not widget.stain.native.isHidden()

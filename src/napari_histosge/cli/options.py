@@ -45,6 +45,10 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--feature-batch-size", type=int, default=None, help="patches per extractor batch (default 64)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    g.add_argument("--stain", choices=("none", "macenko"), default="none",
+                   help="stain normalisation of the patches: 'macenko' re-renders every slide's patches with "
+                        "reference stains estimated once per slide, for models meant for slides stained or "
+                        "scanned elsewhere (default none)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -205,7 +209,8 @@ def feature_config(args: argparse.Namespace):
     """The :class:`~napari_histosge.features.FeatureConfig` the feature options describe."""
     from ..features import FeatureConfig
 
-    config = FeatureConfig(extractor=args.extractor, checkpoint=args.weights, device=args.device)
+    config = FeatureConfig(extractor=args.extractor, checkpoint=args.weights, device=args.device,
+                           stain=getattr(args, "stain", "none"))
     if args.patch_um is not None:
         config.patch_um = args.patch_um
     if args.patch_spot_fraction is not None:

@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..pipeline.steps import fit
 
     init, config = load_init(args)  # the model's defaults (and the --init model): before any data
-    features = feature_config(args) if init is None or args.extractor != "default" else None
+    features = feature_config(args) if init is None or args.extractor != "default" or args.stain != "none" else None
     # One training per --out: a second one would interleave its checkpoints with this one's.
     with output_lock(args.out, what="checkpoint (--out)"):
         most = args.max_bins or MAX_TRAINING_BINS
@@ -164,7 +164,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from ..pipeline.recovery import recover  # heavy: after the checks
 
     init, config = load_init(args)
-    features = feature_config(args) if init is None or args.extractor != "default" else None
+    features = feature_config(args) if init is None or args.extractor != "default" or args.stain != "none" else None
 
     adata = read_section(args)
     result = drive(

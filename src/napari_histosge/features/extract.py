@@ -17,6 +17,7 @@ from ..settings import settings_from_dict
 from ..slide.open import open_slide
 from .cache import feature_cache_key, load_cached, save_cached
 from .registry import create_extractor
+from .stain import StainNormaliser, check_stain_method, estimate_stains
 
 
 @dataclass
@@ -43,6 +44,10 @@ class FeatureConfig:
     amp
         On CUDA, run the extractor under autocast (bfloat16 where supported, else
         float16) with channels-last inputs; ignored on CPU/MPS.
+    stain
+        ``"none"``, or ``"macenko"``: every patch re-rendered with reference stains, from
+        stains estimated once per slide (:mod:`.stain`), for models meant to work across
+        slides stained or scanned differently.
     """
 
     extractor: str = "default"
@@ -53,6 +58,10 @@ class FeatureConfig:
     device: str = "auto"
     cache: bool = True
     amp: bool = True
+    stain: str = "none"
+
+    def __post_init__(self) -> None:
+        check_stain_method(self.stain)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-friendly)."""
@@ -189,6 +198,11 @@ def extract_features_at(
                                 min(1.0, float(fraction)), cancel))
 
 
+def slide_normaliser(path: str, config: FeatureConfig) -> StainNormaliser | None:
+    """The stain normaliser ``config`` asks for on slide ``path`` (estimated now), else ``None``."""
+    return estimate_stains(path) if config.stain == "macenko" else None
+
+
 def _centre_mean_rgb(patches: np.ndarray, fraction: float) -> np.ndarray:
     s = patches.shape[1]
     c = max(1, int(round(s * fraction)))
@@ -236,9 +250,10 @@ def make_extractor(config: FeatureConfig, fraction: float) -> tuple[Any, Any]:
     return extractor, amp_dtype
 
 
-def cache_identity(extractor: Any, amp_dtype: Any) -> str:
-    """Cache-key identity: the extractor's, plus the reduced precision when AMP is on."""
-    return extractor.identity + (f"|amp-{str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "")
+def cache_identity(extractor: Any, amp_dtype: Any, stain: str = "none") -> str:
+    """Cache-key identity: the extractor's, plus the reduced precision when AMP is on and the stain normalisation."""
+    return (extractor.identity + (f"|amp-{str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "")
+            + (f"|stain-{stain}" if stain != "none" else ""))
 
 
 def with_cache(
@@ -258,8 +273,8 @@ def with_cache(
     _validate(path, scale, centers, size)
     extractor, amp_dtype = make_extractor(config, fraction)
     n = len(centers)
-    key = feature_cache_key(path, scale, centers, size, extractor.input_size, cache_identity(extractor, amp_dtype),
-                            fraction)
+    key = feature_cache_key(path, scale, centers, size, extractor.input_size,
+                            cache_identity(extractor, amp_dtype, config.stain), fraction)
     if config.cache:
         hit = load_cached(key)
         if hit is not None and hit["features"].shape[0] == n:
@@ -282,7 +297,8 @@ def _extract(
 ) -> ProgressGenerator[SpotFeatures]:
     def compute(extractor, amp_dtype):
         return compute_features(path, scale, centers, size, extractor, config.batch_size, fraction, cancel,
-                                order=spatial_order(centers, size), amp_dtype=amp_dtype)
+                                order=spatial_order(centers, size), amp_dtype=amp_dtype,
+                                normalise=slide_normaliser(path, config))
 
     return (yield from with_cache(path, scale, centers, size, config, fraction, compute))
 
@@ -300,6 +316,7 @@ def compute_features(
     order: np.ndarray | None = None,
     amp_dtype: Any = None,
     prefetch: int = 2,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
     """Run ``extractor`` over patches (no cache), overlapping reading with compute.
 
@@ -326,6 +343,8 @@ def compute_features(
         Autocast dtype on CUDA, or None.
     prefetch
         Batches read ahead.
+    normalise
+        Applied to each batch of uint8 patches as read (e.g. a :class:`.stain.StainNormaliser`).
 
     Returns
     -------
@@ -347,6 +366,8 @@ def compute_features(
         def read(start: int) -> Any:
             patches = slide.read_patches(centers[order[start : start + batch]], size, extractor.input_size,
                                          scale=scale)
+            if normalise is not None:
+                patches = normalise(patches)
             t = torch.from_numpy(patches)
             return patches, (t.pin_memory() if cuda else t)
 

@@ -199,6 +199,9 @@ def _starting_from(init: TrainedModel, adata, train_config: TrainConfig, feature
     if feature_config is not None and feature_config.extractor != own.extractor:
         raise InputError(f"the model to start from reads {own.extractor!r} features, not "
                          f"{feature_config.extractor!r}: leave the extractor at the model's", init.path)
+    if feature_config is not None and feature_config.stain != own.stain:
+        raise InputError(f"the model to start from was trained with stain normalisation {own.stain!r}, not "
+                         f"{feature_config.stain!r}: leave it at the model's", init.path)
     return replace(train_config, genes=list(init.genes), include_genes=None), feature_config or own
 
 

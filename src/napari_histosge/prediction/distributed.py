@@ -25,9 +25,11 @@ from ..features.extract import (
     SpotFeatures,
     compute_features,
     make_extractor,
+    slide_normaliser,
     spatial_order,
     with_cache,
 )
+from ..features.stain import StainNormaliser
 from ..progress import CancelToken, Progress, ProgressGenerator, run_to_end
 from .pieces import DEFAULT_CHUNK, assemble, plan_pieces, run_piece
 
@@ -165,16 +167,21 @@ _EXTRACTORS: dict[str, Any] = {}
 
 
 def _features_chunk(
-    centers: np.ndarray, path: str, scale: float, size: float, config: dict, fraction: float
+    centers: np.ndarray, path: str, scale: float, size: float, config: dict, fraction: float,
+    stains: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Worker task: features of one chunk of patches in the given order (no cache)."""
+    """Worker task: features of one chunk of patches in the given order (no cache).
+
+    ``stains``: the slide's stain normaliser (:meth:`StainNormaliser.to_dict`), estimated once by the client.
+    """
     key = repr((sorted(config.items()), fraction))
     if key not in _EXTRACTORS:  # build a (possibly large) network once per worker process
         _EXTRACTORS.clear()
         _EXTRACTORS[key] = make_extractor(FeatureConfig(**config), fraction)
     extractor, amp_dtype = _EXTRACTORS[key]
+    normalise = None if stains is None else StainNormaliser.from_dict(stains)
     out = run_to_end(compute_features(path, scale, centers, size, extractor, config["batch_size"], fraction,
-                                      amp_dtype=amp_dtype))
+                                      amp_dtype=amp_dtype, normalise=normalise))
     return out.features, out.mean_rgb, out.identity
 
 
@@ -235,8 +242,10 @@ def extract_features_distributed(
     def compute(extractor, _amp_dtype):
         n = len(centers)
         pieces = position_chunks(spatial_order(centers, size), chunk_size, max(1, int(config.batch_size)))
+        normaliser = slide_normaliser(path, config)
+        stains = None if normaliser is None else normaliser.to_dict()
         results = yield from map_chunks(
-            _features_chunk, [centers[p] for p in pieces], path, scale, size, asdict(config), fraction,
+            _features_chunk, [centers[p] for p in pieces], path, scale, size, asdict(config), fraction, stains,
             scheduler=scheduler, n_workers=n_workers, weights=[len(p) for p in pieces], stage="features",
             cancel=cancel, processes=processes,
         )

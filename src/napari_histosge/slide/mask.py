@@ -212,7 +212,7 @@ def tissue_from_rgb(rgb: np.ndarray) -> np.ndarray:
     return tissue | (holes & ~_drop_small(holes, (long_side // 5) ** 2))
 
 
-def _low_level(slide: Slide, max_side: int) -> tuple[np.ndarray, float]:
+def low_resolution_rgb(slide: Slide, max_side: int) -> tuple[np.ndarray, float]:
     """The finest level no longer than ``max_side`` (block-averaged when none is).
 
     Returns the RGB array and its level-0 pixels per pixel.
@@ -261,7 +261,7 @@ def detect_tissue(image: str | os.PathLike | Slide, *, scale: float = 1.0,
         raise InputError(f"the mask must be at least 16 pixels long, got {max_side}")
     slide = image if isinstance(image, Slide) else open_slide(image)
     try:
-        rgb, downsample = _low_level(slide, int(max_side))
+        rgb, downsample = low_resolution_rgb(slide, int(max_side))
     finally:
         if slide is not image:
             slide.close()

@@ -125,6 +125,10 @@ class TrainWidget(Container):
         self.weights = FileEdit(label="weights", mode=FileDialogMode.EXISTING_FILE, value=None,
                                 filter="*.pt *.pth *.bin *.safetensors",
                                 tooltip="local checkpoint file for UNI or the timm model")
+        self.stain = ComboBox(label="stain normalisation", choices=["none", "macenko"], value="none",
+                              tooltip="macenko: every slide's patches re-rendered with reference stains estimated "
+                                      "once per slide, for a model meant for slides stained or scanned elsewhere "
+                                      "(no gain on sections of one lab)")
         self.genes_mode = ComboBox(label="genes", choices=[GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST],
                                    value=GENES_SPATIAL,
                                    tooltip="spatially variable: Moran's I, the genes with tissue structure (a "
@@ -159,7 +163,7 @@ class TrainWidget(Container):
         self.status = status_label()
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
         self.notice.visible = False
-        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights,
+        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights, self.stain,
                      self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
                      self.preview_button, self.preview, self.init, self.epochs, self.lr, self.device, self.out_dir,
                      self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
@@ -228,6 +232,7 @@ class TrainWidget(Container):
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
         self.weights.visible = self.extractor.value in ("uni", "timm")
+        self.stain.visible = self.extractor.value != "none"
         own_list = self.genes_mode.value == GENES_LIST
         self.n_genes.visible = self.markers.visible = not own_list
         self.gene_list.visible = own_list
@@ -245,7 +250,8 @@ class TrainWidget(Container):
         weights = str(self.weights.value) if self.weights.visible and str(self.weights.value) not in ("", ".") else None
         if weights is not None and not Path(weights).is_file():
             raise InputError("extractor weights file does not exist", weights)
-        return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value)
+        stain = str(self.stain.value) if spec != "none" else "none"
+        return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value, stain=stain)
 
     def train_config(self):
         """The chosen model's settings (:mod:`napari_histosge.training.config`) the form describes."""
