@@ -180,6 +180,21 @@ def test_large_strip_tiff_goes_through_pyramid(tmp_path: Path, monkeypatch: pyte
     np.testing.assert_array_equal(s.read_region(5, 7, 50, 60), img[7:67, 5:55])
 
 
+def test_large_single_level_tiled_tiff_gets_a_pyramid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiled TIFF without reduced levels would be read whole by napari: it gets a cached pyramid."""
+    monkeypatch.setattr(slide_mod, "TILED_DIRECT_MAX", 256)
+    img = _pattern(1200, 700)
+    path = tmp_path / "tiled_one_level.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
+                     resolutionunit="CENTIMETER")
+    s = open_slide(path, cache_dir=tmp_path / "c")
+    assert len(s.display_levels) == 2 and s.mpp == pytest.approx(0.5)
+    np.testing.assert_array_equal(s.display_levels[0][7:67, 5:55], img[7:67, 5:55])
+    small = tmp_path / "small.tif"  # at most TILED_DIRECT_MAX: read as it is, no pyramid
+    tifffile.imwrite(small, img[:200, :200], tile=(128, 128), photometric="rgb")
+    assert len(open_slide(small, cache_dir=tmp_path / "c2").levels) == 1 and not (tmp_path / "c2").exists()
+
+
 # ----------------------------------------------------------------- bad input
 
 

@@ -1,4 +1,4 @@
-"""On-disk pyramids built for flat images (JPEG, PNG, non-tiled TIFF), and their cache.
+"""On-disk pyramids built for flat images (JPEG, PNG, TIFF without reduced levels), and their cache.
 
 A flat image is converted once into a zarr pyramid under ``$HISTOSGE_CACHE/pyramids/``
 with dask, band by band, so memory stays bounded by a few rows of tiles (only JPEG/PNG

@@ -3,7 +3,9 @@
 Tiled TIFF-family files (Aperio SVS, pyramidal/OME TIFF, tiled TIFF, also with
 JPEG-2000 tiles) are opened through tifffile's zarr interface: opening reads
 only metadata, and a read decodes only the tiles it touches. Flat images (JPEG,
-PNG, large non-tiled TIFFs) are converted once into an on-disk zarr pyramid
+PNG, large non-tiled TIFFs, and tiled TIFFs of one level larger than
+:data:`TILED_DIRECT_MAX`, which a viewer would otherwise read whole) are converted once
+into an on-disk zarr pyramid
 under ``$HISTOSGE_CACHE/pyramids/`` which later opens reuse (see
 :mod:`napari_histosge.slide.flat_pyramid`). An OME-Zarr multiscale image folder (the
 image element of a SpatialData store) is opened with zarr as it is. Nothing ever decodes more than
@@ -49,6 +51,8 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
 
 # Non-tiled TIFFs at most this large are read directly instead of building a pyramid.
 FLAT_DIRECT_MAX = 2048
+#: Tiled TIFFs of one level larger than this get a cached pyramid too (napari would read them whole).
+TILED_DIRECT_MAX = 8192
 #: Bytes of decoded tiles a slide keeps for reuse between patch reads.
 TILE_CACHE_BYTES = 256 * 2**20
 _DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -308,7 +312,8 @@ def _open_tiff(path: Path, root: Path) -> Slide:
         mpp = tiff_mpp(tf)
         page = series.pages[0] if series.pages else tf.pages[0]
         tiled = bool(getattr(page, "is_tiled", False))
-        if not tiled and len(series.levels) == 1 and max(shape["Y"], shape["X"]) > FLAT_DIRECT_MAX:
+        direct_max = TILED_DIRECT_MAX if tiled else FLAT_DIRECT_MAX
+        if len(series.levels) == 1 and max(shape["Y"], shape["X"]) > direct_max:
             tf.close()
             slide = _open_flat(path, root)
             slide.mpp = mpp
