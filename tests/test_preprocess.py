@@ -51,6 +51,24 @@ def test_normalize_log1p_scales_every_spot_to_target(sparse):
     assert list(out.obs_names) == list(a.obs_names)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_normalize_log1p_is_scanpys_to_the_bit(sparse):
+    """The targets are scanpy's normalize_total + log1p, computed without importing scanpy."""
+    a = _counts(n_spots=200, n_genes=300, sparse=sparse)
+    x = a.X.toarray() if sparse else a.X.copy()
+    x[5] = 0  # a spot without counts
+    x *= np.random.default_rng(1).uniform(0.5, 30.0, (len(x), 1)).astype(np.float32).round()  # deep and shallow
+    a.X = sp.csr_matrix(x) if sparse else x
+    ref = a.copy()
+    sc.pp.normalize_total(ref, target_sum=TARGET_SUM)
+    sc.pp.log1p(ref)
+    out = normalize_log1p(a)
+    got = out.X.toarray() if sparse else out.X
+    want = ref.X.toarray() if sparse else ref.X
+    np.testing.assert_array_equal(got, want)
+    assert "log1p" not in out.uns
+
+
 def test_normalize_log1p_keeps_zero_spots_zero():
     a = _counts()
     x = a.X.toarray()
