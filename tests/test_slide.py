@@ -170,6 +170,46 @@ def test_flat_image_pyramid_is_cached(tmp_path: Path, monkeypatch: pytest.Monkey
     np.testing.assert_array_equal(s2.levels[1].compute(), s.levels[1].compute())
 
 
+def test_a_viewer_sees_a_new_flat_image_at_once_while_its_pyramid_is_written_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
+    img = _pattern(2300, 1500)
+    png = tmp_path / "flat.png"
+    Image.fromarray(img).save(png)
+    cache = tmp_path / "cache"
+    quick = open_slide(png, cache_dir=cache, background_cache=True)
+    assert quick.cache_build is not None
+    quick.cache_build.join(timeout=60)
+    assert not quick.cache_build.is_alive() and len(list((cache / "pyramids").iterdir())) == 1
+
+    def fail(*args: object) -> None:
+        raise AssertionError("pyramid rebuilt although the background thread wrote it")
+
+    monkeypatch.setattr(slide_mod, "build_pyramid", fail)
+    cached = open_slide(png, cache_dir=cache, background_cache=True)
+    assert cached.cache_build is None  # nothing left to write
+    assert [lv.shape for lv in quick.display_levels] == [lv.shape for lv in cached.display_levels]
+    for shown, written in zip(quick.display_levels, cached.display_levels, strict=True):
+        np.testing.assert_array_equal(np.asarray(shown), np.asarray(written))  # the same pyramid, pixel for pixel
+    np.testing.assert_array_equal(quick.read_region(1400, 2200, 100, 100), img[2200:2300, 1400:1500])
+    np.testing.assert_array_equal(quick.read_patches(np.array([[700.0, 900.0]]), 64, 64)[0], img[868:932, 668:732])
+
+
+def test_a_background_pyramid_that_cannot_be_written_leaves_the_slide_working(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
+    img = _pattern(1100, 900)
+    png = tmp_path / "flat.png"
+    Image.fromarray(img).save(png)
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache would go")
+    with pytest.warns(UserWarning, match=r"flat\.png: the pyramid cache was not written.*next open builds it"):
+        s = open_slide(png, cache_dir=not_a_folder, background_cache=True)
+        s.cache_build.join(timeout=60)
+    np.testing.assert_array_equal(s.display_levels[0][100:200, 300:400], img[100:200, 300:400])
+    assert not_a_folder.is_file()
+
+
 def test_large_strip_tiff_goes_through_pyramid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slide_mod, "FLAT_DIRECT_MAX", 256)
     img = _pattern(1200, 700)

@@ -102,7 +102,7 @@ def slide_layers(image_path: PathLike, *, image_scale: float = 1.0, name: str | 
     """
     from ..slide.open import open_slide
 
-    slide = open_slide(image_path)
+    slide = open_slide(image_path, background_cache=True)  # a new JPEG shows at once; its cache is written behind
     if mpp == OWN_MPP:
         frame_mpp = slide.mpp if image_scale == 1.0 else None
     else:

@@ -55,6 +55,12 @@ _PIL_HINT = (
 def _pil_source(path: Path) -> da.Array:
     """A JPEG/PNG decoded whole (after checking its size) as a dask array."""
     import dask.array as da
+
+    return da.from_array(pil_rgb(path), chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3))
+
+
+def pil_rgb(path: Path) -> np.ndarray:
+    """A JPEG/PNG decoded whole (after checking its size) as ``(H, W, 3)`` uint8."""
     from PIL import Image
 
     with pil_no_size_limit(), Image.open(path) as im:
@@ -64,8 +70,8 @@ def _pil_source(path: Path) -> da.Array:
         if im.mode in ("I;16", "I;16B", "I"):
             rgb = np.ascontiguousarray(to_rgb_uint8(np.asarray(im).astype(np.float64) / 65535.0, "YX"))
         else:
-            rgb = np.asarray(im.convert("RGB"))
-    return da.from_array(rgb, chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3))
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    return rgb
 
 
 def _tiff_source(path: Path) -> tuple[da.Array, Any]:
@@ -127,8 +133,11 @@ def _codec() -> Any:
     return ZstdCodec(level=1, checksum=True)
 
 
-def _write_levels(group: Any, src: da.Array) -> None:
-    """Write ``src`` and its halvings into zarr ``group`` as arrays ``"0"``, ``"1"``, ..."""
+def _write_levels(group: Any, src: da.Array, scheduler: str | None = None) -> None:
+    """Write ``src`` and its halvings into zarr ``group`` as arrays ``"0"``, ``"1"``, ...
+
+    ``scheduler``: dask's (default: its threads; ``"synchronous"`` in a background thread).
+    """
     import dask.array as da
 
     level, arr = 0, src
@@ -136,7 +145,7 @@ def _write_levels(group: Any, src: da.Array) -> None:
         chunks = (min(PYRAMID_CHUNK, arr.shape[0]), min(PYRAMID_CHUNK, arr.shape[1]), 3)
         z = group.create_array(str(level), shape=arr.shape, chunks=chunks, dtype="uint8", compressors=[_codec()])
         # Written chunk by chunk; the next level reads this one back, not the source.
-        arr.rechunk(chunks).store(z, lock=False)
+        arr.rechunk(chunks).store(z, lock=False, scheduler=scheduler)
         if max(arr.shape[:2]) < PYRAMID_MIN_SIZE or min(arr.shape[:2]) < 2:
             return
         arr = _halve(da.from_zarr(z))
@@ -160,8 +169,12 @@ def _chunk_files(folder: Path) -> dict[str, int]:
             for f in folder.rglob("*") if f.is_file() and f.name not in _META_FILES}
 
 
-def build_pyramid(path: Path, target: Path) -> None:
+def build_pyramid(path: Path, target: Path, rgb: np.ndarray | None = None, *, background: bool = False) -> None:
     """Write a zarr pyramid of flat image ``path`` to ``target`` atomically, band by band.
+
+    ``rgb``: the image's pixels when already decoded (:func:`pil_rgb`), so they are not decoded again.
+    ``background``: dask computes in the calling thread (the build runs behind a viewer, which
+    keeps the other cores).
 
     Raises
     ------
@@ -170,7 +183,12 @@ def build_pyramid(path: Path, target: Path) -> None:
     """
     import zarr
 
-    src, handle = _flat_source(path)
+    if rgb is not None:
+        import dask.array as da
+
+        src, handle = da.from_array(rgb, chunks=(PYRAMID_CHUNK, PYRAMID_CHUNK, 3)), None
+    else:
+        src, handle = _flat_source(path)
     try:
         if src.shape[0] == 0 or src.shape[1] == 0:
             raise InputError("image has zero size", path)
@@ -181,7 +199,7 @@ def build_pyramid(path: Path, target: Path) -> None:
             raise CacheWriteError(target.parent, exc) from None
         try:
             group = zarr.open_group(str(tmp), mode="w")
-            _write_levels(group, src)
+            _write_levels(group, src, "synchronous" if background else None)
             group.attrs.update({"source": str(path), "chunk_files": _chunk_files(tmp)})
             try:
                 os.replace(tmp, target)
@@ -200,6 +218,37 @@ def build_pyramid(path: Path, target: Path) -> None:
     finally:
         if handle is not None:
             handle.close()
+
+
+class _Tiled:
+    """A numpy image with a tile grid, as :class:`~.pyramid.Level` reads a zarr array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.chunks = (PYRAMID_CHUNK, PYRAMID_CHUNK, array.shape[2])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[key]
+
+
+def _halve_banded(a: np.ndarray) -> np.ndarray:
+    """:func:`_halve_block` of a whole image, a band of rows at a time (bounded temporary memory)."""
+    h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    out = np.empty((h // 2, w // 2, a.shape[2]), np.uint8)
+    band = 2 * PYRAMID_CHUNK
+    for y in range(0, h, band):
+        out[y // 2 : (y + band) // 2] = _halve_block(a[y : min(y + band, h), :w])
+    return out
+
+
+def pyramid_of_pixels(rgb: np.ndarray, path: Path) -> list[Level]:
+    """The levels :func:`build_pyramid` writes, made in memory from decoded pixels (no compression)."""
+    arrays = [rgb]
+    while max(arrays[-1].shape[:2]) >= PYRAMID_MIN_SIZE and min(arrays[-1].shape[:2]) >= 2:
+        arrays.append(_halve_banded(arrays[-1]))
+    return [Level(_Tiled(a), "YXS", path=str(path), index=i) for i, a in enumerate(arrays)]
 
 
 def pyramid_in_memory(path: Path, why: CacheWriteError) -> list[Level]:

@@ -16,6 +16,8 @@ refused with an :class:`~napari_histosge.errors.InputError`.
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -29,8 +31,10 @@ from .flat_pyramid import (
     build_pyramid,
     open_cached_pyramid,
     open_pyramid_dir,
+    pil_rgb,
     pyramid_dir,
     pyramid_in_memory,
+    pyramid_of_pixels,
 )
 from .meta import tiff_mpp
 from .patches import plan_patches, read_cached, render_patches
@@ -53,6 +57,9 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
 FLAT_DIRECT_MAX = 2048
 #: Tiled TIFFs of one level larger than this get a cached pyramid too (napari would read them whole).
 TILED_DIRECT_MAX = 8192
+#: A JPEG/PNG at least this large opened for display (``background_cache``) is shown from memory
+#: while its cached pyramid is written in a background thread.
+BACKGROUND_MIN_PIXELS = 4096 * 4096
 #: Bytes of decoded tiles a slide keeps for reuse between patch reads.
 TILE_CACHE_BYTES = 256 * 2**20
 _DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -144,6 +151,8 @@ class Slide:
         self._cache = TileCache(TILE_CACHE_BYTES)
         self._pool: ThreadPoolExecutor | None = None
         self._dask_levels: list[da.Array] | None = None
+        #: The background thread writing this slide's cached pyramid (``open_slide(background_cache=True)``).
+        self.cache_build: threading.Thread | None = None
         self.display_levels: list[LevelArray] = [
             LevelArray(lv, partial(self._read_display, i)) for i, lv in enumerate(levels)]
         h0, w0 = levels[0].height, levels[0].width
@@ -282,16 +291,36 @@ class Slide:
 # --------------------------------------------------------------------------- opening
 
 
-def _open_flat(path: Path, root: Path) -> Slide:
+def _open_flat(path: Path, root: Path, background: bool = False) -> Slide:
     target = pyramid_dir(path, root)
     levels = open_cached_pyramid(target, str(path))  # a damaged one is removed (with a warning) and rebuilt
+    rgb = None
+    if levels is None and background and path.suffix.lower() in PIL_SUFFIXES:
+        rgb = pil_rgb(path)  # decoded whole anyway: show it from memory, write the cache behind
+        if rgb.shape[0] * rgb.shape[1] >= BACKGROUND_MIN_PIXELS:
+            slide = Slide(str(path), pyramid_of_pixels(rgb, path), None)
+            slide.cache_build = threading.Thread(target=_build_quietly, args=(path, target, rgb),
+                                                 name=f"histosge-pyramid-{path.name}")
+            slide.cache_build.start()
+            return slide
     if levels is None:
         try:
-            build_pyramid(path, target)
+            build_pyramid(path, target, rgb)
             levels = open_pyramid_dir(target, str(path))
         except CacheWriteError as exc:  # the cache's problem, not the slide's: this run's pyramid in memory
             levels = pyramid_in_memory(path, exc)
     return Slide(str(path), levels, None)
+
+
+def _build_quietly(path: Path, target: Path, rgb: np.ndarray) -> None:
+    """Write the cached pyramid in a background thread; a failure only means the next open builds it."""
+    try:
+        build_pyramid(path, target, rgb, background=True)
+    except Exception as exc:  # a cache that cannot be written is not the slide's problem
+        if not threading.main_thread().is_alive():
+            return  # the program ended first (zarr can no longer write): the next open builds it
+        warnings.warn(f"{path.name}: the pyramid cache was not written ({exc}); the next open builds it again",
+                      UserWarning, stacklevel=1)
 
 
 def _open_tiff(path: Path, root: Path) -> Slide:
@@ -356,7 +385,8 @@ def _open_ome_zarr(path: Path) -> Slide:
     return Slide(str(path), levels, None)
 
 
-def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Slide:
+def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+               background_cache: bool = False) -> Slide:
     """Open a histology image lazily.
 
     Parameters
@@ -367,6 +397,10 @@ def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
     cache_dir
         Cache root for pyramids built from flat images; default ``$HISTOSGE_CACHE``
         or ``~/.cache/napari-histosge``.
+    background_cache
+        For a viewer: a large JPEG/PNG without a cached pyramid is shown from memory at once
+        and its pyramid written to the cache in a background thread (``Slide.cache_build``),
+        instead of opening only once the pyramid is written.
 
     Returns
     -------
@@ -403,7 +437,7 @@ def open_slide(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None =
     try:
         if suffix in TIFF_SUFFIXES:
             return _open_tiff(p, root)
-        return _open_flat(p, root)
+        return _open_flat(p, root, background_cache)
     except InputError:
         raise
     except MemoryError:
