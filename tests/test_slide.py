@@ -210,6 +210,16 @@ def test_a_background_pyramid_that_cannot_be_written_leaves_the_slide_working(
     assert not_a_folder.is_file()
 
 
+def test_a_flat_image_too_large_to_hold_opens_once_its_pyramid_is_written(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
+    monkeypatch.setattr(slide_mod, "BACKGROUND_MAX_PIXELS", 500_000)
+    png = tmp_path / "big.png"
+    Image.fromarray(_pattern(1100, 900)).save(png)
+    s = open_slide(png, cache_dir=tmp_path / "cache", background_cache=True)
+    assert s.cache_build is None and len(list((tmp_path / "cache" / "pyramids").iterdir())) == 1
+
+
 def test_large_strip_tiff_goes_through_pyramid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slide_mod, "FLAT_DIRECT_MAX", 256)
     img = _pattern(1200, 700)

@@ -58,8 +58,11 @@ FLAT_DIRECT_MAX = 2048
 #: Tiled TIFFs of one level larger than this get a cached pyramid too (napari would read them whole).
 TILED_DIRECT_MAX = 8192
 #: A JPEG/PNG at least this large opened for display (``background_cache``) is shown from memory
-#: while its cached pyramid is written in a background thread.
+#: while its cached pyramid is written in a background thread...
 BACKGROUND_MIN_PIXELS = 4096 * 4096
+#: ... and at most this large: a larger one would hold gigabytes in memory for the session, so it
+#: opens once its pyramid is written, as outside a viewer.
+BACKGROUND_MAX_PIXELS = 400_000_000
 #: Bytes of decoded tiles a slide keeps for reuse between patch reads.
 TILE_CACHE_BYTES = 256 * 2**20
 _DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -297,7 +300,7 @@ def _open_flat(path: Path, root: Path, background: bool = False) -> Slide:
     rgb = None
     if levels is None and background and path.suffix.lower() in PIL_SUFFIXES:
         rgb = pil_rgb(path)  # decoded whole anyway: show it from memory, write the cache behind
-        if rgb.shape[0] * rgb.shape[1] >= BACKGROUND_MIN_PIXELS:
+        if BACKGROUND_MIN_PIXELS <= rgb.shape[0] * rgb.shape[1] <= BACKGROUND_MAX_PIXELS:
             slide = Slide(str(path), pyramid_of_pixels(rgb, path), None)
             slide.cache_build = threading.Thread(target=_build_quietly, args=(path, target, rgb),
                                                  name=f"histosge-pyramid-{path.name}")
