@@ -89,8 +89,8 @@ def normalize_log1p(adata, *, target_sum: float = TARGET_SUM):
     totals = _row_sums(out.X)
     if not np.any(totals > 0):
         raise InputError("every spot has zero counts; nothing to normalise", source)
-    # scanpy's normalize_total + log1p, written out: importing scanpy costs a second and a
-    # half, which a user opening a section would wait for. Zero-count spots stay all-zero.
+    # scanpy's normalize_total + log1p, written out: importing scanpy takes longer than the
+    # arithmetic, and a user opening a section would wait for it. Zero-count spots stay all-zero.
     # The same float32 steps as scanpy: per spot, counts / target_sum, then each value divided by it.
     factor = np.asarray(totals, dtype=np.float32) / np.float32(target_sum)
     factor[factor == 0] = 1.0
