@@ -125,10 +125,10 @@ class TrainWidget(Container):
         self.weights = FileEdit(label="weights", mode=FileDialogMode.EXISTING_FILE, value=None,
                                 filter="*.pt *.pth *.bin *.safetensors",
                                 tooltip="local checkpoint file for UNI or the timm model")
-        self.stain = ComboBox(label="stain normalisation", choices=["none", "macenko"], value="none",
-                              tooltip="macenko: every slide's patches re-rendered with reference stains estimated "
-                                      "once per slide, for a model meant for slides stained or scanned elsewhere "
-                                      "(no gain on sections of one lab)")
+        self.stain = ComboBox(label="stain", choices=["none", "macenko"], value="none",
+                              tooltip="stain normalisation. macenko: every slide's patches re-rendered with "
+                                      "reference stains estimated once per slide, for a model meant for slides "
+                                      "stained or scanned elsewhere (no gain on sections of one lab)")
         self.genes_mode = ComboBox(label="genes", choices=[GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST],
                                    value=GENES_SPATIAL,
                                    tooltip="spatially variable: Moran's I, the genes with tissue structure (a "
