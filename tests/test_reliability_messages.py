@@ -63,8 +63,8 @@ def test_full_pyramid_cache_leaves_no_temporary_and_reads_the_slide(tmp_path: Pa
     png, pixels = _png(tmp_path / "he.png")
     real = flat_pyramid._write_levels
 
-    def full_disk(group, src) -> None:
-        real(group, src)
+    def full_disk(group, src, *args) -> None:
+        real(group, src, *args)
         if "Memory" not in type(group.store).__name__:  # the disk fills; memory does not
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
