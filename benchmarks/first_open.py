@@ -6,7 +6,9 @@ process (under a virtual X server when there is no display) that starts napari w
 window shown, lets it settle, then times ``viewer.open(path, plugin="napari-histosge")``
 as a user's File > Open does: npe2 imports the plugin's reader module at that moment, so
 the time includes every import the plugin makes, and ends when ``open`` has returned and
-the canvas has drawn the slide. The modules the open imported are listed by package, the heavy ones named.
+the canvas has drawn the slide. The modules the open imported are listed by package, the
+heavy ones named. Also timed: her2st B4's JPEG (from ``$HISTOSGE_DATA``) opened with an
+empty pyramid cache.
 Writes ``benchmarks/results/first_open.json`` and the ``first_open`` block of
 ``docs/benchmarks-studies.md``. Usage::
 
@@ -77,6 +79,14 @@ def child(path: str, settle_s: float, napari_warm: bool) -> dict:
     return result
 
 
+def flat_slide() -> Path | None:
+    """her2st B4's H&E JPEG from the shared data (a flat image: its first open writes a pyramid), or ``None``."""
+    from _report import data_root
+
+    found = sorted((data_root() / "her2st" / "B4").glob("*.jpg"))
+    return found[0] if found else None
+
+
 def render(payload: dict) -> str:
     from _report import machine_line
 
@@ -102,7 +112,11 @@ def render(payload: dict) -> str:
              "|---|---|---|---|",
              row(warm, "opened after napari has shown an image of its own", True),
              row(first, "the viewer's first image layer", False),
+             *([row(payload["jpeg"], f"her2st B4's {payload['jpeg']['size'][0]:,} x {payload['jpeg']['size'][1]:,} px "
+                    "JPEG never opened before (no cached pyramid), after napari's own first image", False)]
+               if "jpeg" in payload else []),
              "",
+             f"A JPEG is decoded whole and shown from memory while its pyramid is written in the background. "
              f"napari's own first image layer costs {floor:.2f} s more (napari {payload['napari']} imports xarray, "
              f"and with it pandas, to check every new image's type, whoever opens it). The plugin's part of the "
              f"open imported {r['n_new_modules']} modules ({len(r['plugin_modules'])} of the plugin); heavy "
@@ -135,12 +149,17 @@ def main(argv=None) -> int:
     path = make_big_slide(bench_dir() / f"synthetic_{args.size}px_jpeg_pyramid.tif", args.size)
     load_start = os.getloadavg()
 
-    def measure(napari_warm: bool) -> dict:
+    def measure(napari_warm: bool, slide: Path = path, empty_cache: bool = False) -> dict:
+        import tempfile
+
         results = []
         for _ in range(args.runs):
-            cmd = [sys.executable, __file__, "--child", str(path), "--settle-s", str(args.settle_s)]
+            cmd = [sys.executable, __file__, "--child", str(slide), "--settle-s", str(args.settle_s)]
+            env = os.environ.copy()
+            if empty_cache:  # a JPEG never opened before: no cached pyramid
+                env["HISTOSGE_CACHE"] = tempfile.mkdtemp(prefix="histosge-first-open-")
             proc = subprocess.run(cmd + (["--napari-warm"] if napari_warm else []), capture_output=True, text=True,
-                                  timeout=300, env=os.environ.copy())
+                                  timeout=300, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"a run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -153,6 +172,12 @@ def main(argv=None) -> int:
     from _report import machine_info, publish
 
     measured = {"first_layer": measure(False), "napari_warm": measure(True)}
+    jpeg = flat_slide()
+    if jpeg is not None:
+        from PIL import Image
+
+        with Image.open(jpeg) as im:
+            measured["jpeg"] = {**measure(True, jpeg, empty_cache=True), "name": jpeg.name, "size": list(im.size)}
     info = machine_info()
     info["load_average_1m"] = load_start[0]
     payload = {"machine": info, "napari": napari.__version__, "size": args.size,
