@@ -25,6 +25,14 @@ def _pattern(h: int, w: int) -> np.ndarray:
     return np.dstack([r, g, b])
 
 
+def _flat_png(folder: Path, h: int, w: int) -> tuple[Path, np.ndarray]:
+    """A PNG of :func:`_pattern` (a flat image: opening it builds a pyramid) and its pixels."""
+    img = _pattern(h, w)
+    png = folder / "flat.png"
+    Image.fromarray(img).save(png)
+    return png, img
+
+
 @pytest.fixture(scope="module")
 def wsi_dir(real_data: Path) -> Path:
     d = real_data / "wsi"
@@ -153,9 +161,7 @@ def test_tiff_sample_layouts(tmp_path: Path, kind: str) -> None:
 
 
 def test_flat_image_pyramid_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    img = _pattern(2300, 1500)
-    png = tmp_path / "flat.png"
-    Image.fromarray(img).save(png)
+    png, img = _flat_png(tmp_path, 2300, 1500)
     cache = tmp_path / "cache"
     s = open_slide(png, cache_dir=cache)
     assert [lv.shape[:2] for lv in s.levels] == [(2300, 1500), (1150, 750), (575, 375)]
@@ -173,9 +179,7 @@ def test_flat_image_pyramid_is_cached(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_a_viewer_sees_a_new_flat_image_at_once_while_its_pyramid_is_written_behind(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
-    img = _pattern(2300, 1500)
-    png = tmp_path / "flat.png"
-    Image.fromarray(img).save(png)
+    png, img = _flat_png(tmp_path, 2300, 1500)
     cache = tmp_path / "cache"
     quick = open_slide(png, cache_dir=cache, background_cache=True)
     assert quick.cache_build is not None
@@ -198,9 +202,7 @@ def test_a_viewer_sees_a_new_flat_image_at_once_while_its_pyramid_is_written_beh
 def test_a_background_pyramid_that_cannot_be_written_leaves_the_slide_working(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
-    img = _pattern(1100, 900)
-    png = tmp_path / "flat.png"
-    Image.fromarray(img).save(png)
+    png, img = _flat_png(tmp_path, 1100, 900)
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file where the cache would go")
     with pytest.warns(UserWarning, match=r"flat\.png: the pyramid cache was not written.*next open builds it"):
@@ -214,8 +216,7 @@ def test_a_flat_image_too_large_to_hold_opens_once_its_pyramid_is_written(tmp_pa
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slide_mod, "BACKGROUND_MIN_PIXELS", 1000)
     monkeypatch.setattr(slide_mod, "BACKGROUND_MAX_PIXELS", 500_000)
-    png = tmp_path / "big.png"
-    Image.fromarray(_pattern(1100, 900)).save(png)
+    png, _ = _flat_png(tmp_path, 1100, 900)
     s = open_slide(png, cache_dir=tmp_path / "cache", background_cache=True)
     assert s.cache_build is None and len(list((tmp_path / "cache" / "pyramids").iterdir())) == 1
 

@@ -92,6 +92,15 @@ def drawn_regions(shapes, mpp: float | None) -> list:
     return regions
 
 
+def set_shape_names(shapes, names: dict[int, str]) -> None:
+    """Set the ``name`` feature of shapes ``{index: name}`` (one features update, so one refresh)."""
+    features = shapes.features.copy()
+    features["name"] = features["name"].astype(object) if "name" in features else ""
+    for i, name in names.items():
+        features.loc[features.index[i], "name"] = name
+    shapes.features = features
+
+
 def summary_job(adata, regions: list):
     """The region tables in the worker thread (a measured section holds thousands of genes)."""
     from ...export.regions import region_tables
@@ -239,11 +248,7 @@ class RegionsWidget(Container):
         shapes = self.regions_layer()
         start = len(shapes.data)
         shapes.add_polygons([region.exterior[:, ::-1] * u for region in regions])
-        features = shapes.features.copy()
-        features["name"] = features["name"].astype(object) if "name" in features else ""
-        for i, region in enumerate(regions):
-            features.loc[features.index[start + i], "name"] = region.name
-        shapes.features = features
+        set_shape_names(shapes, {start + i: region.name for i, region in enumerate(regions)})
         self.viewer.layers.selection.active = shapes
         holed = [r.name for r in regions if r.holes]
         message = f"loaded {len(regions)} region(s) from {Path(path).name}"
@@ -261,11 +266,7 @@ class RegionsWidget(Container):
         if shapes is None or not shapes.selected_data or not name:
             set_status(self.status, "select shapes in the regions layer, type a name, press Enter")
             return
-        features = shapes.features.copy()
-        features["name"] = features["name"].astype(object) if "name" in features else ""
-        for i in shapes.selected_data:
-            features.loc[features.index[i], "name"] = name
-        shapes.features = features
+        set_shape_names(shapes, dict.fromkeys(shapes.selected_data, name))
 
     @staticmethod
     def label_unnamed(shapes) -> None:
