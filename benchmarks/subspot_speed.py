@@ -32,13 +32,13 @@ adata = hs.read_spots(section)
 t0 = time.perf_counter()
 if step == "fit":
     config = hs.train_config("subspot", image_modulation=image == "1")
-    model = hs.run(hs.fit(adata, train_config=config))
+    model = hs.run(hs.steps.fit(adata, train_config=config))
     model.save(model_path)
     out = {"cells": None, "genes": len(model.genes), "cell_um": model.meta.get("cell_um")}
 else:
     model = hs.load_model(model_path, device="cpu")
     t0 = time.perf_counter()
-    grid = hs.run(hs.superresolve_grid(model, adata))
+    grid = hs.run(hs.steps.superresolve_grid(model, adata))
     out = {"cells": int(grid.n_obs), "genes": int(grid.n_vars), "cell_um": grid.uns["histosge"]["grid"]["cell_um"]}
 out["seconds"] = time.perf_counter() - t0
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("prediction",),
     ("pipeline",),
-    ("demo", "cli"),
+    ("api", "steps", "demo", "cli"),
     ("plugin",),
 )
 #: Where imports of the package inside functions are allowed (start-up speed, see (c)).

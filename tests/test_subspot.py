@@ -31,12 +31,12 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(demo):
     # Cells of 30 µm (about 16 px on the demo slide) keep the tests quick.
-    return hs.run(hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0)))
+    return hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0))
 
 
 @pytest.fixture(scope="module")
 def unmasked_map(demo, fitted):
-    return hs.run(hs.superresolve_grid(fitted, demo, mask=None))
+    return hs.superresolve_grid(fitted, demo, mask=None)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -130,7 +130,7 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     pcc = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in range(truth.shape[1])]
     assert np.nanmean(pcc) > 0.8  # the spots' own counts dominate their prediction
-    exact = hs.run(hs.predict_spots(fitted, demo))  # the default reproduces them
+    exact = hs.run(hs.steps.predict_spots(fitted, demo))  # the default reproduces them
     assert np.abs(np.asarray(exact.X) - truth).max() < 1e-4
 
 
@@ -140,7 +140,7 @@ def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
 
     assert not fitted.uses_image
     monkeypatch.setattr(grid_maps, "cell_features", refuse)
-    grid = hs.run(hs.superresolve_grid(fitted, demo, mask=None, grid_um=fitted.meta["cell_um"] * 2))
+    grid = hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, grid_um=fitted.meta["cell_um"] * 2))
     assert grid.n_obs > 0
 
 
@@ -148,12 +148,12 @@ def test_the_model_saves_and_loads_with_the_same_map(demo, fitted, unmasked_map,
     fitted.save(tmp_path / "m.pt")
     loaded = hs.load_model(tmp_path / "m.pt")
     assert loaded.aggregates_cells and loaded.genes == fitted.genes
-    again = hs.run(hs.superresolve_grid(loaded, demo, mask=None))
+    again = hs.run(hs.steps.superresolve_grid(loaded, demo, mask=None))
     assert np.array_equal(np.asarray(unmasked_map.X), np.asarray(again.X))
 
 
 def test_the_grid_map_contract(demo, fitted, unmasked_map, tmp_path):
-    grid = hs.run(hs.superresolve_grid(fitted, demo))
+    grid = hs.run(hs.steps.superresolve_grid(fitted, demo))
     info = grid.uns["histosge"]["grid"]
     assert np.isclose(info["cell_px"], fitted.cell_px) and info["cell_um"] > 0
     rows, cols = grid.obs["grid_row"].to_numpy(), grid.obs["grid_col"].to_numpy()
@@ -168,15 +168,15 @@ def test_the_grid_map_contract(demo, fitted, unmasked_map, tmp_path):
 
 
 def test_consistency_can_be_switched_off(demo, fitted, unmasked_map):
-    off = hs.run(hs.superresolve_grid(fitted, demo, mask=None, consistency="none"))
+    off = hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, consistency="none"))
     assert not np.allclose(np.asarray(off.X), np.asarray(unmasked_map.X))
 
 
 def test_a_coarser_grid_and_spots_as_means_of_cells(demo, fitted):
-    coarse = hs.run(hs.superresolve_grid(fitted, demo, grid_um=fitted.meta["cell_um"] * 2, mask=None))
+    coarse = hs.run(hs.steps.superresolve_grid(fitted, demo, grid_um=fitted.meta["cell_um"] * 2, mask=None))
     assert np.isclose(coarse.uns["histosge"]["grid"]["cell_px"], 2 * fitted.cell_px)
     xy = np.asarray(demo.obsm["spatial"])[:5] + fitted.meta["spot_diameter_px"]  # between spots
-    pred = hs.run(hs.predict_spots(fitted, demo, positions=xy, diameter=40.0))
+    pred = hs.run(hs.steps.predict_spots(fitted, demo, positions=xy, diameter=40.0))
     assert pred.shape == (5, len(fitted.genes)) and np.all(np.isfinite(pred.X))
 
 
@@ -191,26 +191,26 @@ def no_features(monkeypatch):
 
 def test_a_grid_cell_under_two_pixels_fails_before_work(demo, fitted, no_features):
     with pytest.raises(InputError, match="image pixels wide"):
-        hs.run(hs.superresolve_grid(fitted, demo, grid_um=0.5))
+        hs.run(hs.steps.superresolve_grid(fitted, demo, grid_um=0.5))
 
 
 def test_a_grid_over_the_cell_limit_fails_before_work(demo, fitted, no_features, monkeypatch):
     monkeypatch.setattr("napari_histosge.slide.cell_grid.MAX_CELLS", 100)
     with pytest.raises(InputError, match="over the limit"):
-        hs.run(hs.superresolve_grid(fitted, demo, mask=None))
+        hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None))
 
 
 def test_a_mask_that_misses_the_spots_fails_before_work(demo, fitted, no_features, tmp_path):
     far = {"type": "Polygon", "coordinates": [[[0, 0], [40, 0], [40, 40], [0, 40], [0, 0]]]}
     (tmp_path / "far.geojson").write_text(json.dumps(far))
     with pytest.raises(InputError, match="spots"):
-        hs.run(hs.superresolve_grid(fitted, demo, mask=str(tmp_path / "far.geojson")))
+        hs.run(hs.steps.superresolve_grid(fitted, demo, mask=str(tmp_path / "far.geojson")))
 
 
 @pytest.mark.parametrize("diameter", [0.0, -3.0, 1e9])
 def test_a_diameter_outside_the_range_fails_before_work(demo, fitted, no_features, diameter):
     with pytest.raises(InputError, match="diameter"):
-        hs.run(hs.predict_spots(fitted, demo, positions=np.asarray(demo.obsm["spatial"])[:3], diameter=diameter))
+        hs.run(hs.steps.predict_spots(fitted, demo, positions=np.asarray(demo.obsm["spatial"])[:3], diameter=diameter))
 
 
 def test_the_subspot_model_does_not_predict_other_sections(demo, fitted, tmp_path):
@@ -218,13 +218,13 @@ def test_the_subspot_model_does_not_predict_other_sections(demo, fitted, tmp_pat
     other.uns["histosge"] = {**demo.uns["histosge"], "source": str(tmp_path / "elsewhere")}
     other.obsm["spatial"] = np.asarray(demo.obsm["spatial"]) * 1.1
     with pytest.raises(InputError):
-        hs.run(hs.predict_spots(fitted, other))
+        hs.run(hs.steps.predict_spots(fitted, other))
 
 
 # ----------------------------------------------------------------------------- calibration
 def test_the_image_modulation_is_calibrated_one_scale_up(demo, tmp_path):
     config = hs.train_config("subspot", n_top_genes=10, cell_um=30.0, image_modulation=True)
-    model = hs.run(hs.fit(demo, train_config=config))
+    model = hs.run(hs.steps.fit(demo, train_config=config))
     calibration = model.meta["calibration"]
     assert calibration["modulation_share"] in (0.0, 0.5, 1.0) and calibration["calibration_squares"] >= 8
     assert "one scale up" in model.training_summary()

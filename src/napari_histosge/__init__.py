@@ -9,8 +9,11 @@ Examples
 --------
 >>> import napari_histosge as hs
 >>> spots = hs.read_spots("her2st/B4")                              # doctest: +SKIP
->>> model = hs.run(hs.fit(spots, train_config=hs.HisToSGEConfig(epochs=200)))   # doctest: +SKIP
->>> superres = hs.run(hs.superresolve(model, spots, 4))             # doctest: +SKIP
+>>> model = hs.fit(spots, train_config=hs.HisToSGEConfig(epochs=200), progress=True)   # doctest: +SKIP
+>>> superres = hs.superresolve(model, spots, 4)                    # doctest: +SKIP
+
+Each long step also has a generator form in :mod:`napari_histosge.steps` that yields progress
+events (what the plugin and the command line use); :func:`run` drives one to its end.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import importlib
 from typing import Any
 
 from .errors import CancelledError, HistosgeError, InputError
-from .progress import CancelToken, Progress, run_to_end
+from .progress import CancelToken, Progress, drive
 
 __version__ = "0.1.0"
 
@@ -34,19 +37,22 @@ _LAZY = {
     "TrainedModel": "training.trained_model",
     "load_model": "models",
     "train_config": "models",
-    "fit": "pipeline.steps",
-    "predict_spots": "pipeline.steps",
-    "superresolve": "pipeline.steps",
-    "superresolve_grid": "pipeline.grid_maps",
-    "recover": "pipeline.recovery",
+    "fit": "api",
+    "predict_spots": "api",
+    "superresolve": "api",
+    "superresolve_grid": "api",
+    "recover": "api",
     "RecoveryResult": "pipeline.recovery",
     "evaluate_predictions": "evaluation.predictions",
     "noise_ceiling": "evaluation.noise_ceiling",
     "read_positions_csv": "prediction.positions",
 }
 
-#: ``run`` drives any of the progress generators to its result.
-run = run_to_end
+#: Submodules that are part of the public API (imported on first access).
+_SUBMODULES = ("steps",)
+
+#: ``run`` drives a generator of :mod:`napari_histosge.steps` to its result.
+run = drive
 
 __all__ = [
     "CancelToken",
@@ -71,6 +77,7 @@ __all__ = [
     "read_spots",
     "recover",
     "run",
+    "steps",
     "superresolve",
     "superresolve_grid",
     "train_config",
@@ -78,6 +85,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        submodule = importlib.import_module(f".{name}", __name__)
+        globals()[name] = submodule
+        return submodule
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'napari_histosge' has no attribute {name!r}")
@@ -87,4 +98,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

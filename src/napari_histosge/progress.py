@@ -46,6 +46,9 @@ class Progress:
 
 ProgressGenerator = Generator[Progress, None, T]
 
+#: ``False``/``None``: silent; ``True``: a tqdm bar per stage; a callable: called with each event.
+ProgressOption = bool | None | Callable[[Progress], Any]
+
 
 class CancelToken:
     """A thread-safe flag a consumer sets to stop a running generator."""
@@ -140,3 +143,37 @@ def run_with_tqdm(gen: ProgressGenerator[T], *, disable: bool = False) -> T:
     finally:
         if bar is not None:
             bar.close()
+
+
+def drive(gen: ProgressGenerator[T], progress: ProgressOption = False) -> T:
+    """Run a progress generator to its end and return its result.
+
+    Parameters
+    ----------
+    gen
+        A generator of :class:`~napari_histosge.progress.Progress` events that returns a result.
+    progress
+        ``False`` or ``None`` runs silently; ``True`` shows a tqdm bar per stage; a callable is
+        called with every event (a notebook's own bar, a log line, a cancel check that raises).
+
+    Returns
+    -------
+    object
+        What the generator returned.
+    """
+    if not isinstance(gen, Generator):
+        # The one mistake a user of the old API makes: run(fit(...)) now that fit returns its result.
+        raise TypeError(f"expected a progress generator (napari_histosge.steps), got {type(gen).__name__}: "
+                        "the functions of napari_histosge return their result already")
+    if progress is True:
+        return run_with_tqdm(gen)
+    if progress is None or progress is False:
+        return run_to_end(gen)
+    if not callable(progress):
+        raise TypeError(f"progress must be True, False or a callable taking a Progress event, got {progress!r}")
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        progress(event)
