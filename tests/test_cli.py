@@ -205,3 +205,15 @@ def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_pa
     assert main(["predict", str(model), str(demo_dir), "--out", str(spots), "--quiet"]) == 0
     measured = read_spots(demo_dir)
     assert ad.read_h5ad(spots).n_obs == measured.n_obs
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture) -> None:
+    from napari_histosge import __version__
+
+    tomllib = pytest.importorskip("tomllib")
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out.strip() == f"histosge {project['version']}" == f"histosge {__version__}"

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from .. import __version__
 from ..errors import CancelledError, HistosgeError
 from . import demo, evaluate, figure, prediction, regions, training
 
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histosge",
         description="Predict spatial gene expression from H&E histology and super-resolve it (HisToSGE).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version of napari-histosge and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (training, prediction, evaluate, regions, figure, demo):
         group.add_parsers(sub)
