@@ -19,7 +19,7 @@ if [ "$need_apt" = 1 ]; then
             libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
             libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libxi6 libxrender1 >/dev/null
     else
-        echo "test: Xvfb and Qt's xcb libraries are missing; install them (see README) or run as root" >&2
+        echo "test: Xvfb and Qt's xcb libraries are missing; install them (README, \"Two commands on a fresh machine\") or run as root" >&2
         exit 1
     fi
 fi

@@ -37,6 +37,29 @@ def test_recover_writes_hidden_spots_only(demo_dir: Path, tmp_path: Path) -> Non
     assert (tmp_path / "m.csv").read_text().startswith(",pcc") or "pcc" in (tmp_path / "m.csv").read_text()
 
 
+def test_recover_and_evaluate_report_the_same_genes_and_scores(demo_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    hidden = tmp_path / "hidden.h5ad"
+    assert main(["recover", str(demo_dir), "--out", str(hidden), "--save-model", str(tmp_path / "m.pt"),
+                 "--epochs", "2", "--n-genes", "10", "--min-validation-spots", "0", "--quiet"]) == 0
+    recovered = capsys.readouterr().out
+    assert main(["evaluate", str(hidden), str(demo_dir)]) == 0
+    evaluated = capsys.readouterr().out
+    every = re.search(r"every predicted gene\s+PCC (\S+)\s+MSE (\S+)\s+MAE (\S+)\s+\((\d+) genes\)", recovered)
+    scored = re.search(r"PCC (\S+) \(median \S+\), MSE (\S+), MAE (\S+)", evaluated)
+    n_genes = re.search(r"spots x (\d+) genes", evaluated)
+    assert every and scored and n_genes, (recovered, evaluated)
+    assert every.group(4) == n_genes.group(1) == str(ad.read_h5ad(hidden).n_vars)
+    assert every.groups()[:3] == scored.groups()
+    # The spots the network fitted and those it held back to choose its epoch, both named truthfully.
+    split = ad.read_h5ad(hidden).uns["split"]
+    held = load_model(tmp_path / "m.pt", device="cpu").meta["n_validation_spots"]
+    assert held > 0
+    assert f"(trained on {len(split['train']) - held} ({held} held for validation))" in recovered
+
+
 def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "m.pt"
     # The demo section (245 spots) is too small to validate on: a fixed schedule on every spot.
@@ -165,7 +188,10 @@ def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_pa
     model = tmp_path / "sub.pt"
     assert main(["train", str(demo_dir), "--model", "subspot", "--cell-um", "30", "--n-genes", "10",
                  "--out", str(model), "--quiet"]) == 0
-    assert "measured footprints, cells of 30 µm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "measured footprints, cells of 30 µm" in out
+    # Fitted in closed form: no loss to report, and never "final loss nan" (the words of a diverged run).
+    assert "fitted without epochs (no training loss)" in out and "nan" not in out
     grid = tmp_path / "grid.h5ad"
     assert main(["superresolve", str(model), str(demo_dir), "--grid-um", "60", "--mask", "none",
                  "--out", str(grid), "--quiet"]) == 0
@@ -179,3 +205,15 @@ def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_pa
     assert main(["predict", str(model), str(demo_dir), "--out", str(spots), "--quiet"]) == 0
     measured = read_spots(demo_dir)
     assert ad.read_h5ad(spots).n_obs == measured.n_obs
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture) -> None:
+    from napari_histosge import __version__
+
+    tomllib = pytest.importorskip("tomllib")
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out.strip() == f"histosge {project['version']}" == f"histosge {__version__}"

@@ -272,3 +272,26 @@ def test_every_result_has_one_generated_block():
                                if text.count(start) == 1 and text.count(end) == 1
                                and text.index(start) < text.index(end)]
     assert {stem: names for stem, names in placed.items() if len(names) != 1} == {}
+
+
+def _apt_packages(text: str) -> set[str]:
+    """Package names of the ``apt-get install`` commands in a shell or Markdown text (options left out)."""
+    names: set[str] = set()
+    for command in re.findall(r"apt-get install((?:[^\n]*\\\n)*[^\n]*)", text):
+        names |= {w for w in command.replace("\\\n", " ").split() if not w.startswith(("-", ">", "/"))}
+    return names
+
+
+def test_the_readme_lists_every_package_test_sh_installs():
+    # scripts/test.sh without root says to install them "(see README)": the README must list them.
+    installed = _apt_packages((REPO / "scripts" / "test.sh").read_text())
+    assert "xvfb" in installed and "libxcb-cursor0" in installed
+    assert sorted(installed - _apt_packages((REPO / "README.md").read_text())) == []
+
+
+def test_readme_sections_named_elsewhere_exist():
+    headings = set(re.findall(r"^#+\s+(.+?)\s*$", (REPO / "README.md").read_text(), re.MULTILINE))
+    for source in ("pyproject.toml", "scripts/test.sh"):
+        named = re.findall(r'README,? \\?"([^"\\]+)\\?"', (REPO / source).read_text())
+        assert named, source
+        assert [n for n in named if n not in headings] == [], source

@@ -39,6 +39,33 @@ def test_gene_names_come_from_text_or_from_a_file_with_comments(tmp_path: Path) 
     assert "missing.txt" in str(err.value)
 
 
+@pytest.mark.parametrize("n_names", [1, 50, 2000])
+def test_gene_lists_of_any_length_are_names_not_file_names(n_names: int) -> None:
+    # A long list is longer than a file name may be: asking the file system about it raised
+    # "OSError: File name too long" instead of reading the names.
+    names = [f"GENE{i}" for i in range(n_names)]
+    assert parse_gene_names(",".join(names)) == names
+    assert parse_gene_names(" , ".join(names) + " ") == names
+    assert parse_gene_names("\n".join(names)) == names
+
+
+def test_a_list_ending_like_a_file_name_is_still_a_list(tmp_path: Path) -> None:
+    assert parse_gene_names("ERBB2, notes.txt") == ["ERBB2", "notes.txt"]
+    with pytest.raises(InputError, match="gene list file does not exist"):
+        parse_gene_names(str(tmp_path / "no such folder" / "markers.txt"))
+
+
+def test_a_gene_file_with_a_long_path_is_read(tmp_path: Path) -> None:
+    folder = tmp_path
+    for i in range(12):  # a path of well over 255 characters, each part a legal name
+        folder = folder / (f"part{i}_" + "x" * 30)
+    folder.mkdir(parents=True)
+    markers = folder / "markers with spaces.txt"
+    markers.write_text("ERBB2\nGRB7\n")
+    assert len(str(markers)) > 300
+    assert parse_gene_names(str(markers)) == ["ERBB2", "GRB7"]
+
+
 def test_the_default_ranks_genes_by_spatial_structure(sections) -> None:
     adata = sections[0]
     config = train_config(n_top_genes=5)

@@ -60,3 +60,33 @@ def test_the_qt_binding_is_the_one_napari_recommends():
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["napari"]
     assert not [r for r in extra if r.lower().startswith("pyqt5")], "napari deprecates PyQt5"
     assert any(r.startswith("napari[pyqt6]") for r in extra)
+
+
+def test_the_project_metadata_builds_without_a_deprecation():
+    # setuptools deprecates `project.license` as a TOML table: such builds stop working after
+    # 2027-02-18. The metadata is read by the installed setuptools (no build, under a second).
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings\n"
+        "from setuptools.config.pyprojecttoml import apply_configuration\n"
+        "from setuptools.dist import Distribution\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    dist = apply_configuration(Distribution(), 'pyproject.toml')\n"
+        "for w in seen:\n"
+        "    if 'Setuptools' in w.category.__name__:\n"
+        "        print(w.category.__name__, ' '.join(str(w.message).split()))\n"
+        "print('license:', dist.metadata.license_expression)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "SetuptoolsDeprecationWarning" not in run.stdout and "2027" not in run.stdout, run.stdout
+    assert "license: BSD-3-Clause" in run.stdout
+
+
+def test_the_build_asks_for_a_setuptools_that_reads_spdx_licenses():
+    build = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    setuptools = next(r for r in build if r.startswith("setuptools"))
+    assert re.fullmatch(r"setuptools>=(\d+)", setuptools) and int(setuptools.split(">=")[1]) >= 77

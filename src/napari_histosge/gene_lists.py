@@ -31,8 +31,8 @@ def parse_gene_names(text: str) -> list[str]:
     """
     text = str(text).strip()
     path = Path(text).expanduser()
-    if text and (path.is_file() or text.lower().endswith(GENE_LIST_SUFFIXES)):
-        if not path.is_file():
+    if text and (_is_file(path) or (_could_be_path(text) and text.lower().endswith(GENE_LIST_SUFFIXES))):
+        if not _is_file(path):
             raise InputError("the gene list file does not exist", text)
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -40,3 +40,20 @@ def parse_gene_names(text: str) -> list[str]:
             raise InputError(f"the gene list file cannot be read ({exc.strerror or exc})", text) from exc
         text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
     return [g for g in re.split(r"[,;\s]+", text) if g]
+
+
+def _could_be_path(text: str) -> bool:
+    """Whether ``text`` may name one file: a list's separators (comma, semicolon, newline) say it is a list."""
+    return not re.search(r"[,;\n]", text)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false where the text cannot be a path at all.
+
+    A long gene list is a name too long for the file system (``OSError``: File name too long),
+    and a text with a NUL character is no path (``ValueError``): both are gene names, not files.
+    """
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

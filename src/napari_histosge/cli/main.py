@@ -50,10 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histosge",
         description="Predict spatial gene expression from H&E histology and super-resolve it (HisToSGE).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the version of napari-histosge and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (training, prediction, evaluate, regions, figure, demo):
         group.add_parsers(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed napari-histosge's version (the one pyproject.toml declares)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-histosge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,15 +131,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                 init=init),
             args,
         )
-    history = model.meta.get("history")
-    final = history[-1] if history else float("nan")
     n_spots = sum(a.n_obs for a in sections)
     where = f" in {len(sections)} sections" if len(sections) > 1 else ""
-    print(f"trained {model.config.model} on {n_spots} spots{where} x {len(model.genes)} genes; "
-          f"final loss {final:.4g}")
+    print(f"trained {model.config.model} on {spots_trained_on(n_spots, model.meta)}{where} x "
+          f"{len(model.genes)} genes; {final_loss_text(model.meta)}")
     print(model.training_summary())
     print(f"checkpoint: {args.out}")
     return 0
+
+
+def spots_trained_on(n_spots: int, meta: dict) -> str:
+    """``"N spots"``, or ``"N spots (M held for validation)"`` where training held some of ``n_spots`` back."""
+    held = int(meta.get("n_validation_spots") or 0)
+    return f"{n_spots - held} spots ({held} held for validation)" if held else f"{n_spots} spots"
+
+
+def final_loss_text(meta: dict) -> str:
+    """The last epoch's training loss; a model fitted without epochs (in closed form) has none, and says so."""
+    history = meta.get("history")
+    if not history:
+        return "fitted without epochs (no training loss)"
+    return f"final loss {history[-1]:.4g}"
 
 
 def check_recover(args: argparse.Namespace) -> None:
@@ -191,8 +203,11 @@ def print_recovery_summary(summary: dict) -> None:
         return (f"  {label:<38} PCC {s['mean_pcc']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
                 f"  ({s['n_genes']} genes)")
 
-    print(f"held-out spots: {summary['n_test']} (trained on {summary['n_train']})")
-    print(line("model, hidden spots", summary["model"]))
+    n_train, held = summary["n_train"], summary.get("n_validation", 0)
+    trained = f"{n_train - held} ({held} held for validation)" if held else f"{n_train}"
+    print(f"held-out spots: {summary['n_test']} (trained on {trained})")
+    print(line("model, hidden spots, every predicted gene", summary["model_all_genes"]))
+    print(line("model, hidden spots, ranked genes", summary["model"]))
     print(line("model, hidden spots, top-mean genes", summary["model_top_mean"]))
     print(line("6-NN baseline, hidden spots", summary["baseline"]))
     print(line("6-NN baseline, top-mean genes", summary["baseline_top_mean"]))

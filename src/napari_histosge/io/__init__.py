@@ -7,21 +7,40 @@ docs/architecture.md. Bad input raises :class:`~napari_histosge.errors.InputErro
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ._common import SUPPORTED, image_size
-from .detect import FORMATS, detect_format
-from .h5ad import read_h5ad_spots
-from .spaceranger import read_spaceranger
-from .spatialdata_io import read_spatialdata
-from .st_v1 import read_st_v1
-from .visium_hd import read_visium_hd
+from .detect import FORMATS, SUPPORTED, detect_format
 
 if TYPE_CHECKING:
     import anndata
+
+    from ._common import image_size
+
+#: The readers, imported on first use: importing ``napari_histosge.io`` (or its light
+#: :mod:`.detect` and :mod:`.gene_header`) must not cost pandas and anndata, so the command
+#: line refuses a folder that is no section, or an unknown gene, before any of them loads.
+_READERS = {
+    "h5ad": ("h5ad", "read_h5ad_spots"),
+    "spaceranger": ("spaceranger", "read_spaceranger"),
+    "visium_hd": ("visium_hd", "read_visium_hd"),
+    "spatialdata": ("spatialdata_io", "read_spatialdata"),
+    "st_v1": ("st_v1", "read_st_v1"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "image_size":
+        return importlib.import_module(f"{__name__}._common").image_size
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _reader(format: str):
+    module, function = _READERS[format]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 __all__ = ["FORMATS", "detect_format", "image_size", "read_spots", "require_spot_image", "spot_image"]
 
@@ -74,16 +93,12 @@ def read_spots(
     if format == "h5ad":
         if not path.is_file():
             raise InputError("format 'h5ad' needs an .h5ad file, not a folder", path)
-        return read_h5ad_spots(path, image=image)
+        return _reader(format)(path, image=image)
     if not path.is_dir():
         raise InputError(f"format {format!r} needs a folder; {SUPPORTED}", path)
-    if format == "spaceranger":
-        return read_spaceranger(path, image=image)
     if format == "visium_hd":
-        return read_visium_hd(path, bin_um=bin_um, image=image)
-    if format == "spatialdata":
-        return read_spatialdata(path, image=image)
-    return read_st_v1(path, image=image)
+        return _reader(format)(path, bin_um=bin_um, image=image)
+    return _reader(format)(path, image=image)
 
 
 def spot_image(adata: anndata.AnnData) -> tuple[str, float] | None:

@@ -13,15 +13,6 @@ from scipy import sparse
 
 from ..errors import InputError
 
-SUPPORTED = (
-    "supported inputs are: a Space Ranger output folder (spatial/tissue_positions*.csv, "
-    "spatial/scalefactors_json.json, filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/), "
-    "a Visium HD output folder (binned_outputs/square_008um, square_016um) or one of its bin folders, "
-    "a Spatial Transcriptomics v1 folder (<S>.tsv.gz counts, <S>_selection.tsv, an H&E image), "
-    "a SpatialData .zarr store (a table over shapes or points, and an image) "
-    "or an .h5ad file with obsm['spatial']"
-)
-
 FLAT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".scn")
 IMAGE_SUFFIXES = FLAT_IMAGE_SUFFIXES + TIFF_SUFFIXES

@@ -25,29 +25,11 @@ from ._common import (
     require_integer_counts,
     to_counts_csr,
 )
+from .detect import positions_file
 
 VISIUM_SPOT_UM = 55.0
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 FULLRES_SUFFIXES = (".tif", ".tiff", ".btf")
-
-
-def positions_file(folder: Path) -> Path | None:
-    """The positions file of a Space Ranger folder (v2 name first), or ``None``."""
-    for name in ("tissue_positions.csv", "tissue_positions_list.csv"):
-        candidate = folder / "spatial" / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def looks_like_spaceranger(folder: Path) -> bool:
-    """Cheap check by file names only."""
-    return (
-        positions_file(folder) is not None
-        or (folder / "spatial" / "scalefactors_json.json").is_file()
-        or (folder / "filtered_feature_bc_matrix.h5").is_file()
-        or (folder / "filtered_feature_bc_matrix").is_dir()
-    )
 
 
 def _read_positions(path: Path) -> pd.DataFrame:

@@ -23,24 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..slide.open import is_ome_zarr_image
 from ._common import build_adata, median_nn_distance, require_integer_counts, to_counts_csr
+from .detect import looks_like_spatialdata
 
 #: What to install when spatialdata is missing.
 INSTALL_HINT = "pip install napari-histosge[spatialdata]"
 #: Element folders a SpatialData store holds.
-ELEMENT_FOLDERS = ("images", "labels", "points", "shapes", "tables")
-
-
-def looks_like_spatialdata(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a SpatialData zarr store, from names only (a zarr group with element folders)."""
-    p = Path(path)
-    try:
-        if not p.is_dir() or not ((p / "zarr.json").is_file() or (p / ".zgroup").is_file()):
-            return False
-        return any((p / name).is_dir() for name in ELEMENT_FOLDERS) and not is_ome_zarr_image(p)
-    except OSError:
-        return False
 
 
 def require_spatialdata(path: Path | None) -> Any:

@@ -21,27 +21,11 @@ from ._common import (
     require_integer_counts,
     to_counts_csr,
 )
+from .detect import counts_files, selection_files
 
 ST_GRID_UM = 200.0  # centre-to-centre spacing of ST v1 spots
 ST_SPOT_UM = 100.0  # ST v1 spot diameter
 SELECTION_COLUMNS = ("x", "y", "pixel_x", "pixel_y", "selected")
-
-
-def _selection_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*_selection.tsv") if p.is_file())
-
-
-def _counts_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.name.endswith((".tsv.gz", ".tsv")) and not p.name.endswith("_selection.tsv")
-    )
-
-
-def looks_like_st_v1(folder: Path) -> bool:
-    """Cheap check by file names only: a ``*_selection.tsv`` beside a counts table."""
-    return bool(_selection_files(folder)) and bool(_counts_files(folder))
 
 
 def _pick(candidates: list[Path], stem: str, what: str, folder: Path) -> Path:
@@ -117,15 +101,15 @@ def read_st_v1(folder: str | os.PathLike, *, image: str | os.PathLike | None = N
         Selected spots present in the counts, following docs/architecture.md.
     """
     folder = Path(folder)
-    selections = _selection_files(folder)
+    selections = selection_files(folder)
     if not selections:
         raise InputError("missing spot selection file (*_selection.tsv)", folder)
     sel_path = _pick(selections, selections[0].name[: -len("_selection.tsv")], "*_selection.tsv", folder)
     stem = sel_path.name[: -len("_selection.tsv")]
-    counts_files = _counts_files(folder)
-    if not counts_files:
+    tables = counts_files(folder)
+    if not tables:
         raise InputError("missing counts table (<section>.tsv.gz)", folder)
-    counts_path = _pick(counts_files, stem, "counts (*.tsv.gz)", folder)
+    counts_path = _pick(tables, stem, "counts (*.tsv.gz)", folder)
 
     table, ids = _read_counts(counts_path)
     selection = _read_selection(sel_path)

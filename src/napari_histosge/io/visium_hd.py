@@ -14,7 +14,6 @@ the hires/lowres images. Bins are squares: the spot AnnData carries the square f
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from ._common import (
     check_positions_in_images,
     image_entry,
 )
+from .detect import BIN_FOLDER
 from .spaceranger import (
     POSITION_COLUMNS,
     fullres_image,
@@ -44,7 +44,6 @@ from .spaceranger import (
 HD_BIN_UM = (8, 16)
 #: The bin size read when several are present: a few hundred thousand bins at most.
 DEFAULT_BIN_UM = 16
-BIN_FOLDER = re.compile(r"^square_(\d{3})um$")
 POSITIONS_NAME = "tissue_positions.parquet"
 #: Neighbouring bins (next ``array_col`` or ``array_row``) must be one bin side apart within this share.
 STEP_TOLERANCE = 0.05
@@ -63,13 +62,6 @@ def hd_root(folder: Path) -> Path | None:
     if folder.name == "binned_outputs":
         return folder.parent
     return folder if (folder / "binned_outputs").is_dir() else None
-
-
-def looks_like_visium_hd(folder: Path) -> bool:
-    """Cheap check by names only: a folder with ``binned_outputs/``, that folder, or a ``square_XXXum`` folder."""
-    if BIN_FOLDER.match(folder.name):
-        return (folder / "spatial").is_dir() or (folder / "filtered_feature_bc_matrix.h5").is_file()
-    return folder.name == "binned_outputs" or (folder / "binned_outputs").is_dir()
 
 
 def bin_folders(folder: str | os.PathLike) -> dict[int, Path]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.metrics import gene_metrics, holdout_split, knn_baseline, summarize
+from ..evaluation.predictions import evaluate_predictions
 from ..evaluation.uncertainty import uncertainty_metrics
 from ..features import FeatureConfig, SpotFeatures
 from ..io.preprocess import dense_targets, normalize_log1p, top_mean_genes
@@ -49,14 +50,21 @@ class RecoveryResult:
     uncertainty: dict[str, float | int] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Headline numbers: held-out PCC/MSE/MAE over all scored genes and the top-mean genes."""
+        """Headline numbers: held-out PCC/MSE/MAE over the scored genes, the top-mean genes and every predicted gene.
+
+        ``model_all_genes`` scores every gene of :attr:`predictions`, as ``histosge evaluate``
+        scores the written predictions (the same numbers); ``n_train`` counts the training
+        spots, ``n_validation`` those of them the model held back to choose its epoch.
+        """
         return {
             "model": summarize(self.metrics, self.scored_genes),
+            "model_all_genes": summarize(self.metrics),
             "model_top_mean": summarize(self.metrics, self.top_mean_genes),
             "baseline": summarize(self.baseline_metrics, self.scored_genes),
             "baseline_top_mean": summarize(self.baseline_metrics, self.top_mean_genes),
             "model_all_spots_incl_training": summarize(self.metrics_all_spots, self.scored_genes),
             "n_train": len(self.train_ids),
+            "n_validation": int(self.model.meta.get("n_validation_spots") or 0),
             "n_test": len(self.test_ids),
             "timings": dict(self.timings),
             **({"uncertainty": dict(self.uncertainty)} if self.uncertainty is not None else {}),
@@ -136,7 +144,8 @@ def recover(
     return RecoveryResult(
         predictions=predictions,
         scored_genes=list(scored),
-        metrics=gene_metrics(truth_all[test_rows], np.asarray(predictions.X), genes),
+        # Scored as `histosge evaluate` scores the written file: one path, the same numbers.
+        metrics=evaluate_predictions(predictions, adata).metrics,
         metrics_all_spots=gene_metrics(truth_all, np.asarray(predicted_all.X), genes),
         baseline_metrics=gene_metrics(truth_all[test_rows], baseline, genes),
         train_ids=list(train_ids),

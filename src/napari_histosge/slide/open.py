@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..io.detect import is_ome_zarr_image, ome_multiscales
 from .flat_pyramid import (
     CacheWriteError,
     build_pyramid,
@@ -66,28 +67,6 @@ BACKGROUND_MAX_PIXELS = 400_000_000
 #: Bytes of decoded tiles a slide keeps for reuse between patch reads.
 TILE_CACHE_BYTES = 256 * 2**20
 _DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
-
-
-def is_ome_zarr_image(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an OME-Zarr multiscale image folder (zarr v2 or v3 metadata, NGFF 0.4 or 0.5)."""
-    return _multiscales(Path(path)) is not None
-
-
-def _multiscales(path: Path) -> dict[str, Any] | None:
-    """The first ``multiscales`` entry of an OME-Zarr image folder, read from its metadata file only."""
-    import json
-
-    for name in ("zarr.json", ".zattrs"):
-        meta = path / name
-        if meta.is_file():
-            try:
-                attrs = json.loads(meta.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            attrs = attrs.get("attributes", attrs) if name == "zarr.json" else attrs
-            found = (attrs.get("ome") or attrs).get("multiscales")
-            return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
-    return None
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
@@ -375,7 +354,7 @@ def _open_ome_zarr(path: Path) -> Slide:
     """An OME-Zarr multiscale image as a slide: level 0 first, channels as RGB (``c``, ``y``, ``x``)."""
     import zarr
 
-    multiscales = _multiscales(path) or {}
+    multiscales = ome_multiscales(path) or {}
     axes = "".join(str(a.get("name", a) if isinstance(a, dict) else a).upper() for a in multiscales.get("axes", []))
     datasets = [d.get("path") for d in multiscales.get("datasets", []) if isinstance(d, dict)]
     if "Y" not in axes or "X" not in axes or not datasets:
