@@ -35,9 +35,13 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image features")
     g.add_argument(
         "--extractor", default="default",
-        help="'default' (weight-free, offline), 'uni', 'timm:<model name>', or 'none' (image features off)",
+        help="'default' (weight-free, offline), 'uni', 'timm:<model name>', 'hf:<org>/<name>' (a timm model of the "
+             "Hugging Face hub, e.g. hf:bioptimus/H-optimus-0; also 'hf-hub:<org>/<name>'), or 'none' (image "
+             "features off)",
     )
-    g.add_argument("--weights", help="local checkpoint file for the extractor (UNI or timm)")
+    g.add_argument("--weights", help="local weights for the extractor: a checkpoint file (UNI or timm), or for "
+                                     "hf:<org>/<name> the folder of the hub's files (config.json and "
+                                     "model.safetensors or pytorch_model.bin)")
     g.add_argument("--patch-um", type=float, help="patch edge in micrometres (needs a known pixel size)")
     g.add_argument(
         "--patch-spot-fraction", type=float, default=None,
@@ -188,15 +192,18 @@ def require_fraction(value: float, name: str) -> None:
 
 def check_feature_args(args: argparse.Namespace) -> None:
     """The image-feature options."""
-    if args.weights is not None and not str(args.weights).startswith("hf-hub:"):
-        require_file(args.weights, "--weights file")
+    if args.weights is not None:
+        from ..features.hub import is_hub_spec
+
+        if not is_hub_spec(args.extractor):  # a hub model's weights are a folder, checked below
+            require_file(args.weights, "--weights file")
     require_positive(args.patch_um, "--patch-um")
     require_positive(args.patch_spot_fraction, "--patch-spot-fraction")
     require_int(args.feature_batch_size, "--feature-batch-size", 1)
-    if args.extractor == "uni" and args.weights is None:
-        from ..features.timm_backbones import uni_weights_source
+    if args.extractor != "none" and (args.extractor != "default" or args.weights is not None):
+        from ..features import check_extractor
 
-        uni_weights_source()  # offline without cached weights: one line now, not retries after the data are read
+        check_extractor(args.extractor, args.weights)  # the Train widget's check too, before any data is read
 
 
 def check_scale_args(args: argparse.Namespace) -> None:

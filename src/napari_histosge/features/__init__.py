@@ -2,7 +2,8 @@
 
 Built-in extractors: ``default`` (weight-free colour/texture descriptors),
 ``uni`` (UNI ViT-L/16 from a local checkpoint or the Hugging Face hub) and
-``timm:<model_name>`` (any timm backbone).
+``timm:<model_name>`` (any timm backbone) and ``hf:<org>/<name>`` (a timm model of the
+Hugging Face hub, from a local copy of its folder or the hub).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .extract import (
 from .registry import (
     FeatureExtractor,
     available_extractors,
+    check_extractor,
     create_extractor,
     register_extractor,
     unregister_extractor,
@@ -28,6 +30,7 @@ __all__ = [
     "FeatureExtractor",
     "SpotFeatures",
     "available_extractors",
+    "check_extractor",
     "create_extractor",
     "extract_features_at",
     "extract_spot_features",

@@ -2,21 +2,26 @@
 
 Adding an extractor is adding one class decorated with :func:`register_extractor`.
 Specs are either a registered name (``"default"``, ``"uni"``) or a family prefix
-(``"timm:<model_name>"``) whose class takes the part after the colon.
+(``"timm:<model_name>"``, ``"hf:<org>/<name>"``) whose class takes the part after the colon.
+:func:`check_extractor` is the one check of a spec and its weights that the command line and
+the Train widget both run before any slide is read.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..device import pick_device
 from ..errors import InputError
 
 # Importing the built-in extractor modules runs their @register_extractor decorators.
-from . import default, timm_backbones  # noqa: F401
+from . import default, hub, timm_backbones  # noqa: F401
 from .base import FeatureExtractor, register_extractor, registered_extractors, unregister_extractor
 
 __all__ = [
     "FeatureExtractor",
     "available_extractors",
+    "check_extractor",
     "create_extractor",
     "register_extractor",
     "unregister_extractor",
@@ -34,9 +39,10 @@ def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = 
     Parameters
     ----------
     spec
-        ``"default"``, ``"uni"`` or ``"timm:<model_name>"``.
+        ``"default"``, ``"uni"``, ``"timm:<model_name>"`` or ``"hf:<org>/<name>"``
+        (also timm's ``"hf-hub:<org>/<name>"``).
     checkpoint
-        Optional local weights file.
+        Optional local weights file; for a hub model the folder holding the hub's files.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`napari_histosge.device.pick_device`).
 
@@ -60,3 +66,32 @@ def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = 
     else:
         raise InputError(f"unknown feature extractor {spec!r}; choose one of {', '.join(available_extractors())}")
     return cls(name, checkpoint=checkpoint, device=pick_device(device))
+
+
+def check_extractor(spec: str, weights: str | None) -> None:
+    """Refuse, in one line, an extractor and weights that cannot load; reads no slide.
+
+    Parameters
+    ----------
+    spec
+        As in :func:`create_extractor` (``"none"``: image features off, nothing to check).
+    weights
+        The weights given: a file (UNI, timm), a hub model's folder (``hf:``), or ``None``.
+
+    Raises
+    ------
+    InputError
+        A missing weights file; a hub folder without ``config.json`` or weights, or whose
+        weights do not fit its architecture; a hub model or UNI that is neither on this
+        machine nor reachable on the hub.
+    """
+    spec = str(spec).strip()
+    if hub.is_hub_spec(spec):
+        hub.check_hub_model(spec, weights)
+        return
+    if weights is not None and not Path(weights).expanduser().is_file():
+        what = "is a folder: a folder of hub files goes with hf:<org>/<name>" if Path(weights).is_dir() else \
+            "does not exist"
+        raise InputError(f"the extractor weights file {what}", weights)
+    if spec == "uni" and weights is None:
+        timm_backbones.uni_weights_source()  # offline without cached weights: one line now, not retries later

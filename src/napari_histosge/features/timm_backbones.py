@@ -22,7 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_SEED = 0  # random-weight models are seeded so their identity is stable
 
 
-def _checkpoint_identity(path: str) -> str:
+def checkpoint_identity(path: str) -> str:
+    """A weights file's identity in cache keys: its absolute path, size and modification time."""
     p = Path(path).resolve()
     st = p.stat()
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
@@ -37,7 +38,7 @@ def _check_checkpoint_path(path: str | None) -> str | None:
     return str(p)
 
 
-def _load_state_dict(path: str) -> dict[str, Any]:
+def read_state_dict(path: str) -> dict[str, Any]:
     """Read a weights file as a flat state dict (unwrapping common wrappers)."""
     import torch
 
@@ -78,7 +79,7 @@ def load_error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _check_fits(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
+def check_fits(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
     """Raise a clear InputError when ``sd`` has other keys or shapes than ``model``."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -98,11 +99,11 @@ def _check_fits(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
 
 def _load_into(model: Any, sd: dict[str, Any], path: str, what: str) -> None:
     """Load ``sd`` strictly, with a clear error on mismatching keys or shapes."""
-    _check_fits(model, sd, path, what)
+    check_fits(model, sd, path, what)
     model.load_state_dict(sd, strict=True)
 
 
-class _TimmExtractor(FeatureExtractor):
+class PooledTimmExtractor(FeatureExtractor):
     """Shared batching/normalisation for timm models returning pooled features."""
 
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -117,6 +118,7 @@ class _TimmExtractor(FeatureExtractor):
 
     @property
     def model(self) -> Any:
+        """The network in eval mode on the extractor's device, built on first use."""
         if self._model is None:
             model = self._build()
             self._model = model.eval().to(self.device)
@@ -124,9 +126,11 @@ class _TimmExtractor(FeatureExtractor):
 
     @property
     def dim(self) -> int:  # type: ignore[override]
+        """Length of a pooled feature vector."""
         return int(self.model.num_features)
 
     def extract(self, patches: Any) -> Any:
+        """Pooled features of uint8 ``(n, H, W, 3)`` patches, resized and normalised as the model expects."""
         import torch
         import torch.nn.functional as F
 
@@ -144,7 +148,7 @@ class _TimmExtractor(FeatureExtractor):
 
 
 @register_extractor("timm:")
-class TimmExtractor(_TimmExtractor):
+class TimmExtractor(PooledTimmExtractor):
     """Any timm model by name (random weights unless a local checkpoint is given)."""
 
     def __init__(self, arg: str | None = None, *, checkpoint: str | None = None, device: Any = "cpu") -> None:
@@ -168,7 +172,7 @@ class TimmExtractor(_TimmExtractor):
     @property
     def identity(self) -> str:
         """Names the timm model, its weights (file or seeded random) and the input size."""
-        weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else f"random-seed{RANDOM_SEED}"
+        weights = checkpoint_identity(self.checkpoint) if self.checkpoint else f"random-seed{RANDOM_SEED}"
         return f"timm:{self.arg}|{weights}|in{self.input_size}"
 
     def _build(self) -> Any:
@@ -179,7 +183,7 @@ class TimmExtractor(_TimmExtractor):
             torch.manual_seed(RANDOM_SEED)
             model = timm.create_model(self.model_name, pretrained=False, num_classes=0)
         if self.checkpoint:
-            sd = _load_state_dict(self.checkpoint)
+            sd = read_state_dict(self.checkpoint)
             # Checkpoints saved with a classifier head: drop it (we use pooled features).
             head = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "")
             own = model.state_dict()
@@ -264,7 +268,7 @@ UNI_KWARGS: dict[str, Any] = dict(img_size=224, patch_size=16, init_values=1e-5,
 
 
 @register_extractor("uni")
-class UniExtractor(_TimmExtractor):
+class UniExtractor(PooledTimmExtractor):
     """UNI (Chen et al. 2024) ViT-L/16 pathology foundation model, 1024 dims.
 
     Weights come from a local checkpoint, from an earlier download in the Hugging Face
@@ -278,7 +282,7 @@ class UniExtractor(_TimmExtractor):
     @property
     def identity(self) -> str:
         """Names UNI and its weights (the local file, or the Hugging Face hub model)."""
-        weights = _checkpoint_identity(self.checkpoint) if self.checkpoint else UNI_HUB
+        weights = checkpoint_identity(self.checkpoint) if self.checkpoint else UNI_HUB
         return f"uni|{weights}"
 
     @property
@@ -293,11 +297,11 @@ class UniExtractor(_TimmExtractor):
         # Cached weights are read as a local file: no network call (and no retries) at all.
         weights = self.checkpoint or uni_weights_source()
         if weights:
-            sd = _load_state_dict(weights)
+            sd = read_state_dict(weights)
             # Check keys/shapes against a weightless (meta) model before allocating one.
             with torch.device("meta"):
                 skeleton = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
-            _check_fits(skeleton, sd, weights, "UNI (vit_large_patch16_224)")
+            check_fits(skeleton, sd, weights, "UNI (vit_large_patch16_224)")
             model = timm.create_model(UNI_ARCH, pretrained=False, **UNI_KWARGS)
             _load_into(model, sd, weights, "UNI (vit_large_patch16_224)")
             return model

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..export.scanpy_spatial import add_scanpy_spatial
 from ..features import FeatureConfig, patch_size_px, spot_center_fraction
 from ..training.grouping import median_spacing
 from ..training.inputs import section_frame
@@ -177,7 +178,9 @@ def finish_prediction(out, model: TrainedModel):
 
     ``uns["histosge"]``: the model's name and the sections it was trained on (names and
     paths); ``obsm["spatial_um"]``: the positions in µm beside ``obsm["spatial"]`` (full-res
-    px), where the pixel size (``uns["histosge"]["mpp"]``) is known.
+    px), where the pixel size (``uns["histosge"]["mpp"]``) is known; ``uns["spatial"]``: the
+    slide and its scale factors as scanpy and squidpy read them
+    (:func:`~napari_histosge.export.scanpy_spatial.scanpy_spatial`).
     """
     info = out.uns.setdefault("histosge", {})
     names, sources = training_sections(model)
@@ -185,7 +188,7 @@ def finish_prediction(out, model: TrainedModel):
     mpp = info.get("mpp")
     if mpp is not None and np.isfinite(float(mpp)) and float(mpp) > 0:
         out.obsm["spatial_um"] = np.asarray(out.obsm["spatial"], np.float64) * float(mpp)
-    return out
+    return add_scanpy_spatial(out)
 
 
 def check_measured_genes(model: TrainedModel, adata) -> None:

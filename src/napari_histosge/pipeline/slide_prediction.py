@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..export.scanpy_spatial import refresh_spot_diameter
 from ..io.spaceranger import VISIUM_SPOT_UM
 from ..io.st_v1 import ST_GRID_UM, ST_SPOT_UM
 from ..prediction.lattice import check_positions
@@ -382,4 +383,5 @@ def predict_slide(model: TrainedModel, slide_path: str | os.PathLike, *, positio
         del info["fold"]  # the grid contract of superresolve_grid: a raster, not positions
         mpp = pixel_size.mpp
         info["grid"] = {**grid.to_dict(), "cell_um": float("nan") if mpp is None else float(cell_px * mpp)}
+        refresh_spot_diameter(pred)  # a row is now a grid cell: scanpy draws it at the cell's side
     return pred

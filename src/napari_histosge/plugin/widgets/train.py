@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import napari
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
-EXTRACTORS = ["default", "uni", "timm", "none"]
+EXTRACTORS = ["default", "uni", "timm", "hub", "none"]
 #: The genes choices: ranked by a method of ``select_genes`` (its name), or the user's own list.
 GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST = ("spatially variable", "highly variable", "both",
                                                     "my gene list")
@@ -103,6 +103,11 @@ def scheduler_value(text: str) -> str | None:
     return text or None
 
 
+def _path_of(field: FileEdit) -> str | None:
+    """The path a file field holds, ``None`` when it is empty."""
+    return str(field.value) if field.value is not None and str(field.value) not in ("", ".") else None
+
+
 class TrainWidget(Container):
     """Train a HisToSGE model on one or more spots layers; Start/Cancel, progress, loss curve."""
 
@@ -119,12 +124,21 @@ class TrainWidget(Container):
                                    tooltip="histosge: image + position (the paper); other models from the registry")
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
                                   tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
-                                          "timm: any timm backbone; none: positions only")
+                                          "timm: any timm backbone; hub: a timm model of the Hugging Face hub "
+                                          "(e.g. bioptimus/H-optimus-0), from its folder on disk or the hub; "
+                                          "none: positions only")
         self.timm_name = LineEdit(label="timm model", value="resnet18",
                                   tooltip="timm model name (used when features = timm)")
         self.weights = FileEdit(label="weights", mode=FileDialogMode.EXISTING_FILE, value=None,
                                 filter="*.pt *.pth *.bin *.safetensors",
                                 tooltip="local checkpoint file for UNI or the timm model")
+        self.hub_name = LineEdit(label="hub model", value="",
+                                 tooltip="<org>/<name> of a timm model on the Hugging Face hub, e.g. "
+                                         "bioptimus/H-optimus-0 (used when features = hub)")
+        self.hub_folder = FileEdit(label="hub folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
+                                   tooltip="the model's folder copied from the hub (config.json and "
+                                           "model.safetensors or pytorch_model.bin); empty: the Hugging Face "
+                                           "cache, else a download")
         self.stain = ComboBox(label="stain", choices=["none", "macenko"], value="none",
                               tooltip="stain normalisation. macenko: every slide's patches re-rendered with "
                                       "reference stains estimated once per slide, for a model meant for slides "
@@ -163,7 +177,8 @@ class TrainWidget(Container):
         self.status = status_label()
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
         self.notice.visible = False
-        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights, self.stain,
+        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights, self.hub_name,
+                     self.hub_folder, self.stain,
                      self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
                      self.preview_button, self.preview, self.init, self.epochs, self.lr, self.device, self.out_dir,
                      self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
@@ -232,6 +247,7 @@ class TrainWidget(Container):
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
         self.weights.visible = self.extractor.value in ("uni", "timm")
+        self.hub_name.visible = self.hub_folder.visible = self.extractor.value == "hub"
         self.stain.visible = self.extractor.value != "none"
         own_list = self.genes_mode.value == GENES_LIST
         self.n_genes.visible = self.markers.visible = not own_list
@@ -247,9 +263,15 @@ class TrainWidget(Container):
             if not name:
                 raise InputError("enter a timm model name (e.g. resnet18) or pick another feature extractor")
             spec = f"timm:{name}"
-        weights = str(self.weights.value) if self.weights.visible and str(self.weights.value) not in ("", ".") else None
-        if weights is not None and not Path(weights).is_file():
-            raise InputError("extractor weights file does not exist", weights)
+        if spec == "hub":
+            spec = f"hf:{self.hub_name.value.strip()}"
+        chosen = self.extractor.value
+        weights = _path_of(self.hub_folder) if chosen == "hub" else _path_of(self.weights) if chosen in (
+            "uni", "timm") else None
+        if spec != "none":
+            from ...features import check_extractor
+
+            check_extractor(spec, weights)  # the command line's check: one line, before any slide is read
         stain = str(self.stain.value) if spec != "none" else "none"
         return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value, stain=stain)
 
