@@ -53,6 +53,25 @@ def fake_predictions(adata, n_genes: int = N_PREDICTED):
     return pred
 
 
+def fake_grid(adata, n_genes: int = 3):
+    """Grid cells (the sub-spot model's output) of random values for the first genes; with their rows and cols."""
+    import anndata as ad
+
+    xy = np.asarray(adata.obsm["spatial"])
+    cell = L.nn_spacing(xy) / 3
+    x0, y0 = xy.min(axis=0)
+    rows, cols = np.mgrid[0:6, 0:5]
+    rows, cols = rows.ravel(), cols.ravel()
+    rng = np.random.default_rng(1)
+    grid = ad.AnnData(X=rng.random((rows.size, n_genes)).astype(np.float32),
+                      obs=pd.DataFrame({"grid_row": rows, "grid_col": cols}, index=[f"c{i}" for i in range(rows.size)]),
+                      var=pd.DataFrame(index=list(adata.var_names[:n_genes])))
+    grid.obsm["spatial"] = np.column_stack([x0 + cols * cell, y0 + rows * cell])
+    grid.uns["histosge"] = {**adata.uns["histosge"], "positions": "grid",
+                            "grid": {"cell_px": cell, "origin_xy": [x0, y0], "shape": [6, 5], "cell_um": None}}
+    return grid, rows, cols
+
+
 @pytest.fixture
 def session(make_napari_viewer, demo_dir):
     """A viewer with the demo section, its fake 4x predictions and the Gene viewer."""
@@ -149,6 +168,7 @@ def test_down_enter_on_a_suggestion_shows_its_full_name(session, qtbot, notifica
     viewer.window.add_dock_widget(widget)
     line = widget.search.native
     line.setFocus()
+    line.clear()  # the box names the gene shown; the user types over it
     qtbot.keyClicks(line, "gene0")
     qtbot.waitUntil(lambda: widget.completer.popup().isVisible(), timeout=5000)
     popup = widget.completer.popup()
@@ -239,24 +259,11 @@ def test_long_status_text_does_not_widen_the_dock(session, qtbot):
 
 def test_a_grid_map_is_a_raster_on_the_slide_repainted_in_place(make_napari_viewer, demo_dir):
     """Grid cells (the sub-spot model's output) become one raster layer the Gene viewer repaints."""
-    import anndata as ad
-
     viewer = make_napari_viewer()
     viewer.open(str(demo_dir), plugin="napari-histosge")
     [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
     adata = L.histosge_meta(spots)["adata"]
-    xy = np.asarray(adata.obsm["spatial"])
-    cell = L.nn_spacing(xy) / 3
-    x0, y0 = xy.min(axis=0)
-    rows, cols = np.mgrid[0:6, 0:5]
-    rows, cols = rows.ravel(), cols.ravel()
-    rng = np.random.default_rng(1)
-    grid = ad.AnnData(X=rng.random((rows.size, 3)).astype(np.float32),
-                      obs=pd.DataFrame({"grid_row": rows, "grid_col": cols}, index=[f"c{i}" for i in range(rows.size)]),
-                      var=pd.DataFrame(index=list(adata.var_names[:3])))
-    grid.obsm["spatial"] = np.column_stack([x0 + cols * cell, y0 + rows * cell])
-    grid.uns["histosge"] = {**adata.uns["histosge"], "positions": "grid",
-                            "grid": {"cell_px": cell, "origin_xy": [x0, y0], "shape": [6, 5], "cell_um": None}}
+    grid, rows, cols = fake_grid(adata)
     heat, points = add_prediction_layers(viewer, grid, adata)
     assert points is None and heat.data.shape == (6, 5)
     k = 13  # a known cell: its raster pixel sits on the slide pixel of its centre
@@ -302,3 +309,95 @@ def test_the_super_resolve_widget_offers_the_core_consistency_choices():
     from napari_histosge.plugin.widgets.superres import CONSISTENCY_CHOICES
 
     assert CONSISTENCY_CHOICES == CONSISTENCY
+
+
+def agreeing_layer(viewer, widget):
+    """The layer on screen, after asserting that it, the gene box and the legend name the same gene.
+
+    That is the topmost visible layer showing a gene; every visible layer shows the box's gene
+    (one colour scale on screen), and the legend describes that layer with its limits and colours.
+    """
+    from napari_histosge.plugin.widgets.colorbar import colormap_stops
+    from napari_histosge.plugin.widgets.gene_viewer import legend_of
+
+    shown = [lyr for lyr in viewer.layers if lyr.visible and L.histosge_meta(lyr).get("gene")]
+    assert shown, "nothing on screen"
+    top = shown[-1]
+    gene = widget.search.value
+    assert widget.gene == gene
+    assert [L.histosge_meta(lyr)["gene"] for lyr in shown] == [gene] * len(shown)
+    assert widget.legend_layer is top
+    title, lo, hi, cmap = legend_of(top)
+    assert widget.colorbar.text().startswith(f"{title} [") and title.startswith(gene) and top.name in title
+    assert (widget.colorbar.vmin, widget.colorbar.vmax) == pytest.approx((lo, hi))
+    assert widget.colorbar.stops == colormap_stops(cmap)
+    return top
+
+
+def test_map_gene_box_and_legend_agree_after_adding_hiding_removing_and_recolouring(make_napari_viewer, demo_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
+    adata = L.histosge_meta(spots)["adata"]
+    widget = GeneViewerWidget(viewer)
+    assert agreeing_layer(viewer, widget) is spots  # the box names the gene the spots show from the start
+    pred = fake_predictions(adata)
+    chosen = str(pred.var_names[1])  # not the gene a new result would open on by itself
+    assert L.default_gene(pred) != chosen and widget.show_gene(chosen)
+    # add: a grid map, then a 4x map over it, both open on the chosen gene; the measured spots go under
+    grid_map, _ = add_prediction_layers(viewer, fake_grid(adata)[0], adata)
+    assert agreeing_layer(viewer, widget) is grid_map and not spots.visible
+    map_4x, points = add_prediction_layers(viewer, pred, adata)
+    assert agreeing_layer(viewer, widget) is map_4x and map_4x.name.startswith(chosen)
+    # hide: the legend moves to the grid map, never stays on the hidden layer
+    map_4x.visible = False
+    assert agreeing_layer(viewer, widget) is grid_map
+    points.visible = True  # hidden points shown: painted with the gene on screen
+    assert agreeing_layer(viewer, widget) is points
+    points.visible = False
+    # remove: the grid map gone and the 4x map hidden, the measured spots come back
+    viewer.layers.remove(grid_map)
+    assert agreeing_layer(viewer, widget) is spots
+    map_4x.visible = True
+    assert agreeing_layer(viewer, widget) is map_4x and not spots.visible
+    # recolour: another colormap, another gene
+    map_4x.colormap = "viridis"
+    assert agreeing_layer(viewer, widget) is map_4x
+    assert widget.show_gene(str(pred.var_names[2]))
+    assert agreeing_layer(viewer, widget) is map_4x
+    # a result whose genes lack the gene shown: everything follows the new result's gene
+    other = fake_predictions(adata)[:, 4:]
+    newest, _ = add_prediction_layers(viewer, other, adata)
+    assert agreeing_layer(viewer, widget) is newest and widget.gene in other.var_names
+
+
+def test_enter_once_shows_the_typed_gene_with_the_suggestions_open(session, qtbot, notifications):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, heat, spots, pred = session
+    viewer.window.add_dock_widget(widget)
+    line = widget.search.native
+    line.setFocus()
+    line.clear()
+    wanted = str(pred.var_names[2])
+    qtbot.keyClicks(line, wanted.lower())
+    qtbot.waitUntil(lambda: widget.completer.popup().isVisible(), timeout=5000)
+    qtbot.keyClick(widget.completer.popup(), Qt.Key.Key_Return)  # once, no suggestion picked
+    qtbot.waitUntil(lambda: widget.gene == wanted, timeout=2000)
+    assert agreeing_layer(viewer, widget) is heat and heat.name.startswith(wanted)
+    assert not [m for k, m in notifications if k == "warning"]
+
+
+def test_enter_on_the_gene_shown_applies_it_again(session, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_histosge.plugin.widgets.repaint import update_heatmap
+
+    viewer, widget, heat, spots, pred = session
+    shown = str(pred.var_names[0])
+    assert widget.show_gene(shown)
+    update_heatmap(heat, str(pred.var_names[1]))  # repainted behind the Gene viewer's back
+    assert widget.search.value == shown
+    qtbot.keyClick(widget.search.native, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: heat.name.startswith(shown), timeout=2000)
+    assert agreeing_layer(viewer, widget) is heat

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Container, LineEdit, PushButton
-from qtpy.QtCore import QStringListModel, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QStringListModel, Qt, QTimer
 from qtpy.QtWidgets import QCompleter
 
 from .colorbar import ColorBar
@@ -41,6 +41,10 @@ PCC_NOTE = ("\n(PCC between the measured values and the predictions averaged ove
             "training spots included: a measure of fit, not a held-out score)")
 #: metadata flag: the Gene viewer hid this layer because it lacks the gene shown.
 HIDDEN_FLAG = "hidden_lacking_gene"
+#: metadata flag: the Gene viewer hid these measured spots under a prediction map of them.
+UNDER_MAP_FLAG = "hidden_under_map"
+#: The comparison panel with a legend of its own (a diverging scale).
+DIFF_PANEL = "predicted - observed"
 
 
 def gene_pcc(pred, source, gene: str, *, log_source=None) -> float:
@@ -76,6 +80,24 @@ def legend_of(layer) -> tuple[str, float, float, Any]:
     return f"{gene} - {layer.name}" if gene and gene not in layer.name else layer.name, float(lo), float(hi), cmap
 
 
+class _PopupEnter(QObject):
+    """Enter in the open suggestion list with no suggestion picked shows the typed gene at once.
+
+    Qt's completer only closes its list on such an Enter (the line edit never sees it), so the
+    user had to press Enter twice; with a suggestion picked, the completer's ``activated`` shows it.
+    """
+
+    def __init__(self, show_typed) -> None:
+        super().__init__()
+        self._show_typed = show_typed
+
+    def eventFilter(self, popup, event) -> bool:  # noqa: N802 - Qt override
+        if (event.type() == QEvent.Type.KeyPress and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and not popup.currentIndex().isValid()):
+            QTimer.singleShot(0, self._show_typed)  # after the completer closed its list
+        return False
+
+
 class GeneViewerWidget(Container):
     """Search a gene; every spots layer and heatmap of the plugin follows."""
 
@@ -105,6 +127,10 @@ class GeneViewerWidget(Container):
         self.completer.setMaxVisibleItems(12)
         self.search.native.setCompleter(self.completer)
         self.completer.activated[str].connect(self._show_completion)
+        self._enter_filter = _PopupEnter(self._show_typed)
+        popup = self.completer.popup()
+        if popup is not None:  # QCompleter always has one; the stubs allow None
+            popup.installEventFilter(self._enter_filter)
         self.search.native.returnPressed.connect(self._return_pressed)
         self.show_button.changed.connect(lambda *_: self.show_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
@@ -112,15 +138,19 @@ class GeneViewerWidget(Container):
         self.export_button.changed.connect(lambda *_: self.export_figure())
 
         self.gene: str | None = None
+        self._switching = False  # inside show_gene: layers it shows or hides do not switch genes again
         self.pcc: dict[str, float] = {}
         self.legend_layer = None
         viewer.layers.events.inserted.connect(self._layer_inserted)
         viewer.layers.events.removed.connect(self._layer_removed)
+        viewer.layers.events.moved.connect(lambda *_: self._bind_legend(self._best_legend_layer()))
         viewer.layers.selection.events.active.connect(self._active_changed)
         for layer in layers_with_role(viewer.layers, *GENE_ROLES[:4]):
             layer.events.visible.connect(self._visibility_changed)
         self.refresh_genes()
-        self._bind_legend(self._best_legend_layer())
+        best = self._best_legend_layer()
+        if best is None or not self.show_gene(histosge_meta(best)["gene"]):  # the box names what is shown
+            self._bind_legend(best)
 
     # ------------------------------------------------------------------ gene list
     def genes(self) -> list[str]:
@@ -143,39 +173,99 @@ class GeneViewerWidget(Container):
         self.show_gene(text)
 
     def _return_pressed(self) -> None:
-        # With the suggestion list open, Enter picks a suggestion: QCompleter emits
-        # `activated` with its full name after this signal, so the typed prefix
-        # ("erbb") must not be looked up. Typed text is looked up once the event is done.
-        popup = self.completer.popup()
-        if popup is not None and popup.isVisible():
-            return
+        # The line edit's own Enter (no suggestion list open): shown after the event is done,
+        # even when it names the gene shown now (a layer may have been repainted since).
         QTimer.singleShot(0, self._show_typed)
 
     def _show_typed(self) -> None:
-        if self.search.value != (self.gene or ""):  # the suggestion's activation may have shown it already
-            self.show_gene(self.search.value)
+        self.show_gene(self.search.value)
 
     # ------------------------------------------------------------------ the legend
     def _layer_inserted(self, event) -> None:
         self.refresh_genes()
-        meta = histosge_meta(event.value)
-        if meta.get("role") in GENE_ROLES[:4]:
-            event.value.events.visible.connect(self._visibility_changed)
-        if meta.get("role") in GENE_ROLES and meta.get("gene") and event.value.visible:
-            self._bind_legend(event.value)  # a new data set or result: the legend follows it
+        layer, meta = event.value, histosge_meta(event.value)
+        role = meta.get("role")
+        if role in GENE_ROLES[:4]:
+            layer.events.visible.connect(self._visibility_changed)
+            if meta.get("gene") and self._follow_gene(layer):
+                return  # the viewer switched to the new layer's gene (legend bound there)
+        if role == ROLE_HEATMAP and layer.visible:
+            self._hide_measured_under(layer)
+        if role in GENE_ROLES:
+            self._bind_legend(self._best_legend_layer())
+
+    def _follow_gene(self, layer) -> bool:
+        """A new (or newly shown) ``layer`` shows the viewer's gene where it has it, else the viewer its gene.
+
+        Returns True when the viewer switched to ``layer``'s gene (:meth:`show_gene` ran).
+        """
+        meta = histosge_meta(layer)
+        if self.gene is not None and self.gene in meta["adata"].var_names:
+            if layer.visible and meta.get("gene") != self.gene:
+                self._paint(layer, self.gene)
+            elif not layer.visible:
+                rename_hidden(layer, self.gene)  # repainted when shown
+            return False
+        if layer.visible and not self._switching:  # no gene chosen yet, or the new data lack it: all follow it
+            return self.show_gene(meta["gene"])
+        return False
 
     def _layer_removed(self, event) -> None:
         self.refresh_genes()
-        if event.value is self.legend_layer:
-            self._bind_legend(self._best_legend_layer())
+        if histosge_meta(event.value).get("role") == ROLE_HEATMAP:
+            self._show_measured_again()
+        self._bind_legend(self._best_legend_layer())
         if not layers_with_role(self.viewer.layers, ROLE_COMPARE):
             self._comparison_closed()
 
     def _visibility_changed(self, event) -> None:
         # Hidden layers are repainted when shown, not on every gene switch (each repaint costs).
         layer = event.source
-        if layer.visible and self.gene is not None and histosge_meta(layer).get("gene") != self.gene:
-            self._paint(layer, self.gene)
+        meta = histosge_meta(layer)
+        if layer.visible and meta.get("gene") and self._follow_gene(layer):
+            return
+        if meta.get("role") == ROLE_HEATMAP:
+            if layer.visible:
+                self._hide_measured_under(layer)
+            else:
+                self._show_measured_again()
+        self._bind_legend(self._best_legend_layer())
+
+    # ------------------------------------------------------------------ one colour scale on screen
+    def _hide_measured_under(self, heatmap) -> list[str]:
+        """Hide the measured spots a shown prediction map covers: one colour scale, one legend on screen.
+
+        They are shown again when no map of theirs is left visible (:meth:`_show_measured_again`);
+        the comparison panels show measurement and prediction side by side. Returns the names hidden.
+        """
+        hidden = []
+        for spots in self._measured_under(heatmap):
+            if spots.visible:
+                spots.visible, histosge_meta(spots)[UNDER_MAP_FLAG] = False, True
+                hidden.append(spots.name)
+        return hidden
+
+    def _show_measured_again(self) -> None:
+        maps = [lyr for lyr in layers_with_role(self.viewer.layers, ROLE_HEATMAP) if lyr.visible]
+        covered = {id(spots) for lyr in maps for spots in self._measured_under(lyr)}
+        for spots in layers_with_role(self.viewer.layers, ROLE_SPOTS):
+            meta = histosge_meta(spots)
+            if (id(spots) not in covered and meta.get(UNDER_MAP_FLAG)
+                    and (self.gene is None or self.gene in meta["adata"].var_names)):
+                meta.pop(UNDER_MAP_FLAG)
+                spots.visible = True
+
+    def _measured_under(self, heatmap) -> list:
+        """The measured spots layers ``heatmap`` was predicted from (the same section)."""
+        source = measured_source(heatmap, self.viewer.layers)
+        library = (histosge_meta(heatmap)["adata"].uns.get("histosge", {}) or {}).get("library_id")
+        out = []
+        for spots in layers_with_role(self.viewer.layers, ROLE_SPOTS):
+            adata = histosge_meta(spots)["adata"]
+            if adata is source or (source is None and library is not None
+                                   and (adata.uns.get("histosge", {}) or {}).get("library_id") == library):
+                out.append(spots)
+        return out
 
     def _paint(self, layer, gene: str) -> bool:
         """Show ``gene`` on ``layer`` in place; False (nothing changed) when its data lack the gene."""
@@ -190,15 +280,20 @@ class GeneViewerWidget(Container):
 
     def _active_changed(self, event) -> None:
         layer = event.value
-        if layer is not None and histosge_meta(layer).get("role") in GENE_ROLES and histosge_meta(layer).get("gene"):
+        meta = histosge_meta(layer) if layer is not None else {}
+        if layer is not None and layer.visible and meta.get("role") in GENE_ROLES and meta.get("gene"):
             self._bind_legend(layer)
 
     def _best_legend_layer(self):
-        """The layer the legend should describe: a visible heatmap, else visible spots, else none."""
-        for roles in ((ROLE_HEATMAP,), (ROLE_PRED_SPOTS, ROLE_SPOTS)):
-            for layer in reversed(layers_with_role(self.viewer.layers, *roles)):
-                if layer.visible and histosge_meta(layer).get("gene"):
-                    return layer
+        """The layer the legend should describe: the topmost visible layer showing a gene, else none.
+
+        The comparison's difference panel has a legend of its own (:attr:`diff_colorbar`).
+        """
+        for layer in reversed(list(self.viewer.layers)):
+            meta = histosge_meta(layer)
+            if (layer.visible and meta.get("role") in GENE_ROLES and meta.get("gene")
+                    and meta.get("panel") != DIFF_PANEL):
+                return layer
         return None
 
     def _bind_legend(self, layer) -> None:
@@ -224,8 +319,8 @@ class GeneViewerWidget(Container):
         layer = self.legend_layer
         if layer is None:
             return
-        if not layer.visible:
-            self.colorbar.clear(f"'{layer.name}' is hidden; show it or pick a gene")
+        if not layer.visible:  # never describe a hidden layer: the topmost visible one instead
+            self._bind_legend(self._best_legend_layer())
             return
         title, lo, hi, cmap = legend_of(layer)
         units = histosge_meta(layer).get("units", UNITS)
@@ -262,8 +357,19 @@ class GeneViewerWidget(Container):
         if gene is None:
             show_warning(f"gene '{text.strip()}' is not in any open layer")
             return False
+        self._switching = True
+        try:
+            self._switch_to(gene)
+        finally:
+            self._switching = False
+        if layers_with_role(self.viewer.layers, ROLE_COMPARE):
+            self.compare()
+        return True
+
+    def _switch_to(self, gene: str) -> None:
         self.gene = gene
         self.search.value = gene
+        measured_before = {id(lyr) for lyr in layers_with_role(self.viewer.layers, ROLE_SPOTS) if lyr.visible}
         shown, lacking = [], []
         for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS, ROLE_PRED_SPOTS, ROLE_HEATMAP,
                                       ROLE_UNCERTAINTY):
@@ -285,12 +391,14 @@ class GeneViewerWidget(Container):
         measured = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_SPOTS]
         if lacking and measured and not any(lyr.visible for lyr in shown):
             measured[-1].visible = True  # the gene is only measured: show the measurement (repainted when shown)
-            note += f"; showing the measured '{measured[-1].name}'"
-        self._bind_legend(next((lyr for lyr in heatmaps if lyr.visible), None) or self._best_legend_layer())
+        reshown = [lyr for lyr in measured if lyr.visible and id(lyr) not in measured_before]
+        if lacking and reshown:
+            note += f"; showing the measured '{reshown[-1].name}'"
+        under = [name for lyr in heatmaps if lyr.visible for name in self._hide_measured_under(lyr)]
+        if under:
+            note += f"; measured spots under the map hidden ({', '.join(under)}; the comparison shows both)"
+        self._bind_legend(self._best_legend_layer())
         self._update_pcc(gene, heatmaps, note)
-        if layers_with_role(self.viewer.layers, ROLE_COMPARE):
-            self.compare()
-        return True
 
     def _update_pcc(self, gene: str, heatmaps: list, note: str = "") -> None:
         parts = []
