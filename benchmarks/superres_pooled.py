@@ -170,6 +170,17 @@ def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
     return {"section": path.name, "rows": list(rows.values())}
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept."""
+    for old_row, new_row in zip(old["rows"], new["rows"], strict=True):
+        for old_seed, new_seed in zip(old_row["seeds"], new_row["seeds"], strict=True):
+            if (old_row["factor"], old_seed["seed"]) != (new_row["factor"], new_seed["seed"]):
+                raise SystemExit("--merge needs the same bin sizes and seeds as the saved run")
+            old_seed["models"].update(new_seed["models"])
+    old.setdefault("more_runs", []).append({k: new[k] for k in ("machine", "wall_s", "models")})
+    return old
+
+
 # ---------------------------------------------------------------------------- rendering
 
 
@@ -214,7 +225,8 @@ def aggregate(payloads: list[dict]) -> dict:
                          "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
                          "methods": methods})
     return {"machines": {p["section"]: p["machine"] for p in payloads},
-            "wall_s": {p["section"]: p["wall_s"] for p in payloads}, "rows": rows}
+            "wall_s": {p["section"]: [p["wall_s"]] + [r["wall_s"] for r in p.get("more_runs", [])]
+                       for p in payloads}, "rows": rows}
 
 
 def render(payload: dict) -> str:
@@ -230,6 +242,8 @@ def render(payload: dict) -> str:
         "inverse-distance mean of the 4 nearest bins.",
         "",
         machines_line(list(payload["machines"].values())),
+        "Wall time of each section's process, every seed (a second process where a model was added later): "
+        + ", ".join(f"{k} {' + '.join(f'{v:.0f}' for v in runs)} s" for k, runs in payload["wall_s"].items()) + ".",
     ]
     tables = (("Mean per-gene PCC, top-50 genes", "top50", "pcc", True),
               ("Mean per-gene PCC, HVGs", "hvg", "pcc", True),
@@ -268,6 +282,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--out", type=Path, help="the section's JSON (default results/superres_pooled/NAME.json)")
     parser.add_argument("--render", action="store_true", help="aggregate the per-section JSONs, run nothing")
+    parser.add_argument("--merge", action="store_true",
+                        help="add this run's models to the seeds of an existing --out (same seeds and bins)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     if args.render:
@@ -286,6 +302,8 @@ def main() -> None:
     result = measure_section(path, args.seeds, models)
     result.update(machine=machine, wall_s=time.perf_counter() - t0, models=models)
     out = args.out or PER_SECTION / f"{path.name}.json"
+    if args.merge and out.exists():
+        result = merged(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"{path.name}: {result['wall_s']:.0f} s -> {out}")
