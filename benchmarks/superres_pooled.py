@@ -1,18 +1,28 @@
-"""Pooled super-resolution: train on bins of summed spots, predict every real spot, score against the real spots.
+"""Pooled super-resolution scored by count splitting: train on bins of half the counts, score against the other half.
 
-For every shared section (``$HISTOSGE_DATA``, default ``../shared/data``) the spots are summed
-into square bins of side sqrt(F) spot spacings (F = 4 on ST arrays, 7 and 16 on Visium;
-:func:`napari_histosge.pipeline.pooled.pool_spots`), each bin's footprint is its square, and
-every model is trained on the bins only. Each real spot is then predicted with its real
-diameter and scored against its own measurement: mean per-gene PCC over the 50 highest-mean
-genes and the 1000 HVGs of the bins, within-bin PCC (prediction minus its bin's mean against
-truth minus its bin's mean, bins of >= 2 spots), SSIM of per-gene maps on the spot array, and
-MSE. Baselines in the same run: each spot gets its own bin's value (copy), inverse-distance
-interpolation of the bins (4 nearest), and the noise ceiling of the real spots. Writes
-``benchmarks/results/superres_pooled.json`` and its block of ``docs/benchmarks.md``::
+A spot's own counts are part of its bin's sum, so scoring a model of the bins against the
+same counts rewards reproducing their counting noise. Here every spot's raw counts ``C`` are
+split per gene into ``A ~ Binomial(C, 1/2)`` and ``B = C - A``
+(:func:`napari_histosge.evaluation.count_split.split_counts`): half A is summed into square
+bins of about F spots (:func:`napari_histosge.pipeline.pooled.pool_spots`; F = 4 on ST
+arrays, 7 and 16 on Visium), every model is trained on those bins only and predicts every
+real spot with its real diameter, and each spot is scored against half B, normalised on its
+own: ``log1p(normalize_total(B))`` with B's own total per spot, so nothing of half A reaches
+the target. Genes: the 50 highest-mean genes and the 1000 HVGs of the half-A bins.
 
-    python benchmarks/superres_pooled.py                          # every section, every model
-    python benchmarks/superres_pooled.py --sections B4 --models subspot,copy
+Columns, per seed (one split per seed): mean per-gene PCC (top-50, HVG); within-bin PCC
+(prediction minus its bin's mean against truth minus its bin's mean); mean Poisson deviance
+of half B's counts around the prediction turned back into counts with B's depth; and the
+attainable limit, ``sqrt(max(r, 0))`` per gene where ``r`` is the PCC over spots of the
+normalised halves A and B (the PCC a predictor knowing each spot's expected expression
+would have with one half-depth measurement). Image-free baselines: copy of the bin,
+inverse-distance interpolation of the 4 nearest bin centres, and Gaussian smoothing of the
+bin values at a grid of bandwidths (spot spacings), whose bandwidth the render step picks
+leave-one-section-out. One section per process, its own JSON::
+
+    python benchmarks/superres_pooled.py --section her2st/B4 --seeds 0 1 2 \\
+        --out benchmarks/results/superres_pooled/B4.json
+    python benchmarks/superres_pooled.py --render    # results/superres_pooled.json + its doc block
 """
 
 from __future__ import annotations
@@ -21,34 +31,38 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, existing_data_root, machines_line, measure_sections, publish  # noqa: E402
+from _report import RESULTS, existing_data_root, machine_info, machines_line, publish  # noqa: E402
 
 import napari_histosge as hs  # noqa: E402
-from napari_histosge.evaluation.metrics import gene_metrics, knn_baseline, within_bin_pcc  # noqa: E402
-from napari_histosge.evaluation.noise_ceiling import split_half_reliability, summarize_ceiling  # noqa: E402
-from napari_histosge.io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.evaluation.count_split import split_counts  # noqa: E402
+from napari_histosge.evaluation.metrics import column_pcc, knn_baseline, within_bin_pcc  # noqa: E402
+from napari_histosge.io.preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
 from napari_histosge.pipeline.pooled import own_bin_copy, pool_spots  # noqa: E402
+from napari_histosge.prediction.lattice import estimate_lattice  # noqa: E402
 
 #: Model label -> (registered model, training settings) of the trained models compared.
 TRAINED = {
     "subspot": ("subspot", {}),
     "subspot-with-image": ("subspot", {"image_modulation": True}),
     "histosge": ("histosge", {}),
-    "conditioned": ("conditioned", {}),
 }
-BASELINES = ("copy", "interpolation")
+BASELINES = ("copy", "interpolation", "smoothing")
+#: Run by default: ``subspot-with-image`` reads cell features over the section for every fit
+#: (minutes per seed on 2 cores), which does not fit three seeds in one section's 15 minutes.
+DEFAULT_MODELS = ("copy", "interpolation", "smoothing", "subspot", "histosge")
 GENE_SETS = ("top50", "hvg")
-
-
-def sections(root: Path, wanted: list[str] | None) -> dict[str, Path]:
-    found = {p.name: p for group in ("her2st", "dlpfc", "stutility_mob")
-             for p in sorted((root / group).glob("*")) if p.is_dir()}
-    return {k: v for k, v in found.items() if not wanted or k in wanted}
+#: Gaussian smoothing bandwidths tried, in spot spacings.
+SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+#: Predicted counts are floored here before the deviance's logarithm (a zero prediction of a
+#: nonzero count would be infinitely wrong).
+MIN_MEAN_COUNT = 1e-3
+PER_SECTION = RESULTS / "superres_pooled"
 
 
 def factors(adata) -> tuple[int, ...]:
@@ -56,152 +70,243 @@ def factors(adata) -> tuple[int, ...]:
     return (7, 16) if adata.uns["histosge"].get("platform") == "visium" else (4,)
 
 
-def array_maps(adata, values: np.ndarray) -> np.ndarray:
-    """``(G, rows, cols)`` maps of per-spot ``values`` on the spot array (holes: each gene's mean)."""
-    row = np.asarray(adata.obs["array_row"], int)
-    col = np.asarray(adata.obs["array_col"], int)
-    row, col = row - row.min(), col - col.min()
-    if np.all((row + col) % 2 == (row[0] + col[0]) % 2):  # hexagonal / diagonal arrays: every other column
-        col = col // 2
-    maps = np.repeat(values.mean(axis=0)[:, None, None], row.max() + 1, 1).repeat(col.max() + 1, 2)
-    maps[:, row, col] = values.T
-    return maps
-
-
-def ssim(adata, pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean SSIM of the per-gene maps (each gene's range from its truth)."""
-    from skimage.metrics import structural_similarity
-
-    p, t = array_maps(adata, pred), array_maps(adata, truth)
-    scores = []
-    for pg, tg in zip(p, t, strict=True):
-        span = float(tg.max() - tg.min())
-        if span > 0 and min(tg.shape) >= 7:
-            scores.append(structural_similarity(pg, tg, data_range=span))
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def scores(adata, pred: np.ndarray, truth: np.ndarray, spot_bin: np.ndarray, cols: dict) -> dict:
-    out = {}
-    for key, idx in cols.items():
-        p, t = pred[:, idx], truth[:, idx]
-        metrics = gene_metrics(t, p, [str(i) for i in idx])
-        out[key] = {"pcc": float(metrics["pcc"].fillna(0.0).mean()),
-                    "within_bin_pcc": float(within_bin_pcc(p, t, spot_bin).mean()), "mse": float(metrics["mse"].mean())}
-    out["top50"]["ssim"] = ssim(adata, pred[:, cols["top50"]], truth[:, cols["top50"]])
+def with_counts(adata, counts):
+    """A copy of ``adata`` (image, positions, metadata) holding ``counts`` instead of its own."""
+    out = adata.copy()
+    out.X = counts.astype(np.float32)
     return out
 
 
-def trained_prediction(label: str, pooled, adata, genes: list[str]) -> tuple[np.ndarray, float]:
+def log_normalised(adata, genes: list[str]) -> np.ndarray:
+    """``log1p(normalize_total)`` of ``adata``'s counts (each spot by its own total) at ``genes``."""
+    with warnings.catch_warnings():  # a shallow spot can draw no counts into one half
+        warnings.filterwarnings("ignore", message="Some cells have zero counts")
+        return dense_targets(normalize_log1p(adata), genes).astype(np.float64)
+
+
+def deviance(pred: np.ndarray, counts: np.ndarray, depth: np.ndarray) -> float:
+    """Mean Poisson deviance of ``counts`` around ``pred`` (log1p per 1e4) at each spot's ``depth``."""
+    mu = np.maximum(np.expm1(np.clip(pred, 0, None)) / TARGET_SUM * depth[:, None], MIN_MEAN_COUNT)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(counts > 0, counts * np.log(counts / mu), 0.0)
+    return float(np.mean(2.0 * (term - (counts - mu))))
+
+
+def scores(pred: np.ndarray, target: dict, cols: dict) -> dict:
+    """PCC, within-bin PCC and deviance of ``pred`` against half B, per gene set."""
+    out = {}
+    for key, idx in cols.items():
+        p, t = pred[:, idx], target["log"][:, idx]
+        out[key] = {"pcc": float(np.nan_to_num(column_pcc(t, p), nan=0.0).mean()),
+                    "within_bin_pcc": float(within_bin_pcc(p, t, target["spot_bin"]).mean()),
+                    "deviance": deviance(p, target["counts"][:, idx], target["depth"])}
+    return out
+
+
+def smoothed(bin_xy: np.ndarray, bin_values: np.ndarray, spot_xy: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian-weighted mean of the bin values at each spot (bandwidth ``sigma_px``)."""
+    d2 = ((spot_xy[:, None, :] - bin_xy[None, :, :]) ** 2).sum(-1)
+    # Relative to each spot's nearest bin, so a narrow kernel does not underflow to 0 / 0.
+    weights = np.exp(-(d2 - d2.min(axis=1, keepdims=True)) / (2 * sigma_px**2))
+    return (weights @ bin_values) / weights.sum(axis=1, keepdims=True)
+
+
+def trained_prediction(label: str, pooled, adata_a, genes: list[str]) -> np.ndarray:
+    """Train ``label`` on the half-A bins, predict every spot (with half A's data only)."""
     model_name, settings = TRAINED[label]
     config = hs.train_config(model_name, genes=genes, **settings)
-    t0 = time.perf_counter()
     model = hs.run(hs.fit(pooled.bins, train_config=config))
-    diameter = float(adata.uns["histosge"]["spot_diameter_px"])
-    pred = hs.run(hs.predict_spots(model, adata, positions=np.asarray(adata.obsm["spatial"]),
-                                   position_ids=list(adata.obs_names), diameter=diameter))
-    return np.asarray(pred[:, genes].X, np.float64), time.perf_counter() - t0
+    diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
+    pred = hs.run(hs.predict_spots(model, adata_a, positions=np.asarray(adata_a.obsm["spatial"]),
+                                   position_ids=list(adata_a.obs_names), diameter=diameter))
+    return np.asarray(pred[:, genes].X, np.float64)
 
 
-def measure_factor(adata, factor: int, models: list[str]) -> dict:
-    pooled = pool_spots(adata, factor)
+def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float) -> dict:
+    """Every model and baseline on one split and one bin size."""
+    pooled = pool_spots(adata_a, factor)
     log_bins = normalize_log1p(pooled.bins)
     hvg = select_genes(log_bins, n_top=1000)
     top = top_mean_genes(log_bins, n=50)
     genes = list(dict.fromkeys(hvg + top))
     cols = {"top50": [genes.index(g) for g in top], "hvg": [genes.index(g) for g in hvg]}
-    truth = dense_targets(normalize_log1p(adata), genes).astype(np.float64)
+    target = {"log": log_normalised(adata_b, genes), "spot_bin": pooled.spot_bin,
+              "counts": np.asarray(adata_b[:, genes].X.toarray(), np.float64),
+              "depth": np.asarray(adata_b.X.sum(axis=1), np.float64).ravel()}
+    half_a = log_normalised(adata_a, genes)
+    limit = np.sqrt(np.clip(np.nan_to_num(column_pcc(half_a, target["log"]), nan=0.0), 0, None))
     bin_values = dense_targets(log_bins, genes).astype(np.float64)
-    ceiling = split_half_reliability(adata, genes)
-    row = {"factor": factor, "bins": int(pooled.bins.n_obs), "spots": int(adata.n_obs),
-           "side_px": pooled.side_px, "mean_spots_per_bin": float(pooled.bin_sizes().mean()),
-           "noise_ceiling": {"top50": summarize_ceiling(ceiling, top)["mean_ceiling"],
-                             "hvg": summarize_ceiling(ceiling, hvg)["mean_ceiling"]},
-           "models": {}}
+    bin_xy, spot_xy = np.asarray(pooled.bins.obsm["spatial"]), np.asarray(adata.obsm["spatial"], np.float64)
+    row: dict = {"bins": int(pooled.bins.n_obs), "side_px": pooled.side_px,
+                 "limit": {k: float(limit[idx].mean()) for k, idx in cols.items()}, "models": {}}
     for label in models:
         t0 = time.perf_counter()
+        if label == "smoothing":
+            row["smoothing"] = [{"sigma": s, **scores(smoothed(bin_xy, bin_values, spot_xy, s * spacing), target, cols)}
+                                for s in SIGMAS]
+            continue
         if label == "copy":
-            pred, seconds = own_bin_copy(pooled, bin_values), 0.0
+            pred = own_bin_copy(pooled, bin_values)
         elif label == "interpolation":
-            pred = knn_baseline(pooled.bins.obsm["spatial"], bin_values, np.asarray(adata.obsm["spatial"]), k=4)
-            seconds = time.perf_counter() - t0
+            pred = knn_baseline(bin_xy, bin_values, spot_xy, k=4)
         else:
-            pred, seconds = trained_prediction(label, pooled, adata, genes)
-        row["models"][label] = {**scores(adata, pred, truth, pooled.spot_bin, cols), "seconds": seconds}
-        print(f"  F={factor} {label}: " + ", ".join(f"{k} {v['pcc']:.3f}/{v['within_bin_pcc']:.3f}"
-                                                   for k, v in row["models"][label].items() if k in GENE_SETS),
-              flush=True)
+            pred = trained_prediction(label, pooled, adata_a, genes)
+        row["models"][label] = {**scores(pred, target, cols), "seconds": time.perf_counter() - t0}
+        print(f"  F={factor} {label}: " + ", ".join(f"{k} {row['models'][label][k]['pcc']:.3f}" for k in GENE_SETS)
+              + f" ({row['models'][label]['seconds']:.0f} s)", flush=True)
     return row
 
 
+def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
+    adata = hs.read_spots(path)
+    spacing = float(estimate_lattice(adata).spacing)
+    rows = {f: {"factor": f, "spots": int(adata.n_obs), "spacing_px": spacing, "seeds": []} for f in factors(adata)}
+    for seed in seeds:
+        half_a, half_b = split_counts(adata.X, seed)
+        adata_a, adata_b = with_counts(adata, half_a), with_counts(adata, half_b)
+        for factor, row in rows.items():
+            print(f"[{path.name}] seed {seed}, F={factor}", flush=True)
+            row["seeds"].append({"seed": seed, **measure_split(adata, adata_a, adata_b, factor, models, spacing)})
+    return {"section": path.name, "rows": list(rows.values())}
+
+
+def merged(old: dict, new: dict) -> dict:
+    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept."""
+    for old_row, new_row in zip(old["rows"], new["rows"], strict=True):
+        for old_seed, new_seed in zip(old_row["seeds"], new_row["seeds"], strict=True):
+            if (old_row["factor"], old_seed["seed"]) != (new_row["factor"], new_seed["seed"]):
+                raise SystemExit("--merge needs the same bin sizes and seeds as the saved run")
+            old_seed["models"].update(new_seed["models"])
+    old.setdefault("more_runs", []).append({k: new[k] for k in ("machine", "wall_s", "models")})
+    return old
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def loso_sigma(section: str, factor: int, payloads: list[dict]) -> float | None:
+    """The bandwidth with the best mean (top-50 + HVG) PCC on the OTHER sections' runs,
+    of the same bin size where another section has it, else of every bin size."""
+    others = [(p["section"], r) for p in payloads if p["section"] != section for r in p["rows"]]
+    same = [r for _, r in others if r["factor"] == factor]
+    pool = same or [r for _, r in others]
+    runs = [s["smoothing"] for r in pool for s in r["seeds"] if "smoothing" in s]
+    if not runs:
+        return None
+    mean = np.mean([[np.mean([g[k]["pcc"] for k in GENE_SETS]) for g in run] for run in runs], axis=0)
+    return float(runs[0][int(np.argmax(mean))]["sigma"])
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "values": [float(v) for v in values]}
+
+
+def aggregate(payloads: list[dict]) -> dict:
+    """Per section and bin size: mean and SD over the seeds of every column, smoothing at its LOSO bandwidth."""
+    rows = []
+    for p in payloads:
+        for r in p["rows"]:
+            sigma = loso_sigma(p["section"], r["factor"], payloads)
+            runs = r["seeds"]
+            methods: dict = {}
+            labels = [m for m in ("copy", "interpolation") if m in runs[0]["models"]]
+            labels += ["smoothing"] * (sigma is not None and "smoothing" in runs[0])
+            labels += [m for m in TRAINED if m in runs[0]["models"]]
+            for label in labels:
+                per_seed = ([next(g for g in s["smoothing"] if g["sigma"] == sigma) for s in runs]
+                            if label == "smoothing" else [s["models"][label] for s in runs])
+                methods[label] = {k: {m: summary([x[k][m] for x in per_seed])
+                                      for m in ("pcc", "within_bin_pcc", "deviance")} for k in GENE_SETS}
+                if label != "smoothing":
+                    methods[label]["seconds"] = summary([x["seconds"] for x in per_seed])
+            rows.append({"section": p["section"], "factor": r["factor"], "bins": runs[0]["bins"],
+                         "spots": r["spots"], "seeds": [s["seed"] for s in runs], "smoothing_sigma": sigma,
+                         "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
+                         "methods": methods})
+    return {"machines": {p["section"]: p["machine"] for p in payloads},
+            "wall_s": {p["section"]: [p["wall_s"]] + [r["wall_s"] for r in p.get("more_runs", [])]
+                       for p in payloads}, "rows": rows}
+
+
 def render(payload: dict) -> str:
-    labels = [m for m in BASELINES + tuple(TRAINED)
-              if any(m in row["models"] for rows in payload["results"].values() for row in rows)]
+    labels = [m for m in BASELINES + tuple(TRAINED) if any(m in r["methods"] for r in payload["rows"])]
     lines = [
-        "Pooled super-resolution: spots summed into square bins of about F spots, each model trained on the "
-        "bins only, every real spot predicted with its real diameter and scored against its own measurement. "
-        "Cells: mean per-gene PCC over the spots, top-50 / HVG (the 50 highest-mean genes and 1000 HVGs of the "
-        "bins). 'within': PCC of each prediction's deviation from its bin's mean against the truth's (bins of "
-        ">= 2 spots; a copy scores 0), top-50 / HVG. SSIM: the top-50 genes' maps on the spot array. 'copy' "
-        "gives each spot its own bin's value, 'interpolation' the inverse-distance mean of the 4 nearest bins; "
-        "'ceiling' is the noise ceiling of the real spots, top-50 / HVG (a copy can pass it: the spot's own "
-        "counts are in its bin).",
+        "Count-split pooled super-resolution: each spot's counts split binomially into halves A and B; half A "
+        "summed into square bins of about F spots; every model trained on those bins only; every real spot "
+        "predicted and scored against half B (log1p(normalize_total) with B's own depth). Cells: mean over the "
+        "thinning seeds ± SD. 'limit': mean over genes of sqrt(PCC of the normalised halves A and B at the "
+        "spots), the PCC a predictor of each spot's expected expression would reach against half B. "
+        "'smoothing': Gaussian smoothing of the bins, its bandwidth (σ, spot spacings) chosen on the other "
+        "sections' runs (same F where another section has it). 'copy': the spot's own bin; 'interpolation': "
+        "inverse-distance mean of the 4 nearest bins.",
         "",
+        machines_line(list(payload["machines"].values())),
+        "Wall time of each section's process, every seed (a second process where a model was added later): "
+        + ", ".join(f"{k} {' + '.join(f'{v:.0f}' for v in runs)} s" for k, runs in payload["wall_s"].items()) + ".",
     ]
-    lines.append(machines_line(list(payload["machines"].values())))
-    head = " | ".join(labels)
-    lines += ["", f"| section | F | bins | {head} | within: {' / '.join(m for m in labels if m != 'copy')} | "
-              "SSIM: copy / subspot | ceiling |",
-              "|" + "---|" * (len(labels) + 6)]
-    for section, rows in payload["results"].items():
-        for row in rows:
-            models = row["models"]
-
-            def cell(label: str, key: str, models: dict = models) -> str:
-                m = models.get(label)
-                return "" if m is None else f"{m['top50'][key]:.3f} / {m['hvg'][key]:.3f}"
-
-            within = "; ".join(cell(m, "within_bin_pcc") for m in labels if m != "copy")
-            ssim = " / ".join(f"{models[m]['top50']['ssim']:.3f}" for m in ("copy", "subspot") if m in models)
-            ceiling = f"{row['noise_ceiling']['top50']:.3f} / {row['noise_ceiling']['hvg']:.3f}"
-            lines.append(f"| {section} | {row['factor']} | {row['bins']} | "
-                         + " | ".join(cell(m, "pcc") for m in labels) + f" | {within} | {ssim} | {ceiling} |")
+    tables = (("Mean per-gene PCC, top-50 genes", "top50", "pcc", True),
+              ("Mean per-gene PCC, HVGs", "hvg", "pcc", True),
+              ("Within-bin PCC, top-50 genes (a copy scores 0)", "top50", "within_bin_pcc", False),
+              ("Poisson deviance per spot and gene of half B, top-50 genes (lower is better)", "top50",
+               "deviance", False))
+    for title, genes, metric, with_limit in tables:
+        head = ["section", "F", "bins", "σ"] + (["limit"] if with_limit else []) + labels
+        lines += ["", f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in payload["rows"]:
+            cells = [r["section"], str(r["factor"]), str(r["bins"]),
+                     "" if r["smoothing_sigma"] is None else f"{r['smoothing_sigma']:g}"]
+            if with_limit:
+                cells.append(f"{r['limit'][genes]['mean']:.3f}")
+            for m in labels:
+                s = r["methods"].get(m, {}).get(genes, {}).get(metric)
+                cells.append("" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_all(doc: bool) -> None:
+    files = sorted(PER_SECTION.glob("*.json"))
+    if not files:
+        raise SystemExit(f"no per-section results in {PER_SECTION}")
+    order = {"B4": 0, "C2": 1, "C3": 2, "C4": 3, "MOB1": 4, "MOB2": 5, "151675": 6, "151676": 7}
+    payloads = sorted((json.loads(f.read_text()) for f in files), key=lambda p: order.get(p["section"], 99))
+    payload = aggregate(payloads)
+    publish("superres_pooled", payload, render(payload), doc=doc)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="*")
-    parser.add_argument("--models", default=",".join(BASELINES + tuple(TRAINED)))
-    parser.add_argument("--no-doc", action="store_true")
-    parser.add_argument("--render-only", action="store_true", help="re-render the saved results, run nothing")
+    parser.add_argument("--section", help="GROUP/NAME under the data root, e.g. her2st/B4")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--out", type=Path, help="the section's JSON (default results/superres_pooled/NAME.json)")
+    parser.add_argument("--render", action="store_true", help="aggregate the per-section JSONs, run nothing")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the saved results of the models not given in --models")
+                        help="add this run's models to the seeds of an existing --out (same seeds and bins)")
+    parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
-    if args.render_only:
-        payload = json.loads((RESULTS / "superres_pooled.json").read_text())
-        publish("superres_pooled", payload, render(payload), doc=not args.no_doc)
+    if args.render:
+        render_all(doc=not args.no_doc)
         return
+    if not args.section:
+        parser.error("give --section GROUP/NAME, or --render")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in BASELINES and m not in TRAINED]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED)}")
-    items = sections(existing_data_root(), args.sections)
-
-    previous = json.loads((RESULTS / "superres_pooled.json").read_text()) if args.merge else {"results": {}}
-
-    def measure(path: Path) -> list[dict]:
-        adata = hs.read_spots(path)
-        rows = [measure_factor(adata, f, models) for f in factors(adata)]
-        # --merge keeps the earlier run's models that this run did not measure.
-        for row in rows:
-            old = next((r for r in previous["results"].get(path.name, []) if r["factor"] == row["factor"]), None)
-            if old is not None:
-                row["models"] = {k: row["models"].get(k, old["models"].get(k))
-                                 for k in dict.fromkeys([*old["models"], *row["models"]])}
-        return rows
-
-    measure_sections("superres_pooled", items, measure, render, doc=not args.no_doc)
+    path = existing_data_root() / args.section
+    if not path.is_dir():
+        parser.error(f"no section folder {path}")
+    machine, t0 = machine_info(), time.perf_counter()
+    result = measure_section(path, args.seeds, models)
+    result.update(machine=machine, wall_s=time.perf_counter() - t0, models=models)
+    out = args.out or PER_SECTION / f"{path.name}.json"
+    if args.merge and out.exists():
+        result = merged(json.loads(out.read_text()), result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{path.name}: {result['wall_s']:.0f} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..io.preprocess import normalize_log1p
+from .count_split import integer_counts, split_counts
 
 #: Fewest spots a per-gene correlation is computed over (two spots always correlate +-1).
 MIN_SPOTS = 3
@@ -41,20 +42,6 @@ def _as_anndata(counts: Any):
             var=pd.DataFrame(index=counts.columns.astype(str)),
         )
     raise InputError(f"counts must be an AnnData or a spots x genes DataFrame, got {type(counts).__name__}")
-
-
-def _integer_counts(x: Any) -> sp.csr_matrix:
-    """``x`` as a CSR matrix of int64 counts, or an InputError saying why it is not raw counts."""
-    matrix = sp.csr_matrix(x)
-    values = matrix.data
-    if values.size and not np.all(np.isfinite(values)):
-        raise InputError("the count matrix contains NaN or infinite values; raw counts are expected")
-    if values.size and values.min() < 0:
-        raise InputError("the count matrix contains negative values; raw counts are expected")
-    if values.size and not np.all(values == np.round(values)):
-        raise InputError("the count matrix is not whole numbers (normalised data?); the noise ceiling "
-                         "needs the raw integer counts")
-    return sp.csr_matrix((values.astype(np.int64), matrix.indices, matrix.indptr), shape=matrix.shape)
 
 
 def _pick(names: pd.Index, wanted: Sequence[str] | None, what: str) -> np.ndarray:
@@ -104,10 +91,7 @@ def _log_normalised(adata, counts: sp.csr_matrix, rows: np.ndarray) -> Any:
 def _split_correlation(adata, matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
                        rng: np.random.Generator, shuffled: bool) -> np.ndarray:
     """Per-gene PCC between the two normalised halves of one binomial split of ``matrix``."""
-    first = matrix.copy()
-    first.data = rng.binomial(matrix.data, 0.5)
-    second = matrix.copy()
-    second.data = matrix.data - first.data
+    first, second = split_counts(matrix, rng)
     a, b = (_log_normalised(adata, half, rows)[:, cols] for half in (first, second))
     if shuffled:
         b = b[rng.permutation(b.shape[0])]
@@ -163,7 +147,7 @@ def split_half_reliability(
     cols = _pick(adata.var_names, genes, "gene")
     if len(rows) < MIN_SPOTS:
         raise InputError(f"the noise ceiling needs at least {MIN_SPOTS} spots, got {len(rows)}")
-    matrix = _integer_counts(adata.X)[rows]
+    matrix = integer_counts(adata.X)[rows]
     # Undefined only where the targets themselves are constant over the spots, as in gene_metrics.
     full = _log_normalised(adata, matrix, rows)[:, cols]
     varies = full.max(axis=0).toarray().ravel() > full.min(axis=0).toarray().ravel()
