@@ -5,12 +5,14 @@ No heavy imports: the command line's parser uses it.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["GENE_LIST_SUFFIXES", "parse_gene_names"]
+__all__ = ["GENE_LIST_SUFFIXES", "parse_gene_names", "unknown_genes_message"]
 
 
 #: File name endings taken for a file of gene names rather than a gene name.
@@ -57,3 +59,13 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
+
+
+def unknown_genes_message(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """The one line that refuses genes ``unknown`` among a section's gene ``names``, with close names as hints."""
+    hints = []
+    for gene in unknown[:5]:
+        close = difflib.get_close_matches(gene, names, n=3)
+        hints.append(f"{gene!r} (did you mean {', '.join(map(repr, close))}?)" if close else repr(gene))
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return f"{len(unknown)} requested gene(s) are not in the data: {', '.join(hints)}{more}"

@@ -18,16 +18,16 @@ from .options import (
     add_train_args,
     check_feature_args,
     check_scale_args,
-    check_train_settings,
     drive,
     feature_config,
     read_section,
-    require_data,
     require_file,
     require_fraction,
     require_int,
+    require_measured_genes,
     require_output,
     require_prediction_output,
+    require_section,
     train_config,
     write_h5ad,
 )
@@ -97,7 +97,7 @@ def check_train(args: argparse.Namespace) -> None:
         raise InputError(f"--image attaches one image to one section, but {len(args.data)} sections were given; "
                          "give each section with its image inside its folder, or train on one DATA")
     for path in args.data:
-        require_data(path)
+        require_section(path, bin_um=args.bin_um)
     require_file(args.image, "--image file")
     require_file(args.resume, "--resume checkpoint")
     require_file(args.init, "--init checkpoint")
@@ -108,7 +108,14 @@ def check_train(args: argparse.Namespace) -> None:
         raise InputError(f"--init fine-tunes a model on one section, but {len(args.data)} sections were given")
     check_feature_args(args)
     check_scale_args(args)
-    check_train_settings(args)
+    check_genes_given(args, args.data)
+
+
+def check_genes_given(args: argparse.Namespace, paths: list[str]) -> None:
+    """The training settings, and the genes they name (``--genes``, ``--include-genes``) in every section's header."""
+    config = train_config(args)
+    named = list(config.genes or []) + list(config.include_genes or [])
+    require_measured_genes(named, paths, bin_um=getattr(args, "bin_um", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -163,11 +170,11 @@ def check_recover(args: argparse.Namespace) -> None:
         require_output(args.save_model, ".pt", "checkpoint (--save-model)")
     require_fraction(args.holdout, "--holdout")
     require_file(args.init, "--init checkpoint")
-    require_data(args.data)
+    require_section(args.data, bin_um=args.bin_um)
     require_file(args.image, "--image file")
     check_feature_args(args)
     check_scale_args(args)
-    check_train_settings(args)
+    check_genes_given(args, [args.data])
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
