@@ -32,7 +32,7 @@ def parse_gene_names(text: str) -> list[str]:
         If ``text`` looks like a file name but no such file exists.
     """
     text = str(text).strip()
-    path = Path(text).expanduser()
+    path = _expand_user(text)
     if text and (_is_file(path) or (_could_be_path(text) and text.lower().endswith(GENE_LIST_SUFFIXES))):
         if not _is_file(path):
             raise InputError("the gene list file does not exist", text)
@@ -42,6 +42,14 @@ def parse_gene_names(text: str) -> list[str]:
             raise InputError(f"the gene list file cannot be read ({exc.strerror or exc})", text) from exc
         text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
     return [g for g in re.split(r"[,;\s]+", text) if g]
+
+
+def _expand_user(text: str) -> Path:
+    """``text`` as a path with ``~`` expanded; a ``~name`` of no user (a gene named so) stays as it is."""
+    try:
+        return Path(text).expanduser()
+    except (RuntimeError, ValueError):  # "Could not determine home directory" for "~0"
+        return Path(text)
 
 
 def _could_be_path(text: str) -> bool:
