@@ -8,7 +8,8 @@ non-ASCII letters. Reading must either raise :class:`InputError` with a one-line
 return a result that keeps the readers' contract; any other exception fails the test, and
 hypothesis shrinks it to the smallest input that shows it (notes/fuzzing.md lists what was
 found and fixed). The seed is fixed (``derandomize``) and the examples few, so the file runs
-in about a minute and the same inputs are tried on every run.
+in about a minute and the same inputs are tried on every run; the section readers and the
+checkpoints are fuzzed in the full run (``slow``), the cheap text readers in the quick tier too.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def read(section: Path):
     return read_spots(section)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["st_v1", "spaceranger", "spaceranger_h5", "visium_hd"])
 def test_folder_readers_survive_damaged_files(fmt: str, templates) -> None:
     examples = {"st_v1": 40, "spaceranger": 30, "spaceranger_h5": 12, "visium_hd": 20}[fmt]
@@ -229,6 +231,7 @@ def test_folder_readers_survive_damaged_files(fmt: str, templates) -> None:
 cell_values = st.sampled_from([0, 1, 3, 7, math.nan, math.inf, -1, 0.5, 1e12])
 
 
+@pytest.mark.slow
 @fuzz(40)
 @given(
     n_spots=st.sampled_from([0, 1, 2, 6]),
@@ -286,6 +289,7 @@ def spatialdata_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_spatialdata_reader_survives_damaged_stores(spatialdata_store: Path) -> None:
     @fuzz(8)
     @given(changes=st.lists(damage, min_size=1, max_size=2))
@@ -388,6 +392,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_checkpoint_loader_survives_damaged_files(checkpoint: bytes) -> None:
     from napari_histosge.models import load_model
 

@@ -264,13 +264,6 @@ def feature_config(args: argparse.Namespace):
     return config
 
 
-def check_train_settings(args: argparse.Namespace) -> None:
-    """Every given training setting, against the chosen model, without loading it (no torch: fast)."""
-    from .settings import check_settings
-
-    check_settings(args)
-
-
 def train_config(args: argparse.Namespace):
     """The chosen model's settings: its defaults, then the flags given."""
     from .settings import check_settings

@@ -149,8 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def spots_trained_on(n_spots: int, meta: dict) -> str:
     """``"N spots"``, or ``"N spots (M held for validation)"`` where training held some of ``n_spots`` back."""
-    held = int(meta.get("n_validation_spots") or 0)
-    return f"{n_spots - held} spots ({held} held for validation)" if held else f"{n_spots} spots"
+    return trained_on_text(n_spots, int(meta.get("n_validation_spots") or 0), " spots")
+
+
+def trained_on_text(n_train: int, held: int, unit: str = "") -> str:
+    """The spots a network fitted of ``n_train`` training spots, and apart the ``held`` it validated on."""
+    return f"{n_train - held}{unit} ({held} held for validation)" if held else f"{n_train}{unit}"
 
 
 def final_loss_text(meta: dict) -> str:
@@ -210,8 +214,7 @@ def print_recovery_summary(summary: dict) -> None:
         return (f"  {label:<38} PCC {s['mean_pcc']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
                 f"  ({s['n_genes']} genes)")
 
-    n_train, held = summary["n_train"], summary.get("n_validation", 0)
-    trained = f"{n_train - held} ({held} held for validation)" if held else f"{n_train}"
+    trained = trained_on_text(summary["n_train"], summary.get("n_validation", 0))
     print(f"held-out spots: {summary['n_test']} (trained on {trained})")
     print(line("model, hidden spots, every predicted gene", summary["model_all_genes"]))
     print(line("model, hidden spots, ranked genes", summary["model"]))
