@@ -34,7 +34,9 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
     """Inputs that exist (their content is never read) and positions files, good and bad."""
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data").mkdir()  # a section by its names (ST v1): its counts are never read, their header is
+    (tmp_path / "data" / "S_selection.tsv").write_text("x\ty\tpixel_x\tpixel_y\tselected\n")
+    (tmp_path / "data" / "S.tsv").write_text("\tERBB2\tGRB7\n")
     for name in ("m.pt", "he.tif", "pred.h5ad", "layers.tsv"):
         (tmp_path / name).write_bytes(b"")
     csvs = {
@@ -123,6 +125,21 @@ CASES = [
     (lambda f: ["evaluate", f["tmp"] + "/none.h5ad", f["data"]], "predictions file does not exist"),
     (lambda f: ["evaluate", f["layers.tsv"], f["data"]], "must be an .h5ad file"),
     (lambda f: _evaluate(f, "--layers", f["tmp"] + "/none.tsv"), "layer annotation file (--layers) not found"),
+    # a folder that is no section, told from its names
+    (lambda f: ["train", f["tmp"], "--out", f["tmp"] + "/m2.pt"], "unsupported input"),
+    (lambda f: ["recover", f["tmp"], "--out", f["out"]], "unsupported input"),
+    (lambda f: ["superresolve", f["m.pt"], f["tmp"], "--out", f["out"]], "unsupported input"),
+    (lambda f: ["predict", f["m.pt"], f["tmp"], "--out", f["out"]], "unsupported input"),
+    (lambda f: ["evaluate", f["pred.h5ad"], f["tmp"]], "unsupported input"),
+    (lambda f: _train(f, "--bin-um", "8"), "a bin size applies to Visium HD outputs only"),
+    # gene names, against the counts' header
+    (lambda f: _train(f, "--genes", "ERBB2,GRB77"), "1 requested gene(s) are not in the data: 'GRB77' (did you "
+                                                     "mean 'GRB7'?)"),
+    (lambda f: _train(f, "--include-genes", "NOTAGENE"), "1 requested gene(s) are not in the data: 'NOTAGENE'"),
+    (lambda f: _recover(f, "--genes", ",".join(f"G{i}" for i in range(2000))), "2000 requested gene(s) are not"),
+    (lambda f: ["region", f["data"], "--regions", f["layers.tsv"], "--out", f["tmp"] + "/r.csv", "--genes", "KRT"],
+     "1 requested gene(s) are not in the data: 'KRT'"),
+    (lambda f: _superresolve(f, "--grid-um", "0.1"), "--grid-um must be at least 0.5 µm"),
     # the positions file
     (lambda f: _predict(f, "--positions", f["tmp"] + "/none.csv"), "positions file not found"),
     (lambda f: _predict(f, "--positions", f["csv_no_y"]), "needs columns id,x,y; missing y"),
@@ -149,6 +166,8 @@ def test_good_options_pass_the_checks_and_reach_the_work(files) -> None:
         main(_predict(files, "--positions", files["csv_good"], "--diameter", "55"))
     with pytest.raises(AssertionError, match="before the options were checked"):
         main(_superresolve(files, "--fold", "16"))
+    with pytest.raises(AssertionError, match="before the options were checked"):  # genes of the header pass
+        main(_recover(files, "--genes", "ERBB2, GRB7"))
     with pytest.raises(AssertionError, match="before the options were checked"):
         main(["demo", "--out", files["tmp"] + "/new_demo", "--epochs", "1"])
 

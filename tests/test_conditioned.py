@@ -21,6 +21,9 @@ from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training.inputs import TrainingData
 from napari_histosge.training.trained_model import TrainedModel
 
+# Every test here trains the conditioned model: the full run only (see the README, two tiers).
+pytestmark = pytest.mark.slow
+
 SMALL = dict(model="conditioned", dim=32, distill_dim=16, neighbours=6, batch_size=64, diffusion_steps=20,
              sample_steps=4, n_samples=3, device="cpu", lr=3e-3, head_hidden=64, histosge_epochs=20)
 

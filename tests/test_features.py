@@ -325,6 +325,7 @@ def _her2st_adata(section: Path) -> tuple[ad.AnnData, np.ndarray]:
     return adata, counts.to_numpy(np.float64)
 
 
+@pytest.mark.slow
 def test_default_features_predict_expression_her2st(her2st_b4: Path) -> None:
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict

@@ -100,7 +100,9 @@ def test_a_failing_write_leaves_the_earlier_figure_intact(tmp_path: Path, monkey
     def broken(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(F.Figure, "savefig", broken)
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", broken)
     with pytest.raises(InputError, match="disk is full"):
         F.write_figure(out, image(), legend=legend(), um_per_image_px=1.0)
     assert out.read_bytes() == b"earlier figure"

@@ -130,3 +130,8 @@ def test_a_run_that_starts_from_a_model_refuses_markers_it_does_not_predict(sect
     with pytest.raises(InputError, match=f"does not predict {outside}"):
         run_to_end(fit(adata, train_config=train_config(include_genes=[outside], **FAST),
                        feature_config=POSITIONS_ONLY, init=init))
+
+
+def test_a_name_starting_with_a_tilde_is_a_gene_not_a_home_folder() -> None:
+    # Found by fuzzing: "~0" asked for the home folder of a user "0" (RuntimeError: Could not determine home directory).
+    assert parse_gene_names("~0, ~nouser_xyz") == ["~0", "~nouser_xyz"]

@@ -21,6 +21,9 @@ from napari_histosge.progress import run_collecting, run_to_end
 from napari_histosge.training.early_stopping import validation_count
 from napari_histosge.training.inputs import TrainingData, section_frame
 
+# Models trained on two or three sections (and on two real ones): the full run only.
+pytestmark = pytest.mark.slow
+
 FAST = dict(epochs=2, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=2, device="cpu")
 POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
 

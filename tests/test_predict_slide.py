@@ -21,6 +21,9 @@ from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
 from napari_histosge.plugin.reader import prediction_to_layers, read_prediction
 from napari_histosge.progress import run_to_end
 
+# A model trained on the demo section predicts over bare slides (real ones too): the full run only.
+pytestmark = pytest.mark.slow
+
 FAST = dict(epochs=3, n_top_genes=10, val_fraction=0.0)
 
 

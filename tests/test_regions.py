@@ -146,7 +146,7 @@ def test_cli_region_on_a_prediction_file(tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--genes", "NOPE"], "gene 'NOPE' is not in the data"),
+    (["--genes", "NOPE"], "1 requested gene(s) are not in the data: 'NOPE'"),  # from the header, before any read
     (["--summary", "{out}"], "--summary and --out name the same file"),
     (["--regions", "{tmp}/missing.geojson"], "regions file (--regions)"),
 ])

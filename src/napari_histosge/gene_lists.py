@@ -5,12 +5,14 @@ No heavy imports: the command line's parser uses it.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["GENE_LIST_SUFFIXES", "parse_gene_names"]
+__all__ = ["GENE_LIST_SUFFIXES", "parse_gene_names", "unknown_genes_message"]
 
 
 #: File name endings taken for a file of gene names rather than a gene name.
@@ -30,7 +32,7 @@ def parse_gene_names(text: str) -> list[str]:
         If ``text`` looks like a file name but no such file exists.
     """
     text = str(text).strip()
-    path = Path(text).expanduser()
+    path = _expand_user(text)
     if text and (_is_file(path) or (_could_be_path(text) and text.lower().endswith(GENE_LIST_SUFFIXES))):
         if not _is_file(path):
             raise InputError("the gene list file does not exist", text)
@@ -40,6 +42,14 @@ def parse_gene_names(text: str) -> list[str]:
             raise InputError(f"the gene list file cannot be read ({exc.strerror or exc})", text) from exc
         text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
     return [g for g in re.split(r"[,;\s]+", text) if g]
+
+
+def _expand_user(text: str) -> Path:
+    """``text`` as a path with ``~`` expanded; a ``~name`` of no user (a gene named so) stays as it is."""
+    try:
+        return Path(text).expanduser()
+    except (RuntimeError, ValueError):  # "Could not determine home directory" for "~0"
+        return Path(text)
 
 
 def _could_be_path(text: str) -> bool:
@@ -57,3 +67,13 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
+
+
+def unknown_genes_message(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """The one line that refuses genes ``unknown`` among a section's gene ``names``, with close names as hints."""
+    hints = []
+    for gene in unknown[:5]:
+        close = difflib.get_close_matches(gene, names, n=3)
+        hints.append(f"{gene!r} (did you mean {', '.join(map(repr, close))}?)" if close else repr(gene))
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return f"{len(unknown)} requested gene(s) are not in the data: {', '.join(hints)}{more}"

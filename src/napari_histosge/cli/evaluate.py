@@ -9,10 +9,10 @@ from .options import (
     add_data_args,
     read_h5ad,
     read_section,
-    require_data,
     require_file,
     require_output,
     require_predictions,
+    require_section,
 )
 
 
@@ -29,7 +29,7 @@ def add_parsers(sub) -> None:
 def check_evaluate(args: argparse.Namespace) -> None:
     """Every ``evaluate`` option, before any file is read."""
     require_predictions(args.predictions)
-    require_data(args.data)
+    require_section(args.data, bin_um=args.bin_um)
     require_file(args.image, "--image file")
     require_file(args.layers, "layer annotation file (--layers)")
     if args.metrics is not None:

@@ -169,6 +169,35 @@ def require_data(path: str, what: str = "data") -> None:
         raise InputError(f"{what} does not exist", path)
 
 
+def require_section(path: str, what: str = "data", *, bin_um: int | None = None) -> None:
+    """A section that must exist and be of a supported format, told from its names alone (no reader loads)."""
+    from ..io.detect import SUPPORTED, detect_format
+
+    require_data(path, what)
+    fmt = detect_format(path)
+    if fmt is None:
+        raise InputError(f"unsupported input; {SUPPORTED}", path)
+    if bin_um is not None and fmt != "visium_hd":
+        raise InputError(f"a bin size applies to Visium HD outputs only, and this is {fmt!r}", path)
+
+
+def require_measured_genes(genes: list[str], paths: list[str], *, bin_um: int | None = None) -> None:
+    """Every one of ``genes`` among the genes each section of ``paths`` measures, read from the counts' header.
+
+    A section whose header cannot be read cheaply is checked by its reader instead (same message).
+    """
+    from ..gene_lists import unknown_genes_message
+    from ..io.gene_header import measured_genes
+
+    if not genes:
+        return
+    for path in paths:
+        measured = measured_genes(path, bin_um=bin_um)
+        unknown = [] if measured is None else measured.unknown(genes)
+        if unknown:
+            raise InputError(unknown_genes_message(unknown, list(measured.names)), path)  # type: ignore[union-attr]
+
+
 def require_int(value: int | None, name: str, least: int, most: int | None = None) -> None:
     """An integer option within ``least .. most`` (``None``: not given)."""
     if value is None:
@@ -188,6 +217,20 @@ def require_fraction(value: float, name: str) -> None:
     """A number strictly between 0 and 1."""
     if not (math.isfinite(value) and 0.0 < value < 1.0):
         raise InputError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+
+
+#: The smallest grid cell, in µm: two image pixels (a cell narrower than that has no texture to read,
+#: :data:`~napari_histosge.slide.cell_grid.MIN_CELL_IMAGE_PX`) at the finest full-resolution scans in
+#: use, 0.25 µm per pixel (40x). A slide's own pixel size can ask for more; that is checked when it is read.
+MIN_GRID_UM = 0.5
+
+
+def require_grid_um(value: float | None) -> None:
+    """``--grid-um``: a finite size of at least :data:`MIN_GRID_UM` (``None``: not given)."""
+    require_positive(value, "--grid-um")
+    if value is not None and value < MIN_GRID_UM:
+        raise InputError(f"--grid-um must be at least {MIN_GRID_UM:g} µm (two pixels of the finest scans), "
+                         f"got {value:g}")
 
 
 def check_feature_args(args: argparse.Namespace) -> None:
@@ -226,13 +269,6 @@ def feature_config(args: argparse.Namespace):
         config.batch_size = args.feature_batch_size
     config.cache = not args.no_cache
     return config
-
-
-def check_train_settings(args: argparse.Namespace) -> None:
-    """Every given training setting, against the chosen model, without loading it (no torch: fast)."""
-    from .settings import check_settings
-
-    check_settings(args)
 
 
 def train_config(args: argparse.Namespace):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .options import (
+    MIN_GRID_UM,
     add_common_args,
     add_data_args,
     add_scale_args,
@@ -19,9 +20,11 @@ from .options import (
     read_section,
     require_data,
     require_file,
+    require_grid_um,
     require_int,
     require_positive,
     require_prediction_output,
+    require_section,
     write_h5ad,
 )
 
@@ -42,8 +45,8 @@ def add_parsers(sub) -> None:
                         "around it follows it as in training (default: the model's training spot)")
     g = p.add_argument_group("a bare slide image as DATA (SVS, TIFF, NDPI, JPEG, PNG: no spots, no counts)")
     g.add_argument("--grid-um", type=float,
-                   help="predict square cells of this side in µm over the tissue (default: the model's spot "
-                        "lattice over the tissue)")
+                   help=f"predict square cells of this side in µm (at least {MIN_GRID_UM:g}) over the tissue "
+                        "(default: the model's spot lattice over the tissue)")
     g.add_argument("--mask",
                    help="tissue mask: a label image (nonzero = tissue) or GeoJSON polygons in full-resolution "
                         "pixels; 'auto' (default) detects the tissue, 'none' takes the whole slide")
@@ -62,7 +65,8 @@ def add_parsers(sub) -> None:
                    help=f"N: positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD} "
                         "(default 4; not for a subspot model)")
     p.add_argument("--grid-um", type=float,
-                   help="subspot model: side of the grid cells in µm (default: the model's own cell size)")
+                   help=f"subspot model: side of the grid cells in µm, at least {MIN_GRID_UM:g} (default: the "
+                        "model's own cell size)")
     p.add_argument("--mask",
                    help="subspot model: tissue mask, a label image (nonzero = tissue) or GeoJSON polygons in "
                         "full-resolution pixels; 'auto' (default) detects the tissue, 'none' keeps every cell "
@@ -93,10 +97,11 @@ def check_predict(args: argparse.Namespace):
     """Every ``predict`` option, before the model is loaded; returns the positions read (or ``None``)."""
     _check_model_and_data(args)  # before the imports below (seconds): a wrong --out fails at once
     require_positive(args.diameter, "--diameter")
-    from ..pipeline.slide_prediction import is_slide_image
-    from ..prediction.positions import read_positions_csv
+    from ..slide.open import is_slide_image
 
     args.slide = is_slide_image(args.data)
+    if not args.slide:
+        require_section(args.data, bin_um=args.bin_um)
     given = [f"--{name.replace('_', '-')}" for name in SLIDE_OPTIONS if getattr(args, name) is not None]
     if not args.slide and given:
         raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a bare slide image as DATA; "
@@ -108,11 +113,15 @@ def check_predict(args: argparse.Namespace):
         if args.positions is not None and (args.grid_um is not None or args.mask is not None):
             raise InputError("--grid-um and --mask place positions over the tissue, --positions gives them: "
                              "give one or the other")
-        require_positive(args.grid_um, "--grid-um")
+        require_grid_um(args.grid_um)
         require_positive(args.um_per_px, "--um-per-px")
         if args.mask is not None and args.mask not in ("auto", "none"):
             require_file(args.mask, "--mask file")
-    return None if args.positions is None else read_positions_csv(args.positions)
+    if args.positions is None:
+        return None
+    from ..prediction.positions import read_positions_csv
+
+    return read_positions_csv(args.positions)
 
 
 def _load(args: argparse.Namespace):
@@ -190,9 +199,10 @@ def check_superresolve(args: argparse.Namespace) -> None:
     if grid and args.fold is not None:
         raise InputError("--fold places positions on the spot lattice; --grid-um, --mask and --consistency "
                          "are for a grid of cells: give one or the other")
+    require_section(args.data, bin_um=args.bin_um)
     if args.fold is not None:
         require_int(args.fold, "--fold", MIN_FOLD, MAX_FOLD)
-    require_positive(args.grid_um, "--grid-um")
+    require_grid_um(args.grid_um)
     if args.mask is not None and args.mask not in ("auto", "none"):
         require_file(args.mask, "--mask file")
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .options import add_bin_arg, read_h5ad, require_data, require_file, require_output
+from .options import add_bin_arg, read_h5ad, require_file, require_measured_genes, require_output, require_section
 
 
 def add_parsers(sub) -> None:
@@ -29,13 +29,20 @@ def add_parsers(sub) -> None:
 
 def check_region(args: argparse.Namespace) -> None:
     """Every ``region`` option, before any data is read."""
-    require_data(args.data)
+    require_section(args.data, bin_um=args.bin_um)
     require_file(args.regions, "regions file (--regions)")
     out = require_output(args.out, ".csv", "region table (--out)")
     if args.summary is not None:
         summary = require_output(args.summary, ".csv", "region summary (--summary)")
         if summary.resolve() == out.resolve():
             raise InputError("--summary and --out name the same file", args.summary)
+    if args.genes is not None:
+        from ..gene_lists import parse_gene_names
+
+        args.gene_names = parse_gene_names(args.genes)
+        if not args.gene_names:
+            raise InputError(f"--genes lists no name: {args.genes!r}")
+        require_measured_genes(args.gene_names, [args.data], bin_um=args.bin_um)
 
 
 def _read(data: str, bin_um: int | None):
@@ -50,10 +57,9 @@ def cmd_region(args: argparse.Namespace) -> int:
     """``histosge region``: read the regions and DATA, write the tables, print a line per region."""
     check_region(args)
     from ..export.regions import read_regions, region_tables, summary_path, write_region_outputs
-    from ..gene_lists import parse_gene_names
 
     regions = read_regions(args.regions)
-    genes = parse_gene_names(args.genes) if args.genes else None
+    genes = args.gene_names if args.genes is not None else None
     adata = _read(args.data, args.bin_um)
     positions, summary = region_tables(adata, regions, genes)
     write_region_outputs(args.out, positions, summary, summary_out=args.summary)

@@ -18,16 +18,16 @@ from .options import (
     add_train_args,
     check_feature_args,
     check_scale_args,
-    check_train_settings,
     drive,
     feature_config,
     read_section,
-    require_data,
     require_file,
     require_fraction,
     require_int,
+    require_measured_genes,
     require_output,
     require_prediction_output,
+    require_section,
     train_config,
     write_h5ad,
 )
@@ -97,7 +97,7 @@ def check_train(args: argparse.Namespace) -> None:
         raise InputError(f"--image attaches one image to one section, but {len(args.data)} sections were given; "
                          "give each section with its image inside its folder, or train on one DATA")
     for path in args.data:
-        require_data(path)
+        require_section(path, bin_um=args.bin_um)
     require_file(args.image, "--image file")
     require_file(args.resume, "--resume checkpoint")
     require_file(args.init, "--init checkpoint")
@@ -108,7 +108,14 @@ def check_train(args: argparse.Namespace) -> None:
         raise InputError(f"--init fine-tunes a model on one section, but {len(args.data)} sections were given")
     check_feature_args(args)
     check_scale_args(args)
-    check_train_settings(args)
+    check_genes_given(args, args.data)
+
+
+def check_genes_given(args: argparse.Namespace, paths: list[str]) -> None:
+    """The training settings, and the genes they name (``--genes``, ``--include-genes``) in every section's header."""
+    config = train_config(args)
+    named = list(config.genes or []) + list(config.include_genes or [])
+    require_measured_genes(named, paths, bin_um=getattr(args, "bin_um", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -142,8 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def spots_trained_on(n_spots: int, meta: dict) -> str:
     """``"N spots"``, or ``"N spots (M held for validation)"`` where training held some of ``n_spots`` back."""
-    held = int(meta.get("n_validation_spots") or 0)
-    return f"{n_spots - held} spots ({held} held for validation)" if held else f"{n_spots} spots"
+    return trained_on_text(n_spots, int(meta.get("n_validation_spots") or 0), " spots")
+
+
+def trained_on_text(n_train: int, held: int, unit: str = "") -> str:
+    """The spots a network fitted of ``n_train`` training spots, and apart the ``held`` it validated on."""
+    return f"{n_train - held}{unit} ({held} held for validation)" if held else f"{n_train}{unit}"
 
 
 def final_loss_text(meta: dict) -> str:
@@ -163,11 +174,11 @@ def check_recover(args: argparse.Namespace) -> None:
         require_output(args.save_model, ".pt", "checkpoint (--save-model)")
     require_fraction(args.holdout, "--holdout")
     require_file(args.init, "--init checkpoint")
-    require_data(args.data)
+    require_section(args.data, bin_um=args.bin_um)
     require_file(args.image, "--image file")
     check_feature_args(args)
     check_scale_args(args)
-    check_train_settings(args)
+    check_genes_given(args, [args.data])
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -203,8 +214,7 @@ def print_recovery_summary(summary: dict) -> None:
         return (f"  {label:<38} PCC {s['mean_pcc']:.3f}  MSE {s['mse']:.4f}  MAE {s['mae']:.4f}"
                 f"  ({s['n_genes']} genes)")
 
-    n_train, held = summary["n_train"], summary.get("n_validation", 0)
-    trained = f"{n_train - held} ({held} held for validation)" if held else f"{n_train}"
+    trained = trained_on_text(summary["n_train"], summary.get("n_validation", 0))
     print(f"held-out spots: {summary['n_test']} (trained on {trained})")
     print(line("model, hidden spots, every predicted gene", summary["model_all_genes"]))
     print(line("model, hidden spots, ranked genes", summary["model"]))

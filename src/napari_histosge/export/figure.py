@@ -13,14 +13,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from ..outputs import write_with
 
 #: Formats a figure may be written in, by file suffix.
@@ -125,6 +125,8 @@ def compose_figure(image_rgba: np.ndarray, *, legend: Legend | None, um_per_imag
     title_h = 2.0 * fs if title else 0.0
     footer_h = 2 * m + 3.8 * fs
     fig_h = title_h + h + footer_h
+    from matplotlib.figure import Figure  # here: `histosge figure` checks its options before matplotlib loads
+
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_xlim(0, fig_w)
@@ -149,6 +151,8 @@ def compose_figure(image_rgba: np.ndarray, *, legend: Legend | None, um_per_imag
 
 def _draw_legend(ax, legend: Legend, *, x: float, y: float, width: float, fs: float, text: dict[str, Any]) -> None:
     """Title, ramp over the slide tone, and min / max below it, from the top-left corner ``(x, y)``."""
+    from matplotlib.patches import Rectangle
+
     label = f"{legend.title}  ({legend.units})" if legend.units else legend.title
     ax.text(x, y, label, ha="left", va="top", **text)
     bar_y, bar_h = y + 1.5 * fs, 1.0 * fs
@@ -170,6 +174,8 @@ def _draw_legend(ax, legend: Legend, *, x: float, y: float, width: float, fs: fl
 def _draw_scale_bar(ax, um_per_px: float, *, image_width: int, right: float, y: float, fs: float,
                     text: dict[str, Any]) -> None:
     """A black bar of a round length, right-aligned at ``right``, with its length above it."""
+    from matplotlib.patches import Rectangle
+
     um, label = scale_bar_length(image_width, um_per_px)
     length_px = um / um_per_px  # figure pixels are image pixels
     bar_y = y + 1.5 * fs + 0.3 * fs
@@ -211,6 +217,8 @@ def write_figure(path: str | os.PathLike, image_rgba: np.ndarray, *, legend: Leg
         For a suffix other than those allowed, an image that is not RGB(A), a pixel size that
         is not positive, or a failed write.
     """
+    import matplotlib
+
     fmt = figure_format(path)
     fig = compose_figure(image_rgba, legend=legend, um_per_image_px=um_per_image_px, title=title)
     # SVG text stays text (not glyph outlines); no date, so the same figure gives the same file.

@@ -8,7 +8,6 @@ list the user gives.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from ..gene_lists import unknown_genes_message
 
 #: Counts per spot after ``normalize_total`` (before ``log1p``).
 TARGET_SUM = 1e4
@@ -159,18 +159,7 @@ def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:
     known = set(adata_log.var_names)
     unknown = [g for g in genes if g not in known]
     if unknown:
-        names = list(adata_log.var_names)
-        hints = []
-        for g in unknown[:5]:
-            close = difflib.get_close_matches(g, names, n=3)
-            if close:
-                hints.append(f"{g!r} (did you mean {', '.join(map(repr, close))}?)")
-            else:
-                hints.append(repr(g))
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise InputError(
-            f"{len(unknown)} requested gene(s) are not in the data: {', '.join(hints)}{more}", source
-        )
+        raise InputError(unknown_genes_message(unknown, list(adata_log.var_names)), source)
     return genes
 
 

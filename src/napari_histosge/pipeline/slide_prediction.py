@@ -47,12 +47,6 @@ MAX_MPP_RATIO = 2.0
 MPP_METADATA, MPP_GIVEN, MPP_ASSUMED, MPP_UNKNOWN = "slide metadata", "given", "assumed (training slides')", "unknown"
 
 
-def is_slide_image(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a bare slide image file (SVS, TIFF, NDPI, JPEG, PNG, ...) by its suffix."""
-    p = Path(path)
-    return p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-
-
 def slide_header(path: str | os.PathLike) -> tuple[tuple[int, int], float | None]:
     """``((width, height), µm per px or None)`` of a slide image, from its header alone.
 

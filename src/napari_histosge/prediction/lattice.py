@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
@@ -215,6 +214,8 @@ def _lattice_from_positions(pts: np.ndarray) -> Lattice:
     n = len(pts)
     if n < 3:
         raise InputError(f"need at least 3 spots to estimate the spot lattice, got {n}")
+    from scipy.spatial import cKDTree  # here: the command line's parser imports this module (--fold bounds)
+
     tree = cKDTree(pts)
     k = min(n, 13)
     dist, nbr = tree.query(pts, k=k)

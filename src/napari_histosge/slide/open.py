@@ -47,12 +47,18 @@ if TYPE_CHECKING:  # dask is imported on first use of Slide.levels: showing a sl
 
 __all__ = [
     "FLAT_SUFFIXES", "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "Slide", "cache_root",
-    "file_fingerprint", "is_ome_zarr_image", "max_decode_pixels", "open_slide",
+    "file_fingerprint", "is_ome_zarr_image", "is_slide_image", "max_decode_pixels", "open_slide",
 ]
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".btf", ".bif", ".qptiff")
 FLAT_SUFFIXES = PIL_SUFFIXES
 SUPPORTED_SUFFIXES = TIFF_SUFFIXES + FLAT_SUFFIXES
+
+
+def is_slide_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a bare slide image file (SVS, TIFF, NDPI, JPEG, PNG, ...) by its suffix."""
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
 
 # Non-tiled TIFFs at most this large are read directly instead of building a pyramid.
 FLAT_DIRECT_MAX = 2048

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ..errors import InputError
 
@@ -118,6 +117,8 @@ def median_spacing(positions: np.ndarray, *, undefined: float = 1.0) -> float:
     pos = np.asarray(positions, np.float64)
     if len(pos) < 2:
         return float(undefined)
+    from scipy.spatial import cKDTree  # here: the models' settings (and the CLI's parser) import this module
+
     dist, _ = cKDTree(pos).query(pos, k=2)
     value = float(np.median(dist[:, 1]))
     return value if value > 0 else float(undefined)
