@@ -143,9 +143,9 @@ def add_scanpy_spatial(adata):
 
 
 def ensure_scanpy_spatial(adata):
-    """Add :func:`scanpy_spatial` to predictions that lack it (a file written before outputs carried it); returns ``adata``.
+    """Add :func:`scanpy_spatial` to predictions that lack it (files written before outputs carried it).
 
-    Measured spots (no ``fold`` or ``grid`` in ``uns["histosge"]``) keep their own
+    Returns ``adata``. Measured spots (no ``fold`` or ``grid`` in ``uns["histosge"]``) keep their own
     ``uns["spatial"]`` as their reader made it, and so do predictions whose library has images.
     """
     info = adata.uns.get("histosge", {}) or {}
