@@ -25,7 +25,7 @@ ARGS = dict(img_size=32, patch_size=8)
 MEAN, STD = [0.6, 0.4, 0.5], [0.2, 0.3, 0.25]
 
 
-def write_hub_folder(folder: Path, global_pool: str = "token") -> Path:
+def write_hub_folder(folder: Path, global_pool: str = "token", safe: bool = True) -> Path:
     """A random-weight timm ViT saved as timm saves a model for the hub."""
     import timm
     from timm.models._hub import save_for_hf
@@ -33,7 +33,7 @@ def write_hub_folder(folder: Path, global_pool: str = "token") -> Path:
     torch.manual_seed(0)
     model = timm.create_model(ARCH, pretrained=False, num_classes=0, global_pool=global_pool, **ARGS)
     folder.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, str(folder), safe_serialization=True,
+    save_for_hf(model, str(folder), safe_serialization=safe,
                 model_config={"pretrained_cfg": {"mean": MEAN, "std": STD}})
     return folder
 
@@ -73,6 +73,19 @@ def test_a_hub_folder_loads_with_its_own_preprocessing(hub_dir, prefix) -> None:
     assert features.shape == (3, 192) and extractor.dim == 192
     torch.testing.assert_close(features, _own_features(hub_dir, patches), atol=1e-5, rtol=1e-5)
     assert "hf:org/tiny" in extractor.identity and "model.safetensors" in extractor.identity
+
+
+def test_a_pickled_weights_file_loads_and_is_checked_too(tmp_path) -> None:
+    folder = write_hub_folder(tmp_path / "bin", safe=False)
+    assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
+    check_extractor("hf:org/tiny", str(folder))
+    patches = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    extractor = create_extractor("hf:org/tiny", checkpoint=str(folder), device="cpu")
+    features = extractor.extract(patches)
+    assert features.shape == (2, 192)
+    wider = _mismatched(folder, tmp_path)
+    with pytest.raises(InputError, match="does not fit vit_small_patch16_224"):
+        check_extractor("hf:org/tiny", str(wider))
 
 
 def test_the_feature_token_follows_the_config(hub_dir, tmp_path) -> None:

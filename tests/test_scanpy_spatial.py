@@ -151,6 +151,24 @@ def test_read_spots_of_an_output_keeps_positions_and_scale(outputs, tmp_path) ->
     assert spots.uns["histosge"]["images"] == pred.uns["histosge"]["images"]
 
 
+def test_the_plugin_writer_adds_the_slide_to_predictions_made_before(outputs, tmp_path) -> None:
+    from napari_histosge.plugin.writer import write_h5ad
+
+    old = ad.read_h5ad(outputs["grid"])
+    del old.uns["spatial"]  # as files written before outputs carried it
+    [written] = write_h5ad(str(tmp_path / "saved.h5ad"), None, {"metadata": {"histosge": {"adata": old}}})
+    library = ad.read_h5ad(written).uns["spatial"][old.uns["histosge"]["library_id"]]
+    assert set(library["images"]) == {"hires", "lowres"}
+    assert library["scalefactors"]["spot_diameter_fullres"] == old.uns["histosge"]["grid"]["cell_px"]
+
+
+def test_measured_spots_keep_their_own_spatial_entry(demo) -> None:
+    from napari_histosge.export.scanpy_spatial import ensure_scanpy_spatial
+
+    before = {k: dict(v) for k, v in demo.uns["spatial"].items()}
+    assert ensure_scanpy_spatial(demo).uns["spatial"] == before
+
+
 def test_no_slide_on_disk_keeps_the_scale_factors(outputs, tmp_path) -> None:
     pred = ad.read_h5ad(outputs["spots"])
     pred.uns["histosge"]["images"] = {"fullres": {"path": str(tmp_path / "gone.png"), "scale": 1.0}}

@@ -142,6 +142,21 @@ def add_scanpy_spatial(adata):
     return adata
 
 
+def ensure_scanpy_spatial(adata):
+    """Add :func:`scanpy_spatial` to predictions that lack it (files written before outputs carried it).
+
+    Returns ``adata``. Measured spots (no ``fold`` or ``grid`` in ``uns["histosge"]``) keep their own
+    ``uns["spatial"]`` as their reader made it, and so do predictions whose library has images.
+    """
+    info = adata.uns.get("histosge", {}) or {}
+    if "fold" not in info and "grid" not in info:
+        return adata
+    library = (adata.uns.get("spatial") or {}).get(library_id(adata))
+    if not isinstance(library, dict) or not len(library.get("images") or {}):
+        add_scanpy_spatial(adata)
+    return adata
+
+
 def refresh_spot_diameter(adata) -> None:
     """Re-derive ``spot_diameter_fullres`` after ``uns["histosge"]`` changed what one row covers (a grid)."""
     for library in (adata.uns.get("spatial") or {}).values():

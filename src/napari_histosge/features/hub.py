@@ -152,6 +152,31 @@ def _head_free(sd: dict[str, Any], model: Any, config: dict[str, Any]) -> dict[s
     return {k: v for k, v in sd.items() if k in own or not (head and k.startswith(head + "."))}
 
 
+def weight_shapes(path: str) -> dict[str, Any]:
+    """The tensors of a weights file as memory-free (meta) tensors: their names and shapes only.
+
+    A safetensors file's header is read alone; a torch pickle is mapped, not read (an old,
+    unmappable pickle is read whole).
+    """
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged or unmappable file: the full reader says what is wrong in one line
+        sd = read_state_dict(path)
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise InputError("the weights file does not contain a state dict of tensors", path)
+    return {k.removeprefix("module."): torch.empty(tuple(v.shape), device="meta") for k, v in sd.items()}
+
+
 def check_hub_model(spec: str, folder: str | os.PathLike | None) -> None:
     """Refuse, in one line and before any slide is read, a hub model that cannot load.
 
@@ -169,7 +194,7 @@ def check_hub_model(spec: str, folder: str | os.PathLike | None) -> None:
     config = read_hub_config(folder)
     weights = hub_weights_file(folder)
     skeleton = _skeleton(config)
-    check_fits(skeleton, _head_free(read_state_dict(weights), skeleton, config), weights,
+    check_fits(skeleton, _head_free(weight_shapes(weights), skeleton, config), weights,
                 f"{config['architecture']} of {folder}/{CONFIG_FILE}")
 
 

@@ -29,8 +29,9 @@ __all__ = [
 
 
 def available_extractors() -> list[str]:
-    """Registered extractor specs; families are shown as ``"timm:<model_name>"``."""
-    return [f"{k}<model_name>" if k.endswith(":") else k for k in sorted(registered_extractors())]
+    """Registered extractor specs; families are shown as ``"timm:<model_name>"`` and ``"hf:<org>/<name>"``."""
+    return [f"{k}<org>/<name>" if hub.is_hub_spec(k) else f"{k}<model_name>" if k.endswith(":") else k
+            for k in sorted(registered_extractors())]
 
 
 def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = "auto") -> FeatureExtractor:

@@ -58,9 +58,10 @@ def write_h5ad(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     InputError
         If the layer was not made by napari-histosge (it has no expression to write).
     """
+    from ..export.scanpy_spatial import ensure_scanpy_spatial
     from ..outputs import write_h5ad as write_atomically
 
-    adata = _layer_adata(path, meta)
+    adata = ensure_scanpy_spatial(_layer_adata(path, meta))  # predictions open in sc.pl.spatial as they are
     out = Path(path)
     if out.suffix != ".h5ad":
         out = out.with_name(out.name + ".h5ad")
