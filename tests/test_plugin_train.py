@@ -203,3 +203,26 @@ def test_stain_normalisation_is_offered_with_image_features_and_reaches_the_run(
     assert widget.stain.native.isHidden() and widget.feature_config().stain == "none"
     widget.extractor.value = "default"
     assert not widget.stain.native.isHidden()
+
+
+def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer, demo_dir, qtbot, tmp_path,
+                                                             notifications):
+    """The demo section holds back too few spots to stop early on; a typed number still runs as typed."""
+    from napari_histosge.models import HisToSGEConfig
+
+    SESSION_MODELS.clear()
+    widget = _quick_widget(make_napari_viewer(), demo_dir, tmp_path)
+    typed = HisToSGEConfig.default_of("schedule_epochs") + 5  # longer than the fixed schedule
+    widget.epochs.value = typed
+    assert "runs as typed" in widget.epochs.tooltip  # said before training
+    widget.start()
+    qtbot.waitUntil(lambda: any(e.stage == "train" for e in widget.events_seen), timeout=WORKER_TIMEOUT_MS)
+    widget.cancel()  # the plan is in the first epoch's event ("epoch 1/N"); no need to train it all
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert {e.total for e in widget.events_seen if e.stage == "train"} == {typed}
+    # left as the form shows it, the model's own rule for small sections applies (its shorter schedule)
+    widget.model_name.value = widget.model_name.value  # the form's value again
+    widget.epochs.value = widget._form_epochs
+    config = widget.train_config()
+    assert config.epochs == widget._form_epochs and config.schedule_epochs == HisToSGEConfig.default_of(
+        "schedule_epochs")

@@ -229,6 +229,11 @@ class TrainConfig:
         return [f for f in fields(cls) if f.name not in inherited]
 
     @classmethod
+    def implied(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The settings ``given`` (by a user: flags or a form) plus what they imply; a model's class may extend it."""
+        return given
+
+    @classmethod
     def default_of(cls, name: str) -> Any:
         """The default of setting ``name`` in this class."""
         f = cls.__dataclass_fields__[name]
@@ -299,7 +304,7 @@ def make_config(model: str, settings: dict[str, Any]) -> TrainConfig:
 
         raise InputError(f"the {model} model has no setting {', '.join(whose(k) for k in foreign)}; its settings: "
                          f"{', '.join(f.name for f in fields(cls))}")
-    return cls(**settings)
+    return cls(**cls.implied(settings))
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -7,6 +7,7 @@ runs the core generator through :func:`._worker.start_job` and shows what it yie
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,10 @@ DEFAULT_OUT = Path.home() / "histosge-models"
 
 #: The form's epochs for HisToSGE: fewer than the paper's 1000, which take long on a CPU.
 HISTOSGE_EPOCHS = 200
+#: The epochs box's tooltip: what runs when it is left alone, and when a number is typed.
+EPOCHS_TIP = ("the most training epochs. Left as shown, a model may train fewer: it stops early on its held-back "
+              "spots, or trains a shorter fixed schedule on a section too small to hold spots back (the status "
+              "says 'epoch k/N'). A number you type runs as typed on a small section too (as --epochs).")
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
@@ -151,7 +156,8 @@ class TrainWidget(Container):
                              tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
                                      "fine-tune on this section (the conditioned model starts its image "
                                      "companion from it); its genes and features are kept")
-        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
+        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS, tooltip=EPOCHS_TIP)
+        self._form_epochs = HISTOSGE_EPOCHS  # the value the form chose; another is the user's
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT)
@@ -227,7 +233,8 @@ class TrainWidget(Container):
         from ...training.config import config_class
 
         default = config_class(str(self.model_name.value)).default_of("epochs")
-        self.epochs.value = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
+        self._form_epochs = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
+        self.epochs.value = self._form_epochs
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -263,9 +270,14 @@ class TrainWidget(Container):
             raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
         genes = names if mode == GENES_LIST else None
         include = names if mode != GENES_LIST and names else None
-        return train_config(str(self.model_name.value), epochs=int(self.epochs.value), lr=float(self.lr.value),
-                            device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
-                            include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
+        epochs = int(self.epochs.value)
+        typed = epochs != self._form_epochs
+        config = train_config(str(self.model_name.value), epochs=epochs if typed else None, lr=float(self.lr.value),
+                              device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
+                              include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
+        # Typed epochs are given (and run as typed, as the CLI's --epochs); the form's own value
+        # stands in for the model's default, which a model may shorten on a small section.
+        return config if typed else replace(config, epochs=epochs)
 
     def gene_names(self) -> list[str]:
         """The names typed (the gene list, or the genes always included) plus those of the gene file."""
