@@ -174,7 +174,7 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert any(k == "info" and "Trained" in m for k, m in notifications)
     # The status ends with what the CLI prints after training: the epochs run and how they were chosen.
     assert status_of(widget.status).startswith("done: ")
-    assert "epochs: 2 on every training spot (a fixed schedule" in status_of(widget.status)
+    assert "epochs: 2 on every training spot, as asked (too few spots" in status_of(widget.status)
 
 
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
