@@ -137,7 +137,8 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     assert set(panels) == {"observed", "predicted", "predicted - observed"}
     [titles] = L.layers_with_role(viewer.layers, ROLE_COMPARE_TITLES)
     shown_titles = list(titles.features["title"])
-    assert [t.split("\n")[0] for t in shown_titles] == ["observed", "predicted", "difference: predicted - observed"]
+    assert [t.split(" (")[0] for t in shown_titles] == ["observed", "predicted", "difference: predicted - observed"]
+    assert not any("\n" in t for t in shown_titles)  # one line each: nothing runs into the panel below
     assert widget.colorbar.title.startswith(first) and widget.diff_colorbar.title.startswith(first)
     assert widget.diff_colorbar.isVisibleTo(widget.native)
     assert widget.close_compare_button.native.isVisibleTo(widget.native)
@@ -151,7 +152,9 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     assert panels["predicted"].name == f"{second} predicted" and widget.legend_layer is panels["predicted"]
     assert list(titles.features["title"]) == shown_titles  # the same for every gene: no canvas text re-rendered
     assert widget.colorbar.title.startswith(second) and widget.diff_colorbar.title.startswith(second)
-    assert tuple(panels["predicted"].contrast_limits) == pytest.approx(L.robust_range(L.gene_values(pred, second)))
+    # observed and predicted on one scale, the one the legend shows
+    assert tuple(panels["observed"].contrast_limits) == pytest.approx(tuple(panels["predicted"].contrast_limits))
+    assert (widget.colorbar.vmin, widget.colorbar.vmax) == pytest.approx(tuple(panels["observed"].contrast_limits))
     # a gene that is measured but not predicted: the panels hide rather than show the old gene
     assert widget.show_gene("GENE30")
     assert not any(lyr.visible for lyr in L.layers_with_role(viewer.layers, ROLE_COMPARE))

@@ -231,6 +231,52 @@ def test_train_status_shows_the_validation_score(make_napari_viewer):
     assert status_of(widget.status) == "epoch 6/10  loss 0.4  validation PCC 0.250"
 
 
+
+def colours_drawn(widget) -> np.ndarray:
+    """The RGB pixels of ``widget`` as drawn now, one row per pixel."""
+    from qtpy.QtGui import QImage
+
+    image = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    bits = image.constBits()
+    bits.setsize(image.sizeInBytes())
+    rows = np.frombuffer(bits, np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, : 3 * image.width()].reshape(-1, 3)
+
+
+def test_the_loss_curve_has_axes_and_a_validation_curve(make_napari_viewer):
+    from napari_histosge.plugin.widgets.loss_curve import LOSS_COLOUR, VALIDATION_COLOUR, X_TITLE
+    from napari_histosge.progress import Progress
+
+    widget = TrainWidget(make_napari_viewer())
+    for k in range(1, 11):  # the engine scores held-back spots every few epochs
+        scored = {"val_pcc": 0.05 * k} if k % 2 == 0 else {}
+        widget._on_event(Progress("train", k, 10, metrics={"epoch": k, "loss": 1.0 / k, **scored}))
+    curve = widget.loss_curve
+    curve.resize(400, curve.minimumHeight())
+    assert curve.epochs == list(range(1, 11)) and [e for e, _ in curve.validation] == [2, 4, 6, 8, 10]
+    drawn = colours_drawn(curve).astype(int)
+    for colour in (LOSS_COLOUR, VALIDATION_COLOUR):
+        assert (np.abs(drawn - colour).max(axis=1) < 40).sum() > 50, colour  # both curves are drawn
+    assert X_TITLE in curve.toolTip() and "validation PCC" in curve.toolTip()
+
+
+def test_the_controls_a_user_asked_about_explain_themselves(make_napari_viewer):
+    from dataclasses import fields
+
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+    from napari_histosge.training.config import TrainConfig, setting_of
+
+    viewer = make_napari_viewer()
+    train, superres, genes = TrainWidget(viewer), SuperResolveWidget(viewer), GeneViewerWidget(viewer)
+    controls = {"epochs": train.epochs, "learning rate": train.lr, "device": train.device,
+                "output folder": train.out_dir, "n genes": train.n_genes, "Start training": train.start_button,
+                "Show gene": genes.show_button, "comparison": genes.compare_button,
+                "Predict on this slide": superres.predict_button, "super-resolve device": superres.device}
+    assert [name for name, control in controls.items() if not control.tooltip] == []
+    declared = {f.name: setting_of(f).help for f in fields(TrainConfig)}  # one text for the form and the CLI
+    assert (train.lr.tooltip, train.device.tooltip, train.n_genes.tooltip) == (
+        declared["lr"], declared["device"], declared["n_top_genes"])
+
 @pytest.fixture(scope="module")
 def demo_checkpoint(demo_dir, tmp_path_factory) -> Path:
     from napari_histosge.io import read_spots

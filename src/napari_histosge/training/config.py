@@ -167,12 +167,13 @@ class TrainConfig:
 
     epochs: int = setting(1000, "training epochs (the most, where a model stops early)", least=1)
     batch_size: int = setting(512, "spots per optimiser step", least=1)
-    lr: float = setting(1e-3, "learning rate", above=0)
+    lr: float = setting(1e-3, "learning rate of the AdamW optimiser (lower it when the loss turns NaN)", above=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", least=0)
     seed: int = setting(0, "random seed (validation split, weights, batches)")
     init_seed: int | None = setting(None, "seed of the initial weights, batch order and jitter", kind=int,
                                     optional=True, none_means="use seed")
-    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps", on_cli=False)
+    device: str = setting("auto", "where the model runs: auto (cuda, then mps, then cpu), cpu, cuda or mps",
+                          on_cli=False)
     n_top_genes: int = setting(1000, "number of genes to predict, ranked by the gene selection", least=1,
                                flag="--n-genes")
     genes: list[str] | None = setting(None, "gene names to predict instead of ranked genes: comma-separated, or "

@@ -74,26 +74,24 @@ def panel_geometry(pred, source, *, slide_width_px: float = 0.0) -> Geometry:
 def panels_for(pred, source, gene: str, geometry: Geometry, *, log_source=None) -> list[Panel]:
     """The three panels of ``gene`` on ``geometry``: observed, predicted and their difference.
 
-    Titles say what each panel shows and on which scale, not the gene or its limits (the
-    layer names, the legends and the layer controls do): the same for every gene, so a gene
-    switch never re-renders the canvas text.
+    Observed and predicted share one scale (1st-99th percentile of both), so the Gene
+    viewer's legend reads for both panels; the difference has its own, centred on 0.
+    Titles are one line each (a second line ran into the panel below it) and say what each
+    panel shows and on which scale, not the gene or its limits (the layer names and legends
+    do): the same for every gene, so a gene switch never re-renders the canvas text.
     """
     observed = gene_values(source, gene, log_adata=log_source)
     predicted = gene_values(pred, gene)
     diff = predicted - parent_values(pred, source, gene, log_source=log_source)
-    out = []
-    short = {"predicted - observed": "difference"}
-    for label, values, raster, cmap in (("observed", observed, geometry.coarse, HEATMAP_COLORMAP),
-                                         ("predicted", predicted, geometry.fine, HEATMAP_COLORMAP),
-                                         ("predicted - observed", diff, geometry.fine, DIFF_COLORMAP)):
-        if cmap == DIFF_COLORMAP:
-            limits = symmetric_range(values)
-            title = f"{short.get(label, label)}: {label}\nscale centred on 0"
-        else:
-            limits = robust_range(values)
-            title = f"{label}\nits own scale (1-99th percentile)"
-        out.append(Panel(label, raster.with_values(values), limits, cmap, title))
-    return out
+    shared = robust_range(np.r_[observed, predicted])
+    return [
+        Panel("observed", geometry.coarse.with_values(observed), shared, HEATMAP_COLORMAP,
+              "observed (scale: the legend, shared with predicted)"),
+        Panel("predicted", geometry.fine.with_values(predicted), shared, HEATMAP_COLORMAP,
+              "predicted (scale: the legend, shared with observed)"),
+        Panel("predicted - observed", geometry.fine.with_values(diff), symmetric_range(diff), DIFF_COLORMAP,
+              "difference: predicted - observed (scale: the lower legend, centred on 0)"),
+    ]
 
 
 def _slide_width_px(slide: LayerDataTuple | None, mpp: float | None) -> float:

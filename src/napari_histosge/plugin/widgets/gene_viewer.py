@@ -106,8 +106,12 @@ class GeneViewerWidget(Container):
         self.viewer = viewer
         self.search = LineEdit(value="", tooltip="type a gene name; suggestions appear as you type")
         self.search.native.setPlaceholderText("gene (type to search)...")
-        self.show_button = PushButton(text="Show gene")
-        self.compare_button = PushButton(text="Observed | predicted | difference")
+        self.show_button = PushButton(text="Show gene", tooltip="colour every spots layer and map by the gene in "
+                                                                "the box (Enter does the same)")
+        self.compare_button = PushButton(text="Observed | predicted | difference",
+                                         tooltip="side by side: the measured spots, the prediction averaged over "
+                                                 "each spot, and their difference for this gene (needs predictions "
+                                                 "and the spots they came from)")
         self.close_compare_button = PushButton(text="Close comparison", visible=False)
         self.export_button = PushButton(text="Export figure…", tooltip="save the canvas as shown with this legend "
                                         "and a scale bar (PNG, SVG or PDF)")

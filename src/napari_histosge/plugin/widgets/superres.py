@@ -26,7 +26,7 @@ from .layers import (
 )
 from .state import SESSION_MODELS
 from .status import set_status, status_label
-from .train import DEVICES, scheduler_value, spots_layer_choices, warm_up_imports
+from .train import DEVICES, scheduler_value, setting_tip, spots_layer_choices, warm_up_imports
 from .worker import Outcome, start_job, status_text
 
 if TYPE_CHECKING:
@@ -150,11 +150,13 @@ class SuperResolveWidget(Container):
                                             "they reproduce it within its counting noise (no holes where a sparse "
                                             "gene was counted 0 times, but spots lean toward their neighbours); "
                                             "none: the model alone")
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
                                           "a dask LocalCluster; or a scheduler address such as tcp://host:8786")
-        self.run_button = PushButton(text="Super-resolve")
+        self.run_button = PushButton(text="Super-resolve", tooltip="predict the chosen spots layer's section at the "
+                                                                   "chosen positions in the background; the map "
+                                                                   "opens on the Gene viewer's gene")
         self.slide = ComboBox(label="bare slide", choices=lambda _w: bare_slide_choices(viewer),
                               tooltip="a slide image opened without spots (an unmeasured H&E) to predict on")
         self.slide_positions = ComboBox(label="slide positions", choices=[SLIDE_LATTICE, SLIDE_GRID],
@@ -167,7 +169,9 @@ class SuperResolveWidget(Container):
         self.slide_mpp = FloatSpinBox(label="slide µm/px", min=0.0, max=100.0, step=0.01, value=0.0,
                                       tooltip="the slide's pixel size; 0: from its file (unknown: the training "
                                               "slides')")
-        self.predict_button = PushButton(text="Predict on this slide")
+        self.predict_button = PushButton(text="Predict on this slide",
+                                         tooltip="predict the chosen bare slide (no spots) with the chosen model at "
+                                                 "the slide positions in the background")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,

@@ -58,6 +58,13 @@ EPOCHS_TIP = ("the most training epochs. Left as shown, a model may train fewer:
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
 
 
+def setting_tip(name: str) -> str:
+    """The declared help of the shared training setting ``name`` (one text for the form, the CLI and the docs)."""
+    from ...training.config import TrainConfig, setting_of
+
+    return setting_of(TrainConfig.__dataclass_fields__[name]).help
+
+
 def warm_up_imports(modules=START_IMPORTS) -> None:
     """Import ``modules`` and torch's compiler stack now (when a widget opens) rather than on its first click.
 
@@ -140,7 +147,7 @@ class TrainWidget(Container):
                                            "section's markers); highly variable: dispersion, as the paper; both: "
                                            "the best of each gene's two ranks; my gene list: exactly the genes "
                                            "entered below")
-        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
+        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300, tooltip=setting_tip("n_top_genes"))
         self.markers = LineEdit(label="always include", value="",
                                 tooltip="genes always predicted besides the ranked ones (e.g. ERBB2, GRB7), "
                                         "separated by commas")
@@ -158,13 +165,19 @@ class TrainWidget(Container):
                                      "companion from it); its genes and features are kept")
         self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS, tooltip=EPOCHS_TIP)
         self._form_epochs = HISTOSGE_EPOCHS  # the value the form chose; another is the user's
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
+                               tooltip=setting_tip("lr"))
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
+        self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT,
+                                tooltip="where each run writes its own checkpoint (.pt), named after the data, "
+                                        "the model and the time; a finished model is never overwritten")
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: extract features in napari's process; 'local': a dask "
                                           "LocalCluster; or a scheduler address such as tcp://host:8786")
-        self.start_button = PushButton(text="Start training")
+        self.start_button = PushButton(text="Start training",
+                                       tooltip="extract features, rank the genes and train in the background; "
+                                               "progress and the loss curve below; Cancel keeps the last finished "
+                                               "epoch in this run's own file")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
@@ -414,7 +427,9 @@ class TrainWidget(Container):
     def _on_event(self, event: Progress) -> None:
         self.events_seen.append(event)
         if event.stage == "train" and "loss" in event.metrics:
-            self.loss_curve.append(float(event.metrics["loss"]))
+            val = event.metrics.get("val_pcc")
+            self.loss_curve.append(float(event.metrics["loss"]), event.step,
+                                   None if val is None else float(val))
             text = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
             if "val_pcc" in event.metrics:  # early stopping's score on the held-back spots
                 text += f"  validation PCC {event.metrics['val_pcc']:.3f}"
