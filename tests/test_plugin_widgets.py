@@ -358,3 +358,22 @@ def test_predict_on_a_bare_slide_on_a_µm_grid(make_napari_viewer, demo_dir, dem
     assert status_of(widget.status) == f"{pred.n_obs} grid cells x {pred.n_vars} genes"
     # a bare slide is not offered as spots to super-resolve, spots layers are not offered as bare slides
     assert widget.data.choices == ()
+
+
+def test_the_gene_preview_and_the_final_status_are_not_cut_off(make_napari_viewer, qtbot):
+    from napari_histosge.plugin.widgets.status import MAX_LINES, set_status, status_of
+    from napari_histosge.plugin.widgets.train import gene_preview_text
+
+    viewer = make_napari_viewer(show=True)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    set_status(widget.preview, gene_preview_text([f"GENE{i:03d}" for i in range(300)], "spatially variable", []))
+    widget.preview.visible = True
+    widget.set_status("done: demo (300 genes); saved to /home/someone/histosge-models/demo_histosge_20260101-120000"
+                      ".pt\nepochs: 60 on every training spot (a fixed schedule: too few spots to hold back 50)")
+    qtbot.wait(100)  # the dock lays out
+    for label in (widget.preview, widget.status):
+        native = label.native
+        cap = MAX_LINES * native.fontMetrics().lineSpacing()  # beyond it, the tooltip holds the full text
+        assert native.height() >= min(native.heightForWidth(native.width()), cap), label  # every line shown
+        assert label.tooltip == status_of(label)

@@ -43,7 +43,7 @@ GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST = ("spatially variable", "highl
                                                     "my gene list")
 GENE_METHOD = {GENES_SPATIAL: "spatial", GENES_HVG: "hvg", GENES_BOTH: "hvg+spatial"}
 #: Gene names shown in the preview before "and N more".
-PREVIEW_GENES = 40
+PREVIEW_GENES = 24
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
