@@ -29,6 +29,7 @@ from ...progress import CancelToken, Progress
 from ..reader import low_resolution_message
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
+from .models_panel import session_name
 from .state import SESSION_MODELS, SessionModel
 from .status import set_status, status_label
 from .worker import Outcome, preload_torch, start_job, status_text
@@ -447,6 +448,7 @@ class TrainWidget(Container):
         self.last_outcome = outcome
         self._finish()
         if outcome.cancelled:
+            self._offer_cancelled_file()
             self.set_status(self.cancelled_text())
             show_info(f"Training {self.cancelled_text()}")
             return
@@ -456,7 +458,7 @@ class TrainWidget(Container):
             return
         model = outcome.value
         self.last_model = model
-        name = SESSION_MODELS.add(SessionModel(name=f"{self._library} ({len(model.genes)} genes)", model=model,
+        name = SESSION_MODELS.add(SessionModel(name=session_name(model, self._library), model=model,
                                                checkpoint=self.checkpoint_path, adata=self._adata))
         self.set_status(f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}")
         show_info(f"Trained '{name}'; checkpoint {self.checkpoint_path}")
@@ -465,12 +467,23 @@ class TrainWidget(Container):
         self._finish()
         self.set_status(f"failed: {exc.__class__.__name__}: {exc}")
 
+    def _reached(self) -> str:
+        epochs = [e for e in self.events_seen if e.stage == "train"]
+        return f"at epoch {epochs[-1].step}/{epochs[-1].total}" if epochs else "before training began"
+
+    def _offer_cancelled_file(self) -> None:
+        """Offer a cancelled run's file (its last finished epoch) among the session's models, read when used."""
+        path = self.checkpoint_path
+        if path is not None and path.is_file():
+            self._cancelled_name = SESSION_MODELS.add(SessionModel(
+                name=f"{self._library} {self.model_name.value} (cancelled)", model=None, checkpoint=path,
+                adata=self._adata, note=f"cancelled {self._reached()}"))
+
     def cancelled_text(self) -> str:
         """What a cancel left: how far the run got, and the file that keeps its last finished epoch."""
-        epochs = [e for e in self.events_seen if e.stage == "train"]
-        reached = f" at epoch {epochs[-1].step}/{epochs[-1].total}" if epochs else " before training began"
+        reached = self._reached()
         path = self.checkpoint_path
         if path is None or not path.is_file():
-            return f"cancelled{reached}; no epoch had finished, so nothing was saved"
-        return (f"cancelled{reached}; its last finished epoch is kept in {path} (this run's own file; "
-                "not added to the session's models: pick it as a checkpoint file in Super-resolve)")
+            return f"cancelled {reached}; no epoch had finished, so nothing was saved"
+        return (f"cancelled {reached}; its last finished epoch is kept in {path} (this run's own file), offered "
+                f"in Super-resolve's models as '{getattr(self, '_cancelled_name', path.name)}'")
