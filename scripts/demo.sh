@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-"${HISTOSGE_VENV:-.venv}/bin/histosge" demo "$@"
+venv="${HISTOSGE_VENV:-.venv}"
+"$venv/bin/histosge" demo "$@"
+echo "napari is installed in $venv only: run 'source $venv/bin/activate' first, then the napari command above (or call $venv/bin/napari directly)."

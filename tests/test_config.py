@@ -135,3 +135,14 @@ def test_output_choices_are_the_networks():
     from napari_histosge.models.histosge import OUTPUTS
 
     assert set(setting_of(HisToSGEConfig.__dataclass_fields__["output"]).choices) == set(OUTPUTS)
+
+
+def test_given_epochs_replace_the_small_section_schedule_on_the_cli_and_in_the_api():
+    from napari_histosge.models import train_config
+
+    default = HisToSGEConfig.default_of("schedule_epochs")
+    assert cli_settings.check_settings(_train_args()).schedule_epochs == default
+    assert cli_settings.check_settings(_train_args("--epochs", "300")).schedule_epochs is None
+    assert train_config(epochs=300).schedule_epochs is None and train_config().schedule_epochs == default
+    both = cli_settings.check_settings(_train_args("--epochs", "300", "--schedule-epochs", "40"))
+    assert (both.epochs, both.schedule_epochs) == (300, 40)  # both given: the schedule stands

@@ -295,3 +295,17 @@ def test_readme_sections_named_elsewhere_exist():
         named = re.findall(r'README,? \\?"([^"\\]+)\\?"', (REPO / source).read_text())
         assert named, source
         assert [n for n in named if n not in headings] == [], source
+
+
+def test_the_readme_lists_every_command_and_says_how_to_start_napari_from_the_venv():
+    import argparse
+
+    from napari_histosge.cli.main import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    listing = readme.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert [c for c in commands.choices if f"histosge {c}" not in listing] == []
+    assert "source .venv/bin/activate" in readme and ".venv/bin/napari" in readme
+    last = (REPO / "scripts" / "demo.sh").read_text().strip().splitlines()[-1]
+    assert "activate" in last and "bin/napari" in last

@@ -272,3 +272,15 @@ def test_cli_checks_options_first(prediction_file: Path, tmp_path: Path, capsys,
     assert main(["figure", str(prediction_file), "--gene", "G", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_trim_background_cuts_plain_border_bars_only():
+    from napari_histosge.export.figure import trim_background
+
+    image = np.zeros((10, 20, 4), np.uint8)
+    image[2:8, 5:15, :3] = 200  # the data
+    image[4, 9, :3] = 0  # a background-coloured pixel inside the data stays
+    trimmed = trim_background(image, (0, 0, 0))
+    assert trimmed.shape == (6, 10, 4) and trimmed[2, 4, 0] == 0
+    blank = np.zeros((5, 5, 3), np.uint8)
+    assert trim_background(blank, (0, 0, 0)).shape == blank.shape  # nothing shown: left as is

@@ -110,7 +110,9 @@ def test_her2st_b4_open_train_superresolve_view(make_napari_viewer, qtbot, her2s
     viewer_widget = GeneViewerWidget(viewer)
     target = model.genes[0]
     assert viewer_widget.show_gene(target.lower())
-    assert histosge_meta(heat)["gene"] == target and target in spots.features.columns
+    assert histosge_meta(heat)["gene"] == target and not spots.visible  # the measured spots hide under their map
+    spots.visible = True  # shown again by the user: repainted with the gene on screen
+    assert target in spots.features.columns and viewer_widget.legend_layer is heat
     assert np.isfinite(viewer_widget.pcc[heat.name]) and "PCC" in viewer_widget.info.value
     panels = viewer_widget.compare()
     assert [p.name for p in panels if p.name.startswith(target)] == [

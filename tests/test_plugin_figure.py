@@ -116,3 +116,19 @@ def test_a_bad_path_says_so_and_still_restores_the_scale_bar(session, shots, tmp
     assert "figure not written" in status_of(widget.info) and ".bmp" in status_of(widget.info)
     assert napari_scale_bar(viewer).visible is True
     assert not (tmp_path / "fig.bmp").exists()
+
+
+def test_the_figure_has_no_empty_canvas_bars(make_napari_viewer, demo_dir) -> None:
+    """The canvas's background beside the slide is cut away (the pixel size stands)."""
+    from napari_histosge.plugin.widgets.figure_export import canvas_colour, capture
+
+    viewer = make_napari_viewer(show=True)  # drawn: a hidden canvas's screenshot is blank
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    viewer.window.resize(1100, 500)  # a wide window: bars beside the section
+    viewer.reset_view()
+    shot = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    image, um = capture(viewer)
+    assert image.shape[1] < shot.shape[1] and um is not None
+    background = np.asarray(canvas_colour(viewer))
+    for edge in (image[0], image[-1], image[:, 0], image[:, -1]):
+        assert (np.abs(edge[:, :3].astype(int) - background).max(axis=1) > 2).any()  # the data reach every edge

@@ -137,7 +137,8 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     assert set(panels) == {"observed", "predicted", "predicted - observed"}
     [titles] = L.layers_with_role(viewer.layers, ROLE_COMPARE_TITLES)
     shown_titles = list(titles.features["title"])
-    assert [t.split("\n")[0] for t in shown_titles] == ["observed", "predicted", "difference: predicted - observed"]
+    # short single lines: nothing runs into the next panel or the panel below
+    assert shown_titles == ["observed", "predicted", "predicted - observed"]
     assert widget.colorbar.title.startswith(first) and widget.diff_colorbar.title.startswith(first)
     assert widget.diff_colorbar.isVisibleTo(widget.native)
     assert widget.close_compare_button.native.isVisibleTo(widget.native)
@@ -152,6 +153,10 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     assert list(titles.features["title"]) == shown_titles  # the same for every gene: no canvas text re-rendered
     assert widget.colorbar.title.startswith(second) and widget.diff_colorbar.title.startswith(second)
     assert tuple(panels["predicted"].contrast_limits) == pytest.approx(L.robust_range(L.gene_values(pred, second)))
+    # the observed panel has a legend of its own scale, following the gene
+    assert widget.observed_colorbar.isVisibleTo(widget.native) and widget.observed_colorbar.title.startswith(second)
+    assert (widget.observed_colorbar.vmin, widget.observed_colorbar.vmax) == pytest.approx(
+        tuple(panels["observed"].contrast_limits))
     # a gene that is measured but not predicted: the panels hide rather than show the old gene
     assert widget.show_gene("GENE30")
     assert not any(lyr.visible for lyr in L.layers_with_role(viewer.layers, ROLE_COMPARE))
@@ -159,6 +164,7 @@ def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(sessi
     widget.close_compare_button.changed.emit(True)
     assert not L.layers_with_role(viewer.layers, ROLE_COMPARE, ROLE_COMPARE_TITLES)
     assert not widget.close_compare_button.native.isVisibleTo(widget.native)
+    assert not widget.observed_colorbar.isVisibleTo(widget.native)
 
 
 def test_down_enter_on_a_suggestion_shows_its_full_name(session, qtbot, notifications):

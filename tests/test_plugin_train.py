@@ -61,11 +61,14 @@ def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, d
     cancelled_file = widget.checkpoint_path
     assert cancelled_file != finished_file and cancelled_file.is_file()
     assert finished_file.read_bytes() == saved  # the finished model is untouched
-    # the session lists the finished model only, still pointing at its own file
-    assert SESSION_MODELS.names() == [finished] and SESSION_MODELS.get(finished).checkpoint == finished_file
+    # the finished model still points at its own file; the cancelled run's file is offered beside it
+    [_, offered] = SESSION_MODELS.names()
+    assert SESSION_MODELS.get(finished).checkpoint == finished_file
+    entry = SESSION_MODELS.get(offered)
+    assert entry.checkpoint == cancelled_file and entry.model is None and entry.note.startswith("cancelled at epoch")
     status = status_of(widget.status)
-    assert status.startswith("cancelled at epoch") and str(cancelled_file) in status
-    assert "not added to the session" in status
+    assert status.startswith("cancelled at epoch") and str(cancelled_file) in status and offered in status
+    assert entry.load(device="cpu").genes == SESSION_MODELS.get(finished).model.genes  # read when first used
     SESSION_MODELS.clear()
 
 
@@ -203,3 +206,59 @@ def test_stain_normalisation_is_offered_with_image_features_and_reaches_the_run(
     assert widget.stain.native.isHidden() and widget.feature_config().stain == "none"
     widget.extractor.value = "default"
     assert not widget.stain.native.isHidden()
+
+
+def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer, demo_dir, qtbot, tmp_path,
+                                                             notifications):
+    """The demo section holds back too few spots to stop early on; a typed number still runs as typed."""
+    from napari_histosge.models import HisToSGEConfig
+
+    SESSION_MODELS.clear()
+    widget = _quick_widget(make_napari_viewer(), demo_dir, tmp_path)
+    typed = HisToSGEConfig.default_of("schedule_epochs") + 5  # longer than the fixed schedule
+    widget.epochs.value = typed
+    assert "runs as typed" in widget.epochs.tooltip  # said before training
+    widget.start()
+    qtbot.waitUntil(lambda: any(e.stage == "train" for e in widget.events_seen), timeout=WORKER_TIMEOUT_MS)
+    widget.cancel()  # the plan is in the first epoch's event ("epoch 1/N"); no need to train it all
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert {e.total for e in widget.events_seen if e.stage == "train"} == {typed}
+    # left as the form shows it, the model's own rule for small sections applies (its shorter schedule)
+    widget.model_name.value = widget.model_name.value  # the form's value again
+    widget.epochs.value = widget._form_epochs
+    config = widget.train_config()
+    assert config.epochs == widget._form_epochs and config.schedule_epochs == HisToSGEConfig.default_of(
+        "schedule_epochs")
+
+
+def test_the_model_panel_shows_opens_saves_and_renames_models(make_napari_viewer, demo_dir, qtbot, tmp_path):
+    from napari_histosge.io import read_spots
+    from napari_histosge.models import train_config
+    from napari_histosge.pipeline.steps import fit
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+    from napari_histosge.progress import run_to_end
+
+    SESSION_MODELS.clear()
+    checkpoint = tmp_path / "b4.pt"
+    config = train_config("histosge", epochs=2, n_top_genes=8, val_fraction=0.0)
+    run_to_end(fit(read_spots(demo_dir), train_config=config)).save(checkpoint)
+    widget = SuperResolveWidget(make_napari_viewer())
+    panel = widget.models_panel
+    assert "no model yet" in status_of(panel.details)
+    panel.open_model(str(checkpoint))  # read in the background
+    qtbot.waitUntil(lambda: len(SESSION_MODELS.names()) == 1, timeout=WORKER_TIMEOUT_MS)
+    [name] = SESSION_MODELS.names()
+    assert name == "b4 histosge (8 genes)" and panel.models.value == name
+    details = status_of(panel.details)
+    for shown in ("model: histosge", "genes: 8 (", "sections: ", f"file: {checkpoint}"):
+        assert shown in details, shown
+    # rename: the Super-resolve choice follows
+    renamed = panel.rename("a much longer name for the tumour model of section B4")
+    assert SESSION_MODELS.names() == [renamed] and renamed in widget.model.choices
+    view = panel.models.native.view()
+    assert view.minimumWidth() >= panel.models.native.fontMetrics().horizontalAdvance(renamed)  # not cut off
+    # save as: a new file, now the model's own
+    copy = panel.save_as(str(tmp_path / "copy.pt"))
+    assert copy.is_file() and SESSION_MODELS.get(renamed).checkpoint == copy
+    assert f"file: {copy}" in status_of(panel.details)
+    SESSION_MODELS.clear()

@@ -174,7 +174,7 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert any(k == "info" and "Trained" in m for k, m in notifications)
     # The status ends with what the CLI prints after training: the epochs run and how they were chosen.
     assert status_of(widget.status).startswith("done: ")
-    assert "epochs: 2 on every training spot (a fixed schedule" in status_of(widget.status)
+    assert "epochs: 2 on every training spot, as asked (too few spots" in status_of(widget.status)
 
 
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
@@ -230,6 +230,52 @@ def test_train_status_shows_the_validation_score(make_napari_viewer):
     widget._on_event(Progress("train", 6, 10, metrics={"epoch": 6, "loss": 0.4, "val_pcc": 0.25}))
     assert status_of(widget.status) == "epoch 6/10  loss 0.4  validation PCC 0.250"
 
+
+
+def colours_drawn(widget) -> np.ndarray:
+    """The RGB pixels of ``widget`` as drawn now, one row per pixel."""
+    from qtpy.QtGui import QImage
+
+    image = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    bits = image.constBits()
+    bits.setsize(image.sizeInBytes())
+    rows = np.frombuffer(bits, np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, : 3 * image.width()].reshape(-1, 3)
+
+
+def test_the_loss_curve_has_axes_and_a_validation_curve(make_napari_viewer):
+    from napari_histosge.plugin.widgets.loss_curve import LOSS_COLOUR, VALIDATION_COLOUR, X_TITLE
+    from napari_histosge.progress import Progress
+
+    widget = TrainWidget(make_napari_viewer())
+    for k in range(1, 11):  # the engine scores held-back spots every few epochs
+        scored = {"val_pcc": 0.05 * k} if k % 2 == 0 else {}
+        widget._on_event(Progress("train", k, 10, metrics={"epoch": k, "loss": 1.0 / k, **scored}))
+    curve = widget.loss_curve
+    curve.resize(400, curve.minimumHeight())
+    assert curve.epochs == list(range(1, 11)) and [e for e, _ in curve.validation] == [2, 4, 6, 8, 10]
+    drawn = colours_drawn(curve).astype(int)
+    for colour in (LOSS_COLOUR, VALIDATION_COLOUR):
+        assert (np.abs(drawn - colour).max(axis=1) < 40).sum() > 50, colour  # both curves are drawn
+    assert X_TITLE in curve.toolTip() and "validation PCC" in curve.toolTip()
+
+
+def test_the_controls_a_user_asked_about_explain_themselves(make_napari_viewer):
+    from dataclasses import fields
+
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+    from napari_histosge.training.config import TrainConfig, setting_of
+
+    viewer = make_napari_viewer()
+    train, superres, genes = TrainWidget(viewer), SuperResolveWidget(viewer), GeneViewerWidget(viewer)
+    controls = {"epochs": train.epochs, "learning rate": train.lr, "device": train.device,
+                "output folder": train.out_dir, "n genes": train.n_genes, "Start training": train.start_button,
+                "Show gene": genes.show_button, "comparison": genes.compare_button,
+                "Predict on this slide": superres.predict_button, "super-resolve device": superres.device}
+    assert [name for name, control in controls.items() if not control.tooltip] == []
+    declared = {f.name: setting_of(f).help for f in fields(TrainConfig)}  # one text for the form and the CLI
+    assert (train.lr.tooltip, train.device.tooltip, train.n_genes.tooltip) == (
+        declared["lr"], declared["device"], declared["n_top_genes"])
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(demo_dir, tmp_path_factory) -> Path:
@@ -312,3 +358,22 @@ def test_predict_on_a_bare_slide_on_a_µm_grid(make_napari_viewer, demo_dir, dem
     assert status_of(widget.status) == f"{pred.n_obs} grid cells x {pred.n_vars} genes"
     # a bare slide is not offered as spots to super-resolve, spots layers are not offered as bare slides
     assert widget.data.choices == ()
+
+
+def test_the_gene_preview_and_the_final_status_are_not_cut_off(make_napari_viewer, qtbot):
+    from napari_histosge.plugin.widgets.status import MAX_LINES, set_status, status_of
+    from napari_histosge.plugin.widgets.train import gene_preview_text
+
+    viewer = make_napari_viewer(show=True)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    set_status(widget.preview, gene_preview_text([f"GENE{i:03d}" for i in range(300)], "spatially variable", []))
+    widget.preview.visible = True
+    widget.set_status("done: demo (300 genes); saved to /home/someone/histosge-models/demo_histosge_20260101-120000"
+                      ".pt\nepochs: 60 on every training spot (a fixed schedule: too few spots to hold back 50)")
+    qtbot.wait(100)  # the dock lays out
+    for label in (widget.preview, widget.status):
+        native = label.native
+        cap = MAX_LINES * native.fontMetrics().lineSpacing()  # beyond it, the tooltip holds the full text
+        assert native.height() >= min(native.heightForWidth(native.width()), cap), label  # every line shown
+        assert label.tooltip == status_of(label)

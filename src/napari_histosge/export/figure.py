@@ -112,6 +112,22 @@ def _image(image: np.ndarray) -> np.ndarray:
     return arr
 
 
+def trim_background(image: np.ndarray, colour: tuple[float, ...], *, tolerance: int = 2) -> np.ndarray:
+    """``image`` without its border rows and columns of plain ``colour`` (0-255 RGB): a canvas's empty bars.
+
+    A viewer shows the canvas background where the data do not reach (bars beside a slide
+    whose shape differs from the window's); a figure is the data alone. The pixel size is
+    unchanged. An image that is all background is returned as is.
+    """
+    arr = np.asarray(image)
+    rgb = arr[..., :3].astype(np.int16)
+    content = np.abs(rgb - np.asarray(colour[:3], dtype=np.int16)).max(axis=2) > tolerance
+    if not content.any():
+        return arr
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    return arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
 def compose_figure(image_rgba: np.ndarray, *, legend: Legend | None, um_per_image_px: float | None,
                    title: str | None = None) -> Figure:
     """The figure :func:`write_figure` writes (a matplotlib ``Figure``, not tied to any GUI backend)."""

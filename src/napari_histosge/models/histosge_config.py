@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InputError
 from ..training.config import TrainConfig, register_config, setting
@@ -32,7 +33,8 @@ class HisToSGEConfig(TrainConfig):
     carry little (notes/training-defaults.md). ``val_fraction`` also drives early stopping
     (:mod:`napari_histosge.training.early_stopping`): where the validation share would hold
     fewer than ``min_validation_spots`` spots, its score would choose the epoch poorly, and
-    every spot trains for ``schedule_epochs`` instead (:func:`.histosge_fit.epoch_plan`).
+    every spot trains for ``schedule_epochs`` instead (:func:`.histosge_fit.epoch_plan`) —
+    unless epochs were given (:meth:`implied`): a user's epochs are never silently replaced.
     """
 
     MODEL = "histosge"
@@ -57,8 +59,10 @@ class HisToSGEConfig(TrainConfig):
                                      "(0 is off)", least=0, most=1)
     min_validation_spots: int = setting(50, "fewest validation spots the epoch is chosen by; with fewer (a small "
                                         "section), every spot trains for schedule_epochs instead", least=0)
-    schedule_epochs: int = setting(60, "epochs of that fixed schedule (chosen on the shared sections' held-out "
-                                   "curves; at most epochs)", least=1)
+    schedule_epochs: int | None = setting(60, "epochs of that fixed schedule (chosen on the shared sections' "
+                                          "held-out curves; at most epochs); epochs given without it run as given",
+                                          kind=int, optional=True,
+                                          none_means="the epochs asked for", least=1)
     average_from: int | None = setting(None, "keep the average of the weights of every epoch from this one to the "
                                        "last (weight averaging: every spot trains for epochs, no early "
                                        "stopping)", kind=int, optional=True,
@@ -73,6 +77,16 @@ class HisToSGEConfig(TrainConfig):
         if self.average_from is not None and self.average_from > epochs:
             raise InputError(f"training setting average_from ({self.average_from}) must be at most {name} "
                              f"({epochs})")
+
+    @classmethod
+    def implied(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """Epochs given without a schedule run as given, small sections included.
+
+        The fixed schedule stands in for the default epochs only: a user's epochs are never replaced.
+        """
+        if given.get("epochs") is not None and "schedule_epochs" not in given:
+            return {**given, "schedule_epochs": None}
+        return given
 
     def averaged_run(self) -> tuple[str, int]:
         """``(setting, epochs)``: how long the HisToSGE runs whose weights ``average_from`` averages train."""

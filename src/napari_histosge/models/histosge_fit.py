@@ -100,7 +100,8 @@ def epoch_plan(data: TrainingData, config: HisToSGEConfig) -> tuple[int, bool]:
     With a validation share of at least ``config.min_validation_spots`` spots: up to
     ``config.epochs``, early stopping on that share. With fewer (a small section), the
     validation score would choose the epoch poorly: every spot trains for
-    ``config.schedule_epochs`` (at most ``config.epochs``), without validation.
+    ``config.schedule_epochs`` (at most ``config.epochs``; ``config.epochs`` when it is
+    ``None``, as when the epochs were given), without validation.
     ``val_fraction=0`` trains every spot for ``config.epochs``, as the paper, and so does
     weight averaging (``config.average_from``), which keeps the mean of the last epochs.
     """
@@ -109,6 +110,8 @@ def epoch_plan(data: TrainingData, config: HisToSGEConfig) -> tuple[int, bool]:
     rows = validation_rows(data, config)
     if rows is not None and len(rows) >= config.min_validation_spots:
         return config.epochs, True
+    if config.schedule_epochs is None:
+        return config.epochs, False
     return min(config.epochs, config.schedule_epochs), False
 
 

@@ -22,8 +22,10 @@ class HisToSGETrainedModel(TrainedModel):
                     f"{averaged[0]}-{averaged[1]} (weight averaging)")
         if self.meta.get("schedule_epochs") is None:
             return super().training_summary()
-        return (f"epochs: {ran} on every training spot (a fixed schedule: too few spots to hold back "
-                f"{getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch)")
+        why = f"too few spots to hold back {getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch"
+        if getattr(self.config, "schedule_epochs", None) is None:
+            return f"epochs: {ran} on every training spot, as asked ({why})"
+        return f"epochs: {ran} on every training spot (a fixed schedule: {why})"
 
     def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
         """Per-row model inputs at ``positions`` (checked), as :meth:`predict_planned` takes them.

@@ -167,12 +167,13 @@ class TrainConfig:
 
     epochs: int = setting(1000, "training epochs (the most, where a model stops early)", least=1)
     batch_size: int = setting(512, "spots per optimiser step", least=1)
-    lr: float = setting(1e-3, "learning rate", above=0)
+    lr: float = setting(1e-3, "learning rate of the AdamW optimiser (lower it when the loss turns NaN)", above=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", least=0)
     seed: int = setting(0, "random seed (validation split, weights, batches)")
     init_seed: int | None = setting(None, "seed of the initial weights, batch order and jitter", kind=int,
                                     optional=True, none_means="use seed")
-    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps", on_cli=False)
+    device: str = setting("auto", "where the model runs: auto (cuda, then mps, then cpu), cpu, cuda or mps",
+                          on_cli=False)
     n_top_genes: int = setting(1000, "number of genes to predict, ranked by the gene selection", least=1,
                                flag="--n-genes")
     genes: list[str] | None = setting(None, "gene names to predict instead of ranked genes: comma-separated, or "
@@ -227,6 +228,11 @@ class TrainConfig:
         parent = next((b for b in cls.__mro__[1:] if hasattr(b, "__dataclass_fields__")), None)
         inherited = set(getattr(parent, "__dataclass_fields__", {}))
         return [f for f in fields(cls) if f.name not in inherited]
+
+    @classmethod
+    def implied(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The settings ``given`` (by a user: flags or a form) plus what they imply; a model's class may extend it."""
+        return given
 
     @classmethod
     def default_of(cls, name: str) -> Any:
@@ -299,7 +305,7 @@ def make_config(model: str, settings: dict[str, Any]) -> TrainConfig:
 
         raise InputError(f"the {model} model has no setting {', '.join(whose(k) for k in foreign)}; its settings: "
                          f"{', '.join(f.name for f in fields(cls))}")
-    return cls(**settings)
+    return cls(**cls.implied(settings))
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -74,26 +74,24 @@ def panel_geometry(pred, source, *, slide_width_px: float = 0.0) -> Geometry:
 def panels_for(pred, source, gene: str, geometry: Geometry, *, log_source=None) -> list[Panel]:
     """The three panels of ``gene`` on ``geometry``: observed, predicted and their difference.
 
-    Titles say what each panel shows and on which scale, not the gene or its limits (the
-    layer names, the legends and the layer controls do): the same for every gene, so a gene
-    switch never re-renders the canvas text.
+    Observed and predicted each on their own 1st-99th percentile range (a prediction that
+    varies less than the measurement is not flattened on the measurement's scale), the
+    difference centred on 0; the Gene viewer shows a legend for each. Titles are short single
+    lines (longer ones ran into the next panel and the panel below) naming what each panel
+    shows, not the gene or its limits (the layer names and legends do): the same for every
+    gene, so a gene switch never re-renders the canvas text.
     """
     observed = gene_values(source, gene, log_adata=log_source)
     predicted = gene_values(pred, gene)
     diff = predicted - parent_values(pred, source, gene, log_source=log_source)
-    out = []
-    short = {"predicted - observed": "difference"}
-    for label, values, raster, cmap in (("observed", observed, geometry.coarse, HEATMAP_COLORMAP),
-                                         ("predicted", predicted, geometry.fine, HEATMAP_COLORMAP),
-                                         ("predicted - observed", diff, geometry.fine, DIFF_COLORMAP)):
-        if cmap == DIFF_COLORMAP:
-            limits = symmetric_range(values)
-            title = f"{short.get(label, label)}: {label}\nscale centred on 0"
-        else:
-            limits = robust_range(values)
-            title = f"{label}\nits own scale (1-99th percentile)"
-        out.append(Panel(label, raster.with_values(values), limits, cmap, title))
-    return out
+    return [
+        Panel("observed", geometry.coarse.with_values(observed), robust_range(observed), HEATMAP_COLORMAP,
+              "observed"),
+        Panel("predicted", geometry.fine.with_values(predicted), robust_range(predicted), HEATMAP_COLORMAP,
+              "predicted"),
+        Panel("predicted - observed", geometry.fine.with_values(diff), symmetric_range(diff), DIFF_COLORMAP,
+              "predicted - observed"),
+    ]
 
 
 def _slide_width_px(slide: LayerDataTuple | None, mpp: float | None) -> float:
@@ -141,7 +139,7 @@ def comparison_layers(pred, source, gene: str, *, log_source=None,
 def title_layer(pred, source, titles: list[str], geometry: Geometry) -> LayerDataTuple:
     """A Points layer of invisible points at each panel's top-left corner, showing ``titles`` above it."""
     xy = np.r_[np.asarray(pred.obsm["spatial"], np.float64), np.asarray(source.obsm["spatial"], np.float64)]
-    top = min(0.0, float(xy[:, 1].min()) - nn_spacing(xy)) - 0.02 * geometry.shift_px  # above the slide
+    top = min(0.0, float(xy[:, 1].min()) - nn_spacing(xy)) - 0.04 * geometry.shift_px  # above the slide
     left = min(0.0, float(xy[:, 0].min()) - nn_spacing(xy))
     mpp = um_per_px(source) or um_per_px(pred)
     u = mpp or 1.0
@@ -149,7 +147,7 @@ def title_layer(pred, source, titles: list[str], geometry: Geometry) -> LayerDat
     return (rc, {
         "name": "comparison titles", "size": 1, "face_color": "transparent", "border_width": 0,
         "features": pd.DataFrame({"title": titles}),
-        "text": {"string": "{title}", "color": "white", "size": 10, "anchor": "lower_left"},
+        "text": {"string": "{title}", "color": "white", "size": 10, "anchor": "upper_left"},
         "scale": (u, u), **world_frame(mpp),
         "metadata": {META_KEY: {"role": ROLE_COMPARE_TITLES}},
     }, "points")

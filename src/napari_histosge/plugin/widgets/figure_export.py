@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...export.figure import FIGURE_SUFFIXES, Legend, figure_format, write_figure
+from ...export.figure import FIGURE_SUFFIXES, Legend, figure_format, trim_background, write_figure
 
 #: The file dialog's filters, one per format.
 FILE_FILTERS = "PNG image (*.png);;SVG vector figure (*.svg);;PDF document (*.pdf)"
@@ -103,13 +103,21 @@ def colorbar_legend(colorbar) -> Legend | None:
 
 
 def capture(viewer, pixel_ratio: float = 1.0) -> tuple[np.ndarray, float | None]:
-    """The canvas as shown, without napari's scale bar, and micrometres per pixel of that image.
+    """The canvas as shown, without napari's scale bar or the empty bars beside the data, and µm per pixel.
 
     ``pixel_ratio`` is the screen's device pixel ratio, used when napari's canvas size is stale.
     """
     with scale_bar_hidden(viewer):
         image = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
-    return image, um_per_screenshot_px(viewer, image.shape, fallback_ratio=pixel_ratio)
+    um = um_per_screenshot_px(viewer, image.shape, fallback_ratio=pixel_ratio)
+    return trim_background(image, canvas_colour(viewer)), um
+
+
+def canvas_colour(viewer) -> tuple[int, int, int]:
+    """The canvas background of the viewer's theme, 0-255 RGB (what napari draws where no layer is)."""
+    from napari.utils.theme import get_theme
+
+    return tuple(int(c) for c in get_theme(viewer.theme).canvas.as_rgb_tuple()[:3])  # type: ignore[return-value]
 
 
 def export_figure(viewer, colorbar, path: str | Path) -> Path:

@@ -106,8 +106,12 @@ class GeneViewerWidget(Container):
         self.viewer = viewer
         self.search = LineEdit(value="", tooltip="type a gene name; suggestions appear as you type")
         self.search.native.setPlaceholderText("gene (type to search)...")
-        self.show_button = PushButton(text="Show gene")
-        self.compare_button = PushButton(text="Observed | predicted | difference")
+        self.show_button = PushButton(text="Show gene", tooltip="colour every spots layer and map by the gene in "
+                                                                "the box (Enter does the same)")
+        self.compare_button = PushButton(text="Observed | predicted | difference",
+                                         tooltip="side by side: the measured spots, the prediction averaged over "
+                                                 "each spot, and their difference for this gene (needs predictions "
+                                                 "and the spots they came from)")
         self.close_compare_button = PushButton(text="Close comparison", visible=False)
         self.export_button = PushButton(text="Export figure…", tooltip="save the canvas as shown with this legend "
                                         "and a scale bar (PNG, SVG or PDF)")
@@ -115,8 +119,11 @@ class GeneViewerWidget(Container):
         self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button,
                      self.export_button, self.info])
         self.colorbar = ColorBar()
+        self.observed_colorbar = ColorBar()  # the comparison's observed panel: a scale of its own
         self.diff_colorbar = ColorBar()  # the difference panel's diverging scale
-        self.diff_colorbar.setVisible(False)
+        for bar in (self.observed_colorbar, self.diff_colorbar):
+            bar.setVisible(False)
+        self.native.layout().addWidget(self.observed_colorbar)
         self.native.layout().addWidget(self.colorbar)
         self.native.layout().addWidget(self.diff_colorbar)
 
@@ -473,6 +480,7 @@ class GeneViewerWidget(Container):
                 if layer.visible:
                     layer.visible = False
             self.diff_colorbar.setVisible(False)
+            self.observed_colorbar.setVisible(False)
             message = f"gene '{gene}' is not both measured and predicted" + (
                 "; comparison panels hidden" if panels else "")
             show_warning(message)
@@ -530,17 +538,19 @@ class GeneViewerWidget(Container):
 
     def _comparison_opened(self, gene: str, layers: list) -> None:
         images = {histosge_meta(lyr).get("panel"): lyr for lyr in layers if histosge_meta(lyr).get("gene")}
-        diff = images.get("predicted - observed")
-        if diff is not None:
-            lo, hi = diff.contrast_limits
-            self.diff_colorbar.set_range(f"{gene} predicted - observed", lo, hi, colormap=diff.colormap, units=UNITS)
-            self.diff_colorbar.setVisible(True)
+        for label, bar in (("observed", self.observed_colorbar), (DIFF_PANEL, self.diff_colorbar)):
+            panel = images.get(label)
+            if panel is not None:
+                lo, hi = panel.contrast_limits
+                bar.set_range(f"{gene} {label}", lo, hi, colormap=panel.colormap, units=UNITS)
+                bar.setVisible(True)
         if "predicted" in images:
             self._bind_legend(images["predicted"])
         self.close_compare_button.visible = True
 
     def _comparison_closed(self) -> None:
         self.diff_colorbar.setVisible(False)
+        self.observed_colorbar.setVisible(False)
         self.close_compare_button.visible = False
 
     def close_comparison(self) -> None:

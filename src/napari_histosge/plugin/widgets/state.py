@@ -11,12 +11,42 @@ from psygnal import Signal
 
 @dataclass
 class SessionModel:
-    """A trained model with where its checkpoint lives and the data it was trained on."""
+    """A trained (or opened) model with where its checkpoint lives and the data it was trained on.
+
+    ``model`` is ``None`` for a file offered but not loaded yet (a cancelled run's last
+    finished epoch): :meth:`load` reads it when it is first used.
+    """
 
     name: str
     model: Any  # napari_histosge.training.trained_model.TrainedModel
     checkpoint: Path | None
     adata: Any = None
+    note: str = ""  # e.g. "cancelled at epoch 12/60"
+
+    def load(self, device: str = "auto"):
+        """The model, read from :attr:`checkpoint` the first time when only the file is known."""
+        if self.model is None:
+            from ...models import load_model
+
+            self.model = load_model(self.checkpoint, device=device)
+        return self.model
+
+    def describe(self) -> str:
+        """Model kind, genes, sections and file, in one text (the model panel's details)."""
+        lines = [self.name + (f" ({self.note})" if self.note else "")]
+        if self.model is not None:
+            genes = list(self.model.genes)
+            meta = getattr(self.model, "meta", {}) or {}
+            sections = [str(s.get("name")) for s in meta.get("sections") or []] or (
+                [Path(str(meta["source"])).name] if meta.get("source") else [])
+            lines += [f"model: {self.model.config.model}",
+                      f"genes: {len(genes)} ({', '.join(genes[:8])}{', ...' if len(genes) > 8 else ''})",
+                      f"sections: {', '.join(sections) or 'unknown'}"]
+        else:
+            lines.append("not loaded yet: read from its file when used")
+        lines.append(f"file: {self.checkpoint}" if self.checkpoint is not None
+                     else "file: none (Save as... writes one)")
+        return "\n".join(lines)
 
 
 class _Registry:
@@ -32,6 +62,17 @@ class _Registry:
             name, k = f"{entry.name} #{k}", k + 1
         entry.name = name
         self._models[name] = entry
+        self.changed.emit()
+        return name
+
+    def rename(self, old: str, new: str) -> str:
+        """Give model ``old`` the name ``new`` (suffixed ``#2`` ... on a clash); returns the name given."""
+        wanted = new.strip() or old
+        name, k = wanted, 2
+        while name in self._models and name != old:
+            name, k = f"{wanted} #{k}", k + 1
+        self._models = {(name if key == old else key): entry for key, entry in self._models.items()}
+        self._models[name].name = name
         self.changed.emit()
         return name
 

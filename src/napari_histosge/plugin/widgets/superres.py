@@ -24,9 +24,10 @@ from .layers import (
     layers_with_role,
     prediction_layers,
 )
+from .models_panel import ModelPanel
 from .state import SESSION_MODELS
 from .status import set_status, status_label
-from .train import DEVICES, scheduler_value, spots_layer_choices, warm_up_imports
+from .train import DEVICES, scheduler_value, setting_tip, spots_layer_choices, warm_up_imports
 from .worker import Outcome, start_job, status_text
 
 if TYPE_CHECKING:
@@ -133,8 +134,9 @@ class SuperResolveWidget(Container):
         self.viewer = viewer
         self.data = ComboBox(label="data", choices=lambda _w: spots_layer_choices(viewer),
                              tooltip="spots layer whose slide is super-resolved")
+        self.models_panel = ModelPanel()
         self.model = ComboBox(label="model", choices=lambda _w: SESSION_MODELS.names() + [FROM_FILE],
-                              tooltip="a model trained in this session, or a checkpoint file")
+                              tooltip="a model of this session (the panel above lists them), or a checkpoint file")
         self.checkpoint = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt")
         self.positions = ComboBox(label="positions", choices=[LATTICE, GRID], value=LATTICE,
                                   tooltip="N-fold lattice: N positions per measured spot (every model); grid: "
@@ -150,11 +152,13 @@ class SuperResolveWidget(Container):
                                             "they reproduce it within its counting noise (no holes where a sparse "
                                             "gene was counted 0 times, but spots lean toward their neighbours); "
                                             "none: the model alone")
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
                                           "a dask LocalCluster; or a scheduler address such as tcp://host:8786")
-        self.run_button = PushButton(text="Super-resolve")
+        self.run_button = PushButton(text="Super-resolve", tooltip="predict the chosen spots layer's section at the "
+                                                                   "chosen positions in the background; the map "
+                                                                   "opens on the Gene viewer's gene")
         self.slide = ComboBox(label="bare slide", choices=lambda _w: bare_slide_choices(viewer),
                               tooltip="a slide image opened without spots (an unmeasured H&E) to predict on")
         self.slide_positions = ComboBox(label="slide positions", choices=[SLIDE_LATTICE, SLIDE_GRID],
@@ -167,10 +171,12 @@ class SuperResolveWidget(Container):
         self.slide_mpp = FloatSpinBox(label="slide µm/px", min=0.0, max=100.0, step=0.01, value=0.0,
                                       tooltip="the slide's pixel size; 0: from its file (unknown: the training "
                                               "slides')")
-        self.predict_button = PushButton(text="Predict on this slide")
+        self.predict_button = PushButton(text="Predict on this slide",
+                                         tooltip="predict the chosen bare slide (no spots) with the chosen model at "
+                                                 "the slide positions in the background")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
-        self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
+        self.extend([self.models_panel, self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
                      self.tissue_only, self.consistency, self.device, self.scheduler, self.run_button,
                      self.slide, self.slide_positions, self.slide_grid_um, self.slide_mpp, self.predict_button,
                      self.cancel_button, self.status])
@@ -193,8 +199,8 @@ class SuperResolveWidget(Container):
 
     def _models_changed(self) -> None:
         self.reset_choices()
-        names = SESSION_MODELS.names()
-        if names:  # the newest model is the likely next step
+        names = [n for n in SESSION_MODELS.names() if not SESSION_MODELS.get(n).note]  # type: ignore[union-attr]
+        if names:  # the newest finished model is the likely next step (not a cancelled run's file)
             self.model.value = names[-1]
 
     def _sync_visibility(self, *_: Any) -> None:
@@ -254,7 +260,7 @@ class SuperResolveWidget(Container):
         def load():
             from ...models import load_model
 
-            return entry.model if entry is not None else load_model(path, device=device)
+            return entry.load(device) if entry is not None else load_model(path, device=device)
 
         return load
 

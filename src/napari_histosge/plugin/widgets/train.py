@@ -7,6 +7,7 @@ runs the core generator through :func:`._worker.start_job` and shows what it yie
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from ...progress import CancelToken, Progress
 from ..reader import low_resolution_message
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
+from .models_panel import session_name
 from .state import SESSION_MODELS, SessionModel
 from .status import set_status, status_label
 from .worker import Outcome, preload_torch, start_job, status_text
@@ -42,15 +44,26 @@ GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST = ("spatially variable", "highl
                                                     "my gene list")
 GENE_METHOD = {GENES_SPATIAL: "spatial", GENES_HVG: "hvg", GENES_BOTH: "hvg+spatial"}
 #: Gene names shown in the preview before "and N more".
-PREVIEW_GENES = 40
+PREVIEW_GENES = 24
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
 #: The form's epochs for HisToSGE: fewer than the paper's 1000, which take long on a CPU.
 HISTOSGE_EPOCHS = 200
+#: The epochs box's tooltip: what runs when it is left alone, and when a number is typed.
+EPOCHS_TIP = ("the most training epochs. Left as shown, a model may train fewer: it stops early on its held-back "
+              "spots, or trains a shorter fixed schedule on a section too small to hold spots back (the status "
+              "says 'epoch k/N'). A number you type runs as typed on a small section too (as --epochs).")
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
+
+
+def setting_tip(name: str) -> str:
+    """The declared help of the shared training setting ``name`` (one text for the form, the CLI and the docs)."""
+    from ...training.config import TrainConfig, setting_of
+
+    return setting_of(TrainConfig.__dataclass_fields__[name]).help
 
 
 def warm_up_imports(modules=START_IMPORTS) -> None:
@@ -149,7 +162,7 @@ class TrainWidget(Container):
                                            "section's markers); highly variable: dispersion, as the paper; both: "
                                            "the best of each gene's two ranks; my gene list: exactly the genes "
                                            "entered below")
-        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300)
+        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300, tooltip=setting_tip("n_top_genes"))
         self.markers = LineEdit(label="always include", value="",
                                 tooltip="genes always predicted besides the ranked ones (e.g. ERBB2, GRB7), "
                                         "separated by commas")
@@ -165,14 +178,21 @@ class TrainWidget(Container):
                              tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
                                      "fine-tune on this section (the conditioned model starts its image "
                                      "companion from it); its genes and features are kept")
-        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT)
+        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS, tooltip=EPOCHS_TIP)
+        self._form_epochs = HISTOSGE_EPOCHS  # the value the form chose; another is the user's
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
+                               tooltip=setting_tip("lr"))
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
+        self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT,
+                                tooltip="where each run writes its own checkpoint (.pt), named after the data, "
+                                        "the model and the time; a finished model is never overwritten")
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: extract features in napari's process; 'local': a dask "
                                           "LocalCluster; or a scheduler address such as tcp://host:8786")
-        self.start_button = PushButton(text="Start training")
+        self.start_button = PushButton(text="Start training",
+                                       tooltip="extract features, rank the genes and train in the background; "
+                                               "progress and the loss curve below; Cancel keeps the last finished "
+                                               "epoch in this run's own file")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
@@ -242,7 +262,8 @@ class TrainWidget(Container):
         from ...training.config import config_class
 
         default = config_class(str(self.model_name.value)).default_of("epochs")
-        self.epochs.value = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
+        self._form_epochs = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
+        self.epochs.value = self._form_epochs
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -285,9 +306,14 @@ class TrainWidget(Container):
             raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
         genes = names if mode == GENES_LIST else None
         include = names if mode != GENES_LIST and names else None
-        return train_config(str(self.model_name.value), epochs=int(self.epochs.value), lr=float(self.lr.value),
-                            device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
-                            include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
+        epochs = int(self.epochs.value)
+        typed = epochs != self._form_epochs
+        config = train_config(str(self.model_name.value), epochs=epochs if typed else None, lr=float(self.lr.value),
+                              device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
+                              include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
+        # Typed epochs are given (and run as typed, as the CLI's --epochs); the form's own value
+        # stands in for the model's default, which a model may shorten on a small section.
+        return config if typed else replace(config, epochs=epochs)
 
     def gene_names(self) -> list[str]:
         """The names typed (the gene list, or the genes always included) plus those of the gene file."""
@@ -424,7 +450,9 @@ class TrainWidget(Container):
     def _on_event(self, event: Progress) -> None:
         self.events_seen.append(event)
         if event.stage == "train" and "loss" in event.metrics:
-            self.loss_curve.append(float(event.metrics["loss"]))
+            val = event.metrics.get("val_pcc")
+            self.loss_curve.append(float(event.metrics["loss"]), event.step,
+                                   None if val is None else float(val))
             text = f"epoch {event.step}/{event.total}  loss {event.metrics['loss']:.4g}"
             if "val_pcc" in event.metrics:  # early stopping's score on the held-back spots
                 text += f"  validation PCC {event.metrics['val_pcc']:.3f}"
@@ -442,6 +470,7 @@ class TrainWidget(Container):
         self.last_outcome = outcome
         self._finish()
         if outcome.cancelled:
+            self._offer_cancelled_file()
             self.set_status(self.cancelled_text())
             show_info(f"Training {self.cancelled_text()}")
             return
@@ -451,7 +480,7 @@ class TrainWidget(Container):
             return
         model = outcome.value
         self.last_model = model
-        name = SESSION_MODELS.add(SessionModel(name=f"{self._library} ({len(model.genes)} genes)", model=model,
+        name = SESSION_MODELS.add(SessionModel(name=session_name(model, self._library), model=model,
                                                checkpoint=self.checkpoint_path, adata=self._adata))
         self.set_status(f"done: {name}; saved to {self.checkpoint_path}\n{model.training_summary()}")
         show_info(f"Trained '{name}'; checkpoint {self.checkpoint_path}")
@@ -460,12 +489,23 @@ class TrainWidget(Container):
         self._finish()
         self.set_status(f"failed: {exc.__class__.__name__}: {exc}")
 
+    def _reached(self) -> str:
+        epochs = [e for e in self.events_seen if e.stage == "train"]
+        return f"at epoch {epochs[-1].step}/{epochs[-1].total}" if epochs else "before training began"
+
+    def _offer_cancelled_file(self) -> None:
+        """Offer a cancelled run's file (its last finished epoch) among the session's models, read when used."""
+        path = self.checkpoint_path
+        if path is not None and path.is_file():
+            self._cancelled_name = SESSION_MODELS.add(SessionModel(
+                name=f"{self._library} {self.model_name.value} (cancelled)", model=None, checkpoint=path,
+                adata=self._adata, note=f"cancelled {self._reached()}"))
+
     def cancelled_text(self) -> str:
         """What a cancel left: how far the run got, and the file that keeps its last finished epoch."""
-        epochs = [e for e in self.events_seen if e.stage == "train"]
-        reached = f" at epoch {epochs[-1].step}/{epochs[-1].total}" if epochs else " before training began"
+        reached = self._reached()
         path = self.checkpoint_path
         if path is None or not path.is_file():
-            return f"cancelled{reached}; no epoch had finished, so nothing was saved"
-        return (f"cancelled{reached}; its last finished epoch is kept in {path} (this run's own file; "
-                "not added to the session's models: pick it as a checkpoint file in Super-resolve)")
+            return f"cancelled {reached}; no epoch had finished, so nothing was saved"
+        return (f"cancelled {reached}; its last finished epoch is kept in {path} (this run's own file), offered "
+                f"in Super-resolve's models as '{getattr(self, '_cancelled_name', path.name)}'")
