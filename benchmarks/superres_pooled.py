@@ -220,6 +220,11 @@ def aggregate(payloads: list[dict]) -> dict:
                                       for m in ("pcc", "within_bin_pcc", "deviance")} for k in GENE_SETS}
                 if label != "smoothing":
                     methods[label]["seconds"] = summary([x["seconds"] for x in per_seed])
+            if "smoothing" in methods:  # per seed, each method minus the smoothing, averaged
+                for m in methods.values():
+                    m["minus_smoothing"] = {k: float(np.mean(np.subtract(m[k]["pcc"]["values"],
+                                                                         methods["smoothing"][k]["pcc"]["values"])))
+                                            for k in GENE_SETS}
             rows.append({"section": p["section"], "factor": r["factor"], "bins": runs[0]["bins"],
                          "spots": r["spots"], "seeds": [s["seed"] for s in runs], "smoothing_sigma": sigma,
                          "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
