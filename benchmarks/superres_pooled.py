@@ -244,7 +244,7 @@ def render(payload: dict) -> str:
         "spots), the PCC a predictor of each spot's expected expression would reach against half B. "
         "'smoothing': Gaussian smoothing of the bins, its bandwidth (σ, spot spacings) chosen on the other "
         "sections' runs (same F where another section has it). 'copy': the spot's own bin; 'interpolation': "
-        "inverse-distance mean of the 4 nearest bins.",
+        "inverse-distance mean of the 4 nearest bins. A blank cell: that model was not run on the section.",
         "",
         machines_line(list(payload["machines"].values())),
         "Wall time of each section's process, every seed (a second process where a model was added later): "
