@@ -220,6 +220,11 @@ def aggregate(payloads: list[dict]) -> dict:
                                       for m in ("pcc", "within_bin_pcc", "deviance")} for k in GENE_SETS}
                 if label != "smoothing":
                     methods[label]["seconds"] = summary([x["seconds"] for x in per_seed])
+            if "smoothing" in methods:  # per seed, each method minus the smoothing, averaged
+                for m in methods.values():
+                    m["minus_smoothing"] = {k: float(np.mean(np.subtract(m[k]["pcc"]["values"],
+                                                                         methods["smoothing"][k]["pcc"]["values"])))
+                                            for k in GENE_SETS}
             rows.append({"section": p["section"], "factor": r["factor"], "bins": runs[0]["bins"],
                          "spots": r["spots"], "seeds": [s["seed"] for s in runs], "smoothing_sigma": sigma,
                          "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
@@ -239,7 +244,7 @@ def render(payload: dict) -> str:
         "spots), the PCC a predictor of each spot's expected expression would reach against half B. "
         "'smoothing': Gaussian smoothing of the bins, its bandwidth (σ, spot spacings) chosen on the other "
         "sections' runs (same F where another section has it). 'copy': the spot's own bin; 'interpolation': "
-        "inverse-distance mean of the 4 nearest bins.",
+        "inverse-distance mean of the 4 nearest bins. A blank cell: that model was not run on the section.",
         "",
         machines_line(list(payload["machines"].values())),
         "Wall time of each section's process, every seed (a second process where a model was added later): "
