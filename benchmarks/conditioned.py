@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         feats = run_to_end(spot_features(adata, FeatureConfig()))
         runs = [(VARIANTS[v][0], replace(base, **VARIANTS[v][1]), VARIANTS[v][2]) for v in args.variants]
         if args.histosge_epochs:
-            runs.append(("HisToSGE", train_config(epochs=args.histosge_epochs, seed=args.seed, gene_selection="hvg"),
+            runs.append(("HisToSGE", train_config(epochs=args.histosge_epochs, seed=args.seed, gene_selection="hvg",
+                                                   schedule_epochs=train_config().schedule_epochs),
                          True))
         for i, (label, cfg, image) in enumerate(runs):
             t0 = time.perf_counter()

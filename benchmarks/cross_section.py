@@ -141,7 +141,10 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
                      "ceiling_hvg": _ceiling(everywhere, hvg_here), "best_epoch": epoch, "wall_s": wall})
     for name in [] if args.he_only else args.models:
         # HisToSGE's epochs are the run's; the conditioned model keeps its own (and its companion takes HisToSGE's).
-        epochs = {"epochs": args.epochs} if name == "histosge" else {"histosge_epochs": args.epochs}
+        # As the product runs it: the small sections keep HisToSGE's fixed schedule (epochs given
+        # to train_config would otherwise run as given).
+        epochs = ({"epochs": args.epochs, "schedule_epochs": HisToSGEConfig.default_of("schedule_epochs")}
+                  if name == "histosge" else {"histosge_epochs": args.epochs})
         same = train_config(name, seed=SEED, genes=scored_genes, **epochs)
         label = MODEL_LABELS[name]
         if scored_genes == model.genes:  # the prior needs all its genes measured here

@@ -115,10 +115,10 @@ def trained_prediction(label: str, pooled, adata_a, genes: list[str]) -> np.ndar
     """Train ``label`` on the half-A bins, predict every spot (with half A's data only)."""
     model_name, settings = TRAINED[label]
     config = hs.train_config(model_name, genes=genes, **settings)
-    model = hs.run(hs.fit(pooled.bins, train_config=config))
+    model = hs.fit(pooled.bins, train_config=config)
     diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
-    pred = hs.run(hs.predict_spots(model, adata_a, positions=np.asarray(adata_a.obsm["spatial"]),
-                                   position_ids=list(adata_a.obs_names), diameter=diameter))
+    pred = hs.predict_spots(model, adata_a, positions=np.asarray(adata_a.obsm["spatial"]),
+                            position_ids=list(adata_a.obs_names), diameter=diameter)
     return np.asarray(pred[:, genes].X, np.float64)
 
 
