@@ -1,7 +1,8 @@
 """Every .h5ad output opens in scanpy's and squidpy's spatial plots as it is, with the H&E under the points.
 
 The outputs are written by the command line from small quick models of the generated demo
-section: predictions at the measured spots, a 2-fold lattice and a sub-spot grid map.
+section: predictions at the measured spots, a 2-fold lattice, a sub-spot grid map and the
+hidden spots of ``recover``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from napari_histosge.export.scanpy_spatial import (
 matplotlib.use("Agg")
 
 FAST = ["--epochs", "2", "--n-genes", "8", "--quiet"]
-KINDS = ("spots", "lattice", "grid")
+KINDS = ("spots", "lattice", "grid", "recover")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def outputs(demo_dir: Path, tmp_path_factory) -> dict[str, Path]:
                  "--quiet"]) == 0
     assert main(["superresolve", str(subspot), str(demo_dir), "--mask", "none", "--out", str(paths["grid"]),
                  "--quiet"]) == 0
+    assert main(["recover", str(demo_dir), "--out", str(paths["recover"]), *FAST]) == 0
     return paths
 
 
