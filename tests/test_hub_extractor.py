@@ -122,7 +122,26 @@ def _mismatched(hub_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
+def _config_edited(hub_dir: Path, tmp_path: Path, name: str, **changes) -> Path:
+    """The tiny ViT's folder with ``config.json`` entries replaced (``pretrained_cfg`` keys when nested)."""
+    folder = tmp_path / name
+    shutil.copytree(hub_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if key in ("input_size", "mean", "std"):
+            config.setdefault("pretrained_cfg", {})[key] = value
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 REFUSALS = {
+    "model_args a list": (lambda d, t: _config_edited(d, t, "args", model_args=["depth", 3]),
+                          "model_args is not an object"),
+    "input size a number": (lambda d, t: _config_edited(d, t, "size", input_size=224), "input_size must be a list"),
+    "mean a number": (lambda d, t: _config_edited(d, t, "mean", mean=0.5), "mean must be three numbers"),
+    "weights a file": (lambda d, t: d / "model.safetensors", "not a file"),
     "no config": (lambda d, t: _without(d, t, "config.json"), "has no config.json"),
     "no weights": (lambda d, t: _without(d, t, "model.safetensors"), "has no weights"),
     "mismatch": (_mismatched, "does not fit vit_small_patch16_224"),

@@ -90,3 +90,21 @@ def test_a_callback_can_cancel(demo, tiny_model) -> None:
 def test_bad_progress_argument_is_refused(demo, tiny_model) -> None:
     with pytest.raises(TypeError, match="progress must be"):
         hs.predict_spots(tiny_model, demo, progress="yes")
+
+
+def test_a_raising_callback_closes_the_step() -> None:
+    closed = []
+
+    def step():
+        try:
+            yield hs.Progress("work", 0, 2)
+            yield hs.Progress("work", 1, 2)
+        finally:
+            closed.append(True)
+
+    def stop(event: hs.Progress) -> None:
+        raise hs.CancelledError("stopped")
+
+    with pytest.raises(hs.CancelledError):
+        hs.run(step(), stop)
+    assert closed == [True]

@@ -9,7 +9,7 @@ Examples
 --------
 >>> import napari_histosge as hs
 >>> spots = hs.read_spots("her2st/B4")                              # doctest: +SKIP
->>> model = hs.fit(spots, train_config=hs.HisToSGEConfig(epochs=200), progress=True)   # doctest: +SKIP
+>>> model = hs.fit(spots, train_config=hs.train_config("histosge", epochs=200), progress=True)   # doctest: +SKIP
 >>> superres = hs.superresolve(model, spots, 4)                    # doctest: +SKIP
 
 Each long step also has a generator form in :mod:`napari_histosge.steps` that yields progress

@@ -171,9 +171,12 @@ def drive(gen: ProgressGenerator[T], progress: ProgressOption = False) -> T:
         return run_to_end(gen)
     if not callable(progress):
         raise TypeError(f"progress must be True, False or a callable taking a Progress event, got {progress!r}")
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        progress(event)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            progress(event)
+    finally:
+        gen.close()  # a callback that raises (to cancel) still releases the step's slides and pools

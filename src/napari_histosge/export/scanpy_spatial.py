@@ -125,7 +125,8 @@ def scanpy_spatial(adata) -> dict[str, Any]:
     if slide is not None:
         try:
             hires, hires_scalef = read_downsampled(slide[0], slide[1], HIRES_MAX_PX)
-        except InputError as exc:  # an unreadable slide must not lose the prediction: points without the H&E
+        except (InputError, OSError, ValueError, MemoryError) as exc:
+            # an unreadable slide must not lose the prediction: points without the H&E
             warnings.warn(f"the slide is not copied into uns['spatial'] ({exc})", stacklevel=2)
         else:
             lowres = _shrink(hires, LOWRES_MAX_PX)

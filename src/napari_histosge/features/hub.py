@@ -64,6 +64,9 @@ def read_hub_config(folder: str | os.PathLike) -> dict[str, Any]:
         If the folder is missing, holds no ``config.json``, or the file is not a timm model's.
     """
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise InputError("a hub model's weights are its folder: give the folder holding config.json and the "
+                         "weights, not a file", folder)
     if not folder.is_dir():
         raise InputError("the hub model folder does not exist (give the folder holding config.json and the "
                          "weights)", folder)
@@ -78,11 +81,28 @@ def read_hub_config(folder: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("architecture"), str):
         raise InputError(f"{CONFIG_FILE} names no timm 'architecture': not a timm model (a transformers model "
                          "such as Phikon-v2 is not loaded by timm)", path)
-    pretrained = raw.get("pretrained_cfg") if isinstance(raw.get("pretrained_cfg"), dict) else {}
+    pretrained: dict[str, Any] = raw["pretrained_cfg"] if isinstance(raw.get("pretrained_cfg"), dict) else {}
+    _check_preprocessing(pretrained, path)
+    if not isinstance(raw.get("model_args") or {}, dict):
+        raise InputError(f"{CONFIG_FILE}'s model_args is not an object of timm keyword arguments", path)
     model_args = dict(raw.get("model_args") or {})
     pool = model_args.pop("global_pool", raw.get("global_pool"))
     return {"architecture": raw["architecture"], "model_args": model_args, "pretrained_cfg": pretrained,
             "global_pool": pool}
+
+
+def _check_preprocessing(pretrained: dict[str, Any], path: Path) -> None:
+    """One line for a ``pretrained_cfg`` whose input size, mean or std is not of the shape timm writes."""
+    size = pretrained.get("input_size", (3, 224, 224))
+    if not (isinstance(size, (list, tuple)) and size and all(isinstance(v, int) and v > 0 for v in size)):
+        raise InputError(f"{CONFIG_FILE}'s pretrained_cfg.input_size must be a list such as [3, 224, 224], "
+                         f"got {size!r}", path)
+    for key in ("mean", "std"):
+        value = pretrained.get(key, IMAGENET_MEAN)
+        if not (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(isinstance(v, (int, float)) for v in value)):
+            raise InputError(f"{CONFIG_FILE}'s pretrained_cfg.{key} must be three numbers (one per channel), "
+                             f"got {value!r}", path)
 
 
 def hub_weights_file(folder: str | os.PathLike) -> str:

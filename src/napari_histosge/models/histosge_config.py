@@ -34,7 +34,10 @@ class HisToSGEConfig(TrainConfig):
     (:mod:`napari_histosge.training.early_stopping`): where the validation share would hold
     fewer than ``min_validation_spots`` spots, its score would choose the epoch poorly, and
     every spot trains for ``schedule_epochs`` instead (:func:`.histosge_fit.epoch_plan`) —
-    unless epochs were given (:meth:`implied`): a user's epochs are never silently replaced.
+    unless epochs were given to :func:`~napari_histosge.models.train_config`, ``--epochs`` or
+    the Train widget (:meth:`implied`): a user's epochs are never silently replaced. Built
+    directly, the class keeps its ``schedule_epochs``; give ``schedule_epochs=None`` to run
+    exactly ``epochs``.
     """
 
     MODEL = "histosge"
