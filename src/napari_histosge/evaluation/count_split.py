@@ -19,8 +19,12 @@ from ..errors import InputError
 
 def integer_counts(x: Any) -> sp.csr_matrix:
     """``x`` as a CSR matrix of int64 counts, or an InputError saying why it is not raw counts."""
-    matrix = sp.csr_matrix(x)
-    values = matrix.data
+    try:
+        matrix = sp.csr_matrix(x)
+        values = np.asarray(matrix.data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the counts are not a numeric matrix ({type(exc).__name__}): raw counts are "
+                         "expected") from None
     if values.size and not np.all(np.isfinite(values)):
         raise InputError("the count matrix contains NaN or infinite values; raw counts are expected")
     if values.size and values.min() < 0:
