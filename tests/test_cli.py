@@ -119,6 +119,7 @@ def test_unknown_gene(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_recover_on_real_section(her2st_b4: Path, tmp_path: Path) -> None:
     out = tmp_path / "b4.h5ad"
     assert main(["recover", str(her2st_b4), "--out", str(out), "--epochs", "20", "--n-genes", "100", "--quiet"]) == 0
@@ -128,6 +129,7 @@ def test_recover_on_real_section(her2st_b4: Path, tmp_path: Path) -> None:
     assert "metrics_summary" in pred.uns
 
 
+@pytest.mark.slow
 def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "30", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -135,6 +137,7 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "demo" / "superres_4x.h5ad").exists()
 
 
+@pytest.mark.slow
 def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "c.pt"

@@ -97,7 +97,8 @@ def test_predict_on_damaged_checkpoint_exits_2(good_checkpoint: Path, tmp_path: 
     data = good_checkpoint.read_bytes()
     bad.write_bytes(_xor_bytes(data, np.random.default_rng(7).choice(len(data), 50, replace=False)))
     out = tmp_path / "pred.h5ad"
-    assert main(["predict", str(bad), str(tmp_path), "--out", str(out), "--quiet"]) == EXIT_INPUT_ERROR
+    section = make_st_v1(tmp_path / "sec")["folder"]
+    assert main(["predict", str(bad), str(section), "--out", str(out), "--quiet"]) == EXIT_INPUT_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "damaged.pt" in err and not out.exists()
 
@@ -110,7 +111,8 @@ def test_predict_refuses_a_model_with_nan_weights(good_checkpoint: Path, tmp_pat
     nan_model = tmp_path / "nan.pt"
     torch.save(payload, nan_model)
     out = tmp_path / "pred.h5ad"
-    assert main(["predict", str(nan_model), str(tmp_path), "--out", str(out), "--quiet"]) == EXIT_INPUT_ERROR
+    section = make_st_v1(tmp_path / "sec")["folder"]
+    assert main(["predict", str(nan_model), str(section), "--out", str(out), "--quiet"]) == EXIT_INPUT_ERROR
     assert "NaN or infinite" in capsys.readouterr().err and not out.exists()
 
 

@@ -227,7 +227,8 @@ def test_cli_uni_offline_is_refused_before_reading_data(tmp_path: Path, empty_hu
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(napari_histosge.io, "read_spots", _must_not_run)
-    argv = ["train", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--extractor", "uni", "--quiet"]
+    section = _section_by_its_names(tmp_path / "sec")
+    argv = ["train", str(section), "--out", str(tmp_path / "m.pt"), "--extractor", "uni", "--quiet"]
     assert main(argv) == EXIT_INPUT_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--weights FILE" in err and "Retrying" not in err
@@ -264,9 +265,17 @@ def _must_not_run(*_args, **_kwargs):
     raise AssertionError("work started before the options were checked")
 
 
+def _section_by_its_names(folder: Path) -> Path:
+    """An ST v1 section as the checks see it (its file names, its counts' header); nothing else is read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "S_selection.tsv").write_text("x\ty\tpixel_x\tpixel_y\tselected\n")
+    (folder / "S.tsv").write_text("\tERBB2\tGRB7\n")
+    return folder
+
+
 def _bad_invocations(tmp: Path) -> dict[str, list[str]]:
     data, model = tmp / "data", tmp / "m.pt"
-    data.mkdir()
+    _section_by_its_names(data)
     model.write_bytes(b"")
     (tmp / "p.h5ad").write_bytes(b"")
     gone = tmp / "gone"
@@ -315,8 +324,9 @@ def test_every_command_refuses_bad_outputs_and_ranges_before_reading_anything(tm
 
 
 #: Modules a refusal must not need: loading them is the work (seconds) the checks come before.
-HEAVY = ("torch", "anndata", "dask", "timm", "napari_histosge.io", "napari_histosge.features",
-         "napari_histosge.pipeline", "napari_histosge.models.histosge")
+#: (``napari_histosge.io`` itself and its detection and counts-header modules are light: the checks use them.)
+HEAVY = ("torch", "anndata", "dask", "timm", "pandas", "napari_histosge.io._common", "napari_histosge.io.preprocess",
+         "napari_histosge.features", "napari_histosge.pipeline", "napari_histosge.models.histosge")
 
 
 def test_refusals_import_nothing_heavy_in_a_fresh_process(tmp_path: Path) -> None:
