@@ -381,6 +381,25 @@ def test_gene_lists(text):
         assert all(isinstance(n, str) and n and not any(c in n for c in ",; \n\t") for n in names)
 
 
+# ----------------------------------------------------------------------------- OME-Zarr metadata
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                               st.sampled_from(["ome", "multiscales", "attributes", "datasets", "x"]), inner,
+                               max_size=3), max_leaves=8)
+
+
+@fuzz(150)
+@given(attrs=JSON_VALUES, name=st.sampled_from([".zattrs", "zarr.json"]))
+def test_ome_metadata_of_any_shape_is_read_or_ignored(attrs, name):
+    # Format detection reads this for every folder dropped on napari: any JSON is an image or not, never a crash.
+    from napari_histosge.io.detect import ome_multiscales
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / name).write_text(json.dumps(attrs))
+        found = ome_multiscales(Path(folder))
+    assert found is None or isinstance(found, dict)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:

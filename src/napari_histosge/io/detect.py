@@ -143,6 +143,9 @@ def ome_multiscales(path: Path) -> dict[str, Any] | None:
             if not isinstance(attrs, dict):
                 return None
             attrs = attrs.get("attributes", attrs) if name == "zarr.json" else attrs
-            found = (attrs.get("ome") or attrs).get("multiscales") if isinstance(attrs, dict) else None
+            if not isinstance(attrs, dict):
+                return None
+            ome = attrs.get("ome")  # OME-Zarr 0.5 nests its metadata; 0.4 keeps it at the top
+            found = (ome if isinstance(ome, dict) else attrs).get("multiscales")
             return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
     return None
