@@ -1,7 +1,7 @@
 """The model panel: every model of the session with its kind, genes, sections and file.
 
 Trained, opened, or a cancelled run's file; open a checkpoint, save a model as a new file,
-rename it. It sits in the Super-resolve widget, above the model choice it feeds.
+rename it. It sits in the Super-resolve widget, below the model choice it feeds.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
 from .state import SESSION_MODELS, SessionModel
 from .status import set_status, status_label
@@ -45,7 +45,7 @@ class ModelPanel(Container):
         buttons.extend([self.open_button, self.save_button])
         for box in (row, buttons):
             box.margins = (0, 0, 0, 0)
-        self.extend([self.models, self.details, row, buttons])
+        self.extend([Label(value="<b>Models of this session</b>"), self.models, self.details, row, buttons])
         self.worker: Any = None
         self.models.changed.connect(self._show_details)
         self.rename_button.changed.connect(lambda *_: self.rename())

@@ -176,10 +176,11 @@ class SuperResolveWidget(Container):
                                                  "the slide positions in the background")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
-        self.extend([self.models_panel, self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
+        self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
                      self.tissue_only, self.consistency, self.device, self.scheduler, self.run_button,
                      self.slide, self.slide_positions, self.slide_grid_um, self.slide_mpp, self.predict_button,
                      self.cancel_button, self.status])
+        self.native.layout().addWidget(self.models_panel.native)  # full width, below the form
         self.worker = None
         self.token: CancelToken | None = None
         self.last_outcome: Outcome | None = None
