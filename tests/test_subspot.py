@@ -194,6 +194,14 @@ def test_a_grid_cell_under_two_pixels_fails_before_work(demo, fitted, no_feature
         hs.run(hs.steps.superresolve_grid(fitted, demo, grid_um=0.5))
 
 
+@pytest.mark.parametrize("grid_um", [0.1, 0.0, -3.0, float("nan")])
+def test_a_grid_under_the_smallest_cell_is_refused_as_the_cli_refuses_it(demo, fitted, no_features, grid_um):
+    # The same rule as --grid-um (slide.grid_size), so the Super-resolve widget refuses 0.1 µm as the CLI does.
+    with pytest.raises(InputError, match="at least 0.5 µm|positive number of µm") as info:
+        hs.superresolve_grid(fitted, demo, grid_um=grid_um)
+    assert "\n" not in str(info.value)
+
+
 def test_a_grid_over_the_cell_limit_fails_before_work(demo, fitted, no_features, monkeypatch):
     monkeypatch.setattr("napari_histosge.slide.cell_grid.MAX_CELLS", 100)
     with pytest.raises(InputError, match="over the limit"):

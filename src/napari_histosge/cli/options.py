@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import outputs
 from ..errors import InputError
+from ..slide.grid_size import check_grid_um
 
 
 # ----------------------------------------------------------------------------- argument groups
@@ -219,18 +220,9 @@ def require_fraction(value: float, name: str) -> None:
         raise InputError(f"{name} must be between 0 and 1 (exclusive), got {value}")
 
 
-#: The smallest grid cell, in µm: two image pixels (a cell narrower than that has no texture to read,
-#: :data:`~napari_histosge.slide.cell_grid.MIN_CELL_IMAGE_PX`) at the finest full-resolution scans in
-#: use, 0.25 µm per pixel (40x). A slide's own pixel size can ask for more; that is checked when it is read.
-MIN_GRID_UM = 0.5
-
-
 def require_grid_um(value: float | None) -> None:
-    """``--grid-um``: a finite size of at least :data:`MIN_GRID_UM` (``None``: not given)."""
-    require_positive(value, "--grid-um")
-    if value is not None and value < MIN_GRID_UM:
-        raise InputError(f"--grid-um must be at least {MIN_GRID_UM:g} µm (two pixels of the finest scans), "
-                         f"got {value:g}")
+    """``--grid-um``: a finite size of at least :data:`~napari_histosge.slide.grid_size.MIN_GRID_UM`."""
+    check_grid_um(value, "--grid-um")
 
 
 def check_feature_args(args: argparse.Namespace) -> None:

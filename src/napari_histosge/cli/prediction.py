@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
+from ..slide.grid_size import MIN_GRID_UM
 from .options import (
-    MIN_GRID_UM,
     add_common_args,
     add_data_args,
     add_scale_args,

@@ -19,6 +19,7 @@ from ..features.cell_raster import SIGMAS_IN_CELLS, cell_features
 from ..io import require_spot_image
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..slide.cell_grid import MIN_CELL_IMAGE_PX, CellGrid, Footprints
+from ..slide.grid_size import check_grid_um
 from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_tissue, read_mask
 from ..slide.open import open_slide
 from ..training.grouping import median_spacing
@@ -40,8 +41,7 @@ def grid_cell_px(model: TrainedModel, adata, grid_um: float | None) -> float:
     _, scale = require_spot_image(adata)
     if grid_um is None:
         return float(model.meta["cell_px"])
-    if not (np.isfinite(grid_um) and grid_um > 0):
-        raise InputError(f"the grid cell size must be a positive number of µm, got {grid_um!r}")
+    check_grid_um(grid_um)
     mpp = adata.uns.get("histosge", {}).get("mpp")
     if mpp is None:
         raise InputError(f"a grid of {grid_um:g} µm cells needs the slide's pixel size, which is unknown here")

@@ -29,6 +29,7 @@ from ..io.st_v1 import ST_GRID_UM, ST_SPOT_UM
 from ..prediction.lattice import check_positions
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..slide.cell_grid import MAX_CELLS, MIN_CELL_IMAGE_PX, CellGrid
+from ..slide.grid_size import check_grid_um
 from ..slide.mask import TissueMask, cells_inside, detect_tissue, read_mask
 from ..slide.meta import tiff_mpp
 from ..slide.open import SUPPORTED_SUFFIXES, TIFF_SUFFIXES
@@ -282,8 +283,7 @@ def _given_positions(positions, position_ids, size_wh: tuple[int, int], source: 
 
 def grid_cell_size(grid_um: float, pixel_size: PixelSize) -> float:
     """The cell side in full-res px for ``grid_um`` µm; refuses an unknown pixel size or a sub-pixel cell."""
-    if _positive(grid_um) is None:
-        raise InputError(f"the grid cell size must be a positive number of µm, got {grid_um!r}")
+    check_grid_um(grid_um)
     if pixel_size.mpp is None:
         raise InputError(f"a grid of {grid_um:g} µm cells needs the slide's pixel size: give --um-per-px")
     cell_px = float(grid_um) / pixel_size.mpp

@@ -15,6 +15,7 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from ...progress import CancelToken, Progress
+from ...slide.grid_size import MIN_GRID_UM
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
@@ -165,7 +166,7 @@ class SuperResolveWidget(Container):
                                         value=SLIDE_LATTICE,
                                         tooltip="spot lattice: the model's training spots (spacing, kind, diameter) "
                                                 "over the tissue; µm grid: square cells of a size in µm")
-        self.slide_grid_um = FloatSpinBox(label="slide cell µm", min=1.0, max=1000.0, step=5.0, value=50.0,
+        self.slide_grid_um = FloatSpinBox(label="slide cell µm", min=MIN_GRID_UM, max=1000.0, step=5.0, value=50.0,
                                           tooltip="side of a grid cell in µm; each is predicted from the model's "
                                                   "spot-sized patch centred on it")
         self.slide_mpp = FloatSpinBox(label="slide µm/px", min=0.0, max=100.0, step=0.01, value=0.0,
