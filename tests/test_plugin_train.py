@@ -261,4 +261,7 @@ def test_the_model_panel_shows_opens_saves_and_renames_models(make_napari_viewer
     copy = panel.save_as(str(tmp_path / "copy.pt"))
     assert copy.is_file() and SESSION_MODELS.get(renamed).checkpoint == copy
     assert f"file: {copy}" in status_of(panel.details)
+    # outputs of a session model with a file name that file, as the CLI's outputs do
+    widget.model.value = renamed
+    assert widget._model_loader() is not None and widget._model_path == str(copy.resolve())
     SESSION_MODELS.clear()

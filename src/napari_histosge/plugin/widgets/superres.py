@@ -256,8 +256,12 @@ class SuperResolveWidget(Container):
             show_error(f"Choose a trained model or an existing checkpoint file (got '{self.checkpoint.value}').")
             return None
         device = self.device.value
-        # Outputs say where they came from, as the CLI's do (a session model has no file).
-        self._model_path = None if entry is not None else str(path.resolve())
+        # Outputs say where they came from, as the CLI's do (a model trained in this session and
+        # never saved has no file).
+        if entry is not None:
+            self._model_path = None if entry.checkpoint is None else str(Path(entry.checkpoint).resolve())
+        else:
+            self._model_path = str(path.resolve())
 
         def load():
             from ...models import load_model
