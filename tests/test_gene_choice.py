@@ -135,3 +135,15 @@ def test_a_run_that_starts_from_a_model_refuses_markers_it_does_not_predict(sect
 def test_a_name_starting_with_a_tilde_is_a_gene_not_a_home_folder() -> None:
     # Found by fuzzing: "~0" asked for the home folder of a user "0" (RuntimeError: Could not determine home directory).
     assert parse_gene_names("~0, ~nouser_xyz") == ["~0", "~nouser_xyz"]
+
+
+def test_symbols_asked_of_ensembl_named_data_get_a_hint() -> None:
+    from napari_histosge.gene_lists import ensembl_hint, names_genes_by_ensembl_id, unknown_genes_message
+
+    ids = [f"ENSG{n:011d}" for n in range(1, 40)] + ["ENSMUSG00000000001.3"]
+    assert names_genes_by_ensembl_id(ids) and not names_genes_by_ensembl_id(["MBP", "GFAP", "ENSG00000197971"])
+    message = unknown_genes_message(["MBP"], ids)
+    assert "Ensembl id (e.g. ENSG00000000001)" in message and "\n" not in message
+    assert ensembl_hint(["ENSG99999999999"], ids) == ""  # an unknown id: no symbol to explain
+    assert ensembl_hint(["MBP"], ["GFAP", "SNAP25"]) == ""  # data named by symbol
+    assert ensembl_hint(["MBP"], []) == ""

@@ -407,3 +407,14 @@ def test_enter_on_the_gene_shown_applies_it_again(session, qtbot):
     qtbot.keyClick(widget.search.native, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: heat.name.startswith(shown), timeout=2000)
     assert agreeing_layer(viewer, widget) is heat
+
+
+def test_a_symbol_on_ensembl_only_data_says_to_give_the_id(make_napari_viewer, dlpfc_151675, notifications):
+    # DLPFC names its genes by Ensembl id only: typing MBP must say why it is not found and what to type.
+    viewer = make_napari_viewer()
+    viewer.open(str(dlpfc_151675), plugin="napari-histosge")
+    widget = GeneViewerWidget(viewer)
+    assert not widget.show_gene("MBP")
+    [(kind, message)] = [n for n in notifications if "MBP" in n[1]]
+    assert kind == "warning" and "Ensembl id" in message and "ENSG" in message and "\n" not in message
+    assert widget.show_gene("ENSG00000197971")  # MBP's id

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["GENE_LIST_SUFFIXES", "parse_gene_names", "unknown_genes_message"]
+__all__ = ["GENE_LIST_SUFFIXES", "ensembl_hint", "names_genes_by_ensembl_id", "parse_gene_names",
+           "unknown_genes_message"]
 
 
 #: File name endings taken for a file of gene names rather than a gene name.
@@ -76,4 +77,24 @@ def unknown_genes_message(unknown: Sequence[str], names: Sequence[str]) -> str:
         close = difflib.get_close_matches(gene, names, n=3)
         hints.append(f"{gene!r} (did you mean {', '.join(map(repr, close))}?)" if close else repr(gene))
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-    return f"{len(unknown)} requested gene(s) are not in the data: {', '.join(hints)}{more}"
+    hint = ensembl_hint(unknown, names)
+    return f"{len(unknown)} requested gene(s) are not in the data: {', '.join(hints)}{more}{hint}"
+
+
+#: An Ensembl gene id: ENSG (human), ENSMUSG (mouse), ... followed by digits and an optional version.
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def names_genes_by_ensembl_id(names: Sequence[str]) -> bool:
+    """Whether a section names its genes by Ensembl id rather than by symbol (most of a sample of its names)."""
+    sample = list(names[:200])
+    return bool(sample) and sum(bool(_ENSEMBL_ID.match(str(n))) for n in sample) > len(sample) / 2
+
+
+def ensembl_hint(requested: Sequence[str], names: Sequence[str]) -> str:
+    """A hint to append when symbols were asked of data that names genes by Ensembl id ("" otherwise)."""
+    if not names_genes_by_ensembl_id(names) or all(_ENSEMBL_ID.match(str(g)) for g in requested):
+        return ""
+    example = next(str(n) for n in names if _ENSEMBL_ID.match(str(n)))
+    return (f"; this data names its genes by Ensembl id (e.g. {example}), not by symbol: "
+            "give the genes' Ensembl ids")

@@ -362,7 +362,11 @@ class GeneViewerWidget(Container):
 
         gene = self._resolve(text)
         if gene is None:
-            show_warning(f"gene '{text.strip()}' is not in any open layer")
+            from ...gene_lists import ensembl_hint
+
+            hints = {ensembl_hint([text.strip()], list(histosge_meta(layer)["adata"].var_names))
+                     for layer in layers_with_role(self.viewer.layers, *GENE_ROLES[:4])}
+            show_warning(f"gene '{text.strip()}' is not in any open layer{max(hints, default='')}")
             return False
         self._switching = True
         try:
