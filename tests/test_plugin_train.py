@@ -265,3 +265,22 @@ def test_the_model_panel_shows_opens_saves_and_renames_models(make_napari_viewer
     widget.model.value = renamed
     assert widget._model_loader() is not None and widget._model_path == str(copy.resolve())
     SESSION_MODELS.clear()
+
+
+def test_a_closed_super_resolve_widget_no_longer_follows_the_session_models(make_napari_viewer, qtbot):
+    # The registry outlives the dock widgets: training a model after closing one must not call into its
+    # deleted controls (RuntimeError: wrapped C/C++ object ... has been deleted).
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: _deleted(widget.model.native), timeout=5000)
+    SESSION_MODELS.clear()  # emits changed: nothing reaches the deleted widget
+
+
+def _deleted(qt_object) -> bool:
+    try:
+        qt_object.objectName()
+    except RuntimeError:
+        return True
+    return False

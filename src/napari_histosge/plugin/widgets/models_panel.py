@@ -12,7 +12,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
-from .state import SESSION_MODELS, SessionModel
+from .state import SESSION_MODELS, SessionModel, follow_session_models
 from .status import set_status, status_label
 
 #: The checkpoint files the dialogs offer.
@@ -52,7 +52,7 @@ class ModelPanel(Container):
         self.new_name.native.returnPressed.connect(self.rename)
         self.open_button.changed.connect(lambda *_: self.open_model())
         self.save_button.changed.connect(lambda *_: self.save_as())
-        SESSION_MODELS.changed.connect(self._models_changed)
+        follow_session_models(self.native, self._models_changed)
         self._models_changed()
 
     def _models_changed(self) -> None:

@@ -89,3 +89,13 @@ class _Registry:
 
 #: The session's trained models.
 SESSION_MODELS = _Registry()
+
+
+def follow_session_models(native: Any, callback: Any) -> None:
+    """Call ``callback`` when the session's models change, until the Qt widget ``native`` is deleted.
+
+    The registry outlives every dock widget: a closed widget's controls are deleted while the
+    registry would still call into them.
+    """
+    SESSION_MODELS.changed.connect(callback)
+    native.destroyed.connect(lambda *_: SESSION_MODELS.changed.disconnect(callback, missing_ok=True))

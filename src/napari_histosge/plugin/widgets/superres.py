@@ -26,7 +26,7 @@ from .layers import (
     prediction_layers,
 )
 from .models_panel import ModelPanel
-from .state import SESSION_MODELS
+from .state import SESSION_MODELS, follow_session_models
 from .status import set_status, status_label
 from .train import DEVICES, scheduler_value, setting_tip, spots_layer_choices, warm_up_imports
 from .worker import Outcome, start_job, status_text
@@ -195,7 +195,7 @@ class SuperResolveWidget(Container):
         self.slide_positions.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
-        SESSION_MODELS.changed.connect(self._models_changed)
+        follow_session_models(self.native, self._models_changed)
         warm_up_imports()  # a click on Super-resolve then starts at once
         self._sync_visibility()
 
