@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,28 @@ SESSION_MODELS = _Registry()
 
 
 def follow_session_models(native: Any, callback: Any) -> None:
-    """Call ``callback`` when the session's models change, until the Qt widget ``native`` is deleted.
+    """Call the bound method ``callback`` when the session's models change, while the Qt widget ``native`` lives.
 
-    The registry outlives every dock widget: a closed widget's controls are deleted while the
-    registry would still call into them.
+    The registry outlives every dock widget: once a widget is closed and its Qt side deleted, its
+    callback is dropped at the next change instead of calling into deleted controls. Both are held
+    weakly, so the registry keeps no closed widget alive.
     """
-    SESSION_MODELS.changed.connect(callback)
-    native.destroyed.connect(lambda *_: SESSION_MODELS.changed.disconnect(callback, missing_ok=True))
+    method, widget = weakref.WeakMethod(callback), weakref.ref(native)
+
+    def on_change() -> None:
+        target, qt_widget = method(), widget()
+        if target is None or qt_widget is None or not _qt_alive(qt_widget):
+            SESSION_MODELS.changed.disconnect(on_change)
+            return
+        target()
+
+    SESSION_MODELS.changed.connect(on_change)
+
+
+def _qt_alive(qt_object: Any) -> bool:
+    """Whether the C++ side of a Qt wrapper still exists (a deleted one raises on any call)."""
+    try:
+        qt_object.objectName()
+    except RuntimeError:
+        return False
+    return True
