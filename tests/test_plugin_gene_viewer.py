@@ -72,13 +72,18 @@ def fake_grid(adata, n_genes: int = 3):
     return grid, rows, cols
 
 
+def open_demo(viewer, demo_dir):
+    """Open the demo section in ``viewer``: its spots layer and the spots' AnnData."""
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
+    return spots, L.histosge_meta(spots)["adata"]
+
+
 @pytest.fixture
 def session(make_napari_viewer, demo_dir):
     """A viewer with the demo section, its fake 4x predictions and the Gene viewer."""
     viewer = make_napari_viewer()
-    viewer.open(str(demo_dir), plugin="napari-histosge")
-    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
-    adata = L.histosge_meta(spots)["adata"]
+    spots, adata = open_demo(viewer, demo_dir)
     pred = fake_predictions(adata)
     heat, _ = add_prediction_layers(viewer, pred, adata)
     widget = GeneViewerWidget(viewer)
@@ -342,9 +347,7 @@ def agreeing_layer(viewer, widget):
 
 def test_map_gene_box_and_legend_agree_after_adding_hiding_removing_and_recolouring(make_napari_viewer, demo_dir):
     viewer = make_napari_viewer()
-    viewer.open(str(demo_dir), plugin="napari-histosge")
-    [spots] = L.layers_with_role(viewer.layers, L.ROLE_SPOTS)
-    adata = L.histosge_meta(spots)["adata"]
+    spots, adata = open_demo(viewer, demo_dir)
     widget = GeneViewerWidget(viewer)
     assert agreeing_layer(viewer, widget) is spots  # the box names the gene the spots show from the start
     pred = fake_predictions(adata)

@@ -86,11 +86,18 @@ def map_events(gen: ProgressGenerator[T], change: Callable[[Progress], Progress]
 
 def run_to_end(gen: ProgressGenerator[T]) -> T:
     """Consume a progress generator silently and return its result."""
+    return _drain(gen, None)
+
+
+def _drain(gen: ProgressGenerator[T], on_event: Callable[[Progress], Any] | None) -> T:
+    """Run ``gen`` to its end, passing each event to ``on_event`` (if any); its result."""
     while True:
         try:
-            next(gen)
+            event = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(event)
 
 
 def run_collecting(gen: ProgressGenerator[T]) -> tuple[T, list[Progress]]:
@@ -102,11 +109,7 @@ def run_collecting(gen: ProgressGenerator[T]) -> tuple[T, list[Progress]]:
         The generator's result and every :class:`Progress` it yielded, in order.
     """
     events: list[Progress] = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, events
+    return _drain(gen, events.append), events
 
 
 def run_with_tqdm(gen: ProgressGenerator[T], *, disable: bool = False) -> T:
@@ -172,11 +175,6 @@ def drive(gen: ProgressGenerator[T], progress: ProgressOption = False) -> T:
     if not callable(progress):
         raise TypeError(f"progress must be True, False or a callable taking a Progress event, got {progress!r}")
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            progress(event)
+        return _drain(gen, progress)
     finally:
         gen.close()  # a callback that raises (to cancel) still releases the step's slides and pools
