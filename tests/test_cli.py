@@ -19,6 +19,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
 
 
+@pytest.mark.slow
 def test_recover_writes_hidden_spots_only(demo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "hidden.h5ad"
     status = main([
@@ -60,6 +61,7 @@ def test_recover_and_evaluate_report_the_same_genes_and_scores(demo_dir: Path, t
     assert f"(trained on {len(split['train']) - held} ({held} held for validation))" in recovered
 
 
+@pytest.mark.slow
 def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "m.pt"
     # The demo section (245 spots) is too small to validate on: every spot trains, for the epochs given.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 CORE_MODULES = [
     "napari_histosge",
     "napari_histosge.io",
@@ -22,6 +24,7 @@ CORE_MODULES = [
 ]
 
 
+@pytest.mark.slow
 def test_core_imports_no_qt_or_napari() -> None:
     code = (
         "import sys\n"

@@ -66,6 +66,7 @@ def test_a_gene_file_with_a_long_path_is_read(tmp_path: Path) -> None:
     assert parse_gene_names(str(markers)) == ["ERBB2", "GRB7"]
 
 
+@pytest.mark.slow
 def test_the_default_ranks_genes_by_spatial_structure(sections) -> None:
     adata = sections[0]
     config = train_config(n_top_genes=5)

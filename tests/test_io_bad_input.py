@@ -322,6 +322,7 @@ def _real_scalefactors(folder: Path, key: str, factor: float) -> None:
     path.write_text(json.dumps(factors))
 
 
+@pytest.mark.slow
 def test_st_v1_non_integer_counts_real(her2st_b4: Path, tmp_path: Path) -> None:
     folder = _copy_section(her2st_b4, tmp_path / "B4")
     table = pd.read_csv(folder / "B4.tsv.gz", sep="\t", index_col=0)
@@ -360,6 +361,7 @@ def test_visium_lowres_scale_divided_by_ten_is_refused(dlpfc_151675: Path, tmp_p
         read_spots(folder)
 
 
+@pytest.mark.slow
 def test_every_real_section_passes_the_plausibility_checks(real_data: Path) -> None:
     sections = [p for p in sorted(real_data.glob("*/*")) if p.is_dir()]
     assert len(sections) >= 6

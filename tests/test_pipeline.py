@@ -25,6 +25,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     return read_spots(make_demo_dataset(tmp_path_factory.mktemp("demo") / "data"))
 
 
+@pytest.mark.slow
 def test_recover_never_sees_hidden_counts(demo) -> None:
     """Changing the hidden spots' counts must not change any prediction."""
     config = train_config(**FAST)
@@ -84,11 +85,13 @@ def test_distributed_features_identical(demo) -> None:
     np.testing.assert_array_equal(local.mean_rgb, remote.mean_rgb)
 
 
+@pytest.mark.slow
 def test_bad_scheduler_address(demo) -> None:
     with pytest.raises(InputError, match="scheduler"):
         run_to_end(spot_features(demo, FeatureConfig(cache=False), scheduler="tcp://127.0.0.1:1"))
 
 
+@pytest.mark.slow
 def test_low_resolution_image_warns(tmp_path) -> None:
     """A spot only a few image pixels wide: the user is told image features will say little."""
     from napari_histosge.demo import make_demo_dataset

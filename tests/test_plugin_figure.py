@@ -52,6 +52,7 @@ def svg_texts(path: Path) -> list[str]:
     return re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_export_png_with_legend_restores_napari_scale_bar(session, shots, tmp_path: Path) -> None:
     viewer, widget, spots = session
     gene = str(L.histosge_meta(spots)["adata"].var_names[3])

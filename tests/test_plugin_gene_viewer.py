@@ -100,6 +100,7 @@ def notifications(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notifications):
     viewer, widget, heat, spots, pred = session
     predicted, measured_only = pred.var_names[1], "GENE30"
@@ -117,6 +118,7 @@ def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notificati
     assert heat.visible and heat.name.startswith(predicted) and widget.legend_layer is heat
 
 
+@pytest.mark.slow
 def test_the_legend_follows_contrast_changes_and_removed_layers(session, demo_dir):
     viewer, widget, heat, spots, pred = session
     assert widget.show_gene(pred.var_names[0])
@@ -133,6 +135,7 @@ def test_the_legend_follows_contrast_changes_and_removed_layers(session, demo_di
     assert widget.legend_layer is None and "no gene" in widget.colorbar.text()
 
 
+@pytest.mark.slow
 def test_comparison_panels_update_in_place_agree_with_the_legend_and_close(session, notifications):
     viewer, widget, heat, spots, pred = session
     first, second = pred.var_names[0], pred.var_names[1]
@@ -215,6 +218,7 @@ def test_recolouring_spots_raises_no_napari_warning_and_colours_follow_the_value
     np.testing.assert_allclose(spots.face_color, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_gene_switch_repaints_heatmap_and_panels_in_their_own_arrays(session):
     viewer, widget, heat, spots, pred = session
     genes = list(pred.var_names)
@@ -345,6 +349,7 @@ def agreeing_layer(viewer, widget):
     return top
 
 
+@pytest.mark.slow
 def test_map_gene_box_and_legend_agree_after_adding_hiding_removing_and_recolouring(make_napari_viewer, demo_dir):
     viewer = make_napari_viewer()
     spots, adata = open_demo(viewer, demo_dir)

@@ -40,6 +40,7 @@ def settle(qtbot, widget: RegionsWidget) -> None:
     qtbot.waitUntil(lambda: widget.tables is not None and widget._job is None, timeout=30000)
 
 
+@pytest.mark.slow
 def test_a_drawn_polygon_selects_the_spots_inside_and_marks_them(session, qtbot, tmp_path):
     viewer, spots, adata = session
     widget = RegionsWidget(viewer)

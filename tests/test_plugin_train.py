@@ -41,6 +41,7 @@ def _quick_widget(viewer, demo_dir: Path, out: Path) -> TrainWidget:
     return widget
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, demo_dir, qtbot, tmp_path,
                                                            notifications):
     SESSION_MODELS.clear()
@@ -72,6 +73,7 @@ def test_a_cancelled_run_never_overwrites_a_finished_model(make_napari_viewer, d
     SESSION_MODELS.clear()
 
 
+@pytest.mark.slow
 def test_a_low_resolution_section_is_flagged_when_chosen_and_on_start(make_napari_viewer, demo_dir, tmp_path,
                                                                       notifications, qtbot):
     viewer = make_napari_viewer()
@@ -103,6 +105,7 @@ def test_opening_dlpfc_warns_about_its_low_resolution_image(dlpfc_151675):
         read_spots_layers(str(dlpfc_151675))
 
 
+@pytest.mark.slow
 def test_super_resolve_widget_adds_the_layers_made_in_its_worker(make_napari_viewer, demo_dir, qtbot, tmp_path):
     from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP
     from napari_histosge.plugin.widgets.superres import SuperResolveWidget
@@ -129,6 +132,7 @@ def test_super_resolve_widget_adds_the_layers_made_in_its_worker(make_napari_vie
     SESSION_MODELS.clear()
 
 
+@pytest.mark.slow
 def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_viewer, demo_dir, qtbot, tmp_path,
                                                                  notifications, monkeypatch):
     from napari_histosge import outputs
@@ -159,6 +163,7 @@ def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_vie
     assert widget.worker is None and any(kind == "error" and "start from" in msg for kind, msg in notifications)
 
 
+@pytest.mark.slow
 def test_the_genes_default_to_spatially_variable_ones_with_markers_kept_and_the_preview_is_what_trains(
         make_napari_viewer, demo_dir, qtbot, tmp_path, notifications):
     from napari_histosge.plugin.widgets.train import GENES_HVG, GENES_LIST, GENES_SPATIAL
@@ -231,6 +236,7 @@ def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer,
         "schedule_epochs")
 
 
+@pytest.mark.slow
 def test_the_model_panel_shows_opens_saves_and_renames_models(make_napari_viewer, demo_dir, qtbot, tmp_path):
     from napari_histosge.io import read_spots
     from napari_histosge.models import train_config

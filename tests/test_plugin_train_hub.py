@@ -32,6 +32,7 @@ def _hub_widget(viewer, demo_dir: Path, out: Path, folder: Path) -> TrainWidget:
     return widget
 
 
+@pytest.mark.slow
 def test_the_widget_trains_with_a_hub_folder(make_napari_viewer, demo_dir, hub_dir, qtbot, tmp_path) -> None:
     SESSION_MODELS.clear()
     widget = _hub_widget(make_napari_viewer(), demo_dir, tmp_path, hub_dir)
@@ -47,6 +48,7 @@ def test_the_widget_trains_with_a_hub_folder(make_napari_viewer, demo_dir, hub_d
     SESSION_MODELS.clear()
 
 
+@pytest.mark.slow
 def test_the_widget_refuses_a_folder_without_config_before_starting(make_napari_viewer, demo_dir, hub_dir, qtbot,
                                                                    tmp_path, monkeypatch) -> None:
     broken = tmp_path / "broken"

@@ -30,6 +30,7 @@ def _bin_pixel(layer, adata, k: int) -> tuple[int, int]:
     return int(rows[k] - rows.min()), int(cols[k] - cols.min())
 
 
+@pytest.mark.slow
 def test_bins_are_one_raster_pixel_each_in_the_world_frame(make_napari_viewer, hd: dict) -> None:
     viewer = make_napari_viewer()
     viewer.open(str(hd["folder"]), plugin="napari-histosge")
@@ -55,6 +56,7 @@ def test_bins_are_one_raster_pixel_each_in_the_world_frame(make_napari_viewer, h
     assert tuple(str(u) for u in slide.units) == tuple(str(u) for u in bins.units)
 
 
+@pytest.mark.slow
 def test_gene_viewer_recolours_the_bins_in_place_by_symbol_or_id(make_napari_viewer, hd: dict) -> None:
     viewer = make_napari_viewer()
     viewer.open(str(hd["folder"]), plugin="napari-histosge")

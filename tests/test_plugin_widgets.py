@@ -42,6 +42,7 @@ def notifications(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_reader_opens_slide_and_spots_aligned(demo_viewer):
     slides = layers_with_role(demo_viewer.layers, ROLE_SLIDE)
     spots = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
@@ -58,6 +59,7 @@ def test_reader_opens_slide_and_spots_aligned(demo_viewer):
     assert gene in points.features.columns
 
 
+@pytest.mark.slow
 def test_sample_data_demo_loads(make_napari_viewer, demo_dir, monkeypatch):
     import shutil
 
@@ -70,6 +72,7 @@ def test_sample_data_demo_loads(make_napari_viewer, demo_dir, monkeypatch):
     assert len(layers_with_role(viewer.layers, ROLE_SPOTS)) == 1
 
 
+@pytest.mark.slow
 def test_gene_viewer_type_ahead_recolours_spots(demo_viewer):
     widget = GeneViewerWidget(demo_viewer)
     genes = widget._model.stringList()
@@ -87,12 +90,14 @@ def test_gene_viewer_type_ahead_recolours_spots(demo_viewer):
     assert np.allclose(top[:3], points.face_colormap.map(np.array([1.0]))[0][:3], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_gene_viewer_unknown_gene_warns(demo_viewer, notifications):
     widget = GeneViewerWidget(demo_viewer)
     assert not widget.show_gene("NOPE1")
     assert notifications and notifications[-1][0] == "warning" and "NOPE1" in notifications[-1][1]
 
 
+@pytest.mark.slow
 def test_train_bad_gene_list_shows_core_message(demo_viewer, qtbot, tmp_path, notifications):
     widget = TrainWidget(demo_viewer)
     widget.out_dir.value = str(tmp_path)
@@ -107,6 +112,7 @@ def test_train_bad_gene_list_shows_core_message(demo_viewer, qtbot, tmp_path, no
     assert widget.start_button.enabled  # the UI is usable again
 
 
+@pytest.mark.slow
 def test_train_without_data_layer_shows_error(make_napari_viewer, notifications):
     widget = TrainWidget(make_napari_viewer())
     widget.start()
@@ -114,6 +120,7 @@ def test_train_without_data_layer_shows_error(make_napari_viewer, notifications)
     assert notifications[-1][0] == "error" and "Open spot data" in notifications[-1][1]
 
 
+@pytest.mark.slow
 def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot, tmp_path, notifications):
     from napari_histosge.models import load_model
 
@@ -140,6 +147,7 @@ def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot,
     assert not status.startswith("epoch")
 
 
+@pytest.mark.slow
 def test_train_empty_selection_shows_error(demo_viewer, notifications):
     widget = TrainWidget(demo_viewer)
     [spots] = layers_with_role(demo_viewer.layers, ROLE_SPOTS)
@@ -150,6 +158,7 @@ def test_train_empty_selection_shows_error(demo_viewer, notifications):
     assert notifications[-1][0] == "error" and "select one or more spots layers" in notifications[-1][1]
 
 
+@pytest.mark.slow
 def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_path, notifications):
     from napari_histosge.models import load_model
 
@@ -177,6 +186,7 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     assert "epochs: 2 on every training spot, as asked (too few spots" in status_of(widget.status)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["Train", "Super-resolve", "Gene viewer"])
 def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
     viewer = make_napari_viewer()
@@ -187,6 +197,7 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name):
     assert len(widget.viewer.layers) == 1
 
 
+@pytest.mark.slow
 def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     """A prediction with layers['std'] (conditioned model) gets its own uncertainty heatmap."""
     from napari_histosge.io import read_spots
@@ -221,6 +232,7 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     assert np.isclose(repainted.max(), np.asarray(pred[:, other].layers["std"]).max(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_status_shows_the_validation_score(make_napari_viewer):
     from napari_histosge.progress import Progress
 
@@ -243,6 +255,7 @@ def colours_drawn(widget) -> np.ndarray:
     return rows[:, : 3 * image.width()].reshape(-1, 3)
 
 
+@pytest.mark.slow
 def test_the_loss_curve_has_axes_and_a_validation_curve(make_napari_viewer):
     from napari_histosge.plugin.widgets.loss_curve import LOSS_COLOUR, VALIDATION_COLOUR, X_TITLE
     from napari_histosge.progress import Progress
@@ -260,6 +273,7 @@ def test_the_loss_curve_has_axes_and_a_validation_curve(make_napari_viewer):
     assert X_TITLE in curve.toolTip() and "validation PCC" in curve.toolTip()
 
 
+@pytest.mark.slow
 def test_the_controls_a_user_asked_about_explain_themselves(make_napari_viewer):
     from dataclasses import fields
 
@@ -319,6 +333,7 @@ def _predict_on_slide(viewer, checkpoint: Path, qtbot, **choices):
     return widget, slide
 
 
+@pytest.mark.slow
 def test_predict_on_a_bare_slide_shows_the_lattice_over_it(make_napari_viewer, demo_dir, demo_checkpoint, qtbot,
                                                            tmp_path):
     """A slide without a pixel size is shown in pixels: the predictions (in an assumed µm) line up with it."""
@@ -338,6 +353,7 @@ def test_predict_on_a_bare_slide_shows_the_lattice_over_it(make_napari_viewer, d
     assert status_of(widget.status) == f"{pred.n_obs} positions x {pred.n_vars} genes"
 
 
+@pytest.mark.slow
 def test_predict_on_a_bare_slide_on_a_µm_grid(make_napari_viewer, demo_dir, demo_checkpoint, qtbot, tmp_path,
                                              notifications):
     from napari_histosge.plugin.widgets.layers import ROLE_HEATMAP
@@ -360,6 +376,7 @@ def test_predict_on_a_bare_slide_on_a_µm_grid(make_napari_viewer, demo_dir, dem
     assert widget.data.choices == ()
 
 
+@pytest.mark.slow
 def test_the_gene_preview_and_the_final_status_are_not_cut_off(make_napari_viewer, qtbot):
     from napari_histosge.plugin.widgets.status import MAX_LINES, set_status, status_of
     from napari_histosge.plugin.widgets.train import gene_preview_text

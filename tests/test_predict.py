@@ -57,6 +57,7 @@ def write_shifted_copy(adata, folder: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- library
+@pytest.mark.slow
 def test_measured_spots_keep_the_training_box(model, demo) -> None:
     pred = run_to_end(predict_spots(model, demo))
     assert list(pred.obs_names) == list(demo.obs_names) and list(pred.var_names) == model.genes
@@ -68,6 +69,7 @@ def test_measured_spots_keep_the_training_box(model, demo) -> None:
     assert info["trained_on"] == info["source"] == demo.uns["histosge"]["source"]
 
 
+@pytest.mark.slow
 def test_positions_in_any_order_are_named_and_kept_in_order(model, demo) -> None:
     at_spots = run_to_end(predict_spots(model, demo))
     order = np.random.default_rng(1).permutation(demo.n_obs)
@@ -79,6 +81,7 @@ def test_positions_in_any_order_are_named_and_kept_in_order(model, demo) -> None
     np.testing.assert_allclose(np.asarray(pred.X), np.asarray(at_spots.X)[order], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_diameter_sets_the_patch_as_in_training(model, demo) -> None:
     d = demo.uns["histosge"]["spot_diameter_px"]
     assert default_diameter(model, demo) == d
@@ -103,6 +106,7 @@ def test_default_diameter_keeps_the_physical_size_on_another_pixel_size(model, d
     assert default_diameter(model, finer) == pytest.approx(2 * model.meta["spot_diameter_px"])
 
 
+@pytest.mark.slow
 def test_unseen_section_is_scaled_by_its_own_box(model, demo, tmp_path: Path) -> None:
     path = write_shifted_copy(demo, tmp_path / "moved")
     moved = read_spots(path, image=path.parent / "moved.png")
@@ -135,6 +139,7 @@ def test_bad_positions_and_mixed_requests(model, demo) -> None:
         run_to_end(predict_spots(model, demo, positions=np.zeros((0, 2))))
 
 
+@pytest.mark.slow
 def test_second_generated_section_without_image_features(demo, tmp_path: Path) -> None:
     positions_only = run_to_end(fit(demo, train_config=train_config(**FAST),
                                     feature_config=FeatureConfig(extractor=NO_IMAGE)))
@@ -153,6 +158,7 @@ def model_path(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return path
 
 
+@pytest.mark.slow
 def test_cli_predict_at_spots_output_contract(model_path: Path, demo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "spots.h5ad"
     assert main(["predict", str(model_path), str(demo_dir), "--out", str(out), "--quiet"]) == 0
@@ -183,6 +189,7 @@ def test_cli_predict_at_csv_positions_keeps_file_order(model_path: Path, demo_di
     assert "3 positions from" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_predict_on_a_section_it_was_not_trained_on(model_path: Path, demo: ad.AnnData,
                                                          tmp_path: Path) -> None:
     moved = write_shifted_copy(demo, tmp_path / "moved")

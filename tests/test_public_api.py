@@ -41,6 +41,7 @@ def tiny_model(demo):
     return hs.fit(demo, train_config=hs.train_config(**TINY))
 
 
+@pytest.mark.slow
 def test_plain_functions_return_their_result(demo, tiny_model) -> None:
     assert isinstance(tiny_model, hs.TrainedModel)
     at_spots = hs.predict_spots(tiny_model, demo)

@@ -73,6 +73,7 @@ def _copy_with(src: Path, dst: Path, edit) -> Path:
 
 
 # ----------------------------------------------------------------------------- recognition
+@pytest.mark.slow
 def test_prediction_recognised_from_metadata_only(made, tmp_path):
     assert is_prediction_file(made["path"]) and is_prediction_file(made["path1"])
     assert not is_prediction_file(made["root"] / "measured.h5ad")  # measured spots stay spots
@@ -235,6 +236,7 @@ def test_writer_round_trip_keeps_values(made, tmp_path):
 
 
 # ----------------------------------------------------------------------------- in a viewer
+@pytest.mark.slow
 def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari_viewer, made, tmp_path):
     from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
 

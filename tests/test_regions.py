@@ -165,6 +165,7 @@ def test_cli_region_bad_input_is_one_line_and_status_2(tmp_path: Path, capsys: p
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_region_on_a_real_section(her2st_b4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from napari_histosge.io import read_spots
 

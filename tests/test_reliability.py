@@ -142,6 +142,7 @@ def test_patch_over_the_decode_limit_is_refused(tmp_path: Path, monkeypatch) -> 
             slide.read_patches(np.array([[300.0, 300.0]]), 200, 32)
 
 
+@pytest.mark.slow
 def test_train_with_a_huge_patch_is_refused_before_allocating(tmp_path: Path) -> None:
     """``--patch-um 1e6`` (a patch of a kilometre) under a 6 GiB address-space limit: refused, not killed."""
     folder = make_st_v1(tmp_path)["folder"]
@@ -223,6 +224,7 @@ def test_read_only_file_system_is_one_error(tmp_path: Path, monkeypatch) -> None
     assert out.read_text() == "earlier"
 
 
+@pytest.mark.slow
 def test_recover_on_a_full_disk_exits_2_and_keeps_the_earlier_file(tmp_path: Path, monkeypatch, capsys) -> None:
     folder = make_st_v1(tmp_path)["folder"]
     out = tmp_path / "hidden.h5ad"

@@ -114,6 +114,7 @@ def test_a_flipped_byte_in_the_pyramid_cache_names_the_cache(tmp_path: Path) -> 
     assert info.value.path == str(target) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_with_an_unwritable_cache_trains_and_warns_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     folder = make_st_v1(tmp_path)["folder"]
     not_a_folder = tmp_path / "cache-file"
@@ -398,6 +399,7 @@ def test_same_platform_or_unknown_is_silent() -> None:
         warn_if_other_platform({"platform": "unknown"}, _Section("visium", 212.0, 55 / 212))
 
 
+@pytest.mark.slow
 def test_platform_and_spot_size_are_in_a_trained_models_meta(tmp_path: Path) -> None:
     folder = make_st_v1(tmp_path)["folder"]
     out = tmp_path / "m.pt"

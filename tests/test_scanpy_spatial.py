@@ -53,6 +53,7 @@ def _slide(adata) -> np.ndarray:
     return np.asarray(Image.open(info["images"][info["image"]]["path"]).convert("RGB"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_output_carries_the_slide_in_scanpys_convention(outputs, kind) -> None:
     adata = ad.read_h5ad(outputs[kind])
@@ -96,6 +97,7 @@ def _points_on_image(ax) -> np.ndarray:
     return offsets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_scanpy_spatial_plot_needs_no_extra_arguments(outputs, kind, tmp_path) -> None:
     import matplotlib.pyplot as plt
@@ -114,6 +116,7 @@ def test_scanpy_spatial_plot_needs_no_extra_arguments(outputs, kind, tmp_path) -
     plt.close("all")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_squidpy_spatial_scatter_needs_no_extra_arguments(outputs, kind, tmp_path) -> None:
     sq = pytest.importorskip("squidpy", reason="squidpy is not installed (pip install squidpy)")
@@ -178,6 +181,7 @@ def test_no_slide_on_disk_keeps_the_scale_factors(outputs, tmp_path) -> None:
     assert library["images"] == {} and set(library["scalefactors"]) == {"spot_diameter_fullres"}
 
 
+@pytest.mark.slow
 def test_downsampling_reads_a_coarse_level_and_never_enlarges(tmp_path) -> None:
     from napari_histosge.slide.open import open_slide
 

@@ -67,6 +67,7 @@ def test_slopes_follow_poisson_counting():
     assert np.all(standardise_depth(np.zeros(5)) == 0)  # empty spots stay finite
 
 
+@pytest.mark.slow
 def test_the_depth_term_lifts_sparse_genes_on_hidden_spots():
     values, feats, rgb, pos, _, test, data = _hold_out_half(_section(), seed=1)
     g = values.shape[1]
@@ -95,6 +96,7 @@ def test_bad_total_counts(totals):
                      list("abcd"), ["g"], total_counts=totals[:4] if len(totals) != 5 else totals)
 
 
+@pytest.mark.slow
 def test_spread_adds_counting_noise_at_the_kriged_depth():
     """The conditioned model's spread is that of a measurement: the generator's spread of the
     expected value plus Poisson counting noise, which on counted data tracks the error."""

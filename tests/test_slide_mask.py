@@ -252,6 +252,7 @@ def test_mask_round_trips_through_uns_and_h5ad(tmp_path):
         TissueMask.from_uns({"mask": mask.mask})
 
 
+@pytest.mark.slow
 def test_demo_slide_mask_is_its_tissue_ellipse(tmp_path):
     folder = make_demo_dataset(tmp_path / "demo")
     adata = read_spots(folder)
@@ -275,6 +276,7 @@ def _section_mask(folder):
     return adata, detect_tissue(image["path"], scale=image["scale"])
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("section", ["B4", "C2", "C3", "C4"])
 def test_her2st_spots_on_tissue_and_most_of_the_image_glass(real_data, section):
@@ -294,6 +296,7 @@ def test_dlpfc_in_tissue_spots_inside_and_the_others_outside(real_data, section)
     assert len(off) > 1000 and mask.fraction_inside(off) < 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_mob1_spots_on_tissue(real_data):
     adata, mask = _section_mask(real_data / "stutility_mob" / "MOB1")
@@ -301,6 +304,7 @@ def test_mob1_spots_on_tissue(real_data):
     assert mask.tissue_fraction < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", ["cmu_small_region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
 def test_svs_slides_have_tissue_and_glass(real_data, name):

@@ -116,6 +116,7 @@ def _predictions(spots, *, mpp: float | None = 0.5):
     return pred
 
 
+@pytest.mark.slow
 def test_round_trip_predictions(sd, tmp_path):
     from spatialdata.transformations import get_transformation
 
@@ -142,6 +143,7 @@ def test_round_trip_predictions(sd, tmp_path):
     assert again.uns["histosge"]["images"]["fullres"]["path"].endswith("pred.zarr/images/slide")
 
 
+@pytest.mark.slow
 def test_large_slide_is_referenced_and_pixels_without_mpp(sd, tmp_path, monkeypatch):
     from spatialdata.transformations import Identity, get_transformation
 
@@ -157,6 +159,7 @@ def test_large_slide_is_referenced_and_pixels_without_mpp(sd, tmp_path, monkeypa
     np.testing.assert_allclose(again.obsm["spatial"], spots.obsm["spatial"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_grid_predictions_are_squares(sd, tmp_path):
     make_store(tmp_path / "section.zarr")
     pred = _predictions(read_spatialdata(tmp_path / "section.zarr"))
@@ -168,6 +171,7 @@ def test_grid_predictions_are_squares(sd, tmp_path):
     np.testing.assert_allclose(np.c_[cells.geometry.centroid.x, cells.geometry.centroid.y], pred.obsm["spatial"])
 
 
+@pytest.mark.slow
 def test_square_footprints_are_turned_squares(sd, tmp_path):
     make_store(tmp_path / "section.zarr")
     pred = _predictions(read_spatialdata(tmp_path / "section.zarr"))
@@ -178,6 +182,7 @@ def test_square_footprints_are_turned_squares(sd, tmp_path):
     np.testing.assert_allclose(width, 40.0 * np.sqrt(2))  # a square turned by 45 degrees
 
 
+@pytest.mark.slow
 def test_write_replaces_an_earlier_store_atomically(sd, tmp_path):
     make_store(tmp_path / "section.zarr")
     spots = read_spatialdata(tmp_path / "section.zarr")
@@ -219,6 +224,7 @@ def test_not_a_store(tmp_path):
     assert not looks_like_spatialdata(tmp_path / "missing.zarr")
 
 
+@pytest.mark.slow
 def test_plugin_reader_opens_spots_and_predictions(sd, tmp_path):
     from napari_histosge.plugin.reader import get_spatialdata_reader, get_spots_reader
 
@@ -235,6 +241,7 @@ def test_plugin_reader_opens_spots_and_predictions(sd, tmp_path):
     assert get_spots_reader(str(tmp_path / "plain.txt")) is None
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_her2st_section_as_a_store(sd, her2st_b4, tmp_path):
     """A store made with spatialdata from her2st B4: image at a quarter of its size, spots in full-res px."""
@@ -275,6 +282,7 @@ def test_her2st_section_as_a_store(sd, her2st_b4, tmp_path):
         assert slide.shape == small.shape[1:]
 
 
+@pytest.mark.slow
 def test_napari_opens_a_store_through_the_manifest(sd, make_napari_viewer, tmp_path):
     make_store(tmp_path / "section.zarr")
     viewer = make_napari_viewer()
@@ -291,6 +299,7 @@ def histosge(*argv: str):
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_the_cli_writes_predictions_as_a_store(sd, tmp_path, monkeypatch, capsys):
     from napari_histosge.cli.main import main
     from napari_histosge.demo import make_demo_dataset
@@ -330,6 +339,7 @@ def test_the_test_environment_has_spatialdata():
     assert importlib.util.find_spec("spatialdata") is not None
 
 
+@pytest.mark.slow
 def test_a_written_store_opens_in_napari_spatialdata_on_the_slide(sd, make_napari_viewer, qtbot, tmp_path):
     """What `histosge superresolve --out OUT.zarr` writes opens in napari-spatialdata: slide, spots, table, colours."""
     import time

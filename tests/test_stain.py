@@ -57,6 +57,7 @@ def test_the_estimate_finds_the_slides_own_stains(tmp_path: Path) -> None:
     assert np.sum(unit_columns(LAB_A) * unit_columns(LAB_B), axis=0).max() < 0.98
 
 
+@pytest.mark.slow
 def test_two_labs_slides_look_alike_after_normalisation(tmp_path: Path) -> None:
     """The same tissue stained in two labs (other stains, one darker): far apart before, close after."""
     a, b = slide(tmp_path, "a", LAB_A), slide(tmp_path, "b", LAB_B, strength=1.4)
@@ -91,6 +92,7 @@ def test_an_unknown_method_is_refused() -> None:
     assert FeatureConfig.from_dict({"extractor": "default"}).stain == "none"  # models saved before the option
 
 
+@pytest.mark.slow
 def test_features_of_normalised_patches_come_from_their_own_cache_entry(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HISTOSGE_CACHE", str(tmp_path / "cache"))
     a, b = slide(tmp_path, "a", LAB_A), slide(tmp_path, "b", LAB_B, strength=1.4)

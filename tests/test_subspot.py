@@ -96,6 +96,7 @@ def test_the_prior_follows_the_footprints_and_is_smooth():
 
 
 # ----------------------------------------------------------------------------- features
+@pytest.mark.slow
 def test_cell_features_are_finite_and_follow_the_tissue(demo):
     path, scale = require_spot_image(demo)
     # the demo slide is white glass in its corner and stained tissue in its middle

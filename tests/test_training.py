@@ -36,6 +36,7 @@ def _data(rows, arrays, genes=None):
     return TrainingData(feats[rows], rgb[rows], pos[rows], y[rows], [f"s{i}" for i in rows], genes)
 
 
+@pytest.mark.slow
 def test_training_learns_and_generalises_to_held_out_spots():
     arrays = _synthetic()
     rows = np.arange(len(arrays[0]))
@@ -87,6 +88,7 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt", "model.pt"]
 
 
+@pytest.mark.slow
 def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
     arrays = _synthetic(n=80)
     ckpt = tmp_path / "rank.pt"
@@ -101,6 +103,7 @@ def test_low_rank_gene_head_trains_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
 
 
+@pytest.mark.slow
 def test_resume_matches_one_long_run(tmp_path):
     arrays = _synthetic(n=100)
     data = _data(np.arange(100), arrays)
@@ -254,6 +257,7 @@ def test_position_jitter_trains_embeddings_between_spots():
     assert model.meta["position_jitter_px"] == pytest.approx(0.5 * 150.0)
 
 
+@pytest.mark.slow
 def test_feature_dropout_regularises_training_only():
     """Dropped image columns change training (not prediction) and keep the model from memorising spots."""
     feats, rgb, pos, y = _synthetic(n=120)

@@ -150,6 +150,7 @@ def _interrupted(data, config, path, after: int) -> None:
     raise AssertionError(f"training ended before epoch {after}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("val_fraction, min_val", [(0.1, 0), (0.0, 0), (0.1, 50)],
                          ids=["validation", "no-validation", "fixed-schedule"])
 def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction, min_val):
@@ -171,6 +172,7 @@ def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_conditioned_run(tmp_path):
     data = _data()
     config = train_config(epochs=4, **{**CONDITIONED, "histosge_weight": 0.0})
@@ -183,6 +185,7 @@ def test_resume_reproduces_the_uninterrupted_conditioned_run(tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, capsys):
     from napari_histosge.cli.main import main
     from napari_histosge.demo import make_demo_dataset
@@ -208,6 +211,7 @@ def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, ca
 # -- weight averaging ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_weight_averaging_keeps_the_mean_of_the_weights_of_its_epochs(tmp_path):
     data = _data(n=150)
     config = train_config(epochs=8, lr=1e-2, average_from=5, checkpoint_every=1, **SMALL)
@@ -234,6 +238,7 @@ def test_weight_averaging_keeps_the_mean_of_the_weights_of_its_epochs(tmp_path):
         torch.testing.assert_close(saved.model.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_averaged_run(tmp_path):
     data = _data(n=150, noise=True)
     config = train_config(epochs=30, lr=1e-2, average_from=10, **SMALL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_histosge.models import HisToSGEConfig, train, train_config
 from napari_histosge.progress import run_collecting, run_to_end
@@ -41,6 +42,7 @@ def test_validation_share_is_seeded_and_taken_from_every_section():
     assert validation.split_validation(_noise(n=12), HisToSGEConfig())[1] is None
 
 
+@pytest.mark.slow
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weights():
     data = _noise()
     model, events = run_collecting(train(data, train_config(epochs=300, lr=1e-2, **STOPPING)))
@@ -92,6 +94,7 @@ def test_a_section_too_small_to_validate_trains_every_spot_for_the_fixed_schedul
     assert len(run_to_end(train(data, train_config(epochs=5, schedule_epochs=12, **SMALL))).meta["history"]) == 5
 
 
+@pytest.mark.slow
 def test_a_section_with_enough_validation_spots_stops_early_on_them():
     data = _noise(n=600)  # a validation share of 60
     model = run_to_end(train(data, train_config(epochs=400, lr=1e-2, **SMALL)))

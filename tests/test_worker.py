@@ -56,6 +56,7 @@ def test_job_thread_runs_nicer_than_the_gui_thread() -> None:
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
 
 
+@pytest.mark.slow
 def test_opening_the_train_widget_imports_what_its_first_start_needs() -> None:
     """The first Start must not import torch's compiler stack in the GUI thread (seconds of freeze)."""
     import subprocess
