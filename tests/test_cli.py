@@ -38,6 +38,7 @@ def test_recover_writes_hidden_spots_only(demo_dir: Path, tmp_path: Path) -> Non
     assert (tmp_path / "m.csv").read_text().startswith(",pcc") or "pcc" in (tmp_path / "m.csv").read_text()
 
 
+@pytest.mark.slow
 def test_recover_and_evaluate_report_the_same_genes_and_scores(demo_dir: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     import re

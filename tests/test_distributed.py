@@ -39,6 +39,7 @@ def _square(chunk: np.ndarray, offset: float) -> np.ndarray:
     return chunk**2 + offset
 
 
+@pytest.mark.slow
 def test_features_identical_to_single_process(tmp_path: Path, client) -> None:
     path = _slide(tmp_path)
     xy = np.random.default_rng(1).uniform(-20, 620, (100, 2))
@@ -157,6 +158,7 @@ def test_prediction_bad_chunk_size(client) -> None:
                                        scheduler=client))
 
 
+@pytest.mark.slow
 def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client) -> None:
     """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
     from napari_histosge.demo import make_demo_dataset

@@ -222,6 +222,7 @@ def test_read_layer_annotations_bad_files(tmp_path: Path) -> None:
         read_layer_annotations(empty)
 
 
+@pytest.mark.slow
 def test_real_dlpfc_151675_layers_and_ari(dlpfc_151675: Path) -> None:
     sc = pytest.importorskip("scanpy")
     layers = read_layer_annotations(dlpfc_151675 / "151675_layer_annotations.tsv")

@@ -228,6 +228,7 @@ def prediction_file(demo, tmp_path_factory) -> Path:
     return write_h5ad(tmp_path_factory.mktemp("pred") / "pred.h5ad", pred)
 
 
+@pytest.mark.slow
 def test_cli_writes_png_and_svg(prediction_file: Path, tmp_path: Path, capsys) -> None:
     import anndata as ad
 

@@ -345,6 +345,7 @@ feature = st.one_of(
 )
 
 
+@pytest.mark.slow
 @fuzz(40)
 @given(
     document=st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["FeatureCollection", "Feature", "x"]),

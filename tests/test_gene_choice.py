@@ -108,6 +108,7 @@ def test_gene_lists_and_markers_are_refused_together_and_unknown_markers_named(s
                        train_config(include_genes=[marker]))
 
 
+@pytest.mark.slow
 def test_the_command_line_takes_markers_from_a_file(sections, tmp_path: Path, capsys) -> None:
     data = make_demo_dataset(tmp_path / "data", seed=0)
     adata = read_spots(data)

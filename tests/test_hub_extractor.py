@@ -64,6 +64,7 @@ def _own_features(folder: Path, patches: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["hf:", "hf-hub:"])
 def test_a_hub_folder_loads_with_its_own_preprocessing(hub_dir, prefix) -> None:
     extractor = create_extractor(f"{prefix}org/tiny", checkpoint=str(hub_dir), device="cpu")
@@ -75,6 +76,7 @@ def test_a_hub_folder_loads_with_its_own_preprocessing(hub_dir, prefix) -> None:
     assert "hf:org/tiny" in extractor.identity and "model.safetensors" in extractor.identity
 
 
+@pytest.mark.slow
 def test_a_pickled_weights_file_loads_and_is_checked_too(tmp_path) -> None:
     folder = write_hub_folder(tmp_path / "bin", safe=False)
     assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
@@ -88,6 +90,7 @@ def test_a_pickled_weights_file_loads_and_is_checked_too(tmp_path) -> None:
         check_extractor("hf:org/tiny", str(wider))
 
 
+@pytest.mark.slow
 def test_the_feature_token_follows_the_config(hub_dir, tmp_path) -> None:
     """``global_pool`` of config.json chooses the feature: the class token, or the mean of the patch tokens."""
     averaged = tmp_path / "avg"
@@ -208,6 +211,7 @@ def test_cli_refuses_offline_without_a_folder(tmp_path, demo_dir, capsys, offlin
     assert status == 2 and "hub cannot be reached" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_trains_and_predicts_with_a_hub_folder(hub_dir, tmp_path, demo_dir, capsys) -> None:
     import anndata as ad
 

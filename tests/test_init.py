@@ -93,6 +93,7 @@ def test_recover_with_a_prior_names_the_model_it_saved(demo_dir, prior_path, tmp
 CONDITIONED_FAST = dict(epochs=1, histosge_epochs=1, histosge_members=2, n_top_genes=10, val_fraction=0.2)
 
 
+@pytest.mark.slow
 def test_the_conditioned_model_starts_its_image_companion_from_the_model(demo, prior_path):
     prior = load_model(prior_path, device="cpu")
     config = train_config("conditioned", **{**CONDITIONED_FAST, "lr": 1e-12})
@@ -110,6 +111,7 @@ def test_the_conditioned_model_starts_its_image_companion_from_the_model(demo, p
     assert "init" not in fresh.meta and not all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
 
 
+@pytest.mark.slow
 def test_the_conditioned_model_refuses_a_start_it_cannot_use(demo, prior_path, tmp_path):
     prior = load_model(prior_path, device="cpu")
     with pytest.raises(InputError, match="trains no image companion"):
@@ -122,6 +124,7 @@ def test_the_conditioned_model_refuses_a_start_it_cannot_use(demo, prior_path, t
                        init=load_model(path, device="cpu")))
 
 
+@pytest.mark.slow
 def test_the_cli_recovers_with_the_conditioned_model_from_a_prior(demo_dir, prior_path, tmp_path):
     import anndata as ad
 

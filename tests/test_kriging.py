@@ -112,6 +112,7 @@ def _three_kinds_of_gene(rng: np.random.Generator, pos: np.ndarray):
     return y, ((image - image.mean(0)) / image.std(0)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_each_gene_takes_the_estimator_that_cross_validates_best() -> None:
     pos = _lattice(20)
     y, image = _three_kinds_of_gene(np.random.default_rng(4), pos)
@@ -127,6 +128,7 @@ def test_each_gene_takes_the_estimator_that_cross_validates_best() -> None:
     assert np.all(kf.fit_kriging(pos, y, k=16, spacing=10.0, rank=0, image=image, n_features=2).choice == kr.PLAIN)
 
 
+@pytest.mark.slow
 def test_the_image_trend_predicts_held_out_spots() -> None:
     pos = _lattice(20)
     rng = np.random.default_rng(7)
@@ -177,6 +179,7 @@ def test_drift_genes_without_an_image_trend_are_refused() -> None:
         kr.estimate(weights, values, drift, torch.zeros(2, 3, 2), None)
 
 
+@pytest.mark.slow
 def test_large_sets_score_a_subset_of_spots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Beyond MAX_SCORED spots the kernels are chosen on a random subset, with the same outcome here."""
     pos = _lattice(20)

@@ -53,6 +53,7 @@ def test_recover_scores_hidden_spots_and_reports_all_spots_separately(demo) -> N
     assert summary["model_all_spots_incl_training"]["n_genes"] == len(result.scored_genes)
 
 
+@pytest.mark.slow
 def test_superresolve_fold_positions_and_checkpoint(demo, tmp_path: Path) -> None:
     model = run_to_end(fit(demo, train_config=train_config(**FAST), checkpoint_path=tmp_path / "m.pt"))
     loaded = load_model(tmp_path / "m.pt")
@@ -68,6 +69,7 @@ def test_superresolve_fold_positions_and_checkpoint(demo, tmp_path: Path) -> Non
         run_to_end(superresolve(loaded, demo, 1))
 
 
+@pytest.mark.slow
 def test_features_off_ablation_has_no_image_input(demo) -> None:
     feats = run_to_end(spot_features(demo, FeatureConfig(extractor=NO_IMAGE)))
     assert feats.features.shape == (demo.n_obs, 0)
@@ -76,6 +78,7 @@ def test_features_off_ablation_has_no_image_input(demo) -> None:
     assert sr.n_obs == 4 * demo.n_obs
 
 
+@pytest.mark.slow
 def test_distributed_features_identical(demo) -> None:
     distributed = pytest.importorskip("distributed")
     local = run_to_end(spot_features(demo, FeatureConfig(cache=False)))

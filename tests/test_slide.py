@@ -78,6 +78,7 @@ def test_svs_jpeg2000_two_levels(wsi_dir: Path) -> None:
         assert patches.std() > 5  # tissue, not padding
 
 
+@pytest.mark.slow
 def test_her2st_jpeg_pyramid(her2st_b4: Path) -> None:
     jpg = next(her2st_b4.glob("*.jpg"))
     s = open_slide(jpg)

@@ -48,6 +48,7 @@ def unit_columns(m: np.ndarray) -> np.ndarray:
     return m / np.linalg.norm(m, axis=0, keepdims=True)
 
 
+@pytest.mark.slow
 def test_the_estimate_finds_the_slides_own_stains(tmp_path: Path) -> None:
     for stains in (LAB_A, LAB_B):
         est = estimate_stains(slide(tmp_path, "s", stains))

@@ -43,6 +43,7 @@ def _weights(model: TrainedModel) -> dict:
 # -- one validation split ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_trainer_and_the_companion_choice_hold_back_the_same_rows(monkeypatch):
     data = _data()
     config = train_config(epochs=2, seed=5, **CONDITIONED)
@@ -85,6 +86,7 @@ def test_the_validation_share_is_raised_to_a_minimum_where_the_section_allows():
 # -- early stopping never keeps the untrained weights ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_initial_weights_are_never_kept_even_when_training_only_overfits():
     data = _data(n=90, noise=True)
     model = run_to_end(train(data, train_config(epochs=40, lr=3e-2, **SMALL)))

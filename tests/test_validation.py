@@ -65,6 +65,7 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
     assert abs(pcc - scores[best_epoch]) < 0.05
 
 
+@pytest.mark.slow
 def test_no_validation_share_trains_every_epoch_on_every_spot():
     model = run_to_end(train(_noise(), train_config(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
     assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
@@ -83,6 +84,7 @@ def test_resumed_run_keeps_the_validation_scores_of_the_first_part(tmp_path):
     assert scores[:6] == first.meta["val_history"]
 
 
+@pytest.mark.slow
 def test_a_section_too_small_to_validate_trains_every_spot_for_the_fixed_schedule():
     data = _noise()  # 200 spots: a validation share of 20, under the default 50
     model = run_to_end(train(data, train_config(lr=1e-2, schedule_epochs=12, **SMALL)))
