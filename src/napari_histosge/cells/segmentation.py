@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["BLOCK", "CellUnits", "Segmentation", "cell_table", "label_stats"]
+__all__ = ["BLOCK", "CellUnits", "Segmentation", "cell_table", "label_stats", "segmentation_from_labels"]
 
 #: Side of the blocks a label raster is read in (label pixels).
 BLOCK = 2048
