@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import read_spots
 from ..io.detect import is_ome_zarr_image
 from ..slide.open import is_slide_image, open_slide
 
@@ -66,8 +67,6 @@ def slide_source(path: str | os.PathLike, *, mpp: float | None = None, bin_um: i
     if is_slide_image(p) or (p.is_dir() and is_ome_zarr_image(p)):
         with open_slide(p) as slide:
             return SlideSource(str(p), 1.0, mpp or slide.mpp, slide.shape)
-    from ..io import read_spots
-
     info = read_spots(p, bin_um=bin_um).uns["histosge"]
     name = info.get("image")
     if not name:
