@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,12 +63,18 @@ class NucleusSettings:
         threshold over the tissue).
     """
 
-    nucleus_um: float = 7.0
-    min_area_um2: float = 10.0
-    expand_um: float = 0.0
-    work_um: float = 0.5
-    tile_um: float = 750.0
-    threshold: float | None = None
+    nucleus_um: float = field(default=7.0, metadata={
+        "help": "typical nucleus diameter in µm: the scale of the seeds and their least spacing"})
+    min_area_um2: float = field(default=10.0, metadata={
+        "help": "objects smaller than this many µm² are dropped (debris, cut edges)"})
+    expand_um: float = field(default=0.0, metadata={
+        "help": "grow each nucleus by this many µm, never into a neighbour (cells rather than nuclei; 0: nuclei)"})
+    work_um: float = field(default=0.5, metadata={
+        "help": "finest pixel size in µm worked at (finer scans are binned to it)"})
+    tile_um: float = field(default=750.0, metadata={
+        "help": "edge in µm of the tiles the slide is read in (memory grows with its square)"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "haematoxylin optical density above which a pixel is nuclear (default: Otsu's over the tissue)"})
 
     def check(self) -> NucleusSettings:
         """The settings, refused with one line when one is out of range."""
