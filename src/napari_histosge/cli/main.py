@@ -5,8 +5,8 @@ Every command checks all its options first, then drives a progress generator fro
 and exits with status 2 (no traceback); a cancelled or interrupted run exits with 130.
 Warnings are one line each, and the harmless ones of libraries are not shown (:func:`cli_warnings`).
 The commands live in :mod:`.training` (train, recover), :mod:`.prediction` (predict,
-superresolve), :mod:`.evaluate`, :mod:`.regions` (region), :mod:`.nuclei`, :mod:`.figure` and :mod:`.demo`; docs/cli.md is the
-reference.
+superresolve), :mod:`.evaluate`, :mod:`.regions` (region), :mod:`.nuclei`, :mod:`.figure` and :mod:`.demo`;
+docs/cli.md is the reference.
 """
 
 from __future__ import annotations
