@@ -95,3 +95,10 @@ def test_a_slide_without_a_pixel_size_needs_mpp(tmp_path, capsys):
     assert "--mpp" in one_error_line(capsys)
     assert main(["nuclei", str(path), "--out", str(tmp_path / "o"), "--mpp", "0.5", "--no-tissue-mask",
                  "--quiet"]) == 0
+
+
+def test_a_large_slide_is_detected_into_a_store_on_disk_and_leaves_no_work_files(slide, tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_histosge.cells.detect.MAX_IN_MEMORY_PIXELS", 1000)
+    assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells.h5ad", "labels.zarr"]
+    assert ad.read_h5ad(tmp_path / "out" / "cells.h5ad").n_obs == len(slide[1])

@@ -102,3 +102,15 @@ def test_a_sections_image_gets_its_nuclei_in_the_sections_frame(make_napari_view
 def _no_torch_preload(monkeypatch):
     # the detector needs no torch: skip the worker's torch preload to keep the test quick
     monkeypatch.setattr("napari_histosge.plugin.widgets.worker.preload_torch", lambda: None)
+
+
+def test_a_large_slides_labels_stream_from_a_zarr_store_in_the_cache(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_histosge.cells.detect.MAX_IN_MEMORY_PIXELS", 1000)  # the test slide is "large"
+    centres = write_slide(tmp_path / "he.tif", mpp=0.5)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "he.tif"), plugin="napari-histosge")
+    widget = NucleiWidget(viewer)
+    detect(widget, qtbot)
+    [labels] = L.layers_with_role(viewer.layers, ROLE_CELLS)
+    assert not isinstance(labels.data, np.ndarray)
+    assert len(np.unique(np.asarray(labels.data[:]))) - 1 == len(centres)

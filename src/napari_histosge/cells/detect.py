@@ -34,7 +34,8 @@ from ..slide.mask import TissueMask, detect_tissue
 from ..slide.open import Slide
 from .segmentation import Segmentation, cell_table
 
-__all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxylin", "segment_tile"]
+__all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxylin", "raster_fits_in_memory",
+           "segment_tile"]
 
 #: Pixel sizes coarser than this draw a nucleus over too few pixels to find it reliably.
 COARSEST_UM_PER_PX = 2.0
@@ -204,6 +205,16 @@ def _threshold(slide: Slide, plan: _Plan, tiles: list[tuple[int, int]], radius_p
 
 #: A label raster held in memory may have at most this many pixels; larger ones go to a zarr store.
 MAX_IN_MEMORY_PIXELS = 2**29
+
+
+def raster_fits_in_memory(shape: tuple[int, int], mpp: float, settings: NucleusSettings) -> bool:
+    """Whether the detector's label raster of a slide of full-res ``shape`` comfortably fits in memory.
+
+    Larger ones should go to a zarr store (``labels_store``); the rule the command line and
+    the widget share.
+    """
+    binned = max(1.0, settings.work_um / mpp)
+    return shape[0] * shape[1] / binned**2 <= MAX_IN_MEMORY_PIXELS / 4
 
 
 def _label_raster(shape: tuple[int, int], store: Any, tile: int, source: str) -> Any:

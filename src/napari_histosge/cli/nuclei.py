@@ -74,7 +74,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     """``histosge nuclei``: detect (or read) the cells, write them, print a line."""
     settings = check_nuclei(args)
     from ..cells import detect_nuclei, read_segmentation, slide_source, write_segmentation
-    from ..cells.detect import MAX_IN_MEMORY_PIXELS
+    from ..cells.detect import raster_fits_in_memory
     from ..slide.open import open_slide
 
     source = slide_source(args.data, mpp=args.mpp, bin_um=args.bin_um)
@@ -85,8 +85,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         if source.mpp is None:
             raise InputError("the slide records no pixel size; give it with --mpp (µm per pixel)", source.image)
         out.mkdir(parents=True, exist_ok=True)
-        big = source.shape[0] * source.shape[1] / (settings.work_um / source.mpp) ** 2 > MAX_IN_MEMORY_PIXELS / 4
-        store = out / ".labels-work.zarr" if big else None  # a gigapixel slide's raster stays on disk
+        # a gigapixel slide's raster stays on disk
+        store = None if raster_fits_in_memory(source.shape, source.mpp, settings) else out / ".labels-work.zarr"
         try:
             with open_slide(source.image) as slide:
                 seg = drive(detect_nuclei(slide, mpp=source.mpp, scale=source.scale, settings=settings,

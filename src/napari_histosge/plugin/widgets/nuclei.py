@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 
 from ...cells import NucleusSettings, Segmentation, detect_nuclei
+from ...cells.detect import raster_fits_in_memory
 from ...errors import InputError
 from ...export.frame import META_KEY, world_frame
 from ...progress import CancelToken
-from ...slide.open import open_slide
+from ...slide.open import cache_root, open_slide
 from .frame import ROLE_SLIDE, LayerDataTuple, image_transform
 from .layers import histosge_meta, layers_with_role, um_per_px
 from .status import set_status, status_label
@@ -51,6 +52,15 @@ def slide_placement(layer) -> tuple[str, float, float | None, float | None]:
             return image[0], float(image[1]), mpp, mpp
     mpp = meta.get("mpp")
     return str(meta["path"]), 1.0, mpp, mpp
+
+
+def labels_cache() -> str:
+    """A new zarr store under the cache for a large slide's labels (the session's layer reads it)."""
+    import uuid
+
+    folder = cache_root() / "nuclei"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{uuid.uuid4().hex}.zarr")
 
 
 def labels_layer(segmentation: Segmentation, world_mpp: float | None, name: str) -> LayerDataTuple:
@@ -127,8 +137,11 @@ class NucleiWidget(Container):
 
         def make_gen():  # runs in the worker thread
             with open_slide(path) as slide:
+                shape = (round(slide.shape[0] / scale), round(slide.shape[1] / scale))
+                # a gigapixel slide's labels go to the cache as zarr: napari shows them lazily
+                store = None if raster_fits_in_memory(shape, mpp, settings) else labels_cache()
                 return (yield from detect_nuclei(slide, mpp=mpp, scale=scale, settings=settings, tissue=tissue,
-                                                 cancel=token))
+                                                 labels_store=store, cancel=token))
 
         self._placement = (world_mpp, f"{layer.name} nuclei")
         self.run_button.enabled = False
