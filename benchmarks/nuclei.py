@@ -61,8 +61,9 @@ with open_slide(source.image) as slide:
     t0 = time.perf_counter()
     seg = run_to_end(detect_nuclei(slide, mpp=source.mpp, scale=source.scale))
     seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print("RESULT " + json.dumps({"seconds": seconds, "nuclei": seg.n_cells, "mpp": source.mpp,
-      "pixels": source.shape[0] * source.shape[1], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+      "pixels": source.shape[0] * source.shape[1], "peak_rss_gb": peak}))
 """
 
 

@@ -89,7 +89,7 @@ def shoot(name: str, path: Path, out: Path) -> Path:
     target = out / f"nuclei_{name}.png"
     image = Image.fromarray(joined)
     image.thumbnail((1500, 500))
-    image.save(target, optimize=True)
+    image.quantize(256).save(target, optimize=True)  # a palette keeps the pictures small
     print(f"{name}: {cells.n_obs:,} nuclei -> {target}", flush=True)
     viewer.close()
     return target
