@@ -114,3 +114,30 @@ def test_a_large_slides_labels_stream_from_a_zarr_store_in_the_cache(make_napari
     [labels] = L.layers_with_role(viewer.layers, ROLE_CELLS)
     assert not isinstance(labels.data, np.ndarray)
     assert len(np.unique(np.asarray(labels.data[:]))) - 1 == len(centres)
+
+
+def test_a_labels_layer_painted_over_the_slide_reads_as_cells(make_napari_viewer, tmp_path):
+    from napari_histosge.errors import InputError
+    from napari_histosge.plugin.widgets.nuclei import layer_segmentation
+    from test_cells import disc_labels
+
+    write_slide(tmp_path / "he.tif", mpp=0.5)  # 200 x 240 px
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "he.tif"), plugin="napari-histosge")
+    [slide] = L.layers_with_role(viewer.layers, L.ROLE_SLIDE)
+    # as StarDist or Cellpose add their result: the slide's own scale and translate
+    same = viewer.add_labels(disc_labels(), scale=slide.scale, translate=slide.translate, name="stardist")
+    seg = layer_segmentation(same, slide)
+    assert seg.n_cells == 3 and seg.px_per_label_px == 1.0
+    assert np.allclose(seg.table.obsm["spatial"][0], [60, 50])
+    assert seg.table.obs["area_um2"].iloc[0] == pytest.approx(seg.table.obs["area_px"].iloc[0] * 0.25)
+    # labels made on a copy downscaled twice, placed on the slide
+    half = viewer.add_labels(disc_labels()[::2, ::2], scale=np.asarray(slide.scale) * 2,
+                             translate=np.asarray(slide.translate) + 0.5 * np.asarray(slide.scale), name="half")
+    assert layer_segmentation(half, slide).px_per_label_px == pytest.approx(2.0)
+    shifted = viewer.add_labels(disc_labels(), scale=slide.scale, translate=(500, 0), name="shifted")
+    with pytest.raises(InputError, match="shifted"):
+        layer_segmentation(shifted, slide)
+    empty = viewer.add_labels(np.zeros((200, 240), np.int32), scale=slide.scale, translate=slide.translate)
+    with pytest.raises(InputError, match="empty"):
+        layer_segmentation(empty, slide)

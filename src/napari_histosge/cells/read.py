@@ -30,7 +30,8 @@ from ..slide.mask import geojson_polygons
 from ..slide.meta import tiff_mpp
 from .segmentation import Segmentation, cell_table, segmentation_from_labels
 
-__all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation"]
+__all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation",
+           "segmentation_of_array"]
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
@@ -141,11 +142,23 @@ def read_label_image(path: str | os.PathLike, slide_shape: tuple[int, int], *, m
         raise InputError(f"unsupported segmentation type {p.suffix or '(no extension)'!r}; label images: "
                          f"{', '.join(LABEL_SUFFIXES)}; polygons: {', '.join(GEOJSON_SUFFIXES)}", p)
     labels, label_mpp, stored = _load_labels(p)
-    labels = _check_plane(labels, p)
+    return segmentation_of_array(labels, slide_shape, mpp=mpp, scale=scale if scale is not None else stored,
+                                 label_mpp=label_mpp, source=str(p))
+
+
+def segmentation_of_array(labels: Any, slide_shape: tuple[int, int], *, mpp: float | None = None,
+                          scale: float | None = None, label_mpp: float | None = None,
+                          source: str = "label image") -> Segmentation:
+    """A label array in memory (a napari Labels layer's data, say) as cells on a slide.
+
+    The same checks as :func:`read_label_image`: one plane of integers, of the slide's size
+    or at a stated scale (or one its pixel size ``label_mpp`` implies), not empty.
+    """
+    where = Path(source)
+    labels = _check_plane(labels, where)
     shape = (int(labels.shape[0]), int(labels.shape[1]))
-    f = _label_scale(shape, (int(slide_shape[0]), int(slide_shape[1])), scale if scale is not None else stored,
-                     label_mpp, mpp, p)
-    return segmentation_from_labels(labels, f, mpp=mpp, source=str(p))
+    f = _label_scale(shape, (int(slide_shape[0]), int(slide_shape[1])), scale, label_mpp, mpp, where)
+    return segmentation_from_labels(labels, f, mpp=mpp, source=source)
 
 
 # --------------------------------------------------------------------------- polygons

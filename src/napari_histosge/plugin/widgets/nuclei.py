@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 
-from ...cells import NucleusSettings, Segmentation, detect_nuclei
+from ...cells import NucleusSettings, Segmentation, detect_nuclei, segmentation_of_array
 from ...cells.detect import raster_fits_in_memory
 from ...errors import InputError
 from ...export.frame import META_KEY, world_frame
@@ -71,6 +71,32 @@ def labels_layer(segmentation: Segmentation, world_mpp: float | None, name: str)
                                       "px_per_label_px": segmentation.px_per_label_px,
                                       "source": segmentation.source}}}
     return segmentation.labels, kwargs, "labels"
+
+
+def layer_segmentation(labels, slide) -> Segmentation:
+    """The cells of a Labels layer drawn over a slide layer (StarDist's, Cellpose's, a painted one, this widget's).
+
+    The layer's scale against the slide's world frame gives its full-resolution pixels per
+    label pixel; a layer not placed on the slide (another scale on each axis, or shifted by
+    more than a label pixel) is refused with one line, as an empty one is.
+    """
+    import numpy as np
+
+    path, image_scale, mpp, world_mpp = slide_placement(slide)
+    u = world_mpp or 1.0
+    with open_slide(path) as opened:
+        shape = (round(opened.shape[0] / image_scale), round(opened.shape[1] / image_scale))
+    scale = np.asarray(labels.scale, np.float64)[-2:] / u
+    if not np.isclose(scale[0], scale[1], rtol=1e-3):
+        raise InputError(f"the labels layer '{labels.name}' has another scale along each axis ({scale[0]:g} x "
+                         f"{scale[1]:g} slide pixels per label pixel)")
+    f = float(scale.mean())
+    expected = (0.5 * f - 0.5) * u
+    if np.any(np.abs(np.asarray(labels.translate, np.float64)[-2:] - expected) > f * u):
+        raise InputError(f"the labels layer '{labels.name}' is shifted against the slide '{slide.name}' "
+                         "(by more than one of its pixels); place it on the slide first")
+    data = labels.data[0] if labels.multiscale else labels.data
+    return segmentation_of_array(data, shape, mpp=mpp, scale=f, source=f"labels layer {labels.name}")
 
 
 class NucleiWidget(Container):
