@@ -324,3 +324,18 @@ def test_the_slide_of_a_section_is_its_full_resolution_image(demo_dir):
     assert alone.mpp == 0.7 and alone.scale == 1.0
     with pytest.raises(InputError, match="pixel size"):
         slide_source(source.image, mpp=-1)
+
+
+def test_qupath_cells_give_their_nucleus_outlines_on_request(tmp_path):
+    cell = feature([square(10, 10, 40)])
+    cell["nucleusGeometry"] = {"type": "Polygon", "coordinates": [square(20, 20, 10)]}
+    path = write_geojson(tmp_path / "qupath_cells.geojson", [cell, feature([square(60, 60, 20)])])
+    cells = read_segmentation(path, (100, 100))
+    nuclei = read_segmentation(path, (100, 100), nuclei=True)
+    assert np.allclose(cells.table.obs["area_px"], [1600, 400])
+    assert np.allclose(nuclei.table.obs["area_px"], [100, 400])  # a Feature without a nucleus keeps its outline
+    assert np.allclose(nuclei.table.obsm["spatial"][0], [25, 25])
+    label_image = tmp_path / "l.npy"
+    np.save(label_image, disc_labels())
+    with pytest.raises(InputError, match="nucleus outlines"):
+        read_segmentation(label_image, (200, 240), nuclei=True)

@@ -42,14 +42,20 @@ MAX_POLYGON_RASTER_PIXELS = 2**28
 
 
 def read_segmentation(path: str | os.PathLike, slide_shape: tuple[int, int], *, mpp: float | None = None,
-                      scale: float | None = None) -> Segmentation:
-    """A label image or a GeoJSON file of cells, by its suffix (see :func:`read_label_image`)."""
+                      scale: float | None = None, nuclei: bool = False) -> Segmentation:
+    """A label image or a GeoJSON file of cells, by its suffix.
+
+    See :func:`read_label_image` and :func:`read_cell_polygons` (``nuclei``: QuPath's nucleus
+    outlines of its cells).
+    """
     p = Path(path).expanduser()
     if p.suffix.lower() in GEOJSON_SUFFIXES:
         if scale is not None:
             raise InputError("a scale applies to label images; GeoJSON polygons are in the slide's "
                              "full-resolution pixels", p)
-        return read_cell_polygons(p, slide_shape, mpp=mpp)
+        return read_cell_polygons(p, slide_shape, mpp=mpp, nuclei=nuclei)
+    if nuclei:
+        raise InputError("nucleus outlines apply to QuPath's GeoJSON cells, not to a label image", p)
     return read_label_image(p, slide_shape, mpp=mpp, scale=scale)
 
 
@@ -164,8 +170,11 @@ def segmentation_of_array(labels: Any, slide_shape: tuple[int, int], *, mpp: flo
 # --------------------------------------------------------------------------- polygons
 
 
-def _cells_of(data: Any) -> list[tuple[list, dict]]:
-    """``(polygons, properties)`` per cell: one per Feature (a MultiPolygon is one cell of parts)."""
+def _cells_of(data: Any, nuclei: bool = False) -> list[tuple[list, dict]]:
+    """``(polygons, properties)`` per cell: one per Feature (a MultiPolygon is one cell of parts).
+
+    ``nuclei``: a Feature's ``nucleusGeometry`` (QuPath's cells) where it has one.
+    """
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         data = data.get("features") or []
     items = data if isinstance(data, list) else [data]
@@ -173,7 +182,8 @@ def _cells_of(data: Any) -> list[tuple[list, dict]]:
     for item in items:
         if not isinstance(item, dict):
             continue
-        polygons = [p for p in geojson_polygons(item) if p]
+        geometry = item.get("nucleusGeometry") if nuclei and item.get("nucleusGeometry") else item
+        polygons = [p for p in geojson_polygons(geometry) if p]
         if polygons:
             props = item.get("properties")
             props = props if isinstance(props, dict) else {}
@@ -237,8 +247,8 @@ def _draw(polygons: list[list[list[np.ndarray]]], shape: tuple[int, int], f: flo
     return labels
 
 
-def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *, mpp: float | None = None
-                       ) -> Segmentation:
+def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *, mpp: float | None = None,
+                       nuclei: bool = False) -> Segmentation:
     """Read cell or nucleus polygons (GeoJSON, full-resolution pixels) as cells on a slide.
 
     Each Feature is one cell (a MultiPolygon feature one cell of several parts; holes
@@ -253,6 +263,9 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
         The slide's ``(height, width)`` in full-resolution pixels.
     mpp
         Micrometres per full-resolution pixel (for areas in µm²).
+    nuclei
+        Take each Feature's ``nucleusGeometry`` (QuPath's cell export holds the nucleus outline
+        there, the cell outline in ``geometry``) where it has one.
 
     Raises
     ------
@@ -267,7 +280,7 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the GeoJSON file: {exc}", p) from None
-    cells = _cells_of(data)
+    cells = _cells_of(data, nuclei)
     if not cells:
         raise InputError("the segmentation is empty: the GeoJSON holds no Polygon or MultiPolygon", p)
     polygons = [_rings(c[0], p) for c in cells]

@@ -40,6 +40,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--label-scale", type=float,
                    help="full-resolution pixels per pixel of the --segmentation label image, when its size "
                         "differs from the slide's")
+    p.add_argument("--nuclei-geometry", action="store_true",
+                   help="a QuPath cell export (--segmentation GeoJSON): each cell's nucleus outline "
+                        "(nucleusGeometry) instead of its cell outline")
     p.add_argument("--no-tissue-mask", action="store_true",
                    help="search the whole slide, glass included (default: tissue only)")
     add_bin_arg(p)
@@ -64,8 +67,9 @@ def check_nuclei(args: argparse.Namespace):
     if args.segmentation is not None:
         if not Path(args.segmentation).is_dir():  # a zarr label image is a folder
             require_file(args.segmentation, "segmentation (--segmentation)")
-    elif args.label_scale is not None:
-        raise InputError("--label-scale applies to a --segmentation label image")
+    elif args.label_scale is not None or args.nuclei_geometry:
+        raise InputError(f"{'--label-scale' if args.label_scale is not None else '--nuclei-geometry'} applies to "
+                         "a --segmentation")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(NucleusSettings)}
     return NucleusSettings(**values).check()
 
@@ -80,7 +84,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     source = slide_source(args.data, mpp=args.mpp, bin_um=args.bin_um)
     out = Path(args.out)
     if args.segmentation is not None:
-        seg = read_segmentation(args.segmentation, source.shape, mpp=source.mpp, scale=args.label_scale)
+        seg = read_segmentation(args.segmentation, source.shape, mpp=source.mpp, scale=args.label_scale,
+                                nuclei=args.nuclei_geometry)
     else:
         if source.mpp is None:
             raise InputError("the slide records no pixel size; give it with --mpp (µm per pixel)", source.image)
