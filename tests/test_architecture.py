@@ -32,7 +32,7 @@ PACKAGE = "napari_histosge"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "progress", "device", "settings", "outputs", "gene_lists"),
     ("io", "slide"),
-    ("features",),
+    ("features", "cells"),
     ("evaluation", "export"),
     ("training",),
     ("models",),

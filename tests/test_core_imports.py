@@ -12,6 +12,7 @@ CORE_MODULES = [
     "napari_histosge.io",
     "napari_histosge.slide.open",
     "napari_histosge.features",
+    "napari_histosge.cells",
     "napari_histosge.models",
     "napari_histosge.io.preprocess",
     "napari_histosge.training.engine",

@@ -5,8 +5,8 @@ Every command checks all its options first, then drives a progress generator fro
 and exits with status 2 (no traceback); a cancelled or interrupted run exits with 130.
 Warnings are one line each, and the harmless ones of libraries are not shown (:func:`cli_warnings`).
 The commands live in :mod:`.training` (train, recover), :mod:`.prediction` (predict,
-superresolve), :mod:`.evaluate`, :mod:`.regions` (region), :mod:`.figure` and :mod:`.demo`; docs/cli.md is the
-reference.
+superresolve), :mod:`.evaluate`, :mod:`.regions` (region), :mod:`.nuclei`, :mod:`.figure` and :mod:`.demo`;
+docs/cli.md is the reference.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ..errors import CancelledError, HistosgeError
-from . import demo, evaluate, figure, prediction, regions, training
+from . import demo, evaluate, figure, nuclei, prediction, regions, training
 
 __all__ = ["EXIT_CANCELLED", "EXIT_INPUT_ERROR", "build_parser", "main"]
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
                         help="print the version of napari-histosge and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (training, prediction, evaluate, regions, figure, demo):
+    for group in (training, prediction, evaluate, regions, nuclei, figure, demo):
         group.add_parsers(sub)
     return parser
 

@@ -1,0 +1,45 @@
+"""Writing a segmentation: its label raster as a zarr array and its cell table as ``.h5ad``.
+
+The label raster keeps its scale in the array's attributes (``px_per_label_px``, ``mpp``,
+``source``), so :func:`~napari_histosge.cells.read.read_label_image` places it on the slide
+again without a stated scale. Both outputs are written atomically: a failed write leaves an
+earlier output as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..outputs import atomic_path, write_h5ad
+from .segmentation import BLOCK, Segmentation
+
+__all__ = ["CELLS_FILE", "LABELS_FILE", "write_segmentation"]
+
+LABELS_FILE = "labels.zarr"
+CELLS_FILE = "cells.h5ad"
+
+
+def write_segmentation(segmentation: Segmentation, folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``labels.zarr`` and ``cells.h5ad`` into ``folder`` (made if missing); their paths."""
+    import zarr
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = segmentation.labels
+    h, w = labels.shape
+    with atomic_path(out / LABELS_FILE, what="label image", folder=True) as tmp:
+        array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(min(h, BLOCK), min(w, BLOCK)),
+                                dtype="int32", fill_value=0)
+        for r0 in range(0, h, BLOCK):
+            for c0 in range(0, w, BLOCK):
+                block = np.asarray(labels[r0:r0 + BLOCK, c0:c0 + BLOCK])
+                if block.any():
+                    array[r0:r0 + block.shape[0], c0:c0 + block.shape[1]] = block
+        info = segmentation.table.uns["histosge"]["cells"]
+        array.attrs.update({"px_per_label_px": float(segmentation.px_per_label_px), "mpp": info.get("mpp"),
+                            "source": segmentation.source})
+    write_h5ad(out / CELLS_FILE, segmentation.table, what="cell table")
+    return out / LABELS_FILE, out / CELLS_FILE
