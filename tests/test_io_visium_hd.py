@@ -159,6 +159,11 @@ def test_the_library_trains_on_at_most_max_bins_as_the_cli_does(hd: dict) -> Non
     assert whole.meta["n_train_spots"] == adata.n_obs  # fewer bins than the default limit: every one
     with pytest.raises(InputError, match="training setting max_bins must be an integer >= 1, got 0"):
         train_config(max_bins=0)
+    # The hold-out protocol trains on at most max_bins of its training spots, and says so.
+    from napari_histosge import recover
+
+    result = recover(adata, holdout=0.5, train_config=config, feature_config=FeatureConfig(extractor="none"))
+    assert len(result.train_ids) == 150 == result.model.meta["n_train_spots"] and result.summary()["n_train"] == 150
 
 
 # ---------------------------------------------------------------- bad input: one clear line each

@@ -9,6 +9,7 @@ subset of them, while the model still predicts every spot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,15 @@ def limited_section(adata, features: SpotFeatures | None, config: TrainConfig
     rows = adata.obs_names.get_indexer(kept.obs_names)
     return kept, SpotFeatures(np.asarray(features.features)[rows], np.asarray(features.mean_rgb)[rows],
                               features.identity)
+
+
+def limited_ids(ids: Sequence[str], config: TrainConfig) -> list[str]:
+    """At most ``config.max_bins`` of the spot ``ids`` (a hold-out split's training spots), seeded, in order."""
+    ids = list(ids)
+    if len(ids) <= config.max_bins:
+        return ids
+    keep = np.sort(np.random.default_rng(config.seed).choice(len(ids), size=config.max_bins, replace=False))
+    return [ids[i] for i in keep]
 
 
 def limited_sections(adata, features, config: TrainConfig):

@@ -44,7 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
-from .run_settings import limited_sections, run_settings
+from .run_settings import limited_ids, limited_sections, run_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
     NO_IMAGE,
@@ -96,8 +96,7 @@ def fit(
     train_config, feature_config
         Model/training and feature settings; defaults are the paper's (and, with ``init``,
         its network settings: :func:`.run_settings.run_settings`). A section with more spots
-        than ``train_config.max_bins`` trains on a seeded subset of them (unless
-        ``train_ids`` are given).
+        than ``train_config.max_bins`` (or more ``train_ids``) trains on a seeded subset of them.
     train_ids
         Train on these spots only (the rest are held out); all spots when ``None``.
         One section only.
@@ -125,8 +124,10 @@ def fit(
     train_config = train_config or run_settings(HisToSGEConfig.MODEL, {}, init)
     if init is not None:
         train_config, feature_config = _starting_from(init, adata, train_config, feature_config)
-    if train_ids is None:  # a hold-out split trains on the spots it names
+    if train_ids is None:
         adata, features = limited_sections(adata, features, train_config)
+    else:
+        train_ids = limited_ids(train_ids, train_config)
     feature_config = feature_config or FeatureConfig()
     section_trainer = model_spec(train_config.model).section_trainer
     if section_trainer is not None:  # a model that reads the slide itself (no per-spot features)
