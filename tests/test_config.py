@@ -146,3 +146,44 @@ def test_given_epochs_replace_the_small_section_schedule_on_the_cli_and_in_the_a
     assert train_config(epochs=300).schedule_epochs is None and train_config().schedule_epochs == default
     both = cli_settings.check_settings(_train_args("--epochs", "300", "--schedule-epochs", "40"))
     assert (both.epochs, both.schedule_epochs) == (300, 40)  # both given: the schedule stands
+
+
+def test_the_image_feature_flags_are_the_declared_feature_settings():
+    from napari_histosge.cli.options import feature_config
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.settings import declared_fields
+
+    parser = build_parser()
+    flags = parser.parse_args(["train", "DATA", "--out", "m.pt"])
+    assert feature_config(flags) == FeatureConfig()  # no flag given: the declared defaults
+    given = parser.parse_args(["train", "DATA", "--out", "m.pt", "--weights", "w.pt", "--patch-um", "120",
+                               "--feature-batch-size", "8", "--no-cache", "--stain", "macenko", "--device", "cpu"])
+    assert feature_config(given) == FeatureConfig(checkpoint="w.pt", patch_um=120.0, batch_size=8, cache=False,
+                                                  stain="macenko", device="cpu")
+    on_cli = [f.name for f in declared_fields(FeatureConfig) if setting_of(f).on_cli]
+    assert on_cli == ["extractor", "checkpoint", "patch_um", "patch_spot_fraction", "batch_size", "cache", "stain"]
+    with pytest.raises(InputError, match="feature setting batch_size must be an integer >= 1, got 0"):
+        FeatureConfig(batch_size=0)
+    with pytest.raises(InputError, match="feature setting patch_um must be a positive number, got -2.0"):
+        FeatureConfig(patch_um=-2.0)
+
+
+def test_the_model_flag_lists_the_registered_models(monkeypatch, capsys):
+    from dataclasses import dataclass
+
+    from napari_histosge.training import config as training_config
+    from napari_histosge.training.config import TrainConfig, register_config, setting
+
+    monkeypatch.setattr(training_config, "_CONFIGS", dict(training_config._CONFIGS))
+
+    @register_config
+    @dataclass
+    class _ToyConfig(TrainConfig):
+        MODEL = "toy"
+        width: int = setting(3, "toy width", least=1)
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "registered models: histosge, conditioned, subspot, toy" in " ".join(capsys.readouterr().out.split())
+    config = cli_settings.check_settings(_train_args("--model", "toy", "--width", "5"))
+    assert isinstance(config, _ToyConfig) and config.width == 5

@@ -144,6 +144,28 @@ def test_limit_bins_subsamples_only_beyond_the_cap(hd: dict) -> None:
         limit_bins(adata, 0)
 
 
+def test_the_library_trains_on_at_most_max_bins_as_the_cli_does(hd: dict) -> None:
+    """The bin limit is a training setting that fit applies (the CLI, the Train widget and hs.fit)."""
+    from napari_histosge import fit
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.models import train_config
+
+    adata = read_spots(hd["folder"], bin_um=8)
+    config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=150, device="cpu")
+    model = fit(adata, train_config=config, feature_config=FeatureConfig(extractor="none"))
+    assert model.meta["n_train_spots"] == 150 < adata.n_obs
+    whole = fit(adata, train_config=train_config(epochs=1, n_top_genes=5, val_fraction=0.0, device="cpu"),
+                feature_config=FeatureConfig(extractor="none"))
+    assert whole.meta["n_train_spots"] == adata.n_obs  # fewer bins than the default limit: every one
+    with pytest.raises(InputError, match="training setting max_bins must be an integer >= 1, got 0"):
+        train_config(max_bins=0)
+    # The hold-out protocol trains on at most max_bins of its training spots, and says so.
+    from napari_histosge import recover
+
+    result = recover(adata, holdout=0.5, train_config=config, feature_config=FeatureConfig(extractor="none"))
+    assert len(result.train_ids) == 150 == result.model.meta["n_train_spots"] and result.summary()["n_train"] == 150
+
+
 # ---------------------------------------------------------------- bad input: one clear line each
 def test_positions_but_no_counts(hd: dict) -> None:
     (_bin_dir(hd, 16) / "filtered_feature_bc_matrix.h5").unlink()

@@ -228,12 +228,11 @@ def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer,
     widget.cancel()  # the plan is in the first epoch's event ("epoch 1/N"); no need to train it all
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert {e.total for e in widget.events_seen if e.stage == "train"} == {typed}
-    # left as the form shows it, the model's own rule for small sections applies (its shorter schedule)
-    widget.model_name.value = widget.model_name.value  # the form's value again
-    widget.epochs.value = widget._form_epochs
+    # left at the library's default, the model's own rule for small sections applies (its shorter schedule)
+    widget.epochs.value = HisToSGEConfig.default_of("epochs")
     config = widget.train_config()
-    assert config.epochs == widget._form_epochs and config.schedule_epochs == HisToSGEConfig.default_of(
-        "schedule_epochs")
+    assert config.epochs == HisToSGEConfig.default_of("epochs") and config.schedule_epochs == (
+        HisToSGEConfig.default_of("schedule_epochs"))
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 
 from napari_histosge.errors import InputError
 from napari_histosge.plugin.widgets.state import SESSION_MODELS
+from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.train import TrainWidget
 from test_hub_extractor import write_hub_folder
 
@@ -49,18 +50,32 @@ def test_the_widget_trains_with_a_hub_folder(make_napari_viewer, demo_dir, hub_d
 
 
 @pytest.mark.slow
-def test_the_widget_refuses_a_folder_without_config_before_starting(make_napari_viewer, demo_dir, hub_dir, qtbot,
-                                                                   tmp_path, monkeypatch) -> None:
+def test_the_widget_refuses_a_folder_without_config_in_its_worker(make_napari_viewer, demo_dir, hub_dir, qtbot,
+                                                                 tmp_path, monkeypatch) -> None:
+    """The extractor check (a hub probe may wait on the network) runs in the job, not on the event loop."""
+    from napari_histosge import features
+
     broken = tmp_path / "broken"
     shutil.copytree(hub_dir, broken)
     (broken / "config.json").unlink()
     widget = _hub_widget(make_napari_viewer(), demo_dir, tmp_path, broken)
     with pytest.raises(InputError, match="has no config.json"):
-        widget.feature_config()
+        features.check_extractor(widget.feature_config().extractor, str(broken))
     shown: list[str] = []
+    import threading
+
     import napari.utils.notifications as notifications
 
+    checked_in: list[threading.Thread] = []
+    check = features.check_extractor
+    monkeypatch.setattr(features, "check_extractor",
+                        lambda *a, **k: (checked_in.append(threading.current_thread()), check(*a, **k)))
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
     widget.start()
-    assert widget.worker is None and widget.checkpoint_path is None  # nothing started, nothing read
+    assert widget.worker is not None  # Start returned at once: the check waits in the worker
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert checked_in and checked_in[0] is not threading.main_thread()
     assert len(shown) == 1 and "has no config.json" in shown[0] and "\n" not in shown[0]
+    assert status_of(widget.status) == f"error: {shown[0]}"
+    assert widget.checkpoint_path is not None and not widget.checkpoint_path.exists()  # nothing written
+    assert widget.start_button.enabled  # the form is usable again

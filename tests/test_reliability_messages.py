@@ -327,7 +327,8 @@ def test_every_command_refuses_bad_outputs_and_ranges_before_reading_anything(tm
 #: Modules a refusal must not need: loading them is the work (seconds) the checks come before.
 #: (``napari_histosge.io`` itself and its detection and counts-header modules are light: the checks use them.)
 HEAVY = ("torch", "anndata", "dask", "timm", "pandas", "napari_histosge.io._common", "napari_histosge.io.preprocess",
-         "napari_histosge.features", "napari_histosge.pipeline", "napari_histosge.models.histosge")
+         "napari_histosge.features.extract", "napari_histosge.features.registry", "napari_histosge.pipeline",
+         "napari_histosge.models.histosge")
 
 
 def test_refusals_import_nothing_heavy_in_a_fresh_process(tmp_path: Path) -> None:

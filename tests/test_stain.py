@@ -88,7 +88,7 @@ def test_a_blank_slide_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_an_unknown_method_is_refused() -> None:
-    with pytest.raises(InputError, match="stain normalisation must be one of none, macenko"):
+    with pytest.raises(InputError, match="feature setting stain must be one of none, macenko, got 'reinhard'"):
         FeatureConfig(stain="reinhard")
     assert FeatureConfig.from_dict({"extractor": "default"}).stain == "none"  # models saved before the option
 

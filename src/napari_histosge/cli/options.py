@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from dataclasses import Field
 from pathlib import Path
+from typing import Any
 
 from .. import outputs
 from ..errors import InputError
+from ..settings import declared_fields, setting_of
 from ..slide.grid_size import check_grid_um
 
 
@@ -31,29 +34,33 @@ def add_bin_arg(p: argparse.ArgumentParser) -> None:
                    help="Visium HD: read the bins of this size in µm (default 16 where present, else 8)")
 
 
+def _feature_settings() -> list[tuple[str, Field]]:
+    """``(flag, field)`` of each image-feature setting on the command line, as declared in ``FeatureConfig``."""
+    from ..features import FeatureConfig
+
+    return [(setting_of(f).flag or "--" + f.name.replace("_", "-"), f)
+            for f in declared_fields(FeatureConfig) if setting_of(f).on_cli]
+
+
 def add_feature_args(p: argparse.ArgumentParser) -> None:
-    """How image features are extracted."""
+    """How image features are extracted: one flag per declared setting of ``FeatureConfig``.
+
+    A true-or-false setting whose flag starts with ``--no-`` (``--no-cache``) turns it off.
+    """
     g = p.add_argument_group("image features")
-    g.add_argument(
-        "--extractor", default="default",
-        help="'default' (weight-free, offline), 'uni', 'timm:<model name>', 'hf:<org>/<name>' (a timm model of the "
-             "Hugging Face hub, e.g. hf:bioptimus/H-optimus-0; also 'hf-hub:<org>/<name>'), or 'none' (image "
-             "features off)",
-    )
-    g.add_argument("--weights", help="local weights for the extractor: a checkpoint file (UNI or timm), or for "
-                                     "hf:<org>/<name> the folder of the hub's files (config.json and "
-                                     "model.safetensors or pytorch_model.bin)")
-    g.add_argument("--patch-um", type=float, help="patch edge in micrometres (needs a known pixel size)")
-    g.add_argument(
-        "--patch-spot-fraction", type=float, default=None,
-        help="patch edge as a multiple of the spot diameter (used when --patch-um is not given; default 2)",
-    )
-    g.add_argument("--feature-batch-size", type=int, default=None, help="patches per extractor batch (default 64)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    g.add_argument("--stain", choices=("none", "macenko"), default="none",
-                   help="stain normalisation of the patches: 'macenko' re-renders every slide's patches with "
-                        "reference stains estimated once per slide, for models meant for slides stained or "
-                        "scanned elsewhere (default none)")
+    for flag, f in _feature_settings():
+        spec = setting_of(f)
+        if spec.kind is bool:
+            g.add_argument(flag, action="store_true", help=f"do not {spec.help}")
+            continue
+        shown = (f" (default {f.default:g})" if isinstance(f.default, (int, float))
+                 else f" (default {f.default})" if spec.choices else "")
+        kwargs: dict[str, Any] = {"default": f.default, "help": (spec.help + shown).replace("%", "%%")}
+        if spec.kind in (int, float):
+            kwargs["type"] = spec.kind
+        if spec.choices:
+            kwargs["choices"] = list(spec.choices)
+        g.add_argument(flag, **kwargs)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -226,15 +233,14 @@ def require_grid_um(value: float | None) -> None:
 
 
 def check_feature_args(args: argparse.Namespace) -> None:
-    """The image-feature options."""
+    """The image-feature options: each as its declared setting, then the weights and the extractor."""
+    for flag, f in _feature_settings():
+        setting_of(f).check(flag, getattr(args, flag[2:].replace("-", "_")))
     if args.weights is not None:
         from ..features.hub import is_hub_spec
 
         if not is_hub_spec(args.extractor):  # a hub model's weights are a folder, checked below
             require_file(args.weights, "--weights file")
-    require_positive(args.patch_um, "--patch-um")
-    require_positive(args.patch_spot_fraction, "--patch-spot-fraction")
-    require_int(args.feature_batch_size, "--feature-batch-size", 1)
     if args.extractor != "none" and (args.extractor != "default" or args.weights is not None):
         from ..features import check_extractor
 
@@ -248,19 +254,14 @@ def check_scale_args(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- shared helpers
 def feature_config(args: argparse.Namespace):
-    """The :class:`~napari_histosge.features.FeatureConfig` the feature options describe."""
+    """The :class:`~napari_histosge.features.FeatureConfig` the feature options (and ``--device``) describe."""
     from ..features import FeatureConfig
 
-    config = FeatureConfig(extractor=args.extractor, checkpoint=args.weights, device=args.device,
-                           stain=getattr(args, "stain", "none"))
-    if args.patch_um is not None:
-        config.patch_um = args.patch_um
-    if args.patch_spot_fraction is not None:
-        config.patch_spot_fraction = args.patch_spot_fraction
-    if args.feature_batch_size is not None:
-        config.batch_size = args.feature_batch_size
-    config.cache = not args.no_cache
-    return config
+    values: dict[str, Any] = {"device": args.device}
+    for flag, f in _feature_settings():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        values[f.name] = not value if setting_of(f).kind is bool else value  # --no-cache: cache off
+    return FeatureConfig(**values)
 
 
 def train_config(args: argparse.Namespace):

@@ -16,7 +16,8 @@ from typing import Any
 from .. import models  # noqa: F401  (registers every model's settings class; no torch)
 from ..errors import InputError
 from ..gene_lists import parse_gene_names
-from ..training.config import Setting, TrainConfig, config_class, config_names, make_config, setting_names, setting_of
+from ..settings import Setting
+from ..training.config import TrainConfig, config_class, config_names, make_config, setting_names, setting_of
 
 
 def _flag(f: Field) -> str:
@@ -59,9 +60,11 @@ def _default_text(name: str) -> str:
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     """``--model`` and one flag per setting, grouped by the models that have it (not given: ``None``)."""
-    p.add_argument("--model", default="histosge", choices=_model_order(),
-                   help="'histosge' (image + position, the paper), 'conditioned' (also the measured neighbours) "
-                        "or 'subspot' (a grid of cells from the H&E and the measured spots, consistent with them)")
+    names = _model_order()
+    p.add_argument("--model", default=names[0], choices=names,
+                   help=f"the model to train, one of the registered models: {', '.join(names)} (default "
+                        f"{names[0]}; each model's own settings are grouped below; docs/choosing-a-model.md "
+                        "compares them)")
     for title, group_fields in _groups():
         g = p.add_argument_group(f"training settings: {title} (a flag not given keeps the model's default)")
         for f in group_fields:

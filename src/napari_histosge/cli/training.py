@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -23,7 +22,6 @@ from .options import (
     read_section,
     require_file,
     require_fraction,
-    require_int,
     require_measured_genes,
     require_output,
     require_prediction_output,
@@ -41,9 +39,6 @@ def add_parsers(sub) -> None:
                         "several sections train one model, each section's positions in its own frame")
     p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
     add_bin_arg(p)
-    p.add_argument("--max-bins", type=int,
-                   help="Visium HD: train on at most this many bins of a section, a seeded random subset "
-                        "(default: io.visium_hd.MAX_TRAINING_BINS, 100,000); the model predicts every bin")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--resume", help="continue training from this checkpoint")
     add_init_arg(p)
@@ -76,18 +71,16 @@ def add_init_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_init(args: argparse.Namespace):
-    """The ``--init`` model, or ``None``; the run's settings take its network settings where no flag gave them."""
+    """The ``--init`` model, or ``None``, and the run's settings (``pipeline.run_settings.run_settings``)."""
+    config = train_config(args)  # every flag checked against the model, before the model is read
     if args.init is None:
-        return None, train_config(args)
-    from ..models import load_model, model_spec
+        return None, config
+    from ..models import load_model
+    from ..pipeline.run_settings import run_settings
     from .settings import given_settings
 
     init = load_model(args.init, device=args.device)
-    config = train_config(args)
-    given = given_settings(args)
-    keep = {k: getattr(init.config, k) for k in model_spec(config.model).hparam_keys
-            if k not in given and hasattr(init.config, k)}
-    return init, replace(config, **keep)
+    return init, run_settings(config.model, given_settings(args), init)
 
 
 def check_train(args: argparse.Namespace) -> None:
@@ -101,7 +94,6 @@ def check_train(args: argparse.Namespace) -> None:
     require_file(args.image, "--image file")
     require_file(args.resume, "--resume checkpoint")
     require_file(args.init, "--init checkpoint")
-    require_int(args.max_bins, "--max-bins", 1)
     if args.init and args.resume:
         raise InputError("--resume continues its own checkpoint and --init starts a new run from a model: give one")
     if args.init and len(args.data) > 1:
@@ -122,23 +114,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``histosge train``: train on one or more sections and save the checkpoint."""
     check_train(args)
     from ..io import read_spots  # heavy: after the checks
-    from ..io.visium_hd import MAX_TRAINING_BINS, limit_bins
     from ..pipeline.steps import fit
 
     init, config = load_init(args)  # the model's defaults (and the --init model): before any data
     features = feature_config(args) if init is None or args.extractor != "default" or args.stain != "none" else None
     # One training per --out: a second one would interleave its checkpoints with this one's.
     with output_lock(args.out, what="checkpoint (--out)"):
-        most = args.max_bins or MAX_TRAINING_BINS
-        sections = [limit_bins(read_spots(path, image=args.image, bin_um=args.bin_um), most, seed=config.seed)
-                    for path in args.data]
+        sections = [read_spots(path, image=args.image, bin_um=args.bin_um) for path in args.data]
         model = drive(
             fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
                 checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers,
                 init=init),
             args,
         )
-    n_spots = sum(a.n_obs for a in sections)
+    n_spots = sum(min(a.n_obs, config.max_bins) for a in sections)  # fit trains on at most max_bins of each
     where = f" in {len(sections)} sections" if len(sections) > 1 else ""
     print(f"trained {model.config.model} on {spots_trained_on(n_spots, model.meta)}{where} x "
           f"{len(model.genes)} genes; {final_loss_text(model.meta)}")

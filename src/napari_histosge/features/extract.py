@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,64 +13,11 @@ import numpy as np
 from ..errors import InputError
 from ..io import require_spot_image
 from ..progress import CancelToken, Progress, ProgressGenerator
-from ..settings import settings_from_dict
 from ..slide.open import open_slide
 from .cache import feature_cache_key, load_cached, save_cached
+from .config import FeatureConfig
 from .registry import create_extractor
-from .stain import StainNormaliser, check_stain_method, estimate_stains
-
-
-@dataclass
-class FeatureConfig:
-    """How to extract patch features.
-
-    Parameters
-    ----------
-    extractor
-        Extractor spec: ``"default"``, ``"uni"`` or ``"timm:<model_name>"``.
-    checkpoint
-        Optional local weights file for the extractor.
-    patch_um
-        Patch edge in micrometres; used when the image's microns-per-pixel is known.
-    patch_spot_fraction
-        Patch edge as a multiple of the spot diameter, used when ``patch_um`` is
-        None or the pixel size is unknown.
-    batch_size
-        Patches per batch.
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
-    cache
-        Reuse/write the on-disk feature cache.
-    amp
-        On CUDA, run the extractor under autocast (bfloat16 where supported, else
-        float16) with channels-last inputs; ignored on CPU/MPS.
-    stain
-        ``"none"``, or ``"macenko"``: every patch re-rendered with reference stains, from
-        stains estimated once per slide (:mod:`.stain`), for models meant to work across
-        slides stained or scanned differently.
-    """
-
-    extractor: str = "default"
-    checkpoint: str | None = None
-    patch_um: float | None = None
-    patch_spot_fraction: float = 2.0
-    batch_size: int = 64
-    device: str = "auto"
-    cache: bool = True
-    amp: bool = True
-    stain: str = "none"
-
-    def __post_init__(self) -> None:
-        check_stain_method(self.stain)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-friendly)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise InputError."""
-        return settings_from_dict(cls, d, "feature settings")
+from .stain import StainNormaliser, estimate_stains
 
 
 @dataclass

@@ -20,8 +20,6 @@ from ..errors import InputError
 from ..slide.mask import low_resolution_rgb, tissue_from_rgb
 from ..slide.open import open_slide
 
-#: ``FeatureConfig.stain`` values.
-STAIN_METHODS = ("none", "macenko")
 #: Transmitted light intensity of the optical density transform (torchstain's default).
 LIGHT = 240.0
 #: Longest side of the level the stains are estimated on.
@@ -68,13 +66,6 @@ class StainNormaliser:
         """Inverse of :meth:`to_dict`."""
         return cls(*(np.asarray(d[k], np.float64) for k in
                      ("stains", "max_concentration", "reference_stains", "reference_max")))
-
-
-def check_stain_method(method: str) -> str:
-    """``method`` if it is one of :data:`STAIN_METHODS`, else an :class:`InputError`."""
-    if method not in STAIN_METHODS:
-        raise InputError(f"stain normalisation must be one of {', '.join(STAIN_METHODS)}, got {method!r}")
-    return method
 
 
 def estimate_stains(image_path: str | os.PathLike) -> StainNormaliser:

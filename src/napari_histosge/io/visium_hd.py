@@ -51,8 +51,6 @@ STEP_TOLERANCE = 0.05
 SCALE_TOLERANCE = 0.01
 #: ``obsm`` key of the footprint centres (the one models.subspot.geometry reads; io cannot import models).
 FOOTPRINT_KEY = "footprint_xy"
-#: Most bins :func:`limit_bins` keeps for training: 100,000 bins x 1,000 genes of float32 targets are 400 MB.
-MAX_TRAINING_BINS = 100_000
 
 
 def hd_root(folder: Path) -> Path | None:
@@ -342,12 +340,13 @@ def bin_up(adata, factor: int = 2):
     return out
 
 
-def limit_bins(adata, max_bins: int = MAX_TRAINING_BINS, *, seed: int = 0):
+def limit_bins(adata, max_bins: int, *, seed: int = 0):
     """At most ``max_bins`` bins for training: ``adata`` itself when it has no more, else a seeded random subset.
 
     The subset keeps the reading order and records ``uns["histosge"]["subsampled"]``. A model
-    trained on it still predicts every bin. The 8 µm bins of a whole capture area, and the
-    16 µm bins of a large tissue, number more than :data:`MAX_TRAINING_BINS`.
+    trained on it still predicts every bin. The training setting ``max_bins`` applies it
+    (:mod:`napari_histosge.pipeline.run_settings`): the 8 µm bins of a whole capture area, and
+    the 16 µm bins of a large tissue, number more than its default.
 
     Raises
     ------

@@ -19,6 +19,7 @@ from ..training.config import TrainConfig
 from ..training.trained_model import TrainedModel
 from .gene_choice import choose_genes
 from .placement import feature_config_of
+from .run_settings import limited_ids
 from .steps import fit, predict_spots, spot_features
 
 
@@ -97,6 +98,7 @@ def recover(
     train_config = train_config or HisToSGEConfig(seed=seed)
     feature_config = feature_config or (FeatureConfig() if init is None else feature_config_of(init))
     train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
+    train_ids = limited_ids(train_ids, train_config)  # at most max_bins, as fit would: the summary counts these
     # Genes come from the training spots only: the HVGs (or the user's list) plus the
     # highest-mean genes, so both headline gene sets are scored by one model.
     # normalize_total is per spot, so the training rows of the whole section's log data

@@ -44,6 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
+from .run_settings import limited_ids, limited_sections, run_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
     NO_IMAGE,
@@ -93,7 +94,9 @@ def fit(
         :func:`napari_histosge.training.inputs.section_frame`); spot ids that repeat across sections
         are prefixed ``"<library id>:"``.
     train_config, feature_config
-        Model/training and feature settings; defaults are the paper's.
+        Model/training and feature settings; defaults are the paper's (and, with ``init``,
+        its network settings: :func:`.run_settings.run_settings`). A section with more spots
+        than ``train_config.max_bins`` (or more ``train_ids``) trains on a seeded subset of them.
     train_ids
         Train on these spots only (the rest are held out); all spots when ``None``.
         One section only.
@@ -118,9 +121,13 @@ def fit(
     TrainedModel
         The trained model, its config, genes and metadata.
     """
-    train_config = train_config or HisToSGEConfig()
+    train_config = train_config or run_settings(HisToSGEConfig.MODEL, {}, init)
     if init is not None:
         train_config, feature_config = _starting_from(init, adata, train_config, feature_config)
+    if train_ids is None:
+        adata, features = limited_sections(adata, features, train_config)
+    else:
+        train_ids = limited_ids(train_ids, train_config)
     feature_config = feature_config or FeatureConfig()
     section_trainer = model_spec(train_config.model).section_trainer
     if section_trainer is not None:  # a model that reads the slide itself (no per-spot features)

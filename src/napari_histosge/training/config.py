@@ -1,7 +1,7 @@
 """Training settings: those every model shares (:class:`TrainConfig`) and each model's own, declared once.
 
-Every setting is a dataclass field made by :func:`setting`, which carries its help text
-and its bounds. Validation (:meth:`TrainConfig.__post_init__`), the command line's flags
+Every setting is a dataclass field made by :func:`~napari_histosge.settings.setting`, which
+carries its help text and its bounds. Validation (:meth:`TrainConfig.__post_init__`), the command line's flags
 (:mod:`napari_histosge.cli.options`) and the settings table in docs/cli.md are all built
 from these declarations. A model's settings are a subclass of :class:`TrainConfig` that adds
 its own fields (and may change a shared field's default with :func:`redefault`), registered
@@ -12,125 +12,20 @@ all settings were one flat class.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-import numpy as np
-
 from ..errors import InputError
+from ..settings import Setting, check_settings_of, setting, setting_of
+
+__all__ = ["GENE_SELECTIONS", "Setting", "TrainConfig", "config_class", "config_from_dict", "config_names",
+           "make_config", "owner_of", "redefault", "register_config", "setting", "setting_names", "setting_of",
+           "spot_group_settings"]
 
 T = TypeVar("T", bound="TrainConfig")
 
 #: How genes are ranked (``io.preprocess.GENE_METHODS``; that package loads anndata, this one stays light).
 GENE_SELECTIONS = ("hvg", "spatial", "hvg+spatial")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What one setting accepts, and its help text.
-
-    ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``list`` (of gene names);
-    ``optional`` allows ``None`` (``none_means`` says what it stands for). Bounds:
-    ``least``/``most`` inclusive, ``above``/``below`` exclusive. ``flag`` is the command-line
-    flag (default: ``--`` and the name with dashes); ``on_cli=False`` keeps it off the
-    training flags (e.g. ``device``, which every command takes).
-    """
-
-    help: str
-    kind: type
-    optional: bool = False
-    none_means: str = ""
-    least: float | None = None
-    most: float | None = None
-    above: float | None = None
-    below: float | None = None
-    choices: tuple[str, ...] | None = None
-    flag: str | None = None
-    on_cli: bool = True
-
-    def describe(self) -> str:
-        """What a valid value is, in words (used in errors and help)."""
-        if self.kind is bool:
-            text = "true or false"
-        elif self.choices:
-            text = "one of " + ", ".join(self.choices)
-        elif self.kind is list:
-            text = "a list of gene names"
-        elif self.kind is str:
-            text = "text"
-        else:
-            text = ("an integer" if self.kind is int else "a number") + self._bounds()
-        return text + (f" or None ({self.none_means})" if self.optional else "")
-
-    def _bounds(self) -> str:
-        low = f"[{_num(self.least)}" if self.least is not None else (
-            f"({_num(self.above)}" if self.above is not None else None)
-        high = f"{_num(self.most)}]" if self.most is not None else (
-            f"{_num(self.below)})" if self.below is not None else None)
-        if low and high:
-            return f" in {low}, {high}"
-        if low:
-            return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
-        if high:
-            return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
-        return ""
-
-    def check(self, name: str, value: Any) -> Any:
-        """``value`` as a plain Python value of this setting, or :class:`InputError` naming ``name``."""
-        if value is None:
-            if self.optional:
-                return None
-            raise self._error(name, value)
-        if self.kind is bool:
-            if not isinstance(value, (bool, np.bool_)):
-                raise self._error(name, value)
-            return bool(value)
-        if self.kind is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise self._error(name, value)
-            return value
-        if self.kind is list:
-            if isinstance(value, str) or not isinstance(value, Iterable):
-                raise self._error(name, value)
-            return [str(v) for v in value]
-        number = self._number(name, value)
-        if ((self.least is not None and number < self.least) or (self.most is not None and number > self.most)
-                or (self.above is not None and number <= self.above)
-                or (self.below is not None and number >= self.below)):
-            raise self._error(name, value)
-        return number
-
-    def _number(self, name: str, value: Any) -> int | float:
-        if isinstance(value, (bool, np.bool_)):
-            raise self._error(name, value)
-        if self.kind is int:
-            if not isinstance(value, (int, np.integer)):
-                raise self._error(name, value)
-            return int(value)
-        if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-            raise self._error(name, value)
-        return float(value)  # numpy scalars -> plain floats (JSON, checks)
-
-    def _error(self, name: str, value: Any) -> InputError:
-        return InputError(f"training setting {name} must be {self.describe()}, got {value!r}")
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def setting(default: Any, help: str, *, kind: type | None = None, **bounds: Any) -> Any:
-    """A settings field: ``default``, the ``help`` text and what it accepts (see :class:`Setting`).
-
-    ``kind`` defaults to the type of ``default`` (give it when the default is ``None``).
-    """
-    kind = kind or type(default)
-    spec = Setting(help=help, kind=kind, **bounds)
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"setting": spec})
-    return field(default=default, metadata={"setting": spec})
 
 
 def redefault(cls: type[TrainConfig], name: str, default: Any) -> Any:
@@ -141,11 +36,6 @@ def redefault(cls: type[TrainConfig], name: str, default: Any) -> Any:
 def setting_names(cls: type[TrainConfig]) -> set[str]:
     """The names of the settings of ``cls`` (its dataclass fields; ``MODEL`` is none)."""
     return {f.name for f in fields(cls)}
-
-
-def setting_of(f: Field) -> Setting:
-    """The :class:`Setting` of a settings field."""
-    return f.metadata["setting"]
 
 
 @dataclass
@@ -189,13 +79,15 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of the training spots held back to keep the best epoch (and stop "
                                   "early), raised to 20 spots where that is at most a fifth of the section; 0 "
                                   "trains every spot for all epochs, as the paper", least=0, below=1)
+    max_bins: int = setting(100_000, "train on at most this many spots (bins) of each section, a seeded random "
+                            "subset: the 8 µm bins of a whole Visium HD capture area are more; the model still "
+                            "predicts every bin", least=1)
 
     def __post_init__(self) -> None:
         if not self.MODEL:
             raise InputError("TrainConfig holds the settings every model shares; build a model's settings with "
                              "napari_histosge.train_config(model, ...) or its class, e.g. HisToSGEConfig()")
-        for f in fields(self):
-            setattr(self, f.name, setting_of(f).check(f.name, getattr(self, f.name)))
+        check_settings_of(self, "training setting")
         self.check()
 
     def check(self) -> None:

@@ -7,7 +7,6 @@ runs the core generator through :func:`._worker.start_job` and shows what it yie
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     LineEdit,
     PushButton,
     Select,
@@ -30,6 +28,7 @@ from ..reader import low_resolution_message
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
 from .models_panel import session_name
+from .settings_form import Control, SettingsForm
 from .state import SESSION_MODELS, SessionModel
 from .status import set_status, status_label
 from .worker import Outcome, preload_torch, start_job, status_text
@@ -48,12 +47,12 @@ PREVIEW_GENES = 24
 DEFAULT_OUT = Path.home() / "histosge-models"
 
 
-#: The form's epochs for HisToSGE: fewer than the paper's 1000, which take long on a CPU.
-HISTOSGE_EPOCHS = 200
-#: The epochs box's tooltip: what runs when it is left alone, and when a number is typed.
-EPOCHS_TIP = ("the most training epochs. Left as shown, a model may train fewer: it stops early on its held-back "
-              "spots, or trains a shorter fixed schedule on a section too small to hold spots back (the status "
-              "says 'epoch k/N'). A number you type runs as typed on a small section too (as --epochs).")
+#: The genes section and the device control show these settings; the model section shows the others.
+FORM_SETTINGS = frozenset({"n_top_genes", "genes", "include_genes", "gene_selection", "device"})
+#: What the epochs control does besides the setting's help: the rule for a number typed.
+EPOCHS_TIP = ("Left at the model's default, a model may train fewer: it stops early on its held-back spots, or "
+              "trains a shorter fixed schedule on a section too small to hold spots back (the status says "
+              "'epoch k/N'). A number you type runs as typed on a small section too (as --epochs)")
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
@@ -121,20 +120,79 @@ def _path_of(field: FileEdit) -> str | None:
     return str(field.value) if field.value is not None and str(field.value) not in ("", ".") else None
 
 
+def training_job(adata, *, train_config, given: dict[str, Any], feature_config, init_path: Path | None,
+                 checkpoint: Path, scheduler: str | None, cancel: CancelToken):
+    """The training run of a Start, for :func:`.worker.start_job`: everything slow happens in its thread.
+
+    The feature extractor is checked there (a hub model's probe may wait on the network), the
+    model to start from is read there, and the run then takes that model's network settings
+    where the form gave none (:func:`~napari_histosge.pipeline.run_settings.run_settings`).
+    """
+
+    def make_gen():
+        from ...features import check_extractor
+        from ...models import load_model
+        from ...outputs import output_lock
+        from ...pipeline.run_settings import run_settings
+        from ...pipeline.steps import fit
+
+        if feature_config.extractor != "none":
+            check_extractor(feature_config.extractor, feature_config.checkpoint)  # the command line's check
+        init = None if init_path is None else load_model(init_path)
+        config = train_config if init is None else run_settings(train_config.model, given, init)
+        # One run per checkpoint file, as on the command line (a second writer is refused).
+        with output_lock(checkpoint, what="checkpoint"):
+            return (yield from fit(adata, train_config=config, feature_config=feature_config,
+                                   checkpoint_path=checkpoint, scheduler=scheduler, cancel=cancel, init=init))
+
+    return make_gen
+
+
 class TrainWidget(Container):
     """Train a HisToSGE model on one or more spots layers; Start/Cancel, progress, loss curve."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        self._add_data_controls(viewer)
+        self._add_feature_controls()
+        self._add_gene_controls()
+        self._add_run_controls()
+        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights, self.hub_name,
+                     self.hub_folder, self.stain,
+                     self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
+                     self.preview_button, self.preview, self.init, self.model_settings, self.device, self.out_dir,
+                     self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
+        self.loss_curve = LossCurve()
+        self.native.layout().addWidget(self.loss_curve)
+
+        self.worker = None
+        self.preview_worker: Any = None
+        self.token: CancelToken | None = None
+        self.checkpoint_path: Path | None = None
+        self.last_model = None
+        self.last_outcome: Outcome | None = None
+        self.events_seen: list[Progress] = []
+        self._connect(viewer)
+        warm_up_imports()
+        self._refresh_data()
+        self._sync_visibility()
+        self._check_data()
+
+    def _add_data_controls(self, viewer) -> None:
+        """The sections to train on and the model."""
+        from ...models import model_names
+
         self.data = Select(label="data", choices=lambda _w: spots_layer_choices(viewer),
                            tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
                                    "ctrl/shift-click to train one model on several sections")
         self.data.native.setMaximumHeight(110)
-        from ...models import model_names
-
         self.model_name = ComboBox(label="model", choices=model_names(), value="histosge",
-                                   tooltip="histosge: image + position (the paper); other models from the registry")
+                                   tooltip="histosge: image + position (the paper); other models from the "
+                                           "registry; the settings below are the chosen model's")
+
+    def _add_feature_controls(self) -> None:
+        """How image features are extracted."""
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
                                   tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
                                           "timm: any timm backbone; hub: a timm model of the Hugging Face hub "
@@ -156,13 +214,19 @@ class TrainWidget(Container):
                               tooltip="stain normalisation. macenko: every slide's patches re-rendered with "
                                       "reference stains estimated once per slide, for a model meant for slides "
                                       "stained or scanned elsewhere (no gain on sections of one lab)")
+
+    def _add_gene_controls(self) -> None:
+        """Which genes are predicted (the settings of :data:`FORM_SETTINGS` about genes)."""
+        from ...training.config import TrainConfig
+
         self.genes_mode = ComboBox(label="genes", choices=[GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST],
                                    value=GENES_SPATIAL,
                                    tooltip="spatially variable: Moran's I, the genes with tissue structure (a "
                                            "section's markers); highly variable: dispersion, as the paper; both: "
                                            "the best of each gene's two ranks; my gene list: exactly the genes "
                                            "entered below")
-        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=300, tooltip=setting_tip("n_top_genes"))
+        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=TrainConfig.default_of("n_top_genes"),
+                               tooltip=setting_tip("n_top_genes"))
         self.markers = LineEdit(label="always include", value="",
                                 tooltip="genes always predicted besides the ranked ones (e.g. ERBB2, GRB7), "
                                         "separated by commas")
@@ -174,14 +238,17 @@ class TrainWidget(Container):
         self.preview_button = PushButton(text="Show genes")
         self.preview = status_label()  # the genes the next run will use, once asked for
         self.preview.visible = False
+
+    def _add_run_controls(self) -> None:
+        """The model to start from, the chosen model's settings, where it runs and the Start/Cancel buttons."""
+        from ...training.config import config_class
+
         self.init = FileEdit(label="start from", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt",
                              tooltip="optional: a trained histosge model (e.g. of other sections of the tissue) to "
                                      "fine-tune on this section (the conditioned model starts its image "
-                                     "companion from it); its genes and features are kept")
-        self.epochs = SpinBox(label="epochs", min=1, max=100000, value=HISTOSGE_EPOCHS, tooltip=EPOCHS_TIP)
-        self._form_epochs = HISTOSGE_EPOCHS  # the value the form chose; another is the user's
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
-                               tooltip=setting_tip("lr"))
+                                     "companion from it); its genes, features and network settings are kept")
+        self.model_settings = SettingsForm(skip=FORM_SETTINGS, tips={"epochs": EPOCHS_TIP})
+        self.model_settings.show_class(config_class(str(self.model_name.value)))
         self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.out_dir = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUT,
                                 tooltip="where each run writes its own checkpoint (.pt), named after the data, "
@@ -197,22 +264,8 @@ class TrainWidget(Container):
         self.status = status_label()
         self.notice = status_label()  # warnings about the chosen data (low resolution), kept in view
         self.notice.visible = False
-        self.extend([self.data, self.model_name, self.extractor, self.timm_name, self.weights, self.hub_name,
-                     self.hub_folder, self.stain,
-                     self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
-                     self.preview_button, self.preview, self.init, self.epochs, self.lr, self.device, self.out_dir,
-                     self.scheduler, self.start_button, self.cancel_button, self.notice, self.status])
-        self.loss_curve = LossCurve()
-        self.native.layout().addWidget(self.loss_curve)
 
-        self.worker = None
-        self.token: CancelToken | None = None
-        self.checkpoint_path: Path | None = None
-        self.last_model = None
-        self.last_outcome: Outcome | None = None
-        self.events_seen: list[Progress] = []
-
-        self.lr.native.setDecimals(6)
+    def _connect(self, viewer) -> None:
         self.start_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.extractor.changed.connect(self._sync_visibility)
@@ -221,16 +274,21 @@ class TrainWidget(Container):
         self.model_name.changed.connect(self._model_changed)
         self.genes_mode.changed.connect(self._sync_visibility)
         self.preview_button.changed.connect(self.show_genes)
-        self.preview_worker: Any = None
         for control in (self.data, self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
                         self.init, self.model_name):
             control.changed.connect(self._clear_preview)  # a shown list is stale once its inputs change
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
-        warm_up_imports()
-        self._refresh_data()
-        self._sync_visibility()
-        self._check_data()
+
+    @property
+    def epochs(self) -> Control:
+        """The epochs control of the model section."""
+        return self.model_settings.control("epochs")
+
+    @property
+    def lr(self) -> Control:
+        """The learning-rate control of the model section."""
+        return self.model_settings.control("lr")
 
     def _refresh_data(self, *_: Any) -> None:
         """Refresh the layer choices; with nothing selected, select the newest spots layer."""
@@ -257,13 +315,10 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ form -> core configs
     def _model_changed(self, *_: Any) -> None:
-        """Epochs follow the chosen model's default (the conditioned model peaks within a few)."""
-        from ...models import HisToSGEConfig
+        """The model section shows the chosen model's settings, with its defaults."""
         from ...training.config import config_class
 
-        default = config_class(str(self.model_name.value)).default_of("epochs")
-        self._form_epochs = HISTOSGE_EPOCHS if default == HisToSGEConfig.default_of("epochs") else default
-        self.epochs.value = self._form_epochs
+        self.model_settings.show_class(config_class(str(self.model_name.value)))
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -289,31 +344,30 @@ class TrainWidget(Container):
         chosen = self.extractor.value
         weights = _path_of(self.hub_folder) if chosen == "hub" else _path_of(self.weights) if chosen in (
             "uni", "timm") else None
-        if spec != "none":
-            from ...features import check_extractor
-
-            check_extractor(spec, weights)  # the command line's check: one line, before any slide is read
         stain = str(self.stain.value) if spec != "none" else "none"
         return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value, stain=stain)
+
+    def given_settings(self) -> dict[str, Any]:
+        """The settings the form gives: those changed in the model section, the genes and the device.
+
+        A setting left at the model's default is not given, so the model's own rules for it
+        hold (e.g. HisToSGE's shorter schedule on a small section); a number typed is given
+        (:meth:`~napari_histosge.training.config.TrainConfig.implied`).
+        """
+        mode = self.genes_mode.value
+        names = self.gene_names()
+        if mode == GENES_LIST and not names:
+            raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
+        return {**self.model_settings.changed_values(), "device": self.device.value,
+                "n_top_genes": int(self.n_genes.value), "genes": names if mode == GENES_LIST else None,
+                "include_genes": names if mode != GENES_LIST and names else None,
+                "gene_selection": GENE_METHOD.get(mode, "spatial")}
 
     def train_config(self):
         """The chosen model's settings (:mod:`napari_histosge.training.config`) the form describes."""
         from ...models import train_config
 
-        mode = self.genes_mode.value
-        names = self.gene_names()
-        if mode == GENES_LIST and not names:
-            raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
-        genes = names if mode == GENES_LIST else None
-        include = names if mode != GENES_LIST and names else None
-        epochs = int(self.epochs.value)
-        typed = epochs != self._form_epochs
-        config = train_config(str(self.model_name.value), epochs=epochs if typed else None, lr=float(self.lr.value),
-                              device=self.device.value, n_top_genes=int(self.n_genes.value), genes=genes,
-                              include_genes=include, gene_selection=GENE_METHOD.get(mode, "spatial"))
-        # Typed epochs are given (and run as typed, as the CLI's --epochs); the form's own value
-        # stands in for the model's default, which a model may shorten on a small section.
-        return config if typed else replace(config, epochs=epochs)
+        return train_config(str(self.model_name.value), **self.given_settings())
 
     def gene_names(self) -> list[str]:
         """The names typed (the gene list, or the genes always included) plus those of the gene file."""
@@ -393,18 +447,13 @@ class TrainWidget(Container):
 
         if self.worker is not None:
             return
-        layers = list(self.data.value or [])
+        layers = self._chosen_layers()
         if not layers:
-            if not self.data.choices:
-                show_error("Open spot data first (a Space Ranger or ST v1 folder, or an .h5ad), then pick it here.")
-            else:
-                show_error("No data selected: select one or more spots layers to train on "
-                           "(ctrl/shift-click selects several sections).")
             return
         adatas = [histosge_meta(layer)["adata"] for layer in layers]
-        try:
-            feature_config, train_config = self.feature_config(), self.train_config()
-            self.init_path()
+        try:  # the form's settings checked now: one line, before any work
+            feature_config, given, train_config = self.feature_config(), self.given_settings(), self.train_config()
+            init_path = self.init_path()
             out_dir = Path(str(self.out_dir.value)).expanduser()
             out_dir.mkdir(parents=True, exist_ok=True)
         except (HistosgeError, OSError) as exc:
@@ -413,7 +462,6 @@ class TrainWidget(Container):
         library = "+".join(str(a.uns.get("histosge", {}).get("library_id") or layer.name)
                            for a, layer in zip(adatas, layers, strict=True))
         self.checkpoint_path = new_checkpoint_path(out_dir, str(library), train_config.model)
-        scheduler = scheduler_value(self.scheduler.value)
         self.token = CancelToken()
         self.events_seen = []
         self.loss_curve.clear()
@@ -421,24 +469,25 @@ class TrainWidget(Container):
         for message in self.data_warnings():  # a notification too: the status line changes soon
             show_warning(message)
         self.start_button.enabled, self.cancel_button.enabled = False, True
-        token, ckpt, init_path = self.token, self.checkpoint_path, self.init_path()
-
-        def make_gen():
-            from ...models import load_model
-            from ...outputs import output_lock
-            from ...pipeline.steps import fit
-
-            init = None if init_path is None else load_model(init_path)
-            # One run per checkpoint file, as on the command line (a second writer is refused).
-            with output_lock(ckpt, what="checkpoint"):
-                return (yield from fit(adatas if len(adatas) > 1 else adatas[0], train_config=train_config,
-                                       feature_config=feature_config, checkpoint_path=ckpt, scheduler=scheduler,
-                                       cancel=token, init=init))
-
+        job = training_job(adatas if len(adatas) > 1 else adatas[0], train_config=train_config, given=given,
+                           feature_config=feature_config, init_path=init_path, checkpoint=self.checkpoint_path,
+                           scheduler=scheduler_value(self.scheduler.value), cancel=self.token)
         # The session keeps the (first) section as the model's data.
         self._library, self._adata = str(library), adatas[0]
-        self.worker = start_job(make_gen, description=f"training on {library}", on_event=self._on_event,
+        self.worker = start_job(job, description=f"training on {library}", on_event=self._on_event,
                                 on_done=self._on_done, on_crash=self._on_crash)
+
+    def _chosen_layers(self) -> list:
+        """The spots layers chosen to train on; none shows what to do instead."""
+        from napari.utils.notifications import show_error
+
+        layers = list(self.data.value or [])
+        if not layers and not self.data.choices:
+            show_error("Open spot data first (a Space Ranger or ST v1 folder, or an .h5ad), then pick it here.")
+        elif not layers:
+            show_error("No data selected: select one or more spots layers to train on "
+                       "(ctrl/shift-click selects several sections).")
+        return layers
 
     def cancel(self, *_: Any) -> None:
         """Ask the running training to stop at the next batch."""

@@ -1,0 +1,82 @@
+"""What a training run starts from: the settings it runs with and the spots it trains on.
+
+These rules hold for every caller (the command line, the Train widget and
+:func:`napari_histosge.fit`): a run that starts from a trained model keeps that model's
+network settings where the user gave none, and a section with more spots than the
+``max_bins`` setting (the bins of a whole Visium HD capture area) trains on a seeded random
+subset of them, while the model still predicts every spot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..features import SpotFeatures
+from ..io.visium_hd import limit_bins
+from ..models import model_spec, train_config
+from ..training.config import TrainConfig
+from ..training.trained_model import TrainedModel
+
+
+def run_settings(model: str, given: dict[str, Any], init: TrainedModel | None = None) -> TrainConfig:
+    """``model``'s settings for a run: its defaults, ``init``'s network settings, then the settings ``given``.
+
+    Parameters
+    ----------
+    model
+        A registered model's name.
+    given
+        The settings a user gave (flags, or a form's changed values); ``None`` values count as not given.
+    init
+        The trained model the run starts from, or ``None``. Its network settings (the
+        model's constructor settings it has) replace the defaults, so its weights fit the
+        network; a setting in ``given`` still wins.
+
+    Raises
+    ------
+    InputError
+        If ``model`` is unknown, a setting is invalid or belongs to another model.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    kept: dict[str, Any] = {}
+    if init is not None:
+        kept = {k: getattr(init.config, k) for k in model_spec(model).hparam_keys
+                if k not in given and hasattr(init.config, k)}
+    return train_config(model, **kept, **given)
+
+
+def limited_section(adata, features: SpotFeatures | None, config: TrainConfig
+                    ) -> tuple[Any, SpotFeatures | None]:
+    """``adata`` cut to at most ``config.max_bins`` spots (seeded by ``config.seed``), and its features alike.
+
+    ``features`` are those of every spot of ``adata`` (or ``None``); the subset keeps the
+    reading order and records ``uns["histosge"]["subsampled"]``.
+    """
+    kept = limit_bins(adata, config.max_bins, seed=config.seed)
+    if kept is adata or features is None:
+        return kept, features
+    rows = adata.obs_names.get_indexer(kept.obs_names)
+    return kept, SpotFeatures(np.asarray(features.features)[rows], np.asarray(features.mean_rgb)[rows],
+                              features.identity)
+
+
+def limited_ids(ids: Sequence[str], config: TrainConfig) -> list[str]:
+    """At most ``config.max_bins`` of the spot ``ids`` (a hold-out split's training spots), seeded, in order."""
+    ids = list(ids)
+    if len(ids) <= config.max_bins:
+        return ids
+    keep = np.sort(np.random.default_rng(config.seed).choice(len(ids), size=config.max_bins, replace=False))
+    return [ids[i] for i in keep]
+
+
+def limited_sections(adata, features, config: TrainConfig):
+    """:func:`limited_section` of one section, or of each of a list of sections with its own features."""
+    if not isinstance(adata, (list, tuple)):
+        return limited_section(adata, features, config)
+    if not isinstance(features, (list, tuple)) or len(features) != len(adata):
+        return [limited_section(a, None, config)[0] for a in adata], features  # fit refuses odd features
+    pairs = [limited_section(a, f, config) for a, f in zip(adata, features, strict=True)]
+    return [a for a, _ in pairs], [f for _, f in pairs]
