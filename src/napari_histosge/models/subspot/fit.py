@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ...evaluation.count_split import integer_counts
 from ...features.cell_raster import IDENTITY, cell_features, n_cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
@@ -32,6 +33,7 @@ from .calibration import calibrate
 from .config import SubspotConfig
 from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprints_of
+from .histology_prior import load_prior, prior_pattern
 from .network import SubspotNetwork
 from .prior import prior_rates
 from .trained import SubspotModel
@@ -65,6 +67,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     path, scale = require_spot_image(adata)
     info = adata.uns.get("histosge", {})
     cell_px = cell_px_for(config.cell_um, info.get("mpp"), scale, info.get("spot_diameter_px"))
+    histology = _histology_prior(config, adata, _cell_um(cell_px, info.get("mpp")))  # checked before any work
     train = adata if train_ids is None else adata[list(train_ids)]
     if train.n_obs < 3:
         raise InputError(f"the sub-spot model needs at least 3 measured spots to fit, got {train.n_obs}",
@@ -77,7 +80,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
     grid, weights = _footprint_cells(footprints, cell_px)
-    if config.image_modulation:
+    if config.image_modulation or histology is not None:
         feats = yield from cell_features(path, scale, grid, cancel=cancel)
     else:  # the image is not used: no slide read at all
         feats = np.zeros((grid.n_cells, n_cell_features()), np.float32)
@@ -101,6 +104,12 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     else:
         coef, alphas = np.zeros((len(genes), z.shape[1])), np.full(len(genes), np.inf)
     coef = share * coef
+    pattern = None
+    if histology is not None:
+        yield Progress("fit", 0, 1, "weighing the histology prior's pattern per gene on the footprints")
+        pattern = prior_pattern(histology, genes, z, weights, train.X, train.var_names.get_indexer(genes),
+                                footprints.centres)
+        coef, share = pattern.coef, float(pattern.weight.max())
     network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), n_footprints=len(footprints))
     depth = total_counts(train)
     # Each measurement's scatter around what its neighbours and its image say, per gene.
@@ -117,11 +126,24 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
                 modulation_share=float(share), history=[], epochs_done=0)
     if calibration is not None:
         meta["calibration"] = calibration.to_meta()
+    if pattern is not None:
+        meta["histology_prior"] = pattern.to_meta(str(config.prior))
     trained = SubspotModel(network, config, genes, meta)
     if checkpoint_path is not None:
         trained.save(checkpoint_path)
     yield Progress("fit", 1, 1, f"image modulation share {share:g}")
     return trained
+
+
+def _histology_prior(config: SubspotConfig, adata, cell_um: float | None):
+    """The ``prior`` model, checked against the section (:mod:`.histology_prior`), or ``None``."""
+    if config.prior is None:
+        return None
+    if config.image_modulation:
+        raise InputError("the histology prior replaces the image modulation fitted on the section: give --prior "
+                         "or --image-modulation, not both")
+    integer_counts(adata.X)  # the prior's weights are chosen by splitting the counts
+    return load_prior(config.prior, adata, cell_um, adata.var_names)
 
 
 def _footprint_cells(footprints: Footprints, cell_px: float):
