@@ -26,8 +26,13 @@ def _flag(f: Field) -> str:
 def _groups() -> list[tuple[str, list[Field]]]:
     """``(title, settings)``: those every model shares, then each model's own."""
     groups = [("every model", [f for f in TrainConfig.own_fields() if setting_of(f).on_cli])]
+    seen: set[str] = set()
     for name in _model_order():
-        groups.append((f"{name} model", [f for f in config_class(name).own_fields() if setting_of(f).on_cli]))
+        # A setting two models declare alike (cellridge and subspot: cell_um) is one flag, in the first group.
+        own = [f for f in config_class(name).own_fields() if setting_of(f).on_cli and f.name not in seen]
+        seen |= {f.name for f in own}
+        if own:
+            groups.append((f"{name} model", own))
     return groups
 
 
@@ -60,8 +65,9 @@ def _default_text(name: str) -> str:
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     """``--model`` and one flag per setting, grouped by the models that have it (not given: ``None``)."""
     p.add_argument("--model", default="histosge", choices=_model_order(),
-                   help="'histosge' (image + position, the paper), 'conditioned' (also the measured neighbours) "
-                        "or 'subspot' (a grid of cells from the H&E and the measured spots, consistent with them)")
+                   help="'histosge' (image + position, the paper), 'conditioned' (also the measured neighbours), "
+                        "'subspot' (a grid of cells from the H&E and the measured spots, consistent with them) or "
+                        "'cellridge' (a histology prior for subspot --prior, trained on other sections)")
     for title, group_fields in _groups():
         g = p.add_argument_group(f"training settings: {title} (a flag not given keeps the model's default)")
         for f in group_fields:

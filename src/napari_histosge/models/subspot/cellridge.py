@@ -100,6 +100,7 @@ def train_cellridge(adata, *, train_ids: Sequence[str] | None, config: CellRidge
         sections.append((yield from section_cells(section, config.cell_um, cancel=cancel)))
     yield Progress("fit", 0, 1, f"ridge over {sum(len(s.features) for s in sections)} spots")
     model = fit_cellridge(sections, config)
+    model.meta = {**meta, **model.meta}  # what the caller keeps (feature settings, ...), under the fit's own
     if checkpoint_path is not None:
         model.save(checkpoint_path)
     yield Progress("fit", 1, 1)
