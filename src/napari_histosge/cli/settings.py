@@ -111,7 +111,8 @@ def check_settings(args: argparse.Namespace) -> TrainConfig:
     for name in given:
         if name not in own:
             flag = _flag(next(f for _, fs in _groups() for f in fs if f.name == name))
-            raise InputError(f"{flag} is a setting of the {' and '.join(_models_with(name))} model, "
+            owners = _models_with(name)
+            raise InputError(f"{flag} is a setting of the {' and '.join(owners)} model{'s' * (len(owners) > 1)}, "
                              f"not of {model} (--model {model})")
     return make_config(model, given)
 

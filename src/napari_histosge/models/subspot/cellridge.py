@@ -24,12 +24,12 @@ import numpy as np
 from ...errors import InputError
 from ...features.cell_raster import IDENTITY, cell_features
 from ...io import require_spot_image
-from ...io.preprocess import dense_targets, normalize_log1p, select_genes
+from ...io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes
 from ...progress import CancelToken, Progress, ProgressGenerator
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .config import CellRidgeConfig
-from .fit import RIDGE_ALPHAS, _footprint_cells, _ridge
+from .fit import RIDGE_ALPHAS, footprint_cells, ridge_fit
 from .geometry import cell_px_for, footprints_of
 
 
@@ -49,7 +49,7 @@ def section_cells(adata, cell_um: float | None, *, cancel: CancelToken | None = 
     path, scale = require_spot_image(adata)
     info = adata.uns.get("histosge", {})
     cell_px = cell_px_for(cell_um, info.get("mpp"), scale, info.get("spot_diameter_px"))
-    grid, weights = _footprint_cells(footprints_of(adata), cell_px)
+    grid, weights = footprint_cells(footprints_of(adata), cell_px)
     feats = yield from cell_features(path, scale, grid, cancel=cancel)
     std = feats.std(axis=0)
     z = (feats - feats.mean(axis=0)) / np.where(std < 1e-8, 1.0, std)
@@ -60,7 +60,11 @@ def section_cells(adata, cell_um: float | None, *, cancel: CancelToken | None = 
 
 
 def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig) -> CellRidgeModel:
-    """The ridge map fitted on ``sections``' spots: genes chosen on them together, among those all share."""
+    """The ridge map fitted on ``sections``' spots, genes among those all share.
+
+    Without ``genes`` given, the ``n_top_genes`` most expressed genes and the
+    ``n_top_genes`` ranked ones (of the spots together) are fitted.
+    """
     import anndata as ad
 
     shared = [g for g in sections[0].log_expression.var_names
@@ -70,10 +74,12 @@ def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig) -> 
     together = ad.concat([s.log_expression[:, shared] for s in sections], join="inner", index_unique="-")
     genes = select_genes(together, n_top=config.n_top_genes, genes=config.genes, method=config.gene_selection,
                          include=config.include_genes)
+    if config.genes is None:  # a prior serves any section's genes: the most expressed too, which rankings skip
+        genes = list(dict.fromkeys(top_mean_genes(together, n=config.n_top_genes) + genes))
     x = np.concatenate([s.features - s.features.mean(axis=0) for s in sections])
     targets = [dense_targets(s.log_expression, genes).astype(np.float64) for s in sections]
     y = np.concatenate([t - t.mean(axis=0) for t in targets])
-    coef, alphas = _ridge(x, y)
+    coef, alphas = ridge_fit(x, y)
     network = CellRidgeNetwork(in_dim=x.shape[1], n_genes=len(genes))
     network.fill(coef, np.mean([t.mean(axis=0) for t in targets], axis=0))
     cell_ums = [s.cell_um for s in sections]

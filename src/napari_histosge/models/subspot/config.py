@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...training.config import TrainConfig, register_config, setting
+from ...training.config import TrainConfig, redefault, register_config, setting
 
 
 @register_config
@@ -41,10 +41,14 @@ class CellRidgeConfig(TrainConfig):
 
     Trained on the spots of one or more sections (each spot the mean of its cells), it is
     the histology prior of the sub-spot model (``subspot --prior``); ``cell_um`` is the side
-    of its cells, which a sub-spot model it serves must share.
+    of its cells, which a sub-spot model it serves must share. It fits the ``n_top_genes``
+    most expressed genes as well as the ranked ones.
     """
 
     MODEL = "cellridge"
+
+    # A prior serves whichever genes a sub-spot model of another section predicts: many, as a ridge is cheap.
+    n_top_genes: int = redefault(TrainConfig, "n_top_genes", 3000)
 
     cell_um: float | None = setting(None, "side of the grid cells in µm", kind=float, optional=True,
                                     none_means="14 µm, at least two image pixels", above=0)

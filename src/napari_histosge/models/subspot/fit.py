@@ -79,7 +79,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     targets = dense_targets(log_train, genes).astype(np.float64)
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
-    grid, weights = _footprint_cells(footprints, cell_px)
+    grid, weights = footprint_cells(footprints, cell_px)
     if config.image_modulation or histology is not None:
         feats = yield from cell_features(path, scale, grid, cancel=cancel)
     else:  # the image is not used: no slide read at all
@@ -94,13 +94,13 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     if config.image_modulation:
         yield Progress("fit", 0, 1, "calibrating the image modulation one scale up")
         calibration = calibrate(grid.centres(), z, weights, targets, footprints.centres,
-                                lambda x, y: _ridge(x, y)[0], config.prior_bandwidth)
+                                lambda x, y: ridge_fit(x, y)[0], config.prior_bandwidth)
     bandwidth = (calibration.bandwidth if calibration else config.prior_bandwidth) * spacing
     prior = prior_rates(grid.centres(), footprints.centres, rates, bandwidth)
     residual = targets - np.log1p(weights @ prior)
     share = 0.0 if not config.image_modulation else (calibration.share if calibration else 1.0)
     if share > 0:
-        coef, alphas = _ridge(weights @ z, residual)
+        coef, alphas = ridge_fit(weights @ z, residual)
     else:
         coef, alphas = np.zeros((len(genes), z.shape[1])), np.full(len(genes), np.inf)
     coef = share * coef
@@ -146,7 +146,7 @@ def _histology_prior(config: SubspotConfig, adata, cell_um: float | None):
     return load_prior(config.prior, adata, cell_um, adata.var_names)
 
 
-def _footprint_cells(footprints: Footprints, cell_px: float):
+def footprint_cells(footprints: Footprints, cell_px: float):
     """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
     reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
     grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
@@ -155,7 +155,7 @@ def _footprint_cells(footprints: Footprints, cell_px: float):
     return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()
 
 
-def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(coef (G, D), alpha per gene)`` of ridge regressions of ``y``'s columns on ``x``."""
     from sklearn.linear_model import RidgeCV
 

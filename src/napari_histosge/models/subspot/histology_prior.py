@@ -29,6 +29,7 @@ from ...evaluation.count_split import split_counts
 from ...evaluation.metrics import column_pcc
 from ...features.cell_raster import IDENTITY
 from ...training.grouping import median_spacing
+from ..registry import load_model
 from .calibration import pool_footprints
 
 #: Weights tried per gene.
@@ -83,8 +84,6 @@ def load_prior(path: str, adata, cell_um: float | None, genes_here) -> object:
         features, shares no gene with the section, or was trained on another platform,
         pixel size or cell size.
     """
-    from ..registry import load_model
-
     prior = load_model(path, device="cpu")
     name = prior.config.model
     if not hasattr(prior, "pattern_coef") or prior.meta.get("feature_identity") != IDENTITY:
