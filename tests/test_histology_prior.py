@@ -165,3 +165,11 @@ def _no_cell_features(monkeypatch):
         raise AssertionError("cell features were read before the prior was checked")
 
     monkeypatch.setattr(fit, "cell_features", refuse)
+
+
+def test_a_prior_on_counts_that_are_not_whole_numbers_is_refused(demo, prior_path, monkeypatch):
+    normalised = demo.copy()
+    normalised.X = normalize_log1p(demo).X
+    _no_cell_features(monkeypatch)
+    with pytest.raises(InputError, match="not whole numbers"):
+        _subspot(normalised, prior=str(prior_path))
