@@ -6,7 +6,9 @@ aggregating over each measured footprint: a footprint's measured log1p value, mi
 log1p of its cells' mean prior, is regressed on its cells' mean features (ridge, each
 gene's penalty chosen by efficient leave-one-out cross-validation over the footprints).
 How much of that modulation is kept, and the prior's bandwidth, are chosen one scale up
-on the same footprints (:mod:`.calibration`).
+on the same footprints (:mod:`.calibration`). With a histology prior (``prior``, a
+``cellridge`` model of other sections) the modulation is instead that model's map, weighted
+per gene on the footprints (:mod:`.histology_prior`).
 
 Importing this module registers the ``subspot`` model (:mod:`..registry`).
 """
