@@ -51,6 +51,8 @@ TRAINED = {
     "subspot": ("subspot", {}),
     "subspot-with-image": ("subspot", {"image_modulation": True}),
     "histosge": ("histosge", {}),
+    # The histology prior: a cellridge model of the group's OTHER sections (full counts), see prior_model.
+    "subspot-prior": ("subspot", {}),
 }
 BASELINES = ("copy", "interpolation", "smoothing")
 #: Run by default: ``subspot-with-image`` reads cell features over the section for every fit
@@ -63,6 +65,8 @@ SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 #: nonzero count would be infinitely wrong).
 MIN_MEAN_COUNT = 1e-3
 PER_SECTION = RESULTS / "superres_pooled"
+#: Prior models and cell features, cached between processes (never committed: derived from the data).
+CACHE = Path("/tmp/histosge-superres-prior")
 
 
 def factors(adata) -> tuple[int, ...]:
@@ -111,9 +115,49 @@ def smoothed(bin_xy: np.ndarray, bin_values: np.ndarray, spot_xy: np.ndarray, si
     return (weights @ bin_values) / weights.sum(axis=1, keepdims=True)
 
 
+def cached_cell_features(path, scale, grid, *, sigmas=None, cancel=None):
+    """:func:`~napari_histosge.features.cell_raster.cell_features`, read from :data:`CACHE` once computed.
+
+    The bins of every seed cover the same cells, so the slide is filtered once per grid; the
+    values are the function's own.
+    """
+    import hashlib
+
+    from napari_histosge.features import cell_raster
+
+    sigmas = tuple(sigmas or cell_raster.SIGMAS_IN_CELLS)
+    kept = b"" if grid.kept is None else np.asarray(grid.kept).tobytes()
+    key = hashlib.sha1(repr((str(path), scale, grid.cell_px, grid.origin_xy, grid.shape, sigmas)).encode() + kept)
+    file = CACHE / "cells" / f"{key.hexdigest()}.npy"
+    if file.exists():
+        return np.load(file)
+    out = yield from cell_raster.cell_features(path, scale, grid, sigmas=sigmas, cancel=cancel)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    np.save(file, out)
+    return out
+
+
+def prior_model(section: Path) -> Path:
+    """A ``cellridge`` model of the other sections of ``section``'s group, on their full counts (cached)."""
+    from napari_histosge.models.subspot.cellridge import fit_cellridge, section_cells
+    from napari_histosge.progress import run_to_end
+
+    others = sorted(p for p in section.parent.iterdir() if p.is_dir() and p.name != section.name)
+    out = CACHE / f"{section.parent.name}-without-{section.name}.pt"
+    if out.exists():
+        return out
+    config = hs.train_config("cellridge")
+    cells = [run_to_end(section_cells(hs.read_spots(p), config.cell_um)) for p in others]
+    fit_cellridge(cells, config).save(out)
+    print(f"  prior model of {', '.join(p.name for p in others)} -> {out}", flush=True)
+    return out
+
+
 def trained_prediction(label: str, pooled, adata_a, genes: list[str]) -> np.ndarray:
     """Train ``label`` on the half-A bins, predict every spot (with half A's data only)."""
     model_name, settings = TRAINED[label]
+    if label == "subspot-prior":
+        settings = {**settings, "prior": str(prior_model(Path(adata_a.uns["histosge"]["source"])))}
     config = hs.train_config(model_name, genes=genes, **settings)
     model = hs.fit(pooled.bins, train_config=config)
     diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
@@ -157,7 +201,18 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
     return row
 
 
+def cache_cell_features() -> None:
+    """Every reader of cell features in the models and maps goes through :func:`cached_cell_features`."""
+    from napari_histosge.models.subspot import cellridge, fit
+    from napari_histosge.pipeline import grid_maps
+
+    for module in (cellridge, fit, grid_maps):
+        module.cell_features = cached_cell_features  # type: ignore[attr-defined]
+
+
 def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
+    if "subspot-prior" in models:
+        cache_cell_features()
     adata = hs.read_spots(path)
     spacing = float(estimate_lattice(adata).spacing)
     rows = {f: {"factor": f, "spots": int(adata.n_obs), "spacing_px": spacing, "seeds": []} for f in factors(adata)}

@@ -12,7 +12,7 @@ from napari_histosge.cli import settings as cli_settings
 from napari_histosge.cli.main import build_parser
 from napari_histosge.errors import InputError
 from napari_histosge.io.preprocess import GENE_METHODS
-from napari_histosge.models import ConditionedConfig, HisToSGEConfig, SubspotConfig
+from napari_histosge.models import CellRidgeConfig, ConditionedConfig, HisToSGEConfig, SubspotConfig
 from napari_histosge.training.config import (
     GENE_SELECTIONS,
     TrainConfig,
@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_model_has_a_settings_class_and_the_shared_settings():
-    assert config_names() == ["conditioned", "histosge", "subspot"]
-    for cls in (HisToSGEConfig, ConditionedConfig, SubspotConfig):
+    assert config_names() == ["cellridge", "conditioned", "histosge", "subspot"]
+    for cls in (HisToSGEConfig, ConditionedConfig, SubspotConfig, CellRidgeConfig):
         assert issubclass(cls, TrainConfig)
         assert {f.name for f in TrainConfig.own_fields()} <= setting_names(cls)
     assert "neighbours" not in setting_names(HisToSGEConfig) and "dim" not in setting_names(SubspotConfig)
@@ -72,7 +72,7 @@ def test_values_become_plain_python_values():
 
 
 def test_a_setting_of_another_model_is_refused_naming_its_owner():
-    with pytest.raises(InputError, match=r"no setting cell_um \(a setting of subspot\)"):
+    with pytest.raises(InputError, match=r"no setting cell_um \(a setting of cellridge and subspot\)"):
         make_config("histosge", {"cell_um": 10.0})
     assert make_config("conditioned", {"dim": 32, "heads": 2}).dim == 32  # inherited from HisToSGE
 
@@ -107,7 +107,8 @@ def test_every_setting_has_a_flag_and_the_flags_build_the_models_settings():
 
 
 def test_a_flag_of_another_model_or_out_of_bounds_is_one_line():
-    with pytest.raises(InputError, match=r"--cell-um is a setting of the subspot model, not of histosge"):
+    with pytest.raises(InputError,
+                       match=r"--cell-um is a setting of the cellridge and subspot models, not of histosge"):
         cli_settings.check_settings(_train_args("--cell-um", "10"))
     with pytest.raises(InputError, match="--neighbours is a setting of the conditioned model"):
         cli_settings.check_settings(_train_args("--model", "subspot", "--neighbours", "4"))

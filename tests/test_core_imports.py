@@ -44,4 +44,4 @@ def test_the_command_line_reads_every_models_settings_without_torch() -> None:
             "from napari_histosge.training.config import config_names\nprint(config_names())\n"
             "print(sorted(m for m in ('torch', 'anndata', 'napari_histosge.models.registry') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[:2] == ["['conditioned', 'histosge', 'subspot']", "[]"]
+    assert out.stdout.split("\n")[:2] == ["['cellridge', 'conditioned', 'histosge', 'subspot']", "[]"]

@@ -27,8 +27,13 @@ def _flag(f: Field) -> str:
 def _groups() -> list[tuple[str, list[Field]]]:
     """``(title, settings)``: those every model shares, then each model's own."""
     groups = [("every model", [f for f in TrainConfig.own_fields() if setting_of(f).on_cli])]
+    seen: set[str] = set()
     for name in _model_order():
-        groups.append((f"{name} model", [f for f in config_class(name).own_fields() if setting_of(f).on_cli]))
+        # A setting two models declare alike (cellridge and subspot: cell_um) is one flag, in the first group.
+        own = [f for f in config_class(name).own_fields() if setting_of(f).on_cli and f.name not in seen]
+        seen |= {f.name for f in own}
+        if own:
+            groups.append((f"{name} model", own))
     return groups
 
 
@@ -108,7 +113,8 @@ def check_settings(args: argparse.Namespace) -> TrainConfig:
     for name in given:
         if name not in own:
             flag = _flag(next(f for _, fs in _groups() for f in fs if f.name == name))
-            raise InputError(f"{flag} is a setting of the {' and '.join(_models_with(name))} model, "
+            owners = _models_with(name)
+            raise InputError(f"{flag} is a setting of the {' and '.join(owners)} model{'s' * (len(owners) > 1)}, "
                              f"not of {model} (--model {model})")
     return make_config(model, given)
 

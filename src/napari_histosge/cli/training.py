@@ -101,6 +101,8 @@ def check_train(args: argparse.Namespace) -> None:
     check_feature_args(args)
     check_scale_args(args)
     check_genes_given(args, args.data)
+    # A model of other sections a model draws on (subspot --prior): read with the section, checked there.
+    require_file(getattr(train_config(args), "prior", None), "--prior model")
 
 
 def check_genes_given(args: argparse.Namespace, paths: list[str]) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 
 from .conditioned.config import ConditionedConfig
 from .histosge_config import HisToSGEConfig
-from .subspot.config import SubspotConfig
+from .subspot.config import CellRidgeConfig, SubspotConfig
 
 #: The modules that register each model's network and trainer (they import torch).
-MODEL_MODULES = (".histosge_fit", ".conditioned.fit", ".subspot.fit")
+MODEL_MODULES = (".histosge_fit", ".conditioned.fit", ".subspot.fit", ".subspot.cellridge")
 
 #: Public name -> module that defines it (imported, with every model, on first access).
 _LAZY = {
@@ -29,7 +29,8 @@ _LAZY = {
                                       "model_spec", "register_model", "train", "train_config")},
 }
 
-__all__ = ["ConditionedConfig", "ConditionedModel", "HisToSGE", "HisToSGEConfig", "HisToSGETrainedModel", "ModelSpec",
+__all__ = ["CellRidgeConfig",
+           "ConditionedConfig", "ConditionedModel", "HisToSGE", "HisToSGEConfig", "HisToSGETrainedModel", "ModelSpec",
            "SubspotConfig",
            "create_model", "load_model", "model_hparams", "model_names", "model_spec", "register_model", "train",
            "train_config"]

@@ -51,6 +51,8 @@ class ModelSpec:
         :func:`napari_histosge.pipeline.steps.fit` hands such a model the section.
     takes_init
         Whether ``trainer`` takes ``init=``, a trained model to start from (:func:`train`).
+    trains_on_sections
+        Whether ``section_trainer`` takes a list of sections too (one model of all of them).
     """
 
     name: str
@@ -60,6 +62,7 @@ class ModelSpec:
     hparam_keys: tuple[str, ...]
     section_trainer: Callable[..., ProgressGenerator[TrainedModel]] | None = None
     takes_init: bool = False
+    trains_on_sections: bool = False
 
     def hparams(self, config: TrainConfig) -> dict[str, Any]:
         """The settings of ``config`` handed to the network's constructor."""

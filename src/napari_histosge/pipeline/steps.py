@@ -129,8 +129,15 @@ def fit(
     else:
         train_ids = limited_ids(train_ids, train_config)
     feature_config = feature_config or FeatureConfig()
-    section_trainer = model_spec(train_config.model).section_trainer
+    spec = model_spec(train_config.model)
+    section_trainer = spec.section_trainer
     if section_trainer is not None:  # a model that reads the slide itself (no per-spot features)
+        if isinstance(adata, (list, tuple)) and spec.trains_on_sections and len(adata) > 1:
+            if train_ids is not None:
+                raise InputError(f"train_ids (a hold-out split) works with one section; got {len(adata)} sections")
+            return (yield from section_trainer(list(adata), train_ids=None, config=train_config,
+                                               meta=model_meta(adata[0], feature_config),
+                                               checkpoint_path=checkpoint_path, cancel=cancel))
         if isinstance(adata, (list, tuple)):
             if len(adata) != 1:
                 raise InputError(f"the {train_config.model} model trains on one section; got {len(adata)}")

@@ -6,7 +6,9 @@ aggregating over each measured footprint: a footprint's measured log1p value, mi
 log1p of its cells' mean prior, is regressed on its cells' mean features (ridge, each
 gene's penalty chosen by efficient leave-one-out cross-validation over the footprints).
 How much of that modulation is kept, and the prior's bandwidth, are chosen one scale up
-on the same footprints (:mod:`.calibration`).
+on the same footprints (:mod:`.calibration`). With a histology prior (``prior``, a
+``cellridge`` model of other sections) the modulation is instead that model's map, weighted
+per gene on the footprints (:mod:`.histology_prior`).
 
 Importing this module registers the ``subspot`` model (:mod:`..registry`).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ...evaluation.count_split import integer_counts
 from ...features.cell_raster import IDENTITY, cell_features, n_cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
@@ -32,6 +35,7 @@ from .calibration import calibrate
 from .config import SubspotConfig
 from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprints_of
+from .histology_prior import load_prior, prior_pattern
 from .network import SubspotNetwork
 from .prior import prior_rates
 from .trained import SubspotModel
@@ -65,6 +69,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     path, scale = require_spot_image(adata)
     info = adata.uns.get("histosge", {})
     cell_px = cell_px_for(config.cell_um, info.get("mpp"), scale, info.get("spot_diameter_px"))
+    histology = _histology_prior(config, adata, _cell_um(cell_px, info.get("mpp")))  # checked before any work
     train = adata if train_ids is None else adata[list(train_ids)]
     if train.n_obs < 3:
         raise InputError(f"the sub-spot model needs at least 3 measured spots to fit, got {train.n_obs}",
@@ -76,8 +81,8 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     targets = dense_targets(log_train, genes).astype(np.float64)
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
-    grid, weights = _footprint_cells(footprints, cell_px)
-    if config.image_modulation:
+    grid, weights = footprint_cells(footprints, cell_px)
+    if config.image_modulation or histology is not None:
         feats = yield from cell_features(path, scale, grid, cancel=cancel)
     else:  # the image is not used: no slide read at all
         feats = np.zeros((grid.n_cells, n_cell_features()), np.float32)
@@ -91,16 +96,22 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     if config.image_modulation:
         yield Progress("fit", 0, 1, "calibrating the image modulation one scale up")
         calibration = calibrate(grid.centres(), z, weights, targets, footprints.centres,
-                                lambda x, y: _ridge(x, y)[0], config.prior_bandwidth)
+                                lambda x, y: ridge_fit(x, y)[0], config.prior_bandwidth)
     bandwidth = (calibration.bandwidth if calibration else config.prior_bandwidth) * spacing
     prior = prior_rates(grid.centres(), footprints.centres, rates, bandwidth)
     residual = targets - np.log1p(weights @ prior)
     share = 0.0 if not config.image_modulation else (calibration.share if calibration else 1.0)
     if share > 0:
-        coef, alphas = _ridge(weights @ z, residual)
+        coef, alphas = ridge_fit(weights @ z, residual)
     else:
         coef, alphas = np.zeros((len(genes), z.shape[1])), np.full(len(genes), np.inf)
     coef = share * coef
+    pattern = None
+    if histology is not None:
+        yield Progress("fit", 0, 1, "weighing the histology prior's pattern per gene on the footprints")
+        pattern = prior_pattern(histology, genes, z, weights, train.X, train.var_names.get_indexer(genes),
+                                footprints.centres)
+        coef, share = pattern.coef, float(pattern.weight.max())
     network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), n_footprints=len(footprints))
     depth = total_counts(train)
     # Each measurement's scatter around what its neighbours and its image say, per gene.
@@ -117,6 +128,8 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
                 modulation_share=float(share), history=[], epochs_done=0)
     if calibration is not None:
         meta["calibration"] = calibration.to_meta()
+    if pattern is not None:
+        meta["histology_prior"] = pattern.to_meta(str(config.prior))
     trained = SubspotModel(network, config, genes, meta)
     if checkpoint_path is not None:
         trained.save(checkpoint_path)
@@ -124,7 +137,18 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     return trained
 
 
-def _footprint_cells(footprints: Footprints, cell_px: float):
+def _histology_prior(config: SubspotConfig, adata, cell_um: float | None):
+    """The ``prior`` model, checked against the section (:mod:`.histology_prior`), or ``None``."""
+    if config.prior is None:
+        return None
+    if config.image_modulation:
+        raise InputError("the histology prior replaces the image modulation fitted on the section: give --prior "
+                         "or --image-modulation, not both")
+    integer_counts(adata.X)  # the prior's weights are chosen by splitting the counts
+    return load_prior(config.prior, adata, cell_um, adata.var_names)
+
+
+def footprint_cells(footprints: Footprints, cell_px: float):
     """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
     reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
     grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
@@ -133,7 +157,7 @@ def _footprint_cells(footprints: Footprints, cell_px: float):
     return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()
 
 
-def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(coef (G, D), alpha per gene)`` of ridge regressions of ``y``'s columns on ``x``."""
     from sklearn.linear_model import RidgeCV
 

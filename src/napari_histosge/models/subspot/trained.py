@@ -81,6 +81,11 @@ class SubspotModel(TrainedModel):
         image = ("image modulation off" if not self.config.image_modulation
                  else f"image modulation kept: {float(meta.get('modulation_share', 0.0)):g}")
         text = f"fitted on {int(meta.get('n_train_spots', 0))} measured footprints, cells of {size}; {image}"
+        prior = meta.get("histology_prior")
+        if prior:  # the histology prior (subspot --prior) in place of the image modulation
+            text = text.replace("image modulation off", f"histology prior {prior['path']}: its pattern kept for "
+                                f"{prior['genes_kept']} of {prior['shared_genes']} shared genes (mean weight "
+                                f"{prior['mean_weight']:.2f}, chosen on {prior['squares']} pooled squares)")
         calibration = meta.get("calibration")
         if calibration:
             text += (f"\none scale up ({calibration['calibration_squares']} pooled squares predicting the "

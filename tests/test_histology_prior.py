@@ -1,0 +1,175 @@
+"""The sub-spot model's histology prior (``--prior``): the cellridge model, the pattern, its weights, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import napari_histosge as hs
+from napari_histosge.cli.main import main
+from napari_histosge.errors import InputError
+from napari_histosge.evaluation.metrics import within_bin_pcc
+from napari_histosge.io.preprocess import dense_targets, normalize_log1p
+from napari_histosge.models import load_model
+from napari_histosge.models.subspot import histology_prior
+from napari_histosge.models.subspot.histology_prior import WEIGHTS, choose_weights
+from napari_histosge.pipeline.pooled import pool_spots
+
+CELL_UM = "30"  # about 16 px on the demo slide: quick
+
+
+@pytest.fixture(scope="module")
+def prior_path(demo, tmp_path_factory) -> Path:
+    """A cellridge model of the demo section (standing in for other sections of the same tissue)."""
+    path = tmp_path_factory.mktemp("prior") / "prior.pt"
+    hs.fit(demo, train_config=hs.train_config("cellridge", n_top_genes=20, cell_um=float(CELL_UM)),
+           checkpoint_path=path)
+    return path
+
+
+def _subspot(adata, **settings):
+    return hs.fit(adata, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=float(CELL_UM), **settings))
+
+
+# ----------------------------------------------------------------------------- the weights
+def _footprints(n_squares: int = 30, seed: int = 0):
+    """Footprints in squares of four; gene 0 varies inside each square as ``truth``, gene 1 does not."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_squares), 4)
+    level = rng.normal(0, 0.5, n_squares)[labels]
+    truth = rng.normal(0, 0.6, len(labels))
+    rates = np.exp(np.stack([3 + level + truth, 3 + level, np.full(len(labels), 6.0)], axis=1))
+    counts = sp.csr_matrix(rng.poisson(rates))
+    return labels, truth, counts
+
+
+def test_a_pattern_that_is_right_inside_the_squares_is_kept_and_a_wrong_one_is_not():
+    labels, truth, counts = _footprints()
+    rng = np.random.default_rng(1)
+    pattern = np.stack([truth, rng.normal(0, 0.6, len(truth))], axis=1)  # right for gene 0; noise for gene 1
+    weight = choose_weights(pattern, counts, np.array([0, 1]), labels)
+    assert weight[0] >= 0.75 and weight[1] <= 0.25
+
+
+def test_a_flat_pattern_gets_weight_zero():
+    labels, _, counts = _footprints()
+    assert np.all(choose_weights(np.zeros((len(labels), 2)), counts, np.array([0, 1]), labels) == WEIGHTS[0])
+
+
+# ----------------------------------------------------------------------------- the fitted model
+def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
+    monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.zeros(pattern.shape[1]))
+    with_prior, without = _subspot(demo, prior=str(prior_path)), _subspot(demo)
+    assert with_prior.meta["histology_prior"]["genes_kept"] == 0 and not with_prior.uses_image
+    first = hs.superresolve_grid(with_prior, demo, mask=None)
+    second = hs.superresolve_grid(without, demo, mask=None)
+    assert np.array_equal(first.X, second.X)
+
+
+def test_the_image_pattern_within_bins_is_recovered(demo, prior_path):
+    # The demo's expression follows its tissue image; bins of four spots hide it within each bin.
+    pooled = pool_spots(demo, 4)
+    genes = load_model(prior_path, device="cpu").genes
+    truth = dense_targets(normalize_log1p(demo), genes)
+    scores = {}
+    for name, settings in {"default": {}, "prior": {"prior": str(prior_path)}}.items():
+        model = hs.fit(pooled.bins, train_config=hs.train_config("subspot", genes=genes, cell_um=float(CELL_UM),
+                                                                 **settings))
+        pred = hs.predict_spots(model, demo, positions=np.asarray(demo.obsm["spatial"]),
+                                diameter=float(demo.uns["histosge"]["spot_diameter_px"]))
+        scores[name] = float(np.mean(within_bin_pcc(np.asarray(pred[:, genes].X), truth, pooled.spot_bin)))
+    assert scores["prior"] > scores["default"] + 0.1, scores
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_train_a_prior_and_a_subspot_model_that_reads_it(demo_dir, tmp_path, capsys):
+    prior, model = tmp_path / "prior.pt", tmp_path / "sub.pt"
+    assert main(["train", str(demo_dir), str(demo_dir), "--model", "cellridge", "--cell-um", CELL_UM,
+                 "--n-genes", "10", "--out", str(prior), "--quiet"]) == 0
+    assert "over 490 spots of 2 section(s)" in capsys.readouterr().out
+    assert main(["train", str(demo_dir), "--model", "subspot", "--cell-um", CELL_UM, "--n-genes", "10",
+                 "--prior", str(prior), "--out", str(model), "--quiet"]) == 0
+    assert f"histology prior {prior}: its pattern kept for " in capsys.readouterr().out
+    # A prior does not predict spots on its own: refused in one line.
+    assert main(["predict", str(prior), str(demo_dir), "--out", str(tmp_path / "p.h5ad"), "--quiet"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _edited(prior_path: Path, tmp_path: Path, edit) -> str:
+    """A copy of the prior model with ``edit(model)`` applied."""
+    model = load_model(prior_path, device="cpu")
+    edit(model)
+    out = tmp_path / "edited.pt"
+    model.save(out)
+    return str(out)
+
+
+def _genes_renamed(model):
+    model.genes = [f"other-{g}" for g in model.genes]
+
+
+def _platform_visium(model):
+    for section in model.meta["sections"]:
+        section["platform"] = "visium"
+
+
+def _cells_doubled(model):
+    model.meta["cell_um"] = 2 * model.meta["cell_um"]
+
+
+def _mpp_tripled(model):
+    for section in model.meta["sections"]:
+        section["mpp"] = 3 * section["mpp"]
+
+
+@pytest.mark.parametrize("make_prior, message", [
+    (lambda p, t: str(t / "missing.pt"), "--prior model not found"),
+    (lambda p, t: (t / "junk.pt").write_bytes(b"not a checkpoint") and str(t / "junk.pt"), "not"),
+    (lambda p, t: _edited(p, t, _genes_renamed), "share none"),
+    (lambda p, t: _edited(p, t, _platform_visium), "trained on visium sections and this section is"),
+    (lambda p, t: _edited(p, t, _cells_doubled), "give --cell-um"),
+    (lambda p, t: _edited(p, t, _mpp_tripled), "its image features would not mean the same here"),
+])
+def test_a_bad_prior_fails_in_one_line_before_any_work(demo_dir, prior_path, tmp_path, capsys, monkeypatch,
+                                                        make_prior, message):
+    prior = make_prior(prior_path, tmp_path)
+    _no_cell_features(monkeypatch)
+    assert main(["train", str(demo_dir), "--model", "subspot", "--cell-um", CELL_UM, "--prior", prior,
+                 "--out", str(tmp_path / "sub.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "sub.pt").exists()
+
+
+def test_a_prior_that_is_not_an_image_model_is_refused(demo, tmp_path, monkeypatch):
+    not_image = tmp_path / "sub.pt"
+    _subspot(demo).save(not_image)
+    _no_cell_features(monkeypatch)
+    with pytest.raises(InputError, match="the prior is a subspot model, which does not predict expression from"):
+        _subspot(demo, prior=str(not_image))
+
+
+def test_a_prior_with_the_image_modulation_is_refused(demo, prior_path, monkeypatch):
+    _no_cell_features(monkeypatch)
+    with pytest.raises(InputError, match="give --prior or --image-modulation, not both"):
+        _subspot(demo, prior=str(prior_path), image_modulation=True)
+
+
+def _no_cell_features(monkeypatch):
+    from napari_histosge.models.subspot import fit
+
+    def refuse(*_a, **_k):
+        raise AssertionError("cell features were read before the prior was checked")
+
+    monkeypatch.setattr(fit, "cell_features", refuse)
+
+
+def test_a_prior_on_counts_that_are_not_whole_numbers_is_refused(demo, prior_path, monkeypatch):
+    normalised = demo.copy()
+    normalised.X = normalize_log1p(demo).X
+    _no_cell_features(monkeypatch)
+    with pytest.raises(InputError, match="not whole numbers"):
+        _subspot(normalised, prior=str(prior_path))
