@@ -225,7 +225,8 @@ class TrainWidget(Container):
                                            "section's markers); highly variable: dispersion, as the paper; both: "
                                            "the best of each gene's two ranks; my gene list: exactly the genes "
                                            "entered below")
-        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=TrainConfig.default_of("n_top_genes"),
+        self._genes_default = TrainConfig.default_of("n_top_genes")
+        self.n_genes = SpinBox(label="n genes", min=1, max=20000, value=self._genes_default,
                                tooltip=setting_tip("n_top_genes"))
         self.markers = LineEdit(label="always include", value="",
                                 tooltip="genes always predicted besides the ranked ones (e.g. ERBB2, GRB7), "
@@ -318,7 +319,13 @@ class TrainWidget(Container):
         """The model section shows the chosen model's settings, with its defaults."""
         from ...training.config import config_class
 
-        self.model_settings.show_class(config_class(str(self.model_name.value)))
+        cls = config_class(str(self.model_name.value))
+        self.model_settings.show_class(cls)
+        # The gene count follows the model's own default (cellridge fits more genes) unless typed.
+        default_genes = cls.default_of("n_top_genes")
+        if self.n_genes.value == self._genes_default:
+            self.n_genes.value = default_genes
+        self._genes_default = default_genes
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
