@@ -85,13 +85,13 @@ def _marker_columns(adata_log, markers: list[TissueMarker]) -> dict[str, int]:
     for i, name in enumerate(names):
         index[name] = i
         index.setdefault(name.split(".")[0], i)  # a versioned Ensembl id (ENSG....5)
-    found = {}
+    found: dict[str, int] = {}
     for m in markers:
-        i = index.get(m.symbol)
-        if i is None and m.ensembl_id:
-            i = index.get(m.ensembl_id)
-        if i is not None:
-            found[m.symbol] = i
+        column = index.get(m.symbol)
+        if column is None and m.ensembl_id:
+            column = index.get(m.ensembl_id)
+        if column is not None:
+            found[m.symbol] = column
     return found
 
 
