@@ -87,11 +87,11 @@ def _marker_columns(adata_log, markers: list[TissueMarker]) -> dict[str, int]:
         index.setdefault(name.split(".")[0], i)  # a versioned Ensembl id (ENSG....5)
     found: dict[str, int] = {}
     for m in markers:
-        column = index.get(m.symbol)
-        if column is None and m.ensembl_id:
-            column = index.get(m.ensembl_id)
-        if column is not None:
-            found[m.symbol] = column
+        at = index.get(m.symbol)
+        if at is None and m.ensembl_id:
+            at = index.get(m.ensembl_id)
+        if at is not None:
+            found[m.symbol] = at
     return found
 
 
