@@ -421,3 +421,23 @@ def test_a_symbol_on_ensembl_only_data_says_to_give_the_id(make_napari_viewer, d
     [(kind, message)] = [n for n in notifications if "MBP" in n[1]]
     assert kind == "warning" and "Ensembl id" in message and "ENSG" in message and "\n" not in message
     assert widget.show_gene("ENSG00000197971")  # MBP's id
+
+
+def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_run(session):
+    from napari_histosge.pipeline.gene_choice import training_genes
+    from napari_histosge.plugin.widgets.train import TrainWidget
+
+    viewer, widget, _heat, spots, _pred = session
+    adata = L.histosge_meta(spots)["adata"]
+    train = TrainWidget(viewer)
+    train.data.value = [spots]
+    train.n_genes.value = 5
+    assert train.train_config().include_genes is None  # the gene shown on opening is not the user's
+    assert widget.ask_for_gene(str(adata.var_names[7]).lower())
+    assert not widget.ask_for_gene("NOT_A_GENE")  # an unknown name is not remembered
+    config = train.train_config()
+    assert config.include_genes == [str(adata.var_names[7])]
+    assert str(adata.var_names[7]) in training_genes(adata, config)
+    train.genes_mode.value = "my gene list"
+    train.gene_list.value = str(adata.var_names[1])
+    assert train.train_config().genes == [str(adata.var_names[1])]  # an explicit list stays as typed

@@ -28,6 +28,7 @@ from .layers import (
     measured_source,
 )
 from .repaint import recolor_spots, rename_hidden, set_image_values, update_heatmap
+from .state import note_viewed_gene
 from .status import set_status, status_label, status_of
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class GeneViewerWidget(Container):
         if popup is not None:  # QCompleter always has one; the stubs allow None
             popup.installEventFilter(self._enter_filter)
         self.search.native.returnPressed.connect(self._return_pressed)
-        self.show_button.changed.connect(lambda *_: self.show_gene(self.search.value))
+        self.show_button.changed.connect(lambda *_: self.ask_for_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
         self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
         self.export_button.changed.connect(lambda *_: self.export_figure())
@@ -177,7 +178,7 @@ class GeneViewerWidget(Container):
         self._model.setStringList(names + sorted(ids - set(names)))  # gene ids are searchable too
 
     def _show_completion(self, text: str) -> None:
-        self.show_gene(text)
+        self.ask_for_gene(text)
 
     def _return_pressed(self) -> None:
         # The line edit's own Enter (no suggestion list open): shown after the event is done,
@@ -185,7 +186,15 @@ class GeneViewerWidget(Container):
         QTimer.singleShot(0, self._show_typed)
 
     def _show_typed(self) -> None:
-        self.show_gene(self.search.value)
+        self.ask_for_gene(self.search.value)
+
+    def ask_for_gene(self, text: str) -> bool:
+        """Show the gene the user typed or picked (:meth:`show_gene`); the next training run predicts it too."""
+        if not self.show_gene(text):
+            return False
+        if self.gene is not None:
+            note_viewed_gene(self.viewer, self.gene)
+        return True
 
     # ------------------------------------------------------------------ the legend
     def _layer_inserted(self, event) -> None:

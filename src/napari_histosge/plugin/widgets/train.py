@@ -30,7 +30,7 @@ from ..reader import low_resolution_message
 from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
 from .models_panel import session_name
-from .state import SESSION_MODELS, SessionModel
+from .state import SESSION_MODELS, SessionModel, viewed_genes
 from .status import set_status, status_label
 from .worker import Outcome, preload_torch, start_job, status_text
 
@@ -305,6 +305,9 @@ class TrainWidget(Container):
         if mode == GENES_LIST and not names:
             raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
         genes = names if mode == GENES_LIST else None
+        if mode != GENES_LIST:  # the genes the user looked at in the Gene viewer are predicted too
+            adatas = [histosge_meta(layer).get("adata") for layer in (self.data.value or [])]
+            names = list(dict.fromkeys(names + viewed_genes(self.viewer, [a for a in adatas if a is not None])))
         include = names if mode != GENES_LIST and names else None
         epochs = int(self.epochs.value)
         typed = epochs != self._form_epochs
