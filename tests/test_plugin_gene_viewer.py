@@ -441,3 +441,29 @@ def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_r
     train.genes_mode.value = "my gene list"
     train.gene_list.value = str(adata.var_names[1])
     assert train.train_config().genes == [str(adata.var_names[1])]  # an explicit list stays as typed
+
+
+def test_a_table_of_ids_and_symbols_lets_symbols_find_genes_of_data_named_by_id(make_napari_viewer, tmp_path,
+                                                                                notifications):
+    folder = make_demo_dataset(tmp_path / "demo")
+    counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
+    table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
+    counts.columns = list(table)
+    counts.to_csv(folder / "demo.tsv.gz", sep="\t")
+    viewer = make_napari_viewer()
+    spots, _adata = open_demo(viewer, folder)
+    widget = GeneViewerWidget(viewer)
+    assert not widget.ask_for_gene("GENE03")
+    assert "Ensembl id" in notifications[-1][1]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("GENE03\n")
+    widget.gene_table.value = str(bad)  # as a user picks the file
+    assert notifications[-1][0] == "error" and "needs two columns" in notifications[-1][1]
+    names = tmp_path / "names.tsv"
+    names.write_text("\n".join(f"{i}\t{s}" for i, s in table.items()))
+    widget.gene_table.value = str(names)
+    assert "40 ids" in status_of(widget.info)
+    assert widget.ask_for_gene("gene03")
+    assert widget.gene == "ENSG00000900003" and L.histosge_meta(spots)["gene"] == "ENSG00000900003"
+    assert widget.colorbar.title.startswith("GENE03 (ENSG00000900003)")  # the legend names the symbol
+    assert "GENE03" in widget._model.stringList()  # the completer offers the symbols

@@ -14,6 +14,7 @@ from .options import (
     add_common_args,
     add_data_args,
     add_feature_args,
+    add_gene_names_arg,
     add_scale_args,
     add_train_args,
     check_feature_args,
@@ -41,6 +42,7 @@ def add_parsers(sub) -> None:
                         "several sections train one model, each section's positions in its own frame")
     p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
     add_bin_arg(p)
+    add_gene_names_arg(p)
     p.add_argument("--max-bins", type=int,
                    help="Visium HD: train on at most this many bins of a section, a seeded random subset "
                         "(default: io.visium_hd.MAX_TRAINING_BINS, 100,000); the model predicts every bin")
@@ -115,6 +117,11 @@ def check_genes_given(args: argparse.Namespace, paths: list[str]) -> None:
     """The training settings, and the genes they name (``--genes``, ``--include-genes``) in every section's header."""
     config = train_config(args)
     named = list(config.genes or []) + list(config.include_genes or [])
+    if getattr(args, "gene_name_table", None):  # symbols of the table name genes the header lists by id
+        from ..io.gene_names import read_gene_table
+
+        symbols = set(read_gene_table(args.gene_name_table).values())  # a bad table: one line, before any work
+        named = [g for g in named if g not in symbols]
     require_measured_genes(named, paths, bin_um=getattr(args, "bin_um", None))
 
 
@@ -130,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # One training per --out: a second one would interleave its checkpoints with this one's.
     with output_lock(args.out, what="checkpoint (--out)"):
         most = args.max_bins or MAX_TRAINING_BINS
-        sections = [limit_bins(read_spots(path, image=args.image, bin_um=args.bin_um), most, seed=config.seed)
+        sections = [limit_bins(read_spots(path, image=args.image, bin_um=args.bin_um,
+                                          gene_names=args.gene_name_table), most, seed=config.seed)
                     for path in args.data]
         model = drive(
             fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,

@@ -137,16 +137,19 @@ def resolve_gene(adata, name: str) -> str | None:
 
     ``name`` is a gene name as is, or a gene id of ``var["gene_ids"]`` (e.g. an Ensembl id,
     any case) standing for the name of its gene: readers name genes by symbol and keep the
-    10x feature ids there.
+    10x feature ids there; or, for data named by id, a symbol of ``var["gene_symbols"]``
+    (:mod:`napari_histosge.io.gene_names`).
     """
     name = str(name).strip()
     if name in adata.var_names:
         return name
-    if "gene_ids" not in adata.var:
-        return None
-    ids = pd.Index(adata.var["gene_ids"].astype(str).str.lower())
-    hit = np.flatnonzero(ids == name.lower())
-    return str(adata.var_names[hit[0]]) if hit.size else None
+    for column in ("gene_ids", "gene_symbols"):  # symbols: data named by id with a table of names
+        if column in adata.var:
+            other = pd.Index(adata.var[column].astype(str).str.lower())
+            hit = np.flatnonzero(other == name.lower())
+            if hit.size:
+                return str(adata.var_names[hit[0]])
+    return None
 
 
 def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, LineEdit, PushButton
+from magicgui.types import FileDialogMode
+from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 from qtpy.QtCore import QEvent, QObject, QStringListModel, Qt, QTimer
 from qtpy.QtWidgets import QCompleter
 
+from ...io.gene_names import gene_label
 from .colorbar import ColorBar
 from .compare import ROLE_COMPARE, ROLE_COMPARE_TITLES, can_compare, comparison_layers, panels_for, spot_averaged
+from .gene_table import attach_to_layer, gene_symbols_of, load_gene_table
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
@@ -72,6 +75,8 @@ def legend_of(layer) -> tuple[str, float, float, Any]:
     """``(title, min, max, colormap)`` that describe what ``layer`` shows now."""
     meta = histosge_meta(layer)
     gene = meta.get("gene") or ""
+    if gene and (label := gene_label(meta.get("adata"), gene)) != gene:
+        gene = f"{label} ({gene})"  # data named by id: the symbol first
     if hasattr(layer, "contrast_limits") and not hasattr(layer, "face_contrast_limits"):
         lo, hi = layer.contrast_limits
         cmap = layer.colormap
@@ -116,9 +121,14 @@ class GeneViewerWidget(Container):
         self.close_compare_button = PushButton(text="Close comparison", visible=False)
         self.export_button = PushButton(text="Export figure…", tooltip="save the canvas as shown with this legend "
                                         "and a scale bar (PNG, SVG or PDF)")
+        self.gene_table = FileEdit(label="gene names", mode=FileDialogMode.EXISTING_FILE, value=None,
+                                   filter="*.tsv *.csv *.txt *.gz",
+                                   tooltip="optional: a table of Ensembl ids and gene symbols (two columns), so "
+                                           "symbols such as MBP find genes of data named by id and legends show "
+                                           "them (histosge --gene-names)")
         self.info = status_label()
         self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button,
-                     self.export_button, self.info])
+                     self.export_button, self.gene_table, self.info])
         self.colorbar = ColorBar()
         self.observed_colorbar = ColorBar()  # the comparison's observed panel: a scale of its own
         self.diff_colorbar = ColorBar()  # the difference panel's diverging scale
@@ -144,6 +154,8 @@ class GeneViewerWidget(Container):
         self.compare_button.changed.connect(lambda *_: self.compare())
         self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
         self.export_button.changed.connect(lambda *_: self.export_figure())
+        self.gene_table.changed.connect(lambda *_: self.load_gene_names(self.gene_table.value))
+        self.names_table: dict[str, str] | None = None  # a table of ids and symbols the user gave
 
         self.gene: str | None = None
         self._switching = False  # inside show_gene: layers it shows or hides do not switch genes again
@@ -175,6 +187,7 @@ class GeneViewerWidget(Container):
         names: list[str] = sorted(self.genes(), key=str.lower)
         ids = {str(i) for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS)
                if "gene_ids" in (var := histosge_meta(layer)["adata"].var) for i in var["gene_ids"]}
+        ids |= gene_symbols_of(self.viewer, GENE_ROLES[:4])  # symbols of data named by id
         self._model.setStringList(names + sorted(ids - set(names)))  # gene ids are searchable too
 
     def _show_completion(self, text: str) -> None:
@@ -197,7 +210,26 @@ class GeneViewerWidget(Container):
         return True
 
     # ------------------------------------------------------------------ the legend
+    def load_gene_names(self, path: Any) -> bool:
+        """Name the open layers' genes by the table of ids and symbols at ``path``; False (and a notice) if bad."""
+        from napari.utils.notifications import show_error
+
+        from ...errors import InputError
+
+        if path is None or str(path) in ("", "."):
+            return False
+        try:
+            self.names_table, summary = load_gene_table(self.viewer, path, GENE_ROLES[:4])
+        except InputError as exc:
+            show_error(str(exc))
+            return False
+        self.refresh_genes()
+        self._bind_legend(self._best_legend_layer())
+        set_status(self.info, summary)
+        return True
+
     def _layer_inserted(self, event) -> None:
+        attach_to_layer(event.value, self.names_table)
         self.refresh_genes()
         layer, meta = event.value, histosge_meta(event.value)
         role = meta.get("role")
