@@ -32,7 +32,7 @@ from .loss_curve import LossCurve
 from .models_panel import session_name
 from .state import SESSION_MODELS, SessionModel, viewed_genes
 from .status import set_status, status_label
-from .worker import Outcome, preload_torch, start_job, status_text
+from .worker import Outcome, start_job, status_text, warm_up_in_background
 
 if TYPE_CHECKING:
     import napari
@@ -66,17 +66,14 @@ def setting_tip(name: str) -> str:
     return setting_of(TrainConfig.__dataclass_fields__[name]).help
 
 
-def warm_up_imports(modules=START_IMPORTS) -> None:
+def warm_up_imports(modules=START_IMPORTS, on_ready=None):
     """Import ``modules`` and torch's compiler stack now (when a widget opens) rather than on its first click.
 
     The optimiser's first use imports ``torch._dynamo`` (:func:`.worker.preload_torch`), which
-    otherwise froze the viewer for seconds on the first Start.
+    otherwise froze the viewer for seconds on the first Start; the imports run in a background
+    thread (:func:`.worker.warm_up_in_background`), so opening the widget does not freeze it either.
     """
-    import importlib
-
-    for name in modules:
-        importlib.import_module(name)
-    preload_torch()
+    return warm_up_in_background(modules, on_ready)
 
 
 def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
@@ -131,9 +128,8 @@ class TrainWidget(Container):
                            tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
                                    "ctrl/shift-click to train one model on several sections")
         self.data.native.setMaximumHeight(110)
-        from ...models import model_names
-
-        self.model_name = ComboBox(label="model", choices=model_names(), value="histosge",
+        # the other registered models are listed once the background warm-up imported them (torch)
+        self.model_name = ComboBox(label="model", choices=["histosge"], value="histosge",
                                    tooltip="histosge: image + position (the paper); other models from the registry")
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
                                   tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
@@ -227,10 +223,18 @@ class TrainWidget(Container):
             control.changed.connect(self._clear_preview)  # a shown list is stale once its inputs change
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
-        warm_up_imports()
+        warm_up_imports(on_ready=self._list_models)
         self._refresh_data()
         self._sync_visibility()
         self._check_data()
+
+    def _list_models(self) -> None:
+        """Offer every registered model (imported by the background warm-up), keeping the one chosen."""
+        from ...models import model_names
+
+        with self.model_name.changed.blocked():
+            value, self.model_name.choices = self.model_name.value, model_names()
+            self.model_name.value = value
 
     def _refresh_data(self, *_: Any) -> None:
         """Refresh the layer choices; with nothing selected, select the newest spots layer."""
