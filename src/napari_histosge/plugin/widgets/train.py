@@ -223,12 +223,12 @@ class TrainWidget(Container):
             control.changed.connect(self._clear_preview)  # a shown list is stale once its inputs change
         viewer.layers.events.inserted.connect(self._refresh_data)
         viewer.layers.events.removed.connect(self._refresh_data)
-        warm_up_imports(on_ready=self._list_models)
+        warm_up_imports(on_ready=self.list_models)
         self._refresh_data()
         self._sync_visibility()
         self._check_data()
 
-    def _list_models(self) -> None:
+    def list_models(self) -> None:
         """Offer every registered model (imported by the background warm-up), keeping the one chosen."""
         from ...models import model_names
 
