@@ -97,7 +97,7 @@ def walk(b4: Path, epochs: int, timeout_s: float) -> list[dict]:
     app = QApplication.instance()
     steps = actions(viewer, tmp, b4, epochs)
     rows: list[dict] = []
-    state = {"i": -1, "ticks": [], "t0": 0.0, "done_at": None, "error": None}
+    state = {"i": -1, "ticks": [], "t0": 0.0, "done_at": None, "error": None, "running": False}
 
     def next_action() -> None:
         state["i"] += 1
@@ -106,16 +106,23 @@ def walk(b4: Path, epochs: int, timeout_s: float) -> list[dict]:
             return
         name, start, _ = steps[state["i"]]
         state["ticks"], state["t0"], state["done_at"] = [time.perf_counter()], time.perf_counter(), None
+        state["running"] = True  # napari may process events inside an action: no next one from there
         try:
             start()
         except Exception as exc:  # noqa: BLE001 - recorded in the results, the walk goes on
-            state["error"] = f"{name}: {type(exc).__name__}: {exc}"
+            import traceback
+
+            traceback.print_exc()
+            state["error"] = f"{type(exc).__name__}: {exc}"
+        state["running"] = False
 
     def tick() -> None:
         now = time.perf_counter()
         if state["i"] < 0 or state["i"] >= len(steps):
             return
         state["ticks"].append(now)
+        if state["running"]:
+            return
         name, _, done = steps[state["i"]]
         if state["done_at"] is None and (done is None or done() or state["error"]):
             state["done_at"] = now
@@ -138,7 +145,11 @@ def walk(b4: Path, epochs: int, timeout_s: float) -> list[dict]:
     QTimer.singleShot(int(timeout_s * 1000), app.quit)
     app.exec_()
     timer.stop()
-    viewer.close()
+    print(f"walk ended after {len(rows)} of {len(steps)} actions", flush=True)
+    try:
+        viewer.close()
+    except RuntimeError:  # the window is gone already
+        pass
     return rows
 
 
