@@ -153,7 +153,8 @@ class GeneViewerWidget(Container):
         self.show_button.changed.connect(lambda *_: self.ask_for_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
         self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
-        self.export_button.changed.connect(lambda *_: self.export_figure())
+        self.export_button.changed.connect(lambda *_: self.export_figure(background=True))
+        self.figure_worker: Any = None
         self.gene_table.changed.connect(lambda *_: self.load_gene_names(self.gene_table.value))
         self.names_table: dict[str, str] | None = None  # a table of ids and symbols the user gave
 
@@ -479,25 +480,46 @@ class GeneViewerWidget(Container):
         return None
 
     # ------------------------------------------------------------------ figure
-    def export_figure(self, path: str | None = None):
+    def export_figure(self, path: str | None = None, *, background: bool = False):
         """Write the canvas with the legend and a scale bar to ``path`` (asked for when ``None``).
 
         Returns the path written, or ``None`` when the dialog was cancelled or the write failed
-        (the status line says why).
+        (the status line says why). ``background``: the canvas is captured now and the file
+        written in a background worker (:attr:`figure_worker`; the status line says when it is
+        done); the path it will write is returned.
         """
         from ...errors import InputError
-        from .figure_export import ask_figure_path, export_figure
+        from .figure_export import ask_figure_path, capture_figure, write_captured
 
         path = path if path is not None else ask_figure_path(self.native)
         if path is None:
             return None
         try:
-            written = export_figure(self.viewer, self.colorbar, path)
+            captured = capture_figure(self.viewer, self.colorbar, path)
+            if background:
+                return self._write_behind(path, captured)
+            written = write_captured(path, *captured)
         except InputError as exc:
             set_status(self.info, f"figure not written: {exc}")
             return None
         set_status(self.info, f"figure written to {written}")
         return written
+
+    def _write_behind(self, path: str, captured: tuple):
+        """Write a captured figure in a background worker (rendering it can take seconds)."""
+        from pathlib import Path
+
+        from napari.qt.threading import create_worker
+
+        from .figure_export import write_captured
+
+        set_status(self.info, f"writing the figure to {path}...")
+        worker = create_worker(write_captured, path, *captured, _start_thread=False)
+        worker.returned.connect(lambda written: set_status(self.info, f"figure written to {written}"))
+        worker.errored.connect(lambda exc: set_status(self.info, f"figure not written: {exc}"))
+        self.figure_worker = worker
+        worker.start()
+        return Path(path)
 
     # ------------------------------------------------------------------ comparison
     def _comparable(self):
