@@ -112,6 +112,7 @@ def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notificati
     shown = spots.features[measured_only].to_numpy()  # the legend spans the values the spots are coloured by
     assert (widget.colorbar.vmin, widget.colorbar.vmax) == pytest.approx((shown.min(), shown.max()))
     assert heat.name in status_of(widget.info) and "hidden" in status_of(widget.info)
+    assert '"always include"' in status_of(widget.info)  # how to have a model predict it
     # back to a predicted gene: the heatmap returns, repainted
     assert widget.show_gene(predicted)
     assert heat.visible and heat.name.startswith(predicted) and widget.legend_layer is heat

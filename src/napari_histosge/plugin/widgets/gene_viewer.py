@@ -441,6 +441,9 @@ class GeneViewerWidget(Container):
             shown.append(layer)
         heatmaps = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_HEATMAP]
         note = f"; not in (hidden): {', '.join(lacking)}" if lacking else ""
+        if any(histosge_meta(lyr)["role"] != ROLE_SPOTS for lyr in self.viewer.layers if lyr.name in lacking):
+            note += ("; a model predicts only the genes it was trained on: shown here before training (or under "
+                     "the Train widget's \"always include\", --include-genes), the next model predicts it")
         measured = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_SPOTS]
         if lacking and measured and not any(lyr.visible for lyr in shown):
             measured[-1].visible = True  # the gene is only measured: show the measurement (repainted when shown)
