@@ -13,6 +13,7 @@ before, which is the floor the machine and virtual display give. Writes
     python benchmarks/ui_responsiveness.py              # 100 epochs
     python benchmarks/ui_responsiveness.py --epochs 50
     python benchmarks/ui_responsiveness.py --epochs 300 --val-fraction 0 --runs 3 --block ui_responsiveness_long
+    python benchmarks/ui_responsiveness.py --actions  # each action of a walk on her2st B4 (ui_actions.py)
 """
 
 from __future__ import annotations
@@ -165,6 +166,11 @@ def render(payload: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--actions" in argv:  # the walk through the widgets, action by action (ui_actions.py)
+        from ui_actions import main as walk_actions
+
+        return walk_actions([a for a in argv if a != "--actions"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--n-genes", type=int, default=300)

@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     train = TrainWidget(viewer)
     train_dock = viewer.window.add_dock_widget(train, name="Train", area="right")
     train.out_dir.value = tempfile.mkdtemp(prefix="histosge-shots-")
+    train.list_models()  # (a new widget lists the other models once its background imports are done)
     train.model_name.value = "subspot"
     train.genes_mode.value = GENES_LIST
     train.gene_list.value = ", ".join(train_genes)

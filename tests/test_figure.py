@@ -259,6 +259,10 @@ def test_cli_missing_gene_is_one_line_and_status_2(prediction_file: Path, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"gene '{gene}X'" in err and f"close matches: {gene}" in err
     assert not out.exists()
+    assert main(["figure", str(prediction_file), "--gene", "ERBB2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()  # a gene the model was not trained on: how to add it
+    assert len(err.splitlines()) == 1 and "--include-genes ERBB2" in err and '"always include"' in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

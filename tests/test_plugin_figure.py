@@ -133,3 +133,27 @@ def test_the_figure_has_no_empty_canvas_bars(make_napari_viewer, demo_dir) -> No
     background = np.asarray(canvas_colour(viewer))
     for edge in (image[0], image[-1], image[:, 0], image[:, -1]):
         assert (np.abs(edge[:, :3].astype(int) - background).max(axis=1) > 2).any()  # the data reach every edge
+
+
+def test_the_export_button_writes_the_figure_in_a_background_worker(session, tmp_path: Path, qtbot,
+                                                                     monkeypatch) -> None:
+    """Rendering and writing a figure froze the viewer; only the canvas capture needs the GUI thread."""
+    import threading
+
+    from napari_histosge.plugin.widgets import figure_export
+
+    _viewer, widget, spots = session
+    assert widget.show_gene(str(L.histosge_meta(spots)["adata"].var_names[3]))
+    threads, real_write = [], figure_export.write_figure
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(figure_export, "write_figure", spy)
+    monkeypatch.setattr(figure_export, "ask_figure_path", lambda parent, start="figure.png": str(tmp_path / "f.png"))
+    widget.export_button.clicked.emit()  # as the user clicks "Export figure…"
+    qtbot.waitUntil(lambda: "figure written" in status_of(widget.info), timeout=60_000)
+    assert (tmp_path / "f.png").is_file() and threads and threading.main_thread() not in threads
+    assert widget.export_figure(str(tmp_path / "bad.bmp"), background=True) is None  # refused before any capture
+    assert "figure not written" in status_of(widget.info)

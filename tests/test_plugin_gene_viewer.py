@@ -113,6 +113,7 @@ def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notificati
     shown = spots.features[measured_only].to_numpy()  # the legend spans the values the spots are coloured by
     assert (widget.colorbar.vmin, widget.colorbar.vmax) == pytest.approx((shown.min(), shown.max()))
     assert heat.name in status_of(widget.info) and "hidden" in status_of(widget.info)
+    assert '"always include"' in status_of(widget.info)  # how to have a model predict it
     # back to a predicted gene: the heatmap returns, repainted
     assert widget.show_gene(predicted)
     assert heat.visible and heat.name.startswith(predicted) and widget.legend_layer is heat
@@ -426,3 +427,49 @@ def test_a_symbol_on_ensembl_only_data_says_to_give_the_id(make_napari_viewer, d
     [(kind, message)] = [n for n in notifications if "MBP" in n[1]]
     assert kind == "warning" and "Ensembl id" in message and "ENSG" in message and "\n" not in message
     assert widget.show_gene("ENSG00000197971")  # MBP's id
+
+
+def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_run(session):
+    from napari_histosge.pipeline.gene_choice import training_genes
+    from napari_histosge.plugin.widgets.train import TrainWidget
+
+    viewer, widget, _heat, spots, _pred = session
+    adata = L.histosge_meta(spots)["adata"]
+    train = TrainWidget(viewer)
+    train.data.value = [spots]
+    train.n_genes.value = 5
+    assert train.train_config().include_genes is None  # the gene shown on opening is not the user's
+    assert widget.ask_for_gene(str(adata.var_names[7]).lower())
+    assert not widget.ask_for_gene("NOT_A_GENE")  # an unknown name is not remembered
+    config = train.train_config()
+    assert config.include_genes == [str(adata.var_names[7])]
+    assert str(adata.var_names[7]) in training_genes(adata, config)
+    train.genes_mode.value = "my gene list"
+    train.gene_list.value = str(adata.var_names[1])
+    assert train.train_config().genes == [str(adata.var_names[1])]  # an explicit list stays as typed
+
+
+def test_a_table_of_ids_and_symbols_lets_symbols_find_genes_of_data_named_by_id(make_napari_viewer, tmp_path,
+                                                                                notifications):
+    folder = make_demo_dataset(tmp_path / "demo")
+    counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
+    table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
+    counts.columns = list(table)
+    counts.to_csv(folder / "demo.tsv.gz", sep="\t")
+    viewer = make_napari_viewer()
+    spots, _adata = open_demo(viewer, folder)
+    widget = GeneViewerWidget(viewer)
+    assert not widget.ask_for_gene("GENE03")
+    assert "Ensembl id" in notifications[-1][1]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("GENE03\n")
+    widget.gene_table.value = str(bad)  # as a user picks the file
+    assert notifications[-1][0] == "error" and "needs two columns" in notifications[-1][1]
+    names = tmp_path / "names.tsv"
+    names.write_text("\n".join(f"{i}\t{s}" for i, s in table.items()))
+    widget.gene_table.value = str(names)
+    assert "40 ids" in status_of(widget.info)
+    assert widget.ask_for_gene("gene03")
+    assert widget.gene == "ENSG00000900003" and L.histosge_meta(spots)["gene"] == "ENSG00000900003"
+    assert widget.colorbar.title.startswith("GENE03 (ENSG00000900003)")  # the legend names the symbol
+    assert "GENE03" in widget._model.stringList()  # the completer offers the symbols

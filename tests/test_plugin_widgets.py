@@ -394,3 +394,42 @@ def test_the_gene_preview_and_the_final_status_are_not_cut_off(make_napari_viewe
         cap = MAX_LINES * native.fontMetrics().lineSpacing()  # beyond it, the tooltip holds the full text
         assert native.height() >= min(native.heightForWidth(native.width()), cap), label  # every line shown
         assert label.tooltip == status_of(label)
+
+
+def test_a_new_jpeg_opens_from_a_preview_while_it_is_decoded_behind(make_napari_viewer, tmp_path, qtbot,
+                                                                     monkeypatch):
+    """Opening her2st B4's JPEG froze the window for seconds (the whole decode on the event loop)."""
+    import threading
+
+    from PIL import Image
+
+    from napari_histosge.plugin import reader
+    from napari_histosge.slide import open as slide_open
+
+    monkeypatch.setattr(slide_open, "BACKGROUND_MIN_PIXELS", 1000)
+    monkeypatch.setenv("HISTOSGE_CACHE", str(tmp_path / "cache"))
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    checks = ((xx // 4 + yy // 4) % 2) * 200 + 20  # detail a preview at an eighth of the size cannot hold
+    img = np.stack([checks, checks, checks], axis=-1).astype(np.uint8)
+    jpg = tmp_path / "slide.jpg"
+    Image.fromarray(img).save(jpg, quality=95)
+    release, real_decode, threads = threading.Event(), slide_open.pil_rgb, []
+
+    def slow_decode(path):  # stands in for seconds of decoding a large JPEG
+        threads.append(threading.current_thread())
+        release.wait(timeout=10)
+        return real_decode(path)
+
+    monkeypatch.setattr(slide_open, "pil_rgb", slow_decode)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(jpg), plugin="napari-histosge")
+    slide = histosge_meta(layer)["slide"]
+    assert slide.ready is not None and not slide.ready.is_set() and reader._DECODE_TIMERS
+    preview = np.asarray(layer.data[0][0:600, 0:800])
+    assert preview.shape == (600, 800, 3)  # the preview at full size, already aligned
+    release.set()
+    qtbot.waitUntil(lambda: not reader._DECODE_TIMERS, timeout=60_000)  # the progress closed, the layer redrawn
+    shown = np.asarray(layer.data[0][0:600, 0:800]).astype(int)
+    assert np.abs(shown - img[:600, :800]).mean() < 10 < np.abs(preview.astype(int) - img[:600, :800]).mean()
+    np.testing.assert_array_equal(slide.read_region(0, 0, 50, 40), np.asarray(layer.data[0][0:40, 0:50]))
+    assert threads and threading.main_thread() not in threads  # decoded off the event loop

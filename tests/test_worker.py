@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -61,10 +62,41 @@ def test_opening_the_train_widget_imports_what_its_first_start_needs() -> None:
     """The first Start must not import torch's compiler stack in the GUI thread (seconds of freeze)."""
     import subprocess
 
-    code = ("import sys, napari; from napari_histosge.plugin.widgets.train import TrainWidget; "
-            "v = napari.Viewer(show=False); TrainWidget(v); print('torch._dynamo' in sys.modules)")
+    code = ("import sys, threading, napari; from napari_histosge.plugin.widgets.train import TrainWidget; "
+            "v = napari.Viewer(show=False); TrainWidget(v); "
+            "from napari.qt.threading import WorkerBase; WorkerBase.await_workers(60_000); "
+            "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
+
+
+def test_opening_a_widget_imports_torch_in_a_background_thread(make_napari_viewer, monkeypatch, qtbot) -> None:
+    """Opening the Train or Super-resolve widget, or drawing the first region, froze the viewer while torch
+    was imported."""
+    from napari_histosge.plugin.widgets import worker
+    from napari_histosge.plugin.widgets.region import RegionsWidget
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+    from napari_histosge.plugin.widgets.train import TrainWidget
+
+    release, threads = threading.Event(), []
+
+    def slow_preload() -> None:  # stands in for seconds of importing torch
+        threads.append(threading.current_thread())
+        release.wait(timeout=5)
+
+    monkeypatch.setattr(worker, "preload_torch", slow_preload)
+    viewer = make_napari_viewer()
+    t0 = time.perf_counter()
+    train = TrainWidget(viewer)
+    SuperResolveWidget(viewer)
+    RegionsWidget(viewer)  # its first region's summary job needs torch too
+    assert time.perf_counter() - t0 < 4  # all opened while the imports were still running
+    assert list(train.model_name.choices) == ["histosge"]  # the others are listed once imported
+    release.set()
+    qtbot.waitUntil(lambda: len(train.model_name.choices) > 1, timeout=60_000)
+    assert train.model_name.value == "histosge" and "subspot" in train.model_name.choices
+    qtbot.waitUntil(lambda: len(threads) == 3, timeout=60_000)
+    assert all(t is not threading.main_thread() for t in threads)
 
 
 def test_the_outcome_comes_after_every_progress_event(qtbot, monkeypatch) -> None:

@@ -26,6 +26,15 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="Space Ranger folder, ST v1 folder or .h5ad with obsm['spatial'] (auto-detected)")
     p.add_argument("--image", help="attach a full-resolution H&E image (TIFF/SVS/JPEG) to the spots")
     add_bin_arg(p)
+    add_gene_names_arg(p)
+
+
+def add_gene_names_arg(p: argparse.ArgumentParser) -> None:
+    """``--gene-names``: a table of Ensembl ids and symbols, for data named by id."""
+    p.add_argument("--gene-names", dest="gene_name_table", metavar="FILE",
+                   help="a table of Ensembl ids and gene symbols (two columns, tab or comma separated), so gene "
+                        "symbols can be given for data named by id (default: the table shipped with the data, "
+                        "e.g. <section>_genes.tsv)")
 
 
 def add_bin_arg(p: argparse.ArgumentParser) -> None:
@@ -275,7 +284,8 @@ def read_section(args: argparse.Namespace):
     """The section ``DATA`` (with ``--image``), read."""
     from ..io import read_spots
 
-    return read_spots(args.data, image=args.image, bin_um=getattr(args, "bin_um", None))
+    return read_spots(args.data, image=args.image, bin_um=getattr(args, "bin_um", None),
+                      gene_names=getattr(args, "gene_name_table", None))
 
 
 def drive(gen, args: argparse.Namespace):

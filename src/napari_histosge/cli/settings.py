@@ -17,7 +17,7 @@ from .. import models  # noqa: F401  (registers every model's settings class; no
 from ..errors import InputError
 from ..gene_lists import parse_gene_names
 from ..settings import Setting
-from ..training.config import TrainConfig, config_class, config_names, make_config, setting_names, setting_of
+from ..training.config import TrainConfig, config_class, make_config, offered_models, setting_names, setting_of
 
 
 def _flag(f: Field) -> str:
@@ -38,8 +38,7 @@ def _groups() -> list[tuple[str, list[Field]]]:
 
 
 def _model_order() -> list[str]:
-    names = config_names()
-    return sorted(names, key=lambda n: (n != "histosge", n))  # the paper's model first
+    return offered_models()
 
 
 def _models_with(name: str) -> list[str]:

@@ -13,6 +13,7 @@ from .options import (
     add_common_args,
     add_data_args,
     add_feature_args,
+    add_gene_names_arg,
     add_scale_args,
     add_train_args,
     check_feature_args,
@@ -39,6 +40,7 @@ def add_parsers(sub) -> None:
                         "several sections train one model, each section's positions in its own frame")
     p.add_argument("--image", help="attach a full-resolution H&E image to the spots (one DATA only)")
     add_bin_arg(p)
+    add_gene_names_arg(p)
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--resume", help="continue training from this checkpoint")
     add_init_arg(p)
@@ -109,6 +111,11 @@ def check_genes_given(args: argparse.Namespace, paths: list[str]) -> None:
     """The training settings, and the genes they name (``--genes``, ``--include-genes``) in every section's header."""
     config = train_config(args)
     named = list(config.genes or []) + list(config.include_genes or [])
+    if getattr(args, "gene_name_table", None):  # symbols of the table name genes the header lists by id
+        from ..io.gene_names import read_gene_table
+
+        symbols = set(read_gene_table(args.gene_name_table).values())  # a bad table: one line, before any work
+        named = [g for g in named if g not in symbols]
     require_measured_genes(named, paths, bin_um=getattr(args, "bin_um", None))
 
 
@@ -122,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     features = feature_config(args) if init is None or args.extractor != "default" or args.stain != "none" else None
     # One training per --out: a second one would interleave its checkpoints with this one's.
     with output_lock(args.out, what="checkpoint (--out)"):
-        sections = [read_spots(path, image=args.image, bin_um=args.bin_um) for path in args.data]
+        sections = [read_spots(path, image=args.image, bin_um=args.bin_um, gene_names=args.gene_name_table)
+                    for path in args.data]
         model = drive(
             fit(sections if len(sections) > 1 else sections[0], train_config=config, feature_config=features,
                 checkpoint_path=args.out, resume=args.resume, scheduler=args.scheduler, n_workers=args.workers,

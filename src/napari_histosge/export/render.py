@@ -64,7 +64,11 @@ def pick_gene(adata, name: str, *, source: str | os.PathLike | None = None) -> s
         return lower[name.strip().lower()]
     close = [lower[c] for c in difflib.get_close_matches(name.strip().lower(), list(lower), n=3, cutoff=0.6)]
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    source = source if source is not None else (adata.uns.get(META_KEY, {}) or {}).get("source")
+    info = adata.uns.get(META_KEY, {}) or {}
+    if "fold" in info or "grid" in info:  # predictions: a model predicts the genes it was trained on
+        hint += (f"; the model predicts only the genes it was trained on: train again with --include-genes "
+                 f"{name.strip()} (the Train widget's \"always include\") to predict it")
+    source = source if source is not None else info.get("source")
     raise InputError(f"gene {name!r} is not among the {len(names)} genes of the data{hint}", source)
 
 

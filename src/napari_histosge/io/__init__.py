@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .detect import FORMATS, SUPPORTED, detect_format
+from .gene_names import attach_gene_names, find_gene_table, read_gene_table
 
 if TYPE_CHECKING:
     import anndata
@@ -51,6 +52,7 @@ def read_spots(
     format: str | None = None,
     image: str | os.PathLike | None = None,
     bin_um: int | None = None,
+    gene_names: str | os.PathLike | None = None,
 ) -> anndata.AnnData:
     """Read spot-level spatial transcriptomics data.
 
@@ -66,6 +68,10 @@ def read_spots(
         Optional full-resolution image (scale 1.0), attached as ``images["fullres"]``.
     bin_um
         Visium HD only: the bin size to read, 8 or 16 µm (default 16 when present, else 8).
+    gene_names
+        A table of Ensembl ids and gene symbols (:func:`~napari_histosge.io.gene_names.read_gene_table`);
+        default: the one shipped with the data, if any (``<section>_genes.tsv``, ``gene_names.tsv``...).
+        Each gene's other name goes to ``var`` (``gene_symbols`` or ``gene_ids``).
 
     Returns
     -------
@@ -90,15 +96,25 @@ def read_spots(
         raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", path)
     if bin_um is not None and format != "visium_hd":
         raise InputError(f"a bin size applies to Visium HD outputs only, and this is {format!r}", path)
+    table = read_gene_table(gene_names) if gene_names is not None else None  # a bad table fails first
     if format == "h5ad":
         if not path.is_file():
             raise InputError("format 'h5ad' needs an .h5ad file, not a folder", path)
-        return _reader(format)(path, image=image)
-    if not path.is_dir():
+        adata = _reader(format)(path, image=image)
+    elif not path.is_dir():
         raise InputError(f"format {format!r} needs a folder; {SUPPORTED}", path)
-    if format == "visium_hd":
-        return _reader(format)(path, bin_um=bin_um, image=image)
-    return _reader(format)(path, image=image)
+    elif format == "visium_hd":
+        adata = _reader(format)(path, bin_um=bin_um, image=image)
+    else:
+        adata = _reader(format)(path, image=image)
+    if table is None and format != "h5ad" and (shipped := find_gene_table(path)) is not None:
+        try:
+            table = read_gene_table(shipped)
+        except InputError:  # a features file of another layout: the data are read without symbols
+            table = None
+    if table:
+        attach_gene_names(adata, table)
+    return adata
 
 
 def spot_image(adata: anndata.AnnData) -> tuple[str, float] | None:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..gene_lists import unknown_genes_message
+from .markers import marker_genes
 
 #: Counts per spot after ``normalize_total`` (before ``log1p``).
 TARGET_SUM = 1e4
@@ -136,16 +137,19 @@ def resolve_gene(adata, name: str) -> str | None:
 
     ``name`` is a gene name as is, or a gene id of ``var["gene_ids"]`` (e.g. an Ensembl id,
     any case) standing for the name of its gene: readers name genes by symbol and keep the
-    10x feature ids there.
+    10x feature ids there; or, for data named by id, a symbol of ``var["gene_symbols"]``
+    (:mod:`napari_histosge.io.gene_names`).
     """
     name = str(name).strip()
     if name in adata.var_names:
         return name
-    if "gene_ids" not in adata.var:
-        return None
-    ids = pd.Index(adata.var["gene_ids"].astype(str).str.lower())
-    hit = np.flatnonzero(ids == name.lower())
-    return str(adata.var_names[hit[0]]) if hit.size else None
+    for column in ("gene_ids", "gene_symbols"):  # symbols: data named by id with a table of names
+        if column in adata.var:
+            other = pd.Index(adata.var[column].astype(str).str.lower())
+            hit = np.flatnonzero(other == name.lower())
+            if hit.size:
+                return str(adata.var_names[hit[0]])
+    return None
 
 
 def _check_genes(adata_log, genes: Sequence[str]) -> list[str]:
@@ -323,7 +327,8 @@ def gene_scores(adata_log, method: str, *, n_top: int = 1000, sections: Sequence
 
 
 def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = None, method: str = "hvg",
-                 sections: Sequence | None = None, include: Sequence[str] | None = None) -> list[str]:
+                 sections: Sequence | None = None, include: Sequence[str] | None = None,
+                 markers: str | None = None) -> list[str]:
     """Pick the genes to model.
 
     Parameters
@@ -347,12 +352,15 @@ def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = 
     include
         Genes always chosen (e.g. a user's marker list), validated like ``genes``; the
         method's ranking fills the rest up to ``n_top`` (more than ``n_top`` are all kept).
+    markers
+        Known markers always chosen too (:func:`napari_histosge.io.markers.marker_genes`):
+        ``"auto"`` (those of the tissue the spots express most), a tissue, or ``None``.
 
     Returns
     -------
     list of str
-        The given genes (duplicates dropped), or ``n_top`` genes (``include`` and the top
-        of the ranking) in var order.
+        The given genes (duplicates dropped), or ``n_top`` genes (``include``, the markers and
+        the top of the ranking) in var order.
 
     Raises
     ------
@@ -370,6 +378,7 @@ def select_genes(adata_log, *, n_top: int = 1000, genes: Sequence[str] | None = 
                          _source(adata_log))
     if n_top >= adata_log.n_vars:
         return [str(g) for g in adata_log.var_names]
+    wanted |= set(marker_genes(adata_log, markers, n_top=int(n_top)))
     score = gene_scores(adata_log, method, n_top=int(n_top), sections=sections)
     score[np.isin(np.asarray(adata_log.var_names, dtype=str), list(wanted))] = np.inf
     # scanpy's own HVG cut-off can keep ties (genes alone in a mean bin all score 1.0); take

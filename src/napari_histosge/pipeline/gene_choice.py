@@ -1,7 +1,8 @@
 """Which genes a model is trained on: one choice for fitting one or several sections and for the Train widget's preview.
 
 Genes are ranked on the log-normalised training spots (:func:`napari_histosge.io.preprocess.select_genes`)
-by the settings' ``gene_selection``, with ``include_genes`` always kept, or given outright
+by the settings' ``gene_selection``, with ``include_genes`` and the tissue's known ``markers``
+(:mod:`napari_histosge.io.markers`) always kept, or given outright
 (``genes``). Several sections are stacked first, among the genes every section measured; their
 spatial structure (Moran's I) is measured within each section.
 """
@@ -78,7 +79,7 @@ def stack_sections(adatas: Sequence[Any], names: Sequence[str], config: TrainCon
 def choose_genes(log, config: TrainConfig, sections=None) -> list[str]:
     """The genes ``config`` picks on log-normalised training spots ``log`` (``sections``: labels of stacked ones)."""
     return select_genes(log, n_top=config.n_top_genes, genes=config.genes, method=config.gene_selection,
-                        include=config.include_genes, sections=sections)
+                        include=config.include_genes, sections=sections, markers=config.markers)
 
 
 def training_genes(adatas: Any, config: TrainConfig) -> list[str]:

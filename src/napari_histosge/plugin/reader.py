@@ -107,10 +107,53 @@ def slide_layers(image_path: PathLike, *, image_scale: float = 1.0, name: str | 
         frame_mpp = slide.mpp if image_scale == 1.0 else None
     else:
         frame_mpp = None if mpp is None else float(mpp)
+    if slide.ready is not None and not slide.ready.is_set():  # shown from a preview while it is decoded
+        follow_decode(slide, name or Path(image_path).stem)
     # The Slide object is kept in the metadata: its open file backs the levels.
     meta = {"slide": slide, "path": str(image_path), "mpp": slide.mpp, **(extra or {})}
     return slide_layer(slide.display_levels, image_scale=image_scale, name=name or Path(image_path).stem, metadata=meta,
                        mpp=frame_mpp)
+
+
+#: Timers following slides being decoded (a reference keeps each alive until it stops).
+_DECODE_TIMERS: list[Any] = []
+
+
+def follow_decode(slide, name: str) -> None:
+    """Napari's progress bar while ``slide``'s full-resolution pixels are decoded behind its preview; then redraw.
+
+    Polls from the event loop (the decode thread has none): once the slide is ready, every
+    layer of the current viewer showing it is refreshed, now from the full-resolution levels.
+    """
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    bar = progress(total=0, desc=f"{name}: decoding the full-resolution image")
+    timer = QTimer()
+    timer.setInterval(DECODE_POLL_MS)
+
+    def check() -> None:
+        if slide.ready is not None and not slide.ready.is_set():
+            return
+        timer.stop()
+        bar.close()
+        _DECODE_TIMERS.remove(timer)
+        import napari
+
+        from .widgets.layers import histosge_meta
+
+        viewer = napari.current_viewer()
+        for layer in viewer.layers if viewer is not None else []:
+            if histosge_meta(layer).get("slide") is slide:
+                layer.refresh()
+
+    timer.timeout.connect(check)
+    _DECODE_TIMERS.append(timer)
+    timer.start()
+
+
+#: How often the event loop looks whether a slide's full decode has finished.
+DECODE_POLL_MS = 200
 
 
 def read_slide_layers(path: PathLike | list[PathLike]) -> list[LayerDataTuple]:

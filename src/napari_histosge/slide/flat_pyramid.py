@@ -243,6 +243,62 @@ def _halve_banded(a: np.ndarray) -> np.ndarray:
     return out
 
 
+class Deferred:
+    """A pyramid level shown from a quick low-resolution preview until the full decode replaces it.
+
+    Reads (``[ys, xs, samples]``) return the preview scaled up to this level's size (nearest
+    pixel) while :attr:`real` is ``None``, the real level's pixels once it is set.
+    """
+
+    def __init__(self, shape: tuple[int, int], preview: np.ndarray) -> None:
+        self.shape = (int(shape[0]), int(shape[1]), 3)
+        self.dtype = np.dtype(np.uint8)
+        self.chunks = (PYRAMID_CHUNK, PYRAMID_CHUNK, 3)
+        self.preview = preview
+        self.real: Any = None
+        self.error: BaseException | None = None  # why the full decode failed (the preview stays)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self.real is not None:
+            return self.real[key]
+        ys, xs, ss = key
+        rows = np.arange(*ys.indices(self.shape[0])) * self.preview.shape[0] // self.shape[0]
+        cols = np.arange(*xs.indices(self.shape[1])) * self.preview.shape[1] // self.shape[1]
+        return self.preview[rows][:, cols][..., ss]
+
+
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """The level sizes :func:`pyramid_of_pixels` (and :func:`build_pyramid`) make for an image of this size."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) >= PYRAMID_MIN_SIZE and min(shapes[-1]) >= 2:
+        shapes.append((shapes[-1][0] // 2, shapes[-1][1] // 2))
+    return shapes
+
+
+def pil_preview(path: Path, shrink: int = 8) -> tuple[np.ndarray, tuple[int, int]]:
+    """A JPEG decoded at a fraction of its size (JPEG's own draft mode: quick), and its full ``(height, width)``.
+
+    A PNG has no draft mode and is decoded whole, then thinned. The full size is checked
+    against the decode limit first (:func:`~.pyramid.check_decode_size`).
+    """
+    from PIL import Image
+
+    with pil_no_size_limit(), Image.open(path) as im:
+        w, h = im.size
+        check_decode_size(h, w, f"building a pyramid for this {im.format or 'flat'} image", path, _PIL_HINT)
+        im.draft("RGB", (max(1, w // shrink), max(1, h // shrink)))
+        small = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    step = max(1, min(small.shape[0], small.shape[1]) * shrink // max(1, min(h, w)))  # a PNG came whole
+    return np.ascontiguousarray(small[::step, ::step]), (h, w)
+
+
+def deferred_pyramid(path: Path) -> tuple[list[Level], list[Deferred]]:
+    """Levels of a JPEG/PNG shown from a preview (:class:`Deferred`) until :func:`pil_rgb` has decoded it."""
+    preview, (h, w) = pil_preview(path)
+    raws = [Deferred(shape, preview) for shape in level_shapes(h, w)]
+    return [Level(raw, "YXS", path=str(path), index=i) for i, raw in enumerate(raws)], raws
+
+
 def pyramid_of_pixels(rgb: np.ndarray, path: Path) -> list[Level]:
     """The levels :func:`build_pyramid` writes, made in memory from decoded pixels (no compression)."""
     arrays = [rgb]

@@ -29,7 +29,9 @@ from ..errors import InputError
 from ..io.detect import is_ome_zarr_image, ome_multiscales
 from .flat_pyramid import (
     CacheWriteError,
+    Deferred,
     build_pyramid,
+    deferred_pyramid,
     open_cached_pyramid,
     open_pyramid_dir,
     pil_rgb,
@@ -141,6 +143,8 @@ class Slide:
         self._dask_levels: list[da.Array] | None = None
         #: The background thread writing this slide's cached pyramid (``open_slide(background_cache=True)``).
         self.cache_build: threading.Thread | None = None
+        #: Set once the full-resolution pixels are there, for a slide shown from a preview first (else ``None``).
+        self.ready: threading.Event | None = None
         self.display_levels: list[LevelArray] = [
             LevelArray(lv, partial(self._read_display, i)) for i, lv in enumerate(levels)]
         h0, w0 = levels[0].height, levels[0].width
@@ -149,9 +153,25 @@ class Slide:
         self.downsamples[0] = 1.0
         self.mpp = mpp
 
+    def wait_ready(self) -> None:
+        """Wait until a slide shown from a preview has its full-resolution pixels (at once for any other).
+
+        Raises
+        ------
+        InputError
+            If decoding the image behind the preview failed.
+        """
+        if self.ready is None:
+            return
+        self.ready.wait()
+        error = getattr(self._levels[0].raw, "error", None)
+        if error is not None:
+            raise InputError(f"cannot decode the image ({type(error).__name__}: {error})", self.path)
+
     @property
     def levels(self) -> list[da.Array]:
         """The levels as lazy dask arrays (made on first use), largest first."""
+        self.wait_ready()
         if self._dask_levels is None:
             # the file's fingerprint names the dask tasks, so equal slides share dask's cache keys
             tag = abs(hash(file_fingerprint(self.path))) if os.path.exists(self.path) else id(self)
@@ -159,6 +179,8 @@ class Slide:
         return self._dask_levels
 
     def _read_display(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.ready is not None and not self.ready.is_set():  # the preview: not kept in the tile cache
+            return self._levels[level].read(y0, y1, x0, x1)
         return read_cached(self._levels[level], level, y0, y1, x0, x1, self._cache, self._decode_pool())
 
     def __repr__(self) -> str:
@@ -212,6 +234,7 @@ class Slide:
             If the region is larger than :func:`~napari_histosge.slide.pyramid.max_decode_pixels`
             (e.g. a whole gigapixel level), or a tile under it is corrupt.
         """
+        self.wait_ready()
         lv = self._level(level)
         x0, y0, width, height = int(x0), int(y0), int(width), int(height)
         check_decode_size(max(height, 0), max(width, 0), f"reading a region of level {level}", self.path,
@@ -262,6 +285,7 @@ class Slide:
             :func:`~napari_histosge.slide.pyramid.max_decode_pixels` (see
             :func:`~napari_histosge.slide.patches.check_patch_size`).
         """
+        self.wait_ready()
         centers = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
         size0 = float(size_px) * scale
         level = self.best_level(size0, out_size)
@@ -284,10 +308,12 @@ def _open_flat(path: Path, root: Path, background: bool = False) -> Slide:
     levels = open_cached_pyramid(target, str(path))  # a damaged one is removed (with a warning) and rebuilt
     rgb = None
     if levels is None and background and path.suffix.lower() in PIL_SUFFIXES:
-        rgb = pil_rgb(path)  # decoded whole anyway: show it from memory, write the cache behind
-        if BACKGROUND_MIN_PIXELS <= rgb.shape[0] * rgb.shape[1] <= BACKGROUND_MAX_PIXELS:
-            slide = Slide(str(path), pyramid_of_pixels(rgb, path), None)
-            slide.cache_build = threading.Thread(target=_build_quietly, args=(path, target, rgb),
+        deferred, raws = deferred_pyramid(path)  # a preview decoded at an eighth of the size: quick
+        if BACKGROUND_MIN_PIXELS <= deferred[0].height * deferred[0].width <= BACKGROUND_MAX_PIXELS:
+            # shown from the preview at once; decoded whole, then its cache written, in a background thread
+            slide = Slide(str(path), deferred, None)
+            slide.ready = threading.Event()
+            slide.cache_build = threading.Thread(target=_decode_behind, args=(path, target, raws, slide.ready),
                                                  name=f"histosge-pyramid-{path.name}")
             slide.cache_build.start()
             return slide
@@ -298,6 +324,21 @@ def _open_flat(path: Path, root: Path, background: bool = False) -> Slide:
         except CacheWriteError as exc:  # the cache's problem, not the slide's: this run's pyramid in memory
             levels = pyramid_in_memory(path, exc)
     return Slide(str(path), levels, None)
+
+
+def _decode_behind(path: Path, target: Path, raws: list[Deferred], ready: threading.Event) -> None:
+    """Decode ``path`` whole, put its levels behind the previews ``raws``, set ``ready``, then write its cache."""
+    try:
+        rgb = pil_rgb(path)
+        for raw, level in zip(raws, pyramid_of_pixels(rgb, path), strict=True):
+            raw.real = level.raw
+    except Exception as exc:  # the preview stays; reads of full-resolution pixels then fail with it
+        for raw in raws:
+            raw.error = exc
+        ready.set()
+        return
+    ready.set()
+    _build_quietly(path, target, rgb)
 
 
 def _build_quietly(path: Path, target: Path, rgb: np.ndarray) -> None:

@@ -26,6 +26,8 @@ T = TypeVar("T", bound="TrainConfig")
 
 #: How genes are ranked (``io.preprocess.GENE_METHODS``; that package loads anndata, this one stays light).
 GENE_SELECTIONS = ("hvg", "spatial", "hvg+spatial")
+#: The ``markers`` setting: auto, none or a tissue of ``io.markers``' table (checked equal to it by the tests).
+MARKER_CHOICES = ("auto", "none", "breast", "brain-cortex", "olfactory-bulb")
 
 
 def redefault(cls: type[TrainConfig], name: str, default: Any) -> Any:
@@ -75,6 +77,9 @@ class TrainConfig:
     include_genes: list[str] | None = setting(None, "gene names (e.g. markers) always predicted, the ranked genes "
                                               "filling the rest: comma-separated, or a text file of names",
                                               kind=list, optional=True, none_means="none")
+    markers: str = setting("auto", "known marker genes of a tissue always predicted besides the ranked ones, those "
+                           "the section expresses most (at most a quarter of the genes): 'auto' the tissue "
+                           "whose markers the section expresses most, a tissue, or 'none'", choices=MARKER_CHOICES)
     checkpoint_every: int = setting(1, "write the checkpoint every this many epochs", least=1)
     val_fraction: float = setting(0.1, "share of the training spots held back to keep the best epoch (and stop "
                                   "early), raised to 20 spots where that is at most a fifth of the section; 0 "
@@ -171,6 +176,11 @@ def register_config(cls: type[T]) -> type[T]:
 def config_names() -> list[str]:
     """Names of the models whose settings are registered, sorted."""
     return sorted(_CONFIGS)
+
+
+def offered_models() -> list[str]:
+    """The registered models as the command line and the Train widget offer them: the paper's model first."""
+    return sorted(_CONFIGS, key=lambda name: (name != "histosge", name))
 
 
 def config_class(model: str) -> type[TrainConfig]:

@@ -77,7 +77,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     yield Progress("prepare", 0, 1, "normalising and selecting genes")
     log_train = normalize_log1p(train)
     genes = select_genes(log_train, n_top=config.n_top_genes, genes=config.genes,
-                         method=config.gene_selection, include=config.include_genes)
+                         method=config.gene_selection, include=config.include_genes, markers=config.markers)
     targets = dense_targets(log_train, genes).astype(np.float64)
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")

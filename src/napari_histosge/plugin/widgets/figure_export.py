@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,9 +123,19 @@ def canvas_colour(viewer) -> tuple[int, int, int]:
 
 def export_figure(viewer, colorbar, path: str | Path) -> Path:
     """Write the canvas with ``colorbar``'s legend and a scale bar to ``path`` (format from its suffix)."""
+    return write_captured(path, *capture_figure(viewer, colorbar, path))
+
+
+def capture_figure(viewer, colorbar, path: str | Path) -> tuple[Any, float | None, Any]:
+    """What :func:`write_captured` writes: the canvas, its µm per pixel and the legend (GUI thread only)."""
     figure_format(path)  # a wrong suffix is refused before the capture
     image, um = capture(viewer, float(colorbar.devicePixelRatioF()))
-    return write_figure(path, image, legend=colorbar_legend(colorbar), um_per_image_px=um)
+    return image, um, colorbar_legend(colorbar)
+
+
+def write_captured(path: str | Path, image: Any, um: float | None, legend: Any) -> Path:
+    """Write a :func:`capture_figure` capture to ``path`` (no Qt: may run in a background thread)."""
+    return write_figure(path, image, legend=legend, um_per_image_px=um)
 
 
 def ask_figure_path(parent, start: str = "figure.png") -> str | None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, LineEdit, PushButton
+from magicgui.types import FileDialogMode
+from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 from qtpy.QtCore import QEvent, QObject, QStringListModel, Qt, QTimer
 from qtpy.QtWidgets import QCompleter
 
+from ...io.gene_names import gene_label
 from .colorbar import ColorBar
 from .compare import ROLE_COMPARE, ROLE_COMPARE_TITLES, can_compare, comparison_layers, panels_for, spot_averaged
+from .gene_table import attach_to_layer, gene_symbols_of, load_gene_table
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
@@ -28,6 +31,7 @@ from .layers import (
     measured_source,
 )
 from .repaint import recolor_spots, rename_hidden, set_image_values, update_heatmap
+from .state import note_viewed_gene
 from .status import set_status, status_label, status_of
 
 if TYPE_CHECKING:
@@ -71,6 +75,8 @@ def legend_of(layer) -> tuple[str, float, float, Any]:
     """``(title, min, max, colormap)`` that describe what ``layer`` shows now."""
     meta = histosge_meta(layer)
     gene = meta.get("gene") or ""
+    if gene and (label := gene_label(meta.get("adata"), gene)) != gene:
+        gene = f"{label} ({gene})"  # data named by id: the symbol first
     if hasattr(layer, "contrast_limits") and not hasattr(layer, "face_contrast_limits"):
         lo, hi = layer.contrast_limits
         cmap = layer.colormap
@@ -115,9 +121,14 @@ class GeneViewerWidget(Container):
         self.close_compare_button = PushButton(text="Close comparison", visible=False)
         self.export_button = PushButton(text="Export figure…", tooltip="save the canvas as shown with this legend "
                                         "and a scale bar (PNG, SVG or PDF)")
+        self.gene_table = FileEdit(label="gene names", mode=FileDialogMode.EXISTING_FILE, value=None,
+                                   filter="*.tsv *.csv *.txt *.gz",
+                                   tooltip="optional: a table of Ensembl ids and gene symbols (two columns), so "
+                                           "symbols such as MBP find genes of data named by id and legends show "
+                                           "them (histosge --gene-names)")
         self.info = status_label()
         self.extend([self.search, self.show_button, self.compare_button, self.close_compare_button,
-                     self.export_button, self.info])
+                     self.export_button, self.gene_table, self.info])
         self.colorbar = ColorBar()
         self.observed_colorbar = ColorBar()  # the comparison's observed panel: a scale of its own
         self.diff_colorbar = ColorBar()  # the difference panel's diverging scale
@@ -139,10 +150,13 @@ class GeneViewerWidget(Container):
         if popup is not None:  # QCompleter always has one; the stubs allow None
             popup.installEventFilter(self._enter_filter)
         self.search.native.returnPressed.connect(self._return_pressed)
-        self.show_button.changed.connect(lambda *_: self.show_gene(self.search.value))
+        self.show_button.changed.connect(lambda *_: self.ask_for_gene(self.search.value))
         self.compare_button.changed.connect(lambda *_: self.compare())
         self.close_compare_button.changed.connect(lambda *_: self.close_comparison())
-        self.export_button.changed.connect(lambda *_: self.export_figure())
+        self.export_button.changed.connect(lambda *_: self.export_figure(background=True))
+        self.figure_worker: Any = None
+        self.gene_table.changed.connect(lambda *_: self.load_gene_names(self.gene_table.value))
+        self.names_table: dict[str, str] | None = None  # a table of ids and symbols the user gave
 
         self.gene: str | None = None
         self._switching = False  # inside show_gene: layers it shows or hides do not switch genes again
@@ -174,10 +188,11 @@ class GeneViewerWidget(Container):
         names: list[str] = sorted(self.genes(), key=str.lower)
         ids = {str(i) for layer in layers_with_role(self.viewer.layers, ROLE_SPOTS)
                if "gene_ids" in (var := histosge_meta(layer)["adata"].var) for i in var["gene_ids"]}
+        ids |= gene_symbols_of(self.viewer, GENE_ROLES[:4])  # symbols of data named by id
         self._model.setStringList(names + sorted(ids - set(names)))  # gene ids are searchable too
 
     def _show_completion(self, text: str) -> None:
-        self.show_gene(text)
+        self.ask_for_gene(text)
 
     def _return_pressed(self) -> None:
         # The line edit's own Enter (no suggestion list open): shown after the event is done,
@@ -185,10 +200,37 @@ class GeneViewerWidget(Container):
         QTimer.singleShot(0, self._show_typed)
 
     def _show_typed(self) -> None:
-        self.show_gene(self.search.value)
+        self.ask_for_gene(self.search.value)
+
+    def ask_for_gene(self, text: str) -> bool:
+        """Show the gene the user typed or picked (:meth:`show_gene`); the next training run predicts it too."""
+        if not self.show_gene(text):
+            return False
+        if self.gene is not None:
+            note_viewed_gene(self.viewer, self.gene)
+        return True
 
     # ------------------------------------------------------------------ the legend
+    def load_gene_names(self, path: Any) -> bool:
+        """Name the open layers' genes by the table of ids and symbols at ``path``; False (and a notice) if bad."""
+        from napari.utils.notifications import show_error
+
+        from ...errors import InputError
+
+        if path is None or str(path) in ("", "."):
+            return False
+        try:
+            self.names_table, summary = load_gene_table(self.viewer, path, GENE_ROLES[:4])
+        except InputError as exc:
+            show_error(str(exc))
+            return False
+        self.refresh_genes()
+        self._bind_legend(self._best_legend_layer())
+        set_status(self.info, summary)
+        return True
+
     def _layer_inserted(self, event) -> None:
+        attach_to_layer(event.value, self.names_table)
         self.refresh_genes()
         layer, meta = event.value, histosge_meta(event.value)
         role = meta.get("role")
@@ -399,6 +441,9 @@ class GeneViewerWidget(Container):
             shown.append(layer)
         heatmaps = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_HEATMAP]
         note = f"; not in (hidden): {', '.join(lacking)}" if lacking else ""
+        if any(histosge_meta(lyr)["role"] != ROLE_SPOTS for lyr in self.viewer.layers if lyr.name in lacking):
+            note += ("; a model predicts only the genes it was trained on: shown here before training (or under "
+                     "the Train widget's \"always include\", --include-genes), the next model predicts it")
         measured = [lyr for lyr in shown if histosge_meta(lyr)["role"] == ROLE_SPOTS]
         if lacking and measured and not any(lyr.visible for lyr in shown):
             measured[-1].visible = True  # the gene is only measured: show the measurement (repainted when shown)
@@ -438,25 +483,46 @@ class GeneViewerWidget(Container):
         return None
 
     # ------------------------------------------------------------------ figure
-    def export_figure(self, path: str | None = None):
+    def export_figure(self, path: str | None = None, *, background: bool = False):
         """Write the canvas with the legend and a scale bar to ``path`` (asked for when ``None``).
 
         Returns the path written, or ``None`` when the dialog was cancelled or the write failed
-        (the status line says why).
+        (the status line says why). ``background``: the canvas is captured now and the file
+        written in a background worker (:attr:`figure_worker`; the status line says when it is
+        done); the path it will write is returned.
         """
         from ...errors import InputError
-        from .figure_export import ask_figure_path, export_figure
+        from .figure_export import ask_figure_path, capture_figure, write_captured
 
         path = path if path is not None else ask_figure_path(self.native)
         if path is None:
             return None
         try:
-            written = export_figure(self.viewer, self.colorbar, path)
+            captured = capture_figure(self.viewer, self.colorbar, path)
+            if background:
+                return self._write_behind(path, captured)
+            written = write_captured(path, *captured)
         except InputError as exc:
             set_status(self.info, f"figure not written: {exc}")
             return None
         set_status(self.info, f"figure written to {written}")
         return written
+
+    def _write_behind(self, path: str, captured: tuple):
+        """Write a captured figure in a background worker (rendering it can take seconds)."""
+        from pathlib import Path
+
+        from napari.qt.threading import create_worker
+
+        from .figure_export import write_captured
+
+        set_status(self.info, f"writing the figure to {path}...")
+        worker = create_worker(write_captured, path, *captured, _start_thread=False)
+        worker.returned.connect(lambda written: set_status(self.info, f"figure written to {written}"))
+        worker.errored.connect(lambda exc: set_status(self.info, f"figure not written: {exc}"))
+        self.figure_worker = worker
+        worker.start()
+        return Path(path)
 
     # ------------------------------------------------------------------ comparison
     def _comparable(self):

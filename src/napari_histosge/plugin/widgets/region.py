@@ -32,7 +32,7 @@ from .layers import (
     um_per_px,
 )
 from .status import set_status, status_label
-from .worker import Outcome, start_job
+from .worker import Outcome, start_job, warm_up_in_background
 
 if TYPE_CHECKING:
     import napari
@@ -154,6 +154,8 @@ class RegionsWidget(Container):
         for layer in napari_viewer.layers:
             self._watch(layer)
         self.target.value = self._default_target()
+        # the first region's summary job would import these (torch included) on the event loop
+        warm_up_in_background(("napari_histosge.export.regions",))
         set_status(self.status, "draw regions over the slide to select spots or grid cells")
 
     # ------------------------------------------------------------------ layers

@@ -92,6 +92,22 @@ class _Registry:
 SESSION_MODELS = _Registry()
 
 
+#: Genes each viewer's Gene viewer showed at the user's request, oldest first: the next training run keeps them.
+_VIEWED_GENES: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+
+def note_viewed_gene(viewer: Any, gene: str) -> None:
+    """Remember that the user asked ``viewer``'s Gene viewer for ``gene`` (a training run keeps it)."""
+    genes = _VIEWED_GENES.setdefault(viewer, [])
+    if gene not in genes:
+        genes.append(gene)
+
+
+def viewed_genes(viewer: Any, adatas: Any = ()) -> list[str]:
+    """The genes the user asked ``viewer``'s Gene viewer for, among those every one of ``adatas`` measures."""
+    return [g for g in _VIEWED_GENES.get(viewer, []) if all(g in a.var_names for a in adatas)]
+
+
 def follow_session_models(native: Any, callback: Any) -> None:
     """Call the bound method ``callback`` when the session's models change, while the Qt widget ``native`` lives.
 

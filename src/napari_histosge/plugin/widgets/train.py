@@ -29,9 +29,9 @@ from .layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from .loss_curve import LossCurve
 from .models_panel import session_name
 from .settings_form import Control, SettingsForm
-from .state import SESSION_MODELS, SessionModel
+from .state import SESSION_MODELS, SessionModel, viewed_genes
 from .status import set_status, status_label
-from .worker import Outcome, preload_torch, start_job, status_text
+from .worker import Outcome, start_job, status_text, warm_up_in_background
 
 if TYPE_CHECKING:
     import napari
@@ -65,17 +65,14 @@ def setting_tip(name: str) -> str:
     return setting_of(TrainConfig.__dataclass_fields__[name]).help
 
 
-def warm_up_imports(modules=START_IMPORTS) -> None:
+def warm_up_imports(modules=START_IMPORTS, on_ready=None):
     """Import ``modules`` and torch's compiler stack now (when a widget opens) rather than on its first click.
 
     The optimiser's first use imports ``torch._dynamo`` (:func:`.worker.preload_torch`), which
-    otherwise froze the viewer for seconds on the first Start.
+    otherwise froze the viewer for seconds on the first Start; the imports run in a background
+    thread (:func:`.worker.warm_up_in_background`), so opening the widget does not freeze it either.
     """
-    import importlib
-
-    for name in modules:
-        importlib.import_module(name)
-    preload_torch()
+    return warm_up_in_background(modules, on_ready)
 
 
 def spots_layer_choices(viewer) -> list[tuple[str, Any]]:
@@ -174,20 +171,21 @@ class TrainWidget(Container):
         self.last_outcome: Outcome | None = None
         self.events_seen: list[Progress] = []
         self._connect(viewer)
-        warm_up_imports()
+        warm_up_imports(on_ready=self.list_models)
         self._refresh_data()
         self._sync_visibility()
         self._check_data()
 
     def _add_data_controls(self, viewer) -> None:
-        """The sections to train on and the model."""
-        from ...models import model_names
+        """The sections to train on and the model (the registered models' settings load without torch)."""
+        from ... import models  # noqa: F401  (registers every model's settings)
+        from ...training.config import offered_models
 
         self.data = Select(label="data", choices=lambda _w: spots_layer_choices(viewer),
                            tooltip="spots layers to train on (open a Space Ranger / ST folder or .h5ad); "
                                    "ctrl/shift-click to train one model on several sections")
         self.data.native.setMaximumHeight(110)
-        self.model_name = ComboBox(label="model", choices=model_names(), value="histosge",
+        self.model_name = ComboBox(label="model", choices=offered_models(), value="histosge",
                                    tooltip="histosge: image + position (the paper); other models from the "
                                            "registry; the settings below are the chosen model's")
 
@@ -291,6 +289,14 @@ class TrainWidget(Container):
         """The learning-rate control of the model section."""
         return self.model_settings.control("lr")
 
+    def list_models(self) -> None:
+        """Offer every registered model (also any registered by the background warm-up), keeping the one chosen."""
+        from ...training.config import offered_models
+
+        with self.model_name.changed.blocked():
+            value, self.model_name.choices = self.model_name.value, offered_models()
+            self.model_name.value = value
+
     def _refresh_data(self, *_: Any) -> None:
         """Refresh the layer choices; with nothing selected, select the newest spots layer."""
         self.reset_choices()
@@ -365,6 +371,9 @@ class TrainWidget(Container):
         names = self.gene_names()
         if mode == GENES_LIST and not names:
             raise InputError("the gene list is empty; enter gene names separated by commas, or pick a file of them")
+        if mode != GENES_LIST:  # the genes the user looked at in the Gene viewer are predicted too
+            adatas = [histosge_meta(layer).get("adata") for layer in (self.data.value or [])]
+            names = list(dict.fromkeys(names + viewed_genes(self.viewer, [a for a in adatas if a is not None])))
         return {**self.model_settings.changed_values(), "device": self.device.value,
                 "n_top_genes": int(self.n_genes.value), "genes": names if mode == GENES_LIST else None,
                 "include_genes": names if mode != GENES_LIST and names else None,

@@ -8,7 +8,7 @@ own error reporting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +169,34 @@ def preload_torch() -> None:
         sys.modules["triton"] = None  # type: ignore[assignment]
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401
+
+
+def warm_up_in_background(modules: Sequence[str] = (), on_ready: Callable[[], None] | None = None):
+    """Import ``modules`` and torch (:func:`preload_torch`) in a background thread; returns its napari worker.
+
+    A widget that opens calls it so its first click starts at once, without the seconds of
+    importing torch on the event loop: the GUI thread goes on while the worker imports (a
+    click that needs torch before it is done waits for it at its own import). ``on_ready``
+    runs in the GUI thread once the imports succeeded (e.g. to list the registered models).
+    """
+    import importlib
+
+    from napari.qt.threading import create_worker
+
+    def work() -> bool:
+        try:
+            for name in modules:
+                importlib.import_module(name)
+            preload_torch()
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first click imports (and reports) it
+            return False
+        return True
+
+    worker = create_worker(work, _start_thread=False)
+    if on_ready is not None:
+        worker.returned.connect(lambda ok: on_ready() if ok else None)
+    worker.start()
+    return worker
 
 
 def start_job(

@@ -1,0 +1,167 @@
+"""Known marker genes per tissue, and which of them a section's default gene choice always keeps.
+
+The table (``napari_histosge/data/tissue_markers.tsv``) lists, per tissue, the genes a
+biologist names for it (a HER2+ breast tumour's ERBB2 and GRB7, a cortex's layer markers, an
+olfactory bulb's layer markers), by symbol and, where data name genes by Ensembl id, by id.
+A ranking by spatial structure or dispersion alone can leave such genes out of a few hundred;
+:func:`marker_genes` picks the markers a section expresses so that the gene choice
+(:func:`napari_histosge.io.preprocess.select_genes`) keeps them besides the ranked genes.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputError
+
+__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "tissue_markers",
+           "tissues"]
+
+#: At most this many markers are always kept (and at most a quarter of the genes asked for).
+MARKER_CAP = 24
+#: ``auto`` needs at least this many of a tissue's markers among a section's most expressed genes.
+MIN_TISSUE_MARKERS = 3
+#: ``auto`` counts a tissue's markers among this share of a section's genes, highest mean first.
+TOP_EXPRESSED_SHARE = 0.1
+#: A marker is kept only when detected in at least this share of the spots ...
+MIN_DETECTED_SHARE = 0.05
+#: ... and in at least this many spots (a marker seen in two spots is noise, not the tissue).
+MIN_DETECTED_SPOTS = 10
+
+
+@dataclass(frozen=True)
+class TissueMarker:
+    """One row of the marker table: a tissue's marker gene and what it marks."""
+
+    tissue: str
+    species: str
+    symbol: str
+    ensembl_id: str
+    marks: str
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[TissueMarker, ...]:
+    text = resources.files("napari_histosge").joinpath("data/tissue_markers.tsv").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return tuple(TissueMarker(**{k: (v or "").strip() for k, v in row.items()})
+                 for row in csv.DictReader(lines, delimiter="\t"))
+
+
+def tissues() -> list[str]:
+    """The tissues the marker table knows, in its order."""
+    return list(dict.fromkeys(m.tissue for m in _table()))
+
+
+def tissue_markers(tissue: str) -> list[TissueMarker]:
+    """The markers of ``tissue`` in the table's order.
+
+    Raises
+    ------
+    InputError
+        If the table has no such tissue.
+    """
+    rows = [m for m in _table() if m.tissue == tissue]
+    if not rows:
+        raise InputError(f"no marker genes known for tissue {tissue!r}; known: {', '.join(tissues())} "
+                         "(or auto, none)")
+    return rows
+
+
+def _marker_columns(adata_log, markers: list[TissueMarker]) -> dict[str, int]:
+    """Each marker the data holds, as ``{symbol: column}``: by symbol, by a symbol column, or by Ensembl id."""
+    names = [str(g) for g in adata_log.var_names]
+    index: dict[str, int] = {}
+    for column in ("gene_symbols", "gene_ids"):  # a symbol table (io.gene_names) or a reader's feature ids
+        if column in adata_log.var:
+            for i, value in enumerate(adata_log.var[column].astype(str)):
+                index.setdefault(value.split(".")[0] if column == "gene_ids" else value, i)
+    for i, name in enumerate(names):
+        index[name] = i
+        index.setdefault(name.split(".")[0], i)  # a versioned Ensembl id (ENSG....5)
+    found: dict[str, int] = {}
+    for m in markers:
+        at = index.get(m.symbol)
+        if at is None and m.ensembl_id:
+            at = index.get(m.ensembl_id)
+        if at is not None:
+            found[m.symbol] = at
+    return found
+
+
+def _detected(x, n_obs: int) -> np.ndarray:
+    counts = np.asarray((x > 0).sum(axis=0)).ravel()
+    return counts >= max(MIN_DETECTED_SPOTS, MIN_DETECTED_SHARE * n_obs)
+
+
+def _means(x) -> np.ndarray:
+    return np.asarray(x.mean(axis=0)).ravel().astype(np.float64)
+
+
+def choose_tissue(adata_log) -> str | None:
+    """The tissue whose markers ``adata_log`` expresses most (``None`` when no tissue has enough).
+
+    A tissue scores the number of its markers among the section's most expressed genes
+    (the top :data:`TOP_EXPRESSED_SHARE` by mean); it needs :data:`MIN_TISSUE_MARKERS`.
+    """
+    means = _means(adata_log.X)
+    cut = np.sort(means)[::-1][max(0, int(np.ceil(TOP_EXPRESSED_SHARE * len(means))) - 1)] if len(means) else 0.0
+    best, best_score = None, MIN_TISSUE_MARKERS - 1
+    for tissue in tissues():
+        columns = _marker_columns(adata_log, tissue_markers(tissue))
+        score = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
+        if score > best_score:
+            best, best_score = tissue, score
+    return best
+
+
+def marker_genes(adata_log, markers: str | None = "auto", *, n_top: int = 1000) -> list[str]:
+    """The known markers that a gene choice of ``n_top`` genes on ``adata_log`` always keeps.
+
+    Parameters
+    ----------
+    adata_log
+        Log-normalised spots (:func:`napari_histosge.io.preprocess.normalize_log1p`).
+    markers
+        ``"auto"``: the markers of the tissue :func:`choose_tissue` finds; a tissue of the
+        table; ``"none"`` or ``None``: no markers.
+    n_top
+        The number of genes asked for: at most a quarter of them (and :data:`MARKER_CAP`)
+        are markers.
+
+    Returns
+    -------
+    list of str
+        Gene names of ``adata_log`` (``var_names``): the tissue's markers detected in enough
+        spots, the highest expressed and most variable first (the better of a marker's two
+        ranks among the markers), cut at the cap.
+
+    Raises
+    ------
+    InputError
+        If ``markers`` names no tissue of the table.
+    """
+    if markers is None or markers == "none":
+        return []
+    tissue = choose_tissue(adata_log) if markers == "auto" else markers
+    if tissue is None:
+        return []
+    columns = _marker_columns(adata_log, tissue_markers(tissue))
+    if not columns:
+        return []
+    idx = np.fromiter(columns.values(), dtype=np.int64)
+    x = adata_log.X[:, idx]
+    keep = _detected(x, adata_log.n_obs)
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    rank_mean, rank_var = np.argsort(np.argsort(-mean, kind="stable")), np.argsort(np.argsort(-var, kind="stable"))
+    best, other = np.minimum(rank_mean, rank_var), np.maximum(rank_mean, rank_var)
+    order = [k for k in np.lexsort((other, best)) if keep[k]]
+    cap = min(MARKER_CAP, max(1, int(n_top) // 4))
+    return [str(adata_log.var_names[idx[k]]) for k in order[:cap]]
