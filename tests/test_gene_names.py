@@ -117,3 +117,19 @@ def test_mob_ships_its_table_and_dlpfc_takes_a_users(real_data: Path, tmp_path: 
     names.write_text("\n".join(f"{i}\t{s}" for i, s in IDS.items()))
     dlpfc = read_spots(real_data / "dlpfc" / "151676", gene_names=names)
     assert resolve_gene(dlpfc, "MBP") == "ENSG00000197971"
+
+
+def test_a_truncated_gzipped_table_is_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    whole = gzip.compress(b"ENSG00000197971\tMBP\nENSG00000123560\tPLP1\n" * 200)
+    table = tmp_path / "features.tsv.gz"
+    table.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match="cannot be read"):
+        read_gene_table(table)
+
+
+def test_a_pandas_row_index_is_not_taken_for_the_symbols(tmp_path: Path) -> None:
+    table = tmp_path / "genes.csv"
+    pd.DataFrame({"gene_id": ["ENSG00000197971", "ENSG00000123560"], "symbol": ["MBP", "PLP1"]}).to_csv(table)
+    assert read_gene_table(table) == {"ENSG00000197971": "MBP", "ENSG00000123560": "PLP1"}

@@ -157,3 +157,23 @@ def test_the_export_button_writes_the_figure_in_a_background_worker(session, tmp
     assert (tmp_path / "f.png").is_file() and threads and threading.main_thread() not in threads
     assert widget.export_figure(str(tmp_path / "bad.bmp"), background=True) is None  # refused before any capture
     assert "figure not written" in status_of(widget.info)
+
+
+def test_a_figure_that_cannot_be_written_is_one_status_line_not_a_traceback(session, tmp_path: Path, qtbot,
+                                                                           monkeypatch) -> None:
+    from napari_histosge.errors import InputError
+    from napari_histosge.plugin.widgets import figure_export
+
+    _viewer, widget, spots = session
+    assert widget.show_gene(str(L.histosge_meta(spots)["adata"].var_names[3]))
+
+    def refuse(*args, **kwargs):
+        raise InputError("the folder is read-only", tmp_path)
+
+    monkeypatch.setattr(figure_export, "write_figure", refuse)
+    # pytest-qt fails the test on an exception re-raised in the GUI thread (superqt's default for a worker error)
+    widget.export_figure(str(tmp_path / "f.png"), background=True)
+    qtbot.waitUntil(lambda: "figure not written" in status_of(widget.info), timeout=60_000)
+    qtbot.waitUntil(lambda: widget.figure_worker is None or not widget.figure_worker.is_running, timeout=10_000)
+    qtbot.wait(200)
+    assert "read-only" in status_of(widget.info)

@@ -15,6 +15,7 @@ import csv
 import gzip
 import os
 import re
+import zlib
 from pathlib import Path
 
 from ..errors import InputError
@@ -32,8 +33,9 @@ def _rows(path: Path) -> list[list[str]]:
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             text = fh.read()
-    except OSError as exc:
-        raise InputError(f"the gene name table cannot be read ({exc.strerror or exc})", path) from exc
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated .gz raises EOFError, a damaged one zlib.error
+        raise InputError(f"the gene name table cannot be read ({getattr(exc, 'strerror', None) or exc})",
+                         path) from exc
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     sample = "\n".join(lines[:20])
     delimiter = "\t" if "\t" in sample else "," if "," in sample else None
@@ -67,7 +69,9 @@ def read_gene_table(path: str | os.PathLike) -> dict[str, str]:
     id_col = max(range(width), key=lambda c: share[c])
     if share[id_col] < 0.5:
         raise InputError("the gene name table has no column of Ensembl ids (e.g. ENSG00000197971)", path)
-    name_col = next((c for c in range(width) if c != id_col and share[c] < 0.5), None)
+    # A symbol column has letters: a row index (pandas' to_csv) or a count column is not one.
+    name_col = next((c for c in range(width) if c != id_col and share[c] < 0.5
+                     and sum(any(ch.isalpha() for ch in r[c]) for r in rows) / len(rows) >= 0.5), None)
     if name_col is None:
         raise InputError("the gene name table has no column of gene symbols beside its Ensembl ids", path)
     table: dict[str, str] = {}

@@ -517,7 +517,8 @@ class GeneViewerWidget(Container):
         from .figure_export import write_captured
 
         set_status(self.info, f"writing the figure to {path}...")
-        worker = create_worker(write_captured, path, *captured, _start_thread=False)
+        # errors are shown in the status line; without _ignore_errors superqt re-raises them as a traceback
+        worker = create_worker(write_captured, path, *captured, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda written: set_status(self.info, f"figure written to {written}"))
         worker.errored.connect(lambda exc: set_status(self.info, f"figure not written: {exc}"))
         self.figure_worker = worker

@@ -127,7 +127,7 @@ class ModelPanel(Container):
 
             return load_model(file, device="cpu")
 
-        self.worker = worker = create_worker(read)
+        self.worker = worker = create_worker(read, _ignore_errors=True)  # errors: _open_failed, not a traceback
         worker.returned.connect(lambda model: self._opened(model, file))
         worker.errored.connect(lambda exc: self._open_failed(exc, file))
         worker.start()
