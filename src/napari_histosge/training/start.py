@@ -52,7 +52,11 @@ def check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData
             f"({saved.config.model} {saved.config.settings(hparam_keys)}) than requested "
             f"({config.model} {config.settings(hparam_keys)})", path)
     if saved.genes != data.genes:
-        raise InputError("the checkpoint predicts different genes than the training data", path)
+        # A checkpoint saved before the marker genes were always kept chose its genes without them.
+        hint = "" if saved.config.settings(("markers",)).get("markers") == config.settings(("markers",)).get(
+            "markers") else f" (it chose its genes with --markers {saved.config.settings(('markers',)).get('markers')})"
+        raise InputError("the checkpoint predicts different genes than the training data; resume with the gene "
+                         f"settings it was trained with{hint}", path)
     if int(saved.meta.get("n_features", -1)) != d:
         raise InputError(
             f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
