@@ -134,6 +134,34 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     assert np.abs(np.asarray(exact.X) - truth).max() < 1e-4
 
 
+def test_smooth_consistency_draws_no_discs(demo, fitted):
+    from napari_histosge.evaluation.map_artefacts import disc_contrast_ratio
+
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    ratio = {mode: disc_contrast_ratio(hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, grid_um=10.0,
+                                                                        consistency=mode)), xy, diameter)["ratio"]
+             for mode in ("exact", "smooth")}
+    assert ratio["exact"] > 3.0  # a factor per spot stamps it on the map: the measure sees discs
+    assert ratio["smooth"] <= 1.3
+
+
+def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fitted):
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    truth = dense_targets(normalize_log1p(demo), fitted.genes)
+    smooth, alone = (hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency=mode))
+                     for mode in ("smooth", "none"))
+    gap = smooth - truth
+    # No bias over the footprints, closer to them than the model alone, and not a copy of their noise.
+    assert np.all(np.abs(gap.mean(axis=0)) < 0.1 * truth.std(axis=0) + 1e-3)
+    assert np.abs(gap).mean() < 0.9 * np.abs(alone - truth).mean()
+    assert np.abs(gap).mean() > 1e-3
+
+
+def test_an_unknown_consistency_is_refused_in_one_line():
+    with pytest.raises(InputError, match="smooth"):
+        grid_maps.check_consistency("smoth")
+
+
 def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the default model ignores the image, so no cell features are needed")

@@ -83,6 +83,18 @@ def section_mask(adata, mask) -> TissueMask | None:
     return found
 
 
+def lattice_tissue(adata) -> TissueMask | None:
+    """The tissue detected on ``adata``'s slide for drawing a lattice map, or ``None`` where none is usable.
+
+    A detection that misses most spots (a faint or unusual stain) is not an error here: the
+    map is then drawn near the positions, as without a mask, and the prediction is kept.
+    """
+    try:
+        return section_mask(adata, DETECT)
+    except InputError:
+        return None
+
+
 def measured_region_grid(adata, cell_px: float, mask: TissueMask | None = None) -> CellGrid:
     """Cells of ``cell_px`` within :data:`REACH_SPACINGS` spot spacings of a measured spot, and on ``mask``.
 
@@ -111,7 +123,9 @@ def _feature_sigmas(model: TrainedModel, cell_px: float) -> tuple[float, ...]:
 
 
 #: How grid cells are made consistent with the measured footprints (see :mod:`..models.subspot.consistency`).
-CONSISTENCY = ("exact", "counting", "none")
+CONSISTENCY = ("exact", "counting", "smooth", "none")
+#: Per footprint, one factor for its cells (a step at its edge); "smooth" corrects by a smooth field instead.
+PER_FOOTPRINT = ("exact", "counting")
 
 
 def check_consistency(consistency: str) -> None:
@@ -125,7 +139,8 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     """Rates (counts per 1e4) of every cell of ``grid``, ``(n_cells, G)`` float32.
 
     ``consistency``: ``"exact"`` reproduces each measured footprint, ``"counting"`` reads
-    it through its counting noise, ``"none"`` leaves the model's prediction.
+    it through its counting noise, ``"smooth"`` corrects by a smooth field that agrees
+    with the footprints in expectation, ``"none"`` leaves the model's prediction.
     """
     check_consistency(consistency)
     if not getattr(model, "aggregates_cells", False):
@@ -139,7 +154,9 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
     centres = grid.centres()
     rates = model.cell_rates(centres, feats)  # type: ignore[attr-defined]
-    if consistency != "none":
+    if consistency == "smooth":
+        rates = model.smooth_corrected(centres, rates)  # type: ignore[attr-defined]
+    elif consistency != "none":
         rates = model.make_consistent(centres, rates, exact=consistency == "exact")  # type: ignore[attr-defined]
     yield Progress("predict", 1, 1)
     return rates
@@ -212,7 +229,7 @@ def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: f
     grid = CellGrid.covering(discs.centres.min(axis=0) - reach, discs.centres.max(axis=0) + reach, cell_px)
     centres = grid.centres()
     under = np.asarray((discs.cell_weights(centres) != 0).sum(axis=0)).ravel() > 0
-    if consistency != "none":
+    if consistency in PER_FOOTPRINT:
         measured = model.footprints().cell_weights(centres, nearest_if_empty=False)  # type: ignore[attr-defined]
         touched = np.asarray((measured[:, np.flatnonzero(under)] != 0).sum(axis=1)).ravel() > 0
         under |= np.asarray((measured[np.flatnonzero(touched)] != 0).sum(axis=0)).ravel() > 0

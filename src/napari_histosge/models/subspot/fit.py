@@ -24,14 +24,13 @@ from ...features.cell_raster import IDENTITY, cell_features, n_cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
 from ...progress import CancelToken, Progress, ProgressGenerator
-from ...slide.cell_grid import CellGrid, Footprints
 from ...training.grouping import median_spacing
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .calibration import calibrate
 from .config import SubspotConfig
 from .consistency import fit_dispersion
-from .geometry import cell_px_for, footprints_of
+from .geometry import cell_px_for, footprint_cells, footprints_of
 from .network import SubspotNetwork
 from .prior import prior_rates
 from .trained import SubspotModel
@@ -76,7 +75,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     targets = dense_targets(log_train, genes).astype(np.float64)
     footprints = footprints_of(train)
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train.n_obs} measured footprints")
-    grid, weights = _footprint_cells(footprints, cell_px)
+    grid, weights = footprint_cells(footprints, cell_px)
     if config.image_modulation:
         feats = yield from cell_features(path, scale, grid, cancel=cancel)
     else:  # the image is not used: no slide read at all
@@ -122,15 +121,6 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
         trained.save(checkpoint_path)
     yield Progress("fit", 1, 1, f"image modulation share {share:g}")
     return trained
-
-
-def _footprint_cells(footprints: Footprints, cell_px: float):
-    """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
-    reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
-    grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
-    weights = footprints.cell_weights(grid.centres())
-    under = np.asarray((weights != 0).sum(axis=0)).ravel() > 0
-    return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()
 
 
 def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,9 @@ from ...errors import InputError
 from ...slide.cell_grid import Footprints
 from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
-from .consistency import consistent_rates
-from .prior import prior_rates
+from .consistency import consistent_rates, smooth_field
+from .geometry import footprint_cells
+from .prior import prior_rates, prior_weights
 
 
 class SubspotModel(TrainedModel):
@@ -68,6 +69,24 @@ class SubspotModel(TrainedModel):
                                   "dispersion": net.dispersion.cpu().numpy().astype(np.float64)}
         return consistent_rates(rates, weights, net.footprint_rate.cpu().numpy().astype(np.float64),
                                 net.detail.cpu().numpy(), **noise)
+
+    def smooth_corrected(self, cell_xy: np.ndarray, rates: np.ndarray) -> np.ndarray:
+        """``rates`` times a smooth correction field that brings the footprints' means to their measurements.
+
+        The field is read from the prior alone on the model's own cells under the
+        footprints (:func:`.consistency.smooth_field`), so it is the same whichever cells
+        are asked for, and spread with the prior's kernel: no step at a footprint's edge.
+        """
+        net = self.model
+        footprint_xy = net.footprint_xy.cpu().numpy()
+        measured = net.footprint_rate.cpu().numpy().astype(np.float64)
+        bandwidth = float(self.meta["prior_bandwidth_px"])
+        grid, weights = footprint_cells(self.footprints(), self.cell_px)
+        under = grid.centres()
+        corrections = smooth_field(weights, prior_rates(under, footprint_xy, measured, bandwidth),
+                                   prior_weights(under, footprint_xy, bandwidth), measured)
+        field = np.asarray(prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth) @ corrections)
+        return np.expm1(np.log1p(np.maximum(np.asarray(rates, np.float64), 0.0)) + field).astype(np.float32)
 
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
         """Not available: the sub-spot model reads the slide (:func:`napari_histosge.pipeline.steps.predict_spots`)."""
