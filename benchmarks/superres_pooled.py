@@ -43,15 +43,27 @@ import napari_histosge as hs  # noqa: E402
 from napari_histosge.evaluation.count_split import split_counts  # noqa: E402
 from napari_histosge.evaluation.metrics import column_pcc, knn_baseline, within_bin_pcc  # noqa: E402
 from napari_histosge.io.preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.pipeline.grid_maps import predict_discs  # noqa: E402
 from napari_histosge.pipeline.pooled import own_bin_copy, pool_spots  # noqa: E402
 from napari_histosge.prediction.lattice import estimate_lattice  # noqa: E402
 
 #: Model label -> (registered model, training settings) of the trained models compared.
 TRAINED = {
-    "subspot": ("subspot", {}),
-    "subspot-with-image": ("subspot", {"image_modulation": True}),
+    "subspot": ("subspot", {"prior_bandwidth": 1.5}),
+    "subspot-counting": ("subspot", {"prior_bandwidth": 1.5}),
+    "subspot-smoothfield": ("subspot", {}),
+    "subspot-with-image": ("subspot", {"image_modulation": True, "prior_bandwidth": 1.5}),
     "histosge": ("histosge", {}),
 }
+#: The sub-spot map's consistency for each label (``pipeline.grid_maps.CONSISTENCY``). ``subspot`` is the
+#: earlier default (exact, 1.5 spacings); ``subspot-smoothfield`` is the model's current defaults.
+CONSISTENCY_OF = {"subspot": "exact", "subspot-with-image": "exact", "subspot-counting": "counting",
+                  "subspot-smoothfield": "smooth"}
+#: Gridded like the smoothing baseline: one fit per prior bandwidth (bin spacings), each scored with
+#: these consistency modes; the render step picks the bandwidth leave-one-section-out.
+BANDWIDTH_GRID = "subspot-bandwidths"
+SUBSPOT_BANDWIDTHS = (0.5, 1.0, 1.5, 2.0, 3.0)
+GRID_MODES = ("smooth", "none")
 BASELINES = ("copy", "interpolation", "smoothing")
 #: Run by default: ``subspot-with-image`` reads cell features over the section for every fit
 #: (minutes per seed on 2 cores), which does not fit three seeds in one section's 15 minutes.
@@ -111,15 +123,42 @@ def smoothed(bin_xy: np.ndarray, bin_values: np.ndarray, spot_xy: np.ndarray, si
     return (weights @ bin_values) / weights.sum(axis=1, keepdims=True)
 
 
-def trained_prediction(label: str, pooled, adata_a, genes: list[str]) -> np.ndarray:
-    """Train ``label`` on the half-A bins, predict every spot (with half A's data only)."""
-    model_name, settings = TRAINED[label]
-    config = hs.train_config(model_name, genes=genes, **settings)
-    model = hs.fit(pooled.bins, train_config=config)
+def fitted(model_name: str, settings: dict, pooled, genes: list[str], cache: dict):
+    """The model trained on the half-A bins, once per (model, settings) of a split."""
+    key = (model_name, tuple(sorted(settings.items())))
+    if key not in cache:
+        cache[key] = hs.fit(pooled.bins, train_config=hs.train_config(model_name, genes=genes, **settings))
+    return cache[key]
+
+
+def spot_prediction(model, adata_a, genes: list[str], consistency: str | None) -> np.ndarray:
+    """Every spot predicted (with half A's data only); a sub-spot map with ``consistency``."""
     diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
-    pred = hs.predict_spots(model, adata_a, positions=np.asarray(adata_a.obsm["spatial"]),
-                            position_ids=list(adata_a.obs_names), diameter=diameter)
+    xy = np.asarray(adata_a.obsm["spatial"], np.float64)
+    if consistency is not None:
+        pred = hs.run(predict_discs(model, adata_a, xy, diameter, consistency=consistency))
+        return np.asarray(pred, np.float64)[:, [model.genes.index(g) for g in genes]]
+    pred = hs.predict_spots(model, adata_a, positions=xy, position_ids=list(adata_a.obs_names), diameter=diameter)
     return np.asarray(pred[:, genes].X, np.float64)
+
+
+def trained_prediction(label: str, pooled, adata_a, genes: list[str], cache: dict) -> np.ndarray:
+    """Train ``label`` on the half-A bins (or reuse its fit), predict every spot."""
+    model_name, settings = TRAINED[label]
+    return spot_prediction(fitted(model_name, settings, pooled, genes, cache), adata_a, genes,
+                           CONSISTENCY_OF.get(label))
+
+
+def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, cache: dict) -> list[dict]:
+    """The default sub-spot model at each of :data:`SUBSPOT_BANDWIDTHS`, scored with each of :data:`GRID_MODES`."""
+    out = []
+    for bandwidth in SUBSPOT_BANDWIDTHS:
+        model = fitted("subspot", {"prior_bandwidth": bandwidth}, pooled, genes, cache)
+        out.append({"bandwidth": bandwidth, **{mode: scores(spot_prediction(model, adata_a, genes, mode), target, cols)
+                                               for mode in GRID_MODES}})
+        print(f"    bandwidth {bandwidth:g}: " + ", ".join(f"{m} {out[-1][m]['top50']['pcc']:.3f}" for m in GRID_MODES),
+              flush=True)
+    return out
 
 
 def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float) -> dict:
@@ -139,8 +178,12 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
     bin_xy, spot_xy = np.asarray(pooled.bins.obsm["spatial"]), np.asarray(adata.obsm["spatial"], np.float64)
     row: dict = {"bins": int(pooled.bins.n_obs), "side_px": pooled.side_px,
                  "limit": {k: float(limit[idx].mean()) for k, idx in cols.items()}, "models": {}}
+    cache: dict = {}
     for label in models:
         t0 = time.perf_counter()
+        if label == BANDWIDTH_GRID:
+            row[BANDWIDTH_GRID] = bandwidth_grid(pooled, adata_a, genes, target, cols, cache)
+            continue
         if label == "smoothing":
             row["smoothing"] = [{"sigma": s, **scores(smoothed(bin_xy, bin_values, spot_xy, s * spacing), target, cols)}
                                 for s in SIGMAS]
@@ -150,7 +193,7 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
         elif label == "interpolation":
             pred = knn_baseline(bin_xy, bin_values, spot_xy, k=4)
         else:
-            pred = trained_prediction(label, pooled, adata_a, genes)
+            pred = trained_prediction(label, pooled, adata_a, genes, cache)
         row["models"][label] = {**scores(pred, target, cols), "seconds": time.perf_counter() - t0}
         print(f"  F={factor} {label}: " + ", ".join(f"{k} {row['models'][label][k]['pcc']:.3f}" for k in GENE_SETS)
               + f" ({row['models'][label]['seconds']:.0f} s)", flush=True)
@@ -171,12 +214,19 @@ def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
 
 
 def merged(old: dict, new: dict) -> dict:
-    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept."""
+    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept.
+
+    ``new`` may hold fewer seeds than ``old`` (a slow model run on one split): the others
+    keep what they had.
+    """
     for old_row, new_row in zip(old["rows"], new["rows"], strict=True):
-        for old_seed, new_seed in zip(old_row["seeds"], new_row["seeds"], strict=True):
-            if (old_row["factor"], old_seed["seed"]) != (new_row["factor"], new_seed["seed"]):
-                raise SystemExit("--merge needs the same bin sizes and seeds as the saved run")
+        seeds = {s["seed"]: s for s in old_row["seeds"]}
+        if old_row["factor"] != new_row["factor"] or not set(s["seed"] for s in new_row["seeds"]) <= set(seeds):
+            raise SystemExit("--merge needs the same bin sizes, and seeds the saved run has")
+        for new_seed in new_row["seeds"]:
+            old_seed = seeds[new_seed["seed"]]
             old_seed["models"].update(new_seed["models"])
+            old_seed.update({k: v for k, v in new_seed.items() if k in (BANDWIDTH_GRID, "smoothing")})
     old.setdefault("more_runs", []).append({k: new[k] for k in ("machine", "wall_s", "models")})
     return old
 
@@ -297,9 +347,9 @@ def main() -> None:
     if not args.section:
         parser.error("give --section GROUP/NAME, or --render")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in BASELINES and m not in TRAINED]
+    unknown = [m for m in models if m not in BASELINES and m not in TRAINED and m != BANDWIDTH_GRID]
     if unknown:
-        parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED)}")
+        parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED) + [BANDWIDTH_GRID]}")
     path = existing_data_root() / args.section
     if not path.is_dir():
         parser.error(f"no section folder {path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import napari_histosge as hs
@@ -147,14 +148,18 @@ def test_smooth_consistency_draws_no_discs(demo, fitted):
 
 def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fitted):
     xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
-    truth = dense_targets(normalize_log1p(demo), fitted.genes)
-    smooth, alone = (hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency=mode))
+    truth = np.expm1(dense_targets(normalize_log1p(demo), fitted.genes))
+    smooth, alone = (np.expm1(hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency=mode)))
                      for mode in ("smooth", "none"))
-    gap = smooth - truth
-    # No bias over the footprints, closer to them than the model alone, and not a copy of their noise.
-    assert np.all(np.abs(gap.mean(axis=0)) < 0.1 * truth.std(axis=0) + 1e-3)
-    assert np.abs(gap).mean() < 0.9 * np.abs(alone - truth).mean()
-    assert np.abs(gap).mean() > 1e-3
+
+    def level_error(pred):  # per gene, the spots' mean rate off the measured mean, relative
+        return np.abs(pred.mean(axis=0) - truth.mean(axis=0)) / truth.mean(axis=0)
+
+    # The spots' means add up to the measurement's (the prior alone does not), and the
+    # map is closer to each spot than the prior, without copying each spot's noise.
+    assert level_error(alone).max() > 0.3 and level_error(smooth).max() < 0.15
+    assert np.abs(smooth - truth).mean() < 0.9 * np.abs(alone - truth).mean()
+    assert np.abs(smooth - truth).mean() > 0.1 * truth.mean()
 
 
 def test_an_unknown_consistency_is_refused_in_one_line():
@@ -292,6 +297,43 @@ def test_calibration_keeps_an_image_that_explains_sub_footprint_detail():
     noise = calibrate(cells, rng.normal(size=feats.shape), weights, targets, spots.centres, ridge, 0.75)
     assert noise is not None and noise.score - noise.score_without_image < informative.score - \
         informative.score_without_image
+
+
+def test_calibration_on_split_counts_does_not_reward_copying_the_noise():
+    import anndata as ad
+
+    from napari_histosge.models.subspot.calibration import split_targets
+
+    # Every footprint counts the same expression: all differences between them are noise.
+    rng = np.random.default_rng(1)
+    grid = CellGrid.covering((0, 0), (400, 400), 8.0)
+    spots = Footprints(np.stack(np.meshgrid(np.arange(20, 400, 40.0), np.arange(20, 400, 40.0)), -1).reshape(-1, 2),
+                       "square", 40.0)
+    weights = spots.cell_weights(grid.centres())
+    genes = [f"g{i}" for i in range(20)]
+    counts = ad.AnnData(X=rng.poisson(30.0, (len(spots), len(genes))).astype(np.float32),
+                        var=pd.DataFrame(index=genes))
+    targets = dense_targets(normalize_log1p(counts), genes).astype(np.float64)
+    feats = rng.normal(size=(grid.n_cells, 2))
+
+    def ridge(x, y):
+        return np.linalg.lstsq(x, y, rcond=None)[0].T
+
+    unsplit = calibrate(grid.centres(), feats, weights, targets, spots.centres, ridge, 0.75)
+    split = calibrate(grid.centres(), feats, weights, targets, spots.centres, ridge, 0.75,
+                      split_targets(counts, genes))
+    assert unsplit is not None and split is not None and split.split and not unsplit.split
+    assert unsplit.score > 0.2  # a footprint's noise is in its square: the unsplit score rewards it
+    assert abs(split.score) < 0.1
+
+
+def test_calibration_of_normalised_data_falls_back_to_the_pooled_values():
+    import anndata as ad
+
+    from napari_histosge.models.subspot.calibration import split_targets
+
+    normalised = ad.AnnData(X=np.full((4, 2), 0.5, np.float32), var=pd.DataFrame(index=["a", "b"]))
+    assert split_targets(normalised, ["a", "b"]) is None
 
 
 # ----------------------------------------------------------------------------- pooling

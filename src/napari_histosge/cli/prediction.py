@@ -71,10 +71,11 @@ def add_parsers(sub) -> None:
                    help="subspot model: tissue mask, a label image (nonzero = tissue) or GeoJSON polygons in "
                         "full-resolution pixels; 'auto' (default) detects the tissue, 'none' keeps every cell "
                         "near a spot")
-    p.add_argument("--consistency", choices=["exact", "counting", "none"],
+    p.add_argument("--consistency", choices=["exact", "counting", "smooth", "none"],
                    help="subspot model: scale the cells under each measured spot so their mean is its measurement "
-                        "(exact, default), the measurement read through its counting noise (counting), or not at "
-                        "all (none)")
+                        "(exact, default), the measurement read through its counting noise (counting), correct the "
+                        "map by a smooth field that agrees with the spots in expectation, with no disc at their "
+                        "edges (smooth), or not at all (none)")
     p.add_argument("--out", required=True, help="output .h5ad, or .zarr for a SpatialData store")
     add_scale_args(p)
     add_common_args(p)

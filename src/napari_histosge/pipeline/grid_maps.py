@@ -124,6 +124,8 @@ def _feature_sigmas(model: TrainedModel, cell_px: float) -> tuple[float, ...]:
 
 #: How grid cells are made consistent with the measured footprints (see :mod:`..models.subspot.consistency`).
 CONSISTENCY = ("exact", "counting", "smooth", "none")
+#: The consistency maps get unless asked otherwise.
+DEFAULT_CONSISTENCY = "exact"
 #: Per footprint, one factor for its cells (a step at its edge); "smooth" corrects by a smooth field instead.
 PER_FOOTPRINT = ("exact", "counting")
 
@@ -134,7 +136,7 @@ def check_consistency(consistency: str) -> None:
         raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
 
 
-def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = "exact",
+def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = DEFAULT_CONSISTENCY,
                cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
     """Rates (counts per 1e4) of every cell of ``grid``, ``(n_cells, G)`` float32.
 
@@ -155,7 +157,7 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     centres = grid.centres()
     rates = model.cell_rates(centres, feats)  # type: ignore[attr-defined]
     if consistency == "smooth":
-        rates = model.smooth_corrected(centres, rates)  # type: ignore[attr-defined]
+        rates = model.smooth_corrected(centres, rates, counting=True)  # type: ignore[attr-defined]
     elif consistency != "none":
         rates = model.make_consistent(centres, rates, exact=consistency == "exact")  # type: ignore[attr-defined]
     yield Progress("predict", 1, 1)
@@ -163,7 +165,8 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
 
 
 def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = None, mask=DETECT,
-                      consistency: str = "exact", cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+                      consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
+                      ) -> ProgressGenerator[Any]:
     """Predict a grid of cells over ``adata``'s measured region.
 
     Parameters
@@ -216,7 +219,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
 
 
 def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: float, *,
-                  consistency: str = "exact", cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
+                  consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
+                  ) -> ProgressGenerator[np.ndarray]:
     """log1p(counts per 1e4) at discs of ``diameter`` px centred at ``positions``: the mean of their cells.
 
     With ``consistency`` (as in :func:`grid_rates`), the cells of every measured footprint the discs reach are predicted

@@ -27,7 +27,7 @@ from ...progress import CancelToken, Progress, ProgressGenerator
 from ...training.grouping import median_spacing
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
-from .calibration import calibrate
+from .calibration import calibrate, split_targets
 from .config import SubspotConfig
 from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprint_cells, footprints_of
@@ -90,7 +90,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     if config.image_modulation:
         yield Progress("fit", 0, 1, "calibrating the image modulation one scale up")
         calibration = calibrate(grid.centres(), z, weights, targets, footprints.centres,
-                                lambda x, y: _ridge(x, y)[0], config.prior_bandwidth)
+                                lambda x, y: _ridge(x, y)[0], config.prior_bandwidth, split_targets(train, genes))
     bandwidth = (calibration.bandwidth if calibration else config.prior_bandwidth) * spacing
     prior = prior_rates(grid.centres(), footprints.centres, rates, bandwidth)
     residual = targets - np.log1p(weights @ prior)

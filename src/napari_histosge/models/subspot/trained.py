@@ -15,9 +15,12 @@ from ...errors import InputError
 from ...slide.cell_grid import Footprints
 from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
-from .consistency import consistent_rates, smooth_field
+from .consistency import consistent_rates, counting_targets, field_factor, smooth_field
 from .geometry import footprint_cells
 from .prior import prior_rates, prior_weights
+
+#: The smooth correction reads each footprint's mean from cells of at most its size over this.
+FIELD_CELLS_ACROSS = 8
 
 
 class SubspotModel(TrainedModel):
@@ -70,23 +73,31 @@ class SubspotModel(TrainedModel):
         return consistent_rates(rates, weights, net.footprint_rate.cpu().numpy().astype(np.float64),
                                 net.detail.cpu().numpy(), **noise)
 
-    def smooth_corrected(self, cell_xy: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    def smooth_corrected(self, cell_xy: np.ndarray, rates: np.ndarray, *, counting: bool = False) -> np.ndarray:
         """``rates`` times a smooth correction field that brings the footprints' means to their measurements.
 
         The field is read from the prior alone on the model's own cells under the
         footprints (:func:`.consistency.smooth_field`), so it is the same whichever cells
         are asked for, and spread with the prior's kernel: no step at a footprint's edge.
+        With ``counting`` the field aims at each measurement read through its counting
+        noise (:func:`.consistency.counting_targets`) instead of the measurement itself.
         """
         net = self.model
         footprint_xy = net.footprint_xy.cpu().numpy()
         measured = net.footprint_rate.cpu().numpy().astype(np.float64)
         bandwidth = float(self.meta["prior_bandwidth_px"])
-        grid, weights = footprint_cells(self.footprints(), self.cell_px)
+        footprints = self.footprints()
+        # Each footprint's mean needs a few dozen cells, not thousands (a large bin at 14 µm).
+        grid, weights = footprint_cells(footprints, max(self.cell_px, footprints.size_px / FIELD_CELLS_ACROSS))
         under = grid.centres()
-        corrections = smooth_field(weights, prior_rates(under, footprint_xy, measured, bandwidth),
-                                   prior_weights(under, footprint_xy, bandwidth), measured)
-        field = np.asarray(prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth) @ corrections)
-        return np.expm1(np.log1p(np.maximum(np.asarray(rates, np.float64), 0.0)) + field).astype(np.float32)
+        prior = prior_rates(under, footprint_xy, measured, bandwidth)
+        if counting:
+            measured = counting_targets(np.asarray(weights @ prior), measured, net.footprint_depth.cpu().numpy(),
+                                        net.dispersion.cpu().numpy().astype(np.float64))
+        means = smooth_field(weights, prior, prior_weights(under, footprint_xy, bandwidth), measured)
+        kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
+        return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
+                ).astype(np.float32)
 
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
         """Not available: the sub-spot model reads the slide (:func:`napari_histosge.pipeline.steps.predict_spots`)."""

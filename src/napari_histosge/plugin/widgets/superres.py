@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 FROM_FILE = "checkpoint file..."
 #: The core's ``pipeline.grid_maps.CONSISTENCY``, here so opening the widget imports no pipeline.
-CONSISTENCY_CHOICES = ("exact", "counting", "none")
+CONSISTENCY_CHOICES = ("exact", "counting", "smooth", "none")
 LATTICE, GRID = "N-fold lattice", "grid of cells"
 #: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
 SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
