@@ -234,17 +234,29 @@ def merged(old: dict, new: dict) -> dict:
 # ---------------------------------------------------------------------------- rendering
 
 
-def loso_sigma(section: str, factor: int, payloads: list[dict]) -> float | None:
-    """The bandwidth with the best mean (top-50 + HVG) PCC on the OTHER sections' runs,
+def loso_choice(section: str, factor: int, payloads: list[dict], grid: str, param: str,
+                mode: str | None = None) -> float | None:
+    """The ``param`` of the gridded column ``grid`` (``smoothing``: σ; the sub-spot bandwidth grid: its
+    bandwidth, scored with ``mode``) with the best mean (top-50 + HVG) PCC on the OTHER sections' runs,
     of the same bin size where another section has it, else of every bin size."""
     others = [(p["section"], r) for p in payloads if p["section"] != section for r in p["rows"]]
-    same = [r for _, r in others if r["factor"] == factor]
+    same = [r for _, r in others if r["factor"] == factor and any(grid in s for s in r["seeds"])]
     pool = same or [r for _, r in others]
-    runs = [s["smoothing"] for r in pool for s in r["seeds"] if "smoothing" in s]
+    runs = [s[grid] for r in pool for s in r["seeds"] if grid in s]
     if not runs:
         return None
-    mean = np.mean([[np.mean([g[k]["pcc"] for k in GENE_SETS]) for g in run] for run in runs], axis=0)
-    return float(runs[0][int(np.argmax(mean))]["sigma"])
+    mean = np.mean([[np.mean([(g[mode] if mode else g)[k]["pcc"] for k in GENE_SETS]) for g in run]
+                    for run in runs], axis=0)
+    return float(runs[0][int(np.argmax(mean))][param])
+
+
+def loso_sigma(section: str, factor: int, payloads: list[dict]) -> float | None:
+    """The smoothing bandwidth chosen leave-one-section-out (:func:`loso_choice`)."""
+    return loso_choice(section, factor, payloads, "smoothing", "sigma")
+
+
+#: Columns read from the bandwidth grid at its leave-one-section-out bandwidth: label -> consistency mode.
+GRID_COLUMNS = {"subspot-smooth-loso": "smooth", "subspot-none-loso": "none"}
 
 
 def summary(values: list[float]) -> dict:
@@ -258,23 +270,35 @@ def aggregate(payloads: list[dict]) -> dict:
     for p in payloads:
         for r in p["rows"]:
             sigma = loso_sigma(p["section"], r["factor"], payloads)
+            bandwidths = {label: loso_choice(p["section"], r["factor"], payloads, BANDWIDTH_GRID, "bandwidth", mode)
+                          for label, mode in GRID_COLUMNS.items()}
             runs = r["seeds"]
+            picked: dict = {}  # label -> {seed: that seed's scores}
+            for s in runs:
+                if sigma is not None and "smoothing" in s:
+                    picked.setdefault("smoothing", {})[s["seed"]] = next(g for g in s["smoothing"]
+                                                                         if g["sigma"] == sigma)
+                for label, mode in GRID_COLUMNS.items():
+                    if bandwidths[label] is not None and BANDWIDTH_GRID in s:
+                        picked.setdefault(label, {})[s["seed"]] = next(
+                            g[mode] for g in s[BANDWIDTH_GRID] if g["bandwidth"] == bandwidths[label])
+                for label, scored in s["models"].items():
+                    picked.setdefault(label, {})[s["seed"]] = scored
             methods: dict = {}
-            labels = [m for m in ("copy", "interpolation") if m in runs[0]["models"]]
-            labels += ["smoothing"] * (sigma is not None and "smoothing" in runs[0])
-            labels += [m for m in TRAINED if m in runs[0]["models"]]
-            for label in labels:
-                per_seed = ([next(g for g in s["smoothing"] if g["sigma"] == sigma) for s in runs]
-                            if label == "smoothing" else [s["models"][label] for s in runs])
-                methods[label] = {k: {m: summary([x[k][m] for x in per_seed])
+            for label in [m for m in ("copy", "interpolation", "smoothing", *TRAINED, *GRID_COLUMNS) if m in picked]:
+                per_seed = picked[label]
+                methods[label] = {k: {m: summary([x[k][m] for x in per_seed.values()])
                                       for m in ("pcc", "within_bin_pcc", "deviance")} for k in GENE_SETS}
-                if label != "smoothing":
-                    methods[label]["seconds"] = summary([x["seconds"] for x in per_seed])
-            if "smoothing" in methods:  # per seed, each method minus the smoothing, averaged
-                for m in methods.values():
-                    m["minus_smoothing"] = {k: float(np.mean(np.subtract(m[k]["pcc"]["values"],
-                                                                         methods["smoothing"][k]["pcc"]["values"])))
-                                            for k in GENE_SETS}
+                methods[label]["seeds"] = sorted(per_seed)
+                if "seconds" in next(iter(per_seed.values())):
+                    methods[label]["seconds"] = summary([x["seconds"] for x in per_seed.values()])
+                if label in GRID_COLUMNS:
+                    methods[label]["bandwidth"] = bandwidths[label]
+                if "smoothing" in picked:  # per seed, minus the smoothing, averaged over the seeds both have
+                    both = [seed for seed in per_seed if seed in picked["smoothing"]]
+                    methods[label]["minus_smoothing"] = {
+                        k: float(np.mean([per_seed[seed][k]["pcc"] - picked["smoothing"][seed][k]["pcc"]
+                                          for seed in both])) for k in GENE_SETS}
             rows.append({"section": p["section"], "factor": r["factor"], "bins": runs[0]["bins"],
                          "spots": r["spots"], "seeds": [s["seed"] for s in runs], "smoothing_sigma": sigma,
                          "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
@@ -285,7 +309,8 @@ def aggregate(payloads: list[dict]) -> dict:
 
 
 def render(payload: dict) -> str:
-    labels = [m for m in BASELINES + tuple(TRAINED) if any(m in r["methods"] for r in payload["rows"])]
+    labels = [m for m in BASELINES + tuple(TRAINED) + tuple(GRID_COLUMNS)
+              if any(m in r["methods"] for r in payload["rows"])]
     lines = [
         "Count-split pooled super-resolution: each spot's counts split binomially into halves A and B; half A "
         "summed into square bins of about F spots; every model trained on those bins only; every real spot "
@@ -294,7 +319,11 @@ def render(payload: dict) -> str:
         "spots), the PCC a predictor of each spot's expected expression would reach against half B. "
         "'smoothing': Gaussian smoothing of the bins, its bandwidth (σ, spot spacings) chosen on the other "
         "sections' runs (same F where another section has it). 'copy': the spot's own bin; 'interpolation': "
-        "inverse-distance mean of the 4 nearest bins. A blank cell: that model was not run on the section.",
+        "inverse-distance mean of the 4 nearest bins. 'subspot': the earlier default (exact consistency, prior "
+        "bandwidth 1.5 bin spacings); 'subspot-smooth-loso' / 'subspot-none-loso': the sub-spot model with the "
+        "smooth correction field / with no consistency, its prior bandwidth (0.5-3 bin spacings) chosen on the "
+        "other sections' runs like σ. A blank cell: that model was not run on the section; '(1 seed)': run on "
+        "seed 0 only.",
         "",
         machines_line(list(payload["machines"].values())),
         "Wall time of each section's process, every seed (a second process where a model was added later): "
@@ -315,8 +344,14 @@ def render(payload: dict) -> str:
                 cells.append(f"{r['limit'][genes]['mean']:.3f}")
             for m in labels:
                 s = r["methods"].get(m, {}).get(genes, {}).get(metric)
-                cells.append("" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}")
+                few = len(r["methods"].get(m, {}).get("seeds", r["seeds"])) < len(r["seeds"])
+                cells.append("" if s is None else f"{s['mean']:.3f}" + (" (1 seed)" if few else f" ± {s['sd']:.3f}"))
             lines.append("| " + " | ".join(cells) + " |")
+    chosen = [f"{r['section']} {r['methods'][m]['bandwidth']:g}" for r in payload["rows"] for m in GRID_COLUMNS
+              if m == "subspot-smooth-loso" and r["methods"].get(m, {}).get("bandwidth") is not None]
+    if chosen:
+        lines += ["", "Prior bandwidth (bin spacings) of `subspot-smooth-loso`, chosen on the other sections: "
+                  + ", ".join(chosen) + "."]
     return "\n".join(lines)
 
 

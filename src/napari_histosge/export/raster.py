@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..io.preprocess import normalize_log1p
+from ..slide.mask import TissueMask
 from .frame import META_KEY as META_KEY  # re-exported: where the maps' callers look for them
 from .frame import um_per_px as um_per_px
 from .frame import world_frame as world_frame
@@ -209,8 +210,6 @@ def lattice_raster(adata) -> Raster:
     info = adata.uns.get(META_KEY, {}) or {}
     tissue = None
     if isinstance(info, dict) and isinstance(info.get("tissue_mask"), dict):
-        from ..slide.mask import TissueMask
-
         tissue = TissueMask.from_uns(info["tissue_mask"])
     return smooth_raster(np.asarray(adata.obsm["spatial"]), tissue=tissue, mpp=um_per_px(adata))
 

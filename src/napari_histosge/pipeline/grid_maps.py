@@ -24,6 +24,8 @@ from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_ti
 from ..slide.open import open_slide
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
+from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
+from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
 from .placement import check_measured_genes, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
@@ -120,20 +122,6 @@ def _feature_sigmas(model: TrainedModel, cell_px: float) -> tuple[float, ...]:
     """Filter scales (in cells of ``cell_px``) that match the ones the model was fitted with."""
     ratio = float(model.meta["cell_px"]) / float(cell_px)
     return tuple(s * ratio for s in SIGMAS_IN_CELLS)
-
-
-#: How grid cells are made consistent with the measured footprints (see :mod:`..models.subspot.consistency`).
-CONSISTENCY = ("exact", "counting", "smooth", "none")
-#: The consistency maps get unless asked otherwise.
-DEFAULT_CONSISTENCY = "exact"
-#: Per footprint, one factor for its cells (a step at its edge); "smooth" corrects by a smooth field instead.
-PER_FOOTPRINT = ("exact", "counting")
-
-
-def check_consistency(consistency: str) -> None:
-    """``consistency`` must be one of :data:`CONSISTENCY`."""
-    if consistency not in CONSISTENCY:
-        raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
 
 
 def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = DEFAULT_CONSISTENCY,
