@@ -13,11 +13,13 @@ share would be a bug). Only positions matter for (b), so no lattice model is tra
 One section per process::
 
     python benchmarks/map_artefacts.py --section her2st/B4
+    python benchmarks/map_artefacts.py --render    # its doc block from the saved JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import existing_data_root, machines_line, measure_sections  # noqa: E402
+from _report import RESULTS, existing_data_root, machines_line, measure_sections, publish  # noqa: E402
 
 import napari_histosge as hs  # noqa: E402
 from napari_histosge.evaluation.map_artefacts import disc_contrast_ratio, glass_fraction  # noqa: E402
@@ -80,9 +82,16 @@ def render(payload: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", action="append", required=True, help="GROUP/NAME under the data root")
+    parser.add_argument("--section", action="append", help="GROUP/NAME under the data root")
+    parser.add_argument("--render", action="store_true", help="write the doc block from the saved JSON, run nothing")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
+    if args.render:
+        payload = json.loads((RESULTS / "map_artefacts.json").read_text())
+        publish("map_artefacts", payload, render(payload))
+        return
+    if not args.section:
+        parser.error("give --section GROUP/NAME, or --render")
     root = existing_data_root()
     measure_sections("map_artefacts", {Path(s).name: root / s for s in args.section}, measure, render,
                      doc=not args.no_doc)
