@@ -149,10 +149,11 @@ def trained_prediction(label: str, pooled, adata_a, genes: list[str], cache: dic
                            CONSISTENCY_OF.get(label))
 
 
-def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, cache: dict) -> list[dict]:
-    """The default sub-spot model at each of :data:`SUBSPOT_BANDWIDTHS`, scored with each of :data:`GRID_MODES`."""
+def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, cache: dict,
+                   bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> list[dict]:
+    """The default sub-spot model at each of ``bandwidths``, scored with each of :data:`GRID_MODES`."""
     out = []
-    for bandwidth in SUBSPOT_BANDWIDTHS:
+    for bandwidth in bandwidths:
         model = fitted("subspot", {"prior_bandwidth": bandwidth}, pooled, genes, cache)
         out.append({"bandwidth": bandwidth, **{mode: scores(spot_prediction(model, adata_a, genes, mode), target, cols)
                                                for mode in GRID_MODES}})
@@ -161,7 +162,8 @@ def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, 
     return out
 
 
-def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float) -> dict:
+def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float,
+                  bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> dict:
     """Every model and baseline on one split and one bin size."""
     pooled = pool_spots(adata_a, factor)
     log_bins = normalize_log1p(pooled.bins)
@@ -182,7 +184,7 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
     for label in models:
         t0 = time.perf_counter()
         if label == BANDWIDTH_GRID:
-            row[BANDWIDTH_GRID] = bandwidth_grid(pooled, adata_a, genes, target, cols, cache)
+            row[BANDWIDTH_GRID] = bandwidth_grid(pooled, adata_a, genes, target, cols, cache, bandwidths)
             continue
         if label == "smoothing":
             row["smoothing"] = [{"sigma": s, **scores(smoothed(bin_xy, bin_values, spot_xy, s * spacing), target, cols)}
@@ -200,7 +202,8 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
     return row
 
 
-def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
+def measure_section(path: Path, seeds: list[int], models: list[str],
+                    bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> dict:
     adata = hs.read_spots(path)
     spacing = float(estimate_lattice(adata).spacing)
     rows = {f: {"factor": f, "spots": int(adata.n_obs), "spacing_px": spacing, "seeds": []} for f in factors(adata)}
@@ -209,7 +212,8 @@ def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
         adata_a, adata_b = with_counts(adata, half_a), with_counts(adata, half_b)
         for factor, row in rows.items():
             print(f"[{path.name}] seed {seed}, F={factor}", flush=True)
-            row["seeds"].append({"seed": seed, **measure_split(adata, adata_a, adata_b, factor, models, spacing)})
+            row["seeds"].append({"seed": seed, **measure_split(adata, adata_a, adata_b, factor, models, spacing,
+                                                                   bandwidths)})
     return {"section": path.name, "rows": list(rows.values())}
 
 
@@ -226,7 +230,12 @@ def merged(old: dict, new: dict) -> dict:
         for new_seed in new_row["seeds"]:
             old_seed = seeds[new_seed["seed"]]
             old_seed["models"].update(new_seed["models"])
-            old_seed.update({k: v for k, v in new_seed.items() if k in (BANDWIDTH_GRID, "smoothing")})
+            if "smoothing" in new_seed:
+                old_seed["smoothing"] = new_seed["smoothing"]
+            if BANDWIDTH_GRID in new_seed:  # more bandwidths join the grid; one measured again is replaced
+                kept = {g["bandwidth"]: g for g in old_seed.get(BANDWIDTH_GRID, [])}
+                kept.update({g["bandwidth"]: g for g in new_seed[BANDWIDTH_GRID]})
+                old_seed[BANDWIDTH_GRID] = [kept[b] for b in sorted(kept)]
     old.setdefault("more_runs", []).append({k: new[k] for k in ("machine", "wall_s", "models")})
     return old
 
@@ -370,6 +379,8 @@ def main() -> None:
     parser.add_argument("--section", help="GROUP/NAME under the data root, e.g. her2st/B4")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--bandwidths", nargs="+", type=float, default=list(SUBSPOT_BANDWIDTHS),
+                        help=f"prior bandwidths (bin spacings) of {BANDWIDTH_GRID}")
     parser.add_argument("--out", type=Path, help="the section's JSON (default results/superres_pooled/NAME.json)")
     parser.add_argument("--render", action="store_true", help="aggregate the per-section JSONs, run nothing")
     parser.add_argument("--merge", action="store_true",
@@ -389,7 +400,7 @@ def main() -> None:
     if not path.is_dir():
         parser.error(f"no section folder {path}")
     machine, t0 = machine_info(), time.perf_counter()
-    result = measure_section(path, args.seeds, models)
+    result = measure_section(path, args.seeds, models, tuple(args.bandwidths))
     result.update(machine=machine, wall_s=time.perf_counter() - t0, models=models)
     out = args.out or PER_SECTION / f"{path.name}.json"
     if args.merge and out.exists():
