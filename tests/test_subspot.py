@@ -131,19 +131,24 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     pcc = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in range(truth.shape[1])]
     assert np.nanmean(pcc) > 0.8  # the spots' own counts dominate their prediction
-    exact = hs.run(hs.steps.predict_spots(fitted, demo))  # the default reproduces them
-    assert np.abs(np.asarray(exact.X) - truth).max() < 1e-4
+    default = hs.run(hs.steps.predict_spots(fitted, demo))  # the default: the smooth map, not the counts
+    assert np.abs(np.asarray(default.X) - truth).max() > 1e-2
 
 
 def test_smooth_consistency_draws_no_discs(demo, fitted):
     from napari_histosge.evaluation.map_artefacts import disc_contrast_ratio
 
     xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
-    ratio = {mode: disc_contrast_ratio(hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, grid_um=10.0,
-                                                                        consistency=mode)), xy, diameter)["ratio"]
-             for mode in ("exact", "smooth")}
-    assert ratio["exact"] > 3.0  # a factor per spot stamps it on the map: the measure sees discs
-    assert ratio["smooth"] <= 1.3
+    wide = hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0, prior_bandwidth=1.5))
+
+    def ratio(model, mode):
+        grid = hs.run(hs.steps.superresolve_grid(model, demo, mask=None, grid_um=10.0, consistency=mode))
+        return disc_contrast_ratio(grid, xy, diameter)["ratio"]
+
+    assert ratio(wide, "exact") > 3.0  # a factor per spot stamps it on the map: the measure sees discs
+    assert ratio(wide, "smooth") <= 1.3
+    # At the default (narrower) bandwidth the correction adds no disc to what the prior draws itself.
+    assert ratio(fitted, "smooth") <= 1.1 * ratio(fitted, "none")
 
 
 def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fitted):
@@ -155,11 +160,11 @@ def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fit
     def level_error(pred):  # per gene, the spots' mean rate off the measured mean, relative
         return np.abs(pred.mean(axis=0) - truth.mean(axis=0)) / truth.mean(axis=0)
 
-    # The spots' means add up to the measurement's (the prior alone does not), and the
-    # map is closer to each spot than the prior, without copying each spot's noise.
-    assert level_error(alone).max() > 0.3 and level_error(smooth).max() < 0.15
+    # The spots' means add up to the measurement's (the prior alone does not), and the map is
+    # closer to each spot than the prior, yet not forced onto each spot's counts (as exact is).
+    assert level_error(alone).max() > 0.2 and level_error(smooth).max() < 0.15
     assert np.abs(smooth - truth).mean() < 0.9 * np.abs(alone - truth).mean()
-    assert np.abs(smooth - truth).mean() > 0.1 * truth.mean()
+    assert np.abs(smooth - truth).mean() > 0.01 * truth.mean()
 
 
 def test_an_unknown_consistency_is_refused_in_one_line():
