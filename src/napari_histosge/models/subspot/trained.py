@@ -1,10 +1,11 @@
 """The trained sub-spot model: expression of grid cells from the measured prior and the cells' image features.
 
 A cell's rate (counts per 1e4) is the prior at its centre times ``exp`` of the image
-modulation. With consistency (the default when predicting) the cells under each measured
-footprint are then scaled, gene by gene, so that their mean reproduces that footprint's
-measured rate: the map never contradicts the measurement, and only cells outside every
-footprint keep the model's prediction alone.
+modulation. The map is then made consistent with the measurement
+(:mod:`napari_histosge.pipeline.map_modes`): by a smooth correction field that agrees with
+the footprints in expectation (:meth:`SubspotModel.smooth_corrected`, the default), or by
+scaling the cells under each footprint so that their mean reproduces its measured rate, or
+its counting-noise estimate (:meth:`SubspotModel.make_consistent`).
 """
 
 from __future__ import annotations
