@@ -43,17 +43,29 @@ import napari_histosge as hs  # noqa: E402
 from napari_histosge.evaluation.count_split import split_counts  # noqa: E402
 from napari_histosge.evaluation.metrics import column_pcc, knn_baseline, within_bin_pcc  # noqa: E402
 from napari_histosge.io.preprocess import TARGET_SUM, dense_targets, normalize_log1p, select_genes, top_mean_genes  # noqa: E402
+from napari_histosge.pipeline.grid_maps import predict_discs  # noqa: E402
 from napari_histosge.pipeline.pooled import own_bin_copy, pool_spots  # noqa: E402
 from napari_histosge.prediction.lattice import estimate_lattice  # noqa: E402
 
 #: Model label -> (registered model, training settings) of the trained models compared.
 TRAINED = {
-    "subspot": ("subspot", {}),
-    "subspot-with-image": ("subspot", {"image_modulation": True}),
+    "subspot": ("subspot", {"prior_bandwidth": 1.5}),
+    "subspot-counting": ("subspot", {"prior_bandwidth": 1.5}),
+    "subspot-smoothfield": ("subspot", {}),
+    "subspot-with-image": ("subspot", {"image_modulation": True, "prior_bandwidth": 1.5}),
     "histosge": ("histosge", {}),
     # The histology prior: a cellridge model of the group's OTHER sections (full counts), see prior_model.
-    "subspot-prior": ("subspot", {}),
+    "subspot-prior": ("subspot", {"prior_bandwidth": 1.5}),
 }
+#: The sub-spot map's consistency for each label (``pipeline.grid_maps.CONSISTENCY``). ``subspot`` is the
+#: earlier default (exact, 1.5 spacings); ``subspot-smoothfield`` is the model's current defaults.
+CONSISTENCY_OF = {"subspot": "exact", "subspot-with-image": "exact", "subspot-counting": "counting",
+                  "subspot-smoothfield": "smooth", "subspot-prior": "exact"}
+#: Gridded like the smoothing baseline: one fit per prior bandwidth (bin spacings), each scored with
+#: these consistency modes; the render step picks the bandwidth leave-one-section-out.
+BANDWIDTH_GRID = "subspot-bandwidths"
+SUBSPOT_BANDWIDTHS = (0.5, 1.0, 1.5, 2.0, 3.0)
+GRID_MODES = ("smooth", "none")
 BASELINES = ("copy", "interpolation", "smoothing")
 #: Run by default: ``subspot-with-image`` reads cell features over the section for every fit
 #: (minutes per seed on 2 cores), which does not fit three seeds in one section's 15 minutes.
@@ -153,20 +165,49 @@ def prior_model(section: Path) -> Path:
     return out
 
 
-def trained_prediction(label: str, pooled, adata_a, genes: list[str]) -> np.ndarray:
-    """Train ``label`` on the half-A bins, predict every spot (with half A's data only)."""
-    model_name, settings = TRAINED[label]
-    if label == "subspot-prior":
-        settings = {**settings, "prior": str(prior_model(Path(adata_a.uns["histosge"]["source"])))}
-    config = hs.train_config(model_name, genes=genes, **settings)
-    model = hs.fit(pooled.bins, train_config=config)
+def fitted(model_name: str, settings: dict, pooled, genes: list[str], cache: dict):
+    """The model trained on the half-A bins, once per (model, settings) of a split."""
+    key = (model_name, tuple(sorted(settings.items())))
+    if key not in cache:
+        cache[key] = hs.fit(pooled.bins, train_config=hs.train_config(model_name, genes=genes, **settings))
+    return cache[key]
+
+
+def spot_prediction(model, adata_a, genes: list[str], consistency: str | None) -> np.ndarray:
+    """Every spot predicted (with half A's data only); a sub-spot map with ``consistency``."""
     diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
-    pred = hs.predict_spots(model, adata_a, positions=np.asarray(adata_a.obsm["spatial"]),
-                            position_ids=list(adata_a.obs_names), diameter=diameter)
+    xy = np.asarray(adata_a.obsm["spatial"], np.float64)
+    if consistency is not None:
+        pred = hs.run(predict_discs(model, adata_a, xy, diameter, consistency=consistency))
+        return np.asarray(pred, np.float64)[:, [model.genes.index(g) for g in genes]]
+    pred = hs.predict_spots(model, adata_a, positions=xy, position_ids=list(adata_a.obs_names), diameter=diameter)
     return np.asarray(pred[:, genes].X, np.float64)
 
 
-def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float) -> dict:
+def trained_prediction(label: str, pooled, adata_a, genes: list[str], cache: dict) -> np.ndarray:
+    """Train ``label`` on the half-A bins (or reuse its fit), predict every spot."""
+    model_name, settings = TRAINED[label]
+    if label == "subspot-prior":
+        settings = {**settings, "prior": str(prior_model(Path(adata_a.uns["histosge"]["source"])))}
+    return spot_prediction(fitted(model_name, settings, pooled, genes, cache), adata_a, genes,
+                           CONSISTENCY_OF.get(label))
+
+
+def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, cache: dict,
+                   bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> list[dict]:
+    """The default sub-spot model at each of ``bandwidths``, scored with each of :data:`GRID_MODES`."""
+    out = []
+    for bandwidth in bandwidths:
+        model = fitted("subspot", {"prior_bandwidth": bandwidth}, pooled, genes, cache)
+        out.append({"bandwidth": bandwidth, **{mode: scores(spot_prediction(model, adata_a, genes, mode), target, cols)
+                                               for mode in GRID_MODES}})
+        print(f"    bandwidth {bandwidth:g}: " + ", ".join(f"{m} {out[-1][m]['top50']['pcc']:.3f}" for m in GRID_MODES),
+              flush=True)
+    return out
+
+
+def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spacing: float,
+                  bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> dict:
     """Every model and baseline on one split and one bin size."""
     pooled = pool_spots(adata_a, factor)
     log_bins = normalize_log1p(pooled.bins)
@@ -183,8 +224,12 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
     bin_xy, spot_xy = np.asarray(pooled.bins.obsm["spatial"]), np.asarray(adata.obsm["spatial"], np.float64)
     row: dict = {"bins": int(pooled.bins.n_obs), "side_px": pooled.side_px,
                  "limit": {k: float(limit[idx].mean()) for k, idx in cols.items()}, "models": {}}
+    cache: dict = {}
     for label in models:
         t0 = time.perf_counter()
+        if label == BANDWIDTH_GRID:
+            row[BANDWIDTH_GRID] = bandwidth_grid(pooled, adata_a, genes, target, cols, cache, bandwidths)
+            continue
         if label == "smoothing":
             row["smoothing"] = [{"sigma": s, **scores(smoothed(bin_xy, bin_values, spot_xy, s * spacing), target, cols)}
                                 for s in SIGMAS]
@@ -194,7 +239,7 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
         elif label == "interpolation":
             pred = knn_baseline(bin_xy, bin_values, spot_xy, k=4)
         else:
-            pred = trained_prediction(label, pooled, adata_a, genes)
+            pred = trained_prediction(label, pooled, adata_a, genes, cache)
         row["models"][label] = {**scores(pred, target, cols), "seconds": time.perf_counter() - t0}
         print(f"  F={factor} {label}: " + ", ".join(f"{k} {row['models'][label][k]['pcc']:.3f}" for k in GENE_SETS)
               + f" ({row['models'][label]['seconds']:.0f} s)", flush=True)
@@ -210,7 +255,8 @@ def cache_cell_features() -> None:
         module.cell_features = cached_cell_features  # type: ignore[attr-defined]
 
 
-def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
+def measure_section(path: Path, seeds: list[int], models: list[str],
+                    bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> dict:
     if "subspot-prior" in models:
         cache_cell_features()
     adata = hs.read_spots(path)
@@ -221,17 +267,30 @@ def measure_section(path: Path, seeds: list[int], models: list[str]) -> dict:
         adata_a, adata_b = with_counts(adata, half_a), with_counts(adata, half_b)
         for factor, row in rows.items():
             print(f"[{path.name}] seed {seed}, F={factor}", flush=True)
-            row["seeds"].append({"seed": seed, **measure_split(adata, adata_a, adata_b, factor, models, spacing)})
+            row["seeds"].append({"seed": seed, **measure_split(adata, adata_a, adata_b, factor, models, spacing,
+                                                                   bandwidths)})
     return {"section": path.name, "rows": list(rows.values())}
 
 
 def merged(old: dict, new: dict) -> dict:
-    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept."""
+    """``old`` with ``new``'s models added to each (bin size, seed) both measured; the run records kept.
+
+    ``new`` may hold fewer seeds than ``old`` (a slow model run on one split): the others
+    keep what they had.
+    """
     for old_row, new_row in zip(old["rows"], new["rows"], strict=True):
-        for old_seed, new_seed in zip(old_row["seeds"], new_row["seeds"], strict=True):
-            if (old_row["factor"], old_seed["seed"]) != (new_row["factor"], new_seed["seed"]):
-                raise SystemExit("--merge needs the same bin sizes and seeds as the saved run")
+        seeds = {s["seed"]: s for s in old_row["seeds"]}
+        if old_row["factor"] != new_row["factor"] or not set(s["seed"] for s in new_row["seeds"]) <= set(seeds):
+            raise SystemExit("--merge needs the same bin sizes, and seeds the saved run has")
+        for new_seed in new_row["seeds"]:
+            old_seed = seeds[new_seed["seed"]]
             old_seed["models"].update(new_seed["models"])
+            if "smoothing" in new_seed:
+                old_seed["smoothing"] = new_seed["smoothing"]
+            if BANDWIDTH_GRID in new_seed:  # more bandwidths join the grid; one measured again is replaced
+                kept = {g["bandwidth"]: g for g in old_seed.get(BANDWIDTH_GRID, [])}
+                kept.update({g["bandwidth"]: g for g in new_seed[BANDWIDTH_GRID]})
+                old_seed[BANDWIDTH_GRID] = [kept[b] for b in sorted(kept)]
     old.setdefault("more_runs", []).append({k: new[k] for k in ("machine", "wall_s", "models")})
     return old
 
@@ -239,17 +298,29 @@ def merged(old: dict, new: dict) -> dict:
 # ---------------------------------------------------------------------------- rendering
 
 
-def loso_sigma(section: str, factor: int, payloads: list[dict]) -> float | None:
-    """The bandwidth with the best mean (top-50 + HVG) PCC on the OTHER sections' runs,
+def loso_choice(section: str, factor: int, payloads: list[dict], grid: str, param: str,
+                mode: str | None = None) -> float | None:
+    """The ``param`` of the gridded column ``grid`` (``smoothing``: σ; the sub-spot bandwidth grid: its
+    bandwidth, scored with ``mode``) with the best mean (top-50 + HVG) PCC on the OTHER sections' runs,
     of the same bin size where another section has it, else of every bin size."""
     others = [(p["section"], r) for p in payloads if p["section"] != section for r in p["rows"]]
-    same = [r for _, r in others if r["factor"] == factor]
+    same = [r for _, r in others if r["factor"] == factor and any(grid in s for s in r["seeds"])]
     pool = same or [r for _, r in others]
-    runs = [s["smoothing"] for r in pool for s in r["seeds"] if "smoothing" in s]
+    runs = [s[grid] for r in pool for s in r["seeds"] if grid in s]
     if not runs:
         return None
-    mean = np.mean([[np.mean([g[k]["pcc"] for k in GENE_SETS]) for g in run] for run in runs], axis=0)
-    return float(runs[0][int(np.argmax(mean))]["sigma"])
+    mean = np.mean([[np.mean([(g[mode] if mode else g)[k]["pcc"] for k in GENE_SETS]) for g in run]
+                    for run in runs], axis=0)
+    return float(runs[0][int(np.argmax(mean))][param])
+
+
+def loso_sigma(section: str, factor: int, payloads: list[dict]) -> float | None:
+    """The smoothing bandwidth chosen leave-one-section-out (:func:`loso_choice`)."""
+    return loso_choice(section, factor, payloads, "smoothing", "sigma")
+
+
+#: Columns read from the bandwidth grid at its leave-one-section-out bandwidth: label -> consistency mode.
+GRID_COLUMNS = {"subspot-smooth-loso": "smooth", "subspot-none-loso": "none"}
 
 
 def summary(values: list[float]) -> dict:
@@ -263,23 +334,35 @@ def aggregate(payloads: list[dict]) -> dict:
     for p in payloads:
         for r in p["rows"]:
             sigma = loso_sigma(p["section"], r["factor"], payloads)
+            bandwidths = {label: loso_choice(p["section"], r["factor"], payloads, BANDWIDTH_GRID, "bandwidth", mode)
+                          for label, mode in GRID_COLUMNS.items()}
             runs = r["seeds"]
+            picked: dict = {}  # label -> {seed: that seed's scores}
+            for s in runs:
+                if sigma is not None and "smoothing" in s:
+                    picked.setdefault("smoothing", {})[s["seed"]] = next(g for g in s["smoothing"]
+                                                                         if g["sigma"] == sigma)
+                for label, mode in GRID_COLUMNS.items():
+                    if bandwidths[label] is not None and BANDWIDTH_GRID in s:
+                        picked.setdefault(label, {})[s["seed"]] = next(
+                            g[mode] for g in s[BANDWIDTH_GRID] if g["bandwidth"] == bandwidths[label])
+                for label, scored in s["models"].items():
+                    picked.setdefault(label, {})[s["seed"]] = scored
             methods: dict = {}
-            labels = [m for m in ("copy", "interpolation") if m in runs[0]["models"]]
-            labels += ["smoothing"] * (sigma is not None and "smoothing" in runs[0])
-            labels += [m for m in TRAINED if m in runs[0]["models"]]
-            for label in labels:
-                per_seed = ([next(g for g in s["smoothing"] if g["sigma"] == sigma) for s in runs]
-                            if label == "smoothing" else [s["models"][label] for s in runs])
-                methods[label] = {k: {m: summary([x[k][m] for x in per_seed])
+            for label in [m for m in ("copy", "interpolation", "smoothing", *TRAINED, *GRID_COLUMNS) if m in picked]:
+                per_seed = picked[label]
+                methods[label] = {k: {m: summary([x[k][m] for x in per_seed.values()])
                                       for m in ("pcc", "within_bin_pcc", "deviance")} for k in GENE_SETS}
-                if label != "smoothing":
-                    methods[label]["seconds"] = summary([x["seconds"] for x in per_seed])
-            if "smoothing" in methods:  # per seed, each method minus the smoothing, averaged
-                for m in methods.values():
-                    m["minus_smoothing"] = {k: float(np.mean(np.subtract(m[k]["pcc"]["values"],
-                                                                         methods["smoothing"][k]["pcc"]["values"])))
-                                            for k in GENE_SETS}
+                methods[label]["seeds"] = sorted(per_seed)
+                if "seconds" in next(iter(per_seed.values())):
+                    methods[label]["seconds"] = summary([x["seconds"] for x in per_seed.values()])
+                if label in GRID_COLUMNS:
+                    methods[label]["bandwidth"] = bandwidths[label]
+                if "smoothing" in picked:  # per seed, minus the smoothing, averaged over the seeds both have
+                    both = [seed for seed in per_seed if seed in picked["smoothing"]]
+                    methods[label]["minus_smoothing"] = {
+                        k: float(np.mean([per_seed[seed][k]["pcc"] - picked["smoothing"][seed][k]["pcc"]
+                                          for seed in both])) for k in GENE_SETS}
             rows.append({"section": p["section"], "factor": r["factor"], "bins": runs[0]["bins"],
                          "spots": r["spots"], "seeds": [s["seed"] for s in runs], "smoothing_sigma": sigma,
                          "limit": {k: summary([s["limit"][k] for s in runs]) for k in GENE_SETS},
@@ -290,7 +373,8 @@ def aggregate(payloads: list[dict]) -> dict:
 
 
 def render(payload: dict) -> str:
-    labels = [m for m in BASELINES + tuple(TRAINED) if any(m in r["methods"] for r in payload["rows"])]
+    labels = [m for m in BASELINES + tuple(TRAINED) + tuple(GRID_COLUMNS)
+              if any(m in r["methods"] for r in payload["rows"])]
     lines = [
         "Count-split pooled super-resolution: each spot's counts split binomially into halves A and B; half A "
         "summed into square bins of about F spots; every model trained on those bins only; every real spot "
@@ -299,7 +383,11 @@ def render(payload: dict) -> str:
         "spots), the PCC a predictor of each spot's expected expression would reach against half B. "
         "'smoothing': Gaussian smoothing of the bins, its bandwidth (σ, spot spacings) chosen on the other "
         "sections' runs (same F where another section has it). 'copy': the spot's own bin; 'interpolation': "
-        "inverse-distance mean of the 4 nearest bins. A blank cell: that model was not run on the section.",
+        "inverse-distance mean of the 4 nearest bins. 'subspot': the earlier default (exact consistency, prior "
+        "bandwidth 1.5 bin spacings); 'subspot-smooth-loso' / 'subspot-none-loso': the sub-spot model with the "
+        "smooth correction field / with no consistency, its prior bandwidth (0.5-3 bin spacings) chosen on the "
+        "other sections' runs like σ. A blank cell: that model was not run on the section; '(1 seed)': run on "
+        "seed 0 only.",
         "",
         machines_line(list(payload["machines"].values())),
         "Wall time of each section's process, every seed (a second process where a model was added later): "
@@ -320,8 +408,14 @@ def render(payload: dict) -> str:
                 cells.append(f"{r['limit'][genes]['mean']:.3f}")
             for m in labels:
                 s = r["methods"].get(m, {}).get(genes, {}).get(metric)
-                cells.append("" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}")
+                few = len(r["methods"].get(m, {}).get("seeds", r["seeds"])) < len(r["seeds"])
+                cells.append("" if s is None else f"{s['mean']:.3f}" + (" (1 seed)" if few else f" ± {s['sd']:.3f}"))
             lines.append("| " + " | ".join(cells) + " |")
+    chosen = [f"{r['section']} {r['methods'][m]['bandwidth']:g}" for r in payload["rows"] for m in GRID_COLUMNS
+              if m == "subspot-smooth-loso" and r["methods"].get(m, {}).get("bandwidth") is not None]
+    if chosen:
+        lines += ["", "Prior bandwidth (bin spacings) of `subspot-smooth-loso`, chosen on the other sections: "
+                  + ", ".join(chosen) + "."]
     return "\n".join(lines)
 
 
@@ -340,6 +434,8 @@ def main() -> None:
     parser.add_argument("--section", help="GROUP/NAME under the data root, e.g. her2st/B4")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--bandwidths", nargs="+", type=float, default=list(SUBSPOT_BANDWIDTHS),
+                        help=f"prior bandwidths (bin spacings) of {BANDWIDTH_GRID}")
     parser.add_argument("--out", type=Path, help="the section's JSON (default results/superres_pooled/NAME.json)")
     parser.add_argument("--render", action="store_true", help="aggregate the per-section JSONs, run nothing")
     parser.add_argument("--merge", action="store_true",
@@ -352,14 +448,14 @@ def main() -> None:
     if not args.section:
         parser.error("give --section GROUP/NAME, or --render")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in BASELINES and m not in TRAINED]
+    unknown = [m for m in models if m not in BASELINES and m not in TRAINED and m != BANDWIDTH_GRID]
     if unknown:
-        parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED)}")
+        parser.error(f"unknown models {unknown}; choose from {list(BASELINES) + list(TRAINED) + [BANDWIDTH_GRID]}")
     path = existing_data_root() / args.section
     if not path.is_dir():
         parser.error(f"no section folder {path}")
     machine, t0 = machine_info(), time.perf_counter()
-    result = measure_section(path, args.seeds, models)
+    result = measure_section(path, args.seeds, models, tuple(args.bandwidths))
     result.update(machine=machine, wall_s=time.perf_counter() - t0, models=models)
     out = args.out or PER_SECTION / f"{path.name}.json"
     if args.merge and out.exists():

@@ -100,11 +100,14 @@ def test_her2st_b4_open_train_superresolve_view(make_napari_viewer, qtbot, her2s
     gene = histosge_meta(heat)["gene"]
     children = np.flatnonzero(np.asarray(pred.obs["parent"]) == adata.obs_names[k])
     child_values = np.asarray(pred[children, gene].X).ravel()
-    assert np.isfinite(value) and np.isclose(child_values, value).any()
-    # every predicted position's heatmap cell holds its own value
+    # (the map interpolates between positions: at the spot's centre, within its positions' range)
+    assert np.isfinite(value) and child_values.min() - 1e-5 <= value <= child_values.max() + 1e-5
+    # every predicted position's heatmap cell follows its own value (interpolated; glass left out)
     pos_world = np.array([pred_points.data_to_world(p) for p in pred_points.data])
     cells = np.round([heat.world_to_data(w) for w in pos_world]).astype(int)
-    assert np.allclose(heat.data[cells[:, 0], cells[:, 1]], np.asarray(pred[:, gene].X).ravel(), atol=1e-5)
+    shown, own = heat.data[cells[:, 0], cells[:, 1]], np.asarray(pred[:, gene].X).ravel()
+    drawn = np.isfinite(shown)
+    assert drawn.mean() > 0.5 and np.corrcoef(shown[drawn], own[drawn])[0, 1] > 0.95
 
     # --- gene viewer: recolour all, PCC where truth exists, side-by-side comparison
     viewer_widget = GeneViewerWidget(viewer)

@@ -7,6 +7,7 @@ genes only, so other genes are measured but not predicted.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -304,7 +305,7 @@ def test_the_grid_choice_refuses_a_model_that_predicts_whole_spots(make_napari_v
     widget = SuperResolveWidget(make_napari_viewer())
     widget.positions.value = GRID
     assert widget.grid_um.native.isVisibleTo(widget.native) and not widget.fold.native.isVisibleTo(widget.native)
-    assert widget.consistency.native.isVisibleTo(widget.native) and widget.consistency.value == "exact"
+    assert widget.consistency.native.isVisibleTo(widget.native)
     lattice_model = SimpleNamespace(aggregates_cells=False, config=SimpleNamespace(model="histosge"))
     with pytest.raises(InputError, match="predicts whole spots"):
         next(grid_job(lattice_model, None, 10.0, True, None))
@@ -320,11 +321,21 @@ def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(sessi
     assert "showing the measured" in status_of(widget.info)
 
 
-def test_the_super_resolve_widget_offers_the_core_consistency_choices():
-    from napari_histosge.pipeline.grid_maps import CONSISTENCY
-    from napari_histosge.plugin.widgets.superres import CONSISTENCY_CHOICES
+def test_the_super_resolve_widget_offers_the_core_consistency_choices_and_default(make_napari_viewer):
+    from napari_histosge.cli import build_parser
+    from napari_histosge.pipeline.grid_maps import CONSISTENCY, DEFAULT_CONSISTENCY, superresolve_grid
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, grid_job
 
-    assert CONSISTENCY_CHOICES == CONSISTENCY
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.positions.value = GRID
+    assert tuple(widget.consistency.choices) == CONSISTENCY
+    # the map the docs recommend, as the library and the command line make it by default
+    assert widget.consistency.value == DEFAULT_CONSISTENCY
+    assert inspect.signature(grid_job).parameters["consistency"].default == DEFAULT_CONSISTENCY
+    assert inspect.signature(superresolve_grid).parameters["consistency"].default == DEFAULT_CONSISTENCY
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["superresolve"]._actions
+                  if a.dest == "consistency")
+    assert tuple(action.choices) == CONSISTENCY and DEFAULT_CONSISTENCY in action.help
 
 
 def agreeing_layer(viewer, widget):

@@ -103,6 +103,26 @@ def test_heatmap_layer_aligned_on_fullres_grid_and_updates():
     assert lo < hi
 
 
+def test_a_lattice_map_is_interpolated_and_never_on_glass():
+    from napari_histosge.evaluation.map_artefacts import glass_fraction
+    from napari_histosge.slide.mask import TissueMask
+
+    a = _spots(fold=4)
+    values = np.asarray(a[:, "GA"].X).ravel()  # rises with x
+    raster = L.heatmap_layer(a, "GA")[1]["metadata"]["histosge"]["raster"]
+    image = raster.with_values(values)
+    row = np.round((a.obsm["spatial"][0, 1] - raster.origin_rc[0]) / raster.cell).astype(int)
+    painted = image[row][np.isfinite(image[row])]
+    # between two positions the map takes values in between: smooth, not a square per position
+    assert len(np.unique(np.round(painted, 4))) > 2 * len(np.unique(values))
+    # the right half of the slide is glass: a map that records its tissue paints none of it
+    tissue = TissueMask(np.arange(80)[None, :].repeat(80, axis=0) < 40, 10.0, "test")
+    a.uns["histosge"]["tissue_mask"] = tissue.to_uns()
+    masked = L.heatmap_layer(a, "GA")[1]["metadata"]["histosge"]["raster"]
+    assert glass_fraction(raster, tissue) > 0.3 and glass_fraction(masked, tissue) == 0.0
+    assert np.isfinite(masked.with_values(values)).sum() > 0
+
+
 def test_comparison_difference_is_prediction_minus_parent():
     src = _spots()
     pred = _spots(fold=1)

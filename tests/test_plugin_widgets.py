@@ -221,7 +221,9 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     gene = histosge_meta(heat)["gene"]
     expected = np.asarray(pred[:, gene].layers["std"]).ravel()
     painted = spread[0].data[np.isfinite(spread[0].data)]
-    assert np.isclose(painted.max(), expected.max(), rtol=1e-5)
+    # the map interpolates between positions (and leaves glass out): within the spreads' range, reaching high ones
+    assert expected.min() - 1e-6 <= painted.min() and painted.max() <= expected.max() + 1e-6
+    assert painted.max() >= np.quantile(expected, 0.9)
     # the Gene viewer names it after the next gene at once, and repaints it with that gene's spread when shown
     other = next(g for g in pred.var_names if g != gene)
     assert not spread[0].visible  # hidden until asked for
@@ -229,7 +231,9 @@ def test_uncertainty_layer_from_a_sampling_model(make_napari_viewer, demo_dir):
     assert spread[0].name.startswith(f"{other} ") and "uncertainty" in spread[0].name
     spread[0].visible = True
     repainted = spread[0].data[np.isfinite(spread[0].data)]
-    assert np.isclose(repainted.max(), np.asarray(pred[:, other].layers["std"]).max(), rtol=1e-5)
+    other_std = np.asarray(pred[:, other].layers["std"]).ravel()
+    assert repainted.max() <= other_std.max() + 1e-6 and repainted.max() >= np.quantile(other_std, 0.9)
+    assert not np.allclose(repainted.max(), painted.max())  # the other gene's spread, not the first's
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import napari_histosge as hs
@@ -131,8 +132,45 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     pcc = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in range(truth.shape[1])]
     assert np.nanmean(pcc) > 0.8  # the spots' own counts dominate their prediction
-    exact = hs.run(hs.steps.predict_spots(fitted, demo))  # the default reproduces them
-    assert np.abs(np.asarray(exact.X) - truth).max() < 1e-4
+    default = hs.run(hs.steps.predict_spots(fitted, demo))  # the default: the smooth map, not the counts
+    assert np.abs(np.asarray(default.X) - truth).max() > 1e-2
+
+
+def test_smooth_consistency_draws_no_discs(demo, fitted):
+    from napari_histosge.evaluation.map_artefacts import disc_contrast_ratio
+
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    wide = hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0, prior_bandwidth=1.5))
+
+    def ratio(model, mode):
+        grid = hs.run(hs.steps.superresolve_grid(model, demo, mask=None, grid_um=10.0, consistency=mode))
+        return disc_contrast_ratio(grid, xy, diameter)["ratio"]
+
+    assert ratio(wide, "exact") > 3.0  # a factor per spot stamps it on the map: the measure sees discs
+    assert ratio(wide, "smooth") <= 1.3
+    # At the default (narrower) bandwidth the correction adds no disc to what the prior draws itself.
+    assert ratio(fitted, "smooth") <= 1.1 * ratio(fitted, "none")
+
+
+def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fitted):
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    truth = np.expm1(dense_targets(normalize_log1p(demo), fitted.genes))
+    smooth, alone = (np.expm1(hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency=mode)))
+                     for mode in ("smooth", "none"))
+
+    def level_error(pred):  # per gene, the spots' mean rate off the measured mean, relative
+        return np.abs(pred.mean(axis=0) - truth.mean(axis=0)) / truth.mean(axis=0)
+
+    # The spots' means add up to the measurement's (the prior alone does not), and the map is
+    # closer to each spot than the prior, yet not forced onto each spot's counts (as exact is).
+    assert level_error(alone).max() > 0.2 and level_error(smooth).max() < 0.15
+    assert np.abs(smooth - truth).mean() < 0.9 * np.abs(alone - truth).mean()
+    assert np.abs(smooth - truth).mean() > 0.01 * truth.mean()
+
+
+def test_an_unknown_consistency_is_refused_in_one_line():
+    with pytest.raises(InputError, match="smooth"):
+        grid_maps.check_consistency("smoth")
 
 
 def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
@@ -265,6 +303,43 @@ def test_calibration_keeps_an_image_that_explains_sub_footprint_detail():
     noise = calibrate(cells, rng.normal(size=feats.shape), weights, targets, spots.centres, ridge, 0.75)
     assert noise is not None and noise.score - noise.score_without_image < informative.score - \
         informative.score_without_image
+
+
+def test_calibration_on_split_counts_does_not_reward_copying_the_noise():
+    import anndata as ad
+
+    from napari_histosge.models.subspot.calibration import split_targets
+
+    # Every footprint counts the same expression: all differences between them are noise.
+    rng = np.random.default_rng(1)
+    grid = CellGrid.covering((0, 0), (400, 400), 8.0)
+    spots = Footprints(np.stack(np.meshgrid(np.arange(20, 400, 40.0), np.arange(20, 400, 40.0)), -1).reshape(-1, 2),
+                       "square", 40.0)
+    weights = spots.cell_weights(grid.centres())
+    genes = [f"g{i}" for i in range(20)]
+    counts = ad.AnnData(X=rng.poisson(30.0, (len(spots), len(genes))).astype(np.float32),
+                        var=pd.DataFrame(index=genes))
+    targets = dense_targets(normalize_log1p(counts), genes).astype(np.float64)
+    feats = rng.normal(size=(grid.n_cells, 2))
+
+    def ridge(x, y):
+        return np.linalg.lstsq(x, y, rcond=None)[0].T
+
+    unsplit = calibrate(grid.centres(), feats, weights, targets, spots.centres, ridge, 0.75)
+    split = calibrate(grid.centres(), feats, weights, targets, spots.centres, ridge, 0.75,
+                      split_targets(counts, genes))
+    assert unsplit is not None and split is not None and split.split and not unsplit.split
+    assert unsplit.score > 0.2  # a footprint's noise is in its square: the unsplit score rewards it
+    assert abs(split.score) < 0.1
+
+
+def test_calibration_of_normalised_data_falls_back_to_the_pooled_values():
+    import anndata as ad
+
+    from napari_histosge.models.subspot.calibration import split_targets
+
+    normalised = ad.AnnData(X=np.full((4, 2), 0.5, np.float32), var=pd.DataFrame(index=["a", "b"]))
+    assert split_targets(normalised, ["a", "b"]) is None
 
 
 # ----------------------------------------------------------------------------- pooling

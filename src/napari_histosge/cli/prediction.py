@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
+from ..pipeline.map_modes import CONSISTENCY, DEFAULT_CONSISTENCY
 from ..slide.grid_size import MIN_GRID_UM
 from .options import (
     add_common_args,
@@ -71,10 +72,11 @@ def add_parsers(sub) -> None:
                    help="subspot model: tissue mask, a label image (nonzero = tissue) or GeoJSON polygons in "
                         "full-resolution pixels; 'auto' (default) detects the tissue, 'none' keeps every cell "
                         "near a spot")
-    p.add_argument("--consistency", choices=["exact", "counting", "none"],
+    p.add_argument("--consistency", choices=list(CONSISTENCY),
                    help="subspot model: scale the cells under each measured spot so their mean is its measurement "
-                        "(exact, default), the measurement read through its counting noise (counting), or not at "
-                        "all (none)")
+                        "(exact), the measurement read through its counting noise (counting), correct the map by a "
+                        "smooth field that agrees with the spots in expectation, with no disc at their edges "
+                        f"(smooth), or not at all (none); default {DEFAULT_CONSISTENCY}")
     p.add_argument("--out", required=True, help="output .h5ad, or .zarr for a SpatialData store")
     add_scale_args(p)
     add_common_args(p)
@@ -227,7 +229,7 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
     if on_grid:
         mask = {None: "auto", "none": None}.get(args.mask, args.mask)
         gen = superresolve_grid(model, adata, grid_um=args.grid_um, mask=mask,
-                                consistency=args.consistency or "exact")
+                                consistency=args.consistency or DEFAULT_CONSISTENCY)
     else:
         gen = superresolve(model, adata, args.fold or 4, scheduler=args.scheduler, n_workers=args.workers)
     result = drive(gen, args)

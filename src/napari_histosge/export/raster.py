@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..io.preprocess import normalize_log1p
+from ..slide.mask import TissueMask
 from .frame import META_KEY as META_KEY  # re-exported: where the maps' callers look for them
 from .frame import um_per_px as um_per_px
 from .frame import world_frame as world_frame
@@ -92,6 +94,9 @@ class Raster:
     mpp: float | None = None
     #: 3 x 3 map from raster ``(row, col, 1)`` to full-res ``(y, x, 1)`` when the grid is not axis-aligned.
     affine: np.ndarray | None = None
+    #: ``(filled cells, positions)``: each filled cell's value as a weighted mean of the positions'
+    #: (filled cells in row-major order); ``None``: the value of the position ``index`` names.
+    weights: sp.csr_matrix | None = None
 
     @property
     def transform(self) -> dict[str, Any]:
@@ -114,7 +119,10 @@ class Raster:
         """The raster filled with other per-position ``values`` (same positions)."""
         out = np.full(self.index.shape, np.nan, dtype=np.float32)
         hit = self.index >= 0
-        out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
+        if self.weights is not None:
+            out[hit] = np.asarray(self.weights @ np.asarray(values, dtype=np.float64), dtype=np.float32)
+        else:
+            out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
         return out
 
 
@@ -149,6 +157,61 @@ def rasterize(xy: np.ndarray, values: np.ndarray, *, cells_per_spacing: int = 4,
     index = np.where(dist <= spacing * reach, nearest, -1).reshape(n_rows, n_cols)
     raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index, mpp=mpp)
     return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index, mpp=mpp)
+
+
+#: Raster cells per spacing of a lattice map's positions: fine enough that the map reads as continuous.
+SMOOTH_CELLS_PER_SPACING = 8
+
+
+def smooth_raster(xy: np.ndarray, *, tissue=None, reach: float = 0.75, mpp: float | None = None,
+                  cells_per_spacing: int = SMOOTH_CELLS_PER_SPACING) -> Raster:
+    """A raster that interpolates per-position values linearly between the positions, on tissue only.
+
+    Each cell takes the barycentric mean of the three positions of the Delaunay triangle
+    around its centre (the nearest position outside their hull), so the map changes
+    gradually instead of in squares of one position each. Cells farther than ``reach``
+    pitches from every position, and with ``tissue`` (a
+    :class:`~napari_histosge.slide.mask.TissueMask`) cells whose centre is on glass, stay
+    empty (NaN).
+    """
+    from scipy.spatial import Delaunay
+
+    xy = np.asarray(xy, dtype=np.float64)
+    geometry = rasterize(xy, np.zeros(len(xy)), cells_per_spacing=cells_per_spacing, reach=reach, mpp=mpp)
+    index = geometry.index.copy()
+    rows, cols = np.nonzero(index >= 0)
+    centres = np.column_stack([geometry.origin_rc[1] + cols * geometry.cell,
+                               geometry.origin_rc[0] + rows * geometry.cell])
+    if tissue is not None:
+        glass = ~tissue.contains(centres)
+        index[rows[glass], cols[glass]] = -1
+        rows, cols, centres = rows[~glass], cols[~glass], centres[~glass]
+    n = len(centres)
+    corners, share = index[rows, cols][:, None], np.ones((n, 1))
+    if len(xy) >= 3 and np.linalg.matrix_rank(xy - xy.mean(axis=0)) == 2:
+        triangles = Delaunay(xy)
+        simplex = triangles.find_simplex(centres)
+        inside = simplex >= 0
+        transform = triangles.transform[simplex[inside]]
+        bary = np.einsum("nij,nj->ni", transform[:, :2], centres[inside] - transform[:, 2])
+        corners = np.repeat(corners, 3, axis=1)
+        share = np.column_stack([share, np.zeros((n, 2))])
+        corners[inside] = triangles.simplices[simplex[inside]]
+        share[inside] = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
+    weights = sp.csr_matrix((share.ravel(), (np.repeat(np.arange(n), share.shape[1]), corners.ravel())),
+                            shape=(n, len(xy)))
+    weights.eliminate_zeros()
+    return Raster(image=np.empty(0), cell=geometry.cell, origin_rc=geometry.origin_rc, index=index, mpp=mpp,
+                  weights=weights)
+
+
+def lattice_raster(adata) -> Raster:
+    """The smooth raster of a lattice prediction (:func:`smooth_raster`), inside the tissue mask it records."""
+    info = adata.uns.get(META_KEY, {}) or {}
+    tissue = None
+    if isinstance(info, dict) and isinstance(info.get("tissue_mask"), dict):
+        tissue = TissueMask.from_uns(info["tissue_mask"])
+    return smooth_raster(np.asarray(adata.obsm["spatial"]), tissue=tissue, mpp=um_per_px(adata))
 
 
 def grid_info(adata) -> dict[str, Any] | None:
@@ -208,7 +271,8 @@ def map_raster(adata, values: np.ndarray) -> Raster:
     """The raster showing per-row ``values`` of ``adata``.
 
     A grid's own raster; spots (:func:`shown_as_spots`) as discs of the recorded spot
-    diameter (half the pitch when none is recorded); else :func:`rasterize` of the positions.
+    diameter (half the pitch when none is recorded); Visium HD bins by :func:`rasterize`; a
+    denser lattice as a smooth raster inside its tissue (:func:`lattice_raster`).
     """
     if grid_info(adata) is not None:
         raster = grid_raster(adata)
@@ -221,4 +285,8 @@ def map_raster(adata, values: np.ndarray) -> Raster:
         diameter = float(info.get("spot_diameter_px") or 0) or spacing / 2
         return rasterize(xy, values, cells_per_spacing=DISC_CELLS_PER_SPACING, reach=0.5 * diameter / spacing,
                          mpp=um_per_px(adata))
-    return rasterize(xy, values, mpp=um_per_px(adata))
+    if "bins" in (adata.uns.get(META_KEY, {}) or {}):
+        return rasterize(xy, values, mpp=um_per_px(adata))
+    raster = lattice_raster(adata)
+    return Raster(image=raster.with_values(values), cell=raster.cell, origin_rc=raster.origin_rc,
+                  index=raster.index, mpp=raster.mpp, weights=raster.weights)

@@ -24,6 +24,8 @@ from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_ti
 from ..slide.open import open_slide
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
+from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
+from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
 from .placement import check_measured_genes, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
@@ -83,6 +85,18 @@ def section_mask(adata, mask) -> TissueMask | None:
     return found
 
 
+def lattice_tissue(adata) -> TissueMask | None:
+    """The tissue detected on ``adata``'s slide for drawing a lattice map, or ``None`` where none is usable.
+
+    A detection that misses most spots (a faint or unusual stain) is not an error here: the
+    map is then drawn near the positions, as without a mask, and the prediction is kept.
+    """
+    try:
+        return section_mask(adata, DETECT)
+    except InputError:
+        return None
+
+
 def measured_region_grid(adata, cell_px: float, mask: TissueMask | None = None) -> CellGrid:
     """Cells of ``cell_px`` within :data:`REACH_SPACINGS` spot spacings of a measured spot, and on ``mask``.
 
@@ -110,22 +124,13 @@ def _feature_sigmas(model: TrainedModel, cell_px: float) -> tuple[float, ...]:
     return tuple(s * ratio for s in SIGMAS_IN_CELLS)
 
 
-#: How grid cells are made consistent with the measured footprints (see :mod:`..models.subspot.consistency`).
-CONSISTENCY = ("exact", "counting", "none")
-
-
-def check_consistency(consistency: str) -> None:
-    """``consistency`` must be one of :data:`CONSISTENCY`."""
-    if consistency not in CONSISTENCY:
-        raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
-
-
-def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = "exact",
+def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = DEFAULT_CONSISTENCY,
                cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
     """Rates (counts per 1e4) of every cell of ``grid``, ``(n_cells, G)`` float32.
 
     ``consistency``: ``"exact"`` reproduces each measured footprint, ``"counting"`` reads
-    it through its counting noise, ``"none"`` leaves the model's prediction.
+    it through its counting noise, ``"smooth"`` corrects by a smooth field that agrees
+    with the footprints in expectation, ``"none"`` leaves the model's prediction.
     """
     check_consistency(consistency)
     if not getattr(model, "aggregates_cells", False):
@@ -139,14 +144,17 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
     centres = grid.centres()
     rates = model.cell_rates(centres, feats)  # type: ignore[attr-defined]
-    if consistency != "none":
+    if consistency == "smooth":
+        rates = model.smooth_corrected(centres, rates, counting=True)  # type: ignore[attr-defined]
+    elif consistency != "none":
         rates = model.make_consistent(centres, rates, exact=consistency == "exact")  # type: ignore[attr-defined]
     yield Progress("predict", 1, 1)
     return rates
 
 
 def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = None, mask=DETECT,
-                      consistency: str = "exact", cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+                      consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
+                      ) -> ProgressGenerator[Any]:
     """Predict a grid of cells over ``adata``'s measured region.
 
     Parameters
@@ -199,7 +207,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
 
 
 def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: float, *,
-                  consistency: str = "exact", cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
+                  consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
+                  ) -> ProgressGenerator[np.ndarray]:
     """log1p(counts per 1e4) at discs of ``diameter`` px centred at ``positions``: the mean of their cells.
 
     With ``consistency`` (as in :func:`grid_rates`), the cells of every measured footprint the discs reach are predicted
@@ -212,7 +221,7 @@ def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: f
     grid = CellGrid.covering(discs.centres.min(axis=0) - reach, discs.centres.max(axis=0) + reach, cell_px)
     centres = grid.centres()
     under = np.asarray((discs.cell_weights(centres) != 0).sum(axis=0)).ravel() > 0
-    if consistency != "none":
+    if consistency in PER_FOOTPRINT:
         measured = model.footprints().cell_weights(centres, nearest_if_empty=False)  # type: ignore[attr-defined]
         touched = np.asarray((measured[:, np.flatnonzero(under)] != 0).sum(axis=1)).ravel() > 0
         under |= np.asarray((measured[np.flatnonzero(touched)] != 0).sum(axis=0)).ravel() > 0

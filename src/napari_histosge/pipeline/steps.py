@@ -32,7 +32,7 @@ from ..training.config import TrainConfig
 from ..training.inputs import TrainingData
 from ..training.trained_model import TrainedModel
 from .gene_choice import choose_genes
-from .grid_maps import predict_discs
+from .grid_maps import lattice_tissue, predict_discs
 from .multisection import fit_sections
 from .placement import (
     check_diameter_on,
@@ -452,6 +452,9 @@ def superresolve(
     out.uns["histosge"]["fine_lattice"] = grid.lattice.to_dict()
     out.uns["histosge"]["position_frame"] = frame_name(frame)
     out.uns["histosge"]["trained_on"] = str(model.meta.get("source", ""))
+    tissue = lattice_tissue(adata)
+    if tissue is not None:  # the map is drawn on tissue only (export.raster.lattice_raster)
+        out.uns["histosge"]["tissue_mask"] = tissue.to_uns()
     if std is not None:
         out.layers["std"] = std
     return finish_prediction(out, model)

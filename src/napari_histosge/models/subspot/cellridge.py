@@ -29,8 +29,8 @@ from ...progress import CancelToken, Progress, ProgressGenerator
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .config import CellRidgeConfig
-from .fit import RIDGE_ALPHAS, footprint_cells, ridge_fit
-from .geometry import cell_px_for, footprints_of
+from .fit import RIDGE_ALPHAS, ridge_fit
+from .geometry import cell_px_for, footprint_cells, footprints_of
 
 
 @dataclass

@@ -25,7 +25,7 @@ class SubspotConfig(TrainConfig):
 
     cell_um: float | None = setting(None, "side of the grid cells in µm", kind=float, optional=True,
                                     none_means="14 µm, at least two image pixels", above=0)
-    prior_bandwidth: float = setting(1.5, "width of the smoothed measurement it starts from, in spot spacings",
+    prior_bandwidth: float = setting(0.5, "width of the smoothed measurement it starts from, in spot spacings",
                                      above=0, most=10)
     image_modulation: bool = setting(False, "let the cells' image features modulate the smoothed measurement "
                                      "(no help on the pooled super-resolution benchmark)")

@@ -14,6 +14,14 @@ gene where the model expects ``mu`` has the gamma-Poisson posterior mean
 counted zero or one time in a spot is not painted as a hole where the model and the
 neighbours say it is expressed. The dispersion also holds the spots' real differences from
 their neighbours, so ``counting`` pulls every spot toward its neighbours too.
+
+Both scale each footprint's cells by one factor, so a map shows every measured footprint
+as a disc or square with a step at its edge. :func:`smooth_field` instead corrects the
+map by a smooth ratio: the kernel-weighted targets over the kernel-weighted means of the
+footprints' cells (the prior's Gaussian kernel), which changes gradually across footprint
+edges and between them. The map then agrees with the measurement in expectation (around
+every position, at the kernel's scale, the footprints' means add up to their targets)
+rather than reproducing each noisy value.
 """
 
 from __future__ import annotations
@@ -96,3 +104,60 @@ def consistent_rates(rates: np.ndarray, weights: sp.csr_matrix, measured: np.nda
     out = rates.copy()
     out[covered] = np.maximum(measured[owner], 0.0) * pattern / np.maximum(pattern_mean[owner], RATE_FLOOR)
     return out.astype(np.float32)
+
+
+#: Passes of the smooth correction: each corrects what the previous passes left.
+FIELD_PASSES = 2
+#: Kernel-weighted sums below this are treated as empty (no correction there).
+FIELD_FLOOR = 1e-9
+
+
+def smooth_field(footprint_cells: sp.csr_matrix, cell_prior: np.ndarray, cell_kernel: sp.csr_matrix,
+                 measured: np.ndarray, passes: int = FIELD_PASSES) -> list[np.ndarray]:
+    """The footprints' means at each pass of a smooth ratio correction (read with :func:`field_factor`).
+
+    At a position with kernel weights ``k`` of the footprints, the correction multiplies
+    the rate by ``(k @ measured) / (k @ means)``: the kernel-weighted measurement over
+    the kernel-weighted means of the footprints' cells. So around every position the map's
+    footprint means add up to the measurement's, at the kernel's scale (the map agrees
+    with the measurement in expectation), while each footprint's own noise is spread over
+    its neighbours instead of stamped on its cells. Each further pass corrects what the
+    previous left.
+
+    Parameters
+    ----------
+    footprint_cells
+        ``(F, n)``: each footprint's cells (weights summing to one; an empty row is a
+        footprint without cells, whose mean is then its measurement).
+    cell_prior
+        ``(n, G)`` the rates of those cells before the correction.
+    cell_kernel
+        ``(n, F)`` the cells' kernel weights of the footprints.
+    measured
+        ``(F, G)`` each footprint's target rate.
+    passes
+        How many corrections are chained.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``(F, G)`` the footprints' means before each pass.
+    """
+    target = np.maximum(np.asarray(measured, np.float64), 0.0)
+    rates = np.maximum(np.asarray(cell_prior, np.float64), 0.0)
+    has_cells = (np.diff(footprint_cells.indptr) > 0)[:, None]
+    means = []
+    for _ in range(max(int(passes), 1)):
+        means.append(np.where(has_cells, np.asarray(footprint_cells @ rates), target))
+        rates = rates * field_factor(cell_kernel, target, means[-1:])
+    return means
+
+
+def field_factor(kernel: sp.csr_matrix, measured: np.ndarray, means: list[np.ndarray]) -> np.ndarray:
+    """``(n, G)`` the smooth correction at positions with ``kernel`` weights ``(n, F)`` (:func:`smooth_field`)."""
+    wanted = np.asarray(kernel @ np.maximum(np.asarray(measured, np.float64), 0.0))
+    factor = np.ones_like(wanted)
+    for mean in means:
+        have = np.asarray(kernel @ mean)
+        factor *= np.where(have > FIELD_FLOOR, wanted / np.maximum(have, FIELD_FLOOR), 1.0)
+    return factor

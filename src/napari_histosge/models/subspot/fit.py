@@ -27,14 +27,13 @@ from ...features.cell_raster import IDENTITY, cell_features, n_cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
 from ...progress import CancelToken, Progress, ProgressGenerator
-from ...slide.cell_grid import CellGrid, Footprints
 from ...training.grouping import median_spacing
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
-from .calibration import calibrate
+from .calibration import calibrate, split_targets
 from .config import SubspotConfig
 from .consistency import fit_dispersion
-from .geometry import cell_px_for, footprints_of
+from .geometry import cell_px_for, footprint_cells, footprints_of
 from .histology_prior import load_prior, prior_pattern
 from .network import SubspotNetwork
 from .prior import prior_rates
@@ -96,7 +95,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
     if config.image_modulation:
         yield Progress("fit", 0, 1, "calibrating the image modulation one scale up")
         calibration = calibrate(grid.centres(), z, weights, targets, footprints.centres,
-                                lambda x, y: ridge_fit(x, y)[0], config.prior_bandwidth)
+                                lambda x, y: ridge_fit(x, y)[0], config.prior_bandwidth, split_targets(train, genes))
     bandwidth = (calibration.bandwidth if calibration else config.prior_bandwidth) * spacing
     prior = prior_rates(grid.centres(), footprints.centres, rates, bandwidth)
     residual = targets - np.log1p(weights @ prior)
@@ -146,15 +145,6 @@ def _histology_prior(config: SubspotConfig, adata, cell_um: float | None):
                          "or --image-modulation, not both")
     integer_counts(adata.X)  # the prior's weights are chosen by splitting the counts
     return load_prior(config.prior, adata, cell_um, adata.var_names)
-
-
-def footprint_cells(footprints: Footprints, cell_px: float):
-    """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
-    reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
-    grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
-    weights = footprints.cell_weights(grid.centres())
-    under = np.asarray((weights != 0).sum(axis=0)).ravel() > 0
-    return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

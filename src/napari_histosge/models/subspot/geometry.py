@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError
-from ...slide.cell_grid import MIN_CELL_IMAGE_PX, Footprints
+from ...slide.cell_grid import MIN_CELL_IMAGE_PX, CellGrid, Footprints
 
 #: ``obsm`` key of footprint centres where they differ from the positions (a bin's square).
 FOOTPRINT_KEY = "footprint_xy"
@@ -75,3 +75,12 @@ def footprints_of(adata) -> Footprints:
         raise InputError("the spot diameter is unknown, so the area each spot covers is unknown",
                          info.get("source"))
     return Footprints(xy, "disc", float(diameter))
+
+
+def footprint_cells(footprints: Footprints, cell_px: float):
+    """The grid cells under the footprints (kept) and their ``(n_footprints, n_cells)`` weights."""
+    reach = footprints.size_px * (np.sqrt(2.0) if footprints.shape == "square" else 1.0) / 2
+    grid = CellGrid.covering(footprints.centres.min(axis=0) - reach, footprints.centres.max(axis=0) + reach, cell_px)
+    weights = footprints.cell_weights(grid.centres())
+    under = np.asarray((weights != 0).sum(axis=0)).ravel() > 0
+    return grid.keep(under), weights[:, np.flatnonzero(under)].tocsr()

@@ -1,10 +1,11 @@
 """The trained sub-spot model: expression of grid cells from the measured prior and the cells' image features.
 
 A cell's rate (counts per 1e4) is the prior at its centre times ``exp`` of the image
-modulation. With consistency (the default when predicting) the cells under each measured
-footprint are then scaled, gene by gene, so that their mean reproduces that footprint's
-measured rate: the map never contradicts the measurement, and only cells outside every
-footprint keep the model's prediction alone.
+modulation. The map is then made consistent with the measurement
+(:mod:`napari_histosge.pipeline.map_modes`): by a smooth correction field that agrees with
+the footprints in expectation (:meth:`SubspotModel.smooth_corrected`, the default), or by
+scaling the cells under each footprint so that their mean reproduces its measured rate, or
+its counting-noise estimate (:meth:`SubspotModel.make_consistent`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from ...errors import InputError
 from ...slide.cell_grid import Footprints
 from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
-from .consistency import consistent_rates
-from .prior import prior_rates
+from .consistency import consistent_rates, counting_targets, field_factor, smooth_field
+from .geometry import footprint_cells
+from .prior import prior_rates, prior_weights
+
+#: The smooth correction reads each footprint's mean from cells of at most its size over this.
+FIELD_CELLS_ACROSS = 8
 
 
 class SubspotModel(TrainedModel):
@@ -68,6 +73,32 @@ class SubspotModel(TrainedModel):
                                   "dispersion": net.dispersion.cpu().numpy().astype(np.float64)}
         return consistent_rates(rates, weights, net.footprint_rate.cpu().numpy().astype(np.float64),
                                 net.detail.cpu().numpy(), **noise)
+
+    def smooth_corrected(self, cell_xy: np.ndarray, rates: np.ndarray, *, counting: bool = False) -> np.ndarray:
+        """``rates`` times a smooth correction field that brings the footprints' means to their measurements.
+
+        The field is read from the prior alone on the model's own cells under the
+        footprints (:func:`.consistency.smooth_field`), so it is the same whichever cells
+        are asked for, and spread with the prior's kernel: no step at a footprint's edge.
+        With ``counting`` the field aims at each measurement read through its counting
+        noise (:func:`.consistency.counting_targets`) instead of the measurement itself.
+        """
+        net = self.model
+        footprint_xy = net.footprint_xy.cpu().numpy()
+        measured = net.footprint_rate.cpu().numpy().astype(np.float64)
+        bandwidth = float(self.meta["prior_bandwidth_px"])
+        footprints = self.footprints()
+        # Each footprint's mean needs a few dozen cells, not thousands (a large bin at 14 µm).
+        grid, weights = footprint_cells(footprints, max(self.cell_px, footprints.size_px / FIELD_CELLS_ACROSS))
+        under = grid.centres()
+        prior = prior_rates(under, footprint_xy, measured, bandwidth)
+        if counting:
+            measured = counting_targets(np.asarray(weights @ prior), measured, net.footprint_depth.cpu().numpy(),
+                                        net.dispersion.cpu().numpy().astype(np.float64))
+        means = smooth_field(weights, prior, prior_weights(under, footprint_xy, bandwidth), measured)
+        kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
+        return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
+                ).astype(np.float32)
 
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
         """Not available: the sub-spot model reads the slide (:func:`napari_histosge.pipeline.steps.predict_spots`)."""

@@ -33,9 +33,10 @@ from ...export.raster import (
     grid_info,
     grid_raster,
     is_prediction,
+    lattice_raster,
     layer_values,
     nn_spacing,
-    rasterize,
+    rasterize,  # noqa: F401  (re-exported: the layer tests and callers find the rasters here)
     um_per_px,
     world_frame,
 )
@@ -262,8 +263,8 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
     gene = _gene_to_show(pred, gene)
     vals = gene_values(pred, gene) if values is None else np.asarray(values, np.float64)
     if raster is None:
-        raster = grid_raster(pred) if grid_info(pred) is not None else rasterize(
-            np.asarray(pred.obsm["spatial"]), vals, mpp=um_per_px(pred))
+        # a lattice map is drawn smooth, inside the tissue it records (never on glass)
+        raster = grid_raster(pred) if grid_info(pred) is not None else lattice_raster(pred)
     image = raster.with_values(vals)
     info = pred.uns.get(META_KEY, {})
     limits = symmetric_range(vals) if colormap == DIFF_COLORMAP else robust_range(vals)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
+from ...pipeline.map_modes import CONSISTENCY, DEFAULT_CONSISTENCY
 from ...progress import CancelToken, Progress
 from ...slide.grid_size import MIN_GRID_UM
 from .layers import (
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "checkpoint file..."
-#: The core's ``pipeline.grid_maps.CONSISTENCY``, here so opening the widget imports no pipeline.
-CONSISTENCY_CHOICES = ("exact", "counting", "none")
+#: The core's choices (a light module: opening the widget imports no pipeline).
+CONSISTENCY_CHOICES = CONSISTENCY
 LATTICE, GRID = "N-fold lattice", "grid of cells"
 #: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
 SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
@@ -111,7 +112,7 @@ def with_layers(job, adata):
 
 
 def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: CancelToken,
-             consistency: str = "exact"):
+             consistency: str = DEFAULT_CONSISTENCY):
     """The core's grid super-resolution, inside the tissue the H&E shows when ``tissue_only``.
 
     A generator for :func:`~.worker.start_job` (runs in the worker thread).
@@ -148,11 +149,12 @@ class SuperResolveWidget(Container):
                                     tooltip="side of a grid cell in µm; 0: the cell size the model was trained with")
         self.tissue_only = CheckBox(label="tissue only", value=True,
                                     tooltip="leave out cells the tissue mask (detected on the H&E) says are bare glass")
-        self.consistency = ComboBox(label="consistency", choices=list(CONSISTENCY_CHOICES), value="exact",
-                                    tooltip="exact: the cells under each measured spot reproduce it; counting: "
-                                            "they reproduce it within its counting noise (no holes where a sparse "
-                                            "gene was counted 0 times, but spots lean toward their neighbours); "
-                                            "none: the model alone")
+        self.consistency = ComboBox(label="consistency", choices=list(CONSISTENCY_CHOICES),
+                                    value=DEFAULT_CONSISTENCY,
+                                    tooltip="exact: the cells under each measured spot reproduce it (each spot a "
+                                            "disc on the map); counting: they reproduce it within its counting "
+                                            "noise (still a disc per spot); smooth: a smooth correction that "
+                                            "agrees with the spots in expectation, no discs; none: the model alone")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
