@@ -185,6 +185,7 @@ def test_the_model_flag_lists_the_registered_models(monkeypatch, capsys):
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
-    assert "registered models: histosge, cellridge, conditioned, subspot, toy" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "registered models: histosge, cellridge, conditioned, subspot, toy" in shown
     config = cli_settings.check_settings(_train_args("--model", "toy", "--width", "5"))
     assert isinstance(config, _ToyConfig) and config.width == 5

@@ -10,6 +10,7 @@ subset of them, while the model still predicts every spot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ import numpy as np
 from ..features import SpotFeatures
 from ..io.visium_hd import limit_bins
 from ..models import model_spec, train_config
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, given_names
+from ..training.start import check_network_settings
 from ..training.trained_model import TrainedModel
 
 
@@ -46,6 +48,24 @@ def run_settings(model: str, given: dict[str, Any], init: TrainedModel | None = 
         kept = {k: getattr(init.config, k) for k in model_spec(model).hparam_keys
                 if k not in given and hasattr(init.config, k)}
     return train_config(model, **kept, **given)
+
+
+def starting_settings(config: TrainConfig, init: TrainedModel) -> TrainConfig:
+    """``config`` for a run that starts from ``init``: its network settings that no user gave become ``init``'s.
+
+    The settings given are those :func:`~napari_histosge.models.train_config` (or the command
+    line, or the Train widget) was given; for settings built from their class directly, those
+    that differ from the class's defaults, as nothing else tells them apart.
+    """
+    given = given_names(config)
+    defaults = type(config)
+    kept = {k: getattr(init.config, k) for k in model_spec(config.model).hparam_keys
+            if hasattr(init.config, k) and hasattr(config, k)
+            and (k not in given if given is not None else getattr(config, k) == defaults.default_of(k))}
+    started = config if all(getattr(config, k) == v for k, v in kept.items()) else replace(config, **kept)
+    if init.config.model == started.model:  # a given setting the weights cannot fit: refused before any work
+        check_network_settings(init, started, model_spec(started.model).hparam_keys)
+    return started
 
 
 def limited_section(adata, features: SpotFeatures | None, config: TrainConfig

@@ -44,7 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
-from .run_settings import limited_ids, limited_sections, run_settings
+from .run_settings import limited_ids, limited_sections, run_settings, starting_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
     NO_IMAGE,
@@ -121,7 +121,10 @@ def fit(
     TrainedModel
         The trained model, its config, genes and metadata.
     """
-    train_config = train_config or run_settings(HisToSGEConfig.MODEL, {}, init)
+    if train_config is None:
+        train_config = run_settings(HisToSGEConfig.MODEL if init is None else init.config.model, {}, init)
+    elif init is not None:
+        train_config = starting_settings(train_config, init)
     if init is not None:
         train_config, feature_config = _starting_from(init, adata, train_config, feature_config)
     if train_ids is None:
