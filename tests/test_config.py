@@ -169,6 +169,16 @@ def test_the_image_feature_flags_are_the_declared_feature_settings():
         FeatureConfig(patch_um=-2.0)
 
 
+
+def test_the_feature_weights_may_be_a_path_and_are_stored_as_text():
+    from napari_histosge.features import FeatureConfig
+
+    config = FeatureConfig(checkpoint=Path("w.pt"))
+    assert config.checkpoint == "w.pt" and FeatureConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(InputError, match="feature setting checkpoint must be a file path"):
+        FeatureConfig(checkpoint=3)
+
+
 def test_the_model_flag_lists_the_registered_models(monkeypatch, capsys):
     from dataclasses import dataclass
 
