@@ -44,7 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
-from .run_settings import limited_ids, limited_sections, run_settings, starting_settings
+from .run_settings import check_feature_rows, limited_ids, limited_sections, run_settings, starting_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
     NO_IMAGE,
@@ -168,6 +168,7 @@ def fit(
             adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
         )
     assert isinstance(features, SpotFeatures)  # one section here: several returned above
+    check_feature_rows(adata, features)  # also with train_ids, where no bin limit read them
     yield Progress("prepare", 0, 1, "normalising and selecting genes")
     train_adata = _subset_ids(adata, train_ids)
     mask = adata.obs_names.get_indexer(train_adata.obs_names)
