@@ -199,6 +199,27 @@ def test_the_bin_limit_keeps_each_spot_with_its_own_precomputed_features(hd: dic
                                  features=short, feature_config=FeatureConfig(extractor="none")))
 
 
+def test_a_model_trained_on_a_cut_section_records_the_whole_sections_box(hd: dict) -> None:
+    """Predictions on the whole section are placed by the box of every spot, not of the spots trained on."""
+    from napari_histosge import fit
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.models import train_config
+    from napari_histosge.pipeline.placement import is_training_section, section_box
+    from napari_histosge.training.inputs import section_frame
+
+    adata = read_spots(hd["folder"], bin_um=8)
+    adata.uns["histosge"]["source"] = ""  # only the box tells the section (an .h5ad without its source)
+    config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=20, device="cpu")
+    model = fit(adata, train_config=config, feature_config=FeatureConfig(extractor="none"))
+    assert model.meta["n_train_spots"] == 20
+    assert model.meta["section_box"] == section_box(adata) and is_training_section(model, adata)
+    other = adata.copy()
+    other.uns["histosge"]["library_id"] = "other"
+    both = fit([adata, other], train_config=config, feature_config=FeatureConfig(extractor="none"))
+    whole = np.stack(section_frame(adata.obsm["spatial"]))
+    assert np.allclose(both.meta["section_frames"], [whole, whole])
+
+
 # ---------------------------------------------------------------- bad input: one clear line each
 def test_positions_but_no_counts(hd: dict) -> None:
     (_bin_dir(hd, 16) / "filtered_feature_bc_matrix.h5").unlink()
