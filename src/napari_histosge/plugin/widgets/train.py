@@ -50,9 +50,9 @@ DEFAULT_OUT = Path.home() / "histosge-models"
 #: The genes section and the device control show these settings; the model section shows the others.
 FORM_SETTINGS = frozenset({"n_top_genes", "genes", "include_genes", "gene_selection", "device"})
 #: What the epochs control does besides the setting's help: the rule for a number typed.
-EPOCHS_TIP = ("Left at the model's default, a model may train fewer: it stops early on its held-back spots, or "
+EPOCHS_TIP = ("Left alone (not edited), a model may train fewer: it stops early on its held-back spots, or "
               "trains a shorter fixed schedule on a section too small to hold spots back (the status says "
-              "'epoch k/N'). A number you type runs as typed on a small section too (as --epochs)")
+              "'epoch k/N'). A number you type, the default too, runs as typed on a small section (as --epochs)")
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
