@@ -160,6 +160,10 @@ def test_a_run_from_a_model_takes_its_network_settings_unless_given_to_every_ent
     quick = {"epochs": 1, "val_fraction": 0.0}
     recovered = run_to_end(recover(demo, holdout=0.5, init=prior, train_config=train_config(**quick)))
     assert (recovered.model.config.dim, recovered.model.config.head_hidden) == (32, 32)
+    from napari_histosge import fit as plain_fit
+
+    tuned = plain_fit(demo, train_config=train_config(**quick), init=prior)
+    assert (tuned.config.dim, tuned.config.head_hidden, tuned.config.epochs) == (32, 32, 1)
     # settings built from the class: those at its defaults are not given either
     tuned = run_to_end(fit(demo, train_config=HisToSGEConfig(**quick), init=prior))
     assert (tuned.config.dim, tuned.config.head_hidden, tuned.config.epochs) == (32, 32, 1)
