@@ -169,6 +169,16 @@ def test_the_image_feature_flags_are_the_declared_feature_settings():
         FeatureConfig(patch_um=-2.0)
 
 
+
+def test_the_feature_weights_may_be_a_path_and_are_stored_as_text():
+    from napari_histosge.features import FeatureConfig
+
+    config = FeatureConfig(checkpoint=Path("w.pt"))
+    assert config.checkpoint == "w.pt" and FeatureConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(InputError, match="feature setting checkpoint must be a file path"):
+        FeatureConfig(checkpoint=3)
+
+
 def test_the_model_flag_lists_the_registered_models(monkeypatch, capsys):
     from dataclasses import dataclass
 
@@ -189,3 +199,25 @@ def test_the_model_flag_lists_the_registered_models(monkeypatch, capsys):
     assert "registered models: histosge, cellridge, conditioned, subspot, toy" in shown
     config = cli_settings.check_settings(_train_args("--model", "toy", "--width", "5"))
     assert isinstance(config, _ToyConfig) and config.width == 5
+
+
+def test_a_true_or_false_feature_setting_gets_flags_that_mean_what_they_say(monkeypatch):
+    """Only a true-by-default setting flagged --no-... is an off switch; others get --name and --no-name."""
+    from dataclasses import dataclass
+
+    from napari_histosge.cli import options
+    from napari_histosge.settings import declared_fields, setting
+
+    @dataclass
+    class _ToyFeatures:
+        sharpen: bool = setting(False, "sharpen the patches")
+        cache: bool = setting(True, "read or write the cache", flag="--no-cache")
+        smooth: bool = setting(True, "smooth the patches")
+
+    monkeypatch.setattr(options, "_feature_settings", lambda: [
+        (setting_of(f).flag or "--" + f.name, f) for f in declared_fields(_ToyFeatures)])
+    parser = argparse.ArgumentParser()
+    options.add_feature_args(parser)
+    assert options.feature_values(parser.parse_args([])) == {"sharpen": False, "cache": True, "smooth": True}
+    assert options.feature_values(parser.parse_args(["--sharpen", "--no-cache", "--no-smooth"])) == {
+        "sharpen": True, "cache": False, "smooth": False}

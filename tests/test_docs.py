@@ -309,3 +309,11 @@ def test_the_readme_lists_every_command_and_says_how_to_start_napari_from_the_ve
     assert "source .venv/bin/activate" in readme and ".venv/bin/napari" in readme
     last = (REPO / "scripts" / "demo.sh").read_text().strip().splitlines()[-1]
     assert "activate" in last and "bin/napari" in last
+
+
+def test_the_cli_page_says_recover_trains_on_at_most_max_bins_spots():
+    """recover cuts its training spots to --max-bins (tests/test_io_visium_hd.py): the page must not say otherwise."""
+    text = " ".join((REPO / "docs" / "cli.md").read_text().split())
+    said = text[text.index("A section trains on at most `--max-bins` spots"):][:600]
+    assert "`recover` trains on at most `--max-bins` of its hold-out split's training spots" in said
+    assert "as drawn" not in said

@@ -150,3 +150,34 @@ def test_the_library_keeps_the_start_models_network_settings_unless_given(demo, 
     # napari_histosge.fit without settings starts from the model's network (it refused before: other settings)
     tuned = plain_fit(demo, init=prior)
     assert (tuned.config.dim, tuned.config.head_hidden) == (32, 32) and tuned.genes == prior.genes
+
+
+def test_a_run_from_a_model_takes_its_network_settings_unless_given_to_every_entry(demo, prior_path):
+    """recover and fit with a start model whose network is not the default: settings left out are the model's."""
+    from napari_histosge.models import HisToSGEConfig
+
+    prior = load_model(prior_path, device="cpu")
+    quick = {"epochs": 1, "val_fraction": 0.0}
+    recovered = run_to_end(recover(demo, holdout=0.5, init=prior, train_config=train_config(**quick)))
+    assert (recovered.model.config.dim, recovered.model.config.head_hidden) == (32, 32)
+    from napari_histosge import fit as plain_fit
+
+    tuned = plain_fit(demo, train_config=train_config(**quick), init=prior)
+    assert (tuned.config.dim, tuned.config.head_hidden, tuned.config.epochs) == (32, 32, 1)
+    # settings built from the class: those at its defaults are not given either
+    tuned = run_to_end(fit(demo, train_config=HisToSGEConfig(**quick), init=prior))
+    assert (tuned.config.dim, tuned.config.head_hidden, tuned.config.epochs) == (32, 32, 1)
+    # a network setting given (even the default's value) wins, and is refused before any feature is read
+    events: list = []
+    gen = recover(demo, holdout=0.5, init=prior, train_config=train_config(dim=256, **quick))
+    with pytest.raises(InputError, match="other network settings"):
+        while True:
+            events.append(next(gen))
+    assert events == []
+
+
+def test_recover_from_a_model_without_settings_runs_with_its_network(demo, prior_path):
+    prior = load_model(prior_path, device="cpu")
+    result = run_to_end(recover(demo, holdout=0.5, init=prior))
+    assert (result.model.config.dim, result.model.config.head_hidden) == (32, 32)
+    assert result.scored_genes == prior.genes

@@ -166,6 +166,60 @@ def test_the_library_trains_on_at_most_max_bins_as_the_cli_does(hd: dict) -> Non
     assert len(result.train_ids) == 150 == result.model.meta["n_train_spots"] and result.summary()["n_train"] == 150
 
 
+def test_the_bin_limit_keeps_each_spot_with_its_own_precomputed_features(hd: dict, monkeypatch) -> None:
+    """A one-section list with one SpotFeatures is cut alike; features of another length are refused."""
+    from napari_histosge.features import FeatureConfig, SpotFeatures
+    from napari_histosge.models import train_config
+    from napari_histosge.pipeline import steps
+    from napari_histosge.progress import run_to_end
+
+    adata = read_spots(hd["folder"], bin_um=8)
+    rows = np.arange(adata.n_obs, dtype=np.float32)
+    features = SpotFeatures(np.stack([rows, rows], axis=1), np.zeros((adata.n_obs, 3), np.float32), "none")
+    seen = {}
+
+    def capture(data, *_args, **_kwargs):
+        seen["data"] = data
+        raise InputError("captured")
+        yield  # a generator, as train is
+
+    monkeypatch.setattr(steps, "train", capture)
+    config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=150, device="cpu")
+    for sections in ([adata], adata):
+        with pytest.raises(InputError, match="captured"):
+            run_to_end(steps.fit(sections, train_config=config, features=features,
+                                 feature_config=FeatureConfig(extractor="none")))
+        data = seen.pop("data")
+        assert len(data.spot_ids) == 150
+        assert list(data.features[:, 0].astype(int)) == list(adata.obs_names.get_indexer(data.spot_ids))
+    short = SpotFeatures(features.features[:-1], features.mean_rgb[:-1], "none")
+    for cap in (150, adata.n_obs):  # cut or not: the rows must be the section's spots
+        with pytest.raises(InputError, match=f"{adata.n_obs - 1} precomputed feature rows for {adata.n_obs} spots"):
+            run_to_end(steps.fit(adata, train_config=train_config(epochs=1, n_top_genes=5, max_bins=cap),
+                                 features=short, feature_config=FeatureConfig(extractor="none")))
+
+
+def test_a_model_trained_on_a_cut_section_records_the_whole_sections_box(hd: dict) -> None:
+    """Predictions on the whole section are placed by the box of every spot, not of the spots trained on."""
+    from napari_histosge import fit
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.models import train_config
+    from napari_histosge.pipeline.placement import is_training_section, section_box
+    from napari_histosge.training.inputs import section_frame
+
+    adata = read_spots(hd["folder"], bin_um=8)
+    adata.uns["histosge"]["source"] = ""  # only the box tells the section (an .h5ad without its source)
+    config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=20, device="cpu")
+    model = fit(adata, train_config=config, feature_config=FeatureConfig(extractor="none"))
+    assert model.meta["n_train_spots"] == 20
+    assert model.meta["section_box"] == section_box(adata) and is_training_section(model, adata)
+    other = adata.copy()
+    other.uns["histosge"]["library_id"] = "other"
+    both = fit([adata, other], train_config=config, feature_config=FeatureConfig(extractor="none"))
+    whole = np.stack(section_frame(adata.obsm["spatial"]))
+    assert np.allclose(both.meta["section_frames"], [whole, whole])
+
+
 # ---------------------------------------------------------------- bad input: one clear line each
 def test_positions_but_no_counts(hd: dict) -> None:
     (_bin_dir(hd, 16) / "filtered_feature_bc_matrix.h5").unlink()

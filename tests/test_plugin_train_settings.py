@@ -46,7 +46,7 @@ def test_every_declared_setting_of_every_model_appears_with_the_librarys_default
             assert control_value(f.name, spec, control) == cls.default_of(f.name), (model, f.name)
             assert control.tooltip.startswith(spec.help), (model, f.name)
         # Left alone, the form gives the library's settings of the model, nothing of its own.
-        assert widget.model_settings.changed_values() == {}
+        assert widget.model_settings.given_values() == {}
         assert widget.train_config() == cls(**cls.implied({}))
 
 
@@ -143,3 +143,37 @@ def test_a_run_from_a_model_of_other_network_settings_trains(make_napari_viewer,
     model = widget.last_model
     assert (model.config.dim, model.config.head_hidden) == (32, 32) and model.meta["init"]["path"] == str(prior_path)
     SESSION_MODELS.clear()
+
+
+def test_a_setting_typed_is_given_even_at_its_default_and_a_start_models_are_shown_not_given(
+        make_napari_viewer, demo, qtbot, tmp_path):
+    """Typed epochs equal to the default run as typed (as --epochs 1000); a typed width overrides the start model's."""
+    from napari_histosge.features import FeatureConfig
+    from napari_histosge.models import load_model
+    from napari_histosge.pipeline.run_settings import run_settings
+    from napari_histosge.pipeline.steps import fit
+    from napari_histosge.progress import run_to_end
+
+    widget = TrainWidget(make_napari_viewer())
+    default = HisToSGEConfig.default_of("epochs")
+    widget.epochs.value = 5
+    widget.epochs.value = default  # the user typed the default: given
+    assert widget.model_settings.given_values() == {"epochs": default}
+    assert (widget.train_config().epochs, widget.train_config().schedule_epochs) == (default, None)
+    prior_path = tmp_path / "prior.pt"
+    run_to_end(fit(demo, train_config=train_config(epochs=1, n_top_genes=10, dim=32, head_hidden=32,
+                                                   val_fraction=0.0),
+                   feature_config=FeatureConfig(extractor="none"), checkpoint_path=prior_path))
+    prior = load_model(prior_path, device="cpu")
+    widget.init.value = str(prior_path)
+    # the start model's network settings are shown, and are not edits
+    qtbot.waitUntil(lambda: widget.model_settings.control("dim").value == 32, timeout=WORKER_TIMEOUT_MS)
+    assert widget.model_settings.control("head_hidden").value == 32 and "dim" not in widget.model_settings.edited
+    assert run_settings("histosge", widget.given_settings(), prior).dim == 32
+    widget.model_settings.control("dim").value = 64
+    widget.model_settings.control("dim").value = HisToSGEConfig.default_of("dim")  # typed: it wins
+    assert run_settings("histosge", {**widget.given_settings(), "heads": 4}, prior).dim == HisToSGEConfig.default_of(
+        "dim")
+    widget.init.value = ""  # no start model: the defaults again, the typed width kept
+    assert widget.model_settings.control("head_hidden").value == HisToSGEConfig.default_of("head_hidden")
+    assert widget.model_settings.control("dim").value == HisToSGEConfig.default_of("dim")

@@ -51,16 +51,26 @@ def _feature_settings() -> list[tuple[str, Field]]:
             for f in declared_fields(FeatureConfig) if setting_of(f).on_cli]
 
 
+def _turns_off(flag: str, f: Field) -> bool:
+    """Whether ``flag`` is the off switch of a true-by-default setting (``--no-cache``): given, the value is false."""
+    return setting_of(f).kind is bool and flag.startswith("--no-") and f.default is True
+
+
 def add_feature_args(p: argparse.ArgumentParser) -> None:
     """How image features are extracted: one flag per declared setting of ``FeatureConfig``.
 
-    A true-or-false setting whose flag starts with ``--no-`` (``--no-cache``) turns it off.
+    A true-by-default setting whose flag starts with ``--no-`` (``--no-cache``) is that off
+    switch; any other true-or-false setting gets ``--name`` and ``--no-name``.
     """
     g = p.add_argument_group("image features")
     for flag, f in _feature_settings():
         spec = setting_of(f)
-        if spec.kind is bool:
+        if _turns_off(flag, f):
             g.add_argument(flag, action="store_true", help=f"do not {spec.help}")
+            continue
+        if spec.kind is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{spec.help} (default {'on' if f.default else 'off'})".replace("%", "%%"))
             continue
         shown = (f" (default {f.default:g})" if isinstance(f.default, (int, float))
                  else f" (default {f.default})" if spec.choices else "")
@@ -266,11 +276,16 @@ def feature_config(args: argparse.Namespace):
     """The :class:`~napari_histosge.features.FeatureConfig` the feature options (and ``--device``) describe."""
     from ..features import FeatureConfig
 
-    values: dict[str, Any] = {"device": args.device}
+    return FeatureConfig(device=args.device, **feature_values(args))
+
+
+def feature_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The image-feature settings the flags give, by setting name (an off switch given: false)."""
+    values: dict[str, Any] = {}
     for flag, f in _feature_settings():
         value = getattr(args, flag[2:].replace("-", "_"))
-        values[f.name] = not value if setting_of(f).kind is bool else value  # --no-cache: cache off
-    return FeatureConfig(**values)
+        values[f.name] = not value if _turns_off(flag, f) else value
+    return values
 
 
 def train_config(args: argparse.Namespace):

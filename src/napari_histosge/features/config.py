@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..settings import check_settings_of, setting, settings_from_dict
@@ -31,7 +32,7 @@ class FeatureConfig:
         "features off)", meaning="an extractor's name")
     checkpoint: str | None = setting(
         None, "local weights for the extractor: a checkpoint file (UNI or timm), or for hf:<org>/<name> the folder "
-        "of the hub's files (config.json and model.safetensors or pytorch_model.bin)", kind=str, optional=True,
+        "of the hub's files (config.json and model.safetensors or pytorch_model.bin)", kind=Path, optional=True,
         none_means="the extractor's own", flag="--weights")
     patch_um: float | None = setting(None, "patch edge in micrometres (needs a known pixel size)", kind=float,
                                      optional=True, none_means="patch_spot_fraction", above=0,

@@ -31,8 +31,13 @@ def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]
 
 
 def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_path, resume, scheduler,
-                  n_workers, cancel) -> ProgressGenerator[TrainedModel]:
-    """:func:`fit` on several sections: one model, each section's positions in its own frame."""
+                  n_workers, cancel, uncut=None) -> ProgressGenerator[TrainedModel]:
+    """:func:`fit` on several sections: one model, each section's positions in its own frame.
+
+    ``uncut`` are the whole sections where ``adatas`` are their training spots (the bin
+    limit): each section's frame and record are of all its spots, as its predictions are.
+    """
+    uncut = adatas if uncut is None else uncut
     names, k = section_names(adatas), len(adatas)
     if features is not None and (not isinstance(features, (list, tuple)) or len(features) != k):
         raise InputError(f"precomputed features must be a list with one entry per section ({k})")
@@ -50,7 +55,7 @@ def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_p
     yield Progress("prepare", 0, 1, f"normalising {k} sections and selecting genes")
     combined, sections = stack_sections(adatas, names, train_config)
     genes = choose_genes(combined, train_config, sections)
-    frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in adatas])
+    frames = np.stack([np.stack(section_frame(a.obsm["spatial"])) for a in uncut])
     data = TrainingData(
         features=np.concatenate([f.features for f in feats]),
         mean_rgb=np.concatenate([f.mean_rgb for f in feats]),
@@ -62,13 +67,13 @@ def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_p
         frames=frames,
     )
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {combined.n_obs} training spots in {k} sections")
-    meta = model_meta(adatas[0], feature_config)
+    meta = model_meta(uncut[0], feature_config)
     del meta[SECTION_BOX]  # each section's box is in "sections" (and in the model's frames)
     meta["source"] = combined.uns["histosge"]["source"]
     shared_keys = ("features", "normalisation")  # the same for every section
     meta["sections"] = [{"name": name, "n_spots": int(a.n_obs),
-                         **{key: v for key, v in model_meta(a, feature_config).items() if key not in shared_keys}}
-                        for a, name in zip(adatas, names, strict=True)]
+                         **{key: v for key, v in model_meta(whole, feature_config).items() if key not in shared_keys}}
+                        for a, whole, name in zip(adatas, uncut, names, strict=True)]
     meta["feature_identity"] = feats[0].identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
                              cancel=cancel))

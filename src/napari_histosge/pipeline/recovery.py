@@ -19,7 +19,7 @@ from ..training.config import TrainConfig
 from ..training.trained_model import TrainedModel
 from .gene_choice import choose_genes
 from .placement import feature_config_of
-from .run_settings import limited_ids
+from .run_settings import limited_ids, run_settings, starting_settings
 from .steps import fit, predict_spots, spot_features
 
 
@@ -95,7 +95,10 @@ def recover(
     """
     import time
 
-    train_config = train_config or HisToSGEConfig(seed=seed)
+    if train_config is None:  # the defaults, or with init its model's and network settings
+        train_config = run_settings(HisToSGEConfig.MODEL if init is None else init.config.model, {"seed": seed}, init)
+    elif init is not None:
+        train_config = starting_settings(train_config, init)
     feature_config = feature_config or (FeatureConfig() if init is None else feature_config_of(init))
     train_ids, test_ids = holdout_split(list(adata.obs_names), holdout, seed)
     train_ids = limited_ids(train_ids, train_config)  # at most max_bins, as fit would: the summary counts these

@@ -44,7 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
-from .run_settings import limited_ids, limited_sections, run_settings
+from .run_settings import check_feature_rows, limited_ids, limited_sections, run_settings, starting_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
     NO_IMAGE,
@@ -121,9 +121,13 @@ def fit(
     TrainedModel
         The trained model, its config, genes and metadata.
     """
-    train_config = train_config or run_settings(HisToSGEConfig.MODEL, {}, init)
+    if train_config is None:
+        train_config = run_settings(HisToSGEConfig.MODEL if init is None else init.config.model, {}, init)
+    elif init is not None:
+        train_config = starting_settings(train_config, init)
     if init is not None:
         train_config, feature_config = _starting_from(init, adata, train_config, feature_config)
+    uncut = adata  # the section's record (its box) is of every spot: predictions on it are placed alike
     if train_ids is None:
         adata, features = limited_sections(adata, features, train_config)
     else:
@@ -136,15 +140,15 @@ def fit(
             if train_ids is not None:
                 raise InputError(f"train_ids (a hold-out split) works with one section; got {len(adata)} sections")
             return (yield from section_trainer(list(adata), train_ids=None, config=train_config,
-                                               meta=model_meta(adata[0], feature_config),
+                                               meta=model_meta(uncut[0], feature_config),
                                                checkpoint_path=checkpoint_path, cancel=cancel))
         if isinstance(adata, (list, tuple)):
             if len(adata) != 1:
                 raise InputError(f"the {train_config.model} model trains on one section; got {len(adata)}")
-            adata = adata[0]
+            adata, uncut = adata[0], uncut[0]
         # A closed-form fit has no epochs to resume: it is simply fitted again.
         return (yield from section_trainer(adata, train_ids=train_ids, config=train_config,
-                                           meta=model_meta(adata, feature_config), checkpoint_path=checkpoint_path,
+                                           meta=model_meta(uncut, feature_config), checkpoint_path=checkpoint_path,
                                            cancel=cancel))
     if isinstance(adata, (list, tuple)):
         if not adata:
@@ -156,8 +160,8 @@ def fit(
             return (yield from fit_sections(
                 adata, train_config=train_config, feature_config=feature_config, features=features,
                 checkpoint_path=checkpoint_path, resume=resume, scheduler=scheduler, n_workers=n_workers,
-                cancel=cancel))
-        adata = adata[0]
+                cancel=cancel, uncut=list(uncut)))
+        adata, uncut = adata[0], uncut[0]
         if isinstance(features, (list, tuple)):
             features = features[0]
     if features is None:
@@ -165,6 +169,7 @@ def fit(
             adata, feature_config, scheduler=scheduler, n_workers=n_workers, cancel=cancel
         )
     assert isinstance(features, SpotFeatures)  # one section here: several returned above
+    check_feature_rows(adata, features)  # also with train_ids, where no bin limit read them
     yield Progress("prepare", 0, 1, "normalising and selecting genes")
     train_adata = _subset_ids(adata, train_ids)
     mask = adata.obs_names.get_indexer(train_adata.obs_names)
@@ -180,7 +185,7 @@ def fit(
         total_counts=total_counts(train_adata),
     )
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train_adata.n_obs} training spots")
-    meta = model_meta(adata, feature_config)
+    meta = model_meta(uncut, feature_config)
     meta["feature_identity"] = features.identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
                              cancel=cancel, init=init))

@@ -19,8 +19,8 @@ from ..errors import InputError
 from ..settings import Setting, check_settings_of, setting, setting_of
 
 __all__ = ["GENE_SELECTIONS", "Setting", "TrainConfig", "config_class", "config_from_dict", "config_names",
-           "make_config", "owner_of", "redefault", "register_config", "setting", "setting_names", "setting_of",
-           "spot_group_settings"]
+           "given_names", "make_config", "owner_of", "redefault", "register_config", "setting", "setting_names",
+           "setting_of", "spot_group_settings"]
 
 T = TypeVar("T", bound="TrainConfig")
 
@@ -207,7 +207,24 @@ def make_config(model: str, settings: dict[str, Any]) -> TrainConfig:
 
         raise InputError(f"the {model} model has no setting {', '.join(whose(k) for k in foreign)}; its settings: "
                          f"{', '.join(f.name for f in fields(cls))}")
-    return cls(**cls.implied(settings))
+    config = cls(**cls.implied(settings))
+    # Which settings a user gave (not a field: checkpoints and comparisons ignore it): a run that
+    # starts from a trained model takes its network settings where none was given (given_names).
+    config.__dict__[_GIVEN] = frozenset(settings)
+    return config
+
+
+#: Where :func:`make_config` records the names of the settings given.
+_GIVEN = "_given_names"
+
+
+def given_names(config: TrainConfig) -> frozenset[str] | None:
+    """The names of the settings given to :func:`make_config` when it built ``config``.
+
+    ``None`` where that is not known: ``config`` was built from its class directly, or copied
+    with :func:`dataclasses.replace`.
+    """
+    return config.__dict__.get(_GIVEN)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -14,7 +14,8 @@ from .config import TrainConfig, spot_group_settings
 from .inputs import ModelInputs, TrainingData
 from .trained_model import TrainedModel
 
-__all__ = ["adamw", "check_initialisable", "check_resumable", "init_provenance", "resume_into", "seed_all"]
+__all__ = ["adamw", "check_initialisable", "check_network_settings", "check_resumable", "init_provenance",
+           "resume_into", "seed_all"]
 
 
 def seed_all(seed: int) -> None:
@@ -79,16 +80,21 @@ def check_initialisable(init: TrainedModel, config: TrainConfig, data: TrainingD
     if init.config.model != model:
         raise InputError(f"a {init.config.model} model cannot start a {model} model: give a {model} model "
                          f"(e.g. one trained on other sections with histosge train)", where)
-    if init.config.settings(hparam_keys) != config.settings(hparam_keys):
-        raise InputError(f"the model to start from has other network settings ({init.config.settings(hparam_keys)}) "
-                         f"than requested ({config.settings(hparam_keys)}): leave those settings at the model's",
-                         where)
+    check_network_settings(init, config, hparam_keys)
     if init.genes != data.genes:
         raise InputError("the model to start from predicts other genes than the training data", where)
     d = data.features.shape[1]
     if int(init.meta.get("n_features", -1)) != d:
         raise InputError(f"the model to start from reads {init.meta.get('n_features')} image features, the data "
                          f"has {d}: use its feature extractor", where)
+
+
+def check_network_settings(init: TrainedModel, config: TrainConfig, hparam_keys: tuple[str, ...]) -> None:
+    """Raise :class:`InputError` unless ``init`` has ``config``'s network (constructor) settings ``hparam_keys``."""
+    if init.config.settings(hparam_keys) != config.settings(hparam_keys):
+        raise InputError(f"the model to start from has other network settings ({init.config.settings(hparam_keys)}) "
+                         f"than requested ({config.settings(hparam_keys)}): leave those settings at the model's",
+                         init.path or "the model to start from")
 
 
 def init_provenance(init: TrainedModel) -> dict:

@@ -4,8 +4,9 @@ The Train widget shows the chosen model's settings with :class:`SettingsForm`: a
 declared setting of the model's settings class, by its kind (a spin box for an integer, a
 check box for true/false, a list for a choice, a file field for a path, a text field for a
 number or an optional value, empty meaning ``None``), its default the library's and its
-tooltip the setting's help. What the form gives the core is the settings a user changed,
-so the library's own rules for settings left alone still apply.
+tooltip the setting's help. What the form gives the core is the settings a user edited
+(typed or picked, whatever the value: the default typed is given too), so the library's own
+rules for settings left alone still apply; the form's own sets of a value are not edits.
 """
 
 from __future__ import annotations
@@ -99,40 +100,67 @@ class SettingsForm(Container):
         self.skip, self.tips = skip, dict(tips or {})
         self.settings_class: Any = None
         self.fields: dict[str, Field] = {}
+        #: The settings whose control the user edited (its changed signal outside the form's own sets).
+        self.edited: set[str] = set()
+        self._setting = False  # True while the form sets values itself: those are not edits
 
     def show_class(self, cls: Any) -> None:
-        """Show the settings of ``cls`` with its defaults, keeping the values changed for settings it shares."""
-        changed = self.changed_values(quiet=True) if self.settings_class is not None else {}
-        self.clear()
-        self.settings_class = cls
-        self.fields = {f.name: f for f in declared_fields(cls) if f.name not in self.skip}
-        for name, f in self.fields.items():
-            control = setting_control(name, setting_of(f), cls.default_of(name), self.tips.get(name, ""))
-            control.name = name
-            self.append(control)
-            if name in changed:
-                self._set(control, changed[name])
+        """Show the settings of ``cls`` with its defaults, keeping the values edited for settings it shares."""
+        given = self.given_values(quiet=True) if self.settings_class is not None else {}
+        self._setting = True
+        try:
+            self.clear()
+            self.settings_class = cls
+            self.fields = {f.name: f for f in declared_fields(cls) if f.name not in self.skip}
+            for name, f in self.fields.items():
+                control = setting_control(name, setting_of(f), cls.default_of(name), self.tips.get(name, ""))
+                control.name = name
+                self.append(control)
+                if name in given:
+                    self._set(control, given[name])
+                control.changed.connect(lambda *_, name=name: self._edited(name))
+        finally:
+            self._setting = False
+        self.edited = {name for name in given if name in self.fields}
+
+    def show_values(self, values: dict[str, Any]) -> None:
+        """Show ``values`` (e.g. a start model's network settings) in the controls the user has not edited.
+
+        They are not edits: left alone, such a setting is still not given.
+        """
+        self._setting = True
+        try:
+            for name, value in values.items():
+                if name in self.fields and name not in self.edited:
+                    self._set(self.control(name), value)
+        finally:
+            self._setting = False
+
+    def _edited(self, name: str) -> None:
+        if not self._setting:
+            self.edited.add(name)
 
     def control(self, name: str) -> Control:
         """The control of setting ``name``."""
         return cast(Control, self[name])
 
-    def changed_values(self, *, quiet: bool = False) -> dict[str, Any]:
-        """The settings whose control holds another value than the class's default.
+    def given_values(self, *, quiet: bool = False) -> dict[str, Any]:
+        """The settings whose control the user edited, with the values they hold (the default included).
 
         A value that cannot be read as its kind raises the setting's :class:`InputError`
         (``quiet``: it is left out instead).
         """
         out: dict[str, Any] = {}
         for name, f in self.fields.items():
+            if name not in self.edited:
+                continue
             try:
                 value = control_value(name, setting_of(f), self[name])
             except InputError:
                 if quiet:
                     continue
                 raise
-            if value != self.settings_class.default_of(name):
-                out[name] = value
+            out[name] = value
         return out
 
     @staticmethod

@@ -50,9 +50,9 @@ DEFAULT_OUT = Path.home() / "histosge-models"
 #: The genes section and the device control show these settings; the model section shows the others.
 FORM_SETTINGS = frozenset({"n_top_genes", "genes", "include_genes", "gene_selection", "device"})
 #: What the epochs control does besides the setting's help: the rule for a number typed.
-EPOCHS_TIP = ("Left at the model's default, a model may train fewer: it stops early on its held-back spots, or "
+EPOCHS_TIP = ("Left alone (not edited), a model may train fewer: it stops early on its held-back spots, or "
               "trains a shorter fixed schedule on a section too small to hold spots back (the status says "
-              "'epoch k/N'). A number you type runs as typed on a small section too (as --epochs)")
+              "'epoch k/N'). A number you type, the default too, runs as typed on a small section (as --epochs)")
 
 #: What a click on Start imports: imported when the widget opens, so the click itself stays quick.
 START_IMPORTS = ("napari.qt.threading", "napari_histosge.features", "napari_histosge.models")
@@ -165,6 +165,7 @@ class TrainWidget(Container):
 
         self.worker = None
         self.preview_worker: Any = None
+        self.start_settings_worker: Any = None  # reads the start model's network settings to show them
         self.token: CancelToken | None = None
         self.checkpoint_path: Path | None = None
         self.last_model = None
@@ -273,6 +274,7 @@ class TrainWidget(Container):
         self.model_name.changed.connect(self._model_changed)
         self.genes_mode.changed.connect(self._sync_visibility)
         self.preview_button.changed.connect(self.show_genes)
+        self.init.changed.connect(self._show_start_settings)
         for control in (self.data, self.genes_mode, self.n_genes, self.markers, self.gene_list, self.gene_file,
                         self.init, self.model_name):
             control.changed.connect(self._clear_preview)  # a shown list is stale once its inputs change
@@ -332,6 +334,46 @@ class TrainWidget(Container):
         if self.n_genes.value == self._genes_default:
             self.n_genes.value = default_genes
         self._genes_default = default_genes
+        if self.init_path_text():
+            self._show_start_settings()  # the start model's network settings for this model's controls
+
+    def _show_start_settings(self, *_: Any) -> None:
+        """Show the start model's network settings in the model section (read in a thread), or the defaults again.
+
+        They are shown, not given: a run from the model keeps them unless the user edits one.
+        """
+        from napari.qt.threading import create_worker
+
+        from ...models import model_spec
+
+        keys = model_spec(str(self.model_name.value)).hparam_keys
+        cls = self.model_settings.settings_class
+        try:
+            path = self.init_path()
+        except InputError:
+            path = None
+        if path is None:
+            self.model_settings.show_values({k: cls.default_of(k) for k in keys})
+            return
+
+        def work():
+            from ...models import load_model
+
+            config = load_model(path, device="cpu").config
+            return {k: getattr(config, k) for k in keys if hasattr(config, k)}
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(self._shown_start_settings)
+        worker.errored.connect(self._unreadable_start)  # Start reports an unreadable model in one line
+        self.start_settings_worker = worker
+        worker.start()
+
+    def _shown_start_settings(self, values: dict[str, Any]) -> None:
+        self.start_settings_worker = None
+        self.model_settings.show_values(values)
+
+    def _unreadable_start(self, _exc: Exception) -> None:
+        self.start_settings_worker = None
 
     def _sync_visibility(self, *_: Any) -> None:
         self.timm_name.visible = self.extractor.value == "timm"
@@ -361,9 +403,9 @@ class TrainWidget(Container):
         return FeatureConfig(extractor=spec, checkpoint=weights, device=self.device.value, stain=stain)
 
     def given_settings(self) -> dict[str, Any]:
-        """The settings the form gives: those changed in the model section, the genes and the device.
+        """The settings the form gives: those edited in the model section, the genes and the device.
 
-        A setting left at the model's default is not given, so the model's own rules for it
+        A setting whose control was not edited is not given, so the model's own rules for it
         hold (e.g. HisToSGE's shorter schedule on a small section); a number typed is given
         (:meth:`~napari_histosge.training.config.TrainConfig.implied`).
         """
@@ -374,7 +416,7 @@ class TrainWidget(Container):
         if mode != GENES_LIST:  # the genes the user looked at in the Gene viewer are predicted too
             adatas = [histosge_meta(layer).get("adata") for layer in (self.data.value or [])]
             names = list(dict.fromkeys(names + viewed_genes(self.viewer, [a for a in adatas if a is not None])))
-        return {**self.model_settings.changed_values(), "device": self.device.value,
+        return {**self.model_settings.given_values(), "device": self.device.value,
                 "n_top_genes": int(self.n_genes.value), "genes": names if mode == GENES_LIST else None,
                 "include_genes": names if mode != GENES_LIST and names else None,
                 "gene_selection": GENE_METHOD.get(mode, "spatial")}
@@ -447,10 +489,15 @@ class TrainWidget(Container):
         self.preview_worker = worker
         worker.start()
 
+    def init_path_text(self) -> str:
+        """The "start from" field's text, ``""`` when it is empty."""
+        text = str(self.init.value) if self.init.value is not None else ""
+        return "" if text == "." else text
+
     def init_path(self) -> Path | None:
         """The "start from" model file, or ``None``."""
-        text = str(self.init.value) if self.init.value is not None else ""
-        if text in ("", "."):
+        text = self.init_path_text()
+        if not text:
             return None
         if not Path(text).is_file():
             raise InputError("the model to start from does not exist", text)
