@@ -107,6 +107,23 @@ def test_a_nucleus_on_a_tile_seam_is_found_once(tmp_path):
     assert len(np.unique(seg.labels)) == len(seams) + 1
 
 
+def test_cells_grown_past_a_nucleus_are_found_once_across_tile_seams(tmp_path):
+    # sparse nuclei grown by more than a nucleus: small tiles must agree with one large tile
+    shape = (480, 480)
+    centres = grid_centres(shape, 120, 60, 0)
+    path = write_tiff(tmp_path / "sparse.tif", he_image(centres, shape, 7.0, glass_cols=0))
+
+    def run(tile_um):
+        with open_slide(path) as slide:
+            return run_to_end(detect_nuclei(slide, mpp=MPP, tissue=False,
+                                            settings=NucleusSettings(expand_um=20.0, tile_um=tile_um)))
+
+    one, tiled = run(1000.0), run(40.0)
+    assert one.n_cells == tiled.n_cells == len(centres)
+    assert np.allclose(np.sort(tiled.table.obs["area_px"]), np.sort(one.table.obs["area_px"]))
+    assert np.max(match(tiled.table.obsm["spatial"], one.table.obsm["spatial"][:, ::-1])) < 1e-6
+
+
 def test_detection_reports_progress_and_can_be_cancelled(synthetic):
     path = synthetic[0]
     with open_slide(path) as slide:

@@ -13,7 +13,8 @@ working pixel size, so a gigapixel slide streams with bounded memory:
    least area are dropped, and the rest may be grown by a few µm (cells rather than nuclei).
 
 Every size is given in micrometres and converted at the slide's pixel size. Tiles overlap by
-a margin wider than a nucleus; an object belongs to the tile whose core holds its centroid,
+a margin of two nuclei plus twice the growth (a grown cell and the neighbours it stops at lie
+wholly in it); an object belongs to the tile whose core holds its centroid,
 so a nucleus on a seam is found once. Tiles without tissue (:func:`detect_tissue`) are
 skipped, and objects whose centroid lies off the tissue are dropped.
 """
@@ -155,7 +156,9 @@ def _plan(slide: Slide, scale: float, mpp: float, settings: NucleusSettings) -> 
                       f"{settings.nucleus_um / um:.1f} pixels; nuclei are found poorly at pixels "
                       f"coarser than {COARSEST_UM_PER_PX:g} µm", UserWarning, stacklevel=3)
     tile = max(64, int(round(settings.tile_um / um)))
-    margin = max(8, int(math.ceil(2 * settings.nucleus_um / um)))
+    # a grown cell reaches expand_um past its nucleus, and competes with nuclei up to expand_um
+    # beyond that: the margin holds both whole, so every tile draws a seam cell the same way
+    margin = max(8, int(math.ceil(2 * (settings.nucleus_um + settings.expand_um) / um)))
     h, w = slide.levels[level].shape[:2]
     shape = (math.ceil(h / binning), math.ceil(w / binning))
     return _Plan(level, binning, slide.downsamples[level] / scale * binning, um, tile, margin, shape)
