@@ -7,7 +7,6 @@ beside a strip of white glass, so a count and every centroid can be checked.
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -316,16 +315,32 @@ def test_an_empty_geojson_is_refused(tmp_path):
         read_segmentation(path, (100, 100), scale=2.0)
 
 
-def test_the_regions_export_of_the_plugin_reads_as_cells(tmp_path):
+def test_qupath_annotations_are_regions_not_cells(tmp_path):
+    # QuPath's export of everything: the tissue annotation drawn first, then the cells inside it
+    tissue = feature([square(0, 0, 99)], "Tissue")
+    tissue["properties"]["objectType"] = "annotation"
+    old_style = {"type": "Feature", "id": "PathAnnotationObject", "properties": {},
+                 "geometry": {"type": "Polygon", "coordinates": [square(1, 1, 90)]}}
+    cells = [feature([square(10 + 20 * i, 10, 10)]) for i in range(4)]
+    for c in cells:
+        c["properties"]["objectType"] = "cell"
+    path = write_geojson(tmp_path / "all.geojson", [tissue, old_style, *cells])
+    with pytest.warns(UserWarning, match="2 QuPath annotation"):
+        seg = read_cell_polygons(path, (100, 100))
+    assert seg.n_cells == 4 and np.allclose(seg.table.obs["area_px"], 100)
+    assert sorted(np.unique(seg.labels)) == [0, 1, 2, 3, 4]
+
+
+def test_a_geojson_of_annotations_only_is_refused(tmp_path):
     from napari_histosge.export.regions import Region, regions_geojson
 
+    # the plugin's regions export (and QuPath's annotation export) holds regions, not cells
     regions = [Region("a", np.array(square(10, 10, 20))[:-1]), Region("b", np.array(square(60, 60, 10))[:-1])]
     path = tmp_path / "regions.geojson"
     path.write_text(json.dumps(regions_geojson(regions)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        seg = read_segmentation(path, (100, 100))
-    assert np.allclose(seg.table.obsm["spatial"], [[20, 20], [65, 65]])
+    with pytest.raises(InputError, match=r"only QuPath annotations \(2") as err:
+        read_segmentation(path, (100, 100))
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- slides and sections

@@ -5,9 +5,9 @@ cell) is what StarDist, Cellpose and napari's Labels layers save. It lies on the
 own size (the slide's full resolution), at a stated scale (full-resolution pixels per label
 pixel), or at the scale its pixel size implies (OME/TIFF metadata, or the ``px_per_label_px``
 the detector stores in a zarr array's attributes). A GeoJSON file of polygons (QuPath's cell
-or detection export, the plugin's own regions export) gives one cell per Feature, in
-full-resolution pixels; it is drawn into a label raster and its table comes from the
-polygons themselves (centroid and area exactly).
+or detection export) gives one cell per Feature, in full-resolution pixels (QuPath's
+annotations are regions, not cells: they are left out); it is drawn into a label raster and
+its table comes from the polygons themselves (centroid and area exactly).
 
 Every check runs before any work and fails with one line: a label image of another size or
 pixel size than the slide without a stated scale, an empty segmentation, cells off the slide,
@@ -170,17 +170,36 @@ def segmentation_of_array(labels: Any, slide_shape: tuple[int, int], *, mpp: flo
 # --------------------------------------------------------------------------- polygons
 
 
-def _cells_of(data: Any, nuclei: bool = False) -> list[tuple[list, dict]]:
+#: QuPath object types that are not cells: regions drawn over the tissue, tiles, the image's root.
+NOT_CELLS = ("annotation", "tile", "root", "rootobject")
+
+
+def _object_type(item: dict) -> str:
+    """QuPath's object type of a Feature: ``objectType`` (QuPath 0.3+), ``object_type`` or the class id (0.2)."""
+    props = item.get("properties")
+    props = props if isinstance(props, dict) else {}
+    kind = props.get("objectType", props.get("object_type"))
+    if not isinstance(kind, str) and isinstance(item.get("id"), str) and item["id"].startswith("Path"):
+        kind = item["id"][len("Path"):].removesuffix("Object")  # "PathAnnotationObject" -> "Annotation"
+    return kind.lower() if isinstance(kind, str) else ""
+
+
+def _cells_of(data: Any, nuclei: bool = False) -> tuple[list[tuple[list, dict]], int]:
     """``(polygons, properties)`` per cell: one per Feature (a MultiPolygon is one cell of parts).
 
-    ``nuclei``: a Feature's ``nucleusGeometry`` (QuPath's cells) where it has one.
+    ``nuclei``: a Feature's ``nucleusGeometry`` (QuPath's cells) where it has one. QuPath's
+    annotations, tiles and root object are regions rather than cells: they are left out, and
+    their count is returned with the cells.
     """
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         data = data.get("features") or []
     items = data if isinstance(data, list) else [data]
-    cells = []
+    cells, skipped = [], 0
     for item in items:
         if not isinstance(item, dict):
+            continue
+        if _object_type(item) in NOT_CELLS:
+            skipped += 1
             continue
         geometry = item.get("nucleusGeometry") if nuclei and item.get("nucleusGeometry") else item
         polygons = [p for p in geojson_polygons(geometry) if p]
@@ -188,7 +207,7 @@ def _cells_of(data: Any, nuclei: bool = False) -> list[tuple[list, dict]]:
             props = item.get("properties")
             props = props if isinstance(props, dict) else {}
             cells.append((polygons, props))
-    return cells
+    return cells, skipped
 
 
 def _rings(polygons: list, p: Path) -> list[list[np.ndarray]]:
@@ -253,7 +272,8 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
 
     Each Feature is one cell (a MultiPolygon feature one cell of several parts; holes
     honoured), labelled 1, 2, ... in file order; QuPath's ``classification`` name, when
-    present, becomes ``obs["class"]``. A few cells off the slide are dropped with a warning.
+    present, becomes ``obs["class"]``. A few cells off the slide are dropped with a warning, as
+    are QuPath's annotations, tiles and root object (regions drawn over the tissue, not cells).
 
     Parameters
     ----------
@@ -270,7 +290,7 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
     Raises
     ------
     InputError
-        If the file is missing or not JSON, holds no polygon, or no cell lies on the slide
+        If the file is missing or not JSON, holds no polygon or only annotations, or no cell lies on the slide
         (coordinates in another system: micrometres, another image's pixels).
     """
     p = Path(path).expanduser()
@@ -280,7 +300,13 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the GeoJSON file: {exc}", p) from None
-    cells = _cells_of(data, nuclei)
+    cells, skipped = _cells_of(data, nuclei)
+    if not cells and skipped:
+        raise InputError(f"the GeoJSON holds only QuPath annotations ({skipped}: regions, not cells); export "
+                         "the cells or detections instead", p)
+    if skipped:
+        warnings.warn(f"{p}: {skipped} QuPath annotation(s) (regions, not cells) are left out", UserWarning,
+                      stacklevel=2)
     if not cells:
         raise InputError("the segmentation is empty: the GeoJSON holds no Polygon or MultiPolygon", p)
     polygons = [_rings(c[0], p) for c in cells]
