@@ -168,6 +168,20 @@ def test_bad_detector_settings_are_refused_in_one_line(synthetic, settings):
     assert "\n" not in str(err.value)
 
 
+def test_a_low_resolution_image_is_refused_before_any_tile_is_read(synthetic, monkeypatch):
+    from napari_histosge.slide.open import Slide
+
+    monkeypatch.setattr(Slide, "read_region", lambda *a, **k: pytest.fail("a tile was read"))
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="too coarse") as err:
+        next(detect_nuclei(slide, mpp=13.0))  # a Visium lowres image: a nucleus is half a pixel
+    assert "\n" not in str(err.value)
+
+
+def test_coarse_but_usable_pixels_warn(synthetic):
+    with open_slide(synthetic[0]) as slide, pytest.warns(UserWarning, match="found poorly"):
+        next(detect_nuclei(slide, mpp=2.5, tissue=False))
+
+
 def test_the_detector_needs_a_pixel_size(synthetic):
     with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="pixel size"):
         run_to_end(detect_nuclei(slide, mpp=None))  # type: ignore[arg-type]

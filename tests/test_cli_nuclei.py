@@ -103,3 +103,10 @@ def test_a_large_slide_is_detected_into_a_store_on_disk_and_leaves_no_work_files
     assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells.h5ad", "labels.zarr"]
     assert ad.read_h5ad(tmp_path / "out" / "cells.h5ad").n_obs == len(slide[1])
+
+
+def test_a_low_resolution_image_exits_2_and_writes_nothing(slide, tmp_path, capsys):
+    # a Visium lowres image (about 13 µm per pixel) draws a nucleus over half a pixel
+    assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--mpp", "13", "--quiet"]) == 2
+    assert "too coarse" in one_error_line(capsys)
+    assert not (tmp_path / "out" / "cells.h5ad").exists()

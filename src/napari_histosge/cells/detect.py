@@ -40,6 +40,8 @@ __all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxyl
 
 #: Pixel sizes coarser than this draw a nucleus over too few pixels to find it reliably.
 COARSEST_UM_PER_PX = 2.0
+#: A nucleus drawn over fewer pixels than this across is not found at all (a low-resolution image).
+MIN_NUCLEUS_PX = 2.0
 #: Tiles sampled over the tissue to choose the haematoxylin threshold.
 THRESHOLD_SAMPLE_TILES = 12
 #: The nuclear threshold is this share of Otsu's threshold over the tissue: Otsu's alone splits
@@ -151,6 +153,10 @@ def _plan(slide: Slide, scale: float, mpp: float, settings: NucleusSettings) -> 
     # a 40x scan's levels are often 0.25, 1 and 4 µm: bin level 0 to reach about work_um
     binning = max(1, int(settings.work_um * 1.05 / level_um[level]))
     um = level_um[level] * binning
+    if settings.nucleus_um / um < MIN_NUCLEUS_PX:
+        raise InputError(f"the slide's finest pixels ({um:.3g} µm) draw a {settings.nucleus_um:g} µm nucleus over "
+                         f"{settings.nucleus_um / um:.1f} pixels: too coarse to find nuclei; use the full-resolution "
+                         "H&E", slide.path)
     if um > COARSEST_UM_PER_PX:
         warnings.warn(f"{slide.path}: {um:.2g} µm per pixel draws a {settings.nucleus_um:g} µm nucleus over "
                       f"{settings.nucleus_um / um:.1f} pixels; nuclei are found poorly at pixels "
