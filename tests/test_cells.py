@@ -182,6 +182,15 @@ def test_coarse_but_usable_pixels_warn(synthetic):
         next(detect_nuclei(slide, mpp=2.5, tissue=False))
 
 
+def test_a_tissue_mask_that_misses_the_slide_is_refused(synthetic):
+    from napari_histosge.slide.mask import TissueMask
+
+    mask = TissueMask(np.zeros((10, 10), bool), 66.0, "mask")  # no tissue anywhere
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="covers none of the slide") as err:
+        run_to_end(detect_nuclei(slide, mpp=MPP, tissue=mask))
+    assert "\n" not in str(err.value)
+
+
 def test_the_detector_needs_a_pixel_size(synthetic):
     with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="pixel size"):
         run_to_end(detect_nuclei(slide, mpp=None))  # type: ignore[arg-type]

@@ -323,6 +323,8 @@ def detect_nuclei(slide: Slide, *, mpp: float, scale: float = 1.0, settings: Nuc
     yield Progress("nuclei", 0, None, "finding the tissue")
     mask = detect_tissue(slide, scale=scale) if tissue is True else (tissue or None)
     tiles = _tiles(plan, mask)
+    if not tiles:
+        raise InputError("the tissue mask covers none of the slide (a mask of another image?)", slide.path)
     radius = settings.nucleus_um / 2 / plan.um_per_px
     min_area = settings.min_area_um2 / plan.um_per_px**2
     threshold = settings.threshold if settings.threshold is not None else _threshold(slide, plan, tiles, radius)
