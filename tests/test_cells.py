@@ -239,6 +239,25 @@ def test_a_label_image_written_by_the_detector_reads_back_without_a_scale(tmp_pa
     assert ad.read_h5ad(cells_path).n_obs == 3
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.uint64])
+def test_label_ids_are_written_as_they_were(tmp_path, dtype):
+    labels = np.zeros((50, 50), dtype)
+    big = 2**31 + 5 if np.iinfo(dtype).max > 2**32 else 200  # past int32: Cellpose ids over a whole slide
+    labels[10:20, 10:20], labels[30:40, 30:40] = big, 7
+    seg = segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+    labels_path, _ = write_segmentation(seg, tmp_path / "out")
+    back = read_label_image(labels_path, (50, 50))
+    assert list(back.table.obs["label"]) == list(seg.table.obs["label"]) == [7, big]
+    assert back.label_at(np.array([[15.0, 15.0]])).tolist() == [big]
+
+
+def test_label_ids_past_int64_are_refused(tmp_path):
+    labels = np.zeros((20, 20), np.uint64)
+    labels[5:10, 5:10] = 2**63 + 1
+    with pytest.raises(InputError, match="largest"):
+        segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+
+
 def test_a_label_image_with_its_pixel_size_is_scaled_by_it(tmp_path):
     path = tmp_path / "labels.ome.tif"
     tifffile.imwrite(path, disc_labels(), ome=True, metadata={"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0,

@@ -122,6 +122,8 @@ def label_stats(labels: Any, *, block: int = BLOCK) -> tuple[np.ndarray, np.ndar
             if rows.size == 0:
                 continue
             ids, inverse = np.unique(chunk[rows, cols], return_inverse=True)
+            if ids[-1] > np.iinfo(np.int64).max:  # the cell table's ids are int64
+                raise InputError(f"a label id ({ids[-1]}) is past the largest the cell table holds (2^63 - 1)")
             parts.append((ids.astype(np.int64), np.bincount(inverse).astype(np.float64),
                           np.bincount(inverse, weights=cols + c0), np.bincount(inverse, weights=rows + r0)))
     if not parts:

@@ -1,8 +1,9 @@
 """Writing a segmentation: its label raster as a zarr array and its cell table as ``.h5ad``.
 
-The label raster keeps its scale in the array's attributes (``px_per_label_px``, ``mpp``,
-``source``), so :func:`~napari_histosge.cells.read.read_label_image` places it on the slide
-again without a stated scale. Both outputs are written atomically: a failed write leaves an
+The label raster keeps its ids (int32, or the label image's own wider integer type) and its
+scale in the array's attributes (``px_per_label_px``, ``mpp``, ``source``), so
+:func:`~napari_histosge.cells.read.read_label_image` places it on the slide again without a
+stated scale. Both outputs are written atomically: a failed write leaves an
 earlier output as it was.
 """
 
@@ -30,9 +31,12 @@ def write_segmentation(segmentation: Segmentation, folder: str | os.PathLike) ->
     out.mkdir(parents=True, exist_ok=True)
     labels = segmentation.labels
     h, w = labels.shape
+    # the ids of the cell table: a label image's own dtype, so ids past int32 (Cellpose on a whole slide,
+    # ids made of tile and object numbers) stay what they were
+    dtype = np.dtype(labels.dtype) if np.dtype(labels.dtype).itemsize >= 4 else np.dtype(np.int32)
     with atomic_path(out / LABELS_FILE, what="label image", folder=True) as tmp:
         array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(min(h, BLOCK), min(w, BLOCK)),
-                                dtype="int32", fill_value=0)
+                                dtype=dtype, fill_value=0)
         for r0 in range(0, h, BLOCK):
             for c0 in range(0, w, BLOCK):
                 block = np.asarray(labels[r0:r0 + BLOCK, c0:c0 + BLOCK])
