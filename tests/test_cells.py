@@ -161,7 +161,8 @@ def test_the_detector_works_at_its_own_pixel_size_on_a_finer_scan(tmp_path):
 
 
 @pytest.mark.parametrize("settings", [{"nucleus_um": 0}, {"min_area_um2": -1}, {"tile_um": 10},
-                                      {"threshold": -0.1}, {"work_um": float("nan")}])
+                                      {"threshold": -0.1}, {"work_um": float("nan")},
+                                      {"tile_um": 1e9}, {"tile_um": 1500, "expand_um": 200}])
 def test_bad_detector_settings_are_refused_in_one_line(synthetic, settings):
     with pytest.raises(InputError) as err:
         detect(synthetic[0], **settings)

@@ -80,6 +80,7 @@ def test_bad_segmentations_exit_2_with_one_line_and_write_nothing(slide, tmp_pat
     (["--label-scale", "2"], "--label-scale applies to a --segmentation"),
     (["--nuclei-geometry"], "--nuclei-geometry applies to a --segmentation"),
     (["--tile-um", "5"], "tile_um"),
+    (["--tile-um", "1e9"], "at most 4096"),
 ])
 def test_bad_options_exit_2_before_any_work(slide, tmp_path, capsys, monkeypatch, args, message):
     import napari_histosge.cells

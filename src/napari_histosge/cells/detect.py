@@ -42,6 +42,8 @@ __all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxyl
 COARSEST_UM_PER_PX = 2.0
 #: A nucleus drawn over fewer pixels than this across is not found at all (a low-resolution image).
 MIN_NUCLEUS_PX = 2.0
+#: A tile with its margins is at most this many working pixels across (memory grows with its square).
+MAX_TILE_PX = 4096
 #: Tiles sampled over the tissue to choose the haematoxylin threshold.
 THRESHOLD_SAMPLE_TILES = 12
 #: The nuclear threshold is this share of Otsu's threshold over the tissue: Otsu's alone splits
@@ -81,7 +83,8 @@ class NucleusSettings:
     work_um: float = field(default=0.5, metadata={
         "help": "finest pixel size in µm worked at (finer scans are binned to it)"})
     tile_um: float = field(default=750.0, metadata={
-        "help": "edge in µm of the tiles the slide is read in (memory grows with its square)"})
+        "help": "edge in µm of the tiles the slide is read in (memory grows with its square; with its margins "
+                "at most 4096 working pixels)"})
     threshold: float | None = field(default=None, metadata={
         "help": "haematoxylin optical density above which a pixel is nuclear (default: three quarters of Otsu's "
                 "threshold over the tissue)"})
@@ -99,9 +102,25 @@ class NucleusSettings:
         if self.tile_um < 4 * self.nucleus_um:
             raise InputError(f"tile_um ({self.tile_um:g}) must be at least four nuclei wide "
                              f"({4 * self.nucleus_um:g} µm)")
+        padded_um = self.tile_um + 2 * _margin_um(self)
+        if padded_um / self.work_um > MAX_TILE_PX:
+            raise InputError(f"tile_um ({self.tile_um:g}) with its margins is {padded_um / self.work_um:.0f} working "
+                             f"pixels across; at most {MAX_TILE_PX} (tile_um up to "
+                             f"{max(0.0, MAX_TILE_PX * self.work_um - 2 * _margin_um(self)):.0f} at work_um "
+                             f"{self.work_um:g})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
             raise InputError(f"the haematoxylin threshold must be positive, got {self.threshold}")
         return self
+
+
+def _margin_um(settings: NucleusSettings) -> float:
+    """The tiles' overlap in µm: two nuclei and twice the growth.
+
+    A grown cell reaches ``expand_um`` past its nucleus and competes with nuclei up to
+    ``expand_um`` beyond that; the margin holds both whole, so every tile draws a seam cell the
+    same way.
+    """
+    return 2 * (settings.nucleus_um + settings.expand_um)
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
@@ -161,10 +180,9 @@ def _plan(slide: Slide, scale: float, mpp: float, settings: NucleusSettings) -> 
         warnings.warn(f"{slide.path}: {um:.2g} µm per pixel draws a {settings.nucleus_um:g} µm nucleus over "
                       f"{settings.nucleus_um / um:.1f} pixels; nuclei are found poorly at pixels "
                       f"coarser than {COARSEST_UM_PER_PX:g} µm", UserWarning, stacklevel=3)
-    tile = max(64, int(round(settings.tile_um / um)))
-    # a grown cell reaches expand_um past its nucleus, and competes with nuclei up to expand_um
-    # beyond that: the margin holds both whole, so every tile draws a seam cell the same way
-    margin = max(8, int(math.ceil(2 * (settings.nucleus_um + settings.expand_um) / um)))
+    margin = max(8, int(math.ceil(_margin_um(settings) / um)))
+    # a level finer than work_um (not binned) has more pixels per tile than check() allowed for
+    tile = max(64, min(int(round(settings.tile_um / um)), MAX_TILE_PX - 2 * margin))
     h, w = slide.levels[level].shape[:2]
     shape = (math.ceil(h / binning), math.ceil(w / binning))
     return _Plan(level, binning, slide.downsamples[level] / scale * binning, um, tile, margin, shape)
