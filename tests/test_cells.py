@@ -192,6 +192,15 @@ def test_a_tissue_mask_that_misses_the_slide_is_refused(synthetic):
     assert "\n" not in str(err.value)
 
 
+def test_a_raster_too_large_for_memory_is_refused_before_any_work(synthetic, monkeypatch, tmp_path):
+    import napari_histosge.cells.detect as detect_module
+
+    monkeypatch.setattr(detect_module, "MAX_IN_MEMORY_PIXELS", 1000)
+    monkeypatch.setattr(detect_module, "detect_tissue", lambda *a, **k: pytest.fail("work started"))
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="too large to hold in memory"):
+        next(detect_nuclei(slide, mpp=MPP))
+
+
 def test_the_detector_needs_a_pixel_size(synthetic):
     with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="pixel size"):
         run_to_end(detect_nuclei(slide, mpp=None))  # type: ignore[arg-type]

@@ -244,12 +244,16 @@ def raster_fits_in_memory(shape: tuple[int, int], mpp: float, settings: NucleusS
     return shape[0] * shape[1] / binned**2 <= MAX_IN_MEMORY_PIXELS / 4
 
 
-def _label_raster(shape: tuple[int, int], store: Any, tile: int, source: str) -> Any:
+def _check_raster_size(shape: tuple[int, int], store: Any, source: str) -> None:
+    """Refuse a label raster too large for memory when no store is given (before any work)."""
+    if store is None and shape[0] * shape[1] > MAX_IN_MEMORY_PIXELS:
+        raise InputError(f"the nuclei's label raster ({shape[1]} x {shape[0]} px) is too large to hold in "
+                         "memory; write it to a folder (histosge nuclei --out)", source)
+
+
+def _label_raster(shape: tuple[int, int], store: Any, tile: int) -> Any:
     """An all-zero int32 raster: in memory, or a zarr array at ``store`` chunked like the tiles."""
     if store is None:
-        if shape[0] * shape[1] > MAX_IN_MEMORY_PIXELS:
-            raise InputError(f"the nuclei's label raster ({shape[1]} x {shape[0]} px) is too large to hold in "
-                             "memory; write it to a folder (histosge nuclei --out)", source)
         return np.zeros(shape, np.int32)
     import zarr
 
@@ -338,6 +342,7 @@ def detect_nuclei(slide: Slide, *, mpp: float, scale: float = 1.0, settings: Nuc
     if not (math.isfinite(scale) and scale > 0):
         raise InputError(f"the image scale must be positive, got {scale}", slide.path)
     plan = _plan(slide, scale, mpp, settings)
+    _check_raster_size(plan.shape, labels_store, slide.path)
     yield Progress("nuclei", 0, None, "finding the tissue")
     mask = detect_tissue(slide, scale=scale) if tissue is True else (tissue or None)
     tiles = _tiles(plan, mask)
@@ -346,7 +351,7 @@ def detect_nuclei(slide: Slide, *, mpp: float, scale: float = 1.0, settings: Nuc
     radius = settings.nucleus_um / 2 / plan.um_per_px
     min_area = settings.min_area_um2 / plan.um_per_px**2
     threshold = settings.threshold if settings.threshold is not None else _threshold(slide, plan, tiles, radius)
-    out = _label_raster(plan.shape, labels_store, plan.tile, slide.path)
+    out = _label_raster(plan.shape, labels_store, plan.tile)
     found: list[tuple[np.ndarray, ...]] = []
     next_id = 1
     for i, (r, c) in enumerate(tiles):
