@@ -345,6 +345,18 @@ def test_geojson_polygons_are_read_as_cells_with_exact_centroids_and_areas(tmp_p
     assert seg.label_at(np.array([[20, 20], [52, 12], [61, 21], [15, 65], [45, 65]])).tolist() == [1, 2, 0, 3, 3]
 
 
+@pytest.mark.parametrize(("kind", "coordinates"), [
+    ("Polygon", 5), ("Polygon", "abc"), ("Polygon", [[5]]), ("Polygon", [[[1, 2], [3]]]), ("Polygon", [None]),
+    ("MultiPolygon", 5), ("MultiPolygon", [5]), ("MultiPolygon", [[square(1, 1, 5)], 7]),
+])
+def test_malformed_polygons_are_refused_in_one_line(tmp_path, kind, coordinates):
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps({"type": "Feature", "geometry": {"type": kind, "coordinates": coordinates}}))
+    with pytest.raises(InputError) as err:
+        read_cell_polygons(path, (100, 100))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_polygons_in_another_coordinate_system_are_refused(tmp_path):
     path = write_geojson(tmp_path / "um.geojson", [feature([square(5000, 5000, 20)])])
     with pytest.raises(InputError, match="another coordinate system") as err:

@@ -211,8 +211,11 @@ def _cells_of(data: Any, nuclei: bool = False) -> tuple[list[tuple[list, dict]],
 
 
 def _rings(polygons: list, p: Path) -> list[list[np.ndarray]]:
+    """Each polygon's rings as ``(n, 2)`` float arrays, refused in one line when malformed."""
     out = []
     for rings in polygons:
+        if not isinstance(rings, list):  # "coordinates": 5 or a MultiPolygon of numbers
+            raise InputError(f"a polygon is not a list of rings of (x, y) points, got {json.dumps(rings)[:40]}", p)
         arrays = []
         for ring in rings:
             try:
