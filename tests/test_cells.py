@@ -268,6 +268,31 @@ def test_label_ids_past_int64_are_refused(tmp_path):
         segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
 
 
+@pytest.mark.parametrize("layout", [{"compression": "zlib", "tile": (64, 64)},
+                                    {"compression": "zlib", "rowsperstrip": 16}, {}])
+def test_a_tiff_label_image_is_read_lazily(tmp_path, layout):
+    # a whole-slide label image is never read into memory at once: chunk by chunk, or memory-mapped
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, disc_labels(), **layout)
+    seg = read_label_image(path, (200, 240), mpp=0.5)
+    assert isinstance(seg.labels, np.memmap) or not isinstance(seg.labels, np.ndarray)
+    assert list(seg.table.obs["label"]) == [7, 8, 9]
+    assert seg.label_at(np.array([[60.0, 50.0], [180.0, 100.0]])).tolist() == [7, 9]
+
+
+@pytest.mark.parametrize("shape", [(1, 200, 240), (1, 1, 1, 200, 240), (200, 240, 1)])
+def test_a_zarr_label_image_with_singleton_axes_is_read_lazily(tmp_path, shape):
+    import zarr
+
+    # napari's (1, h, w) labels and OME-Zarr's (t, c, z, y, x) with one plane
+    z = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=shape, chunks=tuple(min(64, n) for n in shape),
+                        dtype="int32")
+    z[...] = disc_labels().reshape(shape)
+    seg = read_label_image(tmp_path / "l.zarr", (200, 240), mpp=0.5)
+    assert not isinstance(seg.labels, np.ndarray) and seg.labels.shape == (200, 240)
+    assert list(seg.table.obs["label"]) == [7, 8, 9]
+
+
 def test_a_label_image_with_its_pixel_size_is_scaled_by_it(tmp_path):
     path = tmp_path / "labels.ome.tif"
     tifffile.imwrite(path, disc_labels(), ome=True, metadata={"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0,

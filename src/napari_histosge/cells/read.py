@@ -60,7 +60,7 @@ def read_segmentation(path: str | os.PathLike, slide_shape: tuple[int, int], *, 
 
 
 def _load_labels(p: Path) -> tuple[Any, float | None, float | None]:
-    """The label array (numpy, or zarr for a store), its pixel size in µm and stored scale, if known."""
+    """The label array (numpy, memory-mapped or zarr: never read whole), its pixel size in µm and stored scale."""
     suffix = p.suffix.lower()
     try:
         if suffix == ".zarr":
@@ -74,21 +74,60 @@ def _load_labels(p: Path) -> tuple[Any, float | None, float | None]:
         if suffix == ".npy":
             return np.load(p, mmap_mode="r"), None, None
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(p) as tf:
-                return np.asarray(tf.series[0].levels[0].asarray()), tiff_mpp(tf), None
+            return _tiff_labels(p)
         from PIL import Image
 
         with Image.open(p) as im:
             return np.asarray(im), None, None
+    except InputError:
+        raise
     except Exception as exc:  # tifffile, PIL, numpy and zarr raise many types for bad files
         raise InputError(f"cannot read the label image (corrupt or not an image?): {exc}", p) from exc
 
 
+def _tiff_labels(p: Path) -> tuple[Any, float | None, None]:
+    """A TIFF label image read lazily: memory-mapped when stored contiguously, else chunk by chunk (zarr)."""
+    import tifffile
+    import zarr
+
+    from ..slide.pyramid import check_decode_size
+
+    with tifffile.TiffFile(p) as tf:
+        series = tf.series[0]
+        mpp = tiff_mpp(tf)
+        contiguous = series.dataoffset is not None and len(series.levels) == 1
+    if contiguous:
+        return tifffile.memmap(p, series=0, mode="r"), mpp, None
+    node = zarr.open(tifffile.imread(p, aszarr=True, series=0, level=0), mode="r")
+    if isinstance(node, zarr.Group):
+        node = node["0"]
+    # a strip as wide and as tall as the image is decoded for every block read: it must fit in memory
+    check_decode_size(node.chunks[-2], node.chunks[-1], "decoding one strip of this label image", p)
+    return node, mpp, None
+
+
+def _plane(labels: Any) -> Any:
+    """The 2-D plane of an array whose other axes are all 1 (``(1, h, w)``, OME-Zarr's ``(1, 1, 1, h, w)``).
+
+    Indexed lazily: a zarr array becomes a dask view, so a gigapixel raster is never read whole.
+    """
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) <= 2:
+        return labels
+    kept = [i for i, n in enumerate(shape) if n != 1]
+    if len(kept) > 2:
+        return labels
+    kept = kept if len(kept) == 2 else list(range(len(shape) - 2, len(shape)))
+    index = tuple(slice(None) if i in kept else 0 for i in range(len(shape)))
+    if isinstance(labels, np.ndarray):
+        return labels[index]
+    import dask.array as da
+
+    return (labels if isinstance(labels, da.Array) else da.from_zarr(labels))[index]
+
+
 def _check_plane(labels: Any, p: Path) -> Any:
-    if len(labels.shape) == 3 and 1 in labels.shape:
-        labels = np.squeeze(np.asarray(labels))
+    labels = _plane(labels)
     if len(labels.shape) != 2 or 0 in labels.shape:
         raise InputError(f"a label image must be one 2-D plane of integers, got shape {tuple(labels.shape)} "
                          "(an RGB picture is not a label image)", p)
