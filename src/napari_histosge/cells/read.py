@@ -98,7 +98,7 @@ def _tiff_labels(p: Path) -> tuple[Any, float | None, None]:
         contiguous = series.dataoffset is not None and len(series.levels) == 1
     if contiguous:
         return tifffile.memmap(p, series=0, mode="r"), mpp, None
-    node = zarr.open(tifffile.imread(p, aszarr=True, series=0, level=0), mode="r")
+    node: Any = zarr.open(tifffile.imread(p, aszarr=True, series=0, level=0), mode="r")
     if isinstance(node, zarr.Group):
         node = node["0"]
     # a strip as wide and as tall as the image is decoded for every block read: it must fit in memory
