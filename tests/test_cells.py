@@ -293,6 +293,21 @@ def test_a_zarr_label_image_with_singleton_axes_is_read_lazily(tmp_path, shape):
     assert list(seg.table.obs["label"]) == [7, 8, 9]
 
 
+def test_a_label_pyramid_halves_a_raster_by_nearest_pixels(tmp_path, monkeypatch):
+    import zarr
+
+    from napari_histosge.cells import write as write_module
+
+    monkeypatch.setattr(write_module, "PYRAMID_SMALLEST", 40)
+    monkeypatch.setattr(write_module, "BLOCK", 32)  # several blocks per level
+    labels = zarr.open_array(str(tmp_path / "0"), mode="w", shape=(200, 240), chunks=(64, 64), dtype="int32")
+    labels[:] = disc_labels()
+    levels = write_module.write_label_pyramid(labels, tmp_path)
+    assert [lv.shape for lv in levels] == [(200, 240), (100, 120), (50, 60), (25, 30)]
+    for k, level in enumerate(levels):
+        assert np.array_equal(np.asarray(level[:]), disc_labels()[:: 2**k, :: 2**k])
+
+
 def test_a_label_image_with_its_pixel_size_is_scaled_by_it(tmp_path):
     path = tmp_path / "labels.ome.tif"
     tifffile.imwrite(path, disc_labels(), ome=True, metadata={"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0,
