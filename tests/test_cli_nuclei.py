@@ -111,3 +111,11 @@ def test_a_low_resolution_image_exits_2_and_writes_nothing(slide, tmp_path, caps
     assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--mpp", "13", "--quiet"]) == 2
     assert "too coarse" in one_error_line(capsys)
     assert not (tmp_path / "out" / "cells.h5ad").exists()
+
+
+@pytest.mark.parametrize("flag", [["--expand-um", "2"], ["--no-tissue-mask"], ["--threshold", "0.1"]])
+def test_detector_flags_with_a_segmentation_exit_2(slide, tmp_path, capsys, flag):
+    labels = tmp_path / "l.tif"
+    tifffile.imwrite(labels, disc_labels())
+    code = main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--segmentation", str(labels), *flag])
+    assert code == 2 and f"{flag[0]} applies to the detector" in one_error_line(capsys)
