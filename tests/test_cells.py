@@ -380,7 +380,12 @@ def test_geojson_polygons_are_read_as_cells_with_exact_centroids_and_areas(tmp_p
     seg = read_cell_polygons(path, (100, 100), mpp=0.5)
     assert seg.n_cells == 3
     assert np.allclose(seg.table.obs["area_px"], [400, 300, 200])
-    assert np.allclose(seg.table.obsm["spatial"], [[20, 20], [60, 20], [30, 65]])
+    # QuPath's corners at integers: square(10, 10, 20) covers pixels 10..29, centred on 19.5
+    assert np.allclose(seg.table.obsm["spatial"], [[19.5, 19.5], [59.5, 19.5], [29.5, 64.5]])
+    # the raster agrees with the table: the same pixels, area and centroid as the polygons
+    raster = segmentation_from_labels(seg.labels, 1.0, mpp=0.5, source="raster")
+    assert np.allclose(raster.table.obs["area_px"], [400, 300, 200])
+    assert np.allclose(raster.table.obsm["spatial"], seg.table.obsm["spatial"])
     assert list(seg.table.obs["class"]) == ["Tumor", "Stroma", "Tumor"]
     assert seg.label_at(np.array([[20, 20], [52, 12], [61, 21], [15, 65], [45, 65]])).tolist() == [1, 2, 0, 3, 3]
 
@@ -470,7 +475,7 @@ def test_qupath_cells_give_their_nucleus_outlines_on_request(tmp_path):
     nuclei = read_segmentation(path, (100, 100), nuclei=True)
     assert np.allclose(cells.table.obs["area_px"], [1600, 400])
     assert np.allclose(nuclei.table.obs["area_px"], [100, 400])  # a Feature without a nucleus keeps its outline
-    assert np.allclose(nuclei.table.obsm["spatial"][0], [25, 25])
+    assert np.allclose(nuclei.table.obsm["spatial"][0], [24.5, 24.5])
     label_image = tmp_path / "l.npy"
     np.save(label_image, disc_labels())
     with pytest.raises(InputError, match="nucleus outlines"):

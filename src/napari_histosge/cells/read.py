@@ -296,8 +296,8 @@ def _draw(polygons: list[list[list[np.ndarray]]], shape: tuple[int, int], f: flo
     for i, cell in enumerate(polygons, start=1):
         for rings in cell:
             for k, xy in enumerate(rings):
-                # full-res pixel-centre coordinates -> label-pixel centres
-                rows, cols = fill_polygon((xy[:, 1] + 0.5) / f - 0.5, (xy[:, 0] + 0.5) / f - 0.5, shape=shape)
+                # QuPath's coordinates (pixel corners at integers) -> label-pixel centres, as tissue masks read them
+                rows, cols = fill_polygon(xy[:, 1] / f - 0.5, xy[:, 0] / f - 0.5, shape=shape)
                 if k == 0:
                     free = labels[rows, cols] == 0
                     rows, cols = rows[free], cols[free]
@@ -313,7 +313,10 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
     """Read cell or nucleus polygons (GeoJSON, full-resolution pixels) as cells on a slide.
 
     Each Feature is one cell (a MultiPolygon feature one cell of several parts; holes
-    honoured), labelled 1, 2, ... in file order; QuPath's ``classification`` name, when
+    honoured), labelled 1, 2, ... in file order. Coordinates are read as QuPath writes them
+    and as tissue masks read them (:mod:`napari_histosge.slide.mask`): continuous, with
+    full-resolution pixel ``i`` spanning ``[i, i + 1)``, so a 20 px square from 10 to 30 covers
+    pixels 10 to 29 and its centroid is pixel-centre 19.5 in ``obsm["spatial"]``; QuPath's ``classification`` name, when
     present, becomes ``obs["class"]``. A few cells off the slide are dropped with a warning, as
     are QuPath's annotations, tiles and root object (regions drawn over the tissue, not cells).
 
@@ -353,6 +356,7 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
         raise InputError("the segmentation is empty: the GeoJSON holds no Polygon or MultiPolygon", p)
     polygons = [_rings(c[0], p) for c in cells]
     stats = np.array([_area_centroid(c) for c in polygons])
+    stats[:, 1:] -= 0.5  # corner coordinates -> the pixel-centre frame of obsm["spatial"]
     sh, sw = slide_shape
     on = (stats[:, 1] >= -0.5) & (stats[:, 1] < sw - 0.5) & (stats[:, 2] >= -0.5) & (stats[:, 2] < sh - 0.5)
     if not on.any():
