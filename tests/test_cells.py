@@ -308,6 +308,17 @@ def test_a_label_pyramid_halves_a_raster_by_nearest_pixels(tmp_path, monkeypatch
         assert np.array_equal(np.asarray(level[:]), disc_labels()[:: 2**k, :: 2**k])
 
 
+def test_label_at_reads_only_the_chunks_under_the_points(tmp_path, monkeypatch):
+    import zarr
+
+    labels = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=(4000, 4000), chunks=(512, 512), dtype="int32")
+    labels[5, 5], labels[3990, 3990] = 1, 2
+    seg = segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+    # a slice would read the points' bounding box: the whole raster for two far corners
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("a slice of the raster was read"))
+    assert seg.label_at(np.array([[5.0, 5.0], [3990.0, 3990.0], [100.0, 7.0]])).tolist() == [1, 2, 0]
+
+
 def test_a_label_image_with_its_pixel_size_is_scaled_by_it(tmp_path):
     path = tmp_path / "labels.ome.tif"
     tifffile.imwrite(path, disc_labels(), ome=True, metadata={"PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0,

@@ -99,7 +99,9 @@ class Segmentation:
             rows, cols = row[on].astype(np.intp), col[on].astype(np.intp)
             if isinstance(self.labels, np.ndarray):
                 out[on] = self.labels[rows, cols]
-            else:  # zarr: one small read around the points
+            elif hasattr(self.labels, "vindex"):  # zarr, dask: only the chunks under the points are read
+                out[on] = np.asarray(self.labels.vindex[rows, cols])
+            else:  # another array type: one read of the points' bounding box
                 r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
                 out[on] = np.asarray(self.labels[r0:r1, c0:c1])[rows - r0, cols - c0]
         return out
