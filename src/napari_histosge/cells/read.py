@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import InputError
 from ..slide.mask import geojson_polygons
 from ..slide.meta import tiff_mpp
+from ..slide.pyramid import check_decode_size
 from .segmentation import Segmentation, cell_table, segmentation_from_labels
 
 __all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation",
@@ -89,8 +90,6 @@ def _tiff_labels(p: Path) -> tuple[Any, float | None, None]:
     """A TIFF label image read lazily: memory-mapped when stored contiguously, else chunk by chunk (zarr)."""
     import tifffile
     import zarr
-
-    from ..slide.pyramid import check_decode_size
 
     with tifffile.TiffFile(p) as tf:
         series = tf.series[0]
