@@ -7,7 +7,6 @@ beside a strip of white glass, so a count and every centroid can be checked.
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +106,23 @@ def test_a_nucleus_on_a_tile_seam_is_found_once(tmp_path):
     assert len(np.unique(seg.labels)) == len(seams) + 1
 
 
+def test_cells_grown_past_a_nucleus_are_found_once_across_tile_seams(tmp_path):
+    # sparse nuclei grown by more than a nucleus: small tiles must agree with one large tile
+    shape = (480, 480)
+    centres = grid_centres(shape, 120, 60, 0)
+    path = write_tiff(tmp_path / "sparse.tif", he_image(centres, shape, 7.0, glass_cols=0))
+
+    def run(tile_um):
+        with open_slide(path) as slide:
+            return run_to_end(detect_nuclei(slide, mpp=MPP, tissue=False,
+                                            settings=NucleusSettings(expand_um=20.0, tile_um=tile_um)))
+
+    one, tiled = run(1000.0), run(40.0)
+    assert one.n_cells == tiled.n_cells == len(centres)
+    assert np.allclose(np.sort(tiled.table.obs["area_px"]), np.sort(one.table.obs["area_px"]))
+    assert np.max(match(tiled.table.obsm["spatial"], one.table.obsm["spatial"][:, ::-1])) < 1e-6
+
+
 def test_detection_reports_progress_and_can_be_cancelled(synthetic):
     path = synthetic[0]
     with open_slide(path) as slide:
@@ -145,11 +161,44 @@ def test_the_detector_works_at_its_own_pixel_size_on_a_finer_scan(tmp_path):
 
 
 @pytest.mark.parametrize("settings", [{"nucleus_um": 0}, {"min_area_um2": -1}, {"tile_um": 10},
-                                      {"threshold": -0.1}, {"work_um": float("nan")}])
+                                      {"threshold": -0.1}, {"work_um": float("nan")},
+                                      {"tile_um": 1e9}, {"tile_um": 1500, "expand_um": 200}])
 def test_bad_detector_settings_are_refused_in_one_line(synthetic, settings):
     with pytest.raises(InputError) as err:
         detect(synthetic[0], **settings)
     assert "\n" not in str(err.value)
+
+
+def test_a_low_resolution_image_is_refused_before_any_tile_is_read(synthetic, monkeypatch):
+    from napari_histosge.slide.open import Slide
+
+    monkeypatch.setattr(Slide, "read_region", lambda *a, **k: pytest.fail("a tile was read"))
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="too coarse") as err:
+        next(detect_nuclei(slide, mpp=13.0))  # a Visium lowres image: a nucleus is half a pixel
+    assert "\n" not in str(err.value)
+
+
+def test_coarse_but_usable_pixels_warn(synthetic):
+    with open_slide(synthetic[0]) as slide, pytest.warns(UserWarning, match="found poorly"):
+        next(detect_nuclei(slide, mpp=2.5, tissue=False))
+
+
+def test_a_tissue_mask_that_misses_the_slide_is_refused(synthetic):
+    from napari_histosge.slide.mask import TissueMask
+
+    mask = TissueMask(np.zeros((10, 10), bool), 66.0, "mask")  # no tissue anywhere
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="covers none of the slide") as err:
+        run_to_end(detect_nuclei(slide, mpp=MPP, tissue=mask))
+    assert "\n" not in str(err.value)
+
+
+def test_a_raster_too_large_for_memory_is_refused_before_any_work(synthetic, monkeypatch, tmp_path):
+    import napari_histosge.cells.detect as detect_module
+
+    monkeypatch.setattr(detect_module, "MAX_IN_MEMORY_PIXELS", 1000)
+    monkeypatch.setattr(detect_module, "detect_tissue", lambda *a, **k: pytest.fail("work started"))
+    with open_slide(synthetic[0]) as slide, pytest.raises(InputError, match="too large to hold in memory"):
+        next(detect_nuclei(slide, mpp=MPP))
 
 
 def test_the_detector_needs_a_pixel_size(synthetic):
@@ -198,6 +247,76 @@ def test_a_label_image_written_by_the_detector_reads_back_without_a_scale(tmp_pa
     import anndata as ad
 
     assert ad.read_h5ad(cells_path).n_obs == 3
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.uint64])
+def test_label_ids_are_written_as_they_were(tmp_path, dtype):
+    labels = np.zeros((50, 50), dtype)
+    big = 2**31 + 5 if np.iinfo(dtype).max > 2**32 else 200  # past int32: Cellpose ids over a whole slide
+    labels[10:20, 10:20], labels[30:40, 30:40] = big, 7
+    seg = segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+    labels_path, _ = write_segmentation(seg, tmp_path / "out")
+    back = read_label_image(labels_path, (50, 50))
+    assert list(back.table.obs["label"]) == list(seg.table.obs["label"]) == [7, big]
+    assert back.label_at(np.array([[15.0, 15.0]])).tolist() == [big]
+
+
+def test_label_ids_past_int64_are_refused(tmp_path):
+    labels = np.zeros((20, 20), np.uint64)
+    labels[5:10, 5:10] = 2**63 + 1
+    with pytest.raises(InputError, match="largest"):
+        segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+
+
+@pytest.mark.parametrize("layout", [{"compression": "zlib", "tile": (64, 64)},
+                                    {"compression": "zlib", "rowsperstrip": 16}, {}])
+def test_a_tiff_label_image_is_read_lazily(tmp_path, layout):
+    # a whole-slide label image is never read into memory at once: chunk by chunk, or memory-mapped
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, disc_labels(), **layout)
+    seg = read_label_image(path, (200, 240), mpp=0.5)
+    assert isinstance(seg.labels, np.memmap) or not isinstance(seg.labels, np.ndarray)
+    assert list(seg.table.obs["label"]) == [7, 8, 9]
+    assert seg.label_at(np.array([[60.0, 50.0], [180.0, 100.0]])).tolist() == [7, 9]
+
+
+@pytest.mark.parametrize("shape", [(1, 200, 240), (1, 1, 1, 200, 240), (200, 240, 1)])
+def test_a_zarr_label_image_with_singleton_axes_is_read_lazily(tmp_path, shape):
+    import zarr
+
+    # napari's (1, h, w) labels and OME-Zarr's (t, c, z, y, x) with one plane
+    z = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=shape, chunks=tuple(min(64, n) for n in shape),
+                        dtype="int32")
+    z[...] = disc_labels().reshape(shape)
+    seg = read_label_image(tmp_path / "l.zarr", (200, 240), mpp=0.5)
+    assert not isinstance(seg.labels, np.ndarray) and seg.labels.shape == (200, 240)
+    assert list(seg.table.obs["label"]) == [7, 8, 9]
+
+
+def test_a_label_pyramid_halves_a_raster_by_nearest_pixels(tmp_path, monkeypatch):
+    import zarr
+
+    from napari_histosge.cells import write as write_module
+
+    monkeypatch.setattr(write_module, "PYRAMID_SMALLEST", 40)
+    monkeypatch.setattr(write_module, "BLOCK", 32)  # several blocks per level
+    labels = zarr.open_array(str(tmp_path / "0"), mode="w", shape=(200, 240), chunks=(64, 64), dtype="int32")
+    labels[:] = disc_labels()
+    levels = write_module.write_label_pyramid(labels, tmp_path)
+    assert [lv.shape for lv in levels] == [(200, 240), (100, 120), (50, 60), (25, 30)]
+    for k, level in enumerate(levels):
+        assert np.array_equal(np.asarray(level[:]), disc_labels()[:: 2**k, :: 2**k])
+
+
+def test_label_at_reads_only_the_chunks_under_the_points(tmp_path, monkeypatch):
+    import zarr
+
+    labels = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=(4000, 4000), chunks=(512, 512), dtype="int32")
+    labels[5, 5], labels[3990, 3990] = 1, 2
+    seg = segmentation_from_labels(labels, 1.0, mpp=0.5, source="test")
+    # a slice would read the points' bounding box: the whole raster for two far corners
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("a slice of the raster was read"))
+    assert seg.label_at(np.array([[5.0, 5.0], [3990.0, 3990.0], [100.0, 7.0]])).tolist() == [1, 2, 0]
 
 
 def test_a_label_image_with_its_pixel_size_is_scaled_by_it(tmp_path):
@@ -272,9 +391,26 @@ def test_geojson_polygons_are_read_as_cells_with_exact_centroids_and_areas(tmp_p
     seg = read_cell_polygons(path, (100, 100), mpp=0.5)
     assert seg.n_cells == 3
     assert np.allclose(seg.table.obs["area_px"], [400, 300, 200])
-    assert np.allclose(seg.table.obsm["spatial"], [[20, 20], [60, 20], [30, 65]])
+    # QuPath's corners at integers: square(10, 10, 20) covers pixels 10..29, centred on 19.5
+    assert np.allclose(seg.table.obsm["spatial"], [[19.5, 19.5], [59.5, 19.5], [29.5, 64.5]])
+    # the raster agrees with the table: the same pixels, area and centroid as the polygons
+    raster = segmentation_from_labels(seg.labels, 1.0, mpp=0.5, source="raster")
+    assert np.allclose(raster.table.obs["area_px"], [400, 300, 200])
+    assert np.allclose(raster.table.obsm["spatial"], seg.table.obsm["spatial"])
     assert list(seg.table.obs["class"]) == ["Tumor", "Stroma", "Tumor"]
     assert seg.label_at(np.array([[20, 20], [52, 12], [61, 21], [15, 65], [45, 65]])).tolist() == [1, 2, 0, 3, 3]
+
+
+@pytest.mark.parametrize(("kind", "coordinates"), [
+    ("Polygon", 5), ("Polygon", "abc"), ("Polygon", [[5]]), ("Polygon", [[[1, 2], [3]]]), ("Polygon", [None]),
+    ("MultiPolygon", 5), ("MultiPolygon", [5]), ("MultiPolygon", [[square(1, 1, 5)], 7]),
+])
+def test_malformed_polygons_are_refused_in_one_line(tmp_path, kind, coordinates):
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps({"type": "Feature", "geometry": {"type": kind, "coordinates": coordinates}}))
+    with pytest.raises(InputError) as err:
+        read_cell_polygons(path, (100, 100))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
 def test_polygons_in_another_coordinate_system_are_refused(tmp_path):
@@ -299,16 +435,32 @@ def test_an_empty_geojson_is_refused(tmp_path):
         read_segmentation(path, (100, 100), scale=2.0)
 
 
-def test_the_regions_export_of_the_plugin_reads_as_cells(tmp_path):
+def test_qupath_annotations_are_regions_not_cells(tmp_path):
+    # QuPath's export of everything: the tissue annotation drawn first, then the cells inside it
+    tissue = feature([square(0, 0, 99)], "Tissue")
+    tissue["properties"]["objectType"] = "annotation"
+    old_style = {"type": "Feature", "id": "PathAnnotationObject", "properties": {},
+                 "geometry": {"type": "Polygon", "coordinates": [square(1, 1, 90)]}}
+    cells = [feature([square(10 + 20 * i, 10, 10)]) for i in range(4)]
+    for c in cells:
+        c["properties"]["objectType"] = "cell"
+    path = write_geojson(tmp_path / "all.geojson", [tissue, old_style, *cells])
+    with pytest.warns(UserWarning, match="2 QuPath annotation"):
+        seg = read_cell_polygons(path, (100, 100))
+    assert seg.n_cells == 4 and np.allclose(seg.table.obs["area_px"], 100)
+    assert sorted(np.unique(seg.labels)) == [0, 1, 2, 3, 4]
+
+
+def test_a_geojson_of_annotations_only_is_refused(tmp_path):
     from napari_histosge.export.regions import Region, regions_geojson
 
+    # the plugin's regions export (and QuPath's annotation export) holds regions, not cells
     regions = [Region("a", np.array(square(10, 10, 20))[:-1]), Region("b", np.array(square(60, 60, 10))[:-1])]
     path = tmp_path / "regions.geojson"
     path.write_text(json.dumps(regions_geojson(regions)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        seg = read_segmentation(path, (100, 100))
-    assert np.allclose(seg.table.obsm["spatial"], [[20, 20], [65, 65]])
+    with pytest.raises(InputError, match=r"only QuPath annotations \(2") as err:
+        read_segmentation(path, (100, 100))
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- slides and sections
@@ -334,7 +486,7 @@ def test_qupath_cells_give_their_nucleus_outlines_on_request(tmp_path):
     nuclei = read_segmentation(path, (100, 100), nuclei=True)
     assert np.allclose(cells.table.obs["area_px"], [1600, 400])
     assert np.allclose(nuclei.table.obs["area_px"], [100, 400])  # a Feature without a nucleus keeps its outline
-    assert np.allclose(nuclei.table.obsm["spatial"][0], [25, 25])
+    assert np.allclose(nuclei.table.obsm["spatial"][0], [24.5, 24.5])
     label_image = tmp_path / "l.npy"
     np.save(label_image, disc_labels())
     with pytest.raises(InputError, match="nucleus outlines"):

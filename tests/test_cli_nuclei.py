@@ -80,6 +80,7 @@ def test_bad_segmentations_exit_2_with_one_line_and_write_nothing(slide, tmp_pat
     (["--label-scale", "2"], "--label-scale applies to a --segmentation"),
     (["--nuclei-geometry"], "--nuclei-geometry applies to a --segmentation"),
     (["--tile-um", "5"], "tile_um"),
+    (["--tile-um", "1e9"], "at most 4096"),
 ])
 def test_bad_options_exit_2_before_any_work(slide, tmp_path, capsys, monkeypatch, args, message):
     import napari_histosge.cells
@@ -103,3 +104,18 @@ def test_a_large_slide_is_detected_into_a_store_on_disk_and_leaves_no_work_files
     assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells.h5ad", "labels.zarr"]
     assert ad.read_h5ad(tmp_path / "out" / "cells.h5ad").n_obs == len(slide[1])
+
+
+def test_a_low_resolution_image_exits_2_and_writes_nothing(slide, tmp_path, capsys):
+    # a Visium lowres image (about 13 µm per pixel) draws a nucleus over half a pixel
+    assert main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--mpp", "13", "--quiet"]) == 2
+    assert "too coarse" in one_error_line(capsys)
+    assert not (tmp_path / "out" / "cells.h5ad").exists()
+
+
+@pytest.mark.parametrize("flag", [["--expand-um", "2"], ["--no-tissue-mask"], ["--threshold", "0.1"]])
+def test_detector_flags_with_a_segmentation_exit_2(slide, tmp_path, capsys, flag):
+    labels = tmp_path / "l.tif"
+    tifffile.imwrite(labels, disc_labels())
+    code = main(["nuclei", str(slide[0]), "--out", str(tmp_path / "out"), "--segmentation", str(labels), *flag])
+    assert code == 2 and f"{flag[0]} applies to the detector" in one_error_line(capsys)

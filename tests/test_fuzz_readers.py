@@ -369,6 +369,25 @@ def test_geojson_region_reader(document, truncate):
         assert isinstance(region.name, str) and region.name
 
 
+@fuzz(60)
+@given(
+    document=st.one_of(st.fixed_dictionaries({"type": st.just("FeatureCollection"),
+                                              "features": st.lists(feature, max_size=3)}),
+                       st.lists(feature, max_size=3), geometry),
+    nuclei=st.booleans(),
+)
+def test_geojson_cell_reader(document, nuclei):
+    from napari_histosge.cells import read_cell_polygons
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cellules 1.geojson"
+        path.write_text(json.dumps(document), encoding="utf-8")
+        seg = outcome(lambda: read_cell_polygons(path, (50, 60), nuclei=nuclei))
+    if seg is not None:
+        assert seg.n_cells >= 1 and seg.labels.shape == (50, 60)
+        assert np.isfinite(np.asarray(seg.table.obsm["spatial"])).all()
+
+
 # ----------------------------------------------------------------------------- gene lists
 @fuzz(150)
 @given(text=st.one_of(st.text(), st.text(alphabet=",; \n\t.txtAZ/~\x00é", max_size=300),

@@ -104,16 +104,47 @@ def _no_torch_preload(monkeypatch):
     monkeypatch.setattr("napari_histosge.plugin.widgets.worker.preload_torch", lambda: None)
 
 
-def test_a_large_slides_labels_stream_from_a_zarr_store_in_the_cache(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def test_a_large_slides_labels_stream_from_a_zarr_pyramid_in_the_cache(make_napari_viewer, qtbot, tmp_path,
+                                                                        monkeypatch):
+    from napari_histosge.slide.open import cache_root
+
     monkeypatch.setattr("napari_histosge.cells.detect.MAX_IN_MEMORY_PIXELS", 1000)  # the test slide is "large"
+    monkeypatch.setattr("napari_histosge.cells.write.PYRAMID_SMALLEST", 64)
     centres = write_slide(tmp_path / "he.tif", mpp=0.5)
     viewer = make_napari_viewer()
     viewer.open(str(tmp_path / "he.tif"), plugin="napari-histosge")
     widget = NucleiWidget(viewer)
     detect(widget, qtbot)
     [labels] = L.layers_with_role(viewer.layers, ROLE_CELLS)
-    assert not isinstance(labels.data, np.ndarray)
-    assert len(np.unique(np.asarray(labels.data[:]))) - 1 == len(centres)
+    # napari reads the level it shows, never the whole raster on the event loop
+    assert labels.multiscale and [tuple(level.shape) for level in labels.data] == [(200, 240), (100, 120), (50, 60)]
+    assert not isinstance(labels.data[0], np.ndarray)
+    assert len(np.unique(np.asarray(labels.data[0][:]))) - 1 == len(centres)
+    store = L.histosge_meta(labels)["store"]
+    assert store.parent == cache_root() / "nuclei" and store.is_dir()
+    viewer.layers.remove(labels)
+    assert not store.exists()
+
+
+def test_a_cancelled_large_detection_leaves_no_store_in_the_cache(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from napari_histosge.slide.open import cache_root
+
+    monkeypatch.setattr("napari_histosge.cells.detect.MAX_IN_MEMORY_PIXELS", 1000)
+    write_slide(tmp_path / "he.tif", mpp=0.5)
+    stale = cache_root() / "nuclei" / "stale.zarr"  # left by a session that crashed long ago
+    stale.mkdir(parents=True, exist_ok=True)
+    os.utime(stale, (time.time() - 30 * 86400,) * 2)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "he.tif"), plugin="napari-histosge")
+    widget = NucleiWidget(viewer)
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.last_outcome is not None and widget.last_outcome.cancelled
+    assert list((cache_root() / "nuclei").iterdir()) == []
 
 
 def test_a_labels_layer_painted_over_the_slide_reads_as_cells(make_napari_viewer, tmp_path):

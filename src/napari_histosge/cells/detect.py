@@ -13,7 +13,8 @@ working pixel size, so a gigapixel slide streams with bounded memory:
    least area are dropped, and the rest may be grown by a few µm (cells rather than nuclei).
 
 Every size is given in micrometres and converted at the slide's pixel size. Tiles overlap by
-a margin wider than a nucleus; an object belongs to the tile whose core holds its centroid,
+a margin of two nuclei plus twice the growth (a grown cell and the neighbours it stops at lie
+wholly in it); an object belongs to the tile whose core holds its centroid,
 so a nucleus on a seam is found once. Tiles without tissue (:func:`detect_tissue`) are
 skipped, and objects whose centroid lies off the tissue are dropped.
 """
@@ -39,6 +40,10 @@ __all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxyl
 
 #: Pixel sizes coarser than this draw a nucleus over too few pixels to find it reliably.
 COARSEST_UM_PER_PX = 2.0
+#: A nucleus drawn over fewer pixels than this across is not found at all (a low-resolution image).
+MIN_NUCLEUS_PX = 2.0
+#: A tile with its margins is at most this many working pixels across (memory grows with its square).
+MAX_TILE_PX = 4096
 #: Tiles sampled over the tissue to choose the haematoxylin threshold.
 THRESHOLD_SAMPLE_TILES = 12
 #: The nuclear threshold is this share of Otsu's threshold over the tissue: Otsu's alone splits
@@ -78,7 +83,8 @@ class NucleusSettings:
     work_um: float = field(default=0.5, metadata={
         "help": "finest pixel size in µm worked at (finer scans are binned to it)"})
     tile_um: float = field(default=750.0, metadata={
-        "help": "edge in µm of the tiles the slide is read in (memory grows with its square)"})
+        "help": "edge in µm of the tiles the slide is read in (memory grows with its square; with its margins "
+                "at most 4096 working pixels)"})
     threshold: float | None = field(default=None, metadata={
         "help": "haematoxylin optical density above which a pixel is nuclear (default: three quarters of Otsu's "
                 "threshold over the tissue)"})
@@ -96,9 +102,25 @@ class NucleusSettings:
         if self.tile_um < 4 * self.nucleus_um:
             raise InputError(f"tile_um ({self.tile_um:g}) must be at least four nuclei wide "
                              f"({4 * self.nucleus_um:g} µm)")
+        padded_um = self.tile_um + 2 * _margin_um(self)
+        if padded_um / self.work_um > MAX_TILE_PX:
+            raise InputError(f"tile_um ({self.tile_um:g}) with its margins is {padded_um / self.work_um:.0f} working "
+                             f"pixels across; at most {MAX_TILE_PX} (tile_um up to "
+                             f"{max(0.0, MAX_TILE_PX * self.work_um - 2 * _margin_um(self)):.0f} at work_um "
+                             f"{self.work_um:g})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
             raise InputError(f"the haematoxylin threshold must be positive, got {self.threshold}")
         return self
+
+
+def _margin_um(settings: NucleusSettings) -> float:
+    """The tiles' overlap in µm: two nuclei and twice the growth.
+
+    A grown cell reaches ``expand_um`` past its nucleus and competes with nuclei up to
+    ``expand_um`` beyond that; the margin holds both whole, so every tile draws a seam cell the
+    same way.
+    """
+    return 2 * (settings.nucleus_um + settings.expand_um)
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
@@ -150,12 +172,17 @@ def _plan(slide: Slide, scale: float, mpp: float, settings: NucleusSettings) -> 
     # a 40x scan's levels are often 0.25, 1 and 4 µm: bin level 0 to reach about work_um
     binning = max(1, int(settings.work_um * 1.05 / level_um[level]))
     um = level_um[level] * binning
+    if settings.nucleus_um / um < MIN_NUCLEUS_PX:
+        raise InputError(f"the slide's finest pixels ({um:.3g} µm) draw a {settings.nucleus_um:g} µm nucleus over "
+                         f"{settings.nucleus_um / um:.1f} pixels: too coarse to find nuclei; use the full-resolution "
+                         "H&E", slide.path)
     if um > COARSEST_UM_PER_PX:
         warnings.warn(f"{slide.path}: {um:.2g} µm per pixel draws a {settings.nucleus_um:g} µm nucleus over "
                       f"{settings.nucleus_um / um:.1f} pixels; nuclei are found poorly at pixels "
                       f"coarser than {COARSEST_UM_PER_PX:g} µm", UserWarning, stacklevel=3)
-    tile = max(64, int(round(settings.tile_um / um)))
-    margin = max(8, int(math.ceil(2 * settings.nucleus_um / um)))
+    margin = max(8, int(math.ceil(_margin_um(settings) / um)))
+    # a level finer than work_um (not binned) has more pixels per tile than check() allowed for
+    tile = max(64, min(int(round(settings.tile_um / um)), MAX_TILE_PX - 2 * margin))
     h, w = slide.levels[level].shape[:2]
     shape = (math.ceil(h / binning), math.ceil(w / binning))
     return _Plan(level, binning, slide.downsamples[level] / scale * binning, um, tile, margin, shape)
@@ -217,12 +244,16 @@ def raster_fits_in_memory(shape: tuple[int, int], mpp: float, settings: NucleusS
     return shape[0] * shape[1] / binned**2 <= MAX_IN_MEMORY_PIXELS / 4
 
 
-def _label_raster(shape: tuple[int, int], store: Any, tile: int, source: str) -> Any:
+def _check_raster_size(shape: tuple[int, int], store: Any, source: str) -> None:
+    """Refuse a label raster too large for memory when no store is given (before any work)."""
+    if store is None and shape[0] * shape[1] > MAX_IN_MEMORY_PIXELS:
+        raise InputError(f"the nuclei's label raster ({shape[1]} x {shape[0]} px) is too large to hold in "
+                         "memory; write it to a folder (histosge nuclei --out)", source)
+
+
+def _label_raster(shape: tuple[int, int], store: Any, tile: int) -> Any:
     """An all-zero int32 raster: in memory, or a zarr array at ``store`` chunked like the tiles."""
     if store is None:
-        if shape[0] * shape[1] > MAX_IN_MEMORY_PIXELS:
-            raise InputError(f"the nuclei's label raster ({shape[1]} x {shape[0]} px) is too large to hold in "
-                             "memory; write it to a folder (histosge nuclei --out)", source)
         return np.zeros(shape, np.int32)
     import zarr
 
@@ -311,13 +342,16 @@ def detect_nuclei(slide: Slide, *, mpp: float, scale: float = 1.0, settings: Nuc
     if not (math.isfinite(scale) and scale > 0):
         raise InputError(f"the image scale must be positive, got {scale}", slide.path)
     plan = _plan(slide, scale, mpp, settings)
+    _check_raster_size(plan.shape, labels_store, slide.path)
     yield Progress("nuclei", 0, None, "finding the tissue")
     mask = detect_tissue(slide, scale=scale) if tissue is True else (tissue or None)
     tiles = _tiles(plan, mask)
+    if not tiles:
+        raise InputError("the tissue mask covers none of the slide (a mask of another image?)", slide.path)
     radius = settings.nucleus_um / 2 / plan.um_per_px
     min_area = settings.min_area_um2 / plan.um_per_px**2
     threshold = settings.threshold if settings.threshold is not None else _threshold(slide, plan, tiles, radius)
-    out = _label_raster(plan.shape, labels_store, plan.tile, slide.path)
+    out = _label_raster(plan.shape, labels_store, plan.tile)
     found: list[tuple[np.ndarray, ...]] = []
     next_id = 1
     for i, (r, c) in enumerate(tiles):

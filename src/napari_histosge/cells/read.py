@@ -5,9 +5,9 @@ cell) is what StarDist, Cellpose and napari's Labels layers save. It lies on the
 own size (the slide's full resolution), at a stated scale (full-resolution pixels per label
 pixel), or at the scale its pixel size implies (OME/TIFF metadata, or the ``px_per_label_px``
 the detector stores in a zarr array's attributes). A GeoJSON file of polygons (QuPath's cell
-or detection export, the plugin's own regions export) gives one cell per Feature, in
-full-resolution pixels; it is drawn into a label raster and its table comes from the
-polygons themselves (centroid and area exactly).
+or detection export) gives one cell per Feature, in full-resolution pixels (QuPath's
+annotations are regions, not cells: they are left out); it is drawn into a label raster and
+its table comes from the polygons themselves (centroid and area exactly).
 
 Every check runs before any work and fails with one line: a label image of another size or
 pixel size than the slide without a stated scale, an empty segmentation, cells off the slide,
@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import InputError
 from ..slide.mask import geojson_polygons
 from ..slide.meta import tiff_mpp
+from ..slide.pyramid import check_decode_size
 from .segmentation import Segmentation, cell_table, segmentation_from_labels
 
 __all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation",
@@ -60,7 +61,7 @@ def read_segmentation(path: str | os.PathLike, slide_shape: tuple[int, int], *, 
 
 
 def _load_labels(p: Path) -> tuple[Any, float | None, float | None]:
-    """The label array (numpy, or zarr for a store), its pixel size in µm and stored scale, if known."""
+    """The label array (numpy, memory-mapped or zarr: never read whole), its pixel size in µm and stored scale."""
     suffix = p.suffix.lower()
     try:
         if suffix == ".zarr":
@@ -74,21 +75,58 @@ def _load_labels(p: Path) -> tuple[Any, float | None, float | None]:
         if suffix == ".npy":
             return np.load(p, mmap_mode="r"), None, None
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(p) as tf:
-                return np.asarray(tf.series[0].levels[0].asarray()), tiff_mpp(tf), None
+            return _tiff_labels(p)
         from PIL import Image
 
         with Image.open(p) as im:
             return np.asarray(im), None, None
+    except InputError:
+        raise
     except Exception as exc:  # tifffile, PIL, numpy and zarr raise many types for bad files
         raise InputError(f"cannot read the label image (corrupt or not an image?): {exc}", p) from exc
 
 
+def _tiff_labels(p: Path) -> tuple[Any, float | None, None]:
+    """A TIFF label image read lazily: memory-mapped when stored contiguously, else chunk by chunk (zarr)."""
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(p) as tf:
+        series = tf.series[0]
+        mpp = tiff_mpp(tf)
+        contiguous = series.dataoffset is not None and len(series.levels) == 1
+    if contiguous:
+        return tifffile.memmap(p, series=0, mode="r"), mpp, None
+    node: Any = zarr.open(tifffile.imread(p, aszarr=True, series=0, level=0), mode="r")
+    if isinstance(node, zarr.Group):
+        node = node["0"]
+    # a strip as wide and as tall as the image is decoded for every block read: it must fit in memory
+    check_decode_size(node.chunks[-2], node.chunks[-1], "decoding one strip of this label image", p)
+    return node, mpp, None
+
+
+def _plane(labels: Any) -> Any:
+    """The 2-D plane of an array whose other axes are all 1 (``(1, h, w)``, OME-Zarr's ``(1, 1, 1, h, w)``).
+
+    Indexed lazily: a zarr array becomes a dask view, so a gigapixel raster is never read whole.
+    """
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) <= 2:
+        return labels
+    kept = [i for i, n in enumerate(shape) if n != 1]
+    if len(kept) > 2:
+        return labels
+    kept = kept if len(kept) == 2 else list(range(len(shape) - 2, len(shape)))
+    index = tuple(slice(None) if i in kept else 0 for i in range(len(shape)))
+    if isinstance(labels, np.ndarray):
+        return labels[index]
+    import dask.array as da
+
+    return (labels if isinstance(labels, da.Array) else da.from_zarr(labels))[index]
+
+
 def _check_plane(labels: Any, p: Path) -> Any:
-    if len(labels.shape) == 3 and 1 in labels.shape:
-        labels = np.squeeze(np.asarray(labels))
+    labels = _plane(labels)
     if len(labels.shape) != 2 or 0 in labels.shape:
         raise InputError(f"a label image must be one 2-D plane of integers, got shape {tuple(labels.shape)} "
                          "(an RGB picture is not a label image)", p)
@@ -170,17 +208,36 @@ def segmentation_of_array(labels: Any, slide_shape: tuple[int, int], *, mpp: flo
 # --------------------------------------------------------------------------- polygons
 
 
-def _cells_of(data: Any, nuclei: bool = False) -> list[tuple[list, dict]]:
+#: QuPath object types that are not cells: regions drawn over the tissue, tiles, the image's root.
+NOT_CELLS = ("annotation", "tile", "root", "rootobject")
+
+
+def _object_type(item: dict) -> str:
+    """QuPath's object type of a Feature: ``objectType`` (QuPath 0.3+), ``object_type`` or the class id (0.2)."""
+    props = item.get("properties")
+    props = props if isinstance(props, dict) else {}
+    kind = props.get("objectType", props.get("object_type"))
+    if not isinstance(kind, str) and isinstance(item.get("id"), str) and item["id"].startswith("Path"):
+        kind = item["id"][len("Path"):].removesuffix("Object")  # "PathAnnotationObject" -> "Annotation"
+    return kind.lower() if isinstance(kind, str) else ""
+
+
+def _cells_of(data: Any, nuclei: bool = False) -> tuple[list[tuple[list, dict]], int]:
     """``(polygons, properties)`` per cell: one per Feature (a MultiPolygon is one cell of parts).
 
-    ``nuclei``: a Feature's ``nucleusGeometry`` (QuPath's cells) where it has one.
+    ``nuclei``: a Feature's ``nucleusGeometry`` (QuPath's cells) where it has one. QuPath's
+    annotations, tiles and root object are regions rather than cells: they are left out, and
+    their count is returned with the cells.
     """
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         data = data.get("features") or []
     items = data if isinstance(data, list) else [data]
-    cells = []
+    cells, skipped = [], 0
     for item in items:
         if not isinstance(item, dict):
+            continue
+        if _object_type(item) in NOT_CELLS:
+            skipped += 1
             continue
         geometry = item.get("nucleusGeometry") if nuclei and item.get("nucleusGeometry") else item
         polygons = [p for p in geojson_polygons(geometry) if p]
@@ -188,12 +245,15 @@ def _cells_of(data: Any, nuclei: bool = False) -> list[tuple[list, dict]]:
             props = item.get("properties")
             props = props if isinstance(props, dict) else {}
             cells.append((polygons, props))
-    return cells
+    return cells, skipped
 
 
 def _rings(polygons: list, p: Path) -> list[list[np.ndarray]]:
+    """Each polygon's rings as ``(n, 2)`` float arrays, refused in one line when malformed."""
     out = []
     for rings in polygons:
+        if not isinstance(rings, list):  # "coordinates": 5 or a MultiPolygon of numbers
+            raise InputError(f"a polygon is not a list of rings of (x, y) points, got {json.dumps(rings)[:40]}", p)
         arrays = []
         for ring in rings:
             try:
@@ -235,8 +295,8 @@ def _draw(polygons: list[list[list[np.ndarray]]], shape: tuple[int, int], f: flo
     for i, cell in enumerate(polygons, start=1):
         for rings in cell:
             for k, xy in enumerate(rings):
-                # full-res pixel-centre coordinates -> label-pixel centres
-                rows, cols = fill_polygon((xy[:, 1] + 0.5) / f - 0.5, (xy[:, 0] + 0.5) / f - 0.5, shape=shape)
+                # QuPath's coordinates (pixel corners at integers) -> label-pixel centres, as tissue masks read them
+                rows, cols = fill_polygon(xy[:, 1] / f - 0.5, xy[:, 0] / f - 0.5, shape=shape)
                 if k == 0:
                     free = labels[rows, cols] == 0
                     rows, cols = rows[free], cols[free]
@@ -252,8 +312,12 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
     """Read cell or nucleus polygons (GeoJSON, full-resolution pixels) as cells on a slide.
 
     Each Feature is one cell (a MultiPolygon feature one cell of several parts; holes
-    honoured), labelled 1, 2, ... in file order; QuPath's ``classification`` name, when
-    present, becomes ``obs["class"]``. A few cells off the slide are dropped with a warning.
+    honoured), labelled 1, 2, ... in file order. Coordinates are read as QuPath writes them
+    and as tissue masks read them (:mod:`napari_histosge.slide.mask`): continuous, with
+    full-resolution pixel ``i`` spanning ``[i, i + 1)``, so a 20 px square from 10 to 30 covers
+    pixels 10 to 29 and its centroid is pixel-centre 19.5 in ``obsm["spatial"]``; QuPath's ``classification`` name, when
+    present, becomes ``obs["class"]``. A few cells off the slide are dropped with a warning, as
+    are QuPath's annotations, tiles and root object (regions drawn over the tissue, not cells).
 
     Parameters
     ----------
@@ -270,7 +334,7 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
     Raises
     ------
     InputError
-        If the file is missing or not JSON, holds no polygon, or no cell lies on the slide
+        If the file is missing or not JSON, holds no polygon or only annotations, or no cell lies on the slide
         (coordinates in another system: micrometres, another image's pixels).
     """
     p = Path(path).expanduser()
@@ -280,11 +344,18 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the GeoJSON file: {exc}", p) from None
-    cells = _cells_of(data, nuclei)
+    cells, skipped = _cells_of(data, nuclei)
+    if not cells and skipped:
+        raise InputError(f"the GeoJSON holds only QuPath annotations ({skipped}: regions, not cells); export "
+                         "the cells or detections instead", p)
+    if skipped:
+        warnings.warn(f"{p}: {skipped} QuPath annotation(s) (regions, not cells) are left out", UserWarning,
+                      stacklevel=2)
     if not cells:
         raise InputError("the segmentation is empty: the GeoJSON holds no Polygon or MultiPolygon", p)
     polygons = [_rings(c[0], p) for c in cells]
     stats = np.array([_area_centroid(c) for c in polygons])
+    stats[:, 1:] -= 0.5  # corner coordinates -> the pixel-centre frame of obsm["spatial"]
     sh, sw = slide_shape
     on = (stats[:, 1] >= -0.5) & (stats[:, 1] < sw - 0.5) & (stats[:, 2] >= -0.5) & (stats[:, 2] < sh - 0.5)
     if not on.any():

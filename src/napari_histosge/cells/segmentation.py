@@ -99,7 +99,9 @@ class Segmentation:
             rows, cols = row[on].astype(np.intp), col[on].astype(np.intp)
             if isinstance(self.labels, np.ndarray):
                 out[on] = self.labels[rows, cols]
-            else:  # zarr: one small read around the points
+            elif hasattr(self.labels, "vindex"):  # zarr, dask: only the chunks under the points are read
+                out[on] = np.asarray(self.labels.vindex[rows, cols])
+            else:  # another array type: one read of the points' bounding box
                 r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
                 out[on] = np.asarray(self.labels[r0:r1, c0:c1])[rows - r0, cols - c0]
         return out
@@ -122,6 +124,8 @@ def label_stats(labels: Any, *, block: int = BLOCK) -> tuple[np.ndarray, np.ndar
             if rows.size == 0:
                 continue
             ids, inverse = np.unique(chunk[rows, cols], return_inverse=True)
+            if ids[-1] > np.iinfo(np.int64).max:  # the cell table's ids are int64
+                raise InputError(f"a label id ({ids[-1]}) is past the largest the cell table holds (2^63 - 1)")
             parts.append((ids.astype(np.int64), np.bincount(inverse).astype(np.float64),
                           np.bincount(inverse, weights=cols + c0), np.bincount(inverse, weights=rows + r0)))
     if not parts:

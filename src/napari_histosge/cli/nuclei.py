@@ -67,6 +67,13 @@ def check_nuclei(args: argparse.Namespace):
     if args.segmentation is not None:
         if not Path(args.segmentation).is_dir():  # a zarr label image is a folder
             require_file(args.segmentation, "segmentation (--segmentation)")
+        # the detector's flags would be silently ignored: say so instead
+        defaults = NucleusSettings()
+        given = [_flag(f.name) for f in dataclasses.fields(NucleusSettings)
+                 if getattr(args, f.name) != getattr(defaults, f.name)]
+        given += ["--no-tissue-mask"] if args.no_tissue_mask else []
+        if given:
+            raise InputError(f"{given[0]} applies to the detector, not to a --segmentation")
     elif args.label_scale is not None or args.nuclei_geometry:
         raise InputError(f"{'--label-scale' if args.label_scale is not None else '--nuclei-geometry'} applies to "
                          "a --segmentation")

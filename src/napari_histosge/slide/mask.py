@@ -331,7 +331,9 @@ def geojson_polygons(node: Any) -> list[list]:
     if kind == "Polygon":
         return [node.get("coordinates") or []]
     if kind == "MultiPolygon":
-        return list(node.get("coordinates") or [])
+        coordinates = node.get("coordinates") or []
+        # malformed coordinates go to the caller as one polygon, which refuses it as Polygon's are
+        return list(coordinates) if isinstance(coordinates, list) else [coordinates]
     return []
 
 

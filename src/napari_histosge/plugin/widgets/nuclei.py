@@ -11,12 +11,15 @@ for users without one.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 
 from ...cells import NucleusSettings, Segmentation, detect_nuclei, segmentation_of_array
 from ...cells.detect import raster_fits_in_memory
+from ...cells.write import write_label_pyramid
 from ...errors import InputError
 from ...export.frame import META_KEY, world_frame
 from ...progress import CancelToken
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 ROLE_CELLS = "cells"
 #: Settings the widget shows (the others keep their defaults, as on the command line without flags).
 SHOWN_SETTINGS = ("nucleus_um", "min_area_um2", "expand_um")
+#: Label stores in the cache older than this many days belong to no open session: they are pruned.
+STORE_MAX_AGE_DAYS = 7
 
 
 def slide_placement(layer) -> tuple[str, float, float | None, float | None]:
@@ -54,23 +59,47 @@ def slide_placement(layer) -> tuple[str, float, float | None, float | None]:
     return str(meta["path"]), 1.0, mpp, mpp
 
 
-def labels_cache() -> str:
-    """A new zarr store under the cache for a large slide's labels (the session's layer reads it)."""
+def labels_cache() -> Path:
+    """A new folder under the cache for a large slide's label pyramid (the session's layer reads it).
+
+    Folders left by earlier sessions (napari closed with the layer open, a crash) are pruned
+    once they are :data:`STORE_MAX_AGE_DAYS` old.
+    """
+    import time
     import uuid
 
     folder = cache_root() / "nuclei"
     folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / f"{uuid.uuid4().hex}.zarr")
+    for old in folder.glob("*.zarr"):
+        try:
+            if time.time() - old.stat().st_mtime > STORE_MAX_AGE_DAYS * 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another session pruned it first
+            pass
+    return folder / f"{uuid.uuid4().hex}.zarr"
 
 
-def labels_layer(segmentation: Segmentation, world_mpp: float | None, name: str) -> LayerDataTuple:
-    """A Labels layer of a segmentation on the full-resolution grid, in the world frame of ``world_mpp``."""
-    kwargs = {"name": name, "opacity": 0.6,
+def labels_layer(segmentation: Segmentation, world_mpp: float | None, name: str,
+                 levels: list[Any] | None = None, store: Path | None = None) -> LayerDataTuple:
+    """A Labels layer of a segmentation on the full-resolution grid, in the world frame of ``world_mpp``.
+
+    ``levels``: the raster and its coarser copies (a multiscale layer: napari reads only what
+    is shown); ``store``: the cache folder holding them, deleted when the layer is removed.
+    """
+    multiscale = levels is not None and len(levels) > 1
+    kwargs = {"name": name, "opacity": 0.6, "multiscale": multiscale,
               **image_transform(1.0 / segmentation.px_per_label_px, world_mpp), **world_frame(world_mpp),
               "metadata": {META_KEY: {"role": ROLE_CELLS, "cells": segmentation.table,
                                       "px_per_label_px": segmentation.px_per_label_px,
-                                      "source": segmentation.source}}}
-    return segmentation.labels, kwargs, "labels"
+                                      "source": segmentation.source, "store": store}}}
+    return (levels if multiscale else segmentation.labels), kwargs, "labels"
+
+
+def remove_store(layer) -> None:
+    """Delete the cache folder of a removed layer of detected nuclei (if it has one)."""
+    store = histosge_meta(layer).get("store")
+    if store is not None:
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def layer_segmentation(labels, slide) -> Segmentation:
@@ -129,6 +158,7 @@ class NucleiWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         napari_viewer.layers.events.inserted.connect(self._layers_changed)
         napari_viewer.layers.events.removed.connect(self._layers_changed)
+        napari_viewer.layers.events.removed.connect(lambda event: remove_store(event.value))
         self._layers_changed()
 
     def _layers_changed(self, *_: Any) -> None:
@@ -164,10 +194,18 @@ class NucleiWidget(Container):
         def make_gen():  # runs in the worker thread
             with open_slide(path) as slide:
                 shape = (round(slide.shape[0] / scale), round(slide.shape[1] / scale))
-                # a gigapixel slide's labels go to the cache as zarr: napari shows them lazily
+                # a gigapixel slide's labels go to the cache as a zarr pyramid: napari shows them lazily
                 store = None if raster_fits_in_memory(shape, mpp, settings) else labels_cache()
-                return (yield from detect_nuclei(slide, mpp=mpp, scale=scale, settings=settings, tissue=tissue,
-                                                 labels_store=store, cancel=token))
+                try:
+                    seg = yield from detect_nuclei(slide, mpp=mpp, scale=scale, settings=settings, tissue=tissue,
+                                                   labels_store=None if store is None else store / "0",
+                                                   cancel=token)
+                    levels = None if store is None else write_label_pyramid(seg.labels, store)
+                except BaseException:  # cancelled or failed: nothing will read the store
+                    if store is not None:
+                        shutil.rmtree(store, ignore_errors=True)
+                    raise
+                return seg, levels, store
 
         self._placement = (world_mpp, f"{layer.name} nuclei")
         self.run_button.enabled = False
@@ -196,8 +234,8 @@ class NucleiWidget(Container):
             set_status(self.status, str(outcome.error))
             show_error(str(outcome.error))
             return
-        segmentation: Segmentation = outcome.value
+        segmentation, levels, store = outcome.value
         world_mpp, name = self._placement
-        data, kwargs, _ = labels_layer(segmentation, world_mpp, name)
+        data, kwargs, _ = labels_layer(segmentation, world_mpp, name, levels, store)
         self.viewer.add_labels(data, **kwargs)
         set_status(self.status, f"{segmentation.n_cells:,} nuclei")
