@@ -180,3 +180,15 @@ def test_cli_region_on_a_real_section(her2st_b4: Path, tmp_path: Path, capsys: p
     table = pd.read_csv(out, index_col="id")
     assert len(table) == int((xy[:, 0] < mid).sum())
     assert (table["x"] < mid).all() and list(table.columns[-2:]) == ["ERBB2", "GRB7"]
+
+
+@pytest.mark.parametrize("coordinates", [5, [5], "ring"])
+def test_malformed_polygon_coordinates_are_one_line(tmp_path: Path, coordinates) -> None:
+    from napari_histosge.export.regions import read_regions
+
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": coordinates}}]}))
+    with pytest.raises(InputError) as err:
+        read_regions(path)
+    assert len(str(err.value).splitlines()) == 1 and "bad.geojson" in str(err.value)

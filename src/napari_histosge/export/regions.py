@@ -107,6 +107,8 @@ def read_regions(path: str | os.PathLike) -> list[Region]:
             continue
         name = _feature_name(feature, f"region {len(regions) + 1}")
         for k, rings in enumerate(p for p in geojson_polygons(feature) if p):
+            if not isinstance(rings, list):  # e.g. "coordinates": 5
+                raise InputError(f"region {name!r}: a polygon's coordinates are not a list of rings", path)
             try:
                 regions.append(Region(name if k == 0 else f"{name} #{k + 1}", rings[0], list(rings[1:])))
             except InputError as exc:
