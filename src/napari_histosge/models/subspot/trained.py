@@ -16,7 +16,7 @@ from ...slide.cell_grid import Footprints
 from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
 from .consistency import consistent_rates
-from .prior import prior_rates
+from .prior import prior_weights, smoothed_rates
 
 
 class SubspotModel(TrainedModel):
@@ -50,9 +50,13 @@ class SubspotModel(TrainedModel):
         if cell_features.shape != (len(cell_xy), int(self.meta["n_features"])):
             raise InputError(f"cell features have shape {cell_features.shape}, expected "
                              f"({len(cell_xy)}, {int(self.meta['n_features'])})")
-        prior = prior_rates(cell_xy, self.model.footprint_xy.cpu().numpy(), self.model.footprint_rate.cpu().numpy(),
-                            float(self.meta["prior_bandwidth_px"]))
-        return (prior * np.exp(np.clip(self.model.modulation(cell_features), -20, 20))).astype(np.float32)
+        weights = prior_weights(cell_xy, self.model.footprint_xy.cpu().numpy(), float(self.meta["prior_bandwidth_px"]))
+        prior = smoothed_rates(weights, self.model.footprint_rate.cpu().numpy())
+        modulation = self.model.modulation(cell_features)
+        level = self.model.footprint_level()
+        if level is not None:  # only the deviation from the footprints' own level, smoothed like the prior
+            modulation = modulation - np.asarray(weights @ level, np.float32)
+        return (prior * np.exp(np.clip(modulation, -20, 20))).astype(np.float32)
 
     def make_consistent(self, cell_xy: np.ndarray, rates: np.ndarray, *, exact: bool = False) -> np.ndarray:
         """``rates`` scaled so the mean over each measured footprint's cells is its target rate.
