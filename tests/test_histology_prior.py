@@ -59,6 +59,18 @@ def test_a_flat_pattern_gets_weight_zero():
     assert np.all(choose_weights(np.zeros((len(labels), 2)), counts, np.array([0, 1]), labels) == WEIGHTS[0])
 
 
+def test_a_sparse_gene_gets_about_its_true_weight_not_full_weight():
+    # About 1.6 counts per footprint, whose deviation inside its square is a quarter of the
+    # pattern: a correlation criterion chose full weight here (it ignores the pattern's size).
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(400), 4)
+    pattern = rng.normal(0, 1.0, len(labels))
+    level = rng.normal(0, 0.3, 400)[labels]
+    sparse = 1.6 * np.exp(level + 0.25 * pattern) / np.exp(0.25**2 / 2)
+    counts = sp.csr_matrix(rng.poisson(np.stack([sparse, np.full(len(labels), 2000.0)], axis=1)))
+    assert choose_weights(pattern[:, None], counts, np.array([0]), labels)[0] in (0.25, 0.5)
+
+
 # ----------------------------------------------------------------------------- the fitted model
 def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.zeros(pattern.shape[1]))
