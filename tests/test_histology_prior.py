@@ -213,3 +213,30 @@ def test_a_prior_on_counts_that_are_not_whole_numbers_is_refused(demo, prior_pat
     _no_cell_features(monkeypatch)
     with pytest.raises(InputError, match="not whole numbers"):
         _subspot(normalised, prior=str(prior_path))
+
+
+def _without_pixel_size(adata):
+    adata.uns["histosge"].pop("mpp", None)
+
+
+def _coarse_slide(adata):
+    # So coarse that the default 14 µm cell is raised to two image pixels: another cell size.
+    adata.uns["histosge"]["mpp"] = 20 * float(adata.uns["histosge"]["mpp"])
+
+
+@pytest.mark.parametrize("edit, message", [(_without_pixel_size, "this section's is unknown"),
+                                           (_coarse_slide, "give --cell-um so that every section")])
+def test_a_prior_is_not_trained_on_sections_of_unknown_or_mixed_cell_size(demo, monkeypatch, edit, message):
+    from napari_histosge.models.subspot import cellridge
+    from napari_histosge.progress import run_to_end
+
+    other = demo.copy()
+    edit(other)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("cell features were read before the sections were checked")
+
+    monkeypatch.setattr(cellridge, "section_cells", refuse)
+    with pytest.raises(InputError, match=message):
+        run_to_end(cellridge.train_cellridge([demo, other], train_ids=None, config=hs.train_config("cellridge"),
+                                             meta={}))
