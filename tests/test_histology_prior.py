@@ -81,6 +81,15 @@ def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     assert np.array_equal(first.X, second.X)
 
 
+def test_a_prior_that_predicts_none_of_the_selected_genes_is_said(demo, prior_path):
+    prior_genes = set(load_model(prior_path, device="cpu").genes)
+    others = [g for g in map(str, demo.var_names) if g not in prior_genes][:5]
+    with pytest.warns(UserWarning, match="the histology prior predicts none of the selected genes"):
+        model = hs.fit(demo, train_config=hs.train_config("subspot", genes=others, cell_um=float(CELL_UM),
+                                                          prior=str(prior_path)))
+    assert "predicts none of the selected genes, so every weight is 0" in model.training_summary()
+
+
 def test_the_image_pattern_within_bins_is_recovered(demo, prior_path):
     # The demo's expression follows its tissue image; bins of four spots hide it within each bin.
     pooled = pool_spots(demo, 4)

@@ -16,6 +16,7 @@ Importing this module registers the ``subspot`` model (:mod:`..registry`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -42,6 +43,9 @@ from .prior import prior_rates, prior_weights, smoothed_rates
 from .trained import SubspotModel
 
 SPEC_NAME = "subspot"
+#: Said when the histology prior predicts none of the genes the model fits.
+NO_SHARED_GENE = ("the histology prior predicts none of the selected genes: every weight is 0 and the map is the "
+                  "smoothed measurement; choose genes the prior was trained on (--genes) or train it on more genes")
 #: Ridge penalties tried per gene (on standardised features).
 RIDGE_ALPHAS = np.logspace(-1, 4, 11)
 
@@ -113,6 +117,8 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
         pattern = prior_pattern(histology, genes, z, weights, train.X, train.var_names.get_indexer(genes),
                                 footprints.centres)
         coef, share = pattern.coef, float(pattern.weight.max())
+        if pattern.shared == 0:
+            warnings.warn(NO_SHARED_GENE, UserWarning, stacklevel=2)
     # The histology prior's map predicts a cell against the whole section: only its deviation from
     # the footprints' own level (smoothed like the prior) is added to the smoothed measurement.
     level = None if pattern is None else np.asarray(weights @ (z @ coef.T))

@@ -90,6 +90,8 @@ class SubspotModel(TrainedModel):
             text = text.replace("image modulation off", f"histology prior {prior['path']}: its pattern kept for "
                                 f"{prior['genes_kept']} of {prior['shared_genes']} shared genes (mean weight "
                                 f"{prior['mean_weight']:.2f}, chosen on {prior['squares']} pooled squares)")
+            if not prior["shared_genes"]:
+                text += "; the prior predicts none of the selected genes, so every weight is 0"
         calibration = meta.get("calibration")
         if calibration:
             text += (f"\none scale up ({calibration['calibration_squares']} pooled squares predicting the "
