@@ -127,12 +127,7 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
         kwargs["relative_modulation"] = True
     network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), **kwargs)
     depth = total_counts(train)
-    # Each measurement's scatter around what its neighbours and its image say, per gene.
-    alone = prior_weights(footprints.centres, footprints.centres, bandwidth, exclude=np.arange(len(footprints)))
-    modulation = np.asarray(weights @ (z @ coef.T))
-    if level is not None:
-        modulation = modulation - np.asarray(alone @ level)
-    dispersion = fit_dispersion(smoothed_rates(alone, rates) * np.exp(np.clip(modulation, -20, 20)), rates, depth)
+    dispersion = _dispersion(footprints.centres, rates, depth, bandwidth, np.asarray(weights @ (z @ coef.T)), level)
     _fill(network, mean, std, coef, footprints.centres, rates,
           np.ones(len(genes)) if calibration is None else calibration.detail, depth, dispersion)
     if level is not None:
@@ -197,6 +192,15 @@ def _fill(network: SubspotNetwork, mean, std, coef, footprint_xy, footprint_rate
         network.detail.copy_(torch.as_tensor(detail, dtype=torch.float32))
         network.footprint_depth.copy_(torch.as_tensor(depth, dtype=torch.float64))
         network.dispersion.copy_(torch.as_tensor(dispersion, dtype=torch.float32))
+
+
+def _dispersion(centres: np.ndarray, rates: np.ndarray, depth: np.ndarray, bandwidth: float,
+                modulation: np.ndarray, level: np.ndarray | None) -> np.ndarray:
+    """Each measurement's scatter around what its neighbours and its image say, per gene (``(G,)`` alpha)."""
+    alone = prior_weights(centres, centres, bandwidth, exclude=np.arange(len(centres)))
+    if level is not None:  # relative to the neighbours' level, as at a cell
+        modulation = modulation - np.asarray(alone @ level)
+    return fit_dispersion(smoothed_rates(alone, rates) * np.exp(np.clip(modulation, -20, 20)), rates, depth)
 
 
 def _fill_level(network: SubspotNetwork, level: np.ndarray) -> None:
