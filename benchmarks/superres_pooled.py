@@ -133,34 +133,64 @@ def cached_cell_features(path, scale, grid, *, sigmas=None, cancel=None):
     The bins of every seed cover the same cells, so the slide is filtered once per grid; the
     values are the function's own.
     """
-    import hashlib
-
     from napari_histosge.features import cell_raster
 
     sigmas = tuple(sigmas or cell_raster.SIGMAS_IN_CELLS)
     kept = b"" if grid.kept is None else np.asarray(grid.kept).tobytes()
-    key = hashlib.sha1(repr((str(path), scale, grid.cell_px, grid.origin_xy, grid.shape, sigmas)).encode() + kept)
-    file = CACHE / "cells" / f"{key.hexdigest()}.npy"
+    # The features' version is in the key: a changed filter bank never reads an old file.
+    key = cache_key(cell_raster.IDENTITY, str(path), scale, grid.cell_px, grid.origin_xy, grid.shape, sigmas, kept)
+    file = CACHE / "cells" / f"{key}.npy"
     if file.exists():
         return np.load(file)
     out = yield from cell_raster.cell_features(path, scale, grid, sigmas=sigmas, cancel=cancel)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    np.save(file, out)
+    write_atomically(file, lambda handle: np.save(handle, out))
     return out
 
 
+def cache_key(*parts) -> str:
+    """A file-name key of ``parts`` (their ``repr``; bytes as they are)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+    return digest.hexdigest()[:20]
+
+
+def write_atomically(file: Path, write) -> None:
+    """``write(handle)`` into a temporary file beside ``file``, then renamed: a killed run leaves no half file."""
+    import os
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, file)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def prior_model(section: Path) -> Path:
-    """A ``cellridge`` model of the other sections of ``section``'s group, on their full counts (cached)."""
-    from napari_histosge.models.subspot.cellridge import fit_cellridge, section_cells
+    """A ``cellridge`` model of the other sections of ``section``'s group, on their full counts (cached).
+
+    The sections (``section`` too, which the prior will serve) are checked before any cell
+    feature is read; the cache key holds the features' version and the prior's settings.
+    """
+    from napari_histosge.features.cell_raster import IDENTITY
+    from napari_histosge.models.subspot.cellridge import check_sections, fit_cellridge, section_cells
     from napari_histosge.progress import run_to_end
 
     others = sorted(p for p in section.parent.iterdir() if p.is_dir() and p.name != section.name)
-    out = CACHE / f"{section.parent.name}-without-{section.name}.pt"
+    config = hs.train_config("cellridge")
+    key = cache_key(IDENTITY, sorted(config.to_dict().items()), [str(p) for p in others])
+    out = CACHE / f"{section.parent.name}-without-{section.name}-{key}.pt"
     if out.exists():
         return out
-    config = hs.train_config("cellridge")
-    cells = [run_to_end(section_cells(hs.read_spots(p), config.cell_um)) for p in others]
-    fit_cellridge(cells, config).save(out)
+    adatas = [hs.read_spots(p) for p in others]
+    check_sections([*adatas, hs.read_spots(section)], config.cell_um)
+    cells = [run_to_end(section_cells(a, config.cell_um)) for a in adatas]
+    fit_cellridge(cells, config).save(out)  # atomic (TrainedModel.save)
     print(f"  prior model of {', '.join(p.name for p in others)} -> {out}", flush=True)
     return out
 
@@ -461,7 +491,7 @@ def main() -> None:
     if args.merge and out.exists():
         result = merged(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_atomically(out, lambda handle: handle.write(json.dumps(result, indent=2).encode()))
     print(f"{path.name}: {result['wall_s']:.0f} s -> {out}")
 
 

@@ -59,6 +59,18 @@ def test_a_flat_pattern_gets_weight_zero():
     assert np.all(choose_weights(np.zeros((len(labels), 2)), counts, np.array([0, 1]), labels) == WEIGHTS[0])
 
 
+def test_a_sparse_gene_gets_about_its_true_weight_not_full_weight():
+    # About 1.6 counts per footprint, whose deviation inside its square is a quarter of the
+    # pattern: a correlation criterion chose full weight here (it ignores the pattern's size).
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(400), 4)
+    pattern = rng.normal(0, 1.0, len(labels))
+    level = rng.normal(0, 0.3, 400)[labels]
+    sparse = 1.6 * np.exp(level + 0.25 * pattern) / np.exp(0.25**2 / 2)
+    counts = sp.csr_matrix(rng.poisson(np.stack([sparse, np.full(len(labels), 2000.0)], axis=1)))
+    assert choose_weights(pattern[:, None], counts, np.array([0]), labels)[0] in (0.25, 0.5)
+
+
 # ----------------------------------------------------------------------------- the fitted model
 def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.zeros(pattern.shape[1]))
@@ -67,6 +79,15 @@ def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     first = hs.superresolve_grid(with_prior, demo, mask=None)
     second = hs.superresolve_grid(without, demo, mask=None)
     assert np.array_equal(first.X, second.X)
+
+
+def test_a_prior_that_predicts_none_of_the_selected_genes_is_said(demo, prior_path):
+    prior_genes = set(load_model(prior_path, device="cpu").genes)
+    others = [g for g in map(str, demo.var_names) if g not in prior_genes][:5]
+    with pytest.warns(UserWarning, match="the histology prior predicts none of the selected genes"):
+        model = hs.fit(demo, train_config=hs.train_config("subspot", genes=others, cell_um=float(CELL_UM),
+                                                          prior=str(prior_path)))
+    assert "predicts none of the selected genes, so every weight is 0" in model.training_summary()
 
 
 def test_the_image_pattern_within_bins_is_recovered(demo, prior_path):
@@ -82,6 +103,34 @@ def test_the_image_pattern_within_bins_is_recovered(demo, prior_path):
                                 diameter=float(demo.uns["histosge"]["spot_diameter_px"]))
         scores[name] = float(np.mean(within_bin_pcc(np.asarray(pred[:, genes].X), truth, pooled.spot_bin)))
     assert scores["prior"] > scores["default"] + 0.1, scores
+
+
+def _grid_maps(demo, prior_path, monkeypatch):
+    """Unconstrained (consistency none) grid maps with the prior at full weight and without, and the grid."""
+    from napari_histosge.pipeline.grid_maps import grid_rates
+    from napari_histosge.progress import run_to_end
+    from napari_histosge.slide.cell_grid import CellGrid
+
+    monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.ones(pattern.shape[1]))
+    with_prior, without = _subspot(demo, prior=str(prior_path)), _subspot(demo)
+    footprints = with_prior.footprints()
+    grid = CellGrid.covering(footprints.centres.min(axis=0), footprints.centres.max(axis=0), with_prior.cell_px)
+    maps = [run_to_end(grid_rates(m, demo, grid, consistency="none")) for m in (with_prior, without)]
+    return maps, footprints.cell_weights(grid.centres(), nearest_if_empty=False)
+
+
+def test_the_prior_adds_only_a_pattern_below_the_footprints_not_a_level(demo, prior_path, monkeypatch):
+    # The prior's map predicts a cell against the whole section; the smoothed measurement
+    # already carries the level, so only what differs from the footprints' own level around a
+    # cell may move it. The demo's pattern changes from spot to spot, so some level remains;
+    # before the fix (the map's level added as is) the medians were 0.97 and 0.90.
+    (with_prior, without), weights = _grid_maps(demo, prior_path, monkeypatch)
+    change = np.abs(np.log1p(with_prior) - np.log1p(without))
+    uncovered = np.asarray((weights != 0).sum(axis=0)).ravel() == 0
+    assert uncovered.sum() > 100
+    assert np.median(change[uncovered]) < 0.75
+    footprint_change = np.abs(np.log1p(np.asarray(weights @ with_prior)) - np.log1p(np.asarray(weights @ without)))
+    assert np.median(footprint_change) < 0.65
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -173,3 +222,30 @@ def test_a_prior_on_counts_that_are_not_whole_numbers_is_refused(demo, prior_pat
     _no_cell_features(monkeypatch)
     with pytest.raises(InputError, match="not whole numbers"):
         _subspot(normalised, prior=str(prior_path))
+
+
+def _without_pixel_size(adata):
+    adata.uns["histosge"].pop("mpp", None)
+
+
+def _coarse_slide(adata):
+    # So coarse that the default 14 µm cell is raised to two image pixels: another cell size.
+    adata.uns["histosge"]["mpp"] = 20 * float(adata.uns["histosge"]["mpp"])
+
+
+@pytest.mark.parametrize("edit, message", [(_without_pixel_size, "this section's is unknown"),
+                                           (_coarse_slide, "give --cell-um so that every section")])
+def test_a_prior_is_not_trained_on_sections_of_unknown_or_mixed_cell_size(demo, monkeypatch, edit, message):
+    from napari_histosge.models.subspot import cellridge
+    from napari_histosge.progress import run_to_end
+
+    other = demo.copy()
+    edit(other)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("cell features were read before the sections were checked")
+
+    monkeypatch.setattr(cellridge, "section_cells", refuse)
+    with pytest.raises(InputError, match=message):
+        run_to_end(cellridge.train_cellridge([demo, other], train_ids=None, config=hs.train_config("cellridge"),
+                                             meta={}))

@@ -31,6 +31,7 @@ from ..registry import ModelSpec, register_model
 from .config import CellRidgeConfig
 from .fit import RIDGE_ALPHAS, ridge_fit
 from .geometry import cell_px_for, footprint_cells, footprints_of
+from .histology_prior import CELL_SIZE_TOLERANCE
 
 
 @dataclass
@@ -57,6 +58,26 @@ def section_cells(adata, cell_um: float | None, *, cancel: CancelToken | None = 
             "spot_diameter_px": float(info.get("spot_diameter_px") or np.nan), "source": str(info.get("source", ""))}
     um = None if info.get("mpp") is None else float(cell_px * float(info["mpp"]))
     return SectionCells(np.asarray(weights @ z), normalize_log1p(adata), um, meta)
+
+
+def check_sections(adatas: Sequence[Any], cell_um: float | None) -> None:
+    """Refuse sections a prior cannot be learned from, before any slide is read (one line each).
+
+    Each section needs its pixel size (the prior's cells must be a known size in µm), and
+    their cells must be the same size within
+    :data:`~.histology_prior.CELL_SIZE_TOLERANCE` (a prior averaged over cell sizes fits none).
+    """
+    sizes = []
+    for section in adatas:
+        info = section.uns.get("histosge", {})
+        if info.get("mpp") is None:
+            raise InputError("a cellridge prior needs each section's pixel size (its cells must be a known size "
+                             "in µm), and this section's is unknown", info.get("source"))
+        _, scale = require_spot_image(section)
+        sizes.append(cell_px_for(cell_um, info["mpp"], scale, info.get("spot_diameter_px")) * float(info["mpp"]))
+    if sizes and max(sizes) / min(sizes) > CELL_SIZE_TOLERANCE:
+        raise InputError(f"the sections' grid cells are {min(sizes):.3g}-{max(sizes):.3g} µm (their slides differ in "
+                         "pixel size): give --cell-um so that every section's cells are the same size")
 
 
 def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig) -> CellRidgeModel:
@@ -100,6 +121,7 @@ def train_cellridge(adata, *, train_ids: Sequence[str] | None, config: CellRidge
         if len(adatas) != 1:
             raise InputError("train_ids (a hold-out split) works with one section")
         adatas = [adatas[0][list(train_ids)]]
+    check_sections(adatas, config.cell_um)
     sections = []
     for number, section in enumerate(adatas, 1):
         yield Progress("prepare", number - 1, len(adatas), f"cell features of section {number} of {len(adatas)}")

@@ -8,13 +8,15 @@ gene's penalty chosen by efficient leave-one-out cross-validation over the footp
 How much of that modulation is kept, and the prior's bandwidth, are chosen one scale up
 on the same footprints (:mod:`.calibration`). With a histology prior (``prior``, a
 ``cellridge`` model of other sections) the modulation is instead that model's map, weighted
-per gene on the footprints (:mod:`.histology_prior`).
+per gene on the footprints (:mod:`.histology_prior`), and taken relative to its own level at
+the footprints, smoothed like the prior: it adds only the pattern below a footprint.
 
 Importing this module registers the ``subspot`` model (:mod:`..registry`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -36,10 +38,13 @@ from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprint_cells, footprints_of
 from .histology_prior import load_prior, prior_pattern
 from .network import SubspotNetwork
-from .prior import prior_rates
+from .prior import prior_rates, prior_weights, smoothed_rates
 from .trained import SubspotModel
 
 SPEC_NAME = "subspot"
+#: Said when the histology prior predicts none of the genes the model fits.
+NO_SHARED_GENE = ("the histology prior predicts none of the selected genes: every weight is 0 and the map is the "
+                  "smoothed measurement; choose genes the prior was trained on (--genes) or train it on more genes")
 #: Ridge penalties tried per gene (on standardised features).
 RIDGE_ALPHAS = np.logspace(-1, 4, 11)
 
@@ -111,16 +116,23 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
         pattern = prior_pattern(histology, genes, z, weights, train.X, train.var_names.get_indexer(genes),
                                 footprints.centres)
         coef, share = pattern.coef, float(pattern.weight.max())
-    network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), n_footprints=len(footprints))
+        if pattern.shared == 0:
+            warnings.warn(NO_SHARED_GENE, UserWarning, stacklevel=2)
+    # The histology prior's map predicts a cell against the whole section: only its deviation from
+    # the footprints' own level (smoothed like the prior) is added to the smoothed measurement.
+    level = None if pattern is None else np.asarray(weights @ (z @ coef.T))
+    kwargs: dict[str, Any] = {"n_footprints": len(footprints)}
+    if level is not None:
+        kwargs["relative_modulation"] = True
+    network = SubspotNetwork(in_dim=z.shape[1], n_genes=len(genes), **kwargs)
     depth = total_counts(train)
-    # Each measurement's scatter around what its neighbours and its image say, per gene.
-    neighbours = prior_rates(footprints.centres, footprints.centres, rates, bandwidth,
-                             exclude=np.arange(len(footprints)))
-    dispersion = fit_dispersion(neighbours * np.exp(np.clip(weights @ (z @ coef.T), -20, 20)), rates, depth)
+    dispersion = _dispersion(footprints.centres, rates, depth, bandwidth, np.asarray(weights @ (z @ coef.T)), level)
     _fill(network, mean, std, coef, footprints.centres, rates,
           np.ones(len(genes)) if calibration is None else calibration.detail, depth, dispersion)
+    if level is not None:
+        _fill_level(network, level)
     meta = dict(meta)
-    meta.update(in_dim=int(z.shape[1]), n_features=int(z.shape[1]), model_kwargs={"n_footprints": len(footprints)},
+    meta.update(in_dim=int(z.shape[1]), n_features=int(z.shape[1]), model_kwargs=kwargs,
                 cell_px=float(cell_px), cell_um=_cell_um(cell_px, info.get("mpp")), footprint=footprints.to_dict(),
                 prior_bandwidth_px=float(bandwidth), feature_identity=IDENTITY, n_train_spots=int(train.n_obs),
                 footprint_ids=[str(i) for i in train.obs_names], ridge_alpha_median=float(np.median(alphas)),
@@ -170,6 +182,22 @@ def _fill(network: SubspotNetwork, mean, std, coef, footprint_xy, footprint_rate
         network.detail.copy_(torch.as_tensor(detail, dtype=torch.float32))
         network.footprint_depth.copy_(torch.as_tensor(depth, dtype=torch.float64))
         network.dispersion.copy_(torch.as_tensor(dispersion, dtype=torch.float32))
+
+
+def _dispersion(centres: np.ndarray, rates: np.ndarray, depth: np.ndarray, bandwidth: float,
+                modulation: np.ndarray, level: np.ndarray | None) -> np.ndarray:
+    """Each measurement's scatter around what its neighbours and its image say, per gene (``(G,)`` alpha)."""
+    alone = prior_weights(centres, centres, bandwidth, exclude=np.arange(len(centres)))
+    if level is not None:  # relative to the neighbours' level, as at a cell
+        modulation = modulation - np.asarray(alone @ level)
+    return fit_dispersion(smoothed_rates(alone, rates) * np.exp(np.clip(modulation, -20, 20)), rates, depth)
+
+
+def _fill_level(network: SubspotNetwork, level: np.ndarray) -> None:
+    import torch
+
+    with torch.no_grad():
+        network.footprint_modulation.copy_(torch.as_tensor(level, dtype=torch.float32))
 
 
 def _cell_um(cell_px: float, mpp) -> float | None:

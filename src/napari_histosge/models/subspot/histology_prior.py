@@ -11,7 +11,8 @@ Each gene's weight (0 to 1) is chosen on the section's own footprints, one scale
 by count splitting: every footprint's counts are split binomially into halves A and B
 (:func:`napari_histosge.evaluation.count_split.split_counts`), half A is pooled into squares
 of about four footprints, and each footprint is predicted as its square's value plus the
-weighted pattern's deviation from the square's mean, scored against half B. A pattern
+weighted pattern's deviation from the square's mean, scored against half B (squared error of
+half B's deviation from its own square mean). A pattern
 that does not predict where, inside a square, a gene is higher gets weight 0: the prior
 keeps only what helps on this section. Half B's counts are in no input of what it scores,
 so no weight is rewarded for reproducing counting noise.
@@ -26,7 +27,6 @@ import scipy.sparse as sp
 
 from ...errors import InputError
 from ...evaluation.count_split import split_counts
-from ...evaluation.metrics import column_pcc
 from ...features.cell_raster import IDENTITY
 from ...training.grouping import median_spacing
 from ..registry import load_model
@@ -154,26 +154,31 @@ def prior_pattern(prior, genes: list[str], z: np.ndarray, weights: sp.csr_matrix
 
 def choose_weights(pattern: np.ndarray, counts: sp.spmatrix, columns: np.ndarray, labels: np.ndarray,
                    seeds=SPLIT_SEEDS) -> np.ndarray:
-    """Per gene, the weight of ``pattern`` ``(footprints, G)`` that best predicts half B within half A's squares.
+    """Per gene, the weight of ``pattern`` ``(footprints, G)`` that best predicts half B within its squares.
 
     ``counts`` are the footprints' raw counts of every gene (their totals normalise),
     ``columns`` those of the ``G`` patterned genes; ``labels`` the square of each footprint.
-    Ties go to the smaller weight: a pattern has to help to be kept.
+    Half B's log rate, centred on its own square mean, is compared with the weighted
+    pattern's deviation from the square's mean (squared error): a correlation would ignore
+    the pattern's size and, for a sparse gene, favour full weight. Half A, pooled, is the
+    level a map starts from; the weight only scales the deviation, so half A drops out of
+    the score and half B is in no input of it. Ties go to the smaller weight: a pattern has
+    to help to be kept.
     """
     k = int(labels.max()) + 1
     member = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
     size = np.asarray(member.sum(axis=1))
     deviation = pattern - (np.asarray(member @ pattern) / size)[labels]
-    scores = np.zeros((len(WEIGHTS), pattern.shape[1]))
+    errors = np.zeros((len(WEIGHTS), pattern.shape[1]))
     for seed in seeds:
-        half_a, half_b = split_counts(counts, seed)
-        square = _log_rate(member @ half_a, columns)[labels]
+        _, half_b = split_counts(counts, seed)
         target = _log_rate(half_b, columns)
+        centred = target - (np.asarray(member @ target) / size)[labels]
         for i, w in enumerate(WEIGHTS):
-            scores[i] += np.nan_to_num(column_pcc(target, square + w * deviation), nan=0.0)
+            errors[i] += ((centred - w * deviation) ** 2).sum(axis=0)
     best, genes = np.zeros(pattern.shape[1], dtype=int), np.arange(pattern.shape[1])
     for i in range(1, len(WEIGHTS)):
-        best = np.where(scores[i] > scores[best, genes] + 1e-9, i, best)
+        best = np.where(errors[i] < errors[best, genes] * (1 - 1e-9), i, best)
     return np.asarray(WEIGHTS)[best]
 
 

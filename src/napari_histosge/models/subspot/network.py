@@ -29,9 +29,13 @@ class SubspotNetwork(_module_base()):  # type: ignore[misc]
         Genes predicted.
     n_footprints
         Measured footprints stored (their centres and rates).
+    relative_modulation
+        Whether the modulation is taken relative to its own level at the footprints
+        (``footprint_modulation``), smoothed like the prior: a histology prior's map predicts
+        a cell's level against the whole section, which the measurement already carries.
     """
 
-    def __init__(self, in_dim: int, n_genes: int, n_footprints: int = 1) -> None:
+    def __init__(self, in_dim: int, n_genes: int, n_footprints: int = 1, relative_modulation: bool = False) -> None:
         import torch
 
         super().__init__()
@@ -46,12 +50,19 @@ class SubspotNetwork(_module_base()):  # type: ignore[misc]
         # counting noise consistency reads the measurement through.
         self.register_buffer("footprint_depth", torch.zeros(n_footprints, dtype=torch.float64))
         self.register_buffer("dispersion", torch.full((n_genes,), 1e6))
+        if relative_modulation:  # only then stored: earlier checkpoints load unchanged
+            self.register_buffer("footprint_modulation", torch.zeros(n_footprints, n_genes))
 
     def modulation(self, features: np.ndarray) -> np.ndarray:
         """``(n, G)`` float32: each gene's log-rate change the image predicts for these cells."""
         mean, std = self.feature_mean.cpu().numpy(), self.feature_std.cpu().numpy()
         z = (np.asarray(features, np.float32) - mean) / std
         return (z @ self.coef.cpu().numpy().T).astype(np.float32)
+
+    def footprint_level(self) -> np.ndarray | None:
+        """``(n_footprints, G)`` the modulation's mean over each footprint's cells; ``None``: absolute."""
+        level = getattr(self, "footprint_modulation", None)
+        return None if level is None else level.cpu().numpy().astype(np.float64)
 
     def forward(self, features):  # a torch forward pass, for completeness: the modulation
         """The modulation of a tensor of cell features."""

@@ -52,6 +52,10 @@ def prior_weights(xy: np.ndarray, footprint_xy: np.ndarray, bandwidth_px: float,
 def prior_rates(xy: np.ndarray, footprint_xy: np.ndarray, footprint_rates: np.ndarray, bandwidth_px: float, *,
                 exclude: np.ndarray | None = None) -> np.ndarray:
     """The prior at ``xy``: ``(n, G)`` float32 rates, their weighted mean on the log1p scale (:func:`prior_weights`)."""
-    weights = prior_weights(xy, footprint_xy, bandwidth_px, exclude=exclude)
+    return smoothed_rates(prior_weights(xy, footprint_xy, bandwidth_px, exclude=exclude), footprint_rates)
+
+
+def smoothed_rates(weights: sp.csr_matrix, footprint_rates: np.ndarray) -> np.ndarray:
+    """``(n, G)`` float32: the footprints' rates averaged with ``weights`` (:func:`prior_weights`) on log1p."""
     logs = np.log1p(np.maximum(np.asarray(footprint_rates, np.float64), 0.0))
     return np.expm1(np.asarray(weights @ logs)).astype(np.float32)

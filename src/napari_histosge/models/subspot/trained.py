@@ -18,7 +18,7 @@ from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
 from .consistency import consistent_rates, counting_targets, field_factor, smooth_field
 from .geometry import footprint_cells
-from .prior import prior_rates, prior_weights
+from .prior import prior_rates, prior_weights, smoothed_rates
 
 #: The smooth correction reads each footprint's mean from cells of at most its size over this.
 FIELD_CELLS_ACROSS = 8
@@ -55,9 +55,13 @@ class SubspotModel(TrainedModel):
         if cell_features.shape != (len(cell_xy), int(self.meta["n_features"])):
             raise InputError(f"cell features have shape {cell_features.shape}, expected "
                              f"({len(cell_xy)}, {int(self.meta['n_features'])})")
-        prior = prior_rates(cell_xy, self.model.footprint_xy.cpu().numpy(), self.model.footprint_rate.cpu().numpy(),
-                            float(self.meta["prior_bandwidth_px"]))
-        return (prior * np.exp(np.clip(self.model.modulation(cell_features), -20, 20))).astype(np.float32)
+        weights = prior_weights(cell_xy, self.model.footprint_xy.cpu().numpy(), float(self.meta["prior_bandwidth_px"]))
+        prior = smoothed_rates(weights, self.model.footprint_rate.cpu().numpy())
+        modulation = self.model.modulation(cell_features)
+        level = self.model.footprint_level()
+        if level is not None:  # only the deviation from the footprints' own level, smoothed like the prior
+            modulation = modulation - np.asarray(weights @ level, np.float32)
+        return (prior * np.exp(np.clip(modulation, -20, 20))).astype(np.float32)
 
     def make_consistent(self, cell_xy: np.ndarray, rates: np.ndarray, *, exact: bool = False) -> np.ndarray:
         """``rates`` scaled so the mean over each measured footprint's cells is its target rate.
@@ -117,6 +121,8 @@ class SubspotModel(TrainedModel):
             text = text.replace("image modulation off", f"histology prior {prior['path']}: its pattern kept for "
                                 f"{prior['genes_kept']} of {prior['shared_genes']} shared genes (mean weight "
                                 f"{prior['mean_weight']:.2f}, chosen on {prior['squares']} pooled squares)")
+            if not prior["shared_genes"]:
+                text += "; the prior predicts none of the selected genes, so every weight is 0"
         calibration = meta.get("calibration")
         if calibration:
             text += (f"\none scale up ({calibration['calibration_squares']} pooled squares predicting the "
