@@ -325,10 +325,12 @@ def test_every_command_refuses_bad_outputs_and_ranges_before_reading_anything(tm
 
 
 #: Modules a refusal must not need: loading them is the work (seconds) the checks come before.
-#: (``napari_histosge.io`` itself and its detection and counts-header modules are light: the checks use them.)
+#: (``napari_histosge.io`` itself and its detection and counts-header modules are light: the checks use them;
+#: so is ``napari_histosge.pipeline.map_modes``, the consistency choices the parser offers.)
 HEAVY = ("torch", "anndata", "dask", "timm", "pandas", "napari_histosge.io._common", "napari_histosge.io.preprocess",
-         "napari_histosge.features.extract", "napari_histosge.features.registry", "napari_histosge.pipeline",
-         "napari_histosge.models.histosge")
+         "napari_histosge.features.extract", "napari_histosge.features.registry", "napari_histosge.pipeline.steps",
+         "napari_histosge.pipeline.grid_maps", "napari_histosge.pipeline.section_features",
+         "napari_histosge.pipeline.placement", "napari_histosge.models.histosge")
 
 
 def test_refusals_import_nothing_heavy_in_a_fresh_process(tmp_path: Path) -> None:
