@@ -56,3 +56,14 @@ def demo(demo_dir: Path):
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep feature/pyramid caches of tests out of the user's home."""
     monkeypatch.setenv("HISTOSGE_CACHE", str(tmp_path_factory.getbasetemp() / "histosge-cache"))
+
+
+@pytest.fixture
+def notifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Capture napari notifications raised through show_error/show_info/show_warning, as (kind, message)."""
+    import napari.utils.notifications as nt
+
+    seen: list[tuple[str, str]] = []
+    for kind in ("error", "info", "warning"):
+        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
+    return seen

@@ -91,15 +91,6 @@ def session(make_napari_viewer, demo_dir):
     return viewer, widget, heat, spots, pred
 
 
-@pytest.fixture
-def notifications(monkeypatch):
-    import napari.utils.notifications as nt
-
-    seen: list[tuple[str, str]] = []
-    for kind in ("error", "info", "warning"):
-        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
-    return seen
-
 
 @pytest.mark.slow
 def test_a_gene_the_model_does_not_predict_hides_the_heatmap(session, notifications):

@@ -20,15 +20,6 @@ def demo_dir(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
-@pytest.fixture
-def notifications(monkeypatch):
-    import napari.utils.notifications as nt
-
-    seen: list[tuple[str, str]] = []
-    for kind in ("error", "info", "warning"):
-        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
-    return seen
-
 
 def _quick_widget(viewer, demo_dir: Path, out: Path) -> TrainWidget:
     """A Train widget on the demo section set for a quick run (no image features, 10 genes, 2 epochs)."""

@@ -20,15 +20,6 @@ from napari_histosge.training.trained_model import TrainedModel
 WORKER_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def notifications(monkeypatch):
-    import napari.utils.notifications as nt
-
-    seen: list[tuple[str, str]] = []
-    for kind in ("error", "info", "warning"):
-        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
-    return seen
-
 
 def test_every_declared_setting_of_every_model_appears_with_the_librarys_default(make_napari_viewer):
     widget = TrainWidget(make_napari_viewer())

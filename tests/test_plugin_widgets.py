@@ -31,16 +31,6 @@ def demo_viewer(make_napari_viewer, demo_dir):
     return viewer
 
 
-@pytest.fixture
-def notifications(monkeypatch):
-    """Capture napari notifications raised through show_error/show_info/show_warning."""
-    import napari.utils.notifications as nt
-
-    seen: list[tuple[str, str]] = []
-    for kind in ("error", "info", "warning"):
-        monkeypatch.setattr(nt, f"show_{kind}", lambda msg, _k=kind: seen.append((_k, str(msg))))
-    return seen
-
 
 @pytest.mark.slow
 def test_reader_opens_slide_and_spots_aligned(demo_viewer):
