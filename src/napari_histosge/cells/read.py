@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..slide.mask import geojson_polygons
+from ..slide.mask import geojson_polygons, ring_points
 from ..slide.meta import tiff_mpp
 from ..slide.pyramid import check_decode_size
 from .segmentation import Segmentation, cell_table, segmentation_from_labels
@@ -254,16 +254,7 @@ def _rings(polygons: list, p: Path) -> list[list[np.ndarray]]:
     for rings in polygons:
         if not isinstance(rings, list):  # "coordinates": 5 or a MultiPolygon of numbers
             raise InputError(f"a polygon is not a list of rings of (x, y) points, got {json.dumps(rings)[:40]}", p)
-        arrays = []
-        for ring in rings:
-            try:
-                xy = np.asarray(ring, dtype=np.float64)[:, :2]
-            except (TypeError, ValueError, IndexError) as exc:
-                raise InputError(f"a polygon ring is not a list of (x, y) points: {exc}", p) from None
-            if len(xy) < 3 or not np.all(np.isfinite(xy)):
-                raise InputError(f"a polygon ring needs at least 3 finite points, got {len(xy)}", p)
-            arrays.append(xy)
-        out.append(arrays)
+        out.append([ring_points(ring, p) for ring in rings])
     return out
 
 

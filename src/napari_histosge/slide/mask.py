@@ -337,13 +337,19 @@ def geojson_polygons(node: Any) -> list[list]:
     return []
 
 
-def _ring(ring: Any, factor: float, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def ring_points(ring: Any, path: Path) -> np.ndarray:
+    """A GeoJSON ring as ``(n, 2)`` float ``(x, y)`` points, refused in one line unless 3 or more finite ones."""
     try:
         xy = np.asarray(ring, dtype=np.float64)[:, :2]
     except (TypeError, ValueError, IndexError) as exc:
         raise InputError(f"a polygon ring is not a list of (x, y) points: {exc}", path) from exc
     if len(xy) < 3 or not np.all(np.isfinite(xy)):
         raise InputError(f"a polygon ring needs at least 3 finite points, got {len(xy)}", path)
+    return xy
+
+
+def _ring(ring: Any, factor: float, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    xy = ring_points(ring, path)
     return xy[:, 1] / factor - 0.5, xy[:, 0] / factor - 0.5  # rows, cols of pixel centres
 
 
