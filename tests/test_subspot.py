@@ -186,7 +186,7 @@ def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
 def test_the_model_saves_and_loads_with_the_same_map(demo, fitted, unmasked_map, tmp_path):
     fitted.save(tmp_path / "m.pt")
     loaded = hs.load_model(tmp_path / "m.pt")
-    assert loaded.aggregates_cells and loaded.genes == fitted.genes
+    assert loaded.products == ("grid",) and loaded.genes == fitted.genes
     again = hs.run(hs.steps.superresolve_grid(loaded, demo, mask=None))
     assert np.array_equal(np.asarray(unmasked_map.X), np.asarray(again.X))
 

@@ -31,8 +31,10 @@ def _plain(step: Callable[..., ProgressGenerator[T]]) -> Callable[..., T]:
     signature = inspect.signature(step)
     extra = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False,
                               annotation="bool | Callable[[Progress], Any]")
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     run_step.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*signature.parameters.values(), extra])
+        parameters=[*params[:at], extra, *params[at:]])  # before a **options
     run_step.__doc__ = (
         f"{inspect.getdoc(step)}\n\n"
         "Other Parameters\n----------------\n"
@@ -50,5 +52,7 @@ def _plain(step: Callable[..., ProgressGenerator[T]]) -> Callable[..., T]:
 fit = _plain(pipeline_steps.fit)
 predict_spots = _plain(pipeline_steps.predict_spots)
 superresolve = _plain(pipeline_steps.superresolve)
+#: The ``grid`` product of a cell model, as ``superresolve(model, adata, product="grid", ...)`` makes it; also
+#: takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
 superresolve_grid = _plain(grid_maps.superresolve_grid)
 recover = _plain(recovery.recover)

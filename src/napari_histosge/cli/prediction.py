@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
-from ..pipeline.map_modes import CONSISTENCY, DEFAULT_CONSISTENCY
+from ..pipeline import products as builtin_products  # noqa: F401 - registers the built-in products
+from ..settings import declared_fields, setting_of
 from ..slide.grid_size import MIN_GRID_UM
+from ..training.products import choose_product, get_product, products_taking, registered_products
 from .options import (
     add_common_args,
     add_data_args,
@@ -22,7 +24,6 @@ from .options import (
     require_data,
     require_file,
     require_grid_um,
-    require_int,
     require_positive,
     require_prediction_output,
     require_section,
@@ -32,8 +33,6 @@ from .options import (
 
 def add_parsers(sub) -> None:
     """Register ``predict`` and ``superresolve`` on the subparsers ``sub``."""
-    from ..prediction.grid import MAX_FOLD, MIN_FOLD
-
     p = sub.add_parser("predict", help="predict expression at DATA's measured spots or at positions from a CSV "
                                        "(also on a section the model was not trained on)")
     p.add_argument("model", help="checkpoint written by 'histosge train'")
@@ -58,25 +57,11 @@ def add_parsers(sub) -> None:
     add_common_args(p)
     p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("superresolve", help="super-resolution: expression between measured spots (N-fold "
-                                            "lattice), or on a grid of cells (subspot model)")
+    p = sub.add_parser("superresolve", help="super-resolution: what the model makes of DATA between its measured "
+                                            "spots (an N-fold lattice, a grid of cells, ...)")
     p.add_argument("model", help="checkpoint written by 'histosge train'")
     add_data_args(p)
-    p.add_argument("--fold", type=int,
-                   help=f"N: positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD} "
-                        "(default 4; not for a subspot model)")
-    p.add_argument("--grid-um", type=float,
-                   help=f"subspot model: side of the grid cells in µm, at least {MIN_GRID_UM:g} (default: the "
-                        "model's own cell size)")
-    p.add_argument("--mask",
-                   help="subspot model: tissue mask, a label image (nonzero = tissue) or GeoJSON polygons in "
-                        "full-resolution pixels; 'auto' (default) detects the tissue, 'none' keeps every cell "
-                        "near a spot")
-    p.add_argument("--consistency", choices=list(CONSISTENCY),
-                   help="subspot model: scale the cells under each measured spot so their mean is its measurement "
-                        "(exact), the measurement read through its counting noise (counting), correct the map by a "
-                        "smooth field that agrees with the spots in expectation, with no disc at their edges "
-                        f"(smooth), or not at all (none); default {DEFAULT_CONSISTENCY}")
+    add_product_args(p)
     p.add_argument("--out", required=True, help="output .h5ad, or .zarr for a SpatialData store")
     add_scale_args(p)
     add_common_args(p)
@@ -192,54 +177,94 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_superresolve(args: argparse.Namespace) -> None:
-    """Every ``superresolve`` option, before the model is loaded."""
-    from ..prediction.grid import MAX_FOLD, MIN_FOLD
+def add_product_args(p: argparse.ArgumentParser) -> None:
+    """``--product`` and a flag per option of every registered product (:mod:`~napari_histosge.pipeline.products`)."""
+    products = registered_products()
+    p.add_argument("--product", choices=[product.name for product in products],
+                   help="what to make: " + "; ".join(f"{product.name}, {product.help}" for product in products)
+                   + " (default: the model's own, e.g. lattice for histosge, grid for subspot)")
+    taken: set[str] = set()
+    for product in products:
+        for f in declared_fields(product.options):
+            if f.name in taken:
+                continue
+            taken.add(f.name)
+            spec = setting_of(f)
+            default = product.options.default_of(f.name)
+            shown = spec.none_means if default is None else default
+            words = "; 'none': " + spec.none_means if spec.optional and default is not None else ""
+            p.add_argument(_flag(f.name), dest=f.name, type=spec.kind if spec.kind in (int, float) else str,
+                           choices=list(spec.choices) if spec.choices else None,
+                           help=f"{product.name}: {spec.help}{words} (default: {shown})")
 
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given_options(args: argparse.Namespace) -> dict[str, object]:
+    """The product options given on the command line; ``none`` is ``None`` for an option that may be none."""
+    given: dict[str, object] = {}
+    for product in registered_products():
+        for f in declared_fields(product.options):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                given[f.name] = None if value == "none" and setting_of(f).optional else value
+    return given
+
+
+def _options_product(args: argparse.Namespace, given: dict[str, object]):
+    """The product the options given are for: ``--product``, else one taking all of them (``None``: none given)."""
+    if args.product is not None:
+        return get_product(args.product)
+    if not given:
+        return None
+    takers = products_taking(list(given))
+    if not takers:
+        owners = {name: [p.name for p in products_taking([name])] for name in given}
+        parts = "; ".join(f"{_flag(name)} ({' or '.join(owner)})" for name, owner in owners.items())
+        raise InputError(f"these options are for different products: {parts}: give one or the other")
+    return takers[0]
+
+
+def check_superresolve(args: argparse.Namespace) -> None:
+    """Every ``superresolve`` option, before the model is loaded (each product option as its declared setting)."""
     _check_model_and_data(args)
-    grid = args.grid_um is not None or args.mask is not None or (args.consistency is not None)
-    if grid and args.fold is not None:
-        raise InputError("--fold places positions on the spot lattice; --grid-um, --mask and --consistency "
-                         "are for a grid of cells: give one or the other")
+    args.options = _given_options(args)
+    product = _options_product(args, args.options)
     require_section(args.data, bin_um=args.bin_um)
-    if args.fold is not None:
-        require_int(args.fold, "--fold", MIN_FOLD, MAX_FOLD)
-    require_grid_um(args.grid_um)
-    if args.mask is not None and args.mask not in ("auto", "none"):
-        require_file(args.mask, "--mask file")
+    if product is not None:
+        product.make_options(args.options, _flag)
+
+
+def _model_product(model, args: argparse.Namespace):
+    """The product asked of ``model``: ``--product``, else the first it makes that takes the options given."""
+    if args.product is not None or not args.options:
+        return choose_product(model, args.product)
+    made = [get_product(name) for name in model.products]
+    fits = [product for product in made if set(args.options) <= set(product.option_names())]
+    if not fits:
+        default = choose_product(model)
+        flags = ", ".join(map(_flag, default.option_names())) or "no options"
+        raise InputError(f"a {model.config.model} model makes a {default.label} ({default.name}): use {flags}, "
+                         f"not {', '.join(map(_flag, args.options))}", args.model)
+    return fits[0]
 
 
 def cmd_superresolve(args: argparse.Namespace) -> int:
-    """``histosge superresolve``: predictions at N positions per measured spot, or on a grid of cells."""
+    """``histosge superresolve``: the model's product (its default, or ``--product``) of the section."""
     check_superresolve(args)
-    from ..pipeline.grid_maps import superresolve_grid  # heavy: after the checks
     from ..pipeline.section_features import warn_if_other_platform
-    from ..pipeline.steps import superresolve
 
     model = _load(args)
-    on_grid = model.aggregates_cells
-    if on_grid and args.fold is not None:
-        raise InputError(f"a {model.config.model} model predicts a grid of cells: use --grid-um, not --fold",
-                         args.model)
-    if not on_grid and (args.grid_um is not None or args.mask is not None or (args.consistency is not None)):
-        raise InputError(f"a {model.config.model} model predicts on the spot lattice (--fold); a grid of cells "
-                         "needs a model trained with --model subspot", args.model)
+    product = _model_product(model, args)
+    options = product.make_options(args.options, _flag)
     adata = read_section(args)
     warn_if_other_platform(model.meta, adata)
-    if on_grid:
-        mask = {None: "auto", "none": None}.get(args.mask, args.mask)
-        gen = superresolve_grid(model, adata, grid_um=args.grid_um, mask=mask,
-                                consistency=args.consistency or DEFAULT_CONSISTENCY)
-    else:
-        gen = superresolve(model, adata, args.fold or 4, scheduler=args.scheduler, n_workers=args.workers)
+    gen = product.runner()(model, adata, options, scheduler=args.scheduler, n_workers=args.workers)
     result = drive(gen, args)
     _provenance(result, args)
     write_h5ad(result, args.out)
     spread = " (with per-gene uncertainty in layers['std'])" if "std" in result.layers else ""
-    if on_grid:
-        grid = result.uns["histosge"]["grid"]
-        where = f"grid cells of {grid['cell_px']:.4g} px"
-    else:
-        where = f"positions ({args.fold or 4}-fold of {adata.n_obs} spots)"
-    print(f"{result.n_obs} {where} x {result.n_vars} genes{spread} -> {args.out}")
+    print(f"{product.summary(result)} x {result.n_vars} genes{spread} -> {args.out}")
     return 0

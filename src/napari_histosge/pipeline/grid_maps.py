@@ -22,10 +22,12 @@ from ..slide.cell_grid import MIN_CELL_IMAGE_PX, CellGrid, Footprints
 from ..slide.grid_size import check_grid_um
 from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_tissue, read_mask
 from ..slide.open import open_slide
+from ..training.cell_model import CellModel, as_cell_model
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
 from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
 from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
+from .map_modes import DETECT as DETECT  # re-exported: the widget and the CLI ask for the detected tissue
 from .placement import check_measured_genes, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
@@ -55,8 +57,6 @@ def grid_cell_px(model: TrainedModel, adata, grid_um: float | None) -> float:
     return cell_px
 
 
-#: ``mask=`` value asking for the tissue to be detected on the slide.
-DETECT = "auto"
 
 
 def section_mask(adata, mask) -> TissueMask | None:
@@ -118,13 +118,13 @@ def measured_region_grid(adata, cell_px: float, mask: TissueMask | None = None) 
     return grid.keep(inside)
 
 
-def _feature_sigmas(model: TrainedModel, cell_px: float) -> tuple[float, ...]:
+def _feature_sigmas(model: CellModel, cell_px: float) -> tuple[float, ...]:
     """Filter scales (in cells of ``cell_px``) that match the ones the model was fitted with."""
     ratio = float(model.meta["cell_px"]) / float(cell_px)
     return tuple(s * ratio for s in SIGMAS_IN_CELLS)
 
 
-def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str = DEFAULT_CONSISTENCY,
+def grid_rates(model: CellModel, adata, grid: CellGrid, *, consistency: str = DEFAULT_CONSISTENCY,
                cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
     """Rates (counts per 1e4) of every cell of ``grid``, ``(n_cells, G)`` float32.
 
@@ -133,9 +133,8 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
     with the footprints in expectation, ``"none"`` leaves the model's prediction.
     """
     check_consistency(consistency)
-    if not getattr(model, "aggregates_cells", False):
-        raise InputError(f"the {model.config.model!r} model does not predict grid cells; train a subspot model")
-    if model.uses_image:  # type: ignore[attr-defined]
+    model = as_cell_model(model)
+    if model.uses_image:
         path, scale = require_spot_image(adata)
         feats = yield from cell_features(path, scale, grid, sigmas=_feature_sigmas(model, grid.cell_px),
                                          cancel=cancel)
@@ -143,11 +142,11 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
         feats = np.zeros((grid.n_cells, int(model.meta["n_features"])), np.float32)
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
     centres = grid.centres()
-    rates = model.cell_rates(centres, feats)  # type: ignore[attr-defined]
+    rates = model.cell_rates(centres, feats)
     if consistency == "smooth":
-        rates = model.smooth_corrected(centres, rates, counting=True)  # type: ignore[attr-defined]
+        rates = model.smooth_corrected(centres, rates, counting=True)
     elif consistency != "none":
-        rates = model.make_consistent(centres, rates, exact=consistency == "exact")  # type: ignore[attr-defined]
+        rates = model.make_consistent(centres, rates, exact=consistency == "exact")
     yield Progress("predict", 1, 1)
     return rates
 
@@ -155,12 +154,16 @@ def grid_rates(model: TrainedModel, adata, grid: CellGrid, *, consistency: str =
 def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = None, mask=DETECT,
                       consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
                       ) -> ProgressGenerator[Any]:
-    """Predict a grid of cells over ``adata``'s measured region.
+    """Predict a grid of cells over ``adata``'s measured region: the ``grid`` product.
+
+    ``napari_histosge.superresolve(model, adata, product="grid", ...)`` asks the model for it;
+    this function also takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
 
     Parameters
     ----------
     model
-        A trained ``subspot`` model of this section.
+        A trained model of this section that predicts grid cells (a
+        :class:`~napari_histosge.training.cell_model.CellModel`, e.g. ``subspot``).
     adata
         The section it was trained on.
     grid_um
@@ -169,7 +172,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
         Cells off the tissue are left out: ``"auto"`` detects it on the slide, a path reads a
         label image or GeoJSON, ``None`` keeps every cell near a spot (:func:`section_mask`).
     consistency
-        ``"exact"`` (default): the cells under each measured footprint are scaled so their
+        ``"smooth"`` (default): a smooth correction field that agrees with the footprints in
+        expectation; ``"exact"``: the cells under each measured footprint are scaled so their
         mean is its measured value; ``"counting"``: the measurement read through its
         counting noise (smoother where sparse genes were counted zero times, but it also
         pulls each spot toward its neighbours); ``"none"``: the model's prediction alone.
@@ -184,11 +188,12 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
     import anndata as ad
 
     check_consistency(consistency)
+    cells = as_cell_model(model)  # before the mask is read
     check_measured_genes(model, adata)
     cell_px = grid_cell_px(model, adata, grid_um)
     tissue = section_mask(adata, mask)
     grid = measured_region_grid(adata, cell_px, tissue)
-    rates = yield from grid_rates(model, adata, grid, consistency=consistency, cancel=cancel)
+    rates = yield from grid_rates(cells, adata, grid, consistency=consistency, cancel=cancel)
     rows, cols = grid.rows_cols()
     names = pd.Index([f"cell_{r}_{c}" for r, c in zip(rows, cols, strict=True)])
     out = ad.AnnData(X=np.log1p(rates).astype(np.float32),
@@ -206,6 +211,16 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
     return finish_prediction(out, model)
 
 
+def grid_product(model: TrainedModel, adata, options, *, scheduler: str | None = None, n_workers: int | None = None,
+                 cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+    """The ``grid`` product (:mod:`.products`): :func:`superresolve_grid` with its checked ``options``.
+
+    ``scheduler`` and ``n_workers`` are not used: the cells are read and predicted in this process.
+    """
+    return (yield from superresolve_grid(model, adata, grid_um=options.grid_um, mask=options.mask,
+                                         consistency=options.consistency, cancel=cancel))
+
+
 def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: float, *,
                   consistency: str = DEFAULT_CONSISTENCY, cancel: CancelToken | None = None,
                   ) -> ProgressGenerator[np.ndarray]:
@@ -215,17 +230,18 @@ def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: f
     too, so each footprint is made consistent over all of its cells, not only those the
     discs hold.
     """
+    cells = as_cell_model(model)
     discs = Footprints(np.asarray(positions, np.float64), "disc", float(diameter))
-    cell_px = float(model.meta["cell_px"])
+    cell_px = cells.cell_px
     reach = diameter / 2 + cell_px
     grid = CellGrid.covering(discs.centres.min(axis=0) - reach, discs.centres.max(axis=0) + reach, cell_px)
     centres = grid.centres()
     under = np.asarray((discs.cell_weights(centres) != 0).sum(axis=0)).ravel() > 0
     if consistency in PER_FOOTPRINT:
-        measured = model.footprints().cell_weights(centres, nearest_if_empty=False)  # type: ignore[attr-defined]
+        measured = cells.footprints().cell_weights(centres, nearest_if_empty=False)
         touched = np.asarray((measured[:, np.flatnonzero(under)] != 0).sum(axis=1)).ravel() > 0
         under |= np.asarray((measured[np.flatnonzero(touched)] != 0).sum(axis=0)).ravel() > 0
     grid = grid.keep(under)
-    rates = yield from grid_rates(model, adata, grid, consistency=consistency, cancel=cancel)
+    rates = yield from grid_rates(cells, adata, grid, consistency=consistency, cancel=cancel)
     weights = discs.cell_weights(grid.centres())
     return np.log1p(np.asarray(weights @ rates.astype(np.float64))).astype(np.float32)

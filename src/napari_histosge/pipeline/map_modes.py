@@ -19,6 +19,8 @@ CONSISTENCY = ("exact", "counting", "smooth", "none")
 #: The consistency maps get unless asked otherwise: no disc per spot, and on the count-split pooled benchmark
 #: (leave one section out) at least as accurate as the others.
 DEFAULT_CONSISTENCY = "smooth"
+#: ``mask=`` value asking for the tissue to be detected on the slide.
+DETECT = "auto"
 #: Per footprint, one factor for its cells (a step at its edge).
 PER_FOOTPRINT = ("exact", "counting")
 

@@ -44,6 +44,7 @@ from .placement import (
     patch_geometry,
     position_frame,
 )
+from .products import superresolve as superresolve  # re-exported: the one entry, beside the other steps
 from .run_settings import check_feature_rows, limited_ids, limited_sections, run_settings, starting_settings
 from .section_features import (  # re-exported: callers find every step here
     LOW_RESOLUTION_PX,
@@ -313,14 +314,9 @@ def predict_spots(
     check_diameter_on(adata, diameter)
     check_measured_genes(model, adata)
     frame = position_frame(model, adata)  # checked before any feature is read
-    std = None
-    if model.aggregates_cells:  # spots as the mean of the model's grid cells under each disc
-        disc = default_diameter(model, adata) if diameter is None else float(diameter)
-        assert disc is not None  # required=True: a missing diameter raised
-        pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
-    else:
-        pred, std = yield from _predict_at_spots(model, adata, names, xy, positions, diameter, features, frame,
-                                                 scheduler=scheduler, n_workers=n_workers, cancel=cancel)
+    predict = SPOTS_FROM[model.spots_from]  # as the model declares (TrainedModel.spots_from)
+    pred, std = yield from predict(model, adata, names, xy, positions, diameter, features, frame,
+                                   scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=pd.Index(names, dtype=str)),
                      var=_gene_table(model))
     out.obsm["spatial"] = xy
@@ -347,6 +343,22 @@ def _predict_at_spots(model: TrainedModel, adata, names: list[str], xy: np.ndarr
         features = SpotFeatures(features.features[rows], features.mean_rgb[rows], features.identity)
     return (yield from _predict_with_spread(model, features, xy, frame, scheduler=scheduler,
                                             n_workers=n_workers, cancel=cancel))
+
+
+def _predict_from_cells(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
+                        features: SpotFeatures | None, frame, *, scheduler, n_workers, cancel):
+    """Spots of a cell model at ``xy``: the mean of its grid cells under each disc (no spread).
+
+    Precomputed spot ``features`` are not used: the cells' own are read where the model uses the image.
+    """
+    disc = default_diameter(model, adata) if diameter is None else float(diameter)
+    assert disc is not None  # required=True: a missing diameter raised
+    pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
+    return pred, None
+
+
+#: How a model predicts spots, by :attr:`TrainedModel.spots_from`.
+SPOTS_FROM = {"features": _predict_at_spots, "cells": _predict_from_cells}
 
 
 def _prediction_targets(adata, spot_ids, positions, position_ids) -> tuple[list[str], np.ndarray]:
@@ -416,16 +428,18 @@ def _prediction_uns(adata, model: TrainedModel, *, fold: int) -> dict[str, Any]:
     return info
 
 
-def superresolve(
+def superresolve_lattice(
     model: TrainedModel,
     adata,
-    fold: int,
+    fold: int = 4,
     *,
     scheduler: str | None = None,
     n_workers: int | None = None,
     cancel: CancelToken | None = None,
 ) -> ProgressGenerator[Any]:
-    """Predict expression at ``fold`` times as many positions as ``adata`` has spots.
+    """Predict expression at ``fold`` times as many positions as ``adata`` has spots: the ``lattice`` product.
+
+    :func:`superresolve` asks a model for it (``superresolve(model, adata, 4)``).
 
     Returns
     -------
@@ -463,6 +477,13 @@ def superresolve(
     if std is not None:
         out.layers["std"] = std
     return finish_prediction(out, model)
+
+
+def lattice_product(model: TrainedModel, adata, options, *, scheduler: str | None = None,
+                    n_workers: int | None = None, cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+    """The ``lattice`` product (:mod:`.products`): :func:`superresolve_lattice` with its checked ``options``."""
+    return (yield from superresolve_lattice(model, adata, options.fold, scheduler=scheduler, n_workers=n_workers,
+                                            cancel=cancel))
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,10 +33,14 @@ class TrainedModel:
 
     #: Whether the model can predict on a section it was not trained on. A model that reads
     #: measured spots it stores (conditioned) cannot: they lie on its own section only.
-    predicts_other_sections: bool = True
-    #: Whether the model predicts grid cells from the slide and a spot as the mean of its
-    #: cells (the sub-spot model) rather than from per-spot features.
-    aggregates_cells: bool = False
+    predicts_other_sections: ClassVar[bool] = True
+    #: The products it makes of a section (:mod:`.products`), its default first: HisToSGE's and
+    #: the conditioned model's are an N-fold lattice of spots.
+    products: ClassVar[tuple[str, ...]] = ("lattice",)
+    #: How it predicts spots: ``"features"``, from image features at each disc
+    #: (:meth:`predict`); ``"cells"``, as the mean of its grid cells under each disc (a
+    #: :class:`~.cell_model.CellModel`).
+    spots_from: ClassVar[str] = "features"
     #: The checkpoint it was read from (``None``: trained in this process).
     path: str | None = None
 

@@ -168,6 +168,8 @@ class CellRidgeModel(TrainedModel):
     """A fitted ``cellridge`` model: a histology prior for the sub-spot model, not a predictor of spots."""
 
     config: CellRidgeConfig
+    #: It makes no map of a section itself: the sub-spot model draws with it.
+    products = ()
 
     def pattern_coef(self) -> np.ndarray:
         """``(G, D)``: each gene's log1p expression per standardised cell feature (its pattern over cells)."""

@@ -31,7 +31,8 @@ class SubspotModel(TrainedModel):
     config: SubspotConfig
     predicts_other_sections = False
     #: It predicts grid cells from the slide; spots are means of their cells.
-    aggregates_cells = True
+    products = ("grid",)
+    spots_from = "cells"
 
     @property
     def uses_image(self) -> bool:
@@ -103,11 +104,6 @@ class SubspotModel(TrainedModel):
         kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
         return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
                 ).astype(np.float32)
-
-    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
-        """Not available: the sub-spot model reads the slide (:func:`napari_histosge.pipeline.steps.predict_spots`)."""
-        raise InputError("the subspot model predicts from the slide's cells: use napari_histosge.predict_spots or "
-                         "napari_histosge.superresolve_grid")
 
     def training_summary(self) -> str:
         """How the fit went, for people."""

@@ -1,0 +1,114 @@
+"""The products the built-in models make: an N-fold lattice of spots, and a grid of square cells.
+
+Declared here with their options (the command line's flags and the Super-resolve widget's form
+are built from them); the functions that make them are named, not imported, so the command
+line reads these declarations before anything heavy loads. :func:`superresolve` is the one
+entry that asks a model for a product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..prediction.grid import MAX_FOLD, MIN_FOLD
+from ..progress import CancelToken, ProgressGenerator
+from ..settings import setting
+from ..slide.grid_size import MIN_GRID_UM, check_grid_um
+from ..training.products import Product, ProductOptions, choose_product, register_product
+from .map_modes import CONSISTENCY, DEFAULT_CONSISTENCY, DETECT
+
+
+@dataclass
+class LatticeOptions(ProductOptions):
+    """Options of the N-fold lattice."""
+
+    fold: int = setting(4, f"positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD}",
+                        least=MIN_FOLD, most=MAX_FOLD, meaning=f"between {MIN_FOLD} and {MAX_FOLD}")
+
+
+@dataclass
+class GridOptions(ProductOptions):
+    """Options of the grid of cells."""
+
+    grid_um: float | None = setting(None, f"side of the grid cells in µm, at least {MIN_GRID_UM:g}", kind=float,
+                                    optional=True, none_means="the model's own cell size")
+    mask: str | None = setting(DETECT, "tissue mask: 'auto' detects the tissue, or a label image (nonzero = tissue) "
+                               "or GeoJSON polygons in full-resolution pixels", kind=str, optional=True,
+                               none_means="keep every cell near a spot")
+    consistency: str = setting(DEFAULT_CONSISTENCY, "scale the cells under each measured spot so their mean is its "
+                               "measurement (exact), the measurement read through its counting noise (counting), "
+                               "correct the map by a smooth field that agrees with the spots in expectation, with no "
+                               "disc at their edges (smooth), or not at all (none)", choices=CONSISTENCY)
+
+
+def check_grid(options: GridOptions, label) -> None:
+    """The grid's cell size, and its mask file where one is named."""
+    check_grid_um(options.grid_um, label("grid_um"))
+    mask = options.mask
+    if mask is not None and mask != DETECT and not Path(mask).is_file():
+        raise InputError(f"{label('mask')} file not found" if not Path(mask).is_dir()
+                         else f"{label('mask')} file is a folder, not a file", mask)
+
+
+def lattice_summary(result) -> str:
+    """``"N positions (4-fold)"``."""
+    return f"{result.n_obs} positions ({result.uns['histosge']['fold']}-fold)"
+
+
+def grid_summary(result) -> str:
+    """``"N grid cells of 30 px"``."""
+    return f"{result.n_obs} grid cells of {result.uns['histosge']['grid']['cell_px']:.4g} px"
+
+
+LATTICE = register_product(Product(
+    name="lattice", label="N-fold lattice", help="N positions per measured spot on the spot lattice",
+    options=LatticeOptions, run="napari_histosge.pipeline.steps:lattice_product", summary=lattice_summary,
+))
+GRID = register_product(Product(
+    name="grid", label="grid of cells", help="square cells of a size in µm over the measured tissue",
+    options=GridOptions, run="napari_histosge.pipeline.grid_maps:grid_product", summary=grid_summary,
+    check=check_grid,
+))
+
+
+def superresolve(model, adata, fold: int | None = None, *, product: str | None = None, scheduler: str | None = None,
+                 n_workers: int | None = None, cancel: CancelToken | None = None,
+                 **options: Any) -> ProgressGenerator[Any]:
+    """Predict ``adata`` as one of the products ``model`` makes (its default when ``product`` is ``None``).
+
+    Parameters
+    ----------
+    model
+        A trained model; ``model.products`` lists what it makes (HisToSGE and the conditioned
+        model: ``"lattice"``; subspot: ``"grid"``).
+    adata
+        A section (spots, counts, its image).
+    fold
+        The lattice's positions per measured spot (``fold=`` among ``options`` too).
+    product
+        The product's name; the model is asked first, so one it does not make is refused
+        before any work.
+    scheduler, n_workers, cancel
+        Where features are read and predicted (lattice), and the cancel token.
+    **options
+        The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid).
+
+    Returns
+    -------
+    AnnData
+        The product: one row per position (lattice) or grid cell (grid), X log1p(counts per 1e4).
+
+    Raises
+    ------
+    InputError
+        If the model does not make ``product`` or the product does not take an option (one line).
+    """
+    if fold is not None:
+        options["fold"] = fold
+    chosen = choose_product(model, product)
+    checked = chosen.make_options(options)
+    return (yield from chosen.runner()(model, adata, checked, scheduler=scheduler, n_workers=n_workers,
+                                       cancel=cancel))
