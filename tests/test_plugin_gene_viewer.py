@@ -291,15 +291,16 @@ def test_the_grid_choice_refuses_a_model_that_predicts_whole_spots(make_napari_v
     from types import SimpleNamespace
 
     from napari_histosge.errors import InputError
-    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, grid_job
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, product_job
 
     widget = SuperResolveWidget(make_napari_viewer())
     widget.positions.value = GRID
-    assert widget.grid_um.native.isVisibleTo(widget.native) and not widget.fold.native.isVisibleTo(widget.native)
-    assert widget.consistency.native.isVisibleTo(widget.native)
-    lattice_model = SimpleNamespace(aggregates_cells=False, config=SimpleNamespace(model="histosge"))
-    with pytest.raises(InputError, match="predicts whole spots"):
-        next(grid_job(lattice_model, None, 10.0, True, None))
+    # the grid's own options, generated from its declared settings; the lattice's fold is gone
+    assert set(widget.product_options.fields) == {"grid_um", "mask", "consistency"}
+    assert widget.option("grid_um").native.isVisibleTo(widget.native)
+    lattice_model = SimpleNamespace(products=("lattice",), config=SimpleNamespace(model="histosge"))
+    with pytest.raises(InputError, match="the histosge model makes lattice, not grid"):
+        next(product_job(lattice_model, None, GRID, {"grid_um": 10.0}, None, None))
 
 
 def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(session):
@@ -315,14 +316,13 @@ def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(sessi
 def test_the_super_resolve_widget_offers_the_core_consistency_choices_and_default(make_napari_viewer):
     from napari_histosge.cli import build_parser
     from napari_histosge.pipeline.grid_maps import CONSISTENCY, DEFAULT_CONSISTENCY, superresolve_grid
-    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, grid_job
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget
 
     widget = SuperResolveWidget(make_napari_viewer())
     widget.positions.value = GRID
-    assert tuple(widget.consistency.choices) == CONSISTENCY
+    assert tuple(widget.option("consistency").choices) == CONSISTENCY
     # the map the docs recommend, as the library and the command line make it by default
-    assert widget.consistency.value == DEFAULT_CONSISTENCY
-    assert inspect.signature(grid_job).parameters["consistency"].default == DEFAULT_CONSISTENCY
+    assert widget.option("consistency").value == DEFAULT_CONSISTENCY
     assert inspect.signature(superresolve_grid).parameters["consistency"].default == DEFAULT_CONSISTENCY
     action = next(a for a in build_parser()._subparsers._group_actions[0].choices["superresolve"]._actions
                   if a.dest == "consistency")

@@ -11,6 +11,7 @@ baseline of no super-resolution at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,13 +38,13 @@ class PooledSection:
         Side of a bin, full-res px.
     """
 
-    bins: object
+    bins: Any  # anndata.AnnData (not imported here: the pipeline loads it where it reads)
     spot_bin: np.ndarray
     side_px: float
 
     def bin_sizes(self) -> np.ndarray:
         """Spots per bin."""
-        return np.bincount(self.spot_bin, minlength=self.bins.n_obs)  # type: ignore[attr-defined]
+        return np.bincount(self.spot_bin, minlength=self.bins.n_obs)
 
 
 def pool_spots(adata, factor: float) -> PooledSection:

@@ -1,9 +1,11 @@
-"""The Super-resolve widget: a trained model + a spots layer -> N-fold heatmap and points, or a grid map.
+"""The Super-resolve widget: a trained model + a spots layer -> the model's product (N-fold heatmap, grid map, ...).
 
-Two kinds of positions: the N-fold lattice (every model), or a grid of square cells of a
-chosen size in µm (models that predict grid cells, e.g. ``subspot``), shown as a raster
-heatmap masked to the tissue. "Predict on this slide" predicts a slide image opened without
-spots (an unmeasured H&E) on the model's spot lattice or a µm grid over its tissue.
+The positions are one of the products the chosen model makes
+(:mod:`napari_histosge.training.products`): the N-fold lattice (HisToSGE, conditioned), a grid of
+square cells of a chosen size in µm (``subspot``), shown as a raster heatmap masked to the
+tissue, or a product a model brings. The options shown are the chosen product's declared
+settings (:class:`~.settings_form.SettingsForm`). "Predict on this slide" predicts a slide
+image opened without spots (an unmeasured H&E) on the model's spot lattice or a µm grid over its tissue.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.types import FileDialogMode
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton
 
-from ...pipeline.map_modes import CONSISTENCY, DEFAULT_CONSISTENCY
+from ...errors import InputError
+from ...pipeline import products as builtin_products
 from ...progress import CancelToken, Progress
 from ...slide.grid_size import MIN_GRID_UM
+from ...training.products import get_product, registered_products
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
@@ -27,6 +31,7 @@ from .layers import (
     prediction_layers,
 )
 from .models_panel import ModelPanel
+from .settings_form import Control, SettingsForm
 from .state import SESSION_MODELS, follow_session_models
 from .status import set_status, status_label
 from .train import DEVICES, scheduler_value, setting_tip, spots_layer_choices, warm_up_imports
@@ -36,9 +41,8 @@ if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "checkpoint file..."
-#: The core's choices (a light module: opening the widget imports no pipeline).
-CONSISTENCY_CHOICES = CONSISTENCY
-LATTICE, GRID = "N-fold lattice", "grid of cells"
+#: The built-in products' names (:mod:`napari_histosge.pipeline.products`, a light module).
+LATTICE, GRID = builtin_products.LATTICE.name, builtin_products.GRID.name
 #: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
 SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
 
@@ -111,21 +115,21 @@ def with_layers(job, adata):
     return pred, layers
 
 
-def grid_job(model, adata, grid_um: float | None, tissue_only: bool, cancel: CancelToken,
-             consistency: str = DEFAULT_CONSISTENCY):
-    """The core's grid super-resolution, inside the tissue the H&E shows when ``tissue_only``.
+def product_job(model, adata, product: str, options: dict[str, Any], scheduler: str | None, cancel: CancelToken):
+    """The core's super-resolution: ``model``'s ``product`` of ``adata`` with the ``options`` the user set.
 
-    A generator for :func:`~.worker.start_job` (runs in the worker thread).
+    A generator for :func:`~.worker.start_job` (runs in the worker thread); a product the model
+    does not make, or an option it does not take, is the library's one-line error.
     """
-    from ...errors import InputError
-    from ...pipeline.grid_maps import DETECT, superresolve_grid
+    from ...pipeline.steps import superresolve
 
-    if not getattr(model, "aggregates_cells", False):
-        raise InputError(f"the {model.config.model!r} model predicts whole spots, not grid cells: choose the "
-                         "N-fold lattice, or train a subspot model for a grid")
-    # The core detects the tissue (and checks that it covers the spots).
-    return (yield from superresolve_grid(model, adata, grid_um=grid_um, mask=DETECT if tissue_only else None,
-                                         consistency=consistency, cancel=cancel))
+    return (yield from superresolve(model, adata, product=product, scheduler=scheduler, cancel=cancel, **options))
+
+
+def product_choices(model) -> list[tuple[str, str]]:
+    """``(label, name)`` of the products ``model`` makes, or of every registered product when it is not loaded."""
+    products = registered_products() if model is None else [get_product(name) for name in model.products]
+    return [(product.label, product.name) for product in products]
 
 
 class SuperResolveWidget(Container):
@@ -140,21 +144,11 @@ class SuperResolveWidget(Container):
         self.model = ComboBox(label="model", choices=lambda _w: SESSION_MODELS.names() + [FROM_FILE],
                               tooltip="a model of this session (the panel above lists them), or a checkpoint file")
         self.checkpoint = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, value=None, filter="*.pt")
-        self.positions = ComboBox(label="positions", choices=[LATTICE, GRID], value=LATTICE,
-                                  tooltip="N-fold lattice: N positions per measured spot (every model); grid: "
-                                          "square cells of a size in µm (models that predict cells, e.g. subspot)")
-        self.fold = SpinBox(label="fold N", min=2, max=16, value=4,
-                            tooltip="positions per measured spot (2..16)")
-        self.grid_um = FloatSpinBox(label="cell µm", min=0.0, max=500.0, step=1.0, value=0.0,
-                                    tooltip="side of a grid cell in µm; 0: the cell size the model was trained with")
-        self.tissue_only = CheckBox(label="tissue only", value=True,
-                                    tooltip="leave out cells the tissue mask (detected on the H&E) says are bare glass")
-        self.consistency = ComboBox(label="consistency", choices=list(CONSISTENCY_CHOICES),
-                                    value=DEFAULT_CONSISTENCY,
-                                    tooltip="exact: the cells under each measured spot reproduce it (each spot a "
-                                            "disc on the map); counting: they reproduce it within its counting "
-                                            "noise (still a disc per spot); smooth: a smooth correction that "
-                                            "agrees with the spots in expectation, no discs; none: the model alone")
+        self.positions = ComboBox(label="positions", choices=lambda _w: product_choices(self._chosen_model()),
+                                  tooltip="what the model makes: " + "; ".join(
+                                      f"{p.label}: {p.help}" for p in registered_products()))
+        #: The chosen product's options, generated from its declared settings.
+        self.product_options = SettingsForm()
         self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
@@ -179,10 +173,9 @@ class SuperResolveWidget(Container):
                                                  "the slide positions in the background")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
-        self.extend([self.data, self.model, self.checkpoint, self.positions, self.fold, self.grid_um,
-                     self.tissue_only, self.consistency, self.device, self.scheduler, self.run_button,
-                     self.slide, self.slide_positions, self.slide_grid_um, self.slide_mpp, self.predict_button,
-                     self.cancel_button, self.status])
+        self.extend([self.data, self.model, self.checkpoint, self.positions, self.product_options, self.device,
+                     self.scheduler, self.run_button, self.slide, self.slide_positions, self.slide_grid_um,
+                     self.slide_mpp, self.predict_button, self.cancel_button, self.status])
         self.native.layout().addWidget(self.models_panel.native)  # full width, below the form
         self.worker = None
         self.token: CancelToken | None = None
@@ -192,14 +185,36 @@ class SuperResolveWidget(Container):
         self.run_button.changed.connect(self.run)
         self.predict_button.changed.connect(self.predict_slide)
         self.cancel_button.changed.connect(self.cancel)
-        self.model.changed.connect(self._sync_visibility)
+        self.model.changed.connect(self._sync_products)
         self.positions.changed.connect(self._sync_visibility)
         self.slide_positions.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         follow_session_models(self.native, self._models_changed)
         warm_up_imports()  # a click on Super-resolve then starts at once
+        self._sync_products()
+
+    def _chosen_model(self):
+        """The chosen session model when it is loaded (its products are known), else ``None``."""
+        entry = SESSION_MODELS.get(self.model.value) if self.model.value != FROM_FILE else None
+        return None if entry is None else entry.model
+
+    def _sync_products(self, *_: Any) -> None:
+        """Offer the chosen model's products, its default first and chosen."""
+        self.positions.reset_choices()
+        model = self._chosen_model()
+        if model is not None and model.products:
+            self.positions.value = model.products[0]
         self._sync_visibility()
+
+    def option(self, name: str) -> Control:
+        """The control of the chosen product's option ``name`` (e.g. ``fold``)."""
+        return self.product_options.control(name)
+
+    @property
+    def fold(self) -> Control:
+        """The lattice's fold (its control while the lattice is chosen)."""
+        return self.option("fold")
 
     def _models_changed(self) -> None:
         self.reset_choices()
@@ -209,13 +224,13 @@ class SuperResolveWidget(Container):
 
     def _sync_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
-        grid = self.positions.value == GRID
-        self.fold.visible = not grid
-        self.grid_um.visible = self.tissue_only.visible = self.consistency.visible = grid
+        if self.positions.value is not None and get_product(self.positions.value).options is not \
+                self.product_options.settings_class:
+            self.product_options.show_class(get_product(self.positions.value).options)
         self.slide_grid_um.visible = self.slide_positions.value == SLIDE_GRID
 
     def run(self, *_: Any) -> None:
-        """Start super-resolution in the background."""
+        """Start super-resolution in the background: the chosen product with the options set."""
         from napari.utils.notifications import show_error
 
         if self.worker is not None:
@@ -228,25 +243,21 @@ class SuperResolveWidget(Container):
         load = self._model_loader()
         if load is None:
             return
-        fold = int(self.fold.value)
+        product = get_product(self.positions.value)
+        try:
+            options = self.product_options.given_values()
+        except InputError as exc:
+            show_error(str(exc))
+            return
         scheduler = scheduler_value(self.scheduler.value)
-        grid = self.positions.value == GRID
-        grid_um = float(self.grid_um.value) or None
-        tissue_only = bool(self.tissue_only.value)
-        consistency = str(self.consistency.value)
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
-            model = load()
-            if grid:
-                return with_layers(grid_job(model, adata, grid_um, tissue_only, token, consistency), adata)
-            from ...pipeline.steps import superresolve
-
-            return with_layers(superresolve(model, adata, fold, scheduler=scheduler, cancel=token), adata)
+            return with_layers(product_job(load(), adata, product.name, options, scheduler, token), adata)
 
         self._adata = adata
-        what = (f"a grid of {grid_um:g} µm cells" if grid_um else "a grid of the model's cells") if grid else f"{fold}x"
-        self._start(make_gen, f"super-resolving {what}...", f"super-resolution ({what})")
+        what = product.label + "".join(f", {name.replace('_', ' ')} {value}" for name, value in options.items())
+        self._start(make_gen, f"super-resolving: {what}...", f"super-resolution ({what})")
 
     def _model_loader(self):
         """A zero-argument loader of the chosen model (run in the worker), or ``None`` after telling why not."""
