@@ -371,3 +371,21 @@ def test_the_spot_level_trainer_points_to_the_section_fit():
     data = TrainingData(np.zeros((3, 2)), np.zeros((3, 3)), np.eye(3, 2), np.ones((3, 1)), ["a", "b", "c"], ["G"])
     with pytest.raises(InputError, match="trains on a section's slide"):
         hs.run(train(data, hs.train_config("subspot")))
+
+
+# ----------------------------------------------------------------------------- the model's product
+def test_superresolve_asks_the_subspot_model_for_its_grid(demo, fitted, unmasked_map):
+    # One entry: the model's default product is its grid, the same map superresolve_grid makes.
+    grid = hs.superresolve(fitted, demo, mask=None)
+    assert list(grid.obs_names) == list(unmasked_map.obs_names)
+    np.testing.assert_array_equal(grid.X, unmasked_map.X)
+    assert hs.superresolve(fitted, demo, product="grid", mask=None).n_obs == grid.n_obs
+
+
+def test_a_lattice_or_its_fold_is_refused_for_a_subspot_model_before_work(demo, fitted, no_features):
+    with pytest.raises(InputError, match="the subspot model makes grid, not lattice"):
+        hs.superresolve(fitted, demo, product="lattice")
+    with pytest.raises(InputError, match="the grid product takes grid_um, mask, consistency, not fold"):
+        hs.superresolve(fitted, demo, 4)
+    with pytest.raises(InputError, match="at least 0.5 µm"):  # the grid's own check, through the one entry
+        hs.superresolve(fitted, demo, grid_um=0.1)

@@ -92,12 +92,15 @@ class SettingsForm(Container):
         Settings shown elsewhere (e.g. the Train widget's genes section); they get no control.
     tips
         Text added to a setting's tooltip, by name (what the form does with it).
+    what
+        What an error calls a setting ("training setting epochs must be ...").
     """
 
-    def __init__(self, *, skip: frozenset[str] = frozenset(), tips: dict[str, str] | None = None) -> None:
+    def __init__(self, *, skip: frozenset[str] = frozenset(), tips: dict[str, str] | None = None,
+                 what: str = "training setting") -> None:
         super().__init__(labels=True)
         self.margins = (0, 0, 0, 0)
-        self.skip, self.tips = skip, dict(tips or {})
+        self.skip, self.tips, self.what = skip, dict(tips or {}), what
         self.settings_class: Any = None
         self.fields: dict[str, Field] = {}
         #: The settings whose control the user edited (its changed signal outside the form's own sets).
@@ -155,7 +158,7 @@ class SettingsForm(Container):
             if name not in self.edited:
                 continue
             try:
-                value = control_value(name, setting_of(f), self[name])
+                value = control_value(name, setting_of(f), self[name], self.what)
             except InputError:
                 if quiet:
                     continue

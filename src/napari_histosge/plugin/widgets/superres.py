@@ -148,7 +148,7 @@ class SuperResolveWidget(Container):
                                   tooltip="what the model makes: " + "; ".join(
                                       f"{p.label}: {p.help}" for p in registered_products()))
         #: The chosen product's options, generated from its declared settings.
-        self.product_options = SettingsForm()
+        self.product_options = SettingsForm(what="option")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
@@ -224,9 +224,9 @@ class SuperResolveWidget(Container):
 
     def _sync_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
-        if self.positions.value is not None and get_product(self.positions.value).options is not \
-                self.product_options.settings_class:
-            self.product_options.show_class(get_product(self.positions.value).options)
+        options = None if self.positions.value is None else get_product(self.positions.value).options
+        if options is not None and options is not self.product_options.settings_class:
+            self.product_options.show_class(options)  # the chosen product's own options
         self.slide_grid_um.visible = self.slide_positions.value == SLIDE_GRID
 
     def run(self, *_: Any) -> None:
