@@ -175,3 +175,25 @@ def test_the_built_in_models_declare_their_products() -> None:
 
     assert HisToSGETrainedModel.products == ConditionedTrainedModel.products == ("lattice",)
     assert SubspotModel.products == ("grid",) and SubspotModel.spots_from == "cells"
+
+
+def test_the_widget_refuses_a_model_that_makes_no_map(make_napari_viewer, demo_dir: Path, notifications) -> None:
+    from types import SimpleNamespace
+
+    from napari_histosge.plugin.widgets.state import SESSION_MODELS, SessionModel
+    from napari_histosge.plugin.widgets.superres import SuperResolveWidget
+
+    SESSION_MODELS.clear()
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = SuperResolveWidget(viewer)
+    prior = SimpleNamespace(products=(), config=SimpleNamespace(model="cellridge"))  # a prior for subspot only
+    SESSION_MODELS.add(SessionModel("prior", prior, None))
+    try:
+        assert widget.positions.choices == ()
+        widget.run()
+        assert widget.worker is None
+        assert notifications == [("error", "The chosen model makes no map of a section itself: choose another "
+                                           "model.")]
+    finally:
+        SESSION_MODELS.clear()

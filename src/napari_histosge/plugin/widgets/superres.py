@@ -243,6 +243,9 @@ class SuperResolveWidget(Container):
         load = self._model_loader()
         if load is None:
             return
+        if self.positions.value is None:  # e.g. a cellridge model: a prior for subspot, no map of its own
+            show_error("The chosen model makes no map of a section itself: choose another model.")
+            return
         product = get_product(self.positions.value)
         try:
             options = self.product_options.given_values()
