@@ -177,17 +177,23 @@ def test_the_built_in_models_declare_their_products() -> None:
     assert SubspotModel.products == ("grid",) and SubspotModel.spots_from == "cells"
 
 
-def test_the_widget_refuses_a_model_that_makes_no_map(make_napari_viewer, demo_dir: Path, notifications) -> None:
-    from types import SimpleNamespace
+class PriorOnly(ToyModel):
+    """Like a cellridge model: a prior for another model, no map of its own."""
 
+    products = ()
+
+
+def test_the_widget_refuses_a_model_that_makes_no_map(toy, make_napari_viewer, demo_dir: Path,
+                                                     notifications) -> None:
     from napari_histosge.plugin.widgets.state import SESSION_MODELS, SessionModel
     from napari_histosge.plugin.widgets.superres import SuperResolveWidget
 
+    model, _ = toy
     SESSION_MODELS.clear()
     viewer = make_napari_viewer()
     viewer.open(str(demo_dir), plugin="napari-histosge")
     widget = SuperResolveWidget(viewer)
-    prior = SimpleNamespace(products=(), config=SimpleNamespace(model="cellridge"))  # a prior for subspot only
+    prior = PriorOnly(model.model, model.config, model.genes, model.meta)
     SESSION_MODELS.add(SessionModel("prior", prior, None))
     try:
         assert widget.positions.choices == ()
