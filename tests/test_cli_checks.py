@@ -111,6 +111,8 @@ CASES = [
     (lambda f: _superresolve(f, "--grid-um", "0"), "--grid-um must be a positive number"),
     (lambda f: _superresolve(f, "--grid-um", "-10"), "--grid-um must be a positive number"),
     (lambda f: _superresolve(f, "--grid-um", "10", "--fold", "4"), "give one or the other"),
+    (lambda f: _superresolve(f, "--product", "grid", "--fold", "4"),
+     "the grid product takes --grid-um, --mask, --consistency, not --fold"),
     (lambda f: _superresolve(f, "--mask", f["tmp"] + "/none.geojson"), "--mask file not found"),
     (lambda f: _train(f, "--model", "subspot", "--cell-um", "0"), "cell_um must be a number > 0"),
     (lambda f: _train(f, "--model", "subspot", "--prior-bandwidth", "0"),

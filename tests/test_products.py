@@ -129,6 +129,8 @@ def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp
     err = capsys.readouterr().err
     assert "makes a centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
     assert len(err.strip().splitlines()) == 1
+    assert main(["superresolve", str(path), str(demo_dir), "--product", "lattice", "--out", str(out)]) == 2
+    assert f"the {TOY} model makes centroids, not lattice" in capsys.readouterr().err
     assert main(["superresolve", str(path), str(demo_dir), "--spots-per-centroid", "0", "--out", str(out)]) == 2
     assert "--spots-per-centroid must be an integer >= 1, got 0" in capsys.readouterr().err
 
