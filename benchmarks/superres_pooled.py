@@ -216,6 +216,10 @@ def fitted(model_name: str, settings: dict, pooled, genes: list[str], cache: dic
     return cache[key]
 
 
+#: Segmentations read in this process, by section: every seed and cell-map column maps the same nuclei.
+NUCLEI: dict = {}
+
+
 def section_nuclei(adata):
     """The built-in detector's nuclei on ``adata``'s slide (default settings), detected once and cached."""
     from napari_histosge.cells import NucleusSettings, detect_nuclei, read_segmentation, slide_source
@@ -223,6 +227,8 @@ def section_nuclei(adata):
     from napari_histosge.slide.open import open_slide
 
     section = str(adata.uns["histosge"]["source"])
+    if section in NUCLEI:
+        return NUCLEI[section]
     source = slide_source(section)
     key = cache_key(sorted(dataclasses.asdict(NucleusSettings()).items()), section)
     folder = CACHE / f"nuclei-{Path(section).name}-{key}"
@@ -231,7 +237,8 @@ def section_nuclei(adata):
             found = hs.run(detect_nuclei(slide, mpp=source.mpp, scale=source.scale))
         write_segmentation(found, folder)  # atomic per file
         print(f"  {found.n_cells:,} nuclei -> {folder}", flush=True)
-    return read_segmentation(folder / LABELS_FILE, source.shape, mpp=source.mpp)
+    NUCLEI[section] = read_segmentation(folder / LABELS_FILE, source.shape, mpp=source.mpp)
+    return NUCLEI[section]
 
 
 def cell_spot_prediction(model, adata_a, genes: list[str], consistency: str) -> tuple[np.ndarray, dict]:
