@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .pipeline import grid_maps, recovery
+from .pipeline import cell_maps, grid_maps, recovery
 from .pipeline import steps as pipeline_steps
 from .progress import ProgressGenerator, ProgressOption, drive
 
@@ -51,4 +51,5 @@ fit = _plain(pipeline_steps.fit)
 predict_spots = _plain(pipeline_steps.predict_spots)
 superresolve = _plain(pipeline_steps.superresolve)
 superresolve_grid = _plain(grid_maps.superresolve_grid)
+superresolve_cells = _plain(cell_maps.superresolve_cells)
 recover = _plain(recovery.recover)
