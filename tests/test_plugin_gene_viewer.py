@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from napari.utils.colormaps import ensure_colormap
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets import layers as L
 from napari_histosge.plugin.widgets.colours import SPOT_COLORMAP, robust_range
 from napari_histosge.plugin.widgets.compare import ROLE_COMPARE, ROLE_COMPARE_TITLES
@@ -26,11 +24,6 @@ from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.superres import add_prediction_layers
 
 N_PREDICTED = 8
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
 def fake_predictions(adata, n_genes: int = N_PREDICTED):
@@ -452,8 +445,8 @@ def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_r
 
 
 def test_a_table_of_ids_and_symbols_lets_symbols_find_genes_of_data_named_by_id(make_napari_viewer, tmp_path,
-                                                                                notifications):
-    folder = make_demo_dataset(tmp_path / "demo")
+                                                                                notifications, demo_copy):
+    folder = demo_copy()
     counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
     table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
     counts.columns = list(table)

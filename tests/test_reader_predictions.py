@@ -29,9 +29,8 @@ FOLD = 2  # the smallest super-resolution: the file's cost is the real pipeline 
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> dict:
+def made(tmp_path_factory, demo_dir) -> dict:
     """A 2-fold and a fold-1 prediction of the demo section, written to .h5ad."""
-    from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
@@ -40,7 +39,7 @@ def made(tmp_path_factory) -> dict:
 
     preload_torch()  # an earlier test's viewer may have loaded Mesa's LLVM: triton must not load beside it
     root = tmp_path_factory.mktemp("pred")
-    adata = read_spots(make_demo_dataset(root / "demo"))
+    adata = read_spots(demo_dir)
     model = run_to_end(fit(adata, train_config=train_config(epochs=2, n_top_genes=8)))
     pred = run_to_end(superresolve(model, adata, FOLD))
     spots = run_to_end(predict_spots(model, adata))

@@ -19,8 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .gene_names import gene_keys
 
-__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "tissue_markers",
+__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "section_species", "tissue_markers",
            "tissues"]
 
 #: At most this many markers are always kept (and at most a quarter of the genes asked for).
@@ -29,6 +30,8 @@ MARKER_CAP = 24
 MIN_TISSUE_MARKERS = 3
 #: ``auto`` counts a tissue's markers among this share of a section's genes, highest mean first.
 TOP_EXPRESSED_SHARE = 0.1
+#: A section is of a species when more than this share of its Ensembl ids, or of its symbols, say so.
+SPECIES_SHARE = 0.7
 #: A marker is kept only when detected in at least this share of the spots ...
 MIN_DETECTED_SHARE = 0.05
 #: ... and in at least this many spots (a marker seen in two spots is noise, not the tissue).
@@ -104,19 +107,49 @@ def _means(x) -> np.ndarray:
     return np.asarray(x.mean(axis=0)).ravel().astype(np.float64)
 
 
+def section_species(adata_log) -> str | None:
+    """The species a section's gene names say, ``"human"`` or ``"mouse"`` (``None`` when they say neither).
+
+    By the prefix of its Ensembl ids where it has them (``ENSG``, ``ENSMUSG``), else by the case
+    of its symbols: human symbols are upper case (MBP), mouse ones are not (Mbp).
+    """
+    ids, symbols = gene_keys(adata_log)
+    known = [i for i in ids if i]
+    if known:
+        mouse = sum(i.startswith("ENSMUSG") for i in known)
+        human = sum(i.startswith("ENSG") for i in known)
+        if max(mouse, human) > SPECIES_SHARE * len(known):
+            return "mouse" if mouse > human else "human"
+    words = [s for s in symbols if any(ch.isalpha() for ch in s)]
+    upper = sum(s == s.upper() for s in words)
+    if words and upper > SPECIES_SHARE * len(words):
+        return "human"
+    if words and len(words) - upper > SPECIES_SHARE * len(words):
+        return "mouse"
+    return None
+
+
 def choose_tissue(adata_log) -> str | None:
     """The tissue whose markers ``adata_log`` expresses most (``None`` when no tissue has enough).
 
-    A tissue scores the number of its markers among the section's most expressed genes
-    (the top :data:`TOP_EXPRESSED_SHARE` by mean); it needs :data:`MIN_TISSUE_MARKERS`.
+    Only tissues of the section's species (:func:`section_species`) are candidates. A tissue
+    scores the share of its markers among the section's most expressed genes (the top
+    :data:`TOP_EXPRESSED_SHARE` by mean): a share, not a count, so a tissue whose table lists
+    many genes that every tissue expresses (immune cells, vessels, stroma) does not win by
+    the table's length. It needs :data:`MIN_TISSUE_MARKERS` such markers.
     """
     means = _means(adata_log.X)
     cut = np.sort(means)[::-1][max(0, int(np.ceil(TOP_EXPRESSED_SHARE * len(means))) - 1)] if len(means) else 0.0
-    best, best_score = None, MIN_TISSUE_MARKERS - 1
+    species = section_species(adata_log)
+    best, best_score = None, (0.0, 0)
     for tissue in tissues():
-        columns = _marker_columns(adata_log, tissue_markers(tissue))
-        score = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
-        if score > best_score:
+        markers = tissue_markers(tissue)
+        if species is not None and markers[0].species != species:
+            continue
+        columns = _marker_columns(adata_log, markers)
+        hits = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
+        score = (hits / len(markers), hits)
+        if hits >= MIN_TISSUE_MARKERS and score > best_score:
             best, best_score = tissue, score
     return best
 
