@@ -176,8 +176,13 @@ def test_a_run_from_a_model_takes_its_network_settings_unless_given_to_every_ent
     assert events == []
 
 
-def test_recover_from_a_model_without_settings_runs_with_its_network(demo, prior_path):
+def test_recover_from_a_model_without_settings_runs_with_its_network(demo, prior_path, monkeypatch):
+    import napari_histosge.pipeline.recovery as recovery
+
     prior = load_model(prior_path, device="cpu")
+    settings = recovery.run_settings  # the path without settings, its default 1000 epochs cut to 3 for speed
+    monkeypatch.setattr(recovery, "run_settings", lambda model, given, init: settings(model, {**given, "epochs": 3},
+                                                                                      init))
     result = run_to_end(recover(demo, holdout=0.5, init=prior))
     assert (result.model.config.dim, result.model.config.head_hidden) == (32, 32)
     assert result.scored_genes == prior.genes

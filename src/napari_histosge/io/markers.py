@@ -21,8 +21,8 @@ import scipy.sparse as sp
 from ..errors import InputError
 from .gene_names import gene_keys
 
-__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "section_species", "tissue_markers",
-           "tissues"]
+__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "marker_symbols", "section_species",
+           "tissue_markers", "tissues"]
 
 #: At most this many markers are always kept (and at most a quarter of the genes asked for).
 MARKER_CAP = 24
@@ -55,6 +55,11 @@ def _table() -> tuple[TissueMarker, ...]:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return tuple(TissueMarker(**{k: (v or "").strip() for k, v in row.items()})
                  for row in csv.DictReader(lines, delimiter="\t"))
+
+
+def marker_symbols() -> dict[str, str]:
+    """``{Ensembl id: symbol}`` of every marker the table names by id too: symbols for data named by id."""
+    return {m.ensembl_id: m.symbol for m in _table() if m.ensembl_id}
 
 
 def tissues() -> list[str]:
