@@ -59,7 +59,8 @@ def cmd_figure(args: argparse.Namespace) -> int:
     check_figure(args)
     from ..export.figure import write_figure  # heavy: after the checks
     from ..export.render import find_slide, pick_gene, render_map
-    from ..io.gene_names import attach_recorded_symbols, gene_label
+    from ..io.gene_names import gene_label
+    from ..io.markers import attach_recorded_symbols
 
     adata = read_h5ad(args.predictions, need_positions=True)
     attach_recorded_symbols(adata, args.gene_name_table)  # genes named by id: MBP finds ENSG00000197971

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .detect import FORMATS, SUPPORTED, detect_format
-from .gene_names import attach_gene_names, attach_marker_symbols, find_gene_table, read_gene_table
+from .gene_names import attach_gene_names, find_gene_table, read_gene_table
+from .markers import attach_marker_symbols
 
 if TYPE_CHECKING:
     import anndata

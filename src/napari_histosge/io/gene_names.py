@@ -21,8 +21,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..gene_lists import names_genes_by_ensembl_id
 
-__all__ = ["GENE_TABLE_NAMES", "attach_gene_names", "attach_marker_symbols", "attach_recorded_symbols",
-           "find_gene_table", "gene_keys", "gene_label", "read_gene_table"]
+__all__ = ["GENE_TABLE_NAMES", "attach_gene_names", "find_gene_table", "gene_keys", "gene_label", "read_gene_table"]
 
 #: Table files looked for in a section's folder: ``<section>_genes.tsv`` (STUtility), these names, 10x features.
 GENE_TABLE_NAMES = ("gene_names.tsv", "gene_names.csv", "features.tsv.gz", "features.tsv", "genes.tsv")
@@ -110,54 +109,6 @@ def attach_gene_names(adata, table: dict[str, str]) -> int:
     ids = [by_symbol.get(n, "") for n in names]
     adata.var["gene_ids"] = [i or n for i, n in zip(ids, names, strict=True)]
     return sum(bool(i) for i in ids)
-
-
-def attach_marker_symbols(adata) -> int:
-    """Symbols of the known markers (:func:`napari_histosge.io.markers.marker_symbols`) for data named by id.
-
-    The fallback where no table of ids and symbols was given or shipped: a user typing MBP
-    on data named by Ensembl id finds ENSG00000197971. Data named by symbol, or already
-    holding ``var["gene_symbols"]``, are left as they are; returns how many genes got a symbol.
-    """
-    from .markers import marker_symbols
-
-    names = [str(g) for g in adata.var_names]
-    if "gene_symbols" in adata.var or not names_genes_by_ensembl_id(names):
-        return 0
-    table = marker_symbols()
-    if not any(n.split(".")[0] in table for n in names):
-        return 0
-    return attach_gene_names(adata, table)
-
-
-def attach_recorded_symbols(adata, table: str | os.PathLike | None = None) -> int:
-    """Symbols for a file read back (predictions, spots) whose genes are named by id; returns how many.
-
-    From ``table`` (:func:`read_gene_table`) where given; else from a table shipped with a
-    section the file records (``uns["histosge"]``: ``source``, ``training_sources``), else
-    from the known markers (:func:`attach_marker_symbols`). Symbols the file holds already
-    are kept unless ``table`` is given.
-
-    Raises
-    ------
-    InputError
-        If ``table`` is given and cannot be read as a table of ids and symbols.
-    """
-    if table is not None:
-        given = read_gene_table(table)
-        return attach_gene_names(adata, given) if names_genes_by_ensembl_id(list(map(str, adata.var_names))) else 0
-    if "gene_symbols" in adata.var or not names_genes_by_ensembl_id([str(g) for g in adata.var_names]):
-        return 0
-    info = adata.uns.get("histosge", {}) or {}
-    recorded = [str(info.get("source") or ""), *map(str, info.get("training_sources") or [])]
-    for source in (part.strip() for text in recorded for part in text.split(";")):  # several sections: "a; b"
-        shipped = find_gene_table(source) if source and Path(source).exists() else None
-        if shipped is not None:
-            try:
-                return attach_gene_names(adata, read_gene_table(shipped))
-            except InputError:  # a features file of another layout: try the next
-                continue
-    return attach_marker_symbols(adata)
 
 
 def gene_keys(adata) -> tuple[list[str], list[str]]:

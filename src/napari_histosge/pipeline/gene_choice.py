@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..gene_lists import names_genes_by_ensembl_id
+from ..io.gene_names import gene_keys
 from ..io.preprocess import normalize_log1p, resolve_gene, select_genes
 from ..training.config import TrainConfig
 
@@ -42,9 +44,6 @@ def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[
     named by symbol are one gene space. The genes are named as the first section names them,
     in its order, with their other name beside (``gene_symbols`` or ``gene_ids``).
     """
-    from ..gene_lists import names_genes_by_ensembl_id
-    from ..io.gene_names import gene_keys
-
     keys = [gene_keys(log) for log in logs]
     candidates = [[[str(g) for g in log.var_names] for log in logs],  # by name, then by id, then by symbol
                   [ids for ids, _ in keys], [symbols for _, symbols in keys]]

@@ -304,7 +304,7 @@ def read_prediction(path: PathLike):
     -------
     anndata.AnnData
         The predictions as they were written; genes named by Ensembl id get their symbols
-        (:func:`~napari_histosge.io.gene_names.attach_recorded_symbols`).
+        (:func:`~napari_histosge.io.markers.attach_recorded_symbols`).
 
     Raises
     ------
@@ -334,7 +334,7 @@ def read_prediction(path: PathLike):
         raise InputError(f"obsm['spatial'] must be numeric (x, y) positions, got shape {xy.shape}", path)
     if not np.isfinite(xy[:, :2]).all():
         raise InputError("obsm['spatial'] has missing (NaN) or infinite positions", path)
-    from ..io.gene_names import attach_recorded_symbols
+    from ..io.markers import attach_recorded_symbols
 
     attach_recorded_symbols(pred)  # genes named by id: the gene box finds MBP as `histosge figure` does
     return pred
