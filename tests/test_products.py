@@ -205,3 +205,11 @@ def test_the_widget_refuses_a_model_that_makes_no_map(toy, make_napari_viewer, d
                                            "model.")]
     finally:
         SESSION_MODELS.clear()
+
+
+@pytest.mark.parametrize("fold", [4.0, 1, 17])
+def test_a_fold_that_is_not_an_integer_in_range_says_an_integer(fold) -> None:
+    from napari_histosge.pipeline.products import LATTICE
+
+    with pytest.raises(InputError, match=rf"^fold must be an integer between 2 and 16, got {fold!r}$"):
+        LATTICE.make_options({"fold": fold})

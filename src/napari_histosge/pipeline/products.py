@@ -26,7 +26,7 @@ class LatticeOptions(ProductOptions):
     """Options of the N-fold lattice."""
 
     fold: int = setting(4, f"positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD}",
-                        least=MIN_FOLD, most=MAX_FOLD, meaning=f"between {MIN_FOLD} and {MAX_FOLD}")
+                        least=MIN_FOLD, most=MAX_FOLD, meaning=f"an integer between {MIN_FOLD} and {MAX_FOLD}")
 
 
 @dataclass
