@@ -254,6 +254,14 @@ def test_a_mask_that_misses_the_spots_fails_before_work(demo, fitted, no_feature
         hs.run(hs.steps.superresolve_grid(fitted, demo, mask=str(tmp_path / "far.geojson")))
 
 
+def test_predicting_from_spot_features_points_to_the_slide_entries(fitted):
+    xy = np.zeros((2, 2))
+    expected = (r"^the subspot model predicts from the slide's cells, not from spot features: "
+                r"use napari_histosge.predict_spots or napari_histosge.superresolve$")
+    with pytest.raises(InputError, match=expected):
+        fitted.predict(np.zeros((2, 3)), np.zeros((2, 3)), xy)
+
+
 @pytest.mark.parametrize("diameter", [0.0, -3.0, 1e9])
 def test_a_diameter_outside_the_range_fails_before_work(demo, fitted, no_features, diameter):
     with pytest.raises(InputError, match="diameter"):
