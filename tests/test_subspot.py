@@ -390,6 +390,41 @@ def test_superresolve_asks_the_subspot_model_for_its_grid(demo, fitted, unmasked
     assert hs.superresolve(fitted, demo, product="grid", mask=None).n_obs == grid.n_obs
 
 
+def test_the_grid_takes_a_mask_as_superresolve_grid_does_and_none_is_no_mask(demo, fitted, unmasked_map, tmp_path):
+    from pathlib import Path
+
+    from napari_histosge.pipeline.grid_maps import section_mask
+
+    for made in (hs.superresolve(fitted, demo, mask="none"), hs.superresolve_grid(fitted, demo, mask="none")):
+        np.testing.assert_array_equal(made.X, unmasked_map.X)  # "none" is no mask, not a file name
+    detected = section_mask(demo, "auto")
+    by_object = hs.superresolve(fitted, demo, mask=detected)  # a TissueMask passes as it is
+    assert by_object.n_obs == hs.superresolve_grid(fitted, demo, mask=detected).n_obs < unmasked_map.n_obs
+    lo, hi = np.asarray(demo.obsm["spatial"]).min(axis=0) - 50, np.asarray(demo.obsm["spatial"]).max(axis=0) + 50
+    box = {"type": "Polygon", "coordinates": [[[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]],
+                                               [lo[0], lo[1]]]]}
+    path = tmp_path / "box.geojson"
+    path.write_text(json.dumps(box))
+    by_path = hs.superresolve(fitted, demo, mask=Path(path))  # an os.PathLike, kept as text
+    assert list(by_path.obs_names) == list(hs.superresolve_grid(fitted, demo, mask=str(path)).obs_names)
+
+
+def test_a_mask_of_another_kind_is_one_line(demo, fitted, no_features):
+    with pytest.raises(InputError, match=r"^mask must be text or None \(keep every cell near a spot\), got 3$"):
+        hs.superresolve(fitted, demo, mask=3)
+
+
+def test_the_widgets_none_mask_is_no_mask(demo, fitted, unmasked_map, make_napari_viewer):
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, product_job
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.positions.value = GRID
+    widget.option("mask").value = "none"
+    options = widget.product_options.given_values()
+    assert options == {"mask": "none"}
+    np.testing.assert_array_equal(hs.run(product_job(fitted, demo, GRID, options, None, None)).X, unmasked_map.X)
+
+
 def test_a_lattice_or_its_fold_is_refused_for_a_subspot_model_before_work(demo, fitted, no_features):
     with pytest.raises(InputError, match="the subspot model makes grid, not lattice"):
         hs.superresolve(fitted, demo, product="lattice")

@@ -26,7 +26,7 @@ from ..training.cell_model import CellModel, as_cell_model
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
 from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
-from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
+from .map_modes import DEFAULT_CONSISTENCY, NO_MASK, PER_FOOTPRINT, check_consistency
 from .map_modes import DETECT as DETECT  # re-exported: the widget and the CLI ask for the detected tissue
 from .placement import check_measured_genes, finish_prediction
 
@@ -64,14 +64,17 @@ def section_mask(adata, mask) -> TissueMask | None:
 
     ``"auto"`` detects the tissue (:func:`napari_histosge.slide.mask.detect_tissue`), a path
     reads a user's mask (label image or GeoJSON, :func:`napari_histosge.slide.mask.read_mask`),
-    a :class:`~napari_histosge.slide.mask.TissueMask` is used as it is, ``None`` means none.
+    a :class:`~napari_histosge.slide.mask.TissueMask` is used as it is, ``None`` or ``"none"``
+    means none.
 
     Raises
     ------
     InputError
         If the mask is empty, unreadable, or misses most of the measured spots.
     """
-    if mask is None or isinstance(mask, TissueMask):
+    if mask is None or (isinstance(mask, str) and mask == NO_MASK):
+        found = None
+    elif isinstance(mask, TissueMask):
         found = mask
     else:
         path, scale = require_spot_image(adata)
@@ -180,7 +183,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
         Cell side in µm; the model's own cell size when ``None``.
     mask
         Cells off the tissue are left out: ``"auto"`` detects it on the slide, a path reads a
-        label image or GeoJSON, ``None`` keeps every cell near a spot (:func:`section_mask`).
+        label image or GeoJSON, ``None`` (or ``"none"``) keeps every cell near a spot
+        (:func:`section_mask`).
     consistency
         ``"smooth"`` (default): a smooth correction field that agrees with the footprints in
         expectation; ``"exact"``: the cells under each measured footprint are scaled so their

@@ -40,6 +40,17 @@ class ProductOptions:
         """The options as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def check_option(cls, name: str, value: Any, label: str) -> Any:
+        """``value`` of option ``name`` as its declared setting takes it (a subclass may take more forms of one).
+
+        Raises
+        ------
+        InputError
+            "<label> must be ...", one line.
+        """
+        return setting_of(cls.__dataclass_fields__[name]).check(label, value)
+
 
 def _same(name: str) -> str:
     return name
@@ -96,8 +107,8 @@ class Product:
             raise InputError(f"the {self.name} product takes {', '.join(map(label, names)) or 'no options'}, "
                              f"not {', '.join(map(label, unknown))}")
         options = self.options(**given)
-        for f in declared_fields(self.options):
-            setattr(options, f.name, setting_of(f).check(label(f.name), getattr(options, f.name)))
+        for name in names:
+            setattr(options, name, self.options.check_option(name, getattr(options, name), label(name)))
         if self.check is not None:
             self.check(options, label)
         return options
