@@ -9,6 +9,7 @@ entry that asks a model for a product.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from ..settings import setting
 from ..slide.grid_size import MIN_GRID_UM, check_grid_um
 from ..training.products import Product, ProductOptions, choose_product, register_product
 from .map_modes import CONSISTENCY, DEFAULT_CONSISTENCY, DETECT, NO_MASK
+
+#: Where :class:`~napari_histosge.slide.mask.TissueMask` is defined (a grid's mask may be one).
+TISSUE_MASK_MODULE = "napari_histosge.slide.mask"
 
 
 @dataclass
@@ -56,11 +60,11 @@ class GridOptions(ProductOptions):
                 value = os.fspath(value)
             if value == NO_MASK:
                 return None
-            if value is not None and not isinstance(value, str):
-                from ..slide.mask import TissueMask  # only for a library caller's object: the CLI stays light
-
-                if isinstance(value, TissueMask):
-                    return value
+            # A TissueMask exists only once its module is loaded: looked up there, so the command line's
+            # parser, which reads these declarations, does not load it (numpy, scipy).
+            made = sys.modules.get(TISSUE_MASK_MODULE)
+            if made is not None and isinstance(value, made.TissueMask):
+                return value
         return super().check_option(name, value, label)
 
 
