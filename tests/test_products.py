@@ -127,7 +127,7 @@ def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp
     # the lattice's option, refused in one line before the section is read
     assert main(["superresolve", str(path), str(demo_dir), "--fold", "4", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "makes a centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
+    assert "makes the centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
     assert len(err.strip().splitlines()) == 1
     assert main(["superresolve", str(path), str(demo_dir), "--product", "lattice", "--out", str(out)]) == 2
     assert f"the {TOY} model makes centroids, not lattice" in capsys.readouterr().err
@@ -165,7 +165,8 @@ def test_the_pipeline_asks_the_model_and_never_its_kind() -> None:
     found = []
     for path in sorted((SRC / "pipeline").glob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"type: ignore\[attr-defined\]|aggregates_cells|getattr\(model\b|hasattr\(model\b", line):
+            if re.search(r"type: ignore\[attr-defined\]|aggregates_cells|getattr\(model\b|hasattr\(model\b"
+                         r"|\.spots_from\s*(==|!=|\bin\b)|\[[\w.]*spots_from\]|SPOTS_FROM", line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
 
@@ -213,3 +214,31 @@ def test_a_fold_that_is_not_an_integer_in_range_says_an_integer(fold) -> None:
 
     with pytest.raises(InputError, match=rf"^fold must be an integer between 2 and 16, got {fold!r}$"):
         LATTICE.make_options({"fold": fold})
+
+
+class OwnSpots(ToyModel):
+    """The toy, predicting spots its own way (a function registered under the name it gives)."""
+
+    spots_from = "toy-constant-spots"
+
+
+def constant_spots(model, adata, names, xy, positions, diameter, features, frame, *, scheduler, n_workers, cancel):
+    """The model's constant at every position, no spread."""
+    yield Progress("spots", 1, 1)
+    return np.tile(model.model.level.detach().cpu().numpy(), (len(xy), 1)), None
+
+
+def test_a_model_brings_its_own_spot_prediction_and_an_unknown_one_is_one_line(toy, demo) -> None:
+    model, _ = toy
+    own = OwnSpots(model.model, model.config, model.genes, {**model.meta, "spot_diameter_px": 50.0})
+    with pytest.raises(InputError, match=r"^the toy-constant model predicts spots from 'toy-constant-spots', which "
+                                         r"no spot predictor is registered for; known: cells, features$"):
+        hs.predict_spots(own, demo)
+    products.register_spots("toy-constant-spots", constant_spots)
+    try:
+        spots = hs.predict_spots(own, demo, spot_ids=list(demo.obs_names[:4]))
+    finally:
+        products.unregister_spots("toy-constant-spots")
+    assert spots.n_obs == 4 and "std" not in spots.layers
+    np.testing.assert_allclose(spots.X, np.tile(model.model.level.detach().numpy(), (4, 1)), rtol=1e-6)
+

@@ -24,11 +24,12 @@ from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_ti
 from ..slide.open import open_slide
 from ..training.cell_model import CellModel, as_cell_model
 from ..training.grouping import median_spacing
+from ..training.products import register_spots
 from ..training.trained_model import TrainedModel
 from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
 from .map_modes import DEFAULT_CONSISTENCY, NO_MASK, PER_FOOTPRINT, check_consistency
 from .map_modes import DETECT as DETECT  # re-exported: the widget and the CLI ask for the detected tissue
-from .placement import check_measured_genes, finish_prediction
+from .placement import check_measured_genes, default_diameter, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
 REACH_SPACINGS = 1.0
@@ -259,3 +260,19 @@ def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: f
     rates = yield from grid_rates(cells, adata, grid, consistency=consistency, cancel=cancel)
     weights = discs.cell_weights(grid.centres())
     return np.log1p(np.asarray(weights @ rates.astype(np.float64))).astype(np.float32)
+
+
+def spots_from_cells(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
+                     features, frame, *, scheduler, n_workers, cancel) -> ProgressGenerator[tuple[np.ndarray, None]]:
+    """Spots of a cell model (``spots_from="cells"``) at ``xy``: the mean of its grid cells under each disc.
+
+    No spread; precomputed spot ``features`` are not used: the cells' own are read where the
+    model uses the image.
+    """
+    disc = default_diameter(model, adata) if diameter is None else float(diameter)
+    assert disc is not None  # required=True: a missing diameter raised
+    pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
+    return pred, None
+
+
+register_spots("cells", spots_from_cells)
