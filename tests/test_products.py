@@ -242,3 +242,52 @@ def test_a_model_brings_its_own_spot_prediction_and_an_unknown_one_is_one_line(t
     assert spots.n_obs == 4 and "std" not in spots.layers
     np.testing.assert_allclose(spots.X, np.tile(model.model.level.detach().numpy(), (4, 1)), rtol=1e-6)
 
+
+def _fresh_process(code: str) -> str:
+    """The standard output of ``code`` run by this Python in a fresh process, with these sources first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_superresolve_help_in_a_fresh_process_has_every_built_in_products_flags() -> None:
+    """The flags are made when the parser is built: every built-in product is registered by then."""
+    from napari_histosge.pipeline import products as builtin  # noqa: F401 - registers the built-in products
+    from napari_histosge.settings import declared_fields
+
+    built_in = [p for p in products.registered_products()
+                if (p.run if isinstance(p.run, str) else p.run.__module__).startswith("napari_histosge.")]
+    assert {"lattice", "grid"} <= {p.name for p in built_in}
+    shown = " ".join(_fresh_process("from napari_histosge.cli import main\nmain(['superresolve', '--help'])"
+                                    ).split())  # argparse wraps lines: compare words
+    choices = re.search(r"--product \{([^}]*)\}", shown)
+    assert choices is not None and {p.name for p in built_in} <= set(choices.group(1).split(","))
+    assert "for histosge" not in shown and "for subspot" not in shown  # made from the products, naming no model
+    for product in built_in:
+        assert f"{product.name}, the {product.label}: {product.help}" in shown
+        for f in declared_fields(product.options):
+            assert f"--{f.name.replace('_', '-')}" in shown, f"{product.name}'s {f.name} has no flag"
+
+
+def test_every_product_a_model_makes_is_on_the_command_line() -> None:
+    """A product registered beside a trained class (loaded with torch, after the parser) would be missing."""
+    import json
+
+    found = json.loads(_fresh_process(
+        "import json\n"
+        "from napari_histosge.cli import build_parser\n"
+        "from napari_histosge.training.products import registered_products\n"
+        "build_parser()\n"
+        "at_parser = [p.name for p in registered_products()]\n"
+        "from napari_histosge import models\n"
+        "made = {n: list(models.model_spec(n).trained_class.products) for n in models.model_names()}\n"
+        "print(json.dumps({'at_parser': at_parser, 'made': made}))\n"))
+    missing = {model: sorted(set(made) - set(found["at_parser"])) for model, made in found["made"].items()}
+    assert not any(missing.values()), f"products not registered when the parser is built: {missing}"
+    assert {"lattice", "grid"} <= set(found["at_parser"])
