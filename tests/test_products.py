@@ -115,7 +115,8 @@ def test_a_product_the_model_does_not_make_is_one_line_naming_what_it_makes(toy,
 
 
 def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import anndata as ad
 
     _, path = toy
@@ -124,7 +125,12 @@ def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp
                  "--quiet"]) == 0
     assert re.search(r"\d+ centroids x 3 genes -> ", capsys.readouterr().out)
     assert ad.read_h5ad(out).uns["histosge"]["model_path"] == str(path.resolve())
-    # the lattice's option, refused in one line before the section is read
+    # the lattice's option, refused in one line before the section is read: reading it now fails the test
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the section was read before the options were refused")
+
+    monkeypatch.setattr("napari_histosge.cli.prediction.read_section", no_reading)
+    monkeypatch.setattr("napari_histosge.io.read_spots", no_reading)
     assert main(["superresolve", str(path), str(demo_dir), "--fold", "4", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "makes the centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
