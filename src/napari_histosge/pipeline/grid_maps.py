@@ -170,8 +170,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
                       ) -> ProgressGenerator[Any]:
     """Predict a grid of cells over ``adata``'s measured region: the ``grid`` product.
 
-    ``napari_histosge.superresolve(model, adata, product="grid", ...)`` asks the model for it;
-    this function also takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
+    ``napari_histosge.superresolve(model, adata, product="grid", ...)`` asks the model for it
+    and takes the same options.
 
     Parameters
     ----------
@@ -184,8 +184,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
         Cell side in µm; the model's own cell size when ``None``.
     mask
         Cells off the tissue are left out: ``"auto"`` detects it on the slide, a path reads a
-        label image or GeoJSON, ``None`` (or ``"none"``) keeps every cell near a spot
-        (:func:`section_mask`).
+        label image or GeoJSON, a :class:`~napari_histosge.slide.mask.TissueMask` is used as it
+        is, ``None`` (or ``"none"``) keeps every cell near a spot (:func:`section_mask`).
     consistency
         ``"smooth"`` (default): a smooth correction field that agrees with the footprints in
         expectation; ``"exact"``: the cells under each measured footprint are scaled so their

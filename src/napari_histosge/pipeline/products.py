@@ -118,7 +118,9 @@ def superresolve(model, adata, fold: int | None = None, *, product: str | None =
     scheduler, n_workers, cancel
         Where features are read and predicted (lattice), and the cancel token.
     **options
-        The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid).
+        The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid:
+        ``mask`` as :func:`~.grid_maps.superresolve_grid` takes it, a path, a
+        :class:`~napari_histosge.slide.mask.TissueMask`, ``"auto"``, or ``None``/``"none"`` for none).
 
     Returns
     -------
