@@ -58,7 +58,7 @@ class GridOptions(ProductOptions):
         if name == "mask":
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
-            if value == NO_MASK:
+            if isinstance(value, str) and value == NO_MASK:
                 return None
             # A TissueMask exists only once its module is loaded: looked up there, so the command line's
             # parser, which reads these declarations, does not load it (numpy, scipy).
