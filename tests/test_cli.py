@@ -201,7 +201,7 @@ def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_pa
     # A subspot model has no lattice: --fold is refused with one line naming the checkpoint.
     assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(grid), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "makes a grid of cells (grid): use --grid-um" in err and "not --fold" in err
+    assert "makes the grid of cells (grid): use --grid-um" in err and "not --fold" in err
     spots = tmp_path / "spots.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--out", str(spots), "--quiet"]) == 0
     measured = read_spots(demo_dir)

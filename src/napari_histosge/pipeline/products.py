@@ -8,6 +8,8 @@ entry that asks a model for a product.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,10 @@ from ..progress import CancelToken, ProgressGenerator
 from ..settings import setting
 from ..slide.grid_size import MIN_GRID_UM, check_grid_um
 from ..training.products import Product, ProductOptions, choose_product, register_product
-from .map_modes import CONSISTENCY, DEFAULT_CONSISTENCY, DETECT
+from .map_modes import CONSISTENCY, DEFAULT_CONSISTENCY, DETECT, NO_MASK
+
+#: Where :class:`~napari_histosge.slide.mask.TissueMask` is defined (a grid's mask may be one).
+TISSUE_MASK_MODULE = "napari_histosge.slide.mask"
 
 
 @dataclass
@@ -26,7 +31,7 @@ class LatticeOptions(ProductOptions):
     """Options of the N-fold lattice."""
 
     fold: int = setting(4, f"positions per measured spot on the spot lattice, {MIN_FOLD}..{MAX_FOLD}",
-                        least=MIN_FOLD, most=MAX_FOLD, meaning=f"between {MIN_FOLD} and {MAX_FOLD}")
+                        least=MIN_FOLD, most=MAX_FOLD, meaning=f"an integer between {MIN_FOLD} and {MAX_FOLD}")
 
 
 @dataclass
@@ -35,20 +40,39 @@ class GridOptions(ProductOptions):
 
     grid_um: float | None = setting(None, f"side of the grid cells in µm, at least {MIN_GRID_UM:g}", kind=float,
                                     optional=True, none_means="the model's own cell size")
-    mask: str | None = setting(DETECT, "tissue mask: 'auto' detects the tissue, or a label image (nonzero = tissue) "
-                               "or GeoJSON polygons in full-resolution pixels", kind=str, optional=True,
-                               none_means="keep every cell near a spot")
+    mask: Any = setting(DETECT, "tissue mask: 'auto' detects the tissue, or a label image (nonzero = tissue) "
+                        "or GeoJSON polygons in full-resolution pixels", kind=str, optional=True,
+                        none_means="keep every cell near a spot")
     consistency: str = setting(DEFAULT_CONSISTENCY, "scale the cells under each measured spot so their mean is its "
                                "measurement (exact), the measurement read through its counting noise (counting), "
                                "correct the map by a smooth field that agrees with the spots in expectation, with no "
                                "disc at their edges (smooth), or not at all (none)", choices=CONSISTENCY)
+
+    @classmethod
+    def check_option(cls, name: str, value: Any, label: str) -> Any:
+        """Option ``name``; the mask as :func:`~.grid_maps.superresolve_grid` takes it.
+
+        A path is kept as text, ``"none"`` is ``None`` (no mask), a
+        :class:`~napari_histosge.slide.mask.TissueMask` is taken as it is.
+        """
+        if name == "mask":
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if isinstance(value, str) and value == NO_MASK:
+                return None
+            # A TissueMask exists only once its module is loaded: looked up there, so the command line's
+            # parser, which reads these declarations, does not load it (numpy, scipy).
+            made = sys.modules.get(TISSUE_MASK_MODULE)
+            if made is not None and isinstance(value, made.TissueMask):
+                return value
+        return super().check_option(name, value, label)
 
 
 def check_grid(options: GridOptions, label) -> None:
     """The grid's cell size, and its mask file where one is named."""
     check_grid_um(options.grid_um, label("grid_um"))
     mask = options.mask
-    if mask is not None and mask != DETECT and not Path(mask).is_file():
+    if isinstance(mask, str) and mask != DETECT and not Path(mask).is_file():
         raise InputError(f"{label('mask')} file not found" if not Path(mask).is_dir()
                          else f"{label('mask')} file is a folder, not a file", mask)
 
@@ -94,7 +118,9 @@ def superresolve(model, adata, fold: int | None = None, *, product: str | None =
     scheduler, n_workers, cancel
         Where features are read and predicted (lattice), and the cancel token.
     **options
-        The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid).
+        The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid:
+        ``mask`` as :func:`~.grid_maps.superresolve_grid` takes it, a path, a
+        :class:`~napari_histosge.slide.mask.TissueMask`, ``"auto"``, or ``None``/``"none"`` for none).
 
     Returns
     -------

@@ -105,6 +105,11 @@ class SubspotModel(TrainedModel):
         return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
                 ).astype(np.float32)
 
+    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
+        """Not available: the sub-spot model reads the slide's cells, not per-spot features."""
+        raise InputError("the subspot model predicts from the slide's cells, not from spot features: use "
+                         "napari_histosge.predict_spots or napari_histosge.superresolve")
+
     def training_summary(self) -> str:
         """How the fit went, for people."""
         meta = self.meta
