@@ -176,7 +176,7 @@ def test_the_built_in_models_declare_their_products() -> None:
     from napari_histosge.models.subspot.trained import SubspotModel
 
     assert HisToSGETrainedModel.products == ConditionedTrainedModel.products == ("lattice",)
-    assert SubspotModel.products == ("grid",) and SubspotModel.spots_from == "cells"
+    assert SubspotModel.products == ("grid", "cells") and SubspotModel.spots_from == "cells"
 
 
 class PriorOnly(ToyModel):

@@ -25,6 +25,7 @@ from ..io import require_spot_image
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..slide.cell_grid import CellGrid
 from ..slide.open import open_slide
+from ..training.cell_model import CellModel, as_cell_model
 from ..training.grouping import median_spacing
 from ..training.trained_model import TrainedModel
 from .grid_maps import REACH_SPACINGS, unit_rates
@@ -45,8 +46,11 @@ def slide_shape_of(adata) -> tuple[int, int]:
     return int(round(height / scale)), int(round(width / scale))
 
 
-def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata) -> Segmentation:
+def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata, *,
+                         label_scale: float | None = None) -> Segmentation:
     """``segmentation`` as cells on ``adata``'s slide: read when a path, checked against the slide's size.
+
+    ``label_scale``: full-resolution pixels per pixel of a label image file of another size.
 
     Raises
     ------
@@ -57,7 +61,7 @@ def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata) 
     slide_shape = slide_shape_of(adata)
     mpp = adata.uns.get("histosge", {}).get("mpp")
     if not isinstance(segmentation, Segmentation):
-        return read_segmentation(segmentation, slide_shape, mpp=mpp)
+        return read_segmentation(segmentation, slide_shape, mpp=mpp, scale=label_scale)
     if segmentation.n_cells == 0:
         raise InputError("the segmentation is empty: it holds no cell", segmentation.source)
     h, w = segmentation.labels.shape[:2]
@@ -84,18 +88,18 @@ def cells_near_spots(units: CellUnits, adata) -> np.ndarray:
     return np.flatnonzero(np.isfinite(near))
 
 
-def check_cells_in_footprints(model: TrainedModel, centroids: np.ndarray, source: str) -> None:
+def check_cells_in_footprints(model: CellModel, centroids: np.ndarray, source: str) -> None:
     """At least one cell centroid must lie in a measured footprint, or nothing ties the map to the measurement."""
     if len(centroids) == 0:
         raise InputError("no segmented cell lies within one spot spacing of a measured spot: a segmentation "
                          "of another slide or region?", source)
-    held = model.footprints().cell_weights(centroids, nearest_if_empty=False)  # type: ignore[attr-defined]
+    held = model.footprints().cell_weights(centroids, nearest_if_empty=False)
     if held.nnz == 0:
         raise InputError(f"none of the {len(centroids):,} segmented cells lies in a measured footprint: a "
                          "segmentation of another slide or region?", source)
 
 
-def features_at(model: TrainedModel, adata, centroids: np.ndarray,
+def features_at(model: CellModel, adata, centroids: np.ndarray,
                 cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
     """``(n, n_features)`` float32 image features at cell ``centroids``, as the model reads them.
 
@@ -106,7 +110,7 @@ def features_at(model: TrainedModel, adata, centroids: np.ndarray,
     the grid of such squares around the cells is read once, and its values are interpolated
     bilinearly at each centroid (cells inside one square still differ by where they sit).
     """
-    if not model.uses_image:  # type: ignore[attr-defined]
+    if not model.uses_image:
         return np.zeros((len(centroids), int(model.meta["n_features"])), np.float32)
     path, scale = require_spot_image(adata)
     cell_px = float(model.meta["cell_px"])
@@ -125,7 +129,7 @@ def features_at(model: TrainedModel, adata, centroids: np.ndarray,
     return out.astype(np.float32)
 
 
-def cell_rates(model: TrainedModel, centroids: np.ndarray, feats: np.ndarray, consistency: str,
+def cell_rates(model: CellModel, centroids: np.ndarray, feats: np.ndarray, consistency: str,
                cancel: CancelToken | None = None) -> ProgressGenerator[np.ndarray]:
     """``(n, G)`` float32 rates of the cells (:func:`~napari_histosge.pipeline.grid_maps.unit_rates`).
 
@@ -207,18 +211,17 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
 
     check_consistency(consistency)
     check_expand(expand_um)
-    if not getattr(model, "aggregates_cells", False):
-        raise InputError(f"the {model.config.model!r} model does not predict cells; train a subspot model")
+    cell_model = as_cell_model(model)
     check_measured_genes(model, adata)
     cells = section_segmentation(segmentation, adata)
     units = cells.units()
     near = cells_near_spots(units, adata)
     centroids = units.centroids_xy[near]
-    check_cells_in_footprints(model, centroids, cells.source)
+    check_cells_in_footprints(cell_model, centroids, cells.source)
     info = dict(adata.uns.get("histosge", {}))
     area = expanded_area_px(units.area_px[near], float(expand_um), info.get("mpp"))
-    feats = yield from features_at(model, adata, centroids, cancel)
-    rates = yield from cell_rates(model, centroids, feats, consistency, cancel)
+    feats = yield from features_at(cell_model, adata, centroids, cancel)
+    rates = yield from cell_rates(cell_model, centroids, feats, consistency, cancel)
     labels = units.label_ids[near]
     mpp = info.get("mpp")
     obs = pd.DataFrame({"label": labels, "area_px": area,
@@ -233,3 +236,42 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
                        "left_out_far_from_spots": int(cells.n_cells - len(near))})
     out.uns["histosge"] = info
     return finish_prediction(out, model)
+
+
+def section_cells(cells: Segmentation | str | os.PathLike, adata, *, label_scale: float | None = None,
+                  cancel: CancelToken | None = None) -> ProgressGenerator[Segmentation]:
+    """The cells of ``adata``'s slide: ``"nuclei"`` detects them, a path is read, a segmentation is checked.
+
+    The detector (:func:`~napari_histosge.cells.detect_nuclei`, its default settings) reads the
+    section's full-resolution H&E at its pixel size; a file named ``nuclei`` is read as a file.
+
+    Raises
+    ------
+    InputError
+        As :func:`section_segmentation`, or when the detector needs a pixel size the section lacks.
+    """
+    from .products import NUCLEI
+
+    if isinstance(cells, str) and cells == NUCLEI and not os.path.exists(cells):
+        from ..cells.detect import detect_nuclei
+
+        path, scale = require_spot_image(adata)
+        mpp = adata.uns.get("histosge", {}).get("mpp")
+        with open_slide(path) as slide:
+            found = yield from detect_nuclei(slide, mpp=mpp, scale=scale, source=f"histosge nuclei of {path}",
+                                             cancel=cancel)
+        return found
+    return section_segmentation(cells, adata, label_scale=label_scale)
+
+
+def cells_product(model: TrainedModel, adata, options, *, scheduler: str | None = None,
+                  n_workers: int | None = None, cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+    """The ``cells`` product (:mod:`.products`): the cells found or read, then :func:`superresolve_cells`.
+
+    ``scheduler`` and ``n_workers`` are not used: the cells are read and predicted in this process.
+    """
+    as_cell_model(model)  # a model that predicts whole spots is told before any detection
+    check_measured_genes(model, adata)
+    cells = yield from section_cells(options.cells, adata, label_scale=options.label_scale, cancel=cancel)
+    return (yield from superresolve_cells(model, adata, cells, consistency=options.consistency,
+                                          expand_um=options.expand_um, cancel=cancel))

@@ -1,0 +1,173 @@
+"""The ``cells`` product of the sub-spot model: ``histosge superresolve --cells SEG``, the library and the widget.
+
+Bad input (a missing file, a label image of another size without its scale, an empty
+segmentation, cells that miss every spot, polygons in another coordinate system) is one line,
+exit 2, before the section's features are read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_histosge as hs
+from napari_histosge.cli import main
+from napari_histosge.errors import InputError
+from napari_histosge.pipeline import cell_maps
+from test_cell_maps import nucleus_labels
+
+
+@pytest.fixture(scope="module")
+def subspot(demo, tmp_path_factory):
+    """A small subspot model of the demo section, saved."""
+    model = hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0))
+    path = tmp_path_factory.mktemp("model") / "subspot.pt"
+    model.save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def slide_shape(demo) -> tuple[int, int]:
+    return cell_maps.slide_shape_of(demo)
+
+
+@pytest.fixture(scope="module")
+def label_file(slide_shape, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("seg") / "nuclei.npy"
+    np.save(path, nucleus_labels(slide_shape))
+    return path
+
+
+@pytest.fixture
+def no_features(monkeypatch):
+    """Reading image features fails the test: bad input must be refused before."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("image features were read before the bad input was refused")
+
+    monkeypatch.setattr(cell_maps, "cell_features", refuse)
+
+
+def one_line_error(capsys, args: list[str]) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cells_alone_picks_the_cells_product_and_writes_the_cell_table(subspot, demo_dir, label_file, tmp_path,
+                                                                       capsys) -> None:
+    import anndata as ad
+
+    _, path = subspot
+    out = tmp_path / "cells.h5ad"
+    assert main(["superresolve", str(path), str(demo_dir), "--cells", str(label_file), "--expand-um", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = ad.read_h5ad(out)
+    assert f"{result.n_obs} segmented cells from {label_file}" in printed
+    info = result.uns["histosge"]
+    assert info["positions"] == "cells" and info["cells"]["source"] == str(label_file)
+    assert info["cells"]["expand_um"] == 2.0 and info["model_path"] == str(path.resolve())
+    assert {"label", "area_px", "area_um2"} <= set(result.obs.columns)
+    labels = nucleus_labels(cell_maps.slide_shape_of(hs.read_spots(demo_dir)))
+    xy = np.asarray(result.obsm["spatial"])
+    rows, cols = np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)
+    assert np.array_equal(labels[rows, cols], result.obs["label"].to_numpy())  # each centroid on its own cell
+    # grown by 2 µm: larger than the discs drawn
+    assert np.all(result.obs["area_px"].to_numpy() > np.bincount(labels.ravel())[result.obs["label"]])
+
+
+def test_the_library_asks_the_subspot_model_for_cells_and_keeps_grid_its_default(subspot, demo, label_file) -> None:
+    model, _ = subspot
+    cells = hs.superresolve(model, demo, product="cells", cells=str(label_file), consistency="exact")
+    assert cells.uns["histosge"]["positions"] == "cells" and cells.uns["histosge"]["consistency"] == "exact"
+    same = hs.run(cell_maps.superresolve_cells(model, demo, str(label_file), consistency="exact"))
+    np.testing.assert_allclose(cells.X, same.X, rtol=1e-5)
+    assert "grid" in hs.superresolve(model, demo).uns["histosge"]  # no product named: the grid
+
+
+def test_a_missing_segmentation_file_is_one_line_before_the_model_loads(subspot, demo_dir, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    import napari_histosge.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    _, path = subspot
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(tmp_path / "no.tif"),
+                                  "--out", str(tmp_path / "o.h5ad")])
+    assert "--cells file not found" in err and "no.tif" in err
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(tmp_path / "no.tif"),
+                                  "--grid-um", "20", "--out", str(tmp_path / "o.h5ad")])
+    assert "different products" in err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_a_label_image_of_another_size_needs_its_scale(subspot, demo_dir, slide_shape, tmp_path, capsys,
+                                                       no_features) -> None:
+    _, path = subspot
+    half = nucleus_labels(slide_shape)[::2, ::2]
+    seg = tmp_path / "half.npy"
+    np.save(seg, half)
+    out = tmp_path / "o.h5ad"
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(seg), "--out", str(out)])
+    assert "state its scale" in err and not out.exists()
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(seg), "--label-scale",
+                                  "3", "--out", str(out)])
+    assert "another image or another pixel size" in err and not out.exists()
+
+
+def test_the_stated_scale_places_a_downscaled_label_image(subspot, demo, slide_shape, tmp_path) -> None:
+    model, _ = subspot
+    h, w = slide_shape
+    labels = nucleus_labels(slide_shape)[::2, ::2]
+    assert labels.shape == (-(-h // 2), -(-w // 2))
+    seg = tmp_path / "half.npy"
+    np.save(seg, labels)
+    cells = hs.superresolve(model, demo, product="cells", cells=str(seg), label_scale=2.0)
+    assert cells.uns["histosge"]["cells"]["px_per_label_px"] == 2.0 and cells.n_obs > 0
+
+
+def test_an_empty_segmentation_and_cells_that_miss_every_spot_are_one_line(subspot, demo_dir, slide_shape, tmp_path,
+                                                                          capsys, no_features) -> None:
+    _, path = subspot
+    out = tmp_path / "o.h5ad"
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros(slide_shape, np.int32))
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(empty), "--out",
+                                  str(out)])
+    assert "the segmentation is empty" in err
+    corner = np.zeros(slide_shape, np.int32)
+    corner[:4, :4] = 1  # one cell in a corner, far from the measured spots
+    far = tmp_path / "corner.npy"
+    np.save(far, corner)
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(far), "--out", str(out)])
+    assert "no segmented cell lies within one spot spacing of a measured spot" in err
+    assert not out.exists()
+
+
+def test_polygons_in_another_coordinate_system_are_one_line(subspot, demo_dir, slide_shape, tmp_path, capsys,
+                                                            no_features) -> None:
+    _, path = subspot
+    h, w = slide_shape
+    x0, y0 = 10 * w, 10 * h  # as if given in another image's pixels
+    square = [[x0, y0], [x0 + 20, y0], [x0 + 20, y0 + 20], [x0, y0 + 20], [x0, y0]]
+    geo = tmp_path / "cells.geojson"
+    geo.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]},
+         "properties": {"objectType": "cell"}}]}))
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(geo), "--out",
+                                  str(tmp_path / "o.h5ad")])
+    assert "another coordinate system" in err
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(geo), "--label-scale",
+                                  "2", "--out", str(tmp_path / "o.h5ad")])
+    assert "a scale applies to label images" in err
+
+
+def test_the_options_are_checked_as_declared(subspot, demo) -> None:
+    model, _ = subspot
+    with pytest.raises(InputError, match="expand_um must be zero or more µm, got -1"):
+        hs.superresolve(model, demo, product="cells", cells="nuclei", expand_um=-1.0)
+    with pytest.raises(InputError, match="label_scale is for a label image file, not the nucleus detector"):
+        hs.superresolve(model, demo, product="cells", cells="nuclei", label_scale=2.0)
