@@ -171,3 +171,56 @@ def test_the_options_are_checked_as_declared(subspot, demo) -> None:
         hs.superresolve(model, demo, product="cells", cells="nuclei", expand_um=-1.0)
     with pytest.raises(InputError, match="label_scale is for a label image file, not the nucleus detector"):
         hs.superresolve(model, demo, product="cells", cells="nuclei", label_scale=2.0)
+
+
+def test_the_widget_offers_a_labels_layer_and_paints_each_cell_with_its_gene(subspot, demo_dir, slide_shape,
+                                                                             make_napari_viewer, qtbot) -> None:
+    from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
+    from napari_histosge.plugin.widgets.layers import histosge_meta
+    from napari_histosge.plugin.widgets.state import SESSION_MODELS, SessionModel
+    from napari_histosge.plugin.widgets.superres import DETECT_NUCLEI, SuperResolveWidget
+
+    model, path = subspot
+    SESSION_MODELS.clear()
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = SuperResolveWidget(viewer)
+    SESSION_MODELS.add(SessionModel("subspot", model, path))
+    try:
+        assert widget.positions.value == "grid" and set(widget.positions.choices) == {"grid", "cells"}
+        assert widget.cells_from.native.isHidden()  # the grid takes no cells
+        mpp = hs.read_spots(demo_dir).uns["histosge"]["mpp"]
+        labels = nucleus_labels(slide_shape)
+        # drawn at half resolution, as a segmentation of a downscaled image: the layer's scale places it
+        layer = viewer.add_labels(labels[::2, ::2], scale=(2 * mpp, 2 * mpp), name="stardist")
+        widget.positions.value = "cells"
+        assert not widget.cells_from.native.isHidden() and "cells" not in widget.product_options.fields
+        assert widget.cells_from.value == DETECT_NUCLEI and layer in widget.cells_from.choices
+        widget.cells_from.value = layer
+        widget.run()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+        assert widget.last_outcome.error is None, widget.last_outcome.error
+        pred, _ = widget.last_outcome.value
+        assert pred.uns["histosge"]["cells"]["source"] == "napari Labels layer 'stardist'"
+        assert pred.uns["histosge"]["cells"]["px_per_label_px"] == 2.0
+        heat, _ = widget.added_layers
+        gene = histosge_meta(heat)["gene"]
+        assert heat.name == f"{gene} cells heatmap"
+        # a cell's label pixels show its value, background and left-out cells none
+        first = pred.obs["label"].to_numpy()[0]
+        own = np.asarray(pred[:, gene].X).ravel()[0]
+        shown = heat.data[labels[::2, ::2] == first]
+        assert shown.size and np.allclose(shown, own)
+        assert np.isnan(heat.data[labels[::2, ::2] == 0]).all()
+        # on the slide: the cell's centroid (world) falls on its own painted pixels
+        centroid = np.asarray(pred.obsm["spatial"])[0]
+        row, col = np.floor(heat.world_to_data(centroid[::-1] * mpp) + 0.5).astype(int)
+        assert labels[::2, ::2][row, col] == first
+        # the Gene viewer repaints the cells and its legend follows
+        genes = GeneViewerWidget(viewer)
+        other = [g for g in model.genes if g != gene][0]
+        assert genes.show_gene(other)
+        assert heat.name == f"{other} cells heatmap" and genes.legend_layer is heat
+        assert np.allclose(heat.data[labels[::2, ::2] == first], np.asarray(pred[:, other].X).ravel()[0])
+    finally:
+        SESSION_MODELS.clear()

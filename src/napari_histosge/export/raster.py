@@ -28,10 +28,17 @@ from .frame import world_frame as world_frame
 def is_prediction(adata) -> bool:
     """Whether ``adata`` holds predictions (log-normalised) rather than raw counts.
 
-    Predictions carry ``uns["histosge"]["fold"]`` (positions) or ``["grid"]`` (grid cells).
+    Predictions carry ``uns["histosge"]["fold"]`` (positions), ``["grid"]`` (grid cells) or
+    ``["positions"] == "cells"`` (segmented cells).
     """
     info = adata.uns.get(META_KEY, {})
-    return isinstance(info, dict) and ("fold" in info or "grid" in info)
+    return isinstance(info, dict) and ("fold" in info or "grid" in info or is_cells(adata))
+
+
+def is_cells(adata) -> bool:
+    """Whether ``adata`` holds predictions of segmented cells (:mod:`napari_histosge.pipeline.cell_maps`)."""
+    info = adata.uns.get(META_KEY, {})
+    return isinstance(info, dict) and info.get("positions") == "cells"
 
 
 def _column(adata, gene: str, layer: str | None = None) -> np.ndarray:
@@ -247,6 +254,34 @@ def grid_raster(adata) -> Raster:
     index[rows, cols] = np.arange(len(rows))
     raster = Raster(image=np.empty(0), cell=cell, origin_rc=(y0, x0), index=index, mpp=um_per_px(adata))
     return raster
+
+
+#: Label rasters with ids up to this are indexed through a lookup table (else a sorted search, slower).
+MAX_LOOKUP_LABEL = 2**27
+
+
+def cells_raster(adata, labels: Any, px_per_label_px: float) -> Raster:
+    """The raster of a segmented-cell AnnData: each pixel of its label raster shows its cell's row.
+
+    ``labels`` is the segmentation's raster (0 = background), ``px_per_label_px`` full-resolution
+    pixels per label pixel; a cell left out of ``adata`` (far from every spot) stays empty (NaN).
+    """
+    raster = np.asarray(labels)
+    ids = np.asarray(adata.obs["label"], dtype=np.int64)
+    top = int(max(int(ids.max(initial=0)), int(raster.max(initial=0))))
+    if top <= MAX_LOOKUP_LABEL and raster.min(initial=0) >= 0:
+        lookup = np.full(top + 1, -1, dtype=np.int32)
+        lookup[ids] = np.arange(len(ids), dtype=np.int32)
+        lookup[0] = -1
+        index = lookup[raster]
+    else:  # huge ids (tile-and-object numbers): a sorted search, no table of every id
+        order = np.argsort(ids)
+        pos = np.clip(np.searchsorted(ids[order], raster), 0, max(len(ids) - 1, 0))
+        hit = (ids[order][pos] == raster) & (raster != 0) if len(ids) else np.zeros(raster.shape, bool)
+        index = np.where(hit, order[pos], -1).astype(np.int32)
+    f = float(px_per_label_px)
+    centre = 0.5 * f - 0.5  # label pixel (0, 0) centred here in full-resolution pixels
+    return Raster(image=np.empty(0), cell=f, origin_rc=(centre, centre), index=index, mpp=um_per_px(adata))
 
 
 #: Raster cells per lattice pitch when spots are painted as discs (a disc is then several cells across).
