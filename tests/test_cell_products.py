@@ -201,7 +201,7 @@ def test_the_widget_offers_a_labels_layer_and_paints_each_cell_with_its_gene(sub
         qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
         assert widget.last_outcome.error is None, widget.last_outcome.error
         pred, _ = widget.last_outcome.value
-        assert pred.uns["histosge"]["cells"]["source"] == "napari Labels layer 'stardist'"
+        assert pred.uns["histosge"]["cells"]["source"] == "labels layer stardist"
         assert pred.uns["histosge"]["cells"]["px_per_label_px"] == 2.0
         heat, _ = widget.added_layers
         gene = histosge_meta(heat)["gene"]
@@ -224,3 +224,25 @@ def test_the_widget_offers_a_labels_layer_and_paints_each_cell_with_its_gene(sub
         assert np.allclose(heat.data[labels[::2, ::2] == first], np.asarray(pred[:, other].X).ravel()[0])
     finally:
         SESSION_MODELS.clear()
+
+
+def test_a_shapes_layer_is_read_as_cell_polygons_at_its_place_on_the_slide(demo) -> None:
+    import napari.layers
+
+    from napari_histosge.plugin.widgets.cell_sources import shapes_layer_segmentation
+
+    u = demo.uns["histosge"]["mpp"]
+    # full-res pixel i is centred at world i * u: this square covers pixels x 10..29, y 20..39
+    square = np.array([[19.5, 9.5], [19.5, 29.5], [39.5, 29.5], [39.5, 9.5]]) * u
+    ellipse = np.array([[60, 60], [60, 80], [80, 80], [80, 60]], np.float64) * u
+    layer = napari.layers.Shapes([square, ellipse], shape_type=["rectangle", "ellipse"], name="outlines")
+    seg = shapes_layer_segmentation(layer, demo)
+    table = seg.table
+    assert seg.n_cells == 2 and table.uns["histosge"]["cells"]["source"] == "napari Shapes layer 'outlines'"
+    np.testing.assert_allclose(table.obsm["spatial"][0], [19.5, 29.5], atol=1e-6)
+    np.testing.assert_allclose(table.obs["area_px"].to_numpy()[0], 400.0, rtol=1e-6)
+    np.testing.assert_allclose(table.obsm["spatial"][1], [70.0, 70.0], atol=0.05)
+    np.testing.assert_allclose(table.obs["area_px"].to_numpy()[1], np.pi * 100, rtol=0.02)
+    lines = napari.layers.Shapes([square[:2]], shape_type=["line"], name="ruler")
+    with pytest.raises(InputError, match="holds lines or paths"):
+        shapes_layer_segmentation(lines, demo)

@@ -3,10 +3,10 @@
 The positions are one of the products the chosen model makes
 (:mod:`napari_histosge.training.products`): the N-fold lattice (HisToSGE, conditioned), a grid of
 square cells of a chosen size in µm (``subspot``), shown as a raster heatmap masked to the
-tissue, segmented cells (``subspot``: a Labels layer of the viewer, detected nuclei or a file;
+tissue, segmented cells (``subspot``: a Labels or Shapes layer of the viewer, detected nuclei or a file;
 each cell painted over its own pixels), or a product a model brings. The options shown are the
 chosen product's declared settings (:class:`~.settings_form.SettingsForm`); the cells' source is
-chosen among the viewer's Labels layers instead of typed. "Predict on this slide" predicts a slide
+chosen among the viewer's layers instead of typed. "Predict on this slide" predicts a slide
 image opened without spots (an unmeasured H&E) on the model's spot lattice or a µm grid over its tissue.
 """
 
@@ -23,6 +23,7 @@ from ...pipeline import products as builtin_products
 from ...progress import CancelToken, Progress
 from ...slide.grid_size import MIN_GRID_UM
 from ...training.products import get_product, registered_products
+from .cell_sources import CELLS_FILE, DETECT_NUCLEI, cells_choices, labels_layer_segmentation, shapes_layer_segmentation
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
@@ -48,8 +49,6 @@ FROM_FILE = "checkpoint file..."
 LATTICE, GRID = builtin_products.LATTICE.name, builtin_products.GRID.name
 #: The option of a product that names its cells (:class:`~napari_histosge.pipeline.products.CellsOptions`).
 CELLS_OPTION = "cells"
-#: Where the cells come from besides the viewer's Labels layers.
-DETECT_NUCLEI, CELLS_FILE = "detect nuclei", "label image or GeoJSON file..."
 #: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
 SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
 
@@ -133,54 +132,19 @@ def product_job(model, adata, product: str, options: dict[str, Any], scheduler: 
     return (yield from superresolve(model, adata, product=product, scheduler=scheduler, cancel=cancel, **options))
 
 
-def cells_choices(viewer) -> list[tuple[str, Any]]:
-    """``(name, value)`` of the cells' sources: the detector, each Labels layer of the viewer, a file."""
-    import napari.layers
-
-    labels = [(f"Labels: {layer.name}", layer) for layer in viewer.layers if isinstance(layer, napari.layers.Labels)]
-    return [(DETECT_NUCLEI, DETECT_NUCLEI), *labels, (CELLS_FILE, CELLS_FILE)]
-
-
-def labels_layer_segmentation(layer, adata):
-    """A napari Labels layer as cells on ``adata``'s slide, at the layer's scale in the section's frame.
-
-    The layer's world frame is the section's (µm when it records a pixel size, else
-    full-resolution pixels, :mod:`.layers`), so its scale over the frame's unit is full-resolution
-    pixels per label pixel.
-
-    Raises
-    ------
-    InputError
-        If the layer is moved by more than a label pixel (a crop: its cells would be misplaced),
-        or its data are not cells on the slide (:func:`~napari_histosge.cells.segmentation_of_array`).
-    """
-    import numpy as np
-
-    from ...cells import segmentation_of_array
-    from ...export.frame import um_per_px
-    from ...pipeline.cell_maps import slide_shape_of
-
-    unit = um_per_px(adata) or 1.0
-    scale = np.asarray(layer.scale[-2:], np.float64) / unit
-    if not np.isclose(scale[0], scale[1], rtol=1e-3):
-        raise InputError(f"the Labels layer {layer.name!r} has unequal pixel sizes {tuple(scale)}: square pixels only")
-    if np.any(np.abs(np.asarray(layer.translate[-2:], np.float64) / unit) > scale[0] + 0.5):
-        raise InputError(f"the Labels layer {layer.name!r} is moved (translate {tuple(layer.translate[-2:])}): "
-                         "only a segmentation of the whole slide, from its top-left corner, is placed")
-    data = layer.data[0] if layer.multiscale else layer.data
-    return segmentation_of_array(data, slide_shape_of(adata), mpp=(adata.uns.get("histosge", {}) or {}).get("mpp"),
-                                 scale=float(scale[0]), source=f"napari Labels layer {layer.name!r}")
-
-
 def cells_job(model, adata, cells, options: dict[str, Any], scheduler: str | None, cancel: CancelToken):
     """The cells product with its segmentation kept for the layers: found or read, predicted, then painted.
 
-    ``cells`` is ``"nuclei"``, a file path, or a Labels layer (read in this worker thread). A
-    generator for :func:`~.worker.start_job`; returns ``(predictions, layer data)``.
+    ``cells`` is ``"nuclei"``, a file path, or a Labels or Shapes layer (read in this worker
+    thread). A generator for :func:`~.worker.start_job`; returns ``(predictions, layer data)``.
     """
+    import napari.layers
+
     from ...pipeline.cell_maps import section_cells
 
-    if not isinstance(cells, str):
+    if isinstance(cells, napari.layers.Shapes):
+        cells = shapes_layer_segmentation(cells, adata)
+    elif not isinstance(cells, str):
         cells = labels_layer_segmentation(cells, adata)
     seg = yield from section_cells(cells, adata, label_scale=options.pop("label_scale", None), cancel=cancel)
     pred = yield from product_job(model, adata, builtin_products.CELLS.name, {**options, CELLS_OPTION: seg},
@@ -216,6 +180,7 @@ class SuperResolveWidget(Container):
         self.product_options = SettingsForm(what="option", skip=frozenset({CELLS_OPTION}))
         self.cells_from = ComboBox(label="cells from", choices=lambda _w: cells_choices(viewer),
                                    tooltip="the cells: a Labels layer of the viewer (StarDist, Cellpose, painted), "
+                                           "a Shapes layer of cell outlines, "
                                            "nuclei detected on the slide, or a label image / GeoJSON file")
         self.cells_file = FileEdit(label="cells file", mode=FileDialogMode.EXISTING_FILE, value=None,
                                    filter="*.tif *.tiff *.png *.npy *.geojson *.json",
