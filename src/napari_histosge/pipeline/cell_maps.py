@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..cells.detect import detect_nuclei
 from ..cells.read import read_segmentation
 from ..cells.segmentation import CellUnits, Segmentation
 from ..errors import InputError
@@ -31,6 +32,7 @@ from ..training.trained_model import TrainedModel
 from .grid_maps import REACH_SPACINGS, unit_rates
 from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
 from .placement import check_measured_genes, finish_prediction
+from .products import NUCLEI
 
 #: Cells predicted at once where each cell's rate depends on its own position only (bounded memory).
 CHUNK_CELLS = 20_000
@@ -250,11 +252,7 @@ def section_cells(cells: Segmentation | str | os.PathLike, adata, *, label_scale
     InputError
         As :func:`section_segmentation`, or when the detector needs a pixel size the section lacks.
     """
-    from .products import NUCLEI
-
     if isinstance(cells, str) and cells == NUCLEI and not os.path.exists(cells):
-        from ..cells.detect import detect_nuclei
-
         path, scale = require_spot_image(adata)
         mpp = adata.uns.get("histosge", {}).get("mpp")
         with open_slide(path) as slide:
