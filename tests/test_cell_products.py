@@ -246,3 +246,11 @@ def test_a_shapes_layer_is_read_as_cell_polygons_at_its_place_on_the_slide(demo)
     lines = napari.layers.Shapes([square[:2]], shape_type=["line"], name="ruler")
     with pytest.raises(InputError, match="holds lines or paths"):
         shapes_layer_segmentation(lines, demo)
+
+
+def test_nuclei_runs_the_built_in_detector_on_the_sections_slide(subspot, demo) -> None:
+    model, _ = subspot
+    cells = hs.superresolve(model, demo, product="cells")  # "nuclei", the option's default
+    info = cells.uns["histosge"]["cells"]
+    assert info["source"].startswith("histosge nuclei of ") and cells.n_obs > 0
+    assert info["px_per_label_px"] > 0 and np.all(cells.obs["area_px"] > 0)
