@@ -254,3 +254,18 @@ def test_nuclei_runs_the_built_in_detector_on_the_sections_slide(subspot, demo) 
     info = cells.uns["histosge"]["cells"]
     assert info["source"].startswith("histosge nuclei of ") and cells.n_obs > 0
     assert info["px_per_label_px"] > 0 and np.all(cells.obs["area_px"] > 0)
+
+
+def test_a_fine_label_raster_is_shown_at_every_kth_pixel_in_place(demo, slide_shape) -> None:
+    from napari_histosge.cells import segmentation_from_labels
+    from napari_histosge.export.raster import cells_raster
+
+    labels = nucleus_labels(slide_shape)
+    cells = segmentation_from_labels(labels, 1.0, mpp=None, source="synthetic").table
+    cells.uns["histosge"] = {"positions": "cells", "mpp": demo.uns["histosge"]["mpp"]}
+    values = np.arange(cells.n_obs, dtype=np.float64)
+    full = cells_raster(cells, labels, 1.0)
+    coarse = cells_raster(cells, labels, 1.0, max_pixels=-(-labels.size // 9))
+    assert coarse.cell == 3.0 and coarse.index.shape == labels[::3, ::3].shape
+    np.testing.assert_array_equal(coarse.with_values(values), full.with_values(values)[::3, ::3])
+    assert coarse.origin_rc == full.origin_rc == (0.0, 0.0)
