@@ -213,7 +213,7 @@ def test_bad_settings_are_refused(demo, fitted, segmentation, no_work, kwargs, m
 
 def test_a_model_of_spots_is_refused(demo, segmentation, no_work):
     spots_model = SimpleNamespace(config=SimpleNamespace(model="histosge"))
-    with pytest.raises(InputError, match="predicts whole spots, not grid cells"):
+    with pytest.raises(InputError, match="predicts whole spots"):
         hs.run(cell_maps.superresolve_cells(spots_model, demo, segmentation))
 
 

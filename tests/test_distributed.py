@@ -159,14 +159,13 @@ def test_prediction_bad_chunk_size(client) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client) -> None:
+def test_pipeline_superresolve_on_dask_matches_in_process(demo_dir: Path, client) -> None:
     """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
-    from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, superresolve
 
-    adata = read_spots(make_demo_dataset(tmp_path / "demo"))
+    adata = read_spots(demo_dir)
     model = run_to_end(fit(adata, train_config=train_config(
         epochs=1, dim=16, heads=2, head_hidden=32, n_top_genes=20, device="cpu")))
     local = run_to_end(superresolve(model, adata, 4))

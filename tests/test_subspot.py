@@ -23,10 +23,8 @@ from napari_histosge.slide.cell_grid import MAX_CELLS, CellGrid, Footprints
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from napari_histosge.demo import make_demo_dataset
-
-    return hs.read_spots(make_demo_dataset(tmp_path_factory.mktemp("demo")))
+def demo(demo_dir):
+    return hs.read_spots(demo_dir)
 
 
 @pytest.fixture(scope="module")

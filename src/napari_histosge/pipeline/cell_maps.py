@@ -213,7 +213,7 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
 
     check_consistency(consistency)
     check_expand(expand_um)
-    cell_model = as_cell_model(model)
+    cell_model = as_cell_model(model)  # one line for a model that predicts whole spots
     check_measured_genes(model, adata)
     cells = section_segmentation(segmentation, adata)
     units = cells.units()
