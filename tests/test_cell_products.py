@@ -269,3 +269,17 @@ def test_a_fine_label_raster_is_shown_at_every_kth_pixel_in_place(demo, slide_sh
     assert coarse.cell == 3.0 and coarse.index.shape == labels[::3, ::3].shape
     np.testing.assert_array_equal(coarse.with_values(values), full.with_values(values)[::3, ::3])
     assert coarse.origin_rc == full.origin_rc == (0.0, 0.0)
+
+
+def test_a_spatialdata_store_of_cells_holds_discs_of_their_area_annotated_by_the_table(subspot, demo_dir,
+                                                                                    label_file, tmp_path) -> None:
+    sd = pytest.importorskip("spatialdata")
+    _, path = subspot
+    out = tmp_path / "cells.zarr"
+    assert main(["superresolve", str(path), str(demo_dir), "--cells", str(label_file), "--out", str(out),
+                 "--quiet"]) == 0
+    store = sd.read_zarr(out)
+    table, cells = store.tables["table"], store.shapes["cells"]
+    assert table.uns["spatialdata_attrs"]["region"] == "cells" and len(cells) == table.n_obs
+    np.testing.assert_allclose(np.pi * cells["radius"].to_numpy() ** 2, table.obs["area_px"].to_numpy())
+    np.testing.assert_allclose(np.c_[cells.geometry.x, cells.geometry.y], table.obsm["spatial"])
