@@ -110,7 +110,7 @@ def test_a_product_the_model_does_not_make_is_one_line_naming_what_it_makes(toy,
         hs.superresolve(model, demo, 4)  # the lattice's fold, positional
     with pytest.raises(InputError, match="spots_per_centroid must be an integer >= 1, got 0"):
         hs.superresolve(model, demo, spots_per_centroid=0)
-    with pytest.raises(InputError, match="unknown product 'dots'; known: lattice, grid, centroids"):
+    with pytest.raises(InputError, match="unknown product 'dots'; known: lattice, grid, cells, centroids"):
         hs.superresolve(model, demo, product="dots")
 
 
@@ -183,7 +183,7 @@ def test_the_built_in_models_declare_their_products() -> None:
     from napari_histosge.models.subspot.trained import SubspotModel
 
     assert HisToSGETrainedModel.products == ConditionedTrainedModel.products == ("lattice",)
-    assert SubspotModel.products == ("grid",) and SubspotModel.spots_from == "cells"
+    assert SubspotModel.products == ("grid", "cells") and SubspotModel.spots_from == "cells"
 
 
 class PriorOnly(ToyModel):

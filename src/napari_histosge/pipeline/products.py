@@ -1,4 +1,4 @@
-"""The products the built-in models make: an N-fold lattice of spots, and a grid of square cells.
+"""The products the built-in models make: an N-fold lattice of spots, a grid of square cells, segmented cells.
 
 Declared here with their options (the command line's flags and the Super-resolve widget's form
 are built from them); the functions that make them are named, not imported, so the command
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cells.segmentation import Segmentation
 from ..errors import InputError
 from ..prediction.grid import MAX_FOLD, MIN_FOLD
 from ..progress import CancelToken, ProgressGenerator
@@ -68,6 +69,48 @@ class GridOptions(ProductOptions):
         return super().check_option(name, value, label)
 
 
+#: The ``cells`` option that asks for the built-in nucleus detector on the section's slide.
+NUCLEI = "nuclei"
+
+
+@dataclass
+class CellsOptions(ProductOptions):
+    """Options of the segmented cells."""
+
+    cells: str = setting(NUCLEI, "the cells: a label image (TIFF/OME-TIFF, PNG, .npy or zarr; 0 = background) or "
+                         "GeoJSON polygons (QuPath) in the slide's full-resolution pixels, or 'nuclei' to detect "
+                         "nuclei on the slide", kind=str, accepts=(Segmentation,),
+                         meaning="a label image or GeoJSON file, or 'nuclei'")
+    expand_um: float = setting(0.0, "each cell stands for its outline grown by this many µm (a nucleus as its "
+                               "cell: its area; it is predicted at its centroid either way)", least=0.0,
+                               meaning="zero or more µm")
+    label_scale: float | None = setting(None, "full-resolution pixels per label-image pixel, for a label image "
+                                        "of another size than the slide", kind=float, optional=True, above=0.0,
+                                        none_means="the label image's size or pixel size")
+    consistency: str = setting(DEFAULT_CONSISTENCY, "as the grid's: make each measured spot the mean of the cells "
+                               "it holds (exact, counting), correct by a smooth field (smooth) or not (none)",
+                               choices=CONSISTENCY)
+
+
+def check_cells(options: CellsOptions, label) -> None:
+    """The segmentation file exists (or is the detector, or one in memory); a scale is for a label image."""
+    cells = options.cells
+    if isinstance(cells, Segmentation):
+        if options.label_scale is not None:
+            raise InputError(f"{label('label_scale')} is for a label image file; a segmentation in memory "
+                             "has its scale")
+        return
+    if cells == NUCLEI and not Path(cells).exists():
+        if options.label_scale is not None:
+            raise InputError(f"{label('label_scale')} is for a label image file, not the nucleus detector")
+        return
+    path = Path(cells).expanduser()
+    if not path.exists():
+        raise InputError(f"{label('cells')} file not found (a label image, a GeoJSON file or 'nuclei')", cells)
+    if path.is_dir() and path.suffix.lower() != ".zarr":
+        raise InputError(f"{label('cells')} is a folder, not a label image or GeoJSON file", cells)
+
+
 def check_grid(options: GridOptions, label) -> None:
     """The grid's cell size, and its mask file where one is named."""
     check_grid_um(options.grid_um, label("grid_um"))
@@ -87,6 +130,11 @@ def grid_summary(result) -> str:
     return f"{result.n_obs} grid cells of {result.uns['histosge']['grid']['cell_px']:.4g} px"
 
 
+def cells_summary(result) -> str:
+    """``"N segmented cells from SOURCE"``."""
+    return f"{result.n_obs} segmented cells from {result.uns['histosge']['cells']['source']}"
+
+
 LATTICE = register_product(Product(
     name="lattice", label="N-fold lattice", help="N positions per measured spot on the spot lattice",
     options=LatticeOptions, run="napari_histosge.pipeline.steps:lattice_product", summary=lattice_summary,
@@ -95,6 +143,11 @@ GRID = register_product(Product(
     name="grid", label="grid of cells", help="square cells of a size in µm over the measured tissue",
     options=GridOptions, run="napari_histosge.pipeline.grid_maps:grid_product", summary=grid_summary,
     check=check_grid,
+))
+CELLS = register_product(Product(
+    name="cells", label="segmented cells", help="each segmented cell (a label image, GeoJSON or detected nuclei)",
+    options=CellsOptions, run="napari_histosge.pipeline.cell_maps:cells_product", summary=cells_summary,
+    check=check_cells,
 ))
 
 
@@ -107,7 +160,7 @@ def superresolve(model, adata, fold: int | None = None, *, product: str | None =
     ----------
     model
         A trained model; ``model.products`` lists what it makes (HisToSGE and the conditioned
-        model: ``"lattice"``; subspot: ``"grid"``).
+        model: ``"lattice"``; subspot: ``"grid"`` and ``"cells"``).
     adata
         A section (spots, counts, its image).
     fold
@@ -120,12 +173,15 @@ def superresolve(model, adata, fold: int | None = None, *, product: str | None =
     **options
         The product's options: ``fold`` (lattice); ``grid_um``, ``mask``, ``consistency`` (grid:
         ``mask`` as :func:`~.grid_maps.superresolve_grid` takes it, a path, a
-        :class:`~napari_histosge.slide.mask.TissueMask`, ``"auto"``, or ``None``/``"none"`` for none).
+        :class:`~napari_histosge.slide.mask.TissueMask`, ``"auto"``, or ``None``/``"none"`` for none);
+        ``cells`` (a path, ``"nuclei"`` or a :class:`~napari_histosge.cells.Segmentation`),
+        ``expand_um``, ``label_scale``, ``consistency`` (cells).
 
     Returns
     -------
     AnnData
-        The product: one row per position (lattice) or grid cell (grid), X log1p(counts per 1e4).
+        The product: one row per position (lattice), grid cell (grid) or segmented cell (cells),
+        X log1p(counts per 1e4).
 
     Raises
     ------

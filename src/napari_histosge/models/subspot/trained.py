@@ -30,8 +30,8 @@ class SubspotModel(TrainedModel):
     #: It reads the measured footprints it stores, which lie on its own section only.
     config: SubspotConfig
     predicts_other_sections = False
-    #: It predicts grid cells from the slide; spots are means of their cells.
-    products = ("grid",)
+    #: It predicts grid cells or segmented cells from the slide; spots are means of their cells.
+    products = ("grid", "cells")
     spots_from = "cells"
 
     @property
