@@ -27,6 +27,7 @@ docs/benchmarks.md. Usage::
     python benchmarks/cross_section.py --models histosge      # HisToSGE's recovery rows only
     python benchmarks/cross_section.py --he-only              # the H&E-alone rows only (merged)
     python benchmarks/cross_section.py --he-only --stain macenko --groups her2st   # + stain-normalised rows
+    python benchmarks/cross_section.py --he-only --extractor nuclei --sections C2   # + nucleus-morphometric rows
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
     hvg_here = [g for g in hvg if g in set(scored_genes)]
     base = {"section": held, "trained_on": others, "n_spots": int(adata.n_obs), "n_genes": len(scored_genes)}
     rows = []
-    stained = "" if args.stain == "none" else f", {args.stain} stain normalisation"
+    stained = ("" if args.stain == "none" else f", {args.stain} stain normalisation") + (
+        "" if args.extractor == "default" else f", {args.extractor} features")
     for label, m, wall in ((HE_ALONE + stained, model, fit_s), (HE_AVERAGED + stained, averaged, averaged_s)):
         ev = evaluate_predictions(run_to_end(predict_spots(m, adata, features=feats[held])), adata)
         span = m.meta.get("averaged_epochs")
@@ -172,11 +174,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stain", choices=("none", "macenko"), default="none",
                         help="stain normalisation of every section's patches (its H&E-alone rows are labelled; "
                              "use with --he-only)")
+    parser.add_argument("--extractor", default="default",
+                        help="image features of every section (a spec as --extractor takes; rows other than "
+                             "'default' are labelled; use with --he-only)")
     parser.add_argument("--render-only", action="store_true", help="re-render the saved results, run nothing")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if args.stain != "none" and not args.he_only:
-        parser.error("--stain adds H&E-alone rows: use it with --he-only")
+    if (args.stain != "none" or args.extractor != "default") and not args.he_only:
+        parser.error("--stain and --extractor add H&E-alone rows: use them with --he-only")
     if args.render_only:
         import json
 
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
     root, info, rows = existing_data_root(), machine_info(), []
     for name in args.groups or sorted(GROUPS):
         group = {s: read_spots(root / name / s) for s in GROUPS[name] if (root / name / s).is_dir()}
-        feats = {s: run_to_end(spot_features(a, FeatureConfig(stain=args.stain))) for s, a in group.items()}
+        config = FeatureConfig(stain=args.stain, extractor=args.extractor)
+        feats = {s: run_to_end(spot_features(a, config)) for s, a in group.items()}
         for held in group:
             if not args.sections or held in args.sections:
                 rows += run_section(held, group, feats, args)
