@@ -196,13 +196,38 @@ def main(argv=None) -> int:
         feats = {s: run_to_end(spot_features(a, config)) for s, a in group.items()}
         for held in group:
             if not args.sections or held in args.sections:
-                rows += run_section(held, group, feats, args)
-                payload = {"machine": info, "holdout": HOLDOUT, "seed": SEED, "epochs": args.epochs,
+                new = run_section(held, group, feats, args)
+                if args.he_only:  # rows added to a saved run say when they were measured
+                    when = {"date": info["date"], "load_average_1m": info["load_average_1m"]}
+                    new = [{**r, "measured": when} for r in new]
+                rows += new
+                payload = {"machine": _saved_machine(args) or info if args.he_only else info,
+                           "holdout": HOLDOUT, "seed": SEED, "epochs": args.epochs,
                            "n_genes": args.n_genes, "rows": _with_earlier(rows, args)}
                 write_json("cross_section", payload)
     if not args.no_doc:
         update_block("cross_section", render(payload))
     return 0
+
+
+def _saved_machine(args) -> dict | None:
+    """The machine of the saved run of the same protocol (rows added with --he-only keep its header)."""
+    import json
+
+    from _report import RESULTS
+
+    path = RESULTS / "cross_section.json"
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    same = (previous.get("epochs"), previous.get("n_genes")) == (args.epochs, args.n_genes)
+    return previous.get("machine") if same else None
+
+
+def _measured(row: dict) -> str:
+    """When a row added to a saved run was measured, for its variant cell."""
+    when = row.get("measured")
+    return "" if not when else f" (measured {when['date']}, load {when['load_average_1m']:.1f})"
 
 
 def _with_earlier(rows: list[dict], args) -> list[dict]:
@@ -257,7 +282,8 @@ def render(payload: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         knn = f"{_f(r['baseline_top50'])} / {_f(r['baseline_hvg'])}" if "baseline_top50" in r else ""
-        lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']} | {_f(r['pcc_top50'])} "
+        lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']}{_measured(r)} "
+                     f"| {_f(r['pcc_top50'])} "
                      f"| {_f(r['pcc_hvg'])} | {knn} | {_f(r['ceiling_top50'])} / {_f(r['ceiling_hvg'])} "
                      f"| {r.get('best_epoch', '')}{_weight(r)} |")
     return "\n".join(lines)
