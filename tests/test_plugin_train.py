@@ -198,6 +198,15 @@ def test_stain_normalisation_is_offered_with_image_features_and_reaches_the_run(
     assert not widget.stain.native.isHidden()
 
 
+def test_nucleus_morphometrics_are_offered_as_the_command_line_spells_them(make_napari_viewer, demo_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = TrainWidget(viewer)
+    for spec in ("nuclei", "default+nuclei"):
+        widget.extractor.value = spec
+        assert widget.feature_config().extractor == spec and widget.feature_config().checkpoint is None
+
+
 def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer, demo_dir, qtbot, tmp_path,
                                                              notifications):
     """The demo section holds back too few spots to stop early on; a typed number still runs as typed."""

@@ -256,13 +256,14 @@ def features_at(
     path, scale = require_spot_image(adata)
     centers = np.asarray(positions, np.float64)
     patch_px, fraction = patch_geometry(model, adata, diameter)
+    mpp = adata.uns.get("histosge", {}).get("mpp")
     if scheduler is None:
         feats = yield from extract_features_at(
-            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel
+            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel, mpp=mpp
         )
     else:
         feats = yield from distributed_features(path, scale, centers, patch_px, config, fraction, scheduler,
-                                                n_workers, cancel)
+                                                n_workers, cancel, mpp=mpp)
     _check_same_extractor(model, feats)
     return feats
 
