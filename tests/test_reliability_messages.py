@@ -410,5 +410,5 @@ def test_platform_and_spot_size_are_in_a_trained_models_meta(tmp_path: Path) -> 
     from napari_histosge.models import load_model
 
     meta = load_model(out).meta
-    assert meta["platform"] == "st_v1"
-    assert meta["spot_diameter_px"] * meta["mpp"] == pytest.approx(100.0)  # the ST v1 spot
+    assert meta.platform == "st_v1"
+    assert meta.spot_diameter_px * meta.mpp == pytest.approx(100.0)  # the ST v1 spot
