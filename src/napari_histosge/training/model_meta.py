@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-__all__ = ["ModelMeta", "meta_fields"]
+__all__ = ["ModelMeta", "meta_fields", "meta_table"]
 
 MetaT = TypeVar("MetaT", bound="ModelMeta")
 
@@ -31,8 +32,8 @@ class ModelMeta:
 
     #: Path of the training section (the first one's, of several).
     source: str = ""
-    #: One record per training section of a model trained on several (``name``, ``n_spots``,
-    #: ``source``, ``platform``, ``mpp``, ``spot_diameter_px``...); ``None`` for one section.
+    #: One record per training section of a model trained on several, or of a cellridge prior
+    #: (``name``, ``n_spots``, ``source``, ``platform``, ``mpp``, ``spot_diameter_px``...).
     sections: list[dict[str, Any]] | None = None
     #: Platform of the training section (``visium``, ``visium_hd``, ``st_v1``, ``unknown``...).
     platform: str | None = None
@@ -150,3 +151,13 @@ def _field_comments(cls: type) -> dict[str, str]:
                 row -= 1
             out[node.target.id] = " ".join(above)
     return out
+
+
+def meta_table(cls: type[ModelMeta]) -> str:
+    """A Markdown table of the entries ``cls`` declares itself: name, type, meaning (the docs' generated block)."""
+    def cell(text: str) -> str:  # Sphinx roles and literals as Markdown code; a bar would end the cell
+        return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text).replace("``", "`").replace("|", "\\|")
+
+    rows = ["| entry | type | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{cell(kind)}` | {cell(text)} |" for name, kind, text in meta_fields(cls)]
+    return "\n".join(rows)
