@@ -18,7 +18,10 @@ normalised halves A and B (the PCC a predictor knowing each spot's expected expr
 would have with one half-depth measurement). Image-free baselines: copy of the bin,
 inverse-distance interpolation of the 4 nearest bin centres, and Gaussian smoothing of the
 bin values at a grid of bandwidths (spot spacings), whose bandwidth the render step picks
-leave-one-section-out. One section per process, its own JSON::
+leave-one-section-out. Cell maps (``subspot-cells``, ``subspot-prior-cells``): the same fits as
+``subspot-smoothfield`` and ``subspot-prior``, mapped onto the nuclei the built-in detector finds
+(:func:`napari_histosge.pipeline.cell_maps.superresolve_cells`), each spot the mean of the nuclei
+whose centroid lies in its disc. One section per process, its own JSON::
 
     python benchmarks/superres_pooled.py --section her2st/B4 --seeds 0 1 2 \\
         --out benchmarks/results/superres_pooled/B4.json
@@ -28,6 +31,7 @@ leave-one-section-out. One section per process, its own JSON::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -56,11 +60,20 @@ TRAINED = {
     "histosge": ("histosge", {}),
     # The histology prior: a cellridge model of the group's OTHER sections (full counts), see prior_model.
     "subspot-prior": ("subspot", {"prior_bandwidth": 1.5}),
+    # Cell maps: the same fits as their grid columns (CELL_MAPS), mapped onto detected nuclei.
+    "subspot-cells": ("subspot", {}),
+    "subspot-prior-cells": ("subspot", {"prior_bandwidth": 1.5}),
 }
 #: The sub-spot map's consistency for each label (``pipeline.grid_maps.CONSISTENCY``). ``subspot`` is the
 #: earlier default (exact, 1.5 spacings); ``subspot-smoothfield`` is the model's current defaults.
 CONSISTENCY_OF = {"subspot": "exact", "subspot-with-image": "exact", "subspot-counting": "counting",
-                  "subspot-smoothfield": "smooth", "subspot-prior": "exact"}
+                  "subspot-smoothfield": "smooth", "subspot-prior": "exact", "subspot-cells": "smooth",
+                  "subspot-prior-cells": "exact"}
+#: Cell-map label -> the grid-map label of the same fit and consistency it is compared with. A cell map
+#: predicts the nuclei the built-in detector finds (cached in :data:`CACHE`); a spot's value is the mean of
+#: the nuclei whose centroid lies in its disc (the nearest nucleus where none does), as a grid map's is the
+#: mean of the squares whose centre does.
+CELL_MAPS = {"subspot-cells": "subspot-smoothfield", "subspot-prior-cells": "subspot-prior"}
 #: Gridded like the smoothing baseline: one fit per prior bandwidth (bin spacings), each scored with
 #: these consistency modes; the render step picks the bandwidth leave-one-section-out.
 BANDWIDTH_GRID = "subspot-bandwidths"
@@ -203,6 +216,47 @@ def fitted(model_name: str, settings: dict, pooled, genes: list[str], cache: dic
     return cache[key]
 
 
+#: Segmentations read in this process, by section: every seed and cell-map column maps the same nuclei.
+NUCLEI: dict = {}
+
+
+def section_nuclei(adata):
+    """The built-in detector's nuclei on ``adata``'s slide (default settings), detected once and cached."""
+    from napari_histosge.cells import NucleusSettings, detect_nuclei, read_segmentation, slide_source
+    from napari_histosge.cells.write import LABELS_FILE, write_segmentation
+    from napari_histosge.slide.open import open_slide
+
+    section = str(adata.uns["histosge"]["source"])
+    if section in NUCLEI:
+        return NUCLEI[section]
+    source = slide_source(section)
+    key = cache_key(sorted(dataclasses.asdict(NucleusSettings()).items()), section)
+    folder = CACHE / f"nuclei-{Path(section).name}-{key}"
+    if not (folder / LABELS_FILE).exists():
+        with open_slide(source.image) as slide:
+            found = hs.run(detect_nuclei(slide, mpp=source.mpp, scale=source.scale))
+        write_segmentation(found, folder)  # atomic per file
+        print(f"  {found.n_cells:,} nuclei -> {folder}", flush=True)
+    NUCLEI[section] = read_segmentation(folder / LABELS_FILE, source.shape, mpp=source.mpp)
+    return NUCLEI[section]
+
+
+def cell_spot_prediction(model, adata_a, genes: list[str], consistency: str) -> tuple[np.ndarray, dict]:
+    """Every spot as the mean of the nuclei of the cell map in its disc; and how many nuclei that took."""
+    from napari_histosge.pipeline.cell_maps import superresolve_cells
+    from napari_histosge.slide.cell_grid import Footprints
+
+    cells = hs.run(superresolve_cells(model, adata_a, section_nuclei(adata_a), consistency=consistency))
+    diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
+    discs = Footprints(np.asarray(adata_a.obsm["spatial"], np.float64), "disc", diameter)
+    held = discs.cell_weights(np.asarray(cells.obsm["spatial"]), nearest_if_empty=False)
+    per_spot = np.diff(held.indptr)
+    weights = discs.cell_weights(np.asarray(cells.obsm["spatial"]))  # a spot without a nucleus: the nearest
+    pred = np.log1p(np.asarray(weights @ np.expm1(np.asarray(cells[:, genes].X, np.float64))))
+    return pred, {"cells": int(cells.n_obs), "median_cells_per_spot": float(np.median(per_spot)),
+                  "spots_without_cells": int((per_spot == 0).sum())}
+
+
 def spot_prediction(model, adata_a, genes: list[str], consistency: str | None) -> np.ndarray:
     """Every spot predicted (with half A's data only); a sub-spot map with ``consistency``."""
     diameter = float(adata_a.uns["histosge"]["spot_diameter_px"])
@@ -214,13 +268,15 @@ def spot_prediction(model, adata_a, genes: list[str], consistency: str | None) -
     return np.asarray(pred[:, genes].X, np.float64)
 
 
-def trained_prediction(label: str, pooled, adata_a, genes: list[str], cache: dict) -> np.ndarray:
+def trained_prediction(label: str, pooled, adata_a, genes: list[str], cache: dict):
     """Train ``label`` on the half-A bins (or reuse its fit), predict every spot."""
     model_name, settings = TRAINED[label]
-    if label == "subspot-prior":
+    if label in ("subspot-prior", "subspot-prior-cells"):
         settings = {**settings, "prior": str(prior_model(Path(adata_a.uns["histosge"]["source"])))}
-    return spot_prediction(fitted(model_name, settings, pooled, genes, cache), adata_a, genes,
-                           CONSISTENCY_OF.get(label))
+    model = fitted(model_name, settings, pooled, genes, cache)
+    if label in CELL_MAPS:
+        return cell_spot_prediction(model, adata_a, genes, CONSISTENCY_OF[label])
+    return spot_prediction(model, adata_a, genes, CONSISTENCY_OF.get(label))
 
 
 def bandwidth_grid(pooled, adata_a, genes: list[str], target: dict, cols: dict, cache: dict,
@@ -270,7 +326,10 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
             pred = knn_baseline(bin_xy, bin_values, spot_xy, k=4)
         else:
             pred = trained_prediction(label, pooled, adata_a, genes, cache)
-        row["models"][label] = {**scores(pred, target, cols), "seconds": time.perf_counter() - t0}
+        extra: dict = {}
+        if isinstance(pred, tuple):  # a cell map: how many nuclei it predicted
+            pred, extra = pred
+        row["models"][label] = {**scores(pred, target, cols), "seconds": time.perf_counter() - t0, **extra}
         print(f"  F={factor} {label}: " + ", ".join(f"{k} {row['models'][label][k]['pcc']:.3f}" for k in GENE_SETS)
               + f" ({row['models'][label]['seconds']:.0f} s)", flush=True)
     return row
@@ -279,15 +338,15 @@ def measure_split(adata, adata_a, adata_b, factor: int, models: list[str], spaci
 def cache_cell_features() -> None:
     """Every reader of cell features in the models and maps goes through :func:`cached_cell_features`."""
     from napari_histosge.models.subspot import cellridge, fit
-    from napari_histosge.pipeline import grid_maps
+    from napari_histosge.pipeline import cell_maps, grid_maps
 
-    for module in (cellridge, fit, grid_maps):
+    for module in (cellridge, fit, grid_maps, cell_maps):
         module.cell_features = cached_cell_features  # type: ignore[attr-defined]
 
 
 def measure_section(path: Path, seeds: list[int], models: list[str],
                     bandwidths: tuple[float, ...] = SUBSPOT_BANDWIDTHS) -> dict:
-    if "subspot-prior" in models:
+    if {"subspot-prior", "subspot-prior-cells"} & set(models):
         cache_cell_features()
     adata = hs.read_spots(path)
     spacing = float(estimate_lattice(adata).spacing)
@@ -416,7 +475,9 @@ def render(payload: dict) -> str:
         "inverse-distance mean of the 4 nearest bins. 'subspot': the earlier default (exact consistency, prior "
         "bandwidth 1.5 bin spacings); 'subspot-smooth-loso' / 'subspot-none-loso': the sub-spot model with the "
         "smooth correction field / with no consistency, its prior bandwidth (0.5-3 bin spacings) chosen on the "
-        "other sections' runs like σ. A blank cell: that model was not run on the section; '(1 seed)': run on "
+        "other sections' runs like σ. 'subspot-cells' / 'subspot-prior-cells': the fits of 'subspot-smoothfield' "
+        "(the model's defaults) / 'subspot-prior' mapped onto the built-in detector's nuclei, each spot the mean "
+        "of the nuclei in its disc. A blank cell: that model was not run on the section; '(1 seed)': run on "
         "seed 0 only.",
         "",
         machines_line(list(payload["machines"].values())),

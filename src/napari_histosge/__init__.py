@@ -40,6 +40,7 @@ _LAZY = {
     "fit": "api",
     "predict_spots": "api",
     "superresolve": "api",
+    "superresolve_cells": "api",
     "superresolve_grid": "api",
     "recover": "api",
     "RecoveryResult": "pipeline.recovery",
@@ -79,6 +80,7 @@ __all__ = [
     "run",
     "steps",
     "superresolve",
+    "superresolve_cells",
     "superresolve_grid",
     "train_config",
 ]

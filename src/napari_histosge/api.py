@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .pipeline import grid_maps, recovery
+from .pipeline import cell_maps, grid_maps, recovery
 from .pipeline import steps as pipeline_steps
 from .progress import ProgressGenerator, ProgressOption, drive
 
@@ -55,4 +55,5 @@ superresolve = _plain(pipeline_steps.superresolve)
 #: The ``grid`` product of a cell model, as ``superresolve(model, adata, product="grid", ...)`` makes it; also
 #: takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
 superresolve_grid = _plain(grid_maps.superresolve_grid)
+superresolve_cells = _plain(cell_maps.superresolve_cells)
 recover = _plain(recovery.recover)

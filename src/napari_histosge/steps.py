@@ -15,8 +15,9 @@ Examples
 
 from __future__ import annotations
 
+from .pipeline.cell_maps import superresolve_cells
 from .pipeline.grid_maps import superresolve_grid
 from .pipeline.recovery import recover
 from .pipeline.steps import fit, predict_spots, superresolve
 
-__all__ = ["fit", "predict_spots", "recover", "superresolve", "superresolve_grid"]
+__all__ = ["fit", "predict_spots", "recover", "superresolve", "superresolve_cells", "superresolve_grid"]

@@ -141,13 +141,23 @@ def grid_rates(model: CellModel, adata, grid: CellGrid, *, consistency: str = DE
     else:  # the model ignores the image: no slide read for features
         feats = np.zeros((grid.n_cells, int(model.meta.n_features or 0)), np.float32)
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
-    centres = grid.centres()
+    rates = unit_rates(model, grid.centres(), feats, consistency)
+    yield Progress("predict", 1, 1)
+    return rates
+
+
+def unit_rates(model: CellModel, centres: np.ndarray, feats: np.ndarray, consistency: str) -> np.ndarray:
+    """Rates (counts per 1e4) of units (grid cells or segmented cells) at ``centres`` with image ``feats``.
+
+    The model's prediction, then made consistent with the measured footprints as
+    ``consistency`` says (:func:`grid_rates`); a footprint's value is the mean of the units
+    whose centres it holds.
+    """
     rates = model.cell_rates(centres, feats)
     if consistency == "smooth":
         rates = model.smooth_corrected(centres, rates, counting=True)
     elif consistency != "none":
         rates = model.make_consistent(centres, rates, exact=consistency == "exact")
-    yield Progress("predict", 1, 1)
     return rates
 
 
