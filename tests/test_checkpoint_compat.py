@@ -68,3 +68,15 @@ def test_a_metadata_dict_reads_with_defaults_for_missing_entries_and_keeps_unkno
     shared = ModelMeta(source="s.h5ad", n_features=3)
     own = SubspotMeta.of(shared)
     assert (own.source, own.n_features, own.cell_px) == ("s.h5ad", 3, None) and own is not shared
+
+
+def test_the_models_panel_describes_an_old_checkpoint_and_a_new_ones_sections(tmp_path) -> None:
+    from napari_histosge.plugin.widgets.state import SessionModel
+
+    path = DATA / "histosge_17fc61b.pt"
+    model = load_model(path, device="cpu")
+    assert "sections: unknown" in SessionModel("old", model, path).describe()  # it records no source
+    model.meta.sections = [{"name": "B4", "source": "/d/B4"}, {"name": "C2", "source": "/d/C2"}]
+    assert "sections: B4, C2" in SessionModel("new", model, path).describe()
+    model.meta.sections, model.meta.source = None, "/d/A1.h5ad"
+    assert "sections: A1.h5ad" in SessionModel("one", model, path).describe()

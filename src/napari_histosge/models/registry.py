@@ -234,7 +234,7 @@ def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
     """Read a checkpoint written by :meth:`TrainedModel.save`, as its model's trained class.
 
     The model is the one named in the checkpoint's settings; its network is rebuilt with the
-    saved settings and the sizes fixed by the data (``meta["model_kwargs"]``).
+    saved settings and the sizes fixed by the data (``meta.model_kwargs``).
 
     Raises
     ------
