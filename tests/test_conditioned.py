@@ -122,6 +122,7 @@ def test_the_image_at_a_new_position_moves_the_prediction():
 
     model = run_to_end(train(_data(train_rows, arrays), cfg))
     assert model.meta.kriging["image_trend"] and model.meta.kriging["share"]["drift"] > 0
+    assert model.meta.extra == {}  # every entry training writes is a declared field of its metadata
     off = run_to_end(train(_data(train_rows, arrays), train_config(**{**cfg.to_dict(), "image_trend": False})))
     assert not off.meta.kriging["image_trend"] and "drift" not in off.meta.kriging["share"]
     drift = model.model.choice.numpy() == 2

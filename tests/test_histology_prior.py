@@ -76,6 +76,8 @@ def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.zeros(pattern.shape[1]))
     with_prior, without = _subspot(demo, prior=str(prior_path)), _subspot(demo)
     assert with_prior.meta.histology_prior["genes_kept"] == 0 and not with_prior.uses_image
+    prior = load_model(prior_path, device="cpu")
+    assert prior.meta.extra == {} and prior.meta.cell_um is not None  # the cellridge entries are declared
     first = hs.superresolve_grid(with_prior, demo, mask=None)
     second = hs.superresolve_grid(without, demo, mask=None)
     assert np.array_equal(first.X, second.X)

@@ -139,6 +139,7 @@ def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_pat
     for key in ("position_frame", "section_frames", "sections", "position_jitter_px"):
         assert getattr(loaded.meta, key) == getattr(model.meta, key)
     assert [s["name"] for s in loaded.meta.sections] == ["demo", "demo#2"]
+    assert loaded.meta.extra == {} and loaded.meta.section_box is None  # each section's box is in its record
     patches = []
     real_extract = pipeline.extract_features_at
 

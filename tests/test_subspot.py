@@ -116,6 +116,7 @@ def test_exact_consistency_reproduces_the_measured_spots(demo, fitted):
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     assert np.abs(pred - truth).max() < 1e-4
     assert fitted.meta.feature_identity.startswith("cell_raster")
+    assert fitted.meta.extra == {}  # every entry the fit writes is a declared field of its metadata
 
 
 def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
