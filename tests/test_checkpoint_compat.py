@@ -80,3 +80,13 @@ def test_the_models_panel_describes_an_old_checkpoint_and_a_new_ones_sections(tm
     assert "sections: B4, C2" in SessionModel("new", model, path).describe()
     model.meta.sections, model.meta.source = None, "/d/A1.h5ad"
     assert "sections: A1.h5ad" in SessionModel("one", model, path).describe()
+
+
+def test_an_old_checkpoint_without_feature_settings_is_refused_in_one_line_on_a_section(demo) -> None:
+    import napari_histosge as hs
+    from napari_histosge.errors import InputError
+
+    model = load_model(DATA / "histosge_17fc61b.pt", device="cpu")  # written before the feature settings
+    with pytest.raises(InputError, match="the model records no image-feature settings") as caught:
+        hs.predict_spots(model, demo)
+    assert "\n" not in str(caught.value)
