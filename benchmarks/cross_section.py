@@ -27,6 +27,7 @@ docs/benchmarks.md. Usage::
     python benchmarks/cross_section.py --models histosge      # HisToSGE's recovery rows only
     python benchmarks/cross_section.py --he-only              # the H&E-alone rows only (merged)
     python benchmarks/cross_section.py --he-only --stain macenko --groups her2st   # + stain-normalised rows
+    python benchmarks/cross_section.py --he-only --extractor nuclei --sections C2   # + nucleus-morphometric rows
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
     hvg_here = [g for g in hvg if g in set(scored_genes)]
     base = {"section": held, "trained_on": others, "n_spots": int(adata.n_obs), "n_genes": len(scored_genes)}
     rows = []
-    stained = "" if args.stain == "none" else f", {args.stain} stain normalisation"
+    stained = ("" if args.stain == "none" else f", {args.stain} stain normalisation") + (
+        "" if args.extractor == "default" else f", {args.extractor} features")
     for label, m, wall in ((HE_ALONE + stained, model, fit_s), (HE_AVERAGED + stained, averaged, averaged_s)):
         ev = evaluate_predictions(run_to_end(predict_spots(m, adata, features=feats[held])), adata)
         span = m.meta.averaged_epochs
@@ -173,11 +175,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stain", choices=("none", "macenko"), default="none",
                         help="stain normalisation of every section's patches (its H&E-alone rows are labelled; "
                              "use with --he-only)")
+    parser.add_argument("--extractor", default="default",
+                        help="image features of every section (a spec as --extractor takes; rows other than "
+                             "'default' are labelled; use with --he-only)")
     parser.add_argument("--render-only", action="store_true", help="re-render the saved results, run nothing")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if args.stain != "none" and not args.he_only:
-        parser.error("--stain adds H&E-alone rows: use it with --he-only")
+    if (args.stain != "none" or args.extractor != "default") and not args.he_only:
+        parser.error("--stain and --extractor add H&E-alone rows: use them with --he-only")
     if args.render_only:
         import json
 
@@ -188,16 +193,42 @@ def main(argv=None) -> int:
     root, info, rows = existing_data_root(), machine_info(), []
     for name in args.groups or sorted(GROUPS):
         group = {s: read_spots(root / name / s) for s in GROUPS[name] if (root / name / s).is_dir()}
-        feats = {s: run_to_end(spot_features(a, FeatureConfig(stain=args.stain))) for s, a in group.items()}
+        config = FeatureConfig(stain=args.stain, extractor=args.extractor)
+        feats = {s: run_to_end(spot_features(a, config)) for s, a in group.items()}
         for held in group:
             if not args.sections or held in args.sections:
-                rows += run_section(held, group, feats, args)
-                payload = {"machine": info, "holdout": HOLDOUT, "seed": SEED, "epochs": args.epochs,
+                new = run_section(held, group, feats, args)
+                if args.he_only:  # rows added to a saved run say when they were measured
+                    when = {"date": info["date"], "load_average_1m": info["load_average_1m"]}
+                    new = [{**r, "measured": when} for r in new]
+                rows += new
+                payload = {"machine": _saved_machine(args) or info if args.he_only else info,
+                           "holdout": HOLDOUT, "seed": SEED, "epochs": args.epochs,
                            "n_genes": args.n_genes, "rows": _with_earlier(rows, args)}
                 write_json("cross_section", payload)
     if not args.no_doc:
         update_block("cross_section", render(payload))
     return 0
+
+
+def _saved_machine(args) -> dict | None:
+    """The machine of the saved run of the same protocol (rows added with --he-only keep its header)."""
+    import json
+
+    from _report import RESULTS
+
+    path = RESULTS / "cross_section.json"
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    same = (previous.get("epochs"), previous.get("n_genes")) == (args.epochs, args.n_genes)
+    return previous.get("machine") if same else None
+
+
+def _measured(row: dict) -> str:
+    """When a row added to a saved run was measured, for its variant cell."""
+    when = row.get("measured")
+    return "" if not when else f" (measured {when['date']}, load {when['load_average_1m']:.1f})"
 
 
 def _with_earlier(rows: list[dict], args) -> list[dict]:
@@ -252,7 +283,8 @@ def render(payload: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         knn = f"{_f(r['baseline_top50'])} / {_f(r['baseline_hvg'])}" if "baseline_top50" in r else ""
-        lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']} | {_f(r['pcc_top50'])} "
+        lines.append(f"| {r['section']} | {', '.join(r['trained_on'])} | {r['variant']}{_measured(r)} "
+                     f"| {_f(r['pcc_top50'])} "
                      f"| {_f(r['pcc_hvg'])} | {knn} | {_f(r['ceiling_top50'])} / {_f(r['ceiling_hvg'])} "
                      f"| {r.get('best_epoch', '')}{_weight(r)} |")
     return "\n".join(lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,51 @@ def dlpfc_151675(real_data: Path) -> Path:
     return real_data / "dlpfc" / "151675"
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated demo section (Space Ranger layout, known ground truth), one per test module."""
+def _manifest(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time: what a write would change."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="session")
+def demo_section(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Path]]:
+    """``demo_section(seed)``: the generated demo section of ``seed``, written once per test session.
+
+    Generating a section takes seconds; the tests share one folder per seed and only read it.
+    A test that changes a section's files works on a copy (:func:`demo_copy`); a write into a
+    shared one fails the session here, naming the folder.
+    """
     from napari_histosge.demo import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+    made: dict[int, tuple[Path, dict[str, tuple[int, int]]]] = {}
+
+    def section(seed: int = 0) -> Path:
+        if seed not in made:
+            folder = make_demo_dataset(tmp_path_factory.mktemp(f"demo-seed{seed}") / "demo", seed=seed)
+            made[seed] = (folder, _manifest(folder))
+        return made[seed][0]
+
+    yield section
+    changed = [str(folder) for folder, before in made.values() if _manifest(folder) != before]
+    assert not changed, f"a test wrote into the shared demo section(s) {changed}: give it demo_copy instead"
+
+
+@pytest.fixture
+def demo_copy(demo_section: Callable[[int], Path], tmp_path: Path) -> Callable[..., Path]:
+    """``demo_copy(folder=tmp_path / "demo", seed=0)``: a copy of the demo section that a test may change."""
+
+    def copy(folder: Path | None = None, seed: int = 0) -> Path:
+        folder = tmp_path / "demo" if folder is None else Path(folder)
+        shutil.copytree(demo_section(seed), folder)
+        return folder
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def demo_dir(demo_section: Callable[[int], Path]) -> Path:
+    """The generated demo section (ST v1 layout, known ground truth), shared by every test: read it only."""
+    return demo_section(0)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.io import read_spots
 from napari_histosge.models import load_model
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
 
 
 @pytest.mark.slow
@@ -141,7 +135,7 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.mark.slow
-def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
+def test_conditioned_model_writes_uncertainty(demo_dir: Path, demo_section, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "c.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "2", "--n-genes", "10",
@@ -168,7 +162,7 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, tmp_path: Path,
     assert set(result.var["estimator"]) == {"plain"}  # kriging_rank 0: every gene kriged alone
     std = np.asarray(result.layers["std"])
     assert std.shape == result.shape and np.isfinite(std).all() and (std >= 0).all() and std.max() > 0
-    other = make_demo_dataset(tmp_path / "other", seed=1)  # a section it did not measure
+    other = demo_section(1)  # a section it did not measure
     capsys.readouterr()
     assert main(["predict", str(model), str(other), "--out", str(tmp_path / "other.h5ad"), "--quiet"]) == 2
     assert "a conditioned model predicts only on the section it was trained on" in capsys.readouterr().err
@@ -207,7 +201,7 @@ def test_subspot_train_superresolve_on_a_grid_and_predict(demo_dir: Path, tmp_pa
     # A subspot model has no lattice: --fold is refused with one line naming the checkpoint.
     assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(grid), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "makes a grid of cells (grid): use --grid-um" in err and "not --fold" in err
+    assert "makes the grid of cells (grid): use --grid-um" in err and "not --fold" in err
     spots = tmp_path / "spots.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--out", str(spots), "--quiet"]) == 0
     measured = read_spots(demo_dir)

@@ -94,8 +94,8 @@ CASES = [
     (lambda f: ["demo", "--out", f["m.pt"]], "is a file, not a folder"),
     (lambda f: ["demo", "--out", f["tmp"] + "/gone/demo"], "does not exist"),
     # ranges
-    (lambda f: _superresolve(f, "--fold", "1"), "--fold must be between 2 and 16, got 1"),
-    (lambda f: _superresolve(f, "--fold", "17"), "--fold must be between 2 and 16, got 17"),
+    (lambda f: _superresolve(f, "--fold", "1"), "--fold must be an integer between 2 and 16, got 1"),
+    (lambda f: _superresolve(f, "--fold", "17"), "--fold must be an integer between 2 and 16, got 17"),
     (lambda f: _recover(f, "--holdout", "0"), "--holdout must be between 0 and 1"),
     (lambda f: _recover(f, "--holdout", "1"), "--holdout must be between 0 and 1"),
     (lambda f: _recover(f, "--holdout", "1.5"), "--holdout must be between 0 and 1"),

@@ -159,17 +159,29 @@ def test_prediction_bad_chunk_size(client) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_superresolve_on_dask_matches_in_process(tmp_path: Path, client) -> None:
+def test_pipeline_superresolve_on_dask_matches_in_process(demo_dir: Path, client) -> None:
     """CLI/plugin path: features AND prediction on the cluster give the in-process AnnData."""
-    from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, superresolve
 
-    adata = read_spots(make_demo_dataset(tmp_path / "demo"))
+    adata = read_spots(demo_dir)
     model = run_to_end(fit(adata, train_config=train_config(
         epochs=1, dim=16, heads=2, head_hidden=32, n_top_genes=20, device="cpu")))
     local = run_to_end(superresolve(model, adata, 4))
     remote = run_to_end(superresolve(model, adata, 4, scheduler=client))
     np.testing.assert_array_equal(remote.X, local.X)
     np.testing.assert_array_equal(remote.obsm["spatial"], local.obsm["spatial"])
+
+
+def test_nuclei_features_get_the_pixel_size_on_workers(tmp_path: Path, client) -> None:
+    # The extractor that measures in µm gets the patch's size in µm on the workers as in this process.
+    path = _slide(tmp_path)
+    xy = np.random.default_rng(3).uniform(100, 500, (6, 2))
+    cfg = FeatureConfig(device="cpu", cache=False, batch_size=4, extractor="nuclei")
+    single = run_to_end(extract_features_at(path, 1.0, xy, 150.0, cfg, mpp=0.5))
+    dist = run_to_end(extract_features_distributed(path, 1.0, xy, 150.0, cfg, scheduler=client, chunk_size=4,
+                                                   mpp=0.5))
+    np.testing.assert_array_equal(dist.features, single.features)
+    with pytest.raises(InputError, match="pixel size"):
+        run_to_end(extract_features_distributed(path, 1.0, xy, 150.0, cfg, scheduler=client))

@@ -265,6 +265,39 @@ def test_cli_missing_gene_is_one_line_and_status_2(prediction_file: Path, tmp_pa
     assert not out.exists()
 
 
+MBP_ID = "ENSG00000197971"  # a marker of the packaged table, named by id as DLPFC's matrices name it
+
+
+@pytest.fixture(scope="module")
+def prediction_by_id(prediction_file: Path, tmp_path_factory) -> Path:
+    """The prediction file with its genes named by Ensembl id (the first MBP's, the others made up), no symbols."""
+    import anndata as ad
+
+    pred = ad.read_h5ad(prediction_file)
+    pred.var_names = [MBP_ID, *(f"ENSG{900001 + i:011d}" for i in range(pred.n_vars - 1))]
+    return write_h5ad(tmp_path_factory.mktemp("by_id") / "pred.h5ad", pred)
+
+
+def test_cli_finds_a_symbol_on_predictions_named_by_id(prediction_by_id: Path, tmp_path: Path, capsys) -> None:
+    from napari_histosge.cli.main import main
+
+    out = tmp_path / "mbp.png"
+    assert main(["figure", str(prediction_by_id), "--gene", "MBP", "--out", str(out), "--size", "64"]) == 0
+    assert f"wrote {out}: MBP " in capsys.readouterr().out and out.is_file()  # the symbol, not the id
+    table = tmp_path / "names.tsv"
+    table.write_text("gene_id\tgene_name\nENSG00000900002\tMYGENE\n")
+    assert main(["figure", str(prediction_by_id), "--gene", "MYGENE", "--out", str(out), "--size", "64",
+                 "--gene-names", str(table)]) == 0
+    assert ": MYGENE " in capsys.readouterr().out
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("MYGENE\n")
+    out.unlink()
+    assert main(["figure", str(prediction_by_id), "--gene", "MYGENE", "--out", str(out),
+                 "--gene-names", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs two columns" in err[0] and not out.exists()
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--out", "fig.jpg"], "is none of them"),
     (["--out", "fig.png", "--limits", "3", "1"], "LO below HI"),

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.gene_lists import parse_gene_names
@@ -24,9 +23,8 @@ POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("genes")
-    return [read_spots(make_demo_dataset(root / name, seed=seed)) for name, seed in (("a", 0), ("b", 1))]
+def sections(demo_section):
+    return [read_spots(demo_section(seed)) for seed in (0, 1)]
 
 
 def test_gene_names_come_from_text_or_from_a_file_with_comments(tmp_path: Path) -> None:
@@ -109,8 +107,8 @@ def test_gene_lists_and_markers_are_refused_together_and_unknown_markers_named(s
 
 
 @pytest.mark.slow
-def test_the_command_line_takes_markers_from_a_file(sections, tmp_path: Path, capsys) -> None:
-    data = make_demo_dataset(tmp_path / "data", seed=0)
+def test_the_command_line_takes_markers_from_a_file(demo_dir: Path, tmp_path: Path, capsys) -> None:
+    data = demo_dir
     adata = read_spots(data)
     wanted = [str(adata.var_names[-1]), str(adata.var_names[-2])]
     markers = tmp_path / "markers.txt"
@@ -149,3 +147,41 @@ def test_symbols_asked_of_ensembl_named_data_get_a_hint() -> None:
     assert ensembl_hint(["ENSG99999999999"], ids) == ""  # an unknown id: no symbol to explain
     assert ensembl_hint(["MBP"], ["GFAP", "SNAP25"]) == ""  # data named by symbol
     assert ensembl_hint(["MBP"], []) == ""
+
+
+def _named_by_id(adata, *, symbols: bool):
+    """``adata`` with genes renamed to (made-up) Ensembl ids; ``symbols``: the table attached, as read_spots does."""
+    from napari_histosge.io.gene_names import attach_gene_names
+
+    table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(adata.var_names)}
+    out = adata.copy()
+    out.var_names = list(table)
+    if symbols:
+        attach_gene_names(out, table)
+    return out, table
+
+
+def test_sections_named_by_id_and_by_symbol_are_one_gene_space(sections) -> None:
+    by_id, table = _named_by_id(sections[0], symbols=True)
+    config = train_config(n_top_genes=6, include_genes=["GENE03"], **FAST)  # a symbol of both sections
+    genes = training_genes([by_id, sections[1]], config)
+    assert len(genes) == 6 and "ENSG00000900003" in genes and set(genes) <= set(table)  # named as the first
+    back = training_genes([sections[1], by_id], config)
+    assert len(back) == 6 and "GENE03" in back and set(back) <= set(table.values())
+    from napari_histosge.pipeline.gene_choice import section_names, stack_sections
+
+    combined, _ = stack_sections([by_id, sections[1]], section_names([by_id, sections[1]]), config)
+    assert combined.n_vars == sections[0].n_vars and combined.var["gene_symbols"]["ENSG00000900003"] == "GENE03"
+
+
+def test_sections_all_named_by_id_take_symbols_from_their_table(sections) -> None:
+    first, _ = _named_by_id(sections[0], symbols=True)
+    second, _ = _named_by_id(sections[1], symbols=True)
+    genes = training_genes([first, second], train_config(genes=["GENE01", "GENE05"], **FAST))
+    assert genes == ["ENSG00000900001", "ENSG00000900005"]
+
+
+def test_sections_named_differently_with_no_table_are_one_line_naming_the_table(sections) -> None:
+    by_id, _ = _named_by_id(sections[0], symbols=False)
+    with pytest.raises(InputError, match=r"names genes by Ensembl id .* by symbol.*--gene-names TABLE"):
+        training_genes([by_id, sections[1]], train_config(n_top_genes=6, **FAST))

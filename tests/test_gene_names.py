@@ -10,7 +10,6 @@ import pytest
 from anndata import AnnData
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.io import read_spots
 from napari_histosge.io.gene_names import attach_gene_names, find_gene_table, gene_label, read_gene_table
@@ -68,9 +67,8 @@ def test_data_named_by_symbol_get_the_ids_of_the_table() -> None:
     assert gene_label(adata, "MBP") == "MBP"
 
 
-def _section_by_id(root: Path) -> tuple[Path, dict[str, str]]:
+def _section_by_id(folder: Path) -> tuple[Path, dict[str, str]]:
     """The demo section with its genes renamed to (made-up) Ensembl ids, and a table naming them."""
-    folder = make_demo_dataset(root / "demo")
     counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
     table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
     counts.columns = list(table)
@@ -78,8 +76,8 @@ def _section_by_id(root: Path) -> tuple[Path, dict[str, str]]:
     return folder, table
 
 
-def test_read_spots_takes_a_table_shipped_with_the_data_or_given(tmp_path: Path) -> None:
-    folder, table = _section_by_id(tmp_path)
+def test_read_spots_takes_a_table_shipped_with_the_data_or_given(tmp_path: Path, demo_copy) -> None:
+    folder, table = _section_by_id(demo_copy())
     assert find_gene_table(folder) is None
     given = tmp_path / "names.csv"
     given.write_text("\n".join(f"{i},{s}" for i, s in table.items()))
@@ -90,8 +88,8 @@ def test_read_spots_takes_a_table_shipped_with_the_data_or_given(tmp_path: Path)
     assert resolve_gene(read_spots(folder), "GENE03") == "ENSG00000900003"
 
 
-def test_the_command_line_trains_on_symbols_of_data_named_by_id(tmp_path: Path, capsys) -> None:
-    folder, table = _section_by_id(tmp_path)
+def test_the_command_line_trains_on_symbols_of_data_named_by_id(tmp_path: Path, demo_copy, capsys) -> None:
+    folder, table = _section_by_id(demo_copy())
     names = tmp_path / "names.tsv"
     names.write_text("gene_id\tgene_name\n" + "\n".join(f"{i}\t{s}" for i, s in table.items()))
     model = tmp_path / "m.pt"

@@ -137,8 +137,9 @@ def test_the_cli_recovers_with_the_conditioned_model_from_a_prior(demo_dir, prio
     assert list(ad.read_h5ad(out).var_names) == tuned.genes
 
 
-def test_the_library_keeps_the_start_models_network_settings_unless_given(demo, prior_path):
+def test_the_library_keeps_the_start_models_network_settings_unless_given(demo, prior_path, monkeypatch):
     """The rule --init had alone: a run from a model takes its network settings, for every caller."""
+    import napari_histosge.pipeline.steps as steps
     from napari_histosge import fit as plain_fit
     from napari_histosge.pipeline.run_settings import run_settings
 
@@ -147,7 +148,10 @@ def test_the_library_keeps_the_start_models_network_settings_unless_given(demo, 
     assert (config.dim, config.head_hidden, config.epochs, config.schedule_epochs) == (32, 32, 1, None)
     assert run_settings("histosge", {"dim": 64, "heads": 4}, prior).dim == 64  # a given setting wins
     assert run_settings("histosge", {}) == train_config()
-    # napari_histosge.fit without settings starts from the model's network (it refused before: other settings)
+    # napari_histosge.fit without settings starts from the model's network (it refused before: other settings);
+    # its default 1000 epochs cut to 3 for speed, on the same path
+    monkeypatch.setattr(steps, "run_settings", lambda model, given, init: run_settings(model, {**given, "epochs": 3},
+                                                                                       init))
     tuned = plain_fit(demo, init=prior)
     assert (tuned.config.dim, tuned.config.head_hidden) == (32, 32) and tuned.genes == prior.genes
 
@@ -176,8 +180,13 @@ def test_a_run_from_a_model_takes_its_network_settings_unless_given_to_every_ent
     assert events == []
 
 
-def test_recover_from_a_model_without_settings_runs_with_its_network(demo, prior_path):
+def test_recover_from_a_model_without_settings_runs_with_its_network(demo, prior_path, monkeypatch):
+    import napari_histosge.pipeline.recovery as recovery
+
     prior = load_model(prior_path, device="cpu")
+    settings = recovery.run_settings  # the path without settings, its default 1000 epochs cut to 3 for speed
+    monkeypatch.setattr(recovery, "run_settings", lambda model, given, init: settings(model, {**given, "epochs": 3},
+                                                                                      init))
     result = run_to_end(recover(demo, holdout=0.5, init=prior))
     assert (result.model.config.dim, result.model.config.head_hidden) == (32, 32)
     assert result.scored_genes == prior.genes

@@ -10,7 +10,14 @@ from anndata import AnnData
 from napari_histosge.cli.main import main
 from napari_histosge.errors import InputError
 from napari_histosge.io import read_spots
-from napari_histosge.io.markers import MARKER_CAP, choose_tissue, marker_genes, tissue_markers, tissues
+from napari_histosge.io.markers import (
+    MARKER_CAP,
+    choose_tissue,
+    marker_genes,
+    section_species,
+    tissue_markers,
+    tissues,
+)
 from napari_histosge.io.preprocess import normalize_log1p, select_genes
 from napari_histosge.models import train_config
 from napari_histosge.pipeline.gene_choice import training_genes
@@ -96,10 +103,9 @@ def test_an_unknown_tissue_is_one_line_naming_the_known_ones() -> None:
         train_config("histosge", markers="lung")
 
 
-def test_the_command_line_refuses_an_unknown_tissue_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    from napari_histosge.demo import make_demo_dataset
-
-    demo = make_demo_dataset(tmp_path / "demo")
+def test_the_command_line_refuses_an_unknown_tissue_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path,
+                                                               demo_dir) -> None:
+    demo = demo_dir
     with pytest.raises(SystemExit) as done:
         main(["train", str(demo), "--markers", "lung", "--out", str(tmp_path / "m.pt")])
     assert done.value.code == 2
@@ -111,3 +117,41 @@ def test_the_command_line_refuses_an_unknown_tissue_with_exit_2(capsys: pytest.C
 def test_her2st_b4s_default_genes_keep_erbb2_and_grb7(her2st_b4) -> None:
     genes = training_genes(read_spots(her2st_b4), train_config("histosge", n_top_genes=300))
     assert {"ERBB2", "GRB7"} <= set(genes) and len(genes) == 300
+
+
+def test_auto_scores_a_tissue_by_the_share_of_its_markers_not_by_its_tables_length() -> None:
+    # A human cortex named by symbol: its layer and glia markers, and the vessels' and microglia's genes
+    # that the breast table lists too (as it lists every tissue's immune and stromal cells).
+    brain = {g: 30.0 for g in ("MBP", "PLP1", "MOBP", "SNAP25", "GFAP", "NRGN", "ENC1", "PCP4")}
+    shared = {g: 30.0 for g in ("CD74", "HLA-DRA", "MGP", "VWF", "FN1", "COL1A1", "COL3A1", "PTPRC", "LYZ",
+                                "CD68")}
+    log = _section({**brain, **shared})
+    assert choose_tissue(log) == "brain-cortex"
+    kept = marker_genes(log, "auto", n_top=100)
+    assert set(kept) <= set(brain) and "CD74" not in kept  # no breast marker chosen for a cortex
+
+
+def test_auto_keeps_to_the_sections_species() -> None:
+    human = _section(BREAST)
+    mouse = _section({"Mbp": 30.0, "Plp1": 30.0, "Fabp7": 20.0, "Penk": 20.0},
+                     var=pd.DataFrame(index=["Mbp", "Plp1", "Fabp7", "Penk", *(f"Gm{i}" for i in range(200))]))
+    assert section_species(human) == "human" and section_species(mouse) == "mouse"
+    assert choose_tissue(mouse) == "olfactory-bulb" and choose_tissue(human) == "breast"
+    by_id = _section({"ENSMUSG00000041607": 30.0}, n_other=5,
+                     var=pd.DataFrame(index=["ENSMUSG00000041607", *(f"ENSMUSG{i:011d}" for i in range(5))]))
+    assert section_species(by_id) == "mouse"
+
+
+@pytest.mark.realdata
+def test_auto_picks_the_olfactory_bulb_on_mob_and_the_cortex_on_dlpfc(real_data) -> None:
+    mob = normalize_log1p(read_spots(real_data / "stutility_mob" / "MOB1"))  # mouse symbols, ids in a table
+    assert section_species(mob) == "mouse" and choose_tissue(mob) == "olfactory-bulb"
+    mob_markers = {m.symbol for m in tissue_markers("olfactory-bulb")}
+    assert set(marker_genes(mob, "auto", n_top=300)) <= mob_markers
+    dlpfc = normalize_log1p(read_spots(real_data / "dlpfc" / "151676"))  # Ensembl ids only
+    assert section_species(dlpfc) == "human" and choose_tissue(dlpfc) == "brain-cortex"
+    cortex_ids = {m.ensembl_id for m in tissue_markers("brain-cortex")}
+    kept = marker_genes(dlpfc, "auto", n_top=300)
+    assert kept and set(kept) <= cortex_ids
+    b4 = normalize_log1p(read_spots(real_data / "her2st" / "B4"))
+    assert section_species(b4) == "human" and choose_tissue(b4) == "breast"

@@ -10,7 +10,6 @@ import pytest
 import napari_histosge.pipeline.multisection as multisection
 import napari_histosge.pipeline.steps as pipeline
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig, patch_size_px
 from napari_histosge.io import read_spots
@@ -29,10 +28,9 @@ POSITIONS_ONLY = FeatureConfig(extractor=NO_IMAGE)
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory: pytest.TempPathFactory):
+def sections(demo_section):
     """Two generated sections with the same spot ids and library id (both 'demo')."""
-    root = tmp_path_factory.mktemp("sections")
-    return [read_spots(make_demo_dataset(root / name, seed=seed)) for name, seed in (("a", 0), ("b", 1))]
+    return [read_spots(demo_section(seed)) for seed in (0, 1)]
 
 
 def _shifted(adata, offset: float):

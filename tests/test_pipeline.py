@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
@@ -18,11 +17,6 @@ from napari_histosge.pipeline.steps import NO_IMAGE, fit, spot_features, superre
 from napari_histosge.progress import run_to_end
 
 FAST = dict(epochs=4, n_top_genes=15, head_hidden=64, dim=32, checkpoint_every=4)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    return read_spots(make_demo_dataset(tmp_path_factory.mktemp("demo") / "data"))
 
 
 @pytest.mark.slow
@@ -95,13 +89,11 @@ def test_bad_scheduler_address(demo) -> None:
 
 
 @pytest.mark.slow
-def test_low_resolution_image_warns(tmp_path) -> None:
+def test_low_resolution_image_warns(demo_dir) -> None:
     """A spot only a few image pixels wide: the user is told image features will say little."""
-    from napari_histosge.demo import make_demo_dataset
-    from napari_histosge.io import read_spots
     from napari_histosge.pipeline.steps import image_pixels_per_spot, warn_if_low_resolution
 
-    adata = read_spots(make_demo_dataset(tmp_path / "demo"))
+    adata = read_spots(demo_dir)
     assert image_pixels_per_spot(adata) > 16
     with warnings.catch_warnings():
         warnings.simplefilter("error")

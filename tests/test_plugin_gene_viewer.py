@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from napari.utils.colormaps import ensure_colormap
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets import layers as L
 from napari_histosge.plugin.widgets.colours import SPOT_COLORMAP, robust_range
 from napari_histosge.plugin.widgets.compare import ROLE_COMPARE, ROLE_COMPARE_TITLES
@@ -26,11 +24,6 @@ from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.superres import add_prediction_layers
 
 N_PREDICTED = 8
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
 def fake_predictions(adata, n_genes: int = N_PREDICTED):
@@ -421,14 +414,17 @@ def test_enter_on_the_gene_shown_applies_it_again(session, qtbot):
 
 
 def test_a_symbol_on_ensembl_only_data_says_to_give_the_id(make_napari_viewer, dlpfc_151675, notifications):
-    # DLPFC names its genes by Ensembl id only: typing MBP must say why it is not found and what to type.
+    # DLPFC names its genes by Ensembl id only: a known marker's symbol finds its id (the packaged marker
+    # table), any other symbol must say why it is not found and what to type.
     viewer = make_napari_viewer()
     viewer.open(str(dlpfc_151675), plugin="napari-histosge")
     widget = GeneViewerWidget(viewer)
-    assert not widget.show_gene("MBP")
-    [(kind, message)] = [n for n in notifications if "MBP" in n[1]]
+    assert widget.show_gene("MBP") and widget.gene == "ENSG00000197971"
+    assert widget.colorbar.title.startswith("MBP")
+    assert not widget.show_gene("ACTB")
+    [(kind, message)] = [n for n in notifications if "ACTB" in n[1]]
     assert kind == "warning" and "Ensembl id" in message and "ENSG" in message and "\n" not in message
-    assert widget.show_gene("ENSG00000197971")  # MBP's id
+    assert widget.show_gene("ENSG00000131095")  # GFAP's id
 
 
 def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_run(session):
@@ -452,8 +448,8 @@ def test_a_gene_looked_at_in_the_gene_viewer_is_predicted_by_the_next_training_r
 
 
 def test_a_table_of_ids_and_symbols_lets_symbols_find_genes_of_data_named_by_id(make_napari_viewer, tmp_path,
-                                                                                notifications):
-    folder = make_demo_dataset(tmp_path / "demo")
+                                                                                notifications, demo_copy):
+    folder = demo_copy()
     counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
     table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
     counts.columns = list(table)
@@ -475,3 +471,26 @@ def test_a_table_of_ids_and_symbols_lets_symbols_find_genes_of_data_named_by_id(
     assert widget.gene == "ENSG00000900003" and L.histosge_meta(spots)["gene"] == "ENSG00000900003"
     assert widget.colorbar.title.startswith("GENE03 (ENSG00000900003)")  # the legend names the symbol
     assert "GENE03" in widget._model.stringList()  # the completer offers the symbols
+
+
+def test_a_symbol_finds_its_gene_in_spots_and_predictions_named_by_id(make_napari_viewer, tmp_path, demo_copy):
+    """Data named by Ensembl id only (DLPFC), no table given: MBP is found by the known markers' ids."""
+    from napari_histosge.outputs import write_h5ad
+
+    folder = demo_copy()
+    counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
+    counts.columns = ["ENSG00000197971", *(f"ENSG{900001 + i:011d}" for i in range(counts.shape[1] - 1))]
+    counts.to_csv(folder / "demo.tsv.gz", sep="\t")
+    viewer = make_napari_viewer()
+    spots, adata = open_demo(viewer, folder)
+    widget = GeneViewerWidget(viewer)
+    assert widget.ask_for_gene("MBP") and widget.gene == "ENSG00000197971"
+    assert widget.colorbar.title.startswith("MBP")
+    pred = fake_predictions(adata)
+    pred.var = pred.var[[]]  # a predictions file holds no symbols
+    path = write_h5ad(tmp_path / "pred.h5ad", pred)
+    alone = make_napari_viewer()
+    alone.open(str(path), plugin="napari-histosge")  # the predictions opened on their own
+    predicted = GeneViewerWidget(alone)
+    assert predicted.ask_for_gene("mbp") and predicted.gene == "ENSG00000197971"
+    assert predicted.colorbar.title.startswith("MBP")

@@ -6,18 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets.layers import ROLE_SPOTS, histosge_meta, layers_with_role
 from napari_histosge.plugin.widgets.state import SESSION_MODELS
 from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.train import TrainWidget
 
 WORKER_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
 
@@ -202,6 +196,15 @@ def test_stain_normalisation_is_offered_with_image_features_and_reaches_the_run(
     assert widget.stain.native.isHidden() and widget.feature_config().stain == "none"
     widget.extractor.value = "default"
     assert not widget.stain.native.isHidden()
+
+
+def test_nucleus_morphometrics_are_offered_as_the_command_line_spells_them(make_napari_viewer, demo_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir), plugin="napari-histosge")
+    widget = TrainWidget(viewer)
+    for spec in ("nuclei", "default+nuclei"):
+        widget.extractor.value = spec
+        assert widget.feature_config().extractor == spec and widget.feature_config().checkpoint is None
 
 
 def test_typed_epochs_run_on_a_section_too_small_to_validate(make_napari_viewer, demo_dir, qtbot, tmp_path,

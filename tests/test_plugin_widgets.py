@@ -10,18 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
 from napari_histosge.plugin.widgets.layers import ROLE_SLIDE, ROLE_SPOTS, histosge_meta, layers_with_role
 from napari_histosge.plugin.widgets.status import status_of
 from napari_histosge.plugin.widgets.train import GENES_LIST, TrainWidget
 
 WORKER_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from napari_histosge.cli.main import main
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.features import FeatureConfig
 from napari_histosge.io import read_spots
@@ -140,10 +139,10 @@ def test_bad_positions_and_mixed_requests(model, demo) -> None:
 
 
 @pytest.mark.slow
-def test_second_generated_section_without_image_features(demo, tmp_path: Path) -> None:
+def test_second_generated_section_without_image_features(demo, demo_section) -> None:
     positions_only = run_to_end(fit(demo, train_config=train_config(**FAST),
                                     feature_config=FeatureConfig(extractor=NO_IMAGE)))
-    other = read_spots(make_demo_dataset(tmp_path / "other", seed=1))
+    other = read_spots(demo_section(1))
     pred = run_to_end(predict_spots(positions_only, other))
     assert pred.uns["histosge"]["position_frame"] == OWN_BOX and pred.n_obs == other.n_obs
     assert np.isfinite(np.asarray(pred.X)).all()

@@ -110,12 +110,13 @@ def test_a_product_the_model_does_not_make_is_one_line_naming_what_it_makes(toy,
         hs.superresolve(model, demo, 4)  # the lattice's fold, positional
     with pytest.raises(InputError, match="spots_per_centroid must be an integer >= 1, got 0"):
         hs.superresolve(model, demo, spots_per_centroid=0)
-    with pytest.raises(InputError, match="unknown product 'dots'; known: lattice, grid, centroids"):
+    with pytest.raises(InputError, match="unknown product 'dots'; known: lattice, grid, cells, centroids"):
         hs.superresolve(model, demo, product="dots")
 
 
 def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import anndata as ad
 
     _, path = toy
@@ -124,10 +125,15 @@ def test_the_cli_offers_and_runs_the_models_own_product(toy, demo_dir: Path, tmp
                  "--quiet"]) == 0
     assert re.search(r"\d+ centroids x 3 genes -> ", capsys.readouterr().out)
     assert ad.read_h5ad(out).uns["histosge"]["model_path"] == str(path.resolve())
-    # the lattice's option, refused in one line before the section is read
+    # the lattice's option, refused in one line before the section is read: reading it now fails the test
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the section was read before the options were refused")
+
+    monkeypatch.setattr("napari_histosge.cli.prediction.read_section", no_reading)
+    monkeypatch.setattr("napari_histosge.io.read_spots", no_reading)
     assert main(["superresolve", str(path), str(demo_dir), "--fold", "4", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "makes a centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
+    assert "makes the centroids of spot groups (centroids): use --spots-per-centroid, not --fold" in err
     assert len(err.strip().splitlines()) == 1
     assert main(["superresolve", str(path), str(demo_dir), "--product", "lattice", "--out", str(out)]) == 2
     assert f"the {TOY} model makes centroids, not lattice" in capsys.readouterr().err
@@ -165,7 +171,8 @@ def test_the_pipeline_asks_the_model_and_never_its_kind() -> None:
     found = []
     for path in sorted((SRC / "pipeline").glob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"type: ignore\[attr-defined\]|aggregates_cells|getattr\(model\b|hasattr\(model\b", line):
+            if re.search(r"type: ignore\[attr-defined\]|aggregates_cells|getattr\(model\b|hasattr\(model\b"
+                         r"|\.spots_from\s*(==|!=|\bin\b)|\[[\w.]*spots_from\]|SPOTS_FROM", line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
 
@@ -176,7 +183,7 @@ def test_the_built_in_models_declare_their_products() -> None:
     from napari_histosge.models.subspot.trained import SubspotModel
 
     assert HisToSGETrainedModel.products == ConditionedTrainedModel.products == ("lattice",)
-    assert SubspotModel.products == ("grid",) and SubspotModel.spots_from == "cells"
+    assert SubspotModel.products == ("grid", "cells") and SubspotModel.spots_from == "cells"
 
 
 class PriorOnly(ToyModel):
@@ -205,3 +212,88 @@ def test_the_widget_refuses_a_model_that_makes_no_map(toy, make_napari_viewer, d
                                            "model.")]
     finally:
         SESSION_MODELS.clear()
+
+
+@pytest.mark.parametrize("fold", [4.0, 1, 17])
+def test_a_fold_that_is_not_an_integer_in_range_says_an_integer(fold) -> None:
+    from napari_histosge.pipeline.products import LATTICE
+
+    with pytest.raises(InputError, match=rf"^fold must be an integer between 2 and 16, got {fold!r}$"):
+        LATTICE.make_options({"fold": fold})
+
+
+class OwnSpots(ToyModel):
+    """The toy, predicting spots its own way (a function registered under the name it gives)."""
+
+    spots_from = "toy-constant-spots"
+
+
+def constant_spots(model, adata, names, xy, positions, diameter, features, frame, *, scheduler, n_workers, cancel):
+    """The model's constant at every position, no spread."""
+    yield Progress("spots", 1, 1)
+    return np.tile(model.model.level.detach().cpu().numpy(), (len(xy), 1)), None
+
+
+def test_a_model_brings_its_own_spot_prediction_and_an_unknown_one_is_one_line(toy, demo) -> None:
+    model, _ = toy
+    own = OwnSpots(model.model, model.config, model.genes, {**model.meta, "spot_diameter_px": 50.0})
+    with pytest.raises(InputError, match=r"^the toy-constant model predicts spots from 'toy-constant-spots', which "
+                                         r"no spot predictor is registered for; known: cells, features$"):
+        hs.predict_spots(own, demo)
+    products.register_spots("toy-constant-spots", constant_spots)
+    try:
+        spots = hs.predict_spots(own, demo, spot_ids=list(demo.obs_names[:4]))
+    finally:
+        products.unregister_spots("toy-constant-spots")
+    assert spots.n_obs == 4 and "std" not in spots.layers
+    np.testing.assert_allclose(spots.X, np.tile(model.model.level.detach().numpy(), (4, 1)), rtol=1e-6)
+
+
+def _fresh_process(code: str) -> str:
+    """The standard output of ``code`` run by this Python in a fresh process, with these sources first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_superresolve_help_in_a_fresh_process_has_every_built_in_products_flags() -> None:
+    """The flags are made when the parser is built: every built-in product is registered by then."""
+    from napari_histosge.pipeline import products as builtin  # noqa: F401 - registers the built-in products
+    from napari_histosge.settings import declared_fields
+
+    built_in = [p for p in products.registered_products()
+                if (p.run if isinstance(p.run, str) else p.run.__module__).startswith("napari_histosge.")]
+    assert {"lattice", "grid"} <= {p.name for p in built_in}
+    shown = " ".join(_fresh_process("from napari_histosge.cli import main\nmain(['superresolve', '--help'])"
+                                    ).split())  # argparse wraps lines: compare words
+    choices = re.search(r"--product \{([^}]*)\}", shown)
+    assert choices is not None and {p.name for p in built_in} <= set(choices.group(1).split(","))
+    assert "for histosge" not in shown and "for subspot" not in shown  # made from the products, naming no model
+    for product in built_in:
+        assert f"{product.name}, the {product.label}: {product.help}" in shown
+        for f in declared_fields(product.options):
+            assert f"--{f.name.replace('_', '-')}" in shown, f"{product.name}'s {f.name} has no flag"
+
+
+def test_every_product_a_model_makes_is_on_the_command_line() -> None:
+    """A product registered beside a trained class (loaded with torch, after the parser) would be missing."""
+    import json
+
+    found = json.loads(_fresh_process(
+        "import json\n"
+        "from napari_histosge.cli import build_parser\n"
+        "from napari_histosge.training.products import registered_products\n"
+        "build_parser()\n"
+        "at_parser = [p.name for p in registered_products()]\n"
+        "from napari_histosge import models\n"
+        "made = {n: list(models.model_spec(n).trained_class.products) for n in models.model_names()}\n"
+        "print(json.dumps({'at_parser': at_parser, 'made': made}))\n"))
+    missing = {model: sorted(set(made) - set(found["at_parser"])) for model, made in found["made"].items()}
+    assert not any(missing.values()), f"products not registered when the parser is built: {missing}"
+    assert {"lattice", "grid"} <= set(found["at_parser"])

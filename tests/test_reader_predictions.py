@@ -29,9 +29,8 @@ FOLD = 2  # the smallest super-resolution: the file's cost is the real pipeline 
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> dict:
+def made(tmp_path_factory, demo_dir) -> dict:
     """A 2-fold and a fold-1 prediction of the demo section, written to .h5ad."""
-    from napari_histosge.demo import make_demo_dataset
     from napari_histosge.io import read_spots
     from napari_histosge.models import train_config
     from napari_histosge.pipeline.steps import fit, predict_spots, superresolve
@@ -40,7 +39,7 @@ def made(tmp_path_factory) -> dict:
 
     preload_torch()  # an earlier test's viewer may have loaded Mesa's LLVM: triton must not load beside it
     root = tmp_path_factory.mktemp("pred")
-    adata = read_spots(make_demo_dataset(root / "demo"))
+    adata = read_spots(demo_dir)
     model = run_to_end(fit(adata, train_config=train_config(epochs=2, n_top_genes=8)))
     pred = run_to_end(superresolve(model, adata, FOLD))
     spots = run_to_end(predict_spots(model, adata))
@@ -171,7 +170,7 @@ def test_uncertainty_layer_read_from_std(made, tmp_path):
     np.testing.assert_allclose(kw["features"][gene], spots[:, gene].layers["std"].ravel(), rtol=1e-6)
 
 
-def test_missing_slide_warns_and_still_shows_heatmap(made, tmp_path):
+def test_missing_slide_warns_and_still_shows_heatmap(made, demo_dir, tmp_path):
     pred = made["pred"].copy()
     pred.uns["histosge"]["images"]["fullres"]["path"] = str(tmp_path / "gone" / "slide_moved.jpg")
     pred.write_h5ad(tmp_path / "moved.h5ad")
@@ -185,7 +184,7 @@ def test_missing_slide_warns_and_still_shows_heatmap(made, tmp_path):
     assert data[_cell_of(pred.obsm["spatial"][k], kw, L.um_per_px(pred))] == pytest.approx(float(pred[k, gene].X[0, 0]),
                                                                                            rel=0.02)
     # the image moved along with the predictions: found beside the file
-    shutil.copy(made["root"] / "demo" / "demo_HE.jpg", tmp_path / "slide_moved.jpg")
+    shutil.copy(demo_dir / "demo_HE.jpg", tmp_path / "slide_moved.jpg")
     roles = _by_role(read_prediction_layers(str(tmp_path / "moved.h5ad")))
     assert roles[L.ROLE_SLIDE][1]["metadata"][L.META_KEY]["path"] == str(tmp_path / "slide_moved.jpg")
 
@@ -245,7 +244,7 @@ def test_writer_round_trip_keeps_values(made, tmp_path):
 
 # ----------------------------------------------------------------------------- in a viewer
 @pytest.mark.slow
-def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari_viewer, made, tmp_path):
+def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari_viewer, made, demo_dir, tmp_path):
     from napari_histosge.plugin.widgets.gene_viewer import GeneViewerWidget
 
     pred = made["pred"]
@@ -270,7 +269,7 @@ def test_open_in_viewer_gene_viewer_recolours_and_writer_round_trips(make_napari
     np.testing.assert_allclose(points.features[other], values, rtol=1e-6)
     assert "PCC" not in viewer_widget.info.value  # no measurements open yet
     # the measured spots the file records as its source, opened too: PCC and comparison work
-    viewer.open(str(made["root"] / "demo"), plugin="napari-histosge")
+    viewer.open(str(demo_dir), plugin="napari-histosge")
     assert viewer_widget.show_gene(other)
     from napari_histosge.plugin.widgets.gene_viewer import gene_pcc
 

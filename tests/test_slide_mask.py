@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from napari_histosge.demo import make_demo_dataset
 from napari_histosge.errors import InputError
 from napari_histosge.io import read_spots
 from napari_histosge.slide.mask import (
@@ -253,8 +252,8 @@ def test_mask_round_trips_through_uns_and_h5ad(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_slide_mask_is_its_tissue_ellipse(tmp_path):
-    folder = make_demo_dataset(tmp_path / "demo")
+def test_demo_slide_mask_is_its_tissue_ellipse(demo_dir):
+    folder = demo_dir
     adata = read_spots(folder)
     info = adata.uns["histosge"]
     mask = detect_tissue(info["images"][info["image"]]["path"])

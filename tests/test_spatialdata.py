@@ -300,11 +300,10 @@ def histosge(*argv: str):
 
 
 @pytest.mark.slow
-def test_the_cli_writes_predictions_as_a_store(sd, tmp_path, monkeypatch, capsys):
+def test_the_cli_writes_predictions_as_a_store(sd, tmp_path, demo_dir, monkeypatch, capsys):
     from napari_histosge.cli.main import main
-    from napari_histosge.demo import make_demo_dataset
 
-    data = make_demo_dataset(tmp_path / "demo")
+    data = demo_dir
     model = tmp_path / "m.pt"
     assert histosge("train", str(data), "--out", str(model), "--extractor", "none", "--epochs", "2", "--n-genes", "5",
                     "--val-fraction", "0", "--quiet").returncode == 0
@@ -340,7 +339,7 @@ def test_the_test_environment_has_spatialdata():
 
 
 @pytest.mark.slow
-def test_a_written_store_opens_in_napari_spatialdata_on_the_slide(sd, make_napari_viewer, qtbot, tmp_path):
+def test_a_written_store_opens_in_napari_spatialdata_on_the_slide(sd, make_napari_viewer, qtbot, tmp_path, demo_dir):
     """What `histosge superresolve --out OUT.zarr` writes opens in napari-spatialdata: slide, spots, table, colours."""
     import time
 
@@ -348,9 +347,8 @@ def test_a_written_store_opens_in_napari_spatialdata_on_the_slide(sd, make_napar
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
-    from napari_histosge.demo import make_demo_dataset
 
-    data = make_demo_dataset(tmp_path / "demo")
+    data = demo_dir
     model, store = tmp_path / "m.pt", tmp_path / "sr.zarr"
     assert histosge("train", str(data), "--out", str(model), "--epochs", "2", "--extractor", "none", "--n-genes", "5",
                     "--dim", "16", "--head-hidden", "32", "--quiet").returncode == 0

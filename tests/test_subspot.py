@@ -23,10 +23,8 @@ from napari_histosge.slide.cell_grid import MAX_CELLS, CellGrid, Footprints
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from napari_histosge.demo import make_demo_dataset
-
-    return hs.read_spots(make_demo_dataset(tmp_path_factory.mktemp("demo")))
+def demo(demo_dir):
+    return hs.read_spots(demo_dir)
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +253,14 @@ def test_a_mask_that_misses_the_spots_fails_before_work(demo, fitted, no_feature
         hs.run(hs.steps.superresolve_grid(fitted, demo, mask=str(tmp_path / "far.geojson")))
 
 
+def test_predicting_from_spot_features_points_to_the_slide_entries(fitted):
+    xy = np.zeros((2, 2))
+    expected = (r"^the subspot model predicts from the slide's cells, not from spot features: "
+                r"use napari_histosge.predict_spots or napari_histosge.superresolve$")
+    with pytest.raises(InputError, match=expected):
+        fitted.predict(np.zeros((2, 3)), np.zeros((2, 3)), xy)
+
+
 @pytest.mark.parametrize("diameter", [0.0, -3.0, 1e9])
 def test_a_diameter_outside_the_range_fails_before_work(demo, fitted, no_features, diameter):
     with pytest.raises(InputError, match="diameter"):
@@ -381,6 +387,41 @@ def test_superresolve_asks_the_subspot_model_for_its_grid(demo, fitted, unmasked
     assert list(grid.obs_names) == list(unmasked_map.obs_names)
     np.testing.assert_array_equal(grid.X, unmasked_map.X)
     assert hs.superresolve(fitted, demo, product="grid", mask=None).n_obs == grid.n_obs
+
+
+def test_the_grid_takes_a_mask_as_superresolve_grid_does_and_none_is_no_mask(demo, fitted, unmasked_map, tmp_path):
+    from pathlib import Path
+
+    from napari_histosge.pipeline.grid_maps import section_mask
+
+    for made in (hs.superresolve(fitted, demo, mask="none"), hs.superresolve_grid(fitted, demo, mask="none")):
+        np.testing.assert_array_equal(made.X, unmasked_map.X)  # "none" is no mask, not a file name
+    detected = section_mask(demo, "auto")
+    by_object = hs.superresolve(fitted, demo, mask=detected)  # a TissueMask passes as it is
+    assert by_object.n_obs == hs.superresolve_grid(fitted, demo, mask=detected).n_obs < unmasked_map.n_obs
+    lo, hi = np.asarray(demo.obsm["spatial"]).min(axis=0) - 50, np.asarray(demo.obsm["spatial"]).max(axis=0) + 50
+    box = {"type": "Polygon", "coordinates": [[[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]],
+                                               [lo[0], lo[1]]]]}
+    path = tmp_path / "box.geojson"
+    path.write_text(json.dumps(box))
+    by_path = hs.superresolve(fitted, demo, mask=Path(path))  # an os.PathLike, kept as text
+    assert list(by_path.obs_names) == list(hs.superresolve_grid(fitted, demo, mask=str(path)).obs_names)
+
+
+def test_a_mask_of_another_kind_is_one_line(demo, fitted, no_features):
+    with pytest.raises(InputError, match=r"^mask must be text or None \(keep every cell near a spot\), got 3$"):
+        hs.superresolve(fitted, demo, mask=3)
+
+
+def test_the_widgets_none_mask_is_no_mask(demo, fitted, unmasked_map, make_napari_viewer):
+    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, product_job
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.positions.value = GRID
+    widget.option("mask").value = "none"
+    options = widget.product_options.given_values()
+    assert options == {"mask": "none"}
+    np.testing.assert_array_equal(hs.run(product_job(fitted, demo, GRID, options, None, None)).X, unmasked_map.X)
 
 
 def test_a_lattice_or_its_fold_is_refused_for_a_subspot_model_before_work(demo, fitted, no_features):

@@ -191,11 +191,10 @@ def test_resume_reproduces_the_uninterrupted_conditioned_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, capsys):
+def test_the_cli_exits_2_on_a_diverging_run_and_on_a_nan_checkpoint(tmp_path, demo_dir, capsys):
     from napari_histosge.cli.main import main
-    from napari_histosge.demo import make_demo_dataset
 
-    demo = make_demo_dataset(tmp_path / "demo")
+    demo = demo_dir
     good = tmp_path / "m.pt"
     assert main(["train", str(demo), "--out", str(good), "--epochs", "1", "--n-genes", "8", "--quiet"]) == 0
     before = good.read_bytes()

@@ -52,8 +52,8 @@ def _plain(step: Callable[..., ProgressGenerator[T]]) -> Callable[..., T]:
 fit = _plain(pipeline_steps.fit)
 predict_spots = _plain(pipeline_steps.predict_spots)
 superresolve = _plain(pipeline_steps.superresolve)
-#: The ``grid`` product of a cell model, as ``superresolve(model, adata, product="grid", ...)`` makes it; also
-#: takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
+#: The ``grid`` product of a cell model, as ``superresolve(model, adata, product="grid", ...)`` makes it (the same
+#: ``mask``: ``"auto"``, a path, a :class:`~napari_histosge.slide.mask.TissueMask`, or ``None``/``"none"``).
 superresolve_grid = _plain(grid_maps.superresolve_grid)
 superresolve_cells = _plain(cell_maps.superresolve_cells)
 recover = _plain(recovery.recover)

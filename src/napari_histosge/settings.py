@@ -36,7 +36,9 @@ class Setting:
     ``above``/``below`` exclusive. ``flag`` is the command-line flag (default: ``--`` and the
     name with dashes); ``on_cli=False`` keeps it off the command line's settings flags (e.g.
     ``device``, which every command takes). ``meaning`` replaces the generated words for a
-    valid value where they read poorly (e.g. "a positive number").
+    valid value where they read poorly (e.g. "a positive number"). ``accepts``: classes whose
+    instances the library also takes as they are (an in-memory form of what a file gives, e.g. a
+    segmentation for its path); the command line and the forms offer the declared kind only.
     """
 
     help: str
@@ -51,6 +53,7 @@ class Setting:
     flag: str | None = None
     on_cli: bool = True
     meaning: str | None = None
+    accepts: tuple[type, ...] = ()
 
     def describe(self) -> str:
         """What a valid value is, in words (used in errors and help)."""
@@ -89,6 +92,8 @@ class Setting:
             if self.optional:
                 return None
             raise self.error(label, value)
+        if self.accepts and isinstance(value, self.accepts):
+            return value
         if self.kind is bool:
             if not isinstance(value, (bool, np.bool_)):
                 raise self.error(label, value)

@@ -32,7 +32,7 @@ from ..slide.pyramid import check_decode_size
 from .segmentation import Segmentation, cell_table, segmentation_from_labels
 
 __all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation",
-           "segmentation_of_array"]
+           "segmentation_of_array", "segmentation_of_polygons"]
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
@@ -344,6 +344,26 @@ def read_cell_polygons(path: str | os.PathLike, slide_shape: tuple[int, int], *,
                       stacklevel=2)
     if not cells:
         raise InputError("the segmentation is empty: the GeoJSON holds no Polygon or MultiPolygon", p)
+    return _polygon_segmentation(cells, slide_shape, mpp, p)
+
+
+def segmentation_of_polygons(polygons: list[np.ndarray], slide_shape: tuple[int, int], *, mpp: float | None = None,
+                             source: str = "polygons") -> Segmentation:
+    """Polygons in memory (a napari Shapes layer's, say) as cells on a slide, as GeoJSON polygons are read.
+
+    Each ``(n, 2)`` array is one cell's outline as ``(x, y)`` in the same continuous
+    full-resolution pixel coordinates as :func:`read_cell_polygons` (pixel ``i`` spans
+    ``[i, i + 1)``); the same checks (not empty, on the slide) apply.
+    """
+    if not polygons:
+        raise InputError("the segmentation is empty: no polygon", source)
+    cells: list[tuple[list, dict]] = [([[np.asarray(ring, np.float64).tolist()]], {}) for ring in polygons]
+    return _polygon_segmentation(cells, slide_shape, mpp, Path(source))
+
+
+def _polygon_segmentation(cells: list[tuple[list, dict]], slide_shape: tuple[int, int], mpp: float | None,
+                          p: Path) -> Segmentation:
+    """The cells of ``(polygons, properties)`` pairs: those on the slide, drawn into a label raster."""
     polygons = [_rings(c[0], p) for c in cells]
     stats = np.array([_area_centroid(c) for c in polygons])
     stats[:, 1:] -= 0.5  # corner coordinates -> the pixel-centre frame of obsm["spatial"]

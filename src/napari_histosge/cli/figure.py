@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .options import read_h5ad, require_output, require_predictions
+from .options import add_gene_names_arg, read_h5ad, require_output, require_predictions
 
 
 def add_parsers(sub) -> None:
@@ -27,6 +27,7 @@ def add_parsers(sub) -> None:
                                    "name beside it; white when none is found)")
     p.add_argument("--title", help="a line above the map (default: none)")
     p.add_argument("--size", type=int, default=1600, help="longest side of the map in pixels (default 1600)")
+    add_gene_names_arg(p)
     p.set_defaults(handler=cmd_figure)
 
 
@@ -47,6 +48,10 @@ def check_figure(args: argparse.Namespace) -> None:
         raise InputError("slide image (--slide) not found", args.slide)
     if not 16 <= args.size <= 20000:
         raise InputError(f"--size must be between 16 and 20000 pixels, got {args.size}")
+    if args.gene_name_table is not None:
+        from ..io.gene_names import read_gene_table
+
+        read_gene_table(args.gene_name_table)  # a bad table: one line, before the predictions are read
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
@@ -54,8 +59,11 @@ def cmd_figure(args: argparse.Namespace) -> int:
     check_figure(args)
     from ..export.figure import write_figure  # heavy: after the checks
     from ..export.render import find_slide, pick_gene, render_map
+    from ..io.gene_names import gene_label
+    from ..io.markers import attach_recorded_symbols
 
     adata = read_h5ad(args.predictions, need_positions=True)
+    attach_recorded_symbols(adata, args.gene_name_table)  # genes named by id: MBP finds ENSG00000197971
     gene = pick_gene(adata, args.gene, source=args.predictions)
     slide = Path(args.slide) if args.slide else None
     if slide is None:
@@ -70,6 +78,6 @@ def cmd_figure(args: argparse.Namespace) -> int:
                                           max_size=args.size)
     out = write_figure(args.out, image, legend=legend, um_per_image_px=um_per_px, title=args.title)
     over = f"over {slide.name}" if slide is not None else "on white"
-    print(f"wrote {out}: {gene} {legend.vmin:.3g} .. {legend.vmax:.3g} {legend.units}, {over}"
+    print(f"wrote {out}: {gene_label(adata, gene)} {legend.vmin:.3g} .. {legend.vmax:.3g} {legend.units}, {over}"
           + ("" if um_per_px else "; pixel size unknown, no scale bar"))
     return 0

@@ -181,8 +181,9 @@ def add_product_args(p: argparse.ArgumentParser) -> None:
     """``--product`` and a flag per option of every registered product (:mod:`~napari_histosge.pipeline.products`)."""
     products = registered_products()
     p.add_argument("--product", choices=[product.name for product in products],
-                   help="what to make: " + "; ".join(f"{product.name}, {product.help}" for product in products)
-                   + " (default: the model's own, e.g. lattice for histosge, grid for subspot)")
+                   help="what to make: " + "; ".join(f"{product.name}, the {product.label}: {product.help}"
+                                                     for product in products)
+                   + " (default: the first the model makes)")
     taken: set[str] = set()
     for product in products:
         for f in declared_fields(product.options):
@@ -195,7 +196,8 @@ def add_product_args(p: argparse.ArgumentParser) -> None:
             words = "; 'none': " + spec.none_means if spec.optional and default is not None else ""
             p.add_argument(_flag(f.name), dest=f.name, type=spec.kind if spec.kind in (int, float) else str,
                            choices=list(spec.choices) if spec.choices else None,
-                           help=f"{product.name}: {spec.help}{words} (default: {shown})")
+                           help=f"{', '.join(p.name for p in products_taking([f.name]))}: {spec.help}{words} "
+                                f"(default: {shown})")
 
 
 def _flag(name: str) -> str:
@@ -246,7 +248,7 @@ def _model_product(model, args: argparse.Namespace):
     if not fits:
         default = choose_product(model)
         flags = ", ".join(map(_flag, default.option_names())) or "no options"
-        raise InputError(f"a {model.config.model} model makes a {default.label} ({default.name}): use {flags}, "
+        raise InputError(f"a {model.config.model} model makes the {default.label} ({default.name}): use {flags}, "
                          f"not {', '.join(map(_flag, args.options))}", args.model)
     return fits[0]
 

@@ -28,10 +28,17 @@ from .frame import world_frame as world_frame
 def is_prediction(adata) -> bool:
     """Whether ``adata`` holds predictions (log-normalised) rather than raw counts.
 
-    Predictions carry ``uns["histosge"]["fold"]`` (positions) or ``["grid"]`` (grid cells).
+    Predictions carry ``uns["histosge"]["fold"]`` (positions), ``["grid"]`` (grid cells) or
+    ``["positions"] == "cells"`` (segmented cells).
     """
     info = adata.uns.get(META_KEY, {})
-    return isinstance(info, dict) and ("fold" in info or "grid" in info)
+    return isinstance(info, dict) and ("fold" in info or "grid" in info or is_cells(adata))
+
+
+def is_cells(adata) -> bool:
+    """Whether ``adata`` holds predictions of segmented cells (:mod:`napari_histosge.pipeline.cell_maps`)."""
+    info = adata.uns.get(META_KEY, {})
+    return isinstance(info, dict) and info.get("positions") == "cells"
 
 
 def _column(adata, gene: str, layer: str | None = None) -> np.ndarray:
@@ -117,12 +124,10 @@ class Raster:
 
     def with_values(self, values: np.ndarray) -> np.ndarray:
         """The raster filled with other per-position ``values`` (same positions)."""
+        if self.weights is None:  # one gather: index -1 reads the NaN past the values (no mask of the raster)
+            return np.append(np.asarray(values, dtype=np.float32), np.float32(np.nan))[self.index]
         out = np.full(self.index.shape, np.nan, dtype=np.float32)
-        hit = self.index >= 0
-        if self.weights is not None:
-            out[hit] = np.asarray(self.weights @ np.asarray(values, dtype=np.float64), dtype=np.float32)
-        else:
-            out[hit] = np.asarray(values, dtype=np.float32)[self.index[hit]]
+        out[self.index >= 0] = np.asarray(self.weights @ np.asarray(values, dtype=np.float64), dtype=np.float32)
         return out
 
 
@@ -247,6 +252,40 @@ def grid_raster(adata) -> Raster:
     index[rows, cols] = np.arange(len(rows))
     raster = Raster(image=np.empty(0), cell=cell, origin_rc=(y0, x0), index=index, mpp=um_per_px(adata))
     return raster
+
+
+#: Label rasters with ids up to this are indexed through a lookup table (else a sorted search, slower).
+MAX_LOOKUP_LABEL = 2**27
+#: A cell map shows at most this many pixels: a finer label raster is shown at every k-th pixel
+#: (each gene switch repaints every pixel, so its cost follows this size).
+MAX_CELL_RASTER_PIXELS = 2**25
+
+
+def cells_raster(adata, labels: Any, px_per_label_px: float, *, max_pixels: int = MAX_CELL_RASTER_PIXELS) -> Raster:
+    """The raster of a segmented-cell AnnData: each pixel of its label raster shows its cell's row.
+
+    ``labels`` is the segmentation's raster (0 = background), ``px_per_label_px`` full-resolution
+    pixels per label pixel; a cell left out of ``adata`` (far from every spot) stays empty (NaN).
+    A raster of more than ``max_pixels`` is read at every k-th pixel along each axis.
+    """
+    h, w = labels.shape[-2:]
+    k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    raster = np.asarray(labels[::k, ::k])
+    ids = np.asarray(adata.obs["label"], dtype=np.int64)
+    top = int(max(int(ids.max(initial=0)), int(raster.max(initial=0))))
+    if top <= MAX_LOOKUP_LABEL and raster.min(initial=0) >= 0:
+        lookup = np.full(top + 1, -1, dtype=np.int32)
+        lookup[ids] = np.arange(len(ids), dtype=np.int32)
+        lookup[0] = -1
+        index = lookup[raster]
+    else:  # huge ids (tile-and-object numbers): a sorted search, no table of every id
+        order = np.argsort(ids)
+        pos = np.clip(np.searchsorted(ids[order], raster), 0, max(len(ids) - 1, 0))
+        hit = (ids[order][pos] == raster) & (raster != 0) if len(ids) else np.zeros(raster.shape, bool)
+        index = np.where(hit, order[pos], -1).astype(np.int32)
+    f = float(px_per_label_px)
+    centre = 0.5 * f - 0.5  # label pixel (0, 0) centred here in full-resolution pixels
+    return Raster(image=np.empty(0), cell=f * k, origin_rc=(centre, centre), index=index, mpp=um_per_px(adata))
 
 
 #: Raster cells per lattice pitch when spots are painted as discs (a disc is then several cells across).

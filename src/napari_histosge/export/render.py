@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io import spot_image
+from ..io.gene_names import gene_label
 from ..io.preprocess import resolve_gene
 from ..slide.open import is_ome_zarr_image, open_slide
 from .colours import FADE_FRACTION, robust_range
@@ -191,7 +192,8 @@ def render_map(adata, gene: str, *, background: str | os.PathLike | None = None,
     image = np.concatenate([np.clip(rgb * 255.0 + 0.5, 0, 255), np.full((n_rows, n_cols, 1), 255.0)], axis=2)
     mpp = um_per_px(adata)
     units = str((adata.uns.get(META_KEY, {}) or {}).get("units") or DEFAULT_UNITS)
-    legend = Legend(title=gene, vmin=lo, vmax=hi, colormap=heatmap_rgba(np.linspace(0.0, 1.0, 33)), units=units)
+    legend = Legend(title=gene_label(adata, gene), vmin=lo, vmax=hi,  # the symbol of data named by id
+                    colormap=heatmap_rgba(np.linspace(0.0, 1.0, 33)), units=units)
     return image.astype(np.uint8), (mpp * step if mpp else None), legend
 
 

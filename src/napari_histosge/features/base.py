@@ -29,12 +29,19 @@ class FeatureExtractor:
     center_fraction
         Share of the patch edge covered by the spot itself; extractors that
         describe the spot and its context separately use it.
+    patch_um
+        Edge of the patch in micrometres where the slide's pixel size is known, else ``None``;
+        set by the extraction code beside ``center_fraction``.
+    needs_pixel_size
+        Whether the extractor measures in micrometres and so cannot run without ``patch_um``.
     """
 
     name: str = ""
     dim: int = 0
     input_size: int = 224
     center_fraction: float = 0.5
+    patch_um: float | None = None
+    needs_pixel_size: bool = False
 
     def __init__(self, arg: str | None = None, *, checkpoint: str | None = None, device: Any = "cpu") -> None:
         import torch

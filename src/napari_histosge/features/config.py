@@ -27,9 +27,10 @@ class FeatureConfig:
     """
 
     extractor: str = setting(
-        "default", "'default' (weight-free, offline), 'uni', 'timm:<model name>', 'hf:<org>/<name>' (a timm model "
-        "of the Hugging Face hub, e.g. hf:bioptimus/H-optimus-0; also 'hf-hub:<org>/<name>'), or 'none' (image "
-        "features off)", meaning="an extractor's name")
+        "default", "'default' (weight-free, offline), 'nuclei' (nucleus morphometrics, needs the pixel size), "
+        "'uni', 'timm:<model name>', 'hf:<org>/<name>' (a timm model of the Hugging Face hub, e.g. "
+        "hf:bioptimus/H-optimus-0; also 'hf-hub:<org>/<name>'), several joined by '+' (e.g. default+nuclei: their "
+        "features side by side), or 'none' (image features off)", meaning="an extractor's name")
     checkpoint: str | None = setting(
         None, "local weights for the extractor: a checkpoint file (UNI or timm), or for hf:<org>/<name> the folder "
         "of the hub's files (config.json and model.safetensors or pytorch_model.bin)", kind=Path, optional=True,

@@ -99,7 +99,8 @@ def extract_spot_features(
     size = patch_size_px(adata, config)
     fraction = spot_center_fraction(adata, config)
     centers = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    return (yield from _extract(path, scale, centers, size, config, fraction, cancel))
+    mpp = adata.uns.get("histosge", {}).get("mpp")
+    return (yield from _extract(path, scale, centers, size, config, fraction, cancel, patch_um_of(size, mpp)))
 
 
 def extract_features_at(
@@ -111,6 +112,7 @@ def extract_features_at(
     *,
     cancel: CancelToken | None = None,
     center_fraction: float | None = None,
+    mpp: float | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
     """Features of patches at arbitrary positions (e.g. a denser lattice).
 
@@ -132,6 +134,9 @@ def extract_features_at(
         Share of the patch edge that is the spot; default ``1 / config.patch_spot_fraction``.
         Pass :func:`spot_center_fraction` of the training data to get features
         comparable with :func:`extract_spot_features`.
+    mpp
+        Micrometres per full-res pixel, where known; extractors that measure in micrometres
+        (``nuclei``) need it.
 
     Returns
     -------
@@ -142,7 +147,12 @@ def extract_features_at(
     fraction = center_fraction if center_fraction is not None else 1.0 / config.patch_spot_fraction
     centers = np.asarray(centers_xy, dtype=np.float64)
     return (yield from _extract(str(image_path), float(scale), centers, float(patch_size_px), config,
-                                min(1.0, float(fraction)), cancel))
+                                min(1.0, float(fraction)), cancel, patch_um_of(patch_size_px, mpp)))
+
+
+def patch_um_of(patch_px: float, mpp: float | None) -> float | None:
+    """Patch edge in µm from its edge in full-res px and the pixel size (``None`` where unknown)."""
+    return float(patch_px) * float(mpp) if mpp else None
 
 
 def slide_normaliser(path: str, config: FeatureConfig) -> StainNormaliser | None:
@@ -185,12 +195,24 @@ def _validate(path: str, scale: float, centers: np.ndarray, size: float) -> None
         raise InputError("image file not found", path)
 
 
-def make_extractor(config: FeatureConfig, fraction: float) -> tuple[Any, Any]:
-    """The extractor of ``config`` and its autocast dtype (None: full precision)."""
+def make_extractor(config: FeatureConfig, fraction: float, patch_um: float | None = None) -> tuple[Any, Any]:
+    """The extractor of ``config`` and its autocast dtype (None: full precision).
+
+    ``patch_um`` is the patch edge in micrometres, where the slide's pixel size is known.
+
+    Raises
+    ------
+    InputError
+        If the extractor measures in micrometres and ``patch_um`` is unknown.
+    """
     import torch
 
     extractor = create_extractor(config.extractor, checkpoint=config.checkpoint, device=config.device)
     extractor.center_fraction = fraction
+    extractor.patch_um = patch_um
+    if extractor.needs_pixel_size and not patch_um:
+        raise InputError(f"the {config.extractor!r} extractor measures in micrometres and needs the slide's pixel "
+                         "size, which the data does not record; choose another extractor")
     amp_dtype = None
     if config.amp and extractor.device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -211,17 +233,20 @@ def with_cache(
     config: FeatureConfig,
     fraction: float,
     compute: Callable[[Any, Any], ProgressGenerator[SpotFeatures]],
+    patch_um: float | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
     """Validate, look the features up in the on-disk cache, else ``compute(extractor, amp_dtype)``.
 
     The single-process and the distributed paths differ only in ``compute``, so they share
-    one cache key and one cache policy.
+    one cache key and one cache policy. ``patch_um``: as in :func:`make_extractor`.
     """
     _validate(path, scale, centers, size)
-    extractor, amp_dtype = make_extractor(config, fraction)
+    extractor, amp_dtype = make_extractor(config, fraction, patch_um)
     n = len(centers)
-    key = feature_cache_key(path, scale, centers, size, extractor.input_size,
-                            cache_identity(extractor, amp_dtype, config.stain), fraction)
+    identity = cache_identity(extractor, amp_dtype, config.stain)
+    if extractor.needs_pixel_size:  # the same pixels measured at another stated pixel size are other features
+        identity += f"|um{patch_um:.6g}"
+    key = feature_cache_key(path, scale, centers, size, extractor.input_size, identity, fraction)
     if config.cache:
         hit = load_cached(key)
         if hit is not None and hit["features"].shape[0] == n:
@@ -241,13 +266,14 @@ def _extract(
     config: FeatureConfig,
     fraction: float,
     cancel: CancelToken | None,
+    patch_um: float | None,
 ) -> ProgressGenerator[SpotFeatures]:
     def compute(extractor, amp_dtype):
         return compute_features(path, scale, centers, size, extractor, config.batch_size, fraction, cancel,
                                 order=spatial_order(centers, size), amp_dtype=amp_dtype,
                                 normalise=slide_normaliser(path, config))
 
-    return (yield from with_cache(path, scale, centers, size, config, fraction, compute))
+    return (yield from with_cache(path, scale, centers, size, config, fraction, compute, patch_um))
 
 
 def compute_features(

@@ -1,8 +1,9 @@
 """Create feature extractors from spec strings.
 
 Adding an extractor is adding one class decorated with :func:`register_extractor`.
-Specs are either a registered name (``"default"``, ``"uni"``) or a family prefix
-(``"timm:<model_name>"``, ``"hf:<org>/<name>"``) whose class takes the part after the colon.
+Specs are either a registered name (``"default"``, ``"uni"``, ``"nuclei"``) or a family prefix
+(``"timm:<model_name>"``, ``"hf:<org>/<name>"``) whose class takes the part after the colon;
+specs joined by ``"+"`` (``"default+nuclei"``) concatenate their extractors' features.
 :func:`check_extractor` is the one check of a spec and its weights that the command line and
 the Train widget both run before any slide is read.
 """
@@ -15,8 +16,9 @@ from ..device import pick_device
 from ..errors import InputError
 
 # Importing the built-in extractor modules runs their @register_extractor decorators.
-from . import default, hub, timm_backbones  # noqa: F401
+from . import default, hub, morphometrics, timm_backbones  # noqa: F401
 from .base import FeatureExtractor, register_extractor, registered_extractors, unregister_extractor
+from .combined import CombinedExtractor
 
 __all__ = [
     "FeatureExtractor",
@@ -31,7 +33,7 @@ __all__ = [
 def available_extractors() -> list[str]:
     """Registered extractor specs; families are shown as ``"timm:<model_name>"`` and ``"hf:<org>/<name>"``."""
     return [f"{k}<org>/<name>" if hub.is_hub_spec(k) else f"{k}<model_name>" if k.endswith(":") else k
-            for k in sorted(registered_extractors())]
+            for k in sorted(registered_extractors())] + ["<spec>+<spec>"]
 
 
 def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = "auto") -> FeatureExtractor:
@@ -40,10 +42,12 @@ def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = 
     Parameters
     ----------
     spec
-        ``"default"``, ``"uni"``, ``"timm:<model_name>"`` or ``"hf:<org>/<name>"``
-        (also timm's ``"hf-hub:<org>/<name>"``).
+        ``"default"``, ``"uni"``, ``"nuclei"``, ``"timm:<model_name>"`` or ``"hf:<org>/<name>"``
+        (also timm's ``"hf-hub:<org>/<name>"``); several joined by ``"+"`` concatenate their
+        features (``"default+nuclei"``).
     checkpoint
-        Optional local weights file; for a hub model the folder holding the hub's files.
+        Optional local weights file; for a hub model the folder holding the hub's files
+        (in a ``"+"`` spec, for the parts that take weights).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`napari_histosge.device.pick_device`).
 
@@ -59,6 +63,12 @@ def create_extractor(spec: str, *, checkpoint: str | None = None, device: str = 
     """
     registry = registered_extractors()
     spec = str(spec).strip()
+    if "+" in spec:
+        parts = [p.strip() for p in spec.split("+")]
+        if len(parts) != len(set(parts)) or not all(parts):
+            raise InputError(f"a combined extractor names each part once, none empty: {spec!r}")
+        # Extractors without weights ignore a checkpoint: the weights go to the part that takes them.
+        return CombinedExtractor([create_extractor(p, checkpoint=checkpoint, device=device) for p in parts])
     family, _, arg = spec.partition(":")
     if spec in registry and not spec.endswith(":"):
         cls, name = registry[spec], None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError
 from .detect import FORMATS, SUPPORTED, detect_format
 from .gene_names import attach_gene_names, find_gene_table, read_gene_table
+from .markers import attach_marker_symbols
 
 if TYPE_CHECKING:
     import anndata
@@ -114,6 +115,8 @@ def read_spots(
             table = None
     if table:
         attach_gene_names(adata, table)
+    else:  # data named by id with no table: the known markers' symbols at least (MBP for ENSG00000197971)
+        attach_marker_symbols(adata)
     return adata
 
 

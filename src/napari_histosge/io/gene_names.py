@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..gene_lists import names_genes_by_ensembl_id
 
-__all__ = ["GENE_TABLE_NAMES", "attach_gene_names", "find_gene_table", "gene_label", "read_gene_table"]
+__all__ = ["GENE_TABLE_NAMES", "attach_gene_names", "find_gene_table", "gene_keys", "gene_label", "read_gene_table"]
 
 #: Table files looked for in a section's folder: ``<section>_genes.tsv`` (STUtility), these names, 10x features.
 GENE_TABLE_NAMES = ("gene_names.tsv", "gene_names.csv", "features.tsv.gz", "features.tsv", "genes.tsv")
@@ -109,6 +109,22 @@ def attach_gene_names(adata, table: dict[str, str]) -> int:
     ids = [by_symbol.get(n, "") for n in names]
     adata.var["gene_ids"] = [i or n for i, n in zip(ids, names, strict=True)]
     return sum(bool(i) for i in ids)
+
+
+def gene_keys(adata) -> tuple[list[str], list[str]]:
+    """Each gene's Ensembl id (without version) and symbol, ``""`` where the data do not know it.
+
+    Data named by id know a symbol where a table was attached (``var["gene_symbols"]``);
+    data named by symbol know an id where the reader or a table gave ``var["gene_ids"]``.
+    Several sections are matched on these keys when they name their genes differently.
+    """
+    names = [str(g) for g in adata.var_names]
+    if names_genes_by_ensembl_id(names):
+        ids = [n.split(".")[0] for n in names]
+        symbols = [str(s) for s in adata.var["gene_symbols"]] if "gene_symbols" in adata.var else names
+        return ids, [s if s != n else "" for s, n in zip(symbols, names, strict=True)]
+    given = [str(i) for i in adata.var["gene_ids"]] if "gene_ids" in adata.var else [""] * len(names)
+    return [i.split(".")[0] if _ENSEMBL.match(i) else "" for i in given], names
 
 
 def gene_label(adata, gene: str) -> str:

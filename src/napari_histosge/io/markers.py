@@ -6,22 +6,27 @@ olfactory bulb's layer markers), by symbol and, where data name genes by Ensembl
 A ranking by spatial structure or dispersion alone can leave such genes out of a few hundred;
 :func:`marker_genes` picks the markers a section expresses so that the gene choice
 (:func:`napari_histosge.io.preprocess.select_genes`) keeps them besides the ranked genes.
+The markers known by id also give data named by Ensembl id their symbols where no table
+of ids and symbols does (:func:`attach_marker_symbols`, :func:`attach_recorded_symbols`).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import InputError
+from ..gene_lists import names_genes_by_ensembl_id
+from .gene_names import attach_gene_names, find_gene_table, gene_keys, read_gene_table
 
-__all__ = ["MARKER_CAP", "TissueMarker", "choose_tissue", "marker_genes", "tissue_markers",
-           "tissues"]
+__all__ = ["MARKER_CAP", "TissueMarker", "attach_marker_symbols", "attach_recorded_symbols", "choose_tissue",
+           "marker_genes", "marker_symbols", "section_species", "tissue_markers", "tissues"]
 
 #: At most this many markers are always kept (and at most a quarter of the genes asked for).
 MARKER_CAP = 24
@@ -29,6 +34,8 @@ MARKER_CAP = 24
 MIN_TISSUE_MARKERS = 3
 #: ``auto`` counts a tissue's markers among this share of a section's genes, highest mean first.
 TOP_EXPRESSED_SHARE = 0.1
+#: A section is of a species when more than this share of its Ensembl ids, or of its symbols, say so.
+SPECIES_SHARE = 0.7
 #: A marker is kept only when detected in at least this share of the spots ...
 MIN_DETECTED_SHARE = 0.05
 #: ... and in at least this many spots (a marker seen in two spots is noise, not the tissue).
@@ -52,6 +59,57 @@ def _table() -> tuple[TissueMarker, ...]:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return tuple(TissueMarker(**{k: (v or "").strip() for k, v in row.items()})
                  for row in csv.DictReader(lines, delimiter="\t"))
+
+
+def marker_symbols() -> dict[str, str]:
+    """``{Ensembl id: symbol}`` of every marker the table names by id too: symbols for data named by id."""
+    return {m.ensembl_id: m.symbol for m in _table() if m.ensembl_id}
+
+
+def attach_marker_symbols(adata) -> int:
+    """Symbols of the known markers (:func:`marker_symbols`) for data named by id.
+
+    The fallback where no table of ids and symbols was given or shipped: a user typing MBP
+    on data named by Ensembl id finds ENSG00000197971. Data named by symbol, or already
+    holding ``var["gene_symbols"]``, are left as they are; returns how many genes got a symbol.
+    """
+    names = [str(g) for g in adata.var_names]
+    if "gene_symbols" in adata.var or not names_genes_by_ensembl_id(names):
+        return 0
+    table = marker_symbols()
+    if not any(n.split(".")[0] in table for n in names):
+        return 0
+    return attach_gene_names(adata, table)
+
+
+def attach_recorded_symbols(adata, table: str | os.PathLike | None = None) -> int:
+    """Symbols for a file read back (predictions, spots) whose genes are named by id; returns how many.
+
+    From ``table`` (:func:`read_gene_table`) where given; else from a table shipped with a
+    section the file records (``uns["histosge"]``: ``source``, ``training_sources``), else
+    from the known markers (:func:`attach_marker_symbols`). Symbols the file holds already
+    are kept unless ``table`` is given.
+
+    Raises
+    ------
+    InputError
+        If ``table`` is given and cannot be read as a table of ids and symbols.
+    """
+    if table is not None:
+        given = read_gene_table(table)
+        return attach_gene_names(adata, given) if names_genes_by_ensembl_id(list(map(str, adata.var_names))) else 0
+    if "gene_symbols" in adata.var or not names_genes_by_ensembl_id([str(g) for g in adata.var_names]):
+        return 0
+    info = adata.uns.get("histosge", {}) or {}
+    recorded = [str(info.get("source") or ""), *map(str, info.get("training_sources") or [])]
+    for source in (part.strip() for text in recorded for part in text.split(";")):  # several sections: "a; b"
+        shipped = find_gene_table(source) if source and Path(source).exists() else None
+        if shipped is not None:
+            try:
+                return attach_gene_names(adata, read_gene_table(shipped))
+            except InputError:  # a features file of another layout: try the next
+                continue
+    return attach_marker_symbols(adata)
 
 
 def tissues() -> list[str]:
@@ -104,19 +162,49 @@ def _means(x) -> np.ndarray:
     return np.asarray(x.mean(axis=0)).ravel().astype(np.float64)
 
 
+def section_species(adata_log) -> str | None:
+    """The species a section's gene names say, ``"human"`` or ``"mouse"`` (``None`` when they say neither).
+
+    By the prefix of its Ensembl ids where it has them (``ENSG``, ``ENSMUSG``), else by the case
+    of its symbols: human symbols are upper case (MBP), mouse ones are not (Mbp).
+    """
+    ids, symbols = gene_keys(adata_log)
+    known = [i for i in ids if i]
+    if known:
+        mouse = sum(i.startswith("ENSMUSG") for i in known)
+        human = sum(i.startswith("ENSG") for i in known)
+        if max(mouse, human) > SPECIES_SHARE * len(known):
+            return "mouse" if mouse > human else "human"
+    words = [s for s in symbols if any(ch.isalpha() for ch in s)]
+    upper = sum(s == s.upper() for s in words)
+    if words and upper > SPECIES_SHARE * len(words):
+        return "human"
+    if words and len(words) - upper > SPECIES_SHARE * len(words):
+        return "mouse"
+    return None
+
+
 def choose_tissue(adata_log) -> str | None:
     """The tissue whose markers ``adata_log`` expresses most (``None`` when no tissue has enough).
 
-    A tissue scores the number of its markers among the section's most expressed genes
-    (the top :data:`TOP_EXPRESSED_SHARE` by mean); it needs :data:`MIN_TISSUE_MARKERS`.
+    Only tissues of the section's species (:func:`section_species`) are candidates. A tissue
+    scores the share of its markers among the section's most expressed genes (the top
+    :data:`TOP_EXPRESSED_SHARE` by mean): a share, not a count, so a tissue whose table lists
+    many genes that every tissue expresses (immune cells, vessels, stroma) does not win by
+    the table's length. It needs :data:`MIN_TISSUE_MARKERS` such markers.
     """
     means = _means(adata_log.X)
     cut = np.sort(means)[::-1][max(0, int(np.ceil(TOP_EXPRESSED_SHARE * len(means))) - 1)] if len(means) else 0.0
-    best, best_score = None, MIN_TISSUE_MARKERS - 1
+    species = section_species(adata_log)
+    best, best_score = None, (0.0, 0)
     for tissue in tissues():
-        columns = _marker_columns(adata_log, tissue_markers(tissue))
-        score = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
-        if score > best_score:
+        markers = tissue_markers(tissue)
+        if species is not None and markers[0].species != species:
+            continue
+        columns = _marker_columns(adata_log, markers)
+        hits = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
+        score = (hits / len(markers), hits)
+        if hits >= MIN_TISSUE_MARKERS and score > best_score:
             best, best_score = tissue, score
     return best
 
@@ -158,7 +246,7 @@ def marker_genes(adata_log, markers: str | None = "auto", *, n_top: int = 1000) 
     idx = np.fromiter(columns.values(), dtype=np.int64)
     x = adata_log.X[:, idx]
     keep = _detected(x, adata_log.n_obs)
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)  # sparse or dense
     mean, var = x.mean(axis=0), x.var(axis=0)
     rank_mean, rank_var = np.argsort(np.argsort(-mean, kind="stable")), np.argsort(np.argsort(-var, kind="stable"))
     best, other = np.minimum(rank_mean, rank_var), np.maximum(rank_mean, rank_var)

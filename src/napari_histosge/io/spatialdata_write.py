@@ -45,7 +45,10 @@ def _squares(centres: np.ndarray, side: float, angle: float = 0.0) -> Any:
 
 
 def _shapes(pred: Any, info: dict[str, Any]) -> tuple[str, Any]:
-    """Circles of the predicted diameter, the squares of a grid, or square footprints (bins), in full-res px."""
+    """Circles of the predicted diameter, squares of a grid or of footprints (bins), or discs of cells' areas.
+
+    In full-resolution pixels; segmented cells are circles of each cell's own area.
+    """
     import geopandas as gpd
     import shapely
 
@@ -58,8 +61,11 @@ def _shapes(pred: Any, info: dict[str, Any]) -> tuple[str, Any]:
         centres = np.asarray(pred.obsm["footprint_xy"], float) if "footprint_xy" in pred.obsm else xy
         squares = _squares(centres, float(footprint["size_px"]), float(footprint.get("angle") or 0.0))
         return "bins", gpd.GeoDataFrame(geometry=squares, index=index)
-    diameter = info.get("spot_diameter_px") or 0.5 * (median_nn_distance(xy) or 2.0)
     points = shapely.points(xy[:, 0], xy[:, 1])
+    if info.get("positions") == "cells" and "area_px" in pred.obs:  # segmented cells: discs of their own area
+        radius = np.sqrt(pred.obs["area_px"].to_numpy(np.float64) / np.pi)
+        return "cells", gpd.GeoDataFrame({"radius": radius}, geometry=points, index=index)
+    diameter = info.get("spot_diameter_px") or 0.5 * (median_nn_distance(xy) or 2.0)
     return "spots", gpd.GeoDataFrame({"radius": np.full(len(xy), 0.5 * float(diameter))}, geometry=points,
                                      index=index)
 

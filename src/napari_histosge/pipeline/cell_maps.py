@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..cells.detect import detect_nuclei
 from ..cells.read import read_segmentation
 from ..cells.segmentation import CellUnits, Segmentation
 from ..errors import InputError
@@ -31,6 +32,7 @@ from ..training.trained_model import TrainedModel
 from .grid_maps import REACH_SPACINGS, unit_rates
 from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
 from .placement import check_measured_genes, finish_prediction
+from .products import NUCLEI
 
 #: Cells predicted at once where each cell's rate depends on its own position only (bounded memory).
 CHUNK_CELLS = 20_000
@@ -46,8 +48,11 @@ def slide_shape_of(adata) -> tuple[int, int]:
     return int(round(height / scale)), int(round(width / scale))
 
 
-def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata) -> Segmentation:
+def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata, *,
+                         label_scale: float | None = None) -> Segmentation:
     """``segmentation`` as cells on ``adata``'s slide: read when a path, checked against the slide's size.
+
+    ``label_scale``: full-resolution pixels per pixel of a label image file of another size.
 
     Raises
     ------
@@ -58,7 +63,7 @@ def section_segmentation(segmentation: Segmentation | str | os.PathLike, adata) 
     slide_shape = slide_shape_of(adata)
     mpp = adata.uns.get("histosge", {}).get("mpp")
     if not isinstance(segmentation, Segmentation):
-        return read_segmentation(segmentation, slide_shape, mpp=mpp)
+        return read_segmentation(segmentation, slide_shape, mpp=mpp, scale=label_scale)
     if segmentation.n_cells == 0:
         raise InputError("the segmentation is empty: it holds no cell", segmentation.source)
     h, w = segmentation.labels.shape[:2]
@@ -233,3 +238,38 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
                        "left_out_far_from_spots": int(cells.n_cells - len(near))})
     out.uns["histosge"] = info
     return finish_prediction(out, model)
+
+
+def section_cells(cells: Segmentation | str | os.PathLike, adata, *, label_scale: float | None = None,
+                  cancel: CancelToken | None = None) -> ProgressGenerator[Segmentation]:
+    """The cells of ``adata``'s slide: ``"nuclei"`` detects them, a path is read, a segmentation is checked.
+
+    The detector (:func:`~napari_histosge.cells.detect_nuclei`, its default settings) reads the
+    section's full-resolution H&E at its pixel size; a file named ``nuclei`` is read as a file.
+
+    Raises
+    ------
+    InputError
+        As :func:`section_segmentation`, or when the detector needs a pixel size the section lacks.
+    """
+    if isinstance(cells, str) and cells == NUCLEI and not os.path.exists(cells):
+        path, scale = require_spot_image(adata)
+        mpp = adata.uns.get("histosge", {}).get("mpp")
+        with open_slide(path) as slide:
+            found = yield from detect_nuclei(slide, mpp=mpp, scale=scale, source=f"histosge nuclei of {path}",
+                                             cancel=cancel)
+        return found
+    return section_segmentation(cells, adata, label_scale=label_scale)
+
+
+def cells_product(model: TrainedModel, adata, options, *, scheduler: str | None = None,
+                  n_workers: int | None = None, cancel: CancelToken | None = None) -> ProgressGenerator[Any]:
+    """The ``cells`` product (:mod:`.products`): the cells found or read, then :func:`superresolve_cells`.
+
+    ``scheduler`` and ``n_workers`` are not used: the cells are read and predicted in this process.
+    """
+    as_cell_model(model)  # a model that predicts whole spots is told before any detection
+    check_measured_genes(model, adata)
+    cells = yield from section_cells(options.cells, adata, label_scale=options.label_scale, cancel=cancel)
+    return (yield from superresolve_cells(model, adata, cells, consistency=options.consistency,
+                                          expand_um=options.expand_um, cancel=cancel))

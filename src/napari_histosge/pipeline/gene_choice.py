@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io.preprocess import normalize_log1p, select_genes
+from ..gene_lists import names_genes_by_ensembl_id
+from ..io.gene_names import gene_keys
+from ..io.preprocess import normalize_log1p, resolve_gene, select_genes
 from ..training.config import TrainConfig
 
 __all__ = ["choose_genes", "section_names", "stack_sections", "training_genes"]
@@ -34,10 +36,53 @@ def section_names(adatas: Sequence[Any]) -> list[str]:
     return names
 
 
+def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[int]], pd.DataFrame]:
+    """The genes every section measured: each section's columns of them (one order) and their ``var``.
+
+    Genes are matched by name, by Ensembl id or by symbol (:func:`~napari_histosge.io.gene_names.gene_keys`),
+    whichever the sections share most of: a section named by id with a table of symbols and one
+    named by symbol are one gene space. The genes are named as the first section names them,
+    in its order, with their other name beside (``gene_symbols`` or ``gene_ids``).
+    """
+    keys = [gene_keys(log) for log in logs]
+    candidates = [[[str(g) for g in log.var_names] for log in logs],  # by name, then by id, then by symbol
+                  [ids for ids, _ in keys], [symbols for _, symbols in keys]]
+    best: list[list[int]] = []
+    for per_section in candidates:
+        where: list[dict[str, int]] = [{} for _ in logs]
+        for at, section in zip(where, per_section, strict=True):
+            for column, key in enumerate(section):
+                if key:
+                    at.setdefault(key, column)
+        shared = set.intersection(*(set(at) for at in where))
+        order = list(dict.fromkeys(key for key in per_section[0] if key in shared))  # the first section's order
+        columns = [[at[key] for key in order] for at in where]
+        if len(columns[0]) > len(best[0] if best else []):
+            best = columns
+    if not best:
+        by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
+        if any(by_id) and not all(by_id):
+            raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
+                             f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them: "
+                             "give one with --gene-names TABLE")
+        raise InputError(f"the sections {', '.join(names)} share no gene")
+    first = logs[0]
+    var = pd.DataFrame(index=pd.Index([str(first.var_names[c]) for c in best[0]]))
+    ids, symbols = zip(*[(keys[0][0][c], keys[0][1][c]) for c in best[0]], strict=True)
+    for i, log_keys in enumerate(keys[1:], start=1):  # a name the first section lacks, from another
+        ids = tuple(a or log_keys[0][c] for a, c in zip(ids, best[i], strict=True))
+        symbols = tuple(a or log_keys[1][c] for a, c in zip(symbols, best[i], strict=True))
+    other, values = ("gene_symbols", symbols) if names_genes_by_ensembl_id(list(var.index)) else ("gene_ids", ids)
+    if any(values):
+        var[other] = [v or name for v, name in zip(values, var.index, strict=True)]
+    return best, var
+
+
 def stack_sections(adatas: Sequence[Any], names: Sequence[str], config: TrainConfig):
     """``(combined, sections)``: the sections' log-normalised spots stacked, and each spot's section label.
 
-    ``combined`` holds the genes every section measured (in the first section's order), the
+    ``combined`` holds the genes every section measured (:func:`_shared_genes`: matched by
+    name, Ensembl id or symbol; named and ordered as the first section names them), the
     spots' positions in ``obsm["spatial"]`` and spot ids prefixed with the section's name
     where ids repeat across sections.
 
@@ -45,31 +90,27 @@ def stack_sections(adatas: Sequence[Any], names: Sequence[str], config: TrainCon
     ------
     InputError
         If a gene of ``config.genes`` or ``config.include_genes`` is missing from a section, or
-        the sections share no gene.
+        the sections share no gene (naming the table that links ids and symbols where they
+        name genes differently).
     """
     import scipy.sparse as sp
     from anndata import AnnData
 
     logs = [normalize_log1p(a) for a in adatas]
-    shared = set.intersection(*(set(map(str, log.var_names)) for log in logs))
     wanted = list(config.genes or []) + list(config.include_genes or [])
     for log, name in zip(logs, names, strict=True):
-        present = set(map(str, log.var_names))
-        missing = [g for g in wanted if g not in present]
+        missing = [g for g in wanted if resolve_gene(log, g) is None]  # a symbol stands for its id and back
         if missing:
             raise InputError(f"gene {missing[0]!r} is not in section {name!r}"
                              + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
                              log.uns.get("histosge", {}).get("source"))
-    common = [str(g) for g in logs[0].var_names if str(g) in shared]
-    if not common:
-        raise InputError(f"the sections {', '.join(names)} share no gene")
+    columns, var = _shared_genes(logs, names)
     ids = [list(map(str, a.obs_names)) for a in adatas]
     flat = [i for section in ids for i in section]
     if len(set(flat)) < len(flat):  # e.g. ST v1 "<x>x<y>" ids repeat across sections
         ids = [[f"{name}:{i}" for i in section] for name, section in zip(names, ids, strict=True)]
-    combined = AnnData(X=sp.vstack([sp.csr_matrix(log[:, common].X) for log in logs]).tocsr(),
-                       obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])),
-                       var=pd.DataFrame(index=pd.Index(common)))
+    combined = AnnData(X=sp.vstack([sp.csr_matrix(log.X[:, cols]) for log, cols in zip(logs, columns, strict=True)])
+                       .tocsr(), obs=pd.DataFrame(index=pd.Index([i for section in ids for i in section])), var=var)
     combined.uns["histosge"] = {"source": "; ".join(str(a.uns.get("histosge", {}).get("source", ""))
                                                     for a in adatas)}
     combined.obsm["spatial"] = np.concatenate([np.asarray(a.obsm["spatial"], np.float64) for a in adatas])

@@ -24,11 +24,12 @@ from ..slide.mask import TissueMask, cells_inside, check_covers_spots, detect_ti
 from ..slide.open import open_slide
 from ..training.cell_model import CellModel, as_cell_model
 from ..training.grouping import median_spacing
+from ..training.products import register_spots
 from ..training.trained_model import TrainedModel
 from .map_modes import CONSISTENCY as CONSISTENCY  # re-exported: where the grid maps' callers look
-from .map_modes import DEFAULT_CONSISTENCY, PER_FOOTPRINT, check_consistency
+from .map_modes import DEFAULT_CONSISTENCY, NO_MASK, PER_FOOTPRINT, check_consistency
 from .map_modes import DETECT as DETECT  # re-exported: the widget and the CLI ask for the detected tissue
-from .placement import check_measured_genes, finish_prediction
+from .placement import check_measured_genes, default_diameter, finish_prediction
 
 #: Cells farther than this many spot spacings from every measured spot are left out.
 REACH_SPACINGS = 1.0
@@ -64,14 +65,17 @@ def section_mask(adata, mask) -> TissueMask | None:
 
     ``"auto"`` detects the tissue (:func:`napari_histosge.slide.mask.detect_tissue`), a path
     reads a user's mask (label image or GeoJSON, :func:`napari_histosge.slide.mask.read_mask`),
-    a :class:`~napari_histosge.slide.mask.TissueMask` is used as it is, ``None`` means none.
+    a :class:`~napari_histosge.slide.mask.TissueMask` is used as it is, ``None`` or ``"none"``
+    means none.
 
     Raises
     ------
     InputError
         If the mask is empty, unreadable, or misses most of the measured spots.
     """
-    if mask is None or isinstance(mask, TissueMask):
+    if mask is None or (isinstance(mask, str) and mask == NO_MASK):
+        found = None
+    elif isinstance(mask, TissueMask):
         found = mask
     else:
         path, scale = require_spot_image(adata)
@@ -166,8 +170,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
                       ) -> ProgressGenerator[Any]:
     """Predict a grid of cells over ``adata``'s measured region: the ``grid`` product.
 
-    ``napari_histosge.superresolve(model, adata, product="grid", ...)`` asks the model for it;
-    this function also takes a :class:`~napari_histosge.slide.mask.TissueMask` as ``mask``.
+    ``napari_histosge.superresolve(model, adata, product="grid", ...)`` asks the model for it
+    and takes the same options.
 
     Parameters
     ----------
@@ -180,7 +184,8 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
         Cell side in µm; the model's own cell size when ``None``.
     mask
         Cells off the tissue are left out: ``"auto"`` detects it on the slide, a path reads a
-        label image or GeoJSON, ``None`` keeps every cell near a spot (:func:`section_mask`).
+        label image or GeoJSON, a :class:`~napari_histosge.slide.mask.TissueMask` is used as it
+        is, ``None`` (or ``"none"``) keeps every cell near a spot (:func:`section_mask`).
     consistency
         ``"smooth"`` (default): a smooth correction field that agrees with the footprints in
         expectation; ``"exact"``: the cells under each measured footprint are scaled so their
@@ -255,3 +260,19 @@ def predict_discs(model: TrainedModel, adata, positions: np.ndarray, diameter: f
     rates = yield from grid_rates(cells, adata, grid, consistency=consistency, cancel=cancel)
     weights = discs.cell_weights(grid.centres())
     return np.log1p(np.asarray(weights @ rates.astype(np.float64))).astype(np.float32)
+
+
+def spots_from_cells(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
+                     features, frame, *, scheduler, n_workers, cancel) -> ProgressGenerator[tuple[np.ndarray, None]]:
+    """Spots of a cell model (``spots_from="cells"``) at ``xy``: the mean of its grid cells under each disc.
+
+    No spread; precomputed spot ``features`` are not used: the cells' own are read where the
+    model uses the image.
+    """
+    disc = default_diameter(model, adata) if diameter is None else float(diameter)
+    assert disc is not None  # required=True: a missing diameter raised
+    pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
+    return pred, None
+
+
+register_spots("cells", spots_from_cells)

@@ -21,6 +21,8 @@ CONSISTENCY = ("exact", "counting", "smooth", "none")
 DEFAULT_CONSISTENCY = "smooth"
 #: ``mask=`` value asking for the tissue to be detected on the slide.
 DETECT = "auto"
+#: ``mask=`` value asking for no mask, as ``None`` does (the command line's and the widget's way to say it).
+NO_MASK = "none"
 #: Per footprint, one factor for its cells (a step at its edge).
 PER_FOOTPRINT = ("exact", "counting")
 

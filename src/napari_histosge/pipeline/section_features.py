@@ -50,7 +50,7 @@ def spot_features(
     path, scale = require_spot_image(adata)
     return (yield from distributed_features(
         path, scale, np.asarray(adata.obsm["spatial"], np.float64), patch_size_px(adata, config), config,
-        spot_center_fraction(adata, config), scheduler, n_workers, cancel,
+        spot_center_fraction(adata, config), scheduler, n_workers, cancel, mpp=adata.uns.get("histosge", {}).get("mpp"),
     ))
 
 
@@ -81,11 +81,12 @@ def warn_if_low_resolution(adata) -> None:
         )
 
 
-def distributed_features(path, scale, centers, patch_px, config, center_fraction, scheduler, n_workers, cancel):
-    """Features at ``centers`` on dask.distributed (``scheduler`` ``"local"`` or an address)."""
+def distributed_features(path, scale, centers, patch_px, config, center_fraction, scheduler, n_workers, cancel,
+                         mpp=None):
+    """Features at ``centers`` on dask.distributed (``scheduler`` ``"local"`` or an address; ``mpp`` where known)."""
     return (yield from extract_features_distributed(
         path, scale, centers, patch_px, config, scheduler=None if scheduler == "local" else scheduler,
-        n_workers=n_workers, center_fraction=center_fraction, cancel=cancel,
+        n_workers=n_workers, center_fraction=center_fraction, cancel=cancel, mpp=mpp,
     ))
 
 

@@ -36,6 +36,7 @@ from ..slide.open import SUPPORTED_SUFFIXES, TIFF_SUFFIXES
 from ..slide.pyramid import pil_no_size_limit
 from ..training.trained_model import TrainedModel
 from .grid_maps import DETECT
+from .map_modes import NO_MASK
 from .steps import predict_spots
 
 #: Centre-to-centre distance of Visium spots (55 µm spots).
@@ -179,7 +180,7 @@ def slide_spots(model: TrainedModel, pixel_size: PixelSize) -> SlideSpots:
 
 
 def slide_mask(slide_path: str, size_wh: tuple[int, int], mask) -> TissueMask:
-    """The tissue mask ``mask`` stands for: ``"auto"`` detects it, a path reads it, ``None`` is the whole slide.
+    """The tissue mask ``mask`` stands for: ``"auto"`` detects it, a path reads it, ``None``/``"none"`` is all of it.
 
     Raises
     ------
@@ -188,7 +189,7 @@ def slide_mask(slide_path: str, size_wh: tuple[int, int], mask) -> TissueMask:
     """
     if isinstance(mask, TissueMask):
         return mask
-    if mask is None:
+    if mask is None or (isinstance(mask, str) and mask == NO_MASK):
         step = max(size_wh) / 256.0
         shape = (int(np.ceil(size_wh[1] / step)), int(np.ceil(size_wh[0] / step)))
         return TissueMask(np.ones(shape, bool), step, slide_path)

@@ -30,9 +30,10 @@ from ..prediction.pieces import predict_in_pieces
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..training.config import TrainConfig
 from ..training.inputs import TrainingData
+from ..training.products import register_spots, spots_runner
 from ..training.trained_model import TrainedModel
 from .gene_choice import choose_genes
-from .grid_maps import lattice_tissue, predict_discs
+from .grid_maps import lattice_tissue
 from .multisection import fit_sections
 from .placement import (
     check_diameter_on,
@@ -255,13 +256,14 @@ def features_at(
     path, scale = require_spot_image(adata)
     centers = np.asarray(positions, np.float64)
     patch_px, fraction = patch_geometry(model, adata, diameter)
+    mpp = adata.uns.get("histosge", {}).get("mpp")
     if scheduler is None:
         feats = yield from extract_features_at(
-            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel
+            path, scale, centers, patch_px, config, center_fraction=fraction, cancel=cancel, mpp=mpp
         )
     else:
         feats = yield from distributed_features(path, scale, centers, patch_px, config, fraction, scheduler,
-                                                n_workers, cancel)
+                                                n_workers, cancel, mpp=mpp)
     _check_same_extractor(model, feats)
     return feats
 
@@ -310,11 +312,11 @@ def predict_spots(
     """
     import anndata as ad
 
+    predict = spots_runner(model)  # how the model says it predicts spots (TrainedModel.spots_from)
     names, xy = _prediction_targets(adata, spot_ids, positions, position_ids)
     check_diameter_on(adata, diameter)
     check_measured_genes(model, adata)
     frame = position_frame(model, adata)  # checked before any feature is read
-    predict = SPOTS_FROM[model.spots_from]  # as the model declares (TrainedModel.spots_from)
     pred, std = yield from predict(model, adata, names, xy, positions, diameter, features, frame,
                                    scheduler=scheduler, n_workers=n_workers, cancel=cancel)
     out = ad.AnnData(X=pred.astype(np.float32), obs=pd.DataFrame(index=pd.Index(names, dtype=str)),
@@ -328,9 +330,9 @@ def predict_spots(
     return finish_prediction(out, model)
 
 
-def _predict_at_spots(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
-                      features: SpotFeatures | None, frame, *, scheduler, n_workers, cancel):
-    """Predictions (and spread) of a per-spot-feature model at ``xy``."""
+def spots_from_features(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
+                        features: SpotFeatures | None, frame, *, scheduler, n_workers, cancel):
+    """Spots of a per-spot-feature model (``spots_from="features"``) at ``xy``: predictions and spread."""
     if features is None:
         features = yield from features_at(model, adata, xy, diameter=diameter, scheduler=scheduler,
                                           n_workers=n_workers, cancel=cancel)
@@ -345,20 +347,7 @@ def _predict_at_spots(model: TrainedModel, adata, names: list[str], xy: np.ndarr
                                             n_workers=n_workers, cancel=cancel))
 
 
-def _predict_from_cells(model: TrainedModel, adata, names: list[str], xy: np.ndarray, positions, diameter,
-                        features: SpotFeatures | None, frame, *, scheduler, n_workers, cancel):
-    """Spots of a cell model at ``xy``: the mean of its grid cells under each disc (no spread).
-
-    Precomputed spot ``features`` are not used: the cells' own are read where the model uses the image.
-    """
-    disc = default_diameter(model, adata) if diameter is None else float(diameter)
-    assert disc is not None  # required=True: a missing diameter raised
-    pred = yield from predict_discs(model, adata, xy, disc, cancel=cancel)
-    return pred, None
-
-
-#: How a model predicts spots, by :attr:`TrainedModel.spots_from`.
-SPOTS_FROM = {"features": _predict_at_spots, "cells": _predict_from_cells}
+register_spots("features", spots_from_features)
 
 
 def _prediction_targets(adata, spot_ids, positions, position_ids) -> tuple[list[str], np.ndarray]:

@@ -303,7 +303,8 @@ def read_prediction(path: PathLike):
     Returns
     -------
     anndata.AnnData
-        The predictions as they were written.
+        The predictions as they were written; genes named by Ensembl id get their symbols
+        (:func:`~napari_histosge.io.markers.attach_recorded_symbols`).
 
     Raises
     ------
@@ -333,6 +334,9 @@ def read_prediction(path: PathLike):
         raise InputError(f"obsm['spatial'] must be numeric (x, y) positions, got shape {xy.shape}", path)
     if not np.isfinite(xy[:, :2]).all():
         raise InputError("obsm['spatial'] has missing (NaN) or infinite positions", path)
+    from ..io.markers import attach_recorded_symbols
+
+    attach_recorded_symbols(pred)  # genes named by id: the gene box finds MBP as `histosge figure` does
     return pred
 
 

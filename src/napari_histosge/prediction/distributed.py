@@ -25,6 +25,7 @@ from ..features.extract import (
     SpotFeatures,
     compute_features,
     make_extractor,
+    patch_um_of,
     slide_normaliser,
     spatial_order,
     with_cache,
@@ -169,15 +170,17 @@ _EXTRACTORS: dict[str, Any] = {}
 def _features_chunk(
     centers: np.ndarray, path: str, scale: float, size: float, config: dict, fraction: float,
     stains: dict | None = None,
+    patch_um: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Worker task: features of one chunk of patches in the given order (no cache).
 
-    ``stains``: the slide's stain normaliser (:meth:`StainNormaliser.to_dict`), estimated once by the client.
+    ``stains``: the slide's stain normaliser (:meth:`StainNormaliser.to_dict`), estimated once by the client;
+    ``patch_um``: the patch edge in µm, where known.
     """
-    key = repr((sorted(config.items()), fraction))
+    key = repr((sorted(config.items()), fraction, patch_um))
     if key not in _EXTRACTORS:  # build a (possibly large) network once per worker process
         _EXTRACTORS.clear()
-        _EXTRACTORS[key] = make_extractor(FeatureConfig(**config), fraction)
+        _EXTRACTORS[key] = make_extractor(FeatureConfig(**config), fraction, patch_um)
     extractor, amp_dtype = _EXTRACTORS[key]
     normalise = None if stains is None else StainNormaliser.from_dict(stains)
     out = run_to_end(compute_features(path, scale, centers, size, extractor, config["batch_size"], fraction,
@@ -198,12 +201,13 @@ def extract_features_distributed(
     center_fraction: float | None = None,
     cancel: CancelToken | None = None,
     processes: bool = True,
+    mpp: float | None = None,
 ) -> ProgressGenerator[SpotFeatures]:
     """:func:`~napari_histosge.features.extract_features_at` on dask.distributed.
 
     Parameters
     ----------
-    image_path, scale, centers_xy, patch_size_px, config, center_fraction
+    image_path, scale, centers_xy, patch_size_px, config, center_fraction, mpp
         As for :func:`~napari_histosge.features.extract_features_at`; the on-disk
         feature cache is read and written the same way (on this machine).
     scheduler
@@ -238,6 +242,7 @@ def extract_features_distributed(
     centers = np.asarray(centers_xy, dtype=np.float64)
     size, scale = float(patch_size_px), float(scale)
     fraction = min(1.0, float(center_fraction if center_fraction is not None else 1.0 / config.patch_spot_fraction))
+    patch_um = patch_um_of(size, mpp)
 
     def compute(extractor, _amp_dtype):
         n = len(centers)
@@ -246,6 +251,7 @@ def extract_features_distributed(
         stains = None if normaliser is None else normaliser.to_dict()
         results = yield from map_chunks(
             _features_chunk, [centers[p] for p in pieces], path, scale, size, asdict(config), fraction, stains,
+            patch_um,
             scheduler=scheduler, n_workers=n_workers, weights=[len(p) for p in pieces], stage="features",
             cancel=cancel, processes=processes,
         )
@@ -256,7 +262,7 @@ def extract_features_distributed(
             feats[p], rgbs[p] = f, m
         return SpotFeatures(feats, rgbs, results[0][2] if results else extractor.identity)
 
-    return (yield from with_cache(path, scale, centers, size, config, fraction, compute))
+    return (yield from with_cache(path, scale, centers, size, config, fraction, compute, patch_um))
 
 
 def predict_distributed(

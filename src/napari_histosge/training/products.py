@@ -8,6 +8,8 @@ model class lists the products it makes in :attr:`TrainedModel.products
 ``superresolve``, the command line's ``histosge superresolve`` (its flags are the products'
 options) and the Super-resolve widget (its form is the chosen product's options) all go
 through this registry, so a new model brings its own product with one :func:`register_product`.
+How a model predicts spots is registered the same way (:func:`register_spots`), under the
+name its ``spots_from`` gives.
 
 Kept free of torch and anndata: the command line builds its flags from it before loading them.
 """
@@ -24,6 +26,9 @@ from ..settings import declared_fields, setting_of
 
 #: ``run(model, adata, options, *, scheduler, n_workers, cancel)``: a progress generator returning an AnnData.
 Runner = Callable[..., Any]
+#: ``run(model, adata, names, xy, positions, diameter, features, frame, *, scheduler, n_workers, cancel)``: a
+#: progress generator returning ``(pred, std)`` at ``xy`` (``std`` ``None`` for a model without a spread).
+SpotRunner = Callable[..., Any]
 
 
 @dataclass
@@ -39,6 +44,17 @@ class ProductOptions:
     def values(self) -> dict[str, Any]:
         """The options as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def check_option(cls, name: str, value: Any, label: str) -> Any:
+        """``value`` of option ``name`` as its declared setting takes it (a subclass may take more forms of one).
+
+        Raises
+        ------
+        InputError
+            "<label> must be ...", one line.
+        """
+        return setting_of(cls.__dataclass_fields__[name]).check(label, value)
 
 
 def _same(name: str) -> str:
@@ -96,8 +112,8 @@ class Product:
             raise InputError(f"the {self.name} product takes {', '.join(map(label, names)) or 'no options'}, "
                              f"not {', '.join(map(label, unknown))}")
         options = self.options(**given)
-        for f in declared_fields(self.options):
-            setattr(options, f.name, setting_of(f).check(label(f.name), getattr(options, f.name)))
+        for name in names:
+            setattr(options, name, self.options.check_option(name, getattr(options, name), label(name)))
         if self.check is not None:
             self.check(options, label)
         return options
@@ -168,3 +184,44 @@ def choose_product(model: Any, name: str | None = None) -> Product:
 def products_taking(names: list[str]) -> list[Product]:
     """The registered products that take every option of ``names``."""
     return [p for p in _PRODUCTS.values() if set(names) <= set(p.option_names())]
+
+
+_SPOT_RUNNERS: dict[str, SpotRunner] = {}
+
+
+def register_spots(name: str, run: SpotRunner) -> SpotRunner:
+    """Make ``run`` how a model whose :attr:`~.trained_model.TrainedModel.spots_from` is ``name`` predicts spots.
+
+    Returns ``run``. A new model that predicts spots its own way registers its function
+    beside it, as it registers its products.
+
+    Raises
+    ------
+    ValueError
+        If another function is registered under ``name`` (a programming error, not a user's).
+    """
+    known = _SPOT_RUNNERS.get(name)
+    if known is not None and known is not run:
+        raise ValueError(f"a spot predictor named {name!r} is already registered")
+    _SPOT_RUNNERS[name] = run
+    return run
+
+
+def unregister_spots(name: str) -> None:
+    """Remove the spot predictor ``name`` (tests that register one of their own)."""
+    _SPOT_RUNNERS.pop(name, None)
+
+
+def spots_runner(model: Any) -> SpotRunner:
+    """How ``model`` predicts spots: the function registered under its ``spots_from``.
+
+    Raises
+    ------
+    InputError
+        If none is registered under that name: one line naming the known ones.
+    """
+    run = _SPOT_RUNNERS.get(model.spots_from)
+    if run is None:
+        raise InputError(f"the {model.config.model} model predicts spots from {model.spots_from!r}, which no "
+                         f"spot predictor is registered for; known: {', '.join(sorted(_SPOT_RUNNERS)) or '(none)'}")
+    return run

@@ -37,8 +37,9 @@ class TrainedModel:
     #: The products it makes of a section (:mod:`.products`), its default first: HisToSGE's and
     #: the conditioned model's are an N-fold lattice of spots.
     products: ClassVar[tuple[str, ...]] = ("lattice",)
-    #: How it predicts spots: ``"features"``, from image features at each disc
-    #: (:meth:`predict`); ``"cells"``, as the mean of its grid cells under each disc (a
+    #: How it predicts spots: the name of a function registered with
+    #: :func:`~.products.register_spots`. Built in: ``"features"``, from image features at each
+    #: disc (:meth:`predict`); ``"cells"``, as the mean of its grid cells under each disc (a
     #: :class:`~.cell_model.CellModel`).
     spots_from: ClassVar[str] = "features"
     #: The class of its metadata: a model that records more than every model subclasses it.

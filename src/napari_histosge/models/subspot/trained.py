@@ -33,8 +33,8 @@ class SubspotModel(TrainedModel):
     meta: SubspotMeta
     meta_class = SubspotMeta
     predicts_other_sections = False
-    #: It predicts grid cells from the slide; spots are means of their cells.
-    products = ("grid",)
+    #: It predicts grid cells or segmented cells from the slide; spots are means of their cells.
+    products = ("grid", "cells")
     spots_from = "cells"
 
     @property
@@ -108,6 +108,11 @@ class SubspotModel(TrainedModel):
         kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
         return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
                 ).astype(np.float32)
+
+    def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
+        """Not available: the sub-spot model reads the slide's cells, not per-spot features."""
+        raise InputError("the subspot model predicts from the slide's cells, not from spot features: use "
+                         "napari_histosge.predict_spots or napari_histosge.superresolve")
 
     def training_summary(self) -> str:
         """How the fit went, for people."""

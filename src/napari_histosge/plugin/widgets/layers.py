@@ -29,9 +29,11 @@ from ...errors import InputError
 from ...export.raster import (
     META_KEY,
     Raster,
+    cells_raster,
     gene_values,
     grid_info,
     grid_raster,
+    is_cells,
     is_prediction,
     lattice_raster,
     layer_values,
@@ -268,9 +270,8 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
     image = raster.with_values(vals)
     info = pred.uns.get(META_KEY, {})
     limits = symmetric_range(vals) if colormap == DIFF_COLORMAP else robust_range(vals)
-    label = "grid" if grid_info(pred) is not None else f"{info.get('fold', '')}x"
     kwargs: dict[str, Any] = {
-        "name": name or f"{gene} {label} heatmap",
+        "name": name or f"{gene} {map_kind(pred)} heatmap",
         "colormap": colormap_for(colormap),
         "contrast_limits": limits,
         "opacity": 0.85,
@@ -283,7 +284,15 @@ def heatmap_layer(pred, gene: str | None = None, *, name: str | None = None,
     return image, kwargs, "image"
 
 
-def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> list[LayerDataTuple]:
+def map_kind(pred) -> str:
+    """What a prediction's map is of, for layer names: ``"grid"``, ``"cells"`` or its fold (``"4x"``)."""
+    if grid_info(pred) is not None:
+        return "grid"
+    return "cells" if is_cells(pred) else f"{pred.uns.get(META_KEY, {}).get('fold', '')}x"
+
+
+def prediction_layers(pred, gene: str | None = None, *, source_adata=None,
+                      segmentation=None) -> list[LayerDataTuple]:
     """The layers that show a prediction AnnData, as the Super-resolve widget shows them.
 
     Parameters
@@ -296,6 +305,9 @@ def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> li
     source_adata
         The measured spots the predictions came from, if known (kept in the metadata
         for the Gene viewer's PCC and comparison panels).
+    segmentation
+        The :class:`~napari_histosge.cells.Segmentation` of segmented-cell predictions: each
+        cell is then painted over its own pixels (:func:`cell_layers`).
 
     Returns
     -------
@@ -312,6 +324,8 @@ def prediction_layers(pred, gene: str | None = None, *, source_adata=None) -> li
     has_std = "std" in pred.layers
     if grid_info(pred) is not None:
         return grid_layers(pred, gene, source_adata=source_adata)
+    if is_cells(pred):
+        return cell_layers(pred, gene, segmentation=segmentation, source_adata=source_adata)
     fold = int(info.get("fold", 1))
     out: list[LayerDataTuple] = []
     if fold > 1:
@@ -355,6 +369,27 @@ def grid_layers(pred, gene: str | None = None, *, source_adata=None) -> list[Lay
     if "std" in pred.layers:
         out.append(uncertainty_layer(pred, gene, heat[1]["metadata"][META_KEY]["raster"], "grid"))
     return out
+
+
+def cell_layers(pred, gene: str | None = None, *, segmentation=None, source_adata=None) -> list[LayerDataTuple]:
+    """The layers of a segmented-cell AnnData: each cell painted with its value over its label pixels.
+
+    An Image layer of the gene's values through the segmentation's label raster
+    (:func:`~napari_histosge.export.raster.cells_raster`), repainted in place by the Gene viewer
+    as a grid map is. Without the segmentation (a cell table read from a file) the cells are
+    Points at their centroids, each as wide as a disc of its area.
+    """
+    gene = _gene_to_show(pred, gene)
+    if segmentation is None:
+        points = spots_layer(pred, gene, name=f"{gene} cells")
+        points[1]["size"] = 2 * np.sqrt(pred.obs["area_px"].to_numpy(np.float64) / np.pi)
+        points[1]["border_width"] = 0.0
+        points[1]["metadata"][META_KEY]["source_adata"] = source_adata
+        return [points]
+    raster = cells_raster(pred, segmentation.labels, segmentation.px_per_label_px)
+    heat = heatmap_layer(pred, gene, raster=raster)
+    heat[1]["metadata"][META_KEY]["source_adata"] = source_adata
+    return [heat]
 
 
 # ----------------------------------------------------------------------------- finding layers

@@ -105,16 +105,26 @@ def remove_store(layer) -> None:
 def layer_segmentation(labels, slide) -> Segmentation:
     """The cells of a Labels layer drawn over a slide layer (StarDist's, Cellpose's, a painted one, this widget's).
 
-    The layer's scale against the slide's world frame gives its full-resolution pixels per
-    label pixel; a layer not placed on the slide (another scale on each axis, or shifted by
-    more than a label pixel) is refused with one line, as an empty one is.
+    See :func:`labels_in_frame`; the slide layer gives the frame.
+    """
+    path, image_scale, mpp, world_mpp = slide_placement(slide)
+    with open_slide(path) as opened:
+        shape = (round(opened.shape[0] / image_scale), round(opened.shape[1] / image_scale))
+    return labels_in_frame(labels, shape, mpp, world_mpp, slide.name)
+
+
+def labels_in_frame(labels, shape: tuple[int, int], mpp: float | None, world_mpp: float | None,
+                    slide_name: str = "slide") -> Segmentation:
+    """The cells of a Labels layer in the world frame of a slide of ``shape`` full-resolution px.
+
+    The frame is in µm when ``world_mpp`` is set, else in full-resolution pixels (:mod:`.layers`).
+    The layer's scale against it gives its full-resolution pixels per label pixel; a layer not
+    placed on the slide (another scale on each axis, or shifted by more than a label pixel) is
+    refused with one line, as an empty one is.
     """
     import numpy as np
 
-    path, image_scale, mpp, world_mpp = slide_placement(slide)
     u = world_mpp or 1.0
-    with open_slide(path) as opened:
-        shape = (round(opened.shape[0] / image_scale), round(opened.shape[1] / image_scale))
     scale = np.asarray(labels.scale, np.float64)[-2:] / u
     if not np.isclose(scale[0], scale[1], rtol=1e-3):
         raise InputError(f"the labels layer '{labels.name}' has another scale along each axis ({scale[0]:g} x "
@@ -122,7 +132,7 @@ def layer_segmentation(labels, slide) -> Segmentation:
     f = float(scale.mean())
     expected = (0.5 * f - 0.5) * u
     if np.any(np.abs(np.asarray(labels.translate, np.float64)[-2:] - expected) > f * u):
-        raise InputError(f"the labels layer '{labels.name}' is shifted against the slide '{slide.name}' "
+        raise InputError(f"the labels layer '{labels.name}' is shifted against the slide '{slide_name}' "
                          "(by more than one of its pixels); place it on the slide first")
     data = labels.data[0] if labels.multiscale else labels.data
     return segmentation_of_array(data, shape, mpp=mpp, scale=f, source=f"labels layer {labels.name}")

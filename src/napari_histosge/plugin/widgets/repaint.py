@@ -17,9 +17,9 @@ from .layers import (
     ROLE_HEATMAP,
     ROLE_UNCERTAINTY,
     bin_values,
-    grid_info,
     is_prediction,
     layer_values,
+    map_kind,
     spot_colours,
 )
 
@@ -83,9 +83,7 @@ def heatmap_name(layer, gene: str) -> str:
     """The name of heatmap ``layer`` showing ``gene``: gene, fold (or grid) and what it shows."""
     meta = layer.metadata[META_KEY]
     label = "heatmap" if meta.get("values_layer") is None else "uncertainty (std)"
-    info = meta["adata"].uns.get(META_KEY, {})
-    fold = "grid" if grid_info(meta["adata"]) is not None else f"{info.get('fold', '')}x"
-    return f"{gene} {fold} {label}"
+    return f"{gene} {map_kind(meta['adata'])} {label}"
 
 
 def rename_hidden(layer, gene: str) -> None:

@@ -3,8 +3,10 @@
 The positions are one of the products the chosen model makes
 (:mod:`napari_histosge.training.products`): the N-fold lattice (HisToSGE, conditioned), a grid of
 square cells of a chosen size in µm (``subspot``), shown as a raster heatmap masked to the
-tissue, or a product a model brings. The options shown are the chosen product's declared
-settings (:class:`~.settings_form.SettingsForm`). "Predict on this slide" predicts a slide
+tissue, segmented cells (``subspot``: a Labels or Shapes layer of the viewer, detected nuclei or a file;
+each cell painted over its own pixels), or a product a model brings. The options shown are the
+chosen product's declared settings (:class:`~.settings_form.SettingsForm`); the cells' source is
+chosen among the viewer's layers instead of typed. "Predict on this slide" predicts a slide
 image opened without spots (an unmeasured H&E) on the model's spot lattice or a µm grid over its tissue.
 """
 
@@ -21,12 +23,14 @@ from ...pipeline import products as builtin_products
 from ...progress import CancelToken, Progress
 from ...slide.grid_size import MIN_GRID_UM
 from ...training.products import get_product, registered_products
+from .cell_sources import CELLS_FILE, DETECT_NUCLEI, cells_choices, labels_layer_segmentation, shapes_layer_segmentation
 from .layers import (
     ROLE_HEATMAP,
     ROLE_PRED_SPOTS,
     ROLE_SLIDE,
     grid_info,
     histosge_meta,
+    is_cells,
     layers_with_role,
     prediction_layers,
 )
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 FROM_FILE = "checkpoint file..."
 #: The built-in products' names (:mod:`napari_histosge.pipeline.products`, a light module).
 LATTICE, GRID = builtin_products.LATTICE.name, builtin_products.GRID.name
+#: The option of a product that names its cells (:class:`~napari_histosge.pipeline.products.CellsOptions`).
+CELLS_OPTION = "cells"
 #: Positions on a bare slide: the model's spot lattice over the tissue, or a grid of µm cells.
 SLIDE_LATTICE, SLIDE_GRID = "spot lattice", "µm grid"
 
@@ -126,6 +132,29 @@ def product_job(model, adata, product: str, options: dict[str, Any], scheduler: 
     return (yield from superresolve(model, adata, product=product, scheduler=scheduler, cancel=cancel, **options))
 
 
+def cells_job(model, adata, cells, options: dict[str, Any], scheduler: str | None, cancel: CancelToken):
+    """The cells product with its segmentation kept for the layers: found or read, predicted, then painted.
+
+    ``cells`` is ``"nuclei"``, a file path, or a Labels or Shapes layer (read in this worker
+    thread). A generator for :func:`~.worker.start_job`; returns ``(predictions, layer data)``.
+    """
+    import napari.layers
+
+    from ...pipeline.cell_maps import section_cells
+
+    if isinstance(cells, napari.layers.Shapes):
+        cells = shapes_layer_segmentation(cells, adata)
+    elif not isinstance(cells, str):
+        cells = labels_layer_segmentation(cells, adata)
+    seg = yield from section_cells(cells, adata, label_scale=options.pop("label_scale", None), cancel=cancel)
+    pred = yield from product_job(model, adata, builtin_products.CELLS.name, {**options, CELLS_OPTION: seg},
+                                  scheduler, cancel)
+    yield Progress("layers", 0, 1, "painting the cells")
+    layers = prediction_layers(pred, source_adata=adata, segmentation=seg)
+    yield Progress("layers", 1, 1)
+    return pred, layers
+
+
 def product_choices(model) -> list[tuple[str, str]]:
     """``(label, name)`` of the products ``model`` makes, or of every registered product when it is not loaded."""
     products = registered_products() if model is None else [get_product(name) for name in model.products]
@@ -148,7 +177,15 @@ class SuperResolveWidget(Container):
                                   tooltip="what the model makes: " + "; ".join(
                                       f"{p.label}: {p.help}" for p in registered_products()))
         #: The chosen product's options, generated from its declared settings.
-        self.product_options = SettingsForm(what="option")
+        self.product_options = SettingsForm(what="option", skip=frozenset({CELLS_OPTION}))
+        self.cells_from = ComboBox(label="cells from", choices=lambda _w: cells_choices(viewer),
+                                   tooltip="the cells: a Labels layer of the viewer (StarDist, Cellpose, painted), "
+                                           "a Shapes layer of cell outlines, "
+                                           "nuclei detected on the slide, or a label image / GeoJSON file")
+        self.cells_file = FileEdit(label="cells file", mode=FileDialogMode.EXISTING_FILE, value=None,
+                                   filter="*.tif *.tiff *.png *.npy *.geojson *.json",
+                                   tooltip="a label image (0 = background) or GeoJSON polygons in the slide's "
+                                           "full-resolution pixels")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto", tooltip=setting_tip("device"))
         self.scheduler = LineEdit(label="dask scheduler", value="",
                                   tooltip="empty: features and prediction in napari's process; 'local': "
@@ -173,7 +210,8 @@ class SuperResolveWidget(Container):
                                                  "the slide positions in the background")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
-        self.extend([self.data, self.model, self.checkpoint, self.positions, self.product_options, self.device,
+        self.extend([self.data, self.model, self.checkpoint, self.positions, self.cells_from, self.cells_file,
+                     self.product_options, self.device,
                      self.scheduler, self.run_button, self.slide, self.slide_positions, self.slide_grid_um,
                      self.slide_mpp, self.predict_button, self.cancel_button, self.status])
         self.native.layout().addWidget(self.models_panel.native)  # full width, below the form
@@ -187,6 +225,7 @@ class SuperResolveWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._sync_products)
         self.positions.changed.connect(self._sync_visibility)
+        self.cells_from.changed.connect(self._sync_visibility)
         self.slide_positions.changed.connect(self._sync_visibility)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
@@ -227,6 +266,11 @@ class SuperResolveWidget(Container):
         options = None if self.positions.value is None else get_product(self.positions.value).options
         if options is not None and options is not self.product_options.settings_class:
             self.product_options.show_class(options)  # the chosen product's own options
+        takes_cells = options is not None and CELLS_OPTION in get_product(self.positions.value).option_names()
+        self.cells_from.visible = takes_cells
+        self.cells_file.visible = takes_cells and self.cells_from.value == CELLS_FILE
+        if "label_scale" in self.product_options.fields:  # a label image file's scale; a layer has its own
+            self.option("label_scale").visible = self.cells_file.visible
         self.slide_grid_um.visible = self.slide_positions.value == SLIDE_GRID
 
     def run(self, *_: Any) -> None:
@@ -253,14 +297,47 @@ class SuperResolveWidget(Container):
             show_error(str(exc))
             return
         scheduler = scheduler_value(self.scheduler.value)
+        cells = self._cells_choice(product, options)
+        if cells is False:
+            return
         self.token = token = CancelToken()
 
         def make_gen():  # runs in the worker thread, checkpoint loading included
+            if cells is not None:
+                return cells_job(load(), adata, cells, options, scheduler, token)
             return with_layers(product_job(load(), adata, product.name, options, scheduler, token), adata)
 
         self._adata = adata
         what = product.label + "".join(f", {name.replace('_', ' ')} {value}" for name, value in options.items())
         self._start(make_gen, f"super-resolving: {what}...", f"super-resolution ({what})")
+
+    def _cells_choice(self, product, options: dict[str, Any]):
+        """The cells the chosen product is asked for (``None``: it takes none), or ``False`` after telling why not.
+
+        A file or the detector is checked with the other options at once, as the command line does.
+        """
+        from napari.utils.notifications import show_error
+
+        if CELLS_OPTION not in product.option_names():
+            return None
+        choice = self.cells_from.value
+        if choice == CELLS_FILE:
+            text = "" if self.cells_file.value is None else str(self.cells_file.value)
+            choice = "" if text in ("", ".") else text
+        elif choice == DETECT_NUCLEI:
+            choice = builtin_products.NUCLEI
+        if isinstance(choice, str):
+            if not choice:
+                show_error("Choose the cells' label image or GeoJSON file, a Labels layer, or detect nuclei.")
+                return False
+            try:
+                product.make_options({**options, CELLS_OPTION: choice})
+            except InputError as exc:
+                show_error(str(exc))
+                return False
+        else:
+            options.pop("label_scale", None)  # a layer carries its own scale
+        return choice
 
     def _model_loader(self):
         """A zero-argument loader of the chosen model (run in the worker), or ``None`` after telling why not."""
@@ -347,7 +424,7 @@ class SuperResolveWidget(Container):
         if self._model_path is not None:
             pred.uns["histosge"]["model_path"] = self._model_path
         self.added_layers = add_prediction_layers(self.viewer, pred, self._adata, layers=layers)
-        kind = "grid cells" if grid_info(pred) is not None else "positions"
+        kind = "grid cells" if grid_info(pred) is not None else "cells" if is_cells(pred) else "positions"
         set_status(self.status, f"{pred.n_obs} {kind} x {pred.n_vars} genes")
 
     def _on_crash(self, exc: Exception) -> None:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import napari
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
-EXTRACTORS = ["default", "uni", "timm", "hub", "none"]
+EXTRACTORS = ["default", "nuclei", "default+nuclei", "uni", "timm", "hub", "none"]
 #: The genes choices: ranked by a method of ``select_genes`` (its name), or the user's own list.
 GENES_SPATIAL, GENES_HVG, GENES_BOTH, GENES_LIST = ("spatially variable", "highly variable", "both",
                                                     "my gene list")
@@ -193,7 +193,8 @@ class TrainWidget(Container):
     def _add_feature_controls(self) -> None:
         """How image features are extracted."""
         self.extractor = ComboBox(label="features", choices=EXTRACTORS, value="default",
-                                  tooltip="default: weight-free colour/texture; uni: UNI checkpoint; "
+                                  tooltip="default: weight-free colour/texture; nuclei: nucleus morphometrics "
+                                          "(needs the pixel size); default+nuclei: both; uni: UNI checkpoint; "
                                           "timm: any timm backbone; hub: a timm model of the Hugging Face hub "
                                           "(e.g. bioptimus/H-optimus-0), from its folder on disk or the hub; "
                                           "none: positions only")
