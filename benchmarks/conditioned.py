@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                 rows.append(_row(name, adata.n_obs, "6-NN baseline", s, "baseline", 0.0, float("nan")))
             row = _row(name, adata.n_obs, label, s, "model", result.timings["fit_s"], wall)
             if cfg.model == "conditioned":
-                row["best_epoch"] = result.model.meta.get("best_epoch")
+                row["best_epoch"] = result.model.meta.best_epoch
                 row["companion_weight"] = result.model.blend_weight
             if label.startswith("conditioned (all"):
                 row.update(domain_ari(path, adata, result))

@@ -97,12 +97,13 @@ def _recovery_row(adata, label, hvg, top, config, features, hidden_ceilings, ini
             "baseline_hvg": _mean_pcc(result.baseline_metrics, hvg),
             "ceiling_top50": _ceiling(hidden_ceilings, top), "ceiling_hvg": _ceiling(hidden_ceilings, hvg),
             "best_epoch": kept_epoch(result.model.meta), "wall_s": time.perf_counter() - t0,
-            "companion_weight": result.model.meta.get("histosge", {}).get("weight")}
+            "companion_weight": (result.model.meta.histosge or {}).get("weight")}
 
 
-def kept_epoch(meta: dict):
-    """The epoch a run kept: its best on the validation spots, or the last of its fixed schedule."""
-    return meta.get("best_epoch") if meta.get("best_epoch") is not None else meta.get("schedule_epochs")
+def kept_epoch(meta):
+    """The epoch a run kept (``meta``: its ``ModelMeta``): its best on the validation spots, or the last of its
+    fixed schedule."""
+    return meta.best_epoch if meta.best_epoch is not None else meta.schedule_epochs
 
 
 def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
@@ -136,7 +137,7 @@ def run_section(held: str, group: dict, feats: dict, args) -> list[dict]:
         "" if args.extractor == "default" else f", {args.extractor} features")
     for label, m, wall in ((HE_ALONE + stained, model, fit_s), (HE_AVERAGED + stained, averaged, averaged_s)):
         ev = evaluate_predictions(run_to_end(predict_spots(m, adata, features=feats[held])), adata)
-        span = m.meta.get("averaged_epochs")
+        span = m.meta.averaged_epochs
         epoch = kept_epoch(m.meta) if not span else f"{span[0]}-{span[1]}"
         rows.append({**base, "variant": label, "pcc_top50": _mean_pcc(ev.metrics, top_here),
                      "pcc_hvg": _mean_pcc(ev.metrics, hvg_here), "ceiling_top50": _ceiling(everywhere, top_here),

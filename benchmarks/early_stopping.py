@@ -72,10 +72,10 @@ def default_run(adata, features, seed: int, holdout: float) -> dict:
     result = run_to_end(recover(adata, holdout=holdout, seed=seed, train_config=config,
                                 features=features))
     s, meta = result.summary(), result.model.meta
-    return {"kept_epoch": meta.get("best_epoch") or meta.get("schedule_epochs"),
-            "rule": "schedule" if meta.get("schedule_epochs") else "early stopping",
-            "stopped_at": meta.get("stopped_at", len(meta["history"])),
-            "n_validation_spots": meta.get("n_validation_spots"), "n_train_spots": len(result.train_ids),
+    return {"kept_epoch": meta.best_epoch or meta.schedule_epochs,
+            "rule": "schedule" if meta.schedule_epochs else "early stopping",
+            "stopped_at": meta.stopped_at if meta.stopped_at is not None else len(meta.history),
+            "n_validation_spots": meta.n_validation_spots, "n_train_spots": len(result.train_ids),
             "pcc_hvg": s["model"]["mean_pcc"], "pcc_top50": s["model_top_mean"]["mean_pcc"],
             "baseline_hvg": s["baseline"]["mean_pcc"], "baseline_top50": s["baseline_top_mean"]["mean_pcc"],
             "wall_s": time.perf_counter() - t0}

@@ -47,7 +47,7 @@ def measure(path: Path) -> dict:
     t0 = time.perf_counter()
     model = hs.fit(adata, train_config=hs.train_config("subspot"))
     fit_s = time.perf_counter() - t0
-    xy, diameter = np.asarray(adata.obsm["spatial"]), float(model.meta["spot_diameter_px"])
+    xy, diameter = np.asarray(adata.obsm["spatial"]), float(model.meta.spot_diameter_px)
     discs = {}
     for mode in CONSISTENCY:
         t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def measure(path: Path) -> dict:
         discs[mode] = {**disc_contrast_ratio(grid, xy, diameter), "cells": int(grid.n_obs),
                        "seconds": time.perf_counter() - t0}
         print(f"  {mode}: ratio {discs[mode]['ratio']:.2f}", flush=True)
-    return {"glass": glass, "discs": discs, "cell_um": model.meta.get("cell_um"), "fit_s": fit_s,
+    return {"glass": glass, "discs": discs, "cell_um": model.meta.cell_um, "fit_s": fit_s,
             "default": DEFAULT_CONSISTENCY}
 
 

@@ -66,10 +66,11 @@ def run_variant(adata, name, train_config, feature_config, features, args):
         "pcc_all_spots_incl_training": s["model_all_spots_incl_training"]["mean_pcc"],
         "fit_s": result.timings.get("fit_s", float("nan")), "wall_s": wall,
         # Early stopping: the epoch whose weights were kept, and where training ended.
-        "best_epoch": result.model.meta.get("best_epoch"),
-        "epochs_run": result.model.meta.get("stopped_at", len(result.model.meta.get("history", []))),
+        "best_epoch": result.model.meta.best_epoch,
+        "epochs_run": (result.model.meta.stopped_at if result.model.meta.stopped_at is not None
+                       else len(result.model.meta.history)),
         # A small section's fixed schedule on every training spot (no epoch chosen).
-        "schedule_epochs": result.model.meta.get("schedule_epochs"),
+        "schedule_epochs": result.model.meta.schedule_epochs,
         # The conditioned model's HisToSGE companion: its weight in the prediction.
         "companion_weight": getattr(result.model, "blend_weight", None),
     }

@@ -34,7 +34,7 @@ if step == "fit":
     config = hs.train_config("subspot", image_modulation=image == "1")
     model = hs.run(hs.steps.fit(adata, train_config=config))
     model.save(model_path)
-    out = {"cells": None, "genes": len(model.genes), "cell_um": model.meta.get("cell_um")}
+    out = {"cells": None, "genes": len(model.genes), "cell_um": model.meta.cell_um}
 else:
     model = hs.load_model(model_path, device="cpu")
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ def time_fold(adata, model, fold: int, repeats: int, rng: np.random.Generator) -
     from napari_histosge.prediction.pieces import predict_in_pieces
     from napari_histosge.progress import run_to_end
 
-    d = int(model.meta["n_features"])
+    d = int(model.meta.n_features or 0)
     pos_s, pred_s, cpu_s = [], [], []
     for _ in range(repeats):
         c0 = time.process_time()
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
               f"predict {r['predict_s']:.2f} s, total {r['total_median_s']:.2f} s", flush=True)
     payload = {"machine": info, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
                "section": "dlpfc/151676", "n_spots": int(adata.n_obs), "n_genes": len(model.genes),
-               "feature_dim": int(model.meta["n_features"]), "train_epochs": args.train_epochs,
+               "feature_dim": int(model.meta.n_features or 0), "train_epochs": args.train_epochs,
                "target_s": TARGET_S, "rows": rows}
     publish("superres_speed", payload, render(payload), doc=not args.no_doc)
     return 0

@@ -111,7 +111,7 @@ def run(args) -> dict:
     timer.stop()
     outcome = train.last_outcome
     ok = outcome is not None and outcome.value is not None
-    history = train.last_model.meta.get("history", []) if ok else []
+    history = train.last_model.meta.history if ok else []
     result = {
         "n_spots": n_spots, "epochs": args.epochs, "n_genes_requested": args.n_genes, "trained": ok,
         "status": train.status.value, "job_s": (state["t_end"] or time.perf_counter()) - state["t_start"],

@@ -15,6 +15,7 @@ from napari_histosge.io import require_spot_image
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p
 from napari_histosge.pipeline import cell_maps, grid_maps
 from napari_histosge.slide.cell_grid import CellGrid
+from napari_histosge.training.model_meta import ModelMeta
 
 #: Synthetic nuclei: discs of this radius on a jittered lattice of this pitch (full-res px of the demo slide).
 RADIUS_PX, PITCH_PX = 3, 12
@@ -106,7 +107,7 @@ def test_features_are_a_model_size_square_at_each_centroid(demo, fitted):
     path, scale = require_spot_image(demo)
     rng = np.random.default_rng(1)
     xy = np.asarray(demo.obsm["spatial"])[rng.choice(demo.n_obs, 40, replace=False)] + rng.uniform(-20, 20, (40, 2))
-    model = SimpleNamespace(uses_image=True, meta={"cell_px": fitted.cell_px, "n_features": n_cell_features()})
+    model = SimpleNamespace(uses_image=True, cell_px=fitted.cell_px, meta=ModelMeta(n_features=n_cell_features()))
     sampled = hs.run(cell_maps.features_at(model, demo, xy))
     # Each centroid's own square, read directly: one-cell grids centred on it.
     own = np.stack([hs.run(cell_features(path, scale, CellGrid(fitted.cell_px, tuple(p), (1, 1))))[0] for p in xy])

@@ -51,7 +51,7 @@ def test_recover_and_evaluate_report_the_same_genes_and_scores(demo_dir: Path, t
     assert every.groups()[:3] == scored.groups()
     # The spots the network fitted and those it held back to choose its epoch, both named truthfully.
     split = ad.read_h5ad(hidden).uns["split"]
-    held = load_model(tmp_path / "m.pt", device="cpu").meta["n_validation_spots"]
+    held = load_model(tmp_path / "m.pt", device="cpu").meta.n_validation_spots
     assert held > 0
     assert f"(trained on {len(split['train']) - held} ({held} held for validation))" in recovered
 
@@ -65,7 +65,7 @@ def test_train_predict_evaluate(demo_dir: Path, tmp_path: Path, capsys: pytest.C
     assert "epochs: 3 on every training spot, as asked" in capsys.readouterr().out
     assert main(["train", str(demo_dir), "--out", str(model), "--epochs", "3", "--n-genes", "10",
                  "--min-validation-spots", "0", "--quiet"]) == 0
-    kept = load_model(model, device="cpu").meta["best_epoch"]
+    kept = load_model(model, device="cpu").meta.best_epoch
     out = capsys.readouterr().out
     assert f"epochs: 3 of at most 3; kept the weights of epoch {kept}" in out
     assert "validation PCC (mean per gene, " in out
@@ -144,17 +144,17 @@ def test_conditioned_model_writes_uncertainty(demo_dir: Path, demo_section, tmp_
     saved = load_model(model, device="cpu")
     assert saved.config.kriging_rank == 0 and saved.model.basis.shape[1] == 0 and saved.config.val_fraction == 0
     assert len(saved.companions) == saved.config.histosge_members == 1
-    assert saved.meta["kriging"]["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
+    assert saved.meta.kriging["share"] == {"plain": 1.0}  # rank 0: every gene kriged alone
     no_trend = tmp_path / "no_trend.pt"
     assert main(["train", str(demo_dir), "--model", "conditioned", "--epochs", "1", "--n-genes", "10",
                  "--no-image-trend", "--no-depth-term", "--histosge-weight", "0", "--out", str(no_trend),
                  "--quiet"]) == 0
     saved_no_trend = load_model(no_trend, device="cpu")
-    assert not saved_no_trend.config.image_trend and not saved_no_trend.meta["kriging"]["image_trend"]
+    assert not saved_no_trend.config.image_trend and not saved_no_trend.meta.kriging["image_trend"]
     assert saved_no_trend.config.histosge_weight == 0 and saved_no_trend.companions == ()
-    assert "drift" not in saved_no_trend.meta["kriging"]["share"]
-    assert not saved_no_trend.config.depth_term and "depth_term" not in saved_no_trend.meta
-    assert saved.config.depth_term and "depth_term" in saved.meta  # on by default
+    assert "drift" not in saved_no_trend.meta.kriging["share"]
+    assert not saved_no_trend.config.depth_term and saved_no_trend.meta.depth_term is None
+    assert saved.config.depth_term and saved.meta.depth_term is not None  # on by default
     sr = tmp_path / "sr.h5ad"
     assert main(["superresolve", str(model), str(demo_dir), "--fold", "4", "--out", str(sr), "--quiet"]) == 0
     result = ad.read_h5ad(sr)

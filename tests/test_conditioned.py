@@ -121,9 +121,10 @@ def test_the_image_at_a_new_position_moves_the_prediction():
         return (mean(feats[test], rgb[test]) - mean(feats[test][swap], rgb[test][swap])).abs().mean(0).detach().numpy()
 
     model = run_to_end(train(_data(train_rows, arrays), cfg))
-    assert model.meta["kriging"]["image_trend"] and model.meta["kriging"]["share"]["drift"] > 0
+    assert model.meta.kriging["image_trend"] and model.meta.kriging["share"]["drift"] > 0
+    assert model.meta.extra == {}  # every entry training writes is a declared field of its metadata
     off = run_to_end(train(_data(train_rows, arrays), train_config(**{**cfg.to_dict(), "image_trend": False})))
-    assert not off.meta["kriging"]["image_trend"] and "drift" not in off.meta["kriging"]["share"]
+    assert not off.meta.kriging["image_trend"] and "drift" not in off.meta.kriging["share"]
     drift = model.model.choice.numpy() == 2
     # Without the trend only the barely trained learned parts see the image.
     assert image_effect(model)[drift].mean() > 5 * image_effect(off)[drift].mean()
@@ -158,7 +159,7 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
     # Same spots and validation split, different initial weights.
     assert members[0].config.seed == members[1].config.seed == cfg.seed
     assert [m.config.init_seed for m in members] == [cfg.seed, cfg.seed + 1]
-    assert members[0].meta["n_validation_spots"] == members[1].meta["n_validation_spots"] > 0
+    assert members[0].meta.n_validation_spots == members[1].meta.n_validation_spots > 0
     # Trained first on the same spots, never by the conditioned losses: as if trained alone.
     query = pos + 41.0
     alone = [run_to_end(train(data, companion_config(cfg, m))).predict(feats, rgb, query) for m in (0, 1)]
@@ -166,18 +167,18 @@ def test_the_histosge_companion_is_trained_apart_and_blended_in():
         np.testing.assert_allclose(member.predict(feats, rgb, query), own, atol=1e-5)
     assert not np.allclose(alone[0], alone[1])
     blended = model.predict(feats, rgb, query)
-    assert model.blend_weight == 0.5 and model.meta["histosge"]["weight"] == 0.5
-    model.meta["histosge"]["weight"] = 0.0
+    assert model.blend_weight == 0.5 and model.meta.histosge["weight"] == 0.5
+    model.meta.histosge["weight"] = 0.0
     conditioned_only = model.predict(feats, rgb, query)
     np.testing.assert_allclose(blended, 0.5 * conditioned_only + 0.25 * (alone[0] + alone[1]), atol=1e-5)
     assert not np.allclose(blended, conditioned_only)
     assert "the mean of 2 models" in model.training_summary()
-    n_val = model.meta["n_validation_spots"]
-    assert n_val > 0 and model.meta["best_val_pcc"] >= max(s for _, s in model.meta["val_history"])
+    n_val = model.meta.n_validation_spots
+    assert n_val > 0 and model.meta.best_val_pcc >= max(s for _, s in model.meta.val_history)
     assert f"validation PCC (mean per gene, {n_val} spots" in model.training_summary()
     # Without a companion nothing is blended and nothing extra is trained.
     plain, events = run_collecting(train(data, replace(cfg, histosge_weight=0.0)))
-    assert plain.companions == () and "histosge" not in plain.meta and plain.blend_weight == 0
+    assert plain.companions == () and plain.meta.histosge is None and plain.blend_weight == 0
     assert not [e for e in events if e.stage.startswith("histosge")]
 
 
@@ -198,7 +199,7 @@ def test_the_companion_weight_is_chosen_on_its_validation_spots(tmp_path):
     arrays = _field(n=150)
     data = _data(np.arange(150), arrays)
     model = run_to_end(train(data, train_config(epochs=2, **SMALL), checkpoint_path=tmp_path / "m.pt"))
-    info = model.meta["histosge"]
+    info = model.meta.histosge
     scores = info["validation_pcc"]
     assert set(scores) == set(BLEND_WEIGHTS) and info["weight"] == max(scores, key=scores.get)
     assert model.blend_weight == info["weight"]
@@ -225,10 +226,10 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     half = tmp_path / "half.pt"
     run_to_end(train(data, train_config(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=half))
     resumed, events = run_collecting(train(data, cfg, resume=half))
-    np.testing.assert_allclose(resumed.meta["history"], model.meta["history"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(resumed.meta.history, model.meta.history, rtol=1e-4, atol=1e-6)
     # The saved kriging is reused, not refitted (the refit is the slow part on a big section).
     assert not [e for e in events if e.stage == "kriging"]
-    assert resumed.meta["kriging"] == model.meta["kriging"]
+    assert resumed.meta.kriging == model.meta.kriging
     np.testing.assert_array_equal(resumed.gene_estimators(), model.gene_estimators())
     other = _data(np.arange(90), arrays)
     with pytest.raises(InputError, match="different spots"):
@@ -281,7 +282,7 @@ def test_hidden_spots_cannot_leak_into_recovery():
     cfg = train_config(epochs=3, n_top_genes=20, **SMALL)
     first = run_to_end(recover(adata, holdout=0.5, seed=3, train_config=cfg, features=features))
     # The sequencing-depth term is on, so the hidden spots' totals could leak through it too.
-    assert first.model.meta["depth_term"]["genes"] > 0
+    assert first.model.meta.depth_term["genes"] > 0
     changed = adata.copy()
     hidden = changed.obs_names.get_indexer(first.test_ids)
     x = changed.X.toarray()
@@ -335,7 +336,7 @@ def test_uncertainty_survives_early_stopping_at_the_start():
     arrays = (feats, rgb, pos, noise)
     model, events = run_collecting(
         train(_data(np.arange(len(pos)), arrays), train_config(epochs=4, **{**SMALL, "lr": 3e-2})))
-    assert model.meta["best_epoch"] == 0
+    assert model.meta.best_epoch == 0
     assert [e.step for e in events if e.stage == "uncertainty"] == [1, 2, 3, 4]
     _, std = model.predict(feats[:20], rgb[:20], pos[:20], return_std=True)
     assert std.max() > 0.05

@@ -23,6 +23,7 @@ with the reason it is not a measurement.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import statistics
@@ -259,6 +260,18 @@ def test_architecture_tree_matches_the_package():
                if package in folder.parents}
     drawn = _tree_paths((REPO / "docs" / "architecture.md").read_text())
     assert sorted(actual - drawn) == [] and sorted(drawn - actual) == []
+
+
+def test_the_model_metadata_tables_are_current():
+    """docs/architecture.md's tables of a model's metadata are generated from the dataclasses."""
+    spec = importlib.util.spec_from_file_location("render_model_meta", REPO / "scripts" / "render_model_meta.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split(script.START, 1)[1].split(script.END, 1)[0]
+    assert block.strip() == script.rendered().strip(), "run: python scripts/render_model_meta.py"
+    assert "| `cell_px` |" in block and "| `kriging` |" in block and "| `history` |" in block
 
 
 def test_every_result_has_one_generated_block():

@@ -75,7 +75,9 @@ def test_a_sparse_gene_gets_about_its_true_weight_not_full_weight():
 def test_weight_zero_changes_nothing(demo, prior_path, monkeypatch):
     monkeypatch.setattr(histology_prior, "choose_weights", lambda pattern, *a, **k: np.zeros(pattern.shape[1]))
     with_prior, without = _subspot(demo, prior=str(prior_path)), _subspot(demo)
-    assert with_prior.meta["histology_prior"]["genes_kept"] == 0 and not with_prior.uses_image
+    assert with_prior.meta.histology_prior["genes_kept"] == 0 and not with_prior.uses_image
+    prior = load_model(prior_path, device="cpu")
+    assert prior.meta.extra == {} and prior.meta.cell_um is not None  # the cellridge entries are declared
     first = hs.superresolve_grid(with_prior, demo, mask=None)
     second = hs.superresolve_grid(without, demo, mask=None)
     assert np.array_equal(first.X, second.X)
@@ -161,16 +163,16 @@ def _genes_renamed(model):
 
 
 def _platform_visium(model):
-    for section in model.meta["sections"]:
+    for section in model.meta.sections:
         section["platform"] = "visium"
 
 
 def _cells_doubled(model):
-    model.meta["cell_um"] = 2 * model.meta["cell_um"]
+    model.meta.cell_um = 2 * model.meta.cell_um
 
 
 def _mpp_tripled(model):
-    for section in model.meta["sections"]:
+    for section in model.meta.sections:
         section["mpp"] = 3 * section["mpp"]
 
 

@@ -221,8 +221,8 @@ def test_cli_trains_and_predicts_with_a_hub_folder(hub_dir, tmp_path, demo_dir, 
     assert main(["train", str(demo_dir), "--out", str(model), "--extractor", "hf:org/tiny", "--weights",
                  str(hub_dir), "--epochs", "2", "--n-genes", "8", "--quiet"]) == 0
     loaded = load_model(model)
-    assert loaded.meta["feature_identity"].startswith("hf:org/tiny|")
-    assert loaded.meta["features"]["checkpoint"] == str(hub_dir)
+    assert loaded.meta.feature_identity.startswith("hf:org/tiny|")
+    assert loaded.meta.features["checkpoint"] == str(hub_dir)
     out = tmp_path / "p.h5ad"
     assert main(["predict", str(model), str(demo_dir), "--out", str(out), "--quiet"]) == 0
     assert np.isfinite(np.asarray(ad.read_h5ad(out).X)).all()

@@ -40,7 +40,7 @@ def test_a_run_from_a_model_starts_from_its_weights_and_says_so(demo, prior_path
     assert tuned.genes == prior.genes
     start, now = _weights(prior), _weights(tuned)
     assert all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
-    assert tuned.meta["init"]["path"] == str(prior_path) and tuned.meta["init"]["model"] == "histosge"
+    assert tuned.meta.init["path"] == str(prior_path) and tuned.meta.init["model"] == "histosge"
     fresh = run_to_end(fit(demo, train_config=train_config(**{**FAST, "epochs": 1, "lr": 1e-12}), train_ids=other))
     assert not all(np.allclose(start[k], v, atol=1e-6) for k, v in _weights(fresh).items())
 
@@ -71,7 +71,7 @@ def test_the_cli_fine_tunes_from_init_and_refuses_init_with_resume(demo_dir, pri
     assert main(["train", str(demo_dir), "--out", str(out), "--init", str(prior_path), "--epochs", "1",
                  "--val-fraction", "0", "--quiet"]) == 0
     tuned = load_model(out, device="cpu")
-    assert tuned.meta["init"]["path"] == str(prior_path)
+    assert tuned.meta.init["path"] == str(prior_path)
     assert tuned.config.dim == 32  # the init model's network settings, not the defaults
     assert main(["train", str(demo_dir), "--out", str(tmp_path / "x.pt"), "--init", str(prior_path),
                  "--resume", str(out)]) == 2
@@ -87,7 +87,7 @@ def test_recover_with_a_prior_names_the_model_it_saved(demo_dir, prior_path, tmp
                  "--epochs", "1", "--quiet"]) == 0
     info = ad.read_h5ad(out).uns["histosge"]
     assert info["model_path"] == str(saved.resolve())
-    assert load_model(saved, device="cpu").meta["init"]["path"] == str(prior_path)
+    assert load_model(saved, device="cpu").meta.init["path"] == str(prior_path)
 
 
 CONDITIONED_FAST = dict(epochs=1, histosge_epochs=1, histosge_members=2, n_top_genes=10, val_fraction=0.2)
@@ -98,17 +98,17 @@ def test_the_conditioned_model_starts_its_image_companion_from_the_model(demo, p
     prior = load_model(prior_path, device="cpu")
     config = train_config("conditioned", **{**CONDITIONED_FAST, "lr": 1e-12})
     tuned = run_to_end(fit(demo, train_config=config, init=prior))
-    assert tuned.genes == prior.genes and tuned.meta["init"]["path"] == str(prior_path)
+    assert tuned.genes == prior.genes and tuned.meta.init["path"] == str(prior_path)
     start = _weights(prior)
     assert len(tuned.model.histosge) == 2
     for member in tuned.model.histosge:  # each member starts from the prior (a learning rate near zero)
         now = {k: v.detach().cpu().numpy() for k, v in member.state_dict().items()}
         assert all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
-    assert all(m["meta"]["init"]["path"] == str(prior_path) for m in tuned.meta["histosge"]["members"])
+    assert all(m["meta"]["init"]["path"] == str(prior_path) for m in tuned.meta.histosge["members"])
     fresh = run_to_end(fit(demo, train_config=train_config("conditioned", **{**CONDITIONED_FAST, "lr": 1e-12,
                                                                           "dim": 32, "head_hidden": 32})))
     now = {k: v.detach().cpu().numpy() for k, v in fresh.model.histosge[0].state_dict().items()}
-    assert "init" not in fresh.meta and not all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
+    assert fresh.meta.init is None and not all(np.allclose(start[k], now[k], atol=1e-6) for k in start)
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_the_cli_recovers_with_the_conditioned_model_from_a_prior(demo_dir, prio
                  "--init", str(prior_path), "--epochs", "1", "--histosge-epochs", "1", "--histosge-members", "1",
                  "--quiet"]) == 0
     tuned = load_model(saved, device="cpu")
-    assert tuned.config.model == "conditioned" and tuned.meta["init"]["path"] == str(prior_path)
+    assert tuned.config.model == "conditioned" and tuned.meta.init["path"] == str(prior_path)
     assert list(ad.read_h5ad(out).var_names) == tuned.genes
 
 

@@ -153,17 +153,17 @@ def test_the_library_trains_on_at_most_max_bins_as_the_cli_does(hd: dict) -> Non
     adata = read_spots(hd["folder"], bin_um=8)
     config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=150, device="cpu")
     model = fit(adata, train_config=config, feature_config=FeatureConfig(extractor="none"))
-    assert model.meta["n_train_spots"] == 150 < adata.n_obs
+    assert model.meta.n_train_spots == 150 < adata.n_obs
     whole = fit(adata, train_config=train_config(epochs=1, n_top_genes=5, val_fraction=0.0, device="cpu"),
                 feature_config=FeatureConfig(extractor="none"))
-    assert whole.meta["n_train_spots"] == adata.n_obs  # fewer bins than the default limit: every one
+    assert whole.meta.n_train_spots == adata.n_obs  # fewer bins than the default limit: every one
     with pytest.raises(InputError, match="training setting max_bins must be an integer >= 1, got 0"):
         train_config(max_bins=0)
     # The hold-out protocol trains on at most max_bins of its training spots, and says so.
     from napari_histosge import recover
 
     result = recover(adata, holdout=0.5, train_config=config, feature_config=FeatureConfig(extractor="none"))
-    assert len(result.train_ids) == 150 == result.model.meta["n_train_spots"] and result.summary()["n_train"] == 150
+    assert len(result.train_ids) == 150 == result.model.meta.n_train_spots and result.summary()["n_train"] == 150
 
 
 def test_the_bin_limit_keeps_each_spot_with_its_own_precomputed_features(hd: dict, monkeypatch) -> None:
@@ -211,13 +211,13 @@ def test_a_model_trained_on_a_cut_section_records_the_whole_sections_box(hd: dic
     adata.uns["histosge"]["source"] = ""  # only the box tells the section (an .h5ad without its source)
     config = train_config(epochs=1, n_top_genes=5, val_fraction=0.0, max_bins=20, device="cpu")
     model = fit(adata, train_config=config, feature_config=FeatureConfig(extractor="none"))
-    assert model.meta["n_train_spots"] == 20
-    assert model.meta["section_box"] == section_box(adata) and is_training_section(model, adata)
+    assert model.meta.n_train_spots == 20
+    assert model.meta.section_box == section_box(adata) and is_training_section(model, adata)
     other = adata.copy()
     other.uns["histosge"]["library_id"] = "other"
     both = fit([adata, other], train_config=config, feature_config=FeatureConfig(extractor="none"))
     whole = np.stack(section_frame(adata.obsm["spatial"]))
-    assert np.allclose(both.meta["section_frames"], [whole, whole])
+    assert np.allclose(both.meta.section_frames, [whole, whole])
 
 
 # ---------------------------------------------------------------- bad input: one clear line each
@@ -313,5 +313,5 @@ def test_the_cli_trains_on_chosen_bins_and_at_most_max_bins(hd: dict, tmp_path: 
     assert main(["train", str(hd["folder"]), "--bin-um", "8", "--max-bins", "300", "--out", str(out),
                  "--extractor", "none", "--epochs", "2", "--n-genes", "5", "--val-fraction", "0", "--quiet"]) == 0
     model = load_model(out, device="cpu")
-    assert model.meta["n_train_spots"] == 300  # a seeded subset of the 8 µm bins
+    assert model.meta.n_train_spots == 300  # a seeded subset of the 8 µm bins
     assert main(["train", str(hd["folder"]), "--max-bins", "0", "--out", str(tmp_path / "x.pt")]) == 2

@@ -30,6 +30,7 @@ from napari_histosge.training.config import redefault, register_config
 from napari_histosge.training.engine import EpochHooks, run_epochs
 from napari_histosge.training.grouping import group_spots, pack_batches
 from napari_histosge.training.inputs import ModelInputs, TrainingData
+from napari_histosge.training.model_meta import ModelMeta
 from napari_histosge.training.trained_model import TrainedModel
 
 
@@ -100,8 +101,10 @@ def _train_tiny(data, config, *, checkpoint_path=None, resume=None, meta=None, c
         optimizer.step()
         return float(loss.detach())
 
-    trained = _TinyTrained(network, config, data.genes,
-                           {**(meta or {}), **inputs.to_meta(), "in_dim": x.shape[1], "n_features": x.shape[1] - 5})
+    record = ModelMeta.of(meta)
+    inputs.record(record)
+    record.in_dim, record.n_features = x.shape[1], x.shape[1] - 5
+    trained = _TinyTrained(network, config, data.genes, record)
     hooks = EpochHooks(model=network, fit_epoch=fit_epoch, optimizer_state=optimizer.state_dict)
     yield from run_epochs(hooks, trained, epochs=config.epochs, checkpoint_path=checkpoint_path)
     return trained
@@ -132,9 +135,9 @@ def test_a_registered_model_trains_saves_and_loads_through_the_registry(monkeypa
     config = train_config("tiny", dim=8, device="cpu")
     assert isinstance(config, _TinyConfig) and (config.epochs, config.lr, config.group_size) == (3, 0.05, 8)
     model = run_to_end(train(data, config, checkpoint_path=tmp_path / "tiny.pt", meta={"note": "x"}))
-    assert isinstance(model, _TinyTrained) and len(model.meta["history"]) == 3
+    assert isinstance(model, _TinyTrained) and len(model.meta.history) == 3
     loaded = load_model(tmp_path / "tiny.pt", device="cpu")
-    assert type(loaded) is _TinyTrained and loaded.config == config and loaded.meta["note"] == "x"
+    assert type(loaded) is _TinyTrained and loaded.config == config and loaded.meta.extra["note"] == "x"
     assert loaded.model.lin[0].out_features == 8  # built with the saved constructor settings
     np.testing.assert_array_equal(loaded.predict(data.features, data.mean_rgb, pos),
                                   model.predict(data.features, data.mean_rgb, pos))

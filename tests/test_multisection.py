@@ -73,7 +73,7 @@ def test_each_section_is_scaled_by_its_own_frame(sections) -> None:
     config = train_config(**FAST)
     model = run_to_end(fit([a, b], train_config=config, feature_config=POSITIONS_ONLY))
     moved = run_to_end(fit([a, far], train_config=config, feature_config=POSITIONS_ONLY))
-    assert model.meta["position_frame"] == "per_section" and len(model.meta["section_frames"]) == 2
+    assert model.meta.position_frame == "per_section" and len(model.meta.section_frames) == 2
     on_b = np.asarray(run_to_end(predict_spots(model, b, features=None)).X)
     # translating a section changes neither the training nor the predictions on it
     np.testing.assert_allclose(np.asarray(run_to_end(predict_spots(moved, far)).X), on_b, atol=1e-4)
@@ -135,8 +135,9 @@ def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_pat
     assert any(e.stage == "features" and "section 2/2 (demo#2)" in e.message for e in events)
     loaded = load_model(tmp_path / "m.pt", device="cpu")
     for key in ("position_frame", "section_frames", "sections", "position_jitter_px"):
-        assert loaded.meta[key] == model.meta[key]
-    assert [s["name"] for s in loaded.meta["sections"]] == ["demo", "demo#2"]
+        assert getattr(loaded.meta, key) == getattr(model.meta, key)
+    assert [s["name"] for s in loaded.meta.sections] == ["demo", "demo#2"]
+    assert loaded.meta.extra == {} and loaded.meta.section_box is None  # each section's box is in its record
     patches = []
     real_extract = pipeline.extract_features_at
 
@@ -149,7 +150,7 @@ def test_checkpoint_round_trip_and_superresolve_on_one_section(sections, tmp_pat
     assert sr.n_obs == 2 * b.n_obs and list(sr.var_names) == model.genes
     assert np.isfinite(sr.X).all()
     # patches are sized for the predicted section (its own pixel size), not the first one
-    assert patches == [patch_size_px(b, FeatureConfig())] and patches[0] != model.meta["patch_size_px"]
+    assert patches == [patch_size_px(b, FeatureConfig())] and patches[0] != model.meta.patch_size_px
     spots = run_to_end(predict_spots(loaded, b))
     np.testing.assert_allclose(np.asarray(spots.X), np.asarray(run_to_end(predict_spots(model, b)).X), atol=1e-5)
 
@@ -163,12 +164,12 @@ def test_cli_trains_on_two_real_sections(real_data: Path, tmp_path: Path, capsys
     assert main(argv) == 0
     assert "in 2 sections" in capsys.readouterr().out
     model = load_model(out, device="cpu")
-    assert [s["name"] for s in model.meta["sections"]] == ["B4", "C2"]
+    assert [s["name"] for s in model.meta.sections] == ["B4", "C2"]
     counts = [read_spots(p).n_obs for p in (b4, c2)]
     # A seeded 10% of each section (at least 20 spots where it allows) is held back for early stopping.
-    assert model.meta["n_train_spots"] + model.meta["n_validation_spots"] == sum(counts)
-    assert model.meta["n_train_spots_per_section"] == [c - validation_count(c, 0.1) for c in counts]
-    frames = np.asarray(model.meta["section_frames"])
+    assert model.meta.n_train_spots + model.meta.n_validation_spots == sum(counts)
+    assert model.meta.n_train_spots_per_section == [c - validation_count(c, 0.1) for c in counts]
+    frames = np.asarray(model.meta.section_frames)
     assert frames.shape == (2, 2, 2) and not np.allclose(frames[0], frames[1])
     assert main(["train", str(b4), str(c2), "--image", "x.jpg", "--out", str(out)]) == 2
     assert "--image" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_a_run_can_start_from_a_trained_model_and_takes_the_lock(make_napari_vie
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert widget.last_outcome.error is None
-    assert widget.last_model.meta["init"]["path"] == str(prior)
+    assert widget.last_model.meta.init["path"] == str(prior)
     assert not outputs.lock_path(fixed).exists()  # released when the run ended
     # A missing file is one clear error at Start, before any work.
     widget.init.value = str(tmp_path / "gone.pt")

@@ -45,7 +45,7 @@ def test_the_widget_trains_with_a_hub_folder(make_napari_viewer, demo_dir, hub_d
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert widget.last_outcome is not None and widget.last_outcome.error is None
     [name] = SESSION_MODELS.names()
-    assert SESSION_MODELS.get(name).model.meta["feature_identity"].startswith("hf:org/tiny|")
+    assert SESSION_MODELS.get(name).model.meta.feature_identity.startswith("hf:org/tiny|")
     SESSION_MODELS.clear()
 
 

@@ -132,7 +132,7 @@ def test_a_run_from_a_model_of_other_network_settings_trains(make_napari_viewer,
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert widget.last_outcome.error is None, widget.last_outcome.error
     model = widget.last_model
-    assert (model.config.dim, model.config.head_hidden) == (32, 32) and model.meta["init"]["path"] == str(prior_path)
+    assert (model.config.dim, model.config.head_hidden) == (32, 32) and model.meta.init["path"] == str(prior_path)
     SESSION_MODELS.clear()
 
 

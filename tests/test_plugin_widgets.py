@@ -122,7 +122,7 @@ def test_cancel_stops_training_and_keeps_loadable_checkpoint(demo_viewer, qtbot,
     epochs_seen = max(e.step for e in widget.events_seen if e.stage == "train")
     assert epochs_seen < 100_000
     model = load_model(widget.checkpoint_path, device="cpu")
-    assert 2 <= model.meta["epochs_done"] <= epochs_seen
+    assert 2 <= model.meta.epochs_done <= epochs_seen
     assert len(model.genes) == 20
     assert any("cancelled" in m for _, m in notifications)
     # the status says the run stopped, and what was kept where (not the last epoch's progress line)
@@ -161,8 +161,8 @@ def test_train_one_model_on_two_spots_layers(demo_viewer, demo_dir, qtbot, tmp_p
     n = histosge_meta(first)["adata"].n_obs
     model = load_model(widget.checkpoint_path, device="cpu")
     # Two demo sections hold back too few validation spots to stop early on: every spot trains.
-    assert model.meta["n_train_spots_per_section"] == [n] * 2 and model.meta["schedule_epochs"] == 2
-    assert model.meta["position_frame"] == "per_section"
+    assert model.meta.n_train_spots_per_section == [n] * 2 and model.meta.schedule_epochs == 2
+    assert model.meta.position_frame == "per_section"
     assert any(e.stage == "prepare" and "in 2 sections" in e.message for e in widget.events_seen)
     assert any(k == "info" and "Trained" in m for k, m in notifications)
     # The status ends with what the CLI prints after training: the epochs run and how they were chosen.

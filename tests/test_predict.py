@@ -84,7 +84,7 @@ def test_positions_in_any_order_are_named_and_kept_in_order(model, demo) -> None
 def test_diameter_sets_the_patch_as_in_training(model, demo) -> None:
     d = demo.uns["histosge"]["spot_diameter_px"]
     assert default_diameter(model, demo) == d
-    assert patch_geometry(model, demo) == (model.meta["patch_size_px"], model.meta["center_fraction"])
+    assert patch_geometry(model, demo) == (model.meta.patch_size_px, model.meta.center_fraction)
     fraction = FeatureConfig().patch_spot_fraction
     patch, centre = patch_geometry(model, demo, 2 * d)
     assert patch == pytest.approx(fraction * 2 * d) and centre == pytest.approx(1 / fraction)
@@ -102,7 +102,7 @@ def test_default_diameter_keeps_the_physical_size_on_another_pixel_size(model, d
     finer.uns["histosge"] = {**demo.uns["histosge"], "source": "elsewhere", "mpp": demo.uns["histosge"]["mpp"] / 2}
     finer.obsm["spatial"] = demo.obsm["spatial"] * 2
     assert not is_training_section(model, finer)
-    assert default_diameter(model, finer) == pytest.approx(2 * model.meta["spot_diameter_px"])
+    assert default_diameter(model, finer) == pytest.approx(2 * model.meta.spot_diameter_px)
 
 
 @pytest.mark.slow

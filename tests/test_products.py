@@ -8,7 +8,7 @@ the library, the command line and the Super-resolve widget run it without anothe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +236,7 @@ def constant_spots(model, adata, names, xy, positions, diameter, features, frame
 
 def test_a_model_brings_its_own_spot_prediction_and_an_unknown_one_is_one_line(toy, demo) -> None:
     model, _ = toy
-    own = OwnSpots(model.model, model.config, model.genes, {**model.meta, "spot_diameter_px": 50.0})
+    own = OwnSpots(model.model, model.config, model.genes, replace(model.meta, spot_diameter_px=50.0))
     with pytest.raises(InputError, match=r"^the toy-constant model predicts spots from 'toy-constant-spots', which "
                                          r"no spot predictor is registered for; known: cells, features$"):
         hs.predict_spots(own, demo)

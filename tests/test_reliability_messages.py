@@ -29,6 +29,7 @@ from napari_histosge.errors import InputError
 from napari_histosge.io import read_spots
 from napari_histosge.slide import flat_pyramid
 from napari_histosge.slide.open import open_slide
+from napari_histosge.training.model_meta import ModelMeta
 from test_io import make_st_v1
 
 
@@ -383,12 +384,12 @@ def test_a_model_used_on_another_platform_warns() -> None:
 
     with pytest.warns(UserWarning, match=r"sec: the model was trained on ST v1 spots of 100 µm but this section "
                                          r"is Visium with spots of 55 µm"):
-        warn_if_other_platform(ST_V1, _Section("visium", 212.0, 55 / 212))
-    several = {**ST_V1, "sections": [ST_V1, {**ST_V1, "spot_diameter_px": 140.0}]}
+        warn_if_other_platform(ModelMeta.from_dict(ST_V1), _Section("visium", 212.0, 55 / 212))
+    several = ModelMeta.from_dict({**ST_V1, "sections": [ST_V1, {**ST_V1, "spot_diameter_px": 140.0}]})
     with pytest.warns(UserWarning, match="trained on ST v1 spots of 100 or 102 µm but this section is Visium"):
         warn_if_other_platform(several, _Section("visium", 212.0, 55 / 212))
     with pytest.warns(UserWarning, match="trained on Visium spots of 55 µm but this section is ST v1"):
-        warn_if_other_platform({"platform": "visium", "spot_diameter_px": 212.0, "mpp": 55 / 212},
+        warn_if_other_platform(ModelMeta(platform="visium", spot_diameter_px=212.0, mpp=55 / 212),
                                _Section("st_v1", 137.0, 0.73))
 
 
@@ -397,9 +398,10 @@ def test_same_platform_or_unknown_is_silent() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_other_platform(ST_V1, _Section("st_v1", 150.0, 0.70))  # another section of the same platform
-        warn_if_other_platform(ST_V1, _Section("unknown", 150.0, None))  # a bare .h5ad: nothing to compare
-        warn_if_other_platform({"platform": "unknown"}, _Section("visium", 212.0, 55 / 212))
+        trained = ModelMeta.from_dict(ST_V1)
+        warn_if_other_platform(trained, _Section("st_v1", 150.0, 0.70))  # another section of the same platform
+        warn_if_other_platform(trained, _Section("unknown", 150.0, None))  # a bare .h5ad: nothing to compare
+        warn_if_other_platform(ModelMeta(platform="unknown"), _Section("visium", 212.0, 55 / 212))
 
 
 @pytest.mark.slow
@@ -410,5 +412,5 @@ def test_platform_and_spot_size_are_in_a_trained_models_meta(tmp_path: Path) -> 
     from napari_histosge.models import load_model
 
     meta = load_model(out).meta
-    assert meta["platform"] == "st_v1"
-    assert meta["spot_diameter_px"] * meta["mpp"] == pytest.approx(100.0)  # the ST v1 spot
+    assert meta.platform == "st_v1"
+    assert meta.spot_diameter_px * meta.mpp == pytest.approx(100.0)  # the ST v1 spot

@@ -79,14 +79,14 @@ def test_the_depth_term_lifts_sparse_genes_on_hidden_spots():
 
     on = run_to_end(train(data, train_config(**SMALL)))
     off = run_to_end(train(data, train_config(**{**SMALL, "depth_term": False})))
-    assert on.meta["depth_term"]["genes"] == 40 and "depth_term" not in off.meta
+    assert on.meta.depth_term["genes"] == 40 and off.meta.depth_term is None
     with_term, without = held_out_pcc(on), held_out_pcc(off)
     assert with_term[:40].mean() > without[:40].mean() + 0.05
     assert with_term[40:].mean() == pytest.approx(without[40:].mean(), abs=0.02)  # slope 0 there
     # Without the spots' totals the term cannot be built, and the model says nothing about it.
     no_totals = run_to_end(train(TrainingData(data.features, data.mean_rgb, data.positions, data.targets,
                                               data.spot_ids, data.genes), train_config(**SMALL)))
-    assert "depth_term" not in no_totals.meta and not no_totals.model.use_depth
+    assert no_totals.meta.depth_term is None and not no_totals.model.use_depth
 
 
 @pytest.mark.parametrize("totals", [np.full(3, np.nan), -np.ones(4), np.ones(5)])
@@ -105,8 +105,8 @@ def test_spread_adds_counting_noise_at_the_kriged_depth():
     values, feats, rgb, pos, _, test, data = _hold_out_half(_section(seed=2), seed=3)
     model = run_to_end(train(data, train_config(**SMALL)))
     ell = np.log(data.total_counts)
-    assert model.meta["depth_term"]["log_mean"] == pytest.approx(ell.mean(), rel=1e-6)
-    assert model.meta["depth_term"]["log_sd"] == pytest.approx(ell.std(), rel=1e-6)
+    assert model.meta.depth_term["log_mean"] == pytest.approx(ell.mean(), rel=1e-6)
+    assert model.meta.depth_term["log_sd"] == pytest.approx(ell.std(), rel=1e-6)
     pred, spread = model.predict(feats[test], rgb[test], pos[test], return_std=True)
     pred_alone, generator = model.predict(feats[test], rgb[test], pos[test], return_std=True, counting_noise=False)
     np.testing.assert_array_equal(pred, pred_alone)  # the point prediction does not change
@@ -117,5 +117,5 @@ def test_spread_adds_counting_noise_at_the_kriged_depth():
     assert with_counting["gene_rank_corr"] > without["gene_rank_corr"] + 0.2
     assert with_counting["spot_rank_corr"] > without["spot_rank_corr"] + 0.1
     # A checkpoint saved before the counting noise existed (no depth scale) spreads as before.
-    del model.meta["depth_term"]["log_mean"]
+    del model.meta.depth_term["log_mean"]
     np.testing.assert_array_equal(model.predict(feats[test], rgb[test], pos[test], return_std=True)[1], generator)

@@ -109,11 +109,12 @@ def test_cell_features_are_finite_and_follow_the_tissue(demo):
 
 # ----------------------------------------------------------------------------- fitting and prediction
 def test_exact_consistency_reproduces_the_measured_spots(demo, fitted):
-    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta.spot_diameter_px
     pred = hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency="exact"))
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     assert np.abs(pred - truth).max() < 1e-4
-    assert fitted.meta["feature_identity"].startswith("cell_raster")
+    assert fitted.meta.feature_identity.startswith("cell_raster")
+    assert fitted.meta.extra == {}  # every entry the fit writes is a declared field of its metadata
 
 
 def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
@@ -125,7 +126,7 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
     measured = np.array([[120.0, 0.0]])
     target = counting_targets(predicted, measured, np.array([10_000.0]), np.array([50.0, 50.0]))
     assert abs(target[0, 0] - 120.0) < 0.1 * 120 and target[0, 1] > 0.4 * 50.0
-    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta.spot_diameter_px
     pred = hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency="counting"))
     truth = dense_targets(normalize_log1p(demo), fitted.genes)
     pcc = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in range(truth.shape[1])]
@@ -137,7 +138,7 @@ def test_counting_consistency_follows_counts_within_their_noise(demo, fitted):
 def test_smooth_consistency_draws_no_discs(demo, fitted):
     from napari_histosge.evaluation.map_artefacts import disc_contrast_ratio
 
-    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta.spot_diameter_px
     wide = hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0, prior_bandwidth=1.5))
 
     def ratio(model, mode):
@@ -151,7 +152,7 @@ def test_smooth_consistency_draws_no_discs(demo, fitted):
 
 
 def test_smooth_consistency_agrees_with_the_measurement_in_expectation(demo, fitted):
-    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta["spot_diameter_px"]
+    xy, diameter = np.asarray(demo.obsm["spatial"]), fitted.meta.spot_diameter_px
     truth = np.expm1(dense_targets(normalize_log1p(demo), fitted.genes))
     smooth, alone = (np.expm1(hs.run(grid_maps.predict_discs(fitted, demo, xy, diameter, consistency=mode)))
                      for mode in ("smooth", "none"))
@@ -177,7 +178,7 @@ def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
 
     assert not fitted.uses_image
     monkeypatch.setattr(grid_maps, "cell_features", refuse)
-    grid = hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, grid_um=fitted.meta["cell_um"] * 2))
+    grid = hs.run(hs.steps.superresolve_grid(fitted, demo, mask=None, grid_um=fitted.meta.cell_um * 2))
     assert grid.n_obs > 0
 
 
@@ -210,9 +211,9 @@ def test_consistency_can_be_switched_off(demo, fitted, unmasked_map):
 
 
 def test_a_coarser_grid_and_spots_as_means_of_cells(demo, fitted):
-    coarse = hs.run(hs.steps.superresolve_grid(fitted, demo, grid_um=fitted.meta["cell_um"] * 2, mask=None))
+    coarse = hs.run(hs.steps.superresolve_grid(fitted, demo, grid_um=fitted.meta.cell_um * 2, mask=None))
     assert np.isclose(coarse.uns["histosge"]["grid"]["cell_px"], 2 * fitted.cell_px)
-    xy = np.asarray(demo.obsm["spatial"])[:5] + fitted.meta["spot_diameter_px"]  # between spots
+    xy = np.asarray(demo.obsm["spatial"])[:5] + fitted.meta.spot_diameter_px  # between spots
     pred = hs.run(hs.steps.predict_spots(fitted, demo, positions=xy, diameter=40.0))
     assert pred.shape == (5, len(fitted.genes)) and np.all(np.isfinite(pred.X))
 
@@ -278,7 +279,7 @@ def test_the_subspot_model_does_not_predict_other_sections(demo, fitted, tmp_pat
 def test_the_image_modulation_is_calibrated_one_scale_up(demo, tmp_path):
     config = hs.train_config("subspot", n_top_genes=10, cell_um=30.0, image_modulation=True)
     model = hs.run(hs.steps.fit(demo, train_config=config))
-    calibration = model.meta["calibration"]
+    calibration = model.meta.calibration
     assert calibration["modulation_share"] in (0.0, 0.5, 1.0) and calibration["calibration_squares"] >= 8
     assert "one scale up" in model.training_summary()
     assert model.uses_image == (calibration["modulation_share"] > 0)

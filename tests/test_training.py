@@ -46,8 +46,8 @@ def test_training_learns_and_generalises_to_held_out_spots():
     assert [e.step for e in events] == list(range(epochs + 1))
     assert all(e.stage == "train" and e.total == epochs for e in events)
     assert events[-1].metrics["epoch"] == epochs
-    history = model.meta["history"]
-    assert len(history) == epochs and model.meta["epochs_done"] == epochs
+    history = model.meta.history
+    assert len(history) == epochs and model.meta.epochs_done == epochs
     assert history[-1] < 0.3 * history[0]
     feats, rgb, pos, y = arrays
     pred = model.predict(feats[test_rows], rgb[test_rows], pos[test_rows])
@@ -66,7 +66,7 @@ def test_training_without_image_features():
     data = TrainingData(np.zeros((64, 0), np.float32), np.zeros((64, 3)), pos, y, [str(i) for i in range(64)],
                         [f"G{i}" for i in range(y.shape[1])])
     model = run_to_end(train(data, train_config(epochs=3, **SMALL)))
-    assert model.meta["in_dim"] == 5
+    assert model.meta.in_dim == 5
     assert model.predict(np.zeros((5, 0)), np.zeros((5, 3)), pos[:5]).shape == (5, y.shape[1])
 
 
@@ -79,8 +79,8 @@ def test_checkpoint_round_trip_predicts_identically(tmp_path):
     loaded = load_model(ckpt, device="cpu")
     assert loaded.config == model.config
     assert loaded.genes == model.genes
-    assert loaded.meta["normalisation"] == {"target_sum": 1e4, "log1p": True}
-    assert loaded.meta["spot_diameter_px"] == 55.0 and loaded.meta["epochs_done"] == 3
+    assert loaded.meta.normalisation == {"target_sum": 1e4, "log1p": True}
+    assert loaded.meta.spot_diameter_px == 55.0 and loaded.meta.epochs_done == 3
     feats, rgb, pos, _ = arrays
     np.testing.assert_array_equal(loaded.predict(feats, rgb, pos), model.predict(feats, rgb, pos))
     # Saving again through the object works and leaves no temporary files behind.
@@ -112,10 +112,10 @@ def test_resume_matches_one_long_run(tmp_path):
     ckpt = tmp_path / "half.pt"
     run_to_end(train(data, train_config(**{**cfg.to_dict(), "epochs": 2}), checkpoint_path=ckpt))
     resumed = run_to_end(train(data, cfg, resume=ckpt, checkpoint_path=ckpt))
-    np.testing.assert_allclose(resumed.meta["history"], full.meta["history"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resumed.meta.history, full.meta.history, rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
-    assert load_model(ckpt).meta["epochs_done"] == 4
+    assert load_model(ckpt).meta.epochs_done == 4
 
 
 def test_resume_rejects_mismatched_settings(tmp_path):
@@ -140,7 +140,7 @@ def test_cancel_mid_training_keeps_last_checkpoint(tmp_path):
             if event.step == 2:
                 token.cancel()
     loaded = load_model(ckpt)
-    assert loaded.meta["epochs_done"] == 2 and len(loaded.meta["history"]) == 2
+    assert loaded.meta.epochs_done == 2 and len(loaded.meta.history) == 2
 
 
 def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -158,7 +158,7 @@ def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeyp
         model.save(ckpt)
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
-    assert load_model(ckpt).meta["epochs_done"] == 1
+    assert load_model(ckpt).meta.epochs_done == 1
 
 
 def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path):
@@ -254,7 +254,7 @@ def test_position_jitter_trains_embeddings_between_spots():
     with_jitter, model = trained_rows(0.5)
     assert without == 8
     assert with_jitter > 2 * without
-    assert model.meta["position_jitter_px"] == pytest.approx(0.5 * 150.0)
+    assert model.meta.position_jitter_px == pytest.approx(0.5 * 150.0)
 
 
 @pytest.mark.slow
@@ -264,9 +264,9 @@ def test_feature_dropout_regularises_training_only():
     rows = np.arange(120)
     plain = run_to_end(train(_data(rows, (feats, rgb, pos, y)), train_config(epochs=3, feature_dropout=0.0, **SMALL)))
     dropped = run_to_end(train(_data(rows, (feats, rgb, pos, y)), train_config(epochs=3, feature_dropout=0.5, **SMALL)))
-    assert plain.meta["history"] != dropped.meta["history"]
+    assert plain.meta.history != dropped.meta.history
     # prediction is deterministic: no dropout outside training
     np.testing.assert_array_equal(dropped.predict(feats, rgb, pos), dropped.predict(feats, rgb, pos))
     no_image = run_to_end(train(_data(rows, (feats[:, :0], rgb, pos, y)),
                                 train_config(epochs=1, feature_dropout=0.5, **SMALL)))  # nothing to drop: fine
-    assert no_image.meta["n_features"] == 0
+    assert no_image.meta.n_features == 0

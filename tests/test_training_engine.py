@@ -13,6 +13,7 @@ from napari_histosge.progress import run_to_end
 from napari_histosge.training import early_stopping
 from napari_histosge.training.engine import TrainingDivergedError
 from napari_histosge.training.inputs import TrainingData
+from napari_histosge.training.model_meta import ModelMeta
 from napari_histosge.training.trained_model import TrainedModel
 
 # min_validation_spots=0: early stopping even on these small synthetic sets (the default trains
@@ -65,7 +66,7 @@ def test_every_trainer_and_the_companion_choice_hold_back_the_same_rows(monkeypa
     monkeypatch.setattr(early_stopping.ValidationScore, "__init__", spy_score)
     monkeypatch.setattr(conditioned_fit, "_held_out_inputs", spy_held_out)
     model = run_to_end(train(data, config))
-    assert model.meta["n_validation_spots"] == len(expected)
+    assert model.meta.n_validation_spots == len(expected)
     # The companion (a HisToSGE run), the conditioned network's scores, the companion's weight.
     assert held_back["histosge"] == [list(expected)]
     assert held_back["conditioned"] == [list(expected), list(expected)]
@@ -90,8 +91,8 @@ def test_the_validation_share_is_raised_to_a_minimum_where_the_section_allows():
 def test_the_initial_weights_are_never_kept_even_when_training_only_overfits():
     data = _data(n=90, noise=True)
     model = run_to_end(train(data, train_config(epochs=40, lr=3e-2, **SMALL)))
-    assert model.meta["best_epoch"] >= 1
-    assert [e for e, _ in model.meta["val_history"]][0] >= 1  # epoch 0 was never scored as a candidate
+    assert model.meta.best_epoch >= 1
+    assert [e for e, _ in model.meta.val_history][0] >= 1  # epoch 0 was never scored as a candidate
 
 
 def test_smoothing_compares_the_mean_of_recent_scores():
@@ -104,7 +105,9 @@ def test_smoothing_compares_the_mean_of_recent_scores():
     assert single.epoch == 3  # one lucky score decides
     # Averaged with its neighbours the lone 0.9 (mean 0.4) loses to the steady end (mean 0.5).
     assert smoothed.epoch == 8 and smoothed.score == pytest.approx(0.5) and smoothed.kept_score() == 0.5
-    assert smoothed.summary()["best_epoch"] == 8 and len(smoothed.summary()["val_history"]) == len(scores)
+    recorded = ModelMeta()
+    smoothed.record(recorded)
+    assert recorded.best_epoch == 8 and len(recorded.val_history) == len(scores)
     smoothed.offer(float("nan"), 9)
     assert smoothed.epoch == 8 and smoothed.stale == 1
 
@@ -162,14 +165,14 @@ def test_resume_reproduces_the_uninterrupted_histosge_run(tmp_path, val_fraction
                           **{**SMALL, "min_validation_spots": min_val, "schedule_epochs": 30})
     whole = run_to_end(train(data, config, checkpoint_path=tmp_path / "whole.pt"))
     _interrupted(data, config, tmp_path / "part.pt", after=24)
-    assert load_model(tmp_path / "part.pt", device="cpu").meta["epochs_done"] == 24
+    assert load_model(tmp_path / "part.pt", device="cpu").meta.epochs_done == 24
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
     if val_fraction and not min_val:
-        assert "stopped_at" in whole.meta and whole.meta["stopped_at"] > 24  # stopped after the interruption
+        assert whole.meta.stopped_at is not None and whole.meta.stopped_at > 24  # stopped after the interruption
     if min_val:
-        assert len(whole.meta["history"]) == 30 and whole.meta["schedule_epochs"] == 30
+        assert len(whole.meta.history) == 30 and whole.meta.schedule_epochs == 30
     for key in ("best_epoch", "stopped_at", "val_history", "history", "best_val_pcc"):
-        assert resumed.meta.get(key) == whole.meta.get(key), key
+        assert getattr(resumed.meta, key) == getattr(whole.meta, key), key
     for key, value in _weights(whole).items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
@@ -182,7 +185,7 @@ def test_resume_reproduces_the_uninterrupted_conditioned_run(tmp_path):
     _interrupted(data, config, tmp_path / "part.pt", after=2)
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
     for key in ("best_epoch", "val_history", "history", "best_val_pcc"):
-        assert resumed.meta.get(key) == whole.meta.get(key), key
+        assert getattr(resumed.meta, key) == getattr(whole.meta, key), key
     for key, value in _weights(whole).items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
@@ -231,8 +234,8 @@ def test_weight_averaging_keeps_the_mean_of_the_weights_of_its_epochs(tmp_path):
         if value.is_floating_point():
             expected = torch.stack([seen[e][key] for e in (5, 6, 7)] + [last[key]]).mean(0)
             torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
-    assert averaged.meta["averaged_epochs"] == [5, 8] and averaged.meta["n_validation_spots"] == 0
-    assert "schedule_epochs" not in averaged.meta and len(averaged.meta["history"]) == 8
+    assert averaged.meta.averaged_epochs == [5, 8] and averaged.meta.n_validation_spots == 0
+    assert averaged.meta.schedule_epochs is None and len(averaged.meta.history) == 8
     assert "kept the mean of the weights of epochs 5-8" in averaged.training_summary()
     saved = load_model(tmp_path / "m.pt", device="cpu")  # the file holds the average, not epoch 8
     for key, value in _weights(averaged).items():
@@ -246,7 +249,7 @@ def test_resume_reproduces_the_uninterrupted_averaged_run(tmp_path):
     whole = run_to_end(train(data, config))
     _interrupted(data, config, tmp_path / "part.pt", after=17)
     resumed = run_to_end(train(data, config, resume=tmp_path / "part.pt"))
-    assert resumed.meta["averaged_epochs"] == whole.meta["averaged_epochs"] == [10, 30]
+    assert resumed.meta.averaged_epochs == whole.meta.averaged_epochs == [10, 30]
     for key, value in _weights(whole).items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 

@@ -46,15 +46,15 @@ def test_validation_share_is_seeded_and_taken_from_every_section():
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weights():
     data = _noise()
     model, events = run_collecting(train(data, train_config(epochs=300, lr=1e-2, **STOPPING)))
-    stopped = model.meta["stopped_at"]
-    assert stopped < 300 and len(model.meta["history"]) == stopped
+    stopped = model.meta.stopped_at
+    assert stopped < 300 and len(model.meta.history) == stopped
     assert events[-1].step == events[-1].total == 300 and "stopped at epoch" in events[-1].message
-    scores = dict((int(e), v) for e, v in model.meta["val_history"])
-    best_epoch = model.meta["best_epoch"]
+    scores = dict((int(e), v) for e, v in model.meta.val_history)
+    best_epoch = model.meta.best_epoch
     assert best_epoch == max(scores, key=scores.get) and 0 < best_epoch < stopped
-    assert model.meta["n_validation_spots"] == 20 and model.meta["n_train_spots"] == 180
+    assert model.meta.n_validation_spots == 20 and model.meta.n_train_spots == 180
     # The summary people read reports the kept epoch's validation score (to compare runs by).
-    assert model.meta["best_val_pcc"] == scores[best_epoch]
+    assert model.meta.best_val_pcc == scores[best_epoch]
     summary = model.training_summary()
     assert f"epoch {best_epoch} " in summary
     assert f"20 spots held back from training): {scores[best_epoch]:.4f}" in summary
@@ -68,40 +68,40 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_weigh
 @pytest.mark.slow
 def test_no_validation_share_trains_every_epoch_on_every_spot():
     model = run_to_end(train(_noise(), train_config(epochs=15, lr=1e-2, val_fraction=0.0, **SMALL)))
-    assert len(model.meta["history"]) == 15 and "stopped_at" not in model.meta
+    assert len(model.meta.history) == 15 and model.meta.stopped_at is None
     assert model.training_summary() == "epochs: 15"  # no validation score to report
-    assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
+    assert model.meta.n_train_spots == 200 and model.meta.n_validation_spots == 0
 
 
 def test_resumed_run_keeps_the_validation_scores_of_the_first_part(tmp_path):
     data = _noise()
     half = tmp_path / "half.pt"
     first = run_to_end(train(data, train_config(epochs=6, lr=1e-3, **STOPPING), checkpoint_path=half))
-    assert [e for e, _ in first.meta["val_history"]] == [1, 2, 3, 4, 5, 6]
+    assert [e for e, _ in first.meta.val_history] == [1, 2, 3, 4, 5, 6]
     resumed = run_to_end(train(data, train_config(epochs=8, lr=1e-3, **STOPPING), resume=half))
-    scores = resumed.meta["val_history"]
+    scores = resumed.meta.val_history
     assert [e for e, _ in scores] == list(range(1, 9))
-    assert scores[:6] == first.meta["val_history"]
+    assert scores[:6] == first.meta.val_history
 
 
 @pytest.mark.slow
 def test_a_section_too_small_to_validate_trains_every_spot_for_the_fixed_schedule():
     data = _noise()  # 200 spots: a validation share of 20, under the default 50
     model = run_to_end(train(data, train_config(lr=1e-2, schedule_epochs=12, **SMALL)))
-    assert len(model.meta["history"]) == 12 and model.meta["schedule_epochs"] == 12
-    assert model.meta["n_train_spots"] == 200 and model.meta["n_validation_spots"] == 0
-    assert not model.meta.get("val_history") and "stopped_at" not in model.meta
+    assert len(model.meta.history) == 12 and model.meta.schedule_epochs == 12
+    assert model.meta.n_train_spots == 200 and model.meta.n_validation_spots == 0
+    assert not model.meta.val_history and model.meta.stopped_at is None
     assert model.training_summary().startswith("epochs: 12 on every training spot (a fixed schedule")
     # never longer than the epochs asked for
-    assert len(run_to_end(train(data, train_config(epochs=5, schedule_epochs=12, **SMALL))).meta["history"]) == 5
+    assert len(run_to_end(train(data, train_config(epochs=5, schedule_epochs=12, **SMALL))).meta.history) == 5
 
 
 @pytest.mark.slow
 def test_a_section_with_enough_validation_spots_stops_early_on_them():
     data = _noise(n=600)  # a validation share of 60
     model = run_to_end(train(data, train_config(epochs=400, lr=1e-2, **SMALL)))
-    assert model.meta["n_validation_spots"] == 60 and "schedule_epochs" not in model.meta
-    assert model.meta["stopped_at"] < 400 and model.meta["best_epoch"] >= 1
+    assert model.meta.n_validation_spots == 60 and model.meta.schedule_epochs is None
+    assert model.meta.stopped_at < 400 and model.meta.best_epoch >= 1
     # and the paper's rule stays one setting away: every spot, every epoch
     paper = run_to_end(train(_noise(), train_config(epochs=7, val_fraction=0.0, **SMALL)))
-    assert len(paper.meta["history"]) == 7 and "schedule_epochs" not in paper.meta
+    assert len(paper.meta.history) == 7 and paper.meta.schedule_epochs is None

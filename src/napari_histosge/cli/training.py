@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..outputs import output_lock, write_csv
@@ -30,6 +31,9 @@ from .options import (
     train_config,
     write_h5ad,
 )
+
+if TYPE_CHECKING:
+    from ..training.model_meta import ModelMeta
 
 
 def add_parsers(sub) -> None:
@@ -146,9 +150,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def spots_trained_on(n_spots: int, meta: dict) -> str:
+def spots_trained_on(n_spots: int, meta: ModelMeta) -> str:
     """``"N spots"``, or ``"N spots (M held for validation)"`` where training held some of ``n_spots`` back."""
-    return trained_on_text(n_spots, int(meta.get("n_validation_spots") or 0), " spots")
+    return trained_on_text(n_spots, int(meta.n_validation_spots or 0), " spots")
 
 
 def trained_on_text(n_train: int, held: int, unit: str = "") -> str:
@@ -156,9 +160,9 @@ def trained_on_text(n_train: int, held: int, unit: str = "") -> str:
     return f"{n_train - held}{unit} ({held} held for validation)" if held else f"{n_train}{unit}"
 
 
-def final_loss_text(meta: dict) -> str:
+def final_loss_text(meta: ModelMeta) -> str:
     """The last epoch's training loss; a model fitted without epochs (in closed form) has none, and says so."""
-    history = meta.get("history")
+    history = meta.history
     if not history:
         return "fitted without epochs (no training loss)"
     return f"final loss {history[-1]:.4g}"

@@ -15,6 +15,7 @@ Importing this module registers the ``histosge`` model (:mod:`.registry`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from os import PathLike
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..training.early_stopping import ValidationScore, evaluation_interval, spli
 from ..training.engine import EpochHooks, run_epochs
 from ..training.grouping import group_spots, median_spacing, pack_batches
 from ..training.inputs import ModelInputs, TrainingData
+from ..training.model_meta import ModelMeta
 from ..training.start import adamw, check_initialisable, check_resumable, init_provenance, resume_into, seed_all
 from ..training.trained_model import TrainedModel
 from .histosge import HisToSGE
@@ -39,7 +41,7 @@ HPARAM_KEYS = ("dim", "heads", "depth", "dropout", "n_pos_bins", "head_hidden", 
 
 
 def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_path: str | PathLike | None = None,
-                   resume: str | PathLike | None = None, meta: dict[str, Any] | None = None,
+                   resume: str | PathLike | None = None, meta: ModelMeta | Mapping[str, Any] | None = None,
                    cancel: CancelToken | None = None, init: TrainedModel | None = None,
                    ) -> ProgressGenerator[TrainedModel]:
     """Train HisToSGE: the ``histosge`` trainer of :func:`napari_histosge.models.registry.train`.
@@ -72,16 +74,17 @@ def train_histosge(data: TrainingData, config: HisToSGEConfig, *, checkpoint_pat
             check_initialisable(init, config, data, HPARAM_KEYS, SPEC_NAME)
             model.load_state_dict(init.model.state_dict())
     epoch_fit = HistosgeEpoch(model, optimizer, inputs, data, config, device, cancel)
-    meta = dict(meta or {})
-    meta.update(inputs.to_meta(), in_dim=d + 5, n_features=d, n_train_spots=len(data.spot_ids),
-                position_jitter_px=epoch_fit.jitter_meta,
-                n_validation_spots=0 if val_data is None else len(val_data.spot_ids))
+    meta = ModelMeta.of(meta)
+    inputs.record(meta)
+    meta.in_dim, meta.n_features, meta.n_train_spots = d + 5, d, len(data.spot_ids)
+    meta.position_jitter_px = epoch_fit.jitter_meta
+    meta.n_validation_spots = 0 if val_data is None else len(val_data.spot_ids)
     if not validate and config.val_fraction > 0 and config.average_from is None:
-        meta["schedule_epochs"] = epochs  # a fixed schedule instead of early stopping
+        meta.schedule_epochs = epochs  # a fixed schedule instead of early stopping
     if init is not None:
-        meta["init"] = init_provenance(init)
+        meta.init = init_provenance(init)
     if data.sections is not None:
-        meta["n_train_spots_per_section"] = [len(rows) for rows in data.section_rows()]
+        meta.n_train_spots_per_section = [len(rows) for rows in data.section_rows()]
     trained = HisToSGETrainedModel(model, config, data.genes, meta)
     hooks = EpochHooks(
         model=model, fit_epoch=epoch_fit, optimizer_state=optimizer.state_dict,

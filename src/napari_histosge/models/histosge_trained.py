@@ -15,12 +15,12 @@ class HisToSGETrainedModel(TrainedModel):
 
     def training_summary(self) -> str:
         """The shared summary, the averaged epochs, or the fixed schedule of a section too small to validate on."""
-        ran = len(self.meta.get("history", []))
-        averaged = self.meta.get("averaged_epochs")
+        ran = len(self.meta.history)
+        averaged = self.meta.averaged_epochs
         if averaged:
             return (f"epochs: {ran} on every training spot; kept the mean of the weights of epochs "
                     f"{averaged[0]}-{averaged[1]} (weight averaging)")
-        if self.meta.get("schedule_epochs") is None:
+        if self.meta.schedule_epochs is None:
             return super().training_summary()
         why = f"too few spots to hold back {getattr(self.config, 'min_validation_spots', 0)} for choosing the epoch"
         if getattr(self.config, "schedule_epochs", None) is None:
@@ -33,7 +33,7 @@ class HisToSGETrainedModel(TrainedModel):
         For HisToSGE these are ``(x, bins)``: the normalised image columns plus the unit
         position, and the position-embedding bins. ``frame`` as in :meth:`predict`.
         """
-        d = int(self.meta["n_features"])
+        d = int(self.meta.n_features or 0)
         positions = as_matrix(positions, "positions", 2, None, np.float64)
         n = len(positions)
         features = as_matrix(features, "features", d, n)

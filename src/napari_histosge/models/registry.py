@@ -11,7 +11,7 @@ in ``models/__init__.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..progress import CancelToken, ProgressGenerator
 from ..training.config import TrainConfig, config_class, make_config, setting_names
 from ..training.inputs import TrainingData
+from ..training.model_meta import ModelMeta
 from ..training.trained_model import SavedModel, TrainedModel
 
 #: ``trainer(data, config, *, checkpoint_path, resume, meta, cancel)``: the contract of :func:`train`.
@@ -166,7 +167,7 @@ def train(
     *,
     checkpoint_path: str | PathLike | None = None,
     resume: str | PathLike | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: ModelMeta | Mapping[str, Any] | None = None,
     cancel: CancelToken | None = None,
     init: TrainedModel | None = None,
 ) -> ProgressGenerator[TrainedModel]:
@@ -184,7 +185,8 @@ def train(
         Checkpoint to continue from (weights, optimiser state, epoch, input statistics, the
         best-weights tracker): the run ends as the uninterrupted one would.
     meta
-        Caller's metadata stored with the model (feature settings, normalisation, ...).
+        Caller's metadata stored with the model (feature settings, normalisation, ...): a
+        :class:`~napari_histosge.training.model_meta.ModelMeta` or its plain dict, copied.
     cancel
         Checked between batches; cancelling raises ``CancelledError`` and leaves the last
         checkpoint intact.
@@ -232,7 +234,7 @@ def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
     """Read a checkpoint written by :meth:`TrainedModel.save`, as its model's trained class.
 
     The model is the one named in the checkpoint's settings; its network is rebuilt with the
-    saved settings and the sizes fixed by the data (``meta["model_kwargs"]``).
+    saved settings and the sizes fixed by the data (``meta.model_kwargs``).
 
     Raises
     ------
@@ -243,8 +245,8 @@ def load_model(path: str | PathLike, *, device: str = "auto") -> TrainedModel:
     saved = SavedModel.read(path, device=device)
     try:
         spec = model_spec(saved.config.model)
-        network = create_model(spec.name, in_dim=int(saved.meta["in_dim"]), n_genes=len(saved.genes),
-                               **spec.hparams(saved.config), **dict(saved.meta.get("model_kwargs", {})))
+        network = create_model(spec.name, in_dim=int(saved.meta.in_dim or 0), n_genes=len(saved.genes),
+                               **spec.hparams(saved.config), **dict(saved.meta.model_kwargs))
     except InputError as exc:
         raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
     except (KeyError, TypeError, ValueError) as exc:

@@ -113,9 +113,9 @@ def features_at(model: CellModel, adata, centroids: np.ndarray,
     bilinearly at each centroid (cells inside one square still differ by where they sit).
     """
     if not model.uses_image:
-        return np.zeros((len(centroids), int(model.meta["n_features"])), np.float32)
+        return np.zeros((len(centroids), int(model.meta.n_features or 0)), np.float32)
     path, scale = require_spot_image(adata)
-    cell_px = float(model.meta["cell_px"])
+    cell_px = float(model.cell_px)
     grid = CellGrid.covering(centroids.min(axis=0) - cell_px, centroids.max(axis=0) + cell_px, cell_px)
     position = (centroids - np.asarray(grid.origin_xy)) / cell_px  # (col, row) in grid cells, fractional
     low = np.floor(position).astype(np.int64)
@@ -232,7 +232,7 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
     out = ad.AnnData(X=np.log1p(rates).astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     out.obsm["spatial"] = centroids
     info.update(units="log1p(counts per 1e4)", model=model.config.model, consistency=consistency,
-                trained_on=str(model.meta.get("source", "")), positions="cells",
+                trained_on=str(model.meta.source), positions="cells",
                 cells={"source": cells.source, "px_per_label_px": float(cells.px_per_label_px),
                        "expand_um": float(expand_um), "segmented": int(cells.n_cells),
                        "left_out_far_from_spots": int(cells.n_cells - len(near))})

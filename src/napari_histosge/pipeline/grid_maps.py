@@ -45,7 +45,7 @@ def grid_cell_px(model: TrainedModel, adata, grid_um: float | None) -> float:
     """
     _, scale = require_spot_image(adata)
     if grid_um is None:
-        return float(model.meta["cell_px"])
+        return float(as_cell_model(model).cell_px)
     check_grid_um(grid_um)
     mpp = adata.uns.get("histosge", {}).get("mpp")
     if mpp is None:
@@ -124,7 +124,7 @@ def measured_region_grid(adata, cell_px: float, mask: TissueMask | None = None) 
 
 def _feature_sigmas(model: CellModel, cell_px: float) -> tuple[float, ...]:
     """Filter scales (in cells of ``cell_px``) that match the ones the model was fitted with."""
-    ratio = float(model.meta["cell_px"]) / float(cell_px)
+    ratio = float(model.cell_px) / float(cell_px)
     return tuple(s * ratio for s in SIGMAS_IN_CELLS)
 
 
@@ -143,7 +143,7 @@ def grid_rates(model: CellModel, adata, grid: CellGrid, *, consistency: str = DE
         feats = yield from cell_features(path, scale, grid, sigmas=_feature_sigmas(model, grid.cell_px),
                                          cancel=cancel)
     else:  # the model ignores the image: no slide read for features
-        feats = np.zeros((grid.n_cells, int(model.meta["n_features"])), np.float32)
+        feats = np.zeros((grid.n_cells, int(model.meta.n_features or 0)), np.float32)
     yield Progress("predict", 0, 1, f"{grid.n_cells:,} cells")
     rates = unit_rates(model, grid.centres(), feats, consistency)
     yield Progress("predict", 1, 1)
@@ -218,7 +218,7 @@ def superresolve_grid(model: TrainedModel, adata, *, grid_um: float | None = Non
     info = dict(adata.uns.get("histosge", {}))
     mpp = info.get("mpp")
     info.update(units="log1p(counts per 1e4)", model=model.config.model, consistency=consistency,
-                trained_on=str(model.meta.get("source", "")), positions="grid",
+                trained_on=str(model.meta.source), positions="grid",
                 grid={**grid.to_dict(), "cell_um": float("nan") if mpp is None else float(cell_px * float(mpp))})
     if tissue is not None:
         info["tissue_mask"] = tissue.to_uns()

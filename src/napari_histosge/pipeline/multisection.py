@@ -21,8 +21,7 @@ from ..progress import Progress, ProgressGenerator, map_events
 from ..training.inputs import TrainingData, section_frame
 from ..training.trained_model import TrainedModel
 from .gene_choice import choose_genes, section_names, stack_sections
-from .placement import SECTION_BOX
-from .section_features import model_meta, spot_features
+from .section_features import model_meta, section_record, spot_features
 
 
 def _labelled(gen: ProgressGenerator[Any], label: str) -> ProgressGenerator[Any]:
@@ -68,12 +67,10 @@ def fit_sections(adatas, *, train_config, feature_config, features, checkpoint_p
     )
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {combined.n_obs} training spots in {k} sections")
     meta = model_meta(uncut[0], feature_config)
-    del meta[SECTION_BOX]  # each section's box is in "sections" (and in the model's frames)
-    meta["source"] = combined.uns["histosge"]["source"]
-    shared_keys = ("features", "normalisation")  # the same for every section
-    meta["sections"] = [{"name": name, "n_spots": int(a.n_obs),
-                         **{key: v for key, v in model_meta(whole, feature_config).items() if key not in shared_keys}}
-                        for a, whole, name in zip(adatas, uncut, names, strict=True)]
-    meta["feature_identity"] = feats[0].identity
+    meta.section_box = None  # each section's box is in its record (and in the model's frames)
+    meta.source = combined.uns["histosge"]["source"]
+    meta.sections = [{"name": name, "n_spots": int(a.n_obs), **section_record(whole, feature_config)}
+                     for a, whole, name in zip(adatas, uncut, names, strict=True)]
+    meta.feature_identity = feats[0].identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
                              cancel=cancel))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
@@ -25,8 +24,6 @@ from ..training.grouping import median_spacing
 from ..training.inputs import section_frame
 from ..training.trained_model import TrainedModel
 
-#: ``meta`` key of a one-section model: the ``(min, max)`` box of all spots of its section.
-SECTION_BOX = "section_box"
 #: How a prediction's positions were scaled (``uns["histosge"]["position_frame"]``).
 TRAINING_BOX, OWN_BOX = "training spots' box", "the section's own spot box"
 
@@ -52,9 +49,9 @@ def is_training_section(model: TrainedModel, adata) -> bool:
     if model.per_section:
         return False
     source = str(adata.uns.get("histosge", {}).get("source", ""))
-    if _same_path(source, str(model.meta.get("source", ""))):
+    if _same_path(source, str(model.meta.source)):
         return True
-    box = model.meta.get(SECTION_BOX)
+    box = model.meta.section_box
     return box is not None and np.allclose(np.asarray(box, np.float64), section_box(adata), rtol=0, atol=1e-6)
 
 
@@ -81,8 +78,8 @@ def frame_name(frame) -> str:
     return TRAINING_BOX if frame is None else OWN_BOX
 
 
-def _diameter_of(info: dict[str, Any]) -> float | None:
-    value = info.get("spot_diameter_px")
+def _diameter_of(value) -> float | None:
+    """``value`` (a recorded spot diameter) as a positive finite float, or ``None``."""
     return float(value) if value is not None and np.isfinite(float(value)) and float(value) > 0 else None
 
 
@@ -121,14 +118,14 @@ def default_diameter(model: TrainedModel, adata, *, required: bool = True) -> fl
         No diameter is known at all (``required``; otherwise ``None`` is returned).
     """
     info = adata.uns.get("histosge", {})
-    own = _diameter_of(info)
-    trained = _diameter_of(model.meta)
+    own = _diameter_of(info.get("spot_diameter_px"))
+    trained = _diameter_of(model.meta.spot_diameter_px)
     if model.per_section:
         chosen = own if own is not None else trained
     elif trained is not None and is_training_section(model, adata):
         chosen = trained
     else:
-        mpp, trained_mpp = info.get("mpp"), model.meta.get("mpp")
+        mpp, trained_mpp = info.get("mpp"), model.meta.mpp
         if trained is not None and mpp and trained_mpp:
             chosen = trained if float(mpp) == float(trained_mpp) else trained * float(trained_mpp) / float(mpp)
         else:
@@ -141,7 +138,9 @@ def default_diameter(model: TrainedModel, adata, *, required: bool = True) -> fl
 
 def feature_config_of(model: TrainedModel) -> FeatureConfig:
     """The feature settings the model was trained with."""
-    return FeatureConfig.from_dict(model.meta["features"])
+    if model.meta.features is None:
+        raise InputError("the model records no image-feature settings: it was not trained on image features")
+    return FeatureConfig.from_dict(model.meta.features)
 
 
 def patch_geometry(model: TrainedModel, adata, diameter: float | None = None) -> tuple[float, float]:
@@ -153,9 +152,11 @@ def patch_geometry(model: TrainedModel, adata, diameter: float | None = None) ->
     """
     check_diameter(diameter)
     d = default_diameter(model, adata) if diameter is None else float(diameter)
-    trained = _diameter_of(model.meta)
-    if not model.per_section and is_training_section(model, adata) and trained == d:
-        return float(model.meta["patch_size_px"]), float(model.meta["center_fraction"])
+    trained = _diameter_of(model.meta.spot_diameter_px)
+    patch, centre = model.meta.patch_size_px, model.meta.center_fraction
+    if (not model.per_section and is_training_section(model, adata) and trained == d
+            and patch is not None and centre is not None):
+        return float(patch), float(centre)
     # Only uns is read by the patch rule: a view with the chosen diameter applies it unchanged.
     view = SimpleNamespace(uns={"histosge": {**adata.uns.get("histosge", {}), "spot_diameter_px": d}})
     config = feature_config_of(model)
@@ -165,11 +166,11 @@ def patch_geometry(model: TrainedModel, adata, diameter: float | None = None) ->
 # --------------------------------------------------------------------------- what every prediction records
 def training_sections(model: TrainedModel) -> tuple[list[str], list[str]]:
     """``(names, sources)`` of the sections ``model`` was trained on, from its metadata."""
-    sections = model.meta.get("sections")
+    sections = model.meta.sections
     if isinstance(sections, list) and sections:
         sources = [str(s.get("source", "")) for s in sections]
         return [str(s.get("name") or Path(src).name) for s, src in zip(sections, sources, strict=True)], sources
-    source = str(model.meta.get("source", ""))
+    source = str(model.meta.source)
     return [Path(source).name if source else ""], [source]
 
 

@@ -65,7 +65,7 @@ class RecoveryResult:
             "baseline_top_mean": summarize(self.baseline_metrics, self.top_mean_genes),
             "model_all_spots_incl_training": summarize(self.metrics_all_spots, self.scored_genes),
             "n_train": len(self.train_ids),
-            "n_validation": int(self.model.meta.get("n_validation_spots") or 0),
+            "n_validation": int(self.model.meta.n_validation_spots or 0),
             "n_test": len(self.test_ids),
             "timings": dict(self.timings),
             **({"uncertainty": dict(self.uncertainty)} if self.uncertainty is not None else {}),

@@ -16,7 +16,8 @@ from ..io import require_spot_image, spot_image
 from ..io.preprocess import TARGET_SUM
 from ..prediction.distributed import extract_features_distributed
 from ..progress import CancelToken, ProgressGenerator
-from .placement import SECTION_BOX, section_box
+from ..training.model_meta import ModelMeta
+from .placement import section_box
 
 #: ``FeatureConfig.extractor`` value that switches image features off (the ablation).
 NO_IMAGE = "none"
@@ -96,21 +97,29 @@ def no_image_features(n: int) -> SpotFeatures:
     )
 
 
-def model_meta(adata, feature_config: FeatureConfig) -> dict[str, Any]:
-    """What a model keeps about the section it is trained on: feature settings, patch, spot, box."""
+def section_record(adata, feature_config: FeatureConfig) -> dict[str, Any]:
+    """What a model keeps about one section it is trained on: patch, spot, pixel size, platform, source, box.
+
+    The entries are :class:`~napari_histosge.training.model_meta.ModelMeta`'s of the same
+    names; a model trained on several sections keeps one record each in ``meta.sections``.
+    """
     info = adata.uns.get("histosge", {})
     return {
-        "features": feature_config.to_dict(),
         "patch_size_px": patch_size_px(adata, feature_config),
         "center_fraction": spot_center_fraction(adata, feature_config),
-        "normalisation": {"target_sum": TARGET_SUM, "log1p": True},
         "spot_diameter_px": float(info.get("spot_diameter_px", np.nan)),
         "mpp": info.get("mpp"),
         "platform": info.get("platform", "unknown"),
         "lattice": info.get("lattice"),
         "source": str(info.get("source", "")),
-        SECTION_BOX: section_box(adata),
+        "section_box": section_box(adata),
     }
+
+
+def model_meta(adata, feature_config: FeatureConfig) -> ModelMeta:
+    """What a model keeps about the section it is trained on: feature settings, normalisation and its record."""
+    return ModelMeta.from_dict({"features": feature_config.to_dict(), "normalisation": {"target_sum": TARGET_SUM,
+                                "log1p": True}, **section_record(adata, feature_config)})
 
 
 #: What the platforms are called in messages.
@@ -127,7 +136,7 @@ def _spot_um(part: dict[str, Any]) -> float | None:
     return size if np.isfinite(size) and size > 0 else None
 
 
-def warn_if_other_platform(meta: dict[str, Any], adata) -> None:
+def warn_if_other_platform(meta: ModelMeta, adata) -> None:
     """Warn when a model predicts on another platform than it was trained on, or on spots of another size.
 
     ``meta`` is the model's (:func:`model_meta`, one entry per section for several); the
@@ -135,7 +144,7 @@ def warn_if_other_platform(meta: dict[str, Any], adata) -> None:
     sections'. Unknown platforms (a bare ``.h5ad``, a slide) are not compared.
     """
     info = adata.uns.get("histosge", {})
-    trained = meta.get("sections") or [meta]
+    trained = meta.sections or [meta.to_dict()]
     platforms = sorted({str(t.get("platform")) for t in trained} - {"unknown", "slide", "None"})
     here = str(info.get("platform"))
     sizes = [s for s in (_spot_um(t) for t in trained) if s is not None]

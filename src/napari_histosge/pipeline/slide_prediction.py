@@ -88,7 +88,7 @@ def require_image_model(model: TrainedModel, source: str | os.PathLike | None = 
         raise InputError(f"a {model.config.model} model predicts from the measured spots of the section it was "
                          "trained on, and a bare slide has none: use a histosge model (train --model histosge)",
                          source)
-    if int(model.meta.get("n_features", 0)) == 0:
+    if not model.meta.n_features:
         # Positions alone say nothing about another slide: its frame is unrelated to the training one.
         raise InputError("this model reads no image features (trained with --extractor none), so on an unmeasured "
                          "slide it would predict from positions alone: train it with image features", source)
@@ -104,7 +104,7 @@ def _positive(value: Any) -> float | None:
 
 def training_mpps(model: TrainedModel) -> list[float]:
     """The pixel sizes (µm per full-res px) of the model's training slides that its metadata records."""
-    values = [model.meta.get("mpp")] + [s.get("mpp") for s in model.meta.get("sections") or []]
+    values = [model.meta.mpp] + [s.get("mpp") for s in model.meta.sections or []]
     return [v for v in (_positive(x) for x in values) if v is not None]
 
 
@@ -142,7 +142,7 @@ def slide_pixel_size(model: TrainedModel, metadata_mpp: float | None, given: flo
                              f"--um-per-px {mpp:.4g} (patches are then read at the training size in µm)", source)
         return PixelSize(mpp, MPP_METADATA)
     if trained:
-        assumed = _positive(model.meta.get("mpp")) or float(np.median(trained))
+        assumed = _positive(model.meta.mpp) or float(np.median(trained))
         warnings.warn(f"the slide's pixel size is unknown: assuming the training slides' {assumed:.4g} µm/px "
                       "(give --um-per-px to state it)", UserWarning, stacklevel=2)
         return PixelSize(assumed, MPP_ASSUMED)
@@ -168,11 +168,11 @@ def slide_spots(model: TrainedModel, pixel_size: PixelSize) -> SlideSpots:
     spacing its lattice kind has per spot diameter (:data:`SPACING_PER_DIAMETER`).
     """
     meta = model.meta
-    trained_mpp = _positive(meta.get("mpp"))
+    trained_mpp = _positive(meta.mpp)
     factor = trained_mpp / pixel_size.mpp if trained_mpp and pixel_size.mpp else 1.0
-    kind = meta.get("lattice") if meta.get("lattice") in SPACING_PER_DIAMETER else None
-    diameter = _positive(meta.get("spot_diameter_px"))
-    spacing = _positive(meta.get("spot_spacing_px"))
+    kind = meta.lattice if meta.lattice in SPACING_PER_DIAMETER else None
+    diameter = _positive(meta.spot_diameter_px)
+    spacing = _positive(meta.spot_spacing_px)
     if spacing is None and diameter is not None and kind is not None:
         spacing = diameter * SPACING_PER_DIAMETER[kind]
     return SlideSpots(kind, None if diameter is None else diameter * factor,

@@ -188,7 +188,7 @@ def fit(
     )
     yield Progress("prepare", 1, 1, f"{len(genes)} genes, {train_adata.n_obs} training spots")
     meta = model_meta(uncut, feature_config)
-    meta["feature_identity"] = features.identity
+    meta.feature_identity = features.identity
     return (yield from train(data, train_config, checkpoint_path=checkpoint_path, resume=resume, meta=meta,
                              cancel=cancel, init=init))
 
@@ -227,7 +227,7 @@ def _starting_from(init: TrainedModel, adata, train_config: TrainConfig, feature
 
 
 def _check_same_extractor(model: TrainedModel, features: SpotFeatures) -> None:
-    expected = model.meta.get("feature_identity")
+    expected = model.meta.feature_identity
     if expected is not None and features.identity != expected:
         raise InputError(
             f"the features were made by {features.identity!r} but the model was trained on {expected!r}"
@@ -371,7 +371,7 @@ def _prediction_targets(adata, spot_ids, positions, position_ids) -> tuple[list[
 
 def _placement_uns(model: TrainedModel, adata, frame, diameter: float | None) -> dict[str, Any]:
     """``uns`` entries saying where the model came from and how its inputs were placed."""
-    entries: dict[str, Any] = {"position_frame": frame_name(frame), "trained_on": str(model.meta.get("source", ""))}
+    entries: dict[str, Any] = {"position_frame": frame_name(frame), "trained_on": str(model.meta.source)}
     # No diameter is known only where no patch needed one (image features off): then none is written.
     used = default_diameter(model, adata, required=False) if diameter is None else float(diameter)
     if used is not None:
@@ -459,7 +459,7 @@ def superresolve_lattice(
     out.uns["histosge"] = _prediction_uns(adata, model, fold=fold)
     out.uns["histosge"]["fine_lattice"] = grid.lattice.to_dict()
     out.uns["histosge"]["position_frame"] = frame_name(frame)
-    out.uns["histosge"]["trained_on"] = str(model.meta.get("source", ""))
+    out.uns["histosge"]["trained_on"] = str(model.meta.source)
     tissue = lattice_tissue(adata)
     if tissue is not None:  # the map is drawn on tissue only (export.raster.lattice_raster)
         out.uns["histosge"]["tissue_mask"] = tissue.to_uns()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..slide.cell_grid import Footprints
+    from .model_meta import ModelMeta
 
 
 @runtime_checkable
@@ -22,7 +23,7 @@ class CellModel(Protocol):
     """A trained model that predicts grid cells: their rates, made consistent with its measured footprints."""
 
     genes: list[str]
-    meta: dict[str, Any]
+    meta: ModelMeta
     config: Any
 
     @property

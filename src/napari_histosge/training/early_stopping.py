@@ -26,6 +26,7 @@ import numpy as np
 from .config import TrainConfig
 from .grouping import pack_batches
 from .inputs import ModelInputs, TrainingData
+from .model_meta import ModelMeta
 
 #: Evaluations without improvement before training stops.
 PATIENCE = 10
@@ -198,10 +199,10 @@ class BestWeights:
         """The validation score of the kept epoch itself (not smoothed); ``None`` before any."""
         return next((s for e, s in self.history if e == self.epoch), None)
 
-    def summary(self) -> dict[str, Any]:
-        """What the trained model's metadata records: scores, kept epoch and its score."""
-        return {"val_history": [list(v) for v in self.history], "best_epoch": self.epoch,
-                "best_val_pcc": self.kept_score() if self.history else None}
+    def record(self, meta: ModelMeta) -> None:
+        """Write into the trained model's metadata the scores, the kept epoch and its score."""
+        meta.val_history, meta.best_epoch = [list(v) for v in self.history], self.epoch
+        meta.best_val_pcc = self.kept_score() if self.history else None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue tracking after a resume (the kept weights included)."""

@@ -114,8 +114,10 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
         best.offer(hooks.score(), start)
 
     def snapshot(done: int) -> None:
-        meta.update(history=list(history), epochs_done=done, **best.summary(),
-                    **({} if average is None else average.summary()))
+        meta.history, meta.epochs_done = list(history), done
+        best.record(meta)
+        if average is not None:
+            average.record(meta)
         trained.optimizer_state = {"optimizer": hooks.optimizer_state(), "best": best.state_dict(),
                                    "average": None if average is None else average.state_dict()}
 
@@ -145,7 +147,7 @@ def run_epochs(hooks: EpochHooks, trained, *, epochs: int, start: int = 0, histo
             trained.save(checkpoint_path)
         yield Progress("train", done, epochs, metrics=metrics)
         if stopped:
-            meta["stopped_at"] = done
+            meta.stopped_at = done
             yield Progress("train", epochs, epochs,
                            f"stopped at epoch {done}: no gain on the validation spots in {hooks.patience} scores")
             break

@@ -10,11 +10,11 @@ discretised into ``n_pos_bins`` bins per axis for the learnable embeddings
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from .model_meta import ModelMeta
 
 
 def section_frame(positions) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +127,7 @@ def as_matrix(a, name: str, width: int | None, n: int | None = None, dtype=np.fl
     return np.ascontiguousarray(a)
 
 
-#: ``meta["position_frame"]`` of a model trained on several sections: each section's
+#: ``meta.position_frame`` of a model trained on several sections: each section's
 #: positions are scaled by its own box, so predicting needs the box of the section.
 PER_SECTION = "per_section"
 
@@ -159,19 +159,22 @@ class ModelInputs:
         return cls(image.mean(axis=0), std, positions.min(axis=0), positions.max(axis=0), n_bins)
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], n_bins: int) -> ModelInputs:
-        """The statistics stored by :meth:`to_meta` in a model's metadata."""
-        frames = meta.get("section_frames") if meta.get("position_frame") == PER_SECTION else None
-        return cls(meta["feature_mean"], meta["feature_std"], meta["position_min"], meta["position_max"], n_bins,
-                   frames)
+    def from_meta(cls, meta: ModelMeta, n_bins: int) -> ModelInputs:
+        """The statistics stored by :meth:`record` in a model's metadata."""
+        mean, std, lo, hi = meta.feature_mean, meta.feature_std, meta.position_min, meta.position_max
+        if mean is None or std is None or lo is None or hi is None:
+            raise InputError("the model's metadata lacks its input statistics (feature_mean, feature_std, "
+                             "position_min, position_max): the checkpoint is incomplete")
+        frames = meta.section_frames if meta.position_frame == PER_SECTION else None
+        return cls(np.asarray(mean), np.asarray(std), np.asarray(lo), np.asarray(hi), n_bins,
+                   None if frames is None else np.asarray(frames))
 
-    def to_meta(self) -> dict[str, Any]:
-        """The statistics as plain JSON-serialisable metadata."""
-        meta = {"feature_mean": self.mean.tolist(), "feature_std": self.std.tolist(),
-                "position_min": self.pos_min.tolist(), "position_max": self.pos_max.tolist()}
+    def record(self, meta: ModelMeta) -> None:
+        """Write the statistics into ``meta`` as plain JSON-serialisable lists."""
+        meta.feature_mean, meta.feature_std = self.mean.tolist(), self.std.tolist()
+        meta.position_min, meta.position_max = self.pos_min.tolist(), self.pos_max.tolist()
         if self.frames is not None:
-            meta.update(position_frame=PER_SECTION, section_frames=self.frames.tolist())
-        return meta
+            meta.position_frame, meta.section_frames = PER_SECTION, self.frames.tolist()
 
     def spot_frames(self, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-spot ``(min, max)`` rows, ``(n, 2)`` each, from per-spot section labels."""

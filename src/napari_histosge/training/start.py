@@ -34,8 +34,8 @@ def resume_into(model, saved: TrainedModel, config: TrainConfig) -> tuple[int, l
     what every trainer needs to continue a run.
     """
     model.load_state_dict(saved.model.state_dict())
-    start = int(saved.meta.get("epochs_done", 0))
-    history = [float(v) for v in saved.meta.get("history", [])][:start]
+    start = int(saved.meta.epochs_done)
+    history = [float(v) for v in saved.meta.history][:start]
     return start, history, ModelInputs.from_meta(saved.meta, spot_group_settings(config).n_pos_bins)
 
 
@@ -58,10 +58,10 @@ def check_resumable(saved: TrainedModel, config: TrainConfig, data: TrainingData
             "markers") else f" (it chose its genes with --markers {saved.config.settings(('markers',)).get('markers')})"
         raise InputError("the checkpoint predicts different genes than the training data; resume with the gene "
                          f"settings it was trained with{hint}", path)
-    if int(saved.meta.get("n_features", -1)) != d:
+    if saved.meta.n_features is None or int(saved.meta.n_features) != d:
         raise InputError(
-            f"the checkpoint expects {saved.meta.get('n_features')} image features, the data has {d}", path)
-    saved_sections = len(saved.meta["section_frames"]) if saved.per_section else None
+            f"the checkpoint expects {saved.meta.n_features} image features, the data has {d}", path)
+    saved_sections = len(saved.meta.section_frames or []) if saved.per_section else None
     wanted = None if data.sections is None else data.n_sections
     if saved_sections != wanted:
         raise InputError(f"the checkpoint was trained on {saved_sections or 1} section(s), "
@@ -84,8 +84,8 @@ def check_initialisable(init: TrainedModel, config: TrainConfig, data: TrainingD
     if init.genes != data.genes:
         raise InputError("the model to start from predicts other genes than the training data", where)
     d = data.features.shape[1]
-    if int(init.meta.get("n_features", -1)) != d:
-        raise InputError(f"the model to start from reads {init.meta.get('n_features')} image features, the data "
+    if init.meta.n_features is None or int(init.meta.n_features) != d:
+        raise InputError(f"the model to start from reads {init.meta.n_features} image features, the data "
                          f"has {d}: use its feature extractor", where)
 
 
@@ -99,9 +99,9 @@ def check_network_settings(init: TrainedModel, config: TrainConfig, hparam_keys:
 
 def init_provenance(init: TrainedModel) -> dict:
     """What a model started from another keeps about it: its file, model and training sections."""
-    sections = init.meta.get("sections") or [{"source": init.meta.get("source")}]
+    sections = init.meta.sections or [{"source": init.meta.source}]
     return {"path": init.path, "model": init.config.model, "sections": sections,
-            "epochs_done": init.meta.get("epochs_done")}
+            "epochs_done": init.meta.epochs_done}
 
 
 def adamw(params, config: TrainConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, spot_group_settings
 from .grouping import group_spots, pack_batches
 from .inputs import PER_SECTION, ModelInputs, as_matrix
+from .model_meta import ModelMeta
 
 
 class TrainedModel:
@@ -24,11 +26,9 @@ class TrainedModel:
     (:meth:`predict_planned`); HisToSGE's is
     :class:`napari_histosge.models.histosge_trained.HisToSGETrainedModel`.
 
-    ``meta`` holds what the caller passed to :func:`train` plus the input statistics
-    (``feature_mean``/``feature_std``, ``position_min``/``position_max``), ``history``
-    (loss per epoch), ``epochs_done``, ``in_dim`` and ``n_features``. A model trained on
-    several sections adds ``position_frame="per_section"`` and ``section_frames`` (the
-    ``(min, max)`` box of each training section).
+    ``meta`` (a :class:`~.model_meta.ModelMeta`, of the class ``meta_class`` names) holds
+    what the caller passed to :func:`train` plus what training recorded: the input
+    statistics, the loss per epoch, the epochs run, the network's sizes.
     """
 
     #: Whether the model can predict on a section it was not trained on. A model that reads
@@ -42,15 +42,19 @@ class TrainedModel:
     #: disc (:meth:`predict`); ``"cells"``, as the mean of its grid cells under each disc (a
     #: :class:`~.cell_model.CellModel`).
     spots_from: ClassVar[str] = "features"
+    #: The class of its metadata: a model that records more than every model subclasses it.
+    meta_class: ClassVar[type[ModelMeta]] = ModelMeta
     #: The checkpoint it was read from (``None``: trained in this process).
     path: str | None = None
+    meta: ModelMeta
 
-    def __init__(self, model, config: TrainConfig, genes: list[str], meta: dict[str, Any], *,
+    def __init__(self, model, config: TrainConfig, genes: list[str], meta: ModelMeta | Mapping[str, Any], *,
                  optimizer_state: dict | None = None) -> None:
         self.model = model
         self.config = config
         self.genes = list(genes)
-        self.meta = meta
+        # A checkpoint's dict (or another class's record) becomes this model's own record.
+        self.meta = meta if isinstance(meta, ModelMeta) and type(meta) is self.meta_class else self.meta_class.of(meta)
         self.optimizer_state = optimizer_state
 
     @property
@@ -64,7 +68,7 @@ class TrainedModel:
     @property
     def per_section(self) -> bool:
         """Whether the model was trained on several sections (predicting needs the section's frame)."""
-        return self.meta.get("position_frame") == PER_SECTION
+        return self.meta.position_frame == PER_SECTION
 
     def _frame(self, frame) -> tuple[np.ndarray, np.ndarray] | None:
         """``frame`` checked, or ``None`` (the stored training box) for a one-section model."""
@@ -141,23 +145,23 @@ class TrainedModel:
         The CLI prints it after training and the Train widget shows it when a job ends.
         """
         meta = self.meta
-        ran = int(meta.get("stopped_at", len(meta.get("history", []))))
-        if meta.get("val_history") and meta.get("best_epoch") is not None:
+        ran = int(meta.stopped_at if meta.stopped_at is not None else len(meta.history))
+        if meta.val_history and meta.best_epoch is not None:
             text = (f"epochs: {ran} of at most {self.config.epochs}; kept the weights of epoch "
-                    f"{meta['best_epoch']} (best on the validation spots)")
-            score = meta.get("best_val_pcc")
+                    f"{meta.best_epoch} (best on the validation spots)")
+            score = meta.best_val_pcc
             if score is not None and np.isfinite(score):
                 # The score two runs on the same spots can be compared by (e.g. with and
                 # without image features); the same seed holds back the same spots.
-                text += (f"\nvalidation PCC (mean per gene, {int(meta.get('n_validation_spots', 0))} spots "
+                text += (f"\nvalidation PCC (mean per gene, {int(meta.n_validation_spots)} spots "
                          f"held back from training): {score:.4f}")
             return text
         return f"epochs: {ran}"
 
     def save(self, path: str | PathLike) -> None:
         """Write one checkpoint file (weights, config, genes, meta, optimiser state), atomically."""
-        info = {"config": self.config.to_dict(), "genes": self.genes, "meta": self.meta,
-                "epoch": int(self.meta.get("epochs_done", 0))}
+        info = {"config": self.config.to_dict(), "genes": self.genes, "meta": self.meta.to_dict(),
+                "epoch": int(self.meta.epochs_done)}
         save_checkpoint(path, state_dict=self.model.state_dict(), info=info, optimizer=self.optimizer_state)
 
 
@@ -166,13 +170,14 @@ class SavedModel:
     """A checkpoint written by :meth:`TrainedModel.save`, read back.
 
     The network's weights and what rebuilding the network needs; the model registry builds
-    it (:func:`napari_histosge.models.load_model`).
+    it (:func:`napari_histosge.models.load_model`). ``meta`` is the checkpoint's record as
+    every model reads it; the model's trained class reads its own entries from it.
     """
 
     state: dict
     config: TrainConfig
     genes: list[str]
-    meta: dict[str, Any]
+    meta: ModelMeta
     optimizer_state: dict | None
     #: Where the weights were read to (:func:`~napari_histosge.device.pick_device`).
     device: Any
@@ -191,11 +196,13 @@ class SavedModel:
         try:
             config = config_from_dict(info["config"])
             genes, meta = list(info["genes"]), dict(info["meta"])
+            if not all(isinstance(key, str) for key in meta):
+                raise TypeError("the metadata's keys are not names")
         except InputError as exc:
             raise InputError(f"the checkpoint's settings are invalid ({exc.problem})", path) from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the checkpoint is incomplete or corrupt ({type(exc).__name__}: {exc})", path) from exc
-        return cls(state, config, genes, meta, optimizer_state, dev)
+        return cls(state, config, genes, ModelMeta.from_dict(meta), optimizer_state, dev)
 
     def load_weights(self, network, path: str | PathLike) -> None:
         """Load the saved weights into ``network`` (built for :attr:`config`), checked.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .model_meta import ModelMeta
+
 __all__ = ["WeightAverage"]
 
 
@@ -39,10 +41,10 @@ class WeightAverage:
         self.model.load_state_dict(self.average.module.state_dict())
         return True
 
-    def summary(self) -> dict[str, Any]:
-        """What the model's metadata records: the averaged epochs."""
+    def record(self, meta: ModelMeta) -> None:
+        """Write the averaged epochs into the model's metadata."""
         # Every epoch from ``first`` on is averaged, so the last is ``first + count - 1``.
-        return {"averaged_epochs": None if not self.count else [self.first, self.first + self.count - 1]}
+        meta.averaged_epochs = None if not self.count else [self.first, self.first + self.count - 1]
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: the running mean and its epochs."""

@@ -11,7 +11,7 @@ context.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from os import PathLike
 from typing import Any
@@ -25,6 +25,7 @@ from ...progress import CancelToken, Progress, ProgressGenerator, map_events
 from ...training.early_stopping import BestWeights, mean_gene_pcc, validation_rows
 from ...training.engine import EpochHooks, run_epochs
 from ...training.inputs import ModelInputs, TrainingData
+from ...training.model_meta import ModelMeta
 from ...training.start import adamw, check_resumable, init_provenance, resume_into, seed_all
 from ...training.trained_model import TrainedModel
 from .. import histosge_fit  # noqa: F401  (registers histosge: the companion trains as one)
@@ -33,6 +34,7 @@ from ..neighbours import median_spacing, neighbour_context
 from ..registry import ModelSpec, create_model, load_model, model_hparams, register_model, train
 from .config import ConditionedConfig
 from .kriging_fit import describe_shares, fit_kriging
+from .meta import ConditionedMeta
 from .network import ADV_GENES, ConditionedModel
 from .sequencing_depth import depth_slopes, log_depth, standardise_depth
 from .trained import (
@@ -92,7 +94,7 @@ def train_conditioned(
     *,
     checkpoint_path: str | PathLike | None = None,
     resume: str | PathLike | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: ModelMeta | Mapping[str, Any] | None = None,
     cancel: CancelToken | None = None,
     init: TrainedModel | None = None,
 ) -> ProgressGenerator[ConditionedTrainedModel]:
@@ -145,9 +147,9 @@ def train_conditioned(
         resumed = _load_optimizers(optimizers, saved.optimizer_state)
     img = image_inputs(inputs, data.features, data.mean_rgb)  # resumed: the checkpoint's statistics
     _set_reference(model, data, y, img, gene_mean, gene_std, parts)
-    meta = _conditioned_meta(dict(meta or {}), inputs, data, config, spacing, parts, saved)
+    meta = _conditioned_meta(ConditionedMeta.of(meta), inputs, data, config, spacing, parts, saved)
     if init is not None:
-        meta["init"] = init_provenance(init)
+        meta.init = init_provenance(init)
     trained = ConditionedTrainedModel(model, config, data.genes, meta)
     epoch_fit = ConditionedEpoch(model, optimizers, data, y, img, config, spacing, device, cancel)
     hooks = EpochHooks(model=model, fit_epoch=epoch_fit, patience=None, initial_candidate=True, smoothing=1,
@@ -155,7 +157,7 @@ def train_conditioned(
                                                 for k, o in optimizers.items()},
                        score=epoch_fit.validation_score(),
                        finish=lambda restored, best: _finish(trained, epoch_fit, data, restored, best, start))
-    meta["n_validation_spots"] = len(epoch_fit.val_rows)
+    meta.n_validation_spots = len(epoch_fit.val_rows)
     yield from run_epochs(hooks, trained, epochs=config.epochs, start=start, history=history, resumed=resumed,
                           checkpoint_path=checkpoint_path, checkpoint_every=config.checkpoint_every,
                           message=f"{len(data.spot_ids)} spots, {g} genes")
@@ -187,7 +189,7 @@ def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img
     parts: dict[str, Any] = {"kriging": None, "depth": None, "companions": [],
                              "model_kwargs": {"n_ref": n, "n_basis": 0}}
     if saved is not None:
-        parts["model_kwargs"].update({k: v for k, v in saved.meta.get("model_kwargs", {}).items() if k != "n_ref"})
+        parts["model_kwargs"].update({k: v for k, v in saved.meta.model_kwargs.items() if k != "n_ref"})
         return parts
     if config.use_neighbours:
         yield Progress("kriging", 0, 1, "choosing an estimator and kernels per gene")
@@ -202,7 +204,7 @@ def _fit_parts(data: TrainingData, config: ConditionedConfig, y: np.ndarray, img
     if config.histosge_weight != 0:
         companions = yield from _train_companions(data, config, cancel, init)
         parts["companions"] = companions
-        parts["model_kwargs"]["histosge_kwargs"] = {"in_dim": int(companions[0].meta["in_dim"]),
+        parts["model_kwargs"]["histosge_kwargs"] = {"in_dim": int(companions[0].meta.in_dim or 0),
                                                     "n_genes": len(data.genes), **model_hparams(companions[0].config)}
         parts["model_kwargs"]["n_companions"] = len(companions)
     return parts
@@ -236,25 +238,28 @@ def _set_reference(model, data: TrainingData, y, img, gene_mean, gene_std, parts
         model.set_depth(depth["ref"], depth["slopes"], depth["kernel"])
 
 
-def _conditioned_meta(meta: dict, inputs: ModelInputs, data: TrainingData, config: ConditionedConfig, spacing: float,
-                      parts: dict, saved: TrainedModel | None) -> dict[str, Any]:
+def _conditioned_meta(meta: ConditionedMeta, inputs: ModelInputs, data: TrainingData, config: ConditionedConfig,
+                      spacing: float, parts: dict, saved: TrainedModel | None) -> ConditionedMeta:
     """The model's metadata: input statistics, sizes, and what the kriging, depth term and companion hold."""
     d = data.features.shape[1]
-    meta.update(inputs.to_meta(), in_dim=d + 3, n_features=d, n_train_spots=len(data.spot_ids), spacing_px=spacing,
-                position_jitter_px=config.position_jitter * spacing, model_kwargs=parts["model_kwargs"])
+    inputs.record(meta)
+    meta.in_dim, meta.n_features, meta.n_train_spots, meta.spacing_px = d + 3, d, len(data.spot_ids), spacing
+    meta.position_jitter_px, meta.model_kwargs = config.position_jitter * spacing, parts["model_kwargs"]
     kriging, depth, companions = parts["kriging"], parts["depth"], parts["companions"]
     if companions:
-        meta["histosge"] = {"members": [{"config": m.config.to_dict(), "meta": m.meta} for m in companions]}
+        meta.histosge = {"members": [{"config": m.config.to_dict(), "meta": m.meta.to_dict()} for m in companions]}
         if config.histosge_weight is not None:  # fixed; otherwise chosen after training
-            meta["histosge"]["weight"] = config.histosge_weight
+            meta.histosge["weight"] = config.histosge_weight
     if kriging is not None:
-        meta["kriging"] = {"share": kriging.share, "cv_pcc": kriging.cv_pcc, "image_trend": kriging.trend is not None}
+        meta.kriging = {"share": kriging.share, "cv_pcc": kriging.cv_pcc, "image_trend": kriging.trend is not None}
     if depth is not None:
-        meta["depth_term"] = {"genes": int(np.count_nonzero(depth["slopes"])), "kernel": depth["kernel"],
-                              "log_mean": depth["log_mean"], "log_sd": depth["log_sd"]}
-    for key in ("histosge", "kriging", "depth_term"):
-        if key not in meta and saved is not None and key in saved.meta:
-            meta[key] = saved.meta[key]
+        meta.depth_term = {"genes": int(np.count_nonzero(depth["slopes"])), "kernel": depth["kernel"],
+                           "log_mean": depth["log_mean"], "log_sd": depth["log_sd"]}
+    if saved is not None:  # resumed: the parts fitted before the network trained are the checkpoint's
+        old = ConditionedMeta.of(saved.meta)
+        meta.histosge = meta.histosge if meta.histosge is not None else old.histosge
+        meta.kriging = meta.kriging if meta.kriging is not None else old.kriging
+        meta.depth_term = meta.depth_term if meta.depth_term is not None else old.depth_term
     return meta
 
 
@@ -379,8 +384,8 @@ def _finish(trained: ConditionedTrainedModel, epoch_fit: ConditionedEpoch, data:
             yield Progress("uncertainty", i + 1, refit, metrics={"loss": float(loss.detach())})
     model.eval()
     # The companion's weight needs the final conditioned model, so it is chosen last.
-    if "histosge" in trained.meta and "weight" not in trained.meta["histosge"]:
-        trained.meta["histosge"].update(_choose_blend(trained, data, epoch_fit.img_t, epoch_fit.tree))
+    if trained.meta.histosge is not None and "weight" not in trained.meta.histosge:
+        trained.meta.histosge.update(_choose_blend(trained, data, epoch_fit.img_t, epoch_fit.tree))
 
 
 def _fit_depth(data: TrainingData, counts: np.ndarray, gene_std: np.ndarray, config: ConditionedConfig,
@@ -423,7 +428,7 @@ def _choose_blend(trained: ConditionedTrainedModel, data: TrainingData, img_t, t
     if rows is None or len(rows) < 3:
         return {"weight": DEFAULT_BLEND, "validation_pcc": None}
     args = _held_out_inputs(data.positions, rows, img_t, trained.config.neighbours,
-                            float(trained.meta["spacing_px"]), tree)
+                            float(trained.meta.spacing_px or 0.0), tree)
     with torch.no_grad():
         own = model.to_expression(model(*args)["mean"]).cpu().numpy()
     other = trained.companion_predict(data.features[rows], data.mean_rgb[rows], data.positions[rows])

@@ -23,6 +23,7 @@ from .config import ConditionedConfig
 from .counting_noise import counting_std
 from .kriging import ESTIMATORS
 from .kriging_fit import describe_shares
+from .meta import ConditionedMeta
 
 
 def image_inputs(inputs: ModelInputs, features: np.ndarray, mean_rgb: np.ndarray) -> np.ndarray:
@@ -39,10 +40,10 @@ DEFAULT_BLEND = 0.5
 class ConditionedTrainedModel(TrainedModel):
     """A trained conditioned model: predicts from image features AND its stored measured spots.
 
-    ``meta`` adds ``spacing_px`` (median spacing of the reference spots) and
-    ``model_kwargs`` (``n_ref``: reference-set size) to the base class's metadata; with a
-    HisToSGE companion, ``histosge["members"]`` holds the settings and metadata of each of its
-    models and ``histosge["weight"]`` its weight.
+    ``meta`` (:class:`.meta.ConditionedMeta`) adds the reference spots' spacing, the
+    kriging, the depth term and, with a HisToSGE companion, ``histosge["members"]`` (the
+    settings and metadata of each of its models) and ``histosge["weight"]`` (its weight);
+    ``model_kwargs["n_ref"]`` is the reference-set size.
 
     The prediction is the conditional mean, blended with the companion's prediction where
     there is one: ``(1 - w) * conditioned + w * histosge`` with ``w`` = :attr:`blend_weight`
@@ -52,6 +53,8 @@ class ConditionedTrainedModel(TrainedModel):
     """
 
     config: ConditionedConfig
+    meta: ConditionedMeta
+    meta_class = ConditionedMeta
     predicts_other_sections = False  # its context is the measured spots of its own section
 
     @property
@@ -59,7 +62,7 @@ class ConditionedTrainedModel(TrainedModel):
         """Weight of the companion in the prediction (0 without one)."""
         if self.model.histosge is None:
             return 0.0
-        return float(self.meta["histosge"].get("weight", DEFAULT_BLEND))
+        return float((self.meta.histosge or {}).get("weight", DEFAULT_BLEND))
 
     @cached_property
     def companions(self) -> tuple[HisToSGETrainedModel, ...]:
@@ -72,7 +75,7 @@ class ConditionedTrainedModel(TrainedModel):
         if self.model.histosge is None:
             return ()
         return tuple(HisToSGETrainedModel(module, config_from_dict(info["config"]), self.genes, info["meta"])
-                     for module, info in zip(self.model.histosge, self.meta["histosge"]["members"], strict=True))
+                     for module, info in zip(self.model.histosge, (self.meta.histosge or {})["members"], strict=True))
 
     def companion_mean(self, rows, batches) -> np.ndarray:
         """Mean prediction of :attr:`companions` over the planned ``batches`` (their ``rows``)."""
@@ -89,7 +92,7 @@ class ConditionedTrainedModel(TrainedModel):
         return self.companion_mean(rows, lead.plan_batches(positions))
 
     def _context(self, features, mean_rgb, positions):
-        d = int(self.meta["n_features"])
+        d = int(self.meta.n_features or 0)
         positions = as_matrix(positions, "positions", 2, None, np.float64)
         n = len(positions)
         features = as_matrix(features, "features", d, n)
@@ -97,7 +100,7 @@ class ConditionedTrainedModel(TrainedModel):
         img = image_inputs(self._inputs(), features, mean_rgb)
         ref = self.model.ref_positions.detach().cpu().numpy()
         idx, geo, valid = neighbour_context(ref, positions, self.config.neighbours,
-                                            spacing=float(self.meta["spacing_px"]))
+                                            spacing=float(self.meta.spacing_px or 0.0))
         return img, idx, geo, valid
 
     def prediction_inputs(self, features, mean_rgb, positions, *, frame=None) -> tuple[np.ndarray, ...]:
@@ -168,7 +171,7 @@ class ConditionedTrainedModel(TrainedModel):
             pred += shift
             if samples is not None:
                 samples += shift[None]
-        counting = self.meta.get("depth_term", {})
+        counting = self.meta.depth_term or {}
         if counting_noise and std is not None and "log_mean" in counting:  # older checkpoints lack it
             # What a spot measured here would read scatters by Poisson counting around the
             # prediction too (.counting_noise); the samples' spread only covers the expectation.
@@ -215,22 +218,23 @@ class ConditionedTrainedModel(TrainedModel):
         neighbours alone).
         """
         text = super().training_summary()
-        if "kriging" in self.meta:
-            text += f"\nkriging estimators (share of genes): {describe_shares(self.meta['kriging']['share'])}"
-        if "depth_term" in self.meta:
-            text += (f"\nsequencing-depth term on {self.meta['depth_term']['genes']} genes "
+        meta = self.meta
+        if meta.kriging is not None:
+            text += f"\nkriging estimators (share of genes): {describe_shares(meta.kriging['share'])}"
+        if meta.depth_term is not None:
+            text += (f"\nsequencing-depth term on {meta.depth_term['genes']} genes "
                      "(those counted less than once per spot on average)")
-        if "histosge" in self.meta:
-            kept = ", ".join(str(m["meta"].get("best_epoch")) for m in self.meta["histosge"]["members"])
+        if meta.histosge is not None:
+            kept = ", ".join(str(m["meta"].get("best_epoch")) for m in meta.histosge["members"])
             how = "set" if self.config.histosge_weight is not None else "chosen on validation spots"
-            n = len(self.meta["histosge"]["members"])
+            n = len(meta.histosge["members"])
             text += (f"\nblended with its HisToSGE companion, the mean of {n} model{'s' * (n > 1)} "
                      f"(weight {self.blend_weight:g}, {how}; weights of epoch {kept})")
         return text
 
     def gene_estimators(self) -> list[str] | None:
         """Per gene, the kriging estimator (``plain``, ``coupled`` or ``drift``); ``None`` without neighbours."""
-        if "kriging" not in self.meta:
+        if self.meta.kriging is None:
             return None
         return [ESTIMATORS[int(c)] for c in self.model.choice.cpu().tolist()]
 

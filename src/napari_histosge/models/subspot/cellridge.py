@@ -14,8 +14,8 @@ Importing this module registers the ``cellridge`` model (:mod:`..registry`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Any
 
@@ -26,12 +26,14 @@ from ...features.cell_raster import IDENTITY, cell_features
 from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, top_mean_genes
 from ...progress import CancelToken, Progress, ProgressGenerator
+from ...training.model_meta import ModelMeta
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .config import CellRidgeConfig
 from .fit import RIDGE_ALPHAS, ridge_fit
 from .geometry import cell_px_for, footprint_cells, footprints_of
 from .histology_prior import CELL_SIZE_TOLERANCE
+from .meta import CellRidgeMeta
 
 
 @dataclass
@@ -80,11 +82,13 @@ def check_sections(adatas: Sequence[Any], cell_um: float | None) -> None:
                          "pixel size): give --cell-um so that every section's cells are the same size")
 
 
-def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig) -> CellRidgeModel:
+def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig, *,
+                  meta: ModelMeta | Mapping[str, Any] | None = None) -> CellRidgeModel:
     """The ridge map fitted on ``sections``' spots, genes among those all share.
 
     Without ``genes`` given, the ``n_top_genes`` most expressed genes and the
-    ``n_top_genes`` ranked ones (of the spots together) are fitted.
+    ``n_top_genes`` ranked ones (of the spots together) are fitted. ``meta``: what the
+    caller keeps (feature settings, ...), under the fit's own entries.
     """
     import anndata as ad
 
@@ -104,15 +108,16 @@ def fit_cellridge(sections: Sequence[SectionCells], config: CellRidgeConfig) -> 
     network = CellRidgeNetwork(in_dim=x.shape[1], n_genes=len(genes))
     network.fill(coef, np.mean([t.mean(axis=0) for t in targets], axis=0))
     cell_ums = [s.cell_um for s in sections]
-    meta = {"in_dim": int(x.shape[1]), "n_features": int(x.shape[1]), "feature_identity": IDENTITY,
-            "cell_um": None if None in cell_ums else float(np.mean(cell_ums)),  # type: ignore[arg-type]
-            "sections": [s.meta for s in sections], "platform": sections[0].meta["platform"],
-            "n_train_spots": int(len(x)), "ridge_alpha_median": float(np.median(alphas)), "history": [],
-            "epochs_done": 0}
-    return CellRidgeModel(network, config, genes, meta)
+    own = replace(CellRidgeMeta.of(meta), in_dim=int(x.shape[1]), n_features=int(x.shape[1]), feature_identity=IDENTITY,
+                  cell_um=None if None in cell_ums else float(np.mean(cell_ums)),  # type: ignore[arg-type]
+                  sections=[s.meta for s in sections], platform=sections[0].meta["platform"],
+                  n_train_spots=int(len(x)), ridge_alpha_median=float(np.median(alphas)), history=[],
+                  epochs_done=0)
+    return CellRidgeModel(network, config, genes, own)
 
 
-def train_cellridge(adata, *, train_ids: Sequence[str] | None, config: CellRidgeConfig, meta: dict[str, Any],
+def train_cellridge(adata, *, train_ids: Sequence[str] | None, config: CellRidgeConfig,
+                    meta: ModelMeta | Mapping[str, Any],
                     checkpoint_path: str | PathLike | None = None,
                     cancel: CancelToken | None = None) -> ProgressGenerator[TrainedModel]:
     """Fit ``cellridge`` on one section or a list of them (``train_ids``: one section only)."""
@@ -127,8 +132,7 @@ def train_cellridge(adata, *, train_ids: Sequence[str] | None, config: CellRidge
         yield Progress("prepare", number - 1, len(adatas), f"cell features of section {number} of {len(adatas)}")
         sections.append((yield from section_cells(section, config.cell_um, cancel=cancel)))
     yield Progress("fit", 0, 1, f"ridge over {sum(len(s.features) for s in sections)} spots")
-    model = fit_cellridge(sections, config)
-    model.meta = {**meta, **model.meta}  # what the caller keeps (feature settings, ...), under the fit's own
+    model = fit_cellridge(sections, config, meta=meta)
     if checkpoint_path is not None:
         model.save(checkpoint_path)
     yield Progress("fit", 1, 1)
@@ -168,6 +172,8 @@ class CellRidgeModel(TrainedModel):
     """A fitted ``cellridge`` model: a histology prior for the sub-spot model, not a predictor of spots."""
 
     config: CellRidgeConfig
+    meta: CellRidgeMeta
+    meta_class = CellRidgeMeta
     #: It makes no map of a section itself: the sub-spot model draws with it.
     products = ()
 
@@ -183,9 +189,9 @@ class CellRidgeModel(TrainedModel):
     def training_summary(self) -> str:
         """How the fit went, for people."""
         meta = self.meta
-        size = f"{meta['cell_um']:.3g} µm" if meta.get("cell_um") else "cells of unknown size"
-        return (f"ridge of {meta['n_features']} cell image features over {meta['n_train_spots']} spots of "
-                f"{len(meta['sections'])} section(s), {size}; median penalty {meta['ridge_alpha_median']:.3g} "
+        size = f"{meta.cell_um:.3g} µm" if meta.cell_um else "cells of unknown size"
+        return (f"ridge of {meta.n_features} cell image features over {meta.n_train_spots} spots of "
+                f"{len(meta.sections or [])} section(s), {size}; median penalty {meta.ridge_alpha_median:.3g} "
                 f"(of {RIDGE_ALPHAS.min():g} to {RIDGE_ALPHAS.max():g})")
 
 

@@ -17,7 +17,8 @@ Importing this module registers the ``subspot`` model (:mod:`..registry`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from os import PathLike
 from typing import Any
 
@@ -30,6 +31,7 @@ from ...io import require_spot_image
 from ...io.preprocess import dense_targets, normalize_log1p, select_genes, total_counts
 from ...progress import CancelToken, Progress, ProgressGenerator
 from ...training.grouping import median_spacing
+from ...training.model_meta import ModelMeta
 from ...training.trained_model import TrainedModel
 from ..registry import ModelSpec, register_model
 from .calibration import calibrate, split_targets
@@ -37,6 +39,7 @@ from .config import SubspotConfig
 from .consistency import fit_dispersion
 from .geometry import cell_px_for, footprint_cells, footprints_of
 from .histology_prior import load_prior, prior_pattern
+from .meta import SubspotMeta
 from .network import SubspotNetwork
 from .prior import prior_rates, prior_weights, smoothed_rates
 from .trained import SubspotModel
@@ -49,7 +52,8 @@ NO_SHARED_GENE = ("the histology prior predicts none of the selected genes: ever
 RIDGE_ALPHAS = np.logspace(-1, 4, 11)
 
 
-def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: SubspotConfig, meta: dict[str, Any],
+def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: SubspotConfig,
+                          meta: ModelMeta | Mapping[str, Any],
                           checkpoint_path: str | PathLike | None = None,
                           cancel: CancelToken | None = None) -> ProgressGenerator[TrainedModel]:
     """Fit the ``subspot`` model on ``adata``'s measured footprints (``train_ids`` only, if given).
@@ -131,17 +135,14 @@ def train_subspot_section(adata, *, train_ids: Sequence[str] | None, config: Sub
           np.ones(len(genes)) if calibration is None else calibration.detail, depth, dispersion)
     if level is not None:
         _fill_level(network, level)
-    meta = dict(meta)
-    meta.update(in_dim=int(z.shape[1]), n_features=int(z.shape[1]), model_kwargs=kwargs,
-                cell_px=float(cell_px), cell_um=_cell_um(cell_px, info.get("mpp")), footprint=footprints.to_dict(),
-                prior_bandwidth_px=float(bandwidth), feature_identity=IDENTITY, n_train_spots=int(train.n_obs),
-                footprint_ids=[str(i) for i in train.obs_names], ridge_alpha_median=float(np.median(alphas)),
-                modulation_share=float(share), history=[], epochs_done=0)
-    if calibration is not None:
-        meta["calibration"] = calibration.to_meta()
-    if pattern is not None:
-        meta["histology_prior"] = pattern.to_meta(str(config.prior))
-    trained = SubspotModel(network, config, genes, meta)
+    trained = SubspotModel(network, config, genes, replace(
+        SubspotMeta.of(meta), in_dim=int(z.shape[1]), n_features=int(z.shape[1]), model_kwargs=kwargs,
+        cell_px=float(cell_px), cell_um=_cell_um(cell_px, info.get("mpp")), footprint=footprints.to_dict(),
+        prior_bandwidth_px=float(bandwidth), feature_identity=IDENTITY, n_train_spots=int(train.n_obs),
+        footprint_ids=[str(i) for i in train.obs_names], ridge_alpha_median=float(np.median(alphas)),
+        modulation_share=float(share), history=[], epochs_done=0,
+        calibration=None if calibration is None else calibration.to_meta(),
+        histology_prior=None if pattern is None else pattern.to_meta(str(config.prior))))
     if checkpoint_path is not None:
         trained.save(checkpoint_path)
     yield Progress("fit", 1, 1, f"image modulation share {share:g}")

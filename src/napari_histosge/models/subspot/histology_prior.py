@@ -31,6 +31,7 @@ from ...features.cell_raster import IDENTITY
 from ...training.grouping import median_spacing
 from ..registry import load_model
 from .calibration import pool_footprints
+from .meta import CellRidgeMeta
 
 #: Weights tried per gene.
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -85,8 +86,8 @@ def load_prior(path: str, adata, cell_um: float | None, genes_here) -> object:
         pixel size or cell size.
     """
     prior = load_model(path, device="cpu")
-    name = prior.config.model
-    if not hasattr(prior, "pattern_coef") or prior.meta.get("feature_identity") != IDENTITY:
+    name, meta = prior.config.model, CellRidgeMeta.of(prior.meta)
+    if not hasattr(prior, "pattern_coef") or meta.feature_identity != IDENTITY:
         raise InputError(f"the prior is a {name} model, which does not predict expression from the image of "
                          "grid cells: train a cellridge model on other sections (histosge train S1 S2 "
                          "--model cellridge) and give that", path)
@@ -94,26 +95,26 @@ def load_prior(path: str, adata, cell_um: float | None, genes_here) -> object:
         raise InputError(f"the prior model's {len(prior.genes)} genes and this section's share none "
                          "(another organism, or Ensembl ids against symbols?)", path)
     info = adata.uns.get("histosge", {})
-    platforms = {str(s.get("platform")) for s in prior.meta.get("sections", [])} - {"unknown", "None", "slide"}
+    platforms = {str(s.get("platform")) for s in meta.sections or []} - {"unknown", "None", "slide"}
     here = str(info.get("platform", "unknown"))
     if platforms and here not in ("unknown", "None", "slide") and here not in platforms:
         raise InputError(f"the prior model was trained on {', '.join(sorted(platforms))} sections and this "
                          f"section is {here}: train the prior on sections of this platform", path)
-    _check_scale(prior.meta, info.get("mpp"), cell_um, path)
+    _check_scale(meta, info.get("mpp"), cell_um, path)
     return prior
 
 
-def _check_scale(meta: dict, mpp, cell_um: float | None, path: str) -> None:
+def _check_scale(meta: CellRidgeMeta, mpp, cell_um: float | None, path: str) -> None:
     """The prior's cells must be this model's cells in µm, read from slides of a similar pixel size."""
-    if cell_um is None or meta.get("cell_um") is None:
+    if cell_um is None or meta.cell_um is None:
         raise InputError("a histology prior needs the pixel size of this slide and of the prior's slides (the cells "
                          "must be the same size in µm), and one of them is unknown", path)
-    ratio = float(cell_um) / float(meta["cell_um"])
+    ratio = float(cell_um) / float(meta.cell_um)
     if not 1 / CELL_SIZE_TOLERANCE <= ratio <= CELL_SIZE_TOLERANCE:
-        raise InputError(f"the prior model's cells are {meta['cell_um']:.3g} µm and this model's {cell_um:.3g} µm: "
-                         f"give --cell-um {meta['cell_um']:.3g} (the image features of a cell depend on its size)",
+        raise InputError(f"the prior model's cells are {meta.cell_um:.3g} µm and this model's {cell_um:.3g} µm: "
+                         f"give --cell-um {meta.cell_um:.3g} (the image features of a cell depend on its size)",
                          path)
-    mpps = [float(s["mpp"]) for s in meta.get("sections", []) if s.get("mpp")]
+    mpps = [float(s["mpp"]) for s in meta.sections or [] if s.get("mpp")]
     if mpp and mpps and not any(1 / MPP_TOLERANCE <= float(mpp) / m <= MPP_TOLERANCE for m in mpps):
         raise InputError(f"the prior model's slides have {min(mpps):.3g}-{max(mpps):.3g} µm per pixel and this one "
                          f"{float(mpp):.3g}: its image features would not mean the same here", path)

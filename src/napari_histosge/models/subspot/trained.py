@@ -18,6 +18,7 @@ from ...training.trained_model import TrainedModel
 from .config import SubspotConfig
 from .consistency import consistent_rates, counting_targets, field_factor, smooth_field
 from .geometry import footprint_cells
+from .meta import SubspotMeta
 from .prior import prior_rates, prior_weights, smoothed_rates
 
 #: The smooth correction reads each footprint's mean from cells of at most its size over this.
@@ -29,6 +30,8 @@ class SubspotModel(TrainedModel):
 
     #: It reads the measured footprints it stores, which lie on its own section only.
     config: SubspotConfig
+    meta: SubspotMeta
+    meta_class = SubspotMeta
     predicts_other_sections = False
     #: It predicts grid cells or segmented cells from the slide; spots are means of their cells.
     products = ("grid", "cells")
@@ -37,26 +40,27 @@ class SubspotModel(TrainedModel):
     @property
     def uses_image(self) -> bool:
         """Whether the cells' image features change its prediction (image modulation kept)."""
-        return float(self.meta.get("modulation_share", 0.0)) > 0
+        return float(self.meta.modulation_share) > 0
 
     @property
     def cell_px(self) -> float:
         """Side of the grid cells it was fitted on, full-res px."""
-        return float(self.meta["cell_px"])
+        return float(self.meta.cell_px or 0.0)
 
     def footprints(self) -> Footprints:
         """The measured footprints it stores (the training spots or bins)."""
-        shape = self.meta["footprint"]
+        shape = self.meta.footprint or {}
         return Footprints(self.model.footprint_xy.cpu().numpy(), shape["shape"], shape["size_px"],
                           shape.get("angle", 0.0))
 
     def cell_rates(self, cell_xy: np.ndarray, cell_features: np.ndarray) -> np.ndarray:
         """``(n, G)`` float32 rates (counts per 1e4) of cells centred at ``cell_xy``, before consistency."""
         cell_xy = np.asarray(cell_xy, np.float64)
-        if cell_features.shape != (len(cell_xy), int(self.meta["n_features"])):
+        if cell_features.shape != (len(cell_xy), int(self.meta.n_features or 0)):
             raise InputError(f"cell features have shape {cell_features.shape}, expected "
-                             f"({len(cell_xy)}, {int(self.meta['n_features'])})")
-        weights = prior_weights(cell_xy, self.model.footprint_xy.cpu().numpy(), float(self.meta["prior_bandwidth_px"]))
+                             f"({len(cell_xy)}, {int(self.meta.n_features or 0)})")
+        bandwidth = float(self.meta.prior_bandwidth_px or 0.0)
+        weights = prior_weights(cell_xy, self.model.footprint_xy.cpu().numpy(), bandwidth)
         prior = smoothed_rates(weights, self.model.footprint_rate.cpu().numpy())
         modulation = self.model.modulation(cell_features)
         level = self.model.footprint_level()
@@ -91,7 +95,7 @@ class SubspotModel(TrainedModel):
         net = self.model
         footprint_xy = net.footprint_xy.cpu().numpy()
         measured = net.footprint_rate.cpu().numpy().astype(np.float64)
-        bandwidth = float(self.meta["prior_bandwidth_px"])
+        bandwidth = float(self.meta.prior_bandwidth_px or 0.0)
         footprints = self.footprints()
         # Each footprint's mean needs a few dozen cells, not thousands (a large bin at 14 µm).
         grid, weights = footprint_cells(footprints, max(self.cell_px, footprints.size_px / FIELD_CELLS_ACROSS))
@@ -113,18 +117,18 @@ class SubspotModel(TrainedModel):
     def training_summary(self) -> str:
         """How the fit went, for people."""
         meta = self.meta
-        size = f"{meta['cell_um']:.3g} µm" if meta.get("cell_um") else f"{self.cell_px:.3g} px"
+        size = f"{meta.cell_um:.3g} µm" if meta.cell_um else f"{self.cell_px:.3g} px"
         image = ("image modulation off" if not self.config.image_modulation
-                 else f"image modulation kept: {float(meta.get('modulation_share', 0.0)):g}")
-        text = f"fitted on {int(meta.get('n_train_spots', 0))} measured footprints, cells of {size}; {image}"
-        prior = meta.get("histology_prior")
+                 else f"image modulation kept: {float(meta.modulation_share):g}")
+        text = f"fitted on {int(meta.n_train_spots)} measured footprints, cells of {size}; {image}"
+        prior = meta.histology_prior
         if prior:  # the histology prior (subspot --prior) in place of the image modulation
             text = text.replace("image modulation off", f"histology prior {prior['path']}: its pattern kept for "
                                 f"{prior['genes_kept']} of {prior['shared_genes']} shared genes (mean weight "
                                 f"{prior['mean_weight']:.2f}, chosen on {prior['squares']} pooled squares)")
             if not prior["shared_genes"]:
                 text += "; the prior predicts none of the selected genes, so every weight is 0"
-        calibration = meta.get("calibration")
+        calibration = meta.calibration
         if calibration:
             text += (f"\none scale up ({calibration['calibration_squares']} pooled squares predicting the "
                      f"footprints): PCC {calibration['calibration_pcc']:.4f} with it, "

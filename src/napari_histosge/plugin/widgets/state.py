@@ -5,9 +5,12 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
+
+if TYPE_CHECKING:
+    from ...training.model_meta import ModelMeta
 
 
 @dataclass
@@ -37,9 +40,9 @@ class SessionModel:
         lines = [self.name + (f" ({self.note})" if self.note else "")]
         if self.model is not None:
             genes = list(self.model.genes)
-            meta = getattr(self.model, "meta", {}) or {}
-            sections = [str(s.get("name")) for s in meta.get("sections") or []] or (
-                [Path(str(meta["source"])).name] if meta.get("source") else [])
+            meta: ModelMeta = self.model.meta
+            sections = [str(s.get("name")) for s in meta.sections or []] or (
+                [Path(str(meta.source)).name] if meta.source else [])
             lines += [f"model: {self.model.config.model}",
                       f"genes: {len(genes)} ({', '.join(genes[:8])}{', ...' if len(genes) > 8 else ''})",
                       f"sections: {', '.join(sections) or 'unknown'}"]
