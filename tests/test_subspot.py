@@ -185,7 +185,7 @@ def test_the_default_model_reads_no_cell_features(demo, fitted, monkeypatch):
 def test_the_model_saves_and_loads_with_the_same_map(demo, fitted, unmasked_map, tmp_path):
     fitted.save(tmp_path / "m.pt")
     loaded = hs.load_model(tmp_path / "m.pt")
-    assert loaded.products == ("grid",) and loaded.genes == fitted.genes
+    assert loaded.products == ("grid", "cells") and loaded.genes == fitted.genes
     again = hs.run(hs.steps.superresolve_grid(loaded, demo, mask=None))
     assert np.array_equal(np.asarray(unmasked_map.X), np.asarray(again.X))
 
@@ -425,7 +425,7 @@ def test_the_widgets_none_mask_is_no_mask(demo, fitted, unmasked_map, make_napar
 
 
 def test_a_lattice_or_its_fold_is_refused_for_a_subspot_model_before_work(demo, fitted, no_features):
-    with pytest.raises(InputError, match="the subspot model makes grid, not lattice"):
+    with pytest.raises(InputError, match="the subspot model makes grid and cells, not lattice"):
         hs.superresolve(fitted, demo, product="lattice")
     with pytest.raises(InputError, match="the grid product takes grid_um, mask, consistency, not fold"):
         hs.superresolve(fitted, demo, 4)
