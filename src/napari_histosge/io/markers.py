@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gene_lists import names_genes_by_ensembl_id
-from .gene_names import attach_gene_names, find_gene_table, gene_keys, read_gene_table
+from .gene_names import MARKER_FALLBACK, SYMBOLS_FROM, attach_gene_names, find_gene_table, gene_keys, read_gene_table
 
 __all__ = ["MARKER_CAP", "TissueMarker", "attach_marker_symbols", "attach_recorded_symbols", "choose_tissue",
            "marker_genes", "marker_symbols", "section_species", "tissue_markers", "tissues"]
@@ -72,6 +72,8 @@ def attach_marker_symbols(adata) -> int:
     The fallback where no table of ids and symbols was given or shipped: a user typing MBP
     on data named by Ensembl id finds ENSG00000197971. Data named by symbol, or already
     holding ``var["gene_symbols"]``, are left as they are; returns how many genes got a symbol.
+    These few symbols are marked as the fallback (``uns["histosge"]["gene_symbols_from"]``):
+    sections are never matched on them (:mod:`napari_histosge.pipeline.gene_choice`).
     """
     names = [str(g) for g in adata.var_names]
     if "gene_symbols" in adata.var or not names_genes_by_ensembl_id(names):
@@ -79,7 +81,9 @@ def attach_marker_symbols(adata) -> int:
     table = marker_symbols()
     if not any(n.split(".")[0] in table for n in names):
         return 0
-    return attach_gene_names(adata, table)
+    attached = attach_gene_names(adata, table)
+    adata.uns.setdefault("histosge", {})[SYMBOLS_FROM] = MARKER_FALLBACK
+    return attached
 
 
 def attach_recorded_symbols(adata, table: str | os.PathLike | None = None) -> int:

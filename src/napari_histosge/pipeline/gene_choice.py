@@ -21,7 +21,11 @@ from ..io.gene_names import gene_keys
 from ..io.preprocess import normalize_log1p, resolve_gene, select_genes
 from ..training.config import TrainConfig
 
-__all__ = ["choose_genes", "section_names", "stack_sections", "training_genes"]
+__all__ = ["MIN_SHARED_SHARE", "choose_genes", "section_names", "stack_sections", "training_genes"]
+
+#: Sections are one gene space only when they share at least this share of the smaller one's genes:
+#: fewer means the names did not match (ids against symbols), not that the sections differ.
+MIN_SHARED_SHARE = 0.5
 
 
 def section_names(adatas: Sequence[Any]) -> list[str]:
@@ -42,7 +46,10 @@ def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[
     Genes are matched by name, by Ensembl id or by symbol (:func:`~napari_histosge.io.gene_names.gene_keys`),
     whichever the sections share most of: a section named by id with a table of symbols and one
     named by symbol are one gene space. The genes are named as the first section names them,
-    in its order, with their other name beside (``gene_symbols`` or ``gene_ids``).
+    in its order, with their other name beside (``gene_symbols`` or ``gene_ids``). The known
+    markers' symbols given to data without a table are never matched on
+    (:func:`~napari_histosge.io.gene_names.gene_keys`), and a match covering under
+    :data:`MIN_SHARED_SHARE` of the smaller section's genes is refused.
     """
     keys = [gene_keys(log) for log in logs]
     candidates = [[[str(g) for g in log.var_names] for log in logs],  # by name, then by id, then by symbol
@@ -59,13 +66,18 @@ def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[
         columns = [[at[key] for key in order] for at in where]
         if len(columns[0]) > len(best[0] if best else []):
             best = columns
-    if not best:
+    smallest = min(log.n_vars for log in logs)
+    if len(best[0] if best else []) < MIN_SHARED_SHARE * smallest:
         by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
         if any(by_id) and not all(by_id):
             raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
-                             f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them: "
+                             f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them"
+                             f"{f' (they share only {len(best[0])} genes)' if best else ''}: "
                              "give one with --gene-names TABLE")
-        raise InputError(f"the sections {', '.join(names)} share no gene")
+        if not best:
+            raise InputError(f"the sections {', '.join(names)} share no gene")
+        raise InputError(f"the sections {', '.join(names)} share only {len(best[0])} of {smallest} genes; "
+                         "if they name genes differently, give a table of ids and symbols with --gene-names TABLE")
     first = logs[0]
     var = pd.DataFrame(index=pd.Index([str(first.var_names[c]) for c in best[0]]))
     ids, symbols = zip(*[(keys[0][0][c], keys[0][1][c]) for c in best[0]], strict=True)
