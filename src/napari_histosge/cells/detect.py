@@ -36,8 +36,7 @@ from ..slide.open import Slide
 from .segmentation import Segmentation, cell_table
 
 __all__ = ["COARSEST_UM_PER_PX", "DETECTOR_VERSION", "NucleusSettings", "detect_nuclei", "haematoxylin",
-           "raster_fits_in_memory",
-           "segment_tile"]
+           "raster_fits_in_memory", "segment_tile"]
 
 #: Raised whenever a change to the detector changes the nuclei it finds for the same settings: caches of
 #: detected nuclei (benchmarks/superres_pooled.py) key on it beside the settings.
