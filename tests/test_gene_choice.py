@@ -228,3 +228,21 @@ def test_sections_sharing_under_half_their_genes_are_refused(sections) -> None:
     renamed.var_names = [*few.var_names, *(f"X{i}" for i in range(renamed.n_vars - 2))]
     with pytest.raises(InputError, match=r"share only 2 of \d+ genes.*--gene-names TABLE"):
         training_genes([sections[0], renamed], train_config(n_top_genes=2, **FAST))
+
+
+def test_symbols_of_two_ids_are_left_out_of_the_shared_genes_with_a_warning(sections) -> None:
+    # In symbol mode a symbol of two ids resolved silently to the first of them.
+    from napari_histosge.io.gene_names import attach_gene_names
+    from napari_histosge.pipeline.gene_choice import section_names, stack_sections
+
+    by_id, table = _named_by_id(sections[0], symbols=False)
+    twice = dict(table)
+    first, second = list(table)[:2]
+    twice[second] = twice[first]  # GENE00's symbol on GENE01's id too
+    attach_gene_names(by_id, twice)
+    config = train_config(n_top_genes=6, **FAST)
+    pair = [by_id, sections[1]]
+    with pytest.warns(UserWarning, match=r"1 symbols that name two genes of a section were left out"):
+        combined, _ = stack_sections(pair, section_names(pair), config)
+    assert first not in combined.var_names and second not in combined.var_names
+    assert combined.n_vars == sections[0].n_vars - 2

@@ -131,3 +131,14 @@ def test_a_pandas_row_index_is_not_taken_for_the_symbols(tmp_path: Path) -> None
     table = tmp_path / "genes.csv"
     pd.DataFrame({"gene_id": ["ENSG00000197971", "ENSG00000123560"], "symbol": ["MBP", "PLP1"]}).to_csv(table)
     assert read_gene_table(table) == {"ENSG00000197971": "MBP", "ENSG00000123560": "PLP1"}
+
+
+def test_a_symbol_of_two_ids_is_one_line_naming_both() -> None:
+    # The symbol resolved silently to the first of its ids.
+    adata = AnnData(np.ones((2, 3), np.float32), var=pd.DataFrame(index=["ENSG00000197971", "ENSG00000999999",
+                                                                         "ENSG00000183036"]))
+    attach_gene_names(adata, {"ENSG00000197971": "MBP", "ENSG00000999999": "MBP", "ENSG00000183036": "PCP4"})
+    assert resolve_gene(adata, "PCP4") == "ENSG00000183036"
+    with pytest.raises(InputError, match=r"'MBP' names 2 genes .*ENSG00000197971, ENSG00000999999") as err:
+        resolve_gene(adata, "MBP")
+    assert "\n" not in str(err.value)
