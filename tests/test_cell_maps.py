@@ -103,6 +103,20 @@ def test_cells_go_in_chunks_with_the_same_result(demo, fitted, segmentation, cel
     assert np.allclose(np.asarray(again.X), np.asarray(cell_map.X), atol=1e-6)
 
 
+def test_the_smooth_field_is_computed_once_per_cell_map_whatever_the_chunks(demo, fitted, segmentation, cell_map,
+                                                                           monkeypatch):
+    # Each chunk of cells rebuilt the whole field: about fifty times on a million cells.
+    from napari_histosge.models.subspot import trained
+
+    calls = []
+    counted = trained.footprint_cells
+    monkeypatch.setattr(trained, "footprint_cells", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    monkeypatch.setattr(cell_maps, "CHUNK_CELLS", 97)
+    again = hs.run(cell_maps.superresolve_cells(fitted, demo, segmentation))
+    assert again.n_obs > 3 * 97 and len(calls) == 1
+    assert np.allclose(np.asarray(again.X), np.asarray(cell_map.X), atol=1e-6)
+
+
 def test_features_are_a_model_size_square_at_each_centroid(demo, fitted):
     path, scale = require_spot_image(demo)
     rng = np.random.default_rng(1)

@@ -141,12 +141,13 @@ def cell_rates(model: CellModel, centroids: np.ndarray, feats: np.ndarray, consi
     step = n if consistency in PER_FOOTPRINT else CHUNK_CELLS
     starts = range(0, n, max(step, 1))
     out = np.zeros((n, len(model.genes)), np.float32)
+    corrector = model.smooth_corrector(counting=True) if consistency == "smooth" else None  # once, not per chunk
     yield Progress("predict", 0, len(starts), f"{n:,} cells")
     for done, start in enumerate(starts, 1):
         if cancel is not None:
             cancel.raise_if_cancelled()
         part = slice(start, start + step)
-        out[part] = unit_rates(model, centroids[part], feats[part], consistency)
+        out[part] = unit_rates(model, centroids[part], feats[part], consistency, corrector)
         yield Progress("predict", done, len(starts))
     return out
 
