@@ -222,12 +222,25 @@ def test_the_markers_fallback_symbols_never_match_sections() -> None:
         training_genes([by_id, by_symbol], train_config("histosge", n_top_genes=30, **FAST))
 
 
-def test_sections_sharing_under_half_their_genes_are_refused(sections) -> None:
-    few = sections[1][:, list(sections[1].var_names[:2])].copy()
-    renamed = sections[1].copy()
-    renamed.var_names = [*few.var_names, *(f"X{i}" for i in range(renamed.n_vars - 2))]
+def test_sections_named_differently_sharing_under_half_their_genes_are_refused(sections) -> None:
+    # A table naming a few genes links a section named by id to one named by symbol on those few only.
+    from napari_histosge.io.gene_names import attach_gene_names
+
+    by_id, table = _named_by_id(sections[0], symbols=False)
+    attach_gene_names(by_id, dict(list(table.items())[:2]))
     with pytest.raises(InputError, match=r"share only 2 of \d+ genes.*--gene-names TABLE"):
-        training_genes([sections[0], renamed], train_config(n_top_genes=2, **FAST))
+        training_genes([by_id, sections[1]], train_config(n_top_genes=2, **FAST))
+
+
+def test_sections_named_alike_may_share_few_genes(sections) -> None:
+    # Sections of one naming measure other genes (DLPFC's filtered tables share under half): not refused.
+    from napari_histosge.pipeline.gene_choice import section_names, stack_sections
+
+    renamed = sections[1].copy()
+    renamed.var_names = [*sections[1].var_names[:4], *(f"X{i}" for i in range(renamed.n_vars - 4))]
+    pair = [sections[0], renamed]
+    combined, _ = stack_sections(pair, section_names(pair), train_config(n_top_genes=2, **FAST))
+    assert list(combined.var_names) == list(sections[0].var_names[:4])
 
 
 def test_symbols_of_two_ids_are_left_out_of_the_shared_genes_with_a_warning(sections) -> None:

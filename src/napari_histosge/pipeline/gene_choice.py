@@ -24,8 +24,8 @@ from ..training.config import TrainConfig
 
 __all__ = ["MIN_SHARED_SHARE", "choose_genes", "section_names", "stack_sections", "training_genes"]
 
-#: Sections are one gene space only when they share at least this share of the smaller one's genes:
-#: fewer means the names did not match (ids against symbols), not that the sections differ.
+#: Sections named differently (ids and symbols) are one gene space only when they share at least this
+#: share of the smaller one's genes: fewer means the names were not linked, not that the sections differ.
 MIN_SHARED_SHARE = 0.5
 
 
@@ -84,17 +84,16 @@ def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[
     if ambiguous and best:
         warnings.warn(f"{ambiguous} {mode}s that name two genes of a section were left out of the sections' "
                       "shared genes", stacklevel=3)
-    if len(best[0] if best else []) < MIN_SHARED_SHARE * smallest:
-        by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
-        if any(by_id) and not all(by_id):
-            raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
-                             f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them"
-                             f"{f' (they share only {len(best[0])} genes)' if best else ''}: "
-                             "give one with --gene-names TABLE")
-        if not best:
-            raise InputError(f"the sections {', '.join(names)} share no gene")
-        raise InputError(f"the sections {', '.join(names)} share only {len(best[0])} of {smallest} genes; "
-                         "if they name genes differently, give a table of ids and symbols with --gene-names TABLE")
+    by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
+    # Named alike, sections may measure other genes (panels, filtered tables); named differently, a small
+    # match means the names were not linked (a table of a few genes), not that the sections differ.
+    if any(by_id) and not all(by_id) and len(best[0] if best else []) < MIN_SHARED_SHARE * smallest:
+        raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
+                         f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them"
+                         f"{f' (they share only {len(best[0])} of {smallest} genes)' if best else ''}: "
+                         "give one with --gene-names TABLE")
+    if not best:
+        raise InputError(f"the sections {', '.join(names)} share no gene")
     first = logs[0]
     var = pd.DataFrame(index=pd.Index([str(first.var_names[c]) for c in best[0]]))
     ids, symbols = zip(*[(keys[0][0][c], keys[0][1][c]) for c in best[0]], strict=True)
