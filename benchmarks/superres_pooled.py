@@ -220,6 +220,13 @@ def fitted(model_name: str, settings: dict, pooled, genes: list[str], cache: dic
 NUCLEI: dict = {}
 
 
+def nuclei_cache_key(section: str, settings) -> str:
+    """The cache key of a section's detected nuclei: the detector's identity, its settings and the section."""
+    from napari_histosge.cells.detect import DETECTOR_VERSION
+
+    return cache_key("detect_nuclei", DETECTOR_VERSION, sorted(dataclasses.asdict(settings).items()), section)
+
+
 def section_nuclei(adata):
     """The built-in detector's nuclei on ``adata``'s slide (default settings), detected once and cached."""
     from napari_histosge.cells import NucleusSettings, detect_nuclei, read_segmentation, slide_source
@@ -230,8 +237,7 @@ def section_nuclei(adata):
     if section in NUCLEI:
         return NUCLEI[section]
     source = slide_source(section)
-    key = cache_key(sorted(dataclasses.asdict(NucleusSettings()).items()), section)
-    folder = CACHE / f"nuclei-{Path(section).name}-{key}"
+    folder = CACHE / f"nuclei-{Path(section).name}-{nuclei_cache_key(section, NucleusSettings())}"
     if not (folder / LABELS_FILE).exists():
         with open_slide(source.image) as slide:
             found = hs.run(detect_nuclei(slide, mpp=source.mpp, scale=source.scale))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,13 +45,23 @@ def _manifest(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
+def _set_writable(folder: Path, writable: bool) -> None:
+    """Give or take the write permission of ``folder``, its sub-folders and its files (the folder last)."""
+    write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        mode = path.stat().st_mode
+        os.chmod(path, (mode | stat.S_IWUSR) if writable else (mode & ~write))
+
+
 @pytest.fixture(scope="session")
 def demo_section(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Path]]:
     """``demo_section(seed)``: the generated demo section of ``seed``, written once per test session.
 
     Generating a section takes seconds; the tests share one folder per seed and only read it.
-    A test that changes a section's files works on a copy (:func:`demo_copy`); a write into a
-    shared one fails the session here, naming the folder.
+    A test that changes a section's files works on a copy (:func:`demo_copy`). The shared
+    folders are made read-only, so a write fails in the test that makes it; root ignores
+    permissions (a CI may run as root), so a write into a shared one also fails the session
+    here, naming the folder.
     """
     from napari_histosge.demo import make_demo_dataset
 
@@ -59,10 +70,13 @@ def demo_section(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     def section(seed: int = 0) -> Path:
         if seed not in made:
             folder = make_demo_dataset(tmp_path_factory.mktemp(f"demo-seed{seed}") / "demo", seed=seed)
+            _set_writable(folder, False)
             made[seed] = (folder, _manifest(folder))
         return made[seed][0]
 
     yield section
+    for folder, _ in made.values():
+        _set_writable(folder, True)  # pytest deletes old session folders: let it
     changed = [str(folder) for folder, before in made.values() if _manifest(folder) != before]
     assert not changed, f"a test wrote into the shared demo section(s) {changed}: give it demo_copy instead"
 
@@ -74,6 +88,7 @@ def demo_copy(demo_section: Callable[[int], Path], tmp_path: Path) -> Callable[.
     def copy(folder: Path | None = None, seed: int = 0) -> Path:
         folder = tmp_path / "demo" if folder is None else Path(folder)
         shutil.copytree(demo_section(seed), folder)
+        _set_writable(folder, True)  # copytree keeps the shared folder's read-only modes
         return folder
 
     return copy

@@ -15,6 +15,7 @@ from napari_histosge.io import require_spot_image
 from napari_histosge.io.preprocess import dense_targets, normalize_log1p
 from napari_histosge.pipeline import cell_maps, grid_maps
 from napari_histosge.slide.cell_grid import CellGrid
+from napari_histosge.training.cell_model import as_cell_model
 from napari_histosge.training.model_meta import ModelMeta
 
 #: Synthetic nuclei: discs of this radius on a jittered lattice of this pitch (full-res px of the demo slide).
@@ -100,6 +101,20 @@ def test_a_cell_is_predicted_as_a_grid_cell_at_its_centroid(demo, fitted, segmen
 def test_cells_go_in_chunks_with_the_same_result(demo, fitted, segmentation, cell_map, monkeypatch):
     monkeypatch.setattr(cell_maps, "CHUNK_CELLS", 97)
     again = hs.run(cell_maps.superresolve_cells(fitted, demo, segmentation))
+    assert np.allclose(np.asarray(again.X), np.asarray(cell_map.X), atol=1e-6)
+
+
+def test_the_smooth_field_is_computed_once_per_cell_map_whatever_the_chunks(demo, fitted, segmentation, cell_map,
+                                                                           monkeypatch):
+    # Each chunk of cells rebuilt the whole field: about fifty times on a million cells.
+    from napari_histosge.models.subspot import trained
+
+    calls = []
+    counted = trained.footprint_cells
+    monkeypatch.setattr(trained, "footprint_cells", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    monkeypatch.setattr(cell_maps, "CHUNK_CELLS", 97)
+    again = hs.run(cell_maps.superresolve_cells(fitted, demo, segmentation))
+    assert again.n_obs > 3 * 97 and len(calls) == 1
     assert np.allclose(np.asarray(again.X), np.asarray(cell_map.X), atol=1e-6)
 
 
@@ -245,3 +260,39 @@ def test_her2st_nuclei_as_units(her2st_b4, tmp_path):
     from_grid = hs.run(grid_maps.predict_discs(model, adata, xy, diameter))
     pcc = [np.corrcoef(from_cells[:, g], from_grid[:, g])[0, 1] for g in range(from_grid.shape[1])]
     assert np.nanmean(pcc) > 0.9
+
+
+@pytest.fixture(scope="module")
+def imaged(demo):
+    """A fit with the image modulation on: the cell maps' image path (``fitted`` has it off)."""
+    return hs.fit(demo, train_config=hs.train_config("subspot", n_top_genes=20, cell_um=30.0,
+                                                     image_modulation=True))
+
+
+def test_a_cells_features_are_the_bilinear_sum_of_its_four_corner_squares(demo, imaged, segmentation):
+    model = as_cell_model(imaged)
+    assert model.uses_image
+    path, scale = require_spot_image(demo)
+    units = segmentation.units()
+    centroids = units.centroids_xy[cell_maps.cells_near_spots(units, demo)][::7]
+    sampled = hs.run(cell_maps.features_at(model, demo, centroids))
+    cell_px = float(model.meta["cell_px"])
+    grid = CellGrid.covering(centroids.min(axis=0) - cell_px, centroids.max(axis=0) + cell_px, cell_px)
+    squares = hs.run(cell_features(path, scale, grid)).reshape(grid.shape[0], grid.shape[1], -1)
+    for xy, got in zip(centroids, sampled, strict=True):
+        col, row = (xy - np.asarray(grid.origin_xy)) / cell_px
+        c0, r0 = int(np.floor(col)), int(np.floor(row))
+        fc, fr = col - c0, row - r0
+        expected = ((1 - fc) * (1 - fr) * squares[r0, c0] + fc * (1 - fr) * squares[r0, c0 + 1]
+                    + (1 - fc) * fr * squares[r0 + 1, c0] + fc * fr * squares[r0 + 1, c0 + 1])
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cell_map_with_the_image_on(demo, imaged, segmentation):
+    assert as_cell_model(imaged).uses_image
+    cells = hs.run(cell_maps.superresolve_cells(imaged, demo, segmentation, consistency="exact"))
+    assert cells.n_obs > 0 and cells.X.shape == (cells.n_obs, len(imaged.genes))
+    assert np.all(np.isfinite(cells.X))
+    weights = imaged.footprints().cell_weights(np.asarray(cells.obsm["spatial"]), nearest_if_empty=False)
+    means = np.log1p(np.asarray(weights @ np.expm1(np.asarray(cells.X, np.float64))))
+    assert np.abs(means - dense_targets(normalize_log1p(demo), imaged.genes)).max() < 1e-3

@@ -491,3 +491,21 @@ def test_qupath_cells_give_their_nucleus_outlines_on_request(tmp_path):
     np.save(label_image, disc_labels())
     with pytest.raises(InputError, match="nucleus outlines"):
         read_segmentation(label_image, (200, 240), nuclei=True)
+
+
+def test_the_benchmarks_nuclei_cache_is_keyed_on_the_detectors_version(monkeypatch):
+    # The cache of detected nuclei was keyed on the settings and the section only: a changed detector
+    # read back the old detector's nuclei.
+    import importlib.util
+    from pathlib import Path
+
+    from napari_histosge.cells import NucleusSettings, detect
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "superres_pooled.py"
+    spec = importlib.util.spec_from_file_location("superres_pooled_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = bench.nuclei_cache_key("B4", NucleusSettings())
+    assert before == bench.nuclei_cache_key("B4", NucleusSettings())
+    monkeypatch.setattr(detect, "DETECTOR_VERSION", detect.DETECTOR_VERSION + 1)
+    assert bench.nuclei_cache_key("B4", NucleusSettings()) != before

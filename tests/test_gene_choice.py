@@ -185,3 +185,77 @@ def test_sections_named_differently_with_no_table_are_one_line_naming_the_table(
     by_id, _ = _named_by_id(sections[0], symbols=False)
     with pytest.raises(InputError, match=r"names genes by Ensembl id .* by symbol.*--gene-names TABLE"):
         training_genes([by_id, sections[1]], train_config(n_top_genes=6, **FAST))
+
+
+def _marker_repro_sections(n_other: int = 400):
+    """A section named by id (the markers' ids and others) and the same genes named by symbol, no table."""
+    import anndata as ad
+    import pandas as pd
+
+    from napari_histosge.io.markers import marker_symbols
+
+    markers = {i: s for i, s in marker_symbols().items() if i.startswith("ENSG")}
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(60, len(markers) + n_other)).astype(np.float32)
+    spatial = rng.uniform(0, 1000, size=(60, 2))
+
+    def section(names, library_id):
+        adata = ad.AnnData(counts.copy(), var=pd.DataFrame(index=names))
+        adata.obsm["spatial"] = spatial.copy()
+        adata.uns["histosge"] = {"library_id": library_id}
+        return adata
+
+    by_id = section([*markers, *(f"ENSG{800000 + i:011d}" for i in range(n_other))], "A")
+    by_symbol = section([*markers.values(), *(f"OTHER{i}" for i in range(n_other))], "B")
+    return by_id, by_symbol
+
+
+def test_the_markers_fallback_symbols_never_match_sections() -> None:
+    # The markers' few symbols (MBP for ENSG00000197971) on data named by id without a table matched
+    # as many genes of a section named by symbol, and the run trained silently on those few.
+    from napari_histosge.io.markers import attach_marker_symbols
+    from napari_histosge.io.preprocess import resolve_gene
+
+    by_id, by_symbol = _marker_repro_sections()
+    assert attach_marker_symbols(by_id) > 0 and resolve_gene(by_id, "MBP") == "ENSG00000197971"
+    with pytest.raises(InputError, match=r"names genes by Ensembl id .* by symbol.*--gene-names TABLE"):
+        training_genes([by_id, by_symbol], train_config("histosge", n_top_genes=30, **FAST))
+
+
+def test_sections_named_differently_sharing_under_half_their_genes_are_refused(sections) -> None:
+    # A table naming a few genes links a section named by id to one named by symbol on those few only.
+    from napari_histosge.io.gene_names import attach_gene_names
+
+    by_id, table = _named_by_id(sections[0], symbols=False)
+    attach_gene_names(by_id, dict(list(table.items())[:2]))
+    with pytest.raises(InputError, match=r"share only 2 of \d+ genes.*--gene-names TABLE"):
+        training_genes([by_id, sections[1]], train_config(n_top_genes=2, **FAST))
+
+
+def test_sections_named_alike_may_share_few_genes(sections) -> None:
+    # Sections of one naming measure other genes (DLPFC's filtered tables share under half): not refused.
+    from napari_histosge.pipeline.gene_choice import section_names, stack_sections
+
+    renamed = sections[1].copy()
+    renamed.var_names = [*sections[1].var_names[:4], *(f"X{i}" for i in range(renamed.n_vars - 4))]
+    pair = [sections[0], renamed]
+    combined, _ = stack_sections(pair, section_names(pair), train_config(n_top_genes=2, **FAST))
+    assert list(combined.var_names) == list(sections[0].var_names[:4])
+
+
+def test_symbols_of_two_ids_are_left_out_of_the_shared_genes_with_a_warning(sections) -> None:
+    # In symbol mode a symbol of two ids resolved silently to the first of them.
+    from napari_histosge.io.gene_names import attach_gene_names
+    from napari_histosge.pipeline.gene_choice import section_names, stack_sections
+
+    by_id, table = _named_by_id(sections[0], symbols=False)
+    twice = dict(table)
+    first, second = list(table)[:2]
+    twice[second] = twice[first]  # GENE00's symbol on GENE01's id too
+    attach_gene_names(by_id, twice)
+    config = train_config(n_top_genes=6, **FAST)
+    pair = [by_id, sections[1]]
+    with pytest.warns(UserWarning, match=r"1 symbols that name two genes of a section were left out"):
+        combined, _ = stack_sections(pair, section_names(pair), config)
+    assert first not in combined.var_names and second not in combined.var_names
+    assert combined.n_vars == sections[0].n_vars - 2

@@ -131,3 +131,28 @@ def test_a_pandas_row_index_is_not_taken_for_the_symbols(tmp_path: Path) -> None
     table = tmp_path / "genes.csv"
     pd.DataFrame({"gene_id": ["ENSG00000197971", "ENSG00000123560"], "symbol": ["MBP", "PLP1"]}).to_csv(table)
     assert read_gene_table(table) == {"ENSG00000197971": "MBP", "ENSG00000123560": "PLP1"}
+
+
+def test_a_symbol_of_two_ids_is_one_line_naming_both() -> None:
+    # The symbol resolved silently to the first of its ids.
+    adata = AnnData(np.ones((2, 3), np.float32), var=pd.DataFrame(index=["ENSG00000197971", "ENSG00000999999",
+                                                                         "ENSG00000183036"]))
+    attach_gene_names(adata, {"ENSG00000197971": "MBP", "ENSG00000999999": "MBP", "ENSG00000183036": "PCP4"})
+    assert resolve_gene(adata, "PCP4") == "ENSG00000183036"
+    with pytest.raises(InputError, match=r"'MBP' names 2 genes .*ENSG00000197971, ENSG00000999999") as err:
+        resolve_gene(adata, "MBP")
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_refuses_a_symbol_of_two_ids_in_one_line(tmp_path: Path, demo_copy, capsys) -> None:
+    folder, table = _section_by_id(demo_copy())
+    first, second = list(table)[1:3]
+    names = tmp_path / "names.tsv"
+    names.write_text("\n".join(f"{i}\t{table[first] if i == second else s}" for i, s in table.items()))
+    model = tmp_path / "m.pt"
+    args = ["train", str(folder), "--genes", f"{table[first]},GENE05", "--epochs", "1", "--extractor", "none",
+            "--out", str(model), "--quiet", "--gene-names", str(names)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and first in err[0] and second in err[0]
+    assert not model.exists()

@@ -437,3 +437,19 @@ def test_log1p_column_is_one_gene_of_normalize_log1p(tmp_path: Path) -> None:
         np.testing.assert_allclose(log1p_column(adata, gene, totals=totals), expected, rtol=1e-6)
         np.testing.assert_allclose(log1p_column(adata, gene), expected, rtol=1e-6)
     assert log1p_column(adata, "GENE3")[0] == 0
+
+
+def test_the_shared_demo_section_is_read_only_and_a_copy_is_writable(demo_section, demo_copy) -> None:
+    # A write into the shared section was found only at the session's end, not in the test that made it.
+    import os
+    import stat
+
+    shared = demo_section(0)
+    for path in [shared, *shared.rglob("*")]:
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), path
+    copy = demo_copy()
+    assert all(path.stat().st_mode & stat.S_IWUSR for path in [copy, *copy.rglob("*")])
+    (copy / "written.txt").write_text("a test may change its copy")
+    if os.geteuid() != 0:  # root ignores permissions: the session-end check catches its writes
+        with pytest.raises(PermissionError):
+            (shared / "written.txt").write_text("never")

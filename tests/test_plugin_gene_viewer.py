@@ -494,3 +494,22 @@ def test_a_symbol_finds_its_gene_in_spots_and_predictions_named_by_id(make_napar
     predicted = GeneViewerWidget(alone)
     assert predicted.ask_for_gene("mbp") and predicted.gene == "ENSG00000197971"
     assert predicted.colorbar.title.startswith("MBP")
+
+
+def test_a_symbol_of_two_ids_is_a_warning_naming_both(make_napari_viewer, tmp_path, notifications, demo_copy):
+    # resolve_gene refuses such a symbol with an InputError: the Gene viewer shows its one line, no traceback.
+    folder = demo_copy()
+    counts = pd.read_csv(folder / "demo.tsv.gz", sep="\t", index_col=0)
+    table = {f"ENSG{900000 + i:011d}": str(g) for i, g in enumerate(counts.columns)}
+    counts.columns = list(table)
+    counts.to_csv(folder / "demo.tsv.gz", sep="\t")
+    viewer = make_napari_viewer()
+    open_demo(viewer, folder)
+    widget = GeneViewerWidget(viewer)
+    names = tmp_path / "names.tsv"
+    names.write_text("\n".join(f"{i}\t{'GENE03' if i == 'ENSG00000900004' else s}" for i, s in table.items()))
+    widget.gene_table.value = str(names)
+    assert not widget.ask_for_gene("GENE03")
+    kind, message = notifications[-1]
+    assert kind == "warning" and "ENSG00000900003" in message and "ENSG00000900004" in message
+    assert "\n" not in message

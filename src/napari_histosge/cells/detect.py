@@ -35,9 +35,12 @@ from ..slide.mask import TissueMask, detect_tissue
 from ..slide.open import Slide
 from .segmentation import Segmentation, cell_table
 
-__all__ = ["COARSEST_UM_PER_PX", "NucleusSettings", "detect_nuclei", "haematoxylin", "raster_fits_in_memory",
-           "segment_tile"]
+__all__ = ["COARSEST_UM_PER_PX", "DETECTOR_VERSION", "NucleusSettings", "detect_nuclei", "haematoxylin",
+           "raster_fits_in_memory", "segment_tile"]
 
+#: Raised whenever a change to the detector changes the nuclei it finds for the same settings: caches of
+#: detected nuclei (benchmarks/superres_pooled.py) key on it beside the settings.
+DETECTOR_VERSION = 1
 #: Pixel sizes coarser than this draw a nucleus over too few pixels to find it reliably.
 COARSEST_UM_PER_PX = 2.0
 #: A nucleus drawn over fewer pixels than this across is not found at all (a low-resolution image).

@@ -21,10 +21,15 @@ from pathlib import Path
 from ..errors import InputError
 from ..gene_lists import names_genes_by_ensembl_id
 
-__all__ = ["GENE_TABLE_NAMES", "attach_gene_names", "find_gene_table", "gene_keys", "gene_label", "read_gene_table"]
+__all__ = ["GENE_TABLE_NAMES", "MARKER_FALLBACK", "SYMBOLS_FROM", "attach_gene_names",
+           "find_gene_table", "gene_keys", "gene_label", "read_gene_table"]
 
 #: Table files looked for in a section's folder: ``<section>_genes.tsv`` (STUtility), these names, 10x features.
 GENE_TABLE_NAMES = ("gene_names.tsv", "gene_names.csv", "features.tsv.gz", "features.tsv", "genes.tsv")
+#: Where ``uns["histosge"]`` records that a section's symbols are only the known markers' ...
+SYMBOLS_FROM = "gene_symbols_from"
+#: ... symbols (:func:`napari_histosge.io.markers.attach_marker_symbols`), not a table of all its genes.
+MARKER_FALLBACK = "markers"
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 
 
@@ -100,6 +105,7 @@ def attach_gene_names(adata, table: dict[str, str]) -> int:
     if names_genes_by_ensembl_id(names):
         symbols = [table.get(n.split(".")[0], "") for n in names]
         adata.var["gene_symbols"] = [s or n for s, n in zip(symbols, names, strict=True)]
+        (adata.uns.get("histosge") or {}).pop(SYMBOLS_FROM, None)  # a table's symbols, not the markers' fallback
         return sum(bool(s) for s in symbols)
     if "gene_ids" in adata.var:
         return 0
@@ -111,17 +117,22 @@ def attach_gene_names(adata, table: dict[str, str]) -> int:
     return sum(bool(i) for i in ids)
 
 
-def gene_keys(adata) -> tuple[list[str], list[str]]:
+def gene_keys(adata, *, fallback_symbols: bool = False) -> tuple[list[str], list[str]]:
     """Each gene's Ensembl id (without version) and symbol, ``""`` where the data do not know it.
 
     Data named by id know a symbol where a table was attached (``var["gene_symbols"]``);
     data named by symbol know an id where the reader or a table gave ``var["gene_ids"]``.
     Several sections are matched on these keys when they name their genes differently.
+    The known markers' symbols, the fallback of data without a table (``uns["histosge"]``
+    ``SYMBOLS_FROM``), count as unknown unless ``fallback_symbols``: a few dozen symbols
+    must not stand for a section's gene space.
     """
     names = [str(g) for g in adata.var_names]
     if names_genes_by_ensembl_id(names):
         ids = [n.split(".")[0] for n in names]
-        symbols = [str(s) for s in adata.var["gene_symbols"]] if "gene_symbols" in adata.var else names
+        from_markers = (adata.uns.get("histosge") or {}).get(SYMBOLS_FROM) == MARKER_FALLBACK
+        known = "gene_symbols" in adata.var and (fallback_symbols or not from_markers)
+        symbols = [str(s) for s in adata.var["gene_symbols"]] if known else names
         return ids, [s if s != n else "" for s, n in zip(symbols, names, strict=True)]
     given = [str(i) for i in adata.var["gene_ids"]] if "gene_ids" in adata.var else [""] * len(names)
     return [i.split(".")[0] if _ENSEMBL.match(i) else "" for i in given], names

@@ -22,10 +22,12 @@ from ._common import (
     require_integer_counts,
     to_counts_csr,
 )
+from .gene_names import SYMBOLS_FROM
 from .visium_hd import FOOTPRINT_KEY
 
-#: ``uns["histosge"]`` keys of square bins kept from the file (their footprint, grid and history).
-CARRIED_KEYS = ("footprint", "bins", "pooled", "subsampled")
+#: ``uns["histosge"]`` keys kept from the file: square bins' footprint, grid and history, and whether its
+#: symbols are only the known markers' (never matched on across sections).
+CARRIED_KEYS = ("footprint", "bins", "pooled", "subsampled", SYMBOLS_FROM)
 
 
 def _raw_counts(adata: Any, path: Path) -> sparse.csr_matrix:

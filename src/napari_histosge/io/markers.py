@@ -23,14 +23,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..gene_lists import names_genes_by_ensembl_id
-from .gene_names import attach_gene_names, find_gene_table, gene_keys, read_gene_table
+from .gene_names import MARKER_FALLBACK, SYMBOLS_FROM, attach_gene_names, find_gene_table, gene_keys, read_gene_table
 
 __all__ = ["MARKER_CAP", "TissueMarker", "attach_marker_symbols", "attach_recorded_symbols", "choose_tissue",
            "marker_genes", "marker_symbols", "section_species", "tissue_markers", "tissues"]
 
 #: At most this many markers are always kept (and at most a quarter of the genes asked for).
 MARKER_CAP = 24
-#: ``auto`` needs at least this many of a tissue's markers among a section's most expressed genes.
+#: ``auto`` needs at least this many of a tissue's own markers among a section's most expressed genes.
 MIN_TISSUE_MARKERS = 3
 #: ``auto`` counts a tissue's markers among this share of a section's genes, highest mean first.
 TOP_EXPRESSED_SHARE = 0.1
@@ -72,6 +72,8 @@ def attach_marker_symbols(adata) -> int:
     The fallback where no table of ids and symbols was given or shipped: a user typing MBP
     on data named by Ensembl id finds ENSG00000197971. Data named by symbol, or already
     holding ``var["gene_symbols"]``, are left as they are; returns how many genes got a symbol.
+    These few symbols are marked as the fallback (``uns["histosge"]["gene_symbols_from"]``):
+    sections are never matched on them (:mod:`napari_histosge.pipeline.gene_choice`).
     """
     names = [str(g) for g in adata.var_names]
     if "gene_symbols" in adata.var or not names_genes_by_ensembl_id(names):
@@ -79,7 +81,9 @@ def attach_marker_symbols(adata) -> int:
     table = marker_symbols()
     if not any(n.split(".")[0] in table for n in names):
         return 0
-    return attach_gene_names(adata, table)
+    attached = attach_gene_names(adata, table)
+    adata.uns.setdefault("histosge", {})[SYMBOLS_FROM] = MARKER_FALLBACK
+    return attached
 
 
 def attach_recorded_symbols(adata, table: str | os.PathLike | None = None) -> int:
@@ -184,28 +188,43 @@ def section_species(adata_log) -> str | None:
     return None
 
 
+def _unique_markers(species: str | None) -> dict[str, list[TissueMarker]]:
+    """Each candidate tissue's markers that no other candidate lists (a breast's KRT17 is a cortex's too)."""
+    candidates = {t: tissue_markers(t) for t in tissues()}
+    candidates = {t: m for t, m in candidates.items() if species is None or m[0].species == species}
+    listed: dict[str, int] = {}
+    for markers in candidates.values():
+        for symbol in {m.symbol for m in markers}:
+            listed[symbol] = listed.get(symbol, 0) + 1
+    return {t: [m for m in markers if listed[m.symbol] == 1] for t, markers in candidates.items()}
+
+
 def choose_tissue(adata_log) -> str | None:
     """The tissue whose markers ``adata_log`` expresses most (``None`` when no tissue has enough).
 
-    Only tissues of the section's species (:func:`section_species`) are candidates. A tissue
-    scores the share of its markers among the section's most expressed genes (the top
-    :data:`TOP_EXPRESSED_SHARE` by mean): a share, not a count, so a tissue whose table lists
-    many genes that every tissue expresses (immune cells, vessels, stroma) does not win by
-    the table's length. It needs :data:`MIN_TISSUE_MARKERS` such markers.
+    Only tissues of the section's species (:func:`section_species`) are candidates, and only
+    the markers one candidate alone lists count (a gene two tissues name says neither). A
+    tissue scores the hypergeometric p-value of its markers among the section's most
+    expressed genes (the top :data:`TOP_EXPRESSED_SHARE` by mean), its markers the section
+    lacks counted as not among them: an enrichment, so neither a long table (immune cells,
+    vessels, stroma that every tissue expresses) nor a short one wins by its length. The
+    lowest p-value wins; a tissue needs :data:`MIN_TISSUE_MARKERS` such markers.
     """
+    from scipy.stats import hypergeom
+
     means = _means(adata_log.X)
-    cut = np.sort(means)[::-1][max(0, int(np.ceil(TOP_EXPRESSED_SHARE * len(means))) - 1)] if len(means) else 0.0
-    species = section_species(adata_log)
-    best, best_score = None, (0.0, 0)
-    for tissue in tissues():
-        markers = tissue_markers(tissue)
-        if species is not None and markers[0].species != species:
+    n_top = max(1, int(np.ceil(TOP_EXPRESSED_SHARE * len(means))))
+    cut = np.sort(means)[::-1][n_top - 1] if len(means) else 0.0
+    best, best_p = None, 1.0
+    for tissue, markers in _unique_markers(section_species(adata_log)).items():
+        if not markers:
             continue
         columns = _marker_columns(adata_log, markers)
         hits = sum(bool(means[i] >= cut and means[i] > 0) for i in columns.values())
-        score = (hits / len(markers), hits)
-        if hits >= MIN_TISSUE_MARKERS and score > best_score:
-            best, best_score = tissue, score
+        population = len(means) + len(markers) - len(columns)  # a marker the section lacks: a gene not on top
+        p_value = float(hypergeom.sf(hits - 1, population, n_top, len(markers)))
+        if hits >= MIN_TISSUE_MARKERS and (best is None or p_value < best_p):
+            best, best_p = tissue, p_value
     return best
 
 

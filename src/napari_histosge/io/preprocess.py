@@ -139,6 +139,11 @@ def resolve_gene(adata, name: str) -> str | None:
     any case) standing for the name of its gene: readers name genes by symbol and keep the
     10x feature ids there; or, for data named by id, a symbol of ``var["gene_symbols"]``
     (:mod:`napari_histosge.io.gene_names`).
+
+    Raises
+    ------
+    InputError
+        If ``name`` is a symbol of two or more genes named by id (naming their ids).
     """
     name = str(name).strip()
     if name in adata.var_names:
@@ -147,6 +152,10 @@ def resolve_gene(adata, name: str) -> str | None:
         if column in adata.var:
             other = pd.Index(adata.var[column].astype(str).str.lower())
             hit = np.flatnonzero(other == name.lower())
+            if hit.size > 1 and column == "gene_symbols":  # one symbol, two Ensembl ids: which is unknown
+                ids = [str(adata.var_names[i]) for i in hit]
+                raise InputError(f"gene {name!r} names {len(ids)} genes of the data ({', '.join(ids)}): "
+                                 "give the Ensembl id of the one you mean", _source(adata))
             if hit.size:
                 return str(adata.var_names[hit[0]])
     return None

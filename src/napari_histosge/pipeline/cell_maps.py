@@ -4,8 +4,11 @@
 detector, a StarDist or Cellpose label, a QuPath polygon) within one spot spacing of a
 measured spot, as :func:`~napari_histosge.pipeline.grid_maps.superresolve_grid` predicts the
 squares of a grid: the sub-spot model's rates at the cell's centroid, modulated by the image
-features there, made consistent with the measured footprints, a footprint's value being the
-mean of the cells whose centroids it holds.
+features there, made consistent with the measured footprints. With ``exact`` and
+``counting`` consistency a footprint's value is the mean of the cells whose centroids it
+holds; with the default ``smooth`` the correction is the smooth field of the model's own
+grid squares under each footprint, read at each cell's centroid, so it does not depend on
+which cells the segmentation found.
 """
 
 from __future__ import annotations
@@ -143,12 +146,13 @@ def cell_rates(model: CellModel, centroids: np.ndarray, feats: np.ndarray, consi
     step = n if consistency in PER_FOOTPRINT else CHUNK_CELLS
     starts = range(0, n, max(step, 1))
     out = np.zeros((n, len(model.genes)), np.float32)
+    corrector = model.smooth_corrector(counting=True) if consistency == "smooth" else None  # once, not per chunk
     yield Progress("predict", 0, len(starts), f"{n:,} cells")
     for done, start in enumerate(starts, 1):
         if cancel is not None:
             cancel.raise_if_cancelled()
         part = slice(start, start + step)
-        out[part] = unit_rates(model, centroids[part], feats[part], consistency)
+        out[part] = unit_rates(model, centroids[part], feats[part], consistency, corrector)
         yield Progress("predict", done, len(starts))
     return out
 
@@ -185,8 +189,10 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
         a napari Labels layer's) or the path of a label image or GeoJSON of polygons
         (:func:`~napari_histosge.cells.read_segmentation`, at the slide's size).
     consistency
-        As for grid maps (:func:`~napari_histosge.pipeline.grid_maps.grid_rates`): a measured
-        footprint's value is the mean of the cells whose centroids it holds.
+        As for grid maps (:func:`~napari_histosge.pipeline.grid_maps.grid_rates`). ``exact``
+        and ``counting``: a measured footprint's value is the mean of the cells whose
+        centroids it holds. ``smooth`` (the default): the correction comes from the model's
+        own grid squares under each footprint, a smooth field read at each cell's centroid.
     expand_um
         Each cell stands for a disc of its equivalent radius plus this many µm (a nucleus
         grown into its cell): its area; the cell is predicted at its centroid either way.

@@ -9,6 +9,7 @@ spatial structure (Moran's I) is measured within each section.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,11 @@ from ..io.gene_names import gene_keys
 from ..io.preprocess import normalize_log1p, resolve_gene, select_genes
 from ..training.config import TrainConfig
 
-__all__ = ["choose_genes", "section_names", "stack_sections", "training_genes"]
+__all__ = ["MIN_SHARED_SHARE", "choose_genes", "section_names", "stack_sections", "training_genes"]
+
+#: Sections named differently (ids and symbols) are one gene space only when they share at least this
+#: share of the smaller one's genes: fewer means the names were not linked, not that the sections differ.
+MIN_SHARED_SHARE = 0.5
 
 
 def section_names(adatas: Sequence[Any]) -> list[str]:
@@ -36,35 +41,58 @@ def section_names(adatas: Sequence[Any]) -> list[str]:
     return names
 
 
+def _match(per_section: Sequence[Sequence[str]]) -> tuple[list[list[int]], int]:
+    """Each section's columns of the keys every section holds (the first's order), and how many were ambiguous.
+
+    A key two columns of one section hold (a symbol of two Ensembl ids) is left out everywhere:
+    which gene it stands for is unknown.
+    """
+    where: list[dict[str, int]] = [{} for _ in per_section]
+    twice: set[str] = set()
+    for at, section in zip(where, per_section, strict=True):
+        for column, key in enumerate(section):
+            if key:
+                if key in at:
+                    twice.add(key)
+                at.setdefault(key, column)
+    shared = set.intersection(*(set(at) for at in where))
+    ambiguous = len(shared & twice)
+    order = [key for key in dict.fromkeys(per_section[0]) if key in shared and key not in twice]
+    return ([[at[key] for key in order] for at in where] if order else []), ambiguous
+
+
 def _shared_genes(logs: Sequence[Any], names: Sequence[str]) -> tuple[list[list[int]], pd.DataFrame]:
     """The genes every section measured: each section's columns of them (one order) and their ``var``.
 
     Genes are matched by name, by Ensembl id or by symbol (:func:`~napari_histosge.io.gene_names.gene_keys`),
-    whichever the sections share most of: a section named by id with a table of symbols and one
-    named by symbol are one gene space. The genes are named as the first section names them,
-    in its order, with their other name beside (``gene_symbols`` or ``gene_ids``).
+    whichever the sections share most of (ids on a tie: an id names one gene): a section named
+    by id with a table of symbols and one named by symbol are one gene space. A symbol naming
+    two genes of a section is left out, with a warning saying how many. The genes are named as
+    the first section names them, in its order, with their other name beside (``gene_symbols``
+    or ``gene_ids``). The known markers' symbols given to data without a table are never
+    matched on (:func:`~napari_histosge.io.gene_names.gene_keys`), and a match covering under
+    :data:`MIN_SHARED_SHARE` of the smaller section's genes is refused.
     """
     keys = [gene_keys(log) for log in logs]
-    candidates = [[[str(g) for g in log.var_names] for log in logs],  # by name, then by id, then by symbol
-                  [ids for ids, _ in keys], [symbols for _, symbols in keys]]
-    best: list[list[int]] = []
-    for per_section in candidates:
-        where: list[dict[str, int]] = [{} for _ in logs]
-        for at, section in zip(where, per_section, strict=True):
-            for column, key in enumerate(section):
-                if key:
-                    at.setdefault(key, column)
-        shared = set.intersection(*(set(at) for at in where))
-        order = list(dict.fromkeys(key for key in per_section[0] if key in shared))  # the first section's order
-        columns = [[at[key] for key in order] for at in where]
-        if len(columns[0]) > len(best[0] if best else []):
-            best = columns
+    # Ids first: an id names one gene, so on a tie they are taken over names and symbols.
+    candidates = {"id": [ids for ids, _ in keys], "name": [[str(g) for g in log.var_names] for log in logs],
+                  "symbol": [symbols for _, symbols in keys]}
+    matched = {mode: _match(per_section) for mode, per_section in candidates.items()}
+    smallest = min(log.n_vars for log in logs)
+    mode = max(matched, key=lambda m: len(matched[m][0][0]) if matched[m][0] else 0)
+    best, ambiguous = matched[mode]
+    if ambiguous and best:
+        warnings.warn(f"{ambiguous} {mode}s that name two genes of a section were left out of the sections' "
+                      "shared genes", stacklevel=3)
+    by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
+    # Named alike, sections may measure other genes (panels, filtered tables); named differently, a small
+    # match means the names were not linked (a table of a few genes), not that the sections differ.
+    if any(by_id) and not all(by_id) and len(best[0] if best else []) < MIN_SHARED_SHARE * smallest:
+        raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
+                         f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them"
+                         f"{f' (they share only {len(best[0])} of {smallest} genes)' if best else ''}: "
+                         "give one with --gene-names TABLE")
     if not best:
-        by_id = [names_genes_by_ensembl_id([str(g) for g in log.var_names]) for log in logs]
-        if any(by_id) and not all(by_id):
-            raise InputError(f"section {names[by_id.index(True)]!r} names genes by Ensembl id and section "
-                             f"{names[by_id.index(False)]!r} by symbol, and no table of ids and symbols links them: "
-                             "give one with --gene-names TABLE")
         raise InputError(f"the sections {', '.join(names)} share no gene")
     first = logs[0]
     var = pd.DataFrame(index=pd.Index([str(first.var_names[c]) for c in best[0]]))

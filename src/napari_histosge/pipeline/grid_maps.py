@@ -9,6 +9,7 @@ the mean of the cells whose centres they hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -150,16 +151,18 @@ def grid_rates(model: CellModel, adata, grid: CellGrid, *, consistency: str = DE
     return rates
 
 
-def unit_rates(model: CellModel, centres: np.ndarray, feats: np.ndarray, consistency: str) -> np.ndarray:
+def unit_rates(model: CellModel, centres: np.ndarray, feats: np.ndarray, consistency: str,
+               corrector: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Rates (counts per 1e4) of units (grid cells or segmented cells) at ``centres`` with image ``feats``.
 
     The model's prediction, then made consistent with the measured footprints as
     ``consistency`` says (:func:`grid_rates`); a footprint's value is the mean of the units
-    whose centres it holds.
+    whose centres it holds. ``corrector``: the model's ``smooth_corrector(counting=True)``,
+    computed once by a caller that asks for many blocks of units.
     """
     rates = model.cell_rates(centres, feats)
     if consistency == "smooth":
-        rates = model.smooth_corrected(centres, rates, counting=True)
+        rates = (corrector or model.smooth_corrector(counting=True))(centres, rates)
     elif consistency != "none":
         rates = model.make_consistent(centres, rates, exact=consistency == "exact")
     return rates

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ..errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
     from ..slide.cell_grid import Footprints
@@ -45,6 +47,9 @@ class CellModel(Protocol):
 
     def smooth_corrected(self, cell_xy: np.ndarray, rates: np.ndarray, *, counting: bool = False) -> np.ndarray:
         """``rates`` times a smooth field that brings the footprints' means to their measurements."""
+
+    def smooth_corrector(self, *, counting: bool = False) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """:meth:`smooth_corrected` as a function of ``(cell_xy, rates)``, its field computed once."""
 
 
 def as_cell_model(model: Any) -> CellModel:

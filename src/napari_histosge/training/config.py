@@ -79,8 +79,8 @@ class TrainConfig:
                                               kind=list, optional=True, none_means="none")
     markers: str = setting("auto", "known marker genes of a tissue always predicted besides the ranked ones, those "
                            "the section expresses most (at most a quarter of the genes): 'auto' the tissue of "
-                           "the section's species with the largest share of its markers among the section's "
-                           "most expressed genes, a tissue, or 'none'", choices=MARKER_CHOICES)
+                           "the section's species whose own markers are most enriched (hypergeometric p-value) among "
+                           "the section's most expressed genes, a tissue, or 'none'", choices=MARKER_CHOICES)
     checkpoint_every: int = setting(1, "write the checkpoint every this many epochs", least=1)
     val_fraction: float = setting(0.1, "share of the training spots held back to keep the best epoch (and stop "
                                   "early), raised to 20 spots where that is at most a fifth of the section; 0 "

@@ -10,6 +10,8 @@ its counting-noise estimate (:meth:`SubspotModel.make_consistent`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ...errors import InputError
@@ -92,6 +94,14 @@ class SubspotModel(TrainedModel):
         With ``counting`` the field aims at each measurement read through its counting
         noise (:func:`.consistency.counting_targets`) instead of the measurement itself.
         """
+        return self.smooth_corrector(counting=counting)(cell_xy, rates)
+
+    def smooth_corrector(self, *, counting: bool = False) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """:meth:`smooth_corrected` as a function of ``(cell_xy, rates)``, its field computed once.
+
+        The field does not depend on the cells asked for, so a map of many blocks of cells
+        (a cell map of a million nuclei) computes it once and applies it to each block.
+        """
         net = self.model
         footprint_xy = net.footprint_xy.cpu().numpy()
         measured = net.footprint_rate.cpu().numpy().astype(np.float64)
@@ -105,9 +115,13 @@ class SubspotModel(TrainedModel):
             measured = counting_targets(np.asarray(weights @ prior), measured, net.footprint_depth.cpu().numpy(),
                                         net.dispersion.cpu().numpy().astype(np.float64))
         means = smooth_field(weights, prior, prior_weights(under, footprint_xy, bandwidth), measured)
-        kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
-        return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
-                ).astype(np.float32)
+
+        def corrected(cell_xy: np.ndarray, rates: np.ndarray) -> np.ndarray:
+            kernel = prior_weights(np.asarray(cell_xy, np.float64), footprint_xy, bandwidth)
+            return (np.maximum(np.asarray(rates, np.float64), 0.0) * field_factor(kernel, measured, means)
+                    ).astype(np.float32)
+
+        return corrected
 
     def predict(self, features, mean_rgb, positions, *, frame=None, batch_size: int | None = None) -> np.ndarray:
         """Not available: the sub-spot model reads the slide's cells, not per-spot features."""

@@ -402,7 +402,13 @@ class GeneViewerWidget(Container):
         """
         from napari.utils.notifications import show_warning
 
-        gene = self._resolve(text)
+        from ...errors import InputError
+
+        try:
+            gene = self._resolve(text)
+        except InputError as exc:  # a symbol of two ids: the one line names both
+            show_warning(str(exc))
+            return False
         if gene is None:
             from ...gene_lists import ensembl_hint
 
