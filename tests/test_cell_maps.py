@@ -276,7 +276,7 @@ def test_a_cells_features_are_the_bilinear_sum_of_its_four_corner_squares(demo, 
     units = segmentation.units()
     centroids = units.centroids_xy[cell_maps.cells_near_spots(units, demo)][::7]
     sampled = hs.run(cell_maps.features_at(model, demo, centroids))
-    cell_px = float(model.meta["cell_px"])
+    cell_px = float(model.cell_px)
     grid = CellGrid.covering(centroids.min(axis=0) - cell_px, centroids.max(axis=0) + cell_px, cell_px)
     squares = hs.run(cell_features(path, scale, grid)).reshape(grid.shape[0], grid.shape[1], -1)
     for xy, got in zip(centroids, sampled, strict=True):
