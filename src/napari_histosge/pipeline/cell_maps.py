@@ -221,6 +221,7 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
     centroids = units.centroids_xy[near]
     check_cells_in_footprints(cell_model, centroids, cells.source)
     info = dict(adata.uns.get("histosge", {}))
+    info.pop("footprint", None)  # the section's spot or bin shape; a cell is a disc of its own area
     area = expanded_area_px(units.area_px[near], float(expand_um), info.get("mpp"))
     feats = yield from features_at(cell_model, adata, centroids, cancel)
     rates = yield from cell_rates(cell_model, centroids, feats, consistency, cancel)
