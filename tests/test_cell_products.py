@@ -226,6 +226,22 @@ def test_the_widget_offers_a_labels_layer_and_paints_each_cell_with_its_gene(sub
         SESSION_MODELS.clear()
 
 
+def test_the_widget_refuses_a_model_of_whole_spots_before_detecting_nuclei(demo, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from napari_histosge.pipeline.products import NUCLEI
+    from napari_histosge.plugin.widgets.superres import cells_job
+    from napari_histosge.progress import CancelToken
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("nuclei were detected before the model was checked")
+
+    monkeypatch.setattr(cell_maps, "detect_nuclei", refuse)
+    lattice = SimpleNamespace(config=SimpleNamespace(model="histosge"), products=("lattice",))
+    with pytest.raises(InputError, match="predicts whole spots"):
+        hs.run(cells_job(lattice, demo, NUCLEI, {}, None, CancelToken()))
+
+
 def test_a_shapes_layer_is_read_as_cell_polygons_at_its_place_on_the_slide(demo) -> None:
     import napari.layers
 

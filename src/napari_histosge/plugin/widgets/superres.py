@@ -140,8 +140,10 @@ def cells_job(model, adata, cells, options: dict[str, Any], scheduler: str | Non
     """
     import napari.layers
 
-    from ...pipeline.cell_maps import section_cells
+    from ...pipeline.cell_maps import as_cell_model, check_measured_genes, section_cells
 
+    as_cell_model(model)  # a model of whole spots, or one missing genes, is refused before any cell is found
+    check_measured_genes(model, adata)
     if isinstance(cells, napari.layers.Shapes):
         cells = shapes_layer_segmentation(cells, adata)
     elif not isinstance(cells, str):
