@@ -242,6 +242,17 @@ def test_the_widget_refuses_a_model_of_whole_spots_before_detecting_nuclei(demo,
         hs.run(cells_job(lattice, demo, NUCLEI, {}, None, CancelToken()))
 
 
+def test_a_scale_typed_for_a_file_does_not_block_the_detector_chosen_after(make_napari_viewer) -> None:
+    from napari_histosge.pipeline.products import CELLS, NUCLEI
+    from napari_histosge.plugin.widgets.superres import CELLS_FILE, DETECT_NUCLEI, SuperResolveWidget
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.cells_from.value = CELLS_FILE
+    options = {"label_scale": 2.0}  # typed while the file was chosen, then hidden
+    widget.cells_from.value = DETECT_NUCLEI
+    assert widget._cells_choice(CELLS, options) == NUCLEI and "label_scale" not in options
+
+
 def test_a_shapes_layer_is_read_as_cell_polygons_at_its_place_on_the_slide(demo) -> None:
     import napari.layers
 

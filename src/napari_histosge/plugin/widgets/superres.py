@@ -323,6 +323,8 @@ class SuperResolveWidget(Container):
         if CELLS_OPTION not in product.option_names():
             return None
         choice = self.cells_from.value
+        if choice != CELLS_FILE:  # a scale typed for a file, now hidden: a layer has its own, the detector none
+            options.pop("label_scale", None)
         if choice == CELLS_FILE:
             text = "" if self.cells_file.value is None else str(self.cells_file.value)
             choice = "" if text in ("", ".") else text
@@ -337,8 +339,6 @@ class SuperResolveWidget(Container):
             except InputError as exc:
                 show_error(str(exc))
                 return False
-        else:
-            options.pop("label_scale", None)  # a layer carries its own scale
         return choice
 
     def _model_loader(self):
