@@ -104,6 +104,35 @@ def test_a_missing_segmentation_file_is_one_line_before_the_model_loads(subspot,
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_a_scale_for_geojson_polygons_is_one_line_before_the_model_loads(subspot, demo_dir, tmp_path, capsys,
+                                                                           monkeypatch) -> None:
+    import napari_histosge.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    _, path = subspot
+    polygons = tmp_path / "cells.geojson"
+    polygons.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(polygons),
+                                  "--label-scale", "2", "--out", str(tmp_path / "o.h5ad")])
+    assert "--label-scale is for a label image file" in err and not (tmp_path / "o.h5ad").exists()
+
+
+def test_expanding_without_a_pixel_size_is_refused_before_the_labels_are_read(subspot, demo, label_file,
+                                                                              monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the label image was read before the expansion was checked")
+
+    monkeypatch.setattr(cell_maps, "read_segmentation", refuse)
+    model, _ = subspot
+    no_mpp = demo.copy()
+    no_mpp.uns["histosge"] = {**demo.uns["histosge"], "mpp": None}
+    options = SimpleNamespace(cells=str(label_file), expand_um=2.0, label_scale=None, consistency="smooth")
+    with pytest.raises(InputError, match="pixel size"):
+        hs.run(cell_maps.cells_product(model, no_mpp, options))
+
+
 def test_a_label_image_of_another_size_needs_its_scale(subspot, demo_dir, slide_shape, tmp_path, capsys,
                                                        no_features) -> None:
     _, path = subspot
@@ -162,7 +191,7 @@ def test_polygons_in_another_coordinate_system_are_one_line(subspot, demo_dir, s
     assert "another coordinate system" in err
     err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(geo), "--label-scale",
                                   "2", "--out", str(tmp_path / "o.h5ad")])
-    assert "a scale applies to label images" in err
+    assert "--label-scale is for a label image file" in err  # refused with the options
 
 
 def test_the_options_are_checked_as_declared(subspot, demo) -> None:
