@@ -339,3 +339,26 @@ def test_a_spatialdata_store_of_cells_holds_discs_of_their_area_annotated_by_the
     assert table.uns["spatialdata_attrs"]["region"] == "cells" and len(cells) == table.n_obs
     np.testing.assert_allclose(np.pi * cells["radius"].to_numpy() ** 2, table.obs["area_px"].to_numpy())
     np.testing.assert_allclose(np.c_[cells.geometry.x, cells.geometry.y], table.obsm["spatial"])
+
+
+def test_large_label_ids_are_indexed_without_a_table_of_every_id() -> None:
+    import tracemalloc
+
+    import anndata as ad
+    import pandas as pd
+
+    from napari_histosge.export.raster import cells_raster
+
+    ids = np.array([7, 2**26 + 5])  # a tile-and-object number: a table up to it would be 256 MiB
+    labels = np.zeros((40, 40), np.int64)
+    labels[5:10, 5:10], labels[20:30, 20:30] = ids
+    cells = ad.AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"label": ids}, index=["a", "b"]))
+    tracemalloc.start()
+    try:
+        raster = cells_raster(cells, labels, 1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**25, f"{peak / 2**20:.0f} MiB for two cells"
+    shown = raster.with_values(np.array([1.0, 2.0]))
+    assert shown[7, 7] == 1.0 and shown[25, 25] == 2.0 and np.isnan(shown[0, 0])

@@ -254,8 +254,9 @@ def grid_raster(adata) -> Raster:
     return raster
 
 
-#: Label rasters with ids up to this are indexed through a lookup table (else a sorted search, slower).
-MAX_LOOKUP_LABEL = 2**27
+#: Label rasters with ids up to this are indexed through a lookup table of int32 (at most 64 MiB);
+#: larger ids (tile-and-object numbers) through a sorted search, slower but without the table.
+MAX_LOOKUP_LABEL = 2**24
 #: A cell map shows at most this many pixels: a finer label raster is shown at every k-th pixel
 #: (each gene switch repaints every pixel, so its cost follows this size).
 MAX_CELL_RASTER_PIXELS = 2**25
