@@ -362,3 +362,18 @@ def test_large_label_ids_are_indexed_without_a_table_of_every_id() -> None:
     assert peak < 2**25, f"{peak / 2**20:.0f} MiB for two cells"
     shown = raster.with_values(np.array([1.0, 2.0]))
     assert shown[7, 7] == 1.0 and shown[25, 25] == 2.0 and np.isnan(shown[0, 0])
+
+
+def test_a_figure_paints_each_cell_as_a_disc_of_its_own_area() -> None:
+    import anndata as ad
+    import pandas as pd
+
+    from napari_histosge.export.raster import map_raster
+
+    area = np.array([50.0, 400.0, 120.0])
+    cells = ad.AnnData(np.zeros((3, 1), np.float32), obs=pd.DataFrame({"area_px": area}, index=["1", "2", "3"]))
+    cells.obsm["spatial"] = np.array([[20.0, 20.0], [80.0, 30.0], [40.0, 90.0]])
+    cells.uns["histosge"] = {"positions": "cells", "mpp": 0.5, "spot_diameter_px": 60.0}  # the section's spots
+    raster = map_raster(cells, np.array([1.0, 2.0, 3.0]))
+    painted = [np.count_nonzero(raster.image == v) * raster.cell**2 for v in (1.0, 2.0, 3.0)]
+    np.testing.assert_allclose(painted, area, rtol=0.2)
