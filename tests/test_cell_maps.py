@@ -149,6 +149,13 @@ def test_a_label_image_file_is_read_at_the_slides_size(demo, fitted, segmentatio
     assert read.uns["histosge"]["cells"]["source"] == str(path)
 
 
+def test_a_sections_bin_footprint_does_not_follow_its_cells(demo, fitted, segmentation):
+    binned = demo.copy()
+    binned.uns["histosge"] = {**demo.uns["histosge"], "footprint": {"shape": "square", "size_px": 8.0}}
+    cells = hs.run(cell_maps.superresolve_cells(fitted, binned, segmentation))
+    assert "footprint" not in cells.uns["histosge"]  # else a store draws each cell as a bin square
+
+
 # ----------------------------------------------------------------------------- bad input, before any work
 @pytest.fixture()
 def no_work(monkeypatch):

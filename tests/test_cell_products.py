@@ -104,6 +104,35 @@ def test_a_missing_segmentation_file_is_one_line_before_the_model_loads(subspot,
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_a_scale_for_geojson_polygons_is_one_line_before_the_model_loads(subspot, demo_dir, tmp_path, capsys,
+                                                                           monkeypatch) -> None:
+    import napari_histosge.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    _, path = subspot
+    polygons = tmp_path / "cells.geojson"
+    polygons.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(polygons),
+                                  "--label-scale", "2", "--out", str(tmp_path / "o.h5ad")])
+    assert "--label-scale is for a label image file" in err and not (tmp_path / "o.h5ad").exists()
+
+
+def test_expanding_without_a_pixel_size_is_refused_before_the_labels_are_read(subspot, demo, label_file,
+                                                                              monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the label image was read before the expansion was checked")
+
+    monkeypatch.setattr(cell_maps, "read_segmentation", refuse)
+    model, _ = subspot
+    no_mpp = demo.copy()
+    no_mpp.uns["histosge"] = {**demo.uns["histosge"], "mpp": None}
+    options = SimpleNamespace(cells=str(label_file), expand_um=2.0, label_scale=None, consistency="smooth")
+    with pytest.raises(InputError, match="pixel size"):
+        hs.run(cell_maps.cells_product(model, no_mpp, options))
+
+
 def test_a_label_image_of_another_size_needs_its_scale(subspot, demo_dir, slide_shape, tmp_path, capsys,
                                                        no_features) -> None:
     _, path = subspot
@@ -162,7 +191,7 @@ def test_polygons_in_another_coordinate_system_are_one_line(subspot, demo_dir, s
     assert "another coordinate system" in err
     err = one_line_error(capsys, ["superresolve", str(path), str(demo_dir), "--cells", str(geo), "--label-scale",
                                   "2", "--out", str(tmp_path / "o.h5ad")])
-    assert "a scale applies to label images" in err
+    assert "--label-scale is for a label image file" in err  # refused with the options
 
 
 def test_the_options_are_checked_as_declared(subspot, demo) -> None:
@@ -226,6 +255,33 @@ def test_the_widget_offers_a_labels_layer_and_paints_each_cell_with_its_gene(sub
         SESSION_MODELS.clear()
 
 
+def test_the_widget_refuses_a_model_of_whole_spots_before_detecting_nuclei(demo, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from napari_histosge.pipeline.products import NUCLEI
+    from napari_histosge.plugin.widgets.superres import cells_job
+    from napari_histosge.progress import CancelToken
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("nuclei were detected before the model was checked")
+
+    monkeypatch.setattr(cell_maps, "detect_nuclei", refuse)
+    lattice = SimpleNamespace(config=SimpleNamespace(model="histosge"), products=("lattice",))
+    with pytest.raises(InputError, match="predicts whole spots"):
+        hs.run(cells_job(lattice, demo, NUCLEI, {}, None, CancelToken()))
+
+
+def test_a_scale_typed_for_a_file_does_not_block_the_detector_chosen_after(make_napari_viewer) -> None:
+    from napari_histosge.pipeline.products import CELLS, NUCLEI
+    from napari_histosge.plugin.widgets.superres import CELLS_FILE, DETECT_NUCLEI, SuperResolveWidget
+
+    widget = SuperResolveWidget(make_napari_viewer())
+    widget.cells_from.value = CELLS_FILE
+    options = {"label_scale": 2.0}  # typed while the file was chosen, then hidden
+    widget.cells_from.value = DETECT_NUCLEI
+    assert widget._cells_choice(CELLS, options) == NUCLEI and "label_scale" not in options
+
+
 def test_a_shapes_layer_is_read_as_cell_polygons_at_its_place_on_the_slide(demo) -> None:
     import napari.layers
 
@@ -283,3 +339,41 @@ def test_a_spatialdata_store_of_cells_holds_discs_of_their_area_annotated_by_the
     assert table.uns["spatialdata_attrs"]["region"] == "cells" and len(cells) == table.n_obs
     np.testing.assert_allclose(np.pi * cells["radius"].to_numpy() ** 2, table.obs["area_px"].to_numpy())
     np.testing.assert_allclose(np.c_[cells.geometry.x, cells.geometry.y], table.obsm["spatial"])
+
+
+def test_large_label_ids_are_indexed_without_a_table_of_every_id() -> None:
+    import tracemalloc
+
+    import anndata as ad
+    import pandas as pd
+
+    from napari_histosge.export.raster import cells_raster
+
+    ids = np.array([7, 2**26 + 5])  # a tile-and-object number: a table up to it would be 256 MiB
+    labels = np.zeros((40, 40), np.int64)
+    labels[5:10, 5:10], labels[20:30, 20:30] = ids
+    cells = ad.AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"label": ids}, index=["a", "b"]))
+    tracemalloc.start()
+    try:
+        raster = cells_raster(cells, labels, 1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**25, f"{peak / 2**20:.0f} MiB for two cells"
+    shown = raster.with_values(np.array([1.0, 2.0]))
+    assert shown[7, 7] == 1.0 and shown[25, 25] == 2.0 and np.isnan(shown[0, 0])
+
+
+def test_a_figure_paints_each_cell_as_a_disc_of_its_own_area() -> None:
+    import anndata as ad
+    import pandas as pd
+
+    from napari_histosge.export.raster import map_raster
+
+    area = np.array([50.0, 400.0, 120.0])
+    cells = ad.AnnData(np.zeros((3, 1), np.float32), obs=pd.DataFrame({"area_px": area}, index=["1", "2", "3"]))
+    cells.obsm["spatial"] = np.array([[20.0, 20.0], [80.0, 30.0], [40.0, 90.0]])
+    cells.uns["histosge"] = {"positions": "cells", "mpp": 0.5, "spot_diameter_px": 60.0}  # the section's spots
+    raster = map_raster(cells, np.array([1.0, 2.0, 3.0]))
+    painted = [np.count_nonzero(raster.image == v) * raster.cell**2 for v in (1.0, 2.0, 3.0)]
+    np.testing.assert_allclose(painted, area, rtol=0.2)

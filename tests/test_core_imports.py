@@ -45,3 +45,13 @@ def test_the_command_line_reads_every_models_settings_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'anndata', 'napari_histosge.models.registry') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["['cellridge', 'conditioned', 'histosge', 'subspot']", "[]"]
+
+
+def test_the_parser_and_the_product_declarations_load_no_cell_detector() -> None:
+    """The cells product's declaration needs only the Segmentation type: no scipy, no detector, no slide readers."""
+    code = ("import sys\nfrom napari_histosge.cli.main import build_parser\nbuild_parser()\n"
+            "import napari_histosge.pipeline.products\n"
+            "print(sorted(m for m in ('scipy', 'napari_histosge.cells.detect', 'napari_histosge.cells.source')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -182,6 +182,19 @@ def test_square_footprints_are_turned_squares(sd, tmp_path):
     np.testing.assert_allclose(width, 40.0 * np.sqrt(2))  # a square turned by 45 degrees
 
 
+def test_cells_are_discs_of_their_area_even_with_a_footprint_in_uns():
+    import anndata as ad
+
+    pytest.importorskip("geopandas")
+    area = np.array([30.0, 120.0, 75.0])
+    cells = ad.AnnData(np.zeros((3, 2), np.float32), obs=pd.DataFrame({"area_px": area}, index=["1", "2", "3"]))
+    cells.obsm["spatial"] = np.array([[10.0, 10.0], [50.0, 20.0], [30.0, 60.0]])
+    info = {"positions": "cells", "footprint": {"shape": "square", "size_px": 16.0}}
+    kind, shapes = spatialdata_write._shapes(cells, info)
+    assert kind == "cells" and (shapes.geometry.geom_type == "Point").all()
+    np.testing.assert_allclose(np.pi * shapes["radius"].to_numpy() ** 2, area)
+
+
 @pytest.mark.slow
 def test_write_replaces_an_earlier_store_atomically(sd, tmp_path):
     make_store(tmp_path / "section.zarr")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..progress import CancelToken, Progress, ProgressGenerator
 from ..slide.mask import TissueMask, detect_tissue
 from ..slide.open import Slide
+from .nucleus_settings import MAX_TILE_PX, NucleusSettings, margin_um
 from .segmentation import Segmentation, cell_table
 
 __all__ = ["COARSEST_UM_PER_PX", "DETECTOR_VERSION", "NucleusSettings", "detect_nuclei", "haematoxylin",
@@ -45,8 +46,6 @@ DETECTOR_VERSION = 1
 COARSEST_UM_PER_PX = 2.0
 #: A nucleus drawn over fewer pixels than this across is not found at all (a low-resolution image).
 MIN_NUCLEUS_PX = 2.0
-#: A tile with its margins is at most this many working pixels across (memory grows with its square).
-MAX_TILE_PX = 4096
 #: Tiles sampled over the tissue to choose the haematoxylin threshold.
 THRESHOLD_SAMPLE_TILES = 12
 #: The nuclear threshold is this share of Otsu's threshold over the tissue: Otsu's alone splits
@@ -54,76 +53,6 @@ THRESHOLD_SAMPLE_TILES = 12
 OTSU_SHARE = 0.75
 #: Seeds closer than this share of the nucleus diameter belong to one nucleus.
 SEED_SPACING = 0.7
-
-
-@dataclass(frozen=True)
-class NucleusSettings:
-    """The detector's settings, every size in micrometres.
-
-    Attributes
-    ----------
-    nucleus_um
-        Typical nucleus diameter: the scale of the blob seeds and the least seed spacing.
-    min_area_um2
-        Objects smaller than this are dropped (debris, cut edges of nuclei).
-    expand_um
-        Grow each nucleus by this distance without overlapping its neighbours (0: nuclei).
-    work_um
-        Finest pixel size worked at: the coarsest pyramid level at least this fine is read.
-    tile_um
-        Edge of the tiles the slide is processed in (their core, without the overlap).
-    threshold
-        Haematoxylin optical density above which a pixel is nuclear, or ``None`` (three quarters of Otsu's
-        threshold over the tissue).
-    """
-
-    nucleus_um: float = field(default=7.0, metadata={
-        "help": "typical nucleus diameter in µm: the scale of the seeds and their least spacing"})
-    min_area_um2: float = field(default=10.0, metadata={
-        "help": "objects smaller than this many µm² are dropped (debris, cut edges)"})
-    expand_um: float = field(default=0.0, metadata={
-        "help": "grow each nucleus by this many µm, never into a neighbour (cells rather than nuclei; 0: nuclei)"})
-    work_um: float = field(default=0.5, metadata={
-        "help": "finest pixel size in µm worked at (finer scans are binned to it)"})
-    tile_um: float = field(default=750.0, metadata={
-        "help": "edge in µm of the tiles the slide is read in (memory grows with its square; with its margins "
-                "at most 4096 working pixels)"})
-    threshold: float | None = field(default=None, metadata={
-        "help": "haematoxylin optical density above which a pixel is nuclear (default: three quarters of Otsu's "
-                "threshold over the tissue)"})
-
-    def check(self) -> NucleusSettings:
-        """The settings, refused with one line when one is out of range."""
-        for name in ("nucleus_um", "work_um", "tile_um"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise InputError(f"{name} must be a positive number of micrometres, got {value}")
-        for name in ("min_area_um2", "expand_um"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise InputError(f"{name} must be zero or a positive number, got {value}")
-        if self.tile_um < 4 * self.nucleus_um:
-            raise InputError(f"tile_um ({self.tile_um:g}) must be at least four nuclei wide "
-                             f"({4 * self.nucleus_um:g} µm)")
-        padded_um = self.tile_um + 2 * _margin_um(self)
-        if padded_um / self.work_um > MAX_TILE_PX:
-            raise InputError(f"tile_um ({self.tile_um:g}) with its margins is {padded_um / self.work_um:.0f} working "
-                             f"pixels across; at most {MAX_TILE_PX} (tile_um up to "
-                             f"{max(0.0, MAX_TILE_PX * self.work_um - 2 * _margin_um(self)):.0f} at work_um "
-                             f"{self.work_um:g})")
-        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
-            raise InputError(f"the haematoxylin threshold must be positive, got {self.threshold}")
-        return self
-
-
-def _margin_um(settings: NucleusSettings) -> float:
-    """The tiles' overlap in µm: two nuclei and twice the growth.
-
-    A grown cell reaches ``expand_um`` past its nucleus and competes with nuclei up to
-    ``expand_um`` beyond that; the margin holds both whole, so every tile draws a seam cell the
-    same way.
-    """
-    return 2 * (settings.nucleus_um + settings.expand_um)
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
@@ -183,7 +112,7 @@ def _plan(slide: Slide, scale: float, mpp: float, settings: NucleusSettings) -> 
         warnings.warn(f"{slide.path}: {um:.2g} µm per pixel draws a {settings.nucleus_um:g} µm nucleus over "
                       f"{settings.nucleus_um / um:.1f} pixels; nuclei are found poorly at pixels "
                       f"coarser than {COARSEST_UM_PER_PX:g} µm", UserWarning, stacklevel=3)
-    margin = max(8, int(math.ceil(_margin_um(settings) / um)))
+    margin = max(8, int(math.ceil(margin_um(settings) / um)))
     # a level finer than work_um (not binned) has more pixels per tile than check() allowed for
     tile = max(64, min(int(round(settings.tile_um / um)), MAX_TILE_PX - 2 * margin))
     h, w = slide.levels[level].shape[:2]

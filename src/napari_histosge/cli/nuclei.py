@@ -21,7 +21,7 @@ def _flag(name: str) -> str:
 
 def add_parsers(sub) -> None:
     """Register ``nuclei`` on the subparsers ``sub``."""
-    from ..cells.detect import NucleusSettings
+    from ..cells.nucleus_settings import NucleusSettings
 
     p = sub.add_parser(
         "nuclei", help="detect nuclei on a slide (or read a segmentation) into labels.zarr and cells.h5ad",
@@ -58,7 +58,7 @@ def add_parsers(sub) -> None:
 
 def check_nuclei(args: argparse.Namespace):
     """Every ``nuclei`` option before any image is read; the detector's settings."""
-    from ..cells.detect import NucleusSettings
+    from ..cells.nucleus_settings import NucleusSettings
 
     require_data(args.data)
     require_output_folder(args.out, "output folder (--out)")

@@ -196,7 +196,7 @@ def add_product_args(p: argparse.ArgumentParser) -> None:
             words = "; 'none': " + spec.none_means if spec.optional and default is not None else ""
             p.add_argument(_flag(f.name), dest=f.name, type=spec.kind if spec.kind in (int, float) else str,
                            choices=list(spec.choices) if spec.choices else None,
-                           help=f"{', '.join(p.name for p in products_taking([f.name]))}: {spec.help}{words} "
+                           help=f"{', '.join(owner.name for owner in products_taking([f.name]))}: {spec.help}{words} "
                                 f"(default: {shown})")
 
 

@@ -254,8 +254,9 @@ def grid_raster(adata) -> Raster:
     return raster
 
 
-#: Label rasters with ids up to this are indexed through a lookup table (else a sorted search, slower).
-MAX_LOOKUP_LABEL = 2**27
+#: Label rasters with ids up to this are indexed through a lookup table of int32 (at most 64 MiB);
+#: larger ids (tile-and-object numbers) through a sorted search, slower but without the table.
+MAX_LOOKUP_LABEL = 2**24
 #: A cell map shows at most this many pixels: a finer label raster is shown at every k-th pixel
 #: (each gene switch repaints every pixel, so its cost follows this size).
 MAX_CELL_RASTER_PIXELS = 2**25
@@ -290,6 +291,27 @@ def cells_raster(adata, labels: Any, px_per_label_px: float, *, max_pixels: int 
 
 #: Raster cells per lattice pitch when spots are painted as discs (a disc is then several cells across).
 DISC_CELLS_PER_SPACING = 32
+#: Raster cells per median cell radius when segmented cells are painted as discs of their own area.
+DISC_CELLS_PER_RADIUS = 3
+
+
+def discs_raster(xy: np.ndarray, values: np.ndarray, radii: np.ndarray, *, mpp: float | None = None,
+                 max_pixels: int = MAX_CELL_RASTER_PIXELS) -> Raster:
+    """Each position painted as a disc of its own radius (full-res px), nearest position per raster cell.
+
+    The raster cell is a fraction of the median radius, coarser when the raster would hold more
+    than ``max_pixels`` cells; cells outside every disc stay empty (NaN).
+    """
+    xy, radii = np.asarray(xy, dtype=np.float64), np.asarray(radii, dtype=np.float64)
+    pad = float(radii.max(initial=1.0))
+    (x0, y0), (x1, y1) = xy.min(axis=0) - pad, xy.max(axis=0) + pad
+    cell = max(float(np.median(radii)) / DISC_CELLS_PER_RADIUS, float(np.sqrt((x1 - x0) * (y1 - y0) / max_pixels)))
+    n_cols, n_rows = max(1, int(np.ceil((x1 - x0) / cell)) + 1), max(1, int(np.ceil((y1 - y0) / cell)) + 1)
+    rr, cc = np.mgrid[0:n_rows, 0:n_cols]
+    dist, nearest = cKDTree(xy).query(np.column_stack([x0 + cc.ravel() * cell, y0 + rr.ravel() * cell]), k=1)
+    index = np.where(dist <= radii[nearest], nearest, -1).reshape(n_rows, n_cols)
+    raster = Raster(image=np.empty(0), cell=cell, origin_rc=(float(y0), float(x0)), index=index, mpp=mpp)
+    return Raster(image=raster.with_values(values), cell=cell, origin_rc=raster.origin_rc, index=index, mpp=mpp)
 
 
 def shown_as_spots(adata) -> bool:
@@ -309,7 +331,8 @@ def shown_as_spots(adata) -> bool:
 def map_raster(adata, values: np.ndarray) -> Raster:
     """The raster showing per-row ``values`` of ``adata``.
 
-    A grid's own raster; spots (:func:`shown_as_spots`) as discs of the recorded spot
+    A grid's own raster; segmented cells as discs of their own area (:func:`discs_raster`);
+    spots (:func:`shown_as_spots`) as discs of the recorded spot
     diameter (half the pitch when none is recorded); Visium HD bins by :func:`rasterize`; a
     denser lattice as a smooth raster inside its tissue (:func:`lattice_raster`).
     """
@@ -318,6 +341,9 @@ def map_raster(adata, values: np.ndarray) -> Raster:
         return Raster(image=raster.with_values(values), cell=raster.cell, origin_rc=raster.origin_rc,
                       index=raster.index, mpp=raster.mpp)
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if is_cells(adata) and "area_px" in adata.obs:  # segmented cells: discs of their own area, not of a spot
+        radii = np.sqrt(adata.obs["area_px"].to_numpy(np.float64) / np.pi)
+        return discs_raster(xy, values, radii, mpp=um_per_px(adata))
     if shown_as_spots(adata):
         spacing = nn_spacing(xy)
         info = adata.uns.get(META_KEY, {}) or {}

@@ -55,16 +55,17 @@ def _shapes(pred: Any, info: dict[str, Any]) -> tuple[str, Any]:
     xy = np.asarray(pred.obsm["spatial"], dtype=float)[:, :2]
     index = pd.Index(pred.obs_names.astype(str))
     grid, footprint = info.get("grid"), info.get("footprint")
+    points = shapely.points(xy[:, 0], xy[:, 1])
+    # Cells first: their uns is the section's, whose bin footprint says nothing of the cells' shapes.
+    if info.get("positions") == "cells" and "area_px" in pred.obs:  # segmented cells: discs of their own area
+        radius = np.sqrt(pred.obs["area_px"].to_numpy(np.float64) / np.pi)
+        return "cells", gpd.GeoDataFrame({"radius": radius}, geometry=points, index=index)
     if isinstance(grid, dict) and grid.get("cell_px"):
         return "cells", gpd.GeoDataFrame(geometry=_squares(xy, float(grid["cell_px"])), index=index)
     if isinstance(footprint, dict) and footprint.get("shape") == "square" and footprint.get("size_px"):
         centres = np.asarray(pred.obsm["footprint_xy"], float) if "footprint_xy" in pred.obsm else xy
         squares = _squares(centres, float(footprint["size_px"]), float(footprint.get("angle") or 0.0))
         return "bins", gpd.GeoDataFrame(geometry=squares, index=index)
-    points = shapely.points(xy[:, 0], xy[:, 1])
-    if info.get("positions") == "cells" and "area_px" in pred.obs:  # segmented cells: discs of their own area
-        radius = np.sqrt(pred.obs["area_px"].to_numpy(np.float64) / np.pi)
-        return "cells", gpd.GeoDataFrame({"radius": radius}, geometry=points, index=index)
     diameter = info.get("spot_diameter_px") or 0.5 * (median_nn_distance(xy) or 2.0)
     return "spots", gpd.GeoDataFrame({"radius": np.full(len(xy), 0.5 * float(diameter))}, geometry=points,
                                      index=index)

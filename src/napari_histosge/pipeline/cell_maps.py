@@ -167,10 +167,11 @@ def expanded_area_px(area_px: np.ndarray, expand_um: float, mpp: float | None) -
     return math.pi * radius**2
 
 
-def check_expand(expand_um: float) -> None:
-    """``expand_um`` must be a finite number of µm, zero or more."""
+def check_expand(expand_um: float, mpp: float | None) -> None:
+    """``expand_um`` must be a finite number of µm, zero or more; growing cells needs the pixel size ``mpp``."""
     if not (math.isfinite(float(expand_um)) and float(expand_um) >= 0):
         raise InputError(f"cells are expanded by zero or more µm, got {expand_um}")
+    expanded_area_px(np.zeros(0), float(expand_um), mpp)  # its one line when the pixel size is unknown
 
 
 def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | str | os.PathLike, *,
@@ -218,7 +219,7 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
     import anndata as ad
 
     check_consistency(consistency)
-    check_expand(expand_um)
+    check_expand(expand_um, adata.uns.get("histosge", {}).get("mpp"))
     cell_model = as_cell_model(model)  # one line for a model that predicts whole spots
     check_measured_genes(model, adata)
     cells = section_segmentation(segmentation, adata)
@@ -227,6 +228,7 @@ def superresolve_cells(model: TrainedModel, adata, segmentation: Segmentation | 
     centroids = units.centroids_xy[near]
     check_cells_in_footprints(cell_model, centroids, cells.source)
     info = dict(adata.uns.get("histosge", {}))
+    info.pop("footprint", None)  # the section's spot or bin shape; a cell is a disc of its own area
     area = expanded_area_px(units.area_px[near], float(expand_um), info.get("mpp"))
     feats = yield from features_at(cell_model, adata, centroids, cancel)
     rates = yield from cell_rates(cell_model, centroids, feats, consistency, cancel)
@@ -276,6 +278,7 @@ def cells_product(model: TrainedModel, adata, options, *, scheduler: str | None 
     """
     as_cell_model(model)  # a model that predicts whole spots is told before any detection
     check_measured_genes(model, adata)
+    check_expand(options.expand_um, adata.uns.get("histosge", {}).get("mpp"))  # before the cells are read
     cells = yield from section_cells(options.cells, adata, label_scale=options.label_scale, cancel=cancel)
     return (yield from superresolve_cells(model, adata, cells, consistency=options.consistency,
                                           expand_um=options.expand_um, cancel=cancel))

@@ -93,7 +93,7 @@ class CellsOptions(ProductOptions):
 
 
 def check_cells(options: CellsOptions, label) -> None:
-    """The segmentation file exists (or is the detector, or one in memory); a scale is for a label image."""
+    """The segmentation file exists (or is the detector, or one in memory); a scale is for a label image file."""
     cells = options.cells
     if isinstance(cells, Segmentation):
         if options.label_scale is not None:
@@ -109,6 +109,12 @@ def check_cells(options: CellsOptions, label) -> None:
         raise InputError(f"{label('cells')} file not found (a label image, a GeoJSON file or 'nuclei')", cells)
     if path.is_dir() and path.suffix.lower() != ".zarr":
         raise InputError(f"{label('cells')} is a folder, not a label image or GeoJSON file", cells)
+    if options.label_scale is not None:
+        from ..cells.read import GEOJSON_SUFFIXES  # only with a scale: the readers load the image libraries
+
+        if path.suffix.lower() in GEOJSON_SUFFIXES:
+            raise InputError(f"{label('label_scale')} is for a label image file; GeoJSON polygons are in the "
+                             "slide's full-resolution pixels", cells)
 
 
 def check_grid(options: GridOptions, label) -> None:

@@ -140,8 +140,10 @@ def cells_job(model, adata, cells, options: dict[str, Any], scheduler: str | Non
     """
     import napari.layers
 
-    from ...pipeline.cell_maps import section_cells
+    from ...pipeline.cell_maps import as_cell_model, check_measured_genes, section_cells
 
+    as_cell_model(model)  # a model of whole spots, or one missing genes, is refused before any cell is found
+    check_measured_genes(model, adata)
     if isinstance(cells, napari.layers.Shapes):
         cells = shapes_layer_segmentation(cells, adata)
     elif not isinstance(cells, str):
@@ -321,6 +323,8 @@ class SuperResolveWidget(Container):
         if CELLS_OPTION not in product.option_names():
             return None
         choice = self.cells_from.value
+        if choice != CELLS_FILE:  # a scale typed for a file, now hidden: a layer has its own, the detector none
+            options.pop("label_scale", None)
         if choice == CELLS_FILE:
             text = "" if self.cells_file.value is None else str(self.cells_file.value)
             choice = "" if text in ("", ".") else text
@@ -335,8 +339,6 @@ class SuperResolveWidget(Container):
             except InputError as exc:
                 show_error(str(exc))
                 return False
-        else:
-            options.pop("label_scale", None)  # a layer carries its own scale
         return choice
 
     def _model_loader(self):
