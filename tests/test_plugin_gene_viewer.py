@@ -284,9 +284,10 @@ def test_the_grid_choice_refuses_a_model_that_predicts_whole_spots(make_napari_v
     from types import SimpleNamespace
 
     from napari_histosge.errors import InputError
-    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget, product_job
+    from napari_histosge.plugin.widgets.superres import FROM_FILE, GRID, SuperResolveWidget, product_job
 
     widget = SuperResolveWidget(make_napari_viewer())
+    widget.model.value = FROM_FILE  # a file not yet loaded offers every product (not a session model of earlier tests)
     widget.positions.value = GRID
     # the grid's own options, generated from its declared settings; the lattice's fold is gone
     assert set(widget.product_options.fields) == {"grid_um", "mask", "consistency"}
@@ -309,9 +310,10 @@ def test_a_gene_only_measured_shows_the_measured_spots_the_user_had_hidden(sessi
 def test_the_super_resolve_widget_offers_the_core_consistency_choices_and_default(make_napari_viewer):
     from napari_histosge.cli import build_parser
     from napari_histosge.pipeline.grid_maps import CONSISTENCY, DEFAULT_CONSISTENCY, superresolve_grid
-    from napari_histosge.plugin.widgets.superres import GRID, SuperResolveWidget
+    from napari_histosge.plugin.widgets.superres import FROM_FILE, GRID, SuperResolveWidget
 
     widget = SuperResolveWidget(make_napari_viewer())
+    widget.model.value = FROM_FILE  # a file not yet loaded offers every product (not a session model of earlier tests)
     widget.positions.value = GRID
     assert tuple(widget.option("consistency").choices) == CONSISTENCY
     # the map the docs recommend, as the library and the command line make it by default

@@ -170,14 +170,15 @@ def test_a_model_without_image_features_is_refused_on_a_bare_slide(demo, slide: 
 
 
 # ----------------------------------------------------------------------------- command line
-def test_cli_predicts_a_bare_slide(model_path: Path, slide: Path, tmp_path: Path,
+def test_cli_predicts_a_bare_slide(model_path: Path, slide: Path, tmp_path: Path, demo,
                                    capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "slide.h5ad"
     assert main(["predict", str(model_path), str(slide), "--out", str(out), "--quiet"]) == 0
     assert "spot lattice sites on the tissue" in capsys.readouterr().out
     pred = ad.read_h5ad(out)
     info = pred.uns["histosge"]
-    assert info["model_path"] == str(model_path.resolve()) and list(info["training_sections"]) == ["data"]
+    assert info["model_path"] == str(model_path.resolve()) and list(info["training_sections"]) == [
+        Path(str(demo.uns["histosge"]["source"])).name]  # the trained section's folder
     np.testing.assert_allclose(pred.obsm["spatial_um"], pred.obsm["spatial"] * info["mpp"])
     grid_out = tmp_path / "grid.h5ad"
     assert main(["predict", str(model_path), str(slide), "--grid-um", "200", "--out", str(grid_out), "--quiet"]) == 0

@@ -29,12 +29,11 @@ from ..errors import InputError
 from ..slide.mask import geojson_polygons, ring_points
 from ..slide.meta import tiff_mpp
 from ..slide.pyramid import check_decode_size
-from .segmentation import Segmentation, cell_table, segmentation_from_labels
+from .segmentation import GEOJSON_SUFFIXES, Segmentation, cell_table, segmentation_from_labels
 
 __all__ = ["GEOJSON_SUFFIXES", "LABEL_SUFFIXES", "read_cell_polygons", "read_label_image", "read_segmentation",
            "segmentation_of_array", "segmentation_of_polygons"]
 
-GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
 #: A label image may be off the slide's size by this many of its own pixels (rounding of a downscale).
 SIZE_SLACK_PX = 1.0

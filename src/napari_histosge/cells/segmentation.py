@@ -24,6 +24,9 @@ import numpy as np
 
 from ..errors import InputError
 
+#: Suffixes of GeoJSON files of cell polygons (read by :mod:`.read`; here so that light modules can name them).
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
 __all__ = ["BLOCK", "CellUnits", "Segmentation", "cell_table", "label_stats", "segmentation_from_labels"]
 
 #: Side of the blocks a label raster is read in (label pixels).

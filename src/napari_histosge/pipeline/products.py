@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cells.segmentation import Segmentation
+from ..cells.segmentation import GEOJSON_SUFFIXES, Segmentation
 from ..errors import InputError
 from ..prediction.grid import MAX_FOLD, MIN_FOLD
 from ..progress import CancelToken, ProgressGenerator
@@ -110,8 +110,6 @@ def check_cells(options: CellsOptions, label) -> None:
     if path.is_dir() and path.suffix.lower() != ".zarr":
         raise InputError(f"{label('cells')} is a folder, not a label image or GeoJSON file", cells)
     if options.label_scale is not None:
-        from ..cells.read import GEOJSON_SUFFIXES  # only with a scale: the readers load the image libraries
-
         if path.suffix.lower() in GEOJSON_SUFFIXES:
             raise InputError(f"{label('label_scale')} is for a label image file; GeoJSON polygons are in the "
                              "slide's full-resolution pixels", cells)
