@@ -168,3 +168,10 @@ def test_a_setting_typed_is_given_even_at_its_default_and_a_start_models_are_sho
     widget.init.value = ""  # no start model: the defaults again, the typed width kept
     assert widget.model_settings.control("head_hidden").value == HisToSGEConfig.default_of("head_hidden")
     assert widget.model_settings.control("dim").value == HisToSGEConfig.default_of("dim")
+
+
+def test_a_setting_in_micrometres_is_labelled_in_micrometres() -> None:
+    from napari_histosge.plugin.widgets.settings_form import _label
+
+    assert (_label("grid_um"), _label("expand_um"), _label("n_top_genes"), _label("um")) == (
+        "grid µm", "expand µm", "n top genes", "um")

@@ -29,7 +29,9 @@ INT_MOST = 2**31 - 1
 
 
 def _label(name: str) -> str:
-    return name.replace("_", " ")
+    """A control's label from its setting's name: words apart, a ``_um`` unit as µm (``grid_um``: "grid µm")."""
+    words = name.split("_")
+    return " ".join("µm" if word == "um" and i else word for i, word in enumerate(words))
 
 
 def _text_of(value: Any) -> str:
